@@ -1,0 +1,200 @@
+package graflow
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/graflow-go/graflow/events"
+	"github.com/graflow-go/graflow/internal/rdb"
+	"github.com/graflow-go/graflow/projector"
+	"github.com/graflow-go/graflow/scheduler"
+	"github.com/redis/go-redis/v9"
+)
+
+// ErrRunNotFound is returned for a run id with no log in the namespace.
+var ErrRunNotFound = errors.New("run not found")
+
+// Config configures a Client. A zero field means its default.
+type Config struct {
+	// Redis is required (a *redis.Client, *redis.ClusterClient, or a
+	// failover client: anything go-redis's UniversalClient covers).
+	Redis redis.UniversalClient
+	// Namespace is the key prefix (default "graflow").
+	Namespace string
+	// MaxPayloadBytes bounds inputs and args (default 1 MiB).
+	MaxPayloadBytes int
+}
+
+// Client submits runs and reads their state. Safe for concurrent use.
+type Client struct {
+	db    rdb.DB
+	sched *scheduler.Scheduler
+}
+
+// NewClient returns a Client.
+func NewClient(cfg Config) (*Client, error) {
+	s, err := scheduler.New(scheduler.Config{Redis: cfg.Redis, Namespace: cfg.Namespace, MaxPayloadBytes: cfg.MaxPayloadBytes})
+	if err != nil {
+		return nil, err
+	}
+	return &Client{db: rdb.New(cfg.Redis, cfg.Namespace), sched: s}, nil
+}
+
+// SubmitOption tunes Submit.
+type SubmitOption func(*scheduler.SubmitOptions)
+
+// WithRunID makes the submission idempotent under a caller-chosen run id.
+func WithRunID(id string) SubmitOption { return func(o *scheduler.SubmitOptions) { o.RunID = id } }
+
+// Submit validates wf and starts a run of it with input (JSON-encoded).
+// It returns the run id. An invalid workflow returns an error wrapping
+// scheduler.ErrInvalidWorkflow (and the specific problem, e.g.
+// scheduler.ErrCycle) and writes nothing.
+func (c *Client) Submit(ctx context.Context, wf *Workflow, input any, opts ...SubmitOption) (string, error) {
+	spec, err := wf.Spec(input)
+	if err != nil {
+		return "", err
+	}
+	return c.SubmitSpec(ctx, spec, opts...)
+}
+
+// SubmitSpec starts a run from a definition (see ParseSpec for files).
+func (c *Client) SubmitSpec(ctx context.Context, spec events.RunSubmittedBody, opts ...SubmitOption) (string, error) {
+	var o scheduler.SubmitOptions
+	for _, f := range opts {
+		f(&o)
+	}
+	run, _, err := c.sched.Submit(ctx, spec, o)
+	return run, err
+}
+
+// TaskInfo is one task of a RunInfo.
+type TaskInfo struct {
+	ID       string          `json:"id"`
+	Handler  string          `json:"handler"`
+	Deps     []string        `json:"deps,omitempty"`
+	Pool     string          `json:"pool"`
+	Priority int             `json:"priority"`
+	Status   string          `json:"status"`
+	Attempt  int             `json:"attempt"`
+	Epoch    int64           `json:"epoch"`
+	Owner    string          `json:"owner,omitempty"`
+	Error    string          `json:"error,omitempty"`
+	Result   json.RawMessage `json:"result,omitempty"`
+}
+
+// RunInfo is the state of a run, folded from its log.
+type RunInfo struct {
+	ID         string     `json:"id"`
+	Workflow   string     `json:"workflow"`
+	Status     string     `json:"status"`
+	FailedTask string     `json:"failed_task,omitempty"`
+	Cause      string     `json:"cause,omitempty"`
+	Events     int        `json:"events"`
+	Tasks      []TaskInfo `json:"tasks"`
+	// Counts maps each task status to the number of tasks in it.
+	Counts map[string]int `json:"counts"`
+}
+
+// Done reports whether the run has ended.
+func (r *RunInfo) Done() bool { return projector.RunStatus(r.Status).Terminal() }
+
+// Succeeded reports whether the run ended successfully.
+func (r *RunInfo) Succeeded() bool { return r.Status == string(projector.RunSucceeded) }
+
+// Task returns the task with id, or nil.
+func (r *RunInfo) Task(id string) *TaskInfo {
+	for i := range r.Tasks {
+		if r.Tasks[i].ID == id {
+			return &r.Tasks[i]
+		}
+	}
+	return nil
+}
+
+// Status folds run's log from the first event and returns its state.
+func (c *Client) Status(ctx context.Context, run string) (*RunInfo, error) {
+	r, err := c.Fold(ctx, run)
+	if err != nil {
+		return nil, err
+	}
+	info := &RunInfo{ID: run, Workflow: r.Workflow, Status: string(r.Status), FailedTask: r.FailedTask, Cause: r.Cause,
+		Events: r.Events, Counts: map[string]int{}}
+	for _, t := range r.Tasks {
+		info.Tasks = append(info.Tasks, TaskInfo{
+			ID: t.Spec.ID, Handler: t.Spec.Handler, Deps: t.Spec.Deps, Pool: t.Spec.Pool, Priority: t.Spec.Priority,
+			Status: string(t.Status), Attempt: t.Attempt, Epoch: t.Epoch, Owner: t.Owner, Error: t.Error, Result: t.Result,
+		})
+		info.Counts[string(t.Status)]++
+	}
+	return info, nil
+}
+
+// Fold reads run's whole log and folds it with projector.Apply.
+func (c *Client) Fold(ctx context.Context, run string) (*projector.Run, error) {
+	r := projector.NewRun(run)
+	start := "-"
+	for {
+		msgs, err := c.db.C.XRangeN(ctx, c.db.K.RunLog(run), start, "+", 10000).Result()
+		if err != nil {
+			return nil, fmt.Errorf("read log of run %s: %w", run, err)
+		}
+		for _, m := range msgs {
+			e, err := events.Decode(run, m.ID, m.Values)
+			if err != nil {
+				return nil, err
+			}
+			if err := projector.Apply(r, e); err != nil {
+				return nil, err
+			}
+		}
+		if len(msgs) < 10000 {
+			break
+		}
+		start = "(" + msgs[len(msgs)-1].ID
+	}
+	if r.Status == projector.RunUnknown {
+		return nil, fmt.Errorf("%w: %s in namespace %q", ErrRunNotFound, run, c.db.K.Namespace())
+	}
+	return r, nil
+}
+
+// Wait blocks until run ends (run_succeeded, run_failed or run_cancelled
+// appears in its log) or ctx is done, and returns its final state. It
+// blocks on the log stream (XREAD BLOCK); it does not poll.
+func (c *Client) Wait(ctx context.Context, run string) (*RunInfo, error) {
+	last := "0"
+	for {
+		block := 5 * time.Second
+		if dl, ok := ctx.Deadline(); ok {
+			if d := time.Until(dl); d < block {
+				block = d
+			}
+		}
+		if block <= 0 {
+			return nil, ctx.Err()
+		}
+		res, err := c.db.C.XRead(ctx, &redis.XReadArgs{Streams: []string{c.db.K.RunLog(run), last}, Count: 1000, Block: block}).Result()
+		if err != nil && !errors.Is(err, redis.Nil) {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			return nil, fmt.Errorf("wait for run %s: %w", run, err)
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		for _, s := range res {
+			for _, m := range s.Messages {
+				last = m.ID
+				switch t, _ := m.Values[events.FieldType].(string); events.Type(t) {
+				case events.RunSucceeded, events.RunFailed, events.RunCancelled:
+					return c.Status(ctx, run)
+				}
+			}
+		}
+	}
+}

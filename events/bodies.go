@@ -1,0 +1,117 @@
+package events
+
+import "encoding/json"
+
+// TaskSpec is one node of a workflow DAG as carried by run_submitted and
+// tasks_added. Zero values mean the defaults documented on each field.
+type TaskSpec struct {
+	// ID is unique in the run: letters, digits and "_.:-", not starting with "@".
+	ID string `json:"id"`
+	// Handler is the registered handler name (a stable string, not a Go name).
+	Handler string `json:"handler"`
+	// Deps are the ids of the tasks that must succeed first.
+	Deps []string `json:"deps,omitempty"`
+	// Pool routes the task to workers serving it; "" means "default".
+	Pool string `json:"pool,omitempty"`
+	// Priority is 0 (default, lowest) to 9 (highest) within the pool.
+	Priority int `json:"priority,omitempty"`
+	// MaxAttempts bounds retries; 0 means 1 (no retry).
+	MaxAttempts int `json:"max_attempts,omitempty"`
+	// TimeoutMS bounds one attempt; 0 means no timeout.
+	TimeoutMS int64 `json:"timeout_ms,omitempty"`
+	// Args are static, handler-specific arguments.
+	Args json.RawMessage `json:"args,omitempty"`
+}
+
+// RunSubmittedBody is the body of run_submitted: the whole DAG and input.
+type RunSubmittedBody struct {
+	Workflow string          `json:"workflow"`
+	Tasks    []TaskSpec      `json:"tasks"`
+	Input    json.RawMessage `json:"input,omitempty"`
+}
+
+// TaskDispatchedBody is the body of task_dispatched.
+type TaskDispatchedBody struct {
+	Pool     string `json:"pool"`
+	Priority int    `json:"priority"`
+}
+
+// TaskHeartbeatBody is the body of task_heartbeat.
+type TaskHeartbeatBody struct {
+	Progress string `json:"progress,omitempty"`
+}
+
+// TaskSucceededBody is the body of task_succeeded.
+type TaskSucceededBody struct {
+	Result json.RawMessage `json:"result,omitempty"`
+}
+
+// FailureKind says why an attempt failed.
+type FailureKind string
+
+// Failure kinds.
+const (
+	FailureError   FailureKind = "error"   // the handler returned an error
+	FailurePanic   FailureKind = "panic"   // the handler panicked
+	FailureTimeout FailureKind = "timeout" // the attempt ran past its timeout
+	FailurePoison  FailureKind = "poison"  // delivered too often without finishing
+	FailureUnknown FailureKind = "unknown_handler"
+)
+
+// TaskFailedBody is the body of task_failed.
+type TaskFailedBody struct {
+	Error string      `json:"error"`
+	Kind  FailureKind `json:"kind"`
+	// Final is true when no retry follows (permanent error or attempts used up).
+	Final bool `json:"final"`
+}
+
+// TaskRetryScheduledBody is the body of task_retry_scheduled. The event's
+// Attempt is the new attempt number.
+type TaskRetryScheduledBody struct {
+	DelayMS int64 `json:"delay_ms"`
+	DueMS   int64 `json:"due_ms"`
+}
+
+// TaskReclaimedBody is the body of task_reclaimed.
+type TaskReclaimedBody struct {
+	From       string `json:"from"`
+	Deliveries int64  `json:"deliveries"`
+}
+
+// TaskSkippedBody is the body of task_skipped.
+type TaskSkippedBody struct {
+	Cause string `json:"cause"`
+}
+
+// TasksAddedBody is the body of tasks_added.
+type TasksAddedBody struct {
+	Tasks []TaskSpec `json:"tasks"`
+}
+
+// ChannelWrittenBody is the body of channel_written.
+type ChannelWrittenBody struct {
+	Key   string          `json:"key"`
+	Value json.RawMessage `json:"value"`
+}
+
+// RunFailedBody is the body of run_failed.
+type RunFailedBody struct {
+	Task  string `json:"task,omitempty"`
+	Cause string `json:"cause"`
+}
+
+// RunCancelledBody is the body of run_cancelled.
+type RunCancelledBody struct {
+	Reason string `json:"reason,omitempty"`
+}
+
+// ResultRejectedBody is the body of result_rejected: a worker sent something
+// for a claim it no longer holds.
+type ResultRejectedBody struct {
+	// What was rejected: "result", "failure", "heartbeat".
+	What   string `json:"what"`
+	Reason string `json:"reason"`
+	// CurrentEpoch is the task's epoch when the stale message arrived.
+	CurrentEpoch int64 `json:"current_epoch"`
+}

@@ -1,0 +1,417 @@
+package rdb
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/graflow-go/graflow/events"
+	"github.com/redis/go-redis/v9"
+)
+
+// DB runs Graflow's scripts and commands against one namespace. It is a
+// small value; copy it freely. Safe for concurrent use.
+type DB struct {
+	C redis.UniversalClient
+	K Keys
+}
+
+// New returns a DB for namespace ns ("" means DefaultNamespace).
+func New(c redis.UniversalClient, ns string) DB { return DB{C: c, K: NewKeys(ns)} }
+
+// Record is a task's lease record in the run's state hash, maintained by the
+// worker scripts and the projector's commits alike.
+type Record struct {
+	Status  string
+	Attempt int
+	Epoch   int64
+	Owner   string
+}
+
+// String encodes the record as stored: "status|attempt|epoch|owner".
+func (r Record) String() string {
+	return r.Status + "|" + strconv.Itoa(r.Attempt) + "|" + strconv.FormatInt(r.Epoch, 10) + "|" + r.Owner
+}
+
+// ParseRecord decodes a stored record; "" (no field) is a pending task.
+func ParseRecord(s string) (Record, error) {
+	if s == "" {
+		return Record{Status: "pending"}, nil
+	}
+	parts := strings.SplitN(s, "|", 4)
+	if len(parts) != 4 {
+		return Record{}, fmt.Errorf("malformed task record %q", s)
+	}
+	a, err1 := strconv.Atoi(parts[1])
+	e, err2 := strconv.ParseInt(parts[2], 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return Record{}, fmt.Errorf("malformed task record %q: %w", s, err)
+	}
+	return Record{Status: parts[0], Attempt: a, Epoch: e, Owner: parts[3]}, nil
+}
+
+// TaskMeta is the static part of a task that workers need at claim time,
+// stored as JSON in the run's dag hash. Short keys keep memory small.
+type TaskMeta struct {
+	Handler     string          `json:"h"`
+	Deps        []string        `json:"d,omitempty"`
+	MaxAttempts int             `json:"m,omitempty"`
+	TimeoutMS   int64           `json:"t,omitempty"`
+	Args        json.RawMessage `json:"x,omitempty"`
+}
+
+// MetaOf builds the stored metadata of a task spec.
+func MetaOf(s events.TaskSpec) TaskMeta {
+	return TaskMeta{Handler: s.Handler, Deps: s.Deps, MaxAttempts: s.MaxAttempts, TimeoutMS: s.TimeoutMS, Args: s.Args}
+}
+
+// Submit runs the submit script. created is false if the run already
+// existed, with the workflow name it was created with.
+func (d DB) Submit(ctx context.Context, run string, ev events.Event, body events.RunSubmittedBody) (created bool, workflow string, err error) {
+	args := make([]any, 0, 6+2*len(body.Tasks))
+	args = append(args, ev.ID, strconv.FormatInt(ev.Time.UnixMilli(), 10), string(ev.Body), body.Workflow, string(body.Input), len(body.Tasks))
+	for _, t := range body.Tasks {
+		m, err := json.Marshal(MetaOf(t))
+		if err != nil {
+			return false, "", err
+		}
+		args = append(args, t.ID, string(m))
+	}
+	res, err := submitScript.Run(ctx, d.C, []string{d.K.RunState(run), d.K.RunLog(run), d.K.RunDAG(run), d.K.RunResults(run)}, args...).StringSlice()
+	if err != nil {
+		return false, "", fmt.Errorf("submit run %s: %w", run, err)
+	}
+	if res[0] == "created" {
+		return true, body.Workflow, nil
+	}
+	return false, res[1], nil
+}
+
+// Commit is a projector commit (see commitScript).
+type Commit struct {
+	Expected string // cursor the projector's state was loaded at
+	FoldedTo string // last log id folded
+	Writer   string // projector id, recorded as the events' worker
+	TimeMS   int64
+	Events   []events.Event // decisions: ID, Type, Task, Attempt, Epoch, Body
+	Records  map[string]string
+	Outbox   []string
+}
+
+// CommitResult is the reply of a commit.
+type CommitResult struct {
+	Conflict bool
+	Cursor   string   // cursor after the commit (or the current one on conflict)
+	CaughtUp bool     // nothing but the decisions was appended since FoldedTo
+	Outbox   int64    // outbox length after the commit
+	Seqs     []string // stream ids of the appended decisions
+}
+
+// Commit runs the commit script for run.
+func (d DB) Commit(ctx context.Context, run string, c Commit) (CommitResult, error) {
+	args := make([]any, 0, 8+6*len(c.Events)+2*len(c.Records)+len(c.Outbox))
+	args = append(args, c.Expected, c.FoldedTo, strconv.FormatInt(c.TimeMS, 10), c.Writer, len(c.Events))
+	for _, e := range c.Events {
+		args = append(args, e.ID, string(e.Type), e.Task, e.Attempt, e.Epoch, string(e.Body))
+	}
+	args = append(args, len(c.Records))
+	for f, v := range c.Records {
+		args = append(args, f, v)
+	}
+	args = append(args, len(c.Outbox))
+	for _, o := range c.Outbox {
+		args = append(args, o)
+	}
+	res, err := commitScript.Run(ctx, d.C, []string{d.K.RunState(run), d.K.RunLog(run), d.K.RunOutbox(run)}, args...).Slice()
+	if err != nil {
+		return CommitResult{}, fmt.Errorf("commit run %s: %w", run, err)
+	}
+	out := CommitResult{Cursor: str(res, 1)}
+	if str(res, 0) == "conflict" {
+		out.Conflict = true
+		return out, nil
+	}
+	out.CaughtUp = num(res, 2) == 1
+	out.Outbox = num(res, 3)
+	for i := 4; i < len(res); i++ {
+		out.Seqs = append(out.Seqs, str(res, i))
+	}
+	return out, nil
+}
+
+// OutboxAck removes relayed entries from the head of run's outbox.
+func (d DB) OutboxAck(ctx context.Context, run string, entries []string) (int64, error) {
+	args := make([]any, len(entries))
+	for i, e := range entries {
+		args[i] = e
+	}
+	return outboxAckScript.Run(ctx, d.C, []string{d.K.RunOutbox(run)}, args...).Int64()
+}
+
+// Dispatch is one entry of an outbox: a task attempt to put on a queue
+// (or in the delayed set until DueMS).
+type Dispatch struct {
+	Pool     string
+	Priority int
+	DueMS    int64
+	Run      string
+	Task     string
+	Attempt  int
+	EventID  string // makes the entry unique
+}
+
+// String encodes the dispatch as an outbox entry.
+func (p Dispatch) String() string {
+	return strings.Join([]string{p.Pool, strconv.Itoa(p.Priority), strconv.FormatInt(p.DueMS, 10), p.Run, p.Task, strconv.Itoa(p.Attempt), p.EventID}, "|")
+}
+
+// ParseDispatch decodes an outbox entry.
+func ParseDispatch(s string) (Dispatch, error) {
+	f := strings.Split(s, "|")
+	if len(f) != 7 {
+		return Dispatch{}, fmt.Errorf("malformed outbox entry %q", s)
+	}
+	prio, err1 := strconv.Atoi(f[1])
+	due, err2 := strconv.ParseInt(f[2], 10, 64)
+	att, err3 := strconv.Atoi(f[5])
+	if err := errors.Join(err1, err2, err3); err != nil {
+		return Dispatch{}, fmt.Errorf("malformed outbox entry %q: %w", s, err)
+	}
+	return Dispatch{Pool: f[0], Priority: prio, DueMS: due, Run: f[3], Task: f[4], Attempt: att, EventID: f[6]}, nil
+}
+
+// Queue message fields.
+const (
+	MsgRun     = "r"
+	MsgTask    = "k"
+	MsgAttempt = "a"
+)
+
+// XAddDispatch queues a dispatch on its pool and band (pipelineable).
+func (d DB) XAddDispatch(ctx context.Context, p redis.Cmdable, x Dispatch) *redis.StringCmd {
+	return p.XAdd(ctx, &redis.XAddArgs{
+		Stream: d.K.Queue(x.Pool, x.Priority),
+		Values: []any{MsgRun, x.Run, MsgTask, x.Task, MsgAttempt, strconv.Itoa(x.Attempt)},
+	})
+}
+
+// PointFeed appends a pointer to run on its feed partition (pipelineable).
+func (d DB) PointFeed(ctx context.Context, p redis.Cmdable, run string) *redis.StringCmd {
+	return p.XAdd(ctx, &redis.XAddArgs{Stream: d.K.FeedFor(run), Values: []any{MsgRun, run}})
+}
+
+// ClaimArgs are the inputs of a claim.
+type ClaimArgs struct {
+	Run, Task, Worker string
+	Attempt           int
+	EventID           string
+	TimeMS            int64
+	Reclaim           bool
+	Deliveries        int64
+	ReclaimEventID    string
+}
+
+// ClaimOutcome says what a claim found.
+type ClaimOutcome string
+
+// Claim outcomes.
+const (
+	ClaimOK      ClaimOutcome = "ok"
+	ClaimDone    ClaimOutcome = "done"
+	ClaimStale   ClaimOutcome = "stale"
+	ClaimBusy    ClaimOutcome = "busy"
+	ClaimMissing ClaimOutcome = "missing"
+)
+
+// ClaimResult is the reply of a claim.
+type ClaimResult struct {
+	Outcome ClaimOutcome
+	Epoch   int64
+	Meta    TaskMeta
+	Input   json.RawMessage
+	// Upstream maps each dependency to its accepted result.
+	Upstream map[string]json.RawMessage
+	Detail   string // status found, for logs
+}
+
+// Claim runs the claim script.
+func (d DB) Claim(ctx context.Context, a ClaimArgs) (ClaimResult, error) {
+	mode := "claim"
+	if a.Reclaim {
+		mode = "reclaim"
+	}
+	res, err := claimScript.Run(ctx, d.C,
+		[]string{d.K.RunState(a.Run), d.K.RunLog(a.Run), d.K.RunDAG(a.Run), d.K.RunResults(a.Run)},
+		a.Task, a.Attempt, a.Worker, a.EventID, a.TimeMS, mode, a.Deliveries, a.ReclaimEventID).Slice()
+	if err != nil {
+		return ClaimResult{}, fmt.Errorf("claim %s/%s: %w", a.Run, a.Task, err)
+	}
+	out := ClaimResult{Outcome: ClaimOutcome(str(res, 0)), Detail: str(res, 1)}
+	if out.Outcome != ClaimOK {
+		return out, nil
+	}
+	out.Epoch, _ = strconv.ParseInt(str(res, 1), 10, 64)
+	if err := json.Unmarshal([]byte(str(res, 2)), &out.Meta); err != nil {
+		return ClaimResult{}, fmt.Errorf("claim %s/%s: task metadata: %w", a.Run, a.Task, err)
+	}
+	if in := str(res, 3); in != "" {
+		out.Input = json.RawMessage(in)
+	}
+	out.Upstream = make(map[string]json.RawMessage, len(out.Meta.Deps))
+	for i, dep := range out.Meta.Deps {
+		if v := str(res, 4+i); v != "" {
+			out.Upstream[dep] = json.RawMessage(v)
+		} else {
+			out.Upstream[dep] = nil
+		}
+	}
+	return out, nil
+}
+
+// FinishArgs are the inputs of finishing an attempt.
+type FinishArgs struct {
+	Run, Task, Worker string
+	Attempt           int
+	Epoch             int64
+	EventID           string
+	RejectID          string
+	TimeMS            int64
+	Type              events.Type
+	Body              []byte
+	Status            string // new task status
+	Result            []byte // stored for succeeded
+}
+
+// ErrStaleClaim is returned when a worker reports on a claim it no longer
+// holds (its lease was reclaimed and the epoch moved on). Nothing it sent
+// changed state; the rejection is recorded in the log as result_rejected.
+var ErrStaleClaim = errors.New("stale claim: the task was reclaimed by another worker (epoch moved on)")
+
+// StaleError details an ErrStaleClaim.
+type StaleError struct {
+	Status string
+	Epoch  string
+	Owner  string
+}
+
+func (e *StaleError) Error() string {
+	return fmt.Sprintf("%v: task is %s at epoch %s owned by %q", ErrStaleClaim, e.Status, e.Epoch, e.Owner)
+}
+
+func (e *StaleError) Unwrap() error { return ErrStaleClaim }
+
+// Finish runs the finish script. newlyDirty says the caller must point the
+// feed at the run.
+func (d DB) Finish(ctx context.Context, a FinishArgs) (newlyDirty bool, err error) {
+	res, err := finishScript.Run(ctx, d.C,
+		[]string{d.K.RunState(a.Run), d.K.RunLog(a.Run), d.K.RunResults(a.Run)},
+		a.Task, a.Attempt, a.Epoch, a.Worker, a.EventID, a.TimeMS, string(a.Type), string(a.Body), a.Status, string(a.Result), a.RejectID).Slice()
+	if err != nil {
+		return false, fmt.Errorf("finish %s/%s: %w", a.Run, a.Task, err)
+	}
+	if str(res, 0) == "stale" {
+		return false, &StaleError{Status: str(res, 1), Epoch: str(res, 2), Owner: str(res, 3)}
+	}
+	return num(res, 2) == 1, nil
+}
+
+// HeartbeatArgs are the inputs of a heartbeat.
+type HeartbeatArgs struct {
+	Run, Task, Worker string
+	Attempt           int
+	Epoch             int64
+	EventID, RejectID string
+	TimeMS            int64
+	Body              []byte
+	Append            bool
+}
+
+// Heartbeat runs the heartbeat script (pipelineable: pass a pipeliner and
+// read the command's result after Exec with HeartbeatResult).
+func (d DB) Heartbeat(ctx context.Context, p redis.Scripter, a HeartbeatArgs) *redis.Cmd {
+	app := "0"
+	if a.Append {
+		app = "1"
+	}
+	return heartbeatScript.Run(ctx, p, []string{d.K.RunState(a.Run), d.K.RunLog(a.Run)},
+		a.Task, a.Attempt, a.Epoch, a.Worker, a.EventID, a.TimeMS, string(a.Body), app, a.RejectID)
+}
+
+// HeartbeatResult interprets a heartbeat command's reply.
+func HeartbeatResult(cmd *redis.Cmd) error {
+	res, err := cmd.Slice()
+	if err != nil {
+		return err
+	}
+	if str(res, 0) == "stale" {
+		return &StaleError{Status: str(res, 1), Epoch: str(res, 2), Owner: str(res, 3)}
+	}
+	return nil
+}
+
+// QueueAck acks and deletes a queue message if it is pending for consumer.
+func (d DB) QueueAck(ctx context.Context, p redis.Scripter, stream, consumer, id string) *redis.Cmd {
+	return queueAckScript.Run(ctx, p, []string{stream}, GroupWorkers, consumer, id)
+}
+
+// QueueTouch resets the idle time of a message pending for consumer.
+func (d DB) QueueTouch(ctx context.Context, p redis.Scripter, stream, consumer, id string) *redis.Cmd {
+	return queueTouchScript.Run(ctx, p, []string{stream}, GroupWorkers, consumer, id)
+}
+
+// EnsureGroup creates a consumer group reading from the start, and the
+// stream if needed. An existing group is fine.
+func (d DB) EnsureGroup(ctx context.Context, stream, group string) error {
+	err := d.C.XGroupCreateMkStream(ctx, stream, group, "0").Err()
+	if err != nil && !strings.HasPrefix(err.Error(), "BUSYGROUP") {
+		return fmt.Errorf("create group %s on %s: %w", group, stream, err)
+	}
+	return nil
+}
+
+// LoadScripts loads every script so the first calls need no EVAL fallback.
+// Script.Run falls back to EVAL on NOSCRIPT (after a Redis restart) anyway.
+func (d DB) LoadScripts(ctx context.Context) error {
+	for name, s := range Scripts() {
+		if err := s.Load(ctx, d.C).Err(); err != nil {
+			return fmt.Errorf("load script %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// IsNoScript reports a NOSCRIPT error: the script cache is empty (Redis
+// restarted). Pipelined scripts do not fall back to EVAL; reload and retry.
+func IsNoScript(err error) bool {
+	return err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT")
+}
+
+func str(res []any, i int) string {
+	if i >= len(res) || res[i] == nil {
+		return ""
+	}
+	switch v := res[i].(type) {
+	case string:
+		return v
+	case int64:
+		return strconv.FormatInt(v, 10)
+	}
+	return fmt.Sprint(res[i])
+}
+
+func num(res []any, i int) int64 {
+	if i >= len(res) {
+		return 0
+	}
+	switch v := res[i].(type) {
+	case int64:
+		return v
+	case string:
+		n, _ := strconv.ParseInt(v, 10, 64)
+		return n
+	}
+	return 0
+}

@@ -1,0 +1,273 @@
+package rdb
+
+import "github.com/redis/go-redis/v9"
+
+// prelude is prepended to every run-slot script. It holds the one encoder of
+// events written from Lua (the same field layout as events.Event.Fields) and
+// the codec of a task record, "status|attempt|epoch|owner".
+const prelude = `
+local function append(log, id, typ, task, attempt, epoch, worker, ts, body)
+  return redis.call('XADD', log, '*', 'id', id, 't', typ, 'v', '1', 'k', task,
+    'a', tostring(attempt), 'e', tostring(epoch), 'w', worker, 'ts', ts, 'b', body)
+end
+local function getrec(state, task)
+  local r = redis.call('HGET', state, task)
+  if not r then return 'pending', 0, 0, '' end
+  local st, a, e, o = string.match(r, '^([^|]*)|([^|]*)|([^|]*)|(.*)$')
+  return st, tonumber(a), tonumber(e), o
+end
+local function setrec(state, task, st, a, e, o)
+  redis.call('HSET', state, task, st .. '|' .. tostring(a) .. '|' .. tostring(e) .. '|' .. o)
+end
+local terminal = {succeeded=true, failed=true, skipped=true, cancelled=true}
+`
+
+// submitScript creates a run: appends run_submitted and writes the run's
+// static metadata. Idempotent: an existing run is left untouched.
+//
+// KEYS: 1 state, 2 log, 3 dag, 4 results
+// ARGV: 1 event id, 2 time ms, 3 run_submitted body, 4 workflow name,
+//
+//	5 input, 6 n tasks, then n pairs (task id, meta JSON)
+//
+// Reply: {"created", seq} or {"exists", workflow}
+var submitScript = redis.NewScript(prelude + `
+if redis.call('HEXISTS', KEYS[1], '@status') == 1 then
+  return {'exists', redis.call('HGET', KEYS[1], '@workflow') or ''}
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  return {'exists', ''}
+end
+local seq = append(KEYS[2], ARGV[1], 'run_submitted', '', 0, 0, '', ARGV[2], ARGV[3])
+redis.call('HSET', KEYS[1], '@status', 'running', '@workflow', ARGV[4], '@dirty', '1')
+redis.call('HSET', KEYS[4], '@input', ARGV[5])
+local n = tonumber(ARGV[6])
+for i = 0, n - 1 do
+  redis.call('HSET', KEYS[3], ARGV[7 + 2*i], ARGV[8 + 2*i])
+end
+return {'created', seq}
+`)
+
+// commitScript commits a projector's decisions with a compare-and-set on the
+// run's cursor: appends the decision events, applies their task records and
+// run fields, and pushes the dispatches onto the outbox. The cursor advances
+// past the decisions only when nothing else was appended since foldedTo;
+// otherwise it stays at foldedTo and the projector folds on from there.
+//
+// KEYS: 1 state, 2 log, 3 outbox
+// ARGV: 1 expected cursor, 2 foldedTo, 3 time ms, 4 writer id,
+//
+//	5 n events, then n x (event id, type, task, attempt, epoch, body),
+//	then m, m x (field, value), then k, k x outbox entry
+//
+// Reply: {"conflict", cursor} or {"ok", new cursor, caughtUp 0|1, outbox length, seq...}
+var commitScript = redis.NewScript(prelude + `
+local cur = redis.call('HGET', KEYS[1], '@cursor') or ''
+if cur ~= ARGV[1] then return {'conflict', cur} end
+local n = tonumber(ARGV[5])
+local status = redis.call('HGET', KEYS[1], '@status')
+if n > 0 and status ~= 'running' then return {'conflict', cur} end
+local last = ''
+local tail = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+if #tail > 0 then last = tail[1][1] end
+local i = 6
+local seqs = {}
+for j = 1, n do
+  seqs[j] = append(KEYS[2], ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[4], ARGV[3], ARGV[i+5])
+  i = i + 6
+end
+local m = tonumber(ARGV[i]); i = i + 1
+for j = 1, m do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i+1])
+  i = i + 2
+end
+local k = tonumber(ARGV[i]); i = i + 1
+for j = 1, k do
+  redis.call('RPUSH', KEYS[3], ARGV[i])
+  i = i + 1
+end
+local newcur = ARGV[2]
+local caught = 0
+if last == ARGV[2] then
+  caught = 1
+  if n > 0 then newcur = seqs[n] end
+  redis.call('HDEL', KEYS[1], '@dirty')
+else
+  redis.call('HSET', KEYS[1], '@dirty', '1')
+end
+redis.call('HSET', KEYS[1], '@cursor', newcur)
+local reply = {'ok', newcur, caught, redis.call('LLEN', KEYS[3])}
+for j = 1, n do reply[4 + j] = seqs[j] end
+return reply
+`)
+
+// outboxAckScript removes relayed entries from the head of the outbox, each
+// only if it is still the head (so a concurrent relayer never drops an entry
+// it did not relay).
+//
+// KEYS: 1 outbox
+// ARGV: the relayed entries, in order
+// Reply: number removed
+var outboxAckScript = redis.NewScript(`
+local n = 0
+for i = 1, #ARGV do
+  if redis.call('LINDEX', KEYS[1], 0) ~= ARGV[i] then break end
+  redis.call('LPOP', KEYS[1])
+  n = n + 1
+end
+return n
+`)
+
+// claimScript claims a task for a worker: checks the task is claimable for
+// that attempt, bumps the epoch, records the owner, appends task_claimed
+// (after task_reclaimed when taking over a running claim in reclaim mode),
+// and returns what the handler needs.
+//
+// KEYS: 1 state, 2 log, 3 dag, 4 results
+// ARGV: 1 task, 2 attempt, 3 worker, 4 claim event id, 5 time ms,
+//
+//	6 mode "claim"|"reclaim", 7 deliveries, 8 reclaim event id
+//
+// Reply: {"ok", epoch, meta, input, dep results...} |
+//
+//	{"done", status} (finished or run over: ack, re-point the feed) |
+//	{"stale", status, attempt} (another attempt: ack and drop) |
+//	{"busy", owner, epoch} (claimed by a live claim: ack and drop) |
+//	{"missing"} (no such run)
+var claimScript = redis.NewScript(prelude + `
+local run = redis.call('HGET', KEYS[1], '@status')
+if not run then return {'missing'} end
+local st, a, e, o = getrec(KEYS[1], ARGV[1])
+if terminal[st] then return {'done', st} end
+if run ~= 'running' then return {'done', run} end
+local att = tonumber(ARGV[2])
+if a ~= att then return {'stale', st, tostring(a)} end
+if st == 'running' then
+  if ARGV[6] ~= 'reclaim' then return {'busy', o, tostring(e)} end
+  e = e + 1
+  append(KEYS[2], ARGV[8], 'task_reclaimed', ARGV[1], a, e, ARGV[3], ARGV[5],
+    cjson.encode({from = o, deliveries = tonumber(ARGV[7])}))
+elseif st ~= 'dispatched' then
+  return {'stale', st, tostring(a)}
+end
+e = e + 1
+setrec(KEYS[1], ARGV[1], 'running', a, e, ARGV[3])
+append(KEYS[2], ARGV[4], 'task_claimed', ARGV[1], a, e, ARGV[3], ARGV[5], '')
+local meta = redis.call('HGET', KEYS[3], ARGV[1]) or '{}'
+local input = redis.call('HGET', KEYS[4], '@input') or ''
+local reply = {'ok', tostring(e), meta, input}
+local deps = cjson.decode(meta).d
+if type(deps) == 'table' then
+  for i = 1, #deps, 500 do
+    local chunk = {}
+    for j = i, math.min(i + 499, #deps) do chunk[#chunk + 1] = deps[j] end
+    local vals = redis.call('HMGET', KEYS[4], unpack(chunk))
+    for j = 1, #chunk do reply[#reply + 1] = vals[j] or '' end
+  end
+end
+return reply
+`)
+
+// finishScript records the outcome of an attempt if the caller still holds
+// the claim (same attempt, epoch and owner): appends task_succeeded /
+// task_failed / task_timed_out, sets the task record, stores a result, and
+// marks the run dirty. A stale caller gets its message recorded as
+// result_rejected and changes nothing else.
+//
+// KEYS: 1 state, 2 log, 3 results
+// ARGV: 1 task, 2 attempt, 3 epoch, 4 worker, 5 event id, 6 time ms,
+//
+//	7 event type, 8 body, 9 new status, 10 result ("" = none),
+//	11 rejection event id
+//
+// Reply: {"ok", seq, newly dirty 0|1} | {"stale", status, epoch, owner}
+var finishScript = redis.NewScript(prelude + `
+local st, a, e, o = getrec(KEYS[1], ARGV[1])
+local att, ep = tonumber(ARGV[2]), tonumber(ARGV[3])
+if st == ARGV[9] and a == att and e == ep and o == ARGV[4] then
+  return {'ok', '', 0}
+end
+if st ~= 'running' or a ~= att or e ~= ep or o ~= ARGV[4] then
+  local what = 'result'
+  if ARGV[7] ~= 'task_succeeded' then what = 'failure' end
+  append(KEYS[2], ARGV[11], 'result_rejected', ARGV[1], att, ep, ARGV[4], ARGV[6],
+    cjson.encode({what = what, reason = 'claim lost: task is ' .. st .. ' at epoch ' .. tostring(e), current_epoch = e}))
+  return {'stale', st, tostring(e), o}
+end
+setrec(KEYS[1], ARGV[1], ARGV[9], a, e, o)
+if ARGV[9] == 'succeeded' then
+  redis.call('HSET', KEYS[3], ARGV[1], ARGV[10])
+end
+local seq = append(KEYS[2], ARGV[5], ARGV[7], ARGV[1], a, e, ARGV[4], ARGV[6], ARGV[8])
+local newly = redis.call('HSETNX', KEYS[1], '@dirty', '1')
+return {'ok', seq, newly}
+`)
+
+// heartbeatScript checks that the caller still holds the claim and, when
+// asked, appends task_heartbeat. A stale caller is recorded as
+// result_rejected.
+//
+// KEYS: 1 state, 2 log
+// ARGV: 1 task, 2 attempt, 3 epoch, 4 worker, 5 event id, 6 time ms,
+//
+//	7 body, 8 append 0|1, 9 rejection event id
+//
+// Reply: {"ok"} | {"stale", status, epoch, owner}
+var heartbeatScript = redis.NewScript(prelude + `
+local st, a, e, o = getrec(KEYS[1], ARGV[1])
+local att, ep = tonumber(ARGV[2]), tonumber(ARGV[3])
+if st ~= 'running' or a ~= att or e ~= ep or o ~= ARGV[4] then
+  append(KEYS[2], ARGV[9], 'result_rejected', ARGV[1], att, ep, ARGV[4], ARGV[6],
+    cjson.encode({what = 'heartbeat', reason = 'claim lost: task is ' .. st .. ' at epoch ' .. tostring(e), current_epoch = e}))
+  return {'stale', st, tostring(e), o}
+end
+if ARGV[8] == '1' then
+  append(KEYS[2], ARGV[5], 'task_heartbeat', ARGV[1], a, e, ARGV[4], ARGV[6], ARGV[7])
+end
+return {'ok'}
+`)
+
+// queueAckScript acknowledges and deletes a queue message only if it is
+// pending for this consumer. XACK takes no consumer name, so a blind XACK
+// from a worker that lost its claim would drop a reclaimed message.
+//
+// KEYS: 1 queue stream
+// ARGV: 1 group, 2 consumer, 3 message id
+// Reply: 1 acked, 0 not pending, -1 pending for another consumer
+var queueAckScript = redis.NewScript(`
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if #p == 0 then return 0 end
+if p[1][2] ~= ARGV[2] then return -1 end
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+redis.call('XDEL', KEYS[1], ARGV[3])
+return 1
+`)
+
+// queueTouchScript resets a pending message's idle time (the lease) if it is
+// pending for this consumer: an owner-checked XCLAIM ... JUSTID.
+//
+// KEYS: 1 queue stream
+// ARGV: 1 group, 2 consumer, 3 message id
+// Reply: 1 touched, 0 not pending, -1 pending for another consumer
+var queueTouchScript = redis.NewScript(`
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if #p == 0 then return 0 end
+if p[1][2] ~= ARGV[2] then return -1 end
+redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
+return 1
+`)
+
+// Scripts lists every script with the keys of one call, for the one-slot test
+// and for preloading.
+func Scripts() map[string]*redis.Script {
+	return map[string]*redis.Script{
+		"submit":      submitScript,
+		"commit":      commitScript,
+		"outbox_ack":  outboxAckScript,
+		"claim":       claimScript,
+		"finish":      finishScript,
+		"heartbeat":   heartbeatScript,
+		"queue_ack":   queueAckScript,
+		"queue_touch": queueTouchScript,
+	}
+}

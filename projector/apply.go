@@ -1,0 +1,249 @@
+package projector
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/graflow-go/graflow/events"
+)
+
+// ErrInvalidEvent is returned (wrapped) by Apply for an event that cannot
+// belong to the run: a task that does not exist, a body that does not decode.
+// The projector quarantines a run whose log holds one.
+var ErrInvalidEvent = errors.New("projector: invalid event")
+
+// Apply folds one event into r. It is pure (no I/O, clock or randomness),
+// deterministic and idempotent: an event whose Seq is not after r.LastSeq is
+// ignored, and every transition checks the state it starts from, so applying
+// the same event twice changes nothing.
+func Apply(r *Run, e events.Event) error {
+	if e.Seq != "" && r.LastSeq != "" && CompareSeq(e.Seq, r.LastSeq) <= 0 {
+		return nil
+	}
+	if err := apply(r, e); err != nil {
+		return err
+	}
+	if e.Seq != "" {
+		r.LastSeq = e.Seq
+	}
+	r.Events++
+	return nil
+}
+
+func invalid(e events.Event, format string, args ...any) error {
+	return fmt.Errorf("%w: %s %s (seq %s): %s", ErrInvalidEvent, e.Type, e.Task, e.Seq, fmt.Sprintf(format, args...))
+}
+
+func apply(r *Run, e events.Event) error {
+	switch e.Type {
+	case events.RunSubmitted:
+		if r.Status != RunUnknown {
+			return nil
+		}
+		var b events.RunSubmittedBody
+		if err := e.DecodeBody(&b); err != nil {
+			return invalid(e, "%v", err)
+		}
+		r.Workflow, r.Input, r.Status = b.Workflow, b.Input, RunRunning
+		return r.addTasks(e, b.Tasks)
+	case events.TasksAdded:
+		var b events.TasksAddedBody
+		if err := e.DecodeBody(&b); err != nil {
+			return invalid(e, "%v", err)
+		}
+		return r.addTasks(e, b.Tasks)
+	case events.RunSucceeded:
+		if r.Status == RunRunning {
+			r.Status = RunSucceeded
+		}
+		return nil
+	case events.RunFailed:
+		if r.Status == RunRunning {
+			var b events.RunFailedBody
+			if err := e.DecodeBody(&b); err != nil {
+				return invalid(e, "%v", err)
+			}
+			r.Status, r.FailedTask, r.Cause = RunFailed, b.Task, b.Cause
+		}
+		return nil
+	case events.RunCancelled:
+		if r.Status == RunRunning {
+			r.Status = RunCancelled
+		}
+		return nil
+	case events.ChannelWritten, events.ResultRejected:
+		return nil
+	}
+
+	// Task events.
+	i, ok := r.index[e.Task]
+	if !ok {
+		return invalid(e, "no such task in run %s", r.ID)
+	}
+	t := r.Tasks[i]
+	switch e.Type {
+	case events.TaskDispatched:
+		if t.Status == TaskPending && t.waiting == 0 && e.Attempt > t.Attempt {
+			t.Status, t.Attempt = TaskDispatched, e.Attempt
+		}
+	case events.TaskRetryScheduled:
+		if t.Status == TaskAwaitingRetry && e.Attempt == t.Attempt+1 {
+			t.Status, t.Attempt = TaskDispatched, e.Attempt
+		}
+	case events.TaskClaimed:
+		if (t.Status == TaskDispatched || t.Status == TaskRunning) && e.Attempt == t.Attempt && e.Epoch > t.Epoch {
+			t.Status, t.Epoch, t.Owner = TaskRunning, e.Epoch, e.Worker
+		}
+	case events.TaskReclaimed:
+		if (t.Status == TaskDispatched || t.Status == TaskRunning) && e.Attempt == t.Attempt && e.Epoch > t.Epoch {
+			t.Status, t.Epoch, t.Owner = TaskDispatched, e.Epoch, ""
+		}
+	case events.TaskHeartbeat:
+	case events.TaskSucceeded:
+		if t.Status != TaskRunning || e.Attempt != t.Attempt || e.Epoch != t.Epoch {
+			return nil
+		}
+		var b events.TaskSucceededBody
+		if err := e.DecodeBody(&b); err != nil {
+			return invalid(e, "%v", err)
+		}
+		t.Status, t.Result, t.Error = TaskSucceeded, b.Result, ""
+		r.open--
+		for _, s := range t.succ {
+			st := r.Tasks[s]
+			st.waiting--
+			if st.waiting == 0 && st.Status == TaskPending {
+				r.ready.push(queueEntry{task: s})
+			}
+		}
+	case events.TaskFailed, events.TaskTimedOut:
+		if t.Status != TaskRunning || e.Attempt != t.Attempt || e.Epoch != t.Epoch {
+			return nil
+		}
+		var b events.TaskFailedBody
+		if err := e.DecodeBody(&b); err != nil {
+			return invalid(e, "%v", err)
+		}
+		t.Error = b.Error
+		if !b.Final && t.Attempt < t.Spec.MaxAttempts {
+			t.Status = TaskAwaitingRetry
+			r.retry.push(queueEntry{task: i})
+			break
+		}
+		t.Status = TaskFailed
+		r.open--
+		r.fails++
+		if r.FailedTask == "" {
+			r.FailedTask, r.Cause = t.Spec.ID, b.Error
+		}
+		r.skipDependents(t, "dependency "+t.Spec.ID+" failed")
+	case events.TaskSkipped:
+		if t.Status != TaskPending {
+			return nil
+		}
+		t.Status = TaskSkipped
+		r.open--
+		r.skipDependents(t, "dependency "+t.Spec.ID+" skipped")
+	case events.TaskCancelled:
+		if t.Status.Terminal() {
+			return nil
+		}
+		t.Status, t.Owner = TaskCancelled, ""
+		r.open--
+	default:
+		return invalid(e, "unhandled event type")
+	}
+	r.trimQueues()
+	return nil
+}
+
+func (r *Run) skipDependents(t *Task, cause string) {
+	for _, s := range t.succ {
+		if r.Tasks[s].Status == TaskPending {
+			r.skip.push(queueEntry{task: s, cause: cause})
+		}
+	}
+}
+
+func (r *Run) trimQueues() {
+	r.ready.trim(func(q queueEntry) bool { return r.Tasks[q.task].Status != TaskPending })
+	r.retry.trim(func(q queueEntry) bool { return r.Tasks[q.task].Status != TaskAwaitingRetry })
+	r.skip.trim(func(q queueEntry) bool { return r.Tasks[q.task].Status != TaskPending })
+}
+
+// addTasks appends task specs (already validated at submit time; a spec that
+// is not valid here is an invalid event and nothing of it is applied).
+func (r *Run) addTasks(e events.Event, specs []events.TaskSpec) error {
+	seen := map[string]bool{}
+	for _, s := range specs {
+		if _, dup := r.index[s.ID]; dup || seen[s.ID] {
+			return invalid(e, "duplicate task %q", s.ID)
+		}
+		seen[s.ID] = true
+	}
+	for _, s := range specs {
+		for _, d := range s.Deps {
+			if _, ok := r.index[d]; !ok && !seen[d] {
+				return invalid(e, "task %q depends on unknown task %q", s.ID, d)
+			}
+		}
+	}
+	base := len(r.Tasks)
+	for k, s := range specs {
+		if s.Pool == "" {
+			s.Pool = "default"
+		}
+		if s.MaxAttempts < 1 {
+			s.MaxAttempts = 1
+		}
+		r.index[s.ID] = base + k
+		r.Tasks = append(r.Tasks, &Task{Spec: s, Status: TaskPending})
+	}
+	r.open += len(specs)
+	for k := range specs {
+		t := r.Tasks[base+k]
+		for _, d := range t.Spec.Deps {
+			di := r.index[d]
+			dt := r.Tasks[di]
+			dt.succ = append(dt.succ, base+k)
+			switch dt.Status {
+			case TaskSucceeded:
+			case TaskFailed, TaskSkipped, TaskCancelled:
+				t.waiting++
+				r.skip.push(queueEntry{task: base + k, cause: "dependency " + d + " " + string(dt.Status)})
+			default:
+				t.waiting++
+			}
+		}
+		if t.waiting == 0 {
+			r.ready.push(queueEntry{task: base + k})
+		}
+	}
+	return nil
+}
+
+// CompareSeq orders two Redis stream ids ("ms-seq"): -1, 0 or +1.
+func CompareSeq(a, b string) int {
+	am, as := splitSeq(a)
+	bm, bs := splitSeq(b)
+	switch {
+	case am < bm:
+		return -1
+	case am > bm:
+		return 1
+	case as < bs:
+		return -1
+	case as > bs:
+		return 1
+	}
+	return 0
+}
+
+func splitSeq(s string) (uint64, uint64) {
+	ms, seq, _ := strings.Cut(s, "-")
+	m, _ := strconv.ParseUint(ms, 10, 64)
+	n, _ := strconv.ParseUint(seq, 10, 64)
+	return m, n
+}

@@ -1,0 +1,80 @@
+package projector
+
+import (
+	"time"
+
+	"github.com/graflow-go/graflow/events"
+)
+
+// RetryDelayFunc returns the delay before attempt (2, 3, ...) of task. The
+// live projector uses exponential backoff with jitter; tests pass a
+// deterministic function.
+type RetryDelayFunc func(spec events.TaskSpec, attempt int) time.Duration
+
+// Decide returns the decision events that the state of r calls for, at most
+// limit of them (limit <= 0 means no limit): task_skipped for pending tasks
+// behind a failure, task_dispatched for ready tasks, task_retry_scheduled for
+// failed attempts with attempts left, and run_succeeded / run_failed once
+// every task is terminal. It does not change r; the caller appends the
+// events to the log and folds them with Apply. Decide is pure: the returned
+// events have no ID, Seq or Time (a retry's DueMS is left to the caller).
+//
+// Decisions are monotone: no event that a worker can append between Decide
+// and the commit of its decisions invalidates them.
+func Decide(r *Run, limit int, delay RetryDelayFunc) []events.Event {
+	if r.Status != RunRunning {
+		return nil
+	}
+	var out []events.Event
+	full := func() bool { return limit > 0 && len(out) >= limit }
+	seen := map[int]bool{}
+	for _, q := range r.skip.items[r.skip.head:] {
+		if full() {
+			return out
+		}
+		t := r.Tasks[q.task]
+		if t.Status != TaskPending || seen[q.task] {
+			continue
+		}
+		seen[q.task] = true
+		out = append(out, events.Event{Run: r.ID, Type: events.TaskSkipped, Task: t.Spec.ID}.
+			WithBody(events.TaskSkippedBody{Cause: q.cause}))
+	}
+	for _, q := range r.ready.items[r.ready.head:] {
+		if full() {
+			return out
+		}
+		t := r.Tasks[q.task]
+		if t.Status != TaskPending || t.waiting != 0 || seen[q.task] {
+			continue
+		}
+		seen[q.task] = true
+		out = append(out, events.Event{Run: r.ID, Type: events.TaskDispatched, Task: t.Spec.ID, Attempt: t.Attempt + 1}.
+			WithBody(events.TaskDispatchedBody{Pool: t.Spec.Pool, Priority: t.Spec.Priority}))
+	}
+	for _, q := range r.retry.items[r.retry.head:] {
+		if full() {
+			return out
+		}
+		t := r.Tasks[q.task]
+		if t.Status != TaskAwaitingRetry || seen[q.task] {
+			continue
+		}
+		seen[q.task] = true
+		var d time.Duration
+		if delay != nil {
+			d = delay(t.Spec, t.Attempt+1)
+		}
+		out = append(out, events.Event{Run: r.ID, Type: events.TaskRetryScheduled, Task: t.Spec.ID, Attempt: t.Attempt + 1}.
+			WithBody(events.TaskRetryScheduledBody{DelayMS: d.Milliseconds()}))
+	}
+	if len(out) == 0 && r.open == 0 {
+		if r.fails == 0 {
+			out = append(out, events.Event{Run: r.ID, Type: events.RunSucceeded})
+		} else {
+			out = append(out, events.Event{Run: r.ID, Type: events.RunFailed}.
+				WithBody(events.RunFailedBody{Task: r.FailedTask, Cause: r.Cause}))
+		}
+	}
+	return out
+}

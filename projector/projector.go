@@ -1,0 +1,598 @@
+package projector
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/graflow-go/graflow/events"
+	"github.com/graflow-go/graflow/internal/rdb"
+	"github.com/oklog/ulid/v2"
+	"github.com/redis/go-redis/v9"
+	"github.com/rs/zerolog"
+)
+
+// Defaults for Config's zero values.
+const (
+	DefaultBatchSize      = 256
+	DefaultReadCount      = 2048
+	DefaultCacheSize      = 10000
+	DefaultFeedBlock      = 2 * time.Second
+	DefaultRetryInitial   = 1 * time.Second
+	DefaultRetryMax       = 5 * time.Minute
+	DefaultRetryMultiple  = 2.0
+	DefaultRetryJitter    = 0.2
+	DefaultDelayedMaxWait = 5 * time.Second
+)
+
+// Config configures a Projector. A zero field means its default.
+type Config struct {
+	// Redis is required.
+	Redis redis.UniversalClient
+	// Namespace is the key prefix (default "graflow").
+	Namespace string
+	// ID names this projector in the feed's consumer group and in the
+	// events it writes. Default: "projector-<host>-<pid>". Keep it stable
+	// across restarts so the projector resumes its own pending feed entries.
+	ID string
+	// Partitions lists the feed partitions to consume (default: all).
+	Partitions []int
+	// BatchSize bounds the decision events of one commit (default 256), so
+	// a 20,000-task dispatch is split into short scripts.
+	BatchSize int
+	// ReadCount bounds the log entries read per round trip (default 2048).
+	ReadCount int
+	// CacheSize bounds the runs whose folded state is kept in memory.
+	CacheSize int
+	// FeedBlock is how long one XREADGROUP blocks (default 2s); it only
+	// bounds how fast Run notices cancellation.
+	FeedBlock time.Duration
+	// RetryInitial, RetryMax, RetryMultiplier and RetryJitter shape the
+	// exponential backoff between attempts (defaults 1s, 5m, 2, 0.2).
+	RetryInitial    time.Duration
+	RetryMax        time.Duration
+	RetryMultiplier float64
+	RetryJitter     float64
+	// Logger; nil is quiet.
+	Logger *zerolog.Logger
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+}
+
+func (c Config) withDefaults() Config {
+	if c.Namespace == "" {
+		c.Namespace = rdb.DefaultNamespace
+	}
+	if c.ID == "" {
+		host, _ := os.Hostname()
+		c.ID = "projector-" + host + "-" + strconv.Itoa(os.Getpid())
+	}
+	if c.BatchSize <= 0 {
+		c.BatchSize = DefaultBatchSize
+	}
+	if c.ReadCount <= 0 {
+		c.ReadCount = DefaultReadCount
+	}
+	if c.CacheSize <= 0 {
+		c.CacheSize = DefaultCacheSize
+	}
+	if c.FeedBlock <= 0 {
+		c.FeedBlock = DefaultFeedBlock
+	}
+	if c.RetryInitial <= 0 {
+		c.RetryInitial = DefaultRetryInitial
+	}
+	if c.RetryMax <= 0 {
+		c.RetryMax = DefaultRetryMax
+	}
+	if c.RetryMultiplier <= 0 {
+		c.RetryMultiplier = DefaultRetryMultiple
+	}
+	if c.RetryJitter < 0 {
+		c.RetryJitter = 0
+	} else if c.RetryJitter == 0 {
+		c.RetryJitter = DefaultRetryJitter
+	}
+	if c.Logger == nil {
+		l := zerolog.Nop()
+		c.Logger = &l
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return c
+}
+
+func (c Config) validate() error {
+	var errs []error
+	if c.Redis == nil {
+		errs = append(errs, errors.New("projector: Config.Redis is required"))
+	}
+	if err := rdb.ValidNamespace(c.Namespace); err != nil {
+		errs = append(errs, fmt.Errorf("projector: %w", err))
+	}
+	for _, p := range c.Partitions {
+		if p < 0 || p >= rdb.DefaultFeedPartitions {
+			errs = append(errs, fmt.Errorf("projector: partition %d out of range 0..%d", p, rdb.DefaultFeedPartitions-1))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Projector consumes the feed, folds runs' new events and commits the
+// decisions they call for. Any number may run; commits are compare-and-set
+// on each run's cursor. Safe for concurrent use.
+type Projector struct {
+	cfg Config
+	db  rdb.DB
+	log zerolog.Logger
+
+	mu    sync.Mutex
+	cache map[string]*cached
+
+	wakeDelayed chan struct{}
+}
+
+type cached struct {
+	mu     sync.Mutex
+	run    *Run
+	cursor string // the state hash's cursor that run corresponds to
+}
+
+// New returns a Projector.
+func New(cfg Config) (*Projector, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	return &Projector{
+		cfg:         cfg,
+		db:          rdb.New(cfg.Redis, cfg.Namespace),
+		log:         cfg.Logger.With().Str("projector", cfg.ID).Logger(),
+		cache:       map[string]*cached{},
+		wakeDelayed: make(chan struct{}, 1),
+	}, nil
+}
+
+// Run consumes the feed partitions and moves due retries until ctx is
+// cancelled; it returns nil then. Redis errors are retried with backoff.
+func (p *Projector) Run(ctx context.Context) error {
+	parts := p.cfg.Partitions
+	if len(parts) == 0 {
+		for i := 0; i < p.db.K.Partitions(); i++ {
+			parts = append(parts, i)
+		}
+	}
+	var wg sync.WaitGroup
+	for _, n := range parts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p.consume(ctx, n)
+		}()
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		p.moveDelayed(ctx)
+	}()
+	wg.Wait()
+	return nil
+}
+
+// retry runs op until it succeeds or ctx ends, backing off on errors.
+func retry(ctx context.Context, log zerolog.Logger, what string, op func() error) error {
+	b := backoff.NewExponentialBackOff()
+	b.InitialInterval, b.MaxInterval, b.MaxElapsedTime = 50*time.Millisecond, 5*time.Second, 0
+	return backoff.RetryNotify(op, backoff.WithContext(b, ctx), func(err error, d time.Duration) {
+		log.Warn().Err(err).Dur("retry_in", d).Msg(what)
+	})
+}
+
+func (p *Projector) consume(ctx context.Context, n int) {
+	stream := p.db.K.Feed(n)
+	log := p.log.With().Int("partition", n).Logger()
+	if err := retry(ctx, log, "create feed group", func() error {
+		return p.db.EnsureGroup(ctx, stream, rdb.GroupProjectors)
+	}); err != nil {
+		return
+	}
+	start := "0" // our own pending entries first (a restart resumes them)
+	for ctx.Err() == nil {
+		var res []redis.XStream
+		err := retry(ctx, log, "read feed", func() error {
+			var err error
+			res, err = p.cfg.Redis.XReadGroup(ctx, &redis.XReadGroupArgs{
+				Group: rdb.GroupProjectors, Consumer: p.cfg.ID, Streams: []string{stream, start},
+				Count: 256, Block: p.cfg.FeedBlock,
+			}).Result()
+			if errors.Is(err, redis.Nil) {
+				res, err = nil, nil
+			}
+			if err != nil && ctx.Err() != nil {
+				return backoff.Permanent(err)
+			}
+			if err != nil && isNoGroup(err) {
+				_ = p.db.EnsureGroup(ctx, stream, rdb.GroupProjectors)
+			}
+			return err
+		})
+		if err != nil {
+			return
+		}
+		var msgs []redis.XMessage
+		if len(res) > 0 {
+			msgs = res[0].Messages
+		}
+		if start == "0" && len(msgs) == 0 {
+			start = ">"
+			continue
+		}
+		ids := make([]string, 0, len(msgs))
+		seen := map[string]bool{}
+		for _, m := range msgs {
+			ids = append(ids, m.ID)
+			run, _ := m.Values[rdb.MsgRun].(string)
+			if run == "" || seen[run] {
+				continue
+			}
+			seen[run] = true
+			if err := retry(ctx, log, "project run", func() error {
+				err := p.Project(ctx, run)
+				if errors.Is(err, ErrInvalidEvent) || errors.Is(err, events.ErrMalformed) ||
+					errors.Is(err, events.ErrUnknownType) || errors.Is(err, events.ErrUnknownVersion) {
+					return backoff.Permanent(err)
+				}
+				return err
+			}); err != nil {
+				if ctx.Err() != nil {
+					return
+				}
+				p.quarantine(ctx, run, err)
+			}
+		}
+		if len(ids) > 0 {
+			_ = retry(ctx, log, "ack feed", func() error {
+				pipe := p.cfg.Redis.Pipeline()
+				pipe.XAck(ctx, stream, rdb.GroupProjectors, ids...)
+				pipe.XDel(ctx, stream, ids...)
+				_, err := pipe.Exec(ctx)
+				return err
+			})
+		}
+	}
+}
+
+func isNoGroup(err error) bool {
+	return err != nil && len(err.Error()) >= 7 && err.Error()[:7] == "NOGROUP"
+}
+
+// quarantine sets a run aside: its log holds an event this build cannot
+// fold. Only that run stops; the error is stored on the run and logged.
+func (p *Projector) quarantine(ctx context.Context, run string, cause error) {
+	p.log.Error().Err(cause).Str("run", run).Msg("run quarantined: its log holds an event that cannot be folded")
+	p.forget(run)
+	_ = p.cfg.Redis.HSet(ctx, p.db.K.RunState(run), rdb.FieldRunQuarantine, cause.Error()).Err()
+}
+
+func (p *Projector) forget(run string) {
+	p.mu.Lock()
+	delete(p.cache, run)
+	p.mu.Unlock()
+}
+
+func (p *Projector) entry(run string) *cached {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	c := p.cache[run]
+	if c == nil {
+		if len(p.cache) >= p.cfg.CacheSize {
+			for k := range p.cache { // evict an arbitrary run
+				delete(p.cache, k)
+				break
+			}
+		}
+		c = &cached{}
+		p.cache[run] = c
+	}
+	return c
+}
+
+// Project folds run's events after its cursor, commits the decisions they
+// call for and relays the outbox, until the run is caught up. It is
+// idempotent and safe to call concurrently with other projectors.
+func (p *Projector) Project(ctx context.Context, run string) error {
+	c := p.entry(run)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	conflicts := 0
+	skipRead := false
+	for {
+		if c.run == nil {
+			if err := p.load(ctx, run, c); err != nil {
+				return err
+			}
+			skipRead = true
+		}
+		if !skipRead {
+			if _, err := p.readInto(ctx, run, c.run); err != nil {
+				c.run = nil
+				return err
+			}
+		}
+		skipRead = false
+		if c.run.Status == RunUnknown {
+			return nil // no such run (feed pointer for a deleted run)
+		}
+		decisions := Decide(c.run, p.cfg.BatchSize, p.retryDelay)
+		now := p.cfg.Now()
+		records := map[string]string{}
+		var outbox []string
+		for i := range decisions {
+			d := &decisions[i]
+			d.ID, d.Time, d.Worker, d.Version = ulid.Make().String(), now, p.cfg.ID, events.CurrentVersion
+			if d.Type == events.TaskRetryScheduled {
+				var b events.TaskRetryScheduledBody
+				_ = d.DecodeBody(&b)
+				b.DueMS = now.UnixMilli() + b.DelayMS
+				*d = d.WithBody(b)
+			}
+			rec, disp := p.effect(c.run, *d)
+			for f, v := range rec {
+				records[f] = v
+			}
+			if disp != nil {
+				outbox = append(outbox, disp.String())
+			}
+		}
+		res, err := p.db.Commit(ctx, run, rdb.Commit{
+			Expected: c.cursor, FoldedTo: c.run.LastSeq, Writer: p.cfg.ID, TimeMS: now.UnixMilli(),
+			Events: decisions, Records: records, Outbox: outbox,
+		})
+		if err != nil {
+			c.run = nil
+			return err
+		}
+		if res.Conflict {
+			conflicts++
+			p.log.Debug().Str("run", run).Int("conflicts", conflicts).Msg("cursor moved under us; reloading")
+			c.run = nil
+			if conflicts > 100 {
+				return fmt.Errorf("project run %s: %d cursor conflicts in a row", run, conflicts)
+			}
+			continue
+		}
+		if res.Outbox > 0 {
+			if err := p.Relay(ctx, run); err != nil {
+				c.run = nil
+				return err
+			}
+		}
+		if !res.CaughtUp {
+			c.cursor = res.Cursor
+			continue
+		}
+		for i, d := range decisions {
+			d.Seq = res.Seqs[i]
+			if err := Apply(c.run, d); err != nil {
+				c.run = nil
+				return err
+			}
+		}
+		c.cursor = res.Cursor
+		if len(decisions) == 0 {
+			if c.run.Status.Terminal() {
+				p.forget(run)
+			}
+			return nil
+		}
+		skipRead = true
+	}
+}
+
+// effect computes what a decision writes besides its event: task records,
+// run fields, and the dispatch for the outbox.
+func (p *Projector) effect(r *Run, d events.Event) (map[string]string, *rdb.Dispatch) {
+	switch d.Type {
+	case events.RunSucceeded:
+		return map[string]string{rdb.FieldRunStatus: string(RunSucceeded)}, nil
+	case events.RunFailed:
+		return map[string]string{rdb.FieldRunStatus: string(RunFailed)}, nil
+	}
+	t := r.Task(d.Task)
+	if t == nil {
+		return nil, nil
+	}
+	next := *t
+	switch d.Type {
+	case events.TaskSkipped:
+		next.Status = TaskSkipped
+	case events.TaskDispatched, events.TaskRetryScheduled:
+		next.Status, next.Attempt = TaskDispatched, d.Attempt
+	}
+	rec := map[string]string{d.Task: RecordOf(&next).String()}
+	if next.Status != TaskDispatched {
+		return rec, nil
+	}
+	disp := &rdb.Dispatch{Pool: t.Spec.Pool, Priority: t.Spec.Priority, Run: r.ID, Task: d.Task, Attempt: d.Attempt, EventID: d.ID}
+	if d.Type == events.TaskRetryScheduled {
+		var b events.TaskRetryScheduledBody
+		_ = d.DecodeBody(&b)
+		disp.DueMS = b.DueMS
+	}
+	return rec, disp
+}
+
+// RecordOf is the lease record of a task as the Redis state hash stores it.
+func RecordOf(t *Task) rdb.Record {
+	return rdb.Record{Status: string(t.Status), Attempt: t.Attempt, Epoch: t.Epoch, Owner: t.Owner}
+}
+
+func (p *Projector) retryDelay(spec events.TaskSpec, attempt int) time.Duration {
+	b := backoff.NewExponentialBackOff()
+	b.InitialInterval, b.MaxInterval, b.Multiplier = p.cfg.RetryInitial, p.cfg.RetryMax, p.cfg.RetryMultiplier
+	b.RandomizationFactor, b.MaxElapsedTime = p.cfg.RetryJitter, 0
+	b.Reset()
+	d := b.NextBackOff()
+	for i := 2; i < attempt; i++ {
+		d = b.NextBackOff()
+	}
+	return d
+}
+
+// load folds run's whole log from the first event.
+func (p *Projector) load(ctx context.Context, run string, c *cached) error {
+	cursor, err := p.cfg.Redis.HGet(ctx, p.db.K.RunState(run), rdb.FieldRunCursor).Result()
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return fmt.Errorf("load run %s: %w", run, err)
+	}
+	r := NewRun(run)
+	for {
+		n, err := p.readInto(ctx, run, r)
+		if err != nil {
+			return err
+		}
+		if n < p.cfg.ReadCount {
+			break
+		}
+	}
+	c.run, c.cursor = r, cursor
+	return nil
+}
+
+// readInto folds up to ReadCount log entries after r.LastSeq into r.
+func (p *Projector) readInto(ctx context.Context, run string, r *Run) (int, error) {
+	start := "-"
+	if r.LastSeq != "" {
+		start = "(" + r.LastSeq
+	}
+	msgs, err := p.cfg.Redis.XRangeN(ctx, p.db.K.RunLog(run), start, "+", int64(p.cfg.ReadCount)).Result()
+	if err != nil {
+		return 0, fmt.Errorf("read log of run %s: %w", run, err)
+	}
+	for _, m := range msgs {
+		e, err := events.Decode(run, m.ID, m.Values)
+		if err != nil {
+			return 0, err
+		}
+		if err := Apply(r, e); err != nil {
+			return 0, err
+		}
+	}
+	return len(msgs), nil
+}
+
+// Relay moves run's outbox onto the queue streams (or the delayed set) and
+// removes what it relayed. A crash between the two relays again; the
+// duplicate queue message is dropped by the claim script.
+func (p *Projector) Relay(ctx context.Context, run string) error {
+	for {
+		entries, err := p.cfg.Redis.LRange(ctx, p.db.K.RunOutbox(run), 0, 255).Result()
+		if err != nil {
+			return fmt.Errorf("read outbox of run %s: %w", run, err)
+		}
+		if len(entries) == 0 {
+			return nil
+		}
+		now := p.cfg.Now().UnixMilli()
+		delayed := false
+		pipe := p.cfg.Redis.Pipeline()
+		for _, s := range entries {
+			d, err := rdb.ParseDispatch(s)
+			if err != nil {
+				p.log.Error().Err(err).Str("run", run).Msg("dropping malformed outbox entry")
+				continue
+			}
+			if d.DueMS > now {
+				pipe.ZAdd(ctx, p.db.K.Delayed(), redis.Z{Score: float64(d.DueMS), Member: s})
+				delayed = true
+			} else {
+				p.db.XAddDispatch(ctx, pipe, d)
+			}
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			return fmt.Errorf("relay outbox of run %s: %w", run, err)
+		}
+		if delayed {
+			select {
+			case p.wakeDelayed <- struct{}{}:
+			default:
+			}
+		}
+		if _, err := p.db.OutboxAck(ctx, run, entries); err != nil {
+			return fmt.Errorf("ack outbox of run %s: %w", run, err)
+		}
+	}
+}
+
+// moveDelayed moves due dispatches from the delayed set to their queues. It
+// sleeps until the earliest due time (or a relay wakes it); the wait is
+// capped so entries parked by other processes are not missed for long.
+func (p *Projector) moveDelayed(ctx context.Context) {
+	for ctx.Err() == nil {
+		wait := DefaultDelayedMaxWait
+		err := func() error {
+			now := p.cfg.Now().UnixMilli()
+			due, err := p.cfg.Redis.ZRangeArgs(ctx, redis.ZRangeArgs{
+				Key: p.db.K.Delayed(), Start: "-inf", Stop: strconv.FormatInt(now, 10), ByScore: true, Count: 256,
+			}).Result()
+			if err != nil {
+				return err
+			}
+			if len(due) > 0 {
+				pipe := p.cfg.Redis.Pipeline()
+				for _, s := range due {
+					if d, err := rdb.ParseDispatch(s); err == nil {
+						p.db.XAddDispatch(ctx, pipe, d)
+					}
+				}
+				if _, err := pipe.Exec(ctx); err != nil {
+					return err
+				}
+				args := make([]any, len(due))
+				for i, s := range due {
+					args[i] = s
+				}
+				if err := p.cfg.Redis.ZRem(ctx, p.db.K.Delayed(), args...).Err(); err != nil {
+					return err
+				}
+				wait = 0
+				return nil
+			}
+			next, err := p.cfg.Redis.ZRangeWithScores(ctx, p.db.K.Delayed(), 0, 0).Result()
+			if err != nil {
+				return err
+			}
+			if len(next) > 0 {
+				if w := time.Duration(int64(next[0].Score)-now) * time.Millisecond; w < wait {
+					wait = w
+				}
+			}
+			return nil
+		}()
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			p.log.Warn().Err(err).Msg("move delayed dispatches")
+			wait = time.Second
+		}
+		if wait <= 0 {
+			continue
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-p.wakeDelayed:
+			t.Stop()
+		case <-t.C:
+		}
+	}
+}

@@ -1,0 +1,130 @@
+package projector
+
+import (
+	"encoding/json"
+
+	"github.com/graflow-go/graflow/events"
+)
+
+// TaskStatus is the lifecycle state of a task.
+type TaskStatus string
+
+// Task statuses. These strings are stored in Redis (the run's state hash).
+const (
+	TaskPending       TaskStatus = "pending"        // waiting for dependencies
+	TaskDispatched    TaskStatus = "dispatched"     // in a queue (or the delayed set) for its attempt
+	TaskRunning       TaskStatus = "running"        // claimed by a worker under an epoch
+	TaskAwaitingRetry TaskStatus = "awaiting_retry" // failed, a retry is to be scheduled
+	TaskSucceeded     TaskStatus = "succeeded"
+	TaskFailed        TaskStatus = "failed" // failed for good
+	TaskSkipped       TaskStatus = "skipped"
+	TaskCancelled     TaskStatus = "cancelled"
+)
+
+// Terminal reports whether no further transition is possible.
+func (s TaskStatus) Terminal() bool {
+	switch s {
+	case TaskSucceeded, TaskFailed, TaskSkipped, TaskCancelled:
+		return true
+	}
+	return false
+}
+
+// RunStatus is the lifecycle state of a run.
+type RunStatus string
+
+// Run statuses, stored in Redis.
+const (
+	RunUnknown   RunStatus = ""
+	RunRunning   RunStatus = "running"
+	RunSucceeded RunStatus = "succeeded"
+	RunFailed    RunStatus = "failed"
+	RunCancelled RunStatus = "cancelled"
+)
+
+// Terminal reports whether the run has ended.
+func (s RunStatus) Terminal() bool {
+	return s == RunSucceeded || s == RunFailed || s == RunCancelled
+}
+
+// Task is the folded state of one task.
+type Task struct {
+	Spec events.TaskSpec `json:"spec"`
+	// Lease fields, also maintained by the worker scripts in Redis.
+	Status  TaskStatus `json:"status"`
+	Attempt int        `json:"attempt"`
+	Epoch   int64      `json:"epoch"`
+	Owner   string     `json:"owner,omitempty"`
+	// Error is the last failure message.
+	Error  string          `json:"error,omitempty"`
+	Result json.RawMessage `json:"result,omitempty"`
+
+	waiting int   // dependencies not yet succeeded
+	succ    []int // indexes of dependent tasks
+}
+
+// Run is the folded state of a run: a pure function of its events.
+//
+// A Run is not safe for concurrent use.
+type Run struct {
+	ID       string          `json:"id"`
+	Workflow string          `json:"workflow"`
+	Status   RunStatus       `json:"status"`
+	Input    json.RawMessage `json:"input,omitempty"`
+	Tasks    []*Task         `json:"tasks"`
+	// FailedTask and Cause explain a failed run.
+	FailedTask string `json:"failed_task,omitempty"`
+	Cause      string `json:"cause,omitempty"`
+	// LastSeq is the stream id of the last event folded.
+	LastSeq string `json:"last_seq"`
+	// Events counts the events folded (duplicates excluded).
+	Events int `json:"events"`
+
+	index map[string]int
+	open  int // tasks not terminal
+	fails int // tasks failed for good
+
+	// Work queues read by Decide, in deterministic order. Entries go stale
+	// when the task moves on; Apply drops stale entries at the head.
+	ready queue // pending tasks whose dependencies all succeeded
+	retry queue // tasks awaiting a retry
+	skip  queue // pending tasks with a failed/skipped dependency
+}
+
+// NewRun returns the empty state of run id, before any event.
+func NewRun(id string) *Run { return &Run{ID: id, index: map[string]int{}} }
+
+// Task returns the task with the given id, or nil.
+func (r *Run) Task(id string) *Task {
+	i, ok := r.index[id]
+	if !ok {
+		return nil
+	}
+	return r.Tasks[i]
+}
+
+// Open is the number of tasks not yet in a terminal state.
+func (r *Run) Open() int { return r.open }
+
+type queueEntry struct {
+	task  int
+	cause string
+}
+
+type queue struct {
+	items []queueEntry
+	head  int
+}
+
+func (q *queue) push(e queueEntry) { q.items = append(q.items, e) }
+func (q *queue) len() int          { return len(q.items) - q.head }
+
+// trim drops stale entries at the head, and the backing array when empty.
+func (q *queue) trim(stale func(queueEntry) bool) {
+	for q.head < len(q.items) && stale(q.items[q.head]) {
+		q.head++
+	}
+	if q.head == len(q.items) {
+		q.items, q.head = q.items[:0], 0
+	}
+}

@@ -1,0 +1,105 @@
+package scheduler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"regexp"
+	"time"
+
+	"github.com/graflow-go/graflow/events"
+	"github.com/graflow-go/graflow/internal/rdb"
+	"github.com/oklog/ulid/v2"
+	"github.com/redis/go-redis/v9"
+)
+
+// ErrRunExists is returned when a run id is reused for another workflow.
+var ErrRunExists = errors.New("run id already used by another workflow")
+
+// ErrInvalidRunID is returned for a caller-supplied run id that cannot be a
+// hash tag.
+var ErrInvalidRunID = errors.New("invalid run id")
+
+// Config configures a Scheduler. A zero field means its default.
+type Config struct {
+	// Redis is required.
+	Redis redis.UniversalClient
+	// Namespace is the key prefix (default "graflow").
+	Namespace string
+	// MaxPayloadBytes bounds inputs and args (default 1 MiB).
+	MaxPayloadBytes int
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+}
+
+// Scheduler validates and submits runs. Safe for concurrent use.
+type Scheduler struct {
+	cfg Config
+	db  rdb.DB
+}
+
+// New returns a Scheduler.
+func New(cfg Config) (*Scheduler, error) {
+	if cfg.Namespace == "" {
+		cfg.Namespace = rdb.DefaultNamespace
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	var errs []error
+	if cfg.Redis == nil {
+		errs = append(errs, errors.New("scheduler: Config.Redis is required"))
+	}
+	if err := rdb.ValidNamespace(cfg.Namespace); err != nil {
+		errs = append(errs, fmt.Errorf("scheduler: %w", err))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return &Scheduler{cfg: cfg, db: rdb.New(cfg.Redis, cfg.Namespace)}, nil
+}
+
+// SubmitOptions tune Submit.
+type SubmitOptions struct {
+	// RunID makes submission idempotent: submitting the same id again
+	// returns it without creating anything. Default: a new ULID.
+	RunID string
+	// Handlers, when set, rejects handler names outside the set.
+	Handlers map[string]bool
+}
+
+var runIDRE = regexp.MustCompile(`^[A-Za-z0-9_.:-]{1,128}$`)
+
+// Submit validates spec and creates the run: appends run_submitted (with the
+// whole DAG) in one script, indexes the run and points the feed at it. An
+// invalid spec returns a *ValidationError and writes nothing. created is
+// false when opts.RunID named an existing run of the same workflow.
+func (s *Scheduler) Submit(ctx context.Context, spec events.RunSubmittedBody, opts SubmitOptions) (run string, created bool, err error) {
+	if err := Validate(spec, ValidateOptions{MaxPayloadBytes: s.cfg.MaxPayloadBytes, Handlers: opts.Handlers}); err != nil {
+		return "", false, err
+	}
+	now := s.cfg.Now()
+	run = opts.RunID
+	if run == "" {
+		run = ulid.MustNew(ulid.Timestamp(now), ulid.DefaultEntropy()).String()
+	} else if !runIDRE.MatchString(run) {
+		return "", false, fmt.Errorf("%w %q: use 1-128 letters, digits, '_', '.', ':', '-'", ErrInvalidRunID, run)
+	}
+	ev := events.Event{ID: ulid.Make().String(), Run: run, Type: events.RunSubmitted, Time: now}.WithBody(spec)
+	created, workflow, err := s.db.Submit(ctx, run, ev, spec)
+	if err != nil {
+		return "", false, err
+	}
+	if !created && workflow != spec.Workflow {
+		return run, false, fmt.Errorf("%w: run %s is a %q run", ErrRunExists, run, workflow)
+	}
+	// Index and point the feed even when the run existed: a previous
+	// submit may have died between its script and these writes.
+	pipe := s.cfg.Redis.Pipeline()
+	pipe.ZAddNX(ctx, s.db.K.Runs(), redis.Z{Score: float64(now.UnixMilli()), Member: run})
+	s.db.PointFeed(ctx, pipe, run)
+	if _, err := pipe.Exec(ctx); err != nil {
+		return run, created, fmt.Errorf("index run %s: %w", run, err)
+	}
+	return run, created, nil
+}

@@ -1,0 +1,174 @@
+// Package scheduler validates workflow definitions and submits runs.
+package scheduler
+
+import (
+	"errors"
+	"fmt"
+	"regexp"
+	"strings"
+
+	"github.com/graflow-go/graflow/events"
+	"github.com/graflow-go/graflow/internal/rdb"
+)
+
+// Validation errors. A *ValidationError wraps one or more of them, so
+// errors.Is(err, ErrCycle) works on what Submit returns.
+var (
+	ErrInvalidWorkflow   = errors.New("invalid workflow")
+	ErrEmptyWorkflow     = errors.New("workflow has no tasks")
+	ErrDuplicateTask     = errors.New("duplicate task id")
+	ErrUnknownDependency = errors.New("unknown dependency")
+	ErrCycle             = errors.New("dependency cycle")
+	ErrInvalidTaskID     = errors.New("invalid task id")
+	ErrMissingHandler    = errors.New("task has no handler")
+	ErrUnknownHandler    = errors.New("unknown handler")
+	ErrInvalidOption     = errors.New("invalid task option")
+	ErrPayloadTooLarge   = errors.New("payload too large")
+)
+
+// DefaultMaxPayloadBytes bounds a run's input and a task's args.
+const DefaultMaxPayloadBytes = 1 << 20
+
+// ValidationError lists every problem found in a workflow. Nothing was
+// written for it.
+type ValidationError struct {
+	Workflow string
+	Problems []error
+}
+
+func (e *ValidationError) Error() string {
+	msgs := make([]string, len(e.Problems))
+	for i, p := range e.Problems {
+		msgs[i] = p.Error()
+	}
+	return fmt.Sprintf("invalid workflow %q: %s", e.Workflow, strings.Join(msgs, "; "))
+}
+
+// Unwrap returns ErrInvalidWorkflow and every problem.
+func (e *ValidationError) Unwrap() []error { return append([]error{ErrInvalidWorkflow}, e.Problems...) }
+
+var idRE = regexp.MustCompile(`^[A-Za-z0-9_.:-]{1,200}$`)
+
+// ValidateOptions tune Validate.
+type ValidateOptions struct {
+	// MaxPayloadBytes bounds the input and each task's args (default 1 MiB).
+	MaxPayloadBytes int
+	// Handlers, when not nil, is the set of known handler names: any other
+	// handler is ErrUnknownHandler.
+	Handlers map[string]bool
+}
+
+// Validate checks a run definition: at least one task; unique, well-formed
+// ids; known dependencies; no cycle; handlers set (and known, if asked);
+// pools and priorities in range; payloads within bounds. It reports every
+// problem at once in a *ValidationError.
+func Validate(spec events.RunSubmittedBody, opt ValidateOptions) error {
+	if opt.MaxPayloadBytes <= 0 {
+		opt.MaxPayloadBytes = DefaultMaxPayloadBytes
+	}
+	var probs []error
+	add := func(base error, format string, args ...any) {
+		probs = append(probs, fmt.Errorf("%w: %s", base, fmt.Sprintf(format, args...)))
+	}
+	if len(spec.Tasks) == 0 {
+		add(ErrEmptyWorkflow, "add at least one task")
+	}
+	if len(spec.Input) > opt.MaxPayloadBytes {
+		add(ErrPayloadTooLarge, "input is %d bytes, the limit is %d", len(spec.Input), opt.MaxPayloadBytes)
+	}
+	index := make(map[string]int, len(spec.Tasks))
+	for i, t := range spec.Tasks {
+		switch {
+		case !idRE.MatchString(t.ID) || strings.HasPrefix(t.ID, "@"):
+			add(ErrInvalidTaskID, "%q: use 1-200 letters, digits, '_', '.', ':', '-' (not starting with '@')", t.ID)
+		case index[t.ID] > 0:
+			add(ErrDuplicateTask, "%q is defined twice", t.ID)
+		default:
+			index[t.ID] = i + 1
+		}
+		if t.Handler == "" {
+			add(ErrMissingHandler, "task %q", t.ID)
+		} else if opt.Handlers != nil && !opt.Handlers[t.Handler] {
+			add(ErrUnknownHandler, "task %q uses handler %q, which no worker registers", t.ID, t.Handler)
+		}
+		if t.Pool != "" && !idRE.MatchString(t.Pool) {
+			add(ErrInvalidOption, "task %q: pool %q", t.ID, t.Pool)
+		}
+		if t.Priority < 0 || t.Priority > rdb.MaxPriority {
+			add(ErrInvalidOption, "task %q: priority %d is outside 0..%d", t.ID, t.Priority, rdb.MaxPriority)
+		}
+		if t.MaxAttempts < 0 || t.TimeoutMS < 0 {
+			add(ErrInvalidOption, "task %q: negative attempts or timeout", t.ID)
+		}
+		if len(t.Args) > opt.MaxPayloadBytes {
+			add(ErrPayloadTooLarge, "task %q: args are %d bytes, the limit is %d", t.ID, len(t.Args), opt.MaxPayloadBytes)
+		}
+	}
+	for _, t := range spec.Tasks {
+		seen := map[string]bool{}
+		for _, d := range t.Deps {
+			switch {
+			case index[d] == 0:
+				add(ErrUnknownDependency, "task %q depends on %q, which is not in the workflow", t.ID, d)
+			case d == t.ID:
+				add(ErrCycle, "task %q depends on itself", t.ID)
+			case seen[d]:
+				add(ErrDuplicateTask, "task %q lists dependency %q twice", t.ID, d)
+			}
+			seen[d] = true
+		}
+	}
+	if len(probs) == 0 {
+		if cyc := findCycle(spec.Tasks, index); cyc != nil {
+			add(ErrCycle, "%s", strings.Join(cyc, " -> "))
+		}
+	}
+	if len(probs) > 0 {
+		return &ValidationError{Workflow: spec.Workflow, Problems: probs}
+	}
+	return nil
+}
+
+// findCycle returns one cycle as a path of task ids, or nil. Iterative DFS
+// so a 100,000-task chain does not exhaust the stack.
+func findCycle(tasks []events.TaskSpec, index map[string]int) []string {
+	const (
+		white = iota
+		grey
+		black
+	)
+	color := make([]int, len(tasks))
+	parent := make([]int, len(tasks))
+	type frame struct{ node, next int }
+	for start := range tasks {
+		if color[start] != white {
+			continue
+		}
+		stack := []frame{{start, 0}}
+		color[start], parent[start] = grey, -1
+		for len(stack) > 0 {
+			f := &stack[len(stack)-1]
+			deps := tasks[f.node].Deps
+			if f.next == len(deps) {
+				color[f.node] = black
+				stack = stack[:len(stack)-1]
+				continue
+			}
+			d := index[deps[f.next]] - 1
+			f.next++
+			switch color[d] {
+			case white:
+				color[d], parent[d] = grey, f.node
+				stack = append(stack, frame{d, 0})
+			case grey:
+				path := []string{tasks[d].ID}
+				for n := f.node; n != d && n >= 0; n = parent[n] {
+					path = append(path, tasks[n].ID)
+				}
+				path = append(path, tasks[d].ID)
+				return path
+			}
+		}
+	}
+	return nil
+}

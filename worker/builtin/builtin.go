@@ -1,0 +1,140 @@
+// Package builtin holds the handlers that the stock `graflow worker`
+// registers, used by the demo, the tests, chaos runs and benchmarks. Users
+// build their own worker binary with their own handlers.
+package builtin
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/graflow-go/graflow/worker"
+)
+
+// Handler names. Stable strings stored in workflows.
+const (
+	Noop  = "noop"  // returns null
+	Sleep = "sleep" // args {"ms": n, "value": v}: sleeps n ms, returns v
+	Echo  = "echo"  // returns args.value, else the args, else the run input
+	Flaky = "flaky" // args {"fail": n, "value": v}: fails attempts 1..n, then returns v
+	Sum   = "sum"   // returns args.add + the sum of all numeric upstream results
+	Fail  = "fail"  // args {"permanent": bool, "message": s}: always fails
+)
+
+// Register adds every built-in handler to w.
+func Register(w *worker.Worker) {
+	w.HandleFunc(Noop, noop)
+	w.HandleFunc(Sleep, sleep)
+	w.HandleFunc(Echo, echo)
+	w.HandleFunc(Flaky, flaky)
+	w.HandleFunc(Sum, sum)
+	w.HandleFunc(Fail, fail)
+}
+
+// Args is the union of the built-in handlers' arguments.
+type Args struct {
+	MS        int64           `json:"ms,omitempty"`
+	Value     json.RawMessage `json:"value,omitempty"`
+	Fail      int             `json:"fail,omitempty"`
+	Add       float64         `json:"add,omitempty"`
+	Permanent bool            `json:"permanent,omitempty"`
+	Message   string          `json:"message,omitempty"`
+}
+
+func args(t *worker.Task) (Args, error) {
+	var a Args
+	err := t.BindArgs(&a)
+	return a, err
+}
+
+func noop(context.Context, *worker.Task) (any, error) { return nil, nil }
+
+func sleep(ctx context.Context, t *worker.Task) (any, error) {
+	a, err := args(t)
+	if err != nil {
+		return nil, err
+	}
+	timer := time.NewTimer(time.Duration(a.MS) * time.Millisecond)
+	defer timer.Stop()
+	select {
+	case <-ctx.Done():
+		return nil, context.Cause(ctx)
+	case <-timer.C:
+	}
+	return a.Value, nil
+}
+
+func echo(_ context.Context, t *worker.Task) (any, error) {
+	a, err := args(t)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case len(a.Value) > 0:
+		return a.Value, nil
+	case len(t.Args) > 0:
+		return t.Args, nil
+	}
+	return t.Input, nil
+}
+
+func flaky(_ context.Context, t *worker.Task) (any, error) {
+	a, err := args(t)
+	if err != nil {
+		return nil, err
+	}
+	if t.Attempt <= a.Fail {
+		return nil, fmt.Errorf("flaky: attempt %d of %d planned failures", t.Attempt, a.Fail)
+	}
+	return a.Value, nil
+}
+
+func sum(_ context.Context, t *worker.Task) (any, error) {
+	a, err := args(t)
+	if err != nil {
+		return nil, err
+	}
+	total := a.Add
+	deps := make([]string, 0, len(t.Upstream))
+	for d := range t.Upstream {
+		deps = append(deps, d)
+	}
+	sort.Strings(deps) // deterministic float addition order
+	for _, d := range deps {
+		total += number(t.Upstream[d])
+	}
+	return total, nil
+}
+
+// number reads a JSON number, or sums an array of numbers; anything else is 0.
+func number(raw json.RawMessage) float64 {
+	var f float64
+	if json.Unmarshal(raw, &f) == nil {
+		return f
+	}
+	var fs []float64
+	if json.Unmarshal(raw, &fs) == nil {
+		for _, x := range fs {
+			f += x
+		}
+	}
+	return f
+}
+
+func fail(_ context.Context, t *worker.Task) (any, error) {
+	a, err := args(t)
+	if err != nil {
+		return nil, err
+	}
+	msg := a.Message
+	if msg == "" {
+		msg = "fail: this task always fails"
+	}
+	if a.Permanent {
+		return nil, worker.Permanent(errors.New(msg))
+	}
+	return nil, errors.New(msg)
+}

@@ -1,0 +1,138 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/graflow-go/graflow/events"
+	"github.com/graflow-go/graflow/internal/rdb"
+	"github.com/oklog/ulid/v2"
+	"github.com/redis/go-redis/v9"
+)
+
+// register adds the worker to the registry set and writes its hash.
+func (w *Worker) register(ctx context.Context) error {
+	host, _ := os.Hostname()
+	pipe := w.cfg.Redis.TxPipeline()
+	pipe.SAdd(ctx, w.db.K.Workers(), w.cfg.ID)
+	pipe.HSet(ctx, w.db.K.Worker(w.cfg.ID),
+		"id", w.cfg.ID,
+		"host", host,
+		"pid", os.Getpid(),
+		"pools", strings.Join(w.cfg.Pools, ","),
+		"concurrency", w.cfg.Concurrency,
+		"handlers", strings.Join(w.Handlers(), ","),
+		"started_at", w.started.UnixMilli(),
+		"lease_ms", w.cfg.Lease.Milliseconds(),
+	)
+	w.metrics(ctx, pipe)
+	_, err := pipe.Exec(ctx)
+	return err
+}
+
+// metrics queues the registry refresh: metrics, last heartbeat, TTL.
+func (w *Worker) metrics(ctx context.Context, pipe redis.Pipeliner) {
+	now := w.cfg.Now()
+	key := w.db.K.Worker(w.cfg.ID)
+	pipe.HSet(ctx, key,
+		"tasks_processed", w.processed.Load(),
+		"tasks_failed", w.failed.Load(),
+		"tasks_running", w.running.Load(),
+		"uptime_seconds", int64(now.Sub(w.started).Seconds()),
+		"last_heartbeat", now.UnixMilli(),
+	)
+	pipe.SAdd(ctx, w.db.K.Workers(), w.cfg.ID)
+	pipe.PExpire(ctx, key, w.registryTTL())
+}
+
+func (w *Worker) registryTTL() time.Duration { return w.cfg.Lease + w.cfg.HeartbeatInterval }
+
+func (w *Worker) deregister(ctx context.Context) {
+	pipe := w.cfg.Redis.TxPipeline()
+	pipe.SRem(ctx, w.db.K.Workers(), w.cfg.ID)
+	pipe.Del(ctx, w.db.K.Worker(w.cfg.ID))
+	if _, err := pipe.Exec(ctx); err != nil {
+		w.log.Warn().Err(err).Msg("deregister")
+	}
+}
+
+// heartbeats renews the leases of in-flight tasks and the registry entry
+// every HeartbeatInterval until ctx ends.
+func (w *Worker) heartbeats(ctx context.Context) {
+	t := time.NewTicker(w.cfg.HeartbeatInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			w.beat(ctx)
+		}
+	}
+}
+
+// beat sends one heartbeat for every in-flight task (one pipeline): the
+// epoch-checked heartbeat script and the owner-checked idle reset of its
+// queue message. A task whose claim is gone has its context cancelled.
+func (w *Worker) beat(ctx context.Context) {
+	w.mu.Lock()
+	list := make([]*attempt, 0, len(w.inflight))
+	for _, a := range w.inflight {
+		list = append(list, a)
+	}
+	w.mu.Unlock()
+	now := w.cfg.Now()
+	pipe := w.cfg.Redis.Pipeline()
+	cmds := make([]*redis.Cmd, len(list))
+	touches := make([]*redis.Cmd, len(list))
+	for i, a := range list {
+		note := a.task.takeProgress()
+		app := now.Sub(a.lastEvent) >= w.cfg.HeartbeatEventEvery || note != a.lastNote
+		var body []byte
+		if note != "" {
+			body, _ = json.Marshal(events.TaskHeartbeatBody{Progress: note})
+		}
+		if app {
+			a.lastEvent, a.lastNote = now, note
+		}
+		cmds[i] = w.db.Heartbeat(ctx, pipe, rdb.HeartbeatArgs{
+			Run: a.task.Run, Task: a.task.ID, Worker: w.cfg.ID, Attempt: a.task.Attempt, Epoch: a.task.Epoch,
+			EventID: ulid.Make().String(), RejectID: ulid.Make().String(), TimeMS: now.UnixMilli(), Body: body, Append: app,
+		})
+		touches[i] = w.db.QueueTouch(ctx, pipe, a.stream, w.cfg.ID, a.msgID)
+	}
+	w.metrics(ctx, pipe)
+	if _, err := pipe.Exec(ctx); rdb.IsNoScript(err) {
+		_ = w.db.LoadScripts(ctx)
+	}
+	for i, a := range list {
+		err := rdb.HeartbeatResult(cmds[i])
+		if errors.Is(err, rdb.ErrStaleClaim) {
+			w.log.Warn().Str("run", a.task.Run).Str("task", a.task.ID).Err(err).Msg("lease lost; cancelling the handler")
+			a.cancel(errLeaseLost)
+			continue
+		}
+		if err != nil {
+			w.log.Warn().Err(err).Str("task", a.task.ID).Msg("heartbeat")
+			continue
+		}
+		if n, _ := touches[i].Int64(); n == -1 {
+			w.log.Warn().Str("run", a.task.Run).Str("task", a.task.ID).Msg("queue message taken by another consumer; cancelling the handler")
+			a.cancel(errLeaseLost)
+		}
+	}
+}
+
+// Stats is a snapshot of the worker's counters.
+type Stats struct {
+	Processed, Failed, Running int64
+}
+
+// Stats returns the worker's counters. Safe for concurrent use.
+func (w *Worker) Stats() Stats {
+	return Stats{Processed: w.processed.Load(), Failed: w.failed.Load(), Running: w.running.Load()}
+}

@@ -1,0 +1,581 @@
+// Package worker runs task handlers: it claims dispatched tasks from its
+// pools' queue streams, runs them under a lease kept alive by heartbeats,
+// and reports results through epoch-checked scripts.
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"runtime/debug"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/graflow-go/graflow/events"
+	"github.com/graflow-go/graflow/internal/rdb"
+	"github.com/oklog/ulid/v2"
+	"github.com/redis/go-redis/v9"
+	"github.com/rs/zerolog"
+)
+
+// Defaults for Config's zero values.
+const (
+	DefaultPool                = "default"
+	DefaultConcurrency         = 8
+	DefaultLease               = 15 * time.Second
+	DefaultHeartbeatEventEvery = 30 * time.Second
+	DefaultDrainTimeout        = 30 * time.Second
+	DefaultFetchBlock          = 2 * time.Second
+	DefaultMaxResultBytes      = 1 << 20
+)
+
+// Config configures a Worker. A zero field means its default.
+type Config struct {
+	// Redis is required.
+	Redis redis.UniversalClient
+	// Namespace is the key prefix (default "graflow").
+	Namespace string
+	// ID names the worker: consumer name in the queue groups and owner of
+	// its claims. Default "<host>-<pid>". Letters, digits and "_.:-".
+	ID string
+	// Pools the worker takes tasks from (default ["default"]).
+	Pools []string
+	// Concurrency is the number of tasks run at once (default 8).
+	Concurrency int
+	// Lease is how long a claim survives without a heartbeat (default 15s):
+	// the reclaimer takes over messages idle for longer.
+	Lease time.Duration
+	// HeartbeatInterval (default Lease/3) renews leases and the registry.
+	HeartbeatInterval time.Duration
+	// HeartbeatEventEvery rate-limits task_heartbeat events in the log
+	// (default 30s; progress changes are always recorded).
+	HeartbeatEventEvery time.Duration
+	// DrainTimeout bounds how long Run waits for in-flight tasks after its
+	// context is cancelled (default 30s); then their contexts are cancelled.
+	DrainTimeout time.Duration
+	// FetchBlock is how long one XREADGROUP blocks (default 2s); it only
+	// bounds how fast Run notices cancellation.
+	FetchBlock time.Duration
+	// MaxResultBytes bounds an encoded result (default 1 MiB); a larger one
+	// fails the task permanently.
+	MaxResultBytes int
+	// Logger; nil is quiet.
+	Logger *zerolog.Logger
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+}
+
+var idRE = func(s string) bool {
+	if s == "" || len(s) > 128 {
+		return false
+	}
+	for _, c := range s {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.ContainsRune("_.:-", c)) {
+			return false
+		}
+	}
+	return true
+}
+
+func (c Config) withDefaults() Config {
+	if c.Namespace == "" {
+		c.Namespace = rdb.DefaultNamespace
+	}
+	if c.ID == "" {
+		host, _ := os.Hostname()
+		c.ID = host + "-" + strconv.Itoa(os.Getpid())
+	}
+	if len(c.Pools) == 0 {
+		c.Pools = []string{DefaultPool}
+	}
+	if c.Concurrency <= 0 {
+		c.Concurrency = DefaultConcurrency
+	}
+	if c.Lease <= 0 {
+		c.Lease = DefaultLease
+	}
+	if c.HeartbeatInterval <= 0 {
+		c.HeartbeatInterval = c.Lease / 3
+	}
+	if c.HeartbeatEventEvery <= 0 {
+		c.HeartbeatEventEvery = DefaultHeartbeatEventEvery
+	}
+	if c.DrainTimeout <= 0 {
+		c.DrainTimeout = DefaultDrainTimeout
+	}
+	if c.FetchBlock <= 0 {
+		c.FetchBlock = DefaultFetchBlock
+	}
+	if c.MaxResultBytes <= 0 {
+		c.MaxResultBytes = DefaultMaxResultBytes
+	}
+	if c.Logger == nil {
+		l := zerolog.Nop()
+		c.Logger = &l
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return c
+}
+
+func (c Config) validate() error {
+	var errs []error
+	if c.Redis == nil {
+		errs = append(errs, errors.New("worker: Config.Redis is required"))
+	}
+	if err := rdb.ValidNamespace(c.Namespace); err != nil {
+		errs = append(errs, fmt.Errorf("worker: %w", err))
+	}
+	if !idRE(c.ID) {
+		errs = append(errs, fmt.Errorf("worker: invalid ID %q: use 1-128 letters, digits, '_', '.', ':', '-'", c.ID))
+	}
+	for _, p := range c.Pools {
+		if !idRE(p) {
+			errs = append(errs, fmt.Errorf("worker: invalid pool %q", p))
+		}
+	}
+	if c.HeartbeatInterval >= c.Lease {
+		errs = append(errs, fmt.Errorf("worker: HeartbeatInterval %v must be shorter than Lease %v", c.HeartbeatInterval, c.Lease))
+	}
+	return errors.Join(errs...)
+}
+
+// Worker claims and runs tasks. Create it with New, register handlers, then
+// call Run once. Handle must not be called after Run started.
+type Worker struct {
+	cfg Config
+	db  rdb.DB
+	log zerolog.Logger
+
+	handlers map[string]Handler
+
+	sem      chan struct{}
+	mu       sync.Mutex
+	inflight map[string]*attempt // by queue message id
+
+	started   time.Time
+	processed atomic.Int64
+	failed    atomic.Int64
+	running   atomic.Int64
+}
+
+// attempt is a claimed task being run.
+type attempt struct {
+	task      *Task
+	stream    string
+	msgID     string
+	cancel    context.CancelCauseFunc
+	lastEvent time.Time
+	lastNote  string
+}
+
+type message struct {
+	stream   string
+	priority int
+	id       string
+	run      string
+	task     string
+	attempt  int
+}
+
+// New returns a Worker.
+func New(cfg Config) (*Worker, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	return &Worker{
+		cfg:      cfg,
+		db:       rdb.New(cfg.Redis, cfg.Namespace),
+		log:      cfg.Logger.With().Str("worker", cfg.ID).Logger(),
+		handlers: map[string]Handler{},
+		sem:      make(chan struct{}, cfg.Concurrency),
+		inflight: map[string]*attempt{},
+	}, nil
+}
+
+// ID returns the worker's id.
+func (w *Worker) ID() string { return w.cfg.ID }
+
+// Handle registers h for handler name. Registering a name twice replaces it.
+func (w *Worker) Handle(name string, h Handler) { w.handlers[name] = h }
+
+// HandleFunc registers fn for handler name.
+func (w *Worker) HandleFunc(name string, fn func(ctx context.Context, t *Task) (any, error)) {
+	w.Handle(name, HandlerFunc(fn))
+}
+
+// Handlers lists the registered handler names, sorted.
+func (w *Worker) Handlers() []string {
+	out := make([]string, 0, len(w.handlers))
+	for n := range w.handlers {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Run registers the worker, claims and runs tasks until ctx is cancelled,
+// then drains: it stops claiming, lets in-flight tasks finish (up to
+// DrainTimeout), deregisters and returns nil. It returns an error only if
+// the worker cannot start.
+func (w *Worker) Run(ctx context.Context) error {
+	w.started = w.cfg.Now()
+	for _, pool := range w.cfg.Pools {
+		for _, q := range w.db.K.Queues(pool) {
+			if err := w.db.EnsureGroup(ctx, q, rdb.GroupWorkers); err != nil {
+				return fmt.Errorf("worker %s: %w (is Redis reachable?)", w.cfg.ID, err)
+			}
+		}
+	}
+	if err := w.db.LoadScripts(ctx); err != nil {
+		return fmt.Errorf("worker %s: %w", w.cfg.ID, err)
+	}
+	if err := w.register(ctx); err != nil {
+		return fmt.Errorf("worker %s: register: %w", w.cfg.ID, err)
+	}
+	w.log.Info().Strs("pools", w.cfg.Pools).Int("concurrency", w.cfg.Concurrency).Strs("handlers", w.Handlers()).Msg("worker started")
+
+	// Handlers run under workCtx, which outlives ctx by the drain timeout.
+	workCtx, cancelWork := context.WithCancelCause(context.Background())
+	defer cancelWork(nil)
+	var tasks sync.WaitGroup
+	var loops sync.WaitGroup
+	for _, pool := range w.cfg.Pools {
+		loops.Add(1)
+		go func() {
+			defer loops.Done()
+			w.fetch(ctx, workCtx, pool, &tasks)
+		}()
+	}
+	hbCtx, stopHB := context.WithCancel(context.Background())
+	loops.Add(1)
+	go func() {
+		defer loops.Done()
+		w.heartbeats(hbCtx)
+	}()
+
+	<-ctx.Done()
+	w.log.Info().Int64("in_flight", w.running.Load()).Msg("worker draining")
+	drained := make(chan struct{})
+	go func() {
+		tasks.Wait()
+		close(drained)
+	}()
+	t := time.NewTimer(w.cfg.DrainTimeout)
+	select {
+	case <-drained:
+		t.Stop()
+	case <-t.C:
+		w.log.Warn().Int64("in_flight", w.running.Load()).Msg("drain timeout: cancelling in-flight tasks")
+		cancelWork(errors.New("worker drain timeout"))
+		<-drained
+	}
+	stopHB()
+	loops.Wait()
+	dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	w.deregister(dctx)
+	w.log.Info().Int64("processed", w.processed.Load()).Msg("worker stopped")
+	return nil
+}
+
+// fetch reads a pool's band streams and starts tasks, highest band first.
+func (w *Worker) fetch(ctx, workCtx context.Context, pool string, tasks *sync.WaitGroup) {
+	streams := w.db.K.Queues(pool) // highest priority first
+	args := make([]string, 0, 2*len(streams))
+	args = append(args, streams...)
+	for range streams {
+		args = append(args, ">")
+	}
+	var buf []message
+	for {
+		// Take a slot before reading, so we never hold more messages than
+		// we can start (beyond one read's worth of other bands).
+		select {
+		case <-ctx.Done():
+			return
+		case w.sem <- struct{}{}:
+		}
+		for len(buf) == 0 {
+			if ctx.Err() != nil {
+				<-w.sem
+				return
+			}
+			free := int64(cap(w.sem) - len(w.sem) + 1)
+			res, err := w.cfg.Redis.XReadGroup(ctx, &redis.XReadGroupArgs{
+				Group: rdb.GroupWorkers, Consumer: w.cfg.ID, Streams: args, Count: free, Block: w.cfg.FetchBlock,
+			}).Result()
+			if err != nil && !errors.Is(err, redis.Nil) {
+				if ctx.Err() != nil {
+					<-w.sem
+					return
+				}
+				w.log.Warn().Err(err).Str("pool", pool).Msg("read queue")
+				if strings.HasPrefix(err.Error(), "NOGROUP") {
+					for _, q := range streams {
+						_ = w.db.EnsureGroup(ctx, q, rdb.GroupWorkers)
+					}
+				}
+				w.pause(ctx)
+				continue
+			}
+			buf = w.messages(res, buf)
+		}
+		m := buf[0]
+		buf = buf[1:]
+		w.running.Add(1)
+		tasks.Add(1)
+		go func() {
+			defer func() {
+				w.running.Add(-1)
+				<-w.sem
+				tasks.Done()
+			}()
+			w.process(workCtx, m)
+		}()
+	}
+}
+
+// pause waits a little after a Redis error (with jitter), or until ctx ends.
+func (w *Worker) pause(ctx context.Context) {
+	b := backoff.NewExponentialBackOff()
+	t := time.NewTimer(b.NextBackOff())
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+// messages appends the read messages to buf, ordered by band, highest first.
+func (w *Worker) messages(res []redis.XStream, buf []message) []message {
+	for _, s := range res {
+		prio := 0
+		if i := strings.LastIndexByte(s.Stream, ':'); i >= 0 {
+			prio, _ = strconv.Atoi(s.Stream[i+1:])
+		}
+		for _, m := range s.Messages {
+			run, _ := m.Values[rdb.MsgRun].(string)
+			task, _ := m.Values[rdb.MsgTask].(string)
+			a, _ := m.Values[rdb.MsgAttempt].(string)
+			att, _ := strconv.Atoi(a)
+			buf = append(buf, message{stream: s.Stream, priority: prio, id: m.ID, run: run, task: task, attempt: att})
+		}
+	}
+	sort.SliceStable(buf, func(i, j int) bool { return buf[i].priority > buf[j].priority })
+	return buf
+}
+
+func (w *Worker) now() int64 { return w.cfg.Now().UnixMilli() }
+
+// process claims one message's task, runs it and reports the outcome.
+func (w *Worker) process(ctx context.Context, m message) {
+	log := w.log.With().Str("run", m.run).Str("task", m.task).Int("attempt", m.attempt).Logger()
+	if m.run == "" || m.task == "" {
+		log.Error().Str("msg", m.id).Msg("malformed queue message; dropping")
+		w.ack(ctx, m)
+		return
+	}
+	var cr rdb.ClaimResult
+	err := w.redisRetry(ctx, func() error {
+		var err error
+		cr, err = w.db.Claim(ctx, rdb.ClaimArgs{
+			Run: m.run, Task: m.task, Worker: w.cfg.ID, Attempt: m.attempt,
+			EventID: ulid.Make().String(), TimeMS: w.now(),
+		})
+		return err
+	})
+	if err != nil {
+		log.Error().Err(err).Msg("claim failed; the message stays pending for reclaim")
+		return
+	}
+	switch cr.Outcome {
+	case rdb.ClaimOK:
+	case rdb.ClaimDone:
+		// Finished already (maybe by a worker that died before pointing the
+		// feed and acking): re-point the feed, then ack.
+		pipe := w.cfg.Redis.Pipeline()
+		w.db.PointFeed(ctx, pipe, m.run)
+		w.db.QueueAck(ctx, pipe, m.stream, w.cfg.ID, m.id)
+		if _, err := pipe.Exec(ctx); err != nil {
+			log.Warn().Err(err).Msg("ack finished task")
+		}
+		return
+	default:
+		log.Debug().Str("outcome", string(cr.Outcome)).Str("detail", cr.Detail).Msg("dropping stale queue message")
+		w.ack(ctx, m)
+		return
+	}
+
+	t := &Task{
+		Run: m.run, ID: m.task, Handler: cr.Meta.Handler, Attempt: m.attempt, MaxAttempts: max(cr.Meta.MaxAttempts, 1),
+		Epoch: cr.Epoch, Input: cr.Input, Args: cr.Meta.Args, Upstream: cr.Upstream,
+		timeout: time.Duration(cr.Meta.TimeoutMS) * time.Millisecond,
+	}
+	log = log.With().Int64("epoch", t.Epoch).Str("handler", t.Handler).Logger()
+	tctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	if cr.Meta.TimeoutMS > 0 {
+		var stop context.CancelFunc
+		tctx, stop = context.WithTimeoutCause(tctx, time.Duration(cr.Meta.TimeoutMS)*time.Millisecond, errTimeout)
+		defer stop()
+	}
+	a := &attempt{task: t, stream: m.stream, msgID: m.id, cancel: cancel, lastEvent: w.cfg.Now()}
+	w.mu.Lock()
+	w.inflight[m.id] = a
+	w.mu.Unlock()
+	defer func() {
+		w.mu.Lock()
+		delete(w.inflight, m.id)
+		w.mu.Unlock()
+	}()
+
+	result, runErr := w.call(tctx, t)
+	if errors.Is(context.Cause(tctx), errLeaseLost) {
+		log.Warn().Msg("claim lost while running; outcome discarded")
+		return
+	}
+	w.finish(ctx, log, m, t, result, runErr, context.Cause(tctx))
+}
+
+var (
+	errTimeout   = errors.New("task timeout")
+	errLeaseLost = errors.New("lease lost: the task was reclaimed by another worker")
+)
+
+// call runs the handler, turning a panic into an error.
+func (w *Worker) call(ctx context.Context, t *Task) (res any, err error) {
+	h, ok := w.handlers[t.Handler]
+	if !ok {
+		return nil, &unknownHandlerError{name: t.Handler, worker: w.cfg.ID}
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			err = &panicError{value: p, stack: debug.Stack()}
+		}
+	}()
+	return h.ProcessTask(ctx, t)
+}
+
+type unknownHandlerError struct{ name, worker string }
+
+func (e *unknownHandlerError) Error() string {
+	return fmt.Sprintf("no handler %q registered on worker %s (register it with Worker.Handle)", e.name, e.worker)
+}
+
+type panicError struct {
+	value any
+	stack []byte
+}
+
+func (e *panicError) Error() string { return fmt.Sprintf("handler panicked: %v", e.value) }
+
+// finish reports the attempt's outcome and acks its message.
+func (w *Worker) finish(ctx context.Context, log zerolog.Logger, m message, t *Task, result any, runErr, cause error) {
+	args := rdb.FinishArgs{
+		Run: m.run, Task: m.task, Worker: w.cfg.ID, Attempt: t.Attempt, Epoch: t.Epoch,
+		EventID: ulid.Make().String(), RejectID: ulid.Make().String(), TimeMS: w.now(),
+	}
+	var encoded []byte
+	if runErr == nil {
+		var err error
+		encoded, err = json.Marshal(result)
+		switch {
+		case err != nil:
+			runErr = Permanent(fmt.Errorf("encode result: %w", err))
+		case len(encoded) > w.cfg.MaxResultBytes:
+			runErr = Permanent(fmt.Errorf("result of %d bytes exceeds the limit of %d", len(encoded), w.cfg.MaxResultBytes))
+		}
+	}
+	if runErr == nil {
+		body, _ := json.Marshal(events.TaskSucceededBody{Result: encoded})
+		args.Type, args.Body, args.Status, args.Result = events.TaskSucceeded, body, "succeeded", encoded
+	} else {
+		kind := events.FailureError
+		var pe *panicError
+		var ue *unknownHandlerError
+		switch {
+		case errors.Is(cause, errTimeout):
+			kind = events.FailureTimeout
+			runErr = fmt.Errorf("timed out after %s: %w", t.timeout, runErr)
+		case errors.As(runErr, &pe):
+			kind = events.FailurePanic
+			log.Error().Str("stack", string(pe.stack)).Msg("handler panicked")
+		case errors.As(runErr, &ue):
+			kind = events.FailureUnknown
+		}
+		final := errors.Is(runErr, ErrPermanent) || t.Attempt >= t.MaxAttempts
+		body, _ := json.Marshal(events.TaskFailedBody{Error: runErr.Error(), Kind: kind, Final: final})
+		args.Type, args.Body, args.Status = events.TaskFailed, body, "awaiting_retry"
+		if kind == events.FailureTimeout {
+			args.Type = events.TaskTimedOut
+		}
+		if final {
+			args.Status = "failed"
+		}
+	}
+	var dirty bool
+	err := w.redisRetry(ctx, func() error {
+		var err error
+		dirty, err = w.db.Finish(ctx, args)
+		if errors.Is(err, rdb.ErrStaleClaim) {
+			return backoff.Permanent(err)
+		}
+		return err
+	})
+	if errors.Is(err, rdb.ErrStaleClaim) {
+		log.Warn().Err(err).Msg("outcome rejected: claim lost")
+		return
+	}
+	if err != nil {
+		log.Error().Err(err).Msg("report outcome failed; the message stays pending for reclaim")
+		return
+	}
+	if runErr == nil {
+		w.processed.Add(1)
+		log.Debug().Msg("task succeeded")
+	} else {
+		w.failed.Add(1)
+		log.Info().Err(runErr).Str("status", args.Status).Msg("task failed")
+	}
+	_ = w.redisRetry(ctx, func() error {
+		pipe := w.cfg.Redis.Pipeline()
+		if dirty {
+			w.db.PointFeed(ctx, pipe, m.run)
+		}
+		w.db.QueueAck(ctx, pipe, m.stream, w.cfg.ID, m.id)
+		_, err := pipe.Exec(ctx)
+		return err
+	})
+}
+
+// ack drops a message this worker holds.
+func (w *Worker) ack(ctx context.Context, m message) {
+	if err := w.db.QueueAck(ctx, w.cfg.Redis, m.stream, w.cfg.ID, m.id).Err(); err != nil {
+		w.log.Warn().Err(err).Str("msg", m.id).Msg("ack queue message")
+	}
+}
+
+// redisRetry retries op on Redis errors for a bounded time (Redis restarts).
+func (w *Worker) redisRetry(ctx context.Context, op func() error) error {
+	b := backoff.NewExponentialBackOff()
+	b.InitialInterval, b.MaxInterval, b.MaxElapsedTime = 20*time.Millisecond, 2*time.Second, 30*time.Second
+	return backoff.Retry(func() error {
+		err := op()
+		if rdb.IsNoScript(err) {
+			// Redis restarted and lost its script cache; pipelined
+			// EVALSHA does not fall back to EVAL by itself.
+			_ = w.db.LoadScripts(ctx)
+		}
+		return err
+	}, backoff.WithContext(b, ctx))
+}
