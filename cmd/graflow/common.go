@@ -1,0 +1,150 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/graflow-go/graflow"
+	"github.com/graflow-go/graflow/internal/rdb"
+	"github.com/redis/go-redis/v9"
+	"github.com/rs/zerolog"
+)
+
+// common holds the flags every command takes.
+type common struct {
+	redisURL  string
+	namespace string
+	json      bool
+	logLevel  string
+}
+
+// flags returns a FlagSet for command name with the common flags bound.
+func (m *Main) flags(name string, c *common) *flag.FlagSet {
+	fs := flag.NewFlagSet("graflow "+name, flag.ContinueOnError)
+	fs.SetOutput(m.Stderr)
+	def := m.Getenv("REDIS_URL")
+	if def == "" {
+		def = "redis://127.0.0.1:6379"
+	}
+	ns := m.Getenv("GRAFLOW_NAMESPACE")
+	if ns == "" {
+		ns = rdb.DefaultNamespace
+	}
+	fs.StringVar(&c.redisURL, "redis", def, "Redis URL: redis://, rediss:// (TLS), redis://user:pass@host:port/db; comma-separate cluster nodes")
+	fs.StringVar(&c.namespace, "namespace", ns, "key prefix")
+	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn, error")
+	return fs
+}
+
+// parse parses args, mapping flag errors to usage errors.
+func parse(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return withCode(ExitOK, errors.Join(err, errQuiet))
+		}
+		return withCode(ExitUsage, errors.Join(err, errQuiet))
+	}
+	return nil
+}
+
+// connect opens the Redis named by --redis and checks it answers.
+func (c *common) connect(ctx context.Context) (redis.UniversalClient, error) {
+	if err := rdb.ValidNamespace(c.namespace); err != nil {
+		return nil, withCode(ExitUsage, err)
+	}
+	opts, err := universalOptions(c.redisURL)
+	if err != nil {
+		return nil, withCode(ExitUsage, err)
+	}
+	client := redis.NewUniversalClient(opts)
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := client.Ping(pctx).Err(); err != nil {
+		_ = client.Close()
+		return nil, fmt.Errorf("redis not reachable at %s: %w: start Redis, set REDIS_URL, or run \"graflow dev\"", redact(c.redisURL), err)
+	}
+	return client, nil
+}
+
+// universalOptions parses one URL (standalone, TLS with rediss://) or a
+// comma-separated list of cluster node URLs.
+func universalOptions(raw string) (*redis.UniversalOptions, error) {
+	urls := strings.Split(raw, ",")
+	first, err := redis.ParseURL(strings.TrimSpace(urls[0]))
+	if err != nil {
+		return nil, fmt.Errorf("invalid Redis URL %q: %w", redact(raw), err)
+	}
+	u := &redis.UniversalOptions{
+		Addrs: []string{first.Addr}, Username: first.Username, Password: first.Password,
+		DB: first.DB, TLSConfig: first.TLSConfig,
+	}
+	for _, s := range urls[1:] {
+		o, err := redis.ParseURL(strings.TrimSpace(s))
+		if err != nil {
+			return nil, fmt.Errorf("invalid Redis URL %q: %w", redact(s), err)
+		}
+		u.Addrs = append(u.Addrs, o.Addr)
+	}
+	return u, nil
+}
+
+// redact hides a password in a URL for messages.
+func redact(u string) string {
+	at := strings.LastIndex(u, "@")
+	scheme := strings.Index(u, "://")
+	if at < 0 || scheme < 0 {
+		return u
+	}
+	cred := u[scheme+3 : at]
+	if i := strings.Index(cred, ":"); i >= 0 {
+		return u[:scheme+3] + cred[:i] + ":***" + u[at:]
+	}
+	return u
+}
+
+func (c *common) logger(w io.Writer) *zerolog.Logger {
+	lvl, err := zerolog.ParseLevel(c.logLevel)
+	if err != nil {
+		lvl = zerolog.InfoLevel
+	}
+	l := zerolog.New(zerolog.ConsoleWriter{Out: w, TimeFormat: "15:04:05.000", NoColor: !isTerminal(w)}).
+		Level(lvl).With().Timestamp().Logger()
+	return &l
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}
+
+func (c *common) client(ctx context.Context) (*graflow.Client, redis.UniversalClient, error) {
+	r, err := c.connect(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	cl, err := graflow.NewClient(graflow.Config{Redis: r, Namespace: c.namespace})
+	if err != nil {
+		_ = r.Close()
+		return nil, nil, err
+	}
+	return cl, r, nil
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func readAll(r io.Reader) ([]byte, error) { return io.ReadAll(r) }

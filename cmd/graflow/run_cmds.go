@@ -1,0 +1,237 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/graflow-go/graflow"
+	"github.com/graflow-go/graflow/projector"
+	"github.com/graflow-go/graflow/scheduler"
+	"github.com/graflow-go/graflow/worker"
+	"github.com/graflow-go/graflow/worker/builtin"
+)
+
+func init() {
+	register(&command{name: "worker", summary: "run a worker with the built-in handlers", run: runWorker})
+	register(&command{name: "projector", summary: "run a projector (folds runs, unlocks tasks)", run: runProjector})
+	register(&command{name: "submit", summary: "submit a run from a JSON/YAML spec file (- for stdin); prints the run id", run: runSubmit})
+	register(&command{name: "wait", summary: "block until a run ends; exit 0 if it succeeded, 1 if not", run: runWait})
+	register(&command{name: "status", summary: "show a run's tasks and progress", run: runStatus})
+}
+
+func runWorker(ctx context.Context, m *Main, args []string) error {
+	var c common
+	fs := m.flags("worker", &c)
+	id := fs.String("id", "", "worker id (default <host>-<pid>)")
+	pools := fs.String("pools", worker.DefaultPool, "comma-separated pools to serve")
+	conc := fs.Int("concurrency", worker.DefaultConcurrency, "tasks run at once")
+	lease := fs.Duration("lease", worker.DefaultLease, "claim lease; heartbeats renew it every lease/3")
+	drain := fs.Duration("drain-timeout", worker.DefaultDrainTimeout, "on SIGTERM, how long in-flight tasks may finish")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	r, err := c.connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	w, err := worker.New(worker.Config{
+		Redis: r, Namespace: c.namespace, ID: *id, Pools: splitList(*pools), Concurrency: *conc,
+		Lease: *lease, DrainTimeout: *drain, Logger: c.logger(m.Stderr),
+	})
+	if err != nil {
+		return withCode(ExitUsage, err)
+	}
+	builtin.Register(w)
+	return w.Run(ctx)
+}
+
+func runProjector(ctx context.Context, m *Main, args []string) error {
+	var c common
+	fs := m.flags("projector", &c)
+	id := fs.String("id", "", "projector id (default projector-<host>-<pid>); keep it stable across restarts")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	r, err := c.connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	p, err := projector.New(projector.Config{Redis: r, Namespace: c.namespace, ID: *id, Logger: c.logger(m.Stderr)})
+	if err != nil {
+		return withCode(ExitUsage, err)
+	}
+	c.logger(m.Stderr).Info().Str("namespace", c.namespace).Msg("projector started")
+	return p.Run(ctx)
+}
+
+func runSubmit(ctx context.Context, m *Main, args []string) error {
+	var c common
+	fs := m.flags("submit", &c)
+	runID := fs.String("run-id", "", "idempotency: reuse this run id (a second submit returns it)")
+	wait := fs.Bool("wait", false, "wait for the run to end (exit code as for \"graflow wait\")")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return usagef("submit takes one spec file (or - for stdin)")
+	}
+	var data []byte
+	var err error
+	if fs.Arg(0) == "-" {
+		data, err = readAll(m.Stdin)
+	} else {
+		data, err = os.ReadFile(fs.Arg(0))
+	}
+	if err != nil {
+		return withCode(ExitUsage, err)
+	}
+	spec, err := scheduler.ParseSpec(data)
+	if err != nil {
+		return withCode(ExitUsage, err)
+	}
+	cl, r, err := c.client(ctx)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	var opts []graflow.SubmitOption
+	if *runID != "" {
+		opts = append(opts, graflow.WithRunID(*runID))
+	}
+	run, err := cl.SubmitSpec(ctx, spec, opts...)
+	if err != nil {
+		if errors.Is(err, scheduler.ErrInvalidWorkflow) {
+			return withCode(ExitUsage, err)
+		}
+		return err
+	}
+	fmt.Fprintln(m.Stdout, run)
+	if *wait {
+		return waitFor(ctx, m, cl, run, 0, false)
+	}
+	return nil
+}
+
+func runWait(ctx context.Context, m *Main, args []string) error {
+	var c common
+	fs := m.flags("wait", &c)
+	timeout := fs.Duration("timeout", 0, "give up after this long (exit 4); 0 waits forever")
+	fs.BoolVar(&c.json, "json", false, "print the final state as JSON")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return usagef("wait takes one run id")
+	}
+	cl, r, err := c.client(ctx)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	return waitFor(ctx, m, cl, fs.Arg(0), *timeout, c.json)
+}
+
+func waitFor(ctx context.Context, m *Main, cl *graflow.Client, run string, timeout time.Duration, asJSON bool) error {
+	if timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
+	info, err := cl.Wait(ctx, run)
+	if errors.Is(err, context.DeadlineExceeded) {
+		return withCode(ExitTimeout, fmt.Errorf("run %s still running after %s", run, timeout))
+	}
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		if err := printJSON(m.Stdout, info); err != nil {
+			return err
+		}
+	} else {
+		fmt.Fprintf(m.Stdout, "run %s %s (%d tasks, %d events)\n", run, info.Status, len(info.Tasks), info.Events)
+	}
+	if !info.Succeeded() {
+		msg := fmt.Sprintf("run %s %s", run, info.Status)
+		if info.FailedTask != "" {
+			msg += fmt.Sprintf(": task %s: %s", info.FailedTask, info.Cause)
+		}
+		return withCode(ExitFailed, errors.New(msg))
+	}
+	return nil
+}
+
+func runStatus(ctx context.Context, m *Main, args []string) error {
+	var c common
+	fs := m.flags("status", &c)
+	fs.BoolVar(&c.json, "json", false, "print JSON")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return usagef("status takes one run id")
+	}
+	cl, r, err := c.client(ctx)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	info, err := cl.Status(ctx, fs.Arg(0))
+	if err != nil {
+		if errors.Is(err, graflow.ErrRunNotFound) {
+			return withCode(ExitError, err)
+		}
+		return err
+	}
+	if c.json {
+		return printJSON(m.Stdout, info)
+	}
+	fmt.Fprintf(m.Stdout, "run %s  workflow %s  status %s  events %d\n", info.ID, info.Workflow, info.Status, info.Events)
+	if info.FailedTask != "" {
+		fmt.Fprintf(m.Stdout, "failed task %s: %s\n", info.FailedTask, info.Cause)
+	}
+	fmt.Fprintf(m.Stdout, "progress: %s\n\n", progressLine(info))
+	tw := tabwriter.NewWriter(m.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "TASK\tHANDLER\tSTATUS\tATTEMPT\tEPOCH\tOWNER\tDEPS\tRESULT/ERROR")
+	for _, t := range info.Tasks {
+		detail := string(t.Result)
+		if t.Error != "" {
+			detail = t.Error
+		}
+		if len(detail) > 60 {
+			detail = detail[:57] + "..."
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\n", t.ID, t.Handler, t.Status, t.Attempt, t.Epoch, t.Owner, strings.Join(t.Deps, ","), detail)
+	}
+	return tw.Flush()
+}
+
+// progressLine summarises task states: "3/5 succeeded, 1 running, 1 pending".
+func progressLine(info *graflow.RunInfo) string {
+	order := []projector.TaskStatus{projector.TaskSucceeded, projector.TaskRunning, projector.TaskDispatched,
+		projector.TaskPending, projector.TaskAwaitingRetry, projector.TaskFailed, projector.TaskSkipped, projector.TaskCancelled}
+	parts := []string{fmt.Sprintf("%d/%d succeeded", info.Counts[string(projector.TaskSucceeded)], len(info.Tasks))}
+	for _, s := range order[1:] {
+		if n := info.Counts[string(s)]; n > 0 {
+			parts = append(parts, fmt.Sprintf("%d %s", n, s))
+		}
+	}
+	return strings.Join(parts, ", ")
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}

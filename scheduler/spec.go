@@ -1,0 +1,87 @@
+package scheduler
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/graflow-go/graflow/events"
+	"gopkg.in/yaml.v3"
+)
+
+// ErrInvalidSpec is returned by ParseSpec for a file that does not parse.
+var ErrInvalidSpec = errors.New("invalid workflow spec")
+
+// SpecFile is the JSON/YAML form of a workflow, for producers in any
+// language (docs/workflows.md).
+type SpecFile struct {
+	Workflow string          `json:"workflow"`
+	Input    json.RawMessage `json:"input,omitempty"`
+	Tasks    []SpecTask      `json:"tasks"`
+}
+
+// SpecTask is one task of a SpecFile.
+type SpecTask struct {
+	ID          string          `json:"id"`
+	Handler     string          `json:"handler"`
+	Deps        []string        `json:"deps,omitempty"`
+	Pool        string          `json:"pool,omitempty"`
+	Priority    int             `json:"priority,omitempty"`
+	MaxAttempts int             `json:"max_attempts,omitempty"`
+	Retries     *int            `json:"retries,omitempty"`
+	Timeout     string          `json:"timeout,omitempty"`
+	Args        json.RawMessage `json:"args,omitempty"`
+}
+
+// ParseSpec parses a workflow spec in JSON or YAML (JSON is YAML, but JSON
+// input is parsed strictly as JSON for exact numbers). Unknown fields are
+// errors, so a typo does not silently drop an option. The result still
+// needs Validate (Submit does it).
+func ParseSpec(data []byte) (events.RunSubmittedBody, error) {
+	var out events.RunSubmittedBody
+	trimmed := bytes.TrimSpace(data)
+	if len(trimmed) > 0 && trimmed[0] != '{' {
+		var doc any
+		if err := yaml.Unmarshal(data, &doc); err != nil {
+			return out, fmt.Errorf("%w: %v", ErrInvalidSpec, err)
+		}
+		j, err := json.Marshal(doc)
+		if err != nil {
+			return out, fmt.Errorf("%w: %v", ErrInvalidSpec, err)
+		}
+		trimmed = j
+	}
+	var f SpecFile
+	dec := json.NewDecoder(bytes.NewReader(trimmed))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&f); err != nil {
+		return out, fmt.Errorf("%w: %v", ErrInvalidSpec, err)
+	}
+	out.Workflow, out.Input = f.Workflow, f.Input
+	if string(out.Input) == "null" {
+		out.Input = nil
+	}
+	for _, t := range f.Tasks {
+		ts := events.TaskSpec{ID: t.ID, Handler: t.Handler, Deps: t.Deps, Pool: t.Pool, Priority: t.Priority, MaxAttempts: t.MaxAttempts, Args: t.Args}
+		if string(ts.Args) == "null" {
+			ts.Args = nil
+		}
+		if t.Retries != nil {
+			if t.MaxAttempts != 0 {
+				return out, fmt.Errorf("%w: task %q sets both retries and max_attempts", ErrInvalidSpec, t.ID)
+			}
+			ts.MaxAttempts = *t.Retries + 1
+		}
+		if t.Timeout != "" {
+			d, err := time.ParseDuration(t.Timeout)
+			if err != nil {
+				return out, fmt.Errorf("%w: task %q: timeout %q: use a duration like 30s or 5m", ErrInvalidSpec, t.ID, t.Timeout)
+			}
+			ts.TimeoutMS = d.Milliseconds()
+		}
+		out.Tasks = append(out.Tasks, ts)
+	}
+	return out, nil
+}
