@@ -5,12 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/graflow-go/graflow/events"
 	"github.com/graflow-go/graflow/internal/rdb"
 	"github.com/graflow-go/graflow/projector"
 	"github.com/graflow-go/graflow/scheduler"
+	"github.com/oklog/ulid/v2"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -166,7 +168,13 @@ func (c *Client) Fold(ctx context.Context, run string) (*projector.Run, error) {
 // appears in its log) or ctx is done, and returns its final state. It
 // blocks on the log stream (XREAD BLOCK); it does not poll.
 func (c *Client) Wait(ctx context.Context, run string) (*RunInfo, error) {
+	if n, err := c.db.C.Exists(ctx, c.db.K.RunLog(run)).Result(); err != nil {
+		return nil, fmt.Errorf("wait for run %s: %w", run, err)
+	} else if n == 0 {
+		return nil, fmt.Errorf("%w: %s in namespace %q", ErrRunNotFound, run, c.db.K.Namespace())
+	}
 	last := "0"
+	ended := false
 	for {
 		block := 5 * time.Second
 		if dl, ok := ctx.Deadline(); ok {
@@ -187,14 +195,84 @@ func (c *Client) Wait(ctx context.Context, run string) (*RunInfo, error) {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
+		n := 0
 		for _, s := range res {
 			for _, m := range s.Messages {
 				last = m.ID
+				n++
 				switch t, _ := m.Values[events.FieldType].(string); events.Type(t) {
 				case events.RunSucceeded, events.RunFailed, events.RunCancelled:
-					return c.Status(ctx, run)
+					ended = true
+				case events.TaskRequeued: // the run was reopened
+					ended = false
 				}
 			}
 		}
+		if ended && n < 1000 {
+			return c.Status(ctx, run)
+		}
 	}
+}
+
+// DeadLetter is a task that failed for good (or as poison).
+type DeadLetter struct {
+	Run     string          `json:"run"`
+	Task    string          `json:"task"`
+	At      time.Time       `json:"at"`
+	Details json.RawMessage `json:"details,omitempty"`
+}
+
+// DeadLetters lists up to limit dead letters, oldest first.
+func (c *Client) DeadLetters(ctx context.Context, limit int64) ([]DeadLetter, error) {
+	if limit <= 0 {
+		limit = 1 << 30
+	}
+	zs, err := c.db.C.ZRangeWithScores(ctx, c.db.K.DeadLetter(), 0, limit-1).Result()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]DeadLetter, 0, len(zs))
+	members := make([]string, 0, len(zs))
+	for _, z := range zs {
+		m, _ := z.Member.(string)
+		run, task, _ := strings.Cut(m, "|")
+		out = append(out, DeadLetter{Run: run, Task: task, At: time.UnixMilli(int64(z.Score)).UTC()})
+		members = append(members, m)
+	}
+	if len(members) > 0 {
+		infos, err := c.db.C.HMGet(ctx, c.db.K.DeadLetterInfo(), members...).Result()
+		if err != nil {
+			return nil, err
+		}
+		for i, v := range infos {
+			if s, ok := v.(string); ok {
+				out[i].Details = json.RawMessage(s)
+			}
+		}
+	}
+	return out, nil
+}
+
+// Requeue gives a task that failed for good one more attempt: it appends
+// task_requeued, reopens the run, and the projector requeues the tasks
+// skipped behind it. It returns an error wrapping rdb's ErrNotRequeueable
+// (message "task cannot be requeued") if the task has not failed.
+func (c *Client) Requeue(ctx context.Context, run, task string) error {
+	body, _ := json.Marshal(events.TaskRequeuedBody{Cause: "requeued from the dead-letter set"})
+	return c.db.Requeue(ctx, run, task, "client", ulid.Make().String(), time.Now().UnixMilli(), body)
+}
+
+// PurgeDeadLetter forgets one dead letter (the run keeps its history).
+func (c *Client) PurgeDeadLetter(ctx context.Context, run, task string) error {
+	m := rdb.DeadLetterMember(run, task)
+	pipe := c.db.C.TxPipeline()
+	pipe.ZRem(ctx, c.db.K.DeadLetter(), m)
+	pipe.HDel(ctx, c.db.K.DeadLetterInfo(), m)
+	_, err := pipe.Exec(ctx)
+	return err
+}
+
+// PurgeDeadLetters forgets every dead letter.
+func (c *Client) PurgeDeadLetters(ctx context.Context) error {
+	return c.db.C.Del(ctx, c.db.K.DeadLetter(), c.db.K.DeadLetterInfo()).Err()
 }

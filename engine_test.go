@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/graflow-go/graflow"
+	"github.com/graflow-go/graflow/events"
+	"github.com/graflow-go/graflow/internal/rdb"
 	"github.com/graflow-go/graflow/internal/redistest"
 	"github.com/graflow-go/graflow/projector"
 	"github.com/graflow-go/graflow/worker"
@@ -25,18 +27,18 @@ type bundle struct {
 // setup starts a projector and n in-process workers in a fresh namespace.
 func setup(t *testing.T, workers int) bundle {
 	t.Helper()
-	rdb := redistest.Client(t)
+	rc := redistest.Client(t)
 	ns := redistest.Namespace(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	p, err := projector.New(projector.Config{Redis: rdb, Namespace: ns, FeedBlock: 200 * time.Millisecond})
+	p, err := projector.New(projector.Config{Redis: rc, Namespace: ns, FeedBlock: 200 * time.Millisecond, RetryInitial: 20 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
 	wg.Add(1)
 	go func() { defer wg.Done(); _ = p.Run(ctx) }()
 	for i := 0; i < workers; i++ {
-		w, err := worker.New(worker.Config{Redis: rdb, Namespace: ns, ID: "w" + string(rune('a'+i)), Concurrency: 4, FetchBlock: 200 * time.Millisecond})
+		w, err := worker.New(worker.Config{Redis: rc, Namespace: ns, ID: "w" + string(rune('a'+i)), Concurrency: 4, FetchBlock: 200 * time.Millisecond})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -45,11 +47,11 @@ func setup(t *testing.T, workers int) bundle {
 		go func() { defer wg.Done(); _ = w.Run(ctx) }()
 	}
 	t.Cleanup(func() { cancel(); wg.Wait() })
-	c, err := graflow.NewClient(graflow.Config{Redis: rdb, Namespace: ns})
+	c, err := graflow.NewClient(graflow.Config{Redis: rc, Namespace: ns})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return bundle{rdb: rdb, ns: ns, client: c}
+	return bundle{rdb: rc, ns: ns, client: c}
 }
 
 func TestETLRunSucceeds(t *testing.T) {
@@ -77,4 +79,99 @@ func TestETLRunSucceeds(t *testing.T) {
 		t.Fatalf("load result = %s, want 10", got)
 	}
 	t.Logf("events=%d elapsed=%v", info.Events, time.Since(start))
+}
+
+// logEvents reads a run's whole log.
+func logEvents(t *testing.T, b bundle, run string) []events.Event {
+	t.Helper()
+	msgs, err := b.rdb.XRange(context.Background(), rdb.NewKeys(b.ns).RunLog(run), "-", "+").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make([]events.Event, 0, len(msgs))
+	for _, m := range msgs {
+		e, err := events.Decode(run, m.ID, m.Values)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+func TestRetriesBackOffThenSucceed(t *testing.T) {
+	t.Parallel()
+	b := setup(t, 2)
+	wf := graflow.NewWorkflow("retry")
+	wf.Task("flaky", builtin.Flaky).Args(map[string]any{"fail": 2, "value": 7}).Retries(2)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	run, err := b.client.Submit(ctx, wf, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := b.client.Wait(ctx, run)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !info.Succeeded() || info.Task("flaky").Attempt != 3 || string(info.Task("flaky").Result) != "7" {
+		t.Fatalf("want success on attempt 3 with result 7, got %+v", info.Task("flaky"))
+	}
+	var delays []int64
+	for _, e := range logEvents(t, b, run) {
+		if e.Type == events.TaskRetryScheduled {
+			var body events.TaskRetryScheduledBody
+			if err := e.DecodeBody(&body); err != nil {
+				t.Fatal(err)
+			}
+			delays = append(delays, body.DelayMS)
+		}
+	}
+	if len(delays) != 2 || delays[1] <= delays[0] {
+		t.Fatalf("retry delays = %v, want two growing delays", delays)
+	}
+}
+
+func TestPermanentFailureDeadLettersAndRequeueRunsAgain(t *testing.T) {
+	t.Parallel()
+	b := setup(t, 2)
+	wf := graflow.NewWorkflow("dlq")
+	a := wf.Task("a", builtin.Flaky).Args(map[string]any{"fail": 1, "permanent": true, "value": 2}).Retries(5)
+	wf.Task("b", builtin.Sum).After(a)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	run, err := b.client.Submit(ctx, wf, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := b.client.Wait(ctx, run)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Status != "failed" || info.FailedTask != "a" || info.Task("a").Attempt != 1 || info.Task("b").Status != "skipped" {
+		t.Fatalf("want run failed at a (1 attempt, permanent) with b skipped, got %+v", info)
+	}
+	dls, err := b.client.DeadLetters(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(dls) != 1 || dls[0].Run != run || dls[0].Task != "a" {
+		t.Fatalf("dead letters = %+v, want [%s a]", dls, run)
+	}
+	if err := b.client.Requeue(ctx, run, "a"); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.client.Requeue(ctx, run, "a"); err == nil {
+		t.Fatal("second requeue of a task no longer failed: want an error")
+	}
+	info, err = b.client.Wait(ctx, run)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !info.Succeeded() || info.Task("a").Attempt != 2 || string(info.Task("b").Result) != "2" {
+		t.Fatalf("after requeue want success (a attempt 2, b = 2), got %+v", info)
+	}
+	if dls, _ := b.client.DeadLetters(ctx, 0); len(dls) != 0 {
+		t.Fatalf("dead letters after requeue = %+v, want none", dls)
+	}
 }

@@ -76,11 +76,21 @@ type TaskRetryScheduledBody struct {
 // TaskReclaimedBody is the body of task_reclaimed.
 type TaskReclaimedBody struct {
 	From       string `json:"from"`
-	Deliveries int64  `json:"deliveries"`
+	Deliveries int64  `json:"deliveries,omitempty"`
+	// Reason is "lease expired" (XAUTOCLAIM) or "handed back" (drain).
+	Reason string `json:"reason,omitempty"`
 }
 
 // TaskSkippedBody is the body of task_skipped.
 type TaskSkippedBody struct {
+	Cause string `json:"cause"`
+}
+
+// TaskRequeuedBody is the body of task_requeued: a task that failed for
+// good (or was skipped behind one) is given another attempt, reopening its
+// run. Written by "graflow dlq requeue" for the failed task and by the
+// projector for the skipped tasks behind it.
+type TaskRequeuedBody struct {
 	Cause string `json:"cause"`
 }
 

@@ -31,6 +31,7 @@ const (
 	TaskTimedOut       Type = "task_timed_out"
 	TaskCancelled      Type = "task_cancelled"
 	TaskSkipped        Type = "task_skipped"
+	TaskRequeued       Type = "task_requeued"
 	TasksAdded         Type = "tasks_added"
 	ChannelWritten     Type = "channel_written"
 	RunSucceeded       Type = "run_succeeded"
@@ -43,7 +44,7 @@ const (
 var Types = []Type{
 	RunSubmitted, TaskDispatched, TaskClaimed, TaskHeartbeat, TaskSucceeded,
 	TaskFailed, TaskRetryScheduled, TaskReclaimed, TaskTimedOut, TaskCancelled,
-	TaskSkipped, TasksAdded, ChannelWritten, RunSucceeded, RunFailed,
+	TaskSkipped, TaskRequeued, TasksAdded, ChannelWritten, RunSucceeded, RunFailed,
 	RunCancelled, ResultRejected,
 }
 

@@ -146,6 +146,11 @@ func apply(r *Run, e events.Event) error {
 		t.Status = TaskSkipped
 		r.open--
 		r.skipDependents(t, "dependency "+t.Spec.ID+" skipped")
+	case events.TaskRequeued:
+		if t.Status != TaskFailed && t.Status != TaskSkipped {
+			return nil
+		}
+		r.requeue(i)
 	case events.TaskCancelled:
 		if t.Status.Terminal() {
 			return nil
@@ -157,6 +162,44 @@ func apply(r *Run, e events.Event) error {
 	}
 	r.trimQueues()
 	return nil
+}
+
+// requeue reopens a failed or skipped task (and its run): the task is
+// pending again, ready if its dependencies succeeded, and the tasks skipped
+// behind it become candidates to be requeued too.
+func (r *Run) requeue(i int) {
+	t := r.Tasks[i]
+	if t.Status == TaskFailed {
+		r.fails--
+	}
+	t.Status, t.Owner = TaskPending, ""
+	r.open++
+	t.waiting = 0
+	for _, d := range t.Spec.Deps {
+		if r.Tasks[r.index[d]].Status != TaskSucceeded {
+			t.waiting++
+		}
+	}
+	if t.waiting == 0 {
+		r.ready.push(queueEntry{task: i})
+	}
+	if r.Status == RunFailed {
+		r.Status = RunRunning
+	}
+	if r.FailedTask == t.Spec.ID {
+		r.FailedTask, r.Cause = "", ""
+		for _, o := range r.Tasks {
+			if o.Status == TaskFailed {
+				r.FailedTask, r.Cause = o.Spec.ID, o.Error
+				break
+			}
+		}
+	}
+	for _, s := range t.succ {
+		if r.Tasks[s].Status == TaskSkipped {
+			r.unskip.push(queueEntry{task: s, cause: "dependency " + t.Spec.ID + " requeued"})
+		}
+	}
 }
 
 func (r *Run) skipDependents(t *Task, cause string) {
@@ -171,6 +214,7 @@ func (r *Run) trimQueues() {
 	r.ready.trim(func(q queueEntry) bool { return r.Tasks[q.task].Status != TaskPending })
 	r.retry.trim(func(q queueEntry) bool { return r.Tasks[q.task].Status != TaskAwaitingRetry })
 	r.skip.trim(func(q queueEntry) bool { return r.Tasks[q.task].Status != TaskPending })
+	r.unskip.trim(func(q queueEntry) bool { return r.Tasks[q.task].Status != TaskSkipped })
 }
 
 // addTasks appends task specs (already validated at submit time; a spec that

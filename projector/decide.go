@@ -13,7 +13,8 @@ type RetryDelayFunc func(spec events.TaskSpec, attempt int) time.Duration
 
 // Decide returns the decision events that the state of r calls for, at most
 // limit of them (limit <= 0 means no limit): task_skipped for pending tasks
-// behind a failure, task_dispatched for ready tasks, task_retry_scheduled for
+// behind a failure, task_requeued for skipped tasks behind a requeued one,
+// task_dispatched for ready tasks, task_retry_scheduled for
 // failed attempts with attempts left, and run_succeeded / run_failed once
 // every task is terminal. It does not change r; the caller appends the
 // events to the log and folds them with Apply. Decide is pure: the returned
@@ -39,6 +40,18 @@ func Decide(r *Run, limit int, delay RetryDelayFunc) []events.Event {
 		seen[q.task] = true
 		out = append(out, events.Event{Run: r.ID, Type: events.TaskSkipped, Task: t.Spec.ID}.
 			WithBody(events.TaskSkippedBody{Cause: q.cause}))
+	}
+	for _, q := range r.unskip.items[r.unskip.head:] {
+		if full() {
+			return out
+		}
+		t := r.Tasks[q.task]
+		if t.Status != TaskSkipped || seen[q.task] || !r.depsAlive(t) {
+			continue
+		}
+		seen[q.task] = true
+		out = append(out, events.Event{Run: r.ID, Type: events.TaskRequeued, Task: t.Spec.ID, Attempt: t.Attempt}.
+			WithBody(events.TaskRequeuedBody{Cause: q.cause}))
 	}
 	for _, q := range r.ready.items[r.ready.head:] {
 		if full() {
@@ -77,4 +90,16 @@ func Decide(r *Run, limit int, delay RetryDelayFunc) []events.Event {
 		}
 	}
 	return out
+}
+
+// depsAlive reports whether none of t's dependencies failed or was skipped
+// or cancelled.
+func (r *Run) depsAlive(t *Task) bool {
+	for _, d := range t.Spec.Deps {
+		switch r.Tasks[r.index[d]].Status {
+		case TaskFailed, TaskSkipped, TaskCancelled:
+			return false
+		}
+	}
+	return true
 }

@@ -28,6 +28,7 @@ const (
 	DefaultRetryMultiple  = 2.0
 	DefaultRetryJitter    = 0.2
 	DefaultDelayedMaxWait = 5 * time.Second
+	DefaultFeedReclaim    = 15 * time.Second
 )
 
 // Config configures a Projector. A zero field means its default.
@@ -52,6 +53,9 @@ type Config struct {
 	// FeedBlock is how long one XREADGROUP blocks (default 2s); it only
 	// bounds how fast Run notices cancellation.
 	FeedBlock time.Duration
+	// FeedReclaimIdle: feed entries pending this long (their projector
+	// died mid-run) are taken over (default 15s).
+	FeedReclaimIdle time.Duration
 	// RetryInitial, RetryMax, RetryMultiplier and RetryJitter shape the
 	// exponential backoff between attempts (defaults 1s, 5m, 2, 0.2).
 	RetryInitial    time.Duration
@@ -83,6 +87,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.FeedBlock <= 0 {
 		c.FeedBlock = DefaultFeedBlock
+	}
+	if c.FeedReclaimIdle <= 0 {
+		c.FeedReclaimIdle = DefaultFeedReclaim
 	}
 	if c.RetryInitial <= 0 {
 		c.RetryInitial = DefaultRetryInitial
@@ -176,10 +183,14 @@ func (p *Projector) Run(ctx context.Context) error {
 			p.consume(ctx, n)
 		}()
 	}
-	wg.Add(1)
+	wg.Add(2)
 	go func() {
 		defer wg.Done()
 		p.moveDelayed(ctx)
+	}()
+	go func() {
+		defer wg.Done()
+		p.reclaimFeed(ctx, parts)
 	}()
 	wg.Wait()
 	return nil
@@ -233,37 +244,86 @@ func (p *Projector) consume(ctx context.Context, n int) {
 			start = ">"
 			continue
 		}
-		ids := make([]string, 0, len(msgs))
-		seen := map[string]bool{}
-		for _, m := range msgs {
-			ids = append(ids, m.ID)
-			run, _ := m.Values[rdb.MsgRun].(string)
-			if run == "" || seen[run] {
-				continue
-			}
-			seen[run] = true
-			if err := retry(ctx, log, "project run", func() error {
-				err := p.Project(ctx, run)
-				if errors.Is(err, ErrInvalidEvent) || errors.Is(err, events.ErrMalformed) ||
-					errors.Is(err, events.ErrUnknownType) || errors.Is(err, events.ErrUnknownVersion) {
-					return backoff.Permanent(err)
-				}
-				return err
-			}); err != nil {
-				if ctx.Err() != nil {
-					return
-				}
-				p.quarantine(ctx, run, err)
-			}
+		if !p.handle(ctx, log, stream, msgs) {
+			return
 		}
-		if len(ids) > 0 {
-			_ = retry(ctx, log, "ack feed", func() error {
-				pipe := p.cfg.Redis.Pipeline()
-				pipe.XAck(ctx, stream, rdb.GroupProjectors, ids...)
-				pipe.XDel(ctx, stream, ids...)
-				_, err := pipe.Exec(ctx)
-				return err
-			})
+	}
+}
+
+// handle projects the runs that feed entries point at (each run once per
+// batch: pointers coalesce), then acks and deletes the entries. It returns
+// false when ctx ended.
+func (p *Projector) handle(ctx context.Context, log zerolog.Logger, stream string, msgs []redis.XMessage) bool {
+	ids := make([]string, 0, len(msgs))
+	seen := map[string]bool{}
+	for _, m := range msgs {
+		ids = append(ids, m.ID)
+		run, _ := m.Values[rdb.MsgRun].(string)
+		if run == "" || seen[run] {
+			continue
+		}
+		seen[run] = true
+		if err := retry(ctx, log, "project run", func() error {
+			err := p.Project(ctx, run)
+			if errors.Is(err, ErrInvalidEvent) || errors.Is(err, events.ErrMalformed) ||
+				errors.Is(err, events.ErrUnknownType) || errors.Is(err, events.ErrUnknownVersion) {
+				return backoff.Permanent(err)
+			}
+			return err
+		}); err != nil {
+			if ctx.Err() != nil {
+				return false
+			}
+			p.quarantine(ctx, run, err)
+		}
+	}
+	if len(ids) > 0 {
+		_ = retry(ctx, log, "ack feed", func() error {
+			pipe := p.cfg.Redis.Pipeline()
+			pipe.XAck(ctx, stream, rdb.GroupProjectors, ids...)
+			pipe.XDel(ctx, stream, ids...)
+			_, err := pipe.Exec(ctx)
+			return err
+		})
+	}
+	return ctx.Err() == nil
+}
+
+// reclaimFeed takes over feed entries left pending by projectors that died
+// (idle longer than FeedReclaimIdle), so their runs move on.
+func (p *Projector) reclaimFeed(ctx context.Context, parts []int) {
+	t := time.NewTicker(p.cfg.FeedReclaimIdle / 2)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for _, n := range parts {
+			stream := p.db.K.Feed(n)
+			log := p.log.With().Int("partition", n).Logger()
+			start := "0-0"
+			for ctx.Err() == nil {
+				msgs, next, err := p.cfg.Redis.XAutoClaim(ctx, &redis.XAutoClaimArgs{
+					Stream: stream, Group: rdb.GroupProjectors, Consumer: p.cfg.ID,
+					MinIdle: p.cfg.FeedReclaimIdle, Start: start, Count: 256,
+				}).Result()
+				if err != nil {
+					if ctx.Err() == nil && !isNoGroup(err) {
+						log.Warn().Err(err).Msg("reclaim feed entries")
+					}
+					break
+				}
+				if len(msgs) > 0 {
+					log.Info().Int("entries", len(msgs)).Msg("took over feed entries of a dead projector")
+					p.handle(ctx, log, stream, msgs)
+				}
+				if next == "0-0" || next == "" {
+					break
+				}
+				start = next
+			}
 		}
 	}
 }
@@ -412,6 +472,8 @@ func (p *Projector) effect(r *Run, d events.Event) (map[string]string, *rdb.Disp
 	switch d.Type {
 	case events.TaskSkipped:
 		next.Status = TaskSkipped
+	case events.TaskRequeued:
+		next.Status, next.Owner = TaskPending, ""
 	case events.TaskDispatched, events.TaskRetryScheduled:
 		next.Status, next.Attempt = TaskDispatched, d.Attempt
 	}

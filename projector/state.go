@@ -89,6 +89,8 @@ type Run struct {
 	ready queue // pending tasks whose dependencies all succeeded
 	retry queue // tasks awaiting a retry
 	skip  queue // pending tasks with a failed/skipped dependency
+	// unskip holds skipped tasks behind a requeued task.
+	unskip queue
 }
 
 // NewRun returns the empty state of run id, before any event.

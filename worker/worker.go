@@ -34,6 +34,7 @@ const (
 	DefaultDrainTimeout        = 30 * time.Second
 	DefaultFetchBlock          = 2 * time.Second
 	DefaultMaxResultBytes      = 1 << 20
+	DefaultPoisonLimit         = 5
 )
 
 // Config configures a Worker. A zero field means its default.
@@ -66,6 +67,17 @@ type Config struct {
 	// MaxResultBytes bounds an encoded result (default 1 MiB); a larger one
 	// fails the task permanently.
 	MaxResultBytes int
+	// ReclaimInterval is how often the reclaimer looks for messages idle
+	// longer than Lease (default Lease/3). A task of a dead worker runs
+	// again within Lease + ReclaimInterval.
+	ReclaimInterval time.Duration
+	// PoisonLimit fails a task as poison when its message was delivered
+	// more than this many times without an outcome (default 5): a task
+	// that kills its worker every time does not loop forever.
+	PoisonLimit int
+	// UnsafeNoFencing disables the epoch check on results. TEST-ONLY: the
+	// chaos suite sets it to prove its checker detects duplicate accepts.
+	UnsafeNoFencing bool
 	// Logger; nil is quiet.
 	Logger *zerolog.Logger
 	// Now is the clock (default time.Now).
@@ -116,6 +128,12 @@ func (c Config) withDefaults() Config {
 	if c.MaxResultBytes <= 0 {
 		c.MaxResultBytes = DefaultMaxResultBytes
 	}
+	if c.ReclaimInterval <= 0 {
+		c.ReclaimInterval = c.Lease / 3
+	}
+	if c.PoisonLimit <= 0 {
+		c.PoisonLimit = DefaultPoisonLimit
+	}
 	if c.Logger == nil {
 		l := zerolog.Nop()
 		c.Logger = &l
@@ -161,6 +179,10 @@ type Worker struct {
 	mu       sync.Mutex
 	inflight map[string]*attempt // by queue message id
 
+	// Set by Run for the reclaimer: where tasks run and how they are counted.
+	workCtx context.Context
+	tasks   sync.WaitGroup
+
 	started   time.Time
 	processed atomic.Int64
 	failed    atomic.Int64
@@ -184,6 +206,9 @@ type message struct {
 	run      string
 	task     string
 	attempt  int
+	// Set for messages taken over by the reclaimer.
+	reclaimed  bool
+	deliveries int64
 }
 
 // New returns a Worker.
@@ -247,24 +272,32 @@ func (w *Worker) Run(ctx context.Context) error {
 	// Handlers run under workCtx, which outlives ctx by the drain timeout.
 	workCtx, cancelWork := context.WithCancelCause(context.Background())
 	defer cancelWork(nil)
-	var tasks sync.WaitGroup
+	w.workCtx = workCtx
+	tasks := &w.tasks
 	var loops sync.WaitGroup
 	for _, pool := range w.cfg.Pools {
 		loops.Add(1)
 		go func() {
 			defer loops.Done()
-			w.fetch(ctx, workCtx, pool, &tasks)
+			w.fetch(ctx, pool)
 		}()
 	}
-	hbCtx, stopHB := context.WithCancel(context.Background())
 	loops.Add(1)
 	go func() {
 		defer loops.Done()
+		w.reclaimLoop(ctx)
+	}()
+	hbCtx, stopHB := context.WithCancel(context.Background())
+	var hb sync.WaitGroup
+	hb.Add(1)
+	go func() {
+		defer hb.Done()
 		w.heartbeats(hbCtx)
 	}()
 
 	<-ctx.Done()
 	w.log.Info().Int64("in_flight", w.running.Load()).Msg("worker draining")
+	loops.Wait() // no new task starts after this
 	drained := make(chan struct{})
 	go func() {
 		tasks.Wait()
@@ -275,12 +308,12 @@ func (w *Worker) Run(ctx context.Context) error {
 	case <-drained:
 		t.Stop()
 	case <-t.C:
-		w.log.Warn().Int64("in_flight", w.running.Load()).Msg("drain timeout: cancelling in-flight tasks")
-		cancelWork(errors.New("worker drain timeout"))
+		w.log.Warn().Int64("in_flight", w.running.Load()).Msg("drain timeout: handing in-flight tasks back")
+		cancelWork(errDrainTimeout)
 		<-drained
 	}
 	stopHB()
-	loops.Wait()
+	hb.Wait()
 	dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	w.deregister(dctx)
@@ -289,7 +322,7 @@ func (w *Worker) Run(ctx context.Context) error {
 }
 
 // fetch reads a pool's band streams and starts tasks, highest band first.
-func (w *Worker) fetch(ctx, workCtx context.Context, pool string, tasks *sync.WaitGroup) {
+func (w *Worker) fetch(ctx context.Context, pool string) {
 	streams := w.db.K.Queues(pool) // highest priority first
 	args := make([]string, 0, 2*len(streams))
 	args = append(args, streams...)
@@ -297,6 +330,7 @@ func (w *Worker) fetch(ctx, workCtx context.Context, pool string, tasks *sync.Wa
 		args = append(args, ">")
 	}
 	var buf []message
+	defer func() { w.requeueUnstarted(buf) }()
 	for {
 		// Take a slot before reading, so we never hold more messages than
 		// we can start (beyond one read's worth of other bands).
@@ -304,6 +338,10 @@ func (w *Worker) fetch(ctx, workCtx context.Context, pool string, tasks *sync.Wa
 		case <-ctx.Done():
 			return
 		case w.sem <- struct{}{}:
+		}
+		if ctx.Err() != nil {
+			<-w.sem
+			return
 		}
 		for len(buf) == 0 {
 			if ctx.Err() != nil {
@@ -332,17 +370,44 @@ func (w *Worker) fetch(ctx, workCtx context.Context, pool string, tasks *sync.Wa
 		}
 		m := buf[0]
 		buf = buf[1:]
-		w.running.Add(1)
-		tasks.Add(1)
-		go func() {
-			defer func() {
-				w.running.Add(-1)
-				<-w.sem
-				tasks.Done()
-			}()
-			w.process(workCtx, m)
-		}()
+		w.start(m)
 	}
+}
+
+// requeueUnstarted gives back messages read but not started at shutdown:
+// a fresh copy is queued and ours acked (a crash in between leaves ours
+// pending, for the reclaimer; a duplicate copy is dropped at claim).
+func (w *Worker) requeueUnstarted(buf []message) {
+	if len(buf) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	pipe := w.cfg.Redis.Pipeline()
+	for _, m := range buf {
+		w.db.XAddDispatch(ctx, pipe, rdb.Dispatch{Pool: poolOf(m.stream), Priority: m.priority, Run: m.run, Task: m.task, Attempt: m.attempt})
+		w.db.QueueAck(ctx, pipe, m.stream, w.cfg.ID, m.id)
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		w.log.Warn().Err(err).Int("messages", len(buf)).Msg("give back unstarted messages; they stay pending for reclaim")
+		return
+	}
+	w.log.Info().Int("messages", len(buf)).Msg("gave back unstarted messages")
+}
+
+// start runs m in a new goroutine; the caller holds a semaphore slot,
+// which the goroutine releases.
+func (w *Worker) start(m message) {
+	w.running.Add(1)
+	w.tasks.Add(1)
+	go func() {
+		defer func() {
+			w.running.Add(-1)
+			<-w.sem
+			w.tasks.Done()
+		}()
+		w.process(w.workCtx, m)
+	}()
 }
 
 // pause waits a little after a Redis error (with jitter), or until ctx ends.
@@ -391,6 +456,7 @@ func (w *Worker) process(ctx context.Context, m message) {
 		cr, err = w.db.Claim(ctx, rdb.ClaimArgs{
 			Run: m.run, Task: m.task, Worker: w.cfg.ID, Attempt: m.attempt,
 			EventID: ulid.Make().String(), TimeMS: w.now(),
+			Reclaim: m.reclaimed, Deliveries: m.deliveries, ReclaimEventID: ulid.Make().String(),
 		})
 		return err
 	})
@@ -402,9 +468,13 @@ func (w *Worker) process(ctx context.Context, m message) {
 	case rdb.ClaimOK:
 	case rdb.ClaimDone:
 		// Finished already (maybe by a worker that died before pointing the
-		// feed and acking): re-point the feed, then ack.
+		// feed, dead-lettering and acking): redo those, then ack.
 		pipe := w.cfg.Redis.Pipeline()
 		w.db.PointFeed(ctx, pipe, m.run)
+		if cr.Detail == "failed" {
+			info, _ := json.Marshal(map[string]any{"attempt": m.attempt, "error": "failed (recorded on redelivery)", "worker": w.cfg.ID})
+			w.db.DeadLetter(ctx, pipe, m.run, m.task, w.now(), info)
+		}
 		w.db.QueueAck(ctx, pipe, m.stream, w.cfg.ID, m.id)
 		if _, err := pipe.Exec(ctx); err != nil {
 			log.Warn().Err(err).Msg("ack finished task")
@@ -422,6 +492,11 @@ func (w *Worker) process(ctx context.Context, m message) {
 		timeout: time.Duration(cr.Meta.TimeoutMS) * time.Millisecond,
 	}
 	log = log.With().Int64("epoch", t.Epoch).Str("handler", t.Handler).Logger()
+	if m.reclaimed && m.deliveries > int64(w.cfg.PoisonLimit) {
+		log.Error().Int64("deliveries", m.deliveries).Msg("poison task: delivered too often without an outcome; failing it")
+		w.finish(ctx, log, m, t, nil, &poisonError{deliveries: m.deliveries, limit: w.cfg.PoisonLimit}, nil)
+		return
+	}
 	tctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	if cr.Meta.TimeoutMS > 0 {
@@ -440,17 +515,63 @@ func (w *Worker) process(ctx context.Context, m message) {
 	}()
 
 	result, runErr := w.call(tctx, t)
-	if errors.Is(context.Cause(tctx), errLeaseLost) {
+	switch cause := context.Cause(tctx); {
+	case errors.Is(cause, errLeaseLost):
 		log.Warn().Msg("claim lost while running; outcome discarded")
+		return
+	case errors.Is(cause, errDrainTimeout) && runErr != nil:
+		w.handBack(log, m, t)
 		return
 	}
 	w.finish(ctx, log, m, t, result, runErr, context.Cause(tctx))
 }
 
 var (
-	errTimeout   = errors.New("task timeout")
-	errLeaseLost = errors.New("lease lost: the task was reclaimed by another worker")
+	errTimeout      = errors.New("task timeout")
+	errLeaseLost    = errors.New("lease lost: the task was reclaimed by another worker")
+	errDrainTimeout = errors.New("worker drain timeout")
 )
+
+type poisonError struct {
+	deliveries int64
+	limit      int
+}
+
+func (e *poisonError) Error() string {
+	return fmt.Sprintf("poison: delivered %d times without an outcome (limit %d): it may crash its worker", e.deliveries, e.limit)
+}
+
+// handBack returns a claim the drain could not finish, so another worker
+// takes it now instead of after the lease: the release script bumps the
+// epoch and marks the task dispatched, then a fresh message is queued and
+// ours acked. A crash in between leaves our message pending: reclaimed.
+func (w *Worker) handBack(log zerolog.Logger, m message, t *Task) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err := w.db.Release(ctx, m.run, m.task, w.cfg.ID, t.Attempt, t.Epoch, ulid.Make().String(), w.now())
+	if err != nil {
+		log.Warn().Err(err).Msg("hand back: release failed; the lease will expire instead")
+		return
+	}
+	pipe := w.cfg.Redis.Pipeline()
+	w.db.XAddDispatch(ctx, pipe, rdb.Dispatch{Pool: poolOf(m.stream), Priority: m.priority, Run: m.run, Task: m.task, Attempt: t.Attempt})
+	w.db.QueueAck(ctx, pipe, m.stream, w.cfg.ID, m.id)
+	if _, err := pipe.Exec(ctx); err != nil {
+		log.Warn().Err(err).Msg("hand back: requeue failed; the message stays pending for reclaim")
+		return
+	}
+	log.Info().Msg("handed back unfinished task")
+}
+
+// poolOf extracts the pool from a queue stream key "<ns>:{q:<pool>}:<prio>".
+func poolOf(stream string) string {
+	i := strings.Index(stream, "{q:")
+	j := strings.LastIndex(stream, "}")
+	if i < 0 || j < i {
+		return DefaultPool
+	}
+	return stream[i+3 : j]
+}
 
 // call runs the handler, turning a panic into an error.
 func (w *Worker) call(ctx context.Context, t *Task) (res any, err error) {
@@ -484,6 +605,7 @@ func (w *Worker) finish(ctx context.Context, log zerolog.Logger, m message, t *T
 	args := rdb.FinishArgs{
 		Run: m.run, Task: m.task, Worker: w.cfg.ID, Attempt: t.Attempt, Epoch: t.Epoch,
 		EventID: ulid.Make().String(), RejectID: ulid.Make().String(), TimeMS: w.now(),
+		Unfenced: w.cfg.UnsafeNoFencing,
 	}
 	var encoded []byte
 	if runErr == nil {
@@ -503,7 +625,11 @@ func (w *Worker) finish(ctx context.Context, log zerolog.Logger, m message, t *T
 		kind := events.FailureError
 		var pe *panicError
 		var ue *unknownHandlerError
+		var poison *poisonError
 		switch {
+		case errors.As(runErr, &poison):
+			kind = events.FailurePoison
+			runErr = Permanent(runErr)
 		case errors.Is(cause, errTimeout):
 			kind = events.FailureTimeout
 			runErr = fmt.Errorf("timed out after %s: %w", t.timeout, runErr)
@@ -551,6 +677,10 @@ func (w *Worker) finish(ctx context.Context, log zerolog.Logger, m message, t *T
 		pipe := w.cfg.Redis.Pipeline()
 		if dirty {
 			w.db.PointFeed(ctx, pipe, m.run)
+		}
+		if args.Status == "failed" {
+			info, _ := json.Marshal(map[string]any{"attempt": t.Attempt, "error": runErr.Error(), "worker": w.cfg.ID, "handler": t.Handler})
+			w.db.DeadLetter(ctx, pipe, m.run, m.task, args.TimeMS, info)
 		}
 		w.db.QueueAck(ctx, pipe, m.stream, w.cfg.ID, m.id)
 		_, err := pipe.Exec(ctx)

@@ -31,10 +31,16 @@ func runWorker(ctx context.Context, m *Main, args []string) error {
 	pools := fs.String("pools", worker.DefaultPool, "comma-separated pools to serve")
 	conc := fs.Int("concurrency", worker.DefaultConcurrency, "tasks run at once")
 	lease := fs.Duration("lease", worker.DefaultLease, "claim lease; heartbeats renew it every lease/3")
-	drain := fs.Duration("drain-timeout", worker.DefaultDrainTimeout, "on SIGTERM, how long in-flight tasks may finish")
+	drain := fs.Duration("drain-timeout", worker.DefaultDrainTimeout, "on SIGTERM, how long in-flight tasks may finish before they are handed back")
+	reclaim := fs.Duration("reclaim-interval", 0, "how often expired leases are reclaimed (default lease/3)")
+	poison := fs.Int("poison-limit", worker.DefaultPoisonLimit, "deliveries without an outcome before a task is failed as poison")
+	hbEvery := fs.Duration("heartbeat-event-every", worker.DefaultHeartbeatEventEvery, "at most one task_heartbeat event per task per this interval")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
+	// TEST-ONLY: the chaos suite proves its checker catches duplicate
+	// accepts by running workers with fencing switched off.
+	unfenced := m.Getenv("GRAFLOW_UNSAFE_NO_FENCING") == "1"
 	r, err := c.connect(ctx)
 	if err != nil {
 		return err
@@ -42,7 +48,8 @@ func runWorker(ctx context.Context, m *Main, args []string) error {
 	defer r.Close()
 	w, err := worker.New(worker.Config{
 		Redis: r, Namespace: c.namespace, ID: *id, Pools: splitList(*pools), Concurrency: *conc,
-		Lease: *lease, DrainTimeout: *drain, Logger: c.logger(m.Stderr),
+		Lease: *lease, DrainTimeout: *drain, ReclaimInterval: *reclaim, PoisonLimit: *poison,
+		HeartbeatEventEvery: *hbEvery, UnsafeNoFencing: unfenced, Logger: c.logger(m.Stderr),
 	})
 	if err != nil {
 		return withCode(ExitUsage, err)
@@ -55,6 +62,9 @@ func runProjector(ctx context.Context, m *Main, args []string) error {
 	var c common
 	fs := m.flags("projector", &c)
 	id := fs.String("id", "", "projector id (default projector-<host>-<pid>); keep it stable across restarts")
+	retryInitial := fs.Duration("retry-initial", projector.DefaultRetryInitial, "delay before the first retry (exponential backoff with jitter)")
+	retryMax := fs.Duration("retry-max", projector.DefaultRetryMax, "cap on the delay between retries")
+	feedIdle := fs.Duration("feed-reclaim-idle", projector.DefaultFeedReclaim, "take over feed entries of dead projectors after this long")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -63,7 +73,8 @@ func runProjector(ctx context.Context, m *Main, args []string) error {
 		return err
 	}
 	defer r.Close()
-	p, err := projector.New(projector.Config{Redis: r, Namespace: c.namespace, ID: *id, Logger: c.logger(m.Stderr)})
+	p, err := projector.New(projector.Config{Redis: r, Namespace: c.namespace, ID: *id, Logger: c.logger(m.Stderr),
+		RetryInitial: *retryInitial, RetryMax: *retryMax, FeedReclaimIdle: *feedIdle})
 	if err != nil {
 		return withCode(ExitUsage, err)
 	}

@@ -110,8 +110,12 @@ func (k Keys) Queues(pool string) []string {
 	return out
 }
 
-// DeadLetter is the stream of tasks that failed for good.
+// DeadLetter is the dead-letter set: tasks that failed for good, member
+// "<run>|<task>" scored by time (a set, so recording twice is harmless).
 func (k Keys) DeadLetter() string { return k.ns + ":{dlq}" }
+
+// DeadLetterInfo holds each dead letter's details (JSON), same slot.
+func (k Keys) DeadLetterInfo() string { return k.ns + ":{dlq}:info" }
 
 // Feed is projector feed partition n.
 func (k Keys) Feed(n int) string { return k.ns + ":{feed:" + strconv.Itoa(n) + "}" }

@@ -283,6 +283,9 @@ type FinishArgs struct {
 	Body              []byte
 	Status            string // new task status
 	Result            []byte // stored for succeeded
+	// Unfenced skips the epoch check: a test-only switch (chaos uses it
+	// to prove that its checker catches duplicate accepts). Never set it.
+	Unfenced bool
 }
 
 // ErrStaleClaim is returned when a worker reports on a claim it no longer
@@ -308,7 +311,7 @@ func (e *StaleError) Unwrap() error { return ErrStaleClaim }
 func (d DB) Finish(ctx context.Context, a FinishArgs) (newlyDirty bool, err error) {
 	res, err := finishScript.Run(ctx, d.C,
 		[]string{d.K.RunState(a.Run), d.K.RunLog(a.Run), d.K.RunResults(a.Run)},
-		a.Task, a.Attempt, a.Epoch, a.Worker, a.EventID, a.TimeMS, string(a.Type), string(a.Body), a.Status, string(a.Result), a.RejectID).Slice()
+		a.Task, a.Attempt, a.Epoch, a.Worker, a.EventID, a.TimeMS, string(a.Type), string(a.Body), a.Status, string(a.Result), a.RejectID, unfenced(a.Unfenced)).Slice()
 	if err != nil {
 		return false, fmt.Errorf("finish %s/%s: %w", a.Run, a.Task, err)
 	}
@@ -316,6 +319,61 @@ func (d DB) Finish(ctx context.Context, a FinishArgs) (newlyDirty bool, err erro
 		return false, &StaleError{Status: str(res, 1), Epoch: str(res, 2), Owner: str(res, 3)}
 	}
 	return num(res, 2) == 1, nil
+}
+
+func unfenced(b bool) string {
+	if b {
+		return "unfenced"
+	}
+	return ""
+}
+
+// Release hands a claim back (see releaseScript).
+func (d DB) Release(ctx context.Context, run, task, worker string, attempt int, epoch int64, eventID string, timeMS int64) error {
+	res, err := releaseScript.Run(ctx, d.C, []string{d.K.RunState(run), d.K.RunLog(run)},
+		task, attempt, epoch, worker, eventID, timeMS).Slice()
+	if err != nil {
+		return fmt.Errorf("release %s/%s: %w", run, task, err)
+	}
+	if str(res, 0) == "stale" {
+		return &StaleError{Status: str(res, 1), Epoch: str(res, 2), Owner: str(res, 3)}
+	}
+	return nil
+}
+
+// ErrNotRequeueable is returned when requeue finds a task that has not
+// failed for good, or a run that was cancelled.
+var ErrNotRequeueable = errors.New("task cannot be requeued")
+
+// Requeue gives a failed task another attempt (see requeueScript) and
+// points the feed at its run and drops it from the dead-letter set.
+func (d DB) Requeue(ctx context.Context, run, task, writer, eventID string, timeMS int64, body []byte) error {
+	res, err := requeueScript.Run(ctx, d.C, []string{d.K.RunState(run), d.K.RunLog(run)},
+		task, eventID, timeMS, writer, string(body)).Slice()
+	if err != nil {
+		return fmt.Errorf("requeue %s/%s: %w", run, task, err)
+	}
+	if str(res, 0) == "refused" {
+		return fmt.Errorf("%w: %s/%s is %s (run %s)", ErrNotRequeueable, run, task, str(res, 1), str(res, 2))
+	}
+	pipe := d.C.TxPipeline()
+	pipe.ZRem(ctx, d.K.DeadLetter(), DeadLetterMember(run, task))
+	pipe.HDel(ctx, d.K.DeadLetterInfo(), DeadLetterMember(run, task))
+	_, err = pipe.Exec(ctx)
+	if err == nil {
+		err = d.PointFeed(ctx, d.C, run).Err()
+	}
+	return err
+}
+
+// DeadLetterMember is a task's member in the dead-letter set.
+func DeadLetterMember(run, task string) string { return run + "|" + task }
+
+// DeadLetter records a task that failed for good (idempotent: NX).
+func (d DB) DeadLetter(ctx context.Context, p redis.Pipeliner, run, task string, timeMS int64, info []byte) {
+	m := DeadLetterMember(run, task)
+	p.ZAddNX(ctx, d.K.DeadLetter(), redis.Z{Score: float64(timeMS), Member: m})
+	p.HSetNX(ctx, d.K.DeadLetterInfo(), m, string(info))
 }
 
 // HeartbeatArgs are the inputs of a heartbeat.

@@ -178,7 +178,8 @@ return reply
 // ARGV: 1 task, 2 attempt, 3 epoch, 4 worker, 5 event id, 6 time ms,
 //
 //	7 event type, 8 body, 9 new status, 10 result ("" = none),
-//	11 rejection event id
+//	11 rejection event id, 12 "unfenced" to skip the epoch check (a
+//	test-only switch that lets chaos prove its checker catches duplicates)
 //
 // Reply: {"ok", seq, newly dirty 0|1} | {"stale", status, epoch, owner}
 var finishScript = redis.NewScript(prelude + `
@@ -187,7 +188,9 @@ local att, ep = tonumber(ARGV[2]), tonumber(ARGV[3])
 if st == ARGV[9] and a == att and e == ep and o == ARGV[4] then
   return {'ok', '', 0}
 end
-if st ~= 'running' or a ~= att or e ~= ep or o ~= ARGV[4] then
+if ARGV[12] == 'unfenced' and a == att then
+  e, o = ep, ARGV[4]
+elseif st ~= 'running' or a ~= att or e ~= ep or o ~= ARGV[4] then
   local what = 'result'
   if ARGV[7] ~= 'task_succeeded' then what = 'failure' end
   append(KEYS[2], ARGV[11], 'result_rejected', ARGV[1], att, ep, ARGV[4], ARGV[6],
@@ -225,6 +228,44 @@ if ARGV[8] == '1' then
   append(KEYS[2], ARGV[5], 'task_heartbeat', ARGV[1], a, e, ARGV[4], ARGV[6], ARGV[7])
 end
 return {'ok'}
+`)
+
+// releaseScript hands a claim back (a draining worker that cannot finish):
+// if the caller still holds it, the epoch is bumped, the task is dispatched
+// again for the same attempt and task_reclaimed records why. The caller
+// then queues a fresh message and acks its own.
+//
+// KEYS: 1 state, 2 log
+// ARGV: 1 task, 2 attempt, 3 epoch, 4 worker, 5 event id, 6 time ms
+// Reply: {"ok"} | {"stale", status, epoch, owner}
+var releaseScript = redis.NewScript(prelude + `
+local st, a, e, o = getrec(KEYS[1], ARGV[1])
+if st ~= 'running' or a ~= tonumber(ARGV[2]) or e ~= tonumber(ARGV[3]) or o ~= ARGV[4] then
+  return {'stale', st, tostring(e), o}
+end
+e = e + 1
+setrec(KEYS[1], ARGV[1], 'dispatched', a, e, '')
+append(KEYS[2], ARGV[5], 'task_reclaimed', ARGV[1], a, e, ARGV[4], ARGV[6],
+  cjson.encode({from = ARGV[4], reason = 'handed back'}))
+return {'ok'}
+`)
+
+// requeueScript gives a task that failed for good another attempt and
+// reopens its run (the projector then requeues the tasks skipped behind it).
+//
+// KEYS: 1 state, 2 log
+// ARGV: 1 task, 2 event id, 3 time ms, 4 writer, 5 body
+// Reply: {"ok", newly dirty 0|1} | {"refused", task status, run status}
+var requeueScript = redis.NewScript(prelude + `
+local run = redis.call('HGET', KEYS[1], '@status')
+local st, a, e, o = getrec(KEYS[1], ARGV[1])
+if st ~= 'failed' or (run ~= 'failed' and run ~= 'running') then
+  return {'refused', st, run or ''}
+end
+setrec(KEYS[1], ARGV[1], 'pending', a, e, '')
+redis.call('HSET', KEYS[1], '@status', 'running')
+append(KEYS[2], ARGV[2], 'task_requeued', ARGV[1], a, e, ARGV[4], ARGV[3], ARGV[5])
+return {'ok', redis.call('HSETNX', KEYS[1], '@dirty', '1')}
 `)
 
 // queueAckScript acknowledges and deletes a queue message only if it is
@@ -269,5 +310,7 @@ func Scripts() map[string]*redis.Script {
 		"heartbeat":   heartbeatScript,
 		"queue_ack":   queueAckScript,
 		"queue_touch": queueTouchScript,
+		"release":     releaseScript,
+		"requeue":     requeueScript,
 	}
 }

@@ -19,7 +19,7 @@ const (
 	Noop  = "noop"  // returns null
 	Sleep = "sleep" // args {"ms": n, "value": v}: sleeps n ms, returns v
 	Echo  = "echo"  // returns args.value, else the args, else the run input
-	Flaky = "flaky" // args {"fail": n, "value": v}: fails attempts 1..n, then returns v
+	Flaky = "flaky" // args {"fail": n, "value": v, "permanent": b}: fails attempts 1..n, then returns v
 	Sum   = "sum"   // returns args.add + the sum of all numeric upstream results
 	Fail  = "fail"  // args {"permanent": bool, "message": s}: always fails
 )
@@ -87,7 +87,11 @@ func flaky(_ context.Context, t *worker.Task) (any, error) {
 		return nil, err
 	}
 	if t.Attempt <= a.Fail {
-		return nil, fmt.Errorf("flaky: attempt %d of %d planned failures", t.Attempt, a.Fail)
+		err := fmt.Errorf("flaky: attempt %d of %d planned failures", t.Attempt, a.Fail)
+		if a.Permanent {
+			return nil, worker.Permanent(err)
+		}
+		return nil, err
 	}
 	return a.Value, nil
 }

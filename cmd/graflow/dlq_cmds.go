@@ -1,0 +1,90 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"text/tabwriter"
+	"time"
+
+	"github.com/graflow-go/graflow"
+)
+
+func init() {
+	register(&command{name: "dlq", summary: "dead letters: list | requeue RUN TASK | requeue --all | purge [RUN TASK | --all]", run: runDLQ})
+}
+
+func runDLQ(ctx context.Context, m *Main, args []string) error {
+	if len(args) == 0 {
+		return usagef("dlq needs a subcommand: list, requeue, purge")
+	}
+	sub, args := args[0], args[1:]
+	var c common
+	fs := m.flags("dlq "+sub, &c)
+	fs.BoolVar(&c.json, "json", false, "print JSON")
+	all := fs.Bool("all", false, "requeue/purge every dead letter")
+	limit := fs.Int64("limit", 1000, "list at most this many")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	cl, r, err := c.client(ctx)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	switch sub {
+	case "list":
+		dls, err := cl.DeadLetters(ctx, *limit)
+		if err != nil {
+			return err
+		}
+		if c.json {
+			return printJSON(m.Stdout, dls)
+		}
+		tw := tabwriter.NewWriter(m.Stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "RUN\tTASK\tAT\tDETAILS")
+		for _, d := range dls {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", d.Run, d.Task, d.At.Format(time.RFC3339), d.Details)
+		}
+		return tw.Flush()
+	case "requeue":
+		var targets []graflow.DeadLetter
+		switch {
+		case *all:
+			if targets, err = cl.DeadLetters(ctx, 0); err != nil {
+				return err
+			}
+		case fs.NArg() == 2:
+			targets = []graflow.DeadLetter{{Run: fs.Arg(0), Task: fs.Arg(1)}}
+		default:
+			return usagef("dlq requeue takes RUN TASK, or --all")
+		}
+		failed := 0
+		for _, d := range targets {
+			if err := cl.Requeue(ctx, d.Run, d.Task); err != nil {
+				failed++
+				fmt.Fprintf(m.Stderr, "requeue %s %s: %v\n", d.Run, d.Task, err)
+				continue
+			}
+			fmt.Fprintf(m.Stdout, "requeued %s %s\n", d.Run, d.Task)
+		}
+		if failed > 0 {
+			return withCode(ExitFailed, fmt.Errorf("%d of %d requeues failed", failed, len(targets)))
+		}
+		return nil
+	case "purge":
+		switch {
+		case *all:
+			err = cl.PurgeDeadLetters(ctx)
+		case fs.NArg() == 2:
+			err = cl.PurgeDeadLetter(ctx, fs.Arg(0), fs.Arg(1))
+		default:
+			return usagef("dlq purge takes RUN TASK, or --all")
+		}
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(m.Stdout, "purged (the runs keep their history; purge only forgets the dead letters)")
+		return nil
+	}
+	return usagef("unknown dlq subcommand %q: use list, requeue, purge", sub)
+}

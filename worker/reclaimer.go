@@ -1,0 +1,158 @@
+package worker
+
+import (
+	"context"
+	"strings"
+	"time"
+
+	"github.com/graflow-go/graflow/internal/rdb"
+	"github.com/redis/go-redis/v9"
+)
+
+// reclaimLoop takes over messages whose lease expired (idle longer than
+// Lease: their worker died or stopped heartbeating) every ReclaimInterval,
+// and removes dead workers from the registry.
+func (w *Worker) reclaimLoop(ctx context.Context) {
+	t := time.NewTicker(w.cfg.ReclaimInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for _, pool := range w.cfg.Pools {
+			for _, stream := range w.db.K.Queues(pool) {
+				if err := w.reclaim(ctx, stream); err != nil && ctx.Err() == nil {
+					w.log.Warn().Err(err).Str("stream", stream).Msg("reclaim")
+				}
+			}
+		}
+		if err := w.pruneRegistry(ctx); err != nil && ctx.Err() == nil {
+			w.log.Warn().Err(err).Msg("prune worker registry")
+		}
+	}
+}
+
+// reclaim walks one stream's pending entries with XAUTOCLAIM (cursor to
+// 0-0), taking as many as it has free slots for, and runs them in reclaim
+// mode: the claim script appends task_reclaimed and bumps the epoch, so the
+// old owner's late result is rejected.
+func (w *Worker) reclaim(ctx context.Context, stream string) error {
+	start := "0-0"
+	for {
+		free := w.tryAcquire(64)
+		if free == 0 {
+			return nil
+		}
+		msgs, next, deleted, err := w.cfg.Redis.XAutoClaimWithDeleted(ctx, &redis.XAutoClaimArgs{
+			Stream: stream, Group: rdb.GroupWorkers, Consumer: w.cfg.ID,
+			MinIdle: w.cfg.Lease, Start: start, Count: int64(free),
+		}).Result()
+		if err != nil {
+			w.release(free)
+			return err
+		}
+		if len(deleted) > 0 {
+			// Only an external XDEL/XTRIM deletes a pending entry (our acks
+			// delete after XACK). XAUTOCLAIM dropped them from the PEL; the
+			// tasks are still dispatched/running in their runs' state, and
+			// "graflow repair" re-dispatches them from there.
+			w.log.Error().Strs("ids", deleted).Str("stream", stream).
+				Msg("pending queue entries were deleted from the stream; run \"graflow repair\" to re-dispatch their tasks from run state")
+		}
+		deliveries := w.deliveries(ctx, stream, msgs)
+		prio := 0
+		if i := strings.LastIndexByte(stream, ':'); i >= 0 {
+			prio = atoiDefault(stream[i+1:])
+		}
+		for i, m := range msgs {
+			msg := w.messages([]redis.XStream{{Stream: stream, Messages: []redis.XMessage{m}}}, nil)[0]
+			msg.priority, msg.reclaimed, msg.deliveries = prio, true, deliveries[i]
+			w.log.Info().Str("run", msg.run).Str("task", msg.task).Int64("deliveries", msg.deliveries).Msg("reclaiming task from an expired lease")
+			w.start(msg) // takes one of the acquired slots
+		}
+		w.release(free - len(msgs))
+		if next == "0-0" || next == "" || len(msgs) == 0 && next == start {
+			return nil
+		}
+		start = next
+	}
+}
+
+// deliveries reads each reclaimed message's delivery count (XPENDING).
+func (w *Worker) deliveries(ctx context.Context, stream string, msgs []redis.XMessage) []int64 {
+	out := make([]int64, len(msgs))
+	if len(msgs) == 0 {
+		return out
+	}
+	pipe := w.cfg.Redis.Pipeline()
+	cmds := make([]*redis.XPendingExtCmd, len(msgs))
+	for i, m := range msgs {
+		cmds[i] = pipe.XPendingExt(ctx, &redis.XPendingExtArgs{Stream: stream, Group: rdb.GroupWorkers, Start: m.ID, End: m.ID, Count: 1})
+	}
+	_, _ = pipe.Exec(ctx)
+	for i, c := range cmds {
+		if p, err := c.Result(); err == nil && len(p) == 1 {
+			out[i] = p[0].RetryCount
+		}
+	}
+	return out
+}
+
+// tryAcquire takes up to n free slots without blocking.
+func (w *Worker) tryAcquire(n int) int {
+	got := 0
+	for got < n {
+		select {
+		case w.sem <- struct{}{}:
+			got++
+		default:
+			return got
+		}
+	}
+	return got
+}
+
+func (w *Worker) release(n int) {
+	for i := 0; i < n; i++ {
+		<-w.sem
+	}
+}
+
+// pruneRegistry removes workers whose registry hash expired (they stopped
+// heartbeating) from the workers set.
+func (w *Worker) pruneRegistry(ctx context.Context) error {
+	ids, err := w.cfg.Redis.SMembers(ctx, w.db.K.Workers()).Result()
+	if err != nil {
+		return err
+	}
+	pipe := w.cfg.Redis.Pipeline()
+	cmds := make([]*redis.IntCmd, len(ids))
+	for i, id := range ids {
+		cmds[i] = pipe.Exists(ctx, w.db.K.Worker(id))
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return err
+	}
+	for i, id := range ids {
+		if cmds[i].Val() == 0 {
+			w.log.Info().Str("dead_worker", id).Msg("removing dead worker from the registry")
+			if err := w.cfg.Redis.SRem(ctx, w.db.K.Workers(), id).Err(); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func atoiDefault(s string) int {
+	n := 0
+	for _, c := range s {
+		if c < '0' || c > '9' {
+			return 0
+		}
+		n = n*10 + int(c-'0')
+	}
+	return n
+}
