@@ -58,6 +58,8 @@ func sampleBody(typ events.Type) any {
 		return events.TaskReclaimedBody{From: "w1", Deliveries: 2}
 	case events.TaskSkipped:
 		return events.TaskSkippedBody{Cause: "dependency a failed"}
+	case events.TaskRequeued:
+		return events.TaskRequeuedBody{Cause: "operator"}
 	case events.TasksAdded:
 		return events.TasksAddedBody{Tasks: spec}
 	case events.ChannelWritten:
@@ -262,7 +264,8 @@ func TestTypes(t *testing.T) {
 		events.TaskHeartbeat: "task_heartbeat", events.TaskSucceeded: "task_succeeded", events.TaskFailed: "task_failed",
 		events.TaskRetryScheduled: "task_retry_scheduled", events.TaskReclaimed: "task_reclaimed",
 		events.TaskTimedOut: "task_timed_out", events.TaskCancelled: "task_cancelled", events.TaskSkipped: "task_skipped",
-		events.TasksAdded: "tasks_added", events.ChannelWritten: "channel_written", events.RunSucceeded: "run_succeeded",
+		events.TaskRequeued: "task_requeued",
+		events.TasksAdded:   "tasks_added", events.ChannelWritten: "channel_written", events.RunSucceeded: "run_succeeded",
 		events.RunFailed: "run_failed", events.RunCancelled: "run_cancelled", events.ResultRejected: "result_rejected",
 	}
 	for typ, s := range stored {

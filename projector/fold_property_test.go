@@ -141,7 +141,8 @@ type sim struct {
 	proj   *projector.Run // the projector's incremental fold
 	folded int            // log entries folded into proj
 	claims []claim
-	done   bool // run_succeeded / run_failed appended
+	done   bool // run_succeeded / run_failed appended (and not reopened since)
+	ended  string
 }
 
 func newSim(t testing.TB, seed uint64) *sim {
@@ -235,11 +236,7 @@ func (s *sim) worker() string { return "w" + strconv.Itoa(s.rng.IntN(4)) }
 // monotone), and appends the decisions, updating records as the commit
 // script does.
 func (s *sim) project() {
-	for ; s.folded < len(s.log); s.folded++ {
-		if err := projector.Apply(s.proj, s.log[s.folded]); err != nil {
-			s.t.Fatalf("projector fold: %v", err)
-		}
-	}
+	s.catchUp()
 	limit := []int{0, 1, 2, 5}[s.rng.IntN(4)]
 	before := snapshot(s.proj)
 	decisions := projector.Decide(s.proj, limit, testDelay)
@@ -268,15 +265,30 @@ func (s *sim) project() {
 		case events.TaskSkipped:
 			r.Status = "skipped"
 			s.recs[d.Task] = r
+		case events.TaskRequeued:
+			if r.Status != "skipped" {
+				s.t.Fatalf("task_requeued decision for task %s in record %v", d.Task, r)
+			}
+			r.Status, r.Owner = "pending", ""
+			s.recs[d.Task] = r
 		case events.RunSucceeded, events.RunFailed:
 			if s.done {
 				s.t.Fatalf("second run-terminal decision %s", d.Type)
 			}
-			s.done = true
+			s.done, s.ended = true, string(d.Type)
 		default:
 			s.t.Fatalf("unexpected decision %s", d.Type)
 		}
 		s.append(d)
+	}
+}
+
+// catchUp folds the log entries the projector has not seen yet.
+func (s *sim) catchUp() {
+	for ; s.folded < len(s.log); s.folded++ {
+		if err := projector.Apply(s.proj, s.log[s.folded]); err != nil {
+			s.t.Fatalf("projector fold: %v", err)
+		}
 	}
 }
 
@@ -418,15 +430,39 @@ func (s *sim) stale() {
 	}
 }
 
+// requeue gives a task that failed for good another attempt, as the
+// requeue script does for "graflow dlq requeue". It is only called between
+// projector steps: a requeue racing a projector's commit is
+// TestRequeueBetweenDecideAndCommit.
+func (s *sim) requeue() {
+	if s.ended == string(events.RunSucceeded) {
+		return
+	}
+	ids := s.withStatus("failed")
+	if len(ids) == 0 {
+		return
+	}
+	id := s.pick(ids)
+	r := s.rec(id)
+	r.Status, r.Owner = "pending", ""
+	s.recs[id] = r
+	s.done, s.ended = false, ""
+	s.append(events.Event{Type: events.TaskRequeued, Task: id, Attempt: r.Attempt, Epoch: r.Epoch, Worker: "operator"}.
+		WithBody(events.TaskRequeuedBody{Cause: "operator"}))
+}
+
 // history generates one random valid history: random steps, then a drain
 // that drives the run to its end.
 func history(t testing.TB, seed uint64) *sim {
 	s := newSim(t, seed)
 	s.submit(s.rng.IntN(10) + 1)
 	for range s.rng.IntN(120) {
-		if s.rng.IntN(3) == 0 {
+		switch k := s.rng.IntN(30); {
+		case k == 0:
+			s.requeue()
+		case k < 10:
 			s.project()
-		} else {
+		default:
 			s.act(true)
 		}
 	}
@@ -442,7 +478,7 @@ func history(t testing.TB, seed uint64) *sim {
 			s.finish(false)
 		}
 	}
-	s.project() // fold the final decision
+	s.catchUp() // fold the final decision and anything after it
 	return s
 }
 
@@ -616,6 +652,38 @@ func TestPropertyOneAcceptedOutcomePerAttempt(t *testing.T) {
 			if n > 1 {
 				t.Errorf("task %s accepted %d results", id, n)
 			}
+		}
+	})
+}
+
+// FuzzFold folds a simulated history (chosen by seed) with old entries
+// re-delivered, with their seqs, at points chosen by picks, and split at a
+// point chosen by cut: the state must equal the plain fold of the log.
+func FuzzFold(f *testing.F) {
+	f.Add(uint64(0), []byte{1, 2, 3}, uint16(0))
+	f.Add(uint64(7), []byte{}, uint16(5))
+	f.Add(uint64(42), []byte{255, 0, 17, 9}, uint16(999))
+	f.Fuzz(func(t *testing.T, seed uint64, picks []byte, cut uint16) {
+		s := history(t, seed%100000)
+		want := snapshot(fold(t, s.run, s.log))
+		k := int(cut) % (len(s.log) + 1)
+		r := fold(t, s.run, s.log[:k])
+		for i := k; i < len(s.log); i++ {
+			if err := projector.Apply(r, s.log[i]); err != nil {
+				t.Fatal(err)
+			}
+			if len(picks) > 0 {
+				p := int(picks[i%len(picks)])
+				if p%3 == 0 {
+					old := s.log[p%(i+1)]
+					if err := projector.Apply(r, old); err != nil {
+						t.Fatalf("re-delivered %s %s seq %s: %v", old.Type, old.Task, old.Seq, err)
+					}
+				}
+			}
+		}
+		if diff := cmp.Diff(want, snapshot(r)); diff != "" {
+			t.Fatalf("(-plain fold +with re-deliveries):\n%s", diff)
 		}
 	})
 }

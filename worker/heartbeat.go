@@ -111,7 +111,7 @@ func (w *Worker) beat(ctx context.Context) {
 	}
 	for i, a := range list {
 		err := rdb.HeartbeatResult(cmds[i])
-		if errors.Is(err, rdb.ErrStaleClaim) {
+		if errors.Is(err, rdb.ErrStaleClaim) && !w.cfg.UnsafeNoFencing {
 			w.log.Warn().Str("run", a.task.Run).Str("task", a.task.ID).Err(err).Msg("lease lost; cancelling the handler")
 			a.cancel(errLeaseLost)
 			continue
@@ -120,7 +120,7 @@ func (w *Worker) beat(ctx context.Context) {
 			w.log.Warn().Err(err).Str("task", a.task.ID).Msg("heartbeat")
 			continue
 		}
-		if n, _ := touches[i].Int64(); n == -1 {
+		if n, _ := touches[i].Int64(); n == -1 && !w.cfg.UnsafeNoFencing {
 			w.log.Warn().Str("run", a.task.Run).Str("task", a.task.ID).Msg("queue message taken by another consumer; cancelling the handler")
 			a.cancel(errLeaseLost)
 		}

@@ -348,17 +348,21 @@ func (w *Worker) fetch(ctx context.Context, pool string) {
 				<-w.sem
 				return
 			}
-			free := int64(cap(w.sem) - len(w.sem) + 1)
-			res, err := w.cfg.Redis.XReadGroup(ctx, &redis.XReadGroupArgs{
-				Group: rdb.GroupWorkers, Consumer: w.cfg.ID, Streams: args, Count: free, Block: w.cfg.FetchBlock,
-			}).Result()
+			free := cap(w.sem) - len(w.sem) + 1
+			res, err := w.db.Fetch(ctx, pool, w.cfg.ID, free)
+			if err == nil && len(res) == 0 {
+				// Nothing queued: block until something arrives in any band.
+				res, err = w.cfg.Redis.XReadGroup(ctx, &redis.XReadGroupArgs{
+					Group: rdb.GroupWorkers, Consumer: w.cfg.ID, Streams: args, Count: 1, Block: w.cfg.FetchBlock,
+				}).Result()
+			}
 			if err != nil && !errors.Is(err, redis.Nil) {
 				if ctx.Err() != nil {
 					<-w.sem
 					return
 				}
 				w.log.Warn().Err(err).Str("pool", pool).Msg("read queue")
-				if strings.HasPrefix(err.Error(), "NOGROUP") {
+				if strings.HasPrefix(err.Error(), "NOGROUP") || strings.Contains(err.Error(), "NOGROUP") {
 					for _, q := range streams {
 						_ = w.db.EnsureGroup(ctx, q, rdb.GroupWorkers)
 					}
@@ -466,23 +470,24 @@ func (w *Worker) process(ctx context.Context, m message) {
 	}
 	switch cr.Outcome {
 	case rdb.ClaimOK:
-	case rdb.ClaimDone:
+	default:
 		// Finished already (maybe by a worker that died before pointing the
-		// feed, dead-lettering and acking): redo those, then ack.
+		// feed, dead-lettering and acking), or a stale or duplicate message:
+		// point the feed at the run again (harmless when not needed: the
+		// crashed reporter may have been the one that set @dirty), then ack.
+		log.Debug().Str("outcome", string(cr.Outcome)).Str("detail", cr.Detail).Msg("dropping queue message")
 		pipe := w.cfg.Redis.Pipeline()
-		w.db.PointFeed(ctx, pipe, m.run)
-		if cr.Detail == "failed" {
+		if cr.Outcome != rdb.ClaimMissing {
+			w.db.PointFeed(ctx, pipe, m.run)
+		}
+		if cr.Outcome == rdb.ClaimDone && cr.Detail == "failed" {
 			info, _ := json.Marshal(map[string]any{"attempt": m.attempt, "error": "failed (recorded on redelivery)", "worker": w.cfg.ID})
 			w.db.DeadLetter(ctx, pipe, m.run, m.task, w.now(), info)
 		}
 		w.db.QueueAck(ctx, pipe, m.stream, w.cfg.ID, m.id)
 		if _, err := pipe.Exec(ctx); err != nil {
-			log.Warn().Err(err).Msg("ack finished task")
+			log.Warn().Err(err).Msg("ack dropped message")
 		}
-		return
-	default:
-		log.Debug().Str("outcome", string(cr.Outcome)).Str("detail", cr.Detail).Msg("dropping stale queue message")
-		w.ack(ctx, m)
 		return
 	}
 

@@ -410,6 +410,37 @@ func HeartbeatResult(cmd *redis.Cmd) error {
 	return nil
 }
 
+// Fetch reads up to n new messages of a pool, highest band first, without
+// blocking (see fetchScript).
+func (d DB) Fetch(ctx context.Context, pool, consumer string, n int) ([]redis.XStream, error) {
+	res, err := fetchScript.Run(ctx, d.C, d.K.Queues(pool), GroupWorkers, consumer, n).Slice()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]redis.XStream, 0, len(res))
+	for _, r := range res {
+		item, ok := r.([]any)
+		if !ok || len(item) != 3 {
+			continue
+		}
+		stream, _ := item[0].(string)
+		id, _ := item[1].(string)
+		fields, _ := item[2].([]any)
+		values := make(map[string]any, len(fields)/2)
+		for i := 0; i+1 < len(fields); i += 2 {
+			k, _ := fields[i].(string)
+			values[k] = fields[i+1]
+		}
+		msg := redis.XMessage{ID: id, Values: values}
+		if n := len(out); n > 0 && out[n-1].Stream == stream {
+			out[n-1].Messages = append(out[n-1].Messages, msg)
+		} else {
+			out = append(out, redis.XStream{Stream: stream, Messages: []redis.XMessage{msg}})
+		}
+	}
+	return out, nil
+}
+
 // QueueAck acks and deletes a queue message if it is pending for consumer.
 func (d DB) QueueAck(ctx context.Context, p redis.Scripter, stream, consumer, id string) *redis.Cmd {
 	return queueAckScript.Run(ctx, p, []string{stream}, GroupWorkers, consumer, id)

@@ -128,6 +128,9 @@ return n
 //
 //	6 mode "claim"|"reclaim", 7 deliveries, 8 reclaim event id
 //
+// Every script is safe to run twice (a client may retry one whose reply
+// was lost): a second claim by the same worker returns its claim as is.
+//
 // Reply: {"ok", epoch, meta, input, dep results...} |
 //
 //	{"done", status} (finished or run over: ack, re-point the feed) |
@@ -142,17 +145,25 @@ if terminal[st] then return {'done', st} end
 if run ~= 'running' then return {'done', run} end
 local att = tonumber(ARGV[2])
 if a ~= att then return {'stale', st, tostring(a)} end
-if st == 'running' then
+if st == 'running' and o == ARGV[3] and ARGV[6] ~= 'reclaim' then
+  -- Already ours: a retry (ours, or go-redis') after a lost reply, or a
+  -- duplicate message. Hand the claim back as is, without a second event;
+  -- never report it "busy", which would ack our only message.
+elseif st == 'running' then
   if ARGV[6] ~= 'reclaim' then return {'busy', o, tostring(e)} end
   e = e + 1
   append(KEYS[2], ARGV[8], 'task_reclaimed', ARGV[1], a, e, ARGV[3], ARGV[5],
-    cjson.encode({from = o, deliveries = tonumber(ARGV[7])}))
-elseif st ~= 'dispatched' then
+    cjson.encode({from = o, deliveries = tonumber(ARGV[7]), reason = 'lease expired'}))
+  e = e + 1
+  setrec(KEYS[1], ARGV[1], 'running', a, e, ARGV[3])
+  append(KEYS[2], ARGV[4], 'task_claimed', ARGV[1], a, e, ARGV[3], ARGV[5], '')
+elseif st == 'dispatched' then
+  e = e + 1
+  setrec(KEYS[1], ARGV[1], 'running', a, e, ARGV[3])
+  append(KEYS[2], ARGV[4], 'task_claimed', ARGV[1], a, e, ARGV[3], ARGV[5], '')
+else
   return {'stale', st, tostring(a)}
 end
-e = e + 1
-setrec(KEYS[1], ARGV[1], 'running', a, e, ARGV[3])
-append(KEYS[2], ARGV[4], 'task_claimed', ARGV[1], a, e, ARGV[3], ARGV[5], '')
 local meta = redis.call('HGET', KEYS[3], ARGV[1]) or '{}'
 local input = redis.call('HGET', KEYS[4], '@input') or ''
 local reply = {'ok', tostring(e), meta, input}
@@ -186,7 +197,10 @@ var finishScript = redis.NewScript(prelude + `
 local st, a, e, o = getrec(KEYS[1], ARGV[1])
 local att, ep = tonumber(ARGV[2]), tonumber(ARGV[3])
 if st == ARGV[9] and a == att and e == ep and o == ARGV[4] then
-  return {'ok', '', 0}
+  -- Already accepted: a retry after a lost reply. Point the feed again
+  -- (harmless if done before): the first call may have been the one that
+  -- set @dirty, and its caller never saw the reply.
+  return {'ok', '', 1}
 end
 if ARGV[12] == 'unfenced' and a == att then
   e, o = ep, ARGV[4]
@@ -215,10 +229,14 @@ return {'ok', seq, newly}
 //
 //	7 body, 8 append 0|1, 9 rejection event id
 //
-// Reply: {"ok"} | {"stale", status, epoch, owner}
+// Reply: {"ok"} | {"done"} (the caller's own claim already finished: a
+// heartbeat that raced its completion) | {"stale", status, epoch, owner}
 var heartbeatScript = redis.NewScript(prelude + `
 local st, a, e, o = getrec(KEYS[1], ARGV[1])
 local att, ep = tonumber(ARGV[2]), tonumber(ARGV[3])
+if st ~= 'running' and a == att and e == ep and o == ARGV[4] then
+  return {'done'}
+end
 if st ~= 'running' or a ~= att or e ~= ep or o ~= ARGV[4] then
   append(KEYS[2], ARGV[9], 'result_rejected', ARGV[1], att, ep, ARGV[4], ARGV[6],
     cjson.encode({what = 'heartbeat', reason = 'claim lost: task is ' .. st .. ' at epoch ' .. tostring(e), current_epoch = e}))
@@ -268,6 +286,30 @@ append(KEYS[2], ARGV[2], 'task_requeued', ARGV[1], a, e, ARGV[4], ARGV[3], ARGV[
 return {'ok', redis.call('HSETNX', KEYS[1], '@dirty', '1')}
 `)
 
+// fetchScript reads up to n new messages from a pool's band streams for a
+// consumer, strictly highest band first (one multi-stream XREADGROUP would
+// apply COUNT per stream and interleave bands). Non-blocking: when it
+// returns nothing, the worker blocks on all bands with XREADGROUP.
+//
+// KEYS: the pool's band streams, highest priority first (one slot: {q:pool})
+// ARGV: 1 group, 2 consumer, 3 n
+// Reply: {{stream, id, {field, value, ...}}, ...}
+var fetchScript = redis.NewScript(`
+local n = tonumber(ARGV[3])
+local out = {}
+for i = 1, #KEYS do
+  if n <= 0 then break end
+  local r = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', n, 'STREAMS', KEYS[i], '>')
+  if r then
+    for _, m in ipairs(r[1][2]) do
+      out[#out + 1] = {KEYS[i], m[1], m[2]}
+      n = n - 1
+    end
+  end
+end
+return out
+`)
+
 // queueAckScript acknowledges and deletes a queue message only if it is
 // pending for this consumer. XACK takes no consumer name, so a blind XACK
 // from a worker that lost its claim would drop a reclaimed message.
@@ -311,6 +353,7 @@ func Scripts() map[string]*redis.Script {
 		"queue_ack":   queueAckScript,
 		"queue_touch": queueTouchScript,
 		"release":     releaseScript,
+		"fetch":       fetchScript,
 		"requeue":     requeueScript,
 	}
 }

@@ -1,0 +1,114 @@
+package chaos
+
+import (
+	"fmt"
+	"sort"
+
+	"github.com/graflow-go/graflow/events"
+	"github.com/graflow-go/graflow/internal/rdb"
+	"github.com/graflow-go/graflow/projector"
+)
+
+// Verdict is what Check found in a run's history.
+type Verdict struct {
+	Tasks int
+	// Lost counts tasks that did not succeed although the run had to.
+	Lost int
+	// DuplicateAccepts counts accepted outcomes beyond the first per task
+	// attempt (task_succeeded, or task_failed for the same attempt twice).
+	DuplicateAccepts int
+	// RejectedStale counts result_rejected events from an older epoch:
+	// fencing at work.
+	RejectedStale int
+	// Problems lists every violation, precisely.
+	Problems []string
+}
+
+// OK reports whether every check held.
+func (v Verdict) OK() bool { return len(v.Problems) == 0 }
+
+// Check verifies a run's whole event history and the live state: every
+// task succeeded exactly once as far as accepted results go, no task lost,
+// epochs strictly increasing per task, every rejected result was stale
+// (older epoch than the task's at that point), the run succeeded, and the
+// live task records and run status equal the fold of the log.
+func Check(evs []events.Event, live map[string]string) Verdict {
+	var v Verdict
+	problem := func(format string, args ...any) { v.Problems = append(v.Problems, fmt.Sprintf(format, args...)) }
+	epoch := map[string]int64{}
+	accepted := map[string]int{} // task → accepted successes
+	failedAttempt := map[string]bool{}
+	run := projector.NewRun("")
+	for _, e := range evs {
+		if run.ID == "" {
+			run.ID = e.Run
+		}
+		switch e.Type {
+		case events.TaskClaimed, events.TaskReclaimed:
+			if e.Epoch <= epoch[e.Task] {
+				problem("task %s: %s at epoch %d after epoch %d (epochs must increase; seq %s)", e.Task, e.Type, e.Epoch, epoch[e.Task], e.Seq)
+			}
+			epoch[e.Task] = e.Epoch
+		case events.TaskSucceeded:
+			accepted[e.Task]++
+			if accepted[e.Task] > 1 {
+				v.DuplicateAccepts++
+				problem("task %s: result accepted %d times (seq %s, epoch %d)", e.Task, accepted[e.Task], e.Seq, e.Epoch)
+			}
+			if e.Epoch != epoch[e.Task] {
+				problem("task %s: result accepted from epoch %d while the claim is at epoch %d (seq %s)", e.Task, e.Epoch, epoch[e.Task], e.Seq)
+			}
+		case events.TaskFailed, events.TaskTimedOut:
+			key := fmt.Sprintf("%s#%d", e.Task, e.Attempt)
+			if failedAttempt[key] {
+				v.DuplicateAccepts++
+				problem("task %s attempt %d: failure accepted twice (seq %s)", e.Task, e.Attempt, e.Seq)
+			}
+			failedAttempt[key] = true
+			if e.Epoch != epoch[e.Task] {
+				problem("task %s: failure accepted from epoch %d while the claim is at epoch %d (seq %s)", e.Task, e.Epoch, epoch[e.Task], e.Seq)
+			}
+		case events.ResultRejected:
+			t := run.Task(e.Task)
+			if e.Epoch < epoch[e.Task] || (t != nil && t.Status.Terminal()) {
+				v.RejectedStale++
+			} else {
+				problem("task %s: result_rejected at epoch %d, which is the current claim's (seq %s): a valid result was refused", e.Task, e.Epoch, e.Seq)
+			}
+		}
+		if err := projector.Apply(run, e); err != nil {
+			problem("fold: %v", err)
+		}
+	}
+	v.Tasks = len(run.Tasks)
+	if run.Status != projector.RunSucceeded {
+		problem("run %s is %s, want succeeded", run.ID, run.Status)
+	}
+	var lost []string
+	for _, t := range run.Tasks {
+		if t.Status != projector.TaskSucceeded || accepted[t.Spec.ID] == 0 {
+			lost = append(lost, t.Spec.ID+"("+string(t.Status)+")")
+		}
+		want := projector.RecordOf(t)
+		got, err := rdb.ParseRecord(live[t.Spec.ID])
+		if err != nil {
+			problem("task %s: live record: %v", t.Spec.ID, err)
+			continue
+		}
+		if got != want {
+			problem("task %s: live record %q differs from the replayed %q", t.Spec.ID, got.String(), want.String())
+		}
+	}
+	v.Lost = len(lost)
+	if len(lost) > 0 {
+		sort.Strings(lost)
+		if len(lost) > 10 {
+			lost = append(lost[:10], "...")
+		}
+		problem("%d tasks lost: %v", v.Lost, lost)
+	}
+	if got := live[rdb.FieldRunStatus]; got != string(run.Status) {
+		problem("run status: live %q, replayed %q", got, run.Status)
+	}
+	return v
+}

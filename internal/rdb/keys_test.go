@@ -1,0 +1,194 @@
+package rdb_test
+
+import (
+	"math/rand/v2"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/graflow-go/graflow/internal/rdb"
+	"github.com/oklog/ulid/v2"
+)
+
+func TestKeyBuilders(t *testing.T) {
+	t.Parallel()
+	for _, ns := range []string{"", "graflow", "t-01.x_y"} {
+		want := ns
+		if ns == "" {
+			want = rdb.DefaultNamespace
+		}
+		k := rdb.NewKeys(ns)
+		p := k.Partition("R1")
+		got := map[string]string{
+			"Namespace":   k.Namespace(),
+			"RunLog":      k.RunLog("R1"),
+			"RunState":    k.RunState("R1"),
+			"RunDAG":      k.RunDAG("R1"),
+			"RunResults":  k.RunResults("R1"),
+			"RunOutbox":   k.RunOutbox("R1"),
+			"RunChannel":  k.RunChannel("R1"),
+			"Queue":       k.Queue("gpu", 7),
+			"Queue0":      k.Queue("default", 0),
+			"DeadLetter":  k.DeadLetter(),
+			"Feed":        k.Feed(3),
+			"FeedFor":     k.FeedFor("R1"),
+			"Delayed":     k.Delayed(),
+			"Runs":        k.Runs(),
+			"Workers":     k.Workers(),
+			"Worker":      k.Worker("w-1"),
+			"Idempotency": k.Idempotency("key-1"),
+		}
+		wantKeys := map[string]string{
+			"Namespace":   want,
+			"RunLog":      want + ":{R1}:log",
+			"RunState":    want + ":{R1}:state",
+			"RunDAG":      want + ":{R1}:dag",
+			"RunResults":  want + ":{R1}:results",
+			"RunOutbox":   want + ":{R1}:outbox",
+			"RunChannel":  want + ":{R1}:channel",
+			"Queue":       want + ":{q:gpu}:7",
+			"Queue0":      want + ":{q:default}:0",
+			"DeadLetter":  want + ":{dlq}",
+			"Feed":        want + ":{feed:3}",
+			"FeedFor":     k.Feed(p),
+			"Delayed":     want + ":delayed",
+			"Runs":        want + ":runs",
+			"Workers":     want + ":workers",
+			"Worker":      want + ":worker:w-1",
+			"Idempotency": want + ":idem:key-1",
+		}
+		if diff := cmp.Diff(wantKeys, got); diff != "" {
+			t.Errorf("namespace %q (-want +got):\n%s", ns, diff)
+		}
+	}
+}
+
+func TestRunKeysShareTheRunsHashTag(t *testing.T) {
+	t.Parallel()
+	k := rdb.NewKeys("ns")
+	keys := k.RunKeys("01HZX")
+	want := []string{k.RunLog("01HZX"), k.RunState("01HZX"), k.RunDAG("01HZX"), k.RunResults("01HZX"), k.RunOutbox("01HZX"), k.RunChannel("01HZX")}
+	if diff := cmp.Diff(want, keys); diff != "" {
+		t.Errorf("RunKeys (-want +got):\n%s", diff)
+	}
+	for _, key := range keys {
+		if tag := hashTag(key); tag != "01HZX" {
+			t.Errorf("%s has hash tag %q, want the run id", key, tag)
+		}
+	}
+	// Run ids are unique per key: no two runs share a key.
+	if k.RunLog("a") == k.RunLog("b") {
+		t.Error("two runs share a log")
+	}
+}
+
+func TestQueuesOfAPoolShareOneTagHighestFirst(t *testing.T) {
+	t.Parallel()
+	k := rdb.NewKeys("ns")
+	qs := k.Queues("gpu")
+	if len(qs) != rdb.MaxPriority+1 {
+		t.Fatalf("%d queues, want %d", len(qs), rdb.MaxPriority+1)
+	}
+	for i, q := range qs {
+		if want := k.Queue("gpu", rdb.MaxPriority-i); q != want {
+			t.Errorf("Queues[%d] = %s, want %s", i, q, want)
+		}
+		if tag := hashTag(q); tag != "q:gpu" {
+			t.Errorf("%s has hash tag %q, want q:gpu", q, tag)
+		}
+	}
+	if hashTag(k.Queue("a", 0)) == hashTag(k.Queue("b", 0)) {
+		t.Error("two pools share a hash tag")
+	}
+}
+
+func TestPartition(t *testing.T) {
+	t.Parallel()
+	k := rdb.NewKeys("")
+	if k.Partitions() != rdb.DefaultFeedPartitions {
+		t.Fatalf("Partitions() = %d", k.Partitions())
+	}
+	entropy := rand.NewChaCha8([32]byte{1})
+	for name, id := range map[string]func(i int) string{
+		"ULIDs":            func(i int) string { return ulid.MustNew(uint64(1700000000000+i), entropy).String() },
+		"sequential names": func(i int) string { return "job-" + strconv.Itoa(i) },
+	} {
+		counts := make([]int, k.Partitions())
+		const n = 4000
+		for i := range n {
+			run := id(i)
+			p := k.Partition(run)
+			if p < 0 || p >= k.Partitions() {
+				t.Fatalf("Partition(%q) = %d out of range", run, p)
+			}
+			if p != k.Partition(run) || p != rdb.NewKeys("other").Partition(run) {
+				t.Fatalf("Partition(%q) is not a function of the run id", run)
+			}
+			if k.FeedFor(run) != k.Feed(p) {
+				t.Fatalf("FeedFor(%q) = %s, want %s", run, k.FeedFor(run), k.Feed(p))
+			}
+			counts[p]++
+		}
+		// Runs spread over every partition, none with less than half its share.
+		for p, c := range counts {
+			if c < n/k.Partitions()/2 {
+				t.Errorf("%s: partition %d got %d of %d runs: %v", name, p, c, n, counts)
+			}
+		}
+	}
+}
+
+func TestValidNamespace(t *testing.T) {
+	t.Parallel()
+	for ns, ok := range map[string]bool{
+		"graflow": true, "a": true, "t0123456789abcdef": true, "A_b.c-d": true, strings.Repeat("x", 64): true,
+		"": false, strings.Repeat("x", 65): false, "a b": false, "a:b": false, "{x}": false, "a*": false, "ns\n": false,
+	} {
+		if err := rdb.ValidNamespace(ns); (err == nil) != ok {
+			t.Errorf("ValidNamespace(%q) = %v, want ok=%v", ns, err, ok)
+		}
+	}
+}
+
+func TestRecordCodec(t *testing.T) {
+	t.Parallel()
+	for _, r := range []rdb.Record{
+		{Status: "running", Attempt: 2, Epoch: 7, Owner: "host-1:w"},
+		{Status: "dispatched", Attempt: 1},
+		{Status: "failed", Attempt: 3, Epoch: 9, Owner: "owner|with|bars"},
+	} {
+		got, err := rdb.ParseRecord(r.String())
+		if err != nil {
+			t.Fatalf("ParseRecord(%q): %v", r.String(), err)
+		}
+		if diff := cmp.Diff(r, got); diff != "" {
+			t.Errorf("round trip (-want +got):\n%s", diff)
+		}
+	}
+	if got, err := rdb.ParseRecord(""); err != nil || got != (rdb.Record{Status: "pending"}) {
+		t.Errorf(`ParseRecord("") = %+v, %v; want pending`, got, err)
+	}
+	for _, bad := range []string{"running", "running|1|2", "running|x|2|w", "running|1|y|w"} {
+		if _, err := rdb.ParseRecord(bad); err == nil {
+			t.Errorf("ParseRecord(%q) accepted a malformed record", bad)
+		}
+	}
+}
+
+func TestDispatchCodec(t *testing.T) {
+	t.Parallel()
+	d := rdb.Dispatch{Pool: "gpu", Priority: 4, DueMS: 1700000000000, Run: "R", Task: "t.1", Attempt: 2, EventID: "01HZX"}
+	got, err := rdb.ParseDispatch(d.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(d, got); diff != "" {
+		t.Errorf("round trip (-want +got):\n%s", diff)
+	}
+	for _, bad := range []string{"", "a|b", "gpu|x|0|R|t|1|e", "gpu|1|x|R|t|1|e", "gpu|1|0|R|t|x|e", "gpu|1|0|R|t|1|e|extra"} {
+		if _, err := rdb.ParseDispatch(bad); err == nil {
+			t.Errorf("ParseDispatch(%q) accepted a malformed entry", bad)
+		}
+	}
+}

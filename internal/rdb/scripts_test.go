@@ -1,0 +1,593 @@
+package rdb_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/graflow-go/graflow/events"
+	"github.com/graflow-go/graflow/internal/rdb"
+	"github.com/graflow-go/graflow/internal/redistest"
+	"github.com/oklog/ulid/v2"
+	"github.com/redis/go-redis/v9"
+)
+
+type scriptBundle struct {
+	ctx context.Context
+	c   *redis.Client
+	db  rdb.DB
+	run string
+}
+
+// setupRun creates a run with tasks a and b (after a) and commits the
+// dispatch of a's first attempt, as a projector would.
+func setupRun(t *testing.T) scriptBundle {
+	t.Helper()
+	c := redistest.Client(t)
+	b := scriptBundle{c: c, db: rdb.New(c, redistest.Namespace(t)), run: "R" + ulid.Make().String()}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	b.ctx = ctx
+	body := events.RunSubmittedBody{Workflow: "wf", Tasks: []events.TaskSpec{
+		{ID: "a", Handler: "h.a", MaxAttempts: 2, Args: json.RawMessage(`{"x":1}`)},
+		{ID: "b", Handler: "h.b", Deps: []string{"a"}},
+	}, Input: json.RawMessage(`{"in":true}`)}
+	ev := events.Event{ID: ulid.Make().String(), Type: events.RunSubmitted, Time: time.UnixMilli(1000)}.WithBody(body)
+	created, wf, err := b.db.Submit(ctx, b.run, ev, body)
+	if err != nil || !created || wf != "wf" {
+		t.Fatalf("Submit = %v %q %v", created, wf, err)
+	}
+	b.commit(t, b.last(t), events.Event{ID: ulid.Make().String(), Type: events.TaskDispatched, Task: "a", Attempt: 1}.
+		WithBody(events.TaskDispatchedBody{Pool: "default"}), "a", "dispatched|1|0|")
+	return b
+}
+
+// last returns the id of the log's last entry.
+func (b scriptBundle) last(t *testing.T) string {
+	t.Helper()
+	msgs, err := b.c.XRevRangeN(b.ctx, b.db.K.RunLog(b.run), "+", "-", 1).Result()
+	if err != nil || len(msgs) == 0 {
+		t.Fatalf("read log tail: %v", err)
+	}
+	return msgs[0].ID
+}
+
+func (b scriptBundle) cursor(t *testing.T) string {
+	t.Helper()
+	cur, err := b.c.HGet(b.ctx, b.db.K.RunState(b.run), rdb.FieldRunCursor).Result()
+	if errors.Is(err, redis.Nil) {
+		return ""
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cur
+}
+
+func (b scriptBundle) commit(t *testing.T, foldedTo string, e events.Event, task, record string) rdb.CommitResult {
+	t.Helper()
+	res, err := b.db.Commit(b.ctx, b.run, rdb.Commit{Expected: b.cursor(t), FoldedTo: foldedTo, Writer: "p1", TimeMS: 2000,
+		Events: []events.Event{e}, Records: map[string]string{task: record}})
+	if err != nil || res.Conflict {
+		t.Fatalf("Commit = %+v, %v", res, err)
+	}
+	return res
+}
+
+func (b scriptBundle) log(t *testing.T) []events.Event {
+	t.Helper()
+	msgs, err := b.c.XRange(b.ctx, b.db.K.RunLog(b.run), "-", "+").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []events.Event
+	for _, m := range msgs {
+		e, err := events.Decode(b.run, m.ID, m.Values)
+		if err != nil {
+			t.Fatalf("entry %s does not decode: %v", m.ID, err)
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+func (b scriptBundle) hash(t *testing.T, key string) map[string]string {
+	t.Helper()
+	h, err := b.c.HGetAll(b.ctx, key).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+func (b scriptBundle) claim(t *testing.T, task, worker string, attempt int, reclaim bool) rdb.ClaimResult {
+	t.Helper()
+	cr, err := b.db.Claim(b.ctx, rdb.ClaimArgs{Run: b.run, Task: task, Worker: worker, Attempt: attempt, EventID: ulid.Make().String(),
+		TimeMS: 3000, Reclaim: reclaim, Deliveries: 2, ReclaimEventID: ulid.Make().String()})
+	if err != nil {
+		t.Fatalf("Claim: %v", err)
+	}
+	return cr
+}
+
+func (b scriptBundle) finish(task, worker string, attempt int, epoch int64, ok bool) (bool, error) {
+	a := rdb.FinishArgs{Run: b.run, Task: task, Worker: worker, Attempt: attempt, Epoch: epoch,
+		EventID: ulid.Make().String(), RejectID: ulid.Make().String(), TimeMS: 4000}
+	if ok {
+		a.Type, a.Status, a.Result = events.TaskSucceeded, "succeeded", []byte(`{"by":"`+worker+`"}`)
+		a.Body = events.Event{}.WithBody(events.TaskSucceededBody{Result: a.Result}).Body
+	} else {
+		a.Type, a.Status = events.TaskFailed, "awaiting_retry"
+		a.Body = events.Event{}.WithBody(events.TaskFailedBody{Error: "boom", Kind: events.FailureError}).Body
+	}
+	return b.db.Finish(b.ctx, a)
+}
+
+func (b scriptBundle) heartbeat(worker string, attempt int, epoch int64, appendEvent bool) error {
+	cmd := b.db.Heartbeat(b.ctx, b.c, rdb.HeartbeatArgs{Run: b.run, Task: "a", Worker: worker, Attempt: attempt, Epoch: epoch,
+		EventID: ulid.Make().String(), RejectID: ulid.Make().String(), TimeMS: 5000,
+		Body: []byte(`{"progress":"50%"}`), Append: appendEvent})
+	return rdb.HeartbeatResult(cmd)
+}
+
+// Every event the scripts write decodes with events.Decode, and its stream
+// fields are exactly what Event.Fields writes: same names, same order, same
+// values.
+func TestScriptEventsMatchTheGoCodec(t *testing.T) {
+	t.Parallel()
+	b := setupRun(t)
+	cr := b.claim(t, "a", "w1", 1, false)
+	if err := b.heartbeat("w1", 1, cr.Epoch, true); err != nil {
+		t.Fatal(err)
+	}
+	cr = b.claim(t, "a", "w2", 1, true) // task_reclaimed + task_claimed
+	if _, err := b.finish("a", "w1", 1, 1, true); !errors.Is(err, rdb.ErrStaleClaim) {
+		t.Fatalf("stale finish = %v", err)
+	}
+	if err := b.db.Release(b.ctx, b.run, "a", "w2", 1, cr.Epoch, ulid.Make().String(), 6000); err != nil {
+		t.Fatal(err)
+	}
+	cr = b.claim(t, "a", "w3", 1, false)
+	final := rdb.FinishArgs{Run: b.run, Task: "a", Worker: "w3", Attempt: 1, Epoch: cr.Epoch, EventID: ulid.Make().String(),
+		RejectID: ulid.Make().String(), TimeMS: 7000, Type: events.TaskFailed, Status: "failed",
+		Body: events.Event{}.WithBody(events.TaskFailedBody{Error: "bad", Kind: events.FailureError, Final: true}).Body}
+	if _, err := b.db.Finish(b.ctx, final); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.db.Requeue(b.ctx, b.run, "a", "operator", ulid.Make().String(), 8000,
+		events.Event{}.WithBody(events.TaskRequeuedBody{Cause: "test"}).Body); err != nil {
+		t.Fatal(err)
+	}
+
+	raw, err := b.c.Do(b.ctx, "XRANGE", b.db.K.RunLog(b.run), "-", "+").Slice()
+	if err != nil {
+		t.Fatal(err)
+	}
+	types := map[events.Type]bool{}
+	for _, r := range raw {
+		entry := r.([]any)
+		id := entry[0].(string)
+		flat := entry[1].([]any)
+		values := map[string]any{}
+		for i := 0; i < len(flat); i += 2 {
+			values[flat[i].(string)] = flat[i+1]
+		}
+		e, err := events.Decode(b.run, id, values)
+		if err != nil {
+			t.Fatalf("entry %s: %v", id, err)
+		}
+		types[e.Type] = true
+		if diff := cmp.Diff(e.Fields(), flat); diff != "" {
+			t.Errorf("entry %s (%s): script fields differ from Event.Fields (-Fields +script):\n%s", id, e.Type, diff)
+		}
+		if e.Version != events.CurrentVersion {
+			t.Errorf("entry %s (%s) has version %d", id, e.Type, e.Version)
+		}
+	}
+	want := []events.Type{events.RunSubmitted, events.TaskDispatched, events.TaskClaimed, events.TaskHeartbeat,
+		events.TaskReclaimed, events.ResultRejected, events.TaskFailed, events.TaskRequeued}
+	for _, typ := range want {
+		if !types[typ] {
+			t.Errorf("no %s entry was written", typ)
+		}
+	}
+}
+
+func TestFinishFencing(t *testing.T) {
+	t.Parallel()
+	b := setupRun(t)
+	if cr := b.claim(t, "a", "w1", 1, false); cr.Outcome != rdb.ClaimOK || cr.Epoch != 1 {
+		t.Fatalf("claim = %+v", cr)
+	}
+	cr := b.claim(t, "a", "w2", 1, true)
+	if cr.Outcome != rdb.ClaimOK || cr.Epoch != 3 {
+		t.Fatalf("reclaim = %+v, want ok at epoch 3 (reclaimed 2, claimed 3)", cr)
+	}
+	log := b.log(t)
+	rc, cl := log[len(log)-2], log[len(log)-1]
+	var rb events.TaskReclaimedBody
+	if err := rc.DecodeBody(&rb); err != nil {
+		t.Fatal(err)
+	}
+	if rc.Type != events.TaskReclaimed || rc.Epoch != 2 || rc.Worker != "w2" || rb.From != "w1" || rb.Deliveries != 2 ||
+		cl.Type != events.TaskClaimed || cl.Epoch != 3 || cl.Worker != "w2" {
+		t.Fatalf("reclaim appended %s e%d %s %+v, %s e%d %s", rc.Type, rc.Epoch, rc.Worker, rb, cl.Type, cl.Epoch, cl.Worker)
+	}
+
+	stale := func(what string, call func() error, wantWhat string) {
+		t.Helper()
+		state, results := b.hash(t, b.db.K.RunState(b.run)), b.hash(t, b.db.K.RunResults(b.run))
+		n := len(b.log(t))
+		err := call()
+		if !errors.Is(err, rdb.ErrStaleClaim) {
+			t.Fatalf("%s: error = %v, want ErrStaleClaim", what, err)
+		}
+		var se *rdb.StaleError
+		if !errors.As(err, &se) || se.Status != "running" || se.Epoch != "3" || se.Owner != "w2" {
+			t.Errorf("%s: StaleError = %+v, want running at epoch 3 owned by w2", what, se)
+		}
+		if diff := cmp.Diff(state, b.hash(t, b.db.K.RunState(b.run))); diff != "" {
+			t.Errorf("%s changed the state hash (-before +after):\n%s", what, diff)
+		}
+		if diff := cmp.Diff(results, b.hash(t, b.db.K.RunResults(b.run))); diff != "" {
+			t.Errorf("%s changed the results (-before +after):\n%s", what, diff)
+		}
+		log := b.log(t)
+		if wantWhat == "" {
+			if len(log) != n {
+				t.Errorf("%s appended %d events, want none", what, len(log)-n)
+			}
+			return
+		}
+		if len(log) != n+1 {
+			t.Fatalf("%s appended %d events, want 1 result_rejected", what, len(log)-n)
+		}
+		e := log[n]
+		var body events.ResultRejectedBody
+		if err := e.DecodeBody(&body); err != nil {
+			t.Fatal(err)
+		}
+		if e.Type != events.ResultRejected || e.Task != "a" || e.Attempt != 1 || e.Epoch != 1 || e.Worker != "w1" ||
+			body.What != wantWhat || body.CurrentEpoch != 3 {
+			t.Errorf("%s appended %s task %s a%d e%d %s %+v", what, e.Type, e.Task, e.Attempt, e.Epoch, e.Worker, body)
+		}
+	}
+	stale("a stale success", func() error { _, err := b.finish("a", "w1", 1, 1, true); return err }, "result")
+	stale("a stale failure", func() error { _, err := b.finish("a", "w1", 1, 1, false); return err }, "failure")
+	stale("a stale heartbeat", func() error { return b.heartbeat("w1", 1, 1, true) }, "heartbeat")
+	stale("a stale release", func() error {
+		return b.db.Release(b.ctx, b.run, "a", "w1", 1, 1, ulid.Make().String(), 1)
+	}, "")
+
+	// The current owner's heartbeat is accepted; without Append it writes nothing.
+	n := len(b.log(t))
+	if err := b.heartbeat("w2", 1, 3, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.heartbeat("w2", 1, 3, true); err != nil {
+		t.Fatal(err)
+	}
+	if log := b.log(t); len(log) != n+1 || log[n].Type != events.TaskHeartbeat {
+		t.Fatalf("owner heartbeats appended %d events", len(log)-n)
+	}
+
+	// The owner's result is accepted once; the same report again is a no-op.
+	if _, err := b.finish("a", "w2", 1, 3, true); err != nil {
+		t.Fatal(err)
+	}
+	n = len(b.log(t))
+	if _, err := b.finish("a", "w2", 1, 3, true); err != nil {
+		t.Fatalf("a repeated identical finish = %v, want ok", err)
+	}
+	if got := len(b.log(t)); got != n {
+		t.Errorf("a repeated identical finish appended %d events", got-n)
+	}
+	st := b.hash(t, b.db.K.RunState(b.run))
+	if st["a"] != "succeeded|1|3|w2" || st[rdb.FieldRunDirty] != "1" {
+		t.Errorf("state after success: a=%q @dirty=%q", st["a"], st[rdb.FieldRunDirty])
+	}
+	if got := b.hash(t, b.db.K.RunResults(b.run))["a"]; got != `{"by":"w2"}` {
+		t.Errorf("stored result %q", got)
+	}
+	// A late report from the old owner after the success changes nothing.
+	if _, err := b.finish("a", "w1", 1, 1, true); !errors.Is(err, rdb.ErrStaleClaim) {
+		t.Errorf("late finish after success = %v", err)
+	}
+	if got := b.hash(t, b.db.K.RunResults(b.run))["a"]; got != `{"by":"w2"}` {
+		t.Errorf("stored result after a late report %q", got)
+	}
+}
+
+func TestClaimOutcomes(t *testing.T) {
+	t.Parallel()
+	b := setupRun(t)
+
+	t.Run("a task that was never dispatched is stale", func(t *testing.T) {
+		if cr := b.claim(t, "b", "w1", 1, false); cr.Outcome != rdb.ClaimStale {
+			t.Errorf("outcome %+v", cr)
+		}
+	})
+	t.Run("another attempt is stale", func(t *testing.T) {
+		if cr := b.claim(t, "a", "w1", 2, false); cr.Outcome != rdb.ClaimStale {
+			t.Errorf("outcome %+v", cr)
+		}
+	})
+	t.Run("a missing run is missing", func(t *testing.T) {
+		cr, err := b.db.Claim(b.ctx, rdb.ClaimArgs{Run: "nope", Task: "a", Worker: "w1", Attempt: 1, EventID: "x"})
+		if err != nil || cr.Outcome != rdb.ClaimMissing {
+			t.Errorf("outcome %+v %v", cr, err)
+		}
+	})
+	t.Run("the dispatched attempt is claimed with what the handler needs", func(t *testing.T) {
+		cr := b.claim(t, "a", "w1", 1, false)
+		want := rdb.ClaimResult{Outcome: rdb.ClaimOK, Epoch: 1, Detail: "1",
+			Meta:  rdb.TaskMeta{Handler: "h.a", MaxAttempts: 2, Args: json.RawMessage(`{"x":1}`)},
+			Input: json.RawMessage(`{"in":true}`), Upstream: map[string]json.RawMessage{}}
+		if diff := cmp.Diff(want, cr); diff != "" {
+			t.Errorf("(-want +got):\n%s", diff)
+		}
+	})
+	t.Run("a running task is busy unless reclaimed", func(t *testing.T) {
+		n := len(b.log(t))
+		if cr := b.claim(t, "a", "w2", 1, false); cr.Outcome != rdb.ClaimBusy || cr.Detail != "w1" {
+			t.Errorf("outcome %+v", cr)
+		}
+		if got := len(b.log(t)); got != n {
+			t.Errorf("a busy claim appended %d events", got-n)
+		}
+	})
+	t.Run("a finished task is done", func(t *testing.T) {
+		if _, err := b.finish("a", "w1", 1, 1, true); err != nil {
+			t.Fatal(err)
+		}
+		if cr := b.claim(t, "a", "w2", 1, true); cr.Outcome != rdb.ClaimDone || cr.Detail != "succeeded" {
+			t.Errorf("outcome %+v", cr)
+		}
+	})
+	t.Run("a task of an ended run is done", func(t *testing.T) {
+		b.commit(t, b.last(t), events.Event{ID: ulid.Make().String(), Type: events.TaskDispatched, Task: "b", Attempt: 1}.
+			WithBody(events.TaskDispatchedBody{Pool: "default"}), "b", "dispatched|1|0|")
+		if err := b.c.HSet(b.ctx, b.db.K.RunState(b.run), rdb.FieldRunStatus, "cancelled").Err(); err != nil {
+			t.Fatal(err)
+		}
+		if cr := b.claim(t, "b", "w2", 1, false); cr.Outcome != rdb.ClaimDone || cr.Detail != "cancelled" {
+			t.Errorf("outcome %+v", cr)
+		}
+	})
+}
+
+func TestClaimReturnsUpstreamResults(t *testing.T) {
+	t.Parallel()
+	b := setupRun(t)
+	cr := b.claim(t, "a", "w1", 1, false)
+	if _, err := b.finish("a", "w1", 1, cr.Epoch, true); err != nil {
+		t.Fatal(err)
+	}
+	b.commit(t, b.last(t), events.Event{ID: ulid.Make().String(), Type: events.TaskDispatched, Task: "b", Attempt: 1}.
+		WithBody(events.TaskDispatchedBody{Pool: "default"}), "b", "dispatched|1|0|")
+	cr = b.claim(t, "b", "w1", 1, false)
+	want := map[string]json.RawMessage{"a": json.RawMessage(`{"by":"w1"}`)}
+	if diff := cmp.Diff(want, cr.Upstream); diff != "" {
+		t.Errorf("upstream (-want +got):\n%s", diff)
+	}
+}
+
+func TestQueueAckAndTouchAreOwnerChecked(t *testing.T) {
+	t.Parallel()
+	c := redistest.Client(t)
+	db := rdb.New(c, redistest.Namespace(t))
+	ctx := context.Background()
+	q := db.K.Queue("default", 0)
+	if err := db.EnsureGroup(ctx, q, rdb.GroupWorkers); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.EnsureGroup(ctx, q, rdb.GroupWorkers); err != nil {
+		t.Fatalf("EnsureGroup on an existing group: %v", err)
+	}
+	id, err := db.XAddDispatch(ctx, c, rdb.Dispatch{Pool: "default", Run: "R", Task: "a", Attempt: 1}).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.XReadGroup(ctx, &redis.XReadGroupArgs{Group: rdb.GroupWorkers, Consumer: "owner", Streams: []string{q, ">"}, Count: 1}).Result(); err != nil {
+		t.Fatal(err)
+	}
+	pending := func() []redis.XPendingExt {
+		t.Helper()
+		p, err := c.XPendingExt(ctx, &redis.XPendingExtArgs{Stream: q, Group: rdb.GroupWorkers, Start: "-", End: "+", Count: 10}).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	// Age the entry so that a touch is visible as an idle reset.
+	if err := c.Do(ctx, "XCLAIM", q, rdb.GroupWorkers, "owner", 0, id, "IDLE", 1000000, "JUSTID").Err(); err != nil {
+		t.Fatal(err)
+	}
+
+	if n, err := db.QueueTouch(ctx, c, q, "zombie", id).Int64(); err != nil || n != -1 {
+		t.Errorf("touch by a non-owner = %d, %v; want -1", n, err)
+	}
+	if p := pending(); len(p) != 1 || p[0].Consumer != "owner" || p[0].Idle < 1000*time.Second {
+		t.Errorf("after a non-owner touch: %+v", p)
+	}
+	if n, err := db.QueueAck(ctx, c, q, "zombie", id).Int64(); err != nil || n != -1 {
+		t.Errorf("ack by a non-owner = %d, %v; want -1", n, err)
+	}
+	if p := pending(); len(p) != 1 || p[0].Consumer != "owner" {
+		t.Errorf("after a non-owner ack the entry is no longer pending for its owner: %+v", p)
+	}
+	if l, _ := c.XLen(ctx, q).Result(); l != 1 {
+		t.Errorf("a non-owner ack deleted the entry: XLEN %d", l)
+	}
+
+	if n, err := db.QueueTouch(ctx, c, q, "owner", id).Int64(); err != nil || n != 1 {
+		t.Errorf("touch by the owner = %d, %v; want 1", n, err)
+	}
+	if p := pending(); len(p) != 1 || p[0].Consumer != "owner" || p[0].Idle >= 1000*time.Second || p[0].RetryCount != 1 {
+		t.Errorf("after the owner's touch: %+v (want idle reset, delivery count unchanged)", p)
+	}
+	if n, err := db.QueueAck(ctx, c, q, "owner", id).Int64(); err != nil || n != 1 {
+		t.Errorf("ack by the owner = %d, %v; want 1", n, err)
+	}
+	if p := pending(); len(p) != 0 {
+		t.Errorf("still pending after the owner's ack: %+v", p)
+	}
+	if l, _ := c.XLen(ctx, q).Result(); l != 0 {
+		t.Errorf("the acked entry was not deleted: XLEN %d", l)
+	}
+	if n, err := db.QueueAck(ctx, c, q, "owner", id).Int64(); err != nil || n != 0 {
+		t.Errorf("second ack = %d, %v; want 0", n, err)
+	}
+	if n, err := db.QueueTouch(ctx, c, q, "owner", id).Int64(); err != nil || n != 0 {
+		t.Errorf("touch of an acked entry = %d, %v; want 0", n, err)
+	}
+}
+
+func TestCommitCompareAndSet(t *testing.T) {
+	t.Parallel()
+	b := setupRun(t)
+	dispatchB := func(expected, foldedTo string) (rdb.CommitResult, error) {
+		return b.db.Commit(b.ctx, b.run, rdb.Commit{Expected: expected, FoldedTo: foldedTo, Writer: "p1", TimeMS: 1,
+			Events:  []events.Event{{ID: ulid.Make().String(), Type: events.TaskDispatched, Task: "b", Attempt: 1}},
+			Records: map[string]string{"b": "dispatched|1|0|"}, Outbox: []string{"entry-b"}})
+	}
+
+	t.Run("a wrong expected cursor conflicts and writes nothing", func(t *testing.T) {
+		n, state := len(b.log(t)), b.hash(t, b.db.K.RunState(b.run))
+		res, err := dispatchB("0-1", b.last(t))
+		if err != nil || !res.Conflict || res.Cursor != b.cursor(t) {
+			t.Fatalf("Commit = %+v, %v; want a conflict reporting cursor %s", res, err, b.cursor(t))
+		}
+		if len(b.log(t)) != n {
+			t.Error("a conflicting commit appended events")
+		}
+		if diff := cmp.Diff(state, b.hash(t, b.db.K.RunState(b.run))); diff != "" {
+			t.Errorf("a conflicting commit changed the state (-before +after):\n%s", diff)
+		}
+		if l, _ := b.c.LLen(b.ctx, b.db.K.RunOutbox(b.run)).Result(); l != 0 {
+			t.Error("a conflicting commit pushed to the outbox")
+		}
+	})
+
+	t.Run("a commit behind the log keeps the cursor at what was folded", func(t *testing.T) {
+		folded := b.last(t)
+		b.claim(t, "a", "w1", 1, false) // appended after folded
+		res, err := dispatchB(b.cursor(t), folded)
+		if err != nil || res.Conflict || res.CaughtUp || res.Cursor != folded || len(res.Seqs) != 1 || res.Outbox != 1 {
+			t.Fatalf("Commit = %+v, %v; want ok, not caught up, cursor %s", res, err, folded)
+		}
+		st := b.hash(t, b.db.K.RunState(b.run))
+		if st[rdb.FieldRunCursor] != folded || st[rdb.FieldRunDirty] != "1" || st["b"] != "dispatched|1|0|" {
+			t.Errorf("state: cursor %q dirty %q b %q", st[rdb.FieldRunCursor], st[rdb.FieldRunDirty], st["b"])
+		}
+	})
+
+	t.Run("a caught-up commit moves the cursor past its decisions and clears dirty", func(t *testing.T) {
+		res, err := b.db.Commit(b.ctx, b.run, rdb.Commit{Expected: b.cursor(t), FoldedTo: b.last(t), Writer: "p1", TimeMS: 1,
+			Events: []events.Event{{ID: ulid.Make().String(), Type: events.TaskHeartbeat, Task: "a", Attempt: 1, Epoch: 1}}})
+		if err != nil || res.Conflict || !res.CaughtUp || res.Cursor != res.Seqs[0] || res.Cursor != b.last(t) {
+			t.Fatalf("Commit = %+v, %v", res, err)
+		}
+		if _, ok := b.hash(t, b.db.K.RunState(b.run))[rdb.FieldRunDirty]; ok {
+			t.Error("@dirty still set after a caught-up commit")
+		}
+	})
+
+	t.Run("decisions for an ended run conflict", func(t *testing.T) {
+		if err := b.c.HSet(b.ctx, b.db.K.RunState(b.run), rdb.FieldRunStatus, "succeeded").Err(); err != nil {
+			t.Fatal(err)
+		}
+		n := len(b.log(t))
+		res, err := dispatchB(b.cursor(t), b.last(t))
+		if err != nil || !res.Conflict {
+			t.Fatalf("Commit = %+v, %v; want a conflict", res, err)
+		}
+		if len(b.log(t)) != n {
+			t.Error("a commit for an ended run appended events")
+		}
+	})
+}
+
+func TestOutboxAckRemovesOnlyTheRelayedHead(t *testing.T) {
+	t.Parallel()
+	c := redistest.Client(t)
+	db := rdb.New(c, redistest.Namespace(t))
+	ctx := context.Background()
+	key := db.K.RunOutbox("R")
+	if err := c.RPush(ctx, key, "x", "y", "z").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := db.OutboxAck(ctx, "R", []string{"x", "q", "z"}); err != nil || n != 1 {
+		t.Fatalf("OutboxAck = %d, %v; want 1 (stop at the first entry that is not the head)", n, err)
+	}
+	if n, err := db.OutboxAck(ctx, "R", []string{"z"}); err != nil || n != 0 {
+		t.Fatalf("OutboxAck of a non-head entry = %d, %v; want 0", n, err)
+	}
+	if n, err := db.OutboxAck(ctx, "R", []string{"y", "z"}); err != nil || n != 2 {
+		t.Fatalf("OutboxAck = %d, %v; want 2", n, err)
+	}
+	if l, _ := c.LLen(ctx, key).Result(); l != 0 {
+		t.Errorf("outbox length %d", l)
+	}
+}
+
+func TestSubmitIsIdempotent(t *testing.T) {
+	t.Parallel()
+	b := setupRun(t)
+	n := len(b.log(t))
+	body := events.RunSubmittedBody{Workflow: "other", Tasks: []events.TaskSpec{{ID: "z", Handler: "h"}}}
+	ev := events.Event{ID: ulid.Make().String(), Type: events.RunSubmitted}.WithBody(body)
+	created, wf, err := b.db.Submit(b.ctx, b.run, ev, body)
+	if err != nil || created || wf != "wf" {
+		t.Fatalf("second Submit = %v %q %v; want not created, workflow wf", created, wf, err)
+	}
+	if len(b.log(t)) != n {
+		t.Error("a second Submit appended to the log")
+	}
+	if dag := b.hash(t, b.db.K.RunDAG(b.run)); len(dag) != 2 {
+		t.Errorf("a second Submit changed the dag: %v", dag)
+	}
+}
+
+func TestRequeueRefusesATaskThatHasNotFailed(t *testing.T) {
+	t.Parallel()
+	b := setupRun(t)
+	n := len(b.log(t))
+	for _, task := range []string{"a", "b", "nope"} {
+		err := b.db.Requeue(b.ctx, b.run, task, "op", ulid.Make().String(), 1, nil)
+		if !errors.Is(err, rdb.ErrNotRequeueable) {
+			t.Errorf("Requeue(%s) = %v, want ErrNotRequeueable", task, err)
+		}
+	}
+	if len(b.log(t)) != n {
+		t.Error("a refused requeue appended to the log")
+	}
+}
+
+func TestScriptsAreListedWithDistinctHashes(t *testing.T) {
+	t.Parallel()
+	seen := map[string]string{}
+	for name, s := range rdb.Scripts() {
+		if other, dup := seen[s.Hash()]; dup {
+			t.Errorf("scripts %s and %s are identical", name, other)
+		}
+		seen[s.Hash()] = name
+	}
+	c := redistest.Client(t)
+	if err := rdb.New(c, redistest.Namespace(t)).LoadScripts(context.Background()); err != nil {
+		t.Fatalf("LoadScripts: %v", err)
+	}
+	for name, s := range rdb.Scripts() {
+		ok, err := c.ScriptExists(context.Background(), s.Hash()).Result()
+		if err != nil || len(ok) != 1 || !ok[0] {
+			t.Errorf("script %s not loaded: %v %v", name, ok, err)
+		}
+	}
+	if !rdb.IsNoScript(fmt.Errorf("NOSCRIPT No matching script")) || rdb.IsNoScript(errors.New("x")) || rdb.IsNoScript(nil) {
+		t.Error("IsNoScript misclassifies")
+	}
+}

@@ -1,0 +1,439 @@
+package rdb_test
+
+import (
+	"context"
+	"crypto/sha1"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os/exec"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/graflow-go/graflow/events"
+	"github.com/graflow-go/graflow/internal/rdb"
+	"github.com/graflow-go/graflow/internal/redisserver"
+	"github.com/graflow-go/graflow/internal/redistest"
+	"github.com/graflow-go/graflow/projector"
+	"github.com/graflow-go/graflow/scheduler"
+	"github.com/graflow-go/graflow/worker"
+	"github.com/redis/go-redis/v9"
+)
+
+// ---- Redis Cluster key slots (https://redis.io/docs/reference/cluster-spec) ----
+
+// crc16 is CRC16-CCITT (XModem): polynomial 0x1021, initial value 0.
+func crc16(b []byte) uint16 {
+	var crc uint16
+	for _, c := range b {
+		crc ^= uint16(c) << 8
+		for range 8 {
+			if crc&0x8000 != 0 {
+				crc = crc<<1 ^ 0x1021
+			} else {
+				crc <<= 1
+			}
+		}
+	}
+	return crc
+}
+
+// hashTag returns the part of key that Redis Cluster hashes: the text
+// between the first '{' and the first '}' after it, if not empty; else the
+// whole key.
+func hashTag(key string) string {
+	if s := strings.IndexByte(key, '{'); s >= 0 {
+		if e := strings.IndexByte(key[s+1:], '}'); e > 0 {
+			return key[s+1 : s+1+e]
+		}
+	}
+	return key
+}
+
+func keySlot(key string) int { return int(crc16([]byte(hashTag(key))) % 16384) }
+
+func TestKeySlot(t *testing.T) {
+	t.Parallel()
+	if got := crc16([]byte("123456789")); got != 0x31C3 {
+		t.Fatalf("crc16(123456789) = %#x, want 0x31c3 (cluster spec test vector)", got)
+	}
+	for key, want := range map[string]int{"foo": 12182, "bar": 5061, "{foo}.bar": 12182, "x{foo}y": 12182} {
+		if got := keySlot(key); got != want {
+			t.Errorf("keySlot(%q) = %d, want %d", key, got, want)
+		}
+	}
+	// Hash-tag rules from the cluster spec.
+	for key, hashed := range map[string]string{
+		"{user1000}.following": "user1000",
+		"foo{}{bar}":           "foo{}{bar}", // empty tag: the whole key
+		"foo{{bar}}zap":        "{bar",       // from the first '{' to the first '}'
+		"foo{bar}{zap}":        "bar",        // only the first tag
+		"foo{bar":              "foo{bar",    // no closing brace
+		"}foo{bar}":            "bar",
+	} {
+		if got := hashTag(key); got != hashed {
+			t.Errorf("hashTag(%q) = %q, want %q", key, got, hashed)
+		}
+	}
+}
+
+// TestKeySlotMatchesRedis checks keySlot against CLUSTER KEYSLOT of a
+// cluster-enabled redis-server, when the binary is installed.
+func TestKeySlotMatchesRedis(t *testing.T) {
+	t.Parallel()
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		t.Skip("redis-server not installed: keySlot is checked against the spec's vectors only")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	srv, err := redisserver.Start(ctx, redisserver.Config{Args: []string{"--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"}})
+	if err != nil {
+		t.Fatalf("start a cluster-enabled redis-server: %v", err)
+	}
+	defer func() { _ = srv.Stop() }()
+	c := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	defer c.Close()
+	k := rdb.NewKeys("graflow")
+	keys := append(k.RunKeys("01HZX0000000000000000000AB"), k.Queues("default")...)
+	keys = append(keys, k.Feed(0), k.Feed(3), k.Delayed(), k.Workers(), k.Worker("w1"), "foo{{bar}}zap", "foo{}{bar}", "é{ü}")
+	for _, key := range keys {
+		want, err := c.ClusterKeySlot(ctx, key).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := keySlot(key); int64(got) != want {
+			t.Errorf("keySlot(%q) = %d, Redis says %d", key, got, want)
+		}
+	}
+}
+
+// ---- recording every script call and MULTI block of a real flow ----
+
+type scriptCall struct {
+	name string
+	keys []string
+}
+
+// recorder is a go-redis hook that records every EVAL/EVALSHA with its
+// KEYS and the commands of every MULTI block.
+type recorder struct {
+	names map[string]string // sha1 → script name
+
+	mu     sync.Mutex
+	calls  []scriptCall
+	multis [][][]any
+	seen   map[string]int
+	wake   chan struct{}
+}
+
+func newRecorder() *recorder {
+	r := &recorder{names: map[string]string{}, seen: map[string]int{}, wake: make(chan struct{}, 1)}
+	for name, s := range rdb.Scripts() {
+		r.names[s.Hash()] = name
+	}
+	return r
+}
+
+func (r *recorder) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (r *recorder) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		r.record([]redis.Cmder{cmd})
+		return next(ctx, cmd)
+	}
+}
+
+func (r *recorder) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		r.record(cmds)
+		return next(ctx, cmds)
+	}
+}
+
+func (r *recorder) record(cmds []redis.Cmder) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var multi [][]any
+	in := false
+	for _, c := range cmds {
+		name := strings.ToLower(c.Name())
+		args := append([]any(nil), c.Args()...)
+		switch name {
+		case "multi":
+			in, multi = true, nil
+			continue
+		case "exec":
+			if in {
+				r.multis = append(r.multis, multi)
+			}
+			in = false
+			continue
+		}
+		if in {
+			multi = append(multi, args)
+		}
+		if name != "eval" && name != "evalsha" {
+			continue
+		}
+		id := fmt.Sprint(args[1])
+		if name == "eval" {
+			sum := sha1.Sum([]byte(id))
+			id = hex.EncodeToString(sum[:])
+		}
+		script, ok := r.names[id]
+		if !ok {
+			script = "unknown script " + id
+		}
+		n, _ := strconv.Atoi(fmt.Sprint(args[2]))
+		keys := make([]string, 0, n)
+		for _, k := range args[3 : 3+n] {
+			keys = append(keys, fmt.Sprint(k))
+		}
+		r.calls = append(r.calls, scriptCall{name: script, keys: keys})
+		r.seen[script]++
+		select {
+		case r.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func (r *recorder) count(name string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.seen[name]
+}
+
+// waitFor blocks until every named script ran at least once.
+func (r *recorder) waitFor(ctx context.Context, names ...string) error {
+	for {
+		missing := false
+		for _, n := range names {
+			if r.count(n) == 0 {
+				missing = true
+			}
+		}
+		if !missing {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for scripts %v: %w", names, ctx.Err())
+		case <-r.wake:
+		}
+	}
+}
+
+// waitLog blocks on run's log (XREAD BLOCK) until an event of one of the
+// types appears after entry id after, and returns its id.
+func waitLog(ctx context.Context, t *testing.T, c *redis.Client, ns, run, after string, types ...events.Type) string {
+	t.Helper()
+	for {
+		res, err := c.XRead(ctx, &redis.XReadArgs{Streams: []string{rdb.NewKeys(ns).RunLog(run), after}, Block: 10 * time.Second}).Result()
+		if err != nil {
+			t.Fatalf("waiting for %v in run %s: %v", types, run, err)
+		}
+		for _, m := range res[0].Messages {
+			after = m.ID
+			for _, typ := range types {
+				if fmt.Sprint(m.Values[events.FieldType]) == string(typ) {
+					return m.ID
+				}
+			}
+		}
+	}
+}
+
+// TestEveryScriptAndMultiTouchesOneSlot runs workflows end to end on a
+// client with a recording hook: scheduler, projector and workers with
+// success, retry, heartbeats, a permanent failure requeued from the dead
+// letters, and a task handed back by a draining worker. Then every script
+// call's KEYS and every MULTI block's keys must hash to one cluster slot,
+// and every script of rdb.Scripts() must have been exercised, so a new
+// script cannot skip the check.
+func TestEveryScriptAndMultiTouchesOneSlot(t *testing.T) {
+	t.Parallel()
+	plain := redistest.Client(t)
+	c := redistest.Client(t)
+	rec := newRecorder()
+	c.AddHook(rec)
+	ns := redistest.Namespace(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	db := rdb.New(c, ns)
+
+	p, err := projector.New(projector.Config{Redis: c, Namespace: ns, ID: "p1", FeedBlock: 100 * time.Millisecond,
+		RetryInitial: time.Millisecond, RetryMax: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	newWorker := func(id string, drain time.Duration, pools ...string) *worker.Worker {
+		w, err := worker.New(worker.Config{Redis: c, Namespace: ns, ID: id, Pools: pools, DrainTimeout: drain,
+			FetchBlock: 100 * time.Millisecond, Lease: 5 * time.Second, HeartbeatInterval: 10 * time.Millisecond,
+			HeartbeatEventEvery: time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.HandleFunc("ok", func(ctx context.Context, t *worker.Task) (any, error) { return t.ID, nil })
+		w.HandleFunc("flaky", func(ctx context.Context, t *worker.Task) (any, error) {
+			if t.Attempt == 1 {
+				return nil, errors.New("first attempt fails")
+			}
+			return "ok", nil
+		})
+		w.HandleFunc("fail-once", func(ctx context.Context, t *worker.Task) (any, error) {
+			if t.Attempt == 1 {
+				return nil, worker.Permanent(errors.New("bad until requeued"))
+			}
+			return "ok", nil
+		})
+		// hb runs until its heartbeats (script and owner-checked touch) were sent.
+		w.HandleFunc("hb", func(ctx context.Context, t *worker.Task) (any, error) {
+			t.Progress("halfway")
+			return nil, rec.waitFor(ctx, "heartbeat", "queue_touch")
+		})
+		return w
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer func() { stop(); wg.Wait() }()
+	wg.Go(func() { _ = p.Run(runCtx) })
+	w := newWorker("w1", 0, "default", "other")
+	wg.Go(func() { _ = w.Run(runCtx) })
+
+	s, err := scheduler.New(scheduler.Config{Redis: c, Namespace: ns})
+	if err != nil {
+		t.Fatal(err)
+	}
+	submit := func(specs ...events.TaskSpec) string {
+		run, _, err := s.Submit(ctx, events.RunSubmittedBody{Workflow: "slots", Tasks: specs}, scheduler.SubmitOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return run
+	}
+
+	// Phase 1: success, retry, heartbeats, a dead letter requeued.
+	run := submit(
+		events.TaskSpec{ID: "a", Handler: "ok"},
+		events.TaskSpec{ID: "b", Handler: "flaky", Deps: []string{"a"}, MaxAttempts: 2},
+		events.TaskSpec{ID: "c", Handler: "hb", Deps: []string{"b"}, Pool: "other", Priority: 3},
+		events.TaskSpec{ID: "d", Handler: "ok", Deps: []string{"a"}, Pool: "other"},
+		events.TaskSpec{ID: "f", Handler: "fail-once", Deps: []string{"a"}},
+	)
+	at := waitLog(ctx, t, plain, ns, run, "0", events.RunFailed, events.RunSucceeded)
+	body := events.Event{}.WithBody(events.TaskRequeuedBody{Cause: "slot test"}).Body
+	if err := db.Requeue(ctx, run, "f", "test", "01HZX0000000000000000000RQ", time.Now().UnixMilli(), body); err != nil {
+		t.Fatalf("requeue f: %v", err)
+	}
+	waitLog(ctx, t, plain, ns, run, at, events.RunSucceeded, events.RunFailed)
+
+	// Phase 2: a task handed back by a worker whose drain timed out.
+	var calls sync.Mutex
+	started := make(chan struct{})
+	first := true
+	stuck := func(ctx context.Context, t *worker.Task) (any, error) {
+		calls.Lock()
+		wasFirst := first
+		first = false
+		calls.Unlock()
+		if !wasFirst {
+			return "done", nil
+		}
+		close(started)
+		<-ctx.Done() // cancelled when the drain times out
+		return nil, context.Cause(ctx)
+	}
+	drainCtx, stopDrain := context.WithCancel(ctx)
+	wd := newWorker("w-drain", time.Millisecond, "drain")
+	wd.HandleFunc("stuck", stuck)
+	drained := make(chan error, 1)
+	go func() { drained <- wd.Run(drainCtx) }()
+	run2 := submit(events.TaskSpec{ID: "s", Handler: "stuck", Pool: "drain"})
+	select {
+	case <-started:
+	case <-ctx.Done():
+		t.Fatal("the stuck task never started")
+	}
+	stopDrain()
+	if err := <-drained; err != nil {
+		t.Fatal(err)
+	}
+	w2 := newWorker("w2", 0, "drain")
+	w2.HandleFunc("stuck", stuck)
+	wg.Go(func() { _ = w2.Run(runCtx) })
+	waitLog(ctx, t, plain, ns, run2, "0", events.RunSucceeded, events.RunFailed)
+	stop()
+	wg.Wait()
+
+	for _, r := range []string{run, run2} {
+		st, err := plain.HGet(ctx, rdb.NewKeys(ns).RunState(r), rdb.FieldRunStatus).Result()
+		if err != nil || st != "succeeded" {
+			t.Errorf("run %s is %q (%v), want succeeded", r, st, err)
+		}
+	}
+
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	var exercised []string
+	for name := range rec.seen {
+		exercised = append(exercised, name)
+	}
+	var all []string
+	for name := range rdb.Scripts() {
+		all = append(all, name)
+	}
+	sort.Strings(exercised)
+	sort.Strings(all)
+	if diff := cmp.Diff(all, exercised); diff != "" {
+		t.Errorf("scripts exercised by the flow vs rdb.Scripts() (-Scripts +exercised):\n%s", diff)
+	}
+	for _, call := range rec.calls {
+		if len(call.keys) == 0 {
+			t.Errorf("script %s called without KEYS", call.name)
+			continue
+		}
+		for _, k := range call.keys[1:] {
+			if keySlot(k) != keySlot(call.keys[0]) {
+				t.Errorf("script %s: KEYS %v span slots (%s→%d, %s→%d)", call.name, call.keys, call.keys[0], keySlot(call.keys[0]), k, keySlot(k))
+				break
+			}
+		}
+		for _, k := range call.keys {
+			if !strings.HasPrefix(k, ns+":") {
+				t.Errorf("script %s: key %s outside the namespace %s", call.name, k, ns)
+			}
+		}
+	}
+	t.Logf("%d script calls, %d MULTI blocks", len(rec.calls), len(rec.multis))
+	reported := map[string]bool{}
+	for _, block := range rec.multis {
+		var keys []string
+		for _, args := range block {
+			ks, err := plain.CommandGetKeys(ctx, append([]any(nil), args...)...).Result()
+			if err != nil && !strings.Contains(err.Error(), "no key") && !strings.Contains(err.Error(), "Invalid arguments") {
+				t.Fatalf("COMMAND GETKEYS %v: %v", args, err)
+			}
+			keys = append(keys, ks...)
+		}
+		slots := map[int][]string{}
+		for _, k := range keys {
+			slots[keySlot(k)] = append(slots[keySlot(k)], k)
+		}
+		if len(slots) > 1 {
+			var cmds []string
+			for _, args := range block {
+				cmds = append(cmds, fmt.Sprint(args[0]))
+			}
+			if shape := fmt.Sprint(cmds); !reported[shape] {
+				reported[shape] = true
+				t.Errorf("MULTI block %v touches %d slots: %v", cmds, len(slots), slots)
+			}
+		}
+	}
+}

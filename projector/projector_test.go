@@ -1,0 +1,494 @@
+package projector_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/graflow-go/graflow/events"
+	"github.com/graflow-go/graflow/internal/rdb"
+	"github.com/graflow-go/graflow/internal/redistest"
+	"github.com/graflow-go/graflow/projector"
+	"github.com/graflow-go/graflow/scheduler"
+	"github.com/oklog/ulid/v2"
+	"github.com/redis/go-redis/v9"
+)
+
+type liveBundle struct {
+	rdb   *redis.Client
+	db    rdb.DB
+	sched *scheduler.Scheduler
+	ctx   context.Context
+}
+
+func setupLive(t *testing.T) liveBundle {
+	t.Helper()
+	c := redistest.Client(t)
+	ns := redistest.Namespace(t)
+	s, err := scheduler.New(scheduler.Config{Redis: c, Namespace: ns})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	return liveBundle{rdb: c, db: rdb.New(c, ns), sched: s, ctx: ctx}
+}
+
+func (b liveBundle) projector(t *testing.T, id string) *projector.Projector {
+	t.Helper()
+	p, err := projector.New(projector.Config{Redis: b.rdb, Namespace: b.db.K.Namespace(), ID: id,
+		RetryInitial: time.Millisecond, RetryMax: time.Millisecond, FeedBlock: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func (b liveBundle) submit(t *testing.T, specs ...events.TaskSpec) string {
+	t.Helper()
+	run, _, err := b.sched.Submit(b.ctx, events.RunSubmittedBody{Workflow: "live", Tasks: specs}, scheduler.SubmitOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return run
+}
+
+func (b liveBundle) log(t *testing.T, run string) []events.Event {
+	t.Helper()
+	msgs, err := b.rdb.XRange(b.ctx, b.db.K.RunLog(run), "-", "+").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make([]events.Event, 0, len(msgs))
+	for _, m := range msgs {
+		e, err := events.Decode(run, m.ID, m.Values)
+		if err != nil {
+			t.Fatalf("log entry %s: %v", m.ID, err)
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+// records reads the task records of the run's state hash.
+func (b liveBundle) records(t *testing.T, run string) map[string]rdb.Record {
+	t.Helper()
+	h, err := b.rdb.HGetAll(b.ctx, b.db.K.RunState(run)).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]rdb.Record{}
+	for k, v := range h {
+		if k[0] == '@' {
+			continue
+		}
+		r, err := rdb.ParseRecord(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[k] = r
+	}
+	return out
+}
+
+// run claims and finishes task's current attempt as a worker would.
+func (b liveBundle) run(t *testing.T, run, task, worker string, succeed bool) {
+	t.Helper()
+	rec := b.records(t, run)[task]
+	cr, err := b.db.Claim(b.ctx, rdb.ClaimArgs{Run: run, Task: task, Worker: worker, Attempt: rec.Attempt, EventID: ulid.Make().String(), TimeMS: 1})
+	if err != nil || cr.Outcome != rdb.ClaimOK {
+		t.Fatalf("claim %s: %v %+v", task, err, cr)
+	}
+	args := rdb.FinishArgs{Run: run, Task: task, Worker: worker, Attempt: rec.Attempt, Epoch: cr.Epoch,
+		EventID: ulid.Make().String(), RejectID: ulid.Make().String(), TimeMS: 2}
+	if succeed {
+		args.Type, args.Status, args.Result = events.TaskSucceeded, "succeeded", []byte(`"`+task+`"`)
+		args.Body = events.Event{}.WithBody(events.TaskSucceededBody{Result: args.Result}).Body
+	} else {
+		final := rec.Attempt >= 2
+		args.Type, args.Status = events.TaskFailed, "awaiting_retry"
+		if final {
+			args.Status = "failed"
+		}
+		args.Body = events.Event{}.WithBody(events.TaskFailedBody{Error: "boom", Kind: events.FailureError, Final: final}).Body
+	}
+	if _, err := b.db.Finish(b.ctx, args); err != nil {
+		t.Fatalf("finish %s: %v", task, err)
+	}
+}
+
+// decisionKeys counts decision events by "type task attempt".
+func decisionKeys(evs []events.Event) map[string]int {
+	out := map[string]int{}
+	for _, e := range evs {
+		switch e.Type {
+		case events.TaskDispatched, events.TaskRetryScheduled, events.TaskSkipped, events.TaskRequeued, events.RunSucceeded, events.RunFailed:
+			out[fmt.Sprintf("%s %s %d", e.Type, e.Task, e.Attempt)]++
+		}
+	}
+	return out
+}
+
+func TestProjectTwiceAppendsNothing(t *testing.T) {
+	t.Parallel()
+	b := setupLive(t)
+	run := b.submit(t, spec("a"), spec("b", "a"), spec("c", "a"), spec("d", "b", "c"))
+	p1, p2 := b.projector(t, "p1"), b.projector(t, "p2")
+
+	project := func(step string) {
+		t.Helper()
+		if err := p1.Project(b.ctx, run); err != nil {
+			t.Fatal(err)
+		}
+		n := len(b.log(t, run))
+		// A duplicated feed pointer: the same projector again, then another
+		// projector with a cold cache.
+		for _, p := range []*projector.Projector{p1, p2, p1} {
+			if err := p.Project(b.ctx, run); err != nil {
+				t.Fatal(err)
+			}
+			if got := b.log(t, run); len(got) != n {
+				t.Fatalf("%s: a repeated Project appended %d events: %v", step, len(got)-n, decisionKeys(got[n:]))
+			}
+		}
+	}
+	project("at submit")
+	b.run(t, run, "a", "w1", true)
+	project("after a")
+	b.run(t, run, "b", "w1", true)
+	b.run(t, run, "c", "w2", true)
+	project("after b and c")
+	b.run(t, run, "d", "w1", true)
+	project("after d")
+
+	log := b.log(t, run)
+	want := map[string]int{
+		"task_dispatched a 1": 1, "task_dispatched b 1": 1, "task_dispatched c 1": 1, "task_dispatched d 1": 1, "run_succeeded  0": 1,
+	}
+	if diff := cmp.Diff(want, decisionKeys(log)); diff != "" {
+		t.Errorf("decisions in the log (-want +got):\n%s", diff)
+	}
+	r := fold(t, run, log)
+	if r.Status != projector.RunSucceeded {
+		t.Fatalf("run %s", r.Status)
+	}
+	b.checkState(t, run, r)
+}
+
+// checkState compares the state hash with the fold of the log: records,
+// run status and cursor; and checks the outbox was relayed.
+func (b liveBundle) checkState(t *testing.T, run string, r *projector.Run) {
+	t.Helper()
+	want := map[string]rdb.Record{}
+	for _, task := range r.Tasks {
+		if task.Status != projector.TaskPending || task.Attempt > 0 {
+			want[task.Spec.ID] = projector.RecordOf(task)
+		}
+	}
+	if diff := cmp.Diff(want, b.records(t, run)); diff != "" {
+		t.Errorf("state hash records (-fold +redis):\n%s", diff)
+	}
+	st, err := b.rdb.HMGet(b.ctx, b.db.K.RunState(run), rdb.FieldRunStatus, rdb.FieldRunCursor, rdb.FieldRunQuarantine).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st[0] != string(r.Status) || st[1] != r.LastSeq || st[2] != nil {
+		t.Errorf("state hash: status %v cursor %v quarantine %v; fold: status %s last seq %s", st[0], st[1], st[2], r.Status, r.LastSeq)
+	}
+	if n, err := b.rdb.LLen(b.ctx, b.db.K.RunOutbox(run)).Result(); err != nil || n != 0 {
+		t.Errorf("outbox length %d (%v) after Project, want 0", n, err)
+	}
+}
+
+// Concurrent projectors on the same run commit each decision once.
+func TestProjectConcurrently(t *testing.T) {
+	t.Parallel()
+	b := setupLive(t)
+	var specs []events.TaskSpec
+	specs = append(specs, spec("root"))
+	for i := range 50 {
+		specs = append(specs, spec("m"+strconv.Itoa(i), "root"))
+	}
+	run := b.submit(t, specs...)
+	ps := []*projector.Projector{b.projector(t, "p1"), b.projector(t, "p2"), b.projector(t, "p3")}
+	projectAll := func() {
+		var wg sync.WaitGroup
+		errs := make(chan error, 2*len(ps))
+		for _, p := range ps {
+			for range 2 {
+				wg.Go(func() { errs <- p.Project(b.ctx, run) })
+			}
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	projectAll()
+	b.run(t, run, "root", "w", true)
+	projectAll()
+	log := b.log(t, run)
+	for k, n := range decisionKeys(log) {
+		if n != 1 {
+			t.Errorf("%s appended %d times", k, n)
+		}
+	}
+	if got := len(decisionKeys(log)); got != 51 {
+		t.Errorf("%d distinct decisions, want 51 dispatches", got)
+	}
+	// Concurrent relays of one outbox may queue a dispatch twice (the claim
+	// script drops the duplicate); none may be lost or invented.
+	msgs, err := b.rdb.XRange(b.ctx, b.db.K.Queue("default", 0), "-", "+").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	queued := map[string]int{}
+	for _, m := range msgs {
+		queued[fmt.Sprintf("task_dispatched %s %s", m.Values[rdb.MsgTask], m.Values[rdb.MsgAttempt])]++
+	}
+	for k := range decisionKeys(log) {
+		if queued[k] == 0 {
+			t.Errorf("%s is not in the queue", k)
+		}
+		delete(queued, k)
+	}
+	if len(queued) > 0 {
+		t.Errorf("queue messages without a dispatch event: %v", queued)
+	}
+	t.Logf("%d queue messages for 51 dispatches", len(msgs))
+	b.checkState(t, run, fold(t, run, log))
+}
+
+// A random DAG driven to its end through the real scripts, with feed
+// pointers duplicated and projectors taking turns: every decision is in
+// the log once, the state hash equals the fold, and queue messages match
+// the dispatches.
+func TestProjectRandomRunsWithDuplicatedFeed(t *testing.T) {
+	t.Parallel()
+	b := setupLive(t)
+	ps := []*projector.Projector{b.projector(t, "p1"), b.projector(t, "p2")}
+	for seed := range uint64(12) {
+		t.Run("seed "+strconv.FormatUint(seed, 10), func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(seed, 7))
+			s := newSim(t, seed)
+			specs := s.randomSpecs("t", rng.IntN(12)+1, nil)
+			for i := range specs {
+				specs[i].MaxAttempts = 2
+			}
+			run := b.submit(t, specs...)
+			for step := 0; ; step++ {
+				if step > 1000 {
+					t.Fatal("the run did not end")
+				}
+				for range rng.IntN(3) + 1 {
+					if err := ps[rng.IntN(len(ps))].Project(b.ctx, run); err != nil {
+						t.Fatal(err)
+					}
+				}
+				st, err := b.rdb.HGet(b.ctx, b.db.K.RunState(run), rdb.FieldRunStatus).Result()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if st != "running" {
+					break
+				}
+				for id, rec := range b.records(t, run) {
+					if rec.Status == "dispatched" && rng.IntN(3) > 0 {
+						b.run(t, run, id, "w"+strconv.Itoa(rng.IntN(3)), rng.IntN(4) > 0)
+					}
+				}
+			}
+			log := b.log(t, run)
+			for k, n := range decisionKeys(log) {
+				if n != 1 {
+					t.Errorf("%s appended %d times", k, n)
+				}
+			}
+			r := fold(t, run, log)
+			if !r.Status.Terminal() {
+				t.Fatalf("run %s", r.Status)
+			}
+			b.checkState(t, run, r)
+		})
+	}
+}
+
+func TestProjectRejectsAnUndecodableLog(t *testing.T) {
+	t.Parallel()
+	b := setupLive(t)
+	run := b.submit(t, spec("a"))
+	p := b.projector(t, "p1")
+	if err := p.Project(b.ctx, run); err != nil {
+		t.Fatal(err)
+	}
+	n := len(b.log(t, run))
+	if err := b.rdb.XAdd(b.ctx, &redis.XAddArgs{Stream: b.db.K.RunLog(run), Values: []any{"id", "x", "t", "task_claimed", "v", "99", "k", "a", "a", "1", "e", "1", "w", "w", "ts", "1", "b", ""}}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []*projector.Projector{p, b.projector(t, "p2")} {
+		err := p.Project(b.ctx, run)
+		if !errors.Is(err, events.ErrUnknownVersion) {
+			t.Fatalf("Project error = %v, want ErrUnknownVersion", err)
+		}
+	}
+	msgs, err := b.rdb.XLen(b.ctx, b.db.K.RunLog(run)).Result()
+	if err != nil || int(msgs) != n+1 {
+		t.Errorf("log length %d (%v), want %d: nothing may be appended behind an undecodable event", msgs, err, n+1)
+	}
+}
+
+// Run consumes the feed and stops, with every goroutine, when its context
+// ends (goleak checks the latter in TestMain).
+func TestRunProjectsFromTheFeedAndStops(t *testing.T) {
+	t.Parallel()
+	b := setupLive(t)
+	p := b.projector(t, "p1")
+	ctx, cancel := context.WithCancel(b.ctx)
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	run := b.submit(t, spec("a"))
+	// Block on the run's log until the projector's dispatch appears.
+	last := "0"
+	for dispatched := false; !dispatched; {
+		res, err := b.rdb.XRead(b.ctx, &redis.XReadArgs{Streams: []string{b.db.K.RunLog(run), last}, Block: 10 * time.Second}).Result()
+		if err != nil {
+			t.Fatalf("waiting for task_dispatched: %v", err)
+		}
+		for _, m := range res[0].Messages {
+			last = m.ID
+			dispatched = dispatched || m.Values[events.FieldType] == string(events.TaskDispatched)
+		}
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run = %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Run did not return after cancel")
+	}
+}
+
+func TestNewValidatesConfig(t *testing.T) {
+	t.Parallel()
+	_, err := projector.New(projector.Config{Namespace: "bad ns", Partitions: []int{-1, rdb.DefaultFeedPartitions}})
+	if err == nil {
+		t.Fatal("New accepted an invalid config")
+	}
+	for _, want := range []string{"Config.Redis is required", "invalid namespace", "partition -1", "partition " + strconv.Itoa(rdb.DefaultFeedPartitions)} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not mention %q", err, want)
+		}
+	}
+}
+
+// An operator's requeue (graflow dlq requeue) may land between a
+// projector's Decide and its commit. The decisions computed before it (skip
+// the dependents of the failed task, or end the run as failed) must not
+// swallow the requeue: the requeued task runs again, the tasks behind it
+// run, and the run succeeds.
+func TestRequeueBetweenDecideAndCommit(t *testing.T) {
+	t.Parallel()
+	for name, specs := range map[string][]events.TaskSpec{
+		"the run_failed decision": {spec("a")},
+		"a task_skipped decision": {spec("a"), spec("b", "a")},
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			b := setupLive(t)
+			run := b.submit(t, specs...)
+			p := b.projector(t, "p1")
+			if err := p.Project(b.ctx, run); err != nil {
+				t.Fatal(err)
+			}
+			cr, err := b.db.Claim(b.ctx, rdb.ClaimArgs{Run: run, Task: "a", Worker: "w", Attempt: 1, EventID: ulid.Make().String(), TimeMS: 1})
+			if err != nil || cr.Outcome != rdb.ClaimOK {
+				t.Fatalf("claim: %+v %v", cr, err)
+			}
+			if _, err := b.db.Finish(b.ctx, rdb.FinishArgs{Run: run, Task: "a", Worker: "w", Attempt: 1, Epoch: cr.Epoch,
+				EventID: ulid.Make().String(), RejectID: ulid.Make().String(), TimeMS: 2, Type: events.TaskFailed, Status: "failed",
+				Body: events.Event{}.WithBody(events.TaskFailedBody{Error: "boom", Kind: events.FailureError, Final: true}).Body}); err != nil {
+				t.Fatal(err)
+			}
+
+			// A projector's step, cut between Decide and Commit.
+			r := fold(t, run, b.log(t, run))
+			cursor, err := b.rdb.HGet(b.ctx, b.db.K.RunState(run), rdb.FieldRunCursor).Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			decisions := projector.Decide(r, 0, nil)
+			records := map[string]string{}
+			for i := range decisions {
+				d := &decisions[i]
+				d.ID, d.Worker, d.Version = ulid.Make().String(), "p1", events.CurrentVersion
+				switch d.Type {
+				case events.TaskSkipped:
+					records[d.Task] = rdb.Record{Status: "skipped"}.String()
+				case events.RunFailed:
+					records[rdb.FieldRunStatus] = "failed"
+				default:
+					t.Fatalf("unexpected decision %s %s", d.Type, d.Task)
+				}
+			}
+			if err := b.db.Requeue(b.ctx, run, "a", "operator", ulid.Make().String(), 3,
+				events.Event{}.WithBody(events.TaskRequeuedBody{Cause: "operator"}).Body); err != nil {
+				t.Fatal(err)
+			}
+			res, err := b.db.Commit(b.ctx, run, rdb.Commit{Expected: cursor, FoldedTo: r.LastSeq, Writer: "p1", TimeMS: 4,
+				Events: decisions, Records: records})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("commit of %v after the requeue: conflict=%v caughtUp=%v", decisionKeys(decisions), res.Conflict, res.CaughtUp)
+
+			// The projectors and a worker carry on.
+			for step := 0; ; step++ {
+				if step > 20 {
+					t.Fatalf("the run did not end: records %v", b.records(t, run))
+				}
+				if err := b.projector(t, fmt.Sprintf("p%d", step+2)).Project(b.ctx, run); err != nil {
+					t.Fatal(err)
+				}
+				st, err := b.rdb.HGet(b.ctx, b.db.K.RunState(run), rdb.FieldRunStatus).Result()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if st != "running" {
+					break
+				}
+				progressed := false
+				for id, rec := range b.records(t, run) {
+					if rec.Status == "dispatched" {
+						b.run(t, run, id, "w2", true)
+						progressed = true
+					}
+				}
+				if !progressed {
+					t.Fatalf("run %s is stuck: records %v", st, b.records(t, run))
+				}
+			}
+			final := fold(t, run, b.log(t, run))
+			for _, task := range final.Tasks {
+				if task.Status != projector.TaskSucceeded {
+					t.Errorf("task %s ended %s (attempt %d), want succeeded after the requeue", task.Spec.ID, task.Status, task.Attempt)
+				}
+			}
+			if final.Status != projector.RunSucceeded {
+				t.Errorf("run ended %s, want succeeded", final.Status)
+			}
+			b.checkState(t, run, final)
+		})
+	}
+}

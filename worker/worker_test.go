@@ -1,0 +1,770 @@
+package worker_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/graflow-go/graflow/events"
+	"github.com/graflow-go/graflow/internal/rdb"
+	"github.com/graflow-go/graflow/internal/redistest"
+	"github.com/graflow-go/graflow/projector"
+	"github.com/graflow-go/graflow/scheduler"
+	"github.com/graflow-go/graflow/worker"
+	"github.com/oklog/ulid/v2"
+	"github.com/redis/go-redis/v9"
+	"github.com/rs/zerolog"
+)
+
+const waitTimeout = 30 * time.Second
+
+type bundle struct {
+	c     *redis.Client
+	ns    string
+	db    rdb.DB
+	ctx   context.Context
+	sched *scheduler.Scheduler
+}
+
+// setup gives a test a namespace with a running projector (stopped and
+// waited for at cleanup).
+func setup(t *testing.T) bundle {
+	t.Helper()
+	c := redistest.Client(t)
+	ns := redistest.Namespace(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*waitTimeout)
+	t.Cleanup(cancel)
+	s, err := scheduler.New(scheduler.Config{Redis: c, Namespace: ns})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := projector.New(projector.Config{Redis: c, Namespace: ns, ID: "p", FeedBlock: 100 * time.Millisecond,
+		RetryInitial: time.Millisecond, RetryMax: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pctx, stop := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = p.Run(pctx) }()
+	t.Cleanup(func() { stop(); <-done })
+	return bundle{c: c, ns: ns, db: rdb.New(c, ns), ctx: ctx, sched: s}
+}
+
+func (b bundle) config(id string) worker.Config {
+	return worker.Config{Redis: b.c, Namespace: b.ns, ID: id, FetchBlock: 100 * time.Millisecond, Lease: 10 * time.Second}
+}
+
+// running is a worker started by start.
+type running struct {
+	w    *worker.Worker
+	stop context.CancelFunc
+	done chan struct{} // closed when Run returned
+	err  error         // what Run returned, once done is closed
+}
+
+// wait stops the worker and waits for Run to return.
+func (r *running) wait(t *testing.T) {
+	t.Helper()
+	r.stop()
+	select {
+	case <-r.done:
+		if r.err != nil {
+			t.Errorf("Run = %v", r.err)
+		}
+	case <-time.After(waitTimeout):
+		t.Fatal("Run did not return after its context was cancelled")
+	}
+}
+
+// start runs a worker with the given handlers until the test ends.
+func (b bundle) start(t *testing.T, cfg worker.Config, handlers map[string]worker.HandlerFunc) *running {
+	t.Helper()
+	w, err := worker.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, h := range handlers {
+		w.Handle(name, h)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	r := &running{w: w, stop: stop, done: make(chan struct{})}
+	go func() {
+		defer close(r.done)
+		r.err = w.Run(ctx)
+	}()
+	t.Cleanup(func() {
+		stop()
+		select {
+		case <-r.done:
+		case <-time.After(waitTimeout):
+			t.Error("Run did not return at cleanup")
+		}
+	})
+	return r
+}
+
+func (b bundle) submit(t *testing.T, specs ...events.TaskSpec) string {
+	t.Helper()
+	run, _, err := b.sched.Submit(b.ctx, events.RunSubmittedBody{Workflow: "w", Tasks: specs}, scheduler.SubmitOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return run
+}
+
+// waitFor blocks on run's log until an event matching match appears after
+// entry id after; it returns that event.
+func (b bundle) waitFor(t *testing.T, run, after string, match func(events.Event) bool) events.Event {
+	t.Helper()
+	for {
+		res, err := b.c.XRead(b.ctx, &redis.XReadArgs{Streams: []string{b.db.K.RunLog(run), after}, Block: waitTimeout}).Result()
+		if err != nil {
+			t.Fatalf("waiting on the log of run %s: %v", run, err)
+		}
+		for _, m := range res[0].Messages {
+			after = m.ID
+			e, err := events.Decode(run, m.ID, m.Values)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if match(e) {
+				return e
+			}
+		}
+	}
+}
+
+func isType(types ...events.Type) func(events.Event) bool {
+	return func(e events.Event) bool {
+		for _, typ := range types {
+			if e.Type == typ {
+				return true
+			}
+		}
+		return false
+	}
+}
+
+// waitEnd waits for the run to end and returns its log and folded state.
+func (b bundle) waitEnd(t *testing.T, run string) ([]events.Event, *projector.Run) {
+	t.Helper()
+	b.waitFor(t, run, "0", isType(events.RunSucceeded, events.RunFailed, events.RunCancelled))
+	return b.fold(t, run)
+}
+
+func (b bundle) fold(t *testing.T, run string) ([]events.Event, *projector.Run) {
+	t.Helper()
+	msgs, err := b.c.XRange(b.ctx, b.db.K.RunLog(run), "-", "+").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := projector.NewRun(run)
+	var log []events.Event
+	for _, m := range msgs {
+		e, err := events.Decode(run, m.ID, m.Values)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := projector.Apply(r, e); err != nil {
+			t.Fatal(err)
+		}
+		log = append(log, e)
+	}
+	return log, r
+}
+
+func only(log []events.Event, typ events.Type, task string) []events.Event {
+	var out []events.Event
+	for _, e := range log {
+		if e.Type == typ && (task == "" || e.Task == task) {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+func failure(t *testing.T, e events.Event) events.TaskFailedBody {
+	t.Helper()
+	var b events.TaskFailedBody
+	if err := e.DecodeBody(&b); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func recv(t *testing.T, ch <-chan string, what string) string {
+	t.Helper()
+	select {
+	case s := <-ch:
+		return s
+	case <-time.After(waitTimeout):
+		t.Fatalf("timed out waiting for %s", what)
+		return ""
+	}
+}
+
+func TestConcurrencyLimitIsRespected(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	const limit, tasks = 3, 10
+	var inFlight, maxInFlight atomic.Int64
+	entered := make(chan string, tasks)
+	release := make(chan struct{})
+	cfg := b.config("w")
+	cfg.Concurrency = limit
+	b.start(t, cfg, map[string]worker.HandlerFunc{
+		"block": func(ctx context.Context, task *worker.Task) (any, error) {
+			n := inFlight.Add(1)
+			defer inFlight.Add(-1)
+			for m := maxInFlight.Load(); n > m && !maxInFlight.CompareAndSwap(m, n); m = maxInFlight.Load() {
+			}
+			entered <- task.ID
+			select {
+			case <-release:
+				return task.ID, nil
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		},
+	})
+	var specs []events.TaskSpec
+	for i := range tasks {
+		specs = append(specs, events.TaskSpec{ID: fmt.Sprintf("t%d", i), Handler: "block"})
+	}
+	run := b.submit(t, specs...)
+	// Fill every slot, then let one task out per task that comes in: a
+	// worker starting more than `limit` would show in maxInFlight.
+	for range limit {
+		recv(t, entered, "a task to start")
+	}
+	for i := limit; i < tasks; i++ {
+		release <- struct{}{}
+		recv(t, entered, "the next task to start after one finished")
+	}
+	for range limit {
+		release <- struct{}{}
+	}
+	_, r := b.waitEnd(t, run)
+	if r.Status != projector.RunSucceeded {
+		t.Fatalf("run %s", r.Status)
+	}
+	if got := maxInFlight.Load(); got != limit {
+		t.Errorf("at most %d handlers ran at once, want exactly the limit %d", got, limit)
+	}
+}
+
+func TestPermanentErrorsAreNotRetried(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	var permanentCalls, transientCalls atomic.Int64
+	b.start(t, b.config("w"), map[string]worker.HandlerFunc{
+		"permanent": func(ctx context.Context, task *worker.Task) (any, error) {
+			permanentCalls.Add(1)
+			return nil, worker.Permanent(errors.New("bad input"))
+		},
+		"transient": func(ctx context.Context, task *worker.Task) (any, error) {
+			transientCalls.Add(1)
+			return nil, fmt.Errorf("attempt %d of %d failed", task.Attempt, task.MaxAttempts)
+		},
+	})
+	run := b.submit(t,
+		events.TaskSpec{ID: "p", Handler: "permanent", MaxAttempts: 3},
+		events.TaskSpec{ID: "r", Handler: "transient", MaxAttempts: 2})
+	log, r := b.waitEnd(t, run)
+	if r.Status != projector.RunFailed {
+		t.Fatalf("run %s", r.Status)
+	}
+
+	fails := only(log, events.TaskFailed, "p")
+	if permanentCalls.Load() != 1 || len(fails) != 1 || len(only(log, events.TaskRetryScheduled, "p")) != 0 {
+		t.Fatalf("permanent: %d calls, %d task_failed, %d retries; want 1, 1, 0",
+			permanentCalls.Load(), len(fails), len(only(log, events.TaskRetryScheduled, "p")))
+	}
+	if f := failure(t, fails[0]); !f.Final || f.Kind != events.FailureError || f.Error != "bad input" {
+		t.Errorf("permanent failure body %+v", f)
+	}
+	if r.Task("p").Status != projector.TaskFailed || r.Task("p").Attempt != 1 {
+		t.Errorf("p: %s attempt %d", r.Task("p").Status, r.Task("p").Attempt)
+	}
+
+	fails = only(log, events.TaskFailed, "r")
+	if transientCalls.Load() != 2 || len(fails) != 2 {
+		t.Fatalf("transient: %d calls, %d task_failed; want 2, 2", transientCalls.Load(), len(fails))
+	}
+	if f := failure(t, fails[0]); f.Final {
+		t.Errorf("attempt 1 of 2 recorded as final: %+v", f)
+	}
+	if f := failure(t, fails[1]); !f.Final || f.Error != "attempt 2 of 2 failed" {
+		t.Errorf("attempt 2 of 2: %+v", f)
+	}
+}
+
+func TestPanicsBecomeFailures(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.start(t, b.config("w"), map[string]worker.HandlerFunc{
+		"panic": func(ctx context.Context, task *worker.Task) (any, error) { panic("kaboom") },
+		"ok":    func(ctx context.Context, task *worker.Task) (any, error) { return "fine", nil },
+	})
+	run := b.submit(t, events.TaskSpec{ID: "p", Handler: "panic"}, events.TaskSpec{ID: "after", Handler: "ok"})
+	log, r := b.waitEnd(t, run)
+	fails := only(log, events.TaskFailed, "p")
+	if len(fails) != 1 {
+		t.Fatalf("%d task_failed for p", len(fails))
+	}
+	if f := failure(t, fails[0]); f.Kind != events.FailurePanic || !strings.Contains(f.Error, "kaboom") || !f.Final {
+		t.Errorf("failure %+v, want kind panic mentioning kaboom", f)
+	}
+	if r.Task("after").Status != projector.TaskSucceeded {
+		t.Errorf("the worker did not survive the panic: after is %s", r.Task("after").Status)
+	}
+}
+
+func TestUnknownHandlerFails(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.start(t, b.config("w-unknown"), map[string]worker.HandlerFunc{
+		"ok": func(ctx context.Context, task *worker.Task) (any, error) { return nil, nil },
+	})
+	run := b.submit(t, events.TaskSpec{ID: "x", Handler: "etl.missing"})
+	log, r := b.waitEnd(t, run)
+	fails := only(log, events.TaskFailed, "x")
+	if len(fails) != 1 {
+		t.Fatalf("%d task_failed", len(fails))
+	}
+	f := failure(t, fails[0])
+	if f.Kind != events.FailureUnknown || !strings.Contains(f.Error, `"etl.missing"`) || !strings.Contains(f.Error, "w-unknown") {
+		t.Errorf("failure %+v, want kind unknown_handler naming the handler and the worker", f)
+	}
+	if r.Status != projector.RunFailed {
+		t.Errorf("run %s", r.Status)
+	}
+}
+
+func TestResultsThatCannotBeStoredFailPermanently(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	var calls atomic.Int64
+	cfg := b.config("w")
+	cfg.MaxResultBytes = 64
+	b.start(t, cfg, map[string]worker.HandlerFunc{
+		"big": func(ctx context.Context, task *worker.Task) (any, error) {
+			calls.Add(1)
+			return strings.Repeat("x", 100), nil
+		},
+		"unencodable": func(ctx context.Context, task *worker.Task) (any, error) {
+			calls.Add(1)
+			return map[string]any{"ch": make(chan int)}, nil
+		},
+		"fits": func(ctx context.Context, task *worker.Task) (any, error) { return strings.Repeat("x", 62), nil },
+	})
+	run := b.submit(t,
+		events.TaskSpec{ID: "big", Handler: "big", MaxAttempts: 3},
+		events.TaskSpec{ID: "unencodable", Handler: "unencodable", MaxAttempts: 3},
+		events.TaskSpec{ID: "fits", Handler: "fits"})
+	log, r := b.waitEnd(t, run)
+	if calls.Load() != 2 {
+		t.Errorf("%d calls of the failing handlers, want 2 (no retries)", calls.Load())
+	}
+	for task, want := range map[string]string{"big": "exceeds the limit of 64", "unencodable": "encode result"} {
+		fails := only(log, events.TaskFailed, task)
+		if len(fails) != 1 {
+			t.Fatalf("%s: %d task_failed", task, len(fails))
+		}
+		if f := failure(t, fails[0]); !f.Final || !strings.Contains(f.Error, want) {
+			t.Errorf("%s: failure %+v, want a final failure mentioning %q", task, f, want)
+		}
+	}
+	if got := string(r.Task("fits").Result); got != `"`+strings.Repeat("x", 62)+`"` {
+		t.Errorf("a 64-byte result was not stored: %q", got)
+	}
+}
+
+func TestTimeoutCancelsTheHandler(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	causes := make(chan string, 1)
+	b.start(t, b.config("w"), map[string]worker.HandlerFunc{
+		"hang": func(ctx context.Context, task *worker.Task) (any, error) {
+			<-ctx.Done()
+			causes <- fmt.Sprint(ctx.Err())
+			return nil, ctx.Err()
+		},
+	})
+	run := b.submit(t, events.TaskSpec{ID: "slow", Handler: "hang", TimeoutMS: 50})
+	log, r := b.waitEnd(t, run)
+	if got := recv(t, causes, "the handler to see its context end"); got != context.DeadlineExceeded.Error() {
+		t.Errorf("handler ctx.Err() = %s, want deadline exceeded", got)
+	}
+	timeouts := only(log, events.TaskTimedOut, "slow")
+	if len(timeouts) != 1 || len(only(log, events.TaskFailed, "slow")) != 0 {
+		t.Fatalf("%d task_timed_out, %d task_failed; want 1, 0", len(timeouts), len(only(log, events.TaskFailed, "slow")))
+	}
+	if f := failure(t, timeouts[0]); f.Kind != events.FailureTimeout || !f.Final || !strings.Contains(f.Error, "timed out after 50ms") {
+		t.Errorf("timeout body %+v", f)
+	}
+	if r.Task("slow").Status != projector.TaskFailed {
+		t.Errorf("slow is %s", r.Task("slow").Status)
+	}
+}
+
+// syncWriter lets a test wait for a log message.
+type syncWriter struct {
+	mu    sync.Mutex
+	buf   bytes.Buffer
+	match string
+	seen  chan struct{}
+	once  sync.Once
+}
+
+func (w *syncWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if bytes.Contains(p, []byte(w.match)) {
+		w.once.Do(func() { close(w.seen) })
+	}
+	return w.buf.Write(p)
+}
+
+func TestRunDrainsInFlightTasksOnCancel(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	entered := make(chan string, 2)
+	release := map[string]chan struct{}{"a": make(chan struct{}), "b": make(chan struct{})}
+	draining := &syncWriter{match: "worker draining", seen: make(chan struct{})}
+	logger := zerolog.New(draining)
+	cfg := b.config("w")
+	cfg.Concurrency, cfg.Logger = 2, &logger
+	r := b.start(t, cfg, map[string]worker.HandlerFunc{
+		"hold": func(ctx context.Context, task *worker.Task) (any, error) {
+			entered <- task.ID
+			<-release[task.ID] // not ctx: drain lets handlers finish
+			return task.ID + " done", ctx.Err()
+		},
+	})
+	run := b.submit(t, events.TaskSpec{ID: "a", Handler: "hold"}, events.TaskSpec{ID: "b", Handler: "hold"})
+	recv(t, entered, "the first task to start")
+	recv(t, entered, "the second task to start")
+	r.stop()
+	select {
+	case <-draining.seen:
+	case <-time.After(waitTimeout):
+		t.Fatal("the worker did not start draining")
+	}
+	close(release["a"])
+	b.waitFor(t, run, "0", func(e events.Event) bool { return e.Type == events.TaskSucceeded && e.Task == "a" })
+	select {
+	case <-r.done:
+		t.Fatalf("Run returned (%v) while task b was still running", r.err)
+	default:
+	}
+	close(release["b"])
+	r.wait(t)
+	log, _ := b.fold(t, run)
+	for _, task := range []string{"a", "b"} {
+		if len(only(log, events.TaskSucceeded, task)) != 1 {
+			t.Errorf("task %s has no accepted result after the drain", task)
+		}
+	}
+	if n, _ := b.c.SIsMember(b.ctx, b.db.K.Workers(), "w").Result(); n {
+		t.Error("the drained worker is still registered")
+	}
+}
+
+func TestDrainTimeoutHandsTasksBack(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	entered := make(chan string, 1)
+	cfg := b.config("w-drain")
+	cfg.DrainTimeout = 10 * time.Millisecond
+	r := b.start(t, cfg, map[string]worker.HandlerFunc{
+		"stuck": func(ctx context.Context, task *worker.Task) (any, error) {
+			entered <- task.ID
+			<-ctx.Done()
+			return nil, context.Cause(ctx)
+		},
+	})
+	run := b.submit(t, events.TaskSpec{ID: "s", Handler: "stuck"})
+	recv(t, entered, "the task to start")
+	r.wait(t)
+	log, state := b.fold(t, run)
+	back := only(log, events.TaskReclaimed, "s")
+	if len(back) != 1 {
+		t.Fatalf("%d task_reclaimed after the drain timeout, want 1", len(back))
+	}
+	var body events.TaskReclaimedBody
+	if err := back[0].DecodeBody(&body); err != nil {
+		t.Fatal(err)
+	}
+	if body.From != "w-drain" || body.Reason != "handed back" {
+		t.Errorf("task_reclaimed body %+v", body)
+	}
+	if len(only(log, events.TaskFailed, "s"))+len(only(log, events.TaskSucceeded, "s")) != 0 {
+		t.Error("a handed-back task recorded an outcome")
+	}
+	if st := state.Task("s"); st.Status != projector.TaskDispatched || st.Attempt != 1 {
+		t.Errorf("s is %s attempt %d, want dispatched attempt 1", st.Status, st.Attempt)
+	}
+	// Another worker finishes it from the fresh queue message.
+	b.start(t, b.config("w-next"), map[string]worker.HandlerFunc{
+		"stuck": func(ctx context.Context, task *worker.Task) (any, error) { return "ok", nil },
+	})
+	if _, r := b.waitEnd(t, run); r.Status != projector.RunSucceeded || r.Task("s").Owner != "w-next" {
+		t.Errorf("run %s, s owned by %q", r.Status, r.Task("s").Owner)
+	}
+}
+
+// A worker whose claim was taken over learns it at its next heartbeat: the
+// handler's context is cancelled and nothing it reports is accepted.
+func TestLostLeaseCancelsTheHandler(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	entered := make(chan string, 1)
+	causes := make(chan string, 1)
+	cfg := b.config("w-old")
+	cfg.HeartbeatInterval = 10 * time.Millisecond
+	b.start(t, cfg, map[string]worker.HandlerFunc{
+		"long": func(ctx context.Context, task *worker.Task) (any, error) {
+			entered <- task.ID
+			<-ctx.Done()
+			causes <- context.Cause(ctx).Error()
+			return "late result", nil
+		},
+	})
+	run := b.submit(t, events.TaskSpec{ID: "t", Handler: "long"})
+	recv(t, entered, "the task to start")
+	// Another worker takes the claim over, as the reclaimer would.
+	cr, err := b.db.Claim(b.ctx, rdb.ClaimArgs{Run: run, Task: "t", Worker: "thief", Attempt: 1, EventID: ulid.Make().String(),
+		TimeMS: 1, Reclaim: true, Deliveries: 2, ReclaimEventID: ulid.Make().String()})
+	if err != nil || cr.Outcome != rdb.ClaimOK {
+		t.Fatalf("takeover claim = %+v, %v", cr, err)
+	}
+	if got := recv(t, causes, "the handler to be cancelled"); !strings.Contains(got, "lease lost") {
+		t.Errorf("handler cancelled with %q, want the lease-lost cause", got)
+	}
+	b.waitFor(t, run, "0", func(e events.Event) bool {
+		return e.Type == events.ResultRejected && e.Worker == "w-old"
+	})
+	log, r := b.fold(t, run)
+	if len(only(log, events.TaskSucceeded, "t")) != 0 {
+		t.Error("the old owner's result was accepted")
+	}
+	if st := r.Task("t"); st.Status != projector.TaskRunning || st.Owner != "thief" || st.Epoch != cr.Epoch {
+		t.Errorf("t is %s owned by %s at epoch %d, want running by thief at %d", st.Status, st.Owner, st.Epoch, cr.Epoch)
+	}
+}
+
+func TestHandlersSeeTheirInputs(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	type seen struct {
+		Run, ID, Handler string
+		Attempt, Max     int
+		Args, Input      string
+		Upstream         map[string]string
+	}
+	got := make(chan seen, 1)
+	b.start(t, b.config("w"), map[string]worker.HandlerFunc{
+		"first": func(ctx context.Context, task *worker.Task) (any, error) { return map[string]int{"n": 7}, nil },
+		"second": func(ctx context.Context, task *worker.Task) (any, error) {
+			s := seen{Run: task.Run, ID: task.ID, Handler: task.Handler, Attempt: task.Attempt, Max: task.MaxAttempts,
+				Args: string(task.Args), Input: string(task.Input), Upstream: map[string]string{}}
+			for k, v := range task.Upstream {
+				s.Upstream[k] = string(v)
+			}
+			var up struct{ N int }
+			if err := task.BindUpstream("a", &up); err != nil || up.N != 7 {
+				return nil, fmt.Errorf("BindUpstream: %v %+v", err, up)
+			}
+			if err := task.BindUpstream("zz", &up); err == nil {
+				return nil, errors.New("BindUpstream of a non-dependency succeeded")
+			}
+			got <- s
+			return nil, nil
+		},
+	})
+	run, _, err := b.sched.Submit(b.ctx, events.RunSubmittedBody{Workflow: "w", Input: json.RawMessage(`{"in":1}`), Tasks: []events.TaskSpec{
+		{ID: "a", Handler: "first"},
+		{ID: "b", Handler: "second", Deps: []string{"a"}, MaxAttempts: 2, Args: json.RawMessage(`{"x":true}`)},
+	}}, scheduler.SubmitOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var s seen
+	select {
+	case s = <-got:
+	case <-time.After(waitTimeout):
+		log, _ := b.fold(t, run)
+		t.Fatalf("task b never reported what it saw; log: %v", log)
+	}
+	want := seen{Run: run, ID: "b", Handler: "second", Attempt: 1, Max: 2, Args: `{"x":true}`, Input: `{"in":1}`,
+		Upstream: map[string]string{"a": `{"n":7}`}}
+	if fmt.Sprint(s) != fmt.Sprint(want) {
+		t.Errorf("handler saw %+v, want %+v", s, want)
+	}
+	if _, r := b.waitEnd(t, run); r.Status != projector.RunSucceeded {
+		t.Errorf("run %s: %s", r.Status, r.Cause)
+	}
+}
+
+func TestPermanent(t *testing.T) {
+	t.Parallel()
+	base := errors.New("base")
+	err := worker.Permanent(fmt.Errorf("wrapped: %w", base))
+	if !errors.Is(err, worker.ErrPermanent) || !errors.Is(err, base) || err.Error() != "wrapped: base" {
+		t.Errorf("Permanent: Is(ErrPermanent)=%v Is(base)=%v msg=%q", errors.Is(err, worker.ErrPermanent), errors.Is(err, base), err)
+	}
+	if worker.Permanent(nil) != nil {
+		t.Error("Permanent(nil) != nil")
+	}
+	if errors.Is(base, worker.ErrPermanent) {
+		t.Error("a plain error is permanent")
+	}
+	if outer := fmt.Errorf("ctx: %w", err); !errors.Is(outer, worker.ErrPermanent) {
+		t.Error("a wrapped permanent error is not permanent")
+	}
+}
+
+func TestTaskBindErrorsArePermanent(t *testing.T) {
+	t.Parallel()
+	task := &worker.Task{ID: "t", Args: json.RawMessage(`{"n":"x"}`), Input: json.RawMessage(`[`)}
+	var v struct{ N int }
+	if err := task.BindArgs(&v); !errors.Is(err, worker.ErrPermanent) {
+		t.Errorf("BindArgs = %v, want a permanent error", err)
+	}
+	if err := task.BindInput(&v); !errors.Is(err, worker.ErrPermanent) {
+		t.Errorf("BindInput = %v, want a permanent error", err)
+	}
+	empty := &worker.Task{ID: "t"}
+	v.N = 5
+	if err := empty.BindArgs(&v); err != nil || v.N != 5 {
+		t.Errorf("BindArgs without args = %v, N %d", err, v.N)
+	}
+}
+
+func TestNewValidatesConfig(t *testing.T) {
+	t.Parallel()
+	c := redistest.Client(t)
+	tests := map[string]struct {
+		cfg  worker.Config
+		want string
+	}{
+		"no Redis":                     {worker.Config{ID: "w"}, "Config.Redis is required"},
+		"a bad namespace":              {worker.Config{Redis: c, ID: "w", Namespace: "a b"}, "invalid namespace"},
+		"a bad id":                     {worker.Config{Redis: c, ID: "w 1"}, "invalid ID"},
+		"a bad pool":                   {worker.Config{Redis: c, ID: "w", Pools: []string{"gpu|1"}}, "invalid pool"},
+		"a heartbeat as long as lease": {worker.Config{Redis: c, ID: "w", Lease: time.Second, HeartbeatInterval: time.Second}, "must be shorter than Lease"},
+	}
+	for name, tt := range tests {
+		if _, err := worker.New(tt.cfg); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%s: New = %v, want an error mentioning %q", name, err, tt.want)
+		}
+	}
+	w, err := worker.New(worker.Config{Redis: c})
+	if err != nil {
+		t.Fatalf("New with defaults: %v", err)
+	}
+	if w.ID() == "" {
+		t.Error("no default ID")
+	}
+	w.HandleFunc("b", func(context.Context, *worker.Task) (any, error) { return nil, nil })
+	w.HandleFunc("a", func(context.Context, *worker.Task) (any, error) { return nil, nil })
+	if got := fmt.Sprint(w.Handlers()); got != "[a b]" {
+		t.Errorf("Handlers() = %s", got)
+	}
+}
+
+// abandon makes the task's queue message look like it belongs to a worker
+// that died while running it: read and claimed by "dead", delivered
+// deliveries times, idle for an hour.
+func (b bundle) abandon(t *testing.T, run, task string, deliveries int) {
+	t.Helper()
+	q := b.db.K.Queue("default", 0)
+	if err := b.db.EnsureGroup(b.ctx, q, rdb.GroupWorkers); err != nil {
+		t.Fatal(err)
+	}
+	res, err := b.c.XReadGroup(b.ctx, &redis.XReadGroupArgs{Group: rdb.GroupWorkers, Consumer: "dead", Streams: []string{q, ">"},
+		Count: 1, Block: waitTimeout}).Result()
+	if err != nil || len(res[0].Messages) != 1 {
+		t.Fatalf("read the dispatch: %v %v", res, err)
+	}
+	id := res[0].Messages[0].ID
+	if cr, err := b.db.Claim(b.ctx, rdb.ClaimArgs{Run: run, Task: task, Worker: "dead", Attempt: 1, EventID: ulid.Make().String(), TimeMS: 1}); err != nil || cr.Outcome != rdb.ClaimOK {
+		t.Fatalf("claim as the dead worker: %+v %v", cr, err)
+	}
+	for i := 1; i < deliveries; i++ {
+		if err := b.c.Do(b.ctx, "XCLAIM", q, rdb.GroupWorkers, "dead", 0, id).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.c.Do(b.ctx, "XCLAIM", q, rdb.GroupWorkers, "dead", 0, id, "IDLE", time.Hour.Milliseconds(), "JUSTID").Err(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestReclaimTakesOverADeadWorkersTask(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	run := b.submit(t, events.TaskSpec{ID: "t", Handler: "ok"})
+	b.abandon(t, run, "t", 1)
+	cfg := b.config("rescuer")
+	cfg.ReclaimInterval = 20 * time.Millisecond
+	b.start(t, cfg, map[string]worker.HandlerFunc{
+		"ok": func(ctx context.Context, task *worker.Task) (any, error) { return task.Epoch, nil },
+	})
+	log, r := b.waitEnd(t, run)
+	if r.Status != projector.RunSucceeded {
+		t.Fatalf("run %s", r.Status)
+	}
+	re := only(log, events.TaskReclaimed, "t")
+	if len(re) != 1 {
+		t.Fatalf("%d task_reclaimed", len(re))
+	}
+	var body events.TaskReclaimedBody
+	if err := re[0].DecodeBody(&body); err != nil {
+		t.Fatal(err)
+	}
+	if body.From != "dead" || body.Deliveries != 2 || re[0].Worker != "rescuer" || re[0].Epoch != 2 {
+		t.Errorf("task_reclaimed %+v by %s at epoch %d", body, re[0].Worker, re[0].Epoch)
+	}
+	if st := r.Task("t"); st.Owner != "rescuer" || st.Epoch != 3 || string(st.Result) != "3" {
+		t.Errorf("t: owner %s epoch %d result %s; want rescuer, 3, 3", st.Owner, st.Epoch, st.Result)
+	}
+	if p, err := b.c.XPending(b.ctx, b.db.K.Queue("default", 0), rdb.GroupWorkers).Result(); err != nil || p.Count != 0 {
+		t.Errorf("pending after the rescue: %+v %v", p, err)
+	}
+}
+
+func TestPoisonTaskFailsAndIsDeadLettered(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	run := b.submit(t, events.TaskSpec{ID: "t", Handler: "crash", MaxAttempts: 5})
+	b.abandon(t, run, "t", 4)
+	var calls atomic.Int64
+	cfg := b.config("rescuer")
+	cfg.ReclaimInterval, cfg.PoisonLimit = 20*time.Millisecond, 3
+	b.start(t, cfg, map[string]worker.HandlerFunc{
+		"crash": func(ctx context.Context, task *worker.Task) (any, error) { calls.Add(1); return nil, nil },
+	})
+	log, r := b.waitEnd(t, run)
+	if r.Status != projector.RunFailed || calls.Load() != 0 {
+		t.Fatalf("run %s after %d handler calls; want failed without running the poison task", r.Status, calls.Load())
+	}
+	fails := only(log, events.TaskFailed, "t")
+	if len(fails) != 1 {
+		t.Fatalf("%d task_failed", len(fails))
+	}
+	if f := failure(t, fails[0]); f.Kind != events.FailurePoison || !f.Final || !strings.Contains(f.Error, "delivered 5 times") {
+		t.Errorf("failure %+v", f)
+	}
+	if _, err := b.c.ZScore(b.ctx, b.db.K.DeadLetter(), rdb.DeadLetterMember(run, "t")).Result(); err != nil {
+		t.Errorf("the poison task is not in the dead-letter set: %v", err)
+	}
+}
