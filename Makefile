@@ -51,8 +51,16 @@ lint: ## go vet, and fail if any file needs gofmt
 build: ## Build bin/graflow
 	$(GO) build -o bin/graflow ./cmd/graflow
 
-demo: ## Run the demo workflow with live progress (to be filled in)
-	@echo "not yet"
+demo: ## Run the demo workflow with live progress: installs redis-server if missing, builds bin/graflow, runs graflow dev (flags in DEMO_ARGS)
+	@if ! command -v redis-server >/dev/null 2>&1 && [ ! -x /usr/bin/redis-server ]; then \
+		echo "demo: redis-server not found; installing it with apt-get"; \
+		sudo=""; [ "$$(id -u)" -eq 0 ] || sudo="sudo"; \
+		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server \
+		|| { $$sudo apt-get update && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server; } \
+		|| echo "demo: could not install redis-server; graflow dev falls back to its in-process Redis"; \
+	fi
+	$(GO) build -o bin/graflow ./cmd/graflow
+	./bin/graflow dev $(DEMO_ARGS)
 
 bench: ## Run the benchmarks (to be filled in)
 	@echo "not yet"

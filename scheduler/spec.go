@@ -59,6 +59,9 @@ func ParseSpec(data []byte) (events.RunSubmittedBody, error) {
 	if err := dec.Decode(&f); err != nil {
 		return out, fmt.Errorf("%w: %v", ErrInvalidSpec, err)
 	}
+	if dec.More() {
+		return out, fmt.Errorf("%w: more than one JSON value in the file", ErrInvalidSpec)
+	}
 	out.Workflow, out.Input = f.Workflow, f.Input
 	if string(out.Input) == "null" {
 		out.Input = nil

@@ -104,21 +104,30 @@ func Validate(spec events.RunSubmittedBody, opt ValidateOptions) error {
 			add(ErrPayloadTooLarge, "task %q: args are %d bytes, the limit is %d", t.ID, len(t.Args), opt.MaxPayloadBytes)
 		}
 	}
+	brokenGraph := false
+	for _, p := range probs {
+		if errors.Is(p, ErrInvalidTaskID) || errors.Is(p, ErrDuplicateTask) {
+			brokenGraph = true
+		}
+	}
 	for _, t := range spec.Tasks {
 		seen := map[string]bool{}
 		for _, d := range t.Deps {
 			switch {
 			case index[d] == 0:
 				add(ErrUnknownDependency, "task %q depends on %q, which is not in the workflow", t.ID, d)
+				brokenGraph = true
 			case d == t.ID:
 				add(ErrCycle, "task %q depends on itself", t.ID)
 			case seen[d]:
 				add(ErrDuplicateTask, "task %q lists dependency %q twice", t.ID, d)
+				brokenGraph = true
 			}
 			seen[d] = true
 		}
 	}
-	if len(probs) == 0 {
+	// The cycle search needs every edge to name exactly one task.
+	if !brokenGraph {
 		if cyc := findCycle(spec.Tasks, index); cyc != nil {
 			add(ErrCycle, "%s", strings.Join(cyc, " -> "))
 		}

@@ -17,7 +17,8 @@ import (
 // register adds the worker to the registry set and writes its hash.
 func (w *Worker) register(ctx context.Context) error {
 	host, _ := os.Hostname()
-	pipe := w.cfg.Redis.TxPipeline()
+	// Not MULTI: the set and the hash live in different hash slots.
+	pipe := w.cfg.Redis.Pipeline()
 	pipe.SAdd(ctx, w.db.K.Workers(), w.cfg.ID)
 	pipe.HSet(ctx, w.db.K.Worker(w.cfg.ID),
 		"id", w.cfg.ID,
@@ -52,7 +53,7 @@ func (w *Worker) metrics(ctx context.Context, pipe redis.Pipeliner) {
 func (w *Worker) registryTTL() time.Duration { return w.cfg.Lease + w.cfg.HeartbeatInterval }
 
 func (w *Worker) deregister(ctx context.Context) {
-	pipe := w.cfg.Redis.TxPipeline()
+	pipe := w.cfg.Redis.Pipeline() // two slots: no MULTI
 	pipe.SRem(ctx, w.db.K.Workers(), w.cfg.ID)
 	pipe.Del(ctx, w.db.K.Worker(w.cfg.ID))
 	if _, err := pipe.Exec(ctx); err != nil {

@@ -43,15 +43,31 @@ func (m *Main) flags(name string, c *common) *flag.FlagSet {
 	return fs
 }
 
-// parse parses args, mapping flag errors to usage errors.
+// parse parses args, mapping flag errors to usage errors. Flags may come
+// before or after positional arguments ("submit FILE --wait" works); after
+// "--" everything is positional. Positionals are then fs.Args().
 func parse(fs *flag.FlagSet, args []string) error {
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return withCode(ExitOK, errors.Join(err, errQuiet))
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return withCode(ExitOK, errors.Join(err, errQuiet))
+			}
+			return withCode(ExitUsage, errors.Join(err, errQuiet))
 		}
-		return withCode(ExitUsage, errors.Join(err, errQuiet))
+		rest := fs.Args()
+		if len(rest) == 0 {
+			break
+		}
+		if len(args) > len(rest) && args[len(args)-len(rest)-1] == "--" {
+			pos = append(pos, rest...)
+			break
+		}
+		pos = append(pos, rest[0])
+		args = rest[1:]
 	}
-	return nil
+	// Re-parse nothing but the positionals so fs.Args() returns them.
+	return fs.Parse(append([]string{"--"}, pos...))
 }
 
 // connect opens the Redis named by --redis and checks it answers.
@@ -107,6 +123,11 @@ func redact(u string) string {
 		return u[:scheme+3] + cred[:i] + ":***" + u[at:]
 	}
 	return u
+}
+
+func init() {
+	// Millisecond timestamps in logs (the default is whole seconds).
+	zerolog.TimeFieldFormat = zerolog.TimeFormatUnixMs
 }
 
 func (c *common) logger(w io.Writer) *zerolog.Logger {

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -14,8 +15,8 @@ func init() {
 }
 
 func runDLQ(ctx context.Context, m *Main, args []string) error {
-	if len(args) == 0 {
-		return usagef("dlq needs a subcommand: list, requeue, purge")
+	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
+		return usagef("dlq needs a subcommand: list, requeue RUN TASK, requeue --all, purge RUN TASK, purge --all")
 	}
 	sub, args := args[0], args[1:]
 	var c common

@@ -15,11 +15,14 @@ import (
 	"sort"
 	"strings"
 	"syscall"
+
+	"github.com/redis/go-redis/v9"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	redis.SetLogger(quietLogger{}) // our errors say what failed; go-redis' pool chatter does not help
 	m := NewMain()
 	err := m.Run(ctx, os.Args[1:])
 	os.Exit(m.exitCode(err))
@@ -133,5 +136,9 @@ func (m *Main) usage() {
 	}
 	fmt.Fprintln(m.Stderr, "\nEvery command takes --redis URL (default $REDIS_URL, else redis://127.0.0.1:6379)\nand --namespace NS (default $GRAFLOW_NAMESPACE, else \"graflow\"). \"graflow <command> -h\" for its flags.")
 }
+
+type quietLogger struct{}
+
+func (quietLogger) Printf(context.Context, string, ...any) {}
 
 func trimLower(s string) string { return strings.ToLower(strings.TrimSpace(s)) }

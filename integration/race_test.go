@@ -1,0 +1,6 @@
+//go:build race
+
+package integration
+
+// raceEnabled builds the graflow binary with -race too.
+const raceEnabled = true
