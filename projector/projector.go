@@ -11,6 +11,7 @@ import (
 
 	"github.com/cenkalti/backoff/v4"
 	"github.com/graflow-go/graflow/events"
+	"github.com/graflow-go/graflow/internal/crashpoint"
 	"github.com/graflow-go/graflow/internal/rdb"
 	"github.com/oklog/ulid/v2"
 	"github.com/redis/go-redis/v9"
@@ -427,6 +428,7 @@ func (p *Projector) Project(ctx context.Context, run string) error {
 			}
 			continue
 		}
+		crashpoint.Hit(crashpoint.ProjectorAfterCommit)
 		if res.Outbox > 0 {
 			if err := p.Relay(ctx, run); err != nil {
 				c.run = nil

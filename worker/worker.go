@@ -19,6 +19,7 @@ import (
 
 	"github.com/cenkalti/backoff/v4"
 	"github.com/graflow-go/graflow/events"
+	"github.com/graflow-go/graflow/internal/crashpoint"
 	"github.com/graflow-go/graflow/internal/rdb"
 	"github.com/oklog/ulid/v2"
 	"github.com/redis/go-redis/v9"
@@ -497,6 +498,7 @@ func (w *Worker) process(ctx context.Context, m message) {
 		timeout: time.Duration(cr.Meta.TimeoutMS) * time.Millisecond,
 	}
 	log = log.With().Int64("epoch", t.Epoch).Str("handler", t.Handler).Logger()
+	crashpoint.Hit(crashpoint.WorkerAfterClaim)
 	if m.reclaimed && m.deliveries > int64(w.cfg.PoisonLimit) {
 		log.Error().Int64("deliveries", m.deliveries).Msg("poison task: delivered too often without an outcome; failing it")
 		w.finish(ctx, log, m, t, nil, &poisonError{deliveries: m.deliveries, limit: w.cfg.PoisonLimit}, nil)
@@ -671,6 +673,7 @@ func (w *Worker) finish(ctx context.Context, log zerolog.Logger, m message, t *T
 		log.Error().Err(err).Msg("report outcome failed; the message stays pending for reclaim")
 		return
 	}
+	crashpoint.Hit(crashpoint.WorkerAfterFinish)
 	if runErr == nil {
 		w.processed.Add(1)
 		log.Debug().Msg("task succeeded")
