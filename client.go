@@ -276,3 +276,103 @@ func (c *Client) PurgeDeadLetter(ctx context.Context, run, task string) error {
 func (c *Client) PurgeDeadLetters(ctx context.Context) error {
 	return c.db.C.Del(ctx, c.db.K.DeadLetter(), c.db.K.DeadLetterInfo()).Err()
 }
+
+// RepairReport says what Repair did for one run.
+type RepairReport struct {
+	Run string `json:"run"`
+	// Redispatched lists tasks given a fresh queue message: dispatched
+	// tasks (a duplicate message is dropped at claim) and running tasks
+	// whose owner is no longer a live worker (their claim is released
+	// first, bumping the epoch, so a late result is rejected).
+	Redispatched []string `json:"redispatched,omitempty"`
+	// Skipped is true for runs that are not running.
+	Skipped bool `json:"skipped,omitempty"`
+}
+
+// Repair re-dispatches a running run's tasks from its state, for queue
+// messages lost outside Graflow's control: entries deleted from a queue
+// stream while pending (XTRIM/XDEL by hand; the reclaimer logs them), or a
+// Redis Cluster node that lost its last writes. It also points the feed at
+// the run. Safe to run at any time: duplicates are dropped at claim, and a
+// live claim is never touched.
+func (c *Client) Repair(ctx context.Context, run string) (RepairReport, error) {
+	rep := RepairReport{Run: run}
+	r, err := c.Fold(ctx, run)
+	if err != nil {
+		return rep, err
+	}
+	if r.Status != projector.RunRunning {
+		rep.Skipped = true
+		return rep, nil
+	}
+	live, err := c.liveWorkers(ctx)
+	if err != nil {
+		return rep, err
+	}
+	parked, err := c.db.C.ZRange(ctx, c.db.K.Delayed(), 0, -1).Result()
+	if err != nil {
+		return rep, err
+	}
+	isParked := func(task string, attempt int) bool {
+		for _, p := range parked {
+			if d, err := rdb.ParseDispatch(p); err == nil && d.Run == run && d.Task == task && d.Attempt == attempt {
+				return true
+			}
+		}
+		return false
+	}
+	pipe := c.db.C.Pipeline()
+	for _, t := range r.Tasks {
+		switch {
+		case t.Status == projector.TaskDispatched && !isParked(t.Spec.ID, t.Attempt):
+		case t.Status == projector.TaskRunning && !live[t.Owner]:
+			err := c.db.Release(ctx, run, t.Spec.ID, t.Owner, t.Attempt, t.Epoch, ulid.Make().String(), time.Now().UnixMilli())
+			if err != nil && !errors.Is(err, rdb.ErrStaleClaim) {
+				return rep, err
+			}
+		default:
+			continue
+		}
+		c.db.XAddDispatch(ctx, pipe, rdb.Dispatch{Pool: t.Spec.Pool, Priority: t.Spec.Priority, Run: run, Task: t.Spec.ID, Attempt: t.Attempt})
+		rep.Redispatched = append(rep.Redispatched, t.Spec.ID)
+	}
+	c.db.PointFeed(ctx, pipe, run)
+	_, err = pipe.Exec(ctx)
+	return rep, err
+}
+
+// liveWorkers returns the ids of workers whose registry hash exists.
+func (c *Client) liveWorkers(ctx context.Context) (map[string]bool, error) {
+	ids, err := c.db.C.SMembers(ctx, c.db.K.Workers()).Result()
+	if err != nil {
+		return nil, err
+	}
+	live := map[string]bool{}
+	for _, id := range ids {
+		n, err := c.db.C.Exists(ctx, c.db.K.Worker(id)).Result()
+		if err != nil {
+			return nil, err
+		}
+		live[id] = n == 1
+	}
+	return live, nil
+}
+
+// RunningRuns lists the ids of runs in the index whose state is running.
+func (c *Client) RunningRuns(ctx context.Context) ([]string, error) {
+	ids, err := c.db.C.ZRange(ctx, c.db.K.Runs(), 0, -1).Result()
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, id := range ids {
+		st, err := c.db.C.HGet(ctx, c.db.K.RunState(id), rdb.FieldRunStatus).Result()
+		if err != nil && !errors.Is(err, redis.Nil) {
+			return nil, err
+		}
+		if st == string(projector.RunRunning) {
+			out = append(out, id)
+		}
+	}
+	return out, nil
+}

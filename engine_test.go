@@ -175,3 +175,60 @@ func TestPermanentFailureDeadLettersAndRequeueRunsAgain(t *testing.T) {
 		t.Fatalf("dead letters after requeue = %+v, want none", dls)
 	}
 }
+
+func TestRepairRedispatchesTasksWhoseMessagesWereDeleted(t *testing.T) {
+	t.Parallel()
+	b := setup(t, 0) // a projector, no worker yet
+	wf := graflow.NewWorkflow("repair")
+	wf.Task("only", builtin.Echo).Args(map[string]any{"value": 5})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	run, err := b.client.Submit(ctx, wf, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := rdb.NewKeys(b.ns)
+	// Wait for the dispatch to reach its queue, then lose it the way an
+	// operator's XTRIM would.
+	for last := "0"; ; {
+		res, err := b.rdb.XRead(ctx, &redis.XReadArgs{Streams: []string{k.Queue("default", 0), last}, Block: 5 * time.Second}).Result()
+		if err != nil {
+			t.Fatalf("waiting for the dispatch: %v", err)
+		}
+		if len(res) > 0 && len(res[0].Messages) > 0 {
+			break
+		}
+	}
+	if err := b.rdb.XTrimMaxLen(ctx, k.Queue("default", 0), 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := b.client.Repair(ctx, run)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Redispatched) != 1 || rep.Redispatched[0] != "only" {
+		t.Fatalf("repair = %+v, want task only re-dispatched", rep)
+	}
+	startWorker(t, b, "late")
+	info, err := b.client.Wait(ctx, run)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !info.Succeeded() || string(info.Task("only").Result) != "5" {
+		t.Fatalf("after repair want success with 5, got %+v", info)
+	}
+}
+
+// startWorker runs one more in-process worker until the test ends.
+func startWorker(t *testing.T, b bundle, id string) {
+	t.Helper()
+	w, err := worker.New(worker.Config{Redis: b.rdb, Namespace: b.ns, ID: id, Concurrency: 4, FetchBlock: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	builtin.Register(w)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = w.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+}

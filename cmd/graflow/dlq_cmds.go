@@ -89,3 +89,53 @@ func runDLQ(ctx context.Context, m *Main, args []string) error {
 	}
 	return usagef("unknown dlq subcommand %q: use list, requeue, purge", sub)
 }
+
+func init() {
+	register(&command{name: "repair", summary: "re-dispatch running runs' tasks whose queue messages were lost (RUN... or --all)", run: runRepair})
+}
+
+func runRepair(ctx context.Context, m *Main, args []string) error {
+	var c common
+	fs := m.flags("repair", &c)
+	fs.BoolVar(&c.json, "json", false, "print JSON")
+	all := fs.Bool("all", false, "every running run")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if !*all && fs.NArg() == 0 {
+		return usagef("repair takes run ids, or --all")
+	}
+	cl, r, err := c.client(ctx)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	runs := fs.Args()
+	if *all {
+		if runs, err = cl.RunningRuns(ctx); err != nil {
+			return err
+		}
+	}
+	var reports []graflow.RepairReport
+	for _, run := range runs {
+		rep, err := cl.Repair(ctx, run)
+		if err != nil {
+			return fmt.Errorf("repair %s: %w", run, err)
+		}
+		reports = append(reports, rep)
+		if !c.json {
+			switch {
+			case rep.Skipped:
+				fmt.Fprintf(m.Stdout, "%s: not running, nothing to do\n", run)
+			case len(rep.Redispatched) == 0:
+				fmt.Fprintf(m.Stdout, "%s: nothing lost; feed pointed\n", run)
+			default:
+				fmt.Fprintf(m.Stdout, "%s: re-dispatched %s\n", run, strings.Join(rep.Redispatched, ", "))
+			}
+		}
+	}
+	if c.json {
+		return printJSON(m.Stdout, reports)
+	}
+	return nil
+}
