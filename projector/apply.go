@@ -27,8 +27,8 @@ func Apply(r *Run, e events.Event) error {
 	}
 	if e.Seq != "" {
 		r.LastSeq = e.Seq
+		r.Events++
 	}
-	r.Events++
 	return nil
 }
 
@@ -46,21 +46,26 @@ func apply(r *Run, e events.Event) error {
 		if err := e.DecodeBody(&b); err != nil {
 			return invalid(e, "%v", err)
 		}
+		if err := r.addTasks(e, b.Tasks); err != nil {
+			return err // nothing applied
+		}
 		r.Workflow, r.Input, r.Status = b.Workflow, b.Input, RunRunning
-		return r.addTasks(e, b.Tasks)
+		return nil
 	case events.TasksAdded:
 		var b events.TasksAddedBody
 		if err := e.DecodeBody(&b); err != nil {
 			return invalid(e, "%v", err)
 		}
 		return r.addTasks(e, b.Tasks)
+	// A run ends only once every task is terminal: a duplicate of an end
+	// arriving after a requeue reopened the run changes nothing.
 	case events.RunSucceeded:
-		if r.Status == RunRunning {
+		if r.Status == RunRunning && r.open == 0 && r.fails == 0 {
 			r.Status = RunSucceeded
 		}
 		return nil
 	case events.RunFailed:
-		if r.Status == RunRunning {
+		if r.Status == RunRunning && r.open == 0 && r.fails > 0 {
 			var b events.RunFailedBody
 			if err := e.DecodeBody(&b); err != nil {
 				return invalid(e, "%v", err)
@@ -102,7 +107,7 @@ func apply(r *Run, e events.Event) error {
 		}
 	case events.TaskHeartbeat:
 	case events.TaskSucceeded:
-		if t.Status != TaskRunning || e.Attempt != t.Attempt || e.Epoch != t.Epoch {
+		if t.Status != TaskRunning || e.Attempt != t.Attempt || e.Epoch != t.Epoch || e.Worker != t.Owner {
 			return nil
 		}
 		var b events.TaskSucceededBody
@@ -119,7 +124,7 @@ func apply(r *Run, e events.Event) error {
 			}
 		}
 	case events.TaskFailed, events.TaskTimedOut:
-		if t.Status != TaskRunning || e.Attempt != t.Attempt || e.Epoch != t.Epoch {
+		if t.Status != TaskRunning || e.Attempt != t.Attempt || e.Epoch != t.Epoch || e.Worker != t.Owner {
 			return nil
 		}
 		var b events.TaskFailedBody
@@ -140,16 +145,24 @@ func apply(r *Run, e events.Event) error {
 		}
 		r.skipDependents(t, "dependency "+t.Spec.ID+" failed")
 	case events.TaskSkipped:
-		if t.Status != TaskPending {
+		// Only behind a dead dependency: a duplicate arriving after a
+		// requeue revived the dependency changes nothing.
+		if t.Status != TaskPending || r.depsAlive(t, nil) {
 			return nil
 		}
 		t.Status = TaskSkipped
 		r.open--
 		r.skipDependents(t, "dependency "+t.Spec.ID+" skipped")
 	case events.TaskRequeued:
-		if t.Status != TaskFailed && t.Status != TaskSkipped {
+		// A requeue revives a terminal task, so state alone cannot tell a
+		// duplicate from a second requeue: remember the events applied.
+		if t.Status != TaskFailed && t.Status != TaskSkipped || r.requeues[e.ID] {
 			return nil
 		}
+		if r.requeues == nil {
+			r.requeues = map[string]bool{}
+		}
+		r.requeues[e.ID] = true
 		r.requeue(i)
 	case events.TaskCancelled:
 		if t.Status.Terminal() {
@@ -176,9 +189,15 @@ func (r *Run) requeue(i int) {
 	r.open++
 	t.waiting = 0
 	for _, d := range t.Spec.Deps {
-		if r.Tasks[r.index[d]].Status != TaskSucceeded {
-			t.waiting++
+		switch r.Tasks[r.index[d]].Status {
+		case TaskSucceeded:
+			continue
+		case TaskFailed, TaskSkipped, TaskCancelled:
+			// Requeued behind a dependency that is dead (again): it is
+			// skipped again, or the run would never end.
+			r.skip.push(queueEntry{task: i, cause: "dependency " + d + " " + string(r.Tasks[r.index[d]].Status)})
 		}
+		t.waiting++
 	}
 	if t.waiting == 0 {
 		r.ready.push(queueEntry{task: i})
@@ -220,6 +239,9 @@ func (r *Run) trimQueues() {
 // addTasks appends task specs (already validated at submit time; a spec that
 // is not valid here is an invalid event and nothing of it is applied).
 func (r *Run) addTasks(e events.Event, specs []events.TaskSpec) error {
+	if len(specs) > 0 && r.hasAll(specs) {
+		return nil // the same tasks_added again: a duplicate
+	}
 	seen := map[string]bool{}
 	for _, s := range specs {
 		if _, dup := r.index[s.ID]; dup || seen[s.ID] {
@@ -266,6 +288,40 @@ func (r *Run) addTasks(e events.Event, specs []events.TaskSpec) error {
 		}
 	}
 	return nil
+}
+
+// hasAll reports whether every spec is already in the run, identical.
+func (r *Run) hasAll(specs []events.TaskSpec) bool {
+	for _, s := range specs {
+		i, ok := r.index[s.ID]
+		if !ok {
+			return false
+		}
+		t := r.Tasks[i].Spec
+		if s.Pool == "" {
+			s.Pool = "default"
+		}
+		if s.MaxAttempts < 1 {
+			s.MaxAttempts = 1
+		}
+		if t.Handler != s.Handler || t.Pool != s.Pool || t.Priority != s.Priority || t.MaxAttempts != s.MaxAttempts ||
+			t.TimeoutMS != s.TimeoutMS || string(t.Args) != string(s.Args) || !equalStrings(t.Deps, s.Deps) {
+			return false
+		}
+	}
+	return true
+}
+
+func equalStrings(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
 }
 
 // CompareSeq orders two Redis stream ids ("ms-seq"): -1, 0 or +1.

@@ -171,7 +171,13 @@ func TestApplyTaskTransitions(t *testing.T) {
 			retryScheduled("a", 3), "a", ts{Status: "awaiting_retry", Attempt: 1, Epoch: 1, Owner: "w1", Error: "boom"}},
 		{"retry of a task not awaiting one is ignored",
 			[]events.Event{dispatched("a", 1)}, retryScheduled("a", 2), "a", ts{Status: "dispatched", Attempt: 1}},
-		{"skip of a pending task", nil, skipped("b", "dependency a failed"), "b", ts{Status: "skipped"}},
+		{"skip of a pending task behind a failed dependency",
+			[]events.Event{dispatched("a", 1), claimed("a", 1, 1, "w1"), failed("a", 1, 1, "w1", "boom", true)},
+			skipped("b", "dependency a failed"), "b", ts{Status: "skipped"}},
+		// A skip is only valid behind a dead dependency; one arriving while
+		// every dependency is alive (a duplicate after a requeue revived
+		// it) changes nothing.
+		{"skip of a pending task whose dependencies are alive is ignored", nil, skipped("b", "dependency a failed"), "b", ts{Status: "pending"}},
 		{"skip of a running task is ignored",
 			[]events.Event{dispatched("a", 1), claimed("a", 1, 1, "w1")}, skipped("a", "x"), "a", ts{Status: "running", Attempt: 1, Epoch: 1, Owner: "w1"}},
 		{"cancel of a running task drops its owner",
@@ -239,16 +245,30 @@ func TestApplyRunTransitions(t *testing.T) {
 	}
 	with := func(st projector.RunStatus) rs { s := running; s.Status = st; return s }
 	runFailed := events.Event{Type: events.RunFailed}.WithBody(events.RunFailedBody{Task: "a", Cause: "boom"})
+	// A run ends only once every task is terminal (the projector decides
+	// the end then); these histories get the fixture's tasks there.
+	allSucceeded := []events.Event{
+		dispatched("a", 1), claimed("a", 1, 1, "w"), succeeded("a", 1, 1, "w", `1`),
+		dispatched("b", 1), claimed("b", 1, 1, "w"), succeeded("b", 1, 1, "w", `2`),
+		dispatched("c", 1), claimed("c", 1, 1, "w"), succeeded("c", 1, 1, "w", `3`),
+	}
+	aFailed := []events.Event{
+		dispatched("a", 1), claimed("a", 1, 1, "w"), failed("a", 1, 1, "w", "boom", true), skipped("b", "dependency a failed"),
+		dispatched("c", 1), claimed("c", 1, 1, "w"), succeeded("c", 1, 1, "w", `3`),
+	}
 	tests := []struct {
 		name    string
 		history []events.Event // after run_submitted
 		event   events.Event
 		want    rs
 	}{
-		{"run_succeeded ends the run", nil, events.Event{Type: events.RunSucceeded}, with("succeeded")},
-		{"run_failed ends the run with its cause", nil, runFailed, failedRun("a", "boom")},
+		{"run_succeeded ends the run", allSucceeded, events.Event{Type: events.RunSucceeded}, with("succeeded")},
+		{"run_succeeded while tasks are open is ignored", nil, events.Event{Type: events.RunSucceeded}, running},
+		{"run_succeeded after a failure is ignored", aFailed, events.Event{Type: events.RunSucceeded}, rs{Status: "running", Workflow: "wf", Input: `{"in":1}`, FailedTask: "a", Cause: "boom", Tasks: 3}},
+		{"run_failed ends the run with its cause", aFailed, runFailed, failedRun("a", "boom")},
+		{"run_failed while tasks are open is ignored", nil, runFailed, running},
 		{"run_cancelled ends the run", nil, events.Event{Type: events.RunCancelled}.WithBody(events.RunCancelledBody{Reason: "x"}), with("cancelled")},
-		{"run_failed after run_succeeded is ignored", []events.Event{{Type: events.RunSucceeded}}, runFailed, with("succeeded")},
+		{"run_failed after run_succeeded is ignored", append(append([]events.Event{}, allSucceeded...), events.Event{Type: events.RunSucceeded}), runFailed, with("succeeded")},
 		{"run_succeeded after run_cancelled is ignored", []events.Event{{Type: events.RunCancelled}}, events.Event{Type: events.RunSucceeded}, with("cancelled")},
 		{"a second run_submitted is ignored", nil,
 			events.Event{Type: events.RunSubmitted}.WithBody(events.RunSubmittedBody{Workflow: "other", Tasks: []events.TaskSpec{{ID: "z", Handler: "h"}}}), running},

@@ -29,15 +29,18 @@ func Decide(r *Run, limit int, delay RetryDelayFunc) []events.Event {
 	var out []events.Event
 	full := func() bool { return limit > 0 && len(out) >= limit }
 	seen := map[int]bool{}
+	skipping := map[string]bool{} // decided skipped in this batch: dead
 	for _, q := range r.skip.items[r.skip.head:] {
 		if full() {
 			return out
 		}
 		t := r.Tasks[q.task]
-		if t.Status != TaskPending || seen[q.task] {
+		// Re-check: a requeue may have revived the dependency since.
+		if t.Status != TaskPending || seen[q.task] || r.depsAlive(t, skipping) {
 			continue
 		}
 		seen[q.task] = true
+		skipping[t.Spec.ID] = true
 		out = append(out, events.Event{Run: r.ID, Type: events.TaskSkipped, Task: t.Spec.ID}.
 			WithBody(events.TaskSkippedBody{Cause: q.cause}))
 	}
@@ -46,7 +49,7 @@ func Decide(r *Run, limit int, delay RetryDelayFunc) []events.Event {
 			return out
 		}
 		t := r.Tasks[q.task]
-		if t.Status != TaskSkipped || seen[q.task] || !r.depsAlive(t) {
+		if t.Status != TaskSkipped || seen[q.task] || !r.depsAlive(t, skipping) {
 			continue
 		}
 		seen[q.task] = true
@@ -92,10 +95,13 @@ func Decide(r *Run, limit int, delay RetryDelayFunc) []events.Event {
 	return out
 }
 
-// depsAlive reports whether none of t's dependencies failed or was skipped
-// or cancelled.
-func (r *Run) depsAlive(t *Task) bool {
+// depsAlive reports whether none of t's dependencies failed, was skipped
+// or cancelled, or is being skipped in the batch at hand.
+func (r *Run) depsAlive(t *Task, skipping map[string]bool) bool {
 	for _, d := range t.Spec.Deps {
+		if skipping[d] {
+			return false
+		}
 		switch r.Tasks[r.index[d]].Status {
 		case TaskFailed, TaskSkipped, TaskCancelled:
 			return false

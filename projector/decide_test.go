@@ -341,3 +341,32 @@ func TestDecideRequeue(t *testing.T) {
 	d.succeed("c")
 	d.expect("end", []string{"run_succeeded  0"}, d.commit(0))
 }
+
+// A requeued task that fails again re-skips its dependents. A dependent
+// that was being requeued at the same time (its requeue decided in the same
+// batch as the re-skip in front of it) must end skipped too, or the run
+// never ends: found by TestPropertyEveryRunEnds (seeds 116 and 305).
+func TestDecideRequeuedTaskFailsAgain(t *testing.T) {
+	t.Parallel()
+	d := newDriver(t, spec("a"), spec("b", "a"), spec("c", "b"))
+	d.commit(0)
+	d.claim("a")
+	d.fail("a", "boom", true)
+	d.commit(0) // skip b
+	d.commit(0) // skip c
+	d.expect("end", []string{"run_failed  0 (a: boom)"}, d.commit(0))
+	d.apply(events.Event{Type: events.TaskRequeued, Task: "a", Attempt: 1}.WithBody(events.TaskRequeuedBody{Cause: "operator"}))
+	d.expect("after requeue", []string{"task_requeued b 0", "task_dispatched a 2"}, d.commit(0))
+	d.claim("a")
+	d.fail("a", "boom again", true) // before c's requeue was committed
+	for i := 0; d.r.Status == projector.RunRunning; i++ {
+		if i > 10 {
+			t.Fatalf("the run never ends: a %s, b %s, c %s; Decide = %v",
+				d.r.Task("a").Status, d.r.Task("b").Status, d.r.Task("c").Status, d.decide(0))
+		}
+		d.commit(0)
+	}
+	if d.r.Status != projector.RunFailed || d.r.Task("b").Status != projector.TaskSkipped || d.r.Task("c").Status != projector.TaskSkipped {
+		t.Errorf("run %s, b %s, c %s; want failed, skipped, skipped", d.r.Status, d.r.Task("b").Status, d.r.Task("c").Status)
+	}
+}

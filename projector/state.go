@@ -91,6 +91,8 @@ type Run struct {
 	skip  queue // pending tasks with a failed/skipped dependency
 	// unskip holds skipped tasks behind a requeued task.
 	unskip queue
+	// requeues holds the ids of the task_requeued events applied.
+	requeues map[string]bool
 }
 
 // NewRun returns the empty state of run id, before any event.

@@ -281,8 +281,10 @@ if st ~= 'failed' or (run ~= 'failed' and run ~= 'running') then
   return {'refused', st, run or ''}
 end
 setrec(KEYS[1], ARGV[1], 'pending', a, e, '')
-redis.call('HSET', KEYS[1], '@status', 'running')
-append(KEYS[2], ARGV[2], 'task_requeued', ARGV[1], a, e, ARGV[4], ARGV[3], ARGV[5])
+local seq = append(KEYS[2], ARGV[2], 'task_requeued', ARGV[1], a, e, ARGV[4], ARGV[3], ARGV[5])
+-- Moving the cursor makes any projector commit decided before this requeue
+-- (a run_failed, a task_skipped) fail its compare-and-set and re-fold.
+redis.call('HSET', KEYS[1], '@status', 'running', '@cursor', seq)
 return {'ok', redis.call('HSETNX', KEYS[1], '@dirty', '1')}
 `)
 

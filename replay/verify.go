@@ -1,0 +1,538 @@
+package replay
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"reflect"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/graflow-go/graflow/events"
+	"github.com/graflow-go/graflow/internal/rdb"
+	"github.com/graflow-go/graflow/projector"
+	"github.com/redis/go-redis/v9"
+)
+
+// Check names a family of verifications.
+type Check string
+
+// Checks run by Verify.
+const (
+	// CheckLog: the log decodes, starts with run_submitted, is in order,
+	// folds, and had no entry deleted.
+	CheckLog Check = "log"
+	// CheckHistory: the invariants over the events (see Analyze).
+	CheckHistory Check = "history"
+	// CheckState: every task record and @status/@workflow of the live
+	// state hash equal the fold.
+	CheckState Check = "state"
+	// CheckResults: the results hash holds exactly the accepted results
+	// and the run input.
+	CheckResults Check = "results"
+	// CheckDAG: the dag hash holds every task's metadata as submitted.
+	CheckDAG Check = "dag"
+	// CheckProjection: @cursor is inside the log, and events after it
+	// that call for a decision are flagged by @dirty.
+	CheckProjection Check = "projection"
+	// CheckQueue: for a running run, every dispatched or running task has
+	// its dispatch in the outbox, the delayed set or its queue stream.
+	CheckQueue Check = "queue"
+)
+
+// Problem is one thing Verify or Analyze found wrong. Task, Field, Seq and
+// Missing say precisely where.
+type Problem struct {
+	Check Check  `json:"check"`
+	Task  string `json:"task,omitempty"`
+	// Field is the state field (status, attempt, epoch, owner, @status,
+	// @workflow, result, ...) that differs.
+	Field string `json:"field,omitempty"`
+	// Seq and Event identify the log entry concerned.
+	Seq   string `json:"seq,omitempty"`
+	Event string `json:"event,omitempty"`
+	// Live and Replayed are the differing values.
+	Live     string `json:"live,omitempty"`
+	Replayed string `json:"replayed,omitempty"`
+	// Missing names the event the log should hold to explain the state.
+	Missing string `json:"missing,omitempty"`
+	Detail  string `json:"detail"`
+}
+
+func (p Problem) String() string {
+	var b strings.Builder
+	b.WriteString(string(p.Check))
+	if p.Task != "" {
+		b.WriteString(": task " + p.Task)
+	}
+	if p.Field != "" {
+		b.WriteString(": " + p.Field)
+	}
+	if p.Seq != "" {
+		b.WriteString(" @" + p.Seq)
+	}
+	b.WriteString(": " + p.Detail)
+	if p.Live != "" || p.Replayed != "" {
+		fmt.Fprintf(&b, " (live %q, replayed %q)", p.Live, p.Replayed)
+	}
+	if p.Missing != "" {
+		b.WriteString("; missing event: " + p.Missing)
+	}
+	return b.String()
+}
+
+// Report is the outcome of verifying one run.
+type Report struct {
+	Run       string `json:"run"`
+	Namespace string `json:"namespace"`
+	// Status is the folded run status; LiveStatus the state hash's.
+	Status     string `json:"status"`
+	LiveStatus string `json:"live_status"`
+	Tasks      int    `json:"tasks"`
+	Events     int    `json:"events"`
+	LastSeq    string `json:"last_seq"`
+	// Cursor is the projector's @cursor; Behind counts the events after it.
+	Cursor string `json:"cursor"`
+	Behind int    `json:"behind"`
+	// Checks lists what was verified.
+	Checks   []Check   `json:"checks"`
+	Problems []Problem `json:"problems"`
+}
+
+// OK reports whether every check passed.
+func (r *Report) OK() bool { return len(r.Problems) == 0 }
+
+// Err returns nil when every check passed, else a *VerifyError.
+func (r *Report) Err() error {
+	if r.OK() {
+		return nil
+	}
+	return &VerifyError{Run: r.Run, Problems: r.Problems}
+}
+
+// VerifyError lists the problems of a run; it wraps ErrVerifyFailed.
+type VerifyError struct {
+	Run      string
+	Problems []Problem
+}
+
+func (e *VerifyError) Error() string {
+	lines := make([]string, len(e.Problems))
+	for i, p := range e.Problems {
+		lines[i] = "  " + p.String()
+	}
+	return fmt.Sprintf("run %s: %d problem(s):\n%s", e.Run, len(e.Problems), strings.Join(lines, "\n"))
+}
+
+func (e *VerifyError) Unwrap() error { return ErrVerifyFailed }
+
+// snapshot is the live projection of a run, read in one transaction.
+type snapshot struct {
+	state, results, dag map[string]string
+	last                string // last log entry id at the snapshot
+}
+
+func (c *Client) snapshot(ctx context.Context, run string) (snapshot, error) {
+	var s snapshot
+	var st, res, dag *redis.MapStringStringCmd
+	var tail *redis.XMessageSliceCmd
+	_, err := c.cfg.Redis.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		st = p.HGetAll(ctx, c.db.K.RunState(run))
+		res = p.HGetAll(ctx, c.db.K.RunResults(run))
+		dag = p.HGetAll(ctx, c.db.K.RunDAG(run))
+		tail = p.XRevRangeN(ctx, c.db.K.RunLog(run), "+", "-", 1)
+		return nil
+	})
+	if err != nil {
+		return s, fmt.Errorf("read live state of run %s: %w", run, err)
+	}
+	s.state, s.results, s.dag = st.Val(), res.Val(), dag.Val()
+	if msgs := tail.Val(); len(msgs) > 0 {
+		s.last = msgs[0].ID
+	}
+	return s, nil
+}
+
+// Verify rebuilds run's state from its log and compares it, field by field,
+// with the live projection in Redis, then checks the history invariants.
+//
+// It may run at any time, not only on a quiescent run: the worker scripts
+// and the projector's commits change a task record in the same atomic step
+// as they append its event, so the records must equal the fold of the log
+// up to any point. Verify reads the state hashes and the log's last id in
+// one transaction and folds the log up to that id (the log is append-only).
+//
+// The report's problems name the run, task, field and, where the log lacks
+// an event the live state implies, the missing event. Verify returns an
+// error only when it cannot read; a run with problems returns a report
+// whose Err is a *VerifyError. ErrRunNotFound when the run has neither log
+// nor state.
+func (c *Client) Verify(ctx context.Context, run string) (*Report, error) {
+	s, err := c.snapshot(ctx, run)
+	if err != nil {
+		return nil, err
+	}
+	rep := &Report{Run: run, Namespace: c.cfg.Namespace, LiveStatus: s.state[rdb.FieldRunStatus],
+		Cursor: s.state[rdb.FieldRunCursor], LastSeq: s.last, Problems: []Problem{}}
+	if s.last == "" {
+		if len(s.state) == 0 {
+			return nil, fmt.Errorf("%w: %s in namespace %q", ErrRunNotFound, run, c.cfg.Namespace)
+		}
+		rep.Checks = []Check{CheckLog}
+		rep.Problems = append(rep.Problems, Problem{Check: CheckLog, Missing: "run_submitted",
+			Detail: "the run has live state but an empty log: every event is missing"})
+		return rep, nil
+	}
+
+	rep.Checks = append(rep.Checks, CheckLog)
+	if info, err := c.cfg.Redis.XInfoStream(ctx, c.db.K.RunLog(run)).Result(); err == nil && info.EntriesAdded > info.Length {
+		rep.Problems = append(rep.Problems, Problem{Check: CheckLog, Seq: info.MaxDeletedEntryID,
+			Detail: fmt.Sprintf("%s deleted from the log (entries added %d, length %d, last deleted id %s): the log is not the whole history",
+				plural(info.EntriesAdded-info.Length, "entry", "entries"), info.EntriesAdded, info.Length, info.MaxDeletedEntryID)})
+	}
+	evs, err := c.readLog(ctx, run, "-", s.last)
+	if err != nil {
+		var de *events.DecodeError
+		if !errors.As(err, &de) {
+			return nil, err
+		}
+		rep.Problems = append(rep.Problems, Problem{Check: CheckLog, Seq: de.Seq, Detail: "entry does not decode: " + de.Err.Error()})
+		return rep, nil
+	}
+	a, err := Analyze(run, evs)
+	if err != nil {
+		p := Problem{Check: CheckLog, Detail: "the fold rejects an event: " + err.Error()}
+		rep.Problems = append(rep.Problems, p)
+		return rep, nil
+	}
+	r := a.Run
+	rep.Status, rep.Tasks, rep.Events = string(r.Status), len(r.Tasks), r.Events
+	rep.Checks = append(rep.Checks, CheckHistory)
+	rep.Problems = append(rep.Problems, a.Problems...)
+
+	rep.Checks = append(rep.Checks, CheckState, CheckResults, CheckDAG, CheckProjection)
+	rep.Problems = append(rep.Problems, compareState(a, s)...)
+	rep.Problems = append(rep.Problems, compareResults(a, s)...)
+	rep.Problems = append(rep.Problems, compareDAG(a, s)...)
+	pp, behind := checkProjection(evs, s)
+	rep.Behind = behind
+	rep.Problems = append(rep.Problems, pp...)
+
+	if r.Status == projector.RunRunning && s.state[rdb.FieldRunQuarantine] == "" {
+		rep.Checks = append(rep.Checks, CheckQueue)
+		lost, err := c.lostTasks(ctx, run, r, s)
+		if err != nil {
+			return nil, err
+		}
+		for _, w := range lost {
+			t := r.Task(w.task)
+			p := Problem{Check: CheckQueue, Task: w.task, Field: "dispatch"}
+			if t.Status == projector.TaskRunning {
+				p.Detail = fmt.Sprintf("task %s is running (attempt %d, epoch %d, owner %s) but its queue message is gone from %s: nothing would reclaim it; run \"graflow resume %s\"",
+					w.task, t.Attempt, t.Epoch, t.Owner, c.db.K.Queue(w.pool, w.priority), run)
+			} else {
+				p.Detail = fmt.Sprintf("task %s is dispatched (attempt %d) but its dispatch is in neither the outbox, the delayed set nor %s: the task is lost; run \"graflow resume %s\"",
+					w.task, t.Attempt, c.db.K.Queue(w.pool, w.priority), run)
+			}
+			rep.Problems = append(rep.Problems, p)
+		}
+	}
+	return rep, nil
+}
+
+// lostTasks returns the dispatched or running tasks of r whose dispatch is
+// nowhere (see locate).
+func (c *Client) lostTasks(ctx context.Context, run string, r *projector.Run, s snapshot) ([]wanted, error) {
+	var want []wanted
+	for _, t := range r.Tasks {
+		if t.Status != projector.TaskDispatched && t.Status != projector.TaskRunning {
+			continue
+		}
+		rec := s.state[t.Spec.ID]
+		if rec != projector.RecordOf(t).String() {
+			continue // a state problem, reported already
+		}
+		want = append(want, wanted{task: t.Spec.ID, attempt: t.Attempt, pool: t.Spec.Pool, priority: t.Spec.Priority, record: rec})
+	}
+	found, err := c.locate(ctx, run, want)
+	if err != nil {
+		return nil, err
+	}
+	return c.stillLost(ctx, run, want, found)
+}
+
+func compareState(a *Analysis, s snapshot) []Problem {
+	r := a.Run
+	var out []Problem
+	if live := s.state[rdb.FieldRunStatus]; live != string(r.Status) {
+		p := Problem{Check: CheckState, Field: rdb.FieldRunStatus, Live: live, Replayed: string(r.Status),
+			Detail: "run status differs from the fold of the log"}
+		if live == string(projector.RunRunning) && r.Status == projector.RunFailed {
+			if _, ok := a.lastOf[eventKey{typ: events.TaskRequeued}]; !ok {
+				p.Missing = "task_requeued (the live run was reopened)"
+			}
+		}
+		if live == string(projector.RunSucceeded) || live == string(projector.RunFailed) || live == string(projector.RunCancelled) {
+			typ := events.Type("run_" + live)
+			if seq, ok := a.seen[eventKey{typ: typ}]; ok {
+				p.Detail += fmt.Sprintf(" (the log has %s at %s but the fold did not apply it)", typ, seq)
+			} else {
+				p.Missing = string(typ)
+			}
+		}
+		out = append(out, p)
+	}
+	if live := s.state[rdb.FieldRunWorkflow]; live != r.Workflow {
+		out = append(out, Problem{Check: CheckState, Field: rdb.FieldRunWorkflow, Live: live, Replayed: r.Workflow,
+			Detail: "workflow name differs from run_submitted"})
+	}
+	if q := s.state[rdb.FieldRunQuarantine]; q != "" {
+		out = append(out, Problem{Check: CheckState, Field: rdb.FieldRunQuarantine, Live: q,
+			Detail: "the projector quarantined the run: its log holds an event it cannot fold"})
+	}
+	for _, t := range r.Tasks {
+		want := projector.RecordOf(t)
+		raw := s.state[t.Spec.ID]
+		live, err := rdb.ParseRecord(raw)
+		if err != nil {
+			out = append(out, Problem{Check: CheckState, Task: t.Spec.ID, Field: "record", Live: raw, Replayed: want.String(),
+				Detail: err.Error()})
+			continue
+		}
+		if live == want {
+			continue
+		}
+		missing, detail := inferMissing(a, t, live)
+		var fields, lv, rv []string
+		for _, f := range []struct {
+			name       string
+			live, want string
+		}{
+			{"status", live.Status, want.Status},
+			{"attempt", strconv.Itoa(live.Attempt), strconv.Itoa(want.Attempt)},
+			{"epoch", strconv.FormatInt(live.Epoch, 10), strconv.FormatInt(want.Epoch, 10)},
+			{"owner", live.Owner, want.Owner},
+		} {
+			if f.live != f.want {
+				fields, lv, rv = append(fields, f.name), append(lv, f.live), append(rv, f.want)
+			}
+		}
+		p := Problem{Check: CheckState, Task: t.Spec.ID, Field: strings.Join(fields, ","), Missing: missing, Detail: detail}
+		if len(fields) == 1 {
+			p.Live, p.Replayed = lv[0], rv[0]
+		} else {
+			p.Live, p.Replayed = live.String(), want.String()
+		}
+		out = append(out, p)
+	}
+	for _, k := range sortedKeys(s.state) {
+		if !strings.HasPrefix(k, "@") && r.Task(k) == nil {
+			out = append(out, Problem{Check: CheckState, Task: k, Field: "record", Live: s.state[k],
+				Detail: "live record of a task the log never submitted"})
+		}
+	}
+	return out
+}
+
+// inferMissing explains a live record that differs from the fold: the event
+// that would have made the fold agree, unless the log holds it (then the
+// fold refused it) or no event explains it (changed without an event).
+func inferMissing(a *Analysis, t *projector.Task, live rdb.Record) (missing, detail string) {
+	id := t.Spec.ID
+	type cand struct {
+		typ     events.Type
+		attempt int
+		epoch   int64
+	}
+	var cands []cand
+	switch st := projector.TaskStatus(live.Status); {
+	case st == projector.TaskSucceeded && t.Status != projector.TaskSucceeded:
+		cands = []cand{{events.TaskSucceeded, live.Attempt, live.Epoch}}
+	case (st == projector.TaskFailed || st == projector.TaskAwaitingRetry) && t.Status == projector.TaskRunning:
+		cands = []cand{{events.TaskFailed, live.Attempt, live.Epoch}, {events.TaskTimedOut, live.Attempt, live.Epoch}}
+	case st == projector.TaskRunning && (t.Status == projector.TaskDispatched || t.Status == projector.TaskRunning) && live.Epoch > t.Epoch:
+		cands = []cand{{events.TaskClaimed, live.Attempt, live.Epoch}}
+	case st == projector.TaskDispatched && t.Status == projector.TaskPending:
+		cands = []cand{{events.TaskDispatched, live.Attempt, 0}}
+	case st == projector.TaskDispatched && t.Status == projector.TaskAwaitingRetry:
+		cands = []cand{{events.TaskRetryScheduled, live.Attempt, 0}}
+	case st == projector.TaskDispatched && t.Status == projector.TaskRunning && live.Epoch > t.Epoch:
+		cands = []cand{{events.TaskReclaimed, live.Attempt, live.Epoch}}
+	case st == projector.TaskSkipped && t.Status == projector.TaskPending:
+		cands = []cand{{events.TaskSkipped, 0, 0}}
+	case st == projector.TaskPending && (t.Status == projector.TaskFailed || t.Status == projector.TaskSkipped):
+		cands = []cand{{events.TaskRequeued, live.Attempt, live.Epoch}}
+	}
+	if len(cands) == 0 {
+		return "", "live task record differs from the fold of the log, and no missing event explains it: the record was changed without an event (or corrupted)"
+	}
+	for _, c := range cands {
+		if seq, ok := a.seen[eventKey{c.typ, id, c.attempt, c.epoch}]; ok {
+			return "", fmt.Sprintf("live task record differs from the fold; the log has %s of %s at %s but the fold did not apply it (see the history problems)", c.typ, id, seq)
+		}
+	}
+	c := cands[0]
+	missing = fmt.Sprintf("%s task=%s", c.typ, id)
+	if c.attempt > 0 {
+		missing += fmt.Sprintf(" attempt=%d", c.attempt)
+	}
+	if c.epoch > 0 {
+		missing += fmt.Sprintf(" epoch=%d", c.epoch)
+	}
+	if live.Owner != "" && c.typ != events.TaskDispatched && c.typ != events.TaskSkipped {
+		missing += " worker=" + live.Owner
+	}
+	return missing, "live task record is ahead of the fold: the log lacks the event that changed it"
+}
+
+func compareResults(a *Analysis, s snapshot) []Problem {
+	r := a.Run
+	var out []Problem
+	if live := s.results[rdb.FieldRunInput]; !jsonEqual([]byte(live), r.Input) {
+		out = append(out, Problem{Check: CheckResults, Field: rdb.FieldRunInput, Live: live, Replayed: string(r.Input),
+			Detail: "run input differs from run_submitted"})
+	}
+	for _, t := range r.Tasks {
+		live, ok := s.results[t.Spec.ID]
+		switch {
+		case t.Status == projector.TaskSucceeded && !ok:
+			out = append(out, Problem{Check: CheckResults, Task: t.Spec.ID, Field: "result", Replayed: string(t.Result),
+				Detail: "the accepted result is missing from the results hash"})
+		case t.Status == projector.TaskSucceeded && !jsonEqual([]byte(live), t.Result):
+			out = append(out, Problem{Check: CheckResults, Task: t.Spec.ID, Field: "result", Live: live, Replayed: string(t.Result),
+				Detail: "stored result differs from the accepted task_succeeded"})
+		case t.Status != projector.TaskSucceeded && ok:
+			p := Problem{Check: CheckResults, Task: t.Spec.ID, Field: "result", Live: live,
+				Detail: fmt.Sprintf("a result is stored but the fold has the task %s, with no accepted task_succeeded", t.Status)}
+			if seq, in := a.lastOf[eventKey{typ: events.TaskSucceeded, task: t.Spec.ID}]; in {
+				p.Detail += fmt.Sprintf(" (the log has task_succeeded at %s but the fold did not apply it)", seq)
+			} else {
+				p.Missing = "task_succeeded task=" + t.Spec.ID
+			}
+			out = append(out, p)
+		}
+	}
+	for _, k := range sortedKeys(s.results) {
+		if k != rdb.FieldRunInput && r.Task(k) == nil {
+			out = append(out, Problem{Check: CheckResults, Task: k, Field: "result", Live: s.results[k],
+				Detail: "stored result of a task the log never submitted"})
+		}
+	}
+	return out
+}
+
+func compareDAG(a *Analysis, s snapshot) []Problem {
+	var out []Problem
+	for _, spec := range a.Specs() {
+		raw, ok := s.dag[spec.ID]
+		want := rdb.MetaOf(spec)
+		if !ok {
+			out = append(out, Problem{Check: CheckDAG, Task: spec.ID, Field: "meta", Detail: "task metadata missing from the dag hash: workers cannot claim the task"})
+			continue
+		}
+		var live rdb.TaskMeta
+		if err := json.Unmarshal([]byte(raw), &live); err != nil {
+			out = append(out, Problem{Check: CheckDAG, Task: spec.ID, Field: "meta", Live: raw, Detail: "task metadata does not decode: " + err.Error()})
+			continue
+		}
+		if !metaEqual(live, want) {
+			w, _ := json.Marshal(want)
+			out = append(out, Problem{Check: CheckDAG, Task: spec.ID, Field: "meta", Live: raw, Replayed: string(w),
+				Detail: "task metadata differs from the submitted spec"})
+		}
+	}
+	return out
+}
+
+func metaEqual(a, b rdb.TaskMeta) bool {
+	return a.Handler == b.Handler && slices.Equal(a.Deps, b.Deps) && max(a.MaxAttempts, 1) == max(b.MaxAttempts, 1) &&
+		a.TimeoutMS == b.TimeoutMS && jsonEqual(a.Args, b.Args)
+}
+
+// checkProjection checks the projector's bookkeeping that must hold at any
+// time: @cursor is a position inside the log, and if events that call for a
+// decision (a submission, an outcome) follow it, @dirty is set, or nothing
+// would wake a projector for the run.
+func checkProjection(evs []events.Event, s snapshot) ([]Problem, int) {
+	cursor := s.state[rdb.FieldRunCursor]
+	if cursor != "" && len(evs) > 0 && projector.CompareSeq(cursor, evs[len(evs)-1].Seq) > 0 {
+		return []Problem{{Check: CheckProjection, Field: rdb.FieldRunCursor, Live: cursor, Replayed: evs[len(evs)-1].Seq,
+			Detail: "@cursor is beyond the end of the log"}}, 0
+	}
+	behind, needs := 0, ""
+	for i := len(evs) - 1; i >= 0; i-- {
+		e := evs[i]
+		if cursor != "" && projector.CompareSeq(e.Seq, cursor) <= 0 {
+			break
+		}
+		behind++
+		switch e.Type {
+		case events.RunSubmitted, events.TaskSucceeded, events.TaskFailed, events.TaskTimedOut, events.TaskRequeued:
+			needs = e.Seq
+		}
+	}
+	if needs != "" && s.state[rdb.FieldRunDirty] == "" && s.state[rdb.FieldRunQuarantine] == "" {
+		return []Problem{{Check: CheckProjection, Field: rdb.FieldRunDirty, Seq: needs, Live: "", Replayed: "1",
+			Detail: fmt.Sprintf("%d event(s) after @cursor %s call for the projector but the run is not marked dirty: no projector will be woken for it", behind, cursor)}}, behind
+	}
+	return nil, behind
+}
+
+func plural(n int64, one, many string) string {
+	if n == 1 {
+		return "1 " + one
+	}
+	return strconv.FormatInt(n, 10) + " " + many
+}
+
+// jsonEqual compares two JSON documents by value; empty counts as null.
+func jsonEqual(a, b []byte) bool {
+	a, b = bytes.TrimSpace(a), bytes.TrimSpace(b)
+	if len(a) == 0 {
+		a = []byte("null")
+	}
+	if len(b) == 0 {
+		b = []byte("null")
+	}
+	if bytes.Equal(a, b) {
+		return true
+	}
+	var x, y any
+	if json.Unmarshal(a, &x) != nil || json.Unmarshal(b, &y) != nil {
+		return false
+	}
+	return reflect.DeepEqual(x, y)
+}
+
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+// VerifyAll verifies every run of the namespace's run index, oldest first.
+// A run indexed but gone (no log, no state) gets a report with one problem.
+func (c *Client) VerifyAll(ctx context.Context) ([]*Report, error) {
+	ids, err := c.RunIDs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*Report, 0, len(ids))
+	for _, id := range ids {
+		rep, err := c.Verify(ctx, id)
+		if errors.Is(err, ErrRunNotFound) {
+			rep = &Report{Run: id, Namespace: c.cfg.Namespace, Checks: []Check{CheckLog}, Problems: []Problem{{
+				Check: CheckLog, Missing: "run_submitted", Detail: "the run is in the run index but has neither log nor state"}}}
+		} else if err != nil {
+			return out, err
+		}
+		out = append(out, rep)
+	}
+	return out, nil
+}
