@@ -23,6 +23,7 @@ const (
 	DefaultBatchSize      = 256
 	DefaultReadCount      = 2048
 	DefaultCacheSize      = 10000
+	DefaultParallel       = 16
 	DefaultFeedBlock      = 2 * time.Second
 	DefaultRetryInitial   = 1 * time.Second
 	DefaultRetryMax       = 5 * time.Minute
@@ -51,6 +52,9 @@ type Config struct {
 	ReadCount int
 	// CacheSize bounds the runs whose folded state is kept in memory.
 	CacheSize int
+	// Parallel bounds the runs projected at once per feed partition
+	// (default 16).
+	Parallel int
 	// FeedBlock is how long one XREADGROUP blocks (default 2s); it only
 	// bounds how fast Run notices cancellation.
 	FeedBlock time.Duration
@@ -85,6 +89,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.CacheSize <= 0 {
 		c.CacheSize = DefaultCacheSize
+	}
+	if c.Parallel <= 0 {
+		c.Parallel = DefaultParallel
 	}
 	if c.FeedBlock <= 0 {
 		c.FeedBlock = DefaultFeedBlock
@@ -257,6 +264,7 @@ func (p *Projector) consume(ctx context.Context, n int) {
 func (p *Projector) handle(ctx context.Context, log zerolog.Logger, stream string, msgs []redis.XMessage) bool {
 	ids := make([]string, 0, len(msgs))
 	seen := map[string]bool{}
+	var runs []string
 	for _, m := range msgs {
 		ids = append(ids, m.ID)
 		run, _ := m.Values[rdb.MsgRun].(string)
@@ -264,19 +272,32 @@ func (p *Projector) handle(ctx context.Context, log zerolog.Logger, stream strin
 			continue
 		}
 		seen[run] = true
-		if err := retry(ctx, log, "project run", func() error {
-			err := p.Project(ctx, run)
-			if errors.Is(err, ErrInvalidEvent) || errors.Is(err, events.ErrMalformed) ||
-				errors.Is(err, events.ErrUnknownType) || errors.Is(err, events.ErrUnknownVersion) {
-				return backoff.Permanent(err)
+		runs = append(runs, run)
+	}
+	// Runs are independent: project up to Parallel of them at once (each
+	// is a few round trips; one at a time would leave Redis idle).
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, p.cfg.Parallel)
+	for _, run := range runs {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			if err := retry(ctx, log, "project run", func() error {
+				err := p.Project(ctx, run)
+				if errors.Is(err, ErrInvalidEvent) || errors.Is(err, events.ErrMalformed) ||
+					errors.Is(err, events.ErrUnknownType) || errors.Is(err, events.ErrUnknownVersion) {
+					return backoff.Permanent(err)
+				}
+				return err
+			}); err != nil && ctx.Err() == nil {
+				p.quarantine(ctx, run, err)
 			}
-			return err
-		}); err != nil {
-			if ctx.Err() != nil {
-				return false
-			}
-			p.quarantine(ctx, run, err)
-		}
+		}()
+	}
+	wg.Wait()
+	if ctx.Err() != nil {
+		return false
 	}
 	if len(ids) > 0 {
 		_ = retry(ctx, log, "ack feed", func() error {

@@ -183,6 +183,7 @@ type Worker struct {
 	// Set by Run for the reclaimer: where tasks run and how they are counted.
 	workCtx context.Context
 	tasks   sync.WaitGroup
+	batch   *batcher
 
 	started   time.Time
 	processed atomic.Int64
@@ -275,6 +276,10 @@ func (w *Worker) Run(ctx context.Context) error {
 	defer cancelWork(nil)
 	w.workCtx = workCtx
 	tasks := &w.tasks
+	batchCtx, stopBatch := context.WithCancel(context.Background())
+	defer stopBatch()
+	w.batch = newBatcher(w)
+	w.batch.start(batchCtx)
 	var loops sync.WaitGroup
 	for _, pool := range w.cfg.Pools {
 		loops.Add(1)
@@ -313,6 +318,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		cancelWork(errDrainTimeout)
 		<-drained
 	}
+	w.batch.stop()
 	stopHB()
 	hb.Wait()
 	dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -333,24 +339,18 @@ func (w *Worker) fetch(ctx context.Context, pool string) {
 	var buf []message
 	defer func() { w.requeueUnstarted(buf) }()
 	for {
-		// Take a slot before reading, so we never hold more messages than
-		// we can start (beyond one read's worth of other bands).
-		select {
-		case <-ctx.Done():
-			return
-		case w.sem <- struct{}{}:
-		}
-		if ctx.Err() != nil {
-			<-w.sem
-			return
-		}
-		for len(buf) == 0 {
-			if ctx.Err() != nil {
-				<-w.sem
+		if len(buf) == 0 {
+			// Read only when a slot is free (so we never hold many more
+			// messages than we can start), but do not hold that slot while
+			// blocked on the read: the reclaimer needs free slots too.
+			select {
+			case <-ctx.Done():
 				return
+			case w.sem <- struct{}{}:
+				<-w.sem
 			}
-			free := cap(w.sem) - len(w.sem) + 1
-			res, err := w.db.Fetch(ctx, pool, w.cfg.ID, free)
+			free := cap(w.sem) - len(w.sem)
+			res, err := w.db.Fetch(ctx, pool, w.cfg.ID, max(free, 1))
 			if err == nil && len(res) == 0 {
 				// Nothing queued: block until something arrives in any band.
 				res, err = w.cfg.Redis.XReadGroup(ctx, &redis.XReadGroupArgs{
@@ -359,11 +359,10 @@ func (w *Worker) fetch(ctx context.Context, pool string) {
 			}
 			if err != nil && !errors.Is(err, redis.Nil) {
 				if ctx.Err() != nil {
-					<-w.sem
 					return
 				}
 				w.log.Warn().Err(err).Str("pool", pool).Msg("read queue")
-				if strings.HasPrefix(err.Error(), "NOGROUP") || strings.Contains(err.Error(), "NOGROUP") {
+				if strings.Contains(err.Error(), "NOGROUP") {
 					for _, q := range streams {
 						_ = w.db.EnsureGroup(ctx, q, rdb.GroupWorkers)
 					}
@@ -372,6 +371,12 @@ func (w *Worker) fetch(ctx context.Context, pool string) {
 				continue
 			}
 			buf = w.messages(res, buf)
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case w.sem <- struct{}{}:
 		}
 		m := buf[0]
 		buf = buf[1:]
@@ -455,15 +460,10 @@ func (w *Worker) process(ctx context.Context, m message) {
 		w.ack(ctx, m)
 		return
 	}
-	var cr rdb.ClaimResult
-	err := w.redisRetry(ctx, func() error {
-		var err error
-		cr, err = w.db.Claim(ctx, rdb.ClaimArgs{
-			Run: m.run, Task: m.task, Worker: w.cfg.ID, Attempt: m.attempt,
-			EventID: ulid.Make().String(), TimeMS: w.now(),
-			Reclaim: m.reclaimed, Deliveries: m.deliveries, ReclaimEventID: ulid.Make().String(),
-		})
-		return err
+	cr, err := w.batch.claim(ctx, rdb.ClaimArgs{
+		Run: m.run, Task: m.task, Worker: w.cfg.ID, Attempt: m.attempt,
+		EventID: ulid.Make().String(), TimeMS: w.now(),
+		Reclaim: m.reclaimed, Deliveries: m.deliveries, ReclaimEventID: ulid.Make().String(),
 	})
 	if err != nil {
 		log.Error().Err(err).Msg("claim failed; the message stays pending for reclaim")
@@ -656,15 +656,11 @@ func (w *Worker) finish(ctx context.Context, log zerolog.Logger, m message, t *T
 			args.Status = "failed"
 		}
 	}
-	var dirty bool
-	err := w.redisRetry(ctx, func() error {
-		var err error
-		dirty, err = w.db.Finish(ctx, args)
-		if errors.Is(err, rdb.ErrStaleClaim) {
-			return backoff.Permanent(err)
-		}
-		return err
-	})
+	req := finishReq{args: args, m: m}
+	if args.Status == "failed" {
+		req.deadLetter, _ = json.Marshal(map[string]any{"attempt": t.Attempt, "error": runErr.Error(), "worker": w.cfg.ID, "handler": t.Handler})
+	}
+	err := w.batch.finish(ctx, req)
 	if errors.Is(err, rdb.ErrStaleClaim) {
 		log.Warn().Err(err).Msg("outcome rejected: claim lost")
 		return
@@ -673,7 +669,6 @@ func (w *Worker) finish(ctx context.Context, log zerolog.Logger, m message, t *T
 		log.Error().Err(err).Msg("report outcome failed; the message stays pending for reclaim")
 		return
 	}
-	crashpoint.Hit(crashpoint.WorkerAfterFinish)
 	if runErr == nil {
 		w.processed.Add(1)
 		log.Debug().Msg("task succeeded")
@@ -681,19 +676,6 @@ func (w *Worker) finish(ctx context.Context, log zerolog.Logger, m message, t *T
 		w.failed.Add(1)
 		log.Info().Err(runErr).Str("status", args.Status).Msg("task failed")
 	}
-	_ = w.redisRetry(ctx, func() error {
-		pipe := w.cfg.Redis.Pipeline()
-		if dirty {
-			w.db.PointFeed(ctx, pipe, m.run)
-		}
-		if args.Status == "failed" {
-			info, _ := json.Marshal(map[string]any{"attempt": t.Attempt, "error": runErr.Error(), "worker": w.cfg.ID, "handler": t.Handler})
-			w.db.DeadLetter(ctx, pipe, m.run, m.task, args.TimeMS, info)
-		}
-		w.db.QueueAck(ctx, pipe, m.stream, w.cfg.ID, m.id)
-		_, err := pipe.Exec(ctx)
-		return err
-	})
 }
 
 // ack drops a message this worker holds.

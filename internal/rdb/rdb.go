@@ -237,36 +237,63 @@ type ClaimResult struct {
 	Detail   string // status found, for logs
 }
 
-// Claim runs the claim script.
+// Claim runs the claim script for one message.
 func (d DB) Claim(ctx context.Context, a ClaimArgs) (ClaimResult, error) {
-	mode := "claim"
-	if a.Reclaim {
-		mode = "reclaim"
-	}
-	res, err := claimScript.Run(ctx, d.C,
-		[]string{d.K.RunState(a.Run), d.K.RunLog(a.Run), d.K.RunDAG(a.Run), d.K.RunResults(a.Run)},
-		a.Task, a.Attempt, a.Worker, a.EventID, a.TimeMS, mode, a.Deliveries, a.ReclaimEventID).Slice()
+	out, err := ParseClaims([]ClaimArgs{a}, d.ClaimsCmd(ctx, d.C, []ClaimArgs{a}))
 	if err != nil {
-		return ClaimResult{}, fmt.Errorf("claim %s/%s: %w", a.Run, a.Task, err)
+		return ClaimResult{}, err
 	}
-	out := ClaimResult{Outcome: ClaimOutcome(str(res, 0)), Detail: str(res, 1)}
-	if out.Outcome != ClaimOK {
-		return out, nil
-	}
-	out.Epoch, _ = strconv.ParseInt(str(res, 1), 10, 64)
-	if err := json.Unmarshal([]byte(str(res, 2)), &out.Meta); err != nil {
-		return ClaimResult{}, fmt.Errorf("claim %s/%s: task metadata: %w", a.Run, a.Task, err)
-	}
-	if in := str(res, 3); in != "" {
-		out.Input = json.RawMessage(in)
-	}
-	out.Upstream = make(map[string]json.RawMessage, len(out.Meta.Deps))
-	for i, dep := range out.Meta.Deps {
-		if v := str(res, 4+i); v != "" {
-			out.Upstream[dep] = json.RawMessage(v)
-		} else {
-			out.Upstream[dep] = nil
+	return out[0], nil
+}
+
+// ClaimsCmd queues one claim script call for several messages of ONE run
+// (all args must share the run) on p, a pipeline or the client; read the
+// outcomes with ParseClaims after Exec.
+func (d DB) ClaimsCmd(ctx context.Context, p redis.Scripter, as []ClaimArgs) *redis.Cmd {
+	run := as[0].Run
+	argv := make([]any, 0, 1+8*len(as))
+	argv = append(argv, len(as))
+	for _, a := range as {
+		mode := "claim"
+		if a.Reclaim {
+			mode = "reclaim"
 		}
+		argv = append(argv, a.Task, a.Attempt, a.Worker, a.EventID, a.TimeMS, mode, a.Deliveries, a.ReclaimEventID)
+	}
+	return claimScript.Run(ctx, p, []string{d.K.RunState(run), d.K.RunLog(run), d.K.RunDAG(run), d.K.RunResults(run)}, argv...)
+}
+
+// ParseClaims reads a ClaimsCmd reply, one result per arg.
+func ParseClaims(as []ClaimArgs, cmd *redis.Cmd) ([]ClaimResult, error) {
+	items, err := cmd.Slice()
+	if err != nil {
+		return nil, fmt.Errorf("claim %s (%d tasks): %w", as[0].Run, len(as), err)
+	}
+	if len(items) != len(as) {
+		return nil, fmt.Errorf("claim %s: %d replies for %d tasks", as[0].Run, len(items), len(as))
+	}
+	out := make([]ClaimResult, len(as))
+	for i, a := range as {
+		res, _ := items[i].([]any)
+		r := ClaimResult{Outcome: ClaimOutcome(str(res, 0)), Detail: str(res, 1)}
+		if r.Outcome == ClaimOK {
+			r.Epoch, _ = strconv.ParseInt(str(res, 1), 10, 64)
+			if err := json.Unmarshal([]byte(str(res, 2)), &r.Meta); err != nil {
+				return nil, fmt.Errorf("claim %s/%s: task metadata: %w", a.Run, a.Task, err)
+			}
+			if in := str(res, 3); in != "" {
+				r.Input = json.RawMessage(in)
+			}
+			r.Upstream = make(map[string]json.RawMessage, len(r.Meta.Deps))
+			for j, dep := range r.Meta.Deps {
+				if v := str(res, 4+j); v != "" {
+					r.Upstream[dep] = json.RawMessage(v)
+				} else {
+					r.Upstream[dep] = nil
+				}
+			}
+		}
+		out[i] = r
 	}
 	return out, nil
 }
@@ -306,19 +333,49 @@ func (e *StaleError) Error() string {
 
 func (e *StaleError) Unwrap() error { return ErrStaleClaim }
 
-// Finish runs the finish script. newlyDirty says the caller must point the
-// feed at the run.
+// Finish runs the finish script for one outcome. newlyDirty says the
+// caller must point the feed at the run.
 func (d DB) Finish(ctx context.Context, a FinishArgs) (newlyDirty bool, err error) {
-	res, err := finishScript.Run(ctx, d.C,
-		[]string{d.K.RunState(a.Run), d.K.RunLog(a.Run), d.K.RunResults(a.Run)},
-		a.Task, a.Attempt, a.Epoch, a.Worker, a.EventID, a.TimeMS, string(a.Type), string(a.Body), a.Status, string(a.Result), a.RejectID, unfenced(a.Unfenced)).Slice()
+	dirty, errs, err := ParseFinishes([]FinishArgs{a}, d.FinishesCmd(ctx, d.C, []FinishArgs{a}))
 	if err != nil {
-		return false, fmt.Errorf("finish %s/%s: %w", a.Run, a.Task, err)
+		return false, err
 	}
-	if str(res, 0) == "stale" {
-		return false, &StaleError{Status: str(res, 1), Epoch: str(res, 2), Owner: str(res, 3)}
+	return dirty[0], errs[0]
+}
+
+// FinishesCmd queues one finish script call for several outcomes of ONE
+// run on p; read it with ParseFinishes.
+func (d DB) FinishesCmd(ctx context.Context, p redis.Scripter, as []FinishArgs) *redis.Cmd {
+	run := as[0].Run
+	argv := make([]any, 0, 1+12*len(as))
+	argv = append(argv, len(as))
+	for _, a := range as {
+		argv = append(argv, a.Task, a.Attempt, a.Epoch, a.Worker, a.EventID, a.TimeMS, string(a.Type), string(a.Body), a.Status, string(a.Result), a.RejectID, unfenced(a.Unfenced))
 	}
-	return num(res, 2) == 1, nil
+	return finishScript.Run(ctx, p, []string{d.K.RunState(run), d.K.RunLog(run), d.K.RunResults(run)}, argv...)
+}
+
+// ParseFinishes reads a FinishesCmd reply: per outcome, whether the run
+// became dirty, and a *StaleError (wrapping ErrStaleClaim) when the caller
+// no longer held the claim. err is for the call as a whole.
+func ParseFinishes(as []FinishArgs, cmd *redis.Cmd) (dirty []bool, errs []error, err error) {
+	items, err := cmd.Slice()
+	if err != nil {
+		return nil, nil, fmt.Errorf("finish %s (%d tasks): %w", as[0].Run, len(as), err)
+	}
+	if len(items) != len(as) {
+		return nil, nil, fmt.Errorf("finish %s: %d replies for %d tasks", as[0].Run, len(items), len(as))
+	}
+	dirty, errs = make([]bool, len(as)), make([]error, len(as))
+	for i := range as {
+		res, _ := items[i].([]any)
+		if str(res, 0) == "stale" {
+			errs[i] = &StaleError{Status: str(res, 1), Epoch: str(res, 2), Owner: str(res, 3)}
+			continue
+		}
+		dirty[i] = num(res, 2) == 1
+	}
+	return dirty, errs, nil
 }
 
 func unfenced(b bool) string {
@@ -441,9 +498,15 @@ func (d DB) Fetch(ctx context.Context, pool, consumer string, n int) ([]redis.XS
 	return out, nil
 }
 
-// QueueAck acks and deletes a queue message if it is pending for consumer.
-func (d DB) QueueAck(ctx context.Context, p redis.Scripter, stream, consumer, id string) *redis.Cmd {
-	return queueAckScript.Run(ctx, p, []string{stream}, GroupWorkers, consumer, id)
+// QueueAck acks and deletes queue messages of one stream that are pending
+// for consumer (others are left alone).
+func (d DB) QueueAck(ctx context.Context, p redis.Scripter, stream, consumer string, ids ...string) *redis.Cmd {
+	argv := make([]any, 0, 2+len(ids))
+	argv = append(argv, GroupWorkers, consumer)
+	for _, id := range ids {
+		argv = append(argv, id)
+	}
+	return queueAckScript.Run(ctx, p, []string{stream}, argv...)
 }
 
 // QueueTouch resets the idle time of a message pending for consumer.

@@ -124,59 +124,71 @@ return n
 // and returns what the handler needs.
 //
 // KEYS: 1 state, 2 log, 3 dag, 4 results
-// ARGV: 1 task, 2 attempt, 3 worker, 4 claim event id, 5 time ms,
+// ARGV: n, then n items (claims of several messages of one run in one
+// call) of 8 arguments: 1 task, 2 attempt, 3 worker, 4 claim event id, 5 time ms,
 //
 //	6 mode "claim"|"reclaim", 7 deliveries, 8 reclaim event id
 //
 // Every script is safe to run twice (a client may retry one whose reply
 // was lost): a second claim by the same worker returns its claim as is.
 //
-// Reply: {"ok", epoch, meta, input, dep results...} |
+// Reply: per item, {"ok", epoch, meta, input, dep results...} |
 //
 //	{"done", status} (finished or run over: ack, re-point the feed) |
 //	{"stale", status, attempt} (another attempt: ack and drop) |
 //	{"busy", owner, epoch} (claimed by a live claim: ack and drop) |
 //	{"missing"} (no such run)
 var claimScript = redis.NewScript(prelude + `
-local run = redis.call('HGET', KEYS[1], '@status')
-if not run then return {'missing'} end
-local st, a, e, o = getrec(KEYS[1], ARGV[1])
-if terminal[st] then return {'done', st} end
-if run ~= 'running' then return {'done', run} end
-local att = tonumber(ARGV[2])
-if a ~= att then return {'stale', st, tostring(a)} end
-if st == 'running' and o == ARGV[3] and ARGV[6] ~= 'reclaim' then
-  -- Already ours: a retry (ours, or go-redis') after a lost reply, or a
-  -- duplicate message. Hand the claim back as is, without a second event;
-  -- never report it "busy", which would ack our only message.
-elseif st == 'running' then
-  if ARGV[6] ~= 'reclaim' then return {'busy', o, tostring(e)} end
-  e = e + 1
-  append(KEYS[2], ARGV[8], 'task_reclaimed', ARGV[1], a, e, ARGV[3], ARGV[5],
-    cjson.encode({from = o, deliveries = tonumber(ARGV[7]), reason = 'lease expired'}))
-  e = e + 1
-  setrec(KEYS[1], ARGV[1], 'running', a, e, ARGV[3])
-  append(KEYS[2], ARGV[4], 'task_claimed', ARGV[1], a, e, ARGV[3], ARGV[5], '')
-elseif st == 'dispatched' then
-  e = e + 1
-  setrec(KEYS[1], ARGV[1], 'running', a, e, ARGV[3])
-  append(KEYS[2], ARGV[4], 'task_claimed', ARGV[1], a, e, ARGV[3], ARGV[5], '')
-else
-  return {'stale', st, tostring(a)}
-end
-local meta = redis.call('HGET', KEYS[3], ARGV[1]) or '{}'
-local input = redis.call('HGET', KEYS[4], '@input') or ''
-local reply = {'ok', tostring(e), meta, input}
-local deps = cjson.decode(meta).d
-if type(deps) == 'table' then
-  for i = 1, #deps, 500 do
-    local chunk = {}
-    for j = i, math.min(i + 499, #deps) do chunk[#chunk + 1] = deps[j] end
-    local vals = redis.call('HMGET', KEYS[4], unpack(chunk))
-    for j = 1, #chunk do reply[#reply + 1] = vals[j] or '' end
+-- One item per call of one(); the script takes n items of 8 arguments
+-- (all of this run) and replies with the n item replies, in order.
+local function one(A)
+  local run = redis.call('HGET', KEYS[1], '@status')
+  if not run then return {'missing'} end
+  local st, a, e, o = getrec(KEYS[1], A[1])
+  if terminal[st] then return {'done', st} end
+  if run ~= 'running' then return {'done', run} end
+  local att = tonumber(A[2])
+  if a ~= att then return {'stale', st, tostring(a)} end
+  if st == 'running' and o == A[3] and A[6] ~= 'reclaim' then
+    -- Already ours: a retry (ours, or go-redis') after a lost reply, or a
+    -- duplicate message. Hand the claim back as is, without a second event;
+    -- never report it "busy", which would ack our only message.
+  elseif st == 'running' then
+    if A[6] ~= 'reclaim' then return {'busy', o, tostring(e)} end
+    e = e + 1
+    append(KEYS[2], A[8], 'task_reclaimed', A[1], a, e, A[3], A[5],
+      cjson.encode({from = o, deliveries = tonumber(A[7]), reason = 'lease expired'}))
+    e = e + 1
+    setrec(KEYS[1], A[1], 'running', a, e, A[3])
+    append(KEYS[2], A[4], 'task_claimed', A[1], a, e, A[3], A[5], '')
+  elseif st == 'dispatched' then
+    e = e + 1
+    setrec(KEYS[1], A[1], 'running', a, e, A[3])
+    append(KEYS[2], A[4], 'task_claimed', A[1], a, e, A[3], A[5], '')
+  else
+    return {'stale', st, tostring(a)}
   end
+  local meta = redis.call('HGET', KEYS[3], A[1]) or '{}'
+  local input = redis.call('HGET', KEYS[4], '@input') or ''
+  local reply = {'ok', tostring(e), meta, input}
+  local deps = cjson.decode(meta).d
+  if type(deps) == 'table' then
+    for i = 1, #deps, 500 do
+      local chunk = {}
+      for j = i, math.min(i + 499, #deps) do chunk[#chunk + 1] = deps[j] end
+      local vals = redis.call('HMGET', KEYS[4], unpack(chunk))
+      for j = 1, #chunk do reply[#reply + 1] = vals[j] or '' end
+    end
+  end
+  return reply
 end
-return reply
+local n, out = tonumber(ARGV[1]), {}
+for i = 0, n - 1 do
+  local A = {}
+  for j = 1, 8 do A[j] = ARGV[1 + i * 8 + j] end
+  out[i + 1] = one(A)
+end
+return out
 `)
 
 // finishScript records the outcome of an attempt if the caller still holds
@@ -186,38 +198,50 @@ return reply
 // result_rejected and changes nothing else.
 //
 // KEYS: 1 state, 2 log, 3 results
-// ARGV: 1 task, 2 attempt, 3 epoch, 4 worker, 5 event id, 6 time ms,
+// ARGV: n, then n items (outcomes of one run) of 12 arguments:
+// 1 task, 2 attempt, 3 epoch, 4 worker, 5 event id, 6 time ms,
 //
 //	7 event type, 8 body, 9 new status, 10 result ("" = none),
 //	11 rejection event id, 12 "unfenced" to skip the epoch check (a
 //	test-only switch that lets chaos prove its checker catches duplicates)
 //
-// Reply: {"ok", seq, newly dirty 0|1} | {"stale", status, epoch, owner}
+// Reply: per item, {"ok", seq, newly dirty 0|1} | {"stale", status, epoch, owner}
 var finishScript = redis.NewScript(prelude + `
-local st, a, e, o = getrec(KEYS[1], ARGV[1])
-local att, ep = tonumber(ARGV[2]), tonumber(ARGV[3])
-if st == ARGV[9] and a == att and e == ep and o == ARGV[4] then
-  -- Already accepted: a retry after a lost reply. Point the feed again
-  -- (harmless if done before): the first call may have been the one that
-  -- set @dirty, and its caller never saw the reply.
-  return {'ok', '', 1}
+-- One item per call of one(); the script takes n items of 12 arguments
+-- (all of this run) and replies with the n item replies, in order.
+local function one(A)
+  local st, a, e, o = getrec(KEYS[1], A[1])
+  local att, ep = tonumber(A[2]), tonumber(A[3])
+  if st == A[9] and a == att and e == ep and o == A[4] then
+    -- Already accepted: a retry after a lost reply. Point the feed again
+    -- (harmless if done before): the first call may have been the one that
+    -- set @dirty, and its caller never saw the reply.
+    return {'ok', '', 1}
+  end
+  if A[12] == 'unfenced' and a == att then
+    e, o = ep, A[4]
+  elseif st ~= 'running' or a ~= att or e ~= ep or o ~= A[4] then
+    local what = 'result'
+    if A[7] ~= 'task_succeeded' then what = 'failure' end
+    append(KEYS[2], A[11], 'result_rejected', A[1], att, ep, A[4], A[6],
+      cjson.encode({what = what, reason = 'claim lost: task is ' .. st .. ' at epoch ' .. tostring(e), current_epoch = e}))
+    return {'stale', st, tostring(e), o}
+  end
+  setrec(KEYS[1], A[1], A[9], a, e, o)
+  if A[9] == 'succeeded' then
+    redis.call('HSET', KEYS[3], A[1], A[10])
+  end
+  local seq = append(KEYS[2], A[5], A[7], A[1], a, e, A[4], A[6], A[8])
+  local newly = redis.call('HSETNX', KEYS[1], '@dirty', '1')
+  return {'ok', seq, newly}
 end
-if ARGV[12] == 'unfenced' and a == att then
-  e, o = ep, ARGV[4]
-elseif st ~= 'running' or a ~= att or e ~= ep or o ~= ARGV[4] then
-  local what = 'result'
-  if ARGV[7] ~= 'task_succeeded' then what = 'failure' end
-  append(KEYS[2], ARGV[11], 'result_rejected', ARGV[1], att, ep, ARGV[4], ARGV[6],
-    cjson.encode({what = what, reason = 'claim lost: task is ' .. st .. ' at epoch ' .. tostring(e), current_epoch = e}))
-  return {'stale', st, tostring(e), o}
+local n, out = tonumber(ARGV[1]), {}
+for i = 0, n - 1 do
+  local A = {}
+  for j = 1, 12 do A[j] = ARGV[1 + i * 12 + j] end
+  out[i + 1] = one(A)
 end
-setrec(KEYS[1], ARGV[1], ARGV[9], a, e, o)
-if ARGV[9] == 'succeeded' then
-  redis.call('HSET', KEYS[3], ARGV[1], ARGV[10])
-end
-local seq = append(KEYS[2], ARGV[5], ARGV[7], ARGV[1], a, e, ARGV[4], ARGV[6], ARGV[8])
-local newly = redis.call('HSETNX', KEYS[1], '@dirty', '1')
-return {'ok', seq, newly}
+return out
 `)
 
 // heartbeatScript checks that the caller still holds the claim and, when
@@ -317,15 +341,23 @@ return out
 // from a worker that lost its claim would drop a reclaimed message.
 //
 // KEYS: 1 queue stream
-// ARGV: 1 group, 2 consumer, 3 message id
-// Reply: 1 acked, 0 not pending, -1 pending for another consumer
+// ARGV: 1 group, 2 consumer, 3... message ids
+// Reply: per id, 1 acked, 0 not pending, -1 pending for another consumer
 var queueAckScript = redis.NewScript(`
-local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
-if #p == 0 then return 0 end
-if p[1][2] ~= ARGV[2] then return -1 end
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
-redis.call('XDEL', KEYS[1], ARGV[3])
-return 1
+local out = {}
+for i = 3, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if #p == 0 then
+    out[#out + 1] = 0
+  elseif p[1][2] ~= ARGV[2] then
+    out[#out + 1] = -1
+  else
+    redis.call('XACK', KEYS[1], ARGV[1], ARGV[i])
+    redis.call('XDEL', KEYS[1], ARGV[i])
+    out[#out + 1] = 1
+  end
+end
+return out
 `)
 
 // queueTouchScript resets a pending message's idle time (the lease) if it is

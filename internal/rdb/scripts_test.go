@@ -414,8 +414,9 @@ func TestQueueAckAndTouchAreOwnerChecked(t *testing.T) {
 	if p := pending(); len(p) != 1 || p[0].Consumer != "owner" || p[0].Idle < 1000*time.Second {
 		t.Errorf("after a non-owner touch: %+v", p)
 	}
-	if n, err := db.QueueAck(ctx, c, q, "zombie", id).Int64(); err != nil || n != -1 {
-		t.Errorf("ack by a non-owner = %d, %v; want -1", n, err)
+	if res, err := db.QueueAck(ctx, c, q, "zombie", id).Int64Slice(); err != nil || len(res) != 1 || res[0] != -1 {
+		n := res
+		t.Errorf("ack by a non-owner = %v, %v; want [-1]", n, err)
 	}
 	if p := pending(); len(p) != 1 || p[0].Consumer != "owner" {
 		t.Errorf("after a non-owner ack the entry is no longer pending for its owner: %+v", p)
@@ -430,8 +431,8 @@ func TestQueueAckAndTouchAreOwnerChecked(t *testing.T) {
 	if p := pending(); len(p) != 1 || p[0].Consumer != "owner" || p[0].Idle >= 1000*time.Second || p[0].RetryCount != 1 {
 		t.Errorf("after the owner's touch: %+v (want idle reset, delivery count unchanged)", p)
 	}
-	if n, err := db.QueueAck(ctx, c, q, "owner", id).Int64(); err != nil || n != 1 {
-		t.Errorf("ack by the owner = %d, %v; want 1", n, err)
+	if n, err := db.QueueAck(ctx, c, q, "owner", id).Int64Slice(); err != nil || len(n) != 1 || n[0] != 1 {
+		t.Errorf("ack by the owner = %v, %v; want [1]", n, err)
 	}
 	if p := pending(); len(p) != 0 {
 		t.Errorf("still pending after the owner's ack: %+v", p)
@@ -439,8 +440,8 @@ func TestQueueAckAndTouchAreOwnerChecked(t *testing.T) {
 	if l, _ := c.XLen(ctx, q).Result(); l != 0 {
 		t.Errorf("the acked entry was not deleted: XLEN %d", l)
 	}
-	if n, err := db.QueueAck(ctx, c, q, "owner", id).Int64(); err != nil || n != 0 {
-		t.Errorf("second ack = %d, %v; want 0", n, err)
+	if n, err := db.QueueAck(ctx, c, q, "owner", id).Int64Slice(); err != nil || len(n) != 1 || n[0] != 0 {
+		t.Errorf("second ack = %v, %v; want [0]", n, err)
 	}
 	if n, err := db.QueueTouch(ctx, c, q, "owner", id).Int64(); err != nil || n != 0 {
 		t.Errorf("touch of an acked entry = %d, %v; want 0", n, err)

@@ -1,0 +1,261 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"sync"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/graflow-go/graflow/internal/crashpoint"
+	"github.com/graflow-go/graflow/internal/rdb"
+	"github.com/redis/go-redis/v9"
+)
+
+// Group commit: claims and outcomes that are waiting at the same moment go
+// to Redis in one pipeline (one round trip) instead of one each. A lone
+// request goes at once, so an idle worker pays no latency for it; under
+// load the batches grow by themselves. Every script is safe to repeat, so
+// a batch that hits a Redis error is retried item by item.
+
+const maxBatch = 128
+
+type claimReq struct {
+	args rdb.ClaimArgs
+	done chan claimResp
+}
+
+type claimResp struct {
+	cr  rdb.ClaimResult
+	err error
+}
+
+// finishReq is an outcome to record, then the steps that follow it: the
+// feed pointer (if the run became dirty), a dead letter, the ack.
+type finishReq struct {
+	args       rdb.FinishArgs
+	m          message
+	deadLetter []byte // details, for a task that failed for good
+	done       chan error
+}
+
+type batcher struct {
+	w        *Worker
+	claims   chan claimReq
+	finishes chan finishReq
+	wg       sync.WaitGroup
+}
+
+func newBatcher(w *Worker) *batcher {
+	return &batcher{w: w, claims: make(chan claimReq, maxBatch), finishes: make(chan finishReq, maxBatch)}
+}
+
+// start runs the two loops until stop.
+func (b *batcher) start(ctx context.Context) {
+	b.wg.Add(2)
+	go func() { defer b.wg.Done(); b.claimLoop(ctx) }()
+	go func() { defer b.wg.Done(); b.finishLoop(ctx) }()
+}
+
+// stop ends the loops once nothing is queued; callers must have stopped
+// sending (all tasks finished).
+func (b *batcher) stop() {
+	close(b.claims)
+	close(b.finishes)
+	b.wg.Wait()
+}
+
+func (b *batcher) claim(ctx context.Context, a rdb.ClaimArgs) (rdb.ClaimResult, error) {
+	req := claimReq{args: a, done: make(chan claimResp, 1)}
+	b.claims <- req
+	select {
+	case r := <-req.done:
+		return r.cr, r.err
+	case <-ctx.Done():
+		return rdb.ClaimResult{}, ctx.Err()
+	}
+}
+
+func (b *batcher) finish(ctx context.Context, req finishReq) error {
+	req.done = make(chan error, 1)
+	b.finishes <- req
+	select {
+	case err := <-req.done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (b *batcher) claimLoop(ctx context.Context) {
+	w := b.w
+	for first := range b.claims {
+		batch := []claimReq{first}
+	drain:
+		for len(batch) < maxBatch {
+			select {
+			case r, ok := <-b.claims:
+				if !ok {
+					break drain
+				}
+				batch = append(batch, r)
+			default:
+				break drain
+			}
+		}
+		// One script call per run (claims of several messages of one run
+		// share it), all calls in one pipeline.
+		groups := groupBy(batch, func(r claimReq) string { return r.args.Run })
+		pipe := w.cfg.Redis.Pipeline()
+		cmds := make([]*redis.Cmd, len(groups))
+		for g, idx := range groups {
+			args := make([]rdb.ClaimArgs, len(idx))
+			for k, i := range idx {
+				args[k] = batch[i].args
+			}
+			cmds[g] = w.db.ClaimsCmd(ctx, pipe, args)
+		}
+		_, _ = pipe.Exec(ctx)
+		for g, idx := range groups {
+			args := make([]rdb.ClaimArgs, len(idx))
+			for k, i := range idx {
+				args[k] = batch[i].args
+			}
+			crs, err := rdb.ParseClaims(args, cmds[g])
+			for k, i := range idx {
+				r := batch[i]
+				var cr rdb.ClaimResult
+				var ierr error
+				if err == nil {
+					cr = crs[k]
+				} else {
+					// Retry alone (a second claim by this worker returns the
+					// first one's claim unchanged).
+					ierr = w.redisRetry(ctx, func() error {
+						var err error
+						cr, err = w.db.Claim(ctx, r.args)
+						return err
+					})
+				}
+				r.done <- claimResp{cr: cr, err: ierr}
+			}
+		}
+	}
+}
+
+// groupBy returns the indexes of items by key, keys in first-seen order.
+func groupBy[T any](items []T, key func(T) string) [][]int {
+	pos := map[string]int{}
+	var out [][]int
+	for i, it := range items {
+		k := key(it)
+		g, ok := pos[k]
+		if !ok {
+			g = len(out)
+			pos[k] = g
+			out = append(out, nil)
+		}
+		out[g] = append(out[g], i)
+	}
+	return out
+}
+
+func (b *batcher) finishLoop(ctx context.Context) {
+	w := b.w
+	for first := range b.finishes {
+		batch := []finishReq{first}
+	drain:
+		for len(batch) < maxBatch {
+			select {
+			case r, ok := <-b.finishes:
+				if !ok {
+					break drain
+				}
+				batch = append(batch, r)
+			default:
+				break drain
+			}
+		}
+		// 1. The outcomes: one script call per run, one round trip.
+		groups := groupBy(batch, func(r finishReq) string { return r.args.Run })
+		pipe := w.cfg.Redis.Pipeline()
+		cmds := make([]*redis.Cmd, len(groups))
+		argsOf := func(idx []int) []rdb.FinishArgs {
+			args := make([]rdb.FinishArgs, len(idx))
+			for k, i := range idx {
+				args[k] = batch[i].args
+			}
+			return args
+		}
+		for g, idx := range groups {
+			cmds[g] = w.db.FinishesCmd(ctx, pipe, argsOf(idx))
+		}
+		_, _ = pipe.Exec(ctx)
+		errs := make([]error, len(batch))
+		dirty := make([]bool, len(batch))
+		for g, idx := range groups {
+			ds, es, err := rdb.ParseFinishes(argsOf(idx), cmds[g])
+			for k, i := range idx {
+				if err == nil {
+					dirty[i], errs[i] = ds[k], es[k]
+					continue
+				}
+				r := batch[i]
+				errs[i] = w.redisRetry(ctx, func() error {
+					var err error
+					dirty[i], err = w.db.Finish(ctx, r.args)
+					if errors.Is(err, rdb.ErrStaleClaim) {
+						return backoff.Permanent(err)
+					}
+					return err
+				})
+			}
+		}
+		crashpoint.Hit(crashpoint.WorkerAfterFinish)
+		// 2. Then, for accepted outcomes: feed pointers, dead letters and
+		// acks, one round trip. The ack comes last: a crash before it
+		// leaves the message pending, and its reclaimer redoes the rest.
+		points := map[string]bool{}
+		err := w.redisRetry(ctx, func() error {
+			pipe := w.cfg.Redis.Pipeline()
+			n := 0
+			acks := map[string][]string{}
+			var streams []string
+			for i, r := range batch {
+				if errs[i] != nil {
+					continue
+				}
+				if dirty[i] && !points[r.m.run] {
+					points[r.m.run] = true
+					w.db.PointFeed(ctx, pipe, r.m.run)
+				}
+				if r.deadLetter != nil {
+					w.db.DeadLetter(ctx, pipe, r.m.run, r.m.task, r.args.TimeMS, r.deadLetter)
+				}
+				if acks[r.m.stream] == nil {
+					streams = append(streams, r.m.stream)
+				}
+				acks[r.m.stream] = append(acks[r.m.stream], r.m.id)
+				n++
+			}
+			for _, st := range streams {
+				w.db.QueueAck(ctx, pipe, st, w.cfg.ID, acks[st]...)
+			}
+			if n == 0 {
+				return nil
+			}
+			_, err := pipe.Exec(ctx)
+			if err != nil {
+				clear(points)
+			}
+			return err
+		})
+		if err != nil {
+			// The outcomes are recorded; their messages stay pending and
+			// whoever reclaims them re-points the feed and acks.
+			w.log.Warn().Err(err).Int("outcomes", len(batch)).Msg("ack after outcome failed; reclaim will finish the job")
+		}
+		for i, r := range batch {
+			r.done <- errs[i]
+		}
+	}
+}
