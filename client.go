@@ -376,3 +376,90 @@ func (c *Client) RunningRuns(ctx context.Context) ([]string, error) {
 	}
 	return out, nil
 }
+
+// GCOptions select what GC removes.
+type GCOptions struct {
+	// OlderThan: only runs submitted longer ago than this (0: any age).
+	OlderThan time.Duration
+	// DryRun reports what would be removed and removes nothing.
+	DryRun bool
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+}
+
+// GCReport says what GC removed (or would remove, in a dry run).
+type GCReport struct {
+	Runs   []string `json:"runs"`
+	Events int64    `json:"events"`
+	Keys   int64    `json:"keys"`
+	// Kept counts finished runs left alone because the projector has not
+	// applied all their events yet (they are collected on a later pass).
+	Kept int `json:"kept"`
+	// Dangling counts index entries whose run no longer exists (expired
+	// by a TTL), removed from the index.
+	Dangling int `json:"dangling"`
+}
+
+// GC deletes finished runs (succeeded, failed or cancelled) submitted more
+// than OlderThan ago: their log, state, results, dag, outbox and channel,
+// and their index entry. It never removes a run that is still running or
+// whose events the projector has not all applied (@dirty set), so no event
+// the projector still needs is ever trimmed. Export runs first
+// (replay.Export) if you need their history later.
+func (c *Client) GC(ctx context.Context, opt GCOptions) (GCReport, error) {
+	var rep GCReport
+	if opt.Now == nil {
+		opt.Now = time.Now
+	}
+	max := "+inf"
+	if opt.OlderThan > 0 {
+		max = fmt.Sprint(opt.Now().Add(-opt.OlderThan).UnixMilli())
+	}
+	ids, err := c.db.C.ZRangeArgs(ctx, redis.ZRangeArgs{Key: c.db.K.Runs(), Start: "-inf", Stop: max, ByScore: true}).Result()
+	if err != nil {
+		return rep, err
+	}
+	for _, run := range ids {
+		vals, err := c.db.C.HMGet(ctx, c.db.K.RunState(run), rdb.FieldRunStatus, rdb.FieldRunDirty).Result()
+		if err != nil {
+			return rep, err
+		}
+		status, _ := vals[0].(string)
+		if vals[0] == nil {
+			if n, err := c.db.C.Exists(ctx, c.db.K.RunLog(run)).Result(); err == nil && n == 0 {
+				rep.Dangling++
+				if !opt.DryRun {
+					_ = c.db.C.ZRem(ctx, c.db.K.Runs(), run).Err()
+				}
+			}
+			continue
+		}
+		if !projector.RunStatus(status).Terminal() {
+			continue
+		}
+		if vals[1] != nil {
+			rep.Kept++
+			continue
+		}
+		n, err := c.db.C.XLen(ctx, c.db.K.RunLog(run)).Result()
+		if err != nil {
+			return rep, err
+		}
+		rep.Runs = append(rep.Runs, run)
+		rep.Events += n
+		if opt.DryRun {
+			continue
+		}
+		// One slot: a MULTI works on Redis Cluster too.
+		pipe := c.db.C.TxPipeline()
+		del := pipe.Del(ctx, c.db.K.RunKeys(run)...)
+		if _, err := pipe.Exec(ctx); err != nil {
+			return rep, err
+		}
+		rep.Keys += del.Val()
+		if err := c.db.C.ZRem(ctx, c.db.K.Runs(), run).Err(); err != nil {
+			return rep, err
+		}
+	}
+	return rep, nil
+}

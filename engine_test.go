@@ -2,6 +2,7 @@ package graflow_test
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"testing"
 	"time"
@@ -38,7 +39,7 @@ func setup(t *testing.T, workers int) bundle {
 	wg.Add(1)
 	go func() { defer wg.Done(); _ = p.Run(ctx) }()
 	for i := 0; i < workers; i++ {
-		w, err := worker.New(worker.Config{Redis: rc, Namespace: ns, ID: "w" + string(rune('a'+i)), Concurrency: 4, FetchBlock: 200 * time.Millisecond})
+		w, err := worker.New(worker.Config{Redis: rc, Namespace: ns, ID: "w" + string(rune('a'+i)), Concurrency: 4, FetchBlock: 200 * time.Millisecond, DrainTimeout: time.Second})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -231,4 +232,45 @@ func startWorker(t *testing.T, b bundle, id string) {
 	done := make(chan struct{})
 	go func() { defer close(done); _ = w.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
+}
+
+func TestGCRemovesOnlyFinishedFullyProjectedRuns(t *testing.T) {
+	t.Parallel()
+	b := setup(t, 2)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	done := graflow.NewWorkflow("done")
+	done.Task("a", builtin.Noop)
+	finished, err := b.client.Submit(ctx, done, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.client.Wait(ctx, finished); err != nil {
+		t.Fatal(err)
+	}
+	slow := graflow.NewWorkflow("slow")
+	slow.Task("s", builtin.Sleep).Args(map[string]any{"ms": 60000})
+	running, err := b.client.Submit(ctx, slow, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// run_succeeded is appended by the same commit that clears @dirty, so
+	// once Wait has seen it the run is collectable.
+	rep, err := b.client.GC(ctx, graflow.GCOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Runs) != 1 || rep.Runs[0] != finished || rep.Events == 0 {
+		t.Fatalf("gc = %+v, want exactly the finished run %s", rep, finished)
+	}
+	k := rdb.NewKeys(b.ns)
+	if n, _ := b.rdb.Exists(ctx, k.RunKeys(finished)...).Result(); n != 0 {
+		t.Fatalf("%d keys of the collected run remain", n)
+	}
+	if n, _ := b.rdb.Exists(ctx, k.RunLog(running)).Result(); n != 1 {
+		t.Fatal("gc removed the running run's log")
+	}
+	if _, err := b.client.Status(ctx, finished); !errors.Is(err, graflow.ErrRunNotFound) {
+		t.Fatalf("status of a collected run: %v, want ErrRunNotFound", err)
+	}
 }

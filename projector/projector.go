@@ -55,6 +55,9 @@ type Config struct {
 	// Parallel bounds the runs projected at once per feed partition
 	// (default 16).
 	Parallel int
+	// RunTTL, when set, makes a finished run's keys expire this long after
+	// it ended (default 0: runs are kept; "graflow gc" deletes old ones).
+	RunTTL time.Duration
 	// FeedBlock is how long one XREADGROUP blocks (default 2s); it only
 	// bounds how fast Run notices cancellation.
 	FeedBlock time.Duration
@@ -473,6 +476,15 @@ func (p *Projector) Project(ctx context.Context, run string) error {
 				p.forget(run)
 			}
 			return nil
+		}
+		if c.run.Status.Terminal() && p.cfg.RunTTL > 0 {
+			pipe := p.cfg.Redis.Pipeline()
+			for _, k := range p.db.K.RunKeys(run) {
+				pipe.PExpire(ctx, k, p.cfg.RunTTL)
+			}
+			if _, err := pipe.Exec(ctx); err != nil {
+				p.log.Warn().Err(err).Str("run", run).Msg("set the finished run's TTL")
+			}
 		}
 		skipRead = true
 	}

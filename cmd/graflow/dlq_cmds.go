@@ -139,3 +139,37 @@ func runRepair(ctx context.Context, m *Main, args []string) error {
 	}
 	return nil
 }
+
+func init() {
+	register(&command{name: "gc", summary: "delete finished runs older than --older-than (export them first if you need them)", run: runGC})
+}
+
+func runGC(ctx context.Context, m *Main, args []string) error {
+	var c common
+	fs := m.flags("gc", &c)
+	fs.BoolVar(&c.json, "json", false, "print JSON")
+	older := fs.Duration("older-than", 7*24*time.Hour, "only runs submitted longer ago than this (0: any finished run)")
+	dry := fs.Bool("dry-run", false, "report what would be removed, remove nothing")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	cl, r, err := c.client(ctx)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	rep, err := cl.GC(ctx, graflow.GCOptions{OlderThan: *older, DryRun: *dry})
+	if err != nil {
+		return err
+	}
+	if c.json {
+		return printJSON(m.Stdout, rep)
+	}
+	verb := "removed"
+	if *dry {
+		verb = "would remove"
+	}
+	fmt.Fprintf(m.Stdout, "gc: %s %d finished runs (%d events, %d keys); kept %d not yet fully projected; %d dangling index entries\n",
+		verb, len(rep.Runs), rep.Events, rep.Keys, rep.Kept, rep.Dangling)
+	return nil
+}

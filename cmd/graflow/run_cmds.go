@@ -65,6 +65,7 @@ func runProjector(ctx context.Context, m *Main, args []string) error {
 	retryInitial := fs.Duration("retry-initial", projector.DefaultRetryInitial, "delay before the first retry (exponential backoff with jitter)")
 	retryMax := fs.Duration("retry-max", projector.DefaultRetryMax, "cap on the delay between retries")
 	feedIdle := fs.Duration("feed-reclaim-idle", projector.DefaultFeedReclaim, "take over feed entries of dead projectors after this long")
+	runTTL := fs.Duration("run-ttl", 0, "finished runs expire this long after they end (0 keeps them; see graflow gc)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -74,7 +75,7 @@ func runProjector(ctx context.Context, m *Main, args []string) error {
 	}
 	defer r.Close()
 	p, err := projector.New(projector.Config{Redis: r, Namespace: c.namespace, ID: *id, Logger: c.logger(m.Stderr),
-		RetryInitial: *retryInitial, RetryMax: *retryMax, FeedReclaimIdle: *feedIdle})
+		RetryInitial: *retryInitial, RetryMax: *retryMax, FeedReclaimIdle: *feedIdle, RunTTL: *runTTL})
 	if err != nil {
 		return withCode(ExitUsage, err)
 	}
