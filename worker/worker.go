@@ -303,13 +303,13 @@ func (w *Worker) Run(ctx context.Context) error {
 
 	<-ctx.Done()
 	w.log.Info().Int64("in_flight", w.running.Load()).Msg("worker draining")
-	loops.Wait() // no new task starts after this
+	t := time.NewTimer(w.cfg.DrainTimeout) // from the signal, not from when the fetchers notice it
+	loops.Wait()                           // no new task starts after this
 	drained := make(chan struct{})
 	go func() {
 		tasks.Wait()
 		close(drained)
 	}()
-	t := time.NewTimer(w.cfg.DrainTimeout)
 	select {
 	case <-drained:
 		t.Stop()
@@ -498,12 +498,13 @@ func (w *Worker) process(ctx context.Context, m message) {
 		timeout: time.Duration(cr.Meta.TimeoutMS) * time.Millisecond,
 	}
 	log = log.With().Int64("epoch", t.Epoch).Str("handler", t.Handler).Logger()
-	crashpoint.Hit(crashpoint.WorkerAfterClaim)
 	if m.reclaimed && m.deliveries > int64(w.cfg.PoisonLimit) {
 		log.Error().Int64("deliveries", m.deliveries).Msg("poison task: delivered too often without an outcome; failing it")
 		w.finish(ctx, log, m, t, nil, &poisonError{deliveries: m.deliveries, limit: w.cfg.PoisonLimit}, nil)
 		return
 	}
+	crashpoint.Hit(crashpoint.WorkerAfterClaim) // as if the handler crashed its worker
+
 	tctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	if cr.Meta.TimeoutMS > 0 {
