@@ -61,8 +61,14 @@ demo: ## Run the demo workflow with live progress: installs redis-server if miss
 	$(GO) build -o bin/graflow ./cmd/graflow
 	./bin/graflow dev $(DEMO_ARGS)
 
-bench: ## Run the benchmarks (to be filled in)
-	@echo "not yet"
+BENCH_RUNS ?= 3
+bench: build ## Measure throughput, latency and cost per task against the raw Redis ceiling (BENCH_RUNS=3; BENCH_ARGS="--write-doc docs/performance.md" refreshes the doc)
+	./bin/graflow bench --runs $(BENCH_RUNS) $(BENCH_ARGS)
+
+bench-smoke: build ## Run every Go benchmark once and "graflow bench --smoke" (tiny sizes): proves the benchmarks work
+	$(GO) test -count=1 -run '^$$' -bench . -benchtime=1x ./...
+	./bin/graflow bench --smoke --json-only > /dev/null
+	@echo "bench-smoke: ok"
 
 CHAOS_SEEDS ?= 1-5
 chaos: build ## Run the chaos suite: 1,000 tasks under SIGKILL/SIGSTOP/projector kills/Redis restarts, one line per seed (CHAOS_SEEDS=1-5)

@@ -210,8 +210,8 @@ func BenchmarkQueueFetchAck(b *testing.B) {
 		if err != nil || len(res) != 1 || len(res[0].Messages) != 1 {
 			b.Fatalf("fetch: %v %v", err, res)
 		}
-		if n, err := d.db.QueueAck(d.ctx, d.db.C, res[0].Stream, "w", res[0].Messages[0].ID).Int(); err != nil || n != 1 {
-			b.Fatalf("ack: %v %d", err, n)
+		if n, err := d.db.QueueAck(d.ctx, d.db.C, res[0].Stream, "w", res[0].Messages[0].ID).Int64Slice(); err != nil || len(n) != 1 || n[0] != 1 {
+			b.Fatalf("ack: %v %v", err, n)
 		}
 	}
 	b.StopTimer()

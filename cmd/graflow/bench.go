@@ -1,0 +1,127 @@
+//go:build unix
+
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/graflow-go/graflow/internal/bench"
+)
+
+func init() {
+	register(&command{name: "bench", summary: "measure throughput, latency and cost per task against the raw Redis ceiling", run: runBench})
+}
+
+func runBench(ctx context.Context, m *Main, args []string) error {
+	var c common
+	fs := m.flags("bench", &c)
+	d := bench.DefaultSizes()
+	var sz bench.Sizes
+	workloads := fs.String("workload", "all", "comma-separated workloads: all, "+strings.Join(bench.All, ", "))
+	runs := fs.Int("runs", 1, "repeat each workload N times; each run is reported, then the median")
+	conc := fs.Int("concurrency", bench.DefaultConcurrency, "tasks run at once by each worker process")
+	submitters := fs.Int("submitters", bench.DefaultSubmitters, "goroutines submitting runs (and the ceiling's producers and consumers)")
+	fs.IntVar(&sz.CeilingBatched, "ceiling-batched", d.CeilingBatched, "entries of the batched ceiling (100 XADD per pipeline)")
+	fs.IntVar(&sz.CeilingUnbatched, "ceiling-unbatched", d.CeilingUnbatched, "entries of the unbatched ceiling (1 XADD per round trip)")
+	fs.IntVar(&sz.IndependentRuns, "independent-runs", d.IndependentRuns, "single-task runs of the independent workload")
+	fs.IntVar(&sz.FanoutTasks, "fanout-tasks", d.FanoutTasks, "parallel tasks of the fan-out run (plus one reduce task)")
+	fs.IntVar(&sz.ChainRuns, "chain-runs", d.ChainRuns, "3-step runs of the chain workload")
+	fs.IntVar(&sz.LatencyRuns, "latency-runs", d.LatencyRuns, "runs of the latency workload, one at a time")
+	fs.IntVar(&sz.ReplayEvents, "replay-events", d.ReplayEvents, "events of the synthetic history the replay workload folds")
+	jsonOnly := fs.Bool("json-only", false, "print only the JSON lines (no progress, no summary)")
+	writeDoc := fs.String("write-doc", "", "write the medians into this Markdown file between its generated-section markers (e.g. docs/performance.md)")
+	smoke := fs.Bool("smoke", false, "tiny sizes: proves the harness works in a few seconds; the numbers mean nothing")
+	timeout := fs.Duration("timeout", bench.DefaultTimeout, "time limit of each workload run")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), `Usage: graflow bench [flags]
+
+Measures the engine against the raw Redis ceiling on this machine. Without
+--redis it starts a private redis-server child WITHOUT AOF or RDB snapshots
+(persistence is an operations choice); $REDIS_URL is not used, so a
+benchmark never floods a shared Redis by accident. Each workload runs in a
+fresh namespace (deleted afterwards) with its own worker and projector
+processes of this binary. Stdout gets one JSON object per line.
+
+Flags:
+`)
+		fs.PrintDefaults()
+	}
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usagef("bench takes no arguments (got %q)", fs.Args())
+	}
+	explicit := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { explicit[f.Name] = true })
+	list, err := bench.ParseWorkloads(*workloads)
+	if err != nil {
+		return withCode(ExitUsage, err)
+	}
+	if *smoke {
+		s := bench.SmokeSizes()
+		for name, v := range map[string]*int{
+			"ceiling-batched": &sz.CeilingBatched, "ceiling-unbatched": &sz.CeilingUnbatched,
+			"independent-runs": &sz.IndependentRuns, "fanout-tasks": &sz.FanoutTasks, "chain-runs": &sz.ChainRuns,
+			"latency-runs": &sz.LatencyRuns, "replay-events": &sz.ReplayEvents,
+		} {
+			if !explicit[name] {
+				*v = 0
+			}
+		}
+		sz = mergeSizes(sz, s)
+		if !explicit["timeout"] {
+			*timeout = 2 * time.Minute
+		}
+	}
+	if m.Exe == "" {
+		return fmt.Errorf("cannot start worker processes: the path of the graflow binary is unknown")
+	}
+	cfg := bench.Config{
+		Exe: m.Exe, NamespacePrefix: c.namespace + "-bench", Workloads: list, Runs: *runs, Sizes: sz,
+		Concurrency: *conc, Submitters: *submitters, Timeout: *timeout, Out: m.Stdout, Log: m.Stderr,
+	}
+	if explicit["redis"] {
+		cfg.RedisURL = c.redisURL
+	}
+	if *jsonOnly {
+		cfg.Log = io.Discard
+	}
+	rep, err := bench.Run(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	if !*jsonOnly {
+		fmt.Fprintln(m.Stderr, "bench: medians")
+		bench.Table(m.Stderr, rep)
+	}
+	if *writeDoc != "" {
+		cmdline := "graflow bench " + strings.Join(args, " ")
+		if err := bench.WriteDoc(*writeDoc, rep, strings.TrimSpace(cmdline), time.Now()); err != nil {
+			return fmt.Errorf("write %s: %w", *writeDoc, err)
+		}
+		if !*jsonOnly {
+			fmt.Fprintf(m.Stderr, "bench: wrote the results into %s\n", *writeDoc)
+		}
+	}
+	return nil
+}
+
+// mergeSizes fills a's zero fields from b.
+func mergeSizes(a, b bench.Sizes) bench.Sizes {
+	for _, f := range []struct{ dst, src *int }{
+		{&a.CeilingBatched, &b.CeilingBatched}, {&a.CeilingUnbatched, &b.CeilingUnbatched},
+		{&a.IndependentRuns, &b.IndependentRuns}, {&a.FanoutTasks, &b.FanoutTasks}, {&a.ChainRuns, &b.ChainRuns},
+		{&a.LatencyRuns, &b.LatencyRuns}, {&a.ReplayEvents, &b.ReplayEvents},
+	} {
+		if *f.dst <= 0 {
+			*f.dst = *f.src
+		}
+	}
+	return a
+}

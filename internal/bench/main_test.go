@@ -1,0 +1,11 @@
+//go:build unix
+
+package bench
+
+import (
+	"testing"
+
+	"github.com/graflow-go/graflow/internal/redistest"
+)
+
+func TestMain(m *testing.M) { redistest.Main(m) }

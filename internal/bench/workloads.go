@@ -1,0 +1,442 @@
+//go:build unix
+
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime"
+	"sort"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/graflow-go/graflow"
+	"github.com/graflow-go/graflow/events"
+	"github.com/graflow-go/graflow/internal/rdb"
+	"github.com/graflow-go/graflow/projector"
+	"github.com/graflow-go/graflow/worker"
+	"github.com/graflow-go/graflow/worker/builtin"
+	"github.com/redis/go-redis/v9"
+)
+
+func msOf(d time.Duration) float64 { return round(float64(d)/float64(time.Millisecond), 3) }
+
+func perSec(n int, d time.Duration) float64 {
+	if d <= 0 {
+		d = time.Millisecond // below the Redis clock's resolution
+	}
+	return round(float64(n)/d.Seconds(), 1)
+}
+
+// ceiling measures the raw Redis floor on the engine's own queue stream
+// shape: producers XADD dispatch-like entries (one per round trip, or 100
+// per pipeline), consumers XREADGROUP COUNT 100 and XACK each batch with
+// one multi-id XACK. Throughput counts entries acked.
+func (h *harness) ceiling(ctx context.Context, run int) (_ []Result, err error) {
+	s, err := h.startStack(ctx, h.namespace(Ceiling, run), stackOptions{noEngine: true})
+	if err != nil {
+		return nil, err
+	}
+	defer func() { err = errors.Join(err, s.done(ctx)) }()
+	var out []Result
+	for _, mode := range []string{ModeBatched, ModeUnbatched} {
+		n, batch := h.cfg.Sizes.CeilingBatched, 100
+		if mode == ModeUnbatched {
+			n, batch = h.cfg.Sizes.CeilingUnbatched, 1
+		}
+		stream := s.db.K.Queue("ceiling-"+mode, 0)
+		if err := s.db.EnsureGroup(ctx, stream, rdb.GroupWorkers); err != nil {
+			return nil, err
+		}
+		a, err := s.take(ctx)
+		if err != nil {
+			return nil, err
+		}
+		wall, err := s.raw(ctx, stream, n, batch)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", mode, err)
+		}
+		b, err := s.take(ctx)
+		if err != nil {
+			return nil, err
+		}
+		r := Result{Workload: Ceiling, Mode: mode, Run: run, Tasks: n, Concurrency: h.cfg.Submitters,
+			WallMS: msOf(wall), TasksPerSec: perSec(n, wall)}
+		cost(&r, a, b, n)
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+// raw runs the ceiling's producers and consumers over n entries.
+func (s *stack) raw(ctx context.Context, stream string, n, batch int) (time.Duration, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	workers := s.h.cfg.Submitters
+	var (
+		acked    atomic.Int64
+		doneOnce sync.Once
+		done     = make(chan struct{})
+		end      time.Time
+		errMu    sync.Mutex
+		firstErr error
+		wg       sync.WaitGroup
+	)
+	fail := func(err error) {
+		errMu.Lock()
+		if firstErr == nil {
+			firstErr = err
+		}
+		errMu.Unlock()
+		cancel()
+	}
+	values := []any{rdb.MsgRun, "01JBENCHCEILINGRUN00000000", rdb.MsgTask, "task", rdb.MsgAttempt, "1"}
+	start := time.Now()
+	for c := range workers {
+		wg.Add(1)
+		go func() { // consumer
+			defer wg.Done()
+			for {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				res, err := s.rc.XReadGroup(ctx, &redis.XReadGroupArgs{Group: rdb.GroupWorkers, Consumer: "c" + strconv.Itoa(c),
+					Streams: []string{stream, ">"}, Count: 100, Block: 100 * time.Millisecond}).Result()
+				if errors.Is(err, redis.Nil) {
+					continue
+				}
+				if err != nil {
+					if ctx.Err() == nil {
+						fail(fmt.Errorf("XREADGROUP: %w", err))
+					}
+					return
+				}
+				var ids []string
+				for _, st := range res {
+					for _, m := range st.Messages {
+						ids = append(ids, m.ID)
+					}
+				}
+				if len(ids) == 0 {
+					continue
+				}
+				if err := s.rc.XAck(ctx, stream, rdb.GroupWorkers, ids...).Err(); err != nil {
+					fail(fmt.Errorf("XACK: %w", err))
+					return
+				}
+				if acked.Add(int64(len(ids))) >= int64(n) {
+					doneOnce.Do(func() { end = time.Now(); close(done) })
+				}
+			}
+		}()
+	}
+	for p := range workers {
+		share := n / workers
+		if p < n%workers {
+			share++
+		}
+		wg.Add(1)
+		go func() { // producer
+			defer wg.Done()
+			for sent := 0; sent < share; {
+				k := min(batch, share-sent)
+				var err error
+				if k == 1 {
+					err = s.rc.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: values}).Err()
+				} else {
+					pipe := s.rc.Pipeline()
+					for range k {
+						pipe.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: values})
+					}
+					_, err = pipe.Exec(ctx)
+				}
+				if err != nil {
+					if ctx.Err() == nil {
+						fail(fmt.Errorf("XADD: %w", err))
+					}
+					return
+				}
+				sent += k
+			}
+		}()
+	}
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
+	wg.Wait()
+	if firstErr != nil {
+		return 0, firstErr
+	}
+	if end.IsZero() {
+		return 0, ctx.Err()
+	}
+	return end.Sub(start), nil
+}
+
+// throughput submits spec once per run id (Submitters at a time) to an
+// engine of `workers` worker processes and measures first submit → last
+// run_succeeded on the Redis clock.
+func (h *harness) throughput(ctx context.Context, name string, run, workers int, spec events.RunSubmittedBody, runs []string) (_ Result, err error) {
+	s, err := h.startStack(ctx, h.namespace(name, run), stackOptions{workers: workers})
+	if err != nil {
+		return Result{}, err
+	}
+	defer func() { err = errors.Join(err, s.done(ctx)) }()
+	a, err := s.take(ctx)
+	if err != nil {
+		return Result{}, err
+	}
+	start, err := s.serverTime(ctx)
+	if err != nil {
+		return Result{}, err
+	}
+	last, err := s.submitAll(ctx, spec, runs)
+	if err != nil {
+		return Result{}, err
+	}
+	end, err := s.settle(ctx, runs, last)
+	if err != nil {
+		return Result{}, fmt.Errorf("%w%s", err, s.exited())
+	}
+	b, err := s.take(ctx)
+	if err != nil {
+		return Result{}, err
+	}
+	evs, err := s.countEvents(ctx, runs)
+	if err != nil {
+		return Result{}, err
+	}
+	tasks := len(runs) * len(spec.Tasks)
+	wall := end.Sub(start)
+	r := Result{Workload: name, Run: run, Tasks: tasks, WorkflowRuns: len(runs), Events: int(evs),
+		WorkerProcesses: workers, Concurrency: h.cfg.Concurrency,
+		WallMS: msOf(wall), TasksPerSec: perSec(tasks, wall), RunsPerSec: perSec(len(runs), wall),
+		EventsPerTask: perTask(float64(evs), tasks)}
+	s.cost(&r, a, b, tasks)
+	return r, nil
+}
+
+// independent: single-task runs (noop), all submitted up front.
+func (h *harness) independent(ctx context.Context, run int) ([]Result, error) {
+	wf := graflow.NewWorkflow("bench-independent")
+	wf.Task("t", builtin.Noop)
+	spec, err := wf.Spec(nil)
+	if err != nil {
+		return nil, err
+	}
+	r, err := h.throughput(ctx, Independent, run, 1, spec, runIDs("i", h.cfg.Sizes.IndependentRuns))
+	if err != nil {
+		return nil, err
+	}
+	r.RunsPerSec = 0 // one task per run: the same figure
+	return []Result{r}, nil
+}
+
+// fanout: one run of FanoutTasks parallel noop tasks feeding one sum task.
+func (h *harness) fanout(ctx context.Context, run int, name string, workers int) ([]Result, error) {
+	wf := graflow.NewWorkflow("bench-fanout")
+	wf.FanOut(nil, "m", builtin.Noop, h.cfg.Sizes.FanoutTasks, nil).Then(wf.Task("reduce", builtin.Sum))
+	spec, err := wf.Spec(nil)
+	if err != nil {
+		return nil, err
+	}
+	r, err := h.throughput(ctx, name, run, workers, spec, []string{"fanout"})
+	if err != nil {
+		return nil, err
+	}
+	r.RunsPerSec = 0
+	return []Result{r}, nil
+}
+
+// chain: runs of a 3-step sequence (noop); tasks/s is steps/s.
+func (h *harness) chain(ctx context.Context, run int) ([]Result, error) {
+	wf := graflow.NewWorkflow("bench-chain")
+	wf.Sequence(wf.Task("a", builtin.Noop), wf.Task("b", builtin.Noop), wf.Task("c", builtin.Noop))
+	spec, err := wf.Spec(nil)
+	if err != nil {
+		return nil, err
+	}
+	r, err := h.throughput(ctx, Chain, run, 1, spec, runIDs("c", h.cfg.Sizes.ChainRuns))
+	if err != nil {
+		return nil, err
+	}
+	return []Result{r}, nil
+}
+
+// latencyHandler is the handler name of the latency workload: a noop that
+// records when it started.
+const latencyHandler = "bench.mark"
+
+// latency: single-task runs one at a time on an idle engine; the worker
+// runs in this process so its handler can record its start time.
+func (h *harness) latency(ctx context.Context, run int) (_ []Result, err error) {
+	var mu sync.Mutex
+	starts := map[string]time.Time{}
+	mark := func(w *worker.Worker) {
+		w.HandleFunc(latencyHandler, func(_ context.Context, t *worker.Task) (any, error) {
+			now := time.Now()
+			mu.Lock()
+			if _, ok := starts[t.Run]; !ok {
+				starts[t.Run] = now
+			}
+			mu.Unlock()
+			return nil, nil
+		})
+	}
+	s, err := h.startStack(ctx, h.namespace(Latency, run), stackOptions{workers: 1, inProcessWorker: mark})
+	if err != nil {
+		return nil, err
+	}
+	defer func() { err = errors.Join(err, s.done(ctx)) }()
+	wf := graflow.NewWorkflow("bench-latency")
+	wf.Task("t", latencyHandler)
+	spec, err := wf.Spec(nil)
+	if err != nil {
+		return nil, err
+	}
+	n := h.cfg.Sizes.LatencyRuns
+	runs := runIDs("l", n)
+	startLat := make([]float64, 0, n)
+	doneLat := make([]float64, 0, n)
+	a, err := s.take(ctx)
+	if err != nil {
+		return nil, err
+	}
+	t0 := time.Now()
+	for _, id := range runs {
+		sub := time.Now()
+		if _, err := s.client.SubmitSpec(ctx, spec, graflow.WithRunID(id)); err != nil {
+			return nil, fmt.Errorf("submit %s: %w", id, err)
+		}
+		info, err := s.client.Wait(ctx, id)
+		if err != nil {
+			return nil, fmt.Errorf("wait for %s: %w%s", id, err, s.exited())
+		}
+		done := time.Now()
+		if !info.Succeeded() {
+			return nil, fmt.Errorf("%w: run %s is %s", errRunFailed, id, info.Status)
+		}
+		mu.Lock()
+		st, ok := starts[id]
+		mu.Unlock()
+		if !ok {
+			return nil, fmt.Errorf("run %s succeeded but its handler did not record a start", id)
+		}
+		startLat = append(startLat, msOf(st.Sub(sub)))
+		doneLat = append(doneLat, msOf(done.Sub(sub)))
+	}
+	wall := time.Since(t0)
+	b, err := s.take(ctx)
+	if err != nil {
+		return nil, err
+	}
+	evs, err := s.countEvents(ctx, runs)
+	if err != nil {
+		return nil, err
+	}
+	sort.Float64s(startLat)
+	sort.Float64s(doneLat)
+	r := Result{Workload: Latency, Run: run, Tasks: n, WorkflowRuns: n, Events: int(evs), WorkerProcesses: 1,
+		Concurrency: h.cfg.Concurrency, WallMS: msOf(wall),
+		P50MS: percentile(startLat, 50), P90MS: percentile(startLat, 90), P99MS: percentile(startLat, 99),
+		MaxMS:     startLat[len(startLat)-1],
+		WaitP50MS: percentile(doneLat, 50), WaitP90MS: percentile(doneLat, 90), WaitP99MS: percentile(doneLat, 99),
+		EventsPerTask: perTask(float64(evs), n)}
+	s.cost(&r, a, b, n)
+	return []Result{r}, nil
+}
+
+// replay folds a synthetic history with projector.Apply (no I/O), then
+// decodes and folds it from stream fields as a replay from Redis would.
+func (h *harness) replay(run int) ([]Result, error) {
+	evs := SyntheticHistory(h.cfg.Sizes.ReplayEvents)
+	fields := make([]map[string]any, len(evs))
+	for i, e := range evs {
+		f := e.Fields()
+		m := make(map[string]any, len(f)/2)
+		for j := 0; j+1 < len(f); j += 2 {
+			m[f[j].(string)] = f[j+1]
+		}
+		fields[i] = m
+	}
+	tasks := (len(evs) - 2) / 4
+	runtime.GC()
+	c0, t0 := selfCPU(), time.Now()
+	r := projector.NewRun(replayRun)
+	for _, e := range evs {
+		if err := projector.Apply(r, e); err != nil {
+			return nil, fmt.Errorf("fold: %w", err)
+		}
+	}
+	wall, cpu := time.Since(t0), selfCPU()-c0
+	if r.Status != projector.RunSucceeded || r.Events != len(evs) {
+		return nil, fmt.Errorf("fold of the synthetic history: status %s after %d of %d events, want succeeded", r.Status, r.Events, len(evs))
+	}
+	runtime.GC()
+	t1 := time.Now()
+	r2 := projector.NewRun(replayRun)
+	for i, m := range fields {
+		e, err := events.Decode(replayRun, evs[i].Seq, m)
+		if err != nil {
+			return nil, fmt.Errorf("decode: %w", err)
+		}
+		if err := projector.Apply(r2, e); err != nil {
+			return nil, fmt.Errorf("fold: %w", err)
+		}
+	}
+	wall2 := time.Since(t1)
+	res := Result{Workload: Replay, Run: run, Tasks: tasks, WorkflowRuns: 1, Events: len(evs),
+		WallMS: msOf(wall), EventsPerSec: perSec(len(evs), wall), DecodeEventsPerSec: perSec(len(evs), wall2),
+		EventsPerTask: perTask(float64(len(evs)), tasks), Worker: "in-process",
+		BenchCPUMSPerTask: perTask(float64(cpu)/float64(time.Millisecond), tasks)}
+	return []Result{res}, nil
+}
+
+const replayRun = "bench-replay"
+
+// SyntheticHistory builds a succeeded run's history of about n events in
+// memory, as the engine writes it: run_submitted with n/4 independent noop
+// tasks; per task task_dispatched (in commits of 256, as the projector
+// batches them), task_claimed, task_heartbeat and task_succeeded; then
+// run_succeeded. Seq and Time are set as if read back from the log.
+func SyntheticHistory(n int) []events.Event {
+	tasks := max(1, n/4)
+	specs := make([]events.TaskSpec, tasks)
+	for i := range specs {
+		specs[i] = events.TaskSpec{ID: "t" + strconv.Itoa(i), Handler: builtin.Noop}
+	}
+	base := time.UnixMilli(1_700_000_000_000).UTC()
+	out := make([]events.Event, 0, 4*tasks+2)
+	add := func(e events.Event) {
+		k := len(out)
+		e.Run, e.Version = replayRun, events.CurrentVersion
+		e.ID = fmt.Sprintf("01JBENCH%018d", k)
+		e.Seq = "1700000000000-" + strconv.Itoa(k)
+		e.Time = base.Add(time.Duration(k) * time.Microsecond)
+		out = append(out, e)
+	}
+	add(events.Event{Type: events.RunSubmitted}.WithBody(events.RunSubmittedBody{Workflow: "bench-replay", Tasks: specs}))
+	dispatched := events.Event{}.WithBody(events.TaskDispatchedBody{Pool: worker.DefaultPool}).Body
+	beat := events.Event{}.WithBody(events.TaskHeartbeatBody{Progress: "half"}).Body
+	result := events.Event{}.WithBody(events.TaskSucceededBody{Result: []byte("null")}).Body
+	for lo := 0; lo < tasks; lo += 256 {
+		hi := min(lo+256, tasks)
+		for i := lo; i < hi; i++ {
+			add(events.Event{Type: events.TaskDispatched, Task: specs[i].ID, Attempt: 1, Worker: "bench-projector", Body: dispatched})
+		}
+		for i := lo; i < hi; i++ {
+			id := specs[i].ID
+			add(events.Event{Type: events.TaskClaimed, Task: id, Attempt: 1, Epoch: 1, Worker: "bench-w0"})
+			add(events.Event{Type: events.TaskHeartbeat, Task: id, Attempt: 1, Epoch: 1, Worker: "bench-w0", Body: beat})
+			add(events.Event{Type: events.TaskSucceeded, Task: id, Attempt: 1, Epoch: 1, Worker: "bench-w0", Body: result})
+		}
+	}
+	add(events.Event{Type: events.RunSucceeded, Worker: "bench-projector"})
+	return out
+}
