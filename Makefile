@@ -11,7 +11,7 @@ export TESTCONTAINERS_RYUK_DISABLED ?= true
 export TESTCONTAINERS_HOST_OVERRIDE ?= 127.0.0.1
 
 # Packages that exist so far among those test-race covers.
-RACE_PKGS := $(foreach d,worker projector internal,$(if $(wildcard $(d)),./$(d)/...))
+RACE_PKGS := ./worker/... ./projector/... ./internal/... ./replay/... .
 
 .DEFAULT_GOAL := help
 .PHONY: help redis test test-race test-integration fmt lint build demo bench bench-smoke chaos chaos-broken-fencing
@@ -22,13 +22,15 @@ help: ## Show this help
 redis: ## Install redis-server if missing and build the local graflow/redis:7.0 test image
 	./scripts/redis-image.sh
 
-test: redis ## Run all tests (Redis in a container), 5 chaos seeds, the broken-fencing proof and a one-iteration benchmark smoke
+test: redis ## Run all tests (Redis in a container), vet/gofmt, the race detector on the concurrent packages, 8 chaos seeds, the broken-fencing proof and a one-iteration benchmark smoke
 	GRAFLOW_TEST_REQUIRE_CONTAINER=1 $(GO) test -count=1 ./...
-	$(MAKE) --no-print-directory chaos CHAOS_SEEDS=1-5
+	$(MAKE) --no-print-directory lint
+	$(MAKE) --no-print-directory test-race
+	$(MAKE) --no-print-directory chaos CHAOS_SEEDS=1-8
 	$(MAKE) --no-print-directory chaos-broken-fencing
 	$(MAKE) --no-print-directory bench-smoke
 
-test-race: redis ## Run worker, projector and internal tests with the race detector
+test-race: redis ## Run the concurrent packages (worker, projector, internal, replay, root) with the race detector
 	$(GO) test -count=1 -race $(RACE_PKGS)
 
 test-integration: redis ## Run end-to-end tests in integration/ (real processes, real Redis)
@@ -67,7 +69,7 @@ bench: build ## Measure throughput, latency and cost per task against the raw Re
 
 bench-smoke: build ## Run every Go benchmark once and "graflow bench --smoke" (tiny sizes): proves the benchmarks work
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime=1x ./...
-	./bin/graflow bench --smoke --json-only > /dev/null
+	./bin/graflow bench --smoke --json-only
 	@echo "bench-smoke: ok"
 
 CHAOS_SEEDS ?= 1-5

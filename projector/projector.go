@@ -453,7 +453,14 @@ func (p *Projector) Project(ctx context.Context, run string) error {
 			continue
 		}
 		crashpoint.Hit(crashpoint.ProjectorAfterCommit)
-		if res.Outbox > 0 {
+		if res.Outbox > 0 && res.Outbox == int64(len(outbox)) {
+			// The outbox holds exactly what we just pushed: relay it
+			// without reading it back.
+			if err := p.relay(ctx, run, outbox); err != nil {
+				c.run = nil
+				return err
+			}
+		} else if res.Outbox > 0 {
 			if err := p.Relay(ctx, run); err != nil {
 				c.run = nil
 				return err
@@ -471,13 +478,7 @@ func (p *Projector) Project(ctx context.Context, run string) error {
 			}
 		}
 		c.cursor = res.Cursor
-		if len(decisions) == 0 {
-			if c.run.Status.Terminal() {
-				p.forget(run)
-			}
-			return nil
-		}
-		if c.run.Status.Terminal() && p.cfg.RunTTL > 0 {
+		if c.run.Status.Terminal() && len(decisions) > 0 && p.cfg.RunTTL > 0 {
 			pipe := p.cfg.Redis.Pipeline()
 			for _, k := range p.db.K.RunKeys(run) {
 				pipe.PExpire(ctx, k, p.cfg.RunTTL)
@@ -485,6 +486,14 @@ func (p *Projector) Project(ctx context.Context, run string) error {
 			if _, err := pipe.Exec(ctx); err != nil {
 				p.log.Warn().Err(err).Str("run", run).Msg("set the finished run's TTL")
 			}
+		}
+		// Caught up: @dirty is cleared. If the decisions call for nothing
+		// more, the run is done for now (no confirming commit needed).
+		if len(decisions) == 0 || len(Decide(c.run, 1, p.retryDelay)) == 0 {
+			if c.run.Status.Terminal() {
+				p.forget(run)
+			}
+			return nil
 		}
 		skipRead = true
 	}
@@ -544,19 +553,25 @@ func (p *Projector) retryDelay(spec events.TaskSpec, attempt int) time.Duration 
 
 // load folds run's whole log from the first event.
 func (p *Projector) load(ctx context.Context, run string, c *cached) error {
-	cursor, err := p.cfg.Redis.HGet(ctx, p.db.K.RunState(run), rdb.FieldRunCursor).Result()
+	// The cursor and the first page of the log in one round trip (the
+	// cursor read first: a commit in between makes ours conflict).
+	pipe := p.cfg.Redis.Pipeline()
+	hget := pipe.HGet(ctx, p.db.K.RunState(run), rdb.FieldRunCursor)
+	first := pipe.XRangeN(ctx, p.db.K.RunLog(run), "-", "+", int64(p.cfg.ReadCount))
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return fmt.Errorf("load run %s: %w", run, err)
+	}
+	cursor, err := hget.Result()
 	if err != nil && !errors.Is(err, redis.Nil) {
 		return fmt.Errorf("load run %s: %w", run, err)
 	}
 	r := NewRun(run)
-	for {
-		n, err := p.readInto(ctx, run, r)
-		if err != nil {
-			return err
-		}
-		if n < p.cfg.ReadCount {
-			break
-		}
+	n, err := p.fold(run, r, first.Val())
+	for err == nil && n == p.cfg.ReadCount {
+		n, err = p.readInto(ctx, run, r)
+	}
+	if err != nil {
+		return err
 	}
 	c.run, c.cursor = r, cursor
 	return nil
@@ -572,6 +587,11 @@ func (p *Projector) readInto(ctx context.Context, run string, r *Run) (int, erro
 	if err != nil {
 		return 0, fmt.Errorf("read log of run %s: %w", run, err)
 	}
+	return p.fold(run, r, msgs)
+}
+
+// fold decodes and applies log entries to r.
+func (p *Projector) fold(run string, r *Run, msgs []redis.XMessage) (int, error) {
 	for _, m := range msgs {
 		e, err := events.Decode(run, m.ID, m.Values)
 		if err != nil {
@@ -589,42 +609,58 @@ func (p *Projector) readInto(ctx context.Context, run string, r *Run) (int, erro
 // duplicate queue message is dropped by the claim script.
 func (p *Projector) Relay(ctx context.Context, run string) error {
 	for {
-		entries, err := p.cfg.Redis.LRange(ctx, p.db.K.RunOutbox(run), 0, 255).Result()
+		entries, err := p.cfg.Redis.LRange(ctx, p.db.K.RunOutbox(run), 0, relayBatch-1).Result()
 		if err != nil {
 			return fmt.Errorf("read outbox of run %s: %w", run, err)
 		}
 		if len(entries) == 0 {
 			return nil
 		}
-		now := p.cfg.Now().UnixMilli()
-		delayed := false
-		pipe := p.cfg.Redis.Pipeline()
-		for _, s := range entries {
-			d, err := rdb.ParseDispatch(s)
-			if err != nil {
-				p.log.Error().Err(err).Str("run", run).Msg("dropping malformed outbox entry")
-				continue
-			}
-			if d.DueMS > now {
-				pipe.ZAdd(ctx, p.db.K.Delayed(), redis.Z{Score: float64(d.DueMS), Member: s})
-				delayed = true
-			} else {
-				p.db.XAddDispatch(ctx, pipe, d)
-			}
+		if err := p.relay(ctx, run, entries); err != nil {
+			return err
 		}
-		if _, err := pipe.Exec(ctx); err != nil {
-			return fmt.Errorf("relay outbox of run %s: %w", run, err)
-		}
-		if delayed {
-			select {
-			case p.wakeDelayed <- struct{}{}:
-			default:
-			}
-		}
-		if _, err := p.db.OutboxAck(ctx, run, entries); err != nil {
-			return fmt.Errorf("ack outbox of run %s: %w", run, err)
+		if len(entries) < relayBatch {
+			// Drained as far as we know; entries pushed since then are
+			// relayed by the commit that pushed them.
+			return nil
 		}
 	}
+}
+
+const relayBatch = 256
+
+// relay queues entries (the head of run's outbox) and then removes them
+// from the outbox, each only if still at its head.
+func (p *Projector) relay(ctx context.Context, run string, entries []string) error {
+	now := p.cfg.Now().UnixMilli()
+	delayed := false
+	pipe := p.cfg.Redis.Pipeline()
+	for _, s := range entries {
+		d, err := rdb.ParseDispatch(s)
+		if err != nil {
+			p.log.Error().Err(err).Str("run", run).Msg("dropping malformed outbox entry")
+			continue
+		}
+		if d.DueMS > now {
+			pipe.ZAdd(ctx, p.db.K.Delayed(), redis.Z{Score: float64(d.DueMS), Member: s})
+			delayed = true
+		} else {
+			p.db.XAddDispatch(ctx, pipe, d)
+		}
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return fmt.Errorf("relay outbox of run %s: %w", run, err)
+	}
+	if delayed {
+		select {
+		case p.wakeDelayed <- struct{}{}:
+		default:
+		}
+	}
+	if _, err := p.db.OutboxAck(ctx, run, entries); err != nil {
+		return fmt.Errorf("ack outbox of run %s: %w", run, err)
+	}
+	return nil
 }
 
 // moveDelayed moves due dispatches from the delayed set to their queues. It

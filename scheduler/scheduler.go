@@ -86,20 +86,34 @@ func (s *Scheduler) Submit(ctx context.Context, spec events.RunSubmittedBody, op
 		return "", false, fmt.Errorf("%w %q: use 1-128 letters, digits, '_', '.', ':', '-'", ErrInvalidRunID, run)
 	}
 	ev := events.Event{ID: ulid.Make().String(), Run: run, Type: events.RunSubmitted, Time: now}.WithBody(spec)
-	created, workflow, err := s.db.Submit(ctx, run, ev, spec)
+	// One round trip: the script, then the run's index entry and its feed
+	// pointer. They follow the script in the pipeline; if the script
+	// failed, a pointer to a run that does not exist is skipped by the
+	// projector and a dangling index entry is dropped by "graflow gc". They
+	// are written even when the run existed: an earlier submit may have
+	// died between its script and these writes.
+	var cmd *redis.Cmd
+	execErr := s.db.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		var err error
+		if cmd, err = s.db.SubmitCmd(ctx, pipe, run, ev, spec); err != nil {
+			return err
+		}
+		pipe.ZAddNX(ctx, s.db.K.Runs(), redis.Z{Score: float64(now.UnixMilli()), Member: run})
+		s.db.PointFeed(ctx, pipe, run)
+		return nil
+	})
+	if cmd == nil {
+		return "", false, execErr
+	}
+	created, workflow, err := rdb.ParseSubmit(run, spec, cmd)
 	if err != nil {
 		return "", false, err
 	}
 	if !created && workflow != spec.Workflow {
 		return run, false, fmt.Errorf("%w: run %s is a %q run", ErrRunExists, run, workflow)
 	}
-	// Index and point the feed even when the run existed: a previous
-	// submit may have died between its script and these writes.
-	pipe := s.cfg.Redis.Pipeline()
-	pipe.ZAddNX(ctx, s.db.K.Runs(), redis.Z{Score: float64(now.UnixMilli()), Member: run})
-	s.db.PointFeed(ctx, pipe, run)
-	if _, err := pipe.Exec(ctx); err != nil {
-		return run, created, fmt.Errorf("index run %s: %w", run, err)
+	if execErr != nil {
+		return run, created, fmt.Errorf("index run %s: %w", run, execErr)
 	}
 	return run, created, nil
 }

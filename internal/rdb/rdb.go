@@ -71,16 +71,30 @@ func MetaOf(s events.TaskSpec) TaskMeta {
 // Submit runs the submit script. created is false if the run already
 // existed, with the workflow name it was created with.
 func (d DB) Submit(ctx context.Context, run string, ev events.Event, body events.RunSubmittedBody) (created bool, workflow string, err error) {
+	cmd, err := d.SubmitCmd(ctx, d.C, run, ev, body)
+	if err != nil {
+		return false, "", err
+	}
+	return ParseSubmit(run, body, cmd)
+}
+
+// SubmitCmd queues the submit script on p; read it with ParseSubmit.
+func (d DB) SubmitCmd(ctx context.Context, p redis.Scripter, run string, ev events.Event, body events.RunSubmittedBody) (*redis.Cmd, error) {
 	args := make([]any, 0, 6+2*len(body.Tasks))
 	args = append(args, ev.ID, strconv.FormatInt(ev.Time.UnixMilli(), 10), string(ev.Body), body.Workflow, string(body.Input), len(body.Tasks))
 	for _, t := range body.Tasks {
 		m, err := json.Marshal(MetaOf(t))
 		if err != nil {
-			return false, "", err
+			return nil, err
 		}
 		args = append(args, t.ID, string(m))
 	}
-	res, err := submitScript.Run(ctx, d.C, []string{d.K.RunState(run), d.K.RunLog(run), d.K.RunDAG(run), d.K.RunResults(run)}, args...).StringSlice()
+	return submitScript.Run(ctx, p, []string{d.K.RunState(run), d.K.RunLog(run), d.K.RunDAG(run), d.K.RunResults(run)}, args...), nil
+}
+
+// ParseSubmit reads a submit command's reply.
+func ParseSubmit(run string, body events.RunSubmittedBody, cmd *redis.Cmd) (created bool, workflow string, err error) {
+	res, err := cmd.StringSlice()
 	if err != nil {
 		return false, "", fmt.Errorf("submit run %s: %w", run, err)
 	}
@@ -533,6 +547,31 @@ func (d DB) LoadScripts(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// Pipelined runs build on a pipeline and executes it; if a script in it
+// was missing from Redis' script cache (NOSCRIPT: Redis restarted, or a
+// fresh server), it loads every script and runs build and Exec once more.
+// build must (re)bind the commands it queues. Every script is safe to run
+// twice, so the repeat is harmless.
+func (d DB) Pipelined(ctx context.Context, build func(p redis.Pipeliner) error) error {
+	for try := 0; ; try++ {
+		pipe := d.C.Pipeline()
+		if err := build(pipe); err != nil {
+			return err
+		}
+		cmds, err := pipe.Exec(ctx)
+		noscript := false
+		for _, c := range cmds {
+			noscript = noscript || IsNoScript(c.Err())
+		}
+		if !noscript || try > 0 {
+			return err
+		}
+		if err := d.LoadScripts(ctx); err != nil {
+			return err
+		}
+	}
 }
 
 // IsNoScript reports a NOSCRIPT error: the script cache is empty (Redis
