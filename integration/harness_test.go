@@ -203,37 +203,8 @@ type proc struct {
 // start starts graflow with args. It is killed (if still running) when the
 // test ends; its log's tail is printed if the test failed.
 func (s *stack) start(name string, args ...string) *proc {
-	t := s.t
-	t.Helper()
-	path := filepath.Join(s.logDir, name+".log")
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &proc{name: name, logPath: path, out: newLineLog(f), done: make(chan struct{})}
-	p.cmd = exec.Command(binary(t), args...)
-	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
-	p.cmd.SysProcAttr = sysProcAttr()
-	p.cmd.WaitDelay = 5 * time.Second
-	if err := p.cmd.Start(); err != nil {
-		_ = f.Close()
-		t.Fatalf("start %s: %v", name, err)
-	}
-	go func() {
-		p.waitErr = p.cmd.Wait()
-		_ = f.Close()
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		p.kill()
-		if t.Failed() {
-			t.Logf("---- %s (%s) log tail:\n%s", name, strings.Join(args[:1], " "), p.tail(40))
-		}
-		if raceEnabled && strings.Contains(p.out.String(), "WARNING: DATA RACE") {
-			t.Errorf("%s reported a data race:\n%s", name, p.tail(200))
-		}
-	})
-	return p
+	s.t.Helper()
+	return s.spawn(name, nil, args...)
 }
 
 // kill SIGKILLs the process if it still runs and reaps it.

@@ -47,8 +47,11 @@ func stackOn(t *testing.T, url string) *stack {
 	return &stack{t: t, ns: ns, url: url, rdb: r, keys: rdb.NewKeys(ns), client: c, logDir: t.TempDir()}
 }
 
-// spawn is stack.start with extra environment variables (crash points,
-// the fencing switch) for the child; nil env inherits ours unchanged.
+// spawn starts graflow with args and extra environment variables (crash
+// points, the fencing switch); nil env inherits ours unchanged. It is killed
+// (if still running) when the test ends; its log tail is printed if the test
+// failed. It is what stack.start runs,
+// with no extra environment.
 func (s *stack) spawn(name string, env []string, args ...string) *proc {
 	t := s.t
 	t.Helper()
