@@ -56,6 +56,13 @@ func runChaos(ctx context.Context, m *Main, args []string) error {
 			ok = rep.Verdict.DuplicateAccepts > 0
 			if ok {
 				fmt.Fprintf(m.Stdout, "chaos seed=%d break-fencing: the checker caught %d duplicate accepts, as it must\n", seed, rep.Verdict.DuplicateAccepts)
+				for i, p := range rep.Verdict.Problems {
+					if i == 6 {
+						fmt.Fprintf(m.Stdout, "  ... %d problems in all\n", len(rep.Verdict.Problems))
+						break
+					}
+					fmt.Fprintf(m.Stdout, "  caught: %s\n", p)
+				}
 			} else {
 				fmt.Fprintf(m.Stdout, "chaos seed=%d break-fencing: NO duplicate caught (the zombies may have had no task in flight; try another seed)\n", seed)
 			}

@@ -25,6 +25,7 @@ import (
 	"github.com/graflow-go/graflow/internal/proc"
 	"github.com/graflow-go/graflow/internal/rdb"
 	"github.com/graflow-go/graflow/internal/redisserver"
+	"github.com/graflow-go/graflow/replay"
 	"github.com/graflow-go/graflow/worker/builtin"
 	"github.com/redis/go-redis/v9"
 )
@@ -214,6 +215,19 @@ func Run(ctx context.Context, cfg Config) (rep Report, err error) {
 	}
 	rep.Events = len(evs)
 	rep.Verdict = Check(evs, live)
+	// And the audit tool's own verdict on the same run (graflow replay
+	// verify): the live projection, results and DAG against the log.
+	rc2, err := replay.New(replay.Config{Redis: rc, Namespace: s.ns})
+	if err != nil {
+		return rep, err
+	}
+	vr, err := rc2.Verify(ctx, run)
+	if err != nil {
+		return rep, fmt.Errorf("replay verify: %w", err)
+	}
+	for _, p := range vr.Problems {
+		rep.Verdict.Problems = append(rep.Verdict.Problems, "replay verify: "+p.String())
+	}
 	rep.Elapsed = time.Since(start)
 	if tmp && rep.Verdict.OK() && !cfg.BreakFencing {
 		defer os.RemoveAll(cfg.Dir)
