@@ -441,22 +441,27 @@ func (c *Client) GC(ctx context.Context, opt GCOptions) (GCReport, error) {
 			rep.Kept++
 			continue
 		}
-		n, err := c.db.C.XLen(ctx, c.db.K.RunLog(run)).Result()
+		if opt.DryRun {
+			n, err := c.db.C.XLen(ctx, c.db.K.RunLog(run)).Result()
+			if err != nil {
+				return rep, err
+			}
+			rep.Runs = append(rep.Runs, run)
+			rep.Events += n
+			continue
+		}
+		// Check and delete in one script: a requeue cannot slip in between.
+		ok, keys, n, err := c.db.GCRun(ctx, run)
 		if err != nil {
 			return rep, err
 		}
-		rep.Runs = append(rep.Runs, run)
-		rep.Events += n
-		if opt.DryRun {
+		if !ok {
+			rep.Kept++
 			continue
 		}
-		// One slot: a MULTI works on Redis Cluster too.
-		pipe := c.db.C.TxPipeline()
-		del := pipe.Del(ctx, c.db.K.RunKeys(run)...)
-		if _, err := pipe.Exec(ctx); err != nil {
-			return rep, err
-		}
-		rep.Keys += del.Val()
+		rep.Runs = append(rep.Runs, run)
+		rep.Events += n
+		rep.Keys += keys
 		if err := c.db.C.ZRem(ctx, c.db.K.Runs(), run).Err(); err != nil {
 			return rep, err
 		}

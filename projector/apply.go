@@ -115,6 +115,9 @@ func apply(r *Run, e events.Event) error {
 			return invalid(e, "%v", err)
 		}
 		t.Status, t.Result, t.Error = TaskSucceeded, b.Result, ""
+		if r.noResults {
+			t.Result = nil
+		}
 		r.open--
 		for _, s := range t.succ {
 			st := r.Tasks[s]

@@ -29,7 +29,7 @@ const (
 	DefaultRetryMax       = 5 * time.Minute
 	DefaultRetryMultiple  = 2.0
 	DefaultRetryJitter    = 0.2
-	DefaultDelayedMaxWait = 5 * time.Second
+	DefaultDelayedMaxWait = 30 * time.Second
 	DefaultFeedReclaim    = 15 * time.Second
 )
 
@@ -566,6 +566,7 @@ func (p *Projector) load(ctx context.Context, run string, c *cached) error {
 		return fmt.Errorf("load run %s: %w", run, err)
 	}
 	r := NewRun(run)
+	r.noResults = true // bounded cache memory: decisions never read results
 	n, err := p.fold(run, r, first.Val())
 	for err == nil && n == p.cfg.ReadCount {
 		n, err = p.readInto(ctx, run, r)
@@ -680,9 +681,12 @@ func (p *Projector) moveDelayed(ctx context.Context) {
 			if len(due) > 0 {
 				pipe := p.cfg.Redis.Pipeline()
 				for _, s := range due {
-					if d, err := rdb.ParseDispatch(s); err == nil {
-						p.db.XAddDispatch(ctx, pipe, d)
+					d, err := rdb.ParseDispatch(s)
+					if err != nil {
+						p.log.Error().Err(err).Str("entry", s).Msg("dropping malformed delayed entry")
+						continue
 					}
+					p.db.XAddDispatch(ctx, pipe, d)
 				}
 				if _, err := pipe.Exec(ctx); err != nil {
 					return err

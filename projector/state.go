@@ -93,6 +93,9 @@ type Run struct {
 	unskip queue
 	// requeues holds the ids of the task_requeued events applied.
 	requeues map[string]bool
+	// noResults drops results as they are folded (the live projector's
+	// cache: decisions never read them, and they may be large).
+	noResults bool
 }
 
 // NewRun returns the empty state of run id, before any event.

@@ -113,7 +113,18 @@ func (s *Scheduler) Submit(ctx context.Context, spec events.RunSubmittedBody, op
 		return run, false, fmt.Errorf("%w: run %s is a %q run", ErrRunExists, run, workflow)
 	}
 	if execErr != nil {
-		return run, created, fmt.Errorf("index run %s: %w", run, execErr)
+		// The run exists; without its pointer it would wait for one.
+		// Retry the index and the pointer (both idempotent) before
+		// reporting an error the caller cannot act on.
+		for try := 0; try < 3 && execErr != nil; try++ {
+			pipe := s.cfg.Redis.Pipeline()
+			pipe.ZAddNX(ctx, s.db.K.Runs(), redis.Z{Score: float64(now.UnixMilli()), Member: run})
+			s.db.PointFeed(ctx, pipe, run)
+			_, execErr = pipe.Exec(ctx)
+		}
+		if execErr != nil {
+			return run, created, fmt.Errorf("run %s created, but its feed pointer failed (submit it again with the same run id to repair): %w", run, execErr)
+		}
 	}
 	return run, created, nil
 }

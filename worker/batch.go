@@ -66,7 +66,11 @@ func (b *batcher) stop() {
 
 func (b *batcher) claim(ctx context.Context, a rdb.ClaimArgs) (rdb.ClaimResult, error) {
 	req := claimReq{args: a, done: make(chan claimResp, 1)}
-	b.claims <- req
+	select {
+	case b.claims <- req:
+	case <-ctx.Done():
+		return rdb.ClaimResult{}, ctx.Err()
+	}
 	select {
 	case r := <-req.done:
 		return r.cr, r.err
@@ -77,7 +81,11 @@ func (b *batcher) claim(ctx context.Context, a rdb.ClaimArgs) (rdb.ClaimResult, 
 
 func (b *batcher) finish(ctx context.Context, req finishReq) error {
 	req.done = make(chan error, 1)
-	b.finishes <- req
+	select {
+	case b.finishes <- req:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 	select {
 	case err := <-req.done:
 		return err
@@ -214,12 +222,12 @@ func (b *batcher) finishLoop(ctx context.Context) {
 		// 2. Then, for accepted outcomes: feed pointers, dead letters and
 		// acks, one round trip. The ack comes last: a crash before it
 		// leaves the message pending, and its reclaimer redoes the rest.
-		points := map[string]bool{}
+		// Feed pointers and dead letters first; the acks only once they are
+		// written: an ack alone would leave a dirty run with no pointer.
 		err := w.redisRetry(ctx, func() error {
+			points := map[string]bool{}
 			pipe := w.cfg.Redis.Pipeline()
 			n := 0
-			acks := map[string][]string{}
-			var streams []string
 			for i, r := range batch {
 				if errs[i] != nil {
 					continue
@@ -227,28 +235,43 @@ func (b *batcher) finishLoop(ctx context.Context) {
 				if dirty[i] && !points[r.m.run] {
 					points[r.m.run] = true
 					w.db.PointFeed(ctx, pipe, r.m.run)
+					n++
 				}
 				if r.deadLetter != nil {
 					w.db.DeadLetter(ctx, pipe, r.m.run, r.m.task, r.args.TimeMS, r.deadLetter)
+					n++
 				}
-				if acks[r.m.stream] == nil {
-					streams = append(streams, r.m.stream)
-				}
-				acks[r.m.stream] = append(acks[r.m.stream], r.m.id)
-				n++
-			}
-			for _, st := range streams {
-				w.db.QueueAck(ctx, pipe, st, w.cfg.ID, acks[st]...)
 			}
 			if n == 0 {
 				return nil
 			}
 			_, err := pipe.Exec(ctx)
-			if err != nil {
-				clear(points)
-			}
 			return err
 		})
+		if err == nil {
+			err = w.redisRetry(ctx, func() error {
+				acks := map[string][]string{}
+				var streams []string
+				for i, r := range batch {
+					if errs[i] != nil {
+						continue
+					}
+					if acks[r.m.stream] == nil {
+						streams = append(streams, r.m.stream)
+					}
+					acks[r.m.stream] = append(acks[r.m.stream], r.m.id)
+				}
+				if len(streams) == 0 {
+					return nil
+				}
+				pipe := w.cfg.Redis.Pipeline()
+				for _, st := range streams {
+					w.db.QueueAck(ctx, pipe, st, w.cfg.ID, acks[st]...)
+				}
+				_, err := pipe.Exec(ctx)
+				return err
+			})
+		}
 		if err != nil {
 			// The outcomes are recorded; their messages stay pending and
 			// whoever reclaims them re-points the feed and acks.

@@ -83,7 +83,9 @@ func (w *Worker) beat(ctx context.Context) {
 	w.mu.Lock()
 	list := make([]*attempt, 0, len(w.inflight))
 	for _, a := range w.inflight {
-		list = append(list, a)
+		if !a.lost {
+			list = append(list, a)
+		}
 	}
 	w.mu.Unlock()
 	now := w.cfg.Now()
@@ -114,6 +116,7 @@ func (w *Worker) beat(ctx context.Context) {
 		err := rdb.HeartbeatResult(cmds[i])
 		if errors.Is(err, rdb.ErrStaleClaim) && !w.cfg.UnsafeNoFencing {
 			w.log.Warn().Str("run", a.task.Run).Str("task", a.task.ID).Err(err).Msg("lease lost; cancelling the handler")
+			a.lost = true // one rejection is enough: no more heartbeats for it
 			a.cancel(errLeaseLost)
 			continue
 		}
@@ -123,6 +126,7 @@ func (w *Worker) beat(ctx context.Context) {
 		}
 		if n, _ := touches[i].Int64(); n == -1 && !w.cfg.UnsafeNoFencing {
 			w.log.Warn().Str("run", a.task.Run).Str("task", a.task.ID).Msg("queue message taken by another consumer; cancelling the handler")
+			a.lost = true
 			a.cancel(errLeaseLost)
 		}
 	}

@@ -199,6 +199,7 @@ type attempt struct {
 	cancel    context.CancelCauseFunc
 	lastEvent time.Time
 	lastNote  string
+	lost      bool // the claim is gone; only the heartbeat loop reads and writes it
 }
 
 type message struct {
@@ -316,7 +317,14 @@ func (w *Worker) Run(ctx context.Context) error {
 	case <-t.C:
 		w.log.Warn().Int64("in_flight", w.running.Load()).Msg("drain timeout: handing in-flight tasks back")
 		cancelWork(errDrainTimeout)
-		<-drained
+		grace := time.NewTimer(10 * time.Second)
+		select {
+		case <-drained:
+		case <-grace.C:
+			// A handler ignores its context: do not hang the process on it.
+			w.log.Error().Int64("in_flight", w.running.Load()).Msg("handlers ignore cancellation; exiting without them (their messages stay pending for reclaim)")
+		}
+		grace.Stop()
 	}
 	w.batch.stop()
 	stopHB()
@@ -395,8 +403,8 @@ func (w *Worker) requeueUnstarted(buf []message) {
 	defer cancel()
 	pipe := w.cfg.Redis.Pipeline()
 	for _, m := range buf {
-		w.db.XAddDispatch(ctx, pipe, rdb.Dispatch{Pool: poolOf(m.stream), Priority: m.priority, Run: m.run, Task: m.task, Attempt: m.attempt})
-		w.db.QueueAck(ctx, pipe, m.stream, w.cfg.ID, m.id)
+		w.db.QueueMove(ctx, pipe, m.stream, w.cfg.ID, m.id,
+			rdb.Dispatch{Pool: poolOf(m.stream), Priority: m.priority, Run: m.run, Task: m.task, Attempt: m.attempt})
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		w.log.Warn().Err(err).Int("messages", len(buf)).Msg("give back unstarted messages; they stay pending for reclaim")
@@ -477,18 +485,25 @@ func (w *Worker) process(ctx context.Context, m message) {
 		// point the feed at the run again (harmless when not needed: the
 		// crashed reporter may have been the one that set @dirty), then ack.
 		log.Debug().Str("outcome", string(cr.Outcome)).Str("detail", cr.Detail).Msg("dropping queue message")
-		pipe := w.cfg.Redis.Pipeline()
+		// Feed pointer and dead letter first; the ack only once they are
+		// written (an ack alone would leave the run dirty with no pointer).
 		if cr.Outcome != rdb.ClaimMissing {
-			w.db.PointFeed(ctx, pipe, m.run)
+			err := w.redisRetry(ctx, func() error {
+				pipe := w.cfg.Redis.Pipeline()
+				w.db.PointFeed(ctx, pipe, m.run)
+				if cr.Outcome == rdb.ClaimDone && cr.Detail == "failed" {
+					info, _ := json.Marshal(map[string]any{"attempt": m.attempt, "error": "failed (recorded on redelivery)", "worker": w.cfg.ID})
+					w.db.DeadLetter(ctx, pipe, m.run, m.task, w.now(), info)
+				}
+				_, err := pipe.Exec(ctx)
+				return err
+			})
+			if err != nil {
+				log.Warn().Err(err).Msg("re-point the feed; the message stays pending for reclaim")
+				return
+			}
 		}
-		if cr.Outcome == rdb.ClaimDone && cr.Detail == "failed" {
-			info, _ := json.Marshal(map[string]any{"attempt": m.attempt, "error": "failed (recorded on redelivery)", "worker": w.cfg.ID})
-			w.db.DeadLetter(ctx, pipe, m.run, m.task, w.now(), info)
-		}
-		w.db.QueueAck(ctx, pipe, m.stream, w.cfg.ID, m.id)
-		if _, err := pipe.Exec(ctx); err != nil {
-			log.Warn().Err(err).Msg("ack dropped message")
-		}
+		w.ack(ctx, m)
 		return
 	}
 
@@ -525,7 +540,11 @@ func (w *Worker) process(ctx context.Context, m message) {
 	result, runErr := w.call(tctx, t)
 	switch cause := context.Cause(tctx); {
 	case errors.Is(cause, errLeaseLost):
+		// Our message may be a duplicate that another claim made stale; if
+		// it is still ours, ack it (owner-checked), or its reclaim would
+		// take the task from the live claim in turn.
 		log.Warn().Msg("claim lost while running; outcome discarded")
+		w.ack(ctx, m)
 		return
 	case errors.Is(cause, errDrainTimeout) && runErr != nil:
 		w.handBack(log, m, t)
@@ -561,10 +580,11 @@ func (w *Worker) handBack(log zerolog.Logger, m message, t *Task) {
 		log.Warn().Err(err).Msg("hand back: release failed; the lease will expire instead")
 		return
 	}
-	pipe := w.cfg.Redis.Pipeline()
-	w.db.XAddDispatch(ctx, pipe, rdb.Dispatch{Pool: poolOf(m.stream), Priority: m.priority, Run: m.run, Task: m.task, Attempt: t.Attempt})
-	w.db.QueueAck(ctx, pipe, m.stream, w.cfg.ID, m.id)
-	if _, err := pipe.Exec(ctx); err != nil {
+	// The fresh copy and the ack of ours in one script: never one without
+	// the other.
+	err = w.db.QueueMove(ctx, w.cfg.Redis, m.stream, w.cfg.ID, m.id,
+		rdb.Dispatch{Pool: poolOf(m.stream), Priority: m.priority, Run: m.run, Task: m.task, Attempt: t.Attempt}).Err()
+	if err != nil {
 		log.Warn().Err(err).Msg("hand back: requeue failed; the message stays pending for reclaim")
 		return
 	}
@@ -664,6 +684,7 @@ func (w *Worker) finish(ctx context.Context, log zerolog.Logger, m message, t *T
 	err := w.batch.finish(ctx, req)
 	if errors.Is(err, rdb.ErrStaleClaim) {
 		log.Warn().Err(err).Msg("outcome rejected: claim lost")
+		w.ack(ctx, m) // owner-checked: only if the message is still ours
 		return
 	}
 	if err != nil {

@@ -424,6 +424,11 @@ func (d DB) Requeue(ctx context.Context, run, task, writer, eventID string, time
 	if err != nil {
 		return fmt.Errorf("requeue %s/%s: %w", run, task, err)
 	}
+	// Point the feed whatever the reply: a "refused" may be the retry of a
+	// call whose reply was lost, and a pointer too many is harmless.
+	if err := d.PointFeed(ctx, d.C, run).Err(); err != nil {
+		return fmt.Errorf("requeue %s/%s: point the feed: %w", run, task, err)
+	}
 	if str(res, 0) == "refused" {
 		return fmt.Errorf("%w: %s/%s is %s (run %s)", ErrNotRequeueable, run, task, str(res, 1), str(res, 2))
 	}
@@ -431,9 +436,6 @@ func (d DB) Requeue(ctx context.Context, run, task, writer, eventID string, time
 	pipe.ZRem(ctx, d.K.DeadLetter(), DeadLetterMember(run, task))
 	pipe.HDel(ctx, d.K.DeadLetterInfo(), DeadLetterMember(run, task))
 	_, err = pipe.Exec(ctx)
-	if err == nil {
-		err = d.PointFeed(ctx, d.C, run).Err()
-	}
 	return err
 }
 
@@ -521,6 +523,27 @@ func (d DB) QueueAck(ctx context.Context, p redis.Scripter, stream, consumer str
 		argv = append(argv, id)
 	}
 	return queueAckScript.Run(ctx, p, []string{stream}, argv...)
+}
+
+// QueueMove gives a pending message back to the pool: a fresh copy on its
+// band and the old one acked, atomically (see queueMoveScript).
+func (d DB) QueueMove(ctx context.Context, p redis.Scripter, stream, consumer, id string, x Dispatch) *redis.Cmd {
+	return queueMoveScript.Run(ctx, p, []string{stream, d.K.Queue(x.Pool, x.Priority)},
+		GroupWorkers, consumer, id, x.Run, x.Task, strconv.Itoa(x.Attempt))
+}
+
+// GCRun deletes a finished, fully projected run's keys in one step. ok is
+// false (and nothing is deleted) if the run is not collectable.
+func (d DB) GCRun(ctx context.Context, run string) (ok bool, keys, events int64, err error) {
+	ks := []string{d.K.RunState(run), d.K.RunLog(run), d.K.RunDAG(run), d.K.RunResults(run), d.K.RunOutbox(run), d.K.RunChannel(run)}
+	res, err := gcScript.Run(ctx, d.C, ks).Slice()
+	if err != nil {
+		return false, 0, 0, fmt.Errorf("gc run %s: %w", run, err)
+	}
+	if num(res, 0) < 0 {
+		return false, 0, 0, nil
+	}
+	return true, num(res, 0), num(res, 1), nil
 }
 
 // QueueTouch resets the idle time of a message pending for consumer.

@@ -65,6 +65,12 @@ var commitScript = redis.NewScript(prelude + `
 local cur = redis.call('HGET', KEYS[1], '@cursor') or ''
 if cur ~= ARGV[1] then return {'conflict', cur} end
 local n = tonumber(ARGV[5])
+-- A commit that already ran (a client retrying after a lost reply) must not
+-- append its decisions twice: its first event id is remembered.
+if n > 0 and redis.call('HGET', KEYS[1], '@commit') == ARGV[6] then
+  return {'conflict', cur}
+end
+if n > 0 then redis.call('HSET', KEYS[1], '@commit', ARGV[6]) end
 local status = redis.call('HGET', KEYS[1], '@status')
 if n > 0 and status ~= 'running' then return {'conflict', cur} end
 local last = ''
@@ -210,6 +216,11 @@ var finishScript = redis.NewScript(prelude + `
 -- One item per call of one(); the script takes n items of 12 arguments
 -- (all of this run) and replies with the n item replies, in order.
 local function one(A)
+  if redis.call('HEXISTS', KEYS[1], '@status') == 0 then
+    -- The run is gone (deleted by gc or a TTL): write nothing, or the
+    -- log key would come back as an orphan.
+    return {'stale', 'missing', '0', ''}
+  end
   local st, a, e, o = getrec(KEYS[1], A[1])
   local att, ep = tonumber(A[2]), tonumber(A[3])
   if st == A[9] and a == att and e == ep and o == A[4] then
@@ -256,6 +267,9 @@ return out
 // Reply: {"ok"} | {"done"} (the caller's own claim already finished: a
 // heartbeat that raced its completion) | {"stale", status, epoch, owner}
 var heartbeatScript = redis.NewScript(prelude + `
+if redis.call('HEXISTS', KEYS[1], '@status') == 0 then
+  return {'stale', 'missing', '0', ''}
+end
 local st, a, e, o = getrec(KEYS[1], ARGV[1])
 local att, ep = tonumber(ARGV[2]), tonumber(ARGV[3])
 if st ~= 'running' and a == att and e == ep and o == ARGV[4] then
@@ -365,6 +379,40 @@ end
 return out
 `)
 
+// queueMoveScript gives a message back to the pool: it queues a fresh copy
+// (on the band stream KEYS[2]) and acks and deletes the old one, only if
+// the old one is pending for this consumer — atomically, so the old message
+// is never acked without its replacement (two streams of one pool share a
+// slot).
+//
+// KEYS: 1 the message's stream, 2 the stream for the copy
+// ARGV: 1 group, 2 consumer, 3 message id, 4 run, 5 task, 6 attempt
+// Reply: 1 moved, 0 not pending, -1 pending for another consumer
+var queueMoveScript = redis.NewScript(`
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if #p == 0 then return 0 end
+if p[1][2] ~= ARGV[2] then return -1 end
+redis.call('XADD', KEYS[2], '*', 'r', ARGV[4], 'k', ARGV[5], 'a', ARGV[6])
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+redis.call('XDEL', KEYS[1], ARGV[3])
+return 1
+`)
+
+// gcScript deletes a finished run's keys if it is still finished and fully
+// projected (no @dirty): the check and the delete are one step, so a
+// requeue cannot slip in between.
+//
+// KEYS: 1 state, 2 log, then the run's other keys
+// Reply: {deleted keys, events} | {-1, status} (not collectable)
+var gcScript = redis.NewScript(`
+local st = redis.call('HGET', KEYS[1], '@status')
+if (st ~= 'succeeded' and st ~= 'failed' and st ~= 'cancelled') or redis.call('HEXISTS', KEYS[1], '@dirty') == 1 then
+  return {-1, st or ''}
+end
+local n = redis.call('XLEN', KEYS[2])
+return {redis.call('DEL', unpack(KEYS)), n}
+`)
+
 // queueTouchScript resets a pending message's idle time (the lease) if it is
 // pending for this consumer: an owner-checked XCLAIM ... JUSTID.
 //
@@ -393,6 +441,8 @@ func Scripts() map[string]*redis.Script {
 		"queue_touch": queueTouchScript,
 		"release":     releaseScript,
 		"fetch":       fetchScript,
+		"queue_move":  queueMoveScript,
+		"gc":          gcScript,
 		"requeue":     requeueScript,
 	}
 }

@@ -377,6 +377,10 @@ func TestEveryScriptAndMultiTouchesOneSlot(t *testing.T) {
 			t.Errorf("run %s is %q (%v), want succeeded", r, st, err)
 		}
 	}
+	// Phase 3: retention deletes a finished run in one script.
+	if ok, _, _, err := db.GCRun(ctx, run2); err != nil || !ok {
+		t.Errorf("gc of finished run %s = %v, %v; want collected", run2, ok, err)
+	}
 
 	rec.mu.Lock()
 	defer rec.mu.Unlock()
