@@ -179,6 +179,7 @@ type Worker struct {
 	sem      chan struct{}
 	mu       sync.Mutex
 	inflight map[string]*attempt // by queue message id
+	handling map[string]bool     // message ids being processed (claim included)
 
 	// Set by Run for the reclaimer: where tasks run and how they are counted.
 	workCtx context.Context
@@ -227,6 +228,7 @@ func New(cfg Config) (*Worker, error) {
 		handlers: map[string]Handler{},
 		sem:      make(chan struct{}, cfg.Concurrency),
 		inflight: map[string]*attempt{},
+		handling: map[string]bool{},
 	}, nil
 }
 
@@ -468,6 +470,22 @@ func (w *Worker) process(ctx context.Context, m message) {
 		w.ack(ctx, m)
 		return
 	}
+	// One attempt per message in this worker: the reclaimer may take over a
+	// message the fetcher still holds in its buffer (it waited past the
+	// lease for a slot); the second start must not run it again.
+	w.mu.Lock()
+	if w.handling[m.id] {
+		w.mu.Unlock()
+		log.Debug().Str("msg", m.id).Msg("message already being handled here")
+		return
+	}
+	w.handling[m.id] = true
+	w.mu.Unlock()
+	defer func() {
+		w.mu.Lock()
+		delete(w.handling, m.id)
+		w.mu.Unlock()
+	}()
 	cr, err := w.batch.claim(ctx, rdb.ClaimArgs{
 		Run: m.run, Task: m.task, Worker: w.cfg.ID, Attempt: m.attempt,
 		EventID: ulid.Make().String(), TimeMS: w.now(),
