@@ -127,13 +127,7 @@ func (c Config) withDefaults() Config {
 }
 
 func (c Config) validate() error {
-	var errs []error
-	if c.Redis == nil {
-		errs = append(errs, errors.New("projector: Config.Redis is required"))
-	}
-	if err := rdb.ValidNamespace(c.Namespace); err != nil {
-		errs = append(errs, fmt.Errorf("projector: %w", err))
-	}
+	errs := rdb.CheckConnection("projector", c.Redis != nil, c.Namespace)
 	for _, p := range c.Partitions {
 		if p < 0 || p >= rdb.DefaultFeedPartitions {
 			errs = append(errs, fmt.Errorf("projector: partition %d out of range 0..%d", p, rdb.DefaultFeedPartitions-1))

@@ -90,13 +90,7 @@ func (c Config) withDefaults() Config {
 }
 
 func (c Config) validate() error {
-	var errs []error
-	if c.Redis == nil {
-		errs = append(errs, errors.New("replay: Config.Redis is required"))
-	}
-	if err := rdb.ValidNamespace(c.Namespace); err != nil {
-		errs = append(errs, fmt.Errorf("replay: %w", err))
-	}
+	errs := rdb.CheckConnection("replay", c.Redis != nil, c.Namespace)
 	return errors.Join(errs...)
 }
 

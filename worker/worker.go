@@ -146,13 +146,7 @@ func (c Config) withDefaults() Config {
 }
 
 func (c Config) validate() error {
-	var errs []error
-	if c.Redis == nil {
-		errs = append(errs, errors.New("worker: Config.Redis is required"))
-	}
-	if err := rdb.ValidNamespace(c.Namespace); err != nil {
-		errs = append(errs, fmt.Errorf("worker: %w", err))
-	}
+	errs := rdb.CheckConnection("worker", c.Redis != nil, c.Namespace)
 	if !idRE(c.ID) {
 		errs = append(errs, fmt.Errorf("worker: invalid ID %q: use 1-128 letters, digits, '_', '.', ':', '-'", c.ID))
 	}

@@ -144,3 +144,17 @@ func (k Keys) Worker(id string) string { return k.ns + ":worker:" + id }
 
 // Idempotency maps a caller's idempotency key to a run id.
 func (k Keys) Idempotency(key string) string { return k.ns + ":idem:" + key }
+
+// CheckConnection returns the configuration errors every component shares:
+// a missing Redis client and an invalid namespace, prefixed with the
+// component's name (for errors.Join in each Config.validate).
+func CheckConnection(component string, hasRedis bool, ns string) []error {
+	var errs []error
+	if !hasRedis {
+		errs = append(errs, fmt.Errorf("%s: Config.Redis is required", component))
+	}
+	if err := ValidNamespace(ns); err != nil {
+		errs = append(errs, fmt.Errorf("%s: %w", component, err))
+	}
+	return errs
+}
