@@ -20,6 +20,7 @@ import (
 // common holds the flags every command takes.
 type common struct {
 	redisURL  string
+	sentinel  string
 	namespace string
 	json      bool
 	logLevel  string
@@ -39,6 +40,7 @@ func (m *Main) flags(name string, c *common) *flag.FlagSet {
 	}
 	fs.StringVar(&c.redisURL, "redis", def, "Redis URL: redis://, rediss:// (TLS), redis://user:pass@host:port/db; comma-separate cluster nodes")
 	fs.StringVar(&c.namespace, "namespace", ns, "key prefix")
+	fs.StringVar(&c.sentinel, "sentinel-master", m.Getenv("GRAFLOW_SENTINEL_MASTER"), "Redis Sentinel: the master's name (--redis then lists the sentinels)")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn, error")
 	return fs
 }
@@ -79,6 +81,7 @@ func (c *common) connect(ctx context.Context) (redis.UniversalClient, error) {
 	if err != nil {
 		return nil, withCode(ExitUsage, err)
 	}
+	opts.MasterName = c.sentinel // UniversalClient: a failover client when set
 	client := redis.NewUniversalClient(opts)
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
