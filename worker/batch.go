@@ -34,7 +34,7 @@ type claimResp struct {
 type finishReq struct {
 	args       rdb.FinishArgs
 	m          message
-	deadLetter []byte // details, for a task that failed for good
+	deadLetter *rdb.DeadLetterDetails // for a task that failed for good
 	done       chan error
 }
 
@@ -238,7 +238,7 @@ func (b *batcher) finishLoop(ctx context.Context) {
 					n++
 				}
 				if r.deadLetter != nil {
-					w.db.DeadLetter(ctx, pipe, r.m.run, r.m.task, r.args.TimeMS, r.deadLetter)
+					w.db.DeadLetter(ctx, pipe, r.m.run, r.m.task, r.args.TimeMS, *r.deadLetter)
 					n++
 				}
 			}

@@ -85,7 +85,9 @@ type Config struct {
 	Now func() time.Time
 }
 
-var idRE = func(s string) bool {
+// validID reports whether s can be a worker id or pool name: 1-128 of
+// letters, digits and "_.:-" (they appear in keys and task records).
+func validID(s string) bool {
 	if s == "" || len(s) > 128 {
 		return false
 	}
@@ -147,11 +149,11 @@ func (c Config) withDefaults() Config {
 
 func (c Config) validate() error {
 	errs := rdb.CheckConnection("worker", c.Redis != nil, c.Namespace)
-	if !idRE(c.ID) {
+	if !validID(c.ID) {
 		errs = append(errs, fmt.Errorf("worker: invalid ID %q: use 1-128 letters, digits, '_', '.', ':', '-'", c.ID))
 	}
 	for _, p := range c.Pools {
-		if !idRE(p) {
+		if !validID(p) {
 			errs = append(errs, fmt.Errorf("worker: invalid pool %q", p))
 		}
 	}
@@ -504,8 +506,8 @@ func (w *Worker) process(ctx context.Context, m message) {
 				pipe := w.cfg.Redis.Pipeline()
 				w.db.PointFeed(ctx, pipe, m.run)
 				if cr.Outcome == rdb.ClaimDone && cr.Detail == "failed" {
-					info, _ := json.Marshal(map[string]any{"attempt": m.attempt, "error": "failed (recorded on redelivery)", "worker": w.cfg.ID})
-					w.db.DeadLetter(ctx, pipe, m.run, m.task, w.now(), info)
+					w.db.DeadLetter(ctx, pipe, m.run, m.task, w.now(), rdb.DeadLetterDetails{
+						Attempt: m.attempt, Error: "failed (recorded on redelivery)", Worker: w.cfg.ID})
 				}
 				_, err := pipe.Exec(ctx)
 				return err
@@ -691,7 +693,7 @@ func (w *Worker) finish(ctx context.Context, log zerolog.Logger, m message, t *T
 	}
 	req := finishReq{args: args, m: m}
 	if args.Status == "failed" {
-		req.deadLetter, _ = json.Marshal(map[string]any{"attempt": t.Attempt, "error": runErr.Error(), "worker": w.cfg.ID, "handler": t.Handler})
+		req.deadLetter = &rdb.DeadLetterDetails{Attempt: t.Attempt, Error: runErr.Error(), Worker: w.cfg.ID, Handler: t.Handler}
 	}
 	err := w.batch.finish(ctx, req)
 	if errors.Is(err, rdb.ErrStaleClaim) {

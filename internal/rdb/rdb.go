@@ -442,11 +442,20 @@ func (d DB) Requeue(ctx context.Context, run, task, writer, eventID string, time
 // DeadLetterMember is a task's member in the dead-letter set.
 func DeadLetterMember(run, task string) string { return run + "|" + task }
 
+// DeadLetterDetails is what the dead-letter set keeps about a task.
+type DeadLetterDetails struct {
+	Attempt int    `json:"attempt"`
+	Error   string `json:"error"`
+	Worker  string `json:"worker"`
+	Handler string `json:"handler,omitempty"`
+}
+
 // DeadLetter records a task that failed for good (idempotent: NX).
-func (d DB) DeadLetter(ctx context.Context, p redis.Pipeliner, run, task string, timeMS int64, info []byte) {
+func (d DB) DeadLetter(ctx context.Context, p redis.Pipeliner, run, task string, timeMS int64, info DeadLetterDetails) {
 	m := DeadLetterMember(run, task)
+	b, _ := json.Marshal(info)
 	p.ZAddNX(ctx, d.K.DeadLetter(), redis.Z{Score: float64(timeMS), Member: m})
-	p.HSetNX(ctx, d.K.DeadLetterInfo(), m, string(info))
+	p.HSetNX(ctx, d.K.DeadLetterInfo(), m, string(b))
 }
 
 // HeartbeatArgs are the inputs of a heartbeat.
