@@ -174,8 +174,8 @@ type Worker struct {
 
 	sem      chan struct{}
 	mu       sync.Mutex
-	inflight map[string]*attempt // by queue message id
-	handling map[string]bool     // message ids being processed (claim included)
+	inflight map[string]*attempt // by message key (stream and id)
+	handling map[string]bool     // message keys being processed (claim included)
 
 	// Set by Run for the reclaimer: where tasks run and how they are counted.
 	workCtx context.Context
@@ -210,6 +210,10 @@ type message struct {
 	reclaimed  bool
 	deliveries int64
 }
+
+// key identifies a message within the worker: stream ids are unique only
+// within their stream (two bands or pools can hold the same id).
+func (m message) key() string { return m.stream + "\x00" + m.id }
 
 // New returns a Worker.
 func New(cfg Config) (*Worker, error) {
@@ -470,16 +474,16 @@ func (w *Worker) process(ctx context.Context, m message) {
 	// message the fetcher still holds in its buffer (it waited past the
 	// lease for a slot); the second start must not run it again.
 	w.mu.Lock()
-	if w.handling[m.id] {
+	if w.handling[m.key()] {
 		w.mu.Unlock()
 		log.Debug().Str("msg", m.id).Msg("message already being handled here")
 		return
 	}
-	w.handling[m.id] = true
+	w.handling[m.key()] = true
 	w.mu.Unlock()
 	defer func() {
 		w.mu.Lock()
-		delete(w.handling, m.id)
+		delete(w.handling, m.key())
 		w.mu.Unlock()
 	}()
 	cr, err := w.batch.claim(ctx, rdb.ClaimArgs{
@@ -543,11 +547,11 @@ func (w *Worker) process(ctx context.Context, m message) {
 	}
 	a := &attempt{task: t, stream: m.stream, msgID: m.id, cancel: cancel, lastEvent: w.cfg.Now()}
 	w.mu.Lock()
-	w.inflight[m.id] = a
+	w.inflight[m.key()] = a
 	w.mu.Unlock()
 	defer func() {
 		w.mu.Lock()
-		delete(w.inflight, m.id)
+		delete(w.inflight, m.key())
 		w.mu.Unlock()
 	}()
 
