@@ -42,11 +42,16 @@ type batcher struct {
 	w        *Worker
 	claims   chan claimReq
 	finishes chan finishReq
+	quit     chan struct{} // closed by stop; the request channels never are
 	wg       sync.WaitGroup
 }
 
+// errStopped is returned to a request made after the batcher stopped (a
+// handler that outlived the drain): its message stays pending for reclaim.
+var errStopped = errors.New("worker stopped: outcome not reported; the message stays pending for reclaim")
+
 func newBatcher(w *Worker) *batcher {
-	return &batcher{w: w, claims: make(chan claimReq, maxBatch), finishes: make(chan finishReq, maxBatch)}
+	return &batcher{w: w, claims: make(chan claimReq, maxBatch), finishes: make(chan finishReq, maxBatch), quit: make(chan struct{})}
 }
 
 // start runs the two loops until stop.
@@ -56,11 +61,10 @@ func (b *batcher) start(ctx context.Context) {
 	go func() { defer b.wg.Done(); b.finishLoop(ctx) }()
 }
 
-// stop ends the loops once nothing is queued; callers must have stopped
-// sending (all tasks finished).
+// stop ends the loops (after the batch at hand). Later requests get
+// errStopped; requests are never sent on a closed channel.
 func (b *batcher) stop() {
-	close(b.claims)
-	close(b.finishes)
+	close(b.quit)
 	b.wg.Wait()
 }
 
@@ -70,12 +74,16 @@ func (b *batcher) claim(ctx context.Context, a rdb.ClaimArgs) (rdb.ClaimResult, 
 	case b.claims <- req:
 	case <-ctx.Done():
 		return rdb.ClaimResult{}, ctx.Err()
+	case <-b.quit:
+		return rdb.ClaimResult{}, errStopped
 	}
 	select {
 	case r := <-req.done:
 		return r.cr, r.err
 	case <-ctx.Done():
 		return rdb.ClaimResult{}, ctx.Err()
+	case <-b.quit:
+		return rdb.ClaimResult{}, errStopped
 	}
 }
 
@@ -85,26 +93,33 @@ func (b *batcher) finish(ctx context.Context, req finishReq) error {
 	case b.finishes <- req:
 	case <-ctx.Done():
 		return ctx.Err()
+	case <-b.quit:
+		return errStopped
 	}
 	select {
 	case err := <-req.done:
 		return err
 	case <-ctx.Done():
 		return ctx.Err()
+	case <-b.quit:
+		return errStopped
 	}
 }
 
 func (b *batcher) claimLoop(ctx context.Context) {
 	w := b.w
-	for first := range b.claims {
+	for {
+		var first claimReq
+		select {
+		case first = <-b.claims:
+		case <-b.quit:
+			return
+		}
 		batch := []claimReq{first}
 	drain:
 		for len(batch) < maxBatch {
 			select {
-			case r, ok := <-b.claims:
-				if !ok {
-					break drain
-				}
+			case r := <-b.claims:
 				batch = append(batch, r)
 			default:
 				break drain
@@ -169,15 +184,18 @@ func groupBy[T any](items []T, key func(T) string) [][]int {
 
 func (b *batcher) finishLoop(ctx context.Context) {
 	w := b.w
-	for first := range b.finishes {
+	for {
+		var first finishReq
+		select {
+		case first = <-b.finishes:
+		case <-b.quit:
+			return
+		}
 		batch := []finishReq{first}
 	drain:
 		for len(batch) < maxBatch {
 			select {
-			case r, ok := <-b.finishes:
-				if !ok {
-					break drain
-				}
+			case r := <-b.finishes:
 				batch = append(batch, r)
 			default:
 				break drain

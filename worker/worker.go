@@ -209,6 +209,8 @@ type message struct {
 	// Set for messages taken over by the reclaimer.
 	reclaimed  bool
 	deliveries int64
+	// fetched is when the message was read (its idle time starts then).
+	fetched time.Time
 }
 
 // key identifies a message within the worker: stream ids are unique only
@@ -307,7 +309,11 @@ func (w *Worker) Run(ctx context.Context) error {
 	<-ctx.Done()
 	w.log.Info().Int64("in_flight", w.running.Load()).Msg("worker draining")
 	t := time.NewTimer(w.cfg.DrainTimeout) // from the signal, not from when the fetchers notice it
-	loops.Wait()                           // no new task starts after this
+	// The batcher's retries end with the drain's grace at the latest, so a
+	// Redis outage during shutdown cannot hold Run for long.
+	batchDeadline := time.AfterFunc(w.cfg.DrainTimeout+15*time.Second, stopBatch)
+	defer batchDeadline.Stop()
+	loops.Wait() // no new task starts after this
 	drained := make(chan struct{})
 	go func() {
 		tasks.Wait()
@@ -405,6 +411,12 @@ func (w *Worker) requeueUnstarted(buf []message) {
 	defer cancel()
 	pipe := w.cfg.Redis.Pipeline()
 	for _, m := range buf {
+		w.mu.Lock()
+		busy := w.handling[m.key()] // the reclaimer took it over: it is running
+		w.mu.Unlock()
+		if busy {
+			continue
+		}
 		w.db.QueueMove(ctx, pipe, m.stream, w.cfg.ID, m.id,
 			rdb.Dispatch{Pool: poolOf(m.stream), Priority: m.priority, Run: m.run, Task: m.task, Attempt: m.attempt})
 	}
@@ -453,7 +465,7 @@ func (w *Worker) messages(res []redis.XStream, buf []message) []message {
 			task, _ := m.Values[rdb.MsgTask].(string)
 			a, _ := m.Values[rdb.MsgAttempt].(string)
 			att, _ := strconv.Atoi(a)
-			buf = append(buf, message{stream: s.Stream, priority: prio, id: m.ID, run: run, task: task, attempt: att})
+			buf = append(buf, message{stream: s.Stream, priority: prio, id: m.ID, run: run, task: task, attempt: att, fetched: time.Now()})
 		}
 	}
 	sort.SliceStable(buf, func(i, j int) bool { return buf[i].priority > buf[j].priority })
@@ -486,6 +498,14 @@ func (w *Worker) process(ctx context.Context, m message) {
 		delete(w.handling, m.key())
 		w.mu.Unlock()
 	}()
+	if !m.reclaimed && time.Since(m.fetched) > w.cfg.Lease/3 {
+		// It waited in the buffer for a slot: renew its lease before the
+		// claim, or a reclaimer could take it right after we start.
+		if n, err := w.db.QueueTouch(ctx, w.cfg.Redis, m.stream, w.cfg.ID, m.id).Int64(); err == nil && n != 1 {
+			log.Debug().Int64("touch", n).Msg("buffered message no longer ours; dropping it")
+			return
+		}
+	}
 	cr, err := w.batch.claim(ctx, rdb.ClaimArgs{
 		Run: m.run, Task: m.task, Worker: w.cfg.ID, Attempt: m.attempt,
 		EventID: ulid.Make().String(), TimeMS: w.now(),
@@ -600,11 +620,20 @@ func (w *Worker) handBack(log zerolog.Logger, m message, t *Task) {
 	}
 	// The fresh copy and the ack of ours in one script: never one without
 	// the other.
-	err = w.db.QueueMove(ctx, w.cfg.Redis, m.stream, w.cfg.ID, m.id,
-		rdb.Dispatch{Pool: poolOf(m.stream), Priority: m.priority, Run: m.run, Task: m.task, Attempt: t.Attempt}).Err()
+	disp := rdb.Dispatch{Pool: poolOf(m.stream), Priority: m.priority, Run: m.run, Task: m.task, Attempt: t.Attempt}
+	moved, err := w.db.QueueMove(ctx, w.cfg.Redis, m.stream, w.cfg.ID, m.id, disp).Int64()
 	if err != nil {
 		log.Warn().Err(err).Msg("hand back: requeue failed; the message stays pending for reclaim")
 		return
+	}
+	if moved == 0 {
+		// Our message is gone (given back or acked already): the task is
+		// dispatched now and needs a message. A duplicate is dropped at
+		// claim.
+		if err := w.db.XAddDispatch(ctx, w.cfg.Redis, disp).Err(); err != nil {
+			log.Error().Err(err).Msg("hand back: queue a fresh message failed; run \"graflow repair\" for this run")
+			return
+		}
 	}
 	log.Info().Msg("handed back unfinished task")
 }
@@ -699,10 +728,14 @@ func (w *Worker) finish(ctx context.Context, log zerolog.Logger, m message, t *T
 	if args.Status == "failed" {
 		req.deadLetter = &rdb.DeadLetterDetails{Attempt: t.Attempt, Error: runErr.Error(), Worker: w.cfg.ID, Handler: t.Handler}
 	}
-	err := w.batch.finish(ctx, req)
+	// Report even when the drain's deadline cancelled ctx: the handler
+	// finished, so its outcome must not be thrown away.
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	err := w.batch.finish(fctx, req)
 	if errors.Is(err, rdb.ErrStaleClaim) {
 		log.Warn().Err(err).Msg("outcome rejected: claim lost")
-		w.ack(ctx, m) // owner-checked: only if the message is still ours
+		w.ack(fctx, m) // owner-checked: only if the message is still ours
 		return
 	}
 	if err != nil {
