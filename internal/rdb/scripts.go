@@ -223,10 +223,11 @@ local function one(A)
   end
   local st, a, e, o = getrec(KEYS[1], A[1])
   local att, ep = tonumber(A[2]), tonumber(A[3])
-  if st == A[9] and a == att and e == ep and o == A[4] then
-    -- Already accepted: a retry after a lost reply. Point the feed again
-    -- (harmless if done before): the first call may have been the one that
-    -- set @dirty, and its caller never saw the reply.
+  if (st == A[9] and a == att and e == ep and o == A[4]) or (st ~= 'running' and e == ep and o == A[4] and a >= att) then
+    -- Already accepted: a retry after a lost reply (same epoch and owner,
+    -- the claim ended; a retry dispatch since keeps both). Point the feed
+    -- again (harmless if done before): the first call may have been the
+    -- one that set @dirty, and its caller never saw the reply.
     return {'ok', '', 1}
   end
   if A[12] == 'unfenced' and a == att then
@@ -272,7 +273,10 @@ if redis.call('HEXISTS', KEYS[1], '@status') == 0 then
 end
 local st, a, e, o = getrec(KEYS[1], ARGV[1])
 local att, ep = tonumber(ARGV[2]), tonumber(ARGV[3])
-if st ~= 'running' and a == att and e == ep and o == ARGV[4] then
+if st ~= 'running' and e == ep and o == ARGV[4] then
+  -- Same epoch and owner: nobody took the claim over; it ended with the
+  -- caller's own outcome (maybe already followed by a retry dispatch,
+  -- which keeps epoch and owner). A heartbeat that raced it is benign.
   return {'done'}
 end
 if st ~= 'running' or a ~= att or e ~= ep or o ~= ARGV[4] then
