@@ -138,25 +138,14 @@ func (c *Client) Status(ctx context.Context, run string) (*RunInfo, error) {
 // Fold reads run's whole log and folds it with projector.Apply.
 func (c *Client) Fold(ctx context.Context, run string) (*projector.Run, error) {
 	r := projector.NewRun(run)
-	start := "-"
-	for {
-		msgs, err := c.db.C.XRangeN(ctx, c.db.K.RunLog(run), start, "+", 10000).Result()
-		if err != nil {
-			return nil, fmt.Errorf("read log of run %s: %w", run, err)
+	evs, err := c.db.ReadLog(ctx, run, "-", "+", 10000, 0)
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range evs {
+		if err := projector.Apply(r, e); err != nil {
+			return nil, err
 		}
-		for _, m := range msgs {
-			e, err := events.Decode(run, m.ID, m.Values)
-			if err != nil {
-				return nil, err
-			}
-			if err := projector.Apply(r, e); err != nil {
-				return nil, err
-			}
-		}
-		if len(msgs) < 10000 {
-			break
-		}
-		start = "(" + msgs[len(msgs)-1].ID
 	}
 	if r.Status == projector.RunUnknown {
 		return nil, fmt.Errorf("%w: %s in namespace %q", ErrRunNotFound, run, c.db.K.Namespace())

@@ -65,14 +65,7 @@ func TestETLRunSucceeds(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	start := time.Now()
-	run, err := b.client.Submit(ctx, wf, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := b.client.Wait(ctx, run)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, info := b.submitAndWait(ctx, t, wf)
 	if !info.Succeeded() {
 		t.Fatalf("run %s: %+v", info.Status, info)
 	}
@@ -85,19 +78,25 @@ func TestETLRunSucceeds(t *testing.T) {
 // logEvents reads a run's whole log.
 func logEvents(t *testing.T, b bundle, run string) []events.Event {
 	t.Helper()
-	msgs, err := b.rdb.XRange(context.Background(), rdb.NewKeys(b.ns).RunLog(run), "-", "+").Result()
+	evs, err := rdb.New(b.rdb, b.ns).ReadLog(context.Background(), run, "-", "+", 1000, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := make([]events.Event, 0, len(msgs))
-	for _, m := range msgs {
-		e, err := events.Decode(run, m.ID, m.Values)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, e)
+	return evs
+}
+
+// submitAndWait submits wf and waits for the run to end.
+func (b bundle) submitAndWait(ctx context.Context, t *testing.T, wf *graflow.Workflow) (string, *graflow.RunInfo) {
+	t.Helper()
+	run, err := b.client.Submit(ctx, wf, nil)
+	if err != nil {
+		t.Fatal(err)
 	}
-	return out
+	info, err := b.client.Wait(ctx, run)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return run, info
 }
 
 func TestRetriesBackOffThenSucceed(t *testing.T) {
@@ -107,14 +106,7 @@ func TestRetriesBackOffThenSucceed(t *testing.T) {
 	wf.Task("flaky", builtin.Flaky).Args(map[string]any{"fail": 2, "value": 7}).Retries(2)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	run, err := b.client.Submit(ctx, wf, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := b.client.Wait(ctx, run)
-	if err != nil {
-		t.Fatal(err)
-	}
+	run, info := b.submitAndWait(ctx, t, wf)
 	if !info.Succeeded() || info.Task("flaky").Attempt != 3 || string(info.Task("flaky").Result) != "7" {
 		t.Fatalf("want success on attempt 3 with result 7, got %+v", info.Task("flaky"))
 	}
@@ -141,14 +133,7 @@ func TestPermanentFailureDeadLettersAndRequeueRunsAgain(t *testing.T) {
 	wf.Task("b", builtin.Sum).After(a)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	run, err := b.client.Submit(ctx, wf, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := b.client.Wait(ctx, run)
-	if err != nil {
-		t.Fatal(err)
-	}
+	run, info := b.submitAndWait(ctx, t, wf)
 	if info.Status != "failed" || info.FailedTask != "a" || info.Task("a").Attempt != 1 || info.Task("b").Status != "skipped" {
 		t.Fatalf("want run failed at a (1 attempt, permanent) with b skipped, got %+v", info)
 	}

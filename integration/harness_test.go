@@ -240,25 +240,35 @@ func (p *proc) exitCode(ctx context.Context) (int, error) {
 // waitLine waits until the process printed a line containing substr.
 func (p *proc) waitLine(t testing.TB, substr string) string {
 	t.Helper()
+	return p.waitLineWith(t, substr)
+}
+
+// waitLineWith waits until the process printed a line containing every
+// one of substrs (waitLine for one).
+func (p *proc) waitLineWith(t testing.TB, substrs ...string) string {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	for from := 0; ; {
 		lines, changed := p.out.since(from)
+	next:
 		for _, l := range lines {
-			if strings.Contains(l, substr) {
-				return l
+			for _, sub := range substrs {
+				if !strings.Contains(l, sub) {
+					continue next
+				}
 			}
+			return l
 		}
 		from += len(lines)
 		select {
 		case <-changed:
 		case <-p.done:
-			// Flush: the copy goroutine finished before done closed.
 			if lines, _ := p.out.since(from); len(lines) == 0 {
-				t.Fatalf("%s exited (%v) before printing %q:\n%s", p.name, p.waitErr, substr, p.tail(40))
+				t.Fatalf("%s exited (%v) before printing %q:\n%s", p.name, p.waitErr, substrs, p.tail(40))
 			}
 		case <-ctx.Done():
-			t.Fatalf("%s did not print %q: %v\n%s", p.name, substr, ctx.Err(), p.tail(40))
+			t.Fatalf("%s did not print %q: %v\n%s", p.name, substrs, ctx.Err(), p.tail(40))
 		}
 	}
 }

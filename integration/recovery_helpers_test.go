@@ -182,36 +182,6 @@ func awaitExit(t testing.TB, ctx context.Context, p *proc) int {
 	return code
 }
 
-// waitLineWith waits until the process printed a line containing every
-// one of substrs (waitLine for one).
-func (p *proc) waitLineWith(t testing.TB, substrs ...string) string {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	for from := 0; ; {
-		lines, changed := p.out.since(from)
-	next:
-		for _, l := range lines {
-			for _, sub := range substrs {
-				if !strings.Contains(l, sub) {
-					continue next
-				}
-			}
-			return l
-		}
-		from += len(lines)
-		select {
-		case <-changed:
-		case <-p.done:
-			if lines, _ := p.out.since(from); len(lines) == 0 {
-				t.Fatalf("%s exited (%v) before printing %q:\n%s", p.name, p.waitErr, substrs, p.tail(40))
-			}
-		case <-ctx.Done():
-			t.Fatalf("%s did not print %q: %v\n%s", p.name, substrs, ctx.Err(), p.tail(40))
-		}
-	}
-}
-
 // killedBy reports whether p was ended by sig.
 func killedBy(p *proc, sig syscall.Signal) bool {
 	ws, ok := p.cmd.ProcessState.Sys().(syscall.WaitStatus)

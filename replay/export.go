@@ -66,19 +66,7 @@ func (c *Client) Export(ctx context.Context, run string, w io.Writer) (int, erro
 }
 
 func (c *Client) readChunk(ctx context.Context, run, start string) ([]events.Event, error) {
-	msgs, err := c.cfg.Redis.XRangeN(ctx, c.db.K.RunLog(run), start, "+", int64(c.cfg.ReadCount)).Result()
-	if err != nil {
-		return nil, fmt.Errorf("read log of run %s: %w", run, err)
-	}
-	out := make([]events.Event, 0, len(msgs))
-	for _, m := range msgs {
-		e, err := events.Decode(run, m.ID, m.Values)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, e)
-	}
-	return out, nil
+	return c.db.ReadLog(ctx, run, start, "+", c.cfg.ReadCount, c.cfg.ReadCount)
 }
 
 var (

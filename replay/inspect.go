@@ -348,19 +348,7 @@ func (c *Client) Events(ctx context.Context, run, from string, limit int) ([]eve
 	if limit <= 0 {
 		return c.readLog(ctx, run, start, "+")
 	}
-	msgs, err := c.cfg.Redis.XRangeN(ctx, c.db.K.RunLog(run), start, "+", int64(limit)).Result()
-	if err != nil {
-		return nil, fmt.Errorf("read log of run %s: %w", run, err)
-	}
-	out := make([]events.Event, 0, len(msgs))
-	for _, m := range msgs {
-		e, err := events.Decode(run, m.ID, m.Values)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, e)
-	}
-	return out, nil
+	return c.db.ReadLog(ctx, run, start, "+", limit, limit)
 }
 
 // FollowOptions tune Follow.

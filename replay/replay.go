@@ -130,24 +130,7 @@ func (c *Client) Log(ctx context.Context, run string) ([]events.Event, error) {
 // readLog reads and decodes the entries of run's log between start and end
 // (XRANGE bounds), in chunks of ReadCount.
 func (c *Client) readLog(ctx context.Context, run, start, end string) ([]events.Event, error) {
-	var out []events.Event
-	for {
-		msgs, err := c.cfg.Redis.XRangeN(ctx, c.db.K.RunLog(run), start, end, int64(c.cfg.ReadCount)).Result()
-		if err != nil {
-			return nil, fmt.Errorf("read log of run %s: %w", run, err)
-		}
-		for _, m := range msgs {
-			e, err := events.Decode(run, m.ID, m.Values)
-			if err != nil {
-				return nil, err
-			}
-			out = append(out, e)
-		}
-		if len(msgs) < c.cfg.ReadCount {
-			return out, nil
-		}
-		start = "(" + msgs[len(msgs)-1].ID
-	}
+	return c.db.ReadLog(ctx, run, start, end, c.cfg.ReadCount, 0)
 }
 
 // Fold reads run's log and folds it from the first event with

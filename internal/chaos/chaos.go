@@ -422,24 +422,9 @@ func (s *stack) stopAll() {
 // history reads the run's events and live state hash.
 func (s *stack) history(ctx context.Context, rc *redis.Client, run string) ([]events.Event, map[string]string, error) {
 	k := rdb.NewKeys(s.ns)
-	var evs []events.Event
-	startID := "-"
-	for {
-		msgs, err := rc.XRangeN(ctx, k.RunLog(run), startID, "+", 10000).Result()
-		if err != nil {
-			return nil, nil, err
-		}
-		for _, m := range msgs {
-			e, err := events.Decode(run, m.ID, m.Values)
-			if err != nil {
-				return nil, nil, err
-			}
-			evs = append(evs, e)
-		}
-		if len(msgs) < 10000 {
-			break
-		}
-		startID = "(" + msgs[len(msgs)-1].ID
+	evs, err := rdb.New(rc, s.ns).ReadLog(ctx, run, "-", "+", 10000, 0)
+	if err != nil {
+		return nil, nil, err
 	}
 	live, err := rc.HGetAll(ctx, k.RunState(run)).Result()
 	return evs, live, err

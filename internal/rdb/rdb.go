@@ -638,3 +638,41 @@ func num(res []any, i int) int64 {
 	}
 	return 0
 }
+
+// DecodeLog decodes entries of run's log (stream order kept).
+func DecodeLog(run string, msgs []redis.XMessage) ([]events.Event, error) {
+	out := make([]events.Event, 0, len(msgs))
+	for _, m := range msgs {
+		e, err := events.Decode(run, m.ID, m.Values)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, e)
+	}
+	return out, nil
+}
+
+// ReadLog reads and decodes run's log entries from start to end (XRANGE
+// bounds: "-", "+", an id, or "(" + id for an exclusive start), page entries
+// per round trip; limit > 0 stops after one page of at most limit entries.
+func (d DB) ReadLog(ctx context.Context, run, start, end string, page, limit int) ([]events.Event, error) {
+	if limit > 0 {
+		page = limit
+	}
+	var out []events.Event
+	for {
+		msgs, err := d.C.XRangeN(ctx, d.K.RunLog(run), start, end, int64(page)).Result()
+		if err != nil {
+			return nil, fmt.Errorf("read log of run %s: %w", run, err)
+		}
+		evs, err := DecodeLog(run, msgs)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, evs...)
+		if limit > 0 || len(msgs) < page {
+			return out, nil
+		}
+		start = "(" + msgs[len(msgs)-1].ID
+	}
+}
