@@ -216,16 +216,12 @@ func (c *Client) Queues(ctx context.Context, opts QueuesOptions) ([]QueueInfo, e
 			if !ok || (!opts.Empty && q.Length == 0 && q.Pending == 0 && q.Lag == 0) {
 				continue
 			}
-			q.Pool, q.Priority = pool, priorityOf(stream)
+			_, prio, _ := c.db.K.ParseQueue(stream)
+			q.Pool, q.Priority = pool, prio
 			out = append(out, q)
 		}
 	}
 	return out, nil
-}
-
-func priorityOf(stream string) int {
-	p, _ := strconv.Atoi(stream[strings.LastIndexByte(stream, ':')+1:])
-	return p
 }
 
 func (c *Client) queue(ctx context.Context, stream string, now time.Time) (QueueInfo, bool, error) {
@@ -283,14 +279,9 @@ func (c *Client) pools(ctx context.Context) ([]string, error) {
 	for p := 0; p <= rdb.MaxPriority; p++ {
 		// The builder's own key for pool "*" is the MATCH pattern; pool
 		// names cannot hold glob characters (letters, digits, "_.:-").
-		pattern := c.db.K.Queue("*", p)
-		pre, post, _ := strings.Cut(c.db.K.Queue("\x00", p), "\x00")
-		err := c.scan(ctx, pattern, func(key string) {
-			if strings.HasPrefix(key, pre) && strings.HasSuffix(key, post) && len(key) > len(pre)+len(post) {
-				pool := key[len(pre) : len(key)-len(post)]
-				if c.db.K.Queue(pool, p) == key {
-					set[pool] = true
-				}
+		err := c.scan(ctx, c.db.K.Queue("*", p), func(key string) {
+			if pool, _, ok := c.db.K.ParseQueue(key); ok {
+				set[pool] = true
 			}
 		})
 		if err != nil {

@@ -2,7 +2,6 @@ package worker
 
 import (
 	"context"
-	"strings"
 	"time"
 
 	"github.com/graflow-go/graflow/internal/rdb"
@@ -62,13 +61,9 @@ func (w *Worker) reclaim(ctx context.Context, stream string) error {
 				Msg("pending queue entries were deleted from the stream; run \"graflow repair\" to re-dispatch their tasks from run state")
 		}
 		deliveries := w.deliveries(ctx, stream, msgs)
-		prio := 0
-		if i := strings.LastIndexByte(stream, ':'); i >= 0 {
-			prio = atoiDefault(stream[i+1:])
-		}
 		for i, m := range msgs {
 			msg := w.messages([]redis.XStream{{Stream: stream, Messages: []redis.XMessage{m}}}, nil)[0]
-			msg.priority, msg.reclaimed, msg.deliveries = prio, true, deliveries[i]
+			msg.reclaimed, msg.deliveries = true, deliveries[i]
 			w.log.Info().Str("run", msg.run).Str("task", msg.task).Int64("deliveries", msg.deliveries).Msg("reclaiming task from an expired lease")
 			w.start(msg) // takes one of the acquired slots
 		}
@@ -144,15 +139,4 @@ func (w *Worker) pruneRegistry(ctx context.Context) error {
 		}
 	}
 	return nil
-}
-
-func atoiDefault(s string) int {
-	n := 0
-	for _, c := range s {
-		if c < '0' || c > '9' {
-			return 0
-		}
-		n = n*10 + int(c-'0')
-	}
-	return n
 }

@@ -213,6 +213,14 @@ type message struct {
 	fetched time.Time
 }
 
+// poolOf returns the pool of a queue stream key.
+func (w *Worker) poolOf(stream string) string {
+	if pool, _, ok := w.db.K.ParseQueue(stream); ok {
+		return pool
+	}
+	return DefaultPool
+}
+
 // key identifies a message within the worker: stream ids are unique only
 // within their stream (two bands or pools can hold the same id).
 func (m message) key() string { return m.stream + "\x00" + m.id }
@@ -418,7 +426,7 @@ func (w *Worker) requeueUnstarted(buf []message) {
 			continue
 		}
 		w.db.QueueMove(ctx, pipe, m.stream, w.cfg.ID, m.id,
-			rdb.Dispatch{Pool: poolOf(m.stream), Priority: m.priority, Run: m.run, Task: m.task, Attempt: m.attempt})
+			rdb.Dispatch{Pool: w.poolOf(m.stream), Priority: m.priority, Run: m.run, Task: m.task, Attempt: m.attempt})
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		w.log.Warn().Err(err).Int("messages", len(buf)).Msg("give back unstarted messages; they stay pending for reclaim")
@@ -456,10 +464,7 @@ func (w *Worker) pause(ctx context.Context) {
 // messages appends the read messages to buf, ordered by band, highest first.
 func (w *Worker) messages(res []redis.XStream, buf []message) []message {
 	for _, s := range res {
-		prio := 0
-		if i := strings.LastIndexByte(s.Stream, ':'); i >= 0 {
-			prio, _ = strconv.Atoi(s.Stream[i+1:])
-		}
+		_, prio, _ := w.db.K.ParseQueue(s.Stream)
 		for _, m := range s.Messages {
 			run, _ := m.Values[rdb.MsgRun].(string)
 			task, _ := m.Values[rdb.MsgTask].(string)
@@ -620,7 +625,7 @@ func (w *Worker) handBack(log zerolog.Logger, m message, t *Task) {
 	}
 	// The fresh copy and the ack of ours in one script: never one without
 	// the other.
-	disp := rdb.Dispatch{Pool: poolOf(m.stream), Priority: m.priority, Run: m.run, Task: m.task, Attempt: t.Attempt}
+	disp := rdb.Dispatch{Pool: w.poolOf(m.stream), Priority: m.priority, Run: m.run, Task: m.task, Attempt: t.Attempt}
 	moved, err := w.db.QueueMove(ctx, w.cfg.Redis, m.stream, w.cfg.ID, m.id, disp).Int64()
 	if err != nil {
 		log.Warn().Err(err).Msg("hand back: requeue failed; the message stays pending for reclaim")
@@ -636,16 +641,6 @@ func (w *Worker) handBack(log zerolog.Logger, m message, t *Task) {
 		}
 	}
 	log.Info().Msg("handed back unfinished task")
-}
-
-// poolOf extracts the pool from a queue stream key "<ns>:{q:<pool>}:<prio>".
-func poolOf(stream string) string {
-	i := strings.Index(stream, "{q:")
-	j := strings.LastIndex(stream, "}")
-	if i < 0 || j < i {
-		return DefaultPool
-	}
-	return stream[i+3 : j]
 }
 
 // call runs the handler, turning a panic into an error.

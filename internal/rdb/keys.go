@@ -11,6 +11,7 @@ import (
 	"hash/fnv"
 	"regexp"
 	"strconv"
+	"strings"
 )
 
 // DefaultNamespace is the key prefix used when none is configured.
@@ -157,4 +158,22 @@ func CheckConnection(component string, hasRedis bool, ns string) []error {
 		errs = append(errs, fmt.Errorf("%s: %w", component, err))
 	}
 	return errs
+}
+
+// ParseQueue returns the pool and priority band of a queue stream key
+// built by Queue; ok is false for any other key.
+func (k Keys) ParseQueue(stream string) (pool string, priority int, ok bool) {
+	rest, found := strings.CutPrefix(stream, k.ns+":{q:")
+	if !found {
+		return "", 0, false
+	}
+	pool, band, found := strings.Cut(rest, "}:")
+	if !found {
+		return "", 0, false
+	}
+	p, err := strconv.Atoi(band)
+	if err != nil || p < 0 || p > MaxPriority {
+		return "", 0, false
+	}
+	return pool, p, true
 }
