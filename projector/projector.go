@@ -271,8 +271,10 @@ func (p *Projector) handle(ctx context.Context, log zerolog.Logger, stream strin
 		seen[run] = true
 		runs = append(runs, run)
 	}
-	// Runs are independent: project up to Parallel of them at once (each
-	// is a few round trips; one at a time would leave Redis idle).
+	// The common case for every run at once, a pipeline per step; then
+	// the runs that need more, up to Parallel of them at once (each is a
+	// few round trips; one at a time would leave Redis idle).
+	runs = p.projectBatch(ctx, runs)
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, p.cfg.Parallel)
 	for _, run := range runs {
@@ -408,31 +410,9 @@ func (p *Projector) Project(ctx context.Context, run string) error {
 		if c.run.Status == RunUnknown {
 			return nil // no such run (feed pointer for a deleted run)
 		}
-		decisions := Decide(c.run, p.cfg.BatchSize, p.retryDelay)
-		now := p.cfg.Now()
-		records := map[string]string{}
-		var outbox []string
-		for i := range decisions {
-			d := &decisions[i]
-			d.ID, d.Time, d.Worker, d.Version = ulid.Make().String(), now, p.cfg.ID, events.CurrentVersion
-			if d.Type == events.TaskRetryScheduled {
-				var b events.TaskRetryScheduledBody
-				_ = d.DecodeBody(&b)
-				b.DueMS = now.UnixMilli() + b.DelayMS
-				*d = d.WithBody(b)
-			}
-			rec, disp := p.effect(c.run, *d)
-			for f, v := range rec {
-				records[f] = v
-			}
-			if disp != nil {
-				outbox = append(outbox, disp.String())
-			}
-		}
-		res, err := p.db.Commit(ctx, run, rdb.Commit{
-			Expected: c.cursor, FoldedTo: c.run.LastSeq, Writer: p.cfg.ID, TimeMS: now.UnixMilli(),
-			Events: decisions, Records: records, Outbox: outbox,
-		})
+		decisions, commit := p.prepare(c)
+		res, err := p.db.Commit(ctx, run, commit)
+		outbox := commit.Outbox
 		if err != nil {
 			c.run = nil
 			return err
@@ -464,32 +444,77 @@ func (p *Projector) Project(ctx context.Context, run string) error {
 			c.cursor = res.Cursor
 			continue
 		}
-		for i, d := range decisions {
-			d.Seq = res.Seqs[i]
-			if err := Apply(c.run, d); err != nil {
-				c.run = nil
-				return err
-			}
+		more, err := p.settle(ctx, run, c, decisions, res)
+		if err != nil {
+			return err
 		}
-		c.cursor = res.Cursor
-		if c.run.Status.Terminal() && len(decisions) > 0 && p.cfg.RunTTL > 0 {
-			pipe := p.cfg.Redis.Pipeline()
-			for _, k := range p.db.K.RunKeys(run) {
-				pipe.PExpire(ctx, k, p.cfg.RunTTL)
-			}
-			if _, err := pipe.Exec(ctx); err != nil {
-				p.log.Warn().Err(err).Str("run", run).Msg("set the finished run's TTL")
-			}
-		}
-		// Caught up: @dirty is cleared. If the decisions call for nothing
-		// more, the run is done for now (no confirming commit needed).
-		if len(decisions) == 0 || len(Decide(c.run, 1, p.retryDelay)) == 0 {
-			if c.run.Status.Terminal() {
-				p.forget(run)
-			}
+		if !more {
 			return nil
 		}
 		skipRead = true
+	}
+}
+
+// settle applies a caught-up commit's decisions to c's cached run and
+// reports whether the run calls for more decisions. A finished run gets its
+// TTL (when configured) and leaves the cache.
+func (p *Projector) settle(ctx context.Context, run string, c *cached, decisions []events.Event, res rdb.CommitResult) (bool, error) {
+	for i, d := range decisions {
+		d.Seq = res.Seqs[i]
+		if err := Apply(c.run, d); err != nil {
+			c.run = nil
+			return false, err
+		}
+	}
+	c.cursor = res.Cursor
+	if c.run.Status.Terminal() && len(decisions) > 0 && p.cfg.RunTTL > 0 {
+		pipe := p.cfg.Redis.Pipeline()
+		for _, k := range p.db.K.RunKeys(run) {
+			pipe.PExpire(ctx, k, p.cfg.RunTTL)
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			p.log.Warn().Err(err).Str("run", run).Msg("set the finished run's TTL")
+		}
+	}
+	// Caught up: @dirty is cleared. If the decisions call for nothing
+	// more, the run is done for now (no confirming commit needed).
+	if len(decisions) == 0 || len(Decide(c.run, 1, p.retryDelay)) == 0 {
+		if c.run.Status.Terminal() {
+			p.forget(run)
+		}
+		return false, nil
+	}
+	return true, nil
+}
+
+// prepare decides what c's folded run calls for (at most BatchSize
+// decisions) and builds the commit that appends them with a compare-and-set
+// on c's cursor.
+func (p *Projector) prepare(c *cached) ([]events.Event, rdb.Commit) {
+	decisions := Decide(c.run, p.cfg.BatchSize, p.retryDelay)
+	now := p.cfg.Now()
+	records := map[string]string{}
+	var outbox []string
+	for i := range decisions {
+		d := &decisions[i]
+		d.ID, d.Time, d.Worker, d.Version = ulid.Make().String(), now, p.cfg.ID, events.CurrentVersion
+		if d.Type == events.TaskRetryScheduled {
+			var b events.TaskRetryScheduledBody
+			_ = d.DecodeBody(&b)
+			b.DueMS = now.UnixMilli() + b.DelayMS
+			*d = d.WithBody(b)
+		}
+		rec, disp := p.effect(c.run, *d)
+		for f, v := range rec {
+			records[f] = v
+		}
+		if disp != nil {
+			outbox = append(outbox, disp.String())
+		}
+	}
+	return decisions, rdb.Commit{
+		Expected: c.cursor, FoldedTo: c.run.LastSeq, Writer: p.cfg.ID, TimeMS: now.UnixMilli(),
+		Events: decisions, Records: records, Outbox: outbox,
 	}
 }
 
@@ -627,9 +652,26 @@ const relayBatch = 256
 // relay queues entries (the head of run's outbox) and then removes them
 // from the outbox, each only if still at its head.
 func (p *Projector) relay(ctx context.Context, run string, entries []string) error {
+	pipe := p.cfg.Redis.Pipeline()
+	delayed := p.queue(ctx, pipe, run, entries)
+	if _, err := pipe.Exec(ctx); err != nil {
+		return fmt.Errorf("relay outbox of run %s: %w", run, err)
+	}
+	if delayed {
+		p.wake()
+	}
+	if _, err := p.db.OutboxAck(ctx, run, entries); err != nil {
+		return fmt.Errorf("ack outbox of run %s: %w", run, err)
+	}
+	return nil
+}
+
+// queue adds the commands that put outbox entries of run on their queue
+// streams (or, not yet due, in the delayed set) to pipe. It reports whether
+// any went to the delayed set.
+func (p *Projector) queue(ctx context.Context, pipe redis.Pipeliner, run string, entries []string) bool {
 	now := p.cfg.Now().UnixMilli()
 	delayed := false
-	pipe := p.cfg.Redis.Pipeline()
 	for _, s := range entries {
 		d, err := rdb.ParseDispatch(s)
 		if err != nil {
@@ -643,19 +685,15 @@ func (p *Projector) relay(ctx context.Context, run string, entries []string) err
 			p.db.XAddDispatch(ctx, pipe, d)
 		}
 	}
-	if _, err := pipe.Exec(ctx); err != nil {
-		return fmt.Errorf("relay outbox of run %s: %w", run, err)
+	return delayed
+}
+
+// wake makes the delayed mover look at the delayed set again.
+func (p *Projector) wake() {
+	select {
+	case p.wakeDelayed <- struct{}{}:
+	default:
 	}
-	if delayed {
-		select {
-		case p.wakeDelayed <- struct{}{}:
-		default:
-		}
-	}
-	if _, err := p.db.OutboxAck(ctx, run, entries); err != nil {
-		return fmt.Errorf("ack outbox of run %s: %w", run, err)
-	}
-	return nil
 }
 
 // moveDelayed moves due dispatches from the delayed set to their queues. It

@@ -126,6 +126,12 @@ type CommitResult struct {
 
 // Commit runs the commit script for run.
 func (d DB) Commit(ctx context.Context, run string, c Commit) (CommitResult, error) {
+	return ParseCommit(run, d.CommitCmd(ctx, d.C, run, c))
+}
+
+// CommitCmd queues the commit script for run on p, a pipeline or the
+// client; read its reply with ParseCommit after Exec.
+func (d DB) CommitCmd(ctx context.Context, p redis.Scripter, run string, c Commit) *redis.Cmd {
 	args := make([]any, 0, 8+6*len(c.Events)+2*len(c.Records)+len(c.Outbox))
 	args = append(args, c.Expected, c.FoldedTo, strconv.FormatInt(c.TimeMS, 10), c.Writer, len(c.Events))
 	for _, e := range c.Events {
@@ -139,7 +145,12 @@ func (d DB) Commit(ctx context.Context, run string, c Commit) (CommitResult, err
 	for _, o := range c.Outbox {
 		args = append(args, o)
 	}
-	res, err := commitScript.Run(ctx, d.C, []string{d.K.RunState(run), d.K.RunLog(run), d.K.RunOutbox(run)}, args...).Slice()
+	return commitScript.Run(ctx, p, []string{d.K.RunState(run), d.K.RunLog(run), d.K.RunOutbox(run)}, args...)
+}
+
+// ParseCommit reads a CommitCmd reply.
+func ParseCommit(run string, cmd *redis.Cmd) (CommitResult, error) {
+	res, err := cmd.Slice()
 	if err != nil {
 		return CommitResult{}, fmt.Errorf("commit run %s: %w", run, err)
 	}
@@ -158,11 +169,16 @@ func (d DB) Commit(ctx context.Context, run string, c Commit) (CommitResult, err
 
 // OutboxAck removes relayed entries from the head of run's outbox.
 func (d DB) OutboxAck(ctx context.Context, run string, entries []string) (int64, error) {
+	return d.OutboxAckCmd(ctx, d.C, run, entries).Int64()
+}
+
+// OutboxAckCmd queues the outbox-ack script for run on p.
+func (d DB) OutboxAckCmd(ctx context.Context, p redis.Scripter, run string, entries []string) *redis.Cmd {
 	args := make([]any, len(entries))
 	for i, e := range entries {
 		args[i] = e
 	}
-	return outboxAckScript.Run(ctx, d.C, []string{d.K.RunOutbox(run)}, args...).Int64()
+	return outboxAckScript.Run(ctx, p, []string{d.K.RunOutbox(run)}, args...)
 }
 
 // Dispatch is one entry of an outbox: a task attempt to put on a queue

@@ -1,0 +1,204 @@
+package projector
+
+import (
+	"context"
+	"errors"
+
+	"github.com/graflow-go/graflow/events"
+	"github.com/graflow-go/graflow/internal/crashpoint"
+	"github.com/graflow-go/graflow/internal/rdb"
+	"github.com/redis/go-redis/v9"
+)
+
+// pass is one run's share of a batched projection pass.
+type pass struct {
+	run       string
+	c         *cached
+	read      *redis.XMessageSliceCmd // the log after the cursor
+	cursor    *redis.StringCmd        // set when the run was not cached
+	decisions []events.Event
+	commit    rdb.Commit
+	commitCmd *redis.Cmd
+	res       rdb.CommitResult
+	relayed   int           // how many queue commands of the relay pipeline are this run's
+	ack       *redis.Cmd    // its outbox ack
+	cmds      []redis.Cmder // its queue commands
+}
+
+// projectBatch is the common case of Project for many runs at once: each
+// stage (read the log after the cursor, commit, relay the outbox, ack it)
+// is one pipeline for every run of the batch instead of a round trip per
+// run. Each run's steps are exactly Project's, in the same order; only the
+// round trips are shared. A run that needs anything else (a conflict, a
+// long log, an outbox it must read back, more decisions than one commit
+// holds, an error, a run another goroutine holds) is returned, untouched
+// past its last completed step, for Project to finish.
+func (p *Projector) projectBatch(ctx context.Context, runs []string) (rest []string) {
+	var ps []*pass
+	for _, run := range runs {
+		c := p.entry(run)
+		if !c.mu.TryLock() {
+			rest = append(rest, run)
+			continue
+		}
+		ps = append(ps, &pass{run: run, c: c})
+	}
+	defer func() {
+		for _, x := range ps {
+			x.c.mu.Unlock()
+		}
+	}()
+	if len(ps) == 0 {
+		return rest
+	}
+	// giveUp hands x to Project; reload says its cached state is not
+	// trusted any more.
+	giveUp := func(x *pass, reload bool) {
+		if reload {
+			x.c.run = nil
+		}
+		rest = append(rest, x.run)
+	}
+
+	// 1. Read every run's new events (a run not cached: its cursor and the
+	// first page of its log, cursor first, as load does).
+	pipe := p.cfg.Redis.Pipeline()
+	for _, x := range ps {
+		start := "-"
+		if x.c.run == nil {
+			x.cursor = pipe.HGet(ctx, p.db.K.RunState(x.run), rdb.FieldRunCursor)
+		} else if x.c.run.LastSeq != "" {
+			start = "(" + x.c.run.LastSeq
+		}
+		x.read = pipe.XRangeN(ctx, p.db.K.RunLog(x.run), start, "+", int64(p.cfg.ReadCount))
+	}
+	_, _ = pipe.Exec(ctx) // errors are read per command
+	live := ps[:0:0]
+	for _, x := range ps {
+		if err := x.read.Err(); err != nil {
+			giveUp(x, true)
+			continue
+		}
+		if x.cursor != nil {
+			cur, err := x.cursor.Result()
+			if err != nil && !errors.Is(err, redis.Nil) {
+				giveUp(x, true)
+				continue
+			}
+			r := NewRun(x.run)
+			r.noResults = true // as in load
+			x.c.run, x.c.cursor = r, cur
+		}
+		msgs := x.read.Val()
+		if _, err := p.fold(x.run, x.c.run, msgs); err != nil || len(msgs) == p.cfg.ReadCount {
+			giveUp(x, err != nil) // a long log is read on by Project
+			continue
+		}
+		if x.c.run.Status == RunUnknown {
+			continue // no such run (feed pointer for a deleted run)
+		}
+		x.decisions, x.commit = p.prepare(x.c)
+		live = append(live, x)
+	}
+	if len(live) == 0 {
+		return rest
+	}
+
+	// 2. Commit every run's decisions (each a compare-and-set on its own
+	// cursor, in its own slot).
+	err := p.db.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		for _, x := range live {
+			x.commitCmd = p.db.CommitCmd(ctx, pipe, x.run, x.commit)
+		}
+		return nil
+	})
+	if err != nil && ctx.Err() != nil {
+		for _, x := range live {
+			giveUp(x, true)
+		}
+		return rest
+	}
+	committed := live[:0:0]
+	for _, x := range live {
+		res, err := rdb.ParseCommit(x.run, x.commitCmd)
+		if err != nil || res.Conflict {
+			giveUp(x, true)
+			continue
+		}
+		x.res = res
+		committed = append(committed, x)
+	}
+	if len(committed) == 0 {
+		return rest
+	}
+	crashpoint.Hit(crashpoint.ProjectorAfterCommit)
+
+	// 3. Relay the outboxes that hold exactly what the commits pushed: the
+	// queue writes of every run in one pipeline, then the outbox acks of
+	// the runs whose writes all succeeded in another.
+	pipe = p.cfg.Redis.Pipeline()
+	delayed := false
+	var relaying []*pass
+	for _, x := range committed {
+		if x.res.Outbox == 0 {
+			continue
+		}
+		if x.res.Outbox != int64(len(x.commit.Outbox)) {
+			continue // read back by Project below
+		}
+		before := pipe.Len()
+		delayed = p.queue(ctx, pipe, x.run, x.commit.Outbox) || delayed
+		x.relayed = pipe.Len() - before
+		relaying = append(relaying, x)
+	}
+	if len(relaying) > 0 {
+		cmds, _ := pipe.Exec(ctx)
+		if delayed {
+			p.wake()
+		}
+		i := 0
+		for _, x := range relaying {
+			x.cmds, i = cmds[i:i+x.relayed], i+x.relayed
+		}
+		err := p.db.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+			for _, x := range relaying {
+				x.ack = nil
+				if cmdsOK(x.cmds) {
+					x.ack = p.db.OutboxAckCmd(ctx, pipe, x.run, x.commit.Outbox)
+				}
+			}
+			return nil
+		})
+		_ = err // read per command
+	}
+
+	// 4. Settle: apply the decisions to the cached state, as Project does.
+	for _, x := range committed {
+		switch {
+		case x.res.Outbox > 0 && x.res.Outbox != int64(len(x.commit.Outbox)):
+			giveUp(x, true) // an outbox left over from before: Project reads it back
+			continue
+		case x.res.Outbox > 0 && (x.ack == nil || x.ack.Err() != nil):
+			giveUp(x, true) // the relay failed: Project relays again
+			continue
+		case !x.res.CaughtUp:
+			x.c.cursor = x.res.Cursor // events arrived meanwhile: Project reads on
+			giveUp(x, false)
+			continue
+		}
+		more, err := p.settle(ctx, x.run, x.c, x.decisions, x.res)
+		if err != nil || more {
+			giveUp(x, false)
+		}
+	}
+	return rest
+}
+
+func cmdsOK(cmds []redis.Cmder) bool {
+	for _, c := range cmds {
+		if c.Err() != nil {
+			return false
+		}
+	}
+	return true
+}
