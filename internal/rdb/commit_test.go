@@ -1,6 +1,7 @@
 package rdb_test
 
 import (
+	"strconv"
 	"testing"
 	"time"
 
@@ -55,5 +56,46 @@ func TestCommitRunTwiceAppendsItsDecisionsOnce(t *testing.T) {
 	}
 	if n != 1 {
 		t.Fatalf("the decision is %d times in the log, want once", n)
+	}
+}
+
+// A commit larger than Lua's unpack limit (a projector configured with a
+// big BatchSize) writes every record and outbox entry: the script splits
+// its HSET and RPUSH.
+func TestCommitLargerThanUnpackLimit(t *testing.T) {
+	t.Parallel()
+	b := setupRun(t)
+	const n = 4500
+	c := rdb.Commit{Expected: b.cursor(t), FoldedTo: b.last(t), Writer: "p", TimeMS: 3000, Records: map[string]string{}}
+	for i := range n {
+		task := "t" + strconv.Itoa(i)
+		c.Records[task] = rdb.Record{Status: "dispatched", Attempt: 1}.String()
+		c.Outbox = append(c.Outbox, rdb.Dispatch{Pool: "default", Run: b.run, Task: task, Attempt: 1}.String())
+	}
+	res, err := b.db.Commit(b.ctx, b.run, c)
+	if err != nil || res.Conflict || !res.CaughtUp {
+		t.Fatalf("commit = %+v, %v; want applied and caught up", res, err)
+	}
+	if res.Outbox != n {
+		t.Errorf("outbox length %d, want %d", res.Outbox, n)
+	}
+	got, err := b.c.LRange(b.ctx, b.db.K.RunOutbox(b.run), 0, -1).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != n || got[0] != c.Outbox[0] || got[n-1] != c.Outbox[n-1] {
+		t.Errorf("outbox holds %d entries (first %q), want the %d pushed, in order", len(got), got[0], n)
+	}
+	st, err := b.c.HGetAll(b.ctx, b.db.K.RunState(b.run)).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for task, rec := range c.Records {
+		if st[task] != rec {
+			t.Fatalf("record of %s = %q, want %q", task, st[task], rec)
+		}
+	}
+	if st[rdb.FieldRunCursor] != res.Cursor {
+		t.Errorf("cursor %q, want %q", st[rdb.FieldRunCursor], res.Cursor)
 	}
 }

@@ -10,16 +10,34 @@ local function append(log, id, typ, task, attempt, epoch, worker, ts, body)
   return redis.call('XADD', log, '*', 'id', id, 't', typ, 'v', '1', 'k', task,
     'a', tostring(attempt), 'e', tostring(epoch), 'w', worker, 'ts', ts, 'b', body)
 end
-local function getrec(state, task)
-  local r = redis.call('HGET', state, task)
+local function parserec(r)
   if not r then return 'pending', 0, 0, '' end
   local st, a, e, o = string.match(r, '^([^|]*)|([^|]*)|([^|]*)|(.*)$')
   return st, tonumber(a), tonumber(e), o
+end
+local function getrec(state, task)
+  return parserec(redis.call('HGET', state, task))
+end
+-- getrun reads the run's status and a task's record in one command.
+local function getrun(state, task)
+  local r = redis.call('HMGET', state, '@status', task)
+  return r[1], parserec(r[2])
 end
 local function setrec(state, task, st, a, e, o)
   redis.call('HSET', state, task, st .. '|' .. tostring(a) .. '|' .. tostring(e) .. '|' .. o)
 end
 local terminal = {succeeded=true, failed=true, skipped=true, cancelled=true}
+-- chunked runs cmd on key with the values t[i..j], at most 1,000 per call
+-- (Lua's unpack limit), and returns the last reply.
+local function chunked(cmd, key, t, i, j)
+  local r
+  while i <= j do
+    local e = math.min(i + 999, j)
+    r = redis.call(cmd, key, unpack(t, i, e))
+    i = e + 1
+  end
+  return r
+end
 `
 
 // submitScript creates a run: appends run_submitted and writes the run's
@@ -62,17 +80,14 @@ return {'created', seq}
 //
 // Reply: {"conflict", cursor} or {"ok", new cursor, caughtUp 0|1, outbox length, seq...}
 var commitScript = redis.NewScript(prelude + `
-local cur = redis.call('HGET', KEYS[1], '@cursor') or ''
+local head = redis.call('HMGET', KEYS[1], '@cursor', '@commit', '@status')
+local cur = head[1] or ''
 if cur ~= ARGV[1] then return {'conflict', cur} end
 local n = tonumber(ARGV[5])
 -- A commit that already ran (a client retrying after a lost reply) must not
 -- append its decisions twice: its first event id is remembered.
-if n > 0 and redis.call('HGET', KEYS[1], '@commit') == ARGV[6] then
-  return {'conflict', cur}
-end
-if n > 0 then redis.call('HSET', KEYS[1], '@commit', ARGV[6]) end
-local status = redis.call('HGET', KEYS[1], '@status')
-if n > 0 and status ~= 'running' then return {'conflict', cur} end
+if n > 0 and head[2] == ARGV[6] then return {'conflict', cur} end
+if n > 0 and head[3] ~= 'running' then return {'conflict', cur} end
 local last = ''
 local tail = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
 if #tail > 0 then last = tail[1][1] end
@@ -82,15 +97,14 @@ for j = 1, n do
   seqs[j] = append(KEYS[2], ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[4], ARGV[3], ARGV[i+5])
   i = i + 6
 end
+-- Every field in one HSET: the task records and run fields, the commit
+-- nonce, the cursor, and @dirty while not caught up.
+local fields = {}
 local m = tonumber(ARGV[i]); i = i + 1
-for j = 1, m do
-  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i+1])
-  i = i + 2
-end
-local k = tonumber(ARGV[i]); i = i + 1
-for j = 1, k do
-  redis.call('RPUSH', KEYS[3], ARGV[i])
-  i = i + 1
+for j = 1, 2 * m do fields[j] = ARGV[i + j - 1] end
+i = i + 2 * m
+if n > 0 then
+  fields[#fields + 1] = '@commit'; fields[#fields + 1] = ARGV[6]
 end
 local newcur = ARGV[2]
 local caught = 0
@@ -99,10 +113,18 @@ if last == ARGV[2] then
   if n > 0 then newcur = seqs[n] end
   redis.call('HDEL', KEYS[1], '@dirty')
 else
-  redis.call('HSET', KEYS[1], '@dirty', '1')
+  fields[#fields + 1] = '@dirty'; fields[#fields + 1] = '1'
 end
-redis.call('HSET', KEYS[1], '@cursor', newcur)
-local reply = {'ok', newcur, caught, redis.call('LLEN', KEYS[3])}
+fields[#fields + 1] = '@cursor'; fields[#fields + 1] = newcur
+chunked('HSET', KEYS[1], fields, 1, #fields)
+local k = tonumber(ARGV[i]); i = i + 1
+local outbox
+if k > 0 then
+  outbox = chunked('RPUSH', KEYS[3], ARGV, i, i + k - 1)
+else
+  outbox = redis.call('LLEN', KEYS[3])
+end
+local reply = {'ok', newcur, caught, outbox}
 for j = 1, n do reply[4 + j] = seqs[j] end
 return reply
 `)
@@ -147,10 +169,10 @@ return n
 var claimScript = redis.NewScript(prelude + `
 -- One item per call of one(); the script takes n items of 8 arguments
 -- (all of this run) and replies with the n item replies, in order.
+local input
 local function one(A)
-  local run = redis.call('HGET', KEYS[1], '@status')
+  local run, st, a, e, o = getrun(KEYS[1], A[1])
   if not run then return {'missing'} end
-  local st, a, e, o = getrec(KEYS[1], A[1])
   if terminal[st] then return {'done', st} end
   if run ~= 'running' then return {'done', run} end
   local att = tonumber(A[2])
@@ -175,7 +197,7 @@ local function one(A)
     return {'stale', st, tostring(a)}
   end
   local meta = redis.call('HGET', KEYS[3], A[1]) or '{}'
-  local input = redis.call('HGET', KEYS[4], '@input') or ''
+  if input == nil then input = redis.call('HGET', KEYS[4], '@input') or '' end
   local reply = {'ok', tostring(e), meta, input}
   local deps = cjson.decode(meta).d
   if type(deps) == 'table' then
@@ -216,12 +238,12 @@ var finishScript = redis.NewScript(prelude + `
 -- One item per call of one(); the script takes n items of 12 arguments
 -- (all of this run) and replies with the n item replies, in order.
 local function one(A)
-  if redis.call('HEXISTS', KEYS[1], '@status') == 0 then
+  local run, st, a, e, o = getrun(KEYS[1], A[1])
+  if not run then
     -- The run is gone (deleted by gc or a TTL): write nothing, or the
     -- log key would come back as an orphan.
     return {'stale', 'missing', '0', ''}
   end
-  local st, a, e, o = getrec(KEYS[1], A[1])
   local att, ep = tonumber(A[2]), tonumber(A[3])
   if (st == A[9] and a == att and e == ep and o == A[4]) or (st ~= 'running' and e == ep and o == A[4] and a >= att) then
     -- Already accepted: a retry after a lost reply (same epoch and owner,
@@ -367,18 +389,49 @@ return out
 // ARGV: 1 group, 2 consumer, 3... message ids
 // Reply: per id, 1 acked, 0 not pending, -1 pending for another consumer
 var queueAckScript = redis.NewScript(`
-local out = {}
+-- One XPENDING over the ids' range, filtered to this consumer, finds ours;
+-- an id it did not list (another consumer's, gone, or past the COUNT) is
+-- looked up on its own.
+local function parse(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+local lo, hi
+local lms, lseq, hms, hseq
 for i = 3, #ARGV do
-  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
-  if #p == 0 then
-    out[#out + 1] = 0
-  elseif p[1][2] ~= ARGV[2] then
-    out[#out + 1] = -1
-  else
-    redis.call('XACK', KEYS[1], ARGV[1], ARGV[i])
-    redis.call('XDEL', KEYS[1], ARGV[i])
-    out[#out + 1] = 1
+  local ms, seq = parse(ARGV[i])
+  if ms == nil then return redis.error_reply('ERR queue_ack: bad message id ' .. ARGV[i]) end
+  if lo == nil or ms < lms or (ms == lms and seq < lseq) then lo, lms, lseq = ARGV[i], ms, seq end
+  if hi == nil or ms > hms or (ms == hms and seq > hseq) then hi, hms, hseq = ARGV[i], ms, seq end
+end
+local mine = {}
+if lo then
+  for _, p in ipairs(redis.call('XPENDING', KEYS[1], ARGV[1], lo, hi, 2 * (#ARGV - 2) + 64, ARGV[2])) do
+    mine[p[1]] = true
   end
+end
+local out, acks = {}, {}
+for i = 3, #ARGV do
+  local id = ARGV[i]
+  if mine[id] then
+    out[#out + 1] = 1
+    acks[#acks + 1] = id
+  else
+    local p = redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1)
+    if #p == 0 then
+      out[#out + 1] = 0
+    elseif p[1][2] ~= ARGV[2] then
+      out[#out + 1] = -1
+    else
+      out[#out + 1] = 1
+      acks[#acks + 1] = id
+    end
+  end
+end
+for i = 1, #acks, 1000 do
+  local e = math.min(i + 999, #acks)
+  redis.call('XACK', KEYS[1], ARGV[1], unpack(acks, i, e))
+  redis.call('XDEL', KEYS[1], unpack(acks, i, e))
 end
 return out
 `)

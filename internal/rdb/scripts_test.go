@@ -592,3 +592,75 @@ func TestScriptsAreListedWithDistinctHashes(t *testing.T) {
 		t.Error("IsNoScript misclassifies")
 	}
 }
+
+// A multi-id ack, in any order, acks exactly the caller's pending messages
+// and reports each id: 1 acked, -1 another consumer's, 0 not pending. The
+// caller's other pending messages in the same id range (more than the
+// script's XPENDING COUNT) are left alone.
+func TestQueueAckManyIDs(t *testing.T) {
+	t.Parallel()
+	c := redistest.Client(t)
+	db := rdb.New(c, redistest.Namespace(t))
+	ctx := context.Background()
+	q := db.K.Queue("default", 0)
+	if err := db.EnsureGroup(ctx, q, rdb.GroupWorkers); err != nil {
+		t.Fatal(err)
+	}
+	read := func(consumer string, n int64) []string {
+		t.Helper()
+		var ids []string
+		for i := int64(0); i < n; i++ {
+			if err := db.XAddDispatch(ctx, c, rdb.Dispatch{Pool: "default", Run: "R", Task: "t", Attempt: 1}).Err(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		res, err := c.XReadGroup(ctx, &redis.XReadGroupArgs{Group: rdb.GroupWorkers, Consumer: consumer, Streams: []string{q, ">"}, Count: n}).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range res[0].Messages {
+			ids = append(ids, m.ID)
+		}
+		return ids
+	}
+	mine := read("owner", 3)
+	theirs := read("other", 2)
+	keep := read("owner", 200) // ours, pending, not acked: inside the range
+	last := read("owner", 1)
+	gone := "1-1"
+	ask := []string{last[0], theirs[1], mine[2], gone, mine[0], theirs[0], mine[1]}
+	got, err := db.QueueAck(ctx, c, q, "owner", ask...).Int64Slice()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []int64{1, -1, 1, 0, 1, -1, 1}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("ack %v = %v, want %v", ask, got, want)
+	}
+	p, err := c.XPendingExt(ctx, &redis.XPendingExtArgs{Stream: q, Group: rdb.GroupWorkers, Start: "-", End: "+", Count: 1000}).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pending := map[string]string{}
+	for _, e := range p {
+		pending[e.ID] = e.Consumer
+	}
+	for _, id := range append(append([]string{}, mine...), last...) {
+		if _, ok := pending[id]; ok {
+			t.Errorf("%s still pending after its owner's ack", id)
+		}
+	}
+	for _, id := range theirs {
+		if pending[id] != "other" {
+			t.Errorf("another consumer's %s: pending for %q, want other", id, pending[id])
+		}
+	}
+	for _, id := range keep {
+		if pending[id] != "owner" {
+			t.Fatalf("%s was not asked for but is no longer pending for its owner", id)
+		}
+	}
+	if n, _ := c.XLen(ctx, q).Result(); n != int64(len(theirs)+len(keep)) {
+		t.Errorf("XLEN %d, want %d (acked messages deleted, the others kept)", n, len(theirs)+len(keep))
+	}
+}
