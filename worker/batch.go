@@ -87,7 +87,10 @@ func (b *batcher) claim(ctx context.Context, a rdb.ClaimArgs) (rdb.ClaimResult, 
 	}
 }
 
-func (b *batcher) finish(ctx context.Context, req finishReq) error {
+// finish records an outcome (then its feed pointer, dead letter and ack)
+// and returns once they are written. It calls queued once the batcher holds
+// the request.
+func (b *batcher) finish(ctx context.Context, req finishReq, queued func()) error {
 	req.done = make(chan error, 1)
 	select {
 	case b.finishes <- req:
@@ -96,6 +99,7 @@ func (b *batcher) finish(ctx context.Context, req finishReq) error {
 	case <-b.quit:
 		return errStopped
 	}
+	queued()
 	select {
 	case err := <-req.done:
 		return err

@@ -436,17 +436,26 @@ func (w *Worker) requeueUnstarted(buf []message) {
 }
 
 // start runs m in a new goroutine; the caller holds a semaphore slot,
-// which the goroutine releases.
+// which the goroutine releases as soon as the handler's outcome is queued
+// for the batcher (recording it is the batcher's round trips, not the
+// slot's: a slot held through them would idle the handlers). The drain
+// still waits for the outcome to be recorded.
 func (w *Worker) start(m message) {
 	w.running.Add(1)
 	w.tasks.Add(1)
-	go func() {
-		defer func() {
+	var once sync.Once
+	release := func() {
+		once.Do(func() {
 			w.running.Add(-1)
 			<-w.sem
+		})
+	}
+	go func() {
+		defer func() {
+			release()
 			w.tasks.Done()
 		}()
-		w.process(w.workCtx, m)
+		w.process(w.workCtx, m, release)
 	}()
 }
 
@@ -479,8 +488,10 @@ func (w *Worker) messages(res []redis.XStream, buf []message) []message {
 
 func (w *Worker) now() int64 { return w.cfg.Now().UnixMilli() }
 
-// process claims one message's task, runs it and reports the outcome.
-func (w *Worker) process(ctx context.Context, m message) {
+// process claims one message's task, runs it and reports the outcome. It
+// calls release (the task's slot) once the outcome is queued for the
+// batcher.
+func (w *Worker) process(ctx context.Context, m message, release func()) {
 	log := w.log.With().Str("run", m.run).Str("task", m.task).Int("attempt", m.attempt).Logger()
 	if m.run == "" || m.task == "" {
 		log.Error().Str("msg", m.id).Msg("malformed queue message; dropping")
@@ -558,7 +569,7 @@ func (w *Worker) process(ctx context.Context, m message) {
 	log = log.With().Int64("epoch", t.Epoch).Str("handler", t.Handler).Logger()
 	if m.reclaimed && m.deliveries > int64(w.cfg.PoisonLimit) {
 		log.Error().Int64("deliveries", m.deliveries).Msg("poison task: delivered too often without an outcome; failing it")
-		w.finish(ctx, log, m, t, nil, &poisonError{deliveries: m.deliveries, limit: w.cfg.PoisonLimit}, nil)
+		w.finish(ctx, log, m, t, nil, &poisonError{deliveries: m.deliveries, limit: w.cfg.PoisonLimit}, nil, release)
 		return
 	}
 	crashpoint.Hit(crashpoint.WorkerAfterClaim) // as if the handler crashed its worker
@@ -593,7 +604,7 @@ func (w *Worker) process(ctx context.Context, m message) {
 		w.handBack(log, m, t)
 		return
 	}
-	w.finish(ctx, log, m, t, result, runErr, context.Cause(tctx))
+	w.finish(ctx, log, m, t, result, runErr, context.Cause(tctx), release)
 }
 
 var (
@@ -670,8 +681,9 @@ type panicError struct {
 
 func (e *panicError) Error() string { return fmt.Sprintf("handler panicked: %v", e.value) }
 
-// finish reports the attempt's outcome and acks its message.
-func (w *Worker) finish(ctx context.Context, log zerolog.Logger, m message, t *Task, result any, runErr, cause error) {
+// finish reports the attempt's outcome and acks its message; it calls
+// queued once the batcher has the outcome.
+func (w *Worker) finish(ctx context.Context, log zerolog.Logger, m message, t *Task, result any, runErr, cause error, queued func()) {
 	args := rdb.FinishArgs{
 		Run: m.run, Task: m.task, Worker: w.cfg.ID, Attempt: t.Attempt, Epoch: t.Epoch,
 		EventID: ulid.Make().String(), RejectID: ulid.Make().String(), TimeMS: w.now(),
@@ -727,7 +739,7 @@ func (w *Worker) finish(ctx context.Context, log zerolog.Logger, m message, t *T
 	// finished, so its outcome must not be thrown away.
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
-	err := w.batch.finish(fctx, req)
+	err := w.batch.finish(fctx, req, queued)
 	if errors.Is(err, rdb.ErrStaleClaim) {
 		log.Warn().Err(err).Msg("outcome rejected: claim lost")
 		w.ack(fctx, m) // owner-checked: only if the message is still ours
