@@ -34,8 +34,9 @@ type Config struct {
 
 // Scheduler validates and submits runs. Safe for concurrent use.
 type Scheduler struct {
-	cfg Config
-	db  rdb.DB
+	cfg  Config
+	db   rdb.DB
+	comb *rdb.Combiner // concurrent submits share a round trip
 }
 
 // New returns a Scheduler.
@@ -56,7 +57,8 @@ func New(cfg Config) (*Scheduler, error) {
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
-	return &Scheduler{cfg: cfg, db: rdb.New(cfg.Redis, cfg.Namespace)}, nil
+	db := rdb.New(cfg.Redis, cfg.Namespace)
+	return &Scheduler{cfg: cfg, db: db, comb: rdb.NewCombiner(db, 128)}, nil
 }
 
 // SubmitOptions tune Submit.
@@ -92,19 +94,24 @@ func (s *Scheduler) Submit(ctx context.Context, spec events.RunSubmittedBody, op
 	// projector and a dangling index entry is dropped by "graflow gc". They
 	// are written even when the run existed: an earlier submit may have
 	// died between its script and these writes.
-	var cmd *redis.Cmd
-	execErr := s.db.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-		var err error
-		if cmd, err = s.db.SubmitCmd(ctx, pipe, run, ev, spec); err != nil {
-			return err
-		}
-		pipe.ZAddNX(ctx, s.db.K.Runs(), redis.Z{Score: float64(now.UnixMilli()), Member: run})
-		s.db.PointFeed(ctx, pipe, run)
-		return nil
-	})
-	if cmd == nil {
-		return "", false, execErr
+	//
+	// Concurrent Submit calls share the pipeline (group commit): each
+	// reads its own commands' replies.
+	args, err := rdb.SubmitArgs(ev, spec)
+	if err != nil {
+		return "", false, err
 	}
+	var cmd *redis.Cmd
+	var index *redis.IntCmd
+	var point *redis.StringCmd
+	if err := s.comb.Do(ctx, func(pipe redis.Pipeliner) {
+		cmd = s.db.SubmitArgsCmd(ctx, pipe, run, args)
+		index = pipe.ZAddNX(ctx, s.db.K.Runs(), redis.Z{Score: float64(now.UnixMilli()), Member: run})
+		point = s.db.PointFeed(ctx, pipe, run)
+	}); err != nil {
+		return "", false, err
+	}
+	execErr := errors.Join(index.Err(), point.Err())
 	created, workflow, err := rdb.ParseSubmit(run, spec, cmd)
 	if err != nil {
 		return "", false, err

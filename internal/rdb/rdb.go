@@ -80,6 +80,16 @@ func (d DB) Submit(ctx context.Context, run string, ev events.Event, body events
 
 // SubmitCmd queues the submit script on p; read it with ParseSubmit.
 func (d DB) SubmitCmd(ctx context.Context, p redis.Scripter, run string, ev events.Event, body events.RunSubmittedBody) (*redis.Cmd, error) {
+	args, err := SubmitArgs(ev, body)
+	if err != nil {
+		return nil, err
+	}
+	return d.SubmitArgsCmd(ctx, p, run, args), nil
+}
+
+// SubmitArgs encodes the submit script's arguments (the step that can
+// fail), for SubmitArgsCmd.
+func SubmitArgs(ev events.Event, body events.RunSubmittedBody) ([]any, error) {
 	args := make([]any, 0, 6+2*len(body.Tasks))
 	args = append(args, ev.ID, strconv.FormatInt(ev.Time.UnixMilli(), 10), string(ev.Body), body.Workflow, string(body.Input), len(body.Tasks))
 	for _, t := range body.Tasks {
@@ -89,7 +99,12 @@ func (d DB) SubmitCmd(ctx context.Context, p redis.Scripter, run string, ev even
 		}
 		args = append(args, t.ID, string(m))
 	}
-	return submitScript.Run(ctx, p, []string{d.K.RunState(run), d.K.RunLog(run), d.K.RunDAG(run), d.K.RunResults(run)}, args...), nil
+	return args, nil
+}
+
+// SubmitArgsCmd queues the submit script with arguments from SubmitArgs.
+func (d DB) SubmitArgsCmd(ctx context.Context, p redis.Scripter, run string, args []any) *redis.Cmd {
+	return submitScript.Run(ctx, p, []string{d.K.RunState(run), d.K.RunLog(run), d.K.RunDAG(run), d.K.RunResults(run)}, args...)
 }
 
 // ParseSubmit reads a submit command's reply.
