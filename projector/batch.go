@@ -32,8 +32,11 @@ type pass struct {
 // round trips are shared. A run that needs anything else (a conflict, a
 // long log, an outbox it must read back, more decisions than one commit
 // holds, an error, a run another goroutine holds) is returned, untouched
-// past its last completed step, for Project to finish.
-func (p *Projector) projectBatch(ctx context.Context, runs []string) (rest []string) {
+// past its last completed step, for Project to finish. later are the
+// outbox acks of relayed runs that are done for now; the caller sends them
+// with its feed ack (a crash before leaves relayed entries in the outbox:
+// relayed again, and the duplicate messages dropped at claim).
+func (p *Projector) projectBatch(ctx context.Context, runs []string) (rest []string, later []outboxAck) {
 	var ps []*pass
 	for _, run := range runs {
 		c := p.entry(run)
@@ -49,7 +52,7 @@ func (p *Projector) projectBatch(ctx context.Context, runs []string) (rest []str
 		}
 	}()
 	if len(ps) == 0 {
-		return rest
+		return rest, nil
 	}
 	// giveUp hands x to Project; reload says its cached state is not
 	// trusted any more.
@@ -101,7 +104,7 @@ func (p *Projector) projectBatch(ctx context.Context, runs []string) (rest []str
 		live = append(live, x)
 	}
 	if len(live) == 0 {
-		return rest
+		return rest, nil
 	}
 
 	// 2. Commit every run's decisions (each a compare-and-set on its own
@@ -116,7 +119,7 @@ func (p *Projector) projectBatch(ctx context.Context, runs []string) (rest []str
 		for _, x := range live {
 			giveUp(x, true)
 		}
-		return rest
+		return rest, nil
 	}
 	committed := live[:0:0]
 	for _, x := range live {
@@ -129,22 +132,18 @@ func (p *Projector) projectBatch(ctx context.Context, runs []string) (rest []str
 		committed = append(committed, x)
 	}
 	if len(committed) == 0 {
-		return rest
+		return rest, nil
 	}
 	crashpoint.Hit(crashpoint.ProjectorAfterCommit)
 
 	// 3. Relay the outboxes that hold exactly what the commits pushed: the
-	// queue writes of every run in one pipeline, then the outbox acks of
-	// the runs whose writes all succeeded in another.
+	// queue writes of every run in one pipeline.
 	pipe = p.cfg.Redis.Pipeline()
 	delayed := false
 	var relaying []*pass
 	for _, x := range committed {
-		if x.res.Outbox == 0 {
-			continue
-		}
-		if x.res.Outbox != int64(len(x.commit.Outbox)) {
-			continue // read back by Project below
+		if x.res.Outbox == 0 || x.res.Outbox != int64(len(x.commit.Outbox)) {
+			continue // nothing to relay, or an outbox Project reads back
 		}
 		before := pipe.Len()
 		delayed = p.queue(ctx, pipe, x.run, x.commit.Outbox) || delayed
@@ -160,38 +159,58 @@ func (p *Projector) projectBatch(ctx context.Context, runs []string) (rest []str
 		for _, x := range relaying {
 			x.cmds, i = cmds[i:i+x.relayed], i+x.relayed
 		}
-		err := p.db.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-			for _, x := range relaying {
-				x.ack = nil
-				if cmdsOK(x.cmds) {
-					x.ack = p.db.OutboxAckCmd(ctx, pipe, x.run, x.commit.Outbox)
-				}
-			}
-			return nil
-		})
-		_ = err // read per command
 	}
 
 	// 4. Settle: apply the decisions to the cached state, as Project does.
+	// The outbox ack of a run that is done for now goes out with the feed
+	// ack (later); a run handed to Project gets it now, so that Project
+	// finds only its own commits in the outbox.
+	var now []*pass
 	for _, x := range committed {
+		relayed := x.res.Outbox > 0
 		switch {
 		case x.res.Outbox > 0 && x.res.Outbox != int64(len(x.commit.Outbox)):
 			giveUp(x, true) // an outbox left over from before: Project reads it back
 			continue
-		case x.res.Outbox > 0 && (x.ack == nil || x.ack.Err() != nil):
+		case relayed && !cmdsOK(x.cmds):
 			giveUp(x, true) // the relay failed: Project relays again
 			continue
 		case !x.res.CaughtUp:
 			x.c.cursor = x.res.Cursor // events arrived meanwhile: Project reads on
 			giveUp(x, false)
-			continue
+		default:
+			more, err := p.settle(ctx, x.run, x.c, x.decisions, x.res)
+			if err != nil || more {
+				giveUp(x, false)
+			} else if relayed {
+				later = append(later, outboxAck{run: x.run, entries: x.commit.Outbox})
+				continue
+			}
 		}
-		more, err := p.settle(ctx, x.run, x.c, x.decisions, x.res)
-		if err != nil || more {
-			giveUp(x, false)
+		if relayed {
+			now = append(now, x)
 		}
 	}
-	return rest
+	if len(now) > 0 {
+		_ = p.db.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+			for _, x := range now {
+				x.ack = p.db.OutboxAckCmd(ctx, pipe, x.run, x.commit.Outbox)
+			}
+			return nil
+		})
+		for _, x := range now {
+			if x.ack.Err() != nil {
+				x.c.run = nil // Project finds the outbox as it is and relays it again
+			}
+		}
+	}
+	return rest, later
+}
+
+// outboxAck is a relayed outbox's ack, sent later (with the feed ack).
+type outboxAck struct {
+	run     string
+	entries []string
 }
 
 func cmdsOK(cmds []redis.Cmder) bool {

@@ -218,47 +218,142 @@ func (p *Projector) consume(ctx context.Context, n int) {
 	}); err != nil {
 		return
 	}
-	start := "0" // our own pending entries first (a restart resumes them)
-	for ctx.Err() == nil {
-		var res []redis.XStream
-		err := retry(ctx, log, "read feed", func() error {
-			var err error
-			res, err = p.cfg.Redis.XReadGroup(ctx, &redis.XReadGroupArgs{
-				Group: rdb.GroupProjectors, Consumer: p.cfg.ID, Streams: []string{stream, start},
-				Count: 256, Block: p.cfg.FeedBlock,
-			}).Result()
-			if errors.Is(err, redis.Nil) {
-				res, err = nil, nil
-			}
-			if err != nil && ctx.Err() != nil {
-				return backoff.Permanent(err)
-			}
-			if err != nil && isNoGroup(err) {
-				_ = p.db.EnsureGroup(ctx, stream, rdb.GroupProjectors)
-			}
-			return err
-		})
-		if err != nil {
-			return
+	start := "0"  // our own pending entries first (a restart resumes them)
+	var pend acks // the last batch's acks, sent with the next read
+	defer func() {
+		// Leaving: send what is left (a crash here instead leaves the
+		// entries pending; another projector takes them over).
+		if !pend.empty() {
+			actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer cancel()
+			_ = p.sendAcks(actx, pend, nil)
 		}
+	}()
+	for ctx.Err() == nil {
 		var msgs []redis.XMessage
-		if len(res) > 0 {
-			msgs = res[0].Messages
+		if !pend.empty() {
+			// Under load: the acks and a non-blocking read of the next
+			// batch in one round trip.
+			if err := p.sendAcks(ctx, pend, &readArgs{stream: stream, start: start, consumer: p.cfg.ID, out: &msgs}); err != nil {
+				// Whatever the read returned is ours to project; the acks
+				// are retried alone.
+				if err := retry(ctx, log, "ack feed", func() error { return p.sendAcks(ctx, pend, nil) }); err != nil {
+					return
+				}
+			}
+			pend = acks{}
+		}
+		if len(msgs) == 0 {
+			var res []redis.XStream
+			err := retry(ctx, log, "read feed", func() error {
+				var err error
+				res, err = p.cfg.Redis.XReadGroup(ctx, &redis.XReadGroupArgs{
+					Group: rdb.GroupProjectors, Consumer: p.cfg.ID, Streams: []string{stream, start},
+					Count: feedCount, Block: p.cfg.FeedBlock,
+				}).Result()
+				if errors.Is(err, redis.Nil) {
+					res, err = nil, nil
+				}
+				if err != nil && ctx.Err() != nil {
+					return backoff.Permanent(err)
+				}
+				if err != nil && isNoGroup(err) {
+					_ = p.db.EnsureGroup(ctx, stream, rdb.GroupProjectors)
+				}
+				return err
+			})
+			if err != nil {
+				return
+			}
+			if len(res) > 0 {
+				msgs = res[0].Messages
+			}
 		}
 		if start == "0" && len(msgs) == 0 {
 			start = ">"
 			continue
 		}
-		if !p.handle(ctx, log, stream, msgs) {
+		var ok bool
+		if pend, ok = p.handle(ctx, log, stream, msgs); !ok {
 			return
 		}
 	}
 }
 
+// feedCount bounds the feed entries of one read.
+const feedCount = 256
+
+// acks are what a projected feed batch leaves to acknowledge: the relayed
+// outboxes of its runs, then its feed entries.
+type acks struct {
+	stream string
+	ids    []string
+	outbox []outboxAck
+}
+
+func (a acks) empty() bool { return len(a.ids) == 0 && len(a.outbox) == 0 }
+
+// readArgs asks sendAcks to read the next feed entries (non-blocking) in
+// the same round trip.
+type readArgs struct {
+	stream, start, consumer string
+	out                     *[]redis.XMessage
+}
+
+// sendAcks removes the relayed entries from their outboxes and acks and
+// deletes the feed entries, in that order, in one pipeline; with next, it
+// also reads the next feed entries. An outbox ack refused with NOSCRIPT
+// (Redis restarted) is sent again after loading the scripts; the read is
+// never repeated (a second read would hide the first one's entries).
+func (p *Projector) sendAcks(ctx context.Context, a acks, next *readArgs) error {
+	pipe := p.cfg.Redis.Pipeline()
+	outbox := make([]*redis.Cmd, len(a.outbox))
+	for i, o := range a.outbox {
+		outbox[i] = p.db.OutboxAckCmd(ctx, pipe, o.run, o.entries)
+	}
+	if len(a.ids) > 0 {
+		pipe.XAck(ctx, a.stream, rdb.GroupProjectors, a.ids...)
+		pipe.XDel(ctx, a.stream, a.ids...)
+	}
+	var read *redis.XStreamSliceCmd
+	if next != nil {
+		read = pipe.XReadGroup(ctx, &redis.XReadGroupArgs{
+			Group: rdb.GroupProjectors, Consumer: next.consumer, Streams: []string{next.stream, next.start},
+			Count: feedCount, Block: -1,
+		})
+	}
+	_, err := pipe.Exec(ctx)
+	if read != nil {
+		if res, rerr := read.Result(); rerr == nil && len(res) > 0 {
+			*next.out = res[0].Messages
+		} else if rerr != nil && !errors.Is(rerr, redis.Nil) && isNoGroup(rerr) {
+			_ = p.db.EnsureGroup(ctx, next.stream, rdb.GroupProjectors)
+		}
+	}
+	var again []outboxAck
+	for i, c := range outbox {
+		if rdb.IsNoScript(c.Err()) {
+			again = append(again, a.outbox[i])
+		}
+	}
+	if len(again) > 0 {
+		return p.db.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+			for _, o := range again {
+				p.db.OutboxAckCmd(ctx, pipe, o.run, o.entries)
+			}
+			return nil
+		})
+	}
+	if err != nil && !errors.Is(err, redis.Nil) && (read == nil || err != read.Err()) {
+		return err
+	}
+	return nil
+}
+
 // handle projects the runs that feed entries point at (each run once per
-// batch: pointers coalesce), then acks and deletes the entries. It returns
-// false when ctx ended.
-func (p *Projector) handle(ctx context.Context, log zerolog.Logger, stream string, msgs []redis.XMessage) bool {
+// batch: pointers coalesce) and returns the acks that follow: the relayed
+// outboxes, then the entries. It returns false when ctx ended.
+func (p *Projector) handle(ctx context.Context, log zerolog.Logger, stream string, msgs []redis.XMessage) (acks, bool) {
 	ids := make([]string, 0, len(msgs))
 	seen := map[string]bool{}
 	var runs []string
@@ -274,7 +369,7 @@ func (p *Projector) handle(ctx context.Context, log zerolog.Logger, stream strin
 	// The common case for every run at once, a pipeline per step; then
 	// the runs that need more, up to Parallel of them at once (each is a
 	// few round trips; one at a time would leave Redis idle).
-	runs = p.projectBatch(ctx, runs)
+	runs, later := p.projectBatch(ctx, runs)
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, p.cfg.Parallel)
 	for _, run := range runs {
@@ -296,18 +391,9 @@ func (p *Projector) handle(ctx context.Context, log zerolog.Logger, stream strin
 	}
 	wg.Wait()
 	if ctx.Err() != nil {
-		return false
+		return acks{}, false
 	}
-	if len(ids) > 0 {
-		_ = retry(ctx, log, "ack feed", func() error {
-			pipe := p.cfg.Redis.Pipeline()
-			pipe.XAck(ctx, stream, rdb.GroupProjectors, ids...)
-			pipe.XDel(ctx, stream, ids...)
-			_, err := pipe.Exec(ctx)
-			return err
-		})
-	}
-	return ctx.Err() == nil
+	return acks{stream: stream, ids: ids, outbox: later}, true
 }
 
 // reclaimFeed takes over feed entries left pending by projectors that died
@@ -338,7 +424,9 @@ func (p *Projector) reclaimFeed(ctx context.Context, parts []int) {
 				}
 				if len(msgs) > 0 {
 					log.Info().Int("entries", len(msgs)).Msg("took over feed entries of a dead projector")
-					p.handle(ctx, log, stream, msgs)
+					if a, ok := p.handle(ctx, log, stream, msgs); ok {
+						_ = retry(ctx, log, "ack feed", func() error { return p.sendAcks(ctx, a, nil) })
+					}
 				}
 				if next == "0-0" || next == "" {
 					break

@@ -492,3 +492,77 @@ func TestRequeueBetweenDecideAndCommit(t *testing.T) {
 		})
 	}
 }
+
+// waitFor blocks on run's log until an event of type typ for task appears.
+func (b liveBundle) waitFor(t *testing.T, run string, typ events.Type, task string) {
+	t.Helper()
+	last := "0"
+	for {
+		res, err := b.rdb.XRead(b.ctx, &redis.XReadArgs{Streams: []string{b.db.K.RunLog(run), last}, Block: 10 * time.Second}).Result()
+		if err != nil {
+			t.Fatalf("run %s: waiting for %s: %v", run, typ, err)
+		}
+		for _, m := range res[0].Messages {
+			last = m.ID
+			if m.Values[events.FieldType] == string(typ) && m.Values[events.FieldTask] == task {
+				return
+			}
+		}
+	}
+}
+
+// A projector that stops leaves nothing half done: every feed entry it
+// read is acked and deleted, every outbox it relayed is empty, and every
+// dispatch is on its queue. (A batch's acks go out with the next feed
+// read, before the projector blocks on the feed.)
+func TestRunLeavesNoFeedEntryOrOutboxBehind(t *testing.T) {
+	t.Parallel()
+	b := setupLive(t)
+	p := b.projector(t, "p1")
+	ctx, cancel := context.WithCancel(b.ctx)
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	const n = 40
+	runs := make([]string, n)
+	for i := range runs {
+		runs[i] = b.submit(t, spec("a"), spec("b", "a"))
+	}
+	for _, run := range runs {
+		b.waitFor(t, run, events.TaskDispatched, "a")
+	}
+	for _, run := range runs[:n/2] { // half of them finish their first task
+		b.run(t, run, "a", "w", true)
+		if err := b.db.PointFeed(b.ctx, b.rdb, run).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, run := range runs[:n/2] {
+		b.waitFor(t, run, events.TaskDispatched, "b")
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run = %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Run did not return after cancel")
+	}
+	for i := range b.db.K.Partitions() {
+		feed := b.db.K.Feed(i)
+		if l, _ := b.rdb.XLen(b.ctx, feed).Result(); l != 0 {
+			t.Errorf("feed partition %d holds %d entries after the projector stopped", i, l)
+		}
+		if pend, err := b.rdb.XPending(b.ctx, feed, rdb.GroupProjectors).Result(); err == nil && pend.Count != 0 {
+			t.Errorf("feed partition %d: %d entries pending", i, pend.Count)
+		}
+	}
+	for _, run := range runs {
+		if l, _ := b.rdb.LLen(b.ctx, b.db.K.RunOutbox(run)).Result(); l != 0 {
+			t.Errorf("run %s: %d relayed entries still in the outbox", run, l)
+		}
+	}
+	if l, _ := b.rdb.XLen(b.ctx, b.db.K.Queue("default", 0)).Result(); l != n+n/2 {
+		t.Errorf("queue holds %d messages, want %d (one per dispatch)", l, n+n/2)
+	}
+}
