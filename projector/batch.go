@@ -94,7 +94,10 @@ func (p *Projector) projectBatch(ctx context.Context, runs []string) (rest []str
 		}
 		msgs := x.read.Val()
 		if _, err := p.fold(x.run, x.c.run, msgs); err != nil || len(msgs) == p.cfg.ReadCount {
-			giveUp(x, err != nil) // a long log is read on by Project
+			// A long log is read on by Project (to its end, before it
+			// decides); a run loaded here with a long log is loaded
+			// again there, its cursor read before its whole log.
+			giveUp(x, err != nil || x.cursor != nil)
 			continue
 		}
 		if x.c.run.Status == RunUnknown {
@@ -170,7 +173,10 @@ func (p *Projector) projectBatch(ctx context.Context, runs []string) (rest []str
 		relayed := x.res.Outbox > 0
 		switch {
 		case x.res.Outbox > 0 && x.res.Outbox != int64(len(x.commit.Outbox)):
-			giveUp(x, true) // an outbox left over from before: Project reads it back
+			// An outbox left over from before: Project reads on from
+			// FoldedTo (our decisions included) and reads the outbox back.
+			x.c.cursor = x.res.Cursor
+			giveUp(x, false)
 			continue
 		case relayed && !cmdsOK(x.cmds):
 			giveUp(x, true) // the relay failed: Project relays again

@@ -489,9 +489,19 @@ func (p *Projector) Project(ctx context.Context, run string) error {
 			skipRead = true
 		}
 		if !skipRead {
-			if _, err := p.readInto(ctx, run, c.run); err != nil {
-				c.run = nil
-				return err
+			// Fold to the end of the log before deciding: a page short of
+			// it may not reach decisions already committed (ours, after a
+			// commit that was not caught up, or those of the cursor a run
+			// was loaded at), which would then be made again.
+			for {
+				n, err := p.readInto(ctx, run, c.run)
+				if err != nil {
+					c.run = nil
+					return err
+				}
+				if n < p.cfg.ReadCount {
+					break
+				}
 			}
 		}
 		skipRead = false
