@@ -176,6 +176,7 @@ type Worker struct {
 	mu       sync.Mutex
 	inflight map[string]*attempt // by message key (stream and id)
 	handling map[string]bool     // message keys being processed (claim included)
+	attempts map[string]bool     // attempts (run, task, attempt) in hand, until their outcome is recorded
 
 	// Set by Run for the reclaimer: where tasks run and how they are counted.
 	workCtx context.Context
@@ -225,6 +226,11 @@ func (w *Worker) poolOf(stream string) string {
 // within their stream (two bands or pools can hold the same id).
 func (m message) key() string { return m.stream + "\x00" + m.id }
 
+// attemptKey names the task attempt m carries; several messages may.
+func (m message) attemptKey() string {
+	return m.run + "\x00" + m.task + "\x00" + strconv.Itoa(m.attempt)
+}
+
 // New returns a Worker.
 func New(cfg Config) (*Worker, error) {
 	cfg = cfg.withDefaults()
@@ -239,6 +245,7 @@ func New(cfg Config) (*Worker, error) {
 		sem:      make(chan struct{}, cfg.Concurrency),
 		inflight: map[string]*attempt{},
 		handling: map[string]bool{},
+		attempts: map[string]bool{},
 	}, nil
 }
 
@@ -444,15 +451,11 @@ func (w *Worker) start(m message) {
 	w.running.Add(1)
 	w.tasks.Add(1)
 	var once sync.Once
-	release := func() {
-		once.Do(func() {
-			w.running.Add(-1)
-			<-w.sem
-		})
-	}
+	release := func() { once.Do(func() { <-w.sem }) }
 	go func() {
 		defer func() {
 			release()
+			w.running.Add(-1) // in flight until its outcome is recorded
 			w.tasks.Done()
 		}()
 		w.process(w.workCtx, m, release)
@@ -501,17 +504,30 @@ func (w *Worker) process(ctx context.Context, m message, release func()) {
 	// One attempt per message in this worker: the reclaimer may take over a
 	// message the fetcher still holds in its buffer (it waited past the
 	// lease for a slot); the second start must not run it again.
+	// One run per attempt, too: a second message of an attempt in hand
+	// here (a relay repeated, a hand-back's copy) would pass the claim
+	// script as "already ours" and run the handler again. The first message
+	// stays pending until that attempt's outcome is recorded, so the copy
+	// is redundant: ack it (owner-checked).
 	w.mu.Lock()
 	if w.handling[m.key()] {
 		w.mu.Unlock()
 		log.Debug().Str("msg", m.id).Msg("message already being handled here")
 		return
 	}
+	if w.attempts[m.attemptKey()] {
+		w.mu.Unlock()
+		log.Debug().Str("msg", m.id).Msg("a second message of an attempt in hand; dropping it")
+		w.ack(ctx, m)
+		return
+	}
 	w.handling[m.key()] = true
+	w.attempts[m.attemptKey()] = true
 	w.mu.Unlock()
 	defer func() {
 		w.mu.Lock()
 		delete(w.handling, m.key())
+		delete(w.attempts, m.attemptKey())
 		w.mu.Unlock()
 	}()
 	if !m.reclaimed && time.Since(m.fetched) > w.cfg.Lease/3 {

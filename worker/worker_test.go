@@ -768,3 +768,81 @@ func TestPoisonTaskFailsAndIsDeadLettered(t *testing.T) {
 		t.Errorf("the poison task is not in the dead-letter set: %v", err)
 	}
 }
+
+// gateHook holds pipelines that run the finish script until release is
+// closed, and reports single calls of the queue-ack script on acked.
+type gateHook struct {
+	finish, queueAck string
+	release          chan struct{}
+	acked            chan struct{}
+}
+
+func (h *gateHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *gateHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		err := next(ctx, cmd)
+		if a := cmd.Args(); len(a) > 1 && a[1] == h.queueAck {
+			select {
+			case h.acked <- struct{}{}:
+			default:
+			}
+		}
+		return err
+	}
+}
+func (h *gateHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		for _, c := range cmds {
+			if a := c.Args(); len(a) > 1 && a[1] == h.finish {
+				select {
+				case <-h.release:
+				case <-time.After(waitTimeout):
+				}
+				break
+			}
+		}
+		return next(ctx, cmds)
+	}
+}
+
+// A second queue message of an attempt this worker holds (a relay repeated,
+// a hand-back's copy) is dropped, not run again, even while the first
+// outcome waits to be recorded and its slot is free. (Found in review: the
+// claim script takes the copy as "already ours".)
+func TestSecondMessageOfAnAttemptInHandIsNotRun(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	h := &gateHook{finish: rdb.Scripts()["finish"].Hash(), queueAck: rdb.Scripts()["queue_ack"].Hash(),
+		release: make(chan struct{}), acked: make(chan struct{}, 1)}
+	opt := *b.c.Options()
+	wc := redis.NewClient(&opt)
+	wc.AddHook(h)
+	t.Cleanup(func() { _ = wc.Close() })
+	cfg := b.config("w1")
+	cfg.Redis, cfg.Concurrency = wc, 1
+	var calls atomic.Int64
+	again := make(chan struct{}, 1)
+	b.start(t, cfg, map[string]worker.HandlerFunc{
+		"h": func(ctx context.Context, tk *worker.Task) (any, error) {
+			if calls.Add(1) > 1 {
+				again <- struct{}{}
+				return "again", nil
+			}
+			// A copy of this very attempt's message.
+			return "ok", b.db.XAddDispatch(ctx, b.c, rdb.Dispatch{Pool: "default", Run: tk.Run, Task: tk.ID, Attempt: tk.Attempt}).Err()
+		},
+	})
+	run := b.submit(t, events.TaskSpec{ID: "t", Handler: "h"})
+	select {
+	case <-h.acked: // the copy was dropped (its owner-checked ack)
+	case <-again:
+		t.Error("the handler ran again for the copy of an attempt in hand")
+	case <-time.After(waitTimeout):
+		t.Fatal("the copy was neither dropped nor run")
+	}
+	close(h.release)
+	b.waitFor(t, run, "0", func(e events.Event) bool { return e.Type == events.RunSucceeded })
+	if n := calls.Load(); n != 1 {
+		t.Errorf("handler ran %d times, want 1", n)
+	}
+}

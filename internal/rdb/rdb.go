@@ -555,7 +555,8 @@ func (d DB) Fetch(ctx context.Context, pool, consumer string, n int) ([]redis.XS
 }
 
 // QueueAck acks and deletes queue messages of one stream that are pending
-// for consumer (others are left alone).
+// for consumer (others are left alone). ids are full stream ids ("ms-seq",
+// as XREADGROUP and XAUTOCLAIM return them), each once.
 func (d DB) QueueAck(ctx context.Context, p redis.Scripter, stream, consumer string, ids ...string) *redis.Cmd {
 	argv := make([]any, 0, 2+len(ids))
 	argv = append(argv, GroupWorkers, consumer)
