@@ -542,7 +542,7 @@ func (p *Projector) Project(ctx context.Context, run string) error {
 			c.cursor = res.Cursor
 			continue
 		}
-		more, err := p.settle(ctx, run, c, decisions, res)
+		more, err := p.settle(ctx, run, c, decisions, res, nil)
 		if err != nil {
 			return err
 		}
@@ -556,7 +556,9 @@ func (p *Projector) Project(ctx context.Context, run string) error {
 // settle applies a caught-up commit's decisions to c's cached run and
 // reports whether the run calls for more decisions. A finished run gets its
 // TTL (when configured) and leaves the cache.
-func (p *Projector) settle(ctx context.Context, run string, c *cached, decisions []events.Event, res rdb.CommitResult) (bool, error) {
+//
+// With ttl, the TTL commands are queued there for the caller to send.
+func (p *Projector) settle(ctx context.Context, run string, c *cached, decisions []events.Event, res rdb.CommitResult, ttl redis.Pipeliner) (bool, error) {
 	for i, d := range decisions {
 		d.Seq = res.Seqs[i]
 		if err := Apply(c.run, d); err != nil {
@@ -566,12 +568,15 @@ func (p *Projector) settle(ctx context.Context, run string, c *cached, decisions
 	}
 	c.cursor = res.Cursor
 	if c.run.Status.Terminal() && len(decisions) > 0 && p.cfg.RunTTL > 0 {
-		pipe := p.cfg.Redis.Pipeline()
+		pipe := ttl
+		if pipe == nil {
+			pipe = p.cfg.Redis.Pipeline()
+		}
 		for _, k := range p.db.K.RunKeys(run) {
 			pipe.PExpire(ctx, k, p.cfg.RunTTL)
 		}
-		if _, err := pipe.Exec(ctx); err != nil {
-			p.log.Warn().Err(err).Str("run", run).Msg("set the finished run's TTL")
+		if ttl == nil {
+			p.expire(ctx, pipe)
 		}
 	}
 	// Caught up: @dirty is cleared. If the decisions call for nothing
@@ -583,6 +588,16 @@ func (p *Projector) settle(ctx context.Context, run string, c *cached, decisions
 		return false, nil
 	}
 	return true, nil
+}
+
+// expire sends the TTL commands queued on pipe.
+func (p *Projector) expire(ctx context.Context, pipe redis.Pipeliner) {
+	if pipe.Len() == 0 {
+		return
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		p.log.Warn().Err(err).Msg("set finished runs' TTL")
+	}
 }
 
 // prepare decides what c's folded run calls for (at most BatchSize

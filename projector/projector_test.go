@@ -566,3 +566,47 @@ func TestRunLeavesNoFeedEntryOrOutboxBehind(t *testing.T) {
 		t.Errorf("queue holds %d messages, want %d (one per dispatch)", l, n+n/2)
 	}
 }
+
+// With RunTTL, a finished run's keys expire: every key of the run gets the
+// TTL once the run ends (through the batched pass, many runs at once).
+func TestRunTTLExpiresFinishedRuns(t *testing.T) {
+	t.Parallel()
+	b := setupLive(t)
+	p, err := projector.New(projector.Config{Redis: b.rdb, Namespace: b.db.K.Namespace(), ID: "p", RunTTL: time.Hour,
+		RetryInitial: time.Millisecond, RetryMax: time.Millisecond, FeedBlock: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(b.ctx)
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	runs := make([]string, 10)
+	for i := range runs {
+		runs[i] = b.submit(t, spec("a"))
+	}
+	for _, run := range runs {
+		b.waitFor(t, run, events.TaskDispatched, "a")
+		b.run(t, run, "a", "w", true)
+		if err := b.db.PointFeed(b.ctx, b.rdb, run).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, run := range runs {
+		b.waitFor(t, run, events.RunSucceeded, "")
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run = %v", err)
+	}
+	for _, run := range runs {
+		for _, k := range b.db.K.RunKeys(run) {
+			ttl, err := b.rdb.PTTL(b.ctx, k).Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n, _ := b.rdb.Exists(b.ctx, k).Result(); n == 1 && (ttl <= 0 || ttl > time.Hour) {
+				t.Errorf("%s: TTL %v, want (0, 1h]", k, ttl)
+			}
+		}
+	}
+}
