@@ -60,9 +60,7 @@ local seq = append(KEYS[2], ARGV[1], 'run_submitted', '', 0, 0, '', ARGV[2], ARG
 redis.call('HSET', KEYS[1], '@status', 'running', '@workflow', ARGV[4], '@dirty', '1')
 redis.call('HSET', KEYS[4], '@input', ARGV[5])
 local n = tonumber(ARGV[6])
-for i = 0, n - 1 do
-  redis.call('HSET', KEYS[3], ARGV[7 + 2*i], ARGV[8 + 2*i])
-end
+chunked('HSET', KEYS[3], ARGV, 7, 6 + 2 * n)
 return {'created', seq}
 `)
 
