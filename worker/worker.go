@@ -49,7 +49,10 @@ type Config struct {
 	ID string
 	// Pools the worker takes tasks from (default ["default"]).
 	Pools []string
-	// Concurrency is the number of tasks run at once (default 8).
+	// Concurrency is the number of handlers run at once (default 8). A
+	// task's slot is free once its handler returned and its outcome is
+	// queued for recording; recording (a batched round trip or three) does
+	// not hold it.
 	Concurrency int
 	// Lease is how long a claim survives without a heartbeat (default 15s):
 	// the reclaimer takes over messages idle for longer.
