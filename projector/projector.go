@@ -52,8 +52,9 @@ type Config struct {
 	ReadCount int
 	// CacheSize bounds the runs whose folded state is kept in memory.
 	CacheSize int
-	// Parallel bounds the runs projected at once per feed partition
-	// (default 16).
+	// Parallel bounds the runs projected at once, each on its own, per
+	// feed partition (default 16): those a batched pass leaves over (long
+	// logs, conflicts, big dispatches).
 	Parallel int
 	// RunTTL, when set, makes a finished run's keys expire this long after
 	// it ended (default 0: runs are kept; "graflow gc" deletes old ones).
