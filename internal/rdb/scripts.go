@@ -23,8 +23,11 @@ local function getrun(state, task)
   local r = redis.call('HMGET', state, '@status', task)
   return r[1], parserec(r[2])
 end
+local function recstr(st, a, e, o)
+  return st .. '|' .. tostring(a) .. '|' .. tostring(e) .. '|' .. o
+end
 local function setrec(state, task, st, a, e, o)
-  redis.call('HSET', state, task, st .. '|' .. tostring(a) .. '|' .. tostring(e) .. '|' .. o)
+  redis.call('HSET', state, task, recstr(st, a, e, o))
 end
 local terminal = {succeeded=true, failed=true, skipped=true, cancelled=true}
 -- chunked runs cmd on key with the values t[i..j], at most 1,000 per call
@@ -236,7 +239,9 @@ var finishScript = redis.NewScript(prelude + `
 -- One item per call of one(); the script takes n items of 12 arguments
 -- (all of this run) and replies with the n item replies, in order.
 local function one(A)
-  local run, st, a, e, o = getrun(KEYS[1], A[1])
+  local h = redis.call('HMGET', KEYS[1], '@status', A[1], '@dirty')
+  local run = h[1]
+  local st, a, e, o = parserec(h[2])
   if not run then
     -- The run is gone (deleted by gc or a TTL): write nothing, or the
     -- log key would come back as an orphan.
@@ -259,12 +264,15 @@ local function one(A)
       cjson.encode({what = what, reason = 'claim lost: task is ' .. st .. ' at epoch ' .. tostring(e), current_epoch = e}))
     return {'stale', st, tostring(e), o}
   end
-  setrec(KEYS[1], A[1], A[9], a, e, o)
+  -- The record and @dirty in one HSET; "newly dirty" (the caller then
+  -- points the feed) if @dirty was not set before.
+  redis.call('HSET', KEYS[1], A[1], recstr(A[9], a, e, o), '@dirty', '1')
   if A[9] == 'succeeded' then
     redis.call('HSET', KEYS[3], A[1], A[10])
   end
   local seq = append(KEYS[2], A[5], A[7], A[1], a, e, A[4], A[6], A[8])
-  local newly = redis.call('HSETNX', KEYS[1], '@dirty', '1')
+  local newly = 1
+  if h[3] == '1' then newly = 0 end
   return {'ok', seq, newly}
 end
 local n, out = tonumber(ARGV[1]), {}

@@ -664,3 +664,41 @@ func TestQueueAckManyIDs(t *testing.T) {
 		t.Errorf("XLEN %d, want %d (acked messages deleted, the others kept)", n, len(theirs)+len(keep))
 	}
 }
+
+// The finish script reports "newly dirty" (the caller points the feed) only
+// when it set @dirty: once per projection round, however many outcomes
+// land in it; a retry after a lost reply reports it again.
+func TestFinishReportsWhetherItMadeTheRunDirty(t *testing.T) {
+	t.Parallel()
+	b := setupRun(t)
+	if _, ok := b.hash(t, b.db.K.RunState(b.run))[rdb.FieldRunDirty]; ok {
+		t.Fatal("setup: @dirty set after a caught-up commit")
+	}
+	cr := b.claim(t, "a", "w", 1, false)
+	dirty, err := b.finish("a", "w", 1, cr.Epoch, false) // fails, awaiting retry
+	if err != nil || !dirty {
+		t.Fatalf("first outcome on a clean run: dirty=%v, %v; want newly dirty", dirty, err)
+	}
+	if st := b.hash(t, b.db.K.RunState(b.run)); st[rdb.FieldRunDirty] != "1" || st["a"] != "awaiting_retry|1|1|w" {
+		t.Errorf("state after the outcome: %v", st)
+	}
+	if dirty, err := b.finish("a", "w", 1, cr.Epoch, false); err != nil || !dirty {
+		t.Errorf("the same outcome again (a retry after a lost reply): dirty=%v, %v; want reported dirty again", dirty, err)
+	}
+	// Another outcome before the projector ran: the run is already dirty.
+	b.commit(t, b.last(t), events.Event{ID: ulid.Make().String(), Type: events.TaskRetryScheduled, Task: "a", Attempt: 2}.
+		WithBody(events.TaskRetryScheduledBody{DelayMS: 1}), "a", "dispatched|2|1|w")
+	if _, ok := b.hash(t, b.db.K.RunState(b.run))[rdb.FieldRunDirty]; ok {
+		t.Fatal("@dirty still set after a caught-up commit")
+	}
+	cr = b.claim(t, "a", "w", 2, false)
+	if err := b.heartbeat("w", 2, cr.Epoch, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.c.HSet(b.ctx, b.db.K.RunState(b.run), rdb.FieldRunDirty, "1").Err(); err != nil { // a requeue, say
+		t.Fatal(err)
+	}
+	if dirty, err := b.finish("a", "w", 2, cr.Epoch, true); err != nil || dirty {
+		t.Errorf("an outcome on a run already dirty: dirty=%v, %v; want not newly dirty", dirty, err)
+	}
+}
