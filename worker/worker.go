@@ -177,9 +177,9 @@ type Worker struct {
 
 	sem      chan struct{}
 	mu       sync.Mutex
-	inflight map[string]*attempt // by message key (stream and id)
-	handling map[string]bool     // message keys being processed (claim included)
-	attempts map[string]bool     // attempts (run, task, attempt) in hand, until their outcome is recorded
+	inflight map[string]*attempt       // by message key (stream and id)
+	handling map[string]bool           // message keys being processed (claim included)
+	attempts map[string]*attemptInHand // attempts (run, task, attempt) in hand, until their outcome is recorded
 
 	// Set by Run for the reclaimer: where tasks run and how they are counted.
 	workCtx context.Context
@@ -229,6 +229,11 @@ func (w *Worker) poolOf(stream string) string {
 // within their stream (two bands or pools can hold the same id).
 func (m message) key() string { return m.stream + "\x00" + m.id }
 
+// attemptInHand is a task attempt a message of which is being processed.
+type attemptInHand struct {
+	claimed bool // our claim holds it (guarded by Worker.mu)
+}
+
 // attemptKey names the task attempt m carries; several messages may.
 func (m message) attemptKey() string {
 	return m.run + "\x00" + m.task + "\x00" + strconv.Itoa(m.attempt)
@@ -248,7 +253,7 @@ func New(cfg Config) (*Worker, error) {
 		sem:      make(chan struct{}, cfg.Concurrency),
 		inflight: map[string]*attempt{},
 		handling: map[string]bool{},
-		attempts: map[string]bool{},
+		attempts: map[string]*attemptInHand{},
 	}, nil
 }
 
@@ -518,14 +523,24 @@ func (w *Worker) process(ctx context.Context, m message, release func()) {
 		log.Debug().Str("msg", m.id).Msg("message already being handled here")
 		return
 	}
-	if w.attempts[m.attemptKey()] {
+	if held, ok := w.attempts[m.attemptKey()]; ok {
 		w.mu.Unlock()
-		log.Debug().Str("msg", m.id).Msg("a second message of an attempt in hand; dropping it")
-		w.ack(ctx, m)
+		if held.claimed {
+			// Our claim holds the attempt and its message stays pending
+			// until the outcome is recorded: this copy is redundant.
+			log.Debug().Str("msg", m.id).Msg("a second message of an attempt in hand; dropping it")
+			w.ack(ctx, m)
+			return
+		}
+		// The other message's claim is unresolved and may yet be refused
+		// (another owner, maybe dead, whose message this one may be): keep
+		// this one pending; the reclaimer brings it back after the lease.
+		log.Debug().Str("msg", m.id).Msg("a second message of an attempt being claimed here; leaving it pending")
 		return
 	}
+	held := &attemptInHand{}
 	w.handling[m.key()] = true
-	w.attempts[m.attemptKey()] = true
+	w.attempts[m.attemptKey()] = held
 	w.mu.Unlock()
 	defer func() {
 		w.mu.Lock()
@@ -552,6 +567,9 @@ func (w *Worker) process(ctx context.Context, m message, release func()) {
 	}
 	switch cr.Outcome {
 	case rdb.ClaimOK:
+		w.mu.Lock()
+		held.claimed = true
+		w.mu.Unlock()
 	default:
 		// Finished already (maybe by a worker that died before pointing the
 		// feed, dead-lettering and acking), or a stale or duplicate message:

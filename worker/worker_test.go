@@ -846,3 +846,107 @@ func TestSecondMessageOfAnAttemptInHandIsNotRun(t *testing.T) {
 		t.Errorf("handler ran %d times, want 1", n)
 	}
 }
+
+// holdFirstClaim holds the first pipeline that runs the claim script until
+// release is closed.
+type holdFirstClaim struct {
+	claim   string
+	once    sync.Once
+	release chan struct{}
+}
+
+func (h *holdFirstClaim) DialHook(next redis.DialHook) redis.DialHook          { return next }
+func (h *holdFirstClaim) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+func (h *holdFirstClaim) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		for _, c := range cmds {
+			if a := c.Args(); len(a) > 1 && a[1] == h.claim {
+				h.once.Do(func() {
+					select {
+					case <-h.release:
+					case <-time.After(waitTimeout):
+					}
+				})
+				break
+			}
+		}
+		return next(ctx, cmds)
+	}
+}
+
+// lineSignal is a log writer that closes seen when a line contains text.
+type lineSignal struct {
+	text string
+	once sync.Once
+	seen chan struct{}
+}
+
+func (l *lineSignal) Write(p []byte) (int, error) {
+	if strings.Contains(string(p), l.text) {
+		l.once.Do(func() { close(l.seen) })
+	}
+	return len(p), nil
+}
+
+// A dead worker D holds task t from message M; a copy M1 of the same
+// attempt is queued. Worker W claims M1 (the claim will say "busy": D's
+// claim is recorded) and, while that claim is in flight, W's reclaimer
+// takes M over from D. M must not be dropped as a second message of an
+// attempt in hand: M1 is about to be acked as busy, and M is then the only
+// message that can take the task over from D. (Found in review.)
+func TestReclaimedMessageIsKeptWhileTheOtherClaimIsUnresolved(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	run := b.submit(t, events.TaskSpec{ID: "t", Handler: "h"})
+	q := b.db.K.Queue("default", 0)
+	if _, err := b.c.XRead(b.ctx, &redis.XReadArgs{Streams: []string{q, "0"}, Block: waitTimeout}).Result(); err != nil {
+		t.Fatalf("waiting for the dispatch on the queue: %v", err)
+	}
+	for _, s := range b.db.K.Queues("default") {
+		if err := b.db.EnsureGroup(b.ctx, s, rdb.GroupWorkers); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// D reads M and claims it, then dies (never heard of again).
+	if res, err := b.db.Fetch(b.ctx, "default", "D", 1); err != nil || len(res) == 0 {
+		t.Fatalf("fetch as D: %v %v", res, err)
+	}
+	cr, err := b.db.Claim(b.ctx, rdb.ClaimArgs{Run: run, Task: "t", Worker: "D", Attempt: 1, EventID: ulid.Make().String(),
+		TimeMS: time.Now().UnixMilli(), ReclaimEventID: ulid.Make().String()})
+	if err != nil || cr.Outcome != rdb.ClaimOK {
+		t.Fatalf("claim as D: %+v %v", cr, err)
+	}
+	// M1: a copy of the same attempt (a repeated relay).
+	if err := b.db.XAddDispatch(b.ctx, b.c, rdb.Dispatch{Pool: "default", Run: run, Task: "t", Attempt: 1}).Err(); err != nil {
+		t.Fatal(err)
+	}
+
+	hold := &holdFirstClaim{claim: rdb.Scripts()["claim"].Hash(), release: make(chan struct{})}
+	opt := *b.c.Options()
+	wc := redis.NewClient(&opt)
+	wc.AddHook(hold)
+	t.Cleanup(func() { _ = wc.Close() })
+	kept := &lineSignal{text: "a second message of an attempt being claimed here", seen: make(chan struct{})}
+	dropped := &lineSignal{text: "a second message of an attempt in hand; dropping it", seen: make(chan struct{})}
+	lg := zerolog.New(zerolog.MultiLevelWriter(kept, dropped)).Level(zerolog.DebugLevel)
+	cfg := b.config("W")
+	cfg.Logger = &lg
+	cfg.Redis, cfg.Lease, cfg.ReclaimInterval = wc, time.Second, 100*time.Millisecond
+	var ran atomic.Int64
+	b.start(t, cfg, map[string]worker.HandlerFunc{
+		"h": func(ctx context.Context, tk *worker.Task) (any, error) { ran.Add(1); return "ok", nil },
+	})
+	// M1's claim is held; the reclaimer takes M over from D meanwhile.
+	select {
+	case <-kept.seen:
+	case <-dropped.seen:
+		t.Error("the reclaimed message was dropped while the other message's claim was unresolved")
+	case <-time.After(waitTimeout):
+		t.Fatal("the reclaimer did not take the dead worker's message over")
+	}
+	close(hold.release) // M1's claim: busy (D), acked; M comes back after the lease and takes over
+	b.waitFor(t, run, "0", func(e events.Event) bool { return e.Type == events.RunSucceeded })
+	if n := ran.Load(); n != 1 {
+		t.Errorf("handler ran %d times, want 1", n)
+	}
+}
