@@ -76,6 +76,11 @@ var runIDRE = regexp.MustCompile(`^[A-Za-z0-9_.:-]{1,128}$`)
 // whole DAG) in one script, indexes the run and points the feed at it. An
 // invalid spec returns a *ValidationError and writes nothing. created is
 // false when opts.RunID named an existing run of the same workflow.
+//
+// Concurrent calls share one pipeline (group commit). A call whose ctx ends
+// while it waits for its turn returns ctx.Err() with nothing written; once
+// its commands are on the wire it waits for their replies (bounded by the
+// Redis client's timeouts).
 func (s *Scheduler) Submit(ctx context.Context, spec events.RunSubmittedBody, opts SubmitOptions) (run string, created bool, err error) {
 	if err := Validate(spec, ValidateOptions{MaxPayloadBytes: s.cfg.MaxPayloadBytes, Handlers: opts.Handlers}); err != nil {
 		return "", false, err
@@ -112,7 +117,7 @@ func (s *Scheduler) Submit(ctx context.Context, spec events.RunSubmittedBody, op
 		return "", false, err
 	}
 	execErr := errors.Join(index.Err(), point.Err())
-	created, workflow, err := rdb.ParseSubmit(run, spec, cmd)
+	created, workflow, err := rdb.ParseSubmit(run, ev, spec, cmd)
 	if err != nil {
 		return "", false, err
 	}

@@ -2,6 +2,9 @@ package rdb
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"slices"
 	"sync"
 
 	"github.com/redis/go-redis/v9"
@@ -25,12 +28,24 @@ type Combiner struct {
 }
 
 type combined struct {
-	ctx   context.Context
-	queue func(redis.Pipeliner)
-	err   error
-	done  chan struct{} // closed once the pipeline ran (err set)
-	lead  chan struct{} // closed when this caller is to send the next pipeline
+	ctx    context.Context
+	queue  func(redis.Pipeliner)
+	err    error
+	done   chan struct{} // closed once the pipeline ran (err set)
+	closed bool          // done is closed (touched by the leader only)
+	lead   chan struct{} // closed when this caller is to send the next pipeline
 }
+
+func (r *combined) finish(err error) {
+	if !r.closed {
+		r.err, r.closed = err, true
+		close(r.done)
+	}
+}
+
+// ErrCombinedPanic is the error of callers whose shared pipeline panicked
+// (in another caller's queue function or a client hook).
+var ErrCombinedPanic = errors.New("the shared pipeline panicked")
 
 // NewCombiner returns a Combiner of at most max callers per pipeline.
 func NewCombiner(db DB, max int) *Combiner {
@@ -44,9 +59,17 @@ func NewCombiner(db DB, max int) *Combiner {
 // must only queue commands (it cannot fail) and may be called more than
 // once: the pipeline is sent again, with fresh commands, after a NOSCRIPT
 // reply (Redis lost its script cache). The caller reads the commands it
-// queued, each with its own error; Do returns an error only when ctx ended
-// before the commands were sent (then none was).
+// queued, each with its own error. Do returns an error only when none of
+// its commands was sent: ctx ended first (ctx.Err()), or the shared
+// pipeline panicked (ErrCombinedPanic).
+//
+// A caller whose ctx ends while it waits leaves the queue at once; one
+// already in a pipeline being sent waits for it (bounded by the client's
+// timeouts).
 func (c *Combiner) Do(ctx context.Context, queue func(redis.Pipeliner)) error {
+	if ctx == nil {
+		return errors.New("rdb: Combiner.Do with a nil context")
+	}
 	r := &combined{ctx: ctx, queue: queue, done: make(chan struct{}), lead: make(chan struct{})}
 	c.mu.Lock()
 	c.pending = append(c.pending, r)
@@ -55,14 +78,8 @@ func (c *Combiner) Do(ctx context.Context, queue func(redis.Pipeliner)) error {
 		if c.waiting != nil {
 			c.waiting()
 		}
-		// Another caller is sending; it sends ours or makes us send next.
-		// ctx is not watched here: the wait is one pipeline, bounded by
-		// the client's timeouts, and a caller that left would strand the
-		// callers behind it.
-		select {
-		case <-r.done:
-			return r.err
-		case <-r.lead:
+		if err, done := c.wait(r); done {
+			return err
 		}
 		c.mu.Lock()
 	}
@@ -73,24 +90,64 @@ func (c *Combiner) Do(ctx context.Context, queue func(redis.Pipeliner)) error {
 	c.mu.Unlock()
 
 	c.flush(batch)
-
-	c.mu.Lock()
-	if len(c.pending) > 0 {
-		close(c.pending[0].lead)
-	} else {
-		c.flushing = false
-	}
-	c.mu.Unlock()
 	<-r.done // r is in batch: the first pending caller always leads
 	return r.err
 }
 
+// wait waits until r's pipeline ran (done) or r is to lead (not done). A
+// caller whose ctx ends while it is still queued leaves the queue.
+func (c *Combiner) wait(r *combined) (err error, done bool) {
+	select {
+	case <-r.done:
+		return r.err, true
+	case <-r.lead:
+		return nil, false
+	case <-r.ctx.Done():
+	}
+	c.mu.Lock()
+	select {
+	case <-r.lead:
+		c.mu.Unlock() // chosen to lead meanwhile: lead
+		return nil, false
+	default:
+	}
+	if i := slices.Index(c.pending, r); i >= 0 {
+		c.pending = slices.Delete(slices.Clip(c.pending), i, i+1)
+		c.mu.Unlock()
+		return r.ctx.Err(), true
+	}
+	c.mu.Unlock()
+	// Already in a pipeline being sent: its outcome is ours.
+	<-r.done
+	return r.err, true
+}
+
+// flush sends batch's pipeline, then hands the lead on, also when
+// something panics (the callers of the batch get ErrCombinedPanic and the
+// panic goes on in this goroutine).
 func (c *Combiner) flush(batch []*combined) {
+	defer func() {
+		p := recover()
+		if p != nil {
+			for _, r := range batch {
+				r.finish(fmt.Errorf("%w: %v", ErrCombinedPanic, p))
+			}
+		}
+		c.mu.Lock()
+		if len(c.pending) > 0 {
+			close(c.pending[0].lead)
+		} else {
+			c.flushing = false
+		}
+		c.mu.Unlock()
+		if p != nil {
+			panic(p)
+		}
+	}()
 	live := make([]*combined, 0, len(batch))
 	for _, r := range batch {
 		if err := r.ctx.Err(); err != nil {
-			r.err = err
-			close(r.done)
+			r.finish(err)
 			continue
 		}
 		live = append(live, r)
@@ -106,6 +163,6 @@ func (c *Combiner) flush(batch []*combined) {
 		})
 	}
 	for _, r := range live {
-		close(r.done)
+		r.finish(nil)
 	}
 }

@@ -75,7 +75,7 @@ func (d DB) Submit(ctx context.Context, run string, ev events.Event, body events
 	if err != nil {
 		return false, "", err
 	}
-	return ParseSubmit(run, body, cmd)
+	return ParseSubmit(run, ev, body, cmd)
 }
 
 // SubmitCmd queues the submit script on p; read it with ParseSubmit.
@@ -107,13 +107,18 @@ func (d DB) SubmitArgsCmd(ctx context.Context, p redis.Scripter, run string, arg
 	return submitScript.Run(ctx, p, []string{d.K.RunState(run), d.K.RunLog(run), d.K.RunDAG(run), d.K.RunResults(run)}, args...)
 }
 
-// ParseSubmit reads a submit command's reply.
-func ParseSubmit(run string, body events.RunSubmittedBody, cmd *redis.Cmd) (created bool, workflow string, err error) {
+// ParseSubmit reads a submit command's reply. created is also true when
+// the run existed with ev's own run_submitted (the same submit sent again:
+// a pipeline retried after a lost reply or a NOSCRIPT).
+func ParseSubmit(run string, ev events.Event, body events.RunSubmittedBody, cmd *redis.Cmd) (created bool, workflow string, err error) {
 	res, err := cmd.StringSlice()
 	if err != nil {
 		return false, "", fmt.Errorf("submit run %s: %w", run, err)
 	}
 	if res[0] == "created" {
+		return true, body.Workflow, nil
+	}
+	if len(res) > 2 && res[2] != "" && res[2] == ev.ID {
 		return true, body.Workflow, nil
 	}
 	return false, res[1], nil

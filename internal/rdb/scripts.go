@@ -51,13 +51,25 @@ end
 //
 //	5 input, 6 n tasks, then n pairs (task id, meta JSON)
 //
-// Reply: {"created", seq} or {"exists", workflow}
+// Reply: {"created", seq} or {"exists", workflow, run_submitted event id}
 var submitScript = redis.NewScript(prelude + `
+-- An existing run is left alone; the reply names its workflow and its
+-- run_submitted event id (a caller whose pipeline was sent twice finds its
+-- own id: it did create the run).
+local function firstid()
+  local f = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
+  if #f == 0 then return '' end
+  local kv = f[1][2]
+  for i = 1, #kv, 2 do
+    if kv[i] == 'id' then return kv[i + 1] end
+  end
+  return ''
+end
 if redis.call('HEXISTS', KEYS[1], '@status') == 1 then
-  return {'exists', redis.call('HGET', KEYS[1], '@workflow') or ''}
+  return {'exists', redis.call('HGET', KEYS[1], '@workflow') or '', firstid()}
 end
 if redis.call('EXISTS', KEYS[2]) == 1 then
-  return {'exists', ''}
+  return {'exists', '', firstid()}
 end
 local seq = append(KEYS[2], ARGV[1], 'run_submitted', '', 0, 0, '', ARGV[2], ARGV[3])
 redis.call('HSET', KEYS[1], '@status', 'running', '@workflow', ARGV[4], '@dirty', '1')

@@ -702,3 +702,29 @@ func TestFinishReportsWhetherItMadeTheRunDirty(t *testing.T) {
 		t.Errorf("an outcome on a run already dirty: dirty=%v, %v; want not newly dirty", dirty, err)
 	}
 }
+
+// A submit sent twice (its pipeline retried after a lost reply or a
+// NOSCRIPT) still reports that it created the run; another submit of the
+// same run id does not.
+func TestSubmitSentTwiceStillReportsCreated(t *testing.T) {
+	t.Parallel()
+	c := redistest.Client(t)
+	db := rdb.New(c, redistest.Namespace(t))
+	ctx := context.Background()
+	run := "R" + ulid.Make().String()
+	body := events.RunSubmittedBody{Workflow: "wf", Tasks: []events.TaskSpec{{ID: "a", Handler: "h"}}}
+	ev := events.Event{ID: ulid.Make().String(), Type: events.RunSubmitted, Time: time.UnixMilli(1000)}.WithBody(body)
+	for i := range 2 {
+		created, wf, err := db.Submit(ctx, run, ev, body)
+		if err != nil || !created || wf != "wf" {
+			t.Fatalf("send %d of the same submit = %v %q %v; want created", i+1, created, wf, err)
+		}
+	}
+	other := events.Event{ID: ulid.Make().String(), Type: events.RunSubmitted, Time: time.UnixMilli(2000)}.WithBody(body)
+	if created, wf, err := db.Submit(ctx, run, other, body); err != nil || created || wf != "wf" {
+		t.Errorf("another submit of the run id = %v %q %v; want not created, workflow wf", created, wf, err)
+	}
+	if n, _ := c.XLen(ctx, db.K.RunLog(run)).Result(); n != 1 {
+		t.Errorf("the log holds %d events, want the one run_submitted", n)
+	}
+}
