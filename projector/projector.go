@@ -237,7 +237,9 @@ func (p *Projector) consume(ctx context.Context, n int) {
 			// batch in one round trip.
 			if err := p.sendAcks(ctx, pend, &readArgs{stream: stream, start: start, consumer: p.cfg.ID, out: &msgs}); err != nil {
 				// Whatever the read returned is ours to project; the acks
-				// are retried alone.
+				// are retried alone, and our own pending entries are read
+				// again next (a lost reply may have left some there).
+				start = "0"
 				if err := retry(ctx, log, "ack feed", func() error { return p.sendAcks(ctx, pend, nil) }); err != nil {
 					return
 				}
@@ -260,6 +262,9 @@ func (p *Projector) consume(ctx context.Context, n int) {
 				}
 				if err != nil && isNoGroup(err) {
 					_ = p.db.EnsureGroup(ctx, stream, rdb.GroupProjectors)
+				}
+				if err != nil {
+					start = "0" // a lost reply may have left entries pending for us
 				}
 				return err
 			})
@@ -302,19 +307,24 @@ type readArgs struct {
 }
 
 // sendAcks removes the relayed entries from their outboxes and acks and
-// deletes the feed entries, in that order, in one pipeline; with next, it
-// also reads the next feed entries. An outbox ack refused with NOSCRIPT
-// (Redis restarted) is sent again after loading the scripts; the read is
-// never repeated (a second read would hide the first one's entries).
+// deletes the feed entries, in one pipeline; with next, it also reads the
+// next feed entries (non-blocking). An outbox ack refused with NOSCRIPT
+// (Redis restarted) is sent again after loading the scripts. A failed
+// outbox ack leaves relayed entries in the outbox: the run's next commit
+// reads them back and relays them again (duplicates are dropped at claim).
+// It returns the acks' errors, or the read's when the read failed; a read
+// whose reply was lost (go-redis may also repeat the pipeline) may leave
+// entries pending for this consumer, so after an error the caller re-reads
+// its own pending entries.
 func (p *Projector) sendAcks(ctx context.Context, a acks, next *readArgs) error {
 	pipe := p.cfg.Redis.Pipeline()
 	outbox := make([]*redis.Cmd, len(a.outbox))
 	for i, o := range a.outbox {
 		outbox[i] = p.db.OutboxAckCmd(ctx, pipe, o.run, o.entries)
 	}
+	var acked []redis.Cmder
 	if len(a.ids) > 0 {
-		pipe.XAck(ctx, a.stream, rdb.GroupProjectors, a.ids...)
-		pipe.XDel(ctx, a.stream, a.ids...)
+		acked = append(acked, pipe.XAck(ctx, a.stream, rdb.GroupProjectors, a.ids...), pipe.XDel(ctx, a.stream, a.ids...))
 	}
 	var read *redis.XStreamSliceCmd
 	if next != nil {
@@ -323,7 +333,7 @@ func (p *Projector) sendAcks(ctx context.Context, a acks, next *readArgs) error 
 			Count: feedCount, Block: -1,
 		})
 	}
-	_, err := pipe.Exec(ctx)
+	_, execErr := pipe.Exec(ctx)
 	if read != nil {
 		if res, rerr := read.Result(); rerr == nil && len(res) > 0 {
 			*next.out = res[0].Messages
@@ -331,22 +341,33 @@ func (p *Projector) sendAcks(ctx context.Context, a acks, next *readArgs) error 
 			_ = p.db.EnsureGroup(ctx, next.stream, rdb.GroupProjectors)
 		}
 	}
+	// The acks' own errors (the read's are the caller's business).
+	var errs []error
 	var again []outboxAck
 	for i, c := range outbox {
-		if rdb.IsNoScript(c.Err()) {
+		switch err := c.Err(); {
+		case rdb.IsNoScript(err):
 			again = append(again, a.outbox[i])
+		case err != nil:
+			errs = append(errs, err)
 		}
 	}
+	for _, c := range acked {
+		errs = append(errs, c.Err())
+	}
 	if len(again) > 0 {
-		return p.db.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		errs = append(errs, p.db.Pipelined(ctx, func(pipe redis.Pipeliner) error {
 			for _, o := range again {
 				p.db.OutboxAckCmd(ctx, pipe, o.run, o.entries)
 			}
 			return nil
-		})
+		}))
 	}
-	if err != nil && !errors.Is(err, redis.Nil) && (read == nil || err != read.Err()) {
+	if err := errors.Join(errs...); err != nil {
 		return err
+	}
+	if read != nil && execErr != nil && read.Err() != nil && !errors.Is(read.Err(), redis.Nil) {
+		return fmt.Errorf("read feed: %w", read.Err())
 	}
 	return nil
 }
