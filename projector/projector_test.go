@@ -51,6 +51,27 @@ func (b liveBundle) projector(t *testing.T, id string) *projector.Projector {
 	return p
 }
 
+// start runs p until the returned stop is called (stop waits for Run to
+// return and fails the test if it does not, or returns an error).
+func (b liveBundle) start(t *testing.T, p *projector.Projector) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(b.ctx)
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	return func() {
+		t.Helper()
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("Run = %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("Run did not return after cancel")
+		}
+	}
+}
+
 func (b liveBundle) submit(t *testing.T, specs ...events.TaskSpec) string {
 	t.Helper()
 	run, _, err := b.sched.Submit(b.ctx, events.RunSubmittedBody{Workflow: "live", Tasks: specs}, scheduler.SubmitOptions{})
@@ -352,32 +373,10 @@ func TestProjectRejectsAnUndecodableLog(t *testing.T) {
 func TestRunProjectsFromTheFeedAndStops(t *testing.T) {
 	t.Parallel()
 	b := setupLive(t)
-	p := b.projector(t, "p1")
-	ctx, cancel := context.WithCancel(b.ctx)
-	done := make(chan error, 1)
-	go func() { done <- p.Run(ctx) }()
+	stop := b.start(t, b.projector(t, "p1"))
 	run := b.submit(t, spec("a"))
-	// Block on the run's log until the projector's dispatch appears.
-	last := "0"
-	for dispatched := false; !dispatched; {
-		res, err := b.rdb.XRead(b.ctx, &redis.XReadArgs{Streams: []string{b.db.K.RunLog(run), last}, Block: 10 * time.Second}).Result()
-		if err != nil {
-			t.Fatalf("waiting for task_dispatched: %v", err)
-		}
-		for _, m := range res[0].Messages {
-			last = m.ID
-			dispatched = dispatched || m.Values[events.FieldType] == string(events.TaskDispatched)
-		}
-	}
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("Run = %v", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("Run did not return after cancel")
-	}
+	b.waitFor(t, run, events.TaskDispatched, "a") // the projector's dispatch
+	stop()
 }
 
 func TestNewValidatesConfig(t *testing.T) {
@@ -518,10 +517,7 @@ func (b liveBundle) waitFor(t *testing.T, run string, typ events.Type, task stri
 func TestRunLeavesNoFeedEntryOrOutboxBehind(t *testing.T) {
 	t.Parallel()
 	b := setupLive(t)
-	p := b.projector(t, "p1")
-	ctx, cancel := context.WithCancel(b.ctx)
-	done := make(chan error, 1)
-	go func() { done <- p.Run(ctx) }()
+	stop := b.start(t, b.projector(t, "p1"))
 	const n = 40
 	runs := make([]string, n)
 	for i := range runs {
@@ -539,15 +535,7 @@ func TestRunLeavesNoFeedEntryOrOutboxBehind(t *testing.T) {
 	for _, run := range runs[:n/2] {
 		b.waitFor(t, run, events.TaskDispatched, "b")
 	}
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("Run = %v", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("Run did not return after cancel")
-	}
+	stop()
 	for i := range b.db.K.Partitions() {
 		feed := b.db.K.Feed(i)
 		if l, _ := b.rdb.XLen(b.ctx, feed).Result(); l != 0 {
@@ -577,9 +565,7 @@ func TestRunTTLExpiresFinishedRuns(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(b.ctx)
-	done := make(chan error, 1)
-	go func() { done <- p.Run(ctx) }()
+	stop := b.start(t, p)
 	runs := make([]string, 10)
 	for i := range runs {
 		runs[i] = b.submit(t, spec("a"))
@@ -594,10 +580,7 @@ func TestRunTTLExpiresFinishedRuns(t *testing.T) {
 	for _, run := range runs {
 		b.waitFor(t, run, events.RunSucceeded, "")
 	}
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatalf("Run = %v", err)
-	}
+	stop()
 	for _, run := range runs {
 		for _, k := range b.db.K.RunKeys(run) {
 			ttl, err := b.rdb.PTTL(b.ctx, k).Result()
