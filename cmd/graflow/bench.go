@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"time"
 
@@ -37,6 +38,7 @@ func runBench(ctx context.Context, m *Main, args []string) error {
 	writeDoc := fs.String("write-doc", "", "write the medians into this Markdown file between its generated-section markers (e.g. docs/performance.md)")
 	smoke := fs.Bool("smoke", false, "tiny sizes: proves the harness works in a few seconds; the numbers mean nothing")
 	timeout := fs.Duration("timeout", bench.DefaultTimeout, "time limit of each workload run")
+	profDir := fs.String("cpuprofile-dir", "", "write a CPU profile of every worker and projector process into this directory (go tool pprof)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), `Usage: graflow bench [flags]
 
@@ -85,6 +87,12 @@ Flags:
 	cfg := bench.Config{
 		Exe: m.Exe, NamespacePrefix: c.namespace + "-bench", Workloads: list, Runs: *runs, Sizes: sz,
 		Concurrency: *conc, Submitters: *submitters, Timeout: *timeout, Out: m.Stdout, Log: m.Stderr,
+		ProfileDir: *profDir,
+	}
+	if *profDir != "" {
+		if err := os.MkdirAll(*profDir, 0o755); err != nil {
+			return fmt.Errorf("--cpuprofile-dir: %w", err)
+		}
 	}
 	if explicit["redis"] {
 		cfg.RedisURL = c.redisURL

@@ -35,9 +35,15 @@ func runWorker(ctx context.Context, m *Main, args []string) error {
 	reclaim := fs.Duration("reclaim-interval", 0, "how often expired leases are reclaimed (default lease/3)")
 	poison := fs.Int("poison-limit", worker.DefaultPoisonLimit, "deliveries without an outcome before a task is failed as poison")
 	hbEvery := fs.Duration("heartbeat-event-every", worker.DefaultHeartbeatEventEvery, "at most one task_heartbeat event per task per this interval")
+	prof := fs.String("cpuprofile", "", "write a CPU profile (go tool pprof) to this file until the worker exits")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
+	stopProfile, err := cpuProfile(*prof)
+	if err != nil {
+		return err
+	}
+	defer stopProfile()
 	// TEST-ONLY: the chaos suite proves its checker catches duplicate
 	// accepts by running workers with fencing switched off.
 	unfenced := m.Getenv("GRAFLOW_UNSAFE_NO_FENCING") == "1"
@@ -66,9 +72,15 @@ func runProjector(ctx context.Context, m *Main, args []string) error {
 	retryMax := fs.Duration("retry-max", projector.DefaultRetryMax, "cap on the delay between retries")
 	feedIdle := fs.Duration("feed-reclaim-idle", projector.DefaultFeedReclaim, "take over feed entries of dead projectors after this long")
 	runTTL := fs.Duration("run-ttl", 0, "finished runs expire this long after they end (0 keeps them; see graflow gc)")
+	prof := fs.String("cpuprofile", "", "write a CPU profile (go tool pprof) to this file until the projector exits")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
+	stopProfile, err := cpuProfile(*prof)
+	if err != nil {
+		return err
+	}
+	defer stopProfile()
 	r, err := c.connect(ctx)
 	if err != nil {
 		return err

@@ -123,6 +123,10 @@ type Config struct {
 	Out io.Writer
 	// Log receives progress lines; nil is quiet.
 	Log io.Writer
+	// ProfileDir, when set, makes every engine process write a CPU profile
+	// there (<namespace>-<component>.pprof); the processes are then
+	// stopped with SIGTERM instead of killed, so the profiles are complete.
+	ProfileDir string
 }
 
 func (c Config) withDefaults() Config {

@@ -114,8 +114,8 @@ func (h *harness) startStack(ctx context.Context, ns string, o stackOptions) (_ 
 	processes := h.cfg.Exe != "" && !o.inProcess
 	if processes {
 		s.projectorMode = "process"
-		p, err := proc.Start("projector", h.cfg.Exe, []string{"projector", "--redis", h.url, "--namespace", ns,
-			"--id", "bench-projector", "--log-level", "warn"}, nil, filepath.Join(h.dir, ns+"-projector.log"))
+		p, err := proc.Start("projector", h.cfg.Exe, append([]string{"projector", "--redis", h.url, "--namespace", ns,
+			"--id", "bench-projector", "--log-level", "warn"}, h.profileArgs(ns, "projector")...), nil, filepath.Join(h.dir, ns+"-projector.log"))
 		if err != nil {
 			return nil, err
 		}
@@ -135,8 +135,8 @@ func (h *harness) startStack(ctx context.Context, ns string, o stackOptions) (_ 
 		id := "bench-w" + strconv.Itoa(i)
 		if processes && o.inProcessWorker == nil {
 			s.workerMode = "process"
-			p, err := proc.Start(id, h.cfg.Exe, []string{"worker", "--redis", h.url, "--namespace", ns, "--id", id,
-				"--concurrency", strconv.Itoa(h.cfg.Concurrency), "--log-level", "warn"}, nil,
+			p, err := proc.Start(id, h.cfg.Exe, append([]string{"worker", "--redis", h.url, "--namespace", ns, "--id", id,
+				"--concurrency", strconv.Itoa(h.cfg.Concurrency), "--log-level", "warn"}, h.profileArgs(ns, id)...), nil,
 				filepath.Join(h.dir, ns+"-"+id+".log"))
 			if err != nil {
 				return nil, err
@@ -236,10 +236,15 @@ func (s *stack) serverTime(ctx context.Context) (time.Time, error) {
 // stop stops the engine and closes the clients. It is idempotent. Engine
 // processes are killed: the measurement is over and their namespace is
 // deleted next, so there is nothing to drain (a graceful stop would wait
-// out their blocking reads).
+// out their blocking reads). When they write CPU profiles they get SIGTERM
+// (and the time to write them) instead.
 func (s *stack) stop() {
 	s.stopOnce.Do(func() {
 		for _, p := range s.procs {
+			if s.h.cfg.ProfileDir != "" {
+				p.Stop(time.Minute)
+				continue
+			}
 			p.Kill()
 		}
 		if s.cancel != nil {
@@ -473,4 +478,13 @@ func runIDs(prefix string, n int) []string {
 		out[i] = fmt.Sprintf("%s%06d", prefix, i)
 	}
 	return out
+}
+
+// profileArgs are the flags that make an engine process write its CPU
+// profile into Config.ProfileDir.
+func (h *harness) profileArgs(ns, component string) []string {
+	if h.cfg.ProfileDir == "" {
+		return nil
+	}
+	return []string{"--cpuprofile", filepath.Join(h.cfg.ProfileDir, ns+"-"+component+".pprof")}
 }
