@@ -292,7 +292,7 @@ func (s *stack) cleanup(ctx context.Context) error {
 			return fmt.Errorf("clean up namespace %s: %w", s.ns, err)
 		}
 		if len(keys) > 0 {
-			if err := s.h.mc.Unlink(ctx, keys...).Err(); err != nil {
+			if err := s.h.mc.Del(ctx, keys...).Err(); err != nil { // DEL, not UNLINK: freed before the next run starts
 				return fmt.Errorf("clean up namespace %s: %w", s.ns, err)
 			}
 		}
