@@ -59,6 +59,11 @@ type Config struct {
 	// RunTTL, when set, makes a finished run's keys expire this long after
 	// it ended (default 0: runs are kept; "graflow gc" deletes old ones).
 	RunTTL time.Duration
+	// CompactLog: the commit that ends a run rewrites its log, if it holds
+	// at most this many events, with memory sized to fit (Redis keeps a
+	// stream's newest node preallocated, up to 4 KiB). Default
+	// rdb.DefaultCompactLog; negative: never.
+	CompactLog int
 	// FeedBlock is how long one XREADGROUP blocks (default 2s); it only
 	// bounds how fast Run notices cancellation.
 	FeedBlock time.Duration
@@ -90,6 +95,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.ReadCount <= 0 {
 		c.ReadCount = DefaultReadCount
+	}
+	if c.CompactLog == 0 {
+		c.CompactLog = rdb.DefaultCompactLog
 	}
 	if c.CacheSize <= 0 {
 		c.CacheSize = DefaultCacheSize
@@ -613,10 +621,15 @@ func (p *Projector) settle(ctx context.Context, run string, c *cached, decisions
 }
 
 // expire sends the TTL commands queued on pipe.
+//
+// It runs even when ctx has ended: the commits that ended the runs are in,
+// and a run projected again later commits no decision to set its TTL.
 func (p *Projector) expire(ctx context.Context, pipe redis.Pipeliner) {
 	if pipe.Len() == 0 {
 		return
 	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
 	if _, err := pipe.Exec(ctx); err != nil {
 		p.log.Warn().Err(err).Msg("set finished runs' TTL")
 	}
@@ -647,10 +660,16 @@ func (p *Projector) prepare(c *cached) ([]events.Event, rdb.Commit) {
 			outbox = append(outbox, disp.String())
 		}
 	}
-	return decisions, rdb.Commit{
+	commit := rdb.Commit{
 		Expected: c.cursor, FoldedTo: c.run.LastSeq, Writer: p.cfg.ID, TimeMS: now.UnixMilli(),
 		Events: decisions, Records: records, Outbox: outbox,
 	}
+	for _, d := range decisions {
+		if (d.Type == events.RunSucceeded || d.Type == events.RunFailed) && p.cfg.CompactLog > 0 {
+			commit.CompactLog = p.cfg.CompactLog
+		}
+	}
+	return decisions, commit
 }
 
 // effect computes what a decision writes besides its event: task records,

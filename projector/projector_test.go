@@ -593,3 +593,42 @@ func TestRunTTLExpiresFinishedRuns(t *testing.T) {
 		}
 	}
 }
+
+// The commit that ends a run compacts its short log: same entries, ids and
+// stream metadata, without the stream node Redis keeps preallocated (up to
+// 4 KiB, which would dominate a small run's memory).
+func TestFinishedRunsLogIsCompacted(t *testing.T) {
+	t.Parallel()
+	b := setupLive(t)
+	stop := b.start(t, b.projector(t, "p1"))
+	run := b.submit(t, spec("a"))
+	b.waitFor(t, run, events.TaskDispatched, "a")
+	b.run(t, run, "a", "w", true)
+	if err := b.db.PointFeed(b.ctx, b.rdb, run).Err(); err != nil {
+		t.Fatal(err)
+	}
+	b.waitFor(t, run, events.RunSucceeded, "")
+	stop()
+	var types []string
+	for _, e := range b.log(t, run) {
+		types = append(types, string(e.Type))
+	}
+	want := []string{"run_submitted", "task_dispatched", "task_claimed", "task_succeeded", "run_succeeded"}
+	if diff := cmp.Diff(want, types); diff != "" {
+		t.Errorf("log after compaction (-want +got):\n%s", diff)
+	}
+	info, err := b.rdb.XInfoStream(b.ctx, b.db.K.RunLog(run)).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.EntriesAdded != 5 || info.LastGeneratedID != info.LastEntry.ID {
+		t.Errorf("stream metadata after compaction: entries-added %d, last-generated-id %s, last entry %s",
+			info.EntriesAdded, info.LastGeneratedID, info.LastEntry.ID)
+	}
+	if n, err := b.rdb.MemoryUsage(b.ctx, b.db.K.RunLog(run), 0).Result(); err != nil || n >= 4096 {
+		t.Errorf("MEMORY USAGE of the finished run's log = %d, %v; want it compacted below the 4 KiB preallocated node", n, err)
+	}
+	if n, _ := b.rdb.Exists(b.ctx, b.db.K.RunLogCompact(run)).Result(); n != 0 {
+		t.Error("the compaction's scratch key is left behind")
+	}
+}

@@ -77,6 +77,11 @@ func (k Keys) Partitions() int { return k.partitions }
 // RunLog is the run's event stream: the source of truth.
 func (k Keys) RunLog(run string) string { return k.ns + ":{" + run + "}:log" }
 
+// RunLogCompact is where the commit script copies a finished run's log to
+// rename it over the log (a copy's listpacks are sized to fit); it never
+// outlives the script.
+func (k Keys) RunLogCompact(run string) string { return k.ns + ":{" + run + "}:log-compact" }
+
 // RunState is the run's projection hash: task records and @-fields.
 func (k Keys) RunState(run string) string { return k.ns + ":{" + run + "}:state" }
 

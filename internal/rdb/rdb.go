@@ -133,7 +133,15 @@ type Commit struct {
 	Events   []events.Event // decisions: ID, Type, Task, Attempt, Epoch, Body
 	Records  map[string]string
 	Outbox   []string
+	// CompactLog, when the decisions end the run, rewrites a log of at
+	// most this many events with its memory sized to fit (0: never).
+	CompactLog int
 }
+
+// DefaultCompactLog is the longest log a run's last commit compacts: a
+// short log is where the preallocated stream node (up to 4 KiB) costs
+// most, and the copy is cheap.
+const DefaultCompactLog = 1000
 
 // CommitResult is the reply of a commit.
 type CommitResult struct {
@@ -165,7 +173,8 @@ func (d DB) CommitCmd(ctx context.Context, p redis.Scripter, run string, c Commi
 	for _, o := range c.Outbox {
 		args = append(args, o)
 	}
-	return commitScript.Run(ctx, p, []string{d.K.RunState(run), d.K.RunLog(run), d.K.RunOutbox(run)}, args...)
+	args = append(args, c.CompactLog)
+	return commitScript.Run(ctx, p, []string{d.K.RunState(run), d.K.RunLog(run), d.K.RunOutbox(run), d.K.RunLogCompact(run)}, args...)
 }
 
 // ParseCommit reads a CommitCmd reply.

@@ -85,11 +85,12 @@ return {'created', seq}
 // past the decisions only when nothing else was appended since foldedTo;
 // otherwise it stays at foldedTo and the projector folds on from there.
 //
-// KEYS: 1 state, 2 log, 3 outbox
+// KEYS: 1 state, 2 log, 3 outbox, 4 scratch key for compacting the log
 // ARGV: 1 expected cursor, 2 foldedTo, 3 time ms, 4 writer id,
 //
 //	5 n events, then n x (event id, type, task, attempt, epoch, body),
-//	then m, m x (field, value), then k, k x outbox entry
+//	then m, m x (field, value), then k, k x outbox entry, then the
+//	longest log to compact (0: none; set when the decisions end the run)
 //
 // Reply: {"conflict", cursor} or {"ok", new cursor, caughtUp 0|1, outbox length, seq...}
 var commitScript = redis.NewScript(prelude + `
@@ -136,6 +137,15 @@ if k > 0 then
   outbox = chunked('RPUSH', KEYS[3], ARGV, i, i + k - 1)
 else
   outbox = redis.call('LLEN', KEYS[3])
+end
+i = i + k
+-- The run ended with these decisions: compact a short log. Redis keeps a
+-- stream's newest node at its preallocated size (up to 4 KiB); a copy's
+-- nodes fit their entries. Same entries, ids and stream metadata.
+local compact = tonumber(ARGV[i] or '0') or 0
+if n > 0 and compact > 0 and redis.call('XLEN', KEYS[2]) <= compact then
+  redis.call('COPY', KEYS[2], KEYS[4], 'REPLACE')
+  redis.call('RENAME', KEYS[4], KEYS[2])
 end
 local reply = {'ok', newcur, caught, outbox}
 for j = 1, n do reply[4 + j] = seqs[j] end
