@@ -267,7 +267,10 @@ func (s *stack) workflow() *graflow.Workflow {
 func (s *stack) startProjector() error {
 	id := fmt.Sprintf("projector-%d", s.projGen)
 	p, err := proc.Start(id, s.cfg.Exe, []string{"projector", "--redis", s.url, "--namespace", s.ns, "--id", id,
-		"--feed-reclaim-idle", "2s", "--retry-initial", "100ms", "--log-level", "warn"}, nil,
+		"--feed-reclaim-idle", "2s", "--retry-initial", "100ms", "--log-level", "warn",
+		// Compact every run's log when it ends, however long: the compaction
+		// runs under kills and Redis restarts too.
+		"--compact-log", "1000000"}, nil,
 		filepath.Join(s.cfg.Dir, "projector.log"))
 	if err != nil {
 		return err
