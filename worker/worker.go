@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"runtime/debug"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -231,7 +232,9 @@ func (m message) key() string { return m.stream + "\x00" + m.id }
 
 // attemptInHand is a task attempt a message of which is being processed.
 type attemptInHand struct {
-	claimed bool // our claim holds it (guarded by Worker.mu)
+	// Guarded by Worker.mu.
+	claimed bool      // our claim holds it
+	parked  []message // other messages of the attempt that came while the claim was unresolved
 }
 
 // attemptKey names the task attempt m carries; several messages may.
@@ -466,7 +469,11 @@ func (w *Worker) start(m message) {
 			w.running.Add(-1) // in flight until its outcome is recorded
 			w.tasks.Done()
 		}()
-		w.process(w.workCtx, m, release)
+		next := []message{m}
+		for len(next) > 0 {
+			m := next[0]
+			next = append(next[1:], w.process(w.workCtx, m, release)...)
+		}
 	}()
 }
 
@@ -501,8 +508,10 @@ func (w *Worker) now() int64 { return w.cfg.Now().UnixMilli() }
 
 // process claims one message's task, runs it and reports the outcome. It
 // calls release (the task's slot) once the outcome is queued for the
-// batcher.
-func (w *Worker) process(ctx context.Context, m message, release func()) {
+// batcher. It returns the other messages of the same attempt that arrived
+// while its claim was unresolved, if that claim did not hold: they are
+// processed next, each on its own.
+func (w *Worker) process(ctx context.Context, m message, release func()) (parked []message) {
 	log := w.log.With().Str("run", m.run).Str("task", m.task).Int("attempt", m.attempt).Logger()
 	if m.run == "" || m.task == "" {
 		log.Error().Str("msg", m.id).Msg("malformed queue message; dropping")
@@ -524,18 +533,23 @@ func (w *Worker) process(ctx context.Context, m message, release func()) {
 		return
 	}
 	if held, ok := w.attempts[m.attemptKey()]; ok {
+		claimed := held.claimed
+		if !claimed && !slices.ContainsFunc(held.parked, func(p message) bool { return p.key() == m.key() }) {
+			// The other message's claim is unresolved and may yet be
+			// refused (another owner holds the task, maybe a dead one whose
+			// message this is): park this one. If the claim succeeds it is
+			// acked; if not, it is processed then.
+			held.parked = append(held.parked, m)
+		}
 		w.mu.Unlock()
-		if held.claimed {
+		if claimed {
 			// Our claim holds the attempt and its message stays pending
 			// until the outcome is recorded: this copy is redundant.
 			log.Debug().Str("msg", m.id).Msg("a second message of an attempt in hand; dropping it")
 			w.ack(ctx, m)
 			return
 		}
-		// The other message's claim is unresolved and may yet be refused
-		// (another owner, maybe dead, whose message this one may be): keep
-		// this one pending; the reclaimer brings it back after the lease.
-		log.Debug().Str("msg", m.id).Msg("a second message of an attempt being claimed here; leaving it pending")
+		log.Debug().Str("msg", m.id).Msg("a second message of an attempt being claimed here; parked")
 		return
 	}
 	held := &attemptInHand{}
@@ -546,6 +560,7 @@ func (w *Worker) process(ctx context.Context, m message, release func()) {
 		w.mu.Lock()
 		delete(w.handling, m.key())
 		delete(w.attempts, m.attemptKey())
+		parked = held.parked // left over only when our claim did not hold
 		w.mu.Unlock()
 	}()
 	if !m.reclaimed && time.Since(m.fetched) > w.cfg.Lease/3 {
@@ -569,7 +584,13 @@ func (w *Worker) process(ctx context.Context, m message, release func()) {
 	case rdb.ClaimOK:
 		w.mu.Lock()
 		held.claimed = true
+		parked := held.parked
+		held.parked = nil
 		w.mu.Unlock()
+		for _, p := range parked {
+			log.Debug().Str("msg", p.id).Msg("a second message of an attempt in hand; dropping it")
+			w.ack(ctx, p)
+		}
 	default:
 		// Finished already (maybe by a worker that died before pointing the
 		// feed, dead-lettering and acking), or a stale or duplicate message:
@@ -642,6 +663,7 @@ func (w *Worker) process(ctx context.Context, m message, release func()) {
 		return
 	}
 	w.finish(ctx, log, m, t, result, runErr, context.Cause(tctx), release)
+	return
 }
 
 var (

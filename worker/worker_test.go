@@ -950,3 +950,54 @@ func TestReclaimedMessageIsKeptWhileTheOtherClaimIsUnresolved(t *testing.T) {
 		t.Errorf("handler ran %d times, want 1", n)
 	}
 }
+
+// Two messages of one attempt reach a worker together (a repeated relay):
+// one is claimed, the other is parked while that claim is in flight, then
+// acked once the claim holds. Nothing is left pending for a reclaimer,
+// which would otherwise take the task over from the live claim and run it
+// again after one lease. (Found in review.)
+func TestParkedCopyIsAckedWhenTheClaimHolds(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	run := b.submit(t, events.TaskSpec{ID: "t", Handler: "h"})
+	q := b.db.K.Queue("default", 0)
+	if _, err := b.c.XRead(b.ctx, &redis.XReadArgs{Streams: []string{q, "0"}, Block: waitTimeout}).Result(); err != nil {
+		t.Fatalf("waiting for the dispatch on the queue: %v", err)
+	}
+	if err := b.db.XAddDispatch(b.ctx, b.c, rdb.Dispatch{Pool: "default", Run: run, Task: "t", Attempt: 1}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	hold := &holdFirstClaim{claim: rdb.Scripts()["claim"].Hash(), release: make(chan struct{})}
+	opt := *b.c.Options()
+	wc := redis.NewClient(&opt)
+	wc.AddHook(hold)
+	t.Cleanup(func() { _ = wc.Close() })
+	parked := &lineSignal{text: "a second message of an attempt being claimed here", seen: make(chan struct{})}
+	lg := zerolog.New(parked).Level(zerolog.DebugLevel)
+	cfg := b.config("W")
+	cfg.Logger, cfg.Redis, cfg.Concurrency = &lg, wc, 4
+	var ran atomic.Int64
+	b.start(t, cfg, map[string]worker.HandlerFunc{
+		"h": func(ctx context.Context, tk *worker.Task) (any, error) { ran.Add(1); return "ok", nil },
+	})
+	select {
+	case <-parked.seen:
+	case <-time.After(waitTimeout):
+		t.Fatal("the second message was not parked behind the first one's claim")
+	}
+	close(hold.release)
+	b.waitFor(t, run, "0", func(e events.Event) bool { return e.Type == events.RunSucceeded })
+	if n := ran.Load(); n != 1 {
+		t.Errorf("handler ran %d times, want 1", n)
+	}
+	// The parked copy is acked right after the claim, before the outcome
+	// is recorded; the claimed message once its outcome is recorded, which
+	// precedes run_succeeded.
+	p, err := b.c.XPending(b.ctx, q, rdb.GroupWorkers).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Count != 0 {
+		t.Errorf("%d messages still pending after the run ended (a parked copy left for a reclaimer)", p.Count)
+	}
+}
