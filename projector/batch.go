@@ -169,8 +169,6 @@ func (p *Projector) projectBatch(ctx context.Context, runs []string) (rest []str
 	// ack (later); a run handed to Project gets it now, so that Project
 	// finds only its own commits in the outbox.
 	var now []*pass
-	ttl := p.cfg.Redis.Pipeline()
-	defer p.expire(ctx, ttl)
 	for _, x := range committed {
 		relayed := x.res.Outbox > 0
 		switch {
@@ -187,7 +185,7 @@ func (p *Projector) projectBatch(ctx context.Context, runs []string) (rest []str
 			x.c.cursor = x.res.Cursor // events arrived meanwhile: Project reads on
 			giveUp(x, false)
 		default:
-			more, err := p.settle(ctx, x.run, x.c, x.decisions, x.res, ttl)
+			more, err := p.settle(x.run, x.c, x.decisions, x.res)
 			if err != nil || more {
 				giveUp(x, false)
 			} else if relayed {

@@ -57,7 +57,9 @@ type Config struct {
 	// logs, conflicts, big dispatches).
 	Parallel int
 	// RunTTL, when set, makes a finished run's keys expire this long after
-	// it ended (default 0: runs are kept; "graflow gc" deletes old ones).
+	// it ended, set by the commit that ends it (default 0: runs are kept;
+	// "graflow gc" deletes old ones). A requeue reopening the run removes
+	// it.
 	RunTTL time.Duration
 	// CompactLog: the commit that ends a run rewrites its log, if it holds
 	// at most this many events, with memory sized to fit (Redis keeps a
@@ -572,7 +574,7 @@ func (p *Projector) Project(ctx context.Context, run string) error {
 			c.cursor = res.Cursor
 			continue
 		}
-		more, err := p.settle(ctx, run, c, decisions, res, nil)
+		more, err := p.settle(run, c, decisions, res)
 		if err != nil {
 			return err
 		}
@@ -584,11 +586,9 @@ func (p *Projector) Project(ctx context.Context, run string) error {
 }
 
 // settle applies a caught-up commit's decisions to c's cached run and
-// reports whether the run calls for more decisions. A finished run gets its
-// TTL (when configured) and leaves the cache.
-//
-// With ttl, the TTL commands are queued there for the caller to send.
-func (p *Projector) settle(ctx context.Context, run string, c *cached, decisions []events.Event, res rdb.CommitResult, ttl redis.Pipeliner) (bool, error) {
+// reports whether the run calls for more decisions. A finished run leaves
+// the cache (its TTL, when configured, was set by the commit that ended it).
+func (p *Projector) settle(run string, c *cached, decisions []events.Event, res rdb.CommitResult) (bool, error) {
 	for i, d := range decisions {
 		d.Seq = res.Seqs[i]
 		if err := Apply(c.run, d); err != nil {
@@ -597,18 +597,6 @@ func (p *Projector) settle(ctx context.Context, run string, c *cached, decisions
 		}
 	}
 	c.cursor = res.Cursor
-	if c.run.Status.Terminal() && len(decisions) > 0 && p.cfg.RunTTL > 0 {
-		pipe := ttl
-		if pipe == nil {
-			pipe = p.cfg.Redis.Pipeline()
-		}
-		for _, k := range p.db.K.RunKeys(run) {
-			pipe.PExpire(ctx, k, p.cfg.RunTTL)
-		}
-		if ttl == nil {
-			p.expire(ctx, pipe)
-		}
-	}
 	// Caught up: @dirty is cleared. If the decisions call for nothing
 	// more, the run is done for now (no confirming commit needed).
 	if len(decisions) == 0 || len(Decide(c.run, 1, p.retryDelay)) == 0 {
@@ -618,21 +606,6 @@ func (p *Projector) settle(ctx context.Context, run string, c *cached, decisions
 		return false, nil
 	}
 	return true, nil
-}
-
-// expire sends the TTL commands queued on pipe.
-//
-// It runs even when ctx has ended: the commits that ended the runs are in,
-// and a run projected again later commits no decision to set its TTL.
-func (p *Projector) expire(ctx context.Context, pipe redis.Pipeliner) {
-	if pipe.Len() == 0 {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	defer cancel()
-	if _, err := pipe.Exec(ctx); err != nil {
-		p.log.Warn().Err(err).Msg("set finished runs' TTL")
-	}
 }
 
 // prepare decides what c's folded run calls for (at most BatchSize
@@ -665,8 +638,8 @@ func (p *Projector) prepare(c *cached) ([]events.Event, rdb.Commit) {
 		Events: decisions, Records: records, Outbox: outbox,
 	}
 	for _, d := range decisions {
-		if (d.Type == events.RunSucceeded || d.Type == events.RunFailed) && p.cfg.CompactLog > 0 {
-			commit.CompactLog = p.cfg.CompactLog
+		if d.Type == events.RunSucceeded || d.Type == events.RunFailed {
+			commit.CompactLog, commit.TTL = max(p.cfg.CompactLog, 0), p.cfg.RunTTL
 		}
 	}
 	return decisions, commit

@@ -99,3 +99,42 @@ func TestCommitLargerThanUnpackLimit(t *testing.T) {
 		t.Errorf("cursor %q, want %q", st[rdb.FieldRunCursor], res.Cursor)
 	}
 }
+
+// The commit that ends a run gives every key of the run its TTL in the same
+// step, also when it is not caught up (an event landed after the fold), and
+// a requeue that reopens the run removes them again.
+func TestRunEndingCommitSetsTheTTLAndRequeueRemovesIt(t *testing.T) {
+	t.Parallel()
+	b := setupRun(t)
+	cur, folded := b.cursor(t), b.last(t)
+	// A late heartbeat lands after the projector's read: not caught up.
+	if err := b.c.XAdd(b.ctx, &redis.XAddArgs{Stream: b.db.K.RunLog(b.run), Values: (&events.Event{
+		ID: ulid.Make().String(), Type: events.TaskHeartbeat, Task: "a", Attempt: 1, Epoch: 1, Worker: "w", Time: time.UnixMilli(2000),
+	}).Fields()}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.c.HSet(b.ctx, b.db.K.RunChannel(b.run), "k", "v").Err(); err != nil {
+		t.Fatal(err)
+	}
+	end := events.Event{ID: ulid.Make().String(), Type: events.RunFailed}.WithBody(events.RunFailedBody{Task: "a", Cause: "test"})
+	res, err := b.db.Commit(b.ctx, b.run, rdb.Commit{Expected: cur, FoldedTo: folded, Writer: "p", TimeMS: 3000,
+		Events: []events.Event{end}, Records: map[string]string{rdb.FieldRunStatus: "failed", "a": rdb.Record{Status: "failed", Attempt: 1, Epoch: 1, Owner: "w"}.String()},
+		TTL: time.Hour})
+	if err != nil || res.Conflict || res.CaughtUp {
+		t.Fatalf("commit = %+v, %v; want applied, not caught up", res, err)
+	}
+	keys := []string{b.db.K.RunState(b.run), b.db.K.RunLog(b.run), b.db.K.RunDAG(b.run), b.db.K.RunResults(b.run), b.db.K.RunChannel(b.run)}
+	for _, k := range keys {
+		if ttl, err := b.c.PTTL(b.ctx, k).Result(); err != nil || ttl <= 0 || ttl > time.Hour {
+			t.Errorf("%s: TTL %v, %v after the run-ending commit; want (0, 1h]", k, ttl, err)
+		}
+	}
+	if err := b.db.Requeue(b.ctx, b.run, "a", "op", ulid.Make().String(), 4000, []byte(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys {
+		if ttl, err := b.c.PTTL(b.ctx, k).Result(); err != nil || ttl != -1 {
+			t.Errorf("%s: TTL %v, %v after a requeue reopened the run; want none (-1)", k, ttl, err)
+		}
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/graflow-go/graflow/events"
 	"github.com/redis/go-redis/v9"
@@ -136,6 +137,9 @@ type Commit struct {
 	// CompactLog, when the decisions end the run, rewrites a log of at
 	// most this many events with its memory sized to fit (0: never).
 	CompactLog int
+	// TTL, when the decisions end the run, makes the run's keys expire
+	// that long after (0: never), in the same step.
+	TTL time.Duration
 }
 
 // DefaultCompactLog is the longest log a run's last commit compacts: a
@@ -173,8 +177,9 @@ func (d DB) CommitCmd(ctx context.Context, p redis.Scripter, run string, c Commi
 	for _, o := range c.Outbox {
 		args = append(args, o)
 	}
-	args = append(args, c.CompactLog)
-	return commitScript.Run(ctx, p, []string{d.K.RunState(run), d.K.RunLog(run), d.K.RunOutbox(run), d.K.RunLogCompact(run)}, args...)
+	args = append(args, c.CompactLog, c.TTL.Milliseconds())
+	return commitScript.Run(ctx, p, []string{d.K.RunState(run), d.K.RunLog(run), d.K.RunOutbox(run), d.K.RunLogCompact(run),
+		d.K.RunDAG(run), d.K.RunResults(run), d.K.RunChannel(run)}, args...)
 }
 
 // ParseCommit reads a CommitCmd reply.
@@ -464,7 +469,8 @@ var ErrNotRequeueable = errors.New("task cannot be requeued")
 // Requeue gives a failed task another attempt (see requeueScript) and
 // points the feed at its run and drops it from the dead-letter set.
 func (d DB) Requeue(ctx context.Context, run, task, writer, eventID string, timeMS int64, body []byte) error {
-	res, err := requeueScript.Run(ctx, d.C, []string{d.K.RunState(run), d.K.RunLog(run)},
+	res, err := requeueScript.Run(ctx, d.C, []string{d.K.RunState(run), d.K.RunLog(run), d.K.RunDAG(run), d.K.RunResults(run),
+		d.K.RunOutbox(run), d.K.RunChannel(run)},
 		task, eventID, timeMS, writer, string(body)).Slice()
 	if err != nil {
 		return fmt.Errorf("requeue %s/%s: %w", run, task, err)

@@ -85,12 +85,14 @@ return {'created', seq}
 // past the decisions only when nothing else was appended since foldedTo;
 // otherwise it stays at foldedTo and the projector folds on from there.
 //
-// KEYS: 1 state, 2 log, 3 outbox, 4 scratch key for compacting the log
+// KEYS: 1 state, 2 log, 3 outbox, 4 scratch key for compacting the log,
+// 5 dag, 6 results, 7 channel
 // ARGV: 1 expected cursor, 2 foldedTo, 3 time ms, 4 writer id,
 //
 //	5 n events, then n x (event id, type, task, attempt, epoch, body),
 //	then m, m x (field, value), then k, k x outbox entry, then the
-//	longest log to compact (0: none; set when the decisions end the run)
+//	longest log to compact and the run's TTL in ms (0: none), both applied
+//	only when the decisions end the run
 //
 // Reply: {"conflict", cursor} or {"ok", new cursor, caughtUp 0|1, outbox length, seq...}
 var commitScript = redis.NewScript(prelude + `
@@ -139,13 +141,25 @@ else
   outbox = redis.call('LLEN', KEYS[3])
 end
 i = i + k
--- The run ended with these decisions: compact a short log. Redis keeps a
--- stream's newest node at its preallocated size (up to 4 KiB); a copy's
--- nodes fit their entries. Same entries, ids and stream metadata.
+-- The run ended with these decisions: compact a short log (Redis keeps a
+-- stream's newest node at its preallocated size, up to 4 KiB; a copy's
+-- nodes fit their entries: same entries, ids and stream metadata), then
+-- give the run's keys their TTL, in the same step as the run's end.
+local ended = false
+for j = 1, n do
+  local typ = ARGV[6 + (j - 1) * 6 + 1]
+  if typ == 'run_succeeded' or typ == 'run_failed' or typ == 'run_cancelled' then ended = true end
+end
 local compact = tonumber(ARGV[i] or '0') or 0
-if n > 0 and compact > 0 and redis.call('XLEN', KEYS[2]) <= compact then
+local ttl = tonumber(ARGV[i + 1] or '0') or 0
+if ended and compact > 0 and redis.call('XLEN', KEYS[2]) <= compact then
   redis.call('COPY', KEYS[2], KEYS[4], 'REPLACE')
   redis.call('RENAME', KEYS[4], KEYS[2])
+end
+if ended and ttl > 0 then
+  for _, key in ipairs({KEYS[1], KEYS[2], KEYS[3], KEYS[5], KEYS[6], KEYS[7]}) do
+    redis.call('PEXPIRE', key, ttl)
+  end
 end
 local reply = {'ok', newcur, caught, outbox}
 for j = 1, n do reply[4 + j] = seqs[j] end
@@ -363,7 +377,7 @@ return {'ok'}
 // requeueScript gives a task that failed for good another attempt and
 // reopens its run (the projector then requeues the tasks skipped behind it).
 //
-// KEYS: 1 state, 2 log
+// KEYS: 1 state, 2 log, then the run's other keys (their TTLs are removed)
 // ARGV: 1 task, 2 event id, 3 time ms, 4 writer, 5 body
 // Reply: {"ok", newly dirty 0|1} | {"refused", task status, run status}
 var requeueScript = redis.NewScript(prelude + `
@@ -373,6 +387,9 @@ if st ~= 'failed' or (run ~= 'failed' and run ~= 'running') then
   return {'refused', st, run or ''}
 end
 setrec(KEYS[1], ARGV[1], 'pending', a, e, '')
+-- A reopened run must not expire while it runs (RunTTL set it when it
+-- ended); it gets its TTL again when it ends again.
+for _, key in ipairs(KEYS) do redis.call('PERSIST', key) end
 local seq = append(KEYS[2], ARGV[2], 'task_requeued', ARGV[1], a, e, ARGV[4], ARGV[3], ARGV[5])
 -- Moving the cursor makes any projector commit decided before this requeue
 -- (a run_failed, a task_skipped) fail its compare-and-set and re-fold.
