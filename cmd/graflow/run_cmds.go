@@ -73,7 +73,7 @@ func runProjector(ctx context.Context, m *Main, args []string) error {
 	retryMax := fs.Duration("retry-max", projector.DefaultRetryMax, "cap on the delay between retries")
 	feedIdle := fs.Duration("feed-reclaim-idle", projector.DefaultFeedReclaim, "take over feed entries of dead projectors after this long")
 	runTTL := fs.Duration("run-ttl", 0, "finished runs expire this long after they end (0 keeps them; see graflow gc)")
-	compact := fs.Int("compact-log", rdb.DefaultCompactLog, "the commit that ends a run compacts its log if it holds at most this many events (-1: never)")
+	compact := fs.Int("compact-log", rdb.DefaultCompactLog, "the commit that ends a run compacts its log if it holds at most this many events (0: the default; -1: never)")
 	prof := fs.String("cpuprofile", "", "write a CPU profile (go tool pprof) to this file until the projector exits")
 	if err := parse(fs, args); err != nil {
 		return err
