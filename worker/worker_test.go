@@ -814,10 +814,7 @@ func TestSecondMessageOfAnAttemptInHandIsNotRun(t *testing.T) {
 	b := setup(t)
 	h := &gateHook{finish: rdb.Scripts()["finish"].Hash(), queueAck: rdb.Scripts()["queue_ack"].Hash(),
 		release: make(chan struct{}), acked: make(chan struct{}, 1)}
-	opt := *b.c.Options()
-	wc := redis.NewClient(&opt)
-	wc.AddHook(h)
-	t.Cleanup(func() { _ = wc.Close() })
+	wc := b.clientWith(t, h)
 	cfg := b.config("w1")
 	cfg.Redis, cfg.Concurrency = wc, 1
 	var calls atomic.Int64
@@ -844,6 +841,38 @@ func TestSecondMessageOfAnAttemptInHandIsNotRun(t *testing.T) {
 	b.waitFor(t, run, "0", func(e events.Event) bool { return e.Type == events.RunSucceeded })
 	if n := calls.Load(); n != 1 {
 		t.Errorf("handler ran %d times, want 1", n)
+	}
+}
+
+// clientWith is a client of the test's Redis with hook added, closed at
+// cleanup.
+func (b bundle) clientWith(t *testing.T, hook redis.Hook) *redis.Client {
+	t.Helper()
+	opt := *b.c.Options()
+	c := redis.NewClient(&opt)
+	c.AddHook(hook)
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// dispatchedTask submits a run of one task "t" (handler "h") and waits
+// until its message is on the default queue.
+func (b bundle) dispatchedTask(t *testing.T) (run, queue string) {
+	t.Helper()
+	run = b.submit(t, events.TaskSpec{ID: "t", Handler: "h"})
+	queue = b.db.K.Queue("default", 0)
+	if _, err := b.c.XRead(b.ctx, &redis.XReadArgs{Streams: []string{queue, "0"}, Block: waitTimeout}).Result(); err != nil {
+		t.Fatalf("waiting for the dispatch on the queue: %v", err)
+	}
+	return run, queue
+}
+
+// queueCopy queues another message of task t's first attempt (as a
+// repeated relay would).
+func (b bundle) queueCopy(t *testing.T, run string) {
+	t.Helper()
+	if err := b.db.XAddDispatch(b.ctx, b.c, rdb.Dispatch{Pool: "default", Run: run, Task: "t", Attempt: 1}).Err(); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -897,11 +926,7 @@ func (l *lineSignal) Write(p []byte) (int, error) {
 func TestReclaimedMessageIsKeptWhileTheOtherClaimIsUnresolved(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	run := b.submit(t, events.TaskSpec{ID: "t", Handler: "h"})
-	q := b.db.K.Queue("default", 0)
-	if _, err := b.c.XRead(b.ctx, &redis.XReadArgs{Streams: []string{q, "0"}, Block: waitTimeout}).Result(); err != nil {
-		t.Fatalf("waiting for the dispatch on the queue: %v", err)
-	}
+	run, _ := b.dispatchedTask(t)
 	for _, s := range b.db.K.Queues("default") {
 		if err := b.db.EnsureGroup(b.ctx, s, rdb.GroupWorkers); err != nil {
 			t.Fatal(err)
@@ -916,16 +941,10 @@ func TestReclaimedMessageIsKeptWhileTheOtherClaimIsUnresolved(t *testing.T) {
 	if err != nil || cr.Outcome != rdb.ClaimOK {
 		t.Fatalf("claim as D: %+v %v", cr, err)
 	}
-	// M1: a copy of the same attempt (a repeated relay).
-	if err := b.db.XAddDispatch(b.ctx, b.c, rdb.Dispatch{Pool: "default", Run: run, Task: "t", Attempt: 1}).Err(); err != nil {
-		t.Fatal(err)
-	}
+	b.queueCopy(t, run) // M1: a copy of the same attempt (a repeated relay)
 
 	hold := &holdFirstClaim{claim: rdb.Scripts()["claim"].Hash(), release: make(chan struct{})}
-	opt := *b.c.Options()
-	wc := redis.NewClient(&opt)
-	wc.AddHook(hold)
-	t.Cleanup(func() { _ = wc.Close() })
+	wc := b.clientWith(t, hold)
 	kept := &lineSignal{text: "a second message of an attempt being claimed here", seen: make(chan struct{})}
 	dropped := &lineSignal{text: "a second message of an attempt in hand; dropping it", seen: make(chan struct{})}
 	lg := zerolog.New(zerolog.MultiLevelWriter(kept, dropped)).Level(zerolog.DebugLevel)
@@ -959,19 +978,10 @@ func TestReclaimedMessageIsKeptWhileTheOtherClaimIsUnresolved(t *testing.T) {
 func TestParkedCopyIsAckedWhenTheClaimHolds(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	run := b.submit(t, events.TaskSpec{ID: "t", Handler: "h"})
-	q := b.db.K.Queue("default", 0)
-	if _, err := b.c.XRead(b.ctx, &redis.XReadArgs{Streams: []string{q, "0"}, Block: waitTimeout}).Result(); err != nil {
-		t.Fatalf("waiting for the dispatch on the queue: %v", err)
-	}
-	if err := b.db.XAddDispatch(b.ctx, b.c, rdb.Dispatch{Pool: "default", Run: run, Task: "t", Attempt: 1}).Err(); err != nil {
-		t.Fatal(err)
-	}
+	run, q := b.dispatchedTask(t)
+	b.queueCopy(t, run)
 	hold := &holdFirstClaim{claim: rdb.Scripts()["claim"].Hash(), release: make(chan struct{})}
-	opt := *b.c.Options()
-	wc := redis.NewClient(&opt)
-	wc.AddHook(hold)
-	t.Cleanup(func() { _ = wc.Close() })
+	wc := b.clientWith(t, hold)
 	parked := &lineSignal{text: "a second message of an attempt being claimed here", seen: make(chan struct{})}
 	lg := zerolog.New(parked).Level(zerolog.DebugLevel)
 	cfg := b.config("W")

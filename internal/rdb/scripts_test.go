@@ -376,15 +376,23 @@ func TestClaimReturnsUpstreamResults(t *testing.T) {
 	}
 }
 
-func TestQueueAckAndTouchAreOwnerChecked(t *testing.T) {
-	t.Parallel()
-	c := redistest.Client(t)
-	db := rdb.New(c, redistest.Namespace(t))
-	ctx := context.Background()
-	q := db.K.Queue("default", 0)
+// queueWithGroup is the default pool's band-0 queue stream, with the
+// workers' group, in a fresh namespace.
+func queueWithGroup(t *testing.T) (c *redis.Client, db rdb.DB, ctx context.Context, q string) {
+	t.Helper()
+	c = redistest.Client(t)
+	db = rdb.New(c, redistest.Namespace(t))
+	ctx = context.Background()
+	q = db.K.Queue("default", 0)
 	if err := db.EnsureGroup(ctx, q, rdb.GroupWorkers); err != nil {
 		t.Fatal(err)
 	}
+	return c, db, ctx, q
+}
+
+func TestQueueAckAndTouchAreOwnerChecked(t *testing.T) {
+	t.Parallel()
+	c, db, ctx, q := queueWithGroup(t)
 	if err := db.EnsureGroup(ctx, q, rdb.GroupWorkers); err != nil {
 		t.Fatalf("EnsureGroup on an existing group: %v", err)
 	}
@@ -599,13 +607,7 @@ func TestScriptsAreListedWithDistinctHashes(t *testing.T) {
 // script's XPENDING COUNT) are left alone.
 func TestQueueAckManyIDs(t *testing.T) {
 	t.Parallel()
-	c := redistest.Client(t)
-	db := rdb.New(c, redistest.Namespace(t))
-	ctx := context.Background()
-	q := db.K.Queue("default", 0)
-	if err := db.EnsureGroup(ctx, q, rdb.GroupWorkers); err != nil {
-		t.Fatal(err)
-	}
+	c, db, ctx, q := queueWithGroup(t)
 	read := func(consumer string, n int64) []string {
 		t.Helper()
 		var ids []string
