@@ -25,7 +25,7 @@ func main() {
 	redis.SetLogger(quietLogger{}) // our errors say what failed; go-redis' pool chatter does not help
 	m := NewMain()
 	err := m.Run(ctx, os.Args[1:])
-	os.Exit(m.exitCode(err))
+	os.Exit(m.exitCode(ctx, err))
 }
 
 // Exit codes.
@@ -77,7 +77,11 @@ func NewMain() *Main {
 	return &Main{Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr, Getenv: os.Getenv, Exe: exe}
 }
 
-func (m *Main) exitCode(err error) int {
+// exitCode maps Run's error to the exit code and prints it. A cancellation
+// is a clean exit only when ctx (the signal context) was cancelled: an
+// error that merely wraps context.Canceled from an internal cancel is a
+// failure and is printed.
+func (m *Main) exitCode(ctx context.Context, err error) int {
 	if err == nil {
 		return ExitOK
 	}
@@ -86,7 +90,7 @@ func (m *Main) exitCode(err error) int {
 	if errors.As(err, &ee) {
 		code = ee.code
 	}
-	if errors.Is(err, context.Canceled) {
+	if errors.Is(err, context.Canceled) && ctx.Err() != nil {
 		code = ExitOK
 	}
 	if code != ExitOK && !errors.Is(err, errQuiet) {
