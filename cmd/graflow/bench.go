@@ -29,6 +29,7 @@ func runBench(ctx context.Context, m *Main, args []string) error {
 	submitters := fs.Int("submitters", bench.DefaultSubmitters, "goroutines submitting runs (and the ceiling's producers and consumers)")
 	fs.IntVar(&sz.CeilingBatched, "ceiling-batched", d.CeilingBatched, "entries of the batched ceiling (100 XADD per pipeline)")
 	fs.IntVar(&sz.CeilingUnbatched, "ceiling-unbatched", d.CeilingUnbatched, "entries of the unbatched ceiling (1 XADD per round trip)")
+	fs.IntVar(&sz.FloorRuns, "floor-runs", d.FloorRuns, "single-task runs of the floor workload (the least Redis work the invariants allow, no engine)")
 	fs.IntVar(&sz.IndependentRuns, "independent-runs", d.IndependentRuns, "single-task runs of the independent workload")
 	fs.IntVar(&sz.FanoutTasks, "fanout-tasks", d.FanoutTasks, "parallel tasks of the fan-out run (plus one reduce task)")
 	fs.IntVar(&sz.ChainRuns, "chain-runs", d.ChainRuns, "3-step runs of the chain workload")
@@ -69,7 +70,7 @@ Flags:
 		s := bench.SmokeSizes()
 		for name, v := range map[string]*int{
 			"ceiling-batched": &sz.CeilingBatched, "ceiling-unbatched": &sz.CeilingUnbatched,
-			"independent-runs": &sz.IndependentRuns, "fanout-tasks": &sz.FanoutTasks, "chain-runs": &sz.ChainRuns,
+			"floor-runs": &sz.FloorRuns, "independent-runs": &sz.IndependentRuns, "fanout-tasks": &sz.FanoutTasks, "chain-runs": &sz.ChainRuns,
 			"latency-runs": &sz.LatencyRuns, "replay-events": &sz.ReplayEvents,
 		} {
 			if !explicit[name] {
@@ -124,7 +125,7 @@ Flags:
 func mergeSizes(a, b bench.Sizes) bench.Sizes {
 	for _, f := range []struct{ dst, src *int }{
 		{&a.CeilingBatched, &b.CeilingBatched}, {&a.CeilingUnbatched, &b.CeilingUnbatched},
-		{&a.IndependentRuns, &b.IndependentRuns}, {&a.FanoutTasks, &b.FanoutTasks}, {&a.ChainRuns, &b.ChainRuns},
+		{&a.FloorRuns, &b.FloorRuns}, {&a.IndependentRuns, &b.IndependentRuns}, {&a.FanoutTasks, &b.FanoutTasks}, {&a.ChainRuns, &b.ChainRuns},
 		{&a.LatencyRuns, &b.LatencyRuns}, {&a.ReplayEvents, &b.ReplayEvents},
 	} {
 		if *f.dst <= 0 {

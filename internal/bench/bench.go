@@ -35,6 +35,7 @@ import (
 // that the engine's workloads can be compared with it.
 const (
 	Ceiling     = "ceiling"
+	Floor       = "floor"
 	Independent = "independent"
 	Fanout      = "fanout"
 	Fanout3     = "fanout_3procs"
@@ -45,12 +46,13 @@ const (
 )
 
 // All lists every workload in run order.
-var All = []string{Ceiling, Independent, Fanout, Fanout3, Chain, Latency, Replay, Trace}
+var All = []string{Ceiling, Floor, Independent, Fanout, Fanout3, Chain, Latency, Replay, Trace}
 
 // Ceiling modes.
 const (
 	ModeBatched   = "batched"
 	ModeUnbatched = "unbatched"
+	ModeFanout    = "fanout" // the floor of the fanout workload
 )
 
 // Sizes are the workloads' sizes.
@@ -59,6 +61,8 @@ type Sizes struct {
 	// ceiling, with and without producer pipelining.
 	CeilingBatched   int
 	CeilingUnbatched int
+	// FloorRuns single-task runs through the floor scripts (no engine).
+	FloorRuns int
 	// IndependentRuns single-task runs.
 	IndependentRuns int
 	// FanoutTasks parallel tasks feeding one reduce task.
@@ -74,7 +78,7 @@ type Sizes struct {
 // DefaultSizes are the sizes "graflow bench" uses.
 func DefaultSizes() Sizes {
 	return Sizes{
-		CeilingBatched: 200_000, CeilingUnbatched: 50_000, IndependentRuns: 20_000, FanoutTasks: 20_000,
+		CeilingBatched: 200_000, CeilingUnbatched: 50_000, FloorRuns: 20_000, IndependentRuns: 20_000, FanoutTasks: 20_000,
 		ChainRuns: 5_000, LatencyRuns: 1_000, ReplayEvents: 100_000,
 	}
 }
@@ -83,7 +87,7 @@ func DefaultSizes() Sizes {
 // works, and measure nothing worth quoting.
 func SmokeSizes() Sizes {
 	return Sizes{
-		CeilingBatched: 4_000, CeilingUnbatched: 1_000, IndependentRuns: 200, FanoutTasks: 300,
+		CeilingBatched: 4_000, CeilingUnbatched: 1_000, FloorRuns: 200, IndependentRuns: 200, FanoutTasks: 300,
 		ChainRuns: 100, LatencyRuns: 50, ReplayEvents: 10_000,
 	}
 }
@@ -146,7 +150,7 @@ func (c Config) withDefaults() Config {
 		d int
 	}{
 		{&s.CeilingBatched, d.CeilingBatched}, {&s.CeilingUnbatched, d.CeilingUnbatched},
-		{&s.IndependentRuns, d.IndependentRuns}, {&s.FanoutTasks, d.FanoutTasks}, {&s.ChainRuns, d.ChainRuns},
+		{&s.FloorRuns, d.FloorRuns}, {&s.IndependentRuns, d.IndependentRuns}, {&s.FanoutTasks, d.FanoutTasks}, {&s.ChainRuns, d.ChainRuns},
 		{&s.LatencyRuns, d.LatencyRuns}, {&s.ReplayEvents, d.ReplayEvents},
 	} {
 		if *f.v <= 0 {
@@ -383,6 +387,8 @@ func (h *harness) describe(name string) string {
 	switch name {
 	case Ceiling:
 		return fmt.Sprintf("(%d producers, %d consumers; %d entries batched, %d unbatched)", h.cfg.Submitters, h.cfg.Submitters, s.CeilingBatched, s.CeilingUnbatched)
+	case Floor:
+		return fmt.Sprintf("(%d single-task runs through the least Redis work the invariants allow, %d lanes, no engine)", s.FloorRuns, h.cfg.Submitters)
 	case Independent:
 		return fmt.Sprintf("(%d single-task runs, 1 worker x %d)", s.IndependentRuns, c)
 	case Fanout:
@@ -409,6 +415,8 @@ func (h *harness) runWorkload(ctx context.Context, name string, run int) ([]Resu
 	switch name {
 	case Ceiling:
 		res, err = h.ceiling(ctx, run)
+	case Floor:
+		res, err = h.floor(ctx, run)
 	case Independent:
 		res, err = h.independent(ctx, run)
 	case Fanout:

@@ -114,6 +114,14 @@ func Markdown(w io.Writer, rep *Report, command string, now time.Time) {
 	if r := rep.Median(Ceiling, ModeUnbatched); r != nil {
 		fmt.Fprintf(w, "| ceiling, unbatched: %s entries, 1 XADD per round trip | %s entries/s | | |\n", thousands(float64(r.Tasks)), thousands(r.TasksPerSec))
 	}
+	if r := rep.Median(Floor, ModeSingle); r != nil {
+		fmt.Fprintf(w, "| floor, single-task runs: %s runs through the least Redis work the invariants allow, no engine | %s tasks/s%s | the bound for independent | |\n",
+			thousands(float64(r.Tasks)), thousands(r.TasksPerSec), vs(r))
+	}
+	if r := rep.Median(Floor, ModeFanout); r != nil {
+		fmt.Fprintf(w, "| floor, fan-out: 1 run of %s tasks, the same | %s tasks/s%s | the bound for fanout | |\n",
+			thousands(float64(r.Tasks)), thousands(r.TasksPerSec), vs(r))
+	}
 	if r := rep.Median(Independent, ""); r != nil {
 		fmt.Fprintf(w, "| independent: %s single-task runs, 1 worker × %d | %s tasks/s%s | %s | %s |\n", thousands(float64(r.WorkflowRuns)), r.Concurrency,
 			thousands(r.TasksPerSec), vs(r), goal(TargetIndependent, "tasks/s"), met(ceilTPS > 0 && r.TasksPerSec >= TargetIndependent*ceilTPS))
@@ -173,7 +181,7 @@ func Markdown(w io.Writer, rep *Report, command string, now time.Time) {
 		}
 		fmt.Fprintf(w, "| %s | %.2f | %.2f | %.2f | %.2f | %.0f | %s | %s | %.4f | %.4f | %s |\n", name,
 			r.RedisCmdsPerTask, r.RedisRoundTripsPerTask, r.RedisScriptsPerTask, r.EventsPerTask, r.RedisBytesPerTask,
-			cpuCell(r.WorkerCPUMSPerTask, r.Worker, r.Workload == Ceiling), cpuCell(r.ProjectorCPUMSPerTask, r.Projector, r.Workload == Ceiling),
+			cpuCell(r.WorkerCPUMSPerTask, r.Worker, noEngine(r.Workload)), cpuCell(r.ProjectorCPUMSPerTask, r.Projector, noEngine(r.Workload)),
 			r.RedisCPUMSPerTask, r.BenchCPUMSPerTask, coresBusy(&r))
 	}
 
@@ -227,9 +235,12 @@ func Markdown(w io.Writer, rep *Report, command string, now time.Time) {
 	}
 }
 
-func cpuCell(v float64, mode string, ceiling bool) string {
+// noEngine reports workloads that run no worker or projector process.
+func noEngine(workload string) bool { return workload == Ceiling || workload == Floor }
+
+func cpuCell(v float64, mode string, none bool) string {
 	switch {
-	case ceiling:
+	case none:
 		return "—"
 	case mode == "in-process":
 		return "(in bench)"

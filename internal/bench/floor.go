@@ -1,0 +1,458 @@
+//go:build unix
+
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/graflow-go/graflow/internal/rdb"
+	"github.com/oklog/ulid/v2"
+	"github.com/redis/go-redis/v9"
+)
+
+// floorBatch is how many runs a floor lane moves through each step at once.
+const floorBatch = 100
+
+// floor measures the fastest an engine that keeps the invariants could run
+// single-task runs on this machine: the Redis work such an engine cannot
+// avoid (rdb.FloorScripts: one script per state change, the owner-checked
+// queue ack, the queue and feed streams), driven by Submitters lanes that
+// batch 100 runs per round trip and run no engine logic. It is the same
+// job as the independent workload with everything else taken away, so
+// independent ÷ floor is how far the engine is from that bound, and floor ÷
+// the batched ceiling is how far any such engine could get.
+func (h *harness) floor(ctx context.Context, run int) (_ []Result, err error) {
+	s, err := h.startStack(ctx, h.namespace(Floor, run), stackOptions{noEngine: true})
+	if err != nil {
+		return nil, err
+	}
+	defer func() { err = errors.Join(err, s.done(ctx)) }()
+	for name, sc := range rdb.FloorScripts() {
+		if err := sc.Load(ctx, s.rc).Err(); err != nil {
+			return nil, fmt.Errorf("load %s: %w", name, err)
+		}
+	}
+	if err := s.db.LoadScripts(ctx); err != nil {
+		return nil, err
+	}
+	lanes, n := h.cfg.Submitters, h.cfg.Sizes.FloorRuns
+	for l := range lanes {
+		if err := s.db.EnsureGroup(ctx, s.floorQueue(l), rdb.GroupWorkers); err != nil {
+			return nil, err
+		}
+		if err := s.db.EnsureGroup(ctx, s.floorFeed(l), rdb.GroupProjectors); err != nil {
+			return nil, err
+		}
+	}
+	a, err := s.take(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var (
+		done atomic.Int64
+		wg   sync.WaitGroup
+		errs = make([]error, lanes)
+	)
+	start := time.Now()
+	for l := range lanes {
+		share := n / lanes
+		if l < n%lanes {
+			share++
+		}
+		first := l*(n/lanes) + min(l, n%lanes)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < share && errs[l] == nil; i += floorBatch {
+				runs := make([]string, 0, floorBatch)
+				for j := i; j < min(i+floorBatch, share); j++ {
+					runs = append(runs, "f"+strconv.Itoa(first+j))
+				}
+				errs[l] = s.floorBatch(ctx, l, runs)
+				if errs[l] == nil {
+					done.Add(int64(len(runs)))
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	wall := time.Since(start)
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	if got := done.Load(); got != int64(n) {
+		return nil, fmt.Errorf("floor: %d of %d runs finished", got, n)
+	}
+	b, err := s.take(ctx)
+	if err != nil {
+		return nil, err
+	}
+	runs := make([]string, n)
+	for i := range runs {
+		runs[i] = "f" + strconv.Itoa(i)
+	}
+	evs, err := s.countEvents(ctx, runs)
+	if err != nil {
+		return nil, err
+	}
+	if evs != int64(5*n) {
+		return nil, fmt.Errorf("floor: %d events in the logs, want %d (5 per run)", evs, 5*n)
+	}
+	r := Result{Workload: Floor, Mode: ModeSingle, Run: run, Tasks: n, WorkflowRuns: n, Events: int(evs), Concurrency: lanes,
+		WallMS: msOf(wall), TasksPerSec: perSec(n, wall), EventsPerTask: perTask(float64(evs), n)}
+	cost(&r, a, b, n)
+	f, err := h.floorFanout(ctx, s, run)
+	if err != nil {
+		return nil, err
+	}
+	return []Result{r, f}, nil
+}
+
+func (s *stack) floorQueue(lane int) string { return s.db.K.Queue("floor-"+strconv.Itoa(lane), 0) }
+func (s *stack) floorFeed(lane int) string  { return s.db.K.Feed(1000 + lane) }
+
+// floorBatch takes runs from submit to run_succeeded, one round trip per
+// step for all of them; it fails on any reply an engine would have to
+// handle (a stale claim, a conflict), which a lone lane never gets.
+func (s *stack) floorBatch(ctx context.Context, lane int, runs []string) error {
+	sc := rdb.FloorScripts()
+	queue, feed, worker := s.floorQueue(lane), s.floorFeed(lane), "floor-w"+strconv.Itoa(lane)
+	now := func() string { return strconv.FormatInt(time.Now().UnixMilli(), 10) }
+	keys := func(run string) []string { return []string{s.db.K.RunState(run), s.db.K.RunLog(run)} }
+	exec := func(step string, build func(p redis.Pipeliner) []*redis.Cmd) ([][]any, error) {
+		p := s.rc.Pipeline()
+		cmds := build(p)
+		if _, err := p.Exec(ctx); err != nil {
+			return nil, fmt.Errorf("floor %s: %w", step, err)
+		}
+		out := make([][]any, len(cmds))
+		for i, c := range cmds {
+			v, err := c.Slice()
+			if err != nil {
+				return nil, fmt.Errorf("floor %s: %w", step, err)
+			}
+			if len(v) == 0 || (v[0] != "ok" && v[0] != "created") {
+				return nil, fmt.Errorf("floor %s: reply %v", step, v)
+			}
+			out[i] = v
+		}
+		return out, nil
+	}
+
+	// Submit: run_submitted + task_dispatched, and the queue message.
+	subs, err := exec("submit", func(p redis.Pipeliner) []*redis.Cmd {
+		cmds := make([]*redis.Cmd, len(runs))
+		for i, run := range runs {
+			cmds[i] = sc["floor_submit"].EvalSha(ctx, p, keys(run), ulid.Make().String(), ulid.Make().String(), now(),
+				`{"workflow":"bench-floor","tasks":[{"id":"t","handler":"noop"}]}`, "bench-floor", "t", `{"h":"noop"}`, "",
+				`{"pool":"default","priority":0}`)
+			p.XAdd(ctx, &redis.XAddArgs{Stream: queue, Values: []any{rdb.MsgRun, run, rdb.MsgTask, "t", rdb.MsgAttempt, "1"}})
+		}
+		return cmds
+	})
+	if err != nil {
+		return err
+	}
+	cursor := map[string]string{}
+	for i, run := range runs {
+		cursor[run] = subs[i][1].(string)
+	}
+
+	// Worker: read the messages, claim, finish (+ feed pointer), ack.
+	msgs, err := s.rc.XReadGroup(ctx, &redis.XReadGroupArgs{Group: rdb.GroupWorkers, Consumer: worker,
+		Streams: []string{queue, ">"}, Count: int64(len(runs)), Block: -1}).Result()
+	if err != nil || len(msgs) != 1 || len(msgs[0].Messages) != len(runs) {
+		return fmt.Errorf("floor read queue: %d streams, err %v", len(msgs), err)
+	}
+	var ids, claimed []string
+	for _, m := range msgs[0].Messages {
+		ids = append(ids, m.ID)
+		claimed = append(claimed, m.Values[rdb.MsgRun].(string))
+	}
+	claims, err := exec("claim", func(p redis.Pipeliner) []*redis.Cmd {
+		cmds := make([]*redis.Cmd, len(claimed))
+		for i, run := range claimed {
+			cmds[i] = sc["floor_claim"].EvalSha(ctx, p, keys(run), "t", "1", worker, ulid.Make().String(), now())
+		}
+		return cmds
+	})
+	if err != nil {
+		return err
+	}
+	if _, err := exec("finish", func(p redis.Pipeliner) []*redis.Cmd {
+		cmds := make([]*redis.Cmd, len(claimed))
+		for i, run := range claimed {
+			cmds[i] = sc["floor_finish"].EvalSha(ctx, p, keys(run), "t", "1", claims[i][1], worker, ulid.Make().String(), now(), "null")
+			p.XAdd(ctx, &redis.XAddArgs{Stream: feed, Values: []any{rdb.MsgRun, run}})
+		}
+		return cmds
+	}); err != nil {
+		return err
+	}
+	acked, err := s.db.QueueAck(ctx, s.rc, queue, worker, ids...).Int64Slice()
+	if err != nil {
+		return fmt.Errorf("floor queue ack: %w", err)
+	}
+	for _, a := range acked {
+		if a != 1 {
+			return fmt.Errorf("floor queue ack: %v", acked)
+		}
+	}
+
+	// Projector: read the feed, the logs after the cursors, commit the end.
+	ptrs, err := s.rc.XReadGroup(ctx, &redis.XReadGroupArgs{Group: rdb.GroupProjectors, Consumer: "floor-p",
+		Streams: []string{feed, ">"}, Count: int64(len(runs)), Block: -1}).Result()
+	if err != nil || len(ptrs) != 1 || len(ptrs[0].Messages) != len(runs) {
+		return fmt.Errorf("floor read feed: %d streams, err %v", len(ptrs), err)
+	}
+	var fids, projected []string
+	for _, m := range ptrs[0].Messages {
+		fids = append(fids, m.ID)
+		projected = append(projected, m.Values[rdb.MsgRun].(string))
+	}
+	p := s.rc.Pipeline()
+	logs := make([]*redis.XMessageSliceCmd, len(projected))
+	for i, run := range projected {
+		logs[i] = p.XRange(ctx, s.db.K.RunLog(run), "("+cursor[run], "+")
+	}
+	if _, err := p.Exec(ctx); err != nil {
+		return fmt.Errorf("floor read logs: %w", err)
+	}
+	for i, run := range projected {
+		evs, err := rdb.DecodeLog(run, logs[i].Val())
+		if err != nil || len(evs) != 2 {
+			return fmt.Errorf("floor fold %s: %d new events, err %v", run, len(evs), err)
+		}
+	}
+	if _, err := exec("commit", func(p redis.Pipeliner) []*redis.Cmd {
+		cmds := make([]*redis.Cmd, len(projected))
+		for i, run := range projected {
+			cmds[i] = sc["floor_commit"].EvalSha(ctx, p, keys(run), cursor[run], ulid.Make().String(), now(), "floor-p")
+		}
+		p.XAck(ctx, feed, rdb.GroupProjectors, fids...)
+		p.XDel(ctx, feed, fids...)
+		return cmds
+	}); err != nil {
+		return err
+	}
+	return nil
+}
+
+// floorFanout is the floor of the fanout workload: one run of n parallel
+// tasks (the reduce task left out), dispatched by one projector in batches
+// of 256 and run by Submitters lanes that claim and finish 100 tasks per
+// script call (rdb.FloorScripts' *_many scripts); the projector folds the
+// outcomes and commits run_succeeded once all n succeeded.
+func (h *harness) floorFanout(ctx context.Context, s *stack, run int) (Result, error) {
+	lanes, n := h.cfg.Submitters, h.cfg.Sizes.FanoutTasks
+	sc := rdb.FloorScripts()
+	id := "ffan"
+	keys := []string{s.db.K.RunState(id), s.db.K.RunLog(id)}
+	feed := s.db.K.Feed(2000)
+	if err := s.db.EnsureGroup(ctx, feed, rdb.GroupProjectors); err != nil {
+		return Result{}, err
+	}
+	// The run as its submit left it (not measured).
+	first, err := s.rc.XAdd(ctx, &redis.XAddArgs{Stream: keys[1], Values: []any{"id", ulid.Make().String(), "t", "run_submitted",
+		"v", "1", "k", "", "a", "0", "e", "0", "w", "", "ts", strconv.FormatInt(time.Now().UnixMilli(), 10), "b", "{}"}}).Result()
+	if err != nil {
+		return Result{}, err
+	}
+	fields := []any{"@status", "running", "@workflow", "bench-floor-fanout", "@input", "", "@cursor", first}
+	for i := range n {
+		fields = append(fields, "m|t"+strconv.Itoa(i), `{"h":"noop"}`)
+	}
+	for i := 0; i < len(fields); i += 2000 {
+		if err := s.rc.HSet(ctx, keys[0], fields[i:min(i+2000, len(fields))]...).Err(); err != nil {
+			return Result{}, err
+		}
+	}
+	a, err := s.take(ctx)
+	if err != nil {
+		return Result{}, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	now := func() string { return strconv.FormatInt(time.Now().UnixMilli(), 10) }
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		errs []error
+	)
+	fail := func(err error) {
+		mu.Lock()
+		errs = append(errs, err)
+		mu.Unlock()
+		cancel()
+	}
+	start := time.Now()
+	for l := range lanes {
+		share := n / lanes
+		if l < n%lanes {
+			share++
+		}
+		wg.Add(1)
+		go func() { // worker lane
+			defer wg.Done()
+			queue, worker := s.floorQueue(l), "floor-w"+strconv.Itoa(l)
+			for done := 0; done < share; {
+				res, err := s.rc.XReadGroup(ctx, &redis.XReadGroupArgs{Group: rdb.GroupWorkers, Consumer: worker,
+					Streams: []string{queue, ">"}, Count: floorBatch, Block: 100 * time.Millisecond}).Result()
+				if errors.Is(err, redis.Nil) {
+					continue
+				}
+				if err != nil {
+					fail(fmt.Errorf("floor fanout read: %w", err))
+					return
+				}
+				var ids []string
+				claim := []any{worker, now()}
+				for _, m := range res[0].Messages {
+					ids = append(ids, m.ID)
+					claim = append(claim, m.Values[rdb.MsgTask], ulid.Make().String())
+				}
+				got, err := sc["floor_claim_many"].EvalSha(ctx, s.rc, keys, claim...).Slice()
+				if err != nil {
+					fail(fmt.Errorf("floor fanout claim: %w", err))
+					return
+				}
+				if got[0] != "ok" {
+					fail(fmt.Errorf("floor fanout claim: %v", got))
+					return
+				}
+				finish := []any{worker, now(), "null"}
+				for i := range ids {
+					finish = append(finish, claim[2+2*i], got[2+2*i], ulid.Make().String())
+				}
+				p := s.rc.Pipeline()
+				fin := sc["floor_finish_many"].EvalSha(ctx, p, keys, finish...)
+				p.XAdd(ctx, &redis.XAddArgs{Stream: feed, Values: []any{rdb.MsgRun, id}})
+				if _, err := p.Exec(ctx); err != nil {
+					fail(fmt.Errorf("floor fanout finish: %w", err))
+					return
+				}
+				if v, _ := fin.Slice(); len(v) == 0 || v[0] != "ok" {
+					fail(fmt.Errorf("floor fanout finish: %v", v))
+					return
+				}
+				acked, err := s.db.QueueAck(ctx, s.rc, queue, worker, ids...).Int64Slice()
+				if err != nil {
+					fail(fmt.Errorf("floor fanout ack: %w", err))
+					return
+				}
+				for _, x := range acked {
+					if x != 1 {
+						fail(fmt.Errorf("floor fanout ack: %v", acked))
+						return
+					}
+				}
+				done += len(ids)
+			}
+		}()
+	}
+	// The projector: dispatch every task, 256 per commit with its relay,
+	// then fold the outcomes until all succeeded.
+	var end time.Time
+	err = func() error {
+		for i := 0; i < n; i += 256 {
+			// The commit, then its relay, in one round trip.
+			p := s.rc.Pipeline()
+			args := []any{now(), "floor-p", `{"pool":"default","priority":0}`}
+			for j := i; j < min(i+256, n); j++ {
+				args = append(args, "t"+strconv.Itoa(j), ulid.Make().String())
+			}
+			sc["floor_dispatch"].EvalSha(ctx, p, keys, args...)
+			for j := i; j < min(i+256, n); j++ {
+				p.XAdd(ctx, &redis.XAddArgs{Stream: s.floorQueue(j % lanes),
+					Values: []any{rdb.MsgRun, id, rdb.MsgTask, "t" + strconv.Itoa(j), rdb.MsgAttempt, "1"}})
+			}
+			if _, err := p.Exec(ctx); err != nil {
+				return fmt.Errorf("floor fanout dispatch: %w", err)
+			}
+		}
+		cursor, succeeded := first, 0
+		for succeeded < n {
+			ptrs, err := s.rc.XReadGroup(ctx, &redis.XReadGroupArgs{Group: rdb.GroupProjectors, Consumer: "floor-p",
+				Streams: []string{feed, ">"}, Count: 1000, Block: 100 * time.Millisecond}).Result()
+			if errors.Is(err, redis.Nil) {
+				continue
+			}
+			if err != nil {
+				return fmt.Errorf("floor fanout feed: %w", err)
+			}
+			var fids []string
+			for _, m := range ptrs[0].Messages {
+				fids = append(fids, m.ID)
+			}
+			last := cursor
+			for {
+				msgs, err := s.rc.XRangeN(ctx, keys[1], "("+last, "+", 2048).Result()
+				if err != nil {
+					return fmt.Errorf("floor fanout log: %w", err)
+				}
+				evs, err := rdb.DecodeLog(id, msgs)
+				if err != nil {
+					return err
+				}
+				for _, e := range evs {
+					if e.Type == "task_succeeded" {
+						succeeded++
+					}
+				}
+				if len(msgs) > 0 {
+					last = msgs[len(msgs)-1].ID
+				}
+				if len(msgs) < 2048 {
+					break
+				}
+			}
+			p := s.rc.Pipeline()
+			ended := "0"
+			if succeeded == n {
+				ended = "1"
+			}
+			c := sc["floor_cursor"].EvalSha(ctx, p, keys, cursor, last, ended, ulid.Make().String(), now(), "floor-p")
+			p.XAck(ctx, feed, rdb.GroupProjectors, fids...)
+			p.XDel(ctx, feed, fids...)
+			if _, err := p.Exec(ctx); err != nil {
+				return fmt.Errorf("floor fanout commit: %w", err)
+			}
+			v, _ := c.Slice()
+			if len(v) < 2 || v[0] != "ok" {
+				return fmt.Errorf("floor fanout commit: %v", v)
+			}
+			cursor = v[1].(string)
+		}
+		return nil
+	}()
+	end = time.Now()
+	if err != nil {
+		fail(err)
+	}
+	wg.Wait()
+	if len(errs) > 0 {
+		return Result{}, errors.Join(errs...)
+	}
+	b, err := s.take(ctx)
+	if err != nil {
+		return Result{}, err
+	}
+	evs, err := s.rc.XLen(ctx, keys[1]).Result()
+	if err != nil {
+		return Result{}, err
+	}
+	if evs != int64(3*n+2) {
+		return Result{}, fmt.Errorf("floor fanout: %d events in the log, want %d", evs, 3*n+2)
+	}
+	wall := end.Sub(start)
+	r := Result{Workload: Floor, Mode: ModeFanout, Run: run, Tasks: n, WorkflowRuns: 1, Events: int(evs), Concurrency: lanes,
+		WallMS: msOf(wall), TasksPerSec: perSec(n, wall), EventsPerTask: perTask(float64(evs), n)}
+	cost(&r, a, b, n)
+	return r, nil
+}
