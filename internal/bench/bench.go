@@ -388,7 +388,8 @@ func (h *harness) describe(name string) string {
 	case Ceiling:
 		return fmt.Sprintf("(%d producers, %d consumers; %d entries batched, %d unbatched)", h.cfg.Submitters, h.cfg.Submitters, s.CeilingBatched, s.CeilingUnbatched)
 	case Floor:
-		return fmt.Sprintf("(%d single-task runs through the least Redis work the invariants allow, %d lanes, no engine)", s.FloorRuns, h.cfg.Submitters)
+		return fmt.Sprintf("(the least Redis work the invariants allow, no engine, %d lanes: %d single-task runs, %d fan-out tasks, %d 3-step runs)",
+			h.cfg.Submitters, s.FloorRuns, s.FanoutTasks, s.ChainRuns)
 	case Independent:
 		return fmt.Sprintf("(%d single-task runs, 1 worker x %d)", s.IndependentRuns, c)
 	case Fanout:

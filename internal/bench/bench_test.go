@@ -50,7 +50,7 @@ func TestRunPrintsTheOutputContract(t *testing.T) {
 		t.Fatalf("%d lines printed, %d results returned", len(lines), len(rep.Results))
 	}
 	// Per workload (and mode): 2 runs + 1 median.
-	want := map[string]int{"ceiling/batched": 3, "ceiling/unbatched": 3, "floor/single": 3, "floor/fanout": 3, "independent/": 3, "fanout/": 3,
+	want := map[string]int{"ceiling/batched": 3, "ceiling/unbatched": 3, "floor/single": 3, "floor/fanout": 3, "floor/chain3": 3, "independent/": 3, "fanout/": 3,
 		"fanout_3procs/": 3, "chain/": 3, "latency/": 3, "replay/": 3, "trace/single": 3, "trace/chain3": 3}
 	got := map[string]int{}
 	common := []string{"workload", "run", "redis_cmds_per_task", "events_per_task", "redis_bytes_per_task", "worker_cpu_ms_per_task", "redis_version", "nproc", "cpu_model"}

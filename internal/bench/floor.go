@@ -20,13 +20,14 @@ import (
 const floorBatch = 100
 
 // floor measures the fastest an engine that keeps the invariants could run
-// single-task runs on this machine: the Redis work such an engine cannot
-// avoid (rdb.FloorScripts: one script per state change, the owner-checked
-// queue ack, the queue and feed streams), driven by Submitters lanes that
-// batch 100 runs per round trip and run no engine logic. It is the same
-// job as the independent workload with everything else taken away, so
-// independent ÷ floor is how far the engine is from that bound, and floor ÷
-// the batched ceiling is how far any such engine could get.
+// the independent, fanout and chain workloads on this machine: the Redis
+// work such an engine cannot avoid (rdb.FloorScripts: one script per state
+// change, the owner-checked queue ack, the queue and feed streams), driven
+// by Submitters lanes that batch 100 runs per round trip and run no engine
+// logic. Each mode is the same job as its workload with everything else
+// taken away, so workload ÷ floor is how far the engine is from that
+// bound, and floor ÷ the batched ceiling is how far any such engine could
+// get.
 func (h *harness) floor(ctx context.Context, run int) (_ []Result, err error) {
 	s, err := h.startStack(ctx, h.namespace(Floor, run), stackOptions{noEngine: true})
 	if err != nil {
@@ -41,8 +42,7 @@ func (h *harness) floor(ctx context.Context, run int) (_ []Result, err error) {
 	if err := s.db.LoadScripts(ctx); err != nil {
 		return nil, err
 	}
-	lanes, n := h.cfg.Submitters, h.cfg.Sizes.FloorRuns
-	for l := range lanes {
+	for l := range h.cfg.Submitters {
 		if err := s.db.EnsureGroup(ctx, s.floorQueue(l), rdb.GroupWorkers); err != nil {
 			return nil, err
 		}
@@ -50,9 +50,28 @@ func (h *harness) floor(ctx context.Context, run int) (_ []Result, err error) {
 			return nil, err
 		}
 	}
-	a, err := s.take(ctx)
+	single, err := h.floorRuns(ctx, s, run, ModeSingle, "f", h.cfg.Sizes.FloorRuns, 1)
 	if err != nil {
 		return nil, err
+	}
+	fan, err := h.floorFanout(ctx, s, run)
+	if err != nil {
+		return nil, err
+	}
+	chain, err := h.floorRuns(ctx, s, run, ModeChain3, "c", h.cfg.Sizes.ChainRuns, 3)
+	if err != nil {
+		return nil, err
+	}
+	return []Result{single, fan, chain}, nil
+}
+
+// floorRuns takes n runs of a steps-long sequence through the floor
+// scripts, Submitters lanes at a time.
+func (h *harness) floorRuns(ctx context.Context, s *stack, run int, mode, prefix string, n, steps int) (Result, error) {
+	lanes := h.cfg.Submitters
+	a, err := s.take(ctx)
+	if err != nil {
+		return Result{}, err
 	}
 	var (
 		done atomic.Int64
@@ -72,9 +91,9 @@ func (h *harness) floor(ctx context.Context, run int) (_ []Result, err error) {
 			for i := 0; i < share && errs[l] == nil; i += floorBatch {
 				runs := make([]string, 0, floorBatch)
 				for j := i; j < min(i+floorBatch, share); j++ {
-					runs = append(runs, "f"+strconv.Itoa(first+j))
+					runs = append(runs, prefix+strconv.Itoa(first+j))
 				}
-				errs[l] = s.floorBatch(ctx, l, runs)
+				errs[l] = s.floorBatch(ctx, l, runs, steps)
 				if errs[l] == nil {
 					done.Add(int64(len(runs)))
 				}
@@ -84,34 +103,34 @@ func (h *harness) floor(ctx context.Context, run int) (_ []Result, err error) {
 	wg.Wait()
 	wall := time.Since(start)
 	if err := errors.Join(errs...); err != nil {
-		return nil, err
+		return Result{}, err
 	}
 	if got := done.Load(); got != int64(n) {
-		return nil, fmt.Errorf("floor: %d of %d runs finished", got, n)
+		return Result{}, fmt.Errorf("floor: %d of %d runs finished", got, n)
 	}
 	b, err := s.take(ctx)
 	if err != nil {
-		return nil, err
+		return Result{}, err
 	}
 	runs := make([]string, n)
 	for i := range runs {
-		runs[i] = "f" + strconv.Itoa(i)
+		runs[i] = prefix + strconv.Itoa(i)
 	}
 	evs, err := s.countEvents(ctx, runs)
 	if err != nil {
-		return nil, err
+		return Result{}, err
 	}
-	if evs != int64(5*n) {
-		return nil, fmt.Errorf("floor: %d events in the logs, want %d (5 per run)", evs, 5*n)
+	if want := int64((3*steps + 2) * n); evs != want {
+		return Result{}, fmt.Errorf("floor %s: %d events in the logs, want %d", mode, evs, want)
 	}
-	r := Result{Workload: Floor, Mode: ModeSingle, Run: run, Tasks: n, WorkflowRuns: n, Events: int(evs), Concurrency: lanes,
-		WallMS: msOf(wall), TasksPerSec: perSec(n, wall), EventsPerTask: perTask(float64(evs), n)}
-	cost(&r, a, b, n)
-	f, err := h.floorFanout(ctx, s, run)
-	if err != nil {
-		return nil, err
+	tasks := n * steps
+	r := Result{Workload: Floor, Mode: mode, Run: run, Tasks: tasks, WorkflowRuns: n, Events: int(evs), Concurrency: lanes,
+		WallMS: msOf(wall), TasksPerSec: perSec(tasks, wall), EventsPerTask: perTask(float64(evs), tasks)}
+	if steps > 1 {
+		r.RunsPerSec = perSec(n, wall)
 	}
-	return []Result{r, f}, nil
+	cost(&r, a, b, tasks)
+	return r, nil
 }
 
 func (s *stack) floorQueue(lane int) string { return s.db.K.Queue("floor-"+strconv.Itoa(lane), 0) }
@@ -120,11 +139,17 @@ func (s *stack) floorFeed(lane int) string  { return s.db.K.Feed(1000 + lane) }
 // floorBatch takes runs from submit to run_succeeded, one round trip per
 // step for all of them; it fails on any reply an engine would have to
 // handle (a stale claim, a conflict), which a lone lane never gets.
-func (s *stack) floorBatch(ctx context.Context, lane int, runs []string) error {
+func (s *stack) floorBatch(ctx context.Context, lane int, runs []string, steps int) error {
 	sc := rdb.FloorScripts()
 	queue, feed, worker := s.floorQueue(lane), s.floorFeed(lane), "floor-w"+strconv.Itoa(lane)
 	now := func() string { return strconv.FormatInt(time.Now().UnixMilli(), 10) }
 	keys := func(run string) []string { return []string{s.db.K.RunState(run), s.db.K.RunLog(run)} }
+	spec := `{"workflow":"bench-floor","tasks":[{"id":"t0","handler":"noop"}`
+	for k := 1; k < steps; k++ {
+		spec += `,{"id":"t` + strconv.Itoa(k) + `","handler":"noop","deps":["t` + strconv.Itoa(k-1) + `"]}`
+	}
+	spec += "]}"
+	const dispatchBody = `{"pool":"default","priority":0}`
 	exec := func(step string, build func(p redis.Pipeliner) []*redis.Cmd) ([][]any, error) {
 		p := s.rc.Pipeline()
 		cmds := build(p)
@@ -149,10 +174,12 @@ func (s *stack) floorBatch(ctx context.Context, lane int, runs []string) error {
 	subs, err := exec("submit", func(p redis.Pipeliner) []*redis.Cmd {
 		cmds := make([]*redis.Cmd, len(runs))
 		for i, run := range runs {
-			cmds[i] = sc["floor_submit"].EvalSha(ctx, p, keys(run), ulid.Make().String(), ulid.Make().String(), now(),
-				`{"workflow":"bench-floor","tasks":[{"id":"t","handler":"noop"}]}`, "bench-floor", "t", `{"h":"noop"}`, "",
-				`{"pool":"default","priority":0}`)
-			p.XAdd(ctx, &redis.XAddArgs{Stream: queue, Values: []any{rdb.MsgRun, run, rdb.MsgTask, "t", rdb.MsgAttempt, "1"}})
+			args := []any{ulid.Make().String(), ulid.Make().String(), now(), spec, "bench-floor", "t0", `{"h":"noop"}`, "", dispatchBody}
+			for k := 1; k < steps; k++ {
+				args = append(args, "t"+strconv.Itoa(k), `{"h":"noop","d":["t`+strconv.Itoa(k-1)+`"]}`)
+			}
+			cmds[i] = sc["floor_submit"].EvalSha(ctx, p, keys(run), args...)
+			p.XAdd(ctx, &redis.XAddArgs{Stream: queue, Values: []any{rdb.MsgRun, run, rdb.MsgTask, "t0", rdb.MsgAttempt, "1"}})
 		}
 		return cmds
 	})
@@ -164,82 +191,100 @@ func (s *stack) floorBatch(ctx context.Context, lane int, runs []string) error {
 		cursor[run] = subs[i][1].(string)
 	}
 
-	// Worker: read the messages, claim, finish (+ feed pointer), ack.
-	msgs, err := s.rc.XReadGroup(ctx, &redis.XReadGroupArgs{Group: rdb.GroupWorkers, Consumer: worker,
-		Streams: []string{queue, ">"}, Count: int64(len(runs)), Block: -1}).Result()
-	if err != nil || len(msgs) != 1 || len(msgs[0].Messages) != len(runs) {
-		return fmt.Errorf("floor read queue: %d streams, err %v", len(msgs), err)
-	}
-	var ids, claimed []string
-	for _, m := range msgs[0].Messages {
-		ids = append(ids, m.ID)
-		claimed = append(claimed, m.Values[rdb.MsgRun].(string))
-	}
-	claims, err := exec("claim", func(p redis.Pipeliner) []*redis.Cmd {
-		cmds := make([]*redis.Cmd, len(claimed))
-		for i, run := range claimed {
-			cmds[i] = sc["floor_claim"].EvalSha(ctx, p, keys(run), "t", "1", worker, ulid.Make().String(), now())
+	for step := range steps {
+		task := "t" + strconv.Itoa(step)
+		// Worker: read the messages, claim, finish (+ feed pointer), ack.
+		msgs, err := s.rc.XReadGroup(ctx, &redis.XReadGroupArgs{Group: rdb.GroupWorkers, Consumer: worker,
+			Streams: []string{queue, ">"}, Count: int64(len(runs)), Block: -1}).Result()
+		if err != nil || len(msgs) != 1 || len(msgs[0].Messages) != len(runs) {
+			return fmt.Errorf("floor read queue: %d streams, err %v", len(msgs), err)
 		}
-		return cmds
-	})
-	if err != nil {
-		return err
-	}
-	if _, err := exec("finish", func(p redis.Pipeliner) []*redis.Cmd {
-		cmds := make([]*redis.Cmd, len(claimed))
-		for i, run := range claimed {
-			cmds[i] = sc["floor_finish"].EvalSha(ctx, p, keys(run), "t", "1", claims[i][1], worker, ulid.Make().String(), now(), "null")
-			p.XAdd(ctx, &redis.XAddArgs{Stream: feed, Values: []any{rdb.MsgRun, run}})
+		var ids, claimed []string
+		for _, m := range msgs[0].Messages {
+			ids = append(ids, m.ID)
+			claimed = append(claimed, m.Values[rdb.MsgRun].(string))
 		}
-		return cmds
-	}); err != nil {
-		return err
-	}
-	acked, err := s.db.QueueAck(ctx, s.rc, queue, worker, ids...).Int64Slice()
-	if err != nil {
-		return fmt.Errorf("floor queue ack: %w", err)
-	}
-	for _, a := range acked {
-		if a != 1 {
-			return fmt.Errorf("floor queue ack: %v", acked)
+		claims, err := exec("claim", func(p redis.Pipeliner) []*redis.Cmd {
+			cmds := make([]*redis.Cmd, len(claimed))
+			for i, run := range claimed {
+				cmds[i] = sc["floor_claim"].EvalSha(ctx, p, keys(run), task, "1", worker, ulid.Make().String(), now())
+			}
+			return cmds
+		})
+		if err != nil {
+			return err
 		}
-	}
+		if _, err := exec("finish", func(p redis.Pipeliner) []*redis.Cmd {
+			cmds := make([]*redis.Cmd, len(claimed))
+			for i, run := range claimed {
+				cmds[i] = sc["floor_finish"].EvalSha(ctx, p, keys(run), task, "1", claims[i][1], worker, ulid.Make().String(), now(), "null")
+				p.XAdd(ctx, &redis.XAddArgs{Stream: feed, Values: []any{rdb.MsgRun, run}})
+			}
+			return cmds
+		}); err != nil {
+			return err
+		}
+		acked, err := s.db.QueueAck(ctx, s.rc, queue, worker, ids...).Int64Slice()
+		if err != nil {
+			return fmt.Errorf("floor queue ack: %w", err)
+		}
+		for _, a := range acked {
+			if a != 1 {
+				return fmt.Errorf("floor queue ack: %v", acked)
+			}
+		}
 
-	// Projector: read the feed, the logs after the cursors, commit the end.
-	ptrs, err := s.rc.XReadGroup(ctx, &redis.XReadGroupArgs{Group: rdb.GroupProjectors, Consumer: "floor-p",
-		Streams: []string{feed, ">"}, Count: int64(len(runs)), Block: -1}).Result()
-	if err != nil || len(ptrs) != 1 || len(ptrs[0].Messages) != len(runs) {
-		return fmt.Errorf("floor read feed: %d streams, err %v", len(ptrs), err)
-	}
-	var fids, projected []string
-	for _, m := range ptrs[0].Messages {
-		fids = append(fids, m.ID)
-		projected = append(projected, m.Values[rdb.MsgRun].(string))
-	}
-	p := s.rc.Pipeline()
-	logs := make([]*redis.XMessageSliceCmd, len(projected))
-	for i, run := range projected {
-		logs[i] = p.XRange(ctx, s.db.K.RunLog(run), "("+cursor[run], "+")
-	}
-	if _, err := p.Exec(ctx); err != nil {
-		return fmt.Errorf("floor read logs: %w", err)
-	}
-	for i, run := range projected {
-		evs, err := rdb.DecodeLog(run, logs[i].Val())
-		if err != nil || len(evs) != 2 {
-			return fmt.Errorf("floor fold %s: %d new events, err %v", run, len(evs), err)
+		// Projector: read the feed, the logs after the cursors, commit the end.
+		ptrs, err := s.rc.XReadGroup(ctx, &redis.XReadGroupArgs{Group: rdb.GroupProjectors, Consumer: "floor-p",
+			Streams: []string{feed, ">"}, Count: int64(len(runs)), Block: -1}).Result()
+		if err != nil || len(ptrs) != 1 || len(ptrs[0].Messages) != len(runs) {
+			return fmt.Errorf("floor read feed: %d streams, err %v", len(ptrs), err)
 		}
-	}
-	if _, err := exec("commit", func(p redis.Pipeliner) []*redis.Cmd {
-		cmds := make([]*redis.Cmd, len(projected))
+		var fids, projected []string
+		for _, m := range ptrs[0].Messages {
+			fids = append(fids, m.ID)
+			projected = append(projected, m.Values[rdb.MsgRun].(string))
+		}
+		p := s.rc.Pipeline()
+		logs := make([]*redis.XMessageSliceCmd, len(projected))
 		for i, run := range projected {
-			cmds[i] = sc["floor_commit"].EvalSha(ctx, p, keys(run), cursor[run], ulid.Make().String(), now(), "floor-p")
+			logs[i] = p.XRange(ctx, s.db.K.RunLog(run), "("+cursor[run], "+")
 		}
-		p.XAck(ctx, feed, rdb.GroupProjectors, fids...)
-		p.XDel(ctx, feed, fids...)
-		return cmds
-	}); err != nil {
-		return err
+		if _, err := p.Exec(ctx); err != nil {
+			return fmt.Errorf("floor read logs: %w", err)
+		}
+		for i, run := range projected {
+			evs, err := rdb.DecodeLog(run, logs[i].Val())
+			if err != nil || len(evs) != 2 {
+				return fmt.Errorf("floor fold %s: %d new events, err %v", run, len(evs), err)
+			}
+		}
+		// The next step's dispatch and its relay, or the run's end.
+		commits, err := exec("commit", func(p redis.Pipeliner) []*redis.Cmd {
+			cmds := make([]*redis.Cmd, len(projected))
+			for i, run := range projected {
+				if step == steps-1 {
+					cmds[i] = sc["floor_commit"].EvalSha(ctx, p, keys(run), cursor[run], ulid.Make().String(), now(), "floor-p")
+					continue
+				}
+				next := "t" + strconv.Itoa(step+1)
+				cmds[i] = sc["floor_advance"].EvalSha(ctx, p, keys(run), cursor[run], ulid.Make().String(), now(), "floor-p", next, dispatchBody)
+			}
+			if step < steps-1 {
+				for _, run := range projected {
+					p.XAdd(ctx, &redis.XAddArgs{Stream: queue, Values: []any{rdb.MsgRun, run, rdb.MsgTask, "t" + strconv.Itoa(step+1), rdb.MsgAttempt, "1"}})
+				}
+			}
+			p.XAck(ctx, feed, rdb.GroupProjectors, fids...)
+			p.XDel(ctx, feed, fids...)
+			return cmds
+		})
+		if err != nil {
+			return err
+		}
+		for i, run := range projected {
+			cursor[run] = commits[i][1].(string)
+		}
 	}
 	return nil
 }

@@ -122,6 +122,10 @@ func Markdown(w io.Writer, rep *Report, command string, now time.Time) {
 		fmt.Fprintf(w, "| floor, fan-out: 1 run of %s tasks, the same | %s tasks/s%s | the bound for fanout | |\n",
 			thousands(float64(r.Tasks)), thousands(r.TasksPerSec), vs(r))
 	}
+	if r := rep.Median(Floor, ModeChain3); r != nil {
+		fmt.Fprintf(w, "| floor, 3-step chains: %s runs, the same | %s steps/s (%s runs/s)%s | the bound for chain | |\n",
+			thousands(float64(r.WorkflowRuns)), thousands(r.TasksPerSec), thousands(r.RunsPerSec), vs(r))
+	}
 	if r := rep.Median(Independent, ""); r != nil {
 		fmt.Fprintf(w, "| independent: %s single-task runs, 1 worker × %d | %s tasks/s%s | %s | %s |\n", thousands(float64(r.WorkflowRuns)), r.Concurrency,
 			thousands(r.TasksPerSec), vs(r), goal(TargetIndependent, "tasks/s"), met(ceilTPS > 0 && r.TasksPerSec >= TargetIndependent*ceilTPS))

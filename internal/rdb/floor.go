@@ -33,15 +33,34 @@ end
 //
 // KEYS: 1 run hash, 2 log
 // ARGV: 1 run_submitted id, 2 task_dispatched id, 3 time ms, 4 body,
-// 5 workflow, 6 task, 7 meta, 8 input, 9 dispatch body
+// 5 workflow, 6 root task, 7 its meta, 8 input, 9 dispatch body, then
+// (task, meta) pairs of the other tasks
 // Reply: {"created", cursor} | {"exists"}
 var floorSubmitScript = redis.NewScript(floorPrelude + `
 if redis.call('HEXISTS', KEYS[1], '@status') == 1 then return {'exists'} end
 ev(KEYS[2], ARGV[1], 'run_submitted', '', '0', '0', '', ARGV[3], ARGV[4])
 local seq = ev(KEYS[2], ARGV[2], 'task_dispatched', ARGV[6], '1', '0', 'client', ARGV[3], ARGV[9])
-redis.call('HSET', KEYS[1], '@status', 'running', '@workflow', ARGV[5], '@cursor', seq,
-  '@input', ARGV[8], ARGV[6], 'dispatched|1|0|', 'm|' .. ARGV[6], ARGV[7])
+local f = {'@status', 'running', '@workflow', ARGV[5], '@cursor', seq,
+  '@input', ARGV[8], ARGV[6], 'dispatched|1|0|', 'm|' .. ARGV[6], ARGV[7]}
+for i = 10, #ARGV, 2 do
+  f[#f + 1] = 'm|' .. ARGV[i]; f[#f + 1] = ARGV[i + 1]
+end
+redis.call('HSET', KEYS[1], unpack(f))
 return {'created', seq}
+`)
+
+// floorAdvanceScript: the projector's compare-and-set on the cursor and
+// the next task's task_dispatched (a sequence's next step).
+//
+// KEYS: 1 run hash, 2 log
+// ARGV: 1 expected cursor, 2 event id, 3 time ms, 4 writer, 5 task, 6 dispatch body
+// Reply: {"ok", cursor} | {"conflict", cursor}
+var floorAdvanceScript = redis.NewScript(floorPrelude + `
+local cur = redis.call('HGET', KEYS[1], '@cursor')
+if cur ~= ARGV[1] then return {'conflict', cur or ''} end
+local seq = ev(KEYS[2], ARGV[2], 'task_dispatched', ARGV[5], '1', '0', ARGV[4], ARGV[3], ARGV[6])
+redis.call('HSET', KEYS[1], ARGV[5], 'dispatched|1|0|', '@cursor', seq, '@dirty', '0')
+return {'ok', seq}
 `)
 
 // floorClaimScript: the claim check, the epoch bump and task_claimed.
@@ -96,10 +115,11 @@ return {'ok', seq}
 // floorPrelude), by name, for loading and the one-slot test.
 func FloorScripts() map[string]*redis.Script {
 	return map[string]*redis.Script{
-		"floor_submit": floorSubmitScript,
-		"floor_claim":  floorClaimScript,
-		"floor_finish": floorFinishScript,
-		"floor_commit": floorCommitScript,
+		"floor_submit":  floorSubmitScript,
+		"floor_claim":   floorClaimScript,
+		"floor_finish":  floorFinishScript,
+		"floor_commit":  floorCommitScript,
+		"floor_advance": floorAdvanceScript,
 
 		"floor_dispatch":    floorDispatchScript,
 		"floor_claim_many":  floorClaimManyScript,
