@@ -18,6 +18,11 @@ end
 local function getrec(state, task)
   return parserec(redis.call('HGET', state, task))
 end
+-- getrun reads the run's status and a task's record in one command.
+local function getrun(state, task)
+  local r = redis.call('HMGET', state, '@status', task)
+  return r[1], parserec(r[2])
+end
 local function recstr(st, a, e, o)
   return st .. '|' .. tostring(a) .. '|' .. tostring(e) .. '|' .. o
 end
@@ -35,49 +40,6 @@ local function chunked(cmd, key, t, i, j)
     i = e + 1
   end
   return r
-end
--- hmget reads fields (a list, any length) of a hash, 1,000 per command.
-local function hmget(key, fields)
-  local out = {}
-  for i = 1, #fields, 1000 do
-    local r = redis.call('HMGET', key, unpack(fields, i, math.min(i + 999, #fields)))
-    for j = 1, #r do out[i + j - 1] = r[j] end
-  end
-  return out
-end
--- batch holds the task records of one script call in memory: read with
--- one HMGET (run fields first), changed in item order, written back with
--- one HSET by flush. Items of one call see each other's changes, exactly
--- as if each had read and written Redis itself.
-local function batch(state, runfields, tasks)
-  local fields, seen = {}, {}
-  for _, f in ipairs(runfields) do fields[#fields + 1] = f end
-  for _, t in ipairs(tasks) do
-    if not seen[t] then seen[t] = true; fields[#fields + 1] = t end
-  end
-  local h = hmget(state, fields)
-  local b = {run = {}, recs = {}, order = {}, changed = {}}
-  for i, f in ipairs(runfields) do b.run[f] = h[i] end
-  for i = #runfields + 1, #fields do
-    local st, a, e, o = parserec(h[i])
-    b.recs[fields[i]] = {st, a, e, o}
-  end
-  function b.get(t) local r = b.recs[t]; return r[1], r[2], r[3], r[4] end
-  function b.put(t, st, a, e, o)
-    b.recs[t] = {st, a, e, o}
-    if not b.changed[t] then b.changed[t] = true; b.order[#b.order + 1] = t end
-  end
-  -- flush writes the changed records and the extra field/value pairs.
-  function b.flush(extra)
-    local kv = {}
-    for _, t in ipairs(b.order) do
-      local r = b.recs[t]
-      kv[#kv + 1] = t; kv[#kv + 1] = recstr(r[1], r[2], r[3], r[4])
-    end
-    for _, v in ipairs(extra or {}) do kv[#kv + 1] = v end
-    if #kv > 0 then chunked('HSET', state, kv, 1, #kv) end
-  end
-  return b
 end
 `
 
@@ -240,22 +202,11 @@ return n
 //	{"busy", owner, epoch} (claimed by a live claim: ack and drop) |
 //	{"missing"} (no such run)
 var claimScript = redis.NewScript(prelude + `
--- The items (n of 8 arguments, all of this run) are checked in order
--- against the records as the earlier items left them; the records are read
--- with one HMGET and written with one HSET, the metadata of the claimed
--- tasks read with one HMGET, the input once.
-local n, items, tasks = tonumber(ARGV[1]), {}, {}
-for i = 0, n - 1 do
-  local A = {}
-  for j = 1, 8 do A[j] = ARGV[1 + i * 8 + j] end
-  items[i + 1] = A
-  tasks[i + 1] = A[1]
-end
-local b = batch(KEYS[1], {'@status'}, tasks)
-local run = b.run['@status']
-local out, claimed = {}, {}
+-- One item per call of one(); the script takes n items of 8 arguments
+-- (all of this run) and replies with the n item replies, in order.
+local input
 local function one(A)
-  local st, a, e, o = b.get(A[1])
+  local run, st, a, e, o = getrun(KEYS[1], A[1])
   if not run then return {'missing'} end
   if terminal[st] then return {'done', st} end
   if run ~= 'running' then return {'done', run} end
@@ -271,42 +222,34 @@ local function one(A)
     append(KEYS[2], A[8], 'task_reclaimed', A[1], a, e, A[3], A[5],
       cjson.encode({from = o, deliveries = tonumber(A[7]), reason = 'lease expired'}))
     e = e + 1
-    b.put(A[1], 'running', a, e, A[3])
+    setrec(KEYS[1], A[1], 'running', a, e, A[3])
     append(KEYS[2], A[4], 'task_claimed', A[1], a, e, A[3], A[5], '')
   elseif st == 'dispatched' then
     e = e + 1
-    b.put(A[1], 'running', a, e, A[3])
+    setrec(KEYS[1], A[1], 'running', a, e, A[3])
     append(KEYS[2], A[4], 'task_claimed', A[1], a, e, A[3], A[5], '')
   else
     return {'stale', st, tostring(a)}
   end
-  return {'ok', tostring(e)}
-end
-for i, A in ipairs(items) do
-  out[i] = one(A)
-  if out[i][1] == 'ok' then claimed[#claimed + 1] = i end
-end
-b.flush()
-if #claimed == 0 then return out end
--- What the handlers need: metadata, input and the upstream results.
-local mf = {}
-for k, i in ipairs(claimed) do mf[k] = items[i][1] end
-local metas = hmget(KEYS[3], mf)
-local input = redis.call('HGET', KEYS[4], '@input') or ''
-for k, i in ipairs(claimed) do
-  local meta = metas[k] or '{}'
-  local reply = out[i]
-  reply[3] = meta
-  reply[4] = input
+  local meta = redis.call('HGET', KEYS[3], A[1]) or '{}'
+  if input == nil then input = redis.call('HGET', KEYS[4], '@input') or '' end
+  local reply = {'ok', tostring(e), meta, input}
   local deps = cjson.decode(meta).d
   if type(deps) == 'table' then
-    for j = 1, #deps, 500 do
+    for i = 1, #deps, 500 do
       local chunk = {}
-      for d = j, math.min(j + 499, #deps) do chunk[#chunk + 1] = deps[d] end
+      for j = i, math.min(i + 499, #deps) do chunk[#chunk + 1] = deps[j] end
       local vals = redis.call('HMGET', KEYS[4], unpack(chunk))
-      for d = 1, #chunk do reply[#reply + 1] = vals[d] or '' end
+      for j = 1, #chunk do reply[#reply + 1] = vals[j] or '' end
     end
   end
+  return reply
+end
+local n, out = tonumber(ARGV[1]), {}
+for i = 0, n - 1 do
+  local A = {}
+  for j = 1, 8 do A[j] = ARGV[1 + i * 8 + j] end
+  out[i + 1] = one(A)
 end
 return out
 `)
@@ -327,22 +270,12 @@ return out
 //
 // Reply: per item, {"ok", seq, newly dirty 0|1} | {"stale", status, epoch, owner}
 var finishScript = redis.NewScript(prelude + `
--- The items (n of 12 arguments, all of this run) are checked in order
--- against the records as the earlier items left them; the records (and
--- @dirty) are read with one HMGET and written with one HSET, the results
--- with one HSET.
-local n, items, tasks = tonumber(ARGV[1]), {}, {}
-for i = 0, n - 1 do
-  local A = {}
-  for j = 1, 12 do A[j] = ARGV[1 + i * 12 + j] end
-  items[i + 1] = A
-  tasks[i + 1] = A[1]
-end
-local b = batch(KEYS[1], {'@status', '@dirty'}, tasks)
-local run, dirty = b.run['@status'], b.run['@dirty']
-local results, wrote = {}, false
+-- One item per call of one(); the script takes n items of 12 arguments
+-- (all of this run) and replies with the n item replies, in order.
 local function one(A)
-  local st, a, e, o = b.get(A[1])
+  local h = redis.call('HMGET', KEYS[1], '@status', A[1], '@dirty')
+  local run = h[1]
+  local st, a, e, o = parserec(h[2])
   if not run then
     -- The run is gone (deleted by gc or a TTL): write nothing, or the
     -- log key would come back as an orphan.
@@ -365,23 +298,23 @@ local function one(A)
       cjson.encode({what = what, reason = 'claim lost: task is ' .. st .. ' at epoch ' .. tostring(e), current_epoch = e}))
     return {'stale', st, tostring(e), o}
   end
-  b.put(A[1], A[9], a, e, o)
+  -- The record and @dirty in one HSET; "newly dirty" (the caller then
+  -- points the feed) if @dirty was not set before.
+  redis.call('HSET', KEYS[1], A[1], recstr(A[9], a, e, o), '@dirty', '1')
   if A[9] == 'succeeded' then
-    results[#results + 1] = A[1]; results[#results + 1] = A[10]
+    redis.call('HSET', KEYS[3], A[1], A[10])
   end
   local seq = append(KEYS[2], A[5], A[7], A[1], a, e, A[4], A[6], A[8])
-  wrote = true
-  -- "Newly dirty" (the caller then points the feed) if @dirty was not set
-  -- before this outcome.
   local newly = 1
-  if dirty == '1' then newly = 0 end
-  dirty = '1'
+  if h[3] == '1' then newly = 0 end
   return {'ok', seq, newly}
 end
-local out = {}
-for i, A in ipairs(items) do out[i] = one(A) end
-if wrote then b.flush({'@dirty', '1'}) end
-if #results > 0 then chunked('HSET', KEYS[3], results, 1, #results) end
+local n, out = tonumber(ARGV[1]), {}
+for i = 0, n - 1 do
+  local A = {}
+  for j = 1, 12 do A[j] = ARGV[1 + i * 12 + j] end
+  out[i + 1] = one(A)
+end
 return out
 `)
 
