@@ -205,6 +205,14 @@ var claimScript = redis.NewScript(prelude + `
 -- One item per call of one(); the script takes n items of 8 arguments
 -- (all of this run) and replies with the n item replies, in order.
 local input
+-- claimedby reports whether the log's recent entries hold the event id
+-- (a retried call's task_claimed: it is among the last few appended).
+local function claimedby(log, id)
+  for _, m in ipairs(redis.call('XREVRANGE', log, '+', '-', 'COUNT', 64)) do
+    if m[2][1] == 'id' and m[2][2] == id then return true end
+  end
+  return false
+end
 local function one(A)
   local run, st, a, e, o = getrun(KEYS[1], A[1])
   if not run then return {'missing'} end
@@ -216,6 +224,10 @@ local function one(A)
     -- Already ours: a retry (ours, or go-redis') after a lost reply, or a
     -- duplicate message. Hand the claim back as is, without a second event;
     -- never report it "busy", which would ack our only message.
+  elseif st == 'running' and o == A[3] and claimedby(KEYS[2], A[4]) then
+    -- A reclaim of ours that already ran: the same call again after a lost
+    -- reply (its claim event is in the log). Hand it back as is; bumping
+    -- the epoch again would record a reclaim of the task from itself.
   elseif st == 'running' then
     if A[6] ~= 'reclaim' then return {'busy', o, tostring(e)} end
     e = e + 1

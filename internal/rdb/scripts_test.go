@@ -730,3 +730,41 @@ func TestSubmitSentTwiceStillReportsCreated(t *testing.T) {
 		t.Errorf("the log holds %d events, want the one run_submitted", n)
 	}
 }
+
+// A reclaim whose reply was lost is sent again with the same arguments
+// (go-redis' retry, or the worker's): it hands the claim back as is, with
+// no second epoch bump and no reclaim of the task from itself. A reclaim
+// of its own claim with new event ids (a restarted worker taking its old
+// message over) still bumps the epoch, fencing the earlier claim.
+func TestReclaimSentTwiceBumpsTheEpochOnce(t *testing.T) {
+	t.Parallel()
+	b := setupRun(t)
+	if cr := b.claim(t, "a", "w1", 1, false); cr.Outcome != rdb.ClaimOK || cr.Epoch != 1 {
+		t.Fatalf("claim = %+v", cr)
+	}
+	args := rdb.ClaimArgs{Run: b.run, Task: "a", Worker: "w2", Attempt: 1, EventID: ulid.Make().String(),
+		TimeMS: 3000, Reclaim: true, Deliveries: 2, ReclaimEventID: ulid.Make().String()}
+	first, err := b.db.Claim(b.ctx, args)
+	if err != nil || first.Outcome != rdb.ClaimOK || first.Epoch != 3 {
+		t.Fatalf("reclaim = %+v, %v; want ok at epoch 3", first, err)
+	}
+	n := len(b.log(t))
+	again, err := b.db.Claim(b.ctx, args)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(first, again); diff != "" {
+		t.Errorf("the same reclaim again (-first +again):\n%s", diff)
+	}
+	if got := len(b.log(t)); got != n {
+		t.Errorf("the same reclaim again appended %d events", got-n)
+	}
+	if rec := b.hash(t, b.db.K.RunState(b.run))["a"]; rec != "running|1|3|w2" {
+		t.Errorf("record after the retried reclaim: %q", rec)
+	}
+
+	// The same worker reclaiming its own claim anew: epoch 3 → 5.
+	if cr := b.claim(t, "a", "w2", 1, true); cr.Outcome != rdb.ClaimOK || cr.Epoch != 5 {
+		t.Errorf("a new reclaim of its own claim = %+v, want ok at epoch 5", cr)
+	}
+}
