@@ -264,7 +264,7 @@ func (s *stack) floorBatch(ctx context.Context, lane int, runs []string, steps i
 			cmds := make([]*redis.Cmd, len(projected))
 			for i, run := range projected {
 				if step == steps-1 {
-					cmds[i] = sc["floor_commit"].EvalSha(ctx, p, keys(run), cursor[run], ulid.Make().String(), now(), "floor-p")
+					cmds[i] = sc["floor_cursor"].EvalSha(ctx, p, keys(run), cursor[run], cursor[run], "1", ulid.Make().String(), now(), "floor-p")
 					continue
 				}
 				next := "t" + strconv.Itoa(step+1)

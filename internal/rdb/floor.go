@@ -97,20 +97,6 @@ if h[2] == '1' then newly = 0 end
 return {'ok', newly}
 `)
 
-// floorCommitScript: the projector's compare-and-set on the cursor and
-// run_succeeded.
-//
-// KEYS: 1 run hash, 2 log
-// ARGV: 1 expected cursor, 2 event id, 3 time ms, 4 writer
-// Reply: {"ok", cursor} | {"conflict", cursor}
-var floorCommitScript = redis.NewScript(floorPrelude + `
-local cur = redis.call('HGET', KEYS[1], '@cursor')
-if cur ~= ARGV[1] then return {'conflict', cur or ''} end
-local seq = ev(KEYS[2], ARGV[2], 'run_succeeded', '', '0', '0', ARGV[4], ARGV[3], '')
-redis.call('HSET', KEYS[1], '@status', 'succeeded', '@cursor', seq, '@dirty', '0')
-return {'ok', seq}
-`)
-
 // FloorScripts are the scripts of the bench's floor workload (see
 // floorPrelude), by name, for loading and the one-slot test.
 func FloorScripts() map[string]*redis.Script {
@@ -118,7 +104,6 @@ func FloorScripts() map[string]*redis.Script {
 		"floor_submit":  floorSubmitScript,
 		"floor_claim":   floorClaimScript,
 		"floor_finish":  floorFinishScript,
-		"floor_commit":  floorCommitScript,
 		"floor_advance": floorAdvanceScript,
 
 		"floor_dispatch":    floorDispatchScript,
@@ -198,7 +183,8 @@ return {'ok', newly}
 `)
 
 // floorCursorScript: the projector's compare-and-set of the cursor after
-// folding outcomes that decide nothing; with end set, run_succeeded.
+// folding outcomes that decide nothing; with end set, run_succeeded (the
+// end of every floor run).
 //
 // KEYS: 1 run hash, 2 log
 // ARGV: 1 expected cursor, 2 new cursor, 3 end 0|1, 4 event id, 5 time ms, 6 writer
