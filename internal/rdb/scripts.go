@@ -174,6 +174,7 @@ return reply
 // ARGV: the relayed entries, in order
 // Reply: number removed
 var outboxAckScript = redis.NewScript(`
+if #ARGV == 0 then return 0 end
 local head = redis.call('LRANGE', KEYS[1], 0, #ARGV - 1)
 local n = 0
 while n < #ARGV and head[n + 1] == ARGV[n + 1] do n = n + 1 end
@@ -205,10 +206,14 @@ var claimScript = redis.NewScript(prelude + `
 -- One item per call of one(); the script takes n items of 8 arguments
 -- (all of this run) and replies with the n item replies, in order.
 local input
--- claimedby reports whether the log's recent entries hold the event id
--- (a retried call's task_claimed: it is among the last few appended).
+-- claimedby reports whether the log's recent entries hold the event id: a
+-- retried call's task_claimed is among the last ones appended (a call
+-- appends at most two per item, and a worker claims at most 128 messages
+-- per call). Best effort: a retry that comes after more than 512 other
+-- entries bumps the epoch again, which is harmless (the claim is ours).
+-- Only a reclaim of a task this worker already holds reads it.
 local function claimedby(log, id)
-  for _, m in ipairs(redis.call('XREVRANGE', log, '+', '-', 'COUNT', 64)) do
+  for _, m in ipairs(redis.call('XREVRANGE', log, '+', '-', 'COUNT', 512)) do
     if m[2][1] == 'id' and m[2][2] == id then return true end
   end
   return false

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"testing"
 	"time"
 
@@ -766,5 +767,50 @@ func TestReclaimSentTwiceBumpsTheEpochOnce(t *testing.T) {
 	// The same worker reclaiming its own claim anew: epoch 3 → 5.
 	if cr := b.claim(t, "a", "w2", 1, true); cr.Outcome != rdb.ClaimOK || cr.Epoch != 5 {
 		t.Errorf("a new reclaim of its own claim = %+v, want ok at epoch 5", cr)
+	}
+}
+
+// The worker's fallback after a failed pipeline: a batched reclaim of many
+// tasks of one run whose reply was lost is retried item by item. Each
+// retry finds its claim among the log's recent entries (the batch appended
+// two per item) and bumps nothing.
+func TestBatchedReclaimRetriedItemByItem(t *testing.T) {
+	t.Parallel()
+	b := setupRun(t)
+	const n = 100
+	recs := map[string]string{}
+	var evs []events.Event
+	for i := range n {
+		task := "t" + strconv.Itoa(i)
+		recs[task] = "running|1|1|w1"
+		evs = append(evs, events.Event{ID: "d" + task, Type: events.TaskDispatched, Task: task, Attempt: 1}.
+			WithBody(events.TaskDispatchedBody{Pool: "default"}))
+	}
+	// Dispatched and claimed by w1 (the records as the claims left them).
+	if res, err := b.db.Commit(b.ctx, b.run, rdb.Commit{Expected: b.cursor(t), FoldedTo: b.last(t), Writer: "p1", TimeMS: 2000,
+		Events: evs, Records: recs}); err != nil || res.Conflict {
+		t.Fatalf("setup commit %+v %v", res, err)
+	}
+	as := make([]rdb.ClaimArgs, n)
+	for i := range as {
+		as[i] = rdb.ClaimArgs{Run: b.run, Task: "t" + strconv.Itoa(i), Worker: "w2", Attempt: 1, EventID: ulid.Make().String(),
+			TimeMS: 3000, Reclaim: true, Deliveries: 2, ReclaimEventID: ulid.Make().String()}
+	}
+	first, err := rdb.ParseClaims(as, b.db.ClaimsCmd(b.ctx, b.c, as))
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := len(b.log(t))
+	for i, a := range as {
+		again, err := b.db.Claim(b.ctx, a)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if first[i].Outcome != rdb.ClaimOK || again.Epoch != first[i].Epoch || again.Outcome != rdb.ClaimOK {
+			t.Fatalf("item %d: batched %+v, retried alone %+v", i, first[i], again)
+		}
+	}
+	if got := len(b.log(t)); got != before {
+		t.Errorf("the retries appended %d events", got-before)
 	}
 }
