@@ -276,7 +276,6 @@ func (s *stack) floorBatch(ctx context.Context, lane int, runs []string, steps i
 				}
 			}
 			p.XAck(ctx, feed, rdb.GroupProjectors, fids...)
-			p.XDel(ctx, feed, fids...)
 			return cmds
 		})
 		if err != nil {
@@ -405,17 +404,20 @@ func (h *harness) floorFanout(ctx context.Context, s *stack, run int) (Result, e
 	// then fold the outcomes until all succeeded.
 	var end time.Time
 	err = func() error {
-		for i := 0; i < n; i += 256 {
-			// The commit, then its relay, in one round trip.
+		// Eight commits of 256 and their relays per round trip (the
+		// floor's dispatch has no compare-and-set to wait for).
+		for i := 0; i < n; i += 8 * 256 {
 			p := s.rc.Pipeline()
-			args := []any{now(), "floor-p", `{"pool":"default","priority":0}`}
-			for j := i; j < min(i+256, n); j++ {
-				args = append(args, "t"+strconv.Itoa(j), ulid.Make().String())
-			}
-			sc["floor_dispatch"].EvalSha(ctx, p, keys, args...)
-			for j := i; j < min(i+256, n); j++ {
-				p.XAdd(ctx, &redis.XAddArgs{Stream: s.floorQueue(j % lanes),
-					Values: []any{rdb.MsgRun, id, rdb.MsgTask, "t" + strconv.Itoa(j), rdb.MsgAttempt, "1"}})
+			for c := i; c < min(i+8*256, n); c += 256 {
+				args := []any{now(), "floor-p", `{"pool":"default","priority":0}`}
+				for j := c; j < min(c+256, n); j++ {
+					args = append(args, "t"+strconv.Itoa(j), ulid.Make().String())
+				}
+				sc["floor_dispatch"].EvalSha(ctx, p, keys, args...)
+				for j := c; j < min(c+256, n); j++ {
+					p.XAdd(ctx, &redis.XAddArgs{Stream: s.floorQueue(j % lanes),
+						Values: []any{rdb.MsgRun, id, rdb.MsgTask, "t" + strconv.Itoa(j), rdb.MsgAttempt, "1"}})
+				}
 			}
 			if _, err := p.Exec(ctx); err != nil {
 				return fmt.Errorf("floor fanout dispatch: %w", err)
@@ -464,7 +466,6 @@ func (h *harness) floorFanout(ctx context.Context, s *stack, run int) (Result, e
 			}
 			c := sc["floor_cursor"].EvalSha(ctx, p, keys, cursor, last, ended, ulid.Make().String(), now(), "floor-p")
 			p.XAck(ctx, feed, rdb.GroupProjectors, fids...)
-			p.XDel(ctx, feed, fids...)
 			if _, err := p.Exec(ctx); err != nil {
 				return fmt.Errorf("floor fanout commit: %w", err)
 			}

@@ -145,15 +145,18 @@ for i = 3, #ARGV, 2 do
 end
 local h = redis.call('HMGET', KEYS[1], unpack(fields))
 if h[1] ~= 'running' then return {'stale', ''} end
+-- Every item is checked before anything is written.
+local eps = {}
+for i = 3, #ARGV, 2 do
+  local st, a, e = string.match(h[i] or '', '^([^|]*)|([^|]*)|([^|]*)|')
+  if st ~= 'dispatched' or a ~= '1' then return {'stale', ARGV[i]} end
+  eps[i] = tostring(tonumber(e) + 1)
+end
 local reply, recs = {'ok', h[2]}, {}
 for i = 3, #ARGV, 2 do
-  local k = i
-  local st, a, e = string.match(h[k] or '', '^([^|]*)|([^|]*)|([^|]*)|')
-  if st ~= 'dispatched' then return {'stale', ARGV[i]} end
-  e = tostring(tonumber(e) + 1)
-  recs[#recs + 1] = ARGV[i]; recs[#recs + 1] = 'running|' .. a .. '|' .. e .. '|' .. ARGV[1]
-  ev(KEYS[2], ARGV[i + 1], 'task_claimed', ARGV[i], a, e, ARGV[1], ARGV[2], '')
-  reply[#reply + 1] = e; reply[#reply + 1] = h[k + 1]
+  recs[#recs + 1] = ARGV[i]; recs[#recs + 1] = 'running|1|' .. eps[i] .. '|' .. ARGV[1]
+  ev(KEYS[2], ARGV[i + 1], 'task_claimed', ARGV[i], '1', eps[i], ARGV[1], ARGV[2], '')
+  reply[#reply + 1] = eps[i]; reply[#reply + 1] = h[i + 1]
 end
 redis.call('HSET', KEYS[1], unpack(recs))
 return reply
@@ -168,10 +171,12 @@ var floorFinishManyScript = redis.NewScript(floorPrelude + `
 local fields = {'@dirty'}
 for i = 4, #ARGV, 3 do fields[#fields + 1] = ARGV[i] end
 local h = redis.call('HMGET', KEYS[1], unpack(fields))
+-- Every item is checked before anything is written.
+for i = 4, #ARGV, 3 do
+  if h[2 + (i - 4) / 3] ~= 'running|1|' .. ARGV[i + 1] .. '|' .. ARGV[1] then return {'stale', ARGV[i]} end
+end
 local recs = {'@dirty', '1'}
 for i = 4, #ARGV, 3 do
-  local want = 'running|1|' .. ARGV[i + 1] .. '|' .. ARGV[1]
-  if h[2 + (i - 4) / 3] ~= want then return {'stale', ARGV[i]} end
   recs[#recs + 1] = ARGV[i]; recs[#recs + 1] = 'succeeded|1|' .. ARGV[i + 1] .. '|' .. ARGV[1]
   recs[#recs + 1] = 'r|' .. ARGV[i]; recs[#recs + 1] = ARGV[3]
   ev(KEYS[2], ARGV[i + 2], 'task_succeeded', ARGV[i], '1', ARGV[i + 1], ARGV[1], ARGV[2], '{"result":' .. ARGV[3] .. '}')
