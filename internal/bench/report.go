@@ -172,9 +172,10 @@ func Markdown(w io.Writer, rep *Report, command string, now time.Time) {
 	fmt.Fprintf(w, "\n### Cost per task\n\n")
 	fmt.Fprintf(w, "Redis commands include those run inside Lua scripts; round trips are client requests (a pipeline is one); "+
 		"the harness' own commands are subtracted. CPU is milliseconds per task: worker and projector processes, Redis, and "+
-		"the bench process (submitters; the ceiling's clients; components marked \"in bench\"). Cores busy = all of it × tasks/s.\n\n")
-	fmt.Fprintf(w, "| workload | Redis cmds | round trips | scripts | events | Redis bytes | worker CPU | projector CPU | Redis CPU | bench CPU | cores busy |\n")
-	fmt.Fprintf(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+		"the bench process (submitters; the ceiling's and the floor's clients; components marked \"in bench\"). Cores busy = all of it × tasks/s; "+
+		"of which Redis = Redis CPU × tasks/s (Redis runs on one core: near 1.00 it is the bottleneck).\n\n")
+	fmt.Fprintf(w, "| workload | Redis cmds | round trips | scripts | events | Redis bytes | worker CPU | projector CPU | Redis CPU | bench CPU | cores busy | of which Redis |\n")
+	fmt.Fprintf(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, r := range rep.Medians() {
 		if r.Workload == Replay || r.Workload == Trace {
 			continue
@@ -183,10 +184,10 @@ func Markdown(w io.Writer, rep *Report, command string, now time.Time) {
 		if r.Mode != "" {
 			name += " " + r.Mode
 		}
-		fmt.Fprintf(w, "| %s | %.2f | %.2f | %.2f | %.2f | %.0f | %s | %s | %.4f | %.4f | %s |\n", name,
+		fmt.Fprintf(w, "| %s | %.2f | %.2f | %.2f | %.2f | %.0f | %s | %s | %.4f | %.4f | %s | %s |\n", name,
 			r.RedisCmdsPerTask, r.RedisRoundTripsPerTask, r.RedisScriptsPerTask, r.EventsPerTask, r.RedisBytesPerTask,
 			cpuCell(r.WorkerCPUMSPerTask, r.Worker, noEngine(r.Workload)), cpuCell(r.ProjectorCPUMSPerTask, r.Projector, noEngine(r.Workload)),
-			r.RedisCPUMSPerTask, r.BenchCPUMSPerTask, coresBusy(&r))
+			r.RedisCPUMSPerTask, r.BenchCPUMSPerTask, coresBusy(&r), redisBusy(&r))
 	}
 
 	if rep.Median(Trace, ModeSingle) != nil {
@@ -255,6 +256,15 @@ func cpuCell(v float64, mode string, none bool) string {
 // coresBusy is the CPU the whole system burnt per second of the workload:
 // engine processes, Redis and the bench process (submitters, in-process
 // components; the ceiling's clients).
+// redisBusy is the share of a core Redis burnt (1.00: Redis was the
+// bottleneck).
+func redisBusy(r *Result) string {
+	if r.TasksPerSec <= 0 {
+		return ""
+	}
+	return fmt.Sprintf("%.2f", r.RedisCPUMSPerTask*r.TasksPerSec/1000)
+}
+
 func coresBusy(r *Result) string {
 	if r.TasksPerSec <= 0 {
 		return ""
