@@ -778,19 +778,7 @@ func TestBatchedReclaimRetriedItemByItem(t *testing.T) {
 	t.Parallel()
 	b := setupRun(t)
 	const n = 100
-	recs := map[string]string{}
-	var evs []events.Event
-	for i := range n {
-		task := "t" + strconv.Itoa(i)
-		recs[task] = "running|1|1|w1"
-		evs = append(evs, events.Event{ID: "d" + task, Type: events.TaskDispatched, Task: task, Attempt: 1}.
-			WithBody(events.TaskDispatchedBody{Pool: "default"}))
-	}
-	// Dispatched and claimed by w1 (the records as the claims left them).
-	if res, err := b.db.Commit(b.ctx, b.run, rdb.Commit{Expected: b.cursor(t), FoldedTo: b.last(t), Writer: "p1", TimeMS: 2000,
-		Events: evs, Records: recs}); err != nil || res.Conflict {
-		t.Fatalf("setup commit %+v %v", res, err)
-	}
+	b.dispatchTasks(t, n, "running|1|1|w1") // dispatched, then claimed by w1
 	as := make([]rdb.ClaimArgs, n)
 	for i := range as {
 		as[i] = rdb.ClaimArgs{Run: b.run, Task: "t" + strconv.Itoa(i), Worker: "w2", Attempt: 1, EventID: ulid.Make().String(),
