@@ -253,6 +253,13 @@ func (p *Projector) consume(ctx context.Context, n int) {
 				if err := retry(ctx, log, "ack feed", func() error { return p.sendAcks(ctx, pend, nil) }); err != nil {
 					return
 				}
+			} else if len(msgs) == 0 {
+				// Going idle, everything acked: read our own pending
+				// entries once before blocking. A read whose reply was
+				// lost and that go-redis repeated without telling us left
+				// its entries delivered to us and unseen; they would
+				// otherwise wait for the feed reclaim.
+				start = "0"
 			}
 			pend = acks{}
 		}

@@ -632,3 +632,51 @@ func TestFinishedRunsLogIsCompacted(t *testing.T) {
 		t.Error("the compaction's scratch key is left behind")
 	}
 }
+
+// Feed entries delivered to this projector by a read it never saw (its
+// reply lost, the read repeated by go-redis) are projected the next time
+// the projector goes idle, not only when the feed reclaim takes them over
+// (here an hour away).
+func TestProjectorPicksUpEntriesOfALostReadWhenIdle(t *testing.T) {
+	t.Parallel()
+	b := setupLive(t)
+	p, err := projector.New(projector.Config{Redis: b.rdb, Namespace: b.db.K.Namespace(), ID: "p1",
+		RetryInitial: time.Millisecond, RetryMax: time.Millisecond, FeedBlock: 100 * time.Millisecond,
+		FeedReclaimIdle: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := b.start(t, p)
+	defer stop()
+	lost := b.submit(t, spec("a"), spec("b", "a"))
+	b.waitFor(t, lost, events.TaskDispatched, "a")
+	b.run(t, lost, "a", "w", true)
+	// The pointer is added and delivered to p1 in one step, as the lost
+	// read did: p1's blocking read never returns it.
+	feed := b.db.K.FeedFor(lost)
+	var read *redis.XStreamSliceCmd
+	if _, err := b.rdb.TxPipelined(b.ctx, func(pipe redis.Pipeliner) error {
+		b.db.PointFeed(b.ctx, pipe, lost)
+		read = pipe.XReadGroup(b.ctx, &redis.XReadGroupArgs{Group: rdb.GroupProjectors, Consumer: "p1",
+			Streams: []string{feed, ">"}, Count: 1, Block: -1})
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if res := read.Val(); len(res) != 1 || len(res[0].Messages) != 1 || res[0].Messages[0].Values[rdb.MsgRun] != lost {
+		t.Fatalf("the lost read got %v", res)
+	}
+	// Other work on the same feed partition makes p1 busy, then idle again.
+	var other string
+	for i := 0; other == ""; i++ {
+		if id := "other-" + strconv.Itoa(i); b.db.K.Partition(id) == b.db.K.Partition(lost) {
+			other = id
+		}
+	}
+	if _, _, err := b.sched.Submit(b.ctx, events.RunSubmittedBody{Workflow: "live", Tasks: []events.TaskSpec{spec("a")}},
+		scheduler.SubmitOptions{RunID: other}); err != nil {
+		t.Fatal(err)
+	}
+	b.waitFor(t, other, events.TaskDispatched, "a")
+	b.waitFor(t, lost, events.TaskDispatched, "b")
+}
