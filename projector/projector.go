@@ -229,8 +229,9 @@ func (p *Projector) consume(ctx context.Context, n int) {
 	}); err != nil {
 		return
 	}
-	start := "0"  // our own pending entries first (a restart resumes them)
-	var pend acks // the last batch's acks, sent with the next read
+	start := "0"          // our own pending entries first (a restart resumes them)
+	var pend acks         // the last batch's acks, sent with the next read
+	var ownRead time.Time // when our own pending entries were last read
 	defer func() {
 		// Leaving: send what is left (a crash here instead leaves the
 		// entries pending; another projector takes them over).
@@ -253,18 +254,22 @@ func (p *Projector) consume(ctx context.Context, n int) {
 				if err := retry(ctx, log, "ack feed", func() error { return p.sendAcks(ctx, pend, nil) }); err != nil {
 					return
 				}
-			} else if len(msgs) == 0 {
+			} else if len(msgs) == 0 && time.Since(ownRead) >= p.cfg.FeedBlock {
 				// Going idle, everything acked: read our own pending
-				// entries once before blocking. A read whose reply was
-				// lost and that go-redis repeated without telling us left
-				// its entries delivered to us and unseen; they would
-				// otherwise wait for the feed reclaim.
+				// entries before blocking (at most once per FeedBlock, off
+				// the hot path). A read whose reply was lost and that
+				// go-redis repeated without telling us left its entries
+				// delivered to us and unseen; they would otherwise wait
+				// for the feed reclaim.
 				start = "0"
 			}
 			pend = acks{}
 		}
 		if len(msgs) == 0 {
 			var res []redis.XStream
+			if start == "0" {
+				ownRead = time.Now()
+			}
 			err := retry(ctx, log, "read feed", func() error {
 				var err error
 				res, err = p.cfg.Redis.XReadGroup(ctx, &redis.XReadGroupArgs{
@@ -294,6 +299,12 @@ func (p *Projector) consume(ctx context.Context, n int) {
 		}
 		if start == "0" && len(msgs) == 0 {
 			start = ">"
+			continue
+		}
+		if start == ">" && len(msgs) == 0 {
+			// A blocking read that timed out: idle, so look at our own
+			// pending entries next (see above).
+			start = "0"
 			continue
 		}
 		var ok bool
