@@ -290,6 +290,11 @@ func runCell(r *Result) string {
 		return fmt.Sprintf("%s steps/s, %s runs/s", thousands(r.TasksPerSec), thousands(r.RunsPerSec))
 	case Trace:
 		return fmt.Sprintf("%d round trips for %d task(s)", r.traceTrips(), r.Tasks)
+	case Ceiling:
+		return fmt.Sprintf("%s entries/s", thousands(r.TasksPerSec))
+	}
+	if r.RunsPerSec > 0 { // floor chain3
+		return fmt.Sprintf("%s steps/s, %s runs/s", thousands(r.TasksPerSec), thousands(r.RunsPerSec))
 	}
 	return fmt.Sprintf("%s tasks/s", thousands(r.TasksPerSec))
 }
