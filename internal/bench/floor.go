@@ -133,6 +133,37 @@ func (h *harness) floorRuns(ctx context.Context, s *stack, run int, mode, prefix
 	return r, nil
 }
 
+// floorRead reads exactly n new entries of stream for consumer
+// (non-blocking: a lane's entries are all there) and returns their ids and
+// the runs they name.
+func (s *stack) floorRead(ctx context.Context, group, consumer, stream string, n int) (ids, runs []string, err error) {
+	res, err := s.rc.XReadGroup(ctx, &redis.XReadGroupArgs{Group: group, Consumer: consumer,
+		Streams: []string{stream, ">"}, Count: int64(n), Block: -1}).Result()
+	if err != nil || len(res) != 1 || len(res[0].Messages) != n {
+		return nil, nil, fmt.Errorf("floor read %s: %d streams, want %d entries, err %v", stream, len(res), n, err)
+	}
+	for _, m := range res[0].Messages {
+		ids = append(ids, m.ID)
+		runs = append(runs, m.Values[rdb.MsgRun].(string))
+	}
+	return ids, runs, nil
+}
+
+// floorAck acks queue messages through the owner-checked queue_ack script
+// and fails unless every one was pending for worker.
+func (s *stack) floorAck(ctx context.Context, queue, worker string, ids []string) error {
+	acked, err := s.db.QueueAck(ctx, s.rc, queue, worker, ids...).Int64Slice()
+	if err != nil {
+		return fmt.Errorf("floor queue ack: %w", err)
+	}
+	for _, a := range acked {
+		if a != 1 {
+			return fmt.Errorf("floor queue ack: %v", acked)
+		}
+	}
+	return nil
+}
+
 func (s *stack) floorQueue(lane int) string { return s.db.K.Queue("floor-"+strconv.Itoa(lane), 0) }
 func (s *stack) floorFeed(lane int) string  { return s.db.K.Feed(1000 + lane) }
 
@@ -194,15 +225,9 @@ func (s *stack) floorBatch(ctx context.Context, lane int, runs []string, steps i
 	for step := range steps {
 		task := "t" + strconv.Itoa(step)
 		// Worker: read the messages, claim, finish (+ feed pointer), ack.
-		msgs, err := s.rc.XReadGroup(ctx, &redis.XReadGroupArgs{Group: rdb.GroupWorkers, Consumer: worker,
-			Streams: []string{queue, ">"}, Count: int64(len(runs)), Block: -1}).Result()
-		if err != nil || len(msgs) != 1 || len(msgs[0].Messages) != len(runs) {
-			return fmt.Errorf("floor read queue: %d streams, err %v", len(msgs), err)
-		}
-		var ids, claimed []string
-		for _, m := range msgs[0].Messages {
-			ids = append(ids, m.ID)
-			claimed = append(claimed, m.Values[rdb.MsgRun].(string))
+		ids, claimed, err := s.floorRead(ctx, rdb.GroupWorkers, worker, queue, len(runs))
+		if err != nil {
+			return err
 		}
 		claims, err := exec("claim", func(p redis.Pipeliner) []*redis.Cmd {
 			cmds := make([]*redis.Cmd, len(claimed))
@@ -224,26 +249,14 @@ func (s *stack) floorBatch(ctx context.Context, lane int, runs []string, steps i
 		}); err != nil {
 			return err
 		}
-		acked, err := s.db.QueueAck(ctx, s.rc, queue, worker, ids...).Int64Slice()
-		if err != nil {
-			return fmt.Errorf("floor queue ack: %w", err)
-		}
-		for _, a := range acked {
-			if a != 1 {
-				return fmt.Errorf("floor queue ack: %v", acked)
-			}
+		if err := s.floorAck(ctx, queue, worker, ids); err != nil {
+			return err
 		}
 
 		// Projector: read the feed, the logs after the cursors, commit the end.
-		ptrs, err := s.rc.XReadGroup(ctx, &redis.XReadGroupArgs{Group: rdb.GroupProjectors, Consumer: "floor-p",
-			Streams: []string{feed, ">"}, Count: int64(len(runs)), Block: -1}).Result()
-		if err != nil || len(ptrs) != 1 || len(ptrs[0].Messages) != len(runs) {
-			return fmt.Errorf("floor read feed: %d streams, err %v", len(ptrs), err)
-		}
-		var fids, projected []string
-		for _, m := range ptrs[0].Messages {
-			fids = append(fids, m.ID)
-			projected = append(projected, m.Values[rdb.MsgRun].(string))
+		fids, projected, err := s.floorRead(ctx, rdb.GroupProjectors, "floor-p", feed, len(runs))
+		if err != nil {
+			return err
 		}
 		p := s.rc.Pipeline()
 		logs := make([]*redis.XMessageSliceCmd, len(projected))
@@ -385,16 +398,9 @@ func (h *harness) floorFanout(ctx context.Context, s *stack, run int) (Result, e
 					fail(fmt.Errorf("floor fanout finish: %v", v))
 					return
 				}
-				acked, err := s.db.QueueAck(ctx, s.rc, queue, worker, ids...).Int64Slice()
-				if err != nil {
-					fail(fmt.Errorf("floor fanout ack: %w", err))
+				if err := s.floorAck(ctx, queue, worker, ids); err != nil {
+					fail(err)
 					return
-				}
-				for _, x := range acked {
-					if x != 1 {
-						fail(fmt.Errorf("floor fanout ack: %v", acked))
-						return
-					}
 				}
 				done += len(ids)
 			}
