@@ -2,7 +2,6 @@ package projector
 
 import (
 	"context"
-	"errors"
 
 	"github.com/graflow-go/graflow/events"
 	"github.com/graflow-go/graflow/internal/crashpoint"
@@ -15,7 +14,7 @@ type pass struct {
 	run       string
 	c         *cached
 	read      *redis.XMessageSliceCmd // the log after the cursor
-	cursor    *redis.StringCmd        // set when the run was not cached
+	head      *redis.SliceCmd         // set when the run was not cached
 	decisions []events.Event
 	commit    rdb.Commit
 	commitCmd *redis.Cmd
@@ -63,13 +62,13 @@ func (p *Projector) projectBatch(ctx context.Context, runs []string) (rest []str
 		rest = append(rest, x.run)
 	}
 
-	// 1. Read every run's new events (a run not cached: its cursor and the
-	// first page of its log, cursor first, as load does).
+	// 1. Read every run's new events (a run not cached: its head and the
+	// first page of its log, head first, as load does).
 	pipe := p.cfg.Redis.Pipeline()
 	for _, x := range ps {
 		start := "-"
 		if x.c.run == nil {
-			x.cursor = pipe.HGet(ctx, p.db.K.RunState(x.run), rdb.FieldRunCursor)
+			x.head = p.db.HeadCmd(ctx, pipe, x.run)
 		} else if x.c.run.LastSeq != "" {
 			start = "(" + x.c.run.LastSeq
 		}
@@ -82,22 +81,22 @@ func (p *Projector) projectBatch(ctx context.Context, runs []string) (rest []str
 			giveUp(x, true)
 			continue
 		}
-		if x.cursor != nil {
-			cur, err := x.cursor.Result()
-			if err != nil && !errors.Is(err, redis.Nil) {
+		if x.head != nil {
+			head, err := rdb.ParseHead(x.head)
+			if err != nil {
 				giveUp(x, true)
 				continue
 			}
 			r := NewRun(x.run)
 			r.noResults = true // as in load
-			x.c.run, x.c.cursor = r, cur
+			x.c.run, x.c.head = r, head
 		}
 		msgs := x.read.Val()
 		if _, err := p.fold(x.run, x.c.run, msgs); err != nil || len(msgs) == p.cfg.ReadCount {
 			// A long log is read on by Project (to its end, before it
 			// decides); a run loaded here with a long log is loaded
-			// again there, its cursor read before its whole log.
-			giveUp(x, err != nil || x.cursor != nil)
+			// again there, its head read before its whole log.
+			giveUp(x, err != nil || x.head != nil)
 			continue
 		}
 		if x.c.run.Status == RunUnknown {
@@ -127,8 +126,16 @@ func (p *Projector) projectBatch(ctx context.Context, runs []string) (rest []str
 	committed := live[:0:0]
 	for _, x := range live {
 		res, err := rdb.ParseCommit(x.run, x.commitCmd)
-		if err != nil || res.Conflict {
+		if err != nil {
 			giveUp(x, true)
+			continue
+		}
+		if res.Conflict {
+			// Another commit moved the head: Project folds on from the
+			// cache (the log only grows) under the new head; a task record
+			// that disagrees with the fold reloads the run.
+			x.c.head = res.Head
+			giveUp(x, !res.HeadMoved())
 			continue
 		}
 		x.res = res
@@ -175,14 +182,14 @@ func (p *Projector) projectBatch(ctx context.Context, runs []string) (rest []str
 		case x.res.Outbox > 0 && x.res.Outbox != int64(len(x.commit.Outbox)):
 			// An outbox left over from before: Project reads on from
 			// FoldedTo (our decisions included) and reads the outbox back.
-			x.c.cursor = x.res.Cursor
+			x.c.head = x.res.Head
 			giveUp(x, false)
 			continue
 		case relayed && !cmdsOK(x.cmds):
 			giveUp(x, true) // the relay failed: Project relays again
 			continue
 		case !x.res.CaughtUp:
-			x.c.cursor = x.res.Cursor // events arrived meanwhile: Project reads on
+			x.c.head = x.res.Head // events arrived meanwhile: Project reads on
 			giveUp(x, false)
 		default:
 			more, err := p.settle(x.run, x.c, x.decisions, x.res)

@@ -1,6 +1,11 @@
 package projector
 
-import "context"
+import (
+	"context"
+
+	"github.com/graflow-go/graflow/events"
+	"github.com/graflow-go/graflow/internal/rdb"
+)
 
 // ProjectBatch runs the batched pass over runs as handle does (sending its
 // outbox acks) and returns the runs it leaves to Project.
@@ -8,4 +13,41 @@ func (p *Projector) ProjectBatch(ctx context.Context, runs []string) []string {
 	rest, later := p.projectBatch(ctx, runs)
 	_ = p.sendAcks(ctx, acks{outbox: later}, nil)
 	return rest
+}
+
+// LoadRun folds run's whole log into p's cache (Project's first step).
+func (p *Projector) LoadRun(ctx context.Context, run string) error {
+	c := p.entry(run)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return p.load(ctx, run, c)
+}
+
+// Prepared is a commit prepare built from p's cached state of a run.
+type Prepared struct {
+	decisions []events.Event
+	commit    rdb.Commit
+}
+
+// Decisions returns the prepared decision events.
+func (x Prepared) Decisions() []events.Event { return x.decisions }
+
+// PrepareCommit decides from p's cached state of run (no I/O), as Project
+// does before it commits.
+func (p *Projector) PrepareCommit(run string) Prepared {
+	c := p.entry(run)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	d, cm := p.prepare(c)
+	return Prepared{decisions: d, commit: cm}
+}
+
+// CommitPrepared commits x and carries on as Project does after its
+// commit (relay, then settle or read on), and returns the commit's reply.
+func (p *Projector) CommitPrepared(ctx context.Context, run string, x Prepared) (rdb.CommitResult, error) {
+	c := p.entry(run)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	res, _, err := p.commitStep(ctx, run, c, x.decisions, x.commit)
+	return res, err
 }

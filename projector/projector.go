@@ -162,9 +162,9 @@ type Projector struct {
 }
 
 type cached struct {
-	mu     sync.Mutex
-	run    *Run
-	cursor string // the state hash's cursor that run corresponds to
+	mu   sync.Mutex
+	run  *Run
+	head rdb.Head // the run's head that the next commit compares and sets
 }
 
 // New returns a Projector.
@@ -530,18 +530,18 @@ func (p *Projector) Project(ctx context.Context, run string) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	conflicts := 0
-	skipRead := false
+	next := stepReadOn
 	for {
 		if c.run == nil {
 			if err := p.load(ctx, run, c); err != nil {
 				return err
 			}
-			skipRead = true
+			next = stepDecide
 		}
-		if !skipRead {
+		if next == stepReadOn {
 			// Fold to the end of the log before deciding: a page short of
 			// it may not reach decisions already committed (ours, after a
-			// commit that was not caught up, or those of the cursor a run
+			// commit that was not caught up, or those of the head a run
 			// was loaded at), which would then be made again.
 			for {
 				n, err := p.readInto(ctx, run, c.run)
@@ -554,53 +554,88 @@ func (p *Projector) Project(ctx context.Context, run string) error {
 				}
 			}
 		}
-		skipRead = false
 		if c.run.Status == RunUnknown {
 			return nil // no such run (feed pointer for a deleted run)
 		}
 		decisions, commit := p.prepare(c)
-		res, err := p.db.Commit(ctx, run, commit)
-		outbox := commit.Outbox
+		res, step, err := p.commitStep(ctx, run, c, decisions, commit)
 		if err != nil {
-			c.run = nil
 			return err
 		}
 		if res.Conflict {
 			conflicts++
-			p.log.Debug().Str("run", run).Int("conflicts", conflicts).Msg("cursor moved under us; reloading")
-			c.run = nil
-			if conflicts > 100 {
-				return fmt.Errorf("project run %s: %d cursor conflicts in a row", run, conflicts)
-			}
-			continue
-		}
-		crashpoint.Hit(crashpoint.ProjectorAfterCommit)
-		if res.Outbox > 0 && res.Outbox == int64(len(outbox)) {
-			// The outbox holds exactly what we just pushed: relay it
-			// without reading it back.
-			if err := p.relay(ctx, run, outbox); err != nil {
+			p.log.Debug().Str("run", run).Int("conflicts", conflicts).Str("why", res.Why).Msg("commit refused; folding on")
+			if conflicts > maxConflicts {
 				c.run = nil
-				return err
-			}
-		} else if res.Outbox > 0 {
-			if err := p.Relay(ctx, run); err != nil {
-				c.run = nil
-				return err
+				return fmt.Errorf("project run %s: %d commit conflicts in a row (last: %s)", run, conflicts, res.Why)
 			}
 		}
-		if !res.CaughtUp {
-			c.cursor = res.Cursor
-			continue
-		}
-		more, err := p.settle(run, c, decisions, res)
-		if err != nil {
-			return err
-		}
-		if !more {
+		if step == stepDone {
 			return nil
 		}
-		skipRead = true
+		next = step
 	}
+}
+
+// maxConflicts bounds the commit conflicts in a row one Project call
+// takes before it gives up with an error (and its caller retries later).
+const maxConflicts = 100
+
+// step says how Project goes on after a commit.
+type step int
+
+const (
+	stepDone   step = iota // caught up and nothing more to decide
+	stepReadOn             // the log moved on: fold the new entries, then decide
+	stepDecide             // caught up with more to decide: decide again from the cache
+)
+
+// commitStep commits c's prepared decisions and carries on as far as the
+// reply allows: on a conflict it takes the current head and keeps its
+// cached fold (the log only grows, so the fold is still a prefix of it;
+// what the other commit appended is read next), except when a task's
+// record disagreed with the fold, which reloads the run; after a commit it
+// relays the outbox and, caught up, applies the decisions to the cache.
+func (p *Projector) commitStep(ctx context.Context, run string, c *cached, decisions []events.Event, commit rdb.Commit) (rdb.CommitResult, step, error) {
+	res, err := p.db.Commit(ctx, run, commit)
+	if err != nil {
+		c.run = nil
+		return res, stepDone, err
+	}
+	if res.Conflict {
+		c.head = res.Head
+		if !res.HeadMoved() {
+			c.run = nil // the records disagree with our fold: start afresh
+		}
+		return res, stepReadOn, nil
+	}
+	crashpoint.Hit(crashpoint.ProjectorAfterCommit)
+	outbox := commit.Outbox
+	if res.Outbox > 0 && res.Outbox == int64(len(outbox)) {
+		// The outbox holds exactly what we just pushed: relay it
+		// without reading it back.
+		if err := p.relay(ctx, run, outbox); err != nil {
+			c.run = nil
+			return res, stepDone, err
+		}
+	} else if res.Outbox > 0 {
+		if err := p.Relay(ctx, run); err != nil {
+			c.run = nil
+			return res, stepDone, err
+		}
+	}
+	if !res.CaughtUp {
+		c.head = res.Head
+		return res, stepReadOn, nil
+	}
+	more, err := p.settle(run, c, decisions, res)
+	if err != nil {
+		return res, stepDone, err
+	}
+	if more {
+		return res, stepDecide, nil
+	}
+	return res, stepDone, nil
 }
 
 // settle applies a caught-up commit's decisions to c's cached run and
@@ -614,7 +649,7 @@ func (p *Projector) settle(run string, c *cached, decisions []events.Event, res 
 			return false, err
 		}
 	}
-	c.cursor = res.Cursor
+	c.head = res.Head
 	// Caught up: @dirty is cleared. If the decisions call for nothing
 	// more, the run is done for now (no confirming commit needed).
 	if len(decisions) == 0 || len(Decide(c.run, 1, p.retryDelay)) == 0 {
@@ -633,6 +668,7 @@ func (p *Projector) prepare(c *cached) ([]events.Event, rdb.Commit) {
 	decisions := Decide(c.run, p.cfg.BatchSize, p.retryDelay)
 	now := p.cfg.Now()
 	records := map[string]string{}
+	expect := map[string]string{}
 	var outbox []string
 	for i := range decisions {
 		d := &decisions[i]
@@ -643,6 +679,11 @@ func (p *Projector) prepare(c *cached) ([]events.Event, rdb.Commit) {
 			b.DueMS = now.UnixMilli() + b.DelayMS
 			*d = d.WithBody(b)
 		}
+		if t := c.run.Task(d.Task); t != nil {
+			// The record this decision was taken on (decisions change
+			// their tasks only in the cached fold's successor state).
+			expect[d.Task] = RecordOf(t).String()
+		}
 		rec, disp := p.effect(c.run, *d)
 		for f, v := range rec {
 			records[f] = v
@@ -652,8 +693,8 @@ func (p *Projector) prepare(c *cached) ([]events.Event, rdb.Commit) {
 		}
 	}
 	commit := rdb.Commit{
-		Expected: c.cursor, FoldedTo: c.run.LastSeq, Writer: p.cfg.ID, TimeMS: now.UnixMilli(),
-		Events: decisions, Records: records, Outbox: outbox,
+		Expected: c.head, FoldedTo: c.run.LastSeq, Writer: p.cfg.ID, TimeMS: now.UnixMilli(),
+		Events: decisions, Records: records, Expect: expect, Outbox: outbox,
 	}
 	for _, d := range decisions {
 		if d.Type == events.RunSucceeded || d.Type == events.RunFailed {
@@ -717,16 +758,16 @@ func (p *Projector) retryDelay(spec events.TaskSpec, attempt int) time.Duration 
 
 // load folds run's whole log from the first event.
 func (p *Projector) load(ctx context.Context, run string, c *cached) error {
-	// The cursor and the first page of the log in one round trip (the
-	// cursor read first: a commit in between makes ours conflict).
+	// The head and the first page of the log in one round trip (the
+	// head read first: a commit in between makes ours conflict).
 	pipe := p.cfg.Redis.Pipeline()
-	hget := pipe.HGet(ctx, p.db.K.RunState(run), rdb.FieldRunCursor)
+	hget := p.db.HeadCmd(ctx, pipe, run)
 	first := pipe.XRangeN(ctx, p.db.K.RunLog(run), "-", "+", int64(p.cfg.ReadCount))
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		return fmt.Errorf("load run %s: %w", run, err)
 	}
-	cursor, err := hget.Result()
-	if err != nil && !errors.Is(err, redis.Nil) {
+	head, err := rdb.ParseHead(hget)
+	if err != nil {
 		return fmt.Errorf("load run %s: %w", run, err)
 	}
 	r := NewRun(run)
@@ -738,7 +779,7 @@ func (p *Projector) load(ctx context.Context, run string, c *cached) error {
 	if err != nil {
 		return err
 	}
-	c.run, c.cursor = r, cursor
+	c.run, c.head = r, head
 	return nil
 }
 

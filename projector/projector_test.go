@@ -423,7 +423,7 @@ func TestRequeueBetweenDecideAndCommit(t *testing.T) {
 
 			// A projector's step, cut between Decide and Commit.
 			r := fold(t, run, b.log(t, run))
-			cursor, err := b.rdb.HGet(b.ctx, b.db.K.RunState(run), rdb.FieldRunCursor).Result()
+			head, err := rdb.ParseHead(b.db.HeadCmd(b.ctx, b.rdb, run))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -445,7 +445,7 @@ func TestRequeueBetweenDecideAndCommit(t *testing.T) {
 				events.Event{}.WithBody(events.TaskRequeuedBody{Cause: "operator"}).Body); err != nil {
 				t.Fatal(err)
 			}
-			res, err := b.db.Commit(b.ctx, run, rdb.Commit{Expected: cursor, FoldedTo: r.LastSeq, Writer: "p1", TimeMS: 4,
+			res, err := b.db.Commit(b.ctx, run, rdb.Commit{Expected: head, FoldedTo: r.LastSeq, Writer: "p1", TimeMS: 4,
 				Events: decisions, Records: records})
 			if err != nil {
 				t.Fatal(err)
@@ -679,4 +679,101 @@ func TestProjectorPicksUpEntriesOfALostReadWhenIdle(t *testing.T) {
 	}
 	b.waitFor(t, other, events.TaskDispatched, "a")
 	b.waitFor(t, lost, events.TaskDispatched, "b")
+}
+
+// Issue #10 defect 1, the sequence as seen: two projectors on one run
+// (BatchSize 1, tasks a and b). P1 dispatches a; a is claimed; P2 loads and
+// decides "dispatch b"; P1 commits "dispatch b" without catching up (the
+// claim came after its fold), so the cursor stays where it was; b is
+// claimed; P2's commit must then be refused. It was accepted: b went back
+// to dispatched, a second message was relayed, the claim holder's result
+// was rejected, and a second worker claimed the copy at the same epoch.
+func TestTwoProjectorsOnOneRunDoNotDecideTwice(t *testing.T) {
+	t.Parallel()
+	b := setupLive(t)
+	run := b.submit(t, spec("a"), spec("b"))
+	newP := func(id string) *projector.Projector {
+		p, err := projector.New(projector.Config{Redis: b.rdb, Namespace: b.db.K.Namespace(), ID: id, BatchSize: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	p1, p2 := newP("p1"), newP("p2")
+	only := func(x projector.Prepared, typ events.Type, task string) {
+		t.Helper()
+		d := x.Decisions()
+		if len(d) != 1 || d[0].Type != typ || d[0].Task != task {
+			t.Fatalf("decisions %v, want %s %s", decisionKeys(d), typ, task)
+		}
+	}
+	claim := func(task, worker string) int64 {
+		t.Helper()
+		cr, err := b.db.Claim(b.ctx, rdb.ClaimArgs{Run: run, Task: task, Worker: worker, Attempt: 1, EventID: ulid.Make().String(), TimeMS: 1})
+		if err != nil || cr.Outcome != rdb.ClaimOK {
+			t.Fatalf("claim %s by %s: %+v %v", task, worker, cr, err)
+		}
+		return cr.Epoch
+	}
+
+	if err := p1.LoadRun(b.ctx, run); err != nil {
+		t.Fatal(err)
+	}
+	x := p1.PrepareCommit(run)
+	only(x, events.TaskDispatched, "a")
+	if res, err := p1.CommitPrepared(b.ctx, run, x); err != nil || res.Conflict || !res.CaughtUp {
+		t.Fatalf("P1 dispatch a = %+v, %v", res, err)
+	}
+	claim("a", "wa")
+	if err := p2.LoadRun(b.ctx, run); err != nil {
+		t.Fatal(err)
+	}
+	late := p2.PrepareCommit(run)
+	only(late, events.TaskDispatched, "b")
+	x = p1.PrepareCommit(run)
+	only(x, events.TaskDispatched, "b")
+	if res, err := p1.CommitPrepared(b.ctx, run, x); err != nil || res.Conflict || res.CaughtUp {
+		t.Fatalf("P1 dispatch b = %+v, %v; want applied, not caught up", res, err)
+	}
+	epoch := claim("b", "wb")
+
+	res, err := p2.CommitPrepared(b.ctx, run, late)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.Conflict {
+		t.Errorf("P2's commit of a decision P1 already made was accepted: %+v", res)
+	}
+	if got := b.records(t, run)["b"]; got.Status != "running" || got.Owner != "wb" || got.Epoch != epoch {
+		t.Errorf("b's record after P2's commit = %+v, want running by wb at epoch %d", got, epoch)
+	}
+	if n := decisionKeys(b.log(t, run))["task_dispatched b 1"]; n != 1 {
+		t.Errorf("b dispatched %d times, want once", n)
+	}
+
+	// The run still ends, with a live state equal to the fold.
+	b.finish(t, run, "a", "wa", 1)
+	b.finish(t, run, "b", "wb", epoch)
+	for _, p := range []*projector.Projector{p2, p1} {
+		if err := p.Project(b.ctx, run); err != nil {
+			t.Fatal(err)
+		}
+	}
+	final := fold(t, run, b.log(t, run))
+	if final.Status != projector.RunSucceeded {
+		t.Errorf("run is %s, want succeeded", final.Status)
+	}
+	b.checkState(t, run, final)
+}
+
+// finish records task's success by worker at epoch, as a worker would.
+func (b liveBundle) finish(t *testing.T, run, task, worker string, epoch int64) {
+	t.Helper()
+	args := rdb.FinishArgs{Run: run, Task: task, Worker: worker, Attempt: 1, Epoch: epoch,
+		EventID: ulid.Make().String(), RejectID: ulid.Make().String(), TimeMS: 2,
+		Type: events.TaskSucceeded, Status: "succeeded", Result: []byte(`"` + task + `"`)}
+	args.Body = events.Event{}.WithBody(events.TaskSucceededBody{Result: args.Result}).Body
+	if _, err := b.db.Finish(b.ctx, args); err != nil {
+		t.Fatalf("finish %s by %s: %v", task, worker, err)
+	}
 }

@@ -152,7 +152,7 @@ func (b scriptBundle) dispatchTasks(t *testing.T, n int, record string) {
 		evs = append(evs, events.Event{ID: "d" + task, Type: events.TaskDispatched, Task: task, Attempt: 1}.
 			WithBody(events.TaskDispatchedBody{Pool: "default"}))
 	}
-	res, err := b.db.Commit(b.ctx, b.run, rdb.Commit{Expected: b.cursor(t), FoldedTo: b.last(t), Writer: "p1", TimeMS: 2000,
+	res, err := b.db.Commit(b.ctx, b.run, rdb.Commit{Expected: b.head(t), FoldedTo: b.last(t), Writer: "p1", TimeMS: 2000,
 		Events: evs, Records: recs})
 	if err != nil || res.Conflict {
 		t.Fatalf("dispatch commit %+v %v", res, err)

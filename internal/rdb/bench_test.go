@@ -88,9 +88,9 @@ func (d benchDB) submit(b *testing.B, run string, spec events.RunSubmittedBody) 
 
 // dispatch commits task_dispatched for the given tasks of run, as the
 // projector does (one commit, records and outbox entries included).
-func (d benchDB) dispatch(b *testing.B, run, cursor, foldedTo string, tasks []string) rdb.CommitResult {
+func (d benchDB) dispatch(b *testing.B, run string, head rdb.Head, foldedTo string, tasks []string) rdb.CommitResult {
 	b.Helper()
-	c := rdb.Commit{Expected: cursor, FoldedTo: foldedTo, Writer: "bench-projector", TimeMS: time.Now().UnixMilli(),
+	c := rdb.Commit{Expected: head, FoldedTo: foldedTo, Writer: "bench-projector", TimeMS: time.Now().UnixMilli(),
 		Records: map[string]string{}}
 	for _, t := range tasks {
 		id := ulid.Make().String()
@@ -130,12 +130,13 @@ func BenchmarkCommitDispatch256(b *testing.B) {
 	d := newBenchDB(b)
 	const batches = 80
 	spec := benchSpec(256 * batches)
-	var run, cursor, folded string
+	var run, folded string
+	var head rdb.Head
 	var before int64 // Redis' EVALSHA time before, minus the submits'
 	for i := range b.N {
 		if i%batches == 0 {
 			b.StopTimer()
-			run, cursor = "fan"+strconv.Itoa(i/batches), ""
+			run, head = "fan"+strconv.Itoa(i/batches), rdb.Head{}
 			t0 := d.evalUSec(b)
 			folded = d.submit(b, run, spec)
 			before += d.evalUSec(b) - t0
@@ -149,8 +150,8 @@ func BenchmarkCommitDispatch256(b *testing.B) {
 		for j := range tasks {
 			tasks[j] = spec.Tasks[(i%batches)*256+j].ID
 		}
-		res := d.dispatch(b, run, cursor, folded, tasks)
-		cursor, folded = res.Cursor, res.Cursor
+		res := d.dispatch(b, run, head, folded, tasks)
+		head, folded = res.Head, res.Head.Cursor
 	}
 	b.StopTimer()
 	d.reportRedis(b, before)
@@ -166,10 +167,10 @@ func BenchmarkClaimFinish(b *testing.B) {
 	for i := range tasks {
 		tasks[i] = spec.Tasks[i].ID
 	}
-	cursor, folded := "", seq
+	head, folded := rdb.Head{}, seq
 	for lo := 0; lo < len(tasks); lo += 256 {
-		res := d.dispatch(b, "cf", cursor, folded, tasks[lo:min(lo+256, len(tasks))])
-		cursor, folded = res.Cursor, res.Cursor
+		res := d.dispatch(b, "cf", head, folded, tasks[lo:min(lo+256, len(tasks))])
+		head, folded = res.Head, res.Head.Cursor
 	}
 	body, _ := json.Marshal(events.TaskSucceededBody{Result: []byte("null")})
 	before := d.evalUSec(b)

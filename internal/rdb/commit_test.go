@@ -19,7 +19,7 @@ import (
 func TestCommitRunTwiceAppendsItsDecisionsOnce(t *testing.T) {
 	t.Parallel()
 	b := setupRun(t)
-	cur := b.cursor(t)
+	cur := b.head(t)
 	folded := b.last(t)
 	// A worker's event lands after the projector's read: the commit below
 	// cannot be caught up, and leaves the cursor at folded.
@@ -35,10 +35,13 @@ func TestCommitRunTwiceAppendsItsDecisionsOnce(t *testing.T) {
 	if err != nil || first.Conflict || first.CaughtUp {
 		t.Fatalf("first commit = %+v, %v; want applied, not caught up", first, err)
 	}
-	if first.Cursor != cur {
+	if first.Head.Cursor != cur.Cursor {
 		// The cursor moved: a second run would conflict anyway; the case
 		// this test is about did not arise.
-		t.Fatalf("cursor moved from %q to %q on a commit that was not caught up", cur, first.Cursor)
+		t.Fatalf("cursor moved from %q to %q on a commit that was not caught up", cur.Cursor, first.Head.Cursor)
+	}
+	if first.Head.Commit == cur.Commit {
+		t.Fatalf("commit token %q did not change on a commit that appended decisions", cur.Commit)
 	}
 	second, err := b.db.Commit(b.ctx, b.run, c)
 	if err != nil || !second.Conflict {
@@ -66,7 +69,7 @@ func TestCommitLargerThanUnpackLimit(t *testing.T) {
 	t.Parallel()
 	b := setupRun(t)
 	const n = 4500
-	c := rdb.Commit{Expected: b.cursor(t), FoldedTo: b.last(t), Writer: "p", TimeMS: 3000, Records: map[string]string{}}
+	c := rdb.Commit{Expected: b.head(t), FoldedTo: b.last(t), Writer: "p", TimeMS: 3000, Records: map[string]string{}}
 	for i := range n {
 		task := "t" + strconv.Itoa(i)
 		c.Records[task] = rdb.Record{Status: "dispatched", Attempt: 1}.String()
@@ -95,8 +98,8 @@ func TestCommitLargerThanUnpackLimit(t *testing.T) {
 			t.Fatalf("record of %s = %q, want %q", task, st[task], rec)
 		}
 	}
-	if st[rdb.FieldRunCursor] != res.Cursor {
-		t.Errorf("cursor %q, want %q", st[rdb.FieldRunCursor], res.Cursor)
+	if st[rdb.FieldRunCursor] != res.Head.Cursor {
+		t.Errorf("cursor %q, want %q", st[rdb.FieldRunCursor], res.Head.Cursor)
 	}
 }
 
@@ -106,7 +109,7 @@ func TestCommitLargerThanUnpackLimit(t *testing.T) {
 func TestRunEndingCommitSetsTheTTLAndRequeueRemovesIt(t *testing.T) {
 	t.Parallel()
 	b := setupRun(t)
-	cur, folded := b.cursor(t), b.last(t)
+	cur, folded := b.head(t), b.last(t)
 	// A late heartbeat lands after the projector's read: not caught up.
 	if err := b.c.XAdd(b.ctx, &redis.XAddArgs{Stream: b.db.K.RunLog(b.run), Values: (&events.Event{
 		ID: ulid.Make().String(), Type: events.TaskHeartbeat, Task: "a", Attempt: 1, Epoch: 1, Worker: "w", Time: time.UnixMilli(2000),

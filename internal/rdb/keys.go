@@ -33,8 +33,11 @@ const (
 // Hash fields of a run's state hash that are not task records. Task ids may
 // not start with "@".
 const (
-	FieldRunStatus   = "@status"
-	FieldRunCursor   = "@cursor"
+	FieldRunStatus = "@status"
+	FieldRunCursor = "@cursor"
+	// FieldRunCommit is the commit token: the first event id of the last
+	// projector commit that appended decisions (see Head).
+	FieldRunCommit   = "@commit"
 	FieldRunDirty    = "@dirty"
 	FieldRunWorkflow = "@workflow"
 	FieldRunInput    = "@input" // in the results hash

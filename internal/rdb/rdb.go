@@ -125,15 +125,46 @@ func ParseSubmit(run string, ev events.Event, body events.RunSubmittedBody, cmd 
 	return false, res[1], nil
 }
 
+// Head is what a projector's commit compares and sets: the run's cursor
+// (the last log id its projection accounts for) and its commit token (the
+// first event id of the last commit that appended decisions). Every
+// appending commit changes the head, even one that leaves the cursor
+// where it was (not caught up).
+type Head struct {
+	Cursor string
+	Commit string
+}
+
+// HeadCmd queues the read of run's head on p; read it with ParseHead.
+func (d DB) HeadCmd(ctx context.Context, p redis.Cmdable, run string) *redis.SliceCmd {
+	return p.HMGet(ctx, d.K.RunState(run), FieldRunCursor, FieldRunCommit)
+}
+
+// ParseHead reads a HeadCmd reply (a run with no state has an empty head).
+func ParseHead(cmd *redis.SliceCmd) (Head, error) {
+	v, err := cmd.Result()
+	if err != nil {
+		return Head{}, err
+	}
+	var h Head
+	h.Cursor, _ = v[0].(string)
+	h.Commit, _ = v[1].(string)
+	return h, nil
+}
+
 // Commit is a projector commit (see commitScript).
 type Commit struct {
-	Expected string // cursor the projector's state was loaded at
+	Expected Head   // the head the projector's state was loaded at
 	FoldedTo string // last log id folded
 	Writer   string // projector id, recorded as the events' worker
 	TimeMS   int64
 	Events   []events.Event // decisions: ID, Type, Task, Attempt, Epoch, Body
 	Records  map[string]string
-	Outbox   []string
+	// Expect maps each decided task to the record the decision was taken
+	// on (Record.String(); "" or "pending|0|0|" for a task never touched):
+	// the commit is refused if any task holds another record.
+	Expect map[string]string
+	Outbox []string
 	// CompactLog, when the decisions end the run, rewrites a log of at
 	// most this many events with its memory sized to fit (0: never).
 	CompactLog int
@@ -150,11 +181,19 @@ const DefaultCompactLog = 1000
 // CommitResult is the reply of a commit.
 type CommitResult struct {
 	Conflict bool
-	Cursor   string   // cursor after the commit (or the current one on conflict)
+	// Why says what made a conflict: the head moved, the run ended, or a
+	// task's record is not the one a decision was taken on.
+	Why      string
+	Head     Head     // head after the commit (or the current one on conflict)
 	CaughtUp bool     // nothing but the decisions was appended since FoldedTo
 	Outbox   int64    // outbox length after the commit
 	Seqs     []string // stream ids of the appended decisions
 }
+
+// HeadMoved reports a conflict because another commit moved the head (or
+// the run ended), as opposed to a task record that disagrees with the
+// decisions' fold.
+func (r CommitResult) HeadMoved() bool { return r.Conflict && !strings.HasPrefix(r.Why, "task ") }
 
 // Commit runs the commit script for run.
 func (d DB) Commit(ctx context.Context, run string, c Commit) (CommitResult, error) {
@@ -164,13 +203,20 @@ func (d DB) Commit(ctx context.Context, run string, c Commit) (CommitResult, err
 // CommitCmd queues the commit script for run on p, a pipeline or the
 // client; read its reply with ParseCommit after Exec.
 func (d DB) CommitCmd(ctx context.Context, p redis.Scripter, run string, c Commit) *redis.Cmd {
-	args := make([]any, 0, 8+6*len(c.Events)+2*len(c.Records)+len(c.Outbox))
-	args = append(args, c.Expected, c.FoldedTo, strconv.FormatInt(c.TimeMS, 10), c.Writer, len(c.Events))
+	args := make([]any, 0, 10+6*len(c.Events)+2*len(c.Records)+2*len(c.Expect)+len(c.Outbox))
+	args = append(args, c.Expected.Cursor, c.Expected.Commit, c.FoldedTo, strconv.FormatInt(c.TimeMS, 10), c.Writer, len(c.Events))
 	for _, e := range c.Events {
 		args = append(args, e.ID, string(e.Type), e.Task, e.Attempt, e.Epoch, string(e.Body))
 	}
 	args = append(args, len(c.Records))
 	for f, v := range c.Records {
+		args = append(args, f, v)
+	}
+	args = append(args, len(c.Expect))
+	for f, v := range c.Expect {
+		if v == untouched {
+			v = ""
+		}
 		args = append(args, f, v)
 	}
 	args = append(args, len(c.Outbox))
@@ -182,20 +228,25 @@ func (d DB) CommitCmd(ctx context.Context, p redis.Scripter, run string, c Commi
 		d.K.RunDAG(run), d.K.RunResults(run), d.K.RunChannel(run)}, args...)
 }
 
+// untouched is the record of a task no script has written yet.
+const untouched = "pending|0|0|"
+
 // ParseCommit reads a CommitCmd reply.
 func ParseCommit(run string, cmd *redis.Cmd) (CommitResult, error) {
 	res, err := cmd.Slice()
 	if err != nil {
 		return CommitResult{}, fmt.Errorf("commit run %s: %w", run, err)
 	}
-	out := CommitResult{Cursor: str(res, 1)}
+	out := CommitResult{Head: Head{Cursor: str(res, 1)}}
 	if str(res, 0) == "conflict" {
 		out.Conflict = true
+		out.Head.Commit, out.Why = str(res, 2), str(res, 3)
 		return out, nil
 	}
 	out.CaughtUp = num(res, 2) == 1
 	out.Outbox = num(res, 3)
-	for i := 4; i < len(res); i++ {
+	out.Head.Commit = str(res, 4)
+	for i := 5; i < len(res); i++ {
 		out.Seqs = append(out.Seqs, str(res, i))
 	}
 	return out, nil

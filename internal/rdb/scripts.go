@@ -80,51 +80,76 @@ return {'created', seq}
 `)
 
 // commitScript commits a projector's decisions with a compare-and-set on the
-// run's cursor: appends the decision events, applies their task records and
-// run fields, and pushes the dispatches onto the outbox. The cursor advances
-// past the decisions only when nothing else was appended since foldedTo;
-// otherwise it stays at foldedTo and the projector folds on from there.
+// run's head: the cursor (the last log id the projection accounts for) and
+// the commit token (the first event id of the last commit that appended
+// decisions), so any appending commit since the projector read the head
+// makes its commit conflict, even one that left the cursor where it was.
+// Each decision's task must also still hold the record the decision was
+// taken on (a pending task still pending, a failed one still failed):
+// every check runs before the first write, so a refused commit writes
+// nothing. Then it appends the decision events, applies their task records
+// and run fields, and pushes the dispatches onto the outbox. The cursor
+// advances past the decisions only when nothing else was appended since
+// foldedTo; otherwise it stays at foldedTo and the projector folds on from
+// there.
 //
 // KEYS: 1 state, 2 log, 3 outbox, 4 scratch key for compacting the log,
 // 5 dag, 6 results, 7 channel
-// ARGV: 1 expected cursor, 2 foldedTo, 3 time ms, 4 writer id,
+// ARGV: 1 expected cursor, 2 expected commit token, 3 foldedTo, 4 time ms,
 //
-//	5 n events, then n x (event id, type, task, attempt, epoch, body),
-//	then m, m x (field, value), then k, k x outbox entry, then the
-//	longest log to compact and the run's TTL in ms (0: none), both applied
-//	only when the decisions end the run
+//	5 writer id, 6 n events, then n x (event id, type, task, attempt,
+//	epoch, body), then m, m x (field, value), then x, x x (task, expected
+//	record, "" for a task never touched), then k, k x outbox entry, then
+//	the longest log to compact and the run's TTL in ms (0: none), both
+//	applied only when the decisions end the run
 //
-// Reply: {"conflict", cursor} or {"ok", new cursor, caughtUp 0|1, outbox length, seq...}
+// Reply: {"conflict", cursor, token, why} or
+// {"ok", new cursor, caughtUp 0|1, outbox length, new token, seq...}
 var commitScript = redis.NewScript(prelude + `
+local n = tonumber(ARGV[6])
+local i = 7 + 6 * n
+local m = tonumber(ARGV[i]); local recs = i + 1; i = recs + 2 * m
+local x = tonumber(ARGV[i]); local exps = i + 1; i = exps + 2 * x
+local k = tonumber(ARGV[i]); local outs = i + 1; i = outs + k
+local compact = tonumber(ARGV[i] or '0') or 0
+local ttl = tonumber(ARGV[i + 1] or '0') or 0
+-- Every check before the first write.
 local head = redis.call('HMGET', KEYS[1], '@cursor', '@commit', '@status')
-local cur = head[1] or ''
-if cur ~= ARGV[1] then return {'conflict', cur} end
-local n = tonumber(ARGV[5])
--- A commit that already ran (a client retrying after a lost reply) must not
--- append its decisions twice: its first event id is remembered.
-if n > 0 and head[2] == ARGV[6] then return {'conflict', cur} end
-if n > 0 and head[3] ~= 'running' then return {'conflict', cur} end
+local cur, token = head[1] or '', head[2] or ''
+if cur ~= ARGV[1] or token ~= ARGV[2] then return {'conflict', cur, token, 'head moved'} end
+if n > 0 and head[3] ~= 'running' then return {'conflict', cur, token, 'run is ' .. tostring(head[3])} end
+for j = 0, x - 1, 1000 do
+  local fs = {}
+  for l = j, math.min(j + 999, x - 1) do fs[#fs + 1] = ARGV[exps + 2 * l] end
+  local vs = redis.call('HMGET', KEYS[1], unpack(fs))
+  for l = 1, #fs do
+    local v = vs[l] or ''
+    if v == 'pending|0|0|' then v = '' end
+    if v ~= ARGV[exps + 2 * (j + l - 1) + 1] then
+      return {'conflict', cur, token, 'task ' .. fs[l] .. ' is ' .. (vs[l] or 'untouched')}
+    end
+  end
+end
 local last = ''
 local tail = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
 if #tail > 0 then last = tail[1][1] end
-local i = 6
 local seqs = {}
 for j = 1, n do
-  seqs[j] = append(KEYS[2], ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[4], ARGV[3], ARGV[i+5])
-  i = i + 6
+  local a = 7 + 6 * (j - 1)
+  seqs[j] = append(KEYS[2], ARGV[a], ARGV[a+1], ARGV[a+2], ARGV[a+3], ARGV[a+4], ARGV[5], ARGV[4], ARGV[a+5])
 end
 -- Every field in one HSET: the task records and run fields, the commit
--- nonce, the cursor, and @dirty while not caught up.
+-- token, the cursor, and @dirty while not caught up.
 local fields = {}
-local m = tonumber(ARGV[i]); i = i + 1
-for j = 1, 2 * m do fields[j] = ARGV[i + j - 1] end
-i = i + 2 * m
+for j = 1, 2 * m do fields[j] = ARGV[recs + j - 1] end
+local newtoken = token
 if n > 0 then
-  fields[#fields + 1] = '@commit'; fields[#fields + 1] = ARGV[6]
+  newtoken = ARGV[7]
+  fields[#fields + 1] = '@commit'; fields[#fields + 1] = newtoken
 end
-local newcur = ARGV[2]
+local newcur = ARGV[3]
 local caught = 0
-if last == ARGV[2] then
+if last == ARGV[3] then
   caught = 1
   if n > 0 then newcur = seqs[n] end
   redis.call('HDEL', KEYS[1], '@dirty')
@@ -133,25 +158,21 @@ else
 end
 fields[#fields + 1] = '@cursor'; fields[#fields + 1] = newcur
 chunked('HSET', KEYS[1], fields, 1, #fields)
-local k = tonumber(ARGV[i]); i = i + 1
 local outbox
 if k > 0 then
-  outbox = chunked('RPUSH', KEYS[3], ARGV, i, i + k - 1)
+  outbox = chunked('RPUSH', KEYS[3], ARGV, outs, outs + k - 1)
 else
   outbox = redis.call('LLEN', KEYS[3])
 end
-i = i + k
 -- The run ended with these decisions: compact a short log (Redis keeps a
 -- stream's newest node at its preallocated size, up to 4 KiB; a copy's
 -- nodes fit their entries: same entries, ids and stream metadata), then
 -- give the run's keys their TTL, in the same step as the run's end.
 local ended = false
 for j = 1, n do
-  local typ = ARGV[6 + (j - 1) * 6 + 1]
+  local typ = ARGV[7 + 6 * (j - 1) + 1]
   if typ == 'run_succeeded' or typ == 'run_failed' or typ == 'run_cancelled' then ended = true end
 end
-local compact = tonumber(ARGV[i] or '0') or 0
-local ttl = tonumber(ARGV[i + 1] or '0') or 0
 if ended and compact > 0 and redis.call('XLEN', KEYS[2]) <= compact then
   redis.call('COPY', KEYS[2], KEYS[4], 'REPLACE')
   redis.call('RENAME', KEYS[4], KEYS[2])
@@ -161,8 +182,8 @@ if ended and ttl > 0 then
     redis.call('PEXPIRE', key, ttl)
   end
 end
-local reply = {'ok', newcur, caught, outbox}
-for j = 1, n do reply[4 + j] = seqs[j] end
+local reply = {'ok', newcur, caught, outbox, newtoken}
+for j = 1, n do reply[5 + j] = seqs[j] end
 return reply
 `)
 

@@ -69,9 +69,19 @@ func (b scriptBundle) cursor(t *testing.T) string {
 	return cur
 }
 
+// head reads the run's head (cursor and commit token).
+func (b scriptBundle) head(t *testing.T) rdb.Head {
+	t.Helper()
+	h, err := rdb.ParseHead(b.db.HeadCmd(b.ctx, b.c, b.run))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
 func (b scriptBundle) commit(t *testing.T, foldedTo string, e events.Event, task, record string) rdb.CommitResult {
 	t.Helper()
-	res, err := b.db.Commit(b.ctx, b.run, rdb.Commit{Expected: b.cursor(t), FoldedTo: foldedTo, Writer: "p1", TimeMS: 2000,
+	res, err := b.db.Commit(b.ctx, b.run, rdb.Commit{Expected: b.head(t), FoldedTo: foldedTo, Writer: "p1", TimeMS: 2000,
 		Events: []events.Event{e}, Records: map[string]string{task: record}})
 	if err != nil || res.Conflict {
 		t.Fatalf("Commit = %+v, %v", res, err)
@@ -460,7 +470,7 @@ func TestQueueAckAndTouchAreOwnerChecked(t *testing.T) {
 func TestCommitCompareAndSet(t *testing.T) {
 	t.Parallel()
 	b := setupRun(t)
-	dispatchB := func(expected, foldedTo string) (rdb.CommitResult, error) {
+	dispatchB := func(expected rdb.Head, foldedTo string) (rdb.CommitResult, error) {
 		return b.db.Commit(b.ctx, b.run, rdb.Commit{Expected: expected, FoldedTo: foldedTo, Writer: "p1", TimeMS: 1,
 			Events:  []events.Event{{ID: ulid.Make().String(), Type: events.TaskDispatched, Task: "b", Attempt: 1}},
 			Records: map[string]string{"b": "dispatched|1|0|"}, Outbox: []string{"entry-b"}})
@@ -468,8 +478,8 @@ func TestCommitCompareAndSet(t *testing.T) {
 
 	t.Run("a wrong expected cursor conflicts and writes nothing", func(t *testing.T) {
 		n, state := len(b.log(t)), b.hash(t, b.db.K.RunState(b.run))
-		res, err := dispatchB("0-1", b.last(t))
-		if err != nil || !res.Conflict || res.Cursor != b.cursor(t) {
+		res, err := dispatchB(rdb.Head{Cursor: "0-1", Commit: b.head(t).Commit}, b.last(t))
+		if err != nil || !res.Conflict || res.Head != b.head(t) {
 			t.Fatalf("Commit = %+v, %v; want a conflict reporting cursor %s", res, err, b.cursor(t))
 		}
 		if len(b.log(t)) != n {
@@ -486,8 +496,8 @@ func TestCommitCompareAndSet(t *testing.T) {
 	t.Run("a commit behind the log keeps the cursor at what was folded", func(t *testing.T) {
 		folded := b.last(t)
 		b.claim(t, "a", "w1", 1, false) // appended after folded
-		res, err := dispatchB(b.cursor(t), folded)
-		if err != nil || res.Conflict || res.CaughtUp || res.Cursor != folded || len(res.Seqs) != 1 || res.Outbox != 1 {
+		res, err := dispatchB(b.head(t), folded)
+		if err != nil || res.Conflict || res.CaughtUp || res.Head.Cursor != folded || len(res.Seqs) != 1 || res.Outbox != 1 {
 			t.Fatalf("Commit = %+v, %v; want ok, not caught up, cursor %s", res, err, folded)
 		}
 		st := b.hash(t, b.db.K.RunState(b.run))
@@ -497,9 +507,9 @@ func TestCommitCompareAndSet(t *testing.T) {
 	})
 
 	t.Run("a caught-up commit moves the cursor past its decisions and clears dirty", func(t *testing.T) {
-		res, err := b.db.Commit(b.ctx, b.run, rdb.Commit{Expected: b.cursor(t), FoldedTo: b.last(t), Writer: "p1", TimeMS: 1,
+		res, err := b.db.Commit(b.ctx, b.run, rdb.Commit{Expected: b.head(t), FoldedTo: b.last(t), Writer: "p1", TimeMS: 1,
 			Events: []events.Event{{ID: ulid.Make().String(), Type: events.TaskHeartbeat, Task: "a", Attempt: 1, Epoch: 1}}})
-		if err != nil || res.Conflict || !res.CaughtUp || res.Cursor != res.Seqs[0] || res.Cursor != b.last(t) {
+		if err != nil || res.Conflict || !res.CaughtUp || res.Head.Cursor != res.Seqs[0] || res.Head.Cursor != b.last(t) {
 			t.Fatalf("Commit = %+v, %v", res, err)
 		}
 		if _, ok := b.hash(t, b.db.K.RunState(b.run))[rdb.FieldRunDirty]; ok {
@@ -512,7 +522,7 @@ func TestCommitCompareAndSet(t *testing.T) {
 			t.Fatal(err)
 		}
 		n := len(b.log(t))
-		res, err := dispatchB(b.cursor(t), b.last(t))
+		res, err := dispatchB(b.head(t), b.last(t))
 		if err != nil || !res.Conflict {
 			t.Fatalf("Commit = %+v, %v; want a conflict", res, err)
 		}
@@ -520,6 +530,73 @@ func TestCommitCompareAndSet(t *testing.T) {
 			t.Error("a commit for an ended run appended events")
 		}
 	})
+}
+
+// Two projectors that read the same head: the first commits decisions
+// without catching up (a worker appended meanwhile), so the cursor stays
+// where it was; the second must still be refused (issue #10: the cursor
+// alone let it through, and it dispatched a claimed task again).
+func TestCommitTokenRefusesASecondCommitOnTheSameCursor(t *testing.T) {
+	t.Parallel()
+	b := setupRun(t)
+	head, folded := b.head(t), b.last(t)
+	b.claim(t, "a", "w1", 1, false) // appended after folded: not caught up
+	dispatch := func(task string) (rdb.CommitResult, error) {
+		return b.db.Commit(b.ctx, b.run, rdb.Commit{Expected: head, FoldedTo: folded, Writer: "p", TimeMS: 1,
+			Events:  []events.Event{{ID: ulid.Make().String(), Type: events.TaskDispatched, Task: task, Attempt: 1}},
+			Records: map[string]string{task: "dispatched|1|0|"}, Expect: map[string]string{task: ""}})
+	}
+	first, err := dispatch("b")
+	if err != nil || first.Conflict || first.CaughtUp || first.Head.Cursor != head.Cursor {
+		t.Fatalf("first commit = %+v, %v; want applied, not caught up, cursor kept", first, err)
+	}
+	n, state := len(b.log(t)), b.hash(t, b.db.K.RunState(b.run))
+	second, err := dispatch("b")
+	if err != nil || !second.Conflict || second.Head != first.Head {
+		t.Fatalf("second commit on the same head = %+v, %v; want a conflict reporting %+v", second, err, first.Head)
+	}
+	if len(b.log(t)) != n {
+		t.Error("the refused commit appended events")
+	}
+	if diff := cmp.Diff(state, b.hash(t, b.db.K.RunState(b.run))); diff != "" {
+		t.Errorf("the refused commit changed the state (-before +after):\n%s", diff)
+	}
+}
+
+// A decision taken on a task record that is no longer there is refused,
+// whatever the head says, and nothing is written.
+func TestCommitRefusesADecisionOnAChangedRecord(t *testing.T) {
+	t.Parallel()
+	b := setupRun(t)
+	b.commit(t, b.last(t), events.Event{ID: ulid.Make().String(), Type: events.TaskDispatched, Task: "b", Attempt: 1}, "b", "dispatched|1|0|")
+	n, state := len(b.log(t)), b.hash(t, b.db.K.RunState(b.run))
+	for name, expect := range map[string]map[string]string{
+		"a pending record for a dispatched task": {"b": ""},
+		"the long form of a pending record":      {"b": "pending|0|0|"},
+		"another attempt":                        {"b": "dispatched|2|0|"},
+	} {
+		res, err := b.db.Commit(b.ctx, b.run, rdb.Commit{Expected: b.head(t), FoldedTo: b.last(t), Writer: "p", TimeMS: 1,
+			Events:  []events.Event{{ID: ulid.Make().String(), Type: events.TaskDispatched, Task: "b", Attempt: 1}},
+			Records: map[string]string{"b": "dispatched|1|0|"}, Expect: expect, Outbox: []string{"entry"}})
+		if err != nil || !res.Conflict || res.HeadMoved() {
+			t.Fatalf("%s: Commit = %+v, %v; want a record conflict", name, res, err)
+		}
+	}
+	if len(b.log(t)) != n {
+		t.Error("a refused commit appended events")
+	}
+	if diff := cmp.Diff(state, b.hash(t, b.db.K.RunState(b.run))); diff != "" {
+		t.Errorf("a refused commit changed the state (-before +after):\n%s", diff)
+	}
+	if l, _ := b.c.LLen(b.ctx, b.db.K.RunOutbox(b.run)).Result(); l != 0 {
+		t.Error("a refused commit pushed to the outbox")
+	}
+	res, err := b.db.Commit(b.ctx, b.run, rdb.Commit{Expected: b.head(t), FoldedTo: b.last(t), Writer: "p", TimeMS: 1,
+		Events:  []events.Event{{ID: ulid.Make().String(), Type: events.TaskSkipped, Task: "c"}},
+		Records: map[string]string{"c": "skipped|0|0|"}, Expect: map[string]string{"c": "pending|0|0|"}})
+	if err != nil || res.Conflict {
+		t.Fatalf("a decision on an untouched task (expected in its long form) = %+v, %v; want applied", res, err)
+	}
 }
 
 func TestOutboxAckRemovesOnlyTheRelayedHead(t *testing.T) {
