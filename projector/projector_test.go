@@ -777,3 +777,93 @@ func (b liveBundle) finish(t *testing.T, run, task, worker string, epoch int64) 
 		t.Fatalf("finish %s by %s: %v", task, worker, err)
 	}
 }
+
+// fullReads counts reads of a run log from its first entry (XRANGE key - +):
+// what loading a run costs.
+type fullReads struct {
+	mu sync.Mutex
+	n  int
+}
+
+func (h *fullReads) count(cmd redis.Cmder) {
+	a := cmd.Args()
+	if len(a) >= 3 && strings.EqualFold(fmt.Sprint(a[0]), "xrange") && a[2] == "-" {
+		h.mu.Lock()
+		h.n++
+		h.mu.Unlock()
+	}
+}
+
+func (h *fullReads) get() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.n
+}
+
+func (h *fullReads) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *fullReads) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		h.count(cmd)
+		return next(ctx, cmd)
+	}
+}
+func (h *fullReads) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		for _, c := range cmds {
+			h.count(c)
+		}
+		return next(ctx, cmds)
+	}
+}
+
+// Issue #10 defect 4: when another projector committed in between, a
+// projector's commit conflicts; it folds on from its cache (the log only
+// grows) instead of reading the whole log again.
+func TestACommitConflictFoldsOnFromTheCache(t *testing.T) {
+	t.Parallel()
+	b := setupLive(t)
+	specs := []events.TaskSpec{}
+	for i := range 40 {
+		specs = append(specs, spec(fmt.Sprintf("t%02d", i)))
+	}
+	run := b.submit(t, specs...)
+	hook := &fullReads{}
+	c := redis.NewClient(b.rdb.Options())
+	t.Cleanup(func() { _ = c.Close() })
+	c.AddHook(hook)
+	newP := func(c *redis.Client, id string) *projector.Projector {
+		p, err := projector.New(projector.Config{Redis: c, Namespace: b.db.K.Namespace(), ID: id, BatchSize: 4})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	p1, p2 := newP(c, "p1"), newP(b.rdb, "p2")
+	if err := p1.LoadRun(b.ctx, run); err != nil {
+		t.Fatal(err)
+	}
+	stale := p1.PrepareCommit(run)
+	if err := p2.Project(b.ctx, run); err != nil { // dispatches all 40, moving the head
+		t.Fatal(err)
+	}
+	for i := range 10 { // and the two alternate while workers finish tasks
+		b.run(t, run, fmt.Sprintf("t%02d", i), "w", true)
+		if i%2 == 0 {
+			if err := p2.Project(b.ctx, run); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if i == 0 {
+			if res, err := p1.CommitPrepared(b.ctx, run, stale); err != nil || !res.Conflict {
+				t.Fatalf("P1's stale commit = %+v, %v; want a conflict", res, err)
+			}
+		}
+		if err := p1.Project(b.ctx, run); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := hook.get(); n != 1 {
+		t.Errorf("P1 read the whole log %d times, want once (its first load)", n)
+	}
+	b.checkState(t, run, fold(t, run, b.log(t, run)))
+}
