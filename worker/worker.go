@@ -576,6 +576,19 @@ func (w *Worker) process(ctx context.Context, m message, release func()) (parked
 		EventID: ulid.Make().String(), TimeMS: w.now(),
 		Reclaim: m.reclaimed, Deliveries: m.deliveries, ReclaimEventID: ulid.Make().String(),
 	})
+	if err == nil && cr.Outcome == rdb.ClaimBad {
+		err = fmt.Errorf("%w: %s", rdb.ErrBadTaskMeta, cr.Detail) // nothing was written
+	}
+	if err == nil && cr.Outcome == rdb.ClaimOK && len(cr.UpstreamLeft) > 0 {
+		// A wide fan-in: the results over the claim's byte budget, read
+		// page by page.
+		var more map[string]json.RawMessage
+		if more, err = w.db.ReadUpstream(ctx, m.run, cr.UpstreamLeft, 0); err == nil {
+			for dep, v := range more {
+				cr.Upstream[dep] = v
+			}
+		}
+	}
 	if err != nil {
 		log.Error().Err(err).Msg("claim failed; the message stays pending for reclaim")
 		return

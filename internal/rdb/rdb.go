@@ -18,6 +18,9 @@ import (
 type DB struct {
 	C redis.UniversalClient
 	K Keys
+	// ClaimUpstreamBytes bounds the upstream results one claim call
+	// returns (0: DefaultClaimUpstreamBytes).
+	ClaimUpstreamBytes int
 }
 
 // New returns a DB for namespace ns ("" means DefaultNamespace).
@@ -56,9 +59,13 @@ func ParseRecord(s string) (Record, error) {
 
 // TaskMeta is the static part of a task that workers need at claim time,
 // stored as JSON in the run's dag hash. Short keys keep memory small.
+//
+// Deps come first in the encoding: the claim script reads them from the
+// head of the JSON without decoding it (user args are never decoded in
+// Lua), so keep the field order.
 type TaskMeta struct {
-	Handler     string          `json:"h"`
 	Deps        []string        `json:"d,omitempty"`
+	Handler     string          `json:"h"`
 	MaxAttempts int             `json:"m,omitempty"`
 	TimeoutMS   int64           `json:"t,omitempty"`
 	Args        json.RawMessage `json:"x,omitempty"`
@@ -339,6 +346,9 @@ const (
 	ClaimStale   ClaimOutcome = "stale"
 	ClaimBusy    ClaimOutcome = "busy"
 	ClaimMissing ClaimOutcome = "missing"
+	// ClaimBad: the task's stored metadata cannot be read; nothing was
+	// written (Detail says why).
+	ClaimBad ClaimOutcome = "bad"
 )
 
 // ClaimResult is the reply of a claim.
@@ -347,10 +357,22 @@ type ClaimResult struct {
 	Epoch   int64
 	Meta    TaskMeta
 	Input   json.RawMessage
-	// Upstream maps each dependency to its accepted result.
-	Upstream map[string]json.RawMessage
-	Detail   string // status found, for logs
+	// Upstream maps each dependency to its accepted result; the results
+	// that did not fit the claim's byte budget are missing and listed in
+	// UpstreamLeft (read them with ReadUpstream).
+	Upstream     map[string]json.RawMessage
+	UpstreamLeft []string
+	Detail       string // status found, for logs; why, for ClaimBad
 }
+
+// DefaultClaimUpstreamBytes bounds the upstream results one claim call
+// returns (a wide fan-in's results are otherwise one reply of any size);
+// the rest are read page by page with ReadUpstream.
+const DefaultClaimUpstreamBytes = 8 << 20
+
+// ErrBadTaskMeta is returned for a claim of a task whose stored metadata
+// cannot be read (the claim wrote nothing).
+var ErrBadTaskMeta = errors.New("task metadata cannot be read")
 
 // Claim runs the claim script for one message.
 func (d DB) Claim(ctx context.Context, a ClaimArgs) (ClaimResult, error) {
@@ -366,8 +388,12 @@ func (d DB) Claim(ctx context.Context, a ClaimArgs) (ClaimResult, error) {
 // outcomes with ParseClaims after Exec.
 func (d DB) ClaimsCmd(ctx context.Context, p redis.Scripter, as []ClaimArgs) *redis.Cmd {
 	run := as[0].Run
-	argv := make([]any, 0, 1+8*len(as))
-	argv = append(argv, len(as))
+	argv := make([]any, 0, 2+8*len(as))
+	budget := d.ClaimUpstreamBytes
+	if budget <= 0 {
+		budget = DefaultClaimUpstreamBytes
+	}
+	argv = append(argv, len(as), budget)
 	for _, a := range as {
 		mode := "claim"
 		if a.Reclaim {
@@ -399,9 +425,12 @@ func ParseClaims(as []ClaimArgs, cmd *redis.Cmd) ([]ClaimResult, error) {
 			if in := str(res, 3); in != "" {
 				r.Input = json.RawMessage(in)
 			}
+			k := int(num(res, 4))
 			r.Upstream = make(map[string]json.RawMessage, len(r.Meta.Deps))
 			for j, dep := range r.Meta.Deps {
-				if v := str(res, 4+j); v != "" {
+				if j >= k {
+					r.UpstreamLeft = append(r.UpstreamLeft, dep)
+				} else if v := str(res, 5+j); v != "" {
 					r.Upstream[dep] = json.RawMessage(v)
 				} else {
 					r.Upstream[dep] = nil
@@ -409,6 +438,30 @@ func ParseClaims(as []ClaimArgs, cmd *redis.Cmd) ([]ClaimResult, error) {
 			}
 		}
 		out[i] = r
+	}
+	return out, nil
+}
+
+// ReadUpstream reads the accepted results of deps of run, at most page
+// per round trip (page <= 0: 500); a dependency with no result maps to nil.
+func (d DB) ReadUpstream(ctx context.Context, run string, deps []string, page int) (map[string]json.RawMessage, error) {
+	if page <= 0 {
+		page = 500
+	}
+	out := make(map[string]json.RawMessage, len(deps))
+	for i := 0; i < len(deps); i += page {
+		chunk := deps[i:min(i+page, len(deps))]
+		vals, err := d.C.HMGet(ctx, d.K.RunResults(run), chunk...).Result()
+		if err != nil {
+			return nil, fmt.Errorf("read upstream results of run %s: %w", run, err)
+		}
+		for j, dep := range chunk {
+			if v, _ := vals[j].(string); v != "" {
+				out[dep] = json.RawMessage(v)
+			} else {
+				out[dep] = nil
+			}
+		}
 	}
 	return out, nil
 }

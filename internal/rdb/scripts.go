@@ -206,27 +206,38 @@ return n
 // claimScript claims a task for a worker: checks the task is claimable for
 // that attempt, bumps the epoch, records the owner, appends task_claimed
 // (after task_reclaimed when taking over a running claim in reclaim mode),
-// and returns what the handler needs.
+// and returns what the handler needs. Every read and check of an item
+// comes before its first write, and user data (args, input, results) is
+// never decoded in Lua: the dependency list is read from the head of the
+// stored metadata, which MetaOf encodes first ({"d":[...],...}; task ids
+// need no JSON escaping). Metadata stored before that order (handler
+// first) is decoded with a protected cjson call, still before any write.
 //
 // KEYS: 1 state, 2 log, 3 dag, 4 results
-// ARGV: n, then n items (claims of several messages of one run in one
-// call) of 8 arguments: 1 task, 2 attempt, 3 worker, 4 claim event id, 5 time ms,
+// ARGV: 1 n, 2 upstream byte budget of the call (0: none), then n items
+// (claims of several messages of one run in one call) of 8 arguments:
+// 1 task, 2 attempt, 3 worker, 4 claim event id, 5 time ms,
 //
 //	6 mode "claim"|"reclaim", 7 deliveries, 8 reclaim event id
 //
 // Every script is safe to run twice (a client may retry one whose reply
 // was lost): a second claim by the same worker returns its claim as is.
 //
-// Reply: per item, {"ok", epoch, meta, input, dep results...} |
+// Reply: per item, {"ok", epoch, meta, input, k, the first k dep results
+// in the metadata's order} (the others are over the budget: the caller
+// reads them itself) |
 //
 //	{"done", status} (finished or run over: ack, re-point the feed) |
 //	{"stale", status, attempt} (another attempt: ack and drop) |
 //	{"busy", owner, epoch} (claimed by a live claim: ack and drop) |
-//	{"missing"} (no such run)
+//	{"missing"} (no such run) |
+//	{"bad", why} (the task's stored metadata cannot be read; nothing written)
 var claimScript = redis.NewScript(prelude + `
 -- One item per call of one(); the script takes n items of 8 arguments
 -- (all of this run) and replies with the n item replies, in order.
 local input
+local budget = tonumber(ARGV[2]) or 0
+local bounded = budget > 0
 -- claimedby reports whether the log's recent entries hold the event id: a
 -- retried call's task_claimed is among the last ones appended (a call
 -- appends at most two per item, and a worker claims at most 128 messages
@@ -239,6 +250,22 @@ local function claimedby(log, id)
   end
   return false
 end
+-- deps returns the dependency ids in a task's stored metadata, or nil and
+-- why it cannot be read.
+local function deps(meta)
+  local list = string.match(meta, '^{"d":%[([^%]]*)%]')
+  if list then
+    local out = {}
+    for id in string.gmatch(list, '"([^"]*)"') do out[#out + 1] = id end
+    return out
+  end
+  if string.sub(meta, 1, 5) ~= '{"h":' then return {} end
+  -- Metadata written before deps came first: decode it, protected.
+  local ok, m = pcall(cjson.decode, meta)
+  if not ok then return nil, 'undecodable task metadata: ' .. tostring(m) end
+  if type(m.d) == 'table' then return m.d end
+  return {}
+end
 local function one(A)
   local run, st, a, e, o = getrun(KEYS[1], A[1])
   if not run then return {'missing'} end
@@ -246,47 +273,66 @@ local function one(A)
   if run ~= 'running' then return {'done', run} end
   local att = tonumber(A[2])
   if a ~= att then return {'stale', st, tostring(a)} end
+  -- What this claim writes: nothing (ours already), a claim, or a reclaim
+  -- and a claim. Decided before anything is written.
+  local write
   if st == 'running' and o == A[3] and A[6] ~= 'reclaim' then
     -- Already ours: a retry (ours, or go-redis') after a lost reply, or a
     -- duplicate message. Hand the claim back as is, without a second event;
     -- never report it "busy", which would ack our only message.
+    write = 'none'
   elseif st == 'running' and o == A[3] and claimedby(KEYS[2], A[4]) then
     -- A reclaim of ours that already ran: the same call again after a lost
     -- reply (its claim event is in the log). Hand it back as is; bumping
     -- the epoch again would record a reclaim of the task from itself.
+    write = 'none'
   elseif st == 'running' then
     if A[6] ~= 'reclaim' then return {'busy', o, tostring(e)} end
-    e = e + 1
-    append(KEYS[2], A[8], 'task_reclaimed', A[1], a, e, A[3], A[5],
-      cjson.encode({from = o, deliveries = tonumber(A[7]), reason = 'lease expired'}))
-    e = e + 1
-    setrec(KEYS[1], A[1], 'running', a, e, A[3])
-    append(KEYS[2], A[4], 'task_claimed', A[1], a, e, A[3], A[5], '')
+    write = 'reclaim'
   elseif st == 'dispatched' then
-    e = e + 1
-    setrec(KEYS[1], A[1], 'running', a, e, A[3])
-    append(KEYS[2], A[4], 'task_claimed', A[1], a, e, A[3], A[5], '')
+    write = 'claim'
   else
     return {'stale', st, tostring(a)}
   end
+  -- Every read before the first write.
   local meta = redis.call('HGET', KEYS[3], A[1]) or '{}'
+  local ds, why = deps(meta)
+  if not ds then return {'bad', why} end
   if input == nil then input = redis.call('HGET', KEYS[4], '@input') or '' end
-  local reply = {'ok', tostring(e), meta, input}
-  local deps = cjson.decode(meta).d
-  if type(deps) == 'table' then
-    for i = 1, #deps, 500 do
-      local chunk = {}
-      for j = i, math.min(i + 499, #deps) do chunk[#chunk + 1] = deps[j] end
-      local vals = redis.call('HMGET', KEYS[4], unpack(chunk))
-      for j = 1, #chunk do reply[#reply + 1] = vals[j] or '' end
-    end
+  local vals = {}
+  for i = 1, #ds, 500 do
+    local chunk = {}
+    for j = i, math.min(i + 499, #ds) do chunk[#chunk + 1] = ds[j] end
+    local vs = redis.call('HMGET', KEYS[4], unpack(chunk))
+    for j = 1, #chunk do vals[#vals + 1] = vs[j] or '' end
   end
+  -- The writes: the log first (the source of truth), then the record.
+  if write == 'reclaim' then
+    e = e + 1
+    append(KEYS[2], A[8], 'task_reclaimed', A[1], a, e, A[3], A[5],
+      cjson.encode({from = o, deliveries = tonumber(A[7]), reason = 'lease expired'}))
+  end
+  if write ~= 'none' then
+    e = e + 1
+    append(KEYS[2], A[4], 'task_claimed', A[1], a, e, A[3], A[5], '')
+    setrec(KEYS[1], A[1], 'running', a, e, A[3])
+  end
+  -- The dep results that fit the call's budget; the caller reads the rest.
+  local reply = {'ok', tostring(e), meta, input, 0}
+  local k = 0
+  for j = 1, #vals do
+    if bounded and #vals[j] > budget then break end
+    budget = budget - #vals[j]
+    reply[#reply + 1] = vals[j]
+    k = k + 1
+  end
+  reply[5] = k
   return reply
 end
 local n, out = tonumber(ARGV[1]), {}
 for i = 0, n - 1 do
   local A = {}
-  for j = 1, 8 do A[j] = ARGV[1 + i * 8 + j] end
+  for j = 1, 8 do A[j] = ARGV[2 + i * 8 + j] end
   out[i + 1] = one(A)
 end
 return out
