@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sort"
 	"strings"
 	"time"
 
@@ -99,7 +100,21 @@ type RunInfo struct {
 	Tasks      []TaskInfo `json:"tasks"`
 	// Counts maps each task status to the number of tasks in it.
 	Counts map[string]int `json:"counts"`
+	// Quarantine says why the projector set the run aside (status
+	// "quarantined"), and BadEntries lists the log entries that do not
+	// decode or fold (the state above is the fold of the others).
+	Quarantine string     `json:"quarantine,omitempty"`
+	BadEntries []BadEntry `json:"bad_entries,omitempty"`
 }
+
+// BadEntry is a log entry that cannot be decoded or folded.
+type BadEntry struct {
+	Seq   string `json:"seq"`
+	Error string `json:"error"`
+}
+
+// Quarantined reports whether the projector set the run aside for good.
+func (r *RunInfo) Quarantined() bool { return r.Status == string(projector.RunQuarantined) }
 
 // Done reports whether the run has ended.
 func (r *RunInfo) Done() bool { return projector.RunStatus(r.Status).Terminal() }
@@ -117,14 +132,26 @@ func (r *RunInfo) Task(id string) *TaskInfo {
 	return nil
 }
 
-// Status folds run's log from the first event and returns its state.
+// Status folds run's log from the first event and returns its state. A
+// log entry that does not decode or fold is skipped and listed in
+// BadEntries (the projector quarantines such a run); a run whose own keys
+// cannot be read but that the projector quarantined is reported from the
+// namespace's quarantine index.
 func (c *Client) Status(ctx context.Context, run string) (*RunInfo, error) {
-	r, err := c.Fold(ctx, run)
+	r, bad, err := c.foldTolerant(ctx, run)
 	if err != nil {
-		return nil, err
+		why, qerr := c.db.QuarantineReason(ctx, run)
+		if qerr != nil || why == "" {
+			return nil, err
+		}
+		return &RunInfo{ID: run, Status: string(projector.RunQuarantined), Quarantine: why, Counts: map[string]int{},
+			BadEntries: []BadEntry{{Error: err.Error()}}}, nil
 	}
 	info := &RunInfo{ID: run, Workflow: r.Workflow, Status: string(r.Status), FailedTask: r.FailedTask, Cause: r.Cause,
-		Events: r.Events, Counts: map[string]int{}}
+		Events: r.Events, Counts: map[string]int{}, BadEntries: bad}
+	if r.Status == projector.RunQuarantined {
+		info.Quarantine, info.Cause = r.Cause, ""
+	}
 	for _, t := range r.Tasks {
 		info.Tasks = append(info.Tasks, TaskInfo{
 			ID: t.Spec.ID, Handler: t.Spec.Handler, Deps: t.Spec.Deps, Pool: t.Spec.Pool, Priority: t.Spec.Priority,
@@ -133,6 +160,32 @@ func (c *Client) Status(ctx context.Context, run string) (*RunInfo, error) {
 		info.Counts[string(t.Status)]++
 	}
 	return info, nil
+}
+
+// foldTolerant folds run's log, skipping (and listing) the entries that do
+// not decode or fold.
+func (c *Client) foldTolerant(ctx context.Context, run string) (*projector.Run, []BadEntry, error) {
+	evs, undecodable, err := c.db.ReadLogTolerant(ctx, run, 10000)
+	if err != nil {
+		return nil, nil, err
+	}
+	var bad []BadEntry
+	for _, b := range undecodable {
+		bad = append(bad, BadEntry{Seq: b.Seq, Error: b.Err.Error()})
+	}
+	r := projector.NewRun(run)
+	for _, e := range evs {
+		if err := projector.Apply(r, e); err != nil {
+			bad = append(bad, BadEntry{Seq: e.Seq, Error: err.Error()})
+		}
+	}
+	if r.Status == projector.RunUnknown {
+		return nil, nil, fmt.Errorf("%w: %s in namespace %q", ErrRunNotFound, run, c.db.K.Namespace())
+	}
+	if len(bad) > 1 {
+		sort.Slice(bad, func(i, j int) bool { return projector.CompareSeq(bad[i].Seq, bad[j].Seq) < 0 })
+	}
+	return r, bad, nil
 }
 
 // Fold reads run's whole log and folds it with projector.Apply.
@@ -153,8 +206,9 @@ func (c *Client) Fold(ctx context.Context, run string) (*projector.Run, error) {
 	return r, nil
 }
 
-// Wait blocks until run ends (run_succeeded, run_failed or run_cancelled
-// appears in its log) or ctx is done, and returns its final state. It
+// Wait blocks until run ends (run_succeeded, run_failed, run_cancelled or
+// run_quarantined appears in its log) or ctx is done, and returns its
+// final state (see RunInfo.Succeeded and RunInfo.Quarantined). It
 // blocks on the log stream (XREAD BLOCK); it does not poll.
 func (c *Client) Wait(ctx context.Context, run string) (*RunInfo, error) {
 	if n, err := c.db.C.Exists(ctx, c.db.K.RunLog(run)).Result(); err != nil {
@@ -190,7 +244,7 @@ func (c *Client) Wait(ctx context.Context, run string) (*RunInfo, error) {
 				last = m.ID
 				n++
 				switch t, _ := m.Values[events.FieldType].(string); events.Type(t) {
-				case events.RunSucceeded, events.RunFailed, events.RunCancelled:
+				case events.RunSucceeded, events.RunFailed, events.RunCancelled, events.RunQuarantined:
 					ended = true
 				case events.TaskRequeued: // the run was reopened
 					ended = false
@@ -452,6 +506,9 @@ func (c *Client) GC(ctx context.Context, opt GCOptions) (GCReport, error) {
 		rep.Events += n
 		rep.Keys += keys
 		if err := c.db.C.ZRem(ctx, c.db.K.Runs(), run).Err(); err != nil {
+			return rep, err
+		}
+		if err := c.db.C.HDel(ctx, c.db.K.Quarantined(), run).Err(); err != nil {
 			return rep, err
 		}
 	}

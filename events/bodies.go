@@ -116,6 +116,15 @@ type RunCancelledBody struct {
 	Reason string `json:"reason,omitempty"`
 }
 
+// RunQuarantinedBody is the body of run_quarantined.
+type RunQuarantinedBody struct {
+	// Reason is the error that set the run aside.
+	Reason string `json:"reason"`
+	// Entries are the ids of the log entries that cannot be decoded or
+	// folded, when that is the reason.
+	Entries []string `json:"entries,omitempty"`
+}
+
 // ResultRejectedBody is the body of result_rejected: a worker sent something
 // for a claim it no longer holds.
 type ResultRejectedBody struct {

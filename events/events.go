@@ -38,6 +38,10 @@ const (
 	RunFailed          Type = "run_failed"
 	RunCancelled       Type = "run_cancelled"
 	ResultRejected     Type = "result_rejected"
+	// RunQuarantined sets a run aside for good: the projector could not
+	// process it (an event it cannot fold, or a persistent Redis error on
+	// one of its keys). Terminal; the run's keys are kept for inspection.
+	RunQuarantined Type = "run_quarantined"
 )
 
 // Types lists every known event type, in documentation order.
@@ -45,7 +49,7 @@ var Types = []Type{
 	RunSubmitted, TaskDispatched, TaskClaimed, TaskHeartbeat, TaskSucceeded,
 	TaskFailed, TaskRetryScheduled, TaskReclaimed, TaskTimedOut, TaskCancelled,
 	TaskSkipped, TaskRequeued, TasksAdded, ChannelWritten, RunSucceeded, RunFailed,
-	RunCancelled, ResultRejected,
+	RunCancelled, ResultRejected, RunQuarantined,
 }
 
 // Known reports whether t is a type this version of the code understands.

@@ -78,6 +78,15 @@ func apply(r *Run, e events.Event) error {
 			r.Status = RunCancelled
 		}
 		return nil
+	case events.RunQuarantined:
+		// Whatever the run's state: the log may end in a run_quarantined
+		// after entries the fold skipped. Task events after it still fold.
+		if r.Status != RunUnknown && r.Status != RunQuarantined {
+			var b events.RunQuarantinedBody
+			_ = e.DecodeBody(&b) // the reason is informative only
+			r.Status, r.Cause = RunQuarantined, b.Reason
+		}
+		return nil
 	case events.ChannelWritten, events.ResultRejected:
 		return nil
 	}

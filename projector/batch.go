@@ -90,6 +90,10 @@ func (p *Projector) projectBatch(ctx context.Context, runs []string) (rest []str
 			r := NewRun(x.run)
 			r.noResults = true // as in load
 			x.c.run, x.c.head = r, head
+			if rdb.HeadStatus(x.head) == string(RunQuarantined) {
+				r.Status = RunQuarantined // set aside for good: skip it
+				continue
+			}
 		}
 		msgs := x.read.Val()
 		if _, err := p.fold(x.run, x.c.run, msgs); err != nil || len(msgs) == p.cfg.ReadCount {
@@ -99,8 +103,8 @@ func (p *Projector) projectBatch(ctx context.Context, runs []string) (rest []str
 			giveUp(x, err != nil || x.head != nil)
 			continue
 		}
-		if x.c.run.Status == RunUnknown {
-			continue // no such run (feed pointer for a deleted run)
+		if x.c.run.Status == RunUnknown || x.c.run.Status == RunQuarantined {
+			continue // no such run (feed pointer for a deleted run), or set aside
 		}
 		x.decisions, x.commit = p.prepare(x.c)
 		live = append(live, x)

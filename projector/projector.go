@@ -78,6 +78,11 @@ type Config struct {
 	RetryMax        time.Duration
 	RetryMultiplier float64
 	RetryJitter     float64
+	// RunFailures: a run that fails to project this many times in a row
+	// with an error that is not transient is quarantined (default
+	// DefaultRunFailures). Transient errors (Redis unreachable) are
+	// retried for as long as they last.
+	RunFailures int
 	// Logger; nil is quiet.
 	Logger *zerolog.Logger
 	// Now is the clock (default time.Now).
@@ -126,6 +131,9 @@ func (c Config) withDefaults() Config {
 		c.RetryJitter = 0
 	} else if c.RetryJitter == 0 {
 		c.RetryJitter = DefaultRetryJitter
+	}
+	if c.RunFailures <= 0 {
+		c.RunFailures = DefaultRunFailures
 	}
 	if c.Logger == nil {
 		l := zerolog.Nop()
@@ -427,16 +435,7 @@ func (p *Projector) handle(ctx context.Context, log zerolog.Logger, stream strin
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			if err := retry(ctx, log, "project run", func() error {
-				err := p.Project(ctx, run)
-				if errors.Is(err, ErrInvalidEvent) || errors.Is(err, events.ErrMalformed) ||
-					errors.Is(err, events.ErrUnknownType) || errors.Is(err, events.ErrUnknownVersion) {
-					return backoff.Permanent(err)
-				}
-				return err
-			}); err != nil && ctx.Err() == nil {
-				p.quarantine(ctx, run, err)
-			}
+			p.projectOrQuarantine(ctx, log, run)
 		}()
 	}
 	wg.Wait()
@@ -489,14 +488,6 @@ func (p *Projector) reclaimFeed(ctx context.Context, parts []int) {
 
 func isNoGroup(err error) bool {
 	return err != nil && len(err.Error()) >= 7 && err.Error()[:7] == "NOGROUP"
-}
-
-// quarantine sets a run aside: its log holds an event this build cannot
-// fold. Only that run stops; the error is stored on the run and logged.
-func (p *Projector) quarantine(ctx context.Context, run string, cause error) {
-	p.log.Error().Err(cause).Str("run", run).Msg("run quarantined: its log holds an event that cannot be folded")
-	p.forget(run)
-	_ = p.cfg.Redis.HSet(ctx, p.db.K.RunState(run), rdb.FieldRunQuarantine, cause.Error()).Err()
 }
 
 func (p *Projector) forget(run string) {
@@ -557,6 +548,10 @@ func (p *Projector) Project(ctx context.Context, run string) error {
 		if c.run.Status == RunUnknown {
 			return nil // no such run (feed pointer for a deleted run)
 		}
+		if c.run.Status == RunQuarantined {
+			p.forget(run) // set aside for good
+			return nil
+		}
 		decisions, commit := p.prepare(c)
 		res, step, err := p.commitStep(ctx, run, c, decisions, commit)
 		if err != nil {
@@ -567,7 +562,7 @@ func (p *Projector) Project(ctx context.Context, run string) error {
 			p.log.Debug().Str("run", run).Int("conflicts", conflicts).Str("why", res.Why).Msg("commit refused; folding on")
 			if conflicts > maxConflicts {
 				c.run = nil
-				return fmt.Errorf("project run %s: %d commit conflicts in a row (last: %s)", run, conflicts, res.Why)
+				return fmt.Errorf("project run %s: %d %w (last: %s)", run, conflicts, errConflictStorm, res.Why)
 			}
 		}
 		if step == stepDone {
@@ -769,6 +764,14 @@ func (p *Projector) load(ctx context.Context, run string, c *cached) error {
 	head, err := rdb.ParseHead(hget)
 	if err != nil {
 		return fmt.Errorf("load run %s: %w", run, err)
+	}
+	if rdb.HeadStatus(hget) == string(RunQuarantined) {
+		// Set aside for good: nothing to fold or decide (its log may
+		// not even decode).
+		r := NewRun(run)
+		r.Status = RunQuarantined
+		c.run, c.head = r, head
+		return nil
 	}
 	r := NewRun(run)
 	r.noResults = true // bounded cache memory: decisions never read results

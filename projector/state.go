@@ -40,11 +40,14 @@ const (
 	RunSucceeded RunStatus = "succeeded"
 	RunFailed    RunStatus = "failed"
 	RunCancelled RunStatus = "cancelled"
+	// RunQuarantined: set aside for good by the projector (see
+	// events.RunQuarantined); terminal.
+	RunQuarantined RunStatus = "quarantined"
 )
 
 // Terminal reports whether the run has ended.
 func (s RunStatus) Terminal() bool {
-	return s == RunSucceeded || s == RunFailed || s == RunCancelled
+	return s == RunSucceeded || s == RunFailed || s == RunCancelled || s == RunQuarantined
 }
 
 // Task is the folded state of one task.

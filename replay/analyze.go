@@ -342,7 +342,7 @@ func (z *analyzer) record(i int, e events.Event, tr *track, pre projector.Task) 
 			k.tl = &tl.Tasks[j]
 		}
 		return
-	case events.RunSucceeded, events.RunFailed, events.RunCancelled:
+	case events.RunSucceeded, events.RunFailed, events.RunCancelled, events.RunQuarantined:
 		if r.Status.Terminal() && tl.EndedAt.IsZero() {
 			tl.EndedAt = e.Time
 		}

@@ -387,7 +387,7 @@ func (c *Client) Follow(ctx context.Context, run string, opts FollowOptions, fn 
 					return err
 				}
 				switch e.Type {
-				case events.RunSucceeded, events.RunFailed, events.RunCancelled:
+				case events.RunSucceeded, events.RunFailed, events.RunCancelled, events.RunQuarantined:
 					if opts.UntilEnd {
 						return nil
 					}

@@ -193,15 +193,23 @@ func (c *Client) Verify(ctx context.Context, run string) (*Report, error) {
 			Detail: fmt.Sprintf("%s deleted from the log (entries added %d, length %d, last deleted id %s): the log is not the whole history",
 				plural(info.EntriesAdded-info.Length, "entry", "entries"), info.EntriesAdded, info.Length, info.MaxDeletedEntryID)})
 	}
-	evs, err := c.readLog(ctx, run, "-", s.last)
+	evs, bad, err := c.db.ReadLogTolerant(ctx, run, c.cfg.ReadCount)
 	if err != nil {
-		var de *events.DecodeError
-		if !errors.As(err, &de) {
-			return nil, err
+		return nil, err
+	}
+	if len(bad) > 0 {
+		// Every entry that does not decode, not just the first.
+		for _, b := range bad {
+			detail := "entry does not decode: " + b.Err.Error()
+			var de *events.DecodeError
+			if errors.As(b.Err, &de) {
+				detail = "entry does not decode: " + de.Err.Error()
+			}
+			rep.Problems = append(rep.Problems, Problem{Check: CheckLog, Seq: b.Seq, Detail: detail})
 		}
-		rep.Problems = append(rep.Problems, Problem{Check: CheckLog, Seq: de.Seq, Detail: "entry does not decode: " + de.Err.Error()})
 		return rep, nil
 	}
+	evs = upTo(evs, s.last)
 	a, err := Analyze(run, evs)
 	if err != nil {
 		p := Problem{Check: CheckLog, Detail: "the fold rejects an event: " + err.Error()}
@@ -241,6 +249,17 @@ func (c *Client) Verify(ctx context.Context, run string) (*Report, error) {
 		}
 	}
 	return rep, nil
+}
+
+// upTo returns the events of evs up to seq (the log's last id at the
+// snapshot; events appended since are not part of it).
+func upTo(evs []events.Event, seq string) []events.Event {
+	for i := len(evs); i > 0; i-- {
+		if projector.CompareSeq(evs[i-1].Seq, seq) <= 0 {
+			return evs[:i]
+		}
+	}
+	return nil
 }
 
 // lostTasks returns the dispatched or running tasks of r whose dispatch is

@@ -643,7 +643,7 @@ func (f *follower) apply(e events.Event) error {
 		msg = fmt.Sprintf("stale %s from %s rejected (epoch %d < %d)", b.What, e.Worker, e.Epoch, b.CurrentEpoch)
 	case events.TasksAdded:
 		msg = "tasks added"
-	case events.RunSucceeded, events.RunFailed, events.RunCancelled:
+	case events.RunSucceeded, events.RunFailed, events.RunCancelled, events.RunQuarantined:
 		msg = string(f.run.Status)
 	default: // heartbeats, channel writes: no state change worth a line
 		return nil

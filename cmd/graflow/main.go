@@ -35,6 +35,9 @@ const (
 	ExitUsage   = 2 // bad arguments
 	ExitError   = 3 // could not do what was asked (Redis down, run missing...)
 	ExitTimeout = 4 // waited too long
+	// ExitQuarantined: the run was set aside for good (run_quarantined:
+	// the projector could not process it; see "graflow status RUN").
+	ExitQuarantined = 5
 )
 
 // ExitError carries an exit code through Run's error.

@@ -184,6 +184,9 @@ func waitFor(ctx context.Context, m *Main, cl *graflow.Client, run string, timeo
 	} else {
 		fmt.Fprintf(m.Stdout, "run %s %s (%d tasks, %d events)\n", run, info.Status, len(info.Tasks), info.Events)
 	}
+	if info.Quarantined() {
+		return withCode(ExitQuarantined, fmt.Errorf("run %s quarantined: %s (graflow status %s shows the bad entries)", run, info.Quarantine, run))
+	}
 	if !info.Succeeded() {
 		msg := fmt.Sprintf("run %s %s", run, info.Status)
 		if info.FailedTask != "" {
@@ -222,6 +225,12 @@ func runStatus(ctx context.Context, m *Main, args []string) error {
 	fmt.Fprintf(m.Stdout, "run %s  workflow %s  status %s  events %d\n", info.ID, info.Workflow, info.Status, info.Events)
 	if info.FailedTask != "" {
 		fmt.Fprintf(m.Stdout, "failed task %s: %s\n", info.FailedTask, info.Cause)
+	}
+	if info.Quarantine != "" {
+		fmt.Fprintf(m.Stdout, "quarantined: %s\n", info.Quarantine)
+	}
+	for _, b := range info.BadEntries {
+		fmt.Fprintf(m.Stdout, "bad log entry %s: %s\n", b.Seq, b.Error)
 	}
 	fmt.Fprintf(m.Stdout, "progress: %s\n\n", progressLine(info))
 	tw := tabwriter.NewWriter(m.Stdout, 0, 4, 2, ' ', 0)

@@ -307,7 +307,7 @@ func (s *stack) cleanup(ctx context.Context) error {
 var errRunFailed = errors.New("run did not succeed")
 
 func terminal(t events.Type) bool {
-	return t == events.RunSucceeded || t == events.RunFailed || t == events.RunCancelled
+	return t == events.RunSucceeded || t == events.RunFailed || t == events.RunCancelled || t == events.RunQuarantined
 }
 
 // waitRun blocks on run's log (XREAD BLOCK; see waitPause) until its run

@@ -100,6 +100,10 @@ func (k Keys) RunOutbox(run string) string { return k.ns + ":{" + run + "}:outbo
 // RunChannel is the run-scoped key/value hash.
 func (k Keys) RunChannel(run string) string { return k.ns + ":{" + run + "}:channel" }
 
+// Quarantined maps quarantined runs to why (run id → reason): an index
+// for operators, written even when the run's own keys cannot be.
+func (k Keys) Quarantined() string { return k.ns + ":quarantined" }
+
 // RunKeys lists every key of a run (for deletion and retention).
 func (k Keys) RunKeys(run string) []string {
 	return []string{k.RunLog(run), k.RunState(run), k.RunDAG(run), k.RunResults(run), k.RunOutbox(run), k.RunChannel(run)}

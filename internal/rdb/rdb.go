@@ -142,9 +142,20 @@ type Head struct {
 	Commit string
 }
 
-// HeadCmd queues the read of run's head on p; read it with ParseHead.
+// HeadCmd queues the read of run's head (and status) on p; read it with
+// ParseHead and HeadStatus.
 func (d DB) HeadCmd(ctx context.Context, p redis.Cmdable, run string) *redis.SliceCmd {
-	return p.HMGet(ctx, d.K.RunState(run), FieldRunCursor, FieldRunCommit)
+	return p.HMGet(ctx, d.K.RunState(run), FieldRunCursor, FieldRunCommit, FieldRunStatus)
+}
+
+// HeadStatus is the run status read with a HeadCmd ("" when unknown).
+func HeadStatus(cmd *redis.SliceCmd) string {
+	v := cmd.Val()
+	if len(v) < 3 {
+		return ""
+	}
+	s, _ := v[2].(string)
+	return s
 }
 
 // ParseHead reads a HeadCmd reply (a run with no state has an empty head).
@@ -594,6 +605,31 @@ func (d DB) Requeue(ctx context.Context, run, task, writer, eventID string, time
 	return err
 }
 
+// Quarantine sets a running run aside for good (see quarantineScript) and
+// indexes it in the namespace's quarantine hash. The index is written even
+// when the run's own keys cannot be (a key of the wrong type, no
+// permission): that error is returned after it. done is false when the
+// run was not running (nothing was appended).
+func (d DB) Quarantine(ctx context.Context, run string, ev events.Event, reason string) (done bool, err error) {
+	res, serr := quarantineScript.Run(ctx, d.C, []string{d.K.RunState(run), d.K.RunLog(run)},
+		ev.ID, ev.Time.UnixMilli(), ev.Worker, string(ev.Body), reason).Slice()
+	ierr := d.C.HSet(ctx, d.K.Quarantined(), run, reason).Err()
+	if serr != nil {
+		return false, errors.Join(fmt.Errorf("quarantine run %s: %w", run, serr), ierr)
+	}
+	return str(res, 0) == "ok", ierr
+}
+
+// QuarantineReason returns why run was quarantined, from the namespace
+// index ("" when it was not).
+func (d DB) QuarantineReason(ctx context.Context, run string) (string, error) {
+	s, err := d.C.HGet(ctx, d.K.Quarantined(), run).Result()
+	if errors.Is(err, redis.Nil) {
+		return "", nil
+	}
+	return s, err
+}
+
 // DeadLetterMember is a task's member in the dead-letter set.
 func DeadLetterMember(run, task string) string { return run + "|" + task }
 
@@ -806,6 +842,39 @@ func DecodeLog(run string, msgs []redis.XMessage) ([]events.Event, error) {
 		out = append(out, e)
 	}
 	return out, nil
+}
+
+// BadEntry is a log entry that does not decode.
+type BadEntry struct {
+	Seq string
+	Err error
+}
+
+// ReadLogTolerant reads and decodes run's whole log, page entries per round
+// trip, and returns the entries that decode and, apart, every one that
+// does not.
+func (d DB) ReadLogTolerant(ctx context.Context, run string, page int) ([]events.Event, []BadEntry, error) {
+	var out []events.Event
+	var bad []BadEntry
+	start := "-"
+	for {
+		msgs, err := d.C.XRangeN(ctx, d.K.RunLog(run), start, "+", int64(page)).Result()
+		if err != nil {
+			return nil, nil, fmt.Errorf("read log of run %s: %w", run, err)
+		}
+		for _, m := range msgs {
+			e, err := events.Decode(run, m.ID, m.Values)
+			if err != nil {
+				bad = append(bad, BadEntry{Seq: m.ID, Err: err})
+				continue
+			}
+			out = append(out, e)
+		}
+		if len(msgs) < page {
+			return out, bad, nil
+		}
+		start = "(" + msgs[len(msgs)-1].ID
+	}
 }
 
 // ReadLog reads and decodes run's log entries from start to end (XRANGE

@@ -582,6 +582,22 @@ redis.call('XDEL', KEYS[1], ARGV[3])
 return 1
 `)
 
+// quarantineScript sets a running run aside for good: appends
+// run_quarantined, sets @status to quarantined with the reason, and clears
+// @dirty. A run that is not running is left alone.
+//
+// KEYS: 1 state, 2 log
+// ARGV: 1 event id, 2 time ms, 3 writer, 4 body, 5 reason
+// Reply: {"ok", seq} | {"not_running", status}
+var quarantineScript = redis.NewScript(prelude + `
+local st = redis.call('HGET', KEYS[1], '@status')
+if st ~= 'running' then return {'not_running', st or ''} end
+local seq = append(KEYS[2], ARGV[1], 'run_quarantined', '', 0, 0, ARGV[3], ARGV[2], ARGV[4])
+redis.call('HSET', KEYS[1], '@status', 'quarantined', '@quarantine', ARGV[5])
+redis.call('HDEL', KEYS[1], '@dirty')
+return {'ok', seq}
+`)
+
 // gcScript deletes a finished run's keys if it is still finished and fully
 // projected (no @dirty): the check and the delete are one step, so a
 // requeue cannot slip in between.
@@ -590,7 +606,7 @@ return 1
 // Reply: {deleted keys, events} | {-1, status} (not collectable)
 var gcScript = redis.NewScript(`
 local st = redis.call('HGET', KEYS[1], '@status')
-if (st ~= 'succeeded' and st ~= 'failed' and st ~= 'cancelled') or redis.call('HEXISTS', KEYS[1], '@dirty') == 1 then
+if (st ~= 'succeeded' and st ~= 'failed' and st ~= 'cancelled' and st ~= 'quarantined') or redis.call('HEXISTS', KEYS[1], '@dirty') == 1 then
   return {-1, st or ''}
 end
 local n = redis.call('XLEN', KEYS[2])
@@ -628,5 +644,6 @@ func Scripts() map[string]*redis.Script {
 		"queue_move":  queueMoveScript,
 		"gc":          gcScript,
 		"requeue":     requeueScript,
+		"quarantine":  quarantineScript,
 	}
 }

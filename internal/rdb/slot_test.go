@@ -22,6 +22,7 @@ import (
 	"github.com/graflow-go/graflow/projector"
 	"github.com/graflow-go/graflow/scheduler"
 	"github.com/graflow-go/graflow/worker"
+	"github.com/oklog/ulid/v2"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -380,6 +381,17 @@ func TestEveryScriptAndMultiTouchesOneSlot(t *testing.T) {
 	// Phase 3: retention deletes a finished run in one script.
 	if ok, _, _, err := db.GCRun(ctx, run2); err != nil || !ok {
 		t.Errorf("gc of finished run %s = %v, %v; want collected", run2, ok, err)
+	}
+
+	// Phase 4: a run set aside for good.
+	run3 := "slot-quarantined"
+	body3 := events.RunSubmittedBody{Workflow: "wf", Tasks: []events.TaskSpec{{ID: "a", Handler: "h"}}}
+	if _, _, err := db.Submit(ctx, run3, events.Event{ID: ulid.Make().String(), Type: events.RunSubmitted, Time: time.Now()}.WithBody(body3), body3); err != nil {
+		t.Fatal(err)
+	}
+	q := events.Event{ID: ulid.Make().String(), Type: events.RunQuarantined, Time: time.Now(), Worker: "p"}.WithBody(events.RunQuarantinedBody{Reason: "test"})
+	if ok, err := db.Quarantine(ctx, run3, q, "test"); err != nil || !ok {
+		t.Errorf("quarantine of running run %s = %v, %v", run3, ok, err)
 	}
 
 	rec.mu.Lock()
