@@ -1,0 +1,105 @@
+package projector
+
+import (
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/graflow-go/graflow/events"
+	"github.com/graflow-go/graflow/internal/rdb"
+	"github.com/oklog/ulid/v2"
+)
+
+// prepare decides what c's folded run calls for (at most BatchSize
+// decisions) and builds the commit that appends them with a compare-and-set
+// on c's cursor.
+func (p *Projector) prepare(c *cached) ([]events.Event, rdb.Commit) {
+	decisions := Decide(c.run, p.cfg.BatchSize, p.retryDelay)
+	now := p.cfg.Now()
+	records := map[string]string{}
+	expect := map[string]string{}
+	var outbox []string
+	for i := range decisions {
+		d := &decisions[i]
+		d.ID, d.Time, d.Worker, d.Version = ulid.Make().String(), now, p.cfg.ID, events.CurrentVersion
+		if d.Type == events.TaskRetryScheduled {
+			var b events.TaskRetryScheduledBody
+			_ = d.DecodeBody(&b)
+			b.DueMS = now.UnixMilli() + b.DelayMS
+			*d = d.WithBody(b)
+		}
+		if t := c.run.Task(d.Task); t != nil {
+			// The record this decision was taken on (decisions change
+			// their tasks only in the cached fold's successor state).
+			expect[d.Task] = RecordOf(t).String()
+		}
+		rec, disp := p.effect(c.run, *d)
+		for f, v := range rec {
+			records[f] = v
+		}
+		if disp != nil {
+			outbox = append(outbox, disp.String())
+		}
+	}
+	commit := rdb.Commit{
+		Expected: c.head, FoldedTo: c.run.LastSeq, Writer: p.cfg.ID, TimeMS: now.UnixMilli(),
+		Events: decisions, Records: records, Expect: expect, Outbox: outbox,
+	}
+	for _, d := range decisions {
+		if d.Type == events.RunSucceeded || d.Type == events.RunFailed {
+			commit.CompactLog, commit.TTL = max(p.cfg.CompactLog, 0), p.cfg.RunTTL
+		}
+	}
+	return decisions, commit
+}
+
+// effect computes what a decision writes besides its event: task records,
+// run fields, and the dispatch for the outbox.
+func (p *Projector) effect(r *Run, d events.Event) (map[string]string, *rdb.Dispatch) {
+	switch d.Type {
+	case events.RunSucceeded:
+		return map[string]string{rdb.FieldRunStatus: string(RunSucceeded)}, nil
+	case events.RunFailed:
+		return map[string]string{rdb.FieldRunStatus: string(RunFailed)}, nil
+	}
+	t := r.Task(d.Task)
+	if t == nil {
+		return nil, nil
+	}
+	next := *t
+	switch d.Type {
+	case events.TaskSkipped:
+		next.Status = TaskSkipped
+	case events.TaskRequeued:
+		next.Status, next.Owner = TaskPending, ""
+	case events.TaskDispatched, events.TaskRetryScheduled:
+		next.Status, next.Attempt = TaskDispatched, d.Attempt
+	}
+	rec := map[string]string{d.Task: RecordOf(&next).String()}
+	if next.Status != TaskDispatched {
+		return rec, nil
+	}
+	disp := &rdb.Dispatch{Pool: t.Spec.Pool, Priority: t.Spec.Priority, Run: r.ID, Task: d.Task, Attempt: d.Attempt, EventID: d.ID}
+	if d.Type == events.TaskRetryScheduled {
+		var b events.TaskRetryScheduledBody
+		_ = d.DecodeBody(&b)
+		disp.DueMS = b.DueMS
+	}
+	return rec, disp
+}
+
+// RecordOf is the lease record of a task as the Redis state hash stores it.
+func RecordOf(t *Task) rdb.Record {
+	return rdb.Record{Status: string(t.Status), Attempt: t.Attempt, Epoch: t.Epoch, Owner: t.Owner}
+}
+
+func (p *Projector) retryDelay(spec events.TaskSpec, attempt int) time.Duration {
+	b := backoff.NewExponentialBackOff()
+	b.InitialInterval, b.MaxInterval, b.Multiplier = p.cfg.RetryInitial, p.cfg.RetryMax, p.cfg.RetryMultiplier
+	b.RandomizationFactor, b.MaxElapsedTime = p.cfg.RetryJitter, 0
+	b.Reset()
+	d := b.NextBackOff()
+	for i := 2; i < attempt; i++ {
+		d = b.NextBackOff()
+	}
+	return d
+}

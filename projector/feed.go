@@ -1,0 +1,275 @@
+package projector
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/graflow-go/graflow/internal/rdb"
+	"github.com/redis/go-redis/v9"
+	"github.com/rs/zerolog"
+)
+
+func (p *Projector) consume(ctx context.Context, n int) {
+	stream := p.db.K.Feed(n)
+	log := p.log.With().Int("partition", n).Logger()
+	if err := retry(ctx, log, "create feed group", func() error {
+		return p.db.EnsureGroup(ctx, stream, rdb.GroupProjectors)
+	}); err != nil {
+		return
+	}
+	start := "0"          // our own pending entries first (a restart resumes them)
+	var pend acks         // the last batch's acks, sent with the next read
+	var ownRead time.Time // when our own pending entries were last read
+	defer func() {
+		// Leaving: send what is left (a crash here instead leaves the
+		// entries pending; another projector takes them over).
+		if !pend.empty() {
+			actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer cancel()
+			_ = p.sendAcks(actx, pend, nil)
+		}
+	}()
+	for ctx.Err() == nil {
+		var msgs []redis.XMessage
+		if !pend.empty() {
+			// Under load: the acks and a non-blocking read of the next
+			// batch in one round trip.
+			if err := p.sendAcks(ctx, pend, &readArgs{stream: stream, start: start, consumer: p.cfg.ID, out: &msgs}); err != nil {
+				// Whatever the read returned is ours to project; the acks
+				// are retried alone, and our own pending entries are read
+				// again next (a lost reply may have left some there).
+				start = "0"
+				if err := retry(ctx, log, "ack feed", func() error { return p.sendAcks(ctx, pend, nil) }); err != nil {
+					return
+				}
+			} else if len(msgs) == 0 && time.Since(ownRead) >= p.cfg.FeedBlock {
+				// Going idle, everything acked: read our own pending
+				// entries before blocking (at most once per FeedBlock, off
+				// the hot path). A read whose reply was lost and that
+				// go-redis repeated without telling us left its entries
+				// delivered to us and unseen; they would otherwise wait
+				// for the feed reclaim.
+				start = "0"
+			}
+			pend = acks{}
+		}
+		if len(msgs) == 0 {
+			var res []redis.XStream
+			if start == "0" {
+				ownRead = time.Now()
+			}
+			err := retry(ctx, log, "read feed", func() error {
+				var err error
+				res, err = p.cfg.Redis.XReadGroup(ctx, &redis.XReadGroupArgs{
+					Group: rdb.GroupProjectors, Consumer: p.cfg.ID, Streams: []string{stream, start},
+					Count: feedCount, Block: p.cfg.FeedBlock,
+				}).Result()
+				if errors.Is(err, redis.Nil) {
+					res, err = nil, nil
+				}
+				if err != nil && ctx.Err() != nil {
+					return backoff.Permanent(err)
+				}
+				if err != nil && isNoGroup(err) {
+					_ = p.db.EnsureGroup(ctx, stream, rdb.GroupProjectors)
+				}
+				if err != nil {
+					start = "0" // a lost reply may have left entries pending for us
+				}
+				return err
+			})
+			if err != nil {
+				return
+			}
+			if len(res) > 0 {
+				msgs = res[0].Messages
+			}
+		}
+		if start == "0" && len(msgs) == 0 {
+			start = ">"
+			continue
+		}
+		if start == ">" && len(msgs) == 0 {
+			// A blocking read that timed out: idle, so look at our own
+			// pending entries next (see above).
+			start = "0"
+			continue
+		}
+		var ok bool
+		if pend, ok = p.handle(ctx, log, stream, msgs); !ok {
+			return
+		}
+	}
+}
+
+// feedCount bounds the feed entries of one read.
+const feedCount = 256
+
+// acks are what a projected feed batch leaves to acknowledge: the relayed
+// outboxes of its runs, then its feed entries.
+type acks struct {
+	stream string
+	ids    []string
+	outbox []outboxAck
+}
+
+func (a acks) empty() bool { return len(a.ids) == 0 && len(a.outbox) == 0 }
+
+// readArgs asks sendAcks to read the next feed entries (non-blocking) in
+// the same round trip.
+type readArgs struct {
+	stream, start, consumer string
+	out                     *[]redis.XMessage
+}
+
+// sendAcks removes the relayed entries from their outboxes and acks and
+// deletes the feed entries, in one pipeline; with next, it also reads the
+// next feed entries (non-blocking). An outbox ack refused with NOSCRIPT
+// (Redis restarted) is sent again after loading the scripts. A failed
+// outbox ack leaves relayed entries in the outbox: the run's next commit
+// reads them back and relays them again (duplicates are dropped at claim).
+// It returns the acks' errors, or the read's when the read failed; a read
+// whose reply was lost (go-redis may also repeat the pipeline) may leave
+// entries pending for this consumer, so after an error the caller re-reads
+// its own pending entries.
+func (p *Projector) sendAcks(ctx context.Context, a acks, next *readArgs) error {
+	pipe := p.cfg.Redis.Pipeline()
+	outbox := make([]*redis.Cmd, len(a.outbox))
+	for i, o := range a.outbox {
+		outbox[i] = p.db.OutboxAckCmd(ctx, pipe, o.run, o.entries)
+	}
+	var acked []redis.Cmder
+	if len(a.ids) > 0 {
+		acked = append(acked, pipe.XAck(ctx, a.stream, rdb.GroupProjectors, a.ids...), pipe.XDel(ctx, a.stream, a.ids...))
+	}
+	var read *redis.XStreamSliceCmd
+	if next != nil {
+		read = pipe.XReadGroup(ctx, &redis.XReadGroupArgs{
+			Group: rdb.GroupProjectors, Consumer: next.consumer, Streams: []string{next.stream, next.start},
+			Count: feedCount, Block: -1,
+		})
+	}
+	_, execErr := pipe.Exec(ctx)
+	if read != nil {
+		if res, rerr := read.Result(); rerr == nil && len(res) > 0 {
+			*next.out = res[0].Messages
+		} else if rerr != nil && !errors.Is(rerr, redis.Nil) && isNoGroup(rerr) {
+			_ = p.db.EnsureGroup(ctx, next.stream, rdb.GroupProjectors)
+		}
+	}
+	// The acks' own errors (the read's are the caller's business).
+	var errs []error
+	var again []outboxAck
+	for i, c := range outbox {
+		switch err := c.Err(); {
+		case rdb.IsNoScript(err):
+			again = append(again, a.outbox[i])
+		case err != nil:
+			errs = append(errs, err)
+		}
+	}
+	for _, c := range acked {
+		errs = append(errs, c.Err())
+	}
+	if len(again) > 0 {
+		errs = append(errs, p.db.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+			for _, o := range again {
+				p.db.OutboxAckCmd(ctx, pipe, o.run, o.entries)
+			}
+			return nil
+		}))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	if read != nil && execErr != nil && read.Err() != nil && !errors.Is(read.Err(), redis.Nil) {
+		return fmt.Errorf("read feed: %w", read.Err())
+	}
+	return nil
+}
+
+// handle projects the runs that feed entries point at (each run once per
+// batch: pointers coalesce) and returns the acks that follow: the relayed
+// outboxes, then the entries. It returns false when ctx ended.
+func (p *Projector) handle(ctx context.Context, log zerolog.Logger, stream string, msgs []redis.XMessage) (acks, bool) {
+	ids := make([]string, 0, len(msgs))
+	seen := map[string]bool{}
+	var runs []string
+	for _, m := range msgs {
+		ids = append(ids, m.ID)
+		run, _ := m.Values[rdb.MsgRun].(string)
+		if run == "" || seen[run] {
+			continue
+		}
+		seen[run] = true
+		runs = append(runs, run)
+	}
+	// The common case for every run at once, a pipeline per step; then
+	// the runs that need more, up to Parallel of them at once (each is a
+	// few round trips; one at a time would leave Redis idle).
+	runs, later := p.projectBatch(ctx, runs)
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, p.cfg.Parallel)
+	for _, run := range runs {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			p.projectOrQuarantine(ctx, log, run)
+		}()
+	}
+	wg.Wait()
+	if ctx.Err() != nil {
+		return acks{}, false
+	}
+	return acks{stream: stream, ids: ids, outbox: later}, true
+}
+
+// reclaimFeed takes over feed entries left pending by projectors that died
+// (idle longer than FeedReclaimIdle), so their runs move on.
+func (p *Projector) reclaimFeed(ctx context.Context, parts []int) {
+	t := time.NewTicker(p.cfg.FeedReclaimIdle / 2)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for _, n := range parts {
+			stream := p.db.K.Feed(n)
+			log := p.log.With().Int("partition", n).Logger()
+			start := "0-0"
+			for ctx.Err() == nil {
+				msgs, next, err := p.cfg.Redis.XAutoClaim(ctx, &redis.XAutoClaimArgs{
+					Stream: stream, Group: rdb.GroupProjectors, Consumer: p.cfg.ID,
+					MinIdle: p.cfg.FeedReclaimIdle, Start: start, Count: 256,
+				}).Result()
+				if err != nil {
+					if ctx.Err() == nil && !isNoGroup(err) {
+						log.Warn().Err(err).Msg("reclaim feed entries")
+					}
+					break
+				}
+				if len(msgs) > 0 {
+					log.Info().Int("entries", len(msgs)).Msg("took over feed entries of a dead projector")
+					if a, ok := p.handle(ctx, log, stream, msgs); ok {
+						_ = retry(ctx, log, "ack feed", func() error { return p.sendAcks(ctx, a, nil) })
+					}
+				}
+				if next == "0-0" || next == "" {
+					break
+				}
+				start = next
+			}
+		}
+	}
+}
+
+func isNoGroup(err error) bool {
+	return err != nil && len(err.Error()) >= 7 && err.Error()[:7] == "NOGROUP"
+}

@@ -1,0 +1,73 @@
+package projector
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/graflow-go/graflow/events"
+	"github.com/graflow-go/graflow/internal/rdb"
+	"github.com/redis/go-redis/v9"
+)
+
+// load folds run's whole log from the first event.
+func (p *Projector) load(ctx context.Context, run string, c *cached) error {
+	// The head and the first page of the log in one round trip (the
+	// head read first: a commit in between makes ours conflict).
+	pipe := p.cfg.Redis.Pipeline()
+	hget := p.db.HeadCmd(ctx, pipe, run)
+	first := pipe.XRangeN(ctx, p.db.K.RunLog(run), "-", "+", int64(p.cfg.ReadCount))
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return fmt.Errorf("load run %s: %w", run, err)
+	}
+	head, err := rdb.ParseHead(hget)
+	if err != nil {
+		return fmt.Errorf("load run %s: %w", run, err)
+	}
+	if rdb.HeadStatus(hget) == string(RunQuarantined) {
+		// Set aside for good: nothing to fold or decide (its log may
+		// not even decode).
+		r := NewRun(run)
+		r.Status = RunQuarantined
+		c.run, c.head = r, head
+		return nil
+	}
+	r := NewRun(run)
+	r.noResults = true // bounded cache memory: decisions never read results
+	n, err := p.fold(run, r, first.Val())
+	for err == nil && n == p.cfg.ReadCount {
+		n, err = p.readInto(ctx, run, r)
+	}
+	if err != nil {
+		return err
+	}
+	c.run, c.head = r, head
+	return nil
+}
+
+// readInto folds up to ReadCount log entries after r.LastSeq into r.
+func (p *Projector) readInto(ctx context.Context, run string, r *Run) (int, error) {
+	start := "-"
+	if r.LastSeq != "" {
+		start = "(" + r.LastSeq
+	}
+	msgs, err := p.cfg.Redis.XRangeN(ctx, p.db.K.RunLog(run), start, "+", int64(p.cfg.ReadCount)).Result()
+	if err != nil {
+		return 0, fmt.Errorf("read log of run %s: %w", run, err)
+	}
+	return p.fold(run, r, msgs)
+}
+
+// fold decodes and applies log entries to r.
+func (p *Projector) fold(run string, r *Run, msgs []redis.XMessage) (int, error) {
+	for _, m := range msgs {
+		e, err := events.Decode(run, m.ID, m.Values)
+		if err != nil {
+			return 0, err
+		}
+		if err := Apply(r, e); err != nil {
+			return 0, err
+		}
+	}
+	return len(msgs), nil
+}
