@@ -181,7 +181,7 @@ func Decode(run, seq string, values map[string]any) (Event, error) {
 		}
 		n, err := strconv.ParseInt(s, 10, 64)
 		if err != nil {
-			return 0, fmt.Errorf("%w: field %q: %v", ErrMalformed, field, err)
+			return 0, fmt.Errorf("%w: field %q: %w", ErrMalformed, field, err)
 		}
 		return n, nil
 	}
@@ -234,7 +234,7 @@ func (e *Event) DecodeBody(v any) error {
 		return nil
 	}
 	if err := json.Unmarshal(e.Body, v); err != nil {
-		return &DecodeError{Run: e.Run, Seq: e.Seq, Err: fmt.Errorf("%w: %s body: %v", ErrMalformed, e.Type, err)}
+		return &DecodeError{Run: e.Run, Seq: e.Seq, Err: fmt.Errorf("%w: %s body: %w", ErrMalformed, e.Type, err)}
 	}
 	return nil
 }

@@ -202,7 +202,7 @@ func TestDecodeErrors(t *testing.T) {
 				t.Fatalf("Decode error = %v, want errors.Is %v", err, tt.want)
 			}
 			for _, s := range sentinels {
-				if s != tt.want && errors.Is(err, s) {
+				if !errors.Is(s, tt.want) && errors.Is(err, s) {
 					t.Errorf("error %v also matches %v", err, s)
 				}
 			}

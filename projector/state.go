@@ -127,7 +127,6 @@ type queue struct {
 }
 
 func (q *queue) push(e queueEntry) { q.items = append(q.items, e) }
-func (q *queue) len() int          { return len(q.items) - q.head }
 
 // trim drops stale entries at the head, and the backing array when empty.
 func (q *queue) trim(stale func(queueEntry) bool) {

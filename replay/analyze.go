@@ -1,7 +1,6 @@
 package replay
 
 import (
-	"encoding/json"
 	"fmt"
 	"slices"
 	"strings"
@@ -455,7 +454,7 @@ func (z *analyzer) finish() {
 	for i, k := range z.order {
 		t, tt := r.Tasks[i], k.tl
 		tt.Status, tt.Attempt, tt.Epoch, tt.Owner = string(t.Status), t.Attempt, t.Epoch, t.Owner
-		tt.Error, tt.Result = t.Error, json.RawMessage(t.Result)
+		tt.Error, tt.Result = t.Error, t.Result
 		for j := range tt.Attempts {
 			tt.Attempts[j].durations()
 		}

@@ -285,7 +285,7 @@ func (c *Client) appendLog(ctx context.Context, run string, evs []events.Event, 
 		if last == "" {
 			msgs, err := c.cfg.Redis.XRevRangeN(ctx, k.RunLog(run), "+", "-", 1).Result()
 			if err != nil || len(msgs) == 0 {
-				return "", fmt.Errorf("read log of run %s: %v", run, err)
+				return "", fmt.Errorf("read log of run %s: %w", run, err)
 			}
 			last = msgs[0].ID
 		}
@@ -353,7 +353,7 @@ func (c *Client) writeState(ctx context.Context, run string, a *Analysis, evs []
 	for _, s := range specs {
 		m, err := json.Marshal(rdb.MetaOf(s))
 		if err != nil {
-			return fmt.Errorf("%w: task %s metadata: %v", ErrInvalidExport, s.ID, err)
+			return fmt.Errorf("%w: task %s metadata: %w", ErrInvalidExport, s.ID, err)
 		}
 		dag = append(dag, s.ID, string(m))
 	}

@@ -2,6 +2,7 @@ package replay
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -118,7 +119,7 @@ func (c *Client) stillLost(ctx context.Context, run string, want []wanted, found
 		fields[i] = w.task
 	}
 	vals, err := c.cfg.Redis.HMGet(ctx, c.db.K.RunState(run), fields...).Result()
-	if err != nil && err != redis.Nil {
+	if err != nil && !errors.Is(err, redis.Nil) {
 		return nil, fmt.Errorf("read state of run %s: %w", run, err)
 	}
 	var lost []wanted

@@ -2,6 +2,7 @@ package replay_test
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"testing"
 	"time"
@@ -109,7 +110,7 @@ func (e *env) waitFor(ctx context.Context, run string, what string, pred func([]
 		}
 		return nil
 	})
-	if err != errDone {
+	if !errors.Is(err, errDone) {
 		e.t.Fatalf("run %s: waiting for %s: %v (saw %d events)", run, what, err, len(seen))
 	}
 	return seen

@@ -45,11 +45,11 @@ func ParseSpec(data []byte) (events.RunSubmittedBody, error) {
 	if len(trimmed) > 0 && trimmed[0] != '{' {
 		var doc any
 		if err := yaml.Unmarshal(data, &doc); err != nil {
-			return out, fmt.Errorf("%w: %v", ErrInvalidSpec, err)
+			return out, fmt.Errorf("%w: %w", ErrInvalidSpec, err)
 		}
 		j, err := json.Marshal(doc)
 		if err != nil {
-			return out, fmt.Errorf("%w: %v", ErrInvalidSpec, err)
+			return out, fmt.Errorf("%w: %w", ErrInvalidSpec, err)
 		}
 		trimmed = j
 	}
@@ -57,7 +57,7 @@ func ParseSpec(data []byte) (events.RunSubmittedBody, error) {
 	dec := json.NewDecoder(bytes.NewReader(trimmed))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&f); err != nil {
-		return out, fmt.Errorf("%w: %v", ErrInvalidSpec, err)
+		return out, fmt.Errorf("%w: %w", ErrInvalidSpec, err)
 	}
 	if dec.More() {
 		return out, fmt.Errorf("%w: more than one JSON value in the file", ErrInvalidSpec)

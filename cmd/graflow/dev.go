@@ -367,7 +367,7 @@ func (s *devStack) startWorkers(ctx context.Context) error {
 		select {
 		case <-w.ready:
 		case <-w.done:
-			return fmt.Errorf("worker %s exited during startup (%v); its log %s ends with:\n%s", w.id, w.err, w.logPath, tail(w.logPath, 10))
+			return fmt.Errorf("worker %s exited during startup (%w); its log %s ends with:\n%s", w.id, w.err, w.logPath, tail(w.logPath, 10))
 		case <-timer.C:
 			return fmt.Errorf("worker %s did not start within %s; see %s", w.id, devReadyTimeout, w.logPath)
 		case <-ctx.Done():

@@ -140,7 +140,7 @@ func (s *stack) floorRead(ctx context.Context, group, consumer, stream string, n
 	res, err := s.rc.XReadGroup(ctx, &redis.XReadGroupArgs{Group: group, Consumer: consumer,
 		Streams: []string{stream, ">"}, Count: int64(n), Block: -1}).Result()
 	if err != nil || len(res) != 1 || len(res[0].Messages) != n {
-		return nil, nil, fmt.Errorf("floor read %s: %d streams, want %d entries, err %v", stream, len(res), n, err)
+		return nil, nil, fmt.Errorf("floor read %s: %d streams, want %d entries, err %w", stream, len(res), n, err)
 	}
 	for _, m := range res[0].Messages {
 		ids = append(ids, m.ID)
@@ -269,7 +269,7 @@ func (s *stack) floorBatch(ctx context.Context, lane int, runs []string, steps i
 		for i, run := range projected {
 			evs, err := rdb.DecodeLog(run, logs[i].Val())
 			if err != nil || len(evs) != 2 {
-				return fmt.Errorf("floor fold %s: %d new events, err %v", run, len(evs), err)
+				return fmt.Errorf("floor fold %s: %d new events, err %w", run, len(evs), err)
 			}
 		}
 		// The next step's dispatch and its relay, or the run's end.

@@ -102,10 +102,10 @@ type CmdCost struct {
 // primary is the figure a workload is judged by (higher is better, except
 // latency).
 func (r *Result) primary() float64 {
-	switch {
-	case r.Workload == Latency:
+	switch r.Workload {
+	case Latency:
 		return r.P50MS
-	case r.Workload == Replay:
+	case Replay:
 		return r.EventsPerSec
 	}
 	return r.TasksPerSec

@@ -206,16 +206,14 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	dir, err := filepath.Abs(s.cfg.Dir)
 	if err != nil {
-		s.removeOwnDir()
-		return nil, fmt.Errorf("redisserver: data dir: %w", err)
+		return nil, errors.Join(fmt.Errorf("redisserver: data dir: %w", err), s.removeOwnDir())
 	}
 	s.cfg.Dir = dir
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.start(ctx); err != nil {
-		s.removeOwnDir()
-		return nil, err
+		return nil, errors.Join(err, s.removeOwnDir())
 	}
 	return s, nil
 }
@@ -393,9 +391,9 @@ func (s *Server) waitReady(ctx context.Context, p *process, port int) error {
 			if strings.Contains(out, "Address already in use") {
 				return fmt.Errorf("redisserver: port %d: %w (output: %s)", port, errAddrInUse, out)
 			}
-			return fmt.Errorf("redisserver: redis-server exited during startup (%v); output:\n%s", p.err, out)
+			return fmt.Errorf("redisserver: redis-server exited during startup (%w); output:\n%s", p.err, out)
 		case <-ctx.Done():
-			return fmt.Errorf("redisserver: redis-server on %s did not answer PING (last: %v): %w; output:\n%s",
+			return fmt.Errorf("redisserver: redis-server on %s did not answer PING (last: %w): %w; output:\n%s",
 				addr, err, context.Cause(ctx), s.out.String())
 		case <-timer.C:
 		}
