@@ -13,6 +13,10 @@ import (
 	"github.com/rs/zerolog"
 )
 
+// consume is feed partition n's loop: it reads the partition's entries
+// with the projectors' consumer group (its own pending entries first),
+// projects the runs they name, and acks them with its next read, until ctx
+// ends.
 func (p *Projector) consume(ctx context.Context, n int) {
 	stream := p.db.K.Feed(n)
 	log := p.log.With().Int("partition", n).Logger()
