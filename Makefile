@@ -14,7 +14,7 @@ export TESTCONTAINERS_HOST_OVERRIDE ?= 127.0.0.1
 RACE_PKGS := ./worker/... ./projector/... ./internal/... ./replay/... .
 
 .DEFAULT_GOAL := help
-.PHONY: help redis test test-race test-integration fmt lint build demo bench bench-smoke chaos chaos-broken-fencing
+.PHONY: help redis test test-race test-integration fmt lint build build-testhooks demo bench bench-smoke chaos chaos-broken-fencing
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -52,6 +52,9 @@ lint: ## go vet, and fail if any file needs gofmt
 build: ## Build bin/graflow
 	$(GO) build -o bin/graflow ./cmd/graflow
 
+build-testhooks: ## Build bin/graflow-testhooks: with the test-only switches (crash points, --unsafe-no-fencing); never deploy it
+	$(GO) build -tags graflowtest -o bin/graflow-testhooks ./cmd/graflow
+
 demo: ## Run the demo workflow with live progress: installs redis-server if missing, builds bin/graflow, runs graflow dev (flags in DEMO_ARGS)
 	@if ! command -v redis-server >/dev/null 2>&1 && [ ! -x /usr/bin/redis-server ]; then \
 		echo "demo: redis-server not found; installing it with apt-get"; \
@@ -76,6 +79,6 @@ CHAOS_SEEDS ?= 1-5
 chaos: build ## Run the chaos suite: 1,000 tasks under SIGKILL/SIGSTOP/projector kills/Redis restarts, one line per seed (CHAOS_SEEDS=1-5)
 	./bin/graflow chaos --seeds $(CHAOS_SEEDS) --quiet
 
-chaos-broken-fencing: build ## Prove the chaos checker can fail: with fencing switched off (test-only) it must report duplicates
-	./bin/graflow chaos --seeds 1 --break-fencing --quiet
+chaos-broken-fencing: build-testhooks ## Prove the chaos checker can fail: with fencing switched off (a graflowtest build) it must report duplicates
+	./bin/graflow-testhooks chaos --seeds 1 --break-fencing --quiet
 

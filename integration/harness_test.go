@@ -64,7 +64,9 @@ func binary(t testing.TB) string {
 			return
 		}
 		path := filepath.Join(bin.dir, "graflow")
-		args := []string{"build", "-o", path}
+		// The test switches (crash points) are compiled in only with the
+		// graflowtest tag; the recovery tests arm them.
+		args := []string{"build", "-tags", "graflowtest", "-o", path}
 		if raceEnabled {
 			args = append(args, "-race")
 		}

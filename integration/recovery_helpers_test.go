@@ -98,7 +98,7 @@ type recWorker struct {
 	poisonLimit int           // default the worker's
 	hbEvents    time.Duration // --heartbeat-event-every, default the worker's
 	crashAt     string        // crashpoint to arm, "" for none
-	unfenced    bool          // GRAFLOW_UNSAFE_NO_FENCING=1 (test-only)
+	unfenced    bool          // --unsafe-no-fencing (the graflowtest build's test-only switch)
 }
 
 // recoveryWorker starts a worker with short leases and waits until it has
@@ -126,12 +126,12 @@ func (s *stack) recoveryWorker(id string, o recWorker) *proc {
 	if o.hbEvents > 0 {
 		args = append(args, "--heartbeat-event-every", o.hbEvents.String())
 	}
+	if o.unfenced {
+		args = append(args, "--unsafe-no-fencing")
+	}
 	var env []string
 	if o.crashAt != "" {
 		env = append(env, crashpoint.Env+"="+o.crashAt)
-	}
-	if o.unfenced {
-		env = append(env, "GRAFLOW_UNSAFE_NO_FENCING=1")
 	}
 	p := s.spawn(id, env, args...)
 	p.waitLine(s.t, "worker started")

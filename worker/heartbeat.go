@@ -114,7 +114,7 @@ func (w *Worker) beat(ctx context.Context) {
 	}
 	for i, a := range list {
 		err := rdb.HeartbeatResult(cmds[i])
-		if errors.Is(err, rdb.ErrStaleClaim) && !w.cfg.UnsafeNoFencing {
+		if errors.Is(err, rdb.ErrStaleClaim) && !w.cfg.noFencing {
 			w.log.Warn().Str("run", a.task.Run).Str("task", a.task.ID).Err(err).Msg("lease lost; cancelling the handler")
 			a.lost = true // one rejection is enough: no more heartbeats for it
 			a.cancel(errLeaseLost)
@@ -124,7 +124,7 @@ func (w *Worker) beat(ctx context.Context) {
 			w.log.Warn().Err(err).Str("task", a.task.ID).Msg("heartbeat")
 			continue
 		}
-		if n, _ := touches[i].Int64(); n == -1 && !w.cfg.UnsafeNoFencing {
+		if n, _ := touches[i].Int64(); n == -1 && !w.cfg.noFencing {
 			w.log.Warn().Str("run", a.task.Run).Str("task", a.task.ID).Msg("queue message taken by another consumer; cancelling the handler")
 			a.lost = true
 			a.cancel(errLeaseLost)

@@ -80,9 +80,10 @@ type Config struct {
 	// more than this many times without an outcome (default 5): a task
 	// that kills its worker every time does not loop forever.
 	PoisonLimit int
-	// UnsafeNoFencing disables the epoch check on results. TEST-ONLY: the
-	// chaos suite sets it to prove its checker detects duplicate accepts.
-	UnsafeNoFencing bool
+	// noFencing disables the epoch check on results. TEST-ONLY, and only
+	// settable in graflowtest builds (UnsafeNoFencing): the chaos suite
+	// proves with it that its checker detects duplicate accepts.
+	noFencing bool
 	// Logger; nil is quiet.
 	Logger *zerolog.Logger
 	// Now is the clock (default time.Now).
@@ -759,7 +760,7 @@ func (w *Worker) finish(ctx context.Context, log zerolog.Logger, m message, t *T
 	args := rdb.FinishArgs{
 		Run: m.run, Task: m.task, Worker: w.cfg.ID, Attempt: t.Attempt, Epoch: t.Epoch,
 		EventID: ulid.Make().String(), RejectID: ulid.Make().String(), TimeMS: w.now(),
-		Unfenced: w.cfg.UnsafeNoFencing,
+		Unfenced: w.cfg.noFencing,
 	}
 	var encoded []byte
 	if runErr == nil {

@@ -26,7 +26,7 @@ func runChaos(ctx context.Context, m *Main, args []string) error {
 	lease := fs.Duration("lease", 2*time.Second, "worker lease (short, so reclaims happen quickly)")
 	dir := fs.String("dir", "", "keep Redis' AOF and the process logs here (default: a temp dir, removed when verified)")
 	timeout := fs.Duration("timeout", 4*time.Minute, "per-seed time limit")
-	breakFencing := fs.Bool("break-fencing", false, "TEST-ONLY: run workers with fencing off; the checker must then report duplicates (exit 0 only if it does)")
+	breakFencing := fs.Bool("break-fencing", false, "TEST-ONLY (a graflowtest build): run workers with fencing off; the checker must then report duplicates (exit 0 only if it does)")
 	quiet := fs.Bool("quiet", false, "print only the summary line per seed")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -34,6 +34,9 @@ func runChaos(ctx context.Context, m *Main, args []string) error {
 	list, err := parseSeeds(*seeds)
 	if err != nil {
 		return withCode(ExitUsage, err)
+	}
+	if *breakFencing && !testHooks {
+		return usagef("--break-fencing needs a binary built with the test switches: make chaos-broken-fencing (go build -tags graflowtest)")
 	}
 	failed := 0
 	for _, seed := range list {

@@ -37,6 +37,7 @@ func runWorker(ctx context.Context, m *Main, args []string) error {
 	poison := fs.Int("poison-limit", worker.DefaultPoisonLimit, "deliveries without an outcome before a task is failed as poison")
 	hbEvery := fs.Duration("heartbeat-event-every", worker.DefaultHeartbeatEventEvery, "at most one task_heartbeat event per task per this interval")
 	prof := fs.String("cpuprofile", "", "write a CPU profile (go tool pprof) to this file until the worker exits")
+	unsafe := unsafeWorkerFlags(fs) // graflowtest builds only
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -45,19 +46,16 @@ func runWorker(ctx context.Context, m *Main, args []string) error {
 		return err
 	}
 	defer stopProfile()
-	// TEST-ONLY: the chaos suite proves its checker catches duplicate
-	// accepts by running workers with fencing switched off.
-	unfenced := m.Getenv("GRAFLOW_UNSAFE_NO_FENCING") == "1"
 	r, err := c.connect(ctx)
 	if err != nil {
 		return err
 	}
 	defer r.Close()
-	w, err := worker.New(worker.Config{
+	w, err := worker.New(unsafe(worker.Config{
 		Redis: r, Namespace: c.namespace, ID: *id, Pools: splitList(*pools), Concurrency: *conc,
 		Lease: *lease, DrainTimeout: *drain, ReclaimInterval: *reclaim, PoisonLimit: *poison,
-		HeartbeatEventEvery: *hbEvery, UnsafeNoFencing: unfenced, Logger: c.logger(m.Stderr),
-	})
+		HeartbeatEventEvery: *hbEvery, Logger: c.logger(m.Stderr),
+	}))
 	if err != nil {
 		return withCode(ExitUsage, err)
 	}

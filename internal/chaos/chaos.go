@@ -281,13 +281,13 @@ func (s *stack) startProjector() error {
 
 func (s *stack) startWorker(i int) error {
 	id := fmt.Sprintf("w%d-%d", i, s.gens[i])
-	var env []string
-	if s.cfg.BreakFencing {
-		env = append(env, "GRAFLOW_UNSAFE_NO_FENCING=1")
-	}
-	p, err := proc.Start(id, s.cfg.Exe, []string{"worker", "--redis", s.url, "--namespace", s.ns, "--id", id,
+	args := []string{"worker", "--redis", s.url, "--namespace", s.ns, "--id", id,
 		"--concurrency", strconv.Itoa(s.cfg.Concurrency), "--lease", s.cfg.Lease.String(),
-		"--reclaim-interval", (s.cfg.Lease / 4).String(), "--drain-timeout", "5s", "--log-level", "warn"}, env,
+		"--reclaim-interval", (s.cfg.Lease / 4).String(), "--drain-timeout", "5s", "--log-level", "warn"}
+	if s.cfg.BreakFencing {
+		args = append(args, "--unsafe-no-fencing") // a graflowtest build only
+	}
+	p, err := proc.Start(id, s.cfg.Exe, args, nil,
 		filepath.Join(s.cfg.Dir, "workers.log"))
 	if err != nil {
 		return err

@@ -2,17 +2,14 @@
 // between two steps that must survive a crash (after the finish script,
 // before the ack; after a projector commit, before its relay...).
 //
-// It is armed only by the environment variable GRAFLOW_TEST_CRASH_AT=<point>
-// and never in normal operation: the process then SIGKILLs itself the
-// first time it reaches that point.
+// Crash points exist only in binaries built with the build tag graflowtest
+// (the recovery tests and "make chaos-broken-fencing" build such a binary):
+// there the environment variable GRAFLOW_TEST_CRASH_AT=<point> arms one,
+// and the process SIGKILLs itself the first time it reaches it. In every
+// other build Hit does nothing and no environment variable is read.
 package crashpoint
 
-import (
-	"os"
-	"syscall"
-)
-
-// Env is the variable that arms a crash point.
+// Env is the variable that arms a crash point (graflowtest builds only).
 const Env = "GRAFLOW_TEST_CRASH_AT"
 
 // Points.
@@ -21,14 +18,3 @@ const (
 	WorkerAfterClaim     = "worker-after-claim"     // task claimed, handler not started
 	ProjectorAfterCommit = "projector-after-commit" // decisions committed, outbox not relayed
 )
-
-var armed = os.Getenv(Env)
-
-// Hit kills the process with SIGKILL if point is armed.
-func Hit(point string) {
-	if armed == "" || armed != point {
-		return
-	}
-	_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
-	select {} // never returns
-}
