@@ -7,8 +7,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/cenkalti/backoff/v4"
 	"github.com/graflow-go/graflow/internal/rdb"
+	"github.com/graflow-go/graflow/internal/retry"
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 )
@@ -20,7 +20,7 @@ import (
 func (p *Projector) consume(ctx context.Context, n int) {
 	stream := p.db.K.Feed(n)
 	log := p.log.With().Int("partition", n).Logger()
-	if err := retry(ctx, log, "create feed group", func() error {
+	if err := retryAll(ctx, log, "create feed group", func() error {
 		return p.db.EnsureGroup(ctx, stream, rdb.GroupProjectors)
 	}); err != nil {
 		return
@@ -47,7 +47,7 @@ func (p *Projector) consume(ctx context.Context, n int) {
 				// are retried alone, and our own pending entries are read
 				// again next (a lost reply may have left some there).
 				start = "0"
-				if err := retry(ctx, log, "ack feed", func() error { return p.sendAcks(ctx, pend, nil) }); err != nil {
+				if err := retryAll(ctx, log, "ack feed", func() error { return p.sendAcks(ctx, pend, nil) }); err != nil {
 					return
 				}
 			} else if len(msgs) == 0 && time.Since(ownRead) >= p.cfg.FeedBlock {
@@ -66,7 +66,7 @@ func (p *Projector) consume(ctx context.Context, n int) {
 			if start == "0" {
 				ownRead = time.Now()
 			}
-			err := retry(ctx, log, "read feed", func() error {
+			err := retryAll(ctx, log, "read feed", func() error {
 				var err error
 				res, err = p.cfg.Redis.XReadGroup(ctx, &redis.XReadGroupArgs{
 					Group: rdb.GroupProjectors, Consumer: p.cfg.ID, Streams: []string{stream, start},
@@ -76,7 +76,7 @@ func (p *Projector) consume(ctx context.Context, n int) {
 					res, err = nil, nil
 				}
 				if err != nil && ctx.Err() != nil {
-					return backoff.Permanent(err)
+					return retry.Permanent(err)
 				}
 				if err != nil && isNoGroup(err) {
 					_ = p.db.EnsureGroup(ctx, stream, rdb.GroupProjectors)
@@ -262,7 +262,7 @@ func (p *Projector) reclaimFeed(ctx context.Context, parts []int) {
 				if len(msgs) > 0 {
 					log.Info().Int("entries", len(msgs)).Msg("took over feed entries of a dead projector")
 					if a, ok := p.handle(ctx, log, stream, msgs); ok {
-						_ = retry(ctx, log, "ack feed", func() error { return p.sendAcks(ctx, a, nil) })
+						_ = retryAll(ctx, log, "ack feed", func() error { return p.sendAcks(ctx, a, nil) })
 					}
 				}
 				if next == "0-0" || next == "" {

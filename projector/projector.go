@@ -4,13 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"strconv"
 	"sync"
 	"time"
 
-	"github.com/cenkalti/backoff/v4"
 	"github.com/graflow-go/graflow/internal/rdb"
+	"github.com/graflow-go/graflow/internal/retry"
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 )
@@ -217,11 +218,13 @@ func (p *Projector) Run(ctx context.Context) error {
 	return nil
 }
 
-// retry runs op until it succeeds or ctx ends, backing off on errors.
-func retry(ctx context.Context, log zerolog.Logger, what string, op func() error) error {
-	b := backoff.NewExponentialBackOff()
-	b.InitialInterval, b.MaxInterval, b.MaxElapsedTime = 50*time.Millisecond, 5*time.Second, 0
-	return backoff.RetryNotify(op, backoff.WithContext(b, ctx), func(err error, d time.Duration) {
+// retryAll runs one of the feed loop's own calls (read the feed, ack it,
+// create its group) until it succeeds or ctx ends, backing off and logging
+// every failure, transient or not: the loop serves a whole partition, and
+// an error that persists (NOPERM on the feed) must stay visible rather than
+// stop the partition.
+func retryAll(ctx context.Context, log zerolog.Logger, what string, op func() error) error {
+	return retry.Do(ctx, retry.Policy{Tolerate: math.MaxInt, OnError: func(err error, d time.Duration) {
 		log.Warn().Err(err).Dur("retry_in", d).Msg(what)
-	})
+	}}, op)
 }

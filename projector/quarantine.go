@@ -3,10 +3,10 @@ package projector
 import (
 	"context"
 	"errors"
-	"strings"
+	"time"
 
-	"github.com/cenkalti/backoff/v4"
 	"github.com/graflow-go/graflow/events"
+	"github.com/graflow-go/graflow/internal/retry"
 	"github.com/oklog/ulid/v2"
 	"github.com/rs/zerolog"
 )
@@ -31,16 +31,22 @@ var errConflictStorm = errors.New("commit conflicts in a row")
 // way; a quarantined run is skipped from then on, by every projector.
 func (p *Projector) projectOrQuarantine(ctx context.Context, log zerolog.Logger, run string) {
 	failures := 0
-	err := retry(ctx, log, "project run", func() error {
+	err := retry.Do(ctx, retry.Policy{
+		Tolerate: p.cfg.RunFailures - 1,
+		// Commits that kept conflicting: other projectors are making
+		// progress on the run, so it is not a reason to set it aside.
+		AlsoTransient: func(err error) bool { return errors.Is(err, errConflictStorm) },
+		OnError: func(err error, d time.Duration) {
+			log.Warn().Err(err).Str("run", run).Int("failures", failures).Dur("retry_in", d).Msg("project run failed")
+		},
+	}, func() error {
 		err := p.Project(ctx, run)
-		if err == nil || transient(err) || errors.Is(err, errConflictStorm) {
-			return err
+		if err != nil && undecodable(err) {
+			return retry.Permanent(err) // folding it again fails the same way
 		}
-		failures++
-		if failures >= p.cfg.RunFailures || undecodable(err) {
-			return backoff.Permanent(err)
+		if err != nil && !retry.Transient(err) && !errors.Is(err, errConflictStorm) {
+			failures++
 		}
-		log.Warn().Err(err).Str("run", run).Int("failures", failures).Msg("project run failed; retrying before quarantine")
 		return err
 	})
 	if err != nil && ctx.Err() == nil {
@@ -71,21 +77,4 @@ func (p *Projector) quarantine(ctx context.Context, run string, cause error) {
 	if done || err != nil {
 		l.Msg("run quarantined: it cannot be projected; its keys are kept for inspection (graflow status, graflow replay verify)")
 	}
-}
-
-// transient reports an error that goes away by itself: Redis unreachable,
-// loading, busy or failing over, or a timeout.
-func transient(err error) bool {
-	var ne interface{ Timeout() bool }
-	if errors.As(err, &ne) && ne.Timeout() {
-		return true
-	}
-	msg := err.Error()
-	for _, s := range []string{"connection refused", "connection reset", "broken pipe", "EOF", "i/o timeout",
-		"LOADING", "BUSY", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN", "READONLY", "NOSCRIPT", "client is closed"} {
-		if strings.Contains(msg, s) {
-			return true
-		}
-	}
-	return false
 }

@@ -5,9 +5,9 @@ import (
 	"errors"
 	"sync"
 
-	"github.com/cenkalti/backoff/v4"
 	"github.com/graflow-go/graflow/internal/crashpoint"
 	"github.com/graflow-go/graflow/internal/rdb"
+	"github.com/graflow-go/graflow/internal/retry"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -152,9 +152,15 @@ func (b *batcher) claimLoop(ctx context.Context) {
 				r := batch[i]
 				var cr rdb.ClaimResult
 				var ierr error
-				if err == nil {
+				switch {
+				case err == nil:
 					cr = crs[k]
-				} else {
+				case !retry.Transient(err):
+					// The script failed on the run's data: alone it would
+					// fail the same way. The message waits for its reclaim
+					// (and the poison limit).
+					ierr = err
+				default:
 					// Retry alone (a second claim by this worker returns the
 					// first one's claim unchanged).
 					ierr = w.redisRetry(ctx, func() error {
@@ -234,7 +240,7 @@ func (b *batcher) finishLoop(ctx context.Context) {
 					var err error
 					dirty[i], err = w.db.Finish(ctx, r.args)
 					if errors.Is(err, rdb.ErrStaleClaim) {
-						return backoff.Permanent(err)
+						return retry.Permanent(err)
 					}
 					return err
 				})

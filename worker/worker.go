@@ -18,10 +18,10 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/cenkalti/backoff/v4"
 	"github.com/graflow-go/graflow/events"
 	"github.com/graflow-go/graflow/internal/crashpoint"
 	"github.com/graflow-go/graflow/internal/rdb"
+	"github.com/graflow-go/graflow/internal/retry"
 	"github.com/oklog/ulid/v2"
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
@@ -381,6 +381,7 @@ func (w *Worker) fetch(ctx context.Context, pool string) {
 	}
 	var buf []message
 	defer func() { w.requeueUnstarted(buf) }()
+	wait := retry.NewBackoff(retry.Policy{Initial: 100 * time.Millisecond, Max: 5 * time.Second})
 	for {
 		if len(buf) == 0 {
 			// Read only when a slot is free (so we never hold many more
@@ -410,9 +411,10 @@ func (w *Worker) fetch(ctx context.Context, pool string) {
 						_ = w.db.EnsureGroup(ctx, q, rdb.GroupWorkers)
 					}
 				}
-				w.pause(ctx)
+				wait.Wait(ctx) // longer after each failed read in a row
 				continue
 			}
+			wait.Reset()
 			buf = w.messages(res, buf)
 			continue
 		}
@@ -476,17 +478,6 @@ func (w *Worker) start(m message) {
 			next = append(next[1:], w.process(w.workCtx, m, release)...)
 		}
 	}()
-}
-
-// pause waits a little after a Redis error (with jitter), or until ctx ends.
-func (w *Worker) pause(ctx context.Context) {
-	b := backoff.NewExponentialBackOff()
-	t := time.NewTimer(b.NextBackOff())
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
-	}
 }
 
 // messages appends the read messages to buf, ordered by band, highest first.
@@ -591,7 +582,15 @@ func (w *Worker) process(ctx context.Context, m message, release func()) (parked
 		}
 	}
 	if err != nil {
-		log.Error().Err(err).Msg("claim failed; the message stays pending for reclaim")
+		if m.reclaimed && m.deliveries > int64(w.cfg.PoisonLimit) && !retry.Transient(err) {
+			// Its claims keep failing (the run's data cannot be read):
+			// the poison limit applies as to a handler that kills its
+			// worker. The run is set aside and the message dead-lettered
+			// and acked, so it stops cycling.
+			w.poisonClaim(ctx, log, m, err)
+			return
+		}
+		log.Error().Err(err).Int64("deliveries", m.deliveries).Msg("claim failed; the message stays pending for reclaim")
 		return
 	}
 	switch cr.Outcome {
@@ -685,6 +684,32 @@ var (
 	errLeaseLost    = errors.New("lease lost: the task was reclaimed by another worker")
 	errDrainTimeout = errors.New("worker drain timeout")
 )
+
+// poisonClaim gives up on a message whose claims keep failing with an
+// error that is not transient: it quarantines the run (run_quarantined,
+// as the projector does for a run it cannot process), dead-letters the
+// task with the claim error, and acks the message.
+func (w *Worker) poisonClaim(ctx context.Context, log zerolog.Logger, m message, cause error) {
+	reason := fmt.Sprintf("claims of task %s keep failing (%d deliveries): %v", m.task, m.deliveries, cause)
+	log.Error().Err(cause).Int64("deliveries", m.deliveries).Msg("poison message: its claims keep failing; quarantining the run and dead-lettering the task")
+	ev := events.Event{ID: ulid.Make().String(), Type: events.RunQuarantined, Time: w.cfg.Now(), Worker: w.cfg.ID,
+		Version: events.CurrentVersion}.WithBody(events.RunQuarantinedBody{Reason: reason})
+	if _, err := w.db.Quarantine(ctx, m.run, ev, reason); err != nil {
+		log.Warn().Err(err).Msg("quarantine the run (indexed in the namespace's quarantine hash where possible)")
+	}
+	err := w.redisRetry(ctx, func() error {
+		pipe := w.cfg.Redis.Pipeline()
+		w.db.DeadLetter(ctx, pipe, m.run, m.task, w.now(), rdb.DeadLetterDetails{
+			Attempt: m.attempt, Error: "claim failed: " + cause.Error(), Worker: w.cfg.ID})
+		_, err := pipe.Exec(ctx)
+		return err
+	})
+	if err != nil {
+		log.Warn().Err(err).Msg("dead-letter the task; the message stays pending")
+		return
+	}
+	w.ack(ctx, m)
+}
 
 type poisonError struct {
 	deliveries int64
@@ -838,17 +863,17 @@ func (w *Worker) ack(ctx context.Context, m message) {
 	}
 }
 
-// redisRetry retries op on Redis errors for a bounded time (Redis restarts).
+// redisRetry retries op while it fails with a transient error (Redis
+// restarting, the network), for at most 30 s; any other error (a script
+// error, WRONGTYPE, NOPERM) is returned at once: retrying it would fail
+// again and stall whatever else the calling goroutine serves.
 func (w *Worker) redisRetry(ctx context.Context, op func() error) error {
-	b := backoff.NewExponentialBackOff()
-	b.InitialInterval, b.MaxInterval, b.MaxElapsedTime = 20*time.Millisecond, 2*time.Second, 30*time.Second
-	return backoff.Retry(func() error {
-		err := op()
-		if rdb.IsNoScript(err) {
-			// Redis restarted and lost its script cache; pipelined
-			// EVALSHA does not fall back to EVAL by itself.
-			_ = w.db.LoadScripts(ctx)
-		}
-		return err
-	}, backoff.WithContext(b, ctx))
+	return retry.Do(ctx, retry.Policy{Initial: 20 * time.Millisecond, Max: 2 * time.Second, MaxElapsed: 30 * time.Second,
+		OnError: func(err error, _ time.Duration) {
+			if rdb.IsNoScript(err) {
+				// Redis restarted and lost its script cache; pipelined
+				// EVALSHA does not fall back to EVAL by itself.
+				_ = w.db.LoadScripts(ctx)
+			}
+		}}, op)
 }

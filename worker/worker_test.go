@@ -1012,3 +1012,116 @@ func TestParkedCopyIsAckedWhenTheClaimHolds(t *testing.T) {
 		t.Errorf("%d messages still pending after the run ended (a parked copy left for a reclaimer)", p.Count)
 	}
 }
+
+// scriptCalls counts the calls of one script whose first key is key, and
+// signals done after each call of the script named after.
+type scriptCalls struct {
+	sha, key string
+	n        atomic.Int64
+	after    string        // sha
+	done     chan struct{} // capacity 1
+}
+
+func (h *scriptCalls) is(cmd redis.Cmder, sha string) bool {
+	a := cmd.Args()
+	return len(a) > 1 && fmt.Sprint(a[0]) == "evalsha" && a[1] == sha
+}
+
+func (h *scriptCalls) count(cmd redis.Cmder) {
+	if a := cmd.Args(); h.is(cmd, h.sha) && len(a) > 3 && a[3] == h.key {
+		h.n.Add(1)
+	}
+}
+
+func (h *scriptCalls) signal(cmds ...redis.Cmder) {
+	for _, c := range cmds {
+		if h.is(c, h.after) {
+			select {
+			case h.done <- struct{}{}:
+			default:
+			}
+		}
+	}
+}
+func (h *scriptCalls) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *scriptCalls) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		h.count(cmd)
+		err := next(ctx, cmd)
+		h.signal(cmd)
+		return err
+	}
+}
+func (h *scriptCalls) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		for _, c := range cmds {
+			h.count(c)
+		}
+		err := next(ctx, cmds)
+		h.signal(cmds...)
+		return err
+	}
+}
+
+func scriptSHA(name string) string { return rdb.Scripts()[name].Hash() }
+
+// Issue #10 defect 2: a claim that fails with an error that is not
+// transient (the run's data cannot be read) was retried for 30 s inside
+// the worker's one claim goroutine, delaying every other run on it, and
+// the poison limit never applied. Now the claim is not retried, the
+// message waits for its reclaim, and past the poison limit the run is
+// quarantined and the task dead-lettered and acked.
+func TestClaimsThatKeepFailingArePoison(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	bad := b.submit(t, events.TaskSpec{ID: "t", Handler: "ok"})
+	b.waitFor(t, bad, "0", isType(events.TaskDispatched))
+	// The run's metadata becomes unreadable: every claim of it fails.
+	if err := b.c.Del(b.ctx, b.db.K.RunDAG(bad)).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.c.Set(b.ctx, b.db.K.RunDAG(bad), "not a hash", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	calls := &scriptCalls{sha: scriptSHA("claim"), key: b.db.K.RunState(bad), after: scriptSHA("queue_ack"), done: make(chan struct{}, 1)}
+	cfg := b.config("w1")
+	cfg.Redis = b.clientWith(t, calls)
+	cfg.Lease, cfg.ReclaimInterval, cfg.PoisonLimit = 300*time.Millisecond, 50*time.Millisecond, 2
+	b.start(t, cfg, map[string]worker.HandlerFunc{
+		"ok": func(ctx context.Context, task *worker.Task) (any, error) { return "ok", nil },
+	})
+
+	// Meanwhile another run on the same worker finishes, long before the
+	// 30 s the old retry loop held the claim goroutine.
+	good := b.submit(t, events.TaskSpec{ID: "g", Handler: "ok"})
+	ctx, cancel := context.WithTimeout(b.ctx, 10*time.Second)
+	defer cancel()
+	quick := b
+	quick.ctx = ctx
+	if _, r := quick.waitEnd(t, good); r.Status != projector.RunSucceeded {
+		t.Errorf("the other run %s", r.Status)
+	}
+
+	b.waitFor(t, bad, "0", isType(events.RunQuarantined))
+	// Then the dead letter, then the ack of the poison message.
+	pending := func() int64 {
+		p, err := b.c.XPending(b.ctx, b.db.K.Queue("default", 0), rdb.GroupWorkers).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p.Count
+	}
+	for pending() > 0 {
+		select {
+		case <-calls.done:
+		case <-ctx.Done():
+			t.Fatalf("the poison message is still pending: %d", pending())
+		}
+	}
+	if _, err := b.c.ZScore(b.ctx, b.db.K.DeadLetter(), rdb.DeadLetterMember(bad, "t")).Result(); err != nil {
+		t.Errorf("the task is not in the dead-letter set: %v", err)
+	}
+	if n := calls.n.Load(); n > int64(cfg.PoisonLimit)+2 {
+		t.Errorf("%d claim script calls for the bad run, want at most %d (one per delivery)", n, cfg.PoisonLimit+2)
+	}
+}
