@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"sync"
 	"time"
 )
@@ -38,8 +40,18 @@ type Task struct {
 	Input json.RawMessage
 	// Args are the task's static arguments from the workflow (JSON).
 	Args json.RawMessage
-	// Upstream maps every dependency's id to its accepted result (JSON).
+	// Upstream maps each dependency's id to its accepted result (JSON):
+	// every dependency, unless the results of a wide fan-in exceed what
+	// one claim carries (rdb.DefaultClaimUpstreamBytes, 8 MiB); then the
+	// first that fit. BindUpstream and EachUpstream read the others from
+	// Redis when asked, page by page, so a fan-in of any width works
+	// without holding every result in memory.
 	Upstream map[string]json.RawMessage
+
+	deps []string        // every dependency, in the workflow's order
+	left []string        // dependencies whose results Upstream lacks
+	read upstreamReader  // reads results of dependencies
+	ctx  context.Context // the handler's (BindUpstream reads with it)
 
 	timeout  time.Duration
 	mu       sync.Mutex
@@ -66,14 +78,72 @@ func (t *Task) BindArgs(v any) error { return bind(t.Args, v, "args") }
 // BindInput decodes the run's input into v (no-op when there is none).
 func (t *Task) BindInput(v any) error { return bind(t.Input, v, "input") }
 
-// BindUpstream decodes dependency dep's result into v.
+// BindUpstream decodes dependency dep's result into v (reading it from
+// Redis if the claim did not carry it: see Upstream).
 func (t *Task) BindUpstream(dep string, v any) error {
 	raw, ok := t.Upstream[dep]
+	if !ok && slices.Contains(t.left, dep) {
+		ctx := t.ctx
+		if ctx == nil {
+			ctx = context.Background()
+		}
+		res, err := t.read(ctx, []string{dep})
+		if err != nil {
+			return err // transient: the attempt is retried
+		}
+		raw, ok = res[dep], true
+	}
 	if !ok {
 		return fmt.Errorf("task %s has no dependency %q", t.ID, dep)
 	}
 	return bind(raw, v, "result of "+dep)
 }
+
+// Deps returns the ids of the task's dependencies, in the workflow's order.
+func (t *Task) Deps() []string { return slices.Clone(t.deps) }
+
+// upstreamPage is how many results EachUpstream reads per round trip.
+const upstreamPage = 500
+
+// EachUpstream calls fn with every dependency's result, in the workflow's
+// order: those in Upstream, and the others read from Redis a page at a
+// time and not kept. It stops at fn's first error and returns it.
+func (t *Task) EachUpstream(ctx context.Context, fn func(dep string, result json.RawMessage) error) error {
+	left := map[string]bool{}
+	for _, d := range t.left {
+		left[d] = true
+	}
+	deps := t.deps
+	if deps == nil { // a Task built by hand: what Upstream holds
+		deps = slices.Sorted(maps.Keys(t.Upstream))
+	}
+	for i := 0; i < len(deps); {
+		if !left[deps[i]] {
+			if err := fn(deps[i], t.Upstream[deps[i]]); err != nil {
+				return err
+			}
+			i++
+			continue
+		}
+		var page []string
+		for i < len(deps) && left[deps[i]] && len(page) < upstreamPage {
+			page = append(page, deps[i])
+			i++
+		}
+		res, err := t.read(ctx, page)
+		if err != nil {
+			return err
+		}
+		for _, d := range page {
+			if err := fn(d, res[d]); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+type upstreamReader func(ctx context.Context, deps []string) (map[string]json.RawMessage, error)
 
 func bind(raw json.RawMessage, v any, what string) error {
 	if len(raw) == 0 {

@@ -88,6 +88,9 @@ type Config struct {
 	Logger *zerolog.Logger
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+
+	// claimUpstreamBytes overrides rdb.DefaultClaimUpstreamBytes (tests).
+	claimUpstreamBytes int
 }
 
 // validID reports whether s can be a worker id or pool name: 1-128 of
@@ -249,9 +252,11 @@ func New(cfg Config) (*Worker, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
+	db := rdb.New(cfg.Redis, cfg.Namespace)
+	db.ClaimUpstreamBytes = cfg.claimUpstreamBytes
 	return &Worker{
 		cfg:      cfg,
-		db:       rdb.New(cfg.Redis, cfg.Namespace),
+		db:       db,
 		log:      cfg.Logger.With().Str("worker", cfg.ID).Logger(),
 		handlers: map[string]Handler{},
 		sem:      make(chan struct{}, cfg.Concurrency),
@@ -571,16 +576,6 @@ func (w *Worker) process(ctx context.Context, m message, release func()) (parked
 	if err == nil && cr.Outcome == rdb.ClaimBad {
 		err = fmt.Errorf("%w: %s", rdb.ErrBadTaskMeta, cr.Detail) // nothing was written
 	}
-	if err == nil && cr.Outcome == rdb.ClaimOK && len(cr.UpstreamLeft) > 0 {
-		// A wide fan-in: the results over the claim's byte budget, read
-		// page by page.
-		var more map[string]json.RawMessage
-		if more, err = w.db.ReadUpstream(ctx, m.run, cr.UpstreamLeft, 0); err == nil {
-			for dep, v := range more {
-				cr.Upstream[dep] = v
-			}
-		}
-	}
 	if err != nil {
 		if m.reclaimed && m.deliveries > int64(w.cfg.PoisonLimit) && !retry.Transient(err) {
 			// Its claims keep failing (the run's data cannot be read):
@@ -636,6 +631,10 @@ func (w *Worker) process(ctx context.Context, m message, release func()) (parked
 		Run: m.run, ID: m.task, Handler: cr.Meta.Handler, Attempt: m.attempt, MaxAttempts: max(cr.Meta.MaxAttempts, 1),
 		Epoch: cr.Epoch, Input: cr.Input, Args: cr.Meta.Args, Upstream: cr.Upstream,
 		timeout: time.Duration(cr.Meta.TimeoutMS) * time.Millisecond,
+		deps:    cr.Meta.Deps, left: cr.UpstreamLeft,
+		read: func(ctx context.Context, deps []string) (map[string]json.RawMessage, error) {
+			return w.db.ReadUpstream(ctx, m.run, deps, upstreamPage)
+		},
 	}
 	log = log.With().Int64("epoch", t.Epoch).Str("handler", t.Handler).Logger()
 	if m.reclaimed && m.deliveries > int64(w.cfg.PoisonLimit) {
@@ -652,6 +651,7 @@ func (w *Worker) process(ctx context.Context, m message, release func()) (parked
 		tctx, stop = context.WithTimeoutCause(tctx, time.Duration(cr.Meta.TimeoutMS)*time.Millisecond, errTimeout)
 		defer stop()
 	}
+	t.ctx = tctx
 	a := &attempt{task: t, stream: m.stream, msgID: m.id, cancel: cancel, lastEvent: w.cfg.Now()}
 	w.mu.Lock()
 	w.inflight[m.key()] = a

@@ -1125,3 +1125,56 @@ func TestClaimsThatKeepFailingArePoison(t *testing.T) {
 		t.Errorf("%d claim script calls for the bad run, want at most %d (one per delivery)", n, cfg.PoisonLimit+2)
 	}
 }
+
+// Issue #10 defect 7: a claim carried every upstream result in one reply,
+// with no bound. It carries what fits its byte budget; a fan-in reads the
+// rest page by page (EachUpstream) or one by one (BindUpstream).
+func TestAWideFanInReadsItsUpstreamResultsPageByPage(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	var specs []events.TaskSpec
+	var deps []string
+	for i := range 30 {
+		id := fmt.Sprintf("m%02d", i)
+		specs = append(specs, events.TaskSpec{ID: id, Handler: "big"})
+		deps = append(deps, id)
+	}
+	specs = append(specs, events.TaskSpec{ID: "fanin", Handler: "fanin", Deps: deps})
+	run := b.submit(t, specs...)
+	type seen struct {
+		carried, each int
+		last          string
+		err           error
+	}
+	got := make(chan seen, 1)
+	cfg := worker.WithClaimUpstreamBytes(b.config("w1"), 5000) // four results of ~1 KB
+	b.start(t, cfg, map[string]worker.HandlerFunc{
+		"big": func(ctx context.Context, task *worker.Task) (any, error) {
+			return strings.Repeat("x", 1000) + task.ID, nil
+		},
+		"fanin": func(ctx context.Context, task *worker.Task) (any, error) {
+			s := seen{carried: len(task.Upstream)}
+			s.err = task.EachUpstream(ctx, func(dep string, result json.RawMessage) error {
+				var v string
+				if err := json.Unmarshal(result, &v); err != nil || !strings.HasSuffix(v, dep) {
+					return fmt.Errorf("result of %s: %.20q %v", dep, result, err)
+				}
+				s.each++
+				return nil
+			})
+			if s.err == nil {
+				s.err = task.BindUpstream("m29", &s.last)
+			}
+			got <- s
+			return s.each, s.err
+		},
+	})
+	_, r := b.waitEnd(t, run)
+	s := <-got
+	if s.err != nil || r.Status != projector.RunSucceeded {
+		t.Fatalf("run %s: %v", r.Status, s.err)
+	}
+	if s.carried >= 30 || s.carried == 0 || s.each != 30 || !strings.HasSuffix(s.last, "m29") {
+		t.Errorf("the claim carried %d results, EachUpstream saw %d, BindUpstream(m29) = %.10q...; want fewer than 30, 30, its result", s.carried, s.each, s.last)
+	}
+}

@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"sort"
 	"time"
 
 	"github.com/graflow-go/graflow/worker"
@@ -96,21 +95,19 @@ func flaky(_ context.Context, t *worker.Task) (any, error) {
 	return a.Value, nil
 }
 
-func sum(_ context.Context, t *worker.Task) (any, error) {
+func sum(ctx context.Context, t *worker.Task) (any, error) {
 	a, err := args(t)
 	if err != nil {
 		return nil, err
 	}
+	// In the workflow's order: a deterministic float addition order, and
+	// every result of a fan-in of any width, read page by page.
 	total := a.Add
-	deps := make([]string, 0, len(t.Upstream))
-	for d := range t.Upstream {
-		deps = append(deps, d)
-	}
-	sort.Strings(deps) // deterministic float addition order
-	for _, d := range deps {
-		total += number(t.Upstream[d])
-	}
-	return total, nil
+	err = t.EachUpstream(ctx, func(_ string, result json.RawMessage) error {
+		total += number(result)
+		return nil
+	})
+	return total, err
 }
 
 // number reads a JSON number, or sums an array of numbers; anything else is 0.
