@@ -78,7 +78,7 @@ func TestValidateRejects(t *testing.T) {
 				t.Fatalf("error %T is not a *ValidationError for workflow %q", err, tt.spec.Workflow)
 			}
 			for _, other := range all {
-				if other != tt.want && errors.Is(err, other) {
+				if !errors.Is(other, tt.want) && errors.Is(err, other) {
 					t.Errorf("error %v also matches %v", err, other)
 				}
 			}

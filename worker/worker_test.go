@@ -581,7 +581,7 @@ func TestHandlersSeeTheirInputs(t *testing.T) {
 			}
 			var up struct{ N int }
 			if err := task.BindUpstream("a", &up); err != nil || up.N != 7 {
-				return nil, fmt.Errorf("BindUpstream: %v %+v", err, up)
+				return nil, fmt.Errorf("BindUpstream: %w %+v", err, up)
 			}
 			if err := task.BindUpstream("zz", &up); err == nil {
 				return nil, errors.New("BindUpstream of a non-dependency succeeded")
@@ -1157,7 +1157,7 @@ func TestAWideFanInReadsItsUpstreamResultsPageByPage(t *testing.T) {
 			s.err = task.EachUpstream(ctx, func(dep string, result json.RawMessage) error {
 				var v string
 				if err := json.Unmarshal(result, &v); err != nil || !strings.HasSuffix(v, dep) {
-					return fmt.Errorf("result of %s: %.20q %v", dep, result, err)
+					return fmt.Errorf("result of %s: %.20q %w", dep, result, err)
 				}
 				s.each++
 				return nil
