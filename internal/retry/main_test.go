@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"github.com/graflow-go/graflow/internal/redistest"
+	"go.uber.org/goleak"
 )
 
-func TestMain(m *testing.M) { redistest.Main(m) }
+func TestMain(m *testing.M) { goleak.VerifyTestMain(redistest.Wrap(m)) }

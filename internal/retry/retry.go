@@ -1,12 +1,3 @@
-// Package retry is the engine's one retry policy for Redis calls: which
-// errors are worth another try, and how long to back off between tries
-// (github.com/cenkalti/backoff/v4).
-//
-// Only transient errors are retried by default: the network, a Redis that
-// is restarting, loading, busy or failing over. A script error, a key of
-// the wrong type, a missing permission or a reply that does not decode is
-// returned at once: trying again would fail again, and a retry loop around
-// it would stall whatever else its goroutine serves.
 package retry
 
 import (
@@ -22,57 +13,72 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// transientPrefixes are Redis error replies that go away by themselves.
-var transientPrefixes = []string{
-	"LOADING",     // Redis is loading its dataset after a restart
-	"BUSY",        // a script runs too long (BUSY, BUSYKEY is not: see Transient)
-	"TRYAGAIN",    // cluster: a multi-key command during resharding
-	"CLUSTERDOWN", // cluster: slots not served
-	"MASTERDOWN",  // replica lost its master
-	"READONLY",    // a failover turned the node we talk to into a replica
-	"NOSCRIPT",    // the script cache is empty (Redis restarted): reload and retry
-	"NOREPLICAS",  // min-replicas-to-write not met for now
-	"OOM",         // maxmemory: a TTL or gc may free memory; backs off
-}
-
-// Transient reports whether err may go away by itself, so that the same
-// call is worth trying again: a network error or timeout, a connection
-// closed under us, or one of the Redis replies in transientPrefixes.
-// Context errors, script errors ("ERR user_script...", "ERR Error running
-// script"), WRONGTYPE, NOPERM and decode errors are not.
+// Transient reports whether a later identical call may succeed where this
+// one failed with err, without anybody changing the data: a network error,
+// a server that is restarting, loading, failing over or out of memory. It
+// is false for nil, script errors, data errors (WRONGTYPE, decode errors),
+// permission errors (NOPERM), context errors and anything it does not
+// know. The package documentation lists every case. Safe for concurrent
+// use.
 func Transient(err error) bool {
-	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+	if err == nil {
 		return false
+	}
+	// A dial that failed is transient even when go-redis wraps it in a
+	// context error (its dial timeout is a context deadline).
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "dial" {
+		return true
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, redis.ErrClosed) {
+		return false
+	}
+	var reply redis.Error
+	if errors.As(err, &reply) {
+		return transientReply(reply.Error())
+	}
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, syscall.ECONNABORTED) || errors.Is(err, syscall.EPIPE) ||
+		errors.Is(err, redis.ErrPoolTimeout) || errors.Is(err, redis.ErrPoolExhausted) {
+		return true
 	}
 	var ne net.Error
-	if errors.As(err, &ne) {
-		return true
-	}
-	// io.EOF: the server closed the connection (go-redis returns it as
-	// is). Not io.ErrUnexpectedEOF, which a truncated payload's decoder
-	// also returns.
-	if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, redis.ErrClosed) ||
-		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) {
-		return true
-	}
-	var re redis.Error
-	if errors.As(err, &re) {
-		// A reply from Redis: its first word says what it is.
-		msg := re.Error()
-		if strings.HasPrefix(msg, "BUSYKEY") || strings.HasPrefix(msg, "BUSYGROUP") {
-			return false
+	return errors.As(err, &ne)
+}
+
+// transientPrefixes are the error codes of replies worth retrying. Each ends
+// with a space: "BUSY " is a script running too long, "BUSYGROUP" and
+// "BUSYKEY" are data errors.
+var transientPrefixes = []string{
+	"LOADING ", "BUSY ", "TRYAGAIN ", "CLUSTERDOWN ", "MASTERDOWN ", "READONLY ",
+	"NOREPLICAS ", "UNBLOCKED ", "MOVED ", "ASK ", "NOSCRIPT ", "OOM ", "MISCONF ",
+}
+
+// transientInScript are the transient errors a script error can carry
+// from a redis.call (Redis 6 reports them inside "ERR Error running
+// script"; Redis 7 puts the code first, which the prefixes cover). Neither
+// can come after a write of the script's own: Redis refuses a script's
+// first write only.
+var transientInScript = []string{
+	"-READONLY You can't write against a read only replica",
+	"-OOM command not allowed",
+}
+
+func transientReply(msg string) bool {
+	for _, p := range transientPrefixes {
+		if strings.HasPrefix(msg, p) {
+			return true
 		}
-		for _, p := range transientPrefixes {
-			if strings.HasPrefix(msg, p) {
+	}
+	if msg == "ERR max number of clients reached" {
+		return true
+	}
+	if strings.Contains(msg, "@user_script") {
+		for _, s := range transientInScript {
+			if strings.Contains(msg, s) {
 				return true
 			}
-		}
-		return false
-	}
-	// A connection error that lost its type on the way (wrapped as text).
-	for _, s := range []string{"connection refused", "connection reset", "broken pipe", "i/o timeout"} {
-		if strings.Contains(err.Error(), s) {
-			return true
 		}
 	}
 	return false
