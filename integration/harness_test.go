@@ -30,7 +30,7 @@ import (
 
 // TestMain is redistest.Main (os.Exit(redistest.Wrap(m).Run()), so the
 // container path is used when a Docker engine answers), plus removal of
-// the graflow binary built for the tests.
+// the graflow binaries built for the tests.
 func TestMain(m *testing.M) {
 	code := func() int {
 		dir, err := os.MkdirTemp("", "graflow-integration-")
@@ -39,52 +39,70 @@ func TestMain(m *testing.M) {
 			return 1
 		}
 		defer os.RemoveAll(dir)
-		bin.dir = dir
+		binDir = dir
 		return redistest.Wrap(m).Run()
 	}()
 	os.Exit(code)
 }
 
-// bin is the graflow binary, built once per test binary on first use.
-var bin struct {
-	dir  string
+// A graflow binary, built once per test binary on first use.
+type built struct {
 	once sync.Once
 	path string
 	err  error
 }
 
-// binary returns the path of the graflow binary, building it on first call
-// (with -race when the tests run with -race, so the processes are checked too).
-func binary(t testing.TB) string {
+var (
+	// binDir holds the built binaries; TestMain removes it.
+	binDir string
+	// testBin is built with -tags graflowtest: crash points armed by
+	// GRAFLOW_TEST_CRASH_AT and "worker --unsafe-no-fencing" exist in it.
+	// Every process of these tests runs it, unless a test asks for prodBin.
+	testBin built
+	// prodBin is built without tags, as users get it: the tests that prove
+	// it cannot turn fencing off or crash on purpose run it.
+	prodBin built
+)
+
+// binary returns the path of the graflowtest build of graflow (see testBin).
+func binary(t testing.TB) string { return build(t, &testBin, "graflow-testhooks", "graflowtest") }
+
+// productionBinary returns the path of graflow built without tags.
+func productionBinary(t testing.TB) string { return build(t, &prodBin, "graflow", "") }
+
+// build builds ./cmd/graflow into binDir/name with tags on first call (with
+// -race when the tests run with -race, so the processes are checked too).
+func build(t testing.TB, b *built, name, tags string) string {
 	t.Helper()
-	bin.once.Do(func() {
+	b.once.Do(func() {
 		root, err := moduleRoot()
 		if err != nil {
-			bin.err = err
+			b.err = err
 			return
 		}
-		path := filepath.Join(bin.dir, "graflow")
-		// The test switches (crash points) are compiled in only with the
-		// graflowtest tag; the recovery tests arm them.
-		args := []string{"build", "-tags", "graflowtest", "-o", path}
+		path := filepath.Join(binDir, name)
+		args := []string{"build", "-o", path}
 		if raceEnabled {
 			args = append(args, "-race")
+		}
+		if tags != "" {
+			args = append(args, "-tags", tags)
 		}
 		args = append(args, "./cmd/graflow")
 		cmd := exec.Command("go", args...)
 		cmd.Dir = root
 		start := time.Now()
 		if out, err := cmd.CombinedOutput(); err != nil {
-			bin.err = fmt.Errorf("go %s: %w\n%s", strings.Join(args, " "), err, out)
+			b.err = fmt.Errorf("go %s: %w\n%s", strings.Join(args, " "), err, out)
 			return
 		}
-		bin.path = path
-		t.Logf("built graflow (race=%v) in %v", raceEnabled, time.Since(start).Round(time.Millisecond))
+		b.path = path
+		t.Logf("built %s (race=%v, tags=%q) in %v", name, raceEnabled, tags, time.Since(start).Round(time.Millisecond))
 	})
-	if bin.err != nil {
-		t.Fatalf("build graflow: %v", bin.err)
+	if b.err != nil {
+		t.Fatalf("build %s: %v", name, b.err)
 	}
-	return bin.path
+	return b.path
 }
 
 // moduleRoot walks up from the working directory to the directory of go.mod.

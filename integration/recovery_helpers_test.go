@@ -47,12 +47,18 @@ func stackOn(t *testing.T, url string) *stack {
 	return &stack{t: t, ns: ns, url: url, rdb: r, keys: rdb.NewKeys(ns), client: c, logDir: t.TempDir()}
 }
 
-// spawn starts graflow with args and extra environment variables (crash
-// points, the fencing switch); nil env inherits ours unchanged. It is killed
-// (if still running) when the test ends; its log tail is printed if the test
-// failed. It is what stack.start runs,
-// with no extra environment.
+// spawn starts graflow (the graflowtest build) with args and extra
+// environment variables (crash points); nil env inherits ours unchanged. It
+// is killed (if still running) when the test ends; its log tail is printed
+// if the test failed. It is what stack.start runs, with no extra
+// environment.
 func (s *stack) spawn(name string, env []string, args ...string) *proc {
+	s.t.Helper()
+	return s.spawnExe(binary(s.t), name, env, args...)
+}
+
+// spawnExe is spawn with the graflow binary at exe.
+func (s *stack) spawnExe(exe, name string, env []string, args ...string) *proc {
 	t := s.t
 	t.Helper()
 	path := filepath.Join(s.logDir, name+".log")
@@ -61,7 +67,7 @@ func (s *stack) spawn(name string, env []string, args ...string) *proc {
 		t.Fatal(err)
 	}
 	p := &proc{name: name, logPath: path, out: newLineLog(f), done: make(chan struct{})}
-	p.cmd = exec.Command(binary(t), args...)
+	p.cmd = exec.Command(exe, args...)
 	if len(env) > 0 {
 		p.cmd.Env = append(os.Environ(), env...)
 	}
@@ -98,7 +104,9 @@ type recWorker struct {
 	poisonLimit int           // default the worker's
 	hbEvents    time.Duration // --heartbeat-event-every, default the worker's
 	crashAt     string        // crashpoint to arm, "" for none
-	unfenced    bool          // --unsafe-no-fencing (the graflowtest build's test-only switch)
+	unfenced    bool          // --unsafe-no-fencing (graflowtest build only)
+	production  bool          // run the build without tags (productionBinary)
+	env         []string      // more environment variables
 }
 
 // recoveryWorker starts a worker with short leases and waits until it has
@@ -129,11 +137,15 @@ func (s *stack) recoveryWorker(id string, o recWorker) *proc {
 	if o.unfenced {
 		args = append(args, "--unsafe-no-fencing")
 	}
-	var env []string
+	env := o.env
 	if o.crashAt != "" {
 		env = append(env, crashpoint.Env+"="+o.crashAt)
 	}
-	p := s.spawn(id, env, args...)
+	exe := binary(s.t)
+	if o.production {
+		exe = productionBinary(s.t)
+	}
+	p := s.spawnExe(exe, id, env, args...)
 	p.waitLine(s.t, "worker started")
 	return p
 }

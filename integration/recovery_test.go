@@ -32,10 +32,10 @@ func TestRecovery(t *testing.T) {
 		})
 	}
 	t.Run("a worker stopped past its lease has its late result rejected and changes nothing", func(t *testing.T) {
-		testStoppedPastLease(t, false)
+		testStoppedPastLease(t, recWorker{})
 	})
 	t.Run("with fencing switched off a worker stopped past its lease gets a second result accepted", func(t *testing.T) {
-		testStoppedPastLease(t, true)
+		testStoppedPastLease(t, recWorker{unfenced: true})
 	})
 	t.Run("a worker that dies between its result and its ack neither reruns the task nor loses its successor", testCrashAfterFinish)
 	t.Run("a projector killed after its commit leaves state that a fresh projector completes", testProjectorCrashAfterCommit)
@@ -122,9 +122,10 @@ func testReclaimAfterSIGKILL(t *testing.T, concurrency int) {
 // testStoppedPastLease freezes the claiming worker (SIGSTOP) until another
 // worker reclaimed and finished its task, then thaws it (SIGCONT). With
 // fencing the zombie's late heartbeat or result is rejected; with the
-// test-only switch that turns fencing off, its result is accepted a second
-// time: proof that the assertions can fail.
-func testStoppedPastLease(t *testing.T, unfenced bool) {
+// test-only switch that turns fencing off (o.unfenced), its result is
+// accepted a second time: proof that the assertions can fail. o configures
+// both workers.
+func testStoppedPastLease(t *testing.T, o recWorker) {
 	t.Parallel()
 	s := newStack(t)
 	ctx := withTimeout(t, 60*time.Second)
@@ -133,7 +134,9 @@ func testStoppedPastLease(t *testing.T, unfenced bool) {
 	// claimer got its claim back and runs the handler. (Frozen before the
 	// claim's reply arrives, it would find the task reclaimed when it
 	// thaws and drop it without a word: a different case.)
-	ws := pair(s, recWorker{unfenced: unfenced, hbEvents: time.Millisecond})
+	o.hbEvents = time.Millisecond
+	unfenced := o.unfenced
+	ws := pair(s, o)
 
 	wf := graflow.NewWorkflow("sigstop")
 	wf.Task("slow", builtin.Sleep).Args(sleepArgs(3000, "done"))
