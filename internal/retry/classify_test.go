@@ -15,7 +15,6 @@ import (
 	"github.com/graflow-go/graflow/internal/redistest"
 	"github.com/graflow-go/graflow/internal/retry"
 	"github.com/redis/go-redis/v9"
-	"github.com/rs/zerolog"
 )
 
 const waitTimeout = 30 * time.Second
@@ -112,7 +111,7 @@ func TestTransientClassifiesRealErrors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer srv.Stop()
+	defer func() { _ = srv.Stop() }()
 	p := redis.NewClient(&redis.Options{Addr: srv.Addr(), MaxRetries: -1})
 	defer p.Close()
 	set := func(args ...any) {
@@ -190,7 +189,7 @@ func TestTransientClassifiesRealErrors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer cl.Stop()
+	defer func() { _ = cl.Stop() }()
 	cc := redis.NewClient(&redis.Options{Addr: cl.Addr(), MaxRetries: -1})
 	defer cc.Close()
 	add("CLUSTERDOWN", cc.Get(ctx, "k").Err(), true)
@@ -217,9 +216,6 @@ func TestTransientClassifiesRealErrors(t *testing.T) {
 		}
 	}
 }
-
-// zerologNop is a quiet logger (the zero Logger is quiet too).
-var zerologNop = zerolog.Nop()
 
 type redisError string
 
