@@ -273,6 +273,9 @@ func (s *stack) settle() {
 // history shows of the projectors (Touches) to the report. It returns the
 // verdict and the number of events.
 func (s *stack) check(ctx context.Context, run string) (Verdict, int, error) {
+	// Bounded: a Redis that is down for good is an error, not a hang.
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
 	evs, live, err := s.history(ctx, run)
 	if err != nil {
 		return Verdict{}, 0, err
