@@ -27,7 +27,7 @@ test: redis ## Run all tests (Redis in a container), vet/gofmt, the race detecto
 	$(MAKE) --no-print-directory lint
 	$(MAKE) --no-print-directory test-race
 	$(MAKE) --no-print-directory chaos CHAOS_SEEDS=1-8
-	$(MAKE) --no-print-directory soak SOAK_DURATION=20s SOAK_FLAGS='--run-ttl 5s --sample-every 2s'
+	$(MAKE) --no-print-directory soak SOAK_DURATION=20s SOAK_FLAGS='--run-ttl 5s --sample-every 4s'
 	$(MAKE) --no-print-directory chaos-broken-fencing
 	$(MAKE) --no-print-directory bench-smoke
 
