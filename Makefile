@@ -14,7 +14,7 @@ export TESTCONTAINERS_HOST_OVERRIDE ?= 127.0.0.1
 RACE_PKGS := ./worker/... ./projector/... ./internal/... ./replay/... .
 
 .DEFAULT_GOAL := help
-.PHONY: help redis test test-race test-integration fmt lint build build-testhooks demo bench bench-smoke chaos chaos-broken-fencing
+.PHONY: help redis test test-race test-integration fmt lint build build-testhooks demo bench bench-smoke chaos chaos-broken-fencing soak
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -22,11 +22,12 @@ help: ## Show this help
 redis: ## Install redis-server if missing and build the local graflow/redis:7.0 test image
 	./scripts/redis-image.sh
 
-test: redis ## Run all tests (Redis in a container), vet/gofmt, the race detector on the concurrent packages, 8 chaos seeds, the broken-fencing proof and a one-iteration benchmark smoke
+test: redis ## Run all tests (Redis in a container), vet/gofmt, the race detector on the concurrent packages, 8 chaos seeds, a 20 s soak, the broken-fencing proof and a one-iteration benchmark smoke
 	GRAFLOW_TEST_REQUIRE_CONTAINER=1 $(GO) test -count=1 ./...
 	$(MAKE) --no-print-directory lint
 	$(MAKE) --no-print-directory test-race
 	$(MAKE) --no-print-directory chaos CHAOS_SEEDS=1-8
+	$(MAKE) --no-print-directory soak SOAK_DURATION=20s SOAK_FLAGS='--run-ttl 5s --sample-every 4s'
 	$(MAKE) --no-print-directory chaos-broken-fencing
 	$(MAKE) --no-print-directory bench-smoke
 
@@ -88,8 +89,13 @@ bench-smoke: build ## Run every Go benchmark once and "graflow bench --smoke" (t
 	@echo "bench-smoke: ok"
 
 CHAOS_SEEDS ?= 1-5
-chaos: build ## Run the chaos suite: 1,000 tasks under SIGKILL/SIGSTOP/projector kills/Redis restarts, one line per seed (CHAOS_SEEDS=1-5)
+chaos: build ## Run the chaos suite: a 1,000-task run and a 3,000-wide fan-out, 3 projectors on one feed, under SIGKILL/SIGSTOP of workers and projectors (a feed takeover mid-projection), Redis restarts; one line per seed (CHAOS_SEEDS=1-5)
 	./bin/graflow chaos --seeds $(CHAOS_SEEDS) --quiet
+
+SOAK_DURATION ?= 10m
+SOAK_FLAGS ?=
+soak: build ## Soak: mixed workflows under the chaos faults for SOAK_DURATION (10m), runs expiring (--run-ttl 30s); samples Redis memory/keys/consumers and fails if a run fails its check or they grow
+	./bin/graflow chaos --duration $(SOAK_DURATION) --quiet $(SOAK_FLAGS)
 
 chaos-broken-fencing: build-testhooks ## Prove the chaos checker can fail: with fencing switched off (a graflowtest build) it must report duplicates
 	./bin/graflow-testhooks chaos --seeds 1 --break-fencing --quiet

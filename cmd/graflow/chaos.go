@@ -13,19 +13,26 @@ import (
 )
 
 func init() {
-	register(&command{name: "chaos", summary: "run a 1,000-task workflow under injected faults and verify its history", run: runChaos})
+	register(&command{name: "chaos", summary: "run workflows under injected faults (workers, projectors, Redis) and verify their histories; --duration soaks", run: runChaos})
 }
 
 func runChaos(ctx context.Context, m *Main, args []string) error {
 	var c common
 	fs := m.flags("chaos", &c)
 	seeds := fs.String("seeds", "1", "comma-separated seeds, or a range like 1-5")
-	tasks := fs.Int("tasks", 1000, "tasks in the workflow")
+	tasks := fs.Int("tasks", 1000, "tasks in the main workflow")
+	wide := fs.Int("wide", 3000, "width of the second run's fan-out, whose dispatching projector is SIGSTOPped mid-way (-1: no second run)")
 	workers := fs.Int("workers", 4, "worker processes")
+	projectors := fs.Int("projectors", 3, "projector processes on the same feed")
+	feedIdle := fs.Duration("feed-reclaim-idle", 2*time.Second, "the projectors' feed reclaim (a SIGSTOPped projector's entries are taken over after this long)")
 	conc := fs.Int("concurrency", 8, "tasks per worker")
 	lease := fs.Duration("lease", 2*time.Second, "worker lease (short, so reclaims happen quickly)")
 	dir := fs.String("dir", "", "keep Redis' AOF and the process logs here (default: a temp dir, removed when verified)")
-	timeout := fs.Duration("timeout", 4*time.Minute, "per-seed time limit")
+	timeout := fs.Duration("timeout", 2*time.Minute, "per-seed time limit (a run still going then fails the seed)")
+	duration := fs.Duration("duration", 0, "soak: keep submitting mixed workflows under faults this long (uses the first seed), sample Redis memory/keys/consumers, judge whether they stay flat")
+	runTTL := fs.Duration("run-ttl", 30*time.Second, "soak: the projectors' --run-ttl (finished runs expire)")
+	sampleEvery := fs.Duration("sample-every", 10*time.Second, "soak: one sample line this often")
+	inFlight := fs.Int("in-flight", 6, "soak: runs kept going at once")
 	breakFencing := fs.Bool("break-fencing", false, "TEST-ONLY (a graflowtest build): run workers with fencing off; the checker must then report duplicates (exit 0 only if it does)")
 	quiet := fs.Bool("quiet", false, "print only the summary line per seed")
 	if err := parse(fs, args); err != nil {
@@ -38,16 +45,22 @@ func runChaos(ctx context.Context, m *Main, args []string) error {
 	if *breakFencing && !testHooks {
 		return usagef("--break-fencing needs a binary built with the test switches: make chaos-broken-fencing (go build -tags graflowtest)")
 	}
+	base := chaos.Config{Exe: m.Exe, Tasks: *tasks, Wide: *wide, Workers: *workers, Concurrency: *conc, Projectors: *projectors,
+		Lease: *lease, FeedReclaimIdle: *feedIdle, BreakFencing: *breakFencing, Timeout: *timeout,
+		Duration: *duration, RunTTL: *runTTL, SampleEvery: *sampleEvery, InFlight: *inFlight}
+	if *duration > 0 {
+		return runSoak(ctx, m, base, list[0], *dir, *quiet)
+	}
 	failed := 0
 	for _, seed := range list {
-		cfg := chaos.Config{Exe: m.Exe, Seed: seed, Tasks: *tasks, Workers: *workers, Concurrency: *conc, Lease: *lease,
-			BreakFencing: *breakFencing, Timeout: *timeout}
+		cfg := base
+		cfg.Seed = seed
 		if *dir != "" {
 			cfg.Dir = fmt.Sprintf("%s/seed-%d", *dir, seed)
 		}
 		if !*quiet {
 			cfg.Out = m.Stderr
-			fmt.Fprintf(m.Stderr, "chaos seed %d: starting Redis (AOF, appendfsync always), a projector and %d workers\n", seed, *workers)
+			fmt.Fprintf(m.Stderr, "chaos seed %d: starting Redis (AOF, appendfsync always), %d projectors and %d workers\n", seed, *projectors, *workers)
 		}
 		rep, err := chaos.Run(ctx, cfg)
 		if err != nil {
@@ -72,7 +85,11 @@ func runChaos(ctx context.Context, m *Main, args []string) error {
 		}
 		if !ok {
 			failed++
-			for _, p := range rep.Verdict.Problems {
+			for i, p := range rep.Verdict.Problems {
+				if i == 30 {
+					fmt.Fprintf(m.Stderr, "  ... %d problems in all\n", len(rep.Verdict.Problems))
+					break
+				}
 				fmt.Fprintf(m.Stderr, "  problem: %s\n", p)
 			}
 			fmt.Fprintf(m.Stderr, "  logs and AOF kept in %s\n", rep.Dir)
@@ -116,4 +133,42 @@ func cutDash(s string) (string, string, bool) {
 		}
 	}
 	return s, "", false
+}
+
+// runSoak runs "graflow chaos --duration D": sample lines and the summary
+// on stdout, the trends after it; exit 1 if a run failed its check or a
+// judged measure grew.
+func runSoak(ctx context.Context, m *Main, cfg chaos.Config, seed uint64, dir string, quiet bool) error {
+	cfg.Seed = seed
+	cfg.Samples = m.Stdout
+	if dir != "" {
+		cfg.Dir = fmt.Sprintf("%s/soak-%d", dir, seed)
+	}
+	if !quiet {
+		cfg.Out = m.Stderr
+	}
+	fmt.Fprintf(m.Stdout, "soak seed=%d: %s of mixed workflows, %d in flight, %d projectors (--run-ttl %s), %d workers; a sample every %s\n",
+		seed, cfg.Duration, cfg.InFlight, cfg.Projectors, cfg.RunTTL, cfg.Workers, cfg.SampleEvery)
+	rep, err := chaos.Soak(ctx, cfg)
+	if err != nil {
+		return fmt.Errorf("soak seed %d: %w", seed, err)
+	}
+	fmt.Fprintln(m.Stdout, rep.Line())
+	fmt.Fprintf(m.Stdout, "soak trends (load samples after the %s warm-up: first third against last third; end: after every run expired):\n", rep.Warmup)
+	for _, t := range rep.Trends {
+		fmt.Fprintf(m.Stdout, "  %s\n", t)
+	}
+	if !rep.OK() {
+		for _, p := range rep.Verdict.Problems {
+			fmt.Fprintf(m.Stderr, "  problem: %s\n", p)
+		}
+		for _, t := range rep.Trends {
+			if t.Judged && !t.Flat {
+				fmt.Fprintf(m.Stderr, "  problem: %s grew: %.0f in the first third, %.0f in the last, %.0f at the end (bound: first x1.25 + %.0f)\n", t.Name, t.First, t.Last, t.End, t.Slack)
+			}
+		}
+		fmt.Fprintf(m.Stderr, "  logs and AOF kept in %s\n", rep.Dir)
+		return withCode(ExitFailed, errors.Join(errQuiet, fmt.Errorf("soak seed %d failed", seed)))
+	}
+	return nil
 }

@@ -71,6 +71,7 @@ func runProjector(ctx context.Context, m *Main, args []string) error {
 	retryMax := fs.Duration("retry-max", projector.DefaultRetryMax, "cap on the delay between retries")
 	feedIdle := fs.Duration("feed-reclaim-idle", projector.DefaultFeedReclaim, "take over feed entries of dead projectors after this long")
 	runTTL := fs.Duration("run-ttl", 0, "finished runs expire this long after they end (0 keeps them; see graflow gc)")
+	batch := fs.Int("batch-size", projector.DefaultBatchSize, "most decision events one commit appends (a bigger dispatch is split into several commits)")
 	compact := fs.Int("compact-log", rdb.DefaultCompactLog, "the commit that ends a run compacts its log if it holds at most this many events (0: the default; -1: never)")
 	prof := fs.String("cpuprofile", "", "write a CPU profile (go tool pprof) to this file until the projector exits")
 	if err := parse(fs, args); err != nil {
@@ -87,7 +88,7 @@ func runProjector(ctx context.Context, m *Main, args []string) error {
 	}
 	defer r.Close()
 	p, err := projector.New(projector.Config{Redis: r, Namespace: c.namespace, ID: *id, Logger: c.logger(m.Stderr),
-		RetryInitial: *retryInitial, RetryMax: *retryMax, FeedReclaimIdle: *feedIdle, RunTTL: *runTTL, CompactLog: *compact})
+		RetryInitial: *retryInitial, RetryMax: *retryMax, FeedReclaimIdle: *feedIdle, RunTTL: *runTTL, CompactLog: *compact, BatchSize: *batch})
 	if err != nil {
 		return withCode(ExitUsage, err)
 	}

@@ -1,9 +1,12 @@
 //go:build unix
 
-// Package chaos runs a workflow of a thousand tasks across worker processes
-// while injecting faults from a seed — SIGKILLed and SIGSTOPped workers,
-// a killed projector, a restarted Redis — and then checks the whole event
-// history (Check). "graflow chaos" and "make chaos" drive it.
+// Package chaos runs workflows across worker and projector processes while
+// injecting faults from a seed — SIGKILLed and SIGSTOPped workers, killed
+// and SIGSTOPped projectors (several on one feed, so two of them touch one
+// run at once and a feed reclaim takes a projection over mid-way), a
+// restarted Redis — and then checks every run's whole event history (Check
+// and replay verify). "graflow chaos" and "make chaos" drive it; Soak runs
+// the same faults for a duration over a stream of mixed workflows.
 package chaos
 
 import (
@@ -11,37 +14,43 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/graflow-go/graflow"
 	"github.com/graflow-go/graflow/events"
-	"github.com/graflow-go/graflow/internal/proc"
 	"github.com/graflow-go/graflow/internal/rdb"
-	"github.com/graflow-go/graflow/internal/redisserver"
 	"github.com/graflow-go/graflow/replay"
 	"github.com/graflow-go/graflow/worker/builtin"
 	"github.com/redis/go-redis/v9"
 )
 
-// Config configures one chaos run. A zero field means its default.
+// Config configures one chaos run (or soak). A zero field means its
+// default.
 type Config struct {
-	// Exe is the graflow binary that runs the workers and the projector.
+	// Exe is the graflow binary that runs the workers and the projectors.
 	Exe  string
 	Seed uint64
-	// Tasks in the workflow (default 1000).
+	// Tasks in the main workflow (default 1000).
 	Tasks int
+	// Wide is the width of the second run's fan-out (default 3000;
+	// negative: no second run). Its dispatch takes a projector many
+	// commits, and the seed SIGSTOPs that projector in the middle of them
+	// for longer than the feed reclaim, so another projector takes the
+	// projection over and the stopped one commits late when it resumes.
+	Wide int
 	// Workers processes (default 4), each with Concurrency (default 8).
 	Workers     int
 	Concurrency int
+	// Projectors on the same feed (default 3), each with its own --id.
+	Projectors int
 	// Lease of the workers (default 2s; reclaim every Lease/4).
 	Lease time.Duration
+	// FeedReclaimIdle of the projectors (default 2s): a SIGSTOPped
+	// projector's feed entries are taken over after this long.
+	FeedReclaimIdle time.Duration
 	// Dir holds Redis' AOF and the processes' logs (default: a temp dir,
 	// removed after a verified run).
 	Dir string
@@ -51,29 +60,53 @@ type Config struct {
 	// BreakFencing runs the workers with fencing off (test-only): the
 	// checker must then report duplicate accepts.
 	BreakFencing bool
-	// Timeout bounds the run (default 4m).
+	// Timeout bounds the runs (default 2m). A run still going then is a
+	// failed check (its history is checked as it stands), not an error.
 	Timeout time.Duration
 	// Out receives one progress line per fault; nil is quiet.
 	Out io.Writer
+
+	// Soak settings (see Soak).
+	//
+	// Duration of the soak's submitting phase (required by Soak).
+	Duration time.Duration
+	// RunTTL of the soak's projectors (default 30s): finished runs expire.
+	RunTTL time.Duration
+	// SampleEvery: one sample line this often (default 10s).
+	SampleEvery time.Duration
+	// InFlight: runs the soak keeps going at once (default 6).
+	InFlight int
+	// Samples receives the soak's sample lines; nil is quiet.
+	Samples io.Writer
 }
 
 // Report is the outcome of a chaos run.
 type Report struct {
-	Seed           uint64
-	Verdict        Verdict
-	Kills          int
-	Pauses         int
-	ProjectorKills int
-	RedisRestarts  int
-	Events         int
-	Elapsed        time.Duration
-	Dir            string
+	Seed    uint64
+	Verdict Verdict
+	// Runs checked.
+	Runs            int
+	Kills           int
+	Pauses          int
+	Projectors      int
+	ProjectorKills  int
+	ProjectorPauses int
+	// ProjectorStalls counts short SIGSTOPs (5-100 ms) of projectors.
+	ProjectorStalls int
+	RedisRestarts   int
+	// Takeovers counts the wide run's projections SIGSTOPped mid-way.
+	Takeovers int
+	History   Touches
+	Events    int
+	Elapsed   time.Duration
+	Dir       string
 }
 
 // Line is the one-line summary "chaos seed=S tasks=N kills=K ...".
 func (r Report) Line() string {
-	return fmt.Sprintf("chaos seed=%d tasks=%d kills=%d pauses=%d projector_kills=%d redis_restarts=%d lost=%d duplicate_accepts=%d rejected_stale=%d events=%d elapsed=%s verified=%t",
-		r.Seed, r.Verdict.Tasks, r.Kills, r.Pauses, r.ProjectorKills, r.RedisRestarts, r.Verdict.Lost,
+	return fmt.Sprintf("chaos seed=%d runs=%d tasks=%d kills=%d pauses=%d projectors=%d projector_kills=%d projector_pauses=%d projector_stalls=%d takeovers=%d redis_restarts=%d shared_runs=%d handoffs=%d late_commits=%d lost=%d duplicate_accepts=%d rejected_stale=%d events=%d elapsed=%s verified=%t",
+		r.Seed, r.Runs, r.Verdict.Tasks, r.Kills, r.Pauses, r.Projectors, r.ProjectorKills, r.ProjectorPauses, r.ProjectorStalls, r.Takeovers, r.RedisRestarts,
+		r.History.SharedRuns, r.History.Handoffs, r.History.LateCommits, r.Verdict.Lost,
 		r.Verdict.DuplicateAccepts, r.Verdict.RejectedStale, r.Events, r.Elapsed.Round(100*time.Millisecond), r.Verdict.OK())
 }
 
@@ -81,158 +114,205 @@ func (c Config) withDefaults() Config {
 	if c.Tasks <= 0 {
 		c.Tasks = 1000
 	}
+	if c.Wide == 0 {
+		c.Wide = 3000
+	}
 	if c.Workers <= 0 {
 		c.Workers = 4
 	}
 	if c.Concurrency <= 0 {
 		c.Concurrency = 8
 	}
+	if c.Projectors <= 0 {
+		c.Projectors = 3
+	}
 	if c.Lease <= 0 {
 		c.Lease = 2 * time.Second
 	}
+	if c.FeedReclaimIdle <= 0 {
+		c.FeedReclaimIdle = 2 * time.Second
+	}
 	if c.Timeout <= 0 {
-		c.Timeout = 4 * time.Minute
+		c.Timeout = 2 * time.Minute
 	}
 	if c.Out == nil {
 		c.Out = io.Discard
 	}
+	if c.RunTTL <= 0 {
+		c.RunTTL = 30 * time.Second
+	}
+	if c.SampleEvery <= 0 {
+		c.SampleEvery = 10 * time.Second
+	}
+	if c.InFlight <= 0 {
+		c.InFlight = 6
+	}
+	if c.Samples == nil {
+		c.Samples = io.Discard
+	}
 	return c
 }
 
-type stack struct {
-	cfg   Config
-	ns    string
-	url   string
-	srv   *redisserver.Server
-	start time.Time
-	rng   *rand.Rand
-
-	mu        sync.Mutex
-	workers   []*proc.Proc
-	gens      []int
-	paused    []bool
-	proj      *proc.Proc
-	projGen   int
-	report    *Report
-	pauseWait sync.WaitGroup
-}
-
-func (s *stack) logf(format string, args ...any) {
-	fmt.Fprintf(s.cfg.Out, "  t+%5.1fs  %s\n", time.Since(s.start).Seconds(), fmt.Sprintf(format, args...))
-}
-
-// Run performs one chaos run. It returns an error only if the run could
-// not be carried out; a failed check is in the Report's Verdict.
+// Run performs one chaos run: the main workflow and (unless Wide < 0) a
+// wide fan-out run at once, under the seed's faults. It returns an error
+// only if the run could not be carried out; a failed check, a run that
+// did not end included, is in the Report's Verdict.
 func Run(ctx context.Context, cfg Config) (rep Report, err error) {
 	cfg = cfg.withDefaults()
-	if cfg.Exe == "" {
-		return rep, errors.New("chaos: Config.Exe (the graflow binary) is required")
-	}
-	rep.Seed = cfg.Seed
-	start := time.Now()
-	tmp := cfg.Dir == ""
-	if tmp {
-		if cfg.Dir, err = os.MkdirTemp("", "graflow-chaos-*"); err != nil {
-			return rep, err
-		}
-	} else if err = os.MkdirAll(cfg.Dir, 0o755); err != nil {
-		return rep, err
-	}
-	rep.Dir = cfg.Dir
-	s := &stack{cfg: cfg, ns: "chaos" + strconv.FormatUint(cfg.Seed, 10), start: start, report: &rep,
-		rng: rand.New(rand.NewPCG(cfg.Seed, cfg.Seed^0x9e3779b97f4a7c15))}
-	if cfg.RedisURL != "" {
-		s.url = cfg.RedisURL
-		s.ns += "-" + strconv.FormatInt(time.Now().UnixNano(), 36)
-	} else {
-		s.srv, err = redisserver.Start(ctx, redisserver.Config{Dir: filepath.Join(cfg.Dir, "redis"), AOF: true, Fsync: redisserver.FsyncAlways})
-		if err != nil {
-			return rep, err
-		}
-		defer s.srv.Stop()
-		s.url = s.srv.URL()
-	}
-	opts, err := redis.ParseURL(s.url)
+	s, err := newStack(ctx, cfg, false)
 	if err != nil {
 		return rep, err
 	}
-	opts.MaxRetries = 10
-	rc := redis.NewClient(opts)
-	defer rc.Close()
+	defer s.close()
+	rep.Seed, rep.Dir, rep.Projectors = cfg.Seed, s.cfg.Dir, cfg.Projectors
+	s.report = &rep
 
-	if err := s.startProjector(); err != nil {
-		return rep, err
+	type submitted struct {
+		id   string
+		info *graflow.RunInfo
+		err  error
 	}
-	s.workers, s.gens, s.paused = make([]*proc.Proc, cfg.Workers), make([]int, cfg.Workers), make([]bool, cfg.Workers)
-	for i := range cfg.Workers {
-		if err := s.startWorker(i); err != nil {
-			return rep, err
+	runs := []*submitted{{id: "chaos-" + strconv.FormatUint(cfg.Seed, 10)}}
+	wfs := []*graflow.Workflow{s.workflow()}
+	if cfg.Wide > 0 {
+		runs = append(runs, &submitted{id: "chaos-" + strconv.FormatUint(cfg.Seed, 10) + "-wide"})
+		wfs = append(wfs, s.wideWorkflow())
+	}
+	for i, r := range runs {
+		if err := retryRedis(ctx, func() error {
+			_, err := s.client.Submit(ctx, wfs[i], map[string]any{"seed": cfg.Seed}, graflow.WithRunID(r.id))
+			return err
+		}); err != nil {
+			return rep, fmt.Errorf("submit %s: %w", r.id, err)
 		}
 	}
-	defer s.stopAll()
-
-	client, err := graflow.NewClient(graflow.Config{Redis: rc, Namespace: s.ns})
-	if err != nil {
-		return rep, err
-	}
-	wf := s.workflow()
-	var run string
-	if err := retryRedis(ctx, func() error {
-		var err error
-		run, err = client.Submit(ctx, wf, map[string]any{"seed": cfg.Seed}, graflow.WithRunID("chaos-"+strconv.FormatUint(cfg.Seed, 10)))
-		return err
-	}); err != nil {
-		return rep, fmt.Errorf("submit: %w", err)
-	}
-	s.logf("submitted run %s: %d tasks, %d workers x %d, lease %s", run, cfg.Tasks, cfg.Workers, cfg.Concurrency, cfg.Lease)
+	s.logf("submitted run %s (%d tasks) and a %d-wide fan-out; %d workers x %d, lease %s, %d projectors, feed reclaim %s",
+		runs[0].id, cfg.Tasks, max(cfg.Wide, 0), cfg.Workers, cfg.Concurrency, cfg.Lease, cfg.Projectors, cfg.FeedReclaimIdle)
 
 	runCtx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
-	faultsDone := make(chan struct{})
+	var faults sync.WaitGroup
 	faultCtx, stopFaults := context.WithCancel(runCtx)
+	faults.Add(1)
 	go func() {
-		defer close(faultsDone)
-		s.inject(faultCtx)
+		defer faults.Done()
+		s.inject(faultCtx, 300*time.Millisecond, 1200*time.Millisecond)
 	}()
-	var info *graflow.RunInfo
-	err = retryRedis(runCtx, func() error {
-		var err error
-		info, err = client.Wait(runCtx, run)
-		return err
-	})
-	stopFaults()
-	<-faultsDone
-	s.pauseWait.Wait()
-	if err != nil {
-		return rep, fmt.Errorf("run %s did not end within %s: %w (logs in %s)", run, cfg.Timeout, err, cfg.Dir)
+	faults.Add(1)
+	go func() {
+		defer faults.Done()
+		s.stall(faultCtx)
+	}()
+	if cfg.Wide > 0 {
+		faults.Add(1)
+		go func() {
+			defer faults.Done()
+			s.takeover(faultCtx, runs[1].id)
+		}()
 	}
-	s.logf("run %s %s; stopping workers", run, info.Status)
+	var waits sync.WaitGroup
+	for _, r := range runs {
+		waits.Add(1)
+		go func() {
+			defer waits.Done()
+			r.err = retryRedis(runCtx, func() error {
+				var err error
+				r.info, err = s.client.Wait(runCtx, r.id)
+				return err
+			})
+		}()
+	}
+	waits.Wait()
+	stopFaults()
+	faults.Wait()
+	s.settle()
+	for _, r := range runs {
+		if r.err != nil {
+			s.logf("run %s did not end: %v", r.id, r.err)
+		} else {
+			s.logf("run %s %s", r.id, r.info.Status)
+		}
+	}
+	s.logf("stopping workers and projectors")
 	s.stopAll()
 
-	evs, live, err := s.history(ctx, rc, run)
-	if err != nil {
-		return rep, err
+	for _, r := range runs {
+		v, n, err := s.check(ctx, r.id)
+		if err != nil {
+			return rep, err
+		}
+		if r.err != nil {
+			v.Problems = append([]string{fmt.Sprintf("run %s did not end within %s: %v", r.id, cfg.Timeout, r.err)}, v.Problems...)
+		}
+		rep.Runs++
+		rep.Events += n
+		rep.Verdict.add(r.id, v)
 	}
-	rep.Events = len(evs)
-	rep.Verdict = Check(evs, live)
-	// And the audit tool's own verdict on the same run (graflow replay
-	// verify): the live projection, results and DAG against the log.
-	rc2, err := replay.New(replay.Config{Redis: rc, Namespace: s.ns})
-	if err != nil {
-		return rep, err
-	}
-	vr, err := rc2.Verify(ctx, run)
-	if err != nil {
-		return rep, fmt.Errorf("replay verify: %w", err)
-	}
-	for _, p := range vr.Problems {
-		rep.Verdict.Problems = append(rep.Verdict.Problems, "replay verify: "+p.String())
-	}
-	rep.Elapsed = time.Since(start)
-	if tmp && rep.Verdict.OK() && !cfg.BreakFencing {
-		defer os.RemoveAll(cfg.Dir)
+	rep.Elapsed = time.Since(s.start)
+	if s.tmpDir && rep.Verdict.OK() && !cfg.BreakFencing {
+		s.removeDir = true
 	}
 	return rep, nil
+}
+
+// settle waits for the pending SIGCONTs, then a second after the last:
+// a zombie that resumes after its run ended commits what it had prepared
+// before the run is checked.
+func (s *stack) settle() {
+	s.pauseWait.Wait()
+	s.mu.Lock()
+	d := time.Until(s.lastCont.Add(time.Second))
+	s.mu.Unlock()
+	if d > 0 {
+		s.logf("waiting %s for the resumed processes' late writes", d.Round(time.Millisecond))
+		wait(s.life, d)
+	}
+}
+
+// check runs Check and replay verify over run's history and adds what the
+// history shows of the projectors (Touches) to the report. It returns the
+// verdict and the number of events.
+func (s *stack) check(ctx context.Context, run string) (Verdict, int, error) {
+	// Bounded: a Redis that is down for good is an error, not a hang.
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	evs, live, err := s.history(ctx, run)
+	if err != nil {
+		return Verdict{}, 0, err
+	}
+	v := Check(evs, live)
+	// And the audit tool's own verdict on the same run (graflow replay
+	// verify): the live projection, results and DAG against the log.
+	rc, err := replay.New(replay.Config{Redis: s.rc, Namespace: s.ns})
+	if err != nil {
+		return v, len(evs), err
+	}
+	var vr *replay.Report
+	if err := retryRedis(ctx, func() error {
+		var err error
+		vr, err = rc.Verify(ctx, run)
+		return err
+	}); err != nil {
+		return v, len(evs), fmt.Errorf("replay verify %s: %w", run, err)
+	}
+	for _, p := range vr.Problems {
+		v.Problems = append(v.Problems, "replay verify: "+p.String())
+	}
+	s.mu.Lock()
+	s.report.History.add(touches(evs, s.isProjector, s.projPauses))
+	s.mu.Unlock()
+	return v, len(evs), nil
+}
+
+// add folds a run's verdict into v, naming the run in its problems.
+func (v *Verdict) add(run string, w Verdict) {
+	v.Tasks += w.Tasks
+	v.Lost += w.Lost
+	v.DuplicateAccepts += w.DuplicateAccepts
+	v.RejectedStale += w.RejectedStale
+	for _, p := range w.Problems {
+		v.Problems = append(v.Problems, "run "+run+": "+p)
+	}
 }
 
 // workflow builds the chaos DAG: a root, four parallel groups of sleep
@@ -264,172 +344,102 @@ func (s *stack) workflow() *graflow.Workflow {
 	return wf
 }
 
-func (s *stack) startProjector() error {
-	id := fmt.Sprintf("projector-%d", s.projGen)
-	p, err := proc.Start(id, s.cfg.Exe, []string{"projector", "--redis", s.url, "--namespace", s.ns, "--id", id,
-		"--feed-reclaim-idle", "2s", "--retry-initial", "100ms", "--log-level", "warn",
-		// Compact every run's log when it ends, however long: the compaction
-		// runs under kills and Redis restarts too.
-		"--compact-log", "1000000"}, nil,
-		filepath.Join(s.cfg.Dir, "projector.log"))
-	if err != nil {
-		return err
-	}
-	s.proj = p
-	return nil
-}
-
-func (s *stack) startWorker(i int) error {
-	id := fmt.Sprintf("w%d-%d", i, s.gens[i])
-	args := []string{"worker", "--redis", s.url, "--namespace", s.ns, "--id", id,
-		"--concurrency", strconv.Itoa(s.cfg.Concurrency), "--lease", s.cfg.Lease.String(),
-		"--reclaim-interval", (s.cfg.Lease / 4).String(), "--drain-timeout", "5s", "--log-level", "warn"}
-	if s.cfg.BreakFencing {
-		args = append(args, "--unsafe-no-fencing") // a graflowtest build only
-	}
-	p, err := proc.Start(id, s.cfg.Exe, args, nil,
-		filepath.Join(s.cfg.Dir, "workers.log"))
-	if err != nil {
-		return err
-	}
-	s.workers[i] = p
-	return nil
-}
-
-// inject applies faults at seeded random intervals until ctx ends. The
-// first four faults are one of each kind (in seeded order), so every run
-// exercises every kind; then kinds are drawn with weights.
-func (s *stack) inject(ctx context.Context) {
-	kinds := []string{"kill", "pause", "projector", "redis"}
-	if s.cfg.BreakFencing {
-		// Zombies are what broken fencing lets through: pause often.
-		kinds = []string{"pause", "pause", "pause", "kill", "pause"}
-	}
-	s.rng.Shuffle(len(kinds), func(i, j int) { kinds[i], kinds[j] = kinds[j], kinds[i] })
-	for n := 0; ; n++ {
-		wait := time.Duration(300+s.rng.IntN(900)) * time.Millisecond
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return
-		case <-t.C:
+// wideWorkflow builds the long fan-out: a root that sleeps while the main
+// run gets going, then Wide tasks after it, some flaky: half of them one
+// flat fan-out (dispatching it takes a projector Wide/2/BatchSize
+// commits: the takeover fault stops that projector mid-way), then stages
+// of 300-wide fan-outs, each after the join of the one before. Every
+// stage starts on a quiet run with more decisions than one commit holds:
+// the projector's first commit is caught up, and the claims of its first
+// dispatches point another projector at the run while the first commits
+// the rest: two projectors on one run, at every stage. A sum ends it.
+func (s *stack) wideWorkflow() *graflow.Workflow {
+	wf := graflow.NewWorkflow("chaos-wide")
+	root := wf.Task(wideRoot, builtin.Sleep).Args(map[string]any{"ms": 500 + s.rng.IntN(1000)})
+	n := 0
+	task := func(id string) *graflow.Task {
+		n++
+		if n%100 == 42 {
+			return wf.Task(id, builtin.Flaky).Args(map[string]any{"fail": 1, "value": 1}).Retries(2)
 		}
-		kind := ""
-		if n < len(kinds) {
-			kind = kinds[n]
-		} else {
-			switch x := s.rng.IntN(100); {
-			case x < 35:
-				kind = "kill"
-			case x < 60:
-				kind = "pause"
-			case x < 75:
-				kind = "projector"
-			case x < 82:
-				kind = "redis"
+		return wf.Task(id, builtin.Sleep).Args(map[string]any{"ms": 10 + n%41, "value": 1})
+	}
+	stage := func(name string, width int, after *graflow.Task) *graflow.Task {
+		members := make([]*graflow.Task, width)
+		for i := range members {
+			members[i] = task(fmt.Sprintf("%s-%d", name, i)).After(after)
+		}
+		return wf.Parallel(members...).Then(wf.Task(name+"-join", builtin.Sum))
+	}
+	flat := s.cfg.Wide / 2
+	join := stage("w", flat, root)
+	for k := 0; k*wideStage < s.cfg.Wide-flat; k++ {
+		join = stage(fmt.Sprintf("s%d", k), min(wideStage, s.cfg.Wide-flat-k*wideStage), join)
+	}
+	return wf
+}
+
+// wideStage is the width of the wide run's later stages: more than one
+// commit's decisions (256 by default).
+const wideStage = 300
+
+// wideRoot is the wide run's first task: its success starts the fan-out.
+const wideRoot = "wroot"
+
+// takeover SIGSTOPs the projector that dispatches the wide run's fan-out
+// as soon as its first dispatch is in the log (so mid-way through its
+// commits) for longer than the feed reclaim: another projector takes the
+// run over, and the stopped one resumes with its cached fold and commits
+// late, a zombie projector.
+func (s *stack) takeover(ctx context.Context, run string) {
+	last := "0"
+	rootDone := false
+	dispatched := 0
+	for ctx.Err() == nil {
+		res, err := s.rc.XRead(ctx, &redis.XReadArgs{Streams: []string{s.keys.RunLog(run), last}, Count: 1000, Block: time.Second}).Result()
+		if err != nil {
+			if !errors.Is(err, redis.Nil) && ctx.Err() == nil {
+				wait(ctx, 50*time.Millisecond)
 			}
-		}
-		s.fault(ctx, kind)
-	}
-}
-
-func (s *stack) fault(ctx context.Context, kind string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	switch kind {
-	case "kill":
-		i := s.rng.IntN(len(s.workers))
-		if s.paused[i] {
-			return
-		}
-		old := s.workers[i]
-		old.Kill()
-		s.gens[i]++
-		if err := s.startWorker(i); err != nil {
-			s.logf("restart worker: %v", err)
-			return
-		}
-		s.report.Kills++
-		s.logf("SIGKILL worker %s, started %s", old.Name, s.workers[i].Name)
-	case "pause":
-		i := s.rng.IntN(len(s.workers))
-		if s.paused[i] {
-			return
-		}
-		p := s.workers[i]
-		_ = p.Signal(syscall.SIGSTOP)
-		s.paused[i] = true
-		d := s.cfg.Lease + time.Duration(500+s.rng.IntN(1000))*time.Millisecond
-		s.report.Pauses++
-		s.logf("SIGSTOP worker %s for %s (past its lease: a zombie)", p.Name, d.Round(time.Millisecond))
-		s.pauseWait.Add(1)
-		go func() {
-			defer s.pauseWait.Done()
-			t := time.NewTimer(d)
-			defer t.Stop()
-			select {
-			case <-t.C:
-			case <-ctx.Done():
-			}
-			s.mu.Lock()
-			defer s.mu.Unlock()
-			_ = p.Signal(syscall.SIGCONT)
-			s.paused[i] = false
-			s.logf("SIGCONT worker %s", p.Name)
-		}()
-	case "projector":
-		old := s.proj
-		old.Kill()
-		s.projGen++
-		if err := s.startProjector(); err != nil {
-			s.logf("restart projector: %v", err)
-			return
-		}
-		s.report.ProjectorKills++
-		s.logf("SIGKILL projector %s, started %s", old.Name, s.proj.Name)
-	case "redis":
-		if s.srv == nil {
-			return
-		}
-		if err := s.srv.Kill(); err != nil {
-			s.logf("kill redis: %v", err)
-			return
-		}
-		if err := s.srv.Restart(ctx); err != nil {
-			s.logf("restart redis: %v", err)
-			return
-		}
-		s.report.RedisRestarts++
-		s.logf("SIGKILL redis-server and restarted it from its AOF (appendfsync always)")
-	}
-}
-
-func (s *stack) stopAll() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var wg sync.WaitGroup
-	for _, p := range append(append([]*proc.Proc{}, s.workers...), s.proj) {
-		if p == nil || p.Exited() {
 			continue
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			p.Stop(10 * time.Second)
-		}()
+		for _, st := range res {
+			for _, m := range st.Messages {
+				last = m.ID
+				typ, _ := m.Values[events.FieldType].(string)
+				task, _ := m.Values[events.FieldTask].(string)
+				writer, _ := m.Values[events.FieldWorker].(string)
+				switch {
+				case events.Type(typ) == events.TaskSucceeded && task == wideRoot:
+					rootDone = true
+				case rootDone && events.Type(typ) == events.TaskDispatched:
+					dispatched++
+					if s.isProjector(writer) && dispatched == 1 {
+						if s.pauseProjectorID(writer, fmt.Sprintf("mid-way through the %d-wide fan-out's dispatch of run %s", s.cfg.Wide, run)) {
+							s.mu.Lock()
+							s.report.Takeovers++
+							s.mu.Unlock()
+						}
+						return
+					}
+				}
+			}
+		}
 	}
-	wg.Wait()
 }
 
 // history reads the run's events and live state hash.
-func (s *stack) history(ctx context.Context, rc *redis.Client, run string) ([]events.Event, map[string]string, error) {
-	k := rdb.NewKeys(s.ns)
-	evs, err := rdb.New(rc, s.ns).ReadLog(ctx, run, "-", "+", 10000, 0)
-	if err != nil {
-		return nil, nil, err
-	}
-	live, err := rc.HGetAll(ctx, k.RunState(run)).Result()
+func (s *stack) history(ctx context.Context, run string) ([]events.Event, map[string]string, error) {
+	var evs []events.Event
+	var live map[string]string
+	err := retryRedis(ctx, func() error {
+		var err error
+		if evs, err = rdb.New(s.rc, s.ns).ReadLog(ctx, run, "-", "+", 10000, 0); err != nil {
+			return err
+		}
+		live, err = s.rc.HGetAll(ctx, s.keys.RunState(run)).Result()
+		return err
+	})
 	return evs, live, err
 }
 
@@ -441,16 +451,24 @@ func retryRedis(ctx context.Context, op func() error) error {
 		if err == nil || ctx.Err() != nil || errors.Is(err, graflow.ErrRunNotFound) || !transient(err) {
 			return err
 		}
-		t := time.NewTimer(delay)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !wait(ctx, delay) {
 			return ctx.Err()
-		case <-t.C:
 		}
 		if delay < time.Second {
 			delay *= 2
 		}
+	}
+}
+
+// wait sleeps d or until ctx ends; it reports whether d passed.
+func wait(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
 	}
 }
 

@@ -1,0 +1,448 @@
+//go:build unix
+
+package chaos
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/graflow-go/graflow"
+	"github.com/graflow-go/graflow/internal/proc"
+	"github.com/graflow-go/graflow/internal/rdb"
+	"github.com/graflow-go/graflow/internal/redisserver"
+	"github.com/redis/go-redis/v9"
+)
+
+// stack is one chaos deployment: a Redis, worker processes, projector
+// processes on the same feed, and the fault injector. Its process fields
+// are guarded by mu; faults run one at a time under it.
+type stack struct {
+	cfg    Config
+	soak   bool
+	ns     string
+	url    string
+	srv    *redisserver.Server
+	rc     *redis.Client
+	keys   rdb.Keys
+	client *graflow.Client
+	start  time.Time
+	// tmpDir: cfg.Dir was made for this run; removeDir: remove it on close.
+	tmpDir, removeDir bool
+
+	mu      sync.Mutex
+	rng     *rand.Rand
+	workers []*proc.Proc
+	gens    []int
+	paused  []bool
+	projs   []*proc.Proc
+	projIDs []string
+	projGen []int
+	// projPaused: SIGSTOPped now; projPauses: every pause of a projector
+	// id, for late_commits (see Touches).
+	projPaused []bool
+	projPauses map[string][]span
+	report     *Report
+	// pauseWait: the SIGCONTs to come; lastCont: the last one. A pause
+	// runs its full length on life (the stack's context), even when the
+	// faults stop, so a zombie always resumes while the stack runs.
+	pauseWait sync.WaitGroup
+	lastCont  time.Time
+	life      context.Context
+}
+
+// span is a projector's SIGSTOP: from SIGSTOP to SIGCONT (zero while
+// stopped).
+type span struct{ from, to time.Time }
+
+func (s *stack) logf(format string, args ...any) {
+	fmt.Fprintf(s.cfg.Out, "  t+%5.1fs  %s\n", time.Since(s.start).Seconds(), fmt.Sprintf(format, args...))
+}
+
+// newStack starts Redis (unless cfg.RedisURL), the projectors and the
+// workers. soak gives the projectors cfg.RunTTL.
+func newStack(ctx context.Context, cfg Config, soak bool) (_ *stack, err error) {
+	if cfg.Exe == "" {
+		return nil, errors.New("chaos: Config.Exe (the graflow binary) is required")
+	}
+	s := &stack{cfg: cfg, soak: soak, ns: "chaos" + strconv.FormatUint(cfg.Seed, 10), start: time.Now(),
+		rng:        rand.New(rand.NewPCG(cfg.Seed, cfg.Seed^0x9e3779b97f4a7c15)),
+		projPauses: map[string][]span{}, report: &Report{}, life: ctx}
+	defer func() {
+		if err != nil {
+			s.close()
+		}
+	}()
+	if s.cfg.Dir == "" {
+		s.tmpDir = true
+		if s.cfg.Dir, err = os.MkdirTemp("", "graflow-chaos-*"); err != nil {
+			return nil, err
+		}
+	} else if err = os.MkdirAll(s.cfg.Dir, 0o755); err != nil {
+		return nil, err
+	}
+	if cfg.RedisURL != "" {
+		s.url = cfg.RedisURL
+		s.ns += "-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	} else {
+		s.srv, err = redisserver.Start(ctx, redisserver.Config{Dir: filepath.Join(s.cfg.Dir, "redis"), AOF: true, Fsync: redisserver.FsyncAlways})
+		if err != nil {
+			return nil, err
+		}
+		s.url = s.srv.URL()
+	}
+	opts, err := redis.ParseURL(s.url)
+	if err != nil {
+		return nil, err
+	}
+	opts.MaxRetries = 10
+	s.rc = redis.NewClient(opts)
+	s.keys = rdb.NewKeys(s.ns)
+	if s.client, err = graflow.NewClient(graflow.Config{Redis: s.rc, Namespace: s.ns}); err != nil {
+		return nil, err
+	}
+	s.projs, s.projIDs, s.projGen, s.projPaused = make([]*proc.Proc, cfg.Projectors), make([]string, cfg.Projectors), make([]int, cfg.Projectors), make([]bool, cfg.Projectors)
+	for i := range cfg.Projectors {
+		if err := s.startProjector(i); err != nil {
+			return nil, err
+		}
+	}
+	s.workers, s.gens, s.paused = make([]*proc.Proc, cfg.Workers), make([]int, cfg.Workers), make([]bool, cfg.Workers)
+	for i := range cfg.Workers {
+		if err := s.startWorker(i); err != nil {
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+// close stops every process and Redis, and removes the directory if a
+// verified run asked for it.
+func (s *stack) close() {
+	s.stopAll()
+	if s.rc != nil {
+		_ = s.rc.Close()
+	}
+	if s.srv != nil {
+		_ = s.srv.Stop()
+	}
+	if s.removeDir {
+		_ = os.RemoveAll(s.cfg.Dir)
+	}
+}
+
+// isProjector reports whether an event's writer is one of the projectors.
+func (s *stack) isProjector(writer string) bool { return strings.HasPrefix(writer, "projector-") }
+
+func (s *stack) startProjector(i int) error {
+	id := fmt.Sprintf("projector-%d-%d", i, s.projGen[i])
+	args := []string{"projector", "--redis", s.url, "--namespace", s.ns, "--id", id,
+		"--feed-reclaim-idle", s.cfg.FeedReclaimIdle.String(), "--retry-initial", "100ms", "--log-level", "warn",
+		// Compact every run's log when it ends, however long: the compaction
+		// runs under kills and Redis restarts too.
+		"--compact-log", "1000000"}
+	if s.soak {
+		args = append(args, "--run-ttl", s.cfg.RunTTL.String())
+	}
+	// Projectors differ in how many decisions one commit holds (any mix
+	// is a valid deployment): with small commits a run's dispatches span
+	// many commits, completions land between them, and a second projector
+	// is pointed at the run while the first still commits.
+	args = append(args, "--batch-size", strconv.Itoa(projectorBatch[i%len(projectorBatch)]))
+	p, err := proc.Start(id, s.cfg.Exe, args, nil, filepath.Join(s.cfg.Dir, "projectors.log"))
+	if err != nil {
+		return err
+	}
+	s.projs[i], s.projIDs[i] = p, id
+	return nil
+}
+
+func (s *stack) startWorker(i int) error {
+	id := fmt.Sprintf("w%d-%d", i, s.gens[i])
+	args := []string{"worker", "--redis", s.url, "--namespace", s.ns, "--id", id,
+		"--concurrency", strconv.Itoa(s.cfg.Concurrency), "--lease", s.cfg.Lease.String(),
+		"--reclaim-interval", (s.cfg.Lease / 4).String(), "--drain-timeout", "5s", "--log-level", "warn"}
+	if s.cfg.BreakFencing {
+		args = append(args, "--unsafe-no-fencing") // a graflowtest build only
+	}
+	p, err := proc.Start(id, s.cfg.Exe, args, nil, filepath.Join(s.cfg.Dir, "workers.log"))
+	if err != nil {
+		return err
+	}
+	s.workers[i] = p
+	return nil
+}
+
+// projectorBatch are the projectors' --batch-size, by index.
+var projectorBatch = []int{256, 8, 2}
+
+// Fault kinds.
+const (
+	faultKill           = "kill"            // SIGKILL a worker, start a new one
+	faultPause          = "pause"           // SIGSTOP a worker past its lease
+	faultProjector      = "projector"       // SIGKILL a projector, restart it
+	faultProjectorPause = "projector-pause" // SIGSTOP a projector past the feed reclaim
+	faultRedis          = "redis"           // SIGKILL Redis, restart it from its AOF
+)
+
+// inject applies faults at seeded random intervals in [lo, hi) until ctx
+// ends. The first faults are one of each kind (in seeded order), so every
+// run exercises every kind; then kinds are drawn with weights.
+func (s *stack) inject(ctx context.Context, lo, hi time.Duration) {
+	kinds := []string{faultKill, faultPause, faultProjector, faultProjectorPause, faultRedis}
+	if s.cfg.BreakFencing {
+		// Zombies are what broken fencing lets through: pause often.
+		kinds = []string{faultPause, faultPause, faultPause, faultKill, faultPause}
+	}
+	s.mu.Lock()
+	s.rng.Shuffle(len(kinds), func(i, j int) { kinds[i], kinds[j] = kinds[j], kinds[i] })
+	s.mu.Unlock()
+	for n := 0; ; n++ {
+		s.mu.Lock()
+		d := lo + time.Duration(s.rng.Int64N(int64(hi-lo)))
+		x := s.rng.IntN(100)
+		s.mu.Unlock()
+		if !wait(ctx, d) {
+			return
+		}
+		kind := ""
+		if n < len(kinds) {
+			kind = kinds[n]
+		} else {
+			switch {
+			case x < 30:
+				kind = faultKill
+			case x < 50:
+				kind = faultPause
+			case x < 62:
+				kind = faultProjector
+			case x < 75:
+				kind = faultProjectorPause
+			case x < 82:
+				kind = faultRedis
+			}
+		}
+		s.fault(ctx, kind)
+	}
+}
+
+func (s *stack) fault(ctx context.Context, kind string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch kind {
+	case faultKill:
+		i := s.rng.IntN(len(s.workers))
+		if s.paused[i] {
+			return
+		}
+		old := s.workers[i]
+		old.Kill()
+		s.gens[i]++
+		if err := s.startWorker(i); err != nil {
+			s.logf("restart worker: %v", err)
+			return
+		}
+		s.report.Kills++
+		s.logf("SIGKILL worker %s, started %s", old.Name, s.workers[i].Name)
+	case faultPause:
+		i := s.rng.IntN(len(s.workers))
+		if s.paused[i] {
+			return
+		}
+		p := s.workers[i]
+		_ = p.Signal(syscall.SIGSTOP)
+		s.paused[i] = true
+		d := s.cfg.Lease + time.Duration(500+s.rng.IntN(1000))*time.Millisecond
+		s.report.Pauses++
+		s.logf("SIGSTOP worker %s for %s (past its lease: a zombie)", p.Name, d.Round(time.Millisecond))
+		s.pauseWait.Add(1)
+		go func() {
+			defer s.pauseWait.Done()
+			wait(s.life, d)
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			_ = p.Signal(syscall.SIGCONT)
+			s.paused[i] = false
+			s.lastCont = time.Now()
+			s.logf("SIGCONT worker %s", p.Name)
+		}()
+	case faultProjector:
+		// Under load a projector is mostly inside a commit, a relay or an
+		// ack: a kill lands in one of them.
+		i := s.rng.IntN(len(s.projs))
+		if s.projPaused[i] {
+			return
+		}
+		old := s.projs[i]
+		old.Kill()
+		how := "restarted it under its id (it resumes its own pending feed entries)"
+		if s.rng.IntN(2) == 0 {
+			s.projGen[i]++
+			how = "started a new id (its feed entries wait for the reclaim)"
+		}
+		if err := s.startProjector(i); err != nil {
+			s.logf("restart projector: %v", err)
+			return
+		}
+		s.report.ProjectorKills++
+		s.logf("SIGKILL projector %s while the others run, %s: %s", old.Name, how, s.projs[i].Name)
+	case faultProjectorPause:
+		i := s.busiestProjector(ctx)
+		if i < 0 {
+			return
+		}
+		s.pauseProjector(i, "the one holding the most feed entries")
+	case faultRedis:
+		if s.srv == nil {
+			return
+		}
+		if err := s.srv.Kill(); err != nil {
+			s.logf("kill redis: %v", err)
+			return
+		}
+		// On the stack's context, not the faults': faults stop when the
+		// runs end, and a restart cut short would leave Redis down for the
+		// check.
+		if err := s.srv.Restart(s.life); err != nil {
+			s.logf("restart redis: %v; trying once more", err)
+			if err := s.srv.Restart(s.life); err != nil {
+				s.logf("restart redis: %v", err)
+				return
+			}
+		}
+		s.report.RedisRestarts++
+		s.logf("SIGKILL redis-server and restarted it from its AOF (appendfsync always)")
+	}
+}
+
+// busiestProjector returns the running projector with the most pending
+// feed entries (the one most likely inside a projection), or a random
+// running one; -1 if pausing one would leave no projector running.
+// Caller holds mu.
+func (s *stack) busiestProjector(ctx context.Context) int {
+	var running []int
+	for i, p := range s.projPaused {
+		if !p {
+			running = append(running, i)
+		}
+	}
+	if len(running) < 2 {
+		return -1
+	}
+	pending := map[string]int64{}
+	qctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	defer cancel()
+	for n := range s.keys.Partitions() {
+		if x, err := s.rc.XPending(qctx, s.keys.Feed(n), rdb.GroupProjectors).Result(); err == nil {
+			for c, k := range x.Consumers {
+				pending[c] += k
+			}
+		}
+	}
+	sort.SliceStable(running, func(a, b int) bool { return pending[s.projIDs[running[a]]] > pending[s.projIDs[running[b]]] })
+	if pending[s.projIDs[running[0]]] > 0 {
+		return running[0]
+	}
+	return running[s.rng.IntN(len(running))]
+}
+
+// pauseProjectorID pauses the projector now running as id (see
+// pauseProjector); false if it is not running or is the last one running.
+func (s *stack) pauseProjectorID(id, why string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	running := 0
+	for _, p := range s.projPaused {
+		if !p {
+			running++
+		}
+	}
+	for i, pid := range s.projIDs {
+		if pid == id && !s.projPaused[i] && running >= 2 {
+			s.pauseProjector(i, why)
+			return true
+		}
+	}
+	return false
+}
+
+// pauseProjector SIGSTOPs projector i for longer than the feed reclaim
+// (plus the reclaim's tick): another projector takes its feed entries
+// over, and it resumes later with its cached fold (a zombie). Caller holds
+// mu.
+func (s *stack) pauseProjector(i int, why string) {
+	p, id := s.projs[i], s.projIDs[i]
+	_ = p.Signal(syscall.SIGSTOP)
+	s.projPaused[i] = true
+	s.projPauses[id] = append(s.projPauses[id], span{from: time.Now()})
+	k := len(s.projPauses[id]) - 1
+	d := s.cfg.FeedReclaimIdle*3/2 + time.Duration(500+s.rng.IntN(1500))*time.Millisecond
+	s.report.ProjectorPauses++
+	s.logf("SIGSTOP projector %s (%s) for %s, past the %s feed reclaim", p.Name, why, d.Round(time.Millisecond), s.cfg.FeedReclaimIdle)
+	s.pauseWait.Add(1)
+	go func() {
+		defer s.pauseWait.Done()
+		wait(s.life, d)
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		_ = p.Signal(syscall.SIGCONT)
+		s.projPaused[i] = false
+		s.lastCont = time.Now()
+		s.projPauses[id][k].to = time.Now()
+		s.logf("SIGCONT projector %s (it resumes with its cached fold)", p.Name)
+	}()
+}
+
+// stall SIGSTOPs a random running projector for a few to a hundred
+// milliseconds, every 50-300 ms, until ctx ends: the scheduling delays and
+// GC pauses of a loaded machine, far shorter than the feed reclaim, at
+// random instructions. They widen the windows in which two projectors work
+// on one run (one folded, the other commits, the first commits on).
+func (s *stack) stall(ctx context.Context) {
+	rng := rand.New(rand.NewPCG(s.cfg.Seed+2, s.cfg.Seed^0x2545f4914f6cdd1d))
+	for wait(ctx, time.Duration(50+rng.IntN(250))*time.Millisecond) {
+		d := time.Duration(5+rng.IntN(95)) * time.Millisecond
+		s.mu.Lock()
+		i := rng.IntN(len(s.projs))
+		p := s.projs[i]
+		if s.projPaused[i] {
+			s.mu.Unlock()
+			continue
+		}
+		_ = p.Signal(syscall.SIGSTOP)
+		s.projPaused[i] = true
+		s.report.ProjectorStalls++
+		s.mu.Unlock()
+		wait(s.life, d)
+		s.mu.Lock()
+		_ = p.Signal(syscall.SIGCONT)
+		s.projPaused[i] = false
+		s.mu.Unlock()
+	}
+}
+
+func (s *stack) stopAll() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, p := range append(append([]*proc.Proc{}, s.workers...), s.projs...) {
+		if p == nil || p.Exited() {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p.Stop(10 * time.Second)
+		}()
+	}
+	wg.Wait()
+}
