@@ -3,6 +3,7 @@ package rdb
 import (
 	"context"
 	"errors"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -205,4 +206,31 @@ func (d DB) PruneConsumers(ctx context.Context, stream, group string, minIdle ti
 		return nil, nil
 	}
 	return pruneConsumersScript.Run(ctx, d.C, []string{stream}, args...).StringSlice()
+}
+
+// Records reads the registry: the ids of its set, sorted, and each id's
+// hash (empty when the hash expired: the process died without
+// deregistering and is not pruned yet).
+func (r Registry) Records(ctx context.Context, c redis.Cmdable) ([]string, []map[string]string, error) {
+	ids, err := c.SMembers(ctx, r.Set).Result()
+	if err != nil {
+		return nil, nil, err
+	}
+	sort.Strings(ids)
+	cmds := make([]*redis.MapStringStringCmd, len(ids))
+	if len(ids) > 0 {
+		if _, err := c.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for i, id := range ids {
+				cmds[i] = p.HGetAll(ctx, r.Hash(id))
+			}
+			return nil
+		}); err != nil {
+			return nil, nil, err
+		}
+	}
+	out := make([]map[string]string, len(ids))
+	for i := range ids {
+		out[i] = cmds[i].Val()
+	}
+	return ids, out, nil
 }

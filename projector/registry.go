@@ -1,0 +1,82 @@
+package projector
+
+import (
+	"context"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// registryInterval is how often a projector refreshes its registry entry:
+// a third of FeedReclaimIdle (5s by default), so an entry outlives a missed
+// beat or two.
+func (p *Projector) registryInterval() time.Duration { return p.cfg.FeedReclaimIdle / 3 }
+
+// registryTTL is how long a projector's entry survives without a beat.
+func (p *Projector) registryTTL() time.Duration {
+	return p.cfg.FeedReclaimIdle + p.registryInterval()
+}
+
+// registryLoop registers the projector (<ns>:projectors, <ns>:projector:<id>)
+// and rewrites its whole record every registryInterval until ctx ends, then
+// deregisters; "graflow workers" lists projectors from there, so "no
+// projector is running" is visible. Errors are logged and retried at the
+// next beat.
+func (p *Projector) registryLoop(ctx context.Context, parts []int) {
+	started := p.cfg.Now()
+	ps := make([]string, len(parts))
+	for i, n := range parts {
+		ps[i] = strconv.Itoa(n)
+	}
+	reg := p.db.ProjectorRegistry()
+	beat := func() {
+		now := p.cfg.Now()
+		host, _ := os.Hostname()
+		pipe := p.cfg.Redis.Pipeline() // different slots: no MULTI
+		reg.Beat(ctx, pipe, p.cfg.ID, map[string]any{
+			"id":             p.cfg.ID,
+			"host":           host,
+			"pid":            os.Getpid(),
+			"partitions":     strings.Join(ps, ","),
+			"started_at":     started.UnixMilli(),
+			"last_heartbeat": now.UnixMilli(),
+		}, now, p.registryTTL())
+		if _, err := pipe.Exec(ctx); err != nil && ctx.Err() == nil {
+			p.log.Warn().Err(err).Msg("projector registry heartbeat")
+		}
+	}
+	beat()
+	t := time.NewTicker(p.registryInterval())
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			if err := reg.Deregister(dctx, p.cfg.Redis, p.cfg.ID); err != nil {
+				p.log.Warn().Err(err).Msg("projector deregister")
+			}
+			cancel()
+			return
+		case <-t.C:
+		}
+		beat()
+		p.housekeep(ctx)
+	}
+}
+
+// housekeep does the namespace's periodic chores that fall to projectors,
+// each under a lock so one projector does it per interval: prune dead
+// projectors from the registry.
+func (p *Projector) housekeep(ctx context.Context) {
+	every := p.registryInterval()
+	if ok, err := p.db.TryLock(ctx, "projectors-registry", p.cfg.ID, every); err == nil && ok {
+		dead, err := p.db.ProjectorRegistry().Prune(ctx, p.cfg.Redis, p.cfg.Now(), 100)
+		if err != nil && ctx.Err() == nil {
+			p.log.Warn().Err(err).Msg("prune projector registry")
+		}
+		for _, id := range dead {
+			p.log.Info().Str("dead_projector", id).Msg("removed a dead projector from the registry")
+		}
+	}
+}

@@ -1,0 +1,54 @@
+package projector_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/graflow-go/graflow/projector"
+)
+
+// eventually polls cond until it holds, failing the test after timeout.
+func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		<-tick.C
+	}
+}
+
+// A running projector is in the projector registry, with its whole record
+// back after Redis loses it, and leaves it when it stops: "no projector is
+// running" is visible.
+func TestProjectorRegistersAndDeregisters(t *testing.T) {
+	t.Parallel()
+	b := setupLive(t)
+	p, err := projector.New(projector.Config{Redis: b.rdb, Namespace: b.db.K.Namespace(), ID: "p-reg", Partitions: []int{1, 3},
+		FeedBlock: 50 * time.Millisecond, FeedReclaimIdle: 150 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := b.start(t, p)
+	key := b.db.K.Projector("p-reg")
+	whole := func() bool {
+		h := b.rdb.HGetAll(b.ctx, key).Val()
+		return h["id"] == "p-reg" && h["host"] != "" && h["pid"] != "" && h["partitions"] == "1,3" && h["started_at"] != "" &&
+			h["last_heartbeat"] != "" && b.rdb.SIsMember(b.ctx, b.db.K.Projectors(), "p-reg").Val() && b.rdb.PTTL(b.ctx, key).Val() > 0
+	}
+	eventually(t, 10*time.Second, "the projector's registry record", whole)
+	if err := b.rdb.Del(b.ctx, key, b.db.K.Projectors()).Err(); err != nil { // data loss
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "the projector's record back after a loss", whole)
+	stop()
+	if n := b.rdb.SCard(b.ctx, b.db.K.Projectors()).Val(); n != 0 {
+		t.Errorf("%d projectors registered after the only one stopped, want 0", n)
+	}
+	if n := b.rdb.Exists(b.ctx, key).Val(); n != 0 {
+		t.Error("the stopped projector's hash is still there")
+	}
+}
