@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/graflow-go/graflow/internal/rdb"
 )
 
 // registryInterval is how often a projector refreshes its registry entry:
@@ -65,10 +67,29 @@ func (p *Projector) registryLoop(ctx context.Context, parts []int) {
 	}
 }
 
+// consumerIdleReclaims: a feed consumer idle this many FeedReclaimIdle,
+// with nothing pending and no registry entry, belongs to a projector that
+// is gone (a live one reads every FeedBlock).
+const consumerIdleReclaims = 4
+
 // housekeep does the namespace's periodic chores that fall to projectors,
 // each under a lock so one projector does it per interval: prune dead
-// projectors from the registry.
+// projectors from the registry and their consumers from the feed streams.
 func (p *Projector) housekeep(ctx context.Context) {
+	if ok, err := p.db.TryLock(ctx, "consumers:feed", p.cfg.ID, p.cfg.FeedReclaimIdle); err == nil && ok {
+		for n := 0; n < p.db.K.Partitions(); n++ {
+			gone, err := p.db.PruneConsumers(ctx, p.db.K.Feed(n), rdb.GroupProjectors, consumerIdleReclaims*p.cfg.FeedReclaimIdle, p.db.ProjectorRegistry())
+			if err != nil {
+				if ctx.Err() == nil {
+					p.log.Warn().Err(err).Msg("prune dead feed consumers")
+				}
+				break
+			}
+			if len(gone) > 0 {
+				p.log.Info().Int("partition", n).Strs("consumers", gone).Msg("deleted the feed consumers of dead projectors")
+			}
+		}
+	}
 	every := p.registryInterval()
 	if ok, err := p.db.TryLock(ctx, "projectors-registry", p.cfg.ID, every); err == nil && ok {
 		dead, err := p.db.ProjectorRegistry().Prune(ctx, p.cfg.Redis, p.cfg.Now(), 100)

@@ -1,9 +1,12 @@
 package projector_test
 
 import (
+	"fmt"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/graflow-go/graflow/events"
 	"github.com/graflow-go/graflow/projector"
 )
 
@@ -51,4 +54,62 @@ func TestProjectorRegistersAndDeregisters(t *testing.T) {
 	if n := b.rdb.Exists(b.ctx, key).Val(); n != 0 {
 		t.Error("the stopped projector's hash is still there")
 	}
+}
+
+// Projector restarts under new ids do not grow the feed streams' consumer
+// groups without bound: dead projectors' consumers (nothing pending, idle,
+// not registered) are deleted.
+func TestDeadProjectorsFeedConsumersArePruned(t *testing.T) {
+	t.Parallel()
+	b := setupLive(t)
+	cfg := func(id string) projector.Config {
+		return projector.Config{Redis: b.rdb, Namespace: b.db.K.Namespace(), ID: id,
+			FeedBlock: 50 * time.Millisecond, FeedReclaimIdle: 150 * time.Millisecond}
+	}
+	consumers := func() []string {
+		var names []string
+		for n := 0; n < b.db.K.Partitions(); n++ {
+			cs, err := b.rdb.XInfoConsumers(b.ctx, b.db.K.Feed(n), "projectors").Result()
+			if err != nil && !strings.Contains(err.Error(), "no such key") && !strings.Contains(err.Error(), "NOGROUP") {
+				t.Fatal(err)
+			}
+			for _, c := range cs {
+				names = append(names, c.Name)
+			}
+		}
+		return names
+	}
+	// runProjected submits a run and waits until a projector dispatched it
+	// (its consumer exists once it is delivered a feed entry).
+	runProjected := func() {
+		run := b.submit(t, events.TaskSpec{ID: "a", Handler: "h"})
+		b.waitFor(t, run, events.TaskDispatched, "a")
+	}
+	for i := 0; i < 6; i++ {
+		p, err := projector.New(cfg(fmt.Sprintf("restart-%d", i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		stop := b.start(t, p)
+		runProjected()
+		stop()
+	}
+	if n := len(consumers()); n < 2 {
+		t.Fatalf("%d feed consumers after 6 restarts: the test does not create them", n)
+	}
+	p, err := projector.New(cfg("live"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := b.start(t, p)
+	defer stop()
+	runProjected()
+	eventually(t, 30*time.Second, "the dead projectors' feed consumers to be deleted", func() bool {
+		for _, n := range consumers() {
+			if n != "live" {
+				return false
+			}
+		}
+		return true
+	})
 }
