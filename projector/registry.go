@@ -32,6 +32,7 @@ func (p *Projector) registryLoop(ctx context.Context, parts []int) {
 		ps[i] = strconv.Itoa(n)
 	}
 	reg := p.db.ProjectorRegistry()
+	var cur sweepCursor
 	beat := func() {
 		now := p.cfg.Now()
 		host, _ := os.Hostname()
@@ -63,7 +64,7 @@ func (p *Projector) registryLoop(ctx context.Context, parts []int) {
 		case <-t.C:
 		}
 		beat()
-		p.housekeep(ctx)
+		p.housekeep(ctx, &cur)
 	}
 }
 
@@ -74,8 +75,9 @@ const consumerIdleReclaims = 4
 
 // housekeep does the namespace's periodic chores that fall to projectors,
 // each under a lock so one projector does it per interval: prune dead
-// projectors from the registry and their consumers from the feed streams.
-func (p *Projector) housekeep(ctx context.Context) {
+// projectors from the registry and their consumers from the feed streams,
+// and sweep the run index and the dead-letter set.
+func (p *Projector) housekeep(ctx context.Context, cur *sweepCursor) {
 	if ok, err := p.db.TryLock(ctx, "consumers:feed", p.cfg.ID, p.cfg.FeedReclaimIdle); err == nil && ok {
 		for n := 0; n < p.db.K.Partitions(); n++ {
 			gone, err := p.db.PruneConsumers(ctx, p.db.K.Feed(n), rdb.GroupProjectors, consumerIdleReclaims*p.cfg.FeedReclaimIdle, p.db.ProjectorRegistry())
@@ -91,6 +93,9 @@ func (p *Projector) housekeep(ctx context.Context) {
 		}
 	}
 	every := p.registryInterval()
+	if ok, err := p.db.TryLock(ctx, "index-sweep", p.cfg.ID, every); err == nil && ok {
+		p.sweep(ctx, cur)
+	}
 	if ok, err := p.db.TryLock(ctx, "projectors-registry", p.cfg.ID, every); err == nil && ok {
 		dead, err := p.db.ProjectorRegistry().Prune(ctx, p.cfg.Redis, p.cfg.Now(), 100)
 		if err != nil && ctx.Err() == nil {
@@ -99,5 +104,42 @@ func (p *Projector) housekeep(ctx context.Context) {
 		for _, id := range dead {
 			p.log.Info().Str("dead_projector", id).Msg("removed a dead projector from the registry")
 		}
+	}
+}
+
+// sweepCursor is where the next sweep pass starts (ranks), owned by one
+// registry loop.
+type sweepCursor struct{ runs, dlq int64 }
+
+// sweepPage bounds the index entries and the dead letters checked per pass.
+const sweepPage = 200
+
+// sweep checks one page of the run index and one of the dead-letter set and
+// removes the entries whose run is gone (its keys expired by RunTTL or
+// were deleted): without it both grow forever. The pages advance every
+// pass and wrap, so every entry is checked within (size / sweepPage)
+// passes.
+func (p *Projector) sweep(ctx context.Context, cur *sweepCursor) {
+	next, gone, err := p.db.SweepRunIndex(ctx, cur.runs, sweepPage, p.cfg.Now())
+	if err != nil {
+		if ctx.Err() == nil {
+			p.log.Warn().Err(err).Msg("sweep the run index")
+		}
+		return
+	}
+	cur.runs = next
+	if len(gone) > 0 {
+		p.log.Info().Int("runs", len(gone)).Msg("removed index entries of runs that are gone")
+	}
+	next, gone, err = p.db.SweepDeadLetters(ctx, cur.dlq, sweepPage)
+	if err != nil {
+		if ctx.Err() == nil {
+			p.log.Warn().Err(err).Msg("sweep the dead-letter set")
+		}
+		return
+	}
+	cur.dlq = next
+	if len(gone) > 0 {
+		p.log.Info().Int("dead_letters", len(gone)).Msg("forgot dead letters of runs that are gone")
 	}
 }

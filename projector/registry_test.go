@@ -7,7 +7,9 @@ import (
 	"time"
 
 	"github.com/graflow-go/graflow/events"
+	"github.com/graflow-go/graflow/internal/rdb"
 	"github.com/graflow-go/graflow/projector"
+	"github.com/redis/go-redis/v9"
 )
 
 // eventually polls cond until it holds, failing the test after timeout.
@@ -112,4 +114,44 @@ func TestDeadProjectorsFeedConsumersArePruned(t *testing.T) {
 		}
 		return true
 	})
+}
+
+// The run index and the dead-letter set lose the entries of runs whose keys
+// are gone (expired by RunTTL, deleted): a running projector sweeps them,
+// page by page; a live run's entries and a just-submitted index entry stay.
+func TestSweepDropsIndexAndDeadLettersOfGoneRuns(t *testing.T) {
+	t.Parallel()
+	b := setupLive(t)
+	live := b.submit(t, events.TaskSpec{ID: "a", Handler: "h"})
+	old := float64(time.Now().Add(-time.Hour).UnixMilli())
+	pipe := b.rdb.Pipeline()
+	for i := 0; i < 450; i++ { // more than a page
+		gone := fmt.Sprintf("gone-%03d", i)
+		pipe.ZAdd(b.ctx, b.db.K.Runs(), redis.Z{Score: old, Member: gone})
+		b.db.DeadLetter(b.ctx, pipe, gone, "t", int64(old), rdb.DeadLetterDetails{Error: "x"})
+	}
+	pipe.ZAdd(b.ctx, b.db.K.Runs(), redis.Z{Score: float64(time.Now().UnixMilli()), Member: "just-submitted"})
+	b.db.DeadLetter(b.ctx, pipe, live, "a", int64(old), rdb.DeadLetterDetails{Error: "x"})
+	if _, err := pipe.Exec(b.ctx); err != nil {
+		t.Fatal(err)
+	}
+	p, err := projector.New(projector.Config{Redis: b.rdb, Namespace: b.db.K.Namespace(), ID: "p-sweep",
+		FeedBlock: 50 * time.Millisecond, FeedReclaimIdle: 90 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := b.start(t, p)
+	defer stop()
+	eventually(t, 30*time.Second, "the index and dead letters of gone runs removed", func() bool {
+		return b.rdb.ZCard(b.ctx, b.db.K.Runs()).Val() == 2 && b.rdb.ZCard(b.ctx, b.db.K.DeadLetter()).Val() == 1 &&
+			b.rdb.HLen(b.ctx, b.db.K.DeadLetterInfo()).Val() == 1
+	})
+	for _, run := range []string{live, "just-submitted"} {
+		if _, err := b.rdb.ZScore(b.ctx, b.db.K.Runs(), run).Result(); err != nil {
+			t.Errorf("index entry of %s: %v", run, err)
+		}
+	}
+	if _, err := b.rdb.ZScore(b.ctx, b.db.K.DeadLetter(), rdb.DeadLetterMember(live, "a")).Result(); err != nil {
+		t.Errorf("dead letter of the live run: %v", err)
+	}
 }
