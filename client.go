@@ -441,11 +441,16 @@ type GCReport struct {
 	// Dangling counts index entries whose run no longer exists (expired
 	// by a TTL), removed from the index.
 	Dangling int `json:"dangling"`
+	// DeadLetters counts dead letters of runs that are gone (collected
+	// now, or expired by a TTL), forgotten. A dry run does not count them.
+	DeadLetters int `json:"dead_letters"`
 }
 
 // GC deletes finished runs (succeeded, failed or cancelled) submitted more
 // than OlderThan ago: their log, state, results, dag, outbox and channel,
-// and their index entry. It never removes a run that is still running or
+// their index entry and their dead letters; it also drops the index entries
+// and dead letters of runs already gone (expired by RunTTL). It never
+// removes a run that is still running or
 // whose events the projector has not all applied (@dirty set), so no event
 // the projector still needs is ever trimmed. Export runs first
 // (replay.Export) if you need their history later.
@@ -512,5 +517,20 @@ func (c *Client) GC(ctx context.Context, opt GCOptions) (GCReport, error) {
 			return rep, err
 		}
 	}
-	return rep, nil
+	if opt.DryRun {
+		return rep, nil
+	}
+	// The dead letters of runs that are gone, page by page (a page's
+	// removals shift the ranks; the sweep accounts for them).
+	for start := int64(0); ; {
+		next, gone, err := c.db.SweepDeadLetters(ctx, start, 500)
+		if err != nil {
+			return rep, err
+		}
+		rep.DeadLetters += len(gone)
+		if next == 0 {
+			return rep, nil
+		}
+		start = next
+	}
 }

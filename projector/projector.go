@@ -205,7 +205,11 @@ func (p *Projector) Run(ctx context.Context) error {
 			p.consume(ctx, n)
 		}()
 	}
-	wg.Add(2)
+	wg.Add(3)
+	go func() {
+		defer wg.Done()
+		p.registryLoop(ctx, parts)
+	}()
 	go func() {
 		defer wg.Done()
 		p.moveDelayed(ctx)

@@ -14,49 +14,43 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// register adds the worker to the registry set and writes its hash.
+// register adds the worker to the registry: its whole record (see
+// metrics).
 func (w *Worker) register(ctx context.Context) error {
-	host, _ := os.Hostname()
-	// Not MULTI: the set and the hash live in different hash slots.
-	pipe := w.cfg.Redis.Pipeline()
-	pipe.SAdd(ctx, w.db.K.Workers(), w.cfg.ID)
-	pipe.HSet(ctx, w.db.K.Worker(w.cfg.ID),
-		"id", w.cfg.ID,
-		"host", host,
-		"pid", os.Getpid(),
-		"pools", strings.Join(w.cfg.Pools, ","),
-		"concurrency", w.cfg.Concurrency,
-		"handlers", strings.Join(w.Handlers(), ","),
-		"started_at", w.started.UnixMilli(),
-		"lease_ms", w.cfg.Lease.Milliseconds(),
-	)
+	pipe := w.cfg.Redis.Pipeline() // the registry's keys are in different slots: no MULTI
 	w.metrics(ctx, pipe)
 	_, err := pipe.Exec(ctx)
 	return err
 }
 
-// metrics queues the registry refresh: metrics, last heartbeat, TTL.
+// metrics queues the registry refresh: the whole record (identity, pools,
+// counters, last heartbeat), its TTL, the set membership and the expiry
+// score. Every beat writes everything, so a record lost with Redis data
+// (a failover, a restore) is back whole at the next beat.
 func (w *Worker) metrics(ctx context.Context, pipe redis.Pipeliner) {
 	now := w.cfg.Now()
-	key := w.db.K.Worker(w.cfg.ID)
-	pipe.HSet(ctx, key,
-		"tasks_processed", w.processed.Load(),
-		"tasks_failed", w.failed.Load(),
-		"tasks_running", w.running.Load(),
-		"uptime_seconds", int64(now.Sub(w.started).Seconds()),
-		"last_heartbeat", now.UnixMilli(),
-	)
-	pipe.SAdd(ctx, w.db.K.Workers(), w.cfg.ID)
-	pipe.PExpire(ctx, key, w.registryTTL())
+	host, _ := os.Hostname() // cheap, once per beat
+	w.db.WorkerRegistry().Beat(ctx, pipe, w.cfg.ID, map[string]any{
+		"id":              w.cfg.ID,
+		"host":            host,
+		"pid":             os.Getpid(),
+		"pools":           strings.Join(w.cfg.Pools, ","),
+		"concurrency":     w.cfg.Concurrency,
+		"handlers":        strings.Join(w.Handlers(), ","),
+		"started_at":      w.started.UnixMilli(),
+		"lease_ms":        w.cfg.Lease.Milliseconds(),
+		"tasks_processed": w.processed.Load(),
+		"tasks_failed":    w.failed.Load(),
+		"tasks_running":   w.running.Load(),
+		"uptime_seconds":  int64(now.Sub(w.started).Seconds()),
+		"last_heartbeat":  now.UnixMilli(),
+	}, now, w.registryTTL())
 }
 
 func (w *Worker) registryTTL() time.Duration { return w.cfg.Lease + w.cfg.HeartbeatInterval }
 
 func (w *Worker) deregister(ctx context.Context) {
-	pipe := w.cfg.Redis.Pipeline() // two slots: no MULTI
-	pipe.SRem(ctx, w.db.K.Workers(), w.cfg.ID)
-	pipe.Del(ctx, w.db.K.Worker(w.cfg.ID))
-	if _, err := pipe.Exec(ctx); err != nil {
+	if err := w.db.WorkerRegistry().Deregister(ctx, w.cfg.Redis, w.cfg.ID); err != nil {
 		w.log.Warn().Err(err).Msg("deregister")
 	}
 }

@@ -10,7 +10,8 @@ import (
 
 // reclaimLoop takes over messages whose lease expired (idle longer than
 // Lease: their worker died or stopped heartbeating) every ReclaimInterval,
-// and removes dead workers from the registry.
+// and removes dead workers from the registry and their consumers from the
+// queue streams.
 func (w *Worker) reclaimLoop(ctx context.Context) {
 	t := time.NewTicker(w.cfg.ReclaimInterval)
 	defer t.Stop()
@@ -29,6 +30,9 @@ func (w *Worker) reclaimLoop(ctx context.Context) {
 		}
 		if err := w.pruneRegistry(ctx); err != nil && ctx.Err() == nil {
 			w.log.Warn().Err(err).Msg("prune worker registry")
+		}
+		if err := w.pruneConsumers(ctx); err != nil && ctx.Err() == nil {
+			w.log.Warn().Err(err).Msg("prune dead consumers")
 		}
 	}
 }
@@ -116,25 +120,49 @@ func (w *Worker) release(n int) {
 }
 
 // pruneRegistry removes workers whose registry hash expired (they stopped
-// heartbeating) from the workers set.
+// heartbeating) from the workers set. One worker of the namespace does it
+// per interval (a lock), and it reads only the expired ids (the expiry
+// zset): a few commands per interval whatever the number of workers.
 func (w *Worker) pruneRegistry(ctx context.Context) error {
-	ids, err := w.cfg.Redis.SMembers(ctx, w.db.K.Workers()).Result()
-	if err != nil {
+	ok, err := w.db.TryLock(ctx, "workers-registry", w.cfg.ID, w.cfg.ReclaimInterval*9/10)
+	if err != nil || !ok {
 		return err
 	}
-	pipe := w.cfg.Redis.Pipeline()
-	cmds := make([]*redis.IntCmd, len(ids))
-	for i, id := range ids {
-		cmds[i] = pipe.Exists(ctx, w.db.K.Worker(id))
+	dead, err := w.db.WorkerRegistry().Prune(ctx, w.cfg.Redis, w.cfg.Now(), pruneBatch)
+	for _, id := range dead {
+		w.log.Info().Str("dead_worker", id).Msg("removed a dead worker from the registry")
 	}
-	if _, err := pipe.Exec(ctx); err != nil {
-		return err
-	}
-	for i, id := range ids {
-		if cmds[i].Val() == 0 {
-			w.log.Info().Str("dead_worker", id).Msg("removing dead worker from the registry")
-			if err := w.cfg.Redis.SRem(ctx, w.db.K.Workers(), id).Err(); err != nil {
+	return err
+}
+
+// pruneBatch bounds the dead registry entries removed per interval.
+const pruneBatch = 256
+
+// consumerIdleLeases: a consumer idle this many leases, with nothing
+// pending and no registry entry, belongs to a worker that is gone (a live
+// worker reads every FetchBlock).
+const consumerIdleLeases = 4
+
+// pruneConsumers deletes the dead consumers of the worker's pools' band
+// streams (every worker restart under a new id leaves one per band): no
+// pending entries, idle longer than consumerIdleLeases leases, not in the
+// registry. One worker per pool does it per lease (a lock).
+func (w *Worker) pruneConsumers(ctx context.Context) error {
+	for _, pool := range w.cfg.Pools {
+		ok, err := w.db.TryLock(ctx, "consumers:q:"+pool, w.cfg.ID, w.cfg.Lease)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			continue
+		}
+		for _, stream := range w.db.K.Queues(pool) {
+			gone, err := w.db.PruneConsumers(ctx, stream, rdb.GroupWorkers, consumerIdleLeases*w.cfg.Lease, w.db.WorkerRegistry())
+			if err != nil {
 				return err
+			}
+			if len(gone) > 0 {
+				w.log.Info().Str("stream", stream).Strs("consumers", gone).Msg("deleted the consumers of dead workers")
 			}
 		}
 	}

@@ -169,7 +169,7 @@ func runGC(ctx context.Context, m *Main, args []string) error {
 	if *dry {
 		verb = "would remove"
 	}
-	fmt.Fprintf(m.Stdout, "gc: %s %d finished runs (%d events, %d keys); kept %d not yet fully projected; %d dangling index entries\n",
-		verb, len(rep.Runs), rep.Events, rep.Keys, rep.Kept, rep.Dangling)
+	fmt.Fprintf(m.Stdout, "gc: %s %d finished runs (%d events, %d keys); kept %d not yet fully projected; %d dangling index entries; %d dead letters of gone runs\n",
+		verb, len(rep.Runs), rep.Events, rep.Keys, rep.Kept, rep.Dangling, rep.DeadLetters)
 	return nil
 }

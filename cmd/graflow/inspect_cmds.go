@@ -15,6 +15,7 @@ import (
 func init() {
 	register(&command{name: "runs", summary: "list runs, newest first ([--status s] [--limit n])", run: runRuns})
 	register(&command{name: "workers", summary: "list registered workers: pools, load, counters, heartbeat age", run: runWorkers})
+	register(&command{name: "projectors", summary: "list registered projectors: partitions, uptime, heartbeat age (none: runs do not progress)", run: runProjectors})
 	register(&command{name: "queues", summary: "queue streams per pool and priority: length, pending, lag, oldest pending", run: runQueues})
 	register(&command{name: "events", summary: "print a run's events as JSON lines; --follow tails the log live (--run required)", run: runEvents})
 }
@@ -100,6 +101,49 @@ func runWorkers(ctx context.Context, m *Main, args []string) error {
 			w.Running, w.Concurrency, w.Processed, w.Failed, ago(w.UptimeMS), ago(w.HeartbeatAgeMS))
 	}
 	return tw.Flush()
+}
+
+func runProjectors(ctx context.Context, m *Main, args []string) error {
+	var c common
+	fs := m.flags("projectors", &c)
+	fs.BoolVar(&c.json, "json", false, "print JSON")
+	pos, err := parseInterleaved(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 0 {
+		return usagef("projectors takes no arguments")
+	}
+	rc, done, err := c.replayClient(ctx)
+	if err != nil {
+		return err
+	}
+	defer done()
+	ps, err := rc.Projectors(ctx)
+	if err != nil {
+		return err
+	}
+	if c.json {
+		return printJSON(m.Stdout, ps)
+	}
+	live := 0
+	tw := tabwriter.NewWriter(m.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "PROJECTOR\tHOST\tPID\tPARTITIONS\tUPTIME\tLAST HEARTBEAT")
+	for _, p := range ps {
+		if p.Expired {
+			fmt.Fprintf(tw, "%s\t-\t-\t-\t-\texpired (died without deregistering)\n", p.ID)
+			continue
+		}
+		live++
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s ago\n", p.ID, p.Host, p.PID, strings.Join(p.Partitions, ","), ago(p.UptimeMS), ago(p.HeartbeatAgeMS))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if live == 0 {
+		fmt.Fprintln(m.Stdout, "no projector is running: submitted runs will not progress (start one: graflow projector)")
+	}
+	return nil
 }
 
 func runQueues(ctx context.Context, m *Main, args []string) error {

@@ -155,6 +155,24 @@ func (k Keys) Workers() string { return k.ns + ":workers" }
 // Worker is a worker's metadata hash (expires unless refreshed).
 func (k Keys) Worker(id string) string { return k.ns + ":worker:" + id }
 
+// WorkersExpiry scores each registered worker by when its registry hash
+// expires (ms), so pruning reads only the expired ones.
+func (k Keys) WorkersExpiry() string { return k.ns + ":workers:expiry" }
+
+// Projectors is the set of live projector ids.
+func (k Keys) Projectors() string { return k.ns + ":projectors" }
+
+// Projector is a projector's metadata hash (expires unless refreshed).
+func (k Keys) Projector(id string) string { return k.ns + ":projector:" + id }
+
+// ProjectorsExpiry scores each registered projector by when its hash
+// expires (ms).
+func (k Keys) ProjectorsExpiry() string { return k.ns + ":projectors:expiry" }
+
+// Lock is a housekeeping lock (SET NX PX): one process of the namespace
+// does a periodic chore per interval.
+func (k Keys) Lock(name string) string { return k.ns + ":lock:" + name }
+
 // Idempotency maps a caller's idempotency key to a run id.
 func (k Keys) Idempotency(key string) string { return k.ns + ":idem:" + key }
 
