@@ -340,65 +340,12 @@ type RepairReport struct {
 // live claim is never touched.
 func (c *Client) Repair(ctx context.Context, run string) (RepairReport, error) {
 	rep := RepairReport{Run: run}
-	r, err := c.Fold(ctx, run)
-	if err != nil {
-		return rep, err
+	var err error
+	rep.Redispatched, err = projector.Repair(ctx, c.db.C, c.db.K.Namespace(), run, time.Now())
+	if errors.Is(err, projector.ErrNotRunning) {
+		return RepairReport{Run: run, Skipped: true}, nil
 	}
-	if r.Status != projector.RunRunning {
-		rep.Skipped = true
-		return rep, nil
-	}
-	live, err := c.liveWorkers(ctx)
-	if err != nil {
-		return rep, err
-	}
-	parked, err := c.db.C.ZRange(ctx, c.db.K.Delayed(), 0, -1).Result()
-	if err != nil {
-		return rep, err
-	}
-	isParked := func(task string, attempt int) bool {
-		for _, p := range parked {
-			if d, err := rdb.ParseDispatch(p); err == nil && d.Run == run && d.Task == task && d.Attempt == attempt {
-				return true
-			}
-		}
-		return false
-	}
-	pipe := c.db.C.Pipeline()
-	for _, t := range r.Tasks {
-		switch {
-		case t.Status == projector.TaskDispatched && !isParked(t.Spec.ID, t.Attempt):
-		case t.Status == projector.TaskRunning && !live[t.Owner]:
-			err := c.db.Release(ctx, run, t.Spec.ID, t.Owner, t.Attempt, t.Epoch, ulid.Make().String(), time.Now().UnixMilli())
-			if err != nil && !errors.Is(err, rdb.ErrStaleClaim) {
-				return rep, err
-			}
-		default:
-			continue
-		}
-		c.db.XAddDispatch(ctx, pipe, rdb.Dispatch{Pool: t.Spec.Pool, Priority: t.Spec.Priority, Run: run, Task: t.Spec.ID, Attempt: t.Attempt})
-		rep.Redispatched = append(rep.Redispatched, t.Spec.ID)
-	}
-	c.db.PointFeed(ctx, pipe, run)
-	_, err = pipe.Exec(ctx)
 	return rep, err
-}
-
-// liveWorkers returns the ids of workers whose registry hash exists.
-func (c *Client) liveWorkers(ctx context.Context) (map[string]bool, error) {
-	ids, err := c.db.C.SMembers(ctx, c.db.K.Workers()).Result()
-	if err != nil {
-		return nil, err
-	}
-	live := map[string]bool{}
-	for _, id := range ids {
-		n, err := c.db.C.Exists(ctx, c.db.K.Worker(id)).Result()
-		if err != nil {
-			return nil, err
-		}
-		live[id] = n == 1
-	}
-	return live, nil
 }
 
 // RunningRuns lists the ids of runs in the index whose state is running.

@@ -96,6 +96,9 @@ func (p *Projector) housekeep(ctx context.Context, cur *sweepCursor) {
 	if ok, err := p.db.TryLock(ctx, "index-sweep", p.cfg.ID, every); err == nil && ok {
 		p.sweep(ctx, cur)
 	}
+	if ok, err := p.db.TryLock(ctx, "repair", p.cfg.ID, every); err == nil && ok {
+		p.autoRepair(ctx, &cur.repair)
+	}
 	if ok, err := p.db.TryLock(ctx, "projectors-registry", p.cfg.ID, every); err == nil && ok {
 		dead, err := p.db.ProjectorRegistry().Prune(ctx, p.cfg.Redis, p.cfg.Now(), 100)
 		if err != nil && ctx.Err() == nil {
@@ -109,7 +112,10 @@ func (p *Projector) housekeep(ctx context.Context, cur *sweepCursor) {
 
 // sweepCursor is where the next sweep pass starts (ranks), owned by one
 // registry loop.
-type sweepCursor struct{ runs, dlq int64 }
+type sweepCursor struct {
+	runs, dlq int64
+	repair    repairCursor
+}
 
 // sweepPage bounds the index entries and the dead letters checked per pass.
 const sweepPage = 200

@@ -59,10 +59,14 @@ func (w *Worker) reclaim(ctx context.Context, stream string) error {
 		if len(deleted) > 0 {
 			// Only an external XDEL/XTRIM deletes a pending entry (our acks
 			// delete after XACK). XAUTOCLAIM dropped them from the PEL; the
-			// tasks are still dispatched/running in their runs' state, and
-			// "graflow repair" re-dispatches them from there.
+			// tasks are still dispatched/running in their runs' state. The
+			// entries carry no fields, so their runs are unknown here: a
+			// projector repairs every running run from its log.
 			w.log.Error().Strs("ids", deleted).Str("stream", stream).
-				Msg("pending queue entries were deleted from the stream; run \"graflow repair\" to re-dispatch their tasks from run state")
+				Msg("pending queue entries were deleted from the stream; a projector re-dispatches their tasks from run state")
+			if err := w.db.RequestRepair(ctx); err != nil {
+				w.log.Warn().Err(err).Msg("request a repair; run \"graflow repair --all\"")
+			}
 		}
 		deliveries := w.deliveries(ctx, stream, msgs)
 		for i, m := range msgs {

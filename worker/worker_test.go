@@ -1178,3 +1178,35 @@ func TestAWideFanInReadsItsUpstreamResultsPageByPage(t *testing.T) {
 		t.Errorf("the claim carried %d results, EachUpstream saw %d, BindUpstream(m29) = %.10q...; want fewer than 30, 30, its result", s.carried, s.each, s.last)
 	}
 }
+
+// Issue #10 defect 6: a queue entry deleted while pending (an XTRIM or XDEL
+// by hand) left its task running under a dead worker with nothing to
+// reclaim it: XAUTOCLAIM only reports the id, and the reclaimer logged it
+// and waited for an operator's "graflow repair". Now it asks for a repair,
+// and a projector re-dispatches the task from the run's log.
+func TestADeletedPendingEntryIsRepairedAutomatically(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	run := b.submit(t, events.TaskSpec{ID: "t", Handler: "ok"})
+	b.abandon(t, run, "t", 1)
+	q := b.db.K.Queue("default", 0)
+	p, err := b.c.XPendingExt(b.ctx, &redis.XPendingExtArgs{Stream: q, Group: rdb.GroupWorkers, Start: "-", End: "+", Count: 10}).Result()
+	if err != nil || len(p) != 1 {
+		t.Fatalf("pending: %v %v", p, err)
+	}
+	if err := b.c.XDel(b.ctx, q, p[0].ID).Err(); err != nil {
+		t.Fatal(err)
+	}
+	cfg := b.config("rescuer")
+	cfg.ReclaimInterval = 20 * time.Millisecond
+	b.start(t, cfg, map[string]worker.HandlerFunc{
+		"ok": func(ctx context.Context, task *worker.Task) (any, error) { return "ok", nil },
+	})
+	log, r := b.waitEnd(t, run)
+	if r.Status != projector.RunSucceeded {
+		t.Fatalf("run %s", r.Status)
+	}
+	if re := only(log, events.TaskReclaimed, "t"); len(re) != 1 || re[0].Epoch != 2 {
+		t.Errorf("task_reclaimed %v: want the dead claim handed back once (epoch 2)", re)
+	}
+}

@@ -100,6 +100,10 @@ func (k Keys) RunOutbox(run string) string { return k.ns + ":{" + run + "}:outbo
 // RunChannel is the run-scoped key/value hash.
 func (k Keys) RunChannel(run string) string { return k.ns + ":{" + run + "}:channel" }
 
+// RepairRequested is set when queue entries were deleted while pending: a
+// projector then repairs the running runs (rdb.Repair) and clears it.
+func (k Keys) RepairRequested() string { return k.ns + ":repair-requested" }
+
 // Quarantined maps quarantined runs to why (run id → reason): an index
 // for operators, written even when the run's own keys cannot be.
 func (k Keys) Quarantined() string { return k.ns + ":quarantined" }

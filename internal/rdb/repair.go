@@ -1,0 +1,138 @@
+package rdb
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"time"
+
+	"github.com/oklog/ulid/v2"
+	"github.com/redis/go-redis/v9"
+)
+
+// RepairTask is what a repair needs to know of one task of a running run,
+// from the fold of its log.
+type RepairTask struct {
+	ID, Status, Owner string
+	Attempt           int
+	Epoch             int64
+	Pool              string
+	Priority          int
+}
+
+// Repair re-dispatches a running run's tasks whose queue message may be
+// gone (deleted from a queue stream while pending by an XTRIM/XDEL, or lost
+// by a failover): every dispatched task that is not parked in the delayed
+// set gets a fresh message, and every running task whose owner is no longer
+// registered is handed back (release: epoch bumped, so a late result of the
+// old claim is rejected) and gets one too. A live claim is never touched,
+// and a duplicate message is dropped at claim. It points the feed at the
+// run and returns the re-dispatched task ids.
+func (d DB) Repair(ctx context.Context, run string, tasks []RepairTask, now time.Time) ([]string, error) {
+	live, err := d.liveWorkers(ctx)
+	if err != nil {
+		return nil, err
+	}
+	parked, err := d.C.ZRange(ctx, d.K.Delayed(), 0, -1).Result()
+	if err != nil {
+		return nil, err
+	}
+	isParked := map[string]bool{}
+	for _, p := range parked {
+		if x, err := ParseDispatch(p); err == nil && x.Run == run {
+			isParked[x.Task+"|"+strconv.Itoa(x.Attempt)] = true
+		}
+	}
+	var out []string
+	pipe := d.C.Pipeline()
+	for _, t := range tasks {
+		switch {
+		case t.Status == "dispatched" && !isParked[t.ID+"|"+strconv.Itoa(t.Attempt)]:
+		case t.Status == "running" && !live[t.Owner]:
+			err := d.Release(ctx, run, t.ID, t.Owner, t.Attempt, t.Epoch, ulid.Make().String(), now.UnixMilli())
+			if err != nil && !errors.Is(err, ErrStaleClaim) {
+				return out, err
+			}
+		default:
+			continue
+		}
+		d.XAddDispatch(ctx, pipe, Dispatch{Pool: t.Pool, Priority: t.Priority, Run: run, Task: t.ID, Attempt: t.Attempt})
+		out = append(out, t.ID)
+	}
+	d.PointFeed(ctx, pipe, run)
+	_, err = pipe.Exec(ctx)
+	return out, err
+}
+
+// liveWorkers returns the ids of the registered workers whose registry
+// hash exists.
+func (d DB) liveWorkers(ctx context.Context) (map[string]bool, error) {
+	ids, err := d.C.SMembers(ctx, d.K.Workers()).Result()
+	if err != nil {
+		return nil, err
+	}
+	pipe := d.C.Pipeline()
+	cmds := make([]*redis.IntCmd, len(ids))
+	for i, id := range ids {
+		cmds[i] = pipe.Exists(ctx, d.K.Worker(id))
+	}
+	if len(ids) > 0 {
+		if _, err := pipe.Exec(ctx); err != nil {
+			return nil, err
+		}
+	}
+	live := map[string]bool{}
+	for i, id := range ids {
+		live[id] = cmds[i].Val() == 1
+	}
+	return live, nil
+}
+
+// RunningRuns returns up to n ids of the run index from rank start whose
+// state is running, and the rank to start the next page at (0 after the
+// last page).
+func (d DB) RunningRuns(ctx context.Context, start, n int64) (runs []string, next int64, err error) {
+	ids, err := d.C.ZRange(ctx, d.K.Runs(), start, start+n-1).Result()
+	if err != nil {
+		return nil, 0, err
+	}
+	pipe := d.C.Pipeline()
+	cmds := make([]*redis.StringCmd, len(ids))
+	for i, id := range ids {
+		cmds[i] = pipe.HGet(ctx, d.K.RunState(id), FieldRunStatus)
+	}
+	if len(ids) > 0 {
+		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+			return nil, 0, err
+		}
+	}
+	for i, id := range ids {
+		if cmds[i].Val() == "running" {
+			runs = append(runs, id)
+		}
+	}
+	if int64(len(ids)) < n {
+		return runs, 0, nil
+	}
+	return runs, start + n, nil
+}
+
+// RequestRepair records that queue entries were deleted while pending (the
+// reclaimer saw XAUTOCLAIM report them): a projector then repairs every
+// running run (see Repair). Idempotent.
+func (d DB) RequestRepair(ctx context.Context) error {
+	return d.C.Set(ctx, d.K.RepairRequested(), "1", 0).Err()
+}
+
+// RepairRequested reports whether a repair was requested, and clears the
+// request when clear is set (a repair pass starting over the whole index).
+func (d DB) RepairRequested(ctx context.Context, clear bool) (bool, error) {
+	var n int64
+	var err error
+	if clear {
+		n, err = d.C.Del(ctx, d.K.RepairRequested()).Result()
+	} else {
+		n, err = d.C.Exists(ctx, d.K.RepairRequested()).Result()
+	}
+	return n == 1, err
+}
