@@ -24,10 +24,22 @@ var (
 	ErrUnknownHandler    = errors.New("unknown handler")
 	ErrInvalidOption     = errors.New("invalid task option")
 	ErrPayloadTooLarge   = errors.New("payload too large")
+	ErrTooManyTasks      = errors.New("too many tasks")
+	ErrSpecTooLarge      = errors.New("workflow too large")
 )
 
-// DefaultMaxPayloadBytes bounds a run's input and a task's args.
-const DefaultMaxPayloadBytes = 1 << 20
+// Limits of a run definition (see docs/operations.md, "Limits").
+const (
+	// DefaultMaxPayloadBytes bounds a run's input and a task's args.
+	DefaultMaxPayloadBytes = 1 << 20
+	// DefaultMaxTasks bounds the tasks of one run.
+	DefaultMaxTasks = 100_000
+	// DefaultMaxSpecBytes bounds a run's whole definition as stored in its
+	// run_submitted event (tasks, args, input, options): one stream entry
+	// and one script call, well under Redis' 512 MB bulk limit so the
+	// failure is this typed error, not one from inside Redis.
+	DefaultMaxSpecBytes = 64 << 20
+)
 
 // ValidationError lists every problem found in a workflow. Nothing was
 // written for it.
@@ -53,6 +65,11 @@ var idRE = regexp.MustCompile(`^[A-Za-z0-9_.:-]{1,200}$`)
 type ValidateOptions struct {
 	// MaxPayloadBytes bounds the input and each task's args (default 1 MiB).
 	MaxPayloadBytes int
+	// MaxTasks bounds the tasks (default DefaultMaxTasks).
+	MaxTasks int
+	// MaxSpecBytes bounds the encoded definition (default
+	// DefaultMaxSpecBytes).
+	MaxSpecBytes int
 	// Handlers, when not nil, is the set of known handler names: any other
 	// handler is ErrUnknownHandler.
 	Handlers map[string]bool
@@ -66,6 +83,12 @@ func Validate(spec events.RunSubmittedBody, opt ValidateOptions) error {
 	if opt.MaxPayloadBytes <= 0 {
 		opt.MaxPayloadBytes = DefaultMaxPayloadBytes
 	}
+	if opt.MaxTasks <= 0 {
+		opt.MaxTasks = DefaultMaxTasks
+	}
+	if opt.MaxSpecBytes <= 0 {
+		opt.MaxSpecBytes = DefaultMaxSpecBytes
+	}
 	var probs []error
 	add := func(base error, format string, args ...any) {
 		probs = append(probs, fmt.Errorf("%w: %s", base, fmt.Sprintf(format, args...)))
@@ -75,6 +98,12 @@ func Validate(spec events.RunSubmittedBody, opt ValidateOptions) error {
 	}
 	if len(spec.Input) > opt.MaxPayloadBytes {
 		add(ErrPayloadTooLarge, "input is %d bytes, the limit is %d", len(spec.Input), opt.MaxPayloadBytes)
+	}
+	if len(spec.Tasks) > opt.MaxTasks {
+		add(ErrTooManyTasks, "%d tasks, the limit is %d", len(spec.Tasks), opt.MaxTasks)
+	}
+	if n := specSize(spec); n > opt.MaxSpecBytes {
+		add(ErrSpecTooLarge, "the definition is about %d bytes encoded, the limit is %d", n, opt.MaxSpecBytes)
 	}
 	index := make(map[string]int, len(spec.Tasks))
 	for i, t := range spec.Tasks {
@@ -180,4 +209,19 @@ func findCycle(tasks []events.TaskSpec, index map[string]int) []string {
 		}
 	}
 	return nil
+}
+
+// specSize is about the encoded size of spec in its run_submitted event:
+// the payloads plus a generous 256 bytes a task for ids, handlers,
+// dependencies and options (exact for the payloads, which dominate large
+// definitions, without encoding the whole definition twice).
+func specSize(spec events.RunSubmittedBody) int {
+	n := len(spec.Workflow) + len(spec.Input) + 64
+	for _, t := range spec.Tasks {
+		n += 256 + len(t.ID) + len(t.Handler) + len(t.Pool) + len(t.Args)
+		for _, d := range t.Deps {
+			n += len(d) + 3
+		}
+	}
+	return n
 }

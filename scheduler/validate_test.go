@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strconv"
 	"strings"
 	"testing"
@@ -322,5 +323,40 @@ func TestNewRequiresRedis(t *testing.T) {
 	_, err := scheduler.New(scheduler.Config{Namespace: "bad ns"})
 	if err == nil || !strings.Contains(err.Error(), "Redis is required") || !strings.Contains(err.Error(), "invalid namespace") {
 		t.Errorf("New = %v, want both problems", err)
+	}
+}
+
+// Issue #10 defect 7: a definition too large for one script call failed
+// inside Redis; it is refused with a typed error before anything is
+// written.
+func TestValidateBoundsTheWholeDefinition(t *testing.T) {
+	t.Parallel()
+	tasks := func(n, argBytes int) []events.TaskSpec {
+		out := make([]events.TaskSpec, n)
+		for i := range out {
+			out[i] = events.TaskSpec{ID: fmt.Sprintf("t%d", i), Handler: "h"}
+			if argBytes > 0 {
+				out[i].Args = json.RawMessage(`"` + strings.Repeat("x", argBytes-2) + `"`)
+			}
+		}
+		return out
+	}
+	for name, tc := range map[string]struct {
+		spec events.RunSubmittedBody
+		opt  scheduler.ValidateOptions
+		want error
+	}{
+		"more tasks than MaxTasks":   {events.RunSubmittedBody{Workflow: "w", Tasks: tasks(11, 0)}, scheduler.ValidateOptions{MaxTasks: 10}, scheduler.ErrTooManyTasks},
+		"payloads over MaxSpecBytes": {events.RunSubmittedBody{Workflow: "w", Tasks: tasks(40, 1000)}, scheduler.ValidateOptions{MaxSpecBytes: 32 << 10}, scheduler.ErrSpecTooLarge},
+		"the default task limit":     {events.RunSubmittedBody{Workflow: "w", Tasks: tasks(scheduler.DefaultMaxTasks+1, 0)}, scheduler.ValidateOptions{}, scheduler.ErrTooManyTasks},
+		"the default size limit":     {events.RunSubmittedBody{Workflow: "w", Tasks: tasks(70, 1<<20)}, scheduler.ValidateOptions{}, scheduler.ErrSpecTooLarge},
+	} {
+		err := scheduler.Validate(tc.spec, tc.opt)
+		if !errors.Is(err, tc.want) || !errors.Is(err, scheduler.ErrInvalidWorkflow) {
+			t.Errorf("%s: Validate = %v, want %v", name, err, tc.want)
+		}
+	}
+	if err := scheduler.Validate(events.RunSubmittedBody{Workflow: "w", Tasks: tasks(20_000, 0)}, scheduler.ValidateOptions{}); err != nil {
+		t.Errorf("a 20,000-task definition: %v", err)
 	}
 }

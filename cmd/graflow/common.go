@@ -14,6 +14,7 @@ import (
 
 	"github.com/graflow-go/graflow"
 	"github.com/graflow-go/graflow/internal/rdb"
+	"github.com/graflow-go/graflow/scheduler"
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 )
@@ -172,7 +173,23 @@ func printJSON(w io.Writer, v any) error {
 	return enc.Encode(v)
 }
 
-func readAll(r io.Reader) ([]byte, error) { return io.ReadAll(r) }
+// maxSpecFile bounds a spec read by "graflow submit" (a file or stdin):
+// scheduler.DefaultMaxSpecBytes plus room for the YAML/JSON syntax around
+// it. Larger input is refused before it is read whole.
+const maxSpecFile = scheduler.DefaultMaxSpecBytes + scheduler.DefaultMaxSpecBytes/4
+
+// readSpec reads at most maxSpecFile bytes from r, and fails if there is
+// more.
+func readSpec(r io.Reader, name string) ([]byte, error) {
+	data, err := io.ReadAll(io.LimitReader(r, maxSpecFile+1))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", name, err)
+	}
+	if len(data) > maxSpecFile {
+		return nil, fmt.Errorf("%w: %s is more than %d bytes, the limit of a spec", scheduler.ErrSpecTooLarge, name, maxSpecFile)
+	}
+	return data, nil
+}
 
 // cpuProfile writes a CPU profile to path (nothing when path is empty)
 // until the returned stop is called.

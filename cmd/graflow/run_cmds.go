@@ -110,9 +110,13 @@ func runSubmit(ctx context.Context, m *Main, args []string) error {
 	var data []byte
 	var err error
 	if fs.Arg(0) == "-" {
-		data, err = readAll(m.Stdin)
+		data, err = readSpec(m.Stdin, "standard input")
 	} else {
-		data, err = os.ReadFile(fs.Arg(0))
+		var f *os.File
+		if f, err = os.Open(fs.Arg(0)); err == nil {
+			data, err = readSpec(f, fs.Arg(0))
+			_ = f.Close()
+		}
 	}
 	if err != nil {
 		return withCode(ExitUsage, err)
