@@ -2,6 +2,7 @@ package projector
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/graflow-go/graflow/events"
@@ -16,7 +17,7 @@ func (p *Projector) Project(ctx context.Context, run string) error {
 	c := p.entry(run)
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	conflicts := 0
+	conflicts, recordConflicts := 0, 0
 	next := stepReadOn
 	for {
 		if c.run == nil {
@@ -56,6 +57,15 @@ func (p *Projector) Project(ctx context.Context, run string) error {
 		if res.Conflict {
 			conflicts++
 			p.log.Debug().Str("run", run).Int("conflicts", conflicts).Str("why", res.Why).Msg("commit refused; folding on")
+			if res.HeadMoved() {
+				recordConflicts = 0
+			} else if recordConflicts++; recordConflicts > maxRecordConflicts {
+				// The run was reloaded from its log each time and a task
+				// record still disagrees with the fold: the state hash was
+				// changed outside the engine.
+				c.run = nil
+				return fmt.Errorf("project run %s: %w: %s", run, ErrStateDiverged, res.Why)
+			}
 			if conflicts > maxConflicts {
 				c.run = nil
 				return fmt.Errorf("project run %s: %d %w (last: %s)", run, conflicts, errConflictStorm, res.Why)
@@ -71,6 +81,16 @@ func (p *Projector) Project(ctx context.Context, run string) error {
 // maxConflicts bounds the commit conflicts in a row one Project call
 // takes before it gives up with an error (and its caller retries later).
 const maxConflicts = 100
+
+// maxRecordConflicts bounds the commits in a row refused because a task
+// record disagrees with the fold of a freshly loaded log.
+const maxRecordConflicts = 3
+
+// ErrStateDiverged is returned (wrapped) when a run's state hash holds a
+// task record that the fold of its log cannot explain, commit after
+// commit: something outside the engine changed it. The projector
+// quarantines such a run.
+var ErrStateDiverged = errors.New("the run's state disagrees with its log")
 
 // step says how Project goes on after a commit.
 type step int

@@ -2,6 +2,7 @@
 package scheduler
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"regexp"
@@ -25,6 +26,7 @@ var (
 	ErrInvalidOption     = errors.New("invalid task option")
 	ErrPayloadTooLarge   = errors.New("payload too large")
 	ErrTooManyTasks      = errors.New("too many tasks")
+	ErrInvalidPayload    = errors.New("payload is not valid JSON")
 	ErrSpecTooLarge      = errors.New("workflow too large")
 )
 
@@ -98,6 +100,8 @@ func Validate(spec events.RunSubmittedBody, opt ValidateOptions) error {
 	}
 	if len(spec.Input) > opt.MaxPayloadBytes {
 		add(ErrPayloadTooLarge, "input is %d bytes, the limit is %d", len(spec.Input), opt.MaxPayloadBytes)
+	} else if len(spec.Input) > 0 && !json.Valid(spec.Input) {
+		add(ErrInvalidPayload, "the run's input")
 	}
 	if len(spec.Tasks) > opt.MaxTasks {
 		add(ErrTooManyTasks, "%d tasks, the limit is %d", len(spec.Tasks), opt.MaxTasks)
@@ -131,6 +135,8 @@ func Validate(spec events.RunSubmittedBody, opt ValidateOptions) error {
 		}
 		if len(t.Args) > opt.MaxPayloadBytes {
 			add(ErrPayloadTooLarge, "task %q: args are %d bytes, the limit is %d", t.ID, len(t.Args), opt.MaxPayloadBytes)
+		} else if len(t.Args) > 0 && !json.Valid(t.Args) {
+			add(ErrInvalidPayload, "task %q: args", t.ID)
 		}
 	}
 	brokenGraph := false

@@ -70,7 +70,7 @@ func TestClaimOfUnreadableMetadataWritesNothing(t *testing.T) {
 		n, state := len(b.log(t)), b.hash(t, b.db.K.RunState(b.run))
 		cr, err := b.db.Claim(b.ctx, rdb.ClaimArgs{Run: b.run, Task: "a", Worker: "w1", Attempt: 1, EventID: ulid.Make().String(),
 			TimeMS: 2000, Reclaim: reclaim, Deliveries: 3, ReclaimEventID: ulid.Make().String()})
-		if err != nil || cr.Outcome != rdb.ClaimBad || !strings.Contains(cr.Detail, "undecodable") {
+		if err != nil || cr.Outcome != rdb.ClaimBad || !strings.Contains(cr.Detail, "unreadable") {
 			t.Fatalf("reclaim=%v: claim = %+v, %v; want bad", reclaim, cr, err)
 		}
 		if len(b.log(t)) != n {

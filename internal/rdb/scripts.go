@@ -207,11 +207,11 @@ return n
 // that attempt, bumps the epoch, records the owner, appends task_claimed
 // (after task_reclaimed when taking over a running claim in reclaim mode),
 // and returns what the handler needs. Every read and check of an item
-// comes before its first write, and user data (args, input, results) is
-// never decoded in Lua: the dependency list is read from the head of the
-// stored metadata, which MetaOf encodes first ({"d":[...],...}; task ids
-// need no JSON escaping). Metadata stored before that order (handler
-// first) is decoded with a protected cjson call, still before any write.
+// comes before its first write, and nothing is decoded in Lua (user args
+// nested deeper than cjson allows used to fail the script after it wrote):
+// the dependency list is read from the head of the stored metadata, which
+// MetaOf encodes first ({"d":[...],...}; task ids need no JSON escaping),
+// or right after the handler in metadata stored before that order.
 //
 // KEYS: 1 state, 2 log, 3 dag, 4 results
 // ARGV: 1 n, 2 upstream byte budget of the call (0: none), then n items
@@ -251,20 +251,21 @@ local function claimedby(log, id)
   return false
 end
 -- deps returns the dependency ids in a task's stored metadata, or nil and
--- why it cannot be read.
+-- why it cannot be read. Nothing is decoded: MetaOf writes the deps first
+-- ({"d":[...],"h":...}, none when there are none); metadata written before
+-- that has them right after the handler ({"h":"name","d":[...]}; handler
+-- names and task ids need no JSON escaping).
 local function deps(meta)
   local list = string.match(meta, '^{"d":%[([^%]]*)%]')
-  if list then
-    local out = {}
-    for id in string.gmatch(list, '"([^"]*)"') do out[#out + 1] = id end
-    return out
+  if not list then list = string.match(meta, '^{"h":"[^"\\]*","d":%[([^%]]*)%]') end
+  if not list then
+    local legacy = string.find(meta, '^{"h":"[^"\\]*","d":')
+    if (string.sub(meta, 1, 5) == '{"h":' and not legacy) or meta == '{}' then return {} end
+    return nil, 'unreadable task metadata: ' .. string.sub(meta, 1, 40)
   end
-  if string.sub(meta, 1, 5) ~= '{"h":' then return {} end
-  -- Metadata written before deps came first: decode it, protected.
-  local ok, m = pcall(cjson.decode, meta)
-  if not ok then return nil, 'undecodable task metadata: ' .. tostring(m) end
-  if type(m.d) == 'table' then return m.d end
-  return {}
+  local out = {}
+  for id in string.gmatch(list, '"([^"]*)"') do out[#out + 1] = id end
+  return out
 end
 local function one(A)
   local run, st, a, e, o = getrun(KEYS[1], A[1])
