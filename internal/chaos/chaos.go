@@ -15,13 +15,13 @@ import (
 	"fmt"
 	"io"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/graflow-go/graflow"
 	"github.com/graflow-go/graflow/events"
 	"github.com/graflow-go/graflow/internal/rdb"
+	"github.com/graflow-go/graflow/internal/retry"
 	"github.com/graflow-go/graflow/replay"
 	"github.com/graflow-go/graflow/worker/builtin"
 	"github.com/redis/go-redis/v9"
@@ -443,21 +443,10 @@ func (s *stack) history(ctx context.Context, run string) ([]events.Event, map[st
 	return evs, live, err
 }
 
-// retryRedis retries op while Redis is restarting (connection errors).
+// retryRedis retries op while Redis is restarting (the engine's one rule
+// for transient errors, internal/retry).
 func retryRedis(ctx context.Context, op func() error) error {
-	delay := 50 * time.Millisecond
-	for {
-		err := op()
-		if err == nil || ctx.Err() != nil || errors.Is(err, graflow.ErrRunNotFound) || !transient(err) {
-			return err
-		}
-		if !wait(ctx, delay) {
-			return ctx.Err()
-		}
-		if delay < time.Second {
-			delay *= 2
-		}
-	}
+	return retry.Do(ctx, retry.Policy{Initial: 50 * time.Millisecond, Max: time.Second}, op)
 }
 
 // wait sleeps d or until ctx ends; it reports whether d passed.
@@ -470,18 +459,4 @@ func wait(ctx context.Context, d time.Duration) bool {
 	case <-t.C:
 		return true
 	}
-}
-
-func transient(err error) bool {
-	var ne interface{ Timeout() bool }
-	if errors.As(err, &ne) {
-		return true
-	}
-	msg := err.Error()
-	for _, s := range []string{"connection refused", "EOF", "connection reset", "broken pipe", "LOADING", "i/o timeout"} {
-		if strings.Contains(msg, s) {
-			return true
-		}
-	}
-	return false
 }
