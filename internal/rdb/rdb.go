@@ -606,16 +606,21 @@ func (d DB) Requeue(ctx context.Context, run, task, writer, eventID string, time
 }
 
 // Quarantine sets a running run aside for good (see quarantineScript) and
-// indexes it in the namespace's quarantine hash. The index is written even
-// when the run's own keys cannot be (a key of the wrong type, no
-// permission): that error is returned after it. done is false when the
-// run was not running (nothing was appended).
+// indexes it in the namespace's quarantine hash. The index is written first
+// (so whoever sees run_quarantined in the log finds the index entry too),
+// and even when the run's own keys cannot be written (a key of the wrong
+// type, no permission): that error is returned after it. done is false
+// when the run was not running (nothing was appended); its index entry is
+// then removed unless the run was quarantined already.
 func (d DB) Quarantine(ctx context.Context, run string, ev events.Event, reason string) (done bool, err error) {
+	ierr := d.C.HSet(ctx, d.K.Quarantined(), run, reason).Err()
 	res, serr := quarantineScript.Run(ctx, d.C, []string{d.K.RunState(run), d.K.RunLog(run)},
 		ev.ID, ev.Time.UnixMilli(), ev.Worker, string(ev.Body), reason).Slice()
-	ierr := d.C.HSet(ctx, d.K.Quarantined(), run, reason).Err()
 	if serr != nil {
 		return false, errors.Join(fmt.Errorf("quarantine run %s: %w", run, serr), ierr)
+	}
+	if str(res, 0) == "not_running" && str(res, 1) != "quarantined" && ierr == nil {
+		ierr = d.C.HDel(ctx, d.K.Quarantined(), run).Err()
 	}
 	return str(res, 0) == "ok", ierr
 }
