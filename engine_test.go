@@ -177,7 +177,7 @@ func TestRepairRedispatchesTasksWhoseMessagesWereDeleted(t *testing.T) {
 	// Wait for the dispatch to reach its queue, then lose it the way an
 	// operator's XTRIM would.
 	for last := "0"; ; {
-		res, err := b.rdb.XRead(ctx, &redis.XReadArgs{Streams: []string{k.Queue("default", 0), last}, Block: 5 * time.Second}).Result()
+		res, err := b.rdb.XRead(ctx, &redis.XReadArgs{Streams: []string{k.Queue(0, "default", 0), last}, Block: 5 * time.Second}).Result()
 		if err != nil {
 			t.Fatalf("waiting for the dispatch: %v", err)
 		}
@@ -185,7 +185,7 @@ func TestRepairRedispatchesTasksWhoseMessagesWereDeleted(t *testing.T) {
 			break
 		}
 	}
-	if err := b.rdb.XTrimMaxLen(ctx, k.Queue("default", 0), 0).Err(); err != nil {
+	if err := b.rdb.XTrimMaxLen(ctx, k.Queue(0, "default", 0), 0).Err(); err != nil {
 		t.Fatal(err)
 	}
 	rep, err := b.client.Repair(ctx, run)

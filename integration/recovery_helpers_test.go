@@ -205,13 +205,57 @@ func killedBy(p *proc, sig syscall.Signal) bool {
 func (s *stack) pending(ctx context.Context, pool string) map[string]int64 {
 	s.t.Helper()
 	out := map[string]int64{}
-	for _, q := range s.keys.Queues(pool) {
+	for _, q := range s.keys.AllQueues(pool) {
 		p, err := s.rdb.XPending(ctx, q, rdb.GroupWorkers).Result()
 		if err != nil && !strings.Contains(err.Error(), "NOGROUP") {
 			s.t.Fatalf("XPENDING %s: %v", q, err)
 		}
 		if p != nil && p.Count > 0 {
 			out[q] = p.Count
+		}
+	}
+	return out
+}
+
+// pendingTasks returns the task ids of the queue messages of pool that are
+// pending (read and not acked), with their consumers.
+func (s *stack) pendingTasks(ctx context.Context, pool string) map[string]string {
+	s.t.Helper()
+	out := map[string]string{}
+	for _, q := range s.keys.AllQueues(pool) {
+		ps, err := s.rdb.XPendingExt(ctx, &redis.XPendingExtArgs{Stream: q, Group: rdb.GroupWorkers, Start: "-", End: "+", Count: 1000}).Result()
+		if err != nil && !strings.Contains(err.Error(), "NOGROUP") {
+			s.t.Fatalf("XPENDING %s: %v", q, err)
+		}
+		for _, p := range ps {
+			msgs, err := s.rdb.XRange(ctx, q, p.ID, p.ID).Result()
+			if err != nil {
+				s.t.Fatalf("XRANGE %s %s: %v", q, p.ID, err)
+			}
+			for _, m := range msgs {
+				task, _ := m.Values[rdb.MsgTask].(string)
+				out[task] = p.Consumer
+			}
+		}
+	}
+	return out
+}
+
+// queuedTasks returns the tasks of run that have a message on pool's queue
+// streams (pending or not).
+func (s *stack) queuedTasks(ctx context.Context, pool, run string) map[string]bool {
+	s.t.Helper()
+	out := map[string]bool{}
+	for _, q := range s.keys.AllQueues(pool) {
+		msgs, err := s.rdb.XRange(ctx, q, "-", "+").Result()
+		if err != nil {
+			s.t.Fatalf("XRANGE %s: %v", q, err)
+		}
+		for _, m := range msgs {
+			if m.Values[rdb.MsgRun] == run {
+				task, _ := m.Values[rdb.MsgTask].(string)
+				out[task] = true
+			}
 		}
 	}
 	return out

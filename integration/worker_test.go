@@ -72,7 +72,7 @@ func TestWorkerSIGTERMDrains(t *testing.T) {
 			t.Errorf("%s succeeded by %q, want %q (the drained worker)", task, by, id)
 		}
 	}
-	for _, q := range s.keys.Queues(worker.DefaultPool) {
+	for _, q := range s.keys.AllQueues(worker.DefaultPool) {
 		p, err := s.rdb.XPending(ctx, q, rdb.GroupWorkers).Result()
 		if err != nil {
 			t.Fatalf("XPENDING %s: %v", q, err)
@@ -157,7 +157,7 @@ func TestPriority(t *testing.T) {
 	// Wait until the projector relayed every dispatch to the queue streams
 	// (XREAD BLOCK on the two bands; no consumer group involved).
 	queued := map[string]bool{}
-	streams := []string{s.keys.Queue(worker.DefaultPool, 9), s.keys.Queue(worker.DefaultPool, 0)}
+	streams := []string{s.keys.Queue(0, worker.DefaultPool, 9), s.keys.Queue(0, worker.DefaultPool, 0)}
 	last := []string{"0", "0"}
 	for len(queued) < low+high {
 		res, err := s.rdb.XRead(ctx, &redis.XReadArgs{Streams: append(append([]string(nil), streams...), last...), Block: time.Second}).Result()

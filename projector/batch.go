@@ -19,23 +19,16 @@ type pass struct {
 	commit    rdb.Commit
 	commitCmd *redis.Cmd
 	res       rdb.CommitResult
-	relayed   int           // how many queue commands of the relay pipeline are this run's
-	ack       *redis.Cmd    // its outbox ack
-	cmds      []redis.Cmder // its queue commands
 }
 
 // projectBatch is the common case of Project for many runs at once: each
-// stage (read the log after the cursor, commit, relay the outbox, ack it)
-// is one pipeline for every run of the batch instead of a round trip per
-// run. Each run's steps are exactly Project's, in the same order; only the
-// round trips are shared. A run that needs anything else (a conflict, a
-// long log, an outbox it must read back, more decisions than one commit
-// holds, an error, a run another goroutine holds) is returned, untouched
-// past its last completed step, for Project to finish. later are the
-// outbox acks of relayed runs that are done for now; the caller sends them
-// with its feed ack (a crash before leaves relayed entries in the outbox:
-// relayed again, and the duplicate messages dropped at claim).
-func (p *Projector) projectBatch(ctx context.Context, runs []string) (rest []string, later []outboxAck) {
+// stage (read the log after the cursor, commit) is one pipeline for every
+// run of the batch instead of a round trip per run. Each run's steps are
+// exactly Project's, in the same order; only the round trips are shared.
+// A run that needs anything else (a conflict, a long log, more decisions
+// than one commit holds, an error, a run another goroutine holds) is
+// returned, untouched past its last completed step, for Project to finish.
+func (p *Projector) projectBatch(ctx context.Context, runs []string) (rest []string) {
 	var ps []*pass
 	for _, run := range runs {
 		c := p.entry(run)
@@ -51,7 +44,7 @@ func (p *Projector) projectBatch(ctx context.Context, runs []string) (rest []str
 		}
 	}()
 	if len(ps) == 0 {
-		return rest, nil
+		return rest
 	}
 	// giveUp hands x to Project; reload says its cached state is not
 	// trusted any more.
@@ -110,7 +103,7 @@ func (p *Projector) projectBatch(ctx context.Context, runs []string) (rest []str
 		live = append(live, x)
 	}
 	if len(live) == 0 {
-		return rest, nil
+		return rest
 	}
 
 	// 2. Commit every run's decisions (each a compare-and-set on its own
@@ -125,7 +118,7 @@ func (p *Projector) projectBatch(ctx context.Context, runs []string) (rest []str
 		for _, x := range live {
 			giveUp(x, true)
 		}
-		return rest, nil
+		return rest
 	}
 	committed := live[:0:0]
 	for _, x := range live {
@@ -146,95 +139,25 @@ func (p *Projector) projectBatch(ctx context.Context, runs []string) (rest []str
 		committed = append(committed, x)
 	}
 	if len(committed) == 0 {
-		return rest, nil
+		return rest
 	}
 	crashpoint.Hit(crashpoint.ProjectorAfterCommit)
 
-	// 3. Relay the outboxes that hold exactly what the commits pushed: the
-	// queue writes of every run in one pipeline.
-	pipe = p.cfg.Redis.Pipeline()
-	delayed := false
-	var relaying []*pass
+	// 3. Settle: apply the decisions to the cached state, as Project does.
+	parked := false
 	for _, x := range committed {
-		if x.res.Outbox == 0 || x.res.Outbox != int64(len(x.commit.Outbox)) {
-			continue // nothing to relay, or an outbox Project reads back
-		}
-		before := pipe.Len()
-		delayed = p.queue(ctx, pipe, x.run, x.commit.Outbox) || delayed
-		x.relayed = pipe.Len() - before
-		relaying = append(relaying, x)
-	}
-	if len(relaying) > 0 {
-		cmds, _ := pipe.Exec(ctx)
-		if delayed {
-			p.wake()
-		}
-		i := 0
-		for _, x := range relaying {
-			x.cmds, i = cmds[i:i+x.relayed], i+x.relayed
-		}
-	}
-
-	// 4. Settle: apply the decisions to the cached state, as Project does.
-	// The outbox ack of a run that is done for now goes out with the feed
-	// ack (later); a run handed to Project gets it now, so that Project
-	// finds only its own commits in the outbox.
-	var now []*pass
-	for _, x := range committed {
-		relayed := x.res.Outbox > 0
-		switch {
-		case x.res.Outbox > 0 && x.res.Outbox != int64(len(x.commit.Outbox)):
-			// An outbox left over from before: Project reads on from
-			// FoldedTo (our decisions included) and reads the outbox back.
-			x.c.head = x.res.Head
-			giveUp(x, false)
-			continue
-		case relayed && !cmdsOK(x.cmds):
-			giveUp(x, true) // the relay failed: Project relays again
-			continue
-		case !x.res.CaughtUp:
+		parked = parked || x.res.Parked > 0
+		if !x.res.CaughtUp {
 			x.c.head = x.res.Head // events arrived meanwhile: Project reads on
 			giveUp(x, false)
-		default:
-			more, err := p.settle(x.run, x.c, x.decisions, x.res)
-			if err != nil || more {
-				giveUp(x, false)
-			} else if relayed {
-				later = append(later, outboxAck{run: x.run, entries: x.commit.Outbox})
-				continue
-			}
+			continue
 		}
-		if relayed {
-			now = append(now, x)
+		if more, err := p.settle(x.run, x.c, x.decisions, x.res); err != nil || more {
+			giveUp(x, false)
 		}
 	}
-	if len(now) > 0 {
-		_ = p.db.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-			for _, x := range now {
-				x.ack = p.db.OutboxAckCmd(ctx, pipe, x.run, x.commit.Outbox)
-			}
-			return nil
-		})
-		for _, x := range now {
-			if x.ack.Err() != nil {
-				x.c.run = nil // Project finds the outbox as it is and relays it again
-			}
-		}
+	if parked {
+		p.wake()
 	}
-	return rest, later
-}
-
-// outboxAck is a relayed outbox's ack, sent later (with the feed ack).
-type outboxAck struct {
-	run     string
-	entries []string
-}
-
-func cmdsOK(cmds []redis.Cmder) bool {
-	for _, c := range cmds {
-		if c.Err() != nil {
-			return false
-		}
-	}
-	return true
+	return rest
 }

@@ -17,7 +17,7 @@ func (p *Projector) prepare(c *cached) ([]events.Event, rdb.Commit) {
 	now := p.cfg.Now()
 	records := map[string]string{}
 	expect := map[string]string{}
-	var outbox []string
+	var dispatches []rdb.Dispatch
 	for i := range decisions {
 		d := &decisions[i]
 		d.ID, d.Time, d.Worker, d.Version = ulid.Make().String(), now, p.cfg.ID, events.CurrentVersion
@@ -37,12 +37,12 @@ func (p *Projector) prepare(c *cached) ([]events.Event, rdb.Commit) {
 			records[f] = v
 		}
 		if disp != nil {
-			outbox = append(outbox, disp.String())
+			dispatches = append(dispatches, *disp)
 		}
 	}
 	commit := rdb.Commit{
 		Expected: c.head, FoldedTo: c.run.LastSeq, Writer: p.cfg.ID, TimeMS: now.UnixMilli(),
-		Events: decisions, Records: records, Expect: expect, Outbox: outbox,
+		Events: decisions, Records: records, Expect: expect, Dispatches: dispatches,
 	}
 	for _, d := range decisions {
 		if d.Type == events.RunSucceeded || d.Type == events.RunFailed {
@@ -53,7 +53,7 @@ func (p *Projector) prepare(c *cached) ([]events.Event, rdb.Commit) {
 }
 
 // effect computes what a decision writes besides its event: task records,
-// run fields, and the dispatch for the outbox.
+// run fields, and the dispatch the commit enqueues.
 func (p *Projector) effect(r *Run, d events.Event) (map[string]string, *rdb.Dispatch) {
 	switch d.Type {
 	case events.RunSucceeded:

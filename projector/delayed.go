@@ -2,61 +2,22 @@ package projector
 
 import (
 	"context"
-	"strconv"
+	"errors"
 	"time"
-
-	"github.com/graflow-go/graflow/internal/rdb"
-	"github.com/redis/go-redis/v9"
 )
 
-// moveDelayed moves due dispatches from the delayed set to their queues. It
-// sleeps until the earliest due time (or a relay wakes it); the wait is
-// capped so entries parked by other processes are not missed for long.
-func (p *Projector) moveDelayed(ctx context.Context) {
+// moveDelayed moves due dispatches from the delayed sets of parts to their
+// queues. It sleeps until the earliest due time (or a commit that parked a
+// dispatch wakes it); the wait is capped so entries parked by other
+// processes are not missed for long.
+func (p *Projector) moveDelayed(ctx context.Context, parts []int) {
 	for ctx.Err() == nil {
 		wait := DefaultDelayedMaxWait
-		err := func() error {
-			now := p.cfg.Now().UnixMilli()
-			due, err := p.cfg.Redis.ZRangeArgs(ctx, redis.ZRangeArgs{
-				Key: p.db.K.Delayed(), Start: "-inf", Stop: strconv.FormatInt(now, 10), ByScore: true, Count: 256,
-			}).Result()
-			if err != nil {
-				return err
-			}
-			if len(due) > 0 {
-				pipe := p.cfg.Redis.Pipeline()
-				for _, s := range due {
-					d, err := rdb.ParseDispatch(s)
-					if err != nil {
-						p.log.Error().Err(err).Str("entry", s).Msg("dropping malformed delayed entry")
-						continue
-					}
-					p.db.XAddDispatch(ctx, pipe, d)
-				}
-				if _, err := pipe.Exec(ctx); err != nil {
-					return err
-				}
-				args := make([]any, len(due))
-				for i, s := range due {
-					args[i] = s
-				}
-				if err := p.cfg.Redis.ZRem(ctx, p.db.K.Delayed(), args...).Err(); err != nil {
-					return err
-				}
-				wait = 0
-				return nil
-			}
-			next, err := p.cfg.Redis.ZRangeWithScores(ctx, p.db.K.Delayed(), 0, 0).Result()
-			if err != nil {
-				return err
-			}
-			if len(next) > 0 {
-				if w := time.Duration(int64(next[0].Score)-now) * time.Millisecond; w < wait {
-					wait = w
-				}
-			}
-			return nil
-		}()
+		var err error
+		for _, part := range parts {
+			w, perr := p.moveDue(ctx, part)
+			wait, err = min(wait, w), errors.Join(err, perr)
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -76,5 +37,37 @@ func (p *Projector) moveDelayed(ctx context.Context) {
 			t.Stop()
 		case <-t.C:
 		}
+	}
+}
+
+// moveDue moves partition part's due dispatches (a page of them) and
+// returns how long until its next one is due.
+func (p *Projector) moveDue(ctx context.Context, part int) (time.Duration, error) {
+	now := p.cfg.Now().UnixMilli()
+	due, next, err := p.db.DueDispatches(ctx, part, now, 256)
+	if err != nil {
+		return time.Second, err
+	}
+	if len(due) > 0 {
+		_, malformed, err := p.db.MoveDue(ctx, part, due)
+		for _, m := range malformed {
+			p.log.Error().Int("partition", part).Str("entry", m).Msg("dropped a malformed delayed entry")
+		}
+		if err != nil {
+			return time.Second, err
+		}
+		return 0, nil
+	}
+	if next > 0 {
+		return time.Duration(next-now) * time.Millisecond, nil
+	}
+	return DefaultDelayedMaxWait, nil
+}
+
+// wake makes the delayed movers look at the delayed sets again.
+func (p *Projector) wake() {
+	select {
+	case p.wakeDelayed <- struct{}{}:
+	default:
 	}
 }

@@ -7,12 +7,10 @@ import (
 	"github.com/graflow-go/graflow/internal/rdb"
 )
 
-// ProjectBatch runs the batched pass over runs as handle does (sending its
-// outbox acks) and returns the runs it leaves to Project.
+// ProjectBatch runs the batched pass over runs as handle does and returns
+// the runs it leaves to Project.
 func (p *Projector) ProjectBatch(ctx context.Context, runs []string) []string {
-	rest, later := p.projectBatch(ctx, runs)
-	_ = p.sendAcks(ctx, acks{outbox: later}, nil)
-	return rest
+	return p.projectBatch(ctx, runs)
 }
 
 // LoadRun folds run's whole log into p's cache (Project's first step).
@@ -43,7 +41,7 @@ func (p *Projector) PrepareCommit(run string) Prepared {
 }
 
 // CommitPrepared commits x and carries on as Project does after its
-// commit (relay, then settle or read on), and returns the commit's reply.
+// commit (settle or read on), and returns the commit's reply.
 func (p *Projector) CommitPrepared(ctx context.Context, run string, x Prepared) (rdb.CommitResult, error) {
 	c := p.entry(run)
 	c.mu.Lock()

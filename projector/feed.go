@@ -118,10 +118,9 @@ const feedCount = 256
 type acks struct {
 	stream string
 	ids    []string
-	outbox []outboxAck
 }
 
-func (a acks) empty() bool { return len(a.ids) == 0 && len(a.outbox) == 0 }
+func (a acks) empty() bool { return len(a.ids) == 0 }
 
 // readArgs asks sendAcks to read the next feed entries (non-blocking) in
 // the same round trip.
@@ -130,22 +129,14 @@ type readArgs struct {
 	out                     *[]redis.XMessage
 }
 
-// sendAcks removes the relayed entries from their outboxes and acks and
-// deletes the feed entries, in one pipeline; with next, it also reads the
-// next feed entries (non-blocking). An outbox ack refused with NOSCRIPT
-// (Redis restarted) is sent again after loading the scripts. A failed
-// outbox ack leaves relayed entries in the outbox: the run's next commit
-// reads them back and relays them again (duplicates are dropped at claim).
-// It returns the acks' errors, or the read's when the read failed; a read
-// whose reply was lost (go-redis may also repeat the pipeline) may leave
-// entries pending for this consumer, so after an error the caller re-reads
-// its own pending entries.
+// sendAcks acks and deletes the feed entries, in one pipeline; with next,
+// it also reads the next feed entries (non-blocking). It returns the acks'
+// errors, or the read's when the read failed; a read whose reply was lost
+// (go-redis may also repeat the pipeline) may leave entries pending for
+// this consumer, so after an error the caller re-reads its own pending
+// entries.
 func (p *Projector) sendAcks(ctx context.Context, a acks, next *readArgs) error {
 	pipe := p.cfg.Redis.Pipeline()
-	outbox := make([]*redis.Cmd, len(a.outbox))
-	for i, o := range a.outbox {
-		outbox[i] = p.db.OutboxAckCmd(ctx, pipe, o.run, o.entries)
-	}
 	var acked []redis.Cmder
 	if len(a.ids) > 0 {
 		acked = append(acked, pipe.XAck(ctx, a.stream, rdb.GroupProjectors, a.ids...), pipe.XDel(ctx, a.stream, a.ids...))
@@ -167,25 +158,8 @@ func (p *Projector) sendAcks(ctx context.Context, a acks, next *readArgs) error 
 	}
 	// The acks' own errors (the read's are the caller's business).
 	var errs []error
-	var again []outboxAck
-	for i, c := range outbox {
-		switch err := c.Err(); {
-		case rdb.IsNoScript(err):
-			again = append(again, a.outbox[i])
-		case err != nil:
-			errs = append(errs, err)
-		}
-	}
 	for _, c := range acked {
 		errs = append(errs, c.Err())
-	}
-	if len(again) > 0 {
-		errs = append(errs, p.db.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-			for _, o := range again {
-				p.db.OutboxAckCmd(ctx, pipe, o.run, o.entries)
-			}
-			return nil
-		}))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return err
@@ -197,8 +171,8 @@ func (p *Projector) sendAcks(ctx context.Context, a acks, next *readArgs) error 
 }
 
 // handle projects the runs that feed entries point at (each run once per
-// batch: pointers coalesce) and returns the acks that follow: the relayed
-// outboxes, then the entries. It returns false when ctx ended.
+// batch: pointers coalesce) and returns the acks that follow. It returns
+// false when ctx ended.
 func (p *Projector) handle(ctx context.Context, log zerolog.Logger, stream string, msgs []redis.XMessage) (acks, bool) {
 	ids := make([]string, 0, len(msgs))
 	seen := map[string]bool{}
@@ -215,7 +189,7 @@ func (p *Projector) handle(ctx context.Context, log zerolog.Logger, stream strin
 	// The common case for every run at once, a pipeline per step; then
 	// the runs that need more, up to Parallel of them at once (each is a
 	// few round trips; one at a time would leave Redis idle).
-	runs, later := p.projectBatch(ctx, runs)
+	runs = p.projectBatch(ctx, runs)
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, p.cfg.Parallel)
 	for _, run := range runs {
@@ -230,7 +204,7 @@ func (p *Projector) handle(ctx context.Context, log zerolog.Logger, stream strin
 	if ctx.Err() != nil {
 		return acks{}, false
 	}
-	return acks{stream: stream, ids: ids, outbox: later}, true
+	return acks{stream: stream, ids: ids}, true
 }
 
 // reclaimFeed takes over feed entries left pending by projectors that died

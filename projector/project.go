@@ -10,8 +10,8 @@ import (
 	"github.com/graflow-go/graflow/internal/rdb"
 )
 
-// Project folds run's events after its cursor, commits the decisions they
-// call for and relays the outbox, until the run is caught up. It is
+// Project folds run's events after its cursor and commits the decisions
+// they call for (with their dispatches), until the run is caught up. It is
 // idempotent and safe to call concurrently with other projectors.
 func (p *Projector) Project(ctx context.Context, run string) error {
 	c := p.entry(run)
@@ -105,8 +105,9 @@ const (
 // reply allows: on a conflict it takes the current head and keeps its
 // cached fold (the log only grows, so the fold is still a prefix of it;
 // what the other commit appended is read next), except when a task's
-// record disagreed with the fold, which reloads the run; after a commit it
-// relays the outbox and, caught up, applies the decisions to the cache.
+// record disagreed with the fold, which reloads the run; after a commit
+// (which enqueued its dispatches itself), caught up, it applies the
+// decisions to the cache.
 func (p *Projector) commitStep(ctx context.Context, run string, c *cached, decisions []events.Event, commit rdb.Commit) (rdb.CommitResult, step, error) {
 	res, err := p.db.Commit(ctx, run, commit)
 	if err != nil {
@@ -121,19 +122,8 @@ func (p *Projector) commitStep(ctx context.Context, run string, c *cached, decis
 		return res, stepReadOn, nil
 	}
 	crashpoint.Hit(crashpoint.ProjectorAfterCommit)
-	outbox := commit.Outbox
-	if res.Outbox > 0 && res.Outbox == int64(len(outbox)) {
-		// The outbox holds exactly what we just pushed: relay it
-		// without reading it back.
-		if err := p.relay(ctx, run, outbox); err != nil {
-			c.run = nil
-			return res, stepDone, err
-		}
-	} else if res.Outbox > 0 {
-		if err := p.Relay(ctx, run); err != nil {
-			c.run = nil
-			return res, stepDone, err
-		}
+	if res.Parked > 0 {
+		p.wake()
 	}
 	if !res.CaughtUp {
 		c.head = res.Head

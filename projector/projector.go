@@ -146,8 +146,8 @@ func (c Config) withDefaults() Config {
 func (c Config) validate() error {
 	errs := rdb.CheckConnection("projector", c.Redis != nil, c.Namespace)
 	for _, p := range c.Partitions {
-		if p < 0 || p >= rdb.DefaultFeedPartitions {
-			errs = append(errs, fmt.Errorf("projector: partition %d out of range 0..%d", p, rdb.DefaultFeedPartitions-1))
+		if p < 0 || p >= rdb.DefaultPartitions {
+			errs = append(errs, fmt.Errorf("projector: partition %d out of range 0..%d", p, rdb.DefaultPartitions-1))
 		}
 	}
 	return errors.Join(errs...)
@@ -212,7 +212,7 @@ func (p *Projector) Run(ctx context.Context) error {
 	}()
 	go func() {
 		defer wg.Done()
-		p.moveDelayed(ctx)
+		p.moveDelayed(ctx, parts)
 	}()
 	go func() {
 		defer wg.Done()

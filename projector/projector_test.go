@@ -269,7 +269,7 @@ func TestProjectConcurrently(t *testing.T) {
 	}
 	// Concurrent relays of one outbox may queue a dispatch twice (the claim
 	// script drops the duplicate); none may be lost or invented.
-	msgs, err := b.rdb.XRange(b.ctx, b.db.K.Queue("default", 0), "-", "+").Result()
+	msgs, err := b.rdb.XRange(b.ctx, b.db.K.Queue(0, "default", 0), "-", "+").Result()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -381,11 +381,11 @@ func TestRunProjectsFromTheFeedAndStops(t *testing.T) {
 
 func TestNewValidatesConfig(t *testing.T) {
 	t.Parallel()
-	_, err := projector.New(projector.Config{Namespace: "bad ns", Partitions: []int{-1, rdb.DefaultFeedPartitions}})
+	_, err := projector.New(projector.Config{Namespace: "bad ns", Partitions: []int{-1, rdb.DefaultPartitions}})
 	if err == nil {
 		t.Fatal("New accepted an invalid config")
 	}
-	for _, want := range []string{"Config.Redis is required", "invalid namespace", "partition -1", "partition " + strconv.Itoa(rdb.DefaultFeedPartitions)} {
+	for _, want := range []string{"Config.Redis is required", "invalid namespace", "partition -1", "partition " + strconv.Itoa(rdb.DefaultPartitions)} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not mention %q", err, want)
 		}
@@ -550,7 +550,7 @@ func TestRunLeavesNoFeedEntryOrOutboxBehind(t *testing.T) {
 			t.Errorf("run %s: %d relayed entries still in the outbox", run, l)
 		}
 	}
-	if l, _ := b.rdb.XLen(b.ctx, b.db.K.Queue("default", 0)).Result(); l != n+n/2 {
+	if l, _ := b.rdb.XLen(b.ctx, b.db.K.Queue(0, "default", 0)).Result(); l != n+n/2 {
 		t.Errorf("queue holds %d messages, want %d (one per dispatch)", l, n+n/2)
 	}
 }

@@ -39,7 +39,7 @@ func (b liveBundle) submitOn(t *testing.T, other string, specs ...events.TaskSpe
 func TestAStuckRunIsQuarantinedAndThePartitionMovesOn(t *testing.T) {
 	t.Parallel()
 	b := setupLive(t)
-	if err := b.rdb.Set(b.ctx, b.db.K.Queue("broken", 0), "not a stream", 0).Err(); err != nil {
+	if err := b.rdb.Set(b.ctx, b.db.K.Queue(0, "broken", 0), "not a stream", 0).Err(); err != nil {
 		t.Fatal(err)
 	}
 	bad := spec("a")
@@ -71,7 +71,12 @@ func TestAStuckRunIsQuarantinedAndThePartitionMovesOn(t *testing.T) {
 	if final.Status != projector.RunQuarantined || !final.Status.Terminal() {
 		t.Errorf("fold of the quarantined run: %s", final.Status)
 	}
-	want := map[string]rdb.Record{"a": projector.RecordOf(final.Task("a"))}
+	// The commit that would have dispatched a (onto the broken queue
+	// key) was refused whole: a is untouched, a task with no record.
+	want := map[string]rdb.Record{}
+	if r := projector.RecordOf(final.Task("a")); r != (rdb.Record{Status: string(projector.TaskPending)}) {
+		want["a"] = r
+	}
 	if diff := cmp.Diff(want, b.records(t, first)); diff != "" {
 		t.Errorf("records (-fold +redis):\n%s", diff)
 	}

@@ -208,7 +208,7 @@ func (c *Client) Queues(ctx context.Context, opts QueuesOptions) ([]QueueInfo, e
 	now := c.cfg.Now()
 	out := []QueueInfo{}
 	for _, pool := range pools {
-		for _, stream := range c.db.K.Queues(pool) {
+		for _, stream := range c.db.K.AllQueues(pool) {
 			q, ok, err := c.queue(ctx, stream, now)
 			if err != nil {
 				return nil, err
@@ -216,7 +216,7 @@ func (c *Client) Queues(ctx context.Context, opts QueuesOptions) ([]QueueInfo, e
 			if !ok || (!opts.Empty && q.Length == 0 && q.Pending == 0 && q.Lag == 0) {
 				continue
 			}
-			_, prio, _ := c.db.K.ParseQueue(stream)
+			_, _, prio, _ := c.db.K.ParseQueue(stream)
 			q.Pool, q.Priority = pool, prio
 			out = append(out, q)
 		}
@@ -276,16 +276,18 @@ func (c *Client) queue(ctx context.Context, stream string, now time.Time) (Queue
 // workers serve, sorted.
 func (c *Client) pools(ctx context.Context) ([]string, error) {
 	set := map[string]bool{}
-	for p := 0; p <= rdb.MaxPriority; p++ {
-		// The builder's own key for pool "*" is the MATCH pattern; pool
-		// names cannot hold glob characters (letters, digits, "_.:-").
-		err := c.scan(ctx, c.db.K.Queue("*", p), func(key string) {
-			if pool, _, ok := c.db.K.ParseQueue(key); ok {
-				set[pool] = true
+	for part := range c.db.K.Partitions() {
+		for p := 0; p <= rdb.MaxPriority; p++ {
+			// The builder's own key for pool "*" is the MATCH pattern; pool
+			// names cannot hold glob characters (letters, digits, "_.:-").
+			err := c.scan(ctx, c.db.K.Queue(part, "*", p), func(key string) {
+				if _, pool, _, ok := c.db.K.ParseQueue(key); ok {
+					set[pool] = true
+				}
+			})
+			if err != nil {
+				return nil, err
 			}
-		})
-		if err != nil {
-			return nil, err
 		}
 	}
 	ws, err := c.Workers(ctx)

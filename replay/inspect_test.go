@@ -112,9 +112,8 @@ func TestInspect(t *testing.T) {
 			t.Fatal(err)
 		}
 		e.waitFor(ctx, run, "dispatch", func(evs []events.Event) bool { return has(evs, events.TaskDispatched, "waits") })
-		// The dispatch is relayed to the queue right after its commit:
-		// block on the queue stream until the message is there.
-		if err := e.rdb.XRead(ctx, &redis.XReadArgs{Streams: []string{rdb.NewKeys(e.ns).Queue("nobody", 7), "0"}, Block: 10 * time.Second}).Err(); err != nil {
+		// The commit queues the dispatch: block on the queue stream until the message is there.
+		if err := e.rdb.XRead(ctx, &redis.XReadArgs{Streams: []string{rdb.NewKeys(e.ns).Queue(0, "nobody", 7), "0"}, Block: 10 * time.Second}).Err(); err != nil {
 			t.Fatal(err)
 		}
 		qs, err := e.rc.Queues(ctx, replay.QueuesOptions{})

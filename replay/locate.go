@@ -60,7 +60,7 @@ func (c *Client) locate(ctx context.Context, run string, want []wanted) (map[str
 
 	var cursor uint64
 	for {
-		keys, next, err := c.cfg.Redis.ZScan(ctx, c.db.K.Delayed(), cursor, "*|"+globEscape(run)+"|*", 1000).Result()
+		keys, next, err := c.cfg.Redis.ZScan(ctx, c.db.K.DelayedFor(run), cursor, "*|"+globEscape(run)+"|*", 1000).Result()
 		if err != nil {
 			return nil, fmt.Errorf("scan delayed set: %w", err)
 		}
@@ -76,7 +76,7 @@ func (c *Client) locate(ctx context.Context, run string, want []wanted) (map[str
 
 	streams := map[string]bool{}
 	for _, w := range want {
-		streams[c.db.K.Queue(w.pool, w.priority)] = true
+		streams[c.db.K.QueueFor(run, w.pool, w.priority)] = true
 	}
 	for stream := range streams {
 		start := "-"

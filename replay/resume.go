@@ -131,13 +131,6 @@ func (c *Client) Resume(ctx context.Context, run string) (*ResumeResult, error) 
 			return res, err
 		}
 	}
-	p, err := projector.New(projector.Config{Redis: c.cfg.Redis, Namespace: c.cfg.Namespace, ID: c.cfg.ID, Now: c.cfg.Now})
-	if err != nil {
-		return res, err
-	}
-	if err := p.Relay(ctx, run); err != nil {
-		return res, err
-	}
 	return res, c.reindex(ctx, run, evs[0])
 }
 
@@ -193,7 +186,11 @@ func (c *Client) repair(ctx context.Context, run string, r *projector.Run, batch
 					if ms := due[w.task]; ms > now.UnixMilli() {
 						d.DueMS = ms
 					}
-					p.RPush(ctx, k.RunOutbox(run), d.String())
+					if d.DueMS > 0 {
+						p.ZAdd(ctx, k.DelayedFor(run), redis.Z{Score: float64(d.DueMS), Member: d.String()})
+					} else {
+						c.db.XAddDispatch(ctx, p, d)
+					}
 				}
 				p.HSet(ctx, k.RunState(run), rdb.FieldRunDirty, "1")
 				return nil

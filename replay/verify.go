@@ -240,10 +240,10 @@ func (c *Client) Verify(ctx context.Context, run string) (*Report, error) {
 			p := Problem{Check: CheckQueue, Task: w.task, Field: "dispatch"}
 			if t.Status == projector.TaskRunning {
 				p.Detail = fmt.Sprintf("task %s is running (attempt %d, epoch %d, owner %s) but its queue message is gone from %s: nothing would reclaim it; run \"graflow resume %s\"",
-					w.task, t.Attempt, t.Epoch, t.Owner, c.db.K.Queue(w.pool, w.priority), run)
+					w.task, t.Attempt, t.Epoch, t.Owner, c.db.K.QueueFor(run, w.pool, w.priority), run)
 			} else {
 				p.Detail = fmt.Sprintf("task %s is dispatched (attempt %d) but its dispatch is in neither the outbox, the delayed set nor %s: the task is lost; run \"graflow resume %s\"",
-					w.task, t.Attempt, c.db.K.Queue(w.pool, w.priority), run)
+					w.task, t.Attempt, c.db.K.QueueFor(run, w.pool, w.priority), run)
 			}
 			rep.Problems = append(rep.Problems, p)
 		}

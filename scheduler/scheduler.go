@@ -93,12 +93,11 @@ func (s *Scheduler) Submit(ctx context.Context, spec events.RunSubmittedBody, op
 		return "", false, fmt.Errorf("%w %q: use 1-128 letters, digits, '_', '.', ':', '-'", ErrInvalidRunID, run)
 	}
 	ev := events.Event{ID: ulid.Make().String(), Run: run, Type: events.RunSubmitted, Time: now}.WithBody(spec)
-	// One round trip: the script, then the run's index entry and its feed
-	// pointer. They follow the script in the pipeline; if the script
-	// failed, a pointer to a run that does not exist is skipped by the
-	// projector and a dangling index entry is dropped by "graflow gc". They
-	// are written even when the run existed: an earlier submit may have
-	// died between its script and these writes.
+	// One round trip: the script (which also points the feed at the new
+	// run: same slot), then the run's index entry. The index entry follows
+	// the script in the pipeline; if the script failed, a dangling entry
+	// is dropped by the index sweep. It is written even when the run
+	// existed: an earlier submit may have died between the two.
 	//
 	// Concurrent Submit calls share the pipeline (group commit): each
 	// reads its own commands' replies.
@@ -108,15 +107,12 @@ func (s *Scheduler) Submit(ctx context.Context, spec events.RunSubmittedBody, op
 	}
 	var cmd *redis.Cmd
 	var index *redis.IntCmd
-	var point *redis.StringCmd
 	if err := s.comb.Do(ctx, func(pipe redis.Pipeliner) {
 		cmd = s.db.SubmitArgsCmd(ctx, pipe, run, args)
-		index = pipe.ZAddNX(ctx, s.db.K.Runs(), redis.Z{Score: float64(now.UnixMilli()), Member: run})
-		point = s.db.PointFeed(ctx, pipe, run)
+		index = s.db.IndexRun(ctx, pipe, run, now)
 	}); err != nil {
 		return "", false, err
 	}
-	execErr := errors.Join(index.Err(), point.Err())
 	created, workflow, err := rdb.ParseSubmit(run, ev, spec, cmd)
 	if err != nil {
 		return "", false, err
@@ -124,18 +120,14 @@ func (s *Scheduler) Submit(ctx context.Context, spec events.RunSubmittedBody, op
 	if !created && workflow != spec.Workflow {
 		return run, false, fmt.Errorf("%w: run %s is a %q run", ErrRunExists, run, workflow)
 	}
-	if execErr != nil {
-		// The run exists; without its pointer it would wait for one.
-		// Retry the index and the pointer (both idempotent) before
-		// reporting an error the caller cannot act on.
-		for try := 0; try < 3 && execErr != nil; try++ {
-			pipe := s.cfg.Redis.Pipeline()
-			pipe.ZAddNX(ctx, s.db.K.Runs(), redis.Z{Score: float64(now.UnixMilli()), Member: run})
-			s.db.PointFeed(ctx, pipe, run)
-			_, execErr = pipe.Exec(ctx)
+	if err := index.Err(); err != nil {
+		// The run exists and runs; without its index entry it is missing
+		// from run lists. Retry it (idempotent) before reporting.
+		for try := 0; try < 3 && err != nil; try++ {
+			err = s.db.IndexRun(ctx, s.cfg.Redis, run, now).Err()
 		}
-		if execErr != nil {
-			return run, created, fmt.Errorf("run %s created, but its feed pointer failed (submit it again with the same run id to repair): %w", run, execErr)
+		if err != nil {
+			return run, created, fmt.Errorf("run %s created, but its index entry failed (submit it again with the same run id to repair): %w", run, err)
 		}
 	}
 	return run, created, nil

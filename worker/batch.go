@@ -29,8 +29,9 @@ type claimResp struct {
 	err error
 }
 
-// finishReq is an outcome to record, then the steps that follow it: the
-// feed pointer (if the run became dirty), a dead letter, the ack.
+// finishReq is an outcome to record (with, in the same script, the feed
+// pointer and the ack), or, for a task that failed for good, to record
+// and then dead-letter and ack.
 type finishReq struct {
 	args       rdb.FinishArgs
 	m          message
@@ -211,8 +212,19 @@ func (b *batcher) finishLoop(ctx context.Context) {
 				break drain
 			}
 		}
-		// 1. The outcomes: one script call per run, one round trip.
-		groups := groupBy(batch, func(r finishReq) string { return r.args.Run })
+		// 1. The outcomes: one script call per run and stream, one round
+		// trip. Each call also points the feed at its run if it became
+		// dirty and acks its messages (the run, its feed and its queue
+		// share a slot), except those of outcomes with a dead letter: their
+		// ack waits for the dead letter.
+		for i := range batch {
+			r := &batch[i]
+			r.args.Stream, r.args.Consumer = r.m.stream, w.cfg.ID
+			if r.deadLetter == nil {
+				r.args.MessageID = r.m.id
+			}
+		}
+		groups := groupBy(batch, func(r finishReq) string { return r.args.Run + "\x00" + r.m.stream })
 		pipe := w.cfg.Redis.Pipeline()
 		cmds := make([]*redis.Cmd, len(groups))
 		argsOf := func(idx []int) []rdb.FinishArgs {
@@ -227,18 +239,16 @@ func (b *batcher) finishLoop(ctx context.Context) {
 		}
 		_, _ = pipe.Exec(ctx)
 		errs := make([]error, len(batch))
-		dirty := make([]bool, len(batch))
 		for g, idx := range groups {
-			ds, es, err := rdb.ParseFinishes(argsOf(idx), cmds[g])
+			outs, err := rdb.ParseFinishes(argsOf(idx), cmds[g])
 			for k, i := range idx {
 				if err == nil {
-					dirty[i], errs[i] = ds[k], es[k]
+					errs[i] = outs[k].Err
 					continue
 				}
 				r := batch[i]
 				errs[i] = w.redisRetry(ctx, func() error {
-					var err error
-					dirty[i], err = w.db.Finish(ctx, r.args)
+					_, err := w.db.Finish(ctx, r.args)
 					if errors.Is(err, rdb.ErrStaleClaim) {
 						return retry.Permanent(err)
 					}
@@ -247,25 +257,14 @@ func (b *batcher) finishLoop(ctx context.Context) {
 			}
 		}
 		crashpoint.Hit(crashpoint.WorkerAfterFinish)
-		// 2. Then, for accepted outcomes: feed pointers, dead letters and
-		// acks, one round trip. The ack comes last: a crash before it
+		// 2. Then, for accepted outcomes that failed for good: their dead
+		// letters, then their acks. The ack comes last: a crash before it
 		// leaves the message pending, and its reclaimer redoes the rest.
-		// Feed pointers and dead letters first; the acks only once they are
-		// written: an ack alone would leave a dirty run with no pointer.
 		err := w.redisRetry(ctx, func() error {
-			points := map[string]bool{}
 			pipe := w.cfg.Redis.Pipeline()
 			n := 0
 			for i, r := range batch {
-				if errs[i] != nil {
-					continue
-				}
-				if dirty[i] && !points[r.m.run] {
-					points[r.m.run] = true
-					w.db.PointFeed(ctx, pipe, r.m.run)
-					n++
-				}
-				if r.deadLetter != nil {
+				if errs[i] == nil && r.deadLetter != nil {
 					w.db.DeadLetter(ctx, pipe, r.m.run, r.m.task, r.args.TimeMS, *r.deadLetter)
 					n++
 				}
@@ -281,7 +280,7 @@ func (b *batcher) finishLoop(ctx context.Context) {
 				acks := map[string][]string{}
 				var streams []string
 				for i, r := range batch {
-					if errs[i] != nil {
+					if errs[i] != nil || r.deadLetter == nil {
 						continue
 					}
 					if acks[r.m.stream] == nil {
@@ -303,7 +302,7 @@ func (b *batcher) finishLoop(ctx context.Context) {
 		if err != nil {
 			// The outcomes are recorded; their messages stay pending and
 			// whoever reclaims them re-points the feed and acks.
-			w.log.Warn().Err(err).Int("outcomes", len(batch)).Msg("ack after outcome failed; reclaim will finish the job")
+			w.log.Warn().Err(err).Int("outcomes", len(batch)).Msg("dead letter or ack after outcome failed; reclaim will finish the job")
 		}
 		for i, r := range batch {
 			r.done <- errs[i]

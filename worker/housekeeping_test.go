@@ -38,7 +38,7 @@ func TestDeadWorkersConsumersArePruned(t *testing.T) {
 	// consumers lists the consumers of every band of the default pool.
 	consumers := func() []string {
 		var names []string
-		for _, stream := range b.db.K.Queues("default") {
+		for _, stream := range b.db.K.AllQueues("default") {
 			cs, err := b.c.XInfoConsumers(b.ctx, stream, "workers").Result()
 			if err != nil && !strings.Contains(err.Error(), "no such key") {
 				t.Fatal(err)

@@ -22,7 +22,7 @@ func (w *Worker) reclaimLoop(ctx context.Context) {
 		case <-t.C:
 		}
 		for _, pool := range w.cfg.Pools {
-			for _, stream := range w.db.K.Queues(pool) {
+			for _, stream := range w.db.K.AllQueues(pool) {
 				if err := w.reclaim(ctx, stream); err != nil && ctx.Err() == nil {
 					w.log.Warn().Err(err).Str("stream", stream).Msg("reclaim")
 				}
@@ -160,7 +160,7 @@ func (w *Worker) pruneConsumers(ctx context.Context) error {
 		if !ok {
 			continue
 		}
-		for _, stream := range w.db.K.Queues(pool) {
+		for _, stream := range w.db.K.AllQueues(pool) {
 			gone, err := w.db.PruneConsumers(ctx, stream, rdb.GroupWorkers, consumerIdleLeases*w.cfg.Lease, w.db.WorkerRegistry())
 			if err != nil {
 				return err

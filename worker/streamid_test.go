@@ -33,7 +33,7 @@ func TestMessagesWithTheSameIDInTwoBandsBothRunAtOnce(t *testing.T) {
 		return dispatched == 2
 	})
 	for task, band := range map[string]int{"low": 0, "high": 1} {
-		q := b.db.K.Queue("default", band)
+		q := b.db.K.Queue(0, "default", band)
 		for {
 			// The relay may still be in flight: wait for the message, then
 			// drop it (never delivered: no consumer has read it).

@@ -224,7 +224,7 @@ type message struct {
 
 // poolOf returns the pool of a queue stream key.
 func (w *Worker) poolOf(stream string) string {
-	if pool, _, ok := w.db.K.ParseQueue(stream); ok {
+	if _, pool, _, ok := w.db.K.ParseQueue(stream); ok {
 		return pool
 	}
 	return DefaultPool
@@ -294,7 +294,7 @@ func (w *Worker) Handlers() []string {
 func (w *Worker) Run(ctx context.Context) error {
 	w.started = w.cfg.Now()
 	for _, pool := range w.cfg.Pools {
-		for _, q := range w.db.K.Queues(pool) {
+		for _, q := range w.db.K.AllQueues(pool) {
 			if err := w.db.EnsureGroup(ctx, q, rdb.GroupWorkers); err != nil {
 				return fmt.Errorf("worker %s: %w (is Redis reachable?)", w.cfg.ID, err)
 			}
@@ -319,11 +319,13 @@ func (w *Worker) Run(ctx context.Context) error {
 	w.batch.start(batchCtx)
 	var loops sync.WaitGroup
 	for _, pool := range w.cfg.Pools {
-		loops.Add(1)
-		go func() {
-			defer loops.Done()
-			w.fetch(ctx, pool)
-		}()
+		for part := range w.db.K.Partitions() {
+			loops.Add(1)
+			go func() {
+				defer loops.Done()
+				w.fetch(ctx, part, pool)
+			}()
+		}
 	}
 	loops.Add(1)
 	go func() {
@@ -376,9 +378,10 @@ func (w *Worker) Run(ctx context.Context) error {
 	return nil
 }
 
-// fetch reads a pool's band streams and starts tasks, highest band first.
-func (w *Worker) fetch(ctx context.Context, pool string) {
-	streams := w.db.K.Queues(pool) // highest priority first
+// fetch reads a pool's band streams of partition part and starts tasks,
+// highest band first.
+func (w *Worker) fetch(ctx context.Context, part int, pool string) {
+	streams := w.db.K.Queues(part, pool) // highest priority first
 	args := make([]string, 0, 2*len(streams))
 	args = append(args, streams...)
 	for range streams {
@@ -399,7 +402,7 @@ func (w *Worker) fetch(ctx context.Context, pool string) {
 				<-w.sem
 			}
 			free := cap(w.sem) - len(w.sem)
-			res, err := w.db.Fetch(ctx, pool, w.cfg.ID, max(free, 1))
+			res, err := w.db.Fetch(ctx, part, pool, w.cfg.ID, max(free, 1))
 			if err == nil && len(res) == 0 {
 				// Nothing queued: block until something arrives in any band.
 				res, err = w.cfg.Redis.XReadGroup(ctx, &redis.XReadGroupArgs{
@@ -488,7 +491,7 @@ func (w *Worker) start(m message) {
 // messages appends the read messages to buf, ordered by band, highest first.
 func (w *Worker) messages(res []redis.XStream, buf []message) []message {
 	for _, s := range res {
-		_, prio, _ := w.db.K.ParseQueue(s.Stream)
+		_, _, prio, _ := w.db.K.ParseQueue(s.Stream)
 		for _, m := range s.Messages {
 			run, _ := m.Values[rdb.MsgRun].(string)
 			task, _ := m.Values[rdb.MsgTask].(string)

@@ -686,7 +686,7 @@ func TestNewValidatesConfig(t *testing.T) {
 // deliveries times, idle for an hour.
 func (b bundle) abandon(t *testing.T, run, task string, deliveries int) {
 	t.Helper()
-	q := b.db.K.Queue("default", 0)
+	q := b.db.K.Queue(0, "default", 0)
 	if err := b.db.EnsureGroup(b.ctx, q, rdb.GroupWorkers); err != nil {
 		t.Fatal(err)
 	}
@@ -737,7 +737,7 @@ func TestReclaimTakesOverADeadWorkersTask(t *testing.T) {
 	if st := r.Task("t"); st.Owner != "rescuer" || st.Epoch != 3 || string(st.Result) != "3" {
 		t.Errorf("t: owner %s epoch %d result %s; want rescuer, 3, 3", st.Owner, st.Epoch, st.Result)
 	}
-	if p, err := b.c.XPending(b.ctx, b.db.K.Queue("default", 0), rdb.GroupWorkers).Result(); err != nil || p.Count != 0 {
+	if p, err := b.c.XPending(b.ctx, b.db.K.Queue(0, "default", 0), rdb.GroupWorkers).Result(); err != nil || p.Count != 0 {
 		t.Errorf("pending after the rescue: %+v %v", p, err)
 	}
 }
@@ -860,7 +860,7 @@ func (b bundle) clientWith(t *testing.T, hook redis.Hook) *redis.Client {
 func (b bundle) dispatchedTask(t *testing.T) (run, queue string) {
 	t.Helper()
 	run = b.submit(t, events.TaskSpec{ID: "t", Handler: "h"})
-	queue = b.db.K.Queue("default", 0)
+	queue = b.db.K.Queue(0, "default", 0)
 	if _, err := b.c.XRead(b.ctx, &redis.XReadArgs{Streams: []string{queue, "0"}, Block: waitTimeout}).Result(); err != nil {
 		t.Fatalf("waiting for the dispatch on the queue: %v", err)
 	}
@@ -927,13 +927,13 @@ func TestReclaimedMessageIsKeptWhileTheOtherClaimIsUnresolved(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	run, _ := b.dispatchedTask(t)
-	for _, s := range b.db.K.Queues("default") {
+	for _, s := range b.db.K.AllQueues("default") {
 		if err := b.db.EnsureGroup(b.ctx, s, rdb.GroupWorkers); err != nil {
 			t.Fatal(err)
 		}
 	}
 	// D reads M and claims it, then dies (never heard of again).
-	if res, err := b.db.Fetch(b.ctx, "default", "D", 1); err != nil || len(res) == 0 {
+	if res, err := b.db.Fetch(b.ctx, 0, "default", "D", 1); err != nil || len(res) == 0 {
 		t.Fatalf("fetch as D: %v %v", res, err)
 	}
 	cr, err := b.db.Claim(b.ctx, rdb.ClaimArgs{Run: run, Task: "t", Worker: "D", Attempt: 1, EventID: ulid.Make().String(),
@@ -1105,7 +1105,7 @@ func TestClaimsThatKeepFailingArePoison(t *testing.T) {
 	b.waitFor(t, bad, "0", isType(events.RunQuarantined))
 	// Then the dead letter, then the ack of the poison message.
 	pending := func() int64 {
-		p, err := b.c.XPending(b.ctx, b.db.K.Queue("default", 0), rdb.GroupWorkers).Result()
+		p, err := b.c.XPending(b.ctx, b.db.K.Queue(0, "default", 0), rdb.GroupWorkers).Result()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -1189,7 +1189,7 @@ func TestADeletedPendingEntryIsRepairedAutomatically(t *testing.T) {
 	b := setup(t)
 	run := b.submit(t, events.TaskSpec{ID: "t", Handler: "ok"})
 	b.abandon(t, run, "t", 1)
-	q := b.db.K.Queue("default", 0)
+	q := b.db.K.Queue(0, "default", 0)
 	p, err := b.c.XPendingExt(b.ctx, &redis.XPendingExtArgs{Stream: q, Group: rdb.GroupWorkers, Start: "-", End: "+", Count: 10}).Result()
 	if err != nil || len(p) != 1 {
 		t.Fatalf("pending: %v %v", p, err)

@@ -164,7 +164,7 @@ func (s *stack) floorAck(ctx context.Context, queue, worker string, ids []string
 	return nil
 }
 
-func (s *stack) floorQueue(lane int) string { return s.db.K.Queue("floor-"+strconv.Itoa(lane), 0) }
+func (s *stack) floorQueue(lane int) string { return s.db.K.Queue(0, "floor-"+strconv.Itoa(lane), 0) }
 func (s *stack) floorFeed(lane int) string  { return s.db.K.Feed(1000 + lane) }
 
 // floorBatch takes runs from submit to run_succeeded, one round trip per

@@ -47,7 +47,7 @@ func (h *harness) ceiling(ctx context.Context, run int) (_ []Result, err error) 
 		if mode == ModeUnbatched {
 			n, batch = h.cfg.Sizes.CeilingUnbatched, 1
 		}
-		stream := s.db.K.Queue("ceiling-"+mode, 0)
+		stream := s.db.K.Queue(0, "ceiling-"+mode, 0)
 		if err := s.db.EnsureGroup(ctx, stream, rdb.GroupWorkers); err != nil {
 			return nil, err
 		}

@@ -369,7 +369,7 @@ func (s *stack) measure(ctx context.Context, sm *Sample) error {
 		}
 		sm.FeedConsumers += n
 	}
-	for _, q := range s.keys.Queues(worker.DefaultPool) {
+	for _, q := range s.keys.AllQueues(worker.DefaultPool) {
 		n, err := count(q)
 		if err != nil {
 			return err

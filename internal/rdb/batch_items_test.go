@@ -103,15 +103,15 @@ func TestBatchedItemsEqualOneCallPerItem(t *testing.T) {
 				}
 			}
 			for _, c := range calls {
-				dirty, errs, err := rdb.ParseFinishes(c, b.db.FinishesCmd(b.ctx, b.c, c))
+				outs, err := rdb.ParseFinishes(c, b.db.FinishesCmd(b.ctx, b.c, c))
 				if err != nil {
 					t.Fatalf("seed %d: finishes: %v", seed, err)
 				}
-				out[k].Dirty = append(out[k].Dirty, dirty...)
-				for _, e := range errs {
+				for _, o := range outs {
+					out[k].Dirty = append(out[k].Dirty, o.Dirty)
 					s := ""
-					if e != nil {
-						s = e.Error()
+					if o.Err != nil {
+						s = o.Err.Error()
 					}
 					out[k].Errs = append(out[k].Errs, s)
 				}

@@ -87,7 +87,7 @@ func (d benchDB) submit(b *testing.B, run string, spec events.RunSubmittedBody) 
 }
 
 // dispatch commits task_dispatched for the given tasks of run, as the
-// projector does (one commit, records and outbox entries included).
+// projector does (one commit, records and dispatches included).
 func (d benchDB) dispatch(b *testing.B, run string, head rdb.Head, foldedTo string, tasks []string) rdb.CommitResult {
 	b.Helper()
 	c := rdb.Commit{Expected: head, FoldedTo: foldedTo, Writer: "bench-projector", TimeMS: time.Now().UnixMilli(),
@@ -97,7 +97,7 @@ func (d benchDB) dispatch(b *testing.B, run string, head rdb.Head, foldedTo stri
 		e := events.Event{ID: id, Type: events.TaskDispatched, Task: t, Attempt: 1}.WithBody(events.TaskDispatchedBody{Pool: "default"})
 		c.Events = append(c.Events, e)
 		c.Records[t] = rdb.Record{Status: "dispatched", Attempt: 1}.String()
-		c.Outbox = append(c.Outbox, rdb.Dispatch{Pool: "default", Run: run, Task: t, Attempt: 1, EventID: id}.String())
+		c.Dispatches = append(c.Dispatches, rdb.Dispatch{Pool: "default", Run: run, Task: t, Attempt: 1, EventID: id})
 	}
 	res, err := d.db.Commit(d.ctx, run, c)
 	if err != nil || res.Conflict {
@@ -196,7 +196,7 @@ func BenchmarkClaimFinish(b *testing.B) {
 // script and acks it with the owner-checked ack script, per op.
 func BenchmarkQueueFetchAck(b *testing.B) {
 	d := newBenchDB(b)
-	for _, q := range d.db.K.Queues("default") {
+	for _, q := range d.db.K.AllQueues("default") {
 		if err := d.db.EnsureGroup(d.ctx, q, rdb.GroupWorkers); err != nil {
 			b.Fatal(err)
 		}
@@ -207,7 +207,7 @@ func BenchmarkQueueFetchAck(b *testing.B) {
 		if err := d.db.XAddDispatch(d.ctx, d.db.C, rdb.Dispatch{Pool: "default", Run: "q", Task: "t" + strconv.Itoa(i), Attempt: 1}).Err(); err != nil {
 			b.Fatal(err)
 		}
-		res, err := d.db.Fetch(d.ctx, "default", "w", 16)
+		res, err := d.db.Fetch(d.ctx, 0, "default", "w", 16)
 		if err != nil || len(res) != 1 || len(res[0].Messages) != 1 {
 			b.Fatalf("fetch: %v %v", err, res)
 		}

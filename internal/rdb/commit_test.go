@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/graflow-go/graflow/events"
 	"github.com/graflow-go/graflow/internal/rdb"
 	"github.com/oklog/ulid/v2"
@@ -63,31 +64,48 @@ func TestCommitRunTwiceAppendsItsDecisionsOnce(t *testing.T) {
 }
 
 // A commit larger than Lua's unpack limit (a projector configured with a
-// big BatchSize) writes every record and outbox entry: the script splits
-// its HSET and RPUSH.
+// big BatchSize) writes every record and enqueues every dispatch: queued
+// in order on the run's partition's queue, or parked when due later.
 func TestCommitLargerThanUnpackLimit(t *testing.T) {
 	t.Parallel()
 	b := setupRun(t)
 	const n = 4500
 	c := rdb.Commit{Expected: b.head(t), FoldedTo: b.last(t), Writer: "p", TimeMS: 3000, Records: map[string]string{}}
+	var queued []string
 	for i := range n {
 		task := "t" + strconv.Itoa(i)
 		c.Records[task] = rdb.Record{Status: "dispatched", Attempt: 1}.String()
-		c.Outbox = append(c.Outbox, rdb.Dispatch{Pool: "default", Run: b.run, Task: task, Attempt: 1}.String())
+		x := rdb.Dispatch{Pool: "default", Run: b.run, Task: task, Attempt: 1}
+		if i%10 == 9 {
+			x.DueMS = 60_000 // parked
+		} else {
+			queued = append(queued, task)
+		}
+		c.Dispatches = append(c.Dispatches, x)
 	}
 	res, err := b.db.Commit(b.ctx, b.run, c)
 	if err != nil || res.Conflict || !res.CaughtUp {
 		t.Fatalf("commit = %+v, %v; want applied and caught up", res, err)
 	}
-	if res.Outbox != n {
-		t.Errorf("outbox length %d, want %d", res.Outbox, n)
+	if res.Parked != n/10 {
+		t.Errorf("parked %d, want %d", res.Parked, n/10)
 	}
-	got, err := b.c.LRange(b.ctx, b.db.K.RunOutbox(b.run), 0, -1).Result()
+	msgs, err := b.c.XRange(b.ctx, b.db.K.QueueFor(b.run, "default", 0), "-", "+").Result()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(got) != n || got[0] != c.Outbox[0] || got[n-1] != c.Outbox[n-1] {
-		t.Errorf("outbox holds %d entries (first %q), want the %d pushed, in order", len(got), got[0], n)
+	var got []string
+	for _, m := range msgs {
+		if m.Values[rdb.MsgRun] != b.run || m.Values[rdb.MsgAttempt] != "1" {
+			t.Fatalf("queue message %v, want run %s attempt 1", m.Values, b.run)
+		}
+		got = append(got, m.Values[rdb.MsgTask].(string))
+	}
+	if diff := cmp.Diff(queued, got); diff != "" {
+		t.Errorf("queued tasks (-want +got):\n%s", diff)
+	}
+	if z, err := b.c.ZCard(b.ctx, b.db.K.DelayedFor(b.run)).Result(); err != nil || z != n/10 {
+		t.Errorf("delayed set holds %d, %v; want %d", z, err, n/10)
 	}
 	st, err := b.c.HGetAll(b.ctx, b.db.K.RunState(b.run)).Result()
 	if err != nil {

@@ -1,9 +1,3 @@
-// Package rdb owns the Redis key schema and every Lua script of Graflow.
-// Nobody else formats a key string or holds Lua source.
-//
-// A run's keys share the hash tag {<run id>}; a pool's queue streams share
-// {q:<pool>}; every script touches the keys of one hash slot, so the engine
-// runs unchanged on Redis Cluster.
 package rdb
 
 import (
@@ -17,9 +11,21 @@ import (
 // DefaultNamespace is the key prefix used when none is configured.
 const DefaultNamespace = "graflow"
 
-// DefaultFeedPartitions is the number of projector feed streams. Every
-// process of a namespace must use the same number.
-const DefaultFeedPartitions = 4
+// DefaultPartitions is the number of partitions of a namespace: slots
+// {p0}..{p<P-1>}, each holding its runs' keys, its feed stream, its share
+// of every pool's queue streams and its delayed set, so that a run's every
+// step is one script on one slot with no relay. One is right for a single
+// Redis; on a cluster, partitions spread the work over masters. Every
+// process of a namespace must use the same number (see CheckLayout).
+const DefaultPartitions = 1
+
+// MaxPartitions bounds a namespace's partitions.
+const MaxPartitions = 1024
+
+// LayoutVersion names the key layout CheckLayout records: 2 is the
+// partition-scoped layout ({p<N>}); 1 gave each run its own slot ({<run>})
+// and relayed dispatches through an outbox.
+const LayoutVersion = 2
 
 // MaxPriority is the highest priority band; bands are 0..MaxPriority.
 const MaxPriority = 9
@@ -57,48 +63,77 @@ func ValidNamespace(ns string) error {
 
 // Keys builds the keys of one namespace. The zero value is not usable; use
 // NewKeys.
+//
+// Layout (version 2): partition N's keys share the hash tag {pN}:
+//
+//	<ns>:{pN}:r:<run>:log|state|dag|results|channel   a run of partition N
+//	<ns>:{pN}:q:<pool>:<band>                        the pool's queue streams in N
+//	<ns>:{pN}:feed                                   N's projector feed
+//	<ns>:{pN}:delayed                                N's parked dispatches
+//
+// A run's partition is a hash of its id (Partition). Keys of no run
+// (indexes, registries, dead letters) keep their own slots.
 type Keys struct {
 	ns         string
 	partitions int
 }
 
 // NewKeys returns the key builder for namespace ns ("" means
-// DefaultNamespace) with DefaultFeedPartitions.
-func NewKeys(ns string) Keys {
+// DefaultNamespace) with DefaultPartitions.
+func NewKeys(ns string) Keys { return NewKeysP(ns, DefaultPartitions) }
+
+// NewKeysP returns the key builder for namespace ns with p partitions
+// (p < 1 means DefaultPartitions).
+func NewKeysP(ns string, p int) Keys {
 	if ns == "" {
 		ns = DefaultNamespace
 	}
-	return Keys{ns: ns, partitions: DefaultFeedPartitions}
+	if p < 1 {
+		p = DefaultPartitions
+	}
+	return Keys{ns: ns, partitions: min(p, MaxPartitions)}
 }
 
 // Namespace returns the key prefix.
 func (k Keys) Namespace() string { return k.ns }
 
-// Partitions returns the number of feed partitions.
+// Partitions returns the number of partitions.
 func (k Keys) Partitions() int { return k.partitions }
 
+// tag is partition n's key prefix, hash tag included.
+func (k Keys) tag(n int) string { return k.ns + ":{p" + strconv.Itoa(n) + "}:" }
+
+// run is the prefix of run's keys.
+func (k Keys) run(run string) string { return k.tag(k.Partition(run)) + "r:" + run + ":" }
+
 // RunLog is the run's event stream: the source of truth.
-func (k Keys) RunLog(run string) string { return k.ns + ":{" + run + "}:log" }
+func (k Keys) RunLog(run string) string { return k.run(run) + "log" }
 
 // RunLogCompact is where the commit script copies a finished run's log to
 // rename it over the log (a copy's listpacks are sized to fit); it never
 // outlives the script.
-func (k Keys) RunLogCompact(run string) string { return k.ns + ":{" + run + "}:log-compact" }
+func (k Keys) RunLogCompact(run string) string { return k.run(run) + "log-compact" }
 
 // RunState is the run's projection hash: task records and @-fields.
-func (k Keys) RunState(run string) string { return k.ns + ":{" + run + "}:state" }
+func (k Keys) RunState(run string) string { return k.run(run) + "state" }
 
 // RunDAG is the run's static task metadata hash (task id → JSON meta).
-func (k Keys) RunDAG(run string) string { return k.ns + ":{" + run + "}:dag" }
+func (k Keys) RunDAG(run string) string { return k.run(run) + "dag" }
 
 // RunResults holds accepted task results (task id → JSON) and @input.
-func (k Keys) RunResults(run string) string { return k.ns + ":{" + run + "}:results" }
+func (k Keys) RunResults(run string) string { return k.run(run) + "results" }
 
-// RunOutbox is the list of dispatches decided but not yet relayed.
-func (k Keys) RunOutbox(run string) string { return k.ns + ":{" + run + "}:outbox" }
+// RunOutbox was layout 1's list of dispatches decided but not yet
+// relayed. Layout 2 enqueues in the deciding script and never writes it;
+// it is kept in RunKeys so that deleting a run deletes one left by hand.
+func (k Keys) RunOutbox(run string) string { return k.run(run) + "outbox" }
 
 // RunChannel is the run-scoped key/value hash.
-func (k Keys) RunChannel(run string) string { return k.ns + ":{" + run + "}:channel" }
+func (k Keys) RunChannel(run string) string { return k.run(run) + "channel" }
+
+// Layout records the namespace's key layout and partition count
+// ("2:<P>"), written by the first process (see CheckLayout).
+func (k Keys) Layout() string { return k.ns + ":layout" }
 
 // RepairRequested is set when queue entries were deleted while pending: a
 // projector then repairs the running runs (rdb.Repair) and clears it.
@@ -113,16 +148,32 @@ func (k Keys) RunKeys(run string) []string {
 	return []string{k.RunLog(run), k.RunState(run), k.RunDAG(run), k.RunResults(run), k.RunOutbox(run), k.RunChannel(run)}
 }
 
-// Queue is the dispatch stream of a pool and priority band.
-func (k Keys) Queue(pool string, priority int) string {
-	return k.ns + ":{q:" + pool + "}:" + strconv.Itoa(priority)
+// Queue is partition part's dispatch stream of a pool and priority band.
+func (k Keys) Queue(part int, pool string, priority int) string {
+	return k.tag(part) + "q:" + pool + ":" + strconv.Itoa(priority)
 }
 
-// Queues lists a pool's band streams, highest priority first.
-func (k Keys) Queues(pool string) []string {
+// QueueFor is the dispatch stream that carries run's tasks of a pool and
+// band: the one in run's partition.
+func (k Keys) QueueFor(run, pool string, priority int) string {
+	return k.Queue(k.Partition(run), pool, priority)
+}
+
+// Queues lists partition part's band streams of a pool, highest priority
+// first (one slot: one XREADGROUP reads them all).
+func (k Keys) Queues(part int, pool string) []string {
 	out := make([]string, 0, MaxPriority+1)
 	for p := MaxPriority; p >= 0; p-- {
-		out = append(out, k.Queue(pool, p))
+		out = append(out, k.Queue(part, pool, p))
+	}
+	return out
+}
+
+// AllQueues lists a pool's band streams of every partition.
+func (k Keys) AllQueues(pool string) []string {
+	out := make([]string, 0, k.partitions*(MaxPriority+1))
+	for n := range k.partitions {
+		out = append(out, k.Queues(n, pool)...)
 	}
 	return out
 }
@@ -134,21 +185,28 @@ func (k Keys) DeadLetter() string { return k.ns + ":{dlq}" }
 // DeadLetterInfo holds each dead letter's details (JSON), same slot.
 func (k Keys) DeadLetterInfo() string { return k.ns + ":{dlq}:info" }
 
-// Feed is projector feed partition n.
-func (k Keys) Feed(n int) string { return k.ns + ":{feed:" + strconv.Itoa(n) + "}" }
+// Feed is partition n's projector feed.
+func (k Keys) Feed(n int) string { return k.tag(n) + "feed" }
 
 // FeedFor is the feed partition that carries run's pointers.
 func (k Keys) FeedFor(run string) string { return k.Feed(k.Partition(run)) }
 
-// Partition returns run's feed partition.
+// Partition returns run's partition.
 func (k Keys) Partition(run string) int {
+	if k.partitions == 1 {
+		return 0
+	}
 	h := fnv.New32a()
 	h.Write([]byte(run))
 	return int(h.Sum32() % uint32(k.partitions))
 }
 
-// Delayed is the set of dispatches due later (retries), scored by due ms.
-func (k Keys) Delayed() string { return k.ns + ":delayed" }
+// Delayed is partition n's set of dispatches due later (retries), scored
+// by due ms.
+func (k Keys) Delayed(n int) string { return k.tag(n) + "delayed" }
+
+// DelayedFor is the delayed set of run's partition.
+func (k Keys) DelayedFor(run string) string { return k.Delayed(k.Partition(run)) }
 
 // Runs is the run index, scored by submit time in ms.
 func (k Keys) Runs() string { return k.ns + ":runs" }
@@ -194,20 +252,28 @@ func CheckConnection(component string, hasRedis bool, ns string) []error {
 	return errs
 }
 
-// ParseQueue returns the pool and priority band of a queue stream key
-// built by Queue; ok is false for any other key.
-func (k Keys) ParseQueue(stream string) (pool string, priority int, ok bool) {
-	rest, found := strings.CutPrefix(stream, k.ns+":{q:")
+// ParseQueue returns the partition, pool and priority band of a queue
+// stream key built by Queue; ok is false for any other key.
+func (k Keys) ParseQueue(stream string) (part int, pool string, priority int, ok bool) {
+	rest, found := strings.CutPrefix(stream, k.ns+":{p")
 	if !found {
-		return "", 0, false
+		return 0, "", 0, false
 	}
-	pool, band, found := strings.Cut(rest, "}:")
+	num, rest, found := strings.Cut(rest, "}:q:")
 	if !found {
-		return "", 0, false
+		return 0, "", 0, false
 	}
-	p, err := strconv.Atoi(band)
+	n, err := strconv.Atoi(num)
+	if err != nil || n < 0 || n >= k.partitions {
+		return 0, "", 0, false
+	}
+	i := strings.LastIndexByte(rest, ':')
+	if i < 1 {
+		return 0, "", 0, false
+	}
+	p, err := strconv.Atoi(rest[i+1:])
 	if err != nil || p < 0 || p > MaxPriority {
-		return "", 0, false
+		return 0, "", 0, false
 	}
-	return pool, p, true
+	return n, rest[:i], p, true
 }

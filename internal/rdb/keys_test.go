@@ -19,7 +19,6 @@ func TestKeyBuilders(t *testing.T) {
 			want = rdb.DefaultNamespace
 		}
 		k := rdb.NewKeys(ns)
-		p := k.Partition("R1")
 		got := map[string]string{
 			"Namespace":   k.Namespace(),
 			"RunLog":      k.RunLog("R1"),
@@ -28,35 +27,39 @@ func TestKeyBuilders(t *testing.T) {
 			"RunResults":  k.RunResults("R1"),
 			"RunOutbox":   k.RunOutbox("R1"),
 			"RunChannel":  k.RunChannel("R1"),
-			"Queue":       k.Queue("gpu", 7),
-			"Queue0":      k.Queue("default", 0),
+			"Queue":       k.Queue(0, "gpu", 7),
+			"QueueFor":    k.QueueFor("R1", "default", 0),
 			"DeadLetter":  k.DeadLetter(),
 			"Feed":        k.Feed(3),
 			"FeedFor":     k.FeedFor("R1"),
-			"Delayed":     k.Delayed(),
+			"Delayed":     k.Delayed(2),
+			"DelayedFor":  k.DelayedFor("R1"),
 			"Runs":        k.Runs(),
 			"Workers":     k.Workers(),
 			"Worker":      k.Worker("w-1"),
 			"Idempotency": k.Idempotency("key-1"),
+			"Layout":      k.Layout(),
 		}
 		wantKeys := map[string]string{
 			"Namespace":   want,
-			"RunLog":      want + ":{R1}:log",
-			"RunState":    want + ":{R1}:state",
-			"RunDAG":      want + ":{R1}:dag",
-			"RunResults":  want + ":{R1}:results",
-			"RunOutbox":   want + ":{R1}:outbox",
-			"RunChannel":  want + ":{R1}:channel",
-			"Queue":       want + ":{q:gpu}:7",
-			"Queue0":      want + ":{q:default}:0",
+			"RunLog":      want + ":{p0}:r:R1:log",
+			"RunState":    want + ":{p0}:r:R1:state",
+			"RunDAG":      want + ":{p0}:r:R1:dag",
+			"RunResults":  want + ":{p0}:r:R1:results",
+			"RunOutbox":   want + ":{p0}:r:R1:outbox",
+			"RunChannel":  want + ":{p0}:r:R1:channel",
+			"Queue":       want + ":{p0}:q:gpu:7",
+			"QueueFor":    want + ":{p0}:q:default:0",
 			"DeadLetter":  want + ":{dlq}",
-			"Feed":        want + ":{feed:3}",
-			"FeedFor":     k.Feed(p),
-			"Delayed":     want + ":delayed",
+			"Feed":        want + ":{p3}:feed",
+			"FeedFor":     want + ":{p0}:feed",
+			"Delayed":     want + ":{p2}:delayed",
+			"DelayedFor":  want + ":{p0}:delayed",
 			"Runs":        want + ":runs",
 			"Workers":     want + ":workers",
 			"Worker":      want + ":worker:w-1",
 			"Idempotency": want + ":idem:key-1",
+			"Layout":      want + ":layout",
 		}
 		if diff := cmp.Diff(wantKeys, got); diff != "" {
 			t.Errorf("namespace %q (-want +got):\n%s", ns, diff)
@@ -64,51 +67,66 @@ func TestKeyBuilders(t *testing.T) {
 	}
 }
 
-func TestRunKeysShareTheRunsHashTag(t *testing.T) {
+// Everything one step of a run touches shares its partition's hash tag:
+// its keys, its partition's feed, delayed set and queue streams of every
+// pool and band. That is what lets submit, commit and finish be one script
+// each, with no relay.
+func TestARunsStepsShareItsPartitionsTag(t *testing.T) {
 	t.Parallel()
-	k := rdb.NewKeys("ns")
-	keys := k.RunKeys("01HZX")
-	want := []string{k.RunLog("01HZX"), k.RunState("01HZX"), k.RunDAG("01HZX"), k.RunResults("01HZX"), k.RunOutbox("01HZX"), k.RunChannel("01HZX")}
-	if diff := cmp.Diff(want, keys); diff != "" {
-		t.Errorf("RunKeys (-want +got):\n%s", diff)
-	}
-	for _, key := range keys {
-		if tag := hashTag(key); tag != "01HZX" {
-			t.Errorf("%s has hash tag %q, want the run id", key, tag)
+	for _, p := range []int{1, 4, 16} {
+		k := rdb.NewKeysP("ns", p)
+		for i := range 200 {
+			run := "run-" + strconv.Itoa(i)
+			tag := "p" + strconv.Itoa(k.Partition(run))
+			keys := append(k.RunKeys(run), k.RunLogCompact(run), k.FeedFor(run), k.DelayedFor(run),
+				k.QueueFor(run, "default", 0), k.QueueFor(run, "gpu", rdb.MaxPriority))
+			keys = append(keys, k.Queues(k.Partition(run), "io")...)
+			for _, key := range keys {
+				if got := hashTag(key); got != tag {
+					t.Fatalf("P=%d: %s has hash tag %q, want %q (run %s's partition)", p, key, got, tag, run)
+				}
+			}
 		}
-	}
-	// Run ids are unique per key: no two runs share a key.
-	if k.RunLog("a") == k.RunLog("b") {
-		t.Error("two runs share a log")
+		if k.RunLog("a") == k.RunLog("b") {
+			t.Error("two runs share a log")
+		}
 	}
 }
 
-func TestQueuesOfAPoolShareOneTagHighestFirst(t *testing.T) {
+func TestRunKeysListsEveryKeyOfARun(t *testing.T) {
 	t.Parallel()
 	k := rdb.NewKeys("ns")
-	qs := k.Queues("gpu")
-	if len(qs) != rdb.MaxPriority+1 {
-		t.Fatalf("%d queues, want %d", len(qs), rdb.MaxPriority+1)
+	want := []string{k.RunLog("01HZX"), k.RunState("01HZX"), k.RunDAG("01HZX"), k.RunResults("01HZX"), k.RunOutbox("01HZX"), k.RunChannel("01HZX")}
+	if diff := cmp.Diff(want, k.RunKeys("01HZX")); diff != "" {
+		t.Errorf("RunKeys (-want +got):\n%s", diff)
 	}
-	for i, q := range qs {
-		if want := k.Queue("gpu", rdb.MaxPriority-i); q != want {
-			t.Errorf("Queues[%d] = %s, want %s", i, q, want)
+}
+
+func TestQueuesOfAPoolHighestFirst(t *testing.T) {
+	t.Parallel()
+	k := rdb.NewKeysP("ns", 3)
+	for part := range 3 {
+		qs := k.Queues(part, "gpu")
+		if len(qs) != rdb.MaxPriority+1 {
+			t.Fatalf("%d queues, want %d", len(qs), rdb.MaxPriority+1)
 		}
-		if tag := hashTag(q); tag != "q:gpu" {
-			t.Errorf("%s has hash tag %q, want q:gpu", q, tag)
+		for i, q := range qs {
+			if want := k.Queue(part, "gpu", rdb.MaxPriority-i); q != want {
+				t.Errorf("Queues[%d] = %s, want %s", i, q, want)
+			}
 		}
 	}
-	if hashTag(k.Queue("a", 0)) == hashTag(k.Queue("b", 0)) {
-		t.Error("two pools share a hash tag")
+	if all := k.AllQueues("gpu"); len(all) != 3*(rdb.MaxPriority+1) || all[0] != k.Queue(0, "gpu", rdb.MaxPriority) || all[len(all)-1] != k.Queue(2, "gpu", 0) {
+		t.Errorf("AllQueues = %v", all)
 	}
 }
 
 func TestPartition(t *testing.T) {
 	t.Parallel()
-	k := rdb.NewKeys("")
-	if k.Partitions() != rdb.DefaultFeedPartitions {
+	if k := rdb.NewKeys(""); k.Partitions() != rdb.DefaultPartitions {
 		t.Fatalf("Partitions() = %d", k.Partitions())
 	}
+	k := rdb.NewKeysP("", 4)
 	entropy := rand.NewChaCha8([32]byte{1})
 	for name, id := range map[string]func(i int) string{
 		"ULIDs":            func(i int) string { return ulid.MustNew(uint64(1700000000000+i), entropy).String() },
@@ -122,7 +140,7 @@ func TestPartition(t *testing.T) {
 			if p < 0 || p >= k.Partitions() {
 				t.Fatalf("Partition(%q) = %d out of range", run, p)
 			}
-			if p != k.Partition(run) || p != rdb.NewKeys("other").Partition(run) {
+			if p != k.Partition(run) || p != rdb.NewKeysP("other", 4).Partition(run) {
 				t.Fatalf("Partition(%q) is not a function of the run id", run)
 			}
 			if k.FeedFor(run) != k.Feed(p) {

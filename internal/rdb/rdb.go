@@ -112,7 +112,8 @@ func SubmitArgs(ev events.Event, body events.RunSubmittedBody) ([]any, error) {
 
 // SubmitArgsCmd queues the submit script with arguments from SubmitArgs.
 func (d DB) SubmitArgsCmd(ctx context.Context, p redis.Scripter, run string, args []any) *redis.Cmd {
-	return submitScript.Run(ctx, p, []string{d.K.RunState(run), d.K.RunLog(run), d.K.RunDAG(run), d.K.RunResults(run)}, args...)
+	return submitScript.Run(ctx, p, []string{d.K.RunState(run), d.K.RunLog(run), d.K.RunDAG(run), d.K.RunResults(run), d.K.FeedFor(run)},
+		append(args[:len(args):len(args)], run)...)
 }
 
 // ParseSubmit reads a submit command's reply. created is also true when
@@ -182,7 +183,10 @@ type Commit struct {
 	// on (Record.String(); "" or "pending|0|0|" for a task never touched):
 	// the commit is refused if any task holds another record.
 	Expect map[string]string
-	Outbox []string
+	// Dispatches are enqueued by the commit itself: on the pool's queue
+	// stream of the run's partition, or parked in its delayed set when
+	// DueMS is later than TimeMS.
+	Dispatches []Dispatch
 	// CompactLog, when the decisions end the run, rewrites a log of at
 	// most this many events with its memory sized to fit (0: never).
 	CompactLog int
@@ -204,7 +208,7 @@ type CommitResult struct {
 	Why      string
 	Head     Head     // head after the commit (or the current one on conflict)
 	CaughtUp bool     // nothing but the decisions was appended since FoldedTo
-	Outbox   int64    // outbox length after the commit
+	Parked   int64    // dispatches parked in the delayed set
 	Seqs     []string // stream ids of the appended decisions
 }
 
@@ -221,7 +225,8 @@ func (d DB) Commit(ctx context.Context, run string, c Commit) (CommitResult, err
 // CommitCmd queues the commit script for run on p, a pipeline or the
 // client; read its reply with ParseCommit after Exec.
 func (d DB) CommitCmd(ctx context.Context, p redis.Scripter, run string, c Commit) *redis.Cmd {
-	args := make([]any, 0, 10+6*len(c.Events)+2*len(c.Records)+2*len(c.Expect)+len(c.Outbox))
+	keys := []string{d.K.RunState(run), d.K.RunLog(run), d.K.RunLogCompact(run), d.K.RunDAG(run), d.K.RunResults(run), d.K.RunChannel(run)}
+	args := make([]any, 0, 11+6*len(c.Events)+2*len(c.Records)+2*len(c.Expect)+5*len(c.Dispatches))
 	args = append(args, c.Expected.Cursor, c.Expected.Commit, c.FoldedTo, strconv.FormatInt(c.TimeMS, 10), c.Writer, len(c.Events))
 	for _, e := range c.Events {
 		args = append(args, e.ID, string(e.Type), e.Task, e.Attempt, e.Epoch, string(e.Body))
@@ -237,13 +242,23 @@ func (d DB) CommitCmd(ctx context.Context, p redis.Scripter, run string, c Commi
 		}
 		args = append(args, f, v)
 	}
-	args = append(args, len(c.Outbox))
-	for _, o := range c.Outbox {
-		args = append(args, o)
+	args = append(args, len(c.Dispatches))
+	index := map[string]int{}
+	for _, x := range c.Dispatches {
+		key, due, member := d.K.QueueFor(run, x.Pool, x.Priority), int64(0), ""
+		if x.DueMS > c.TimeMS {
+			key, due, member = d.K.DelayedFor(run), x.DueMS, x.String()
+		}
+		i, ok := index[key]
+		if !ok {
+			keys = append(keys, key)
+			i = len(keys)
+			index[key] = i
+		}
+		args = append(args, i, due, x.Task, x.Attempt, member)
 	}
-	args = append(args, c.CompactLog, c.TTL.Milliseconds())
-	return commitScript.Run(ctx, p, []string{d.K.RunState(run), d.K.RunLog(run), d.K.RunOutbox(run), d.K.RunLogCompact(run),
-		d.K.RunDAG(run), d.K.RunResults(run), d.K.RunChannel(run)}, args...)
+	args = append(args, c.CompactLog, c.TTL.Milliseconds(), run)
+	return commitScript.Run(ctx, p, keys, args...)
 }
 
 // untouched is the record of a task no script has written yet.
@@ -262,7 +277,7 @@ func ParseCommit(run string, cmd *redis.Cmd) (CommitResult, error) {
 		return out, nil
 	}
 	out.CaughtUp = num(res, 2) == 1
-	out.Outbox = num(res, 3)
+	out.Parked = num(res, 3)
 	out.Head.Commit = str(res, 4)
 	for i := 5; i < len(res); i++ {
 		out.Seqs = append(out.Seqs, str(res, i))
@@ -270,22 +285,8 @@ func ParseCommit(run string, cmd *redis.Cmd) (CommitResult, error) {
 	return out, nil
 }
 
-// OutboxAck removes relayed entries from the head of run's outbox.
-func (d DB) OutboxAck(ctx context.Context, run string, entries []string) (int64, error) {
-	return d.OutboxAckCmd(ctx, d.C, run, entries).Int64()
-}
-
-// OutboxAckCmd queues the outbox-ack script for run on p.
-func (d DB) OutboxAckCmd(ctx context.Context, p redis.Scripter, run string, entries []string) *redis.Cmd {
-	args := make([]any, len(entries))
-	for i, e := range entries {
-		args[i] = e
-	}
-	return outboxAckScript.Run(ctx, p, []string{d.K.RunOutbox(run)}, args...)
-}
-
-// Dispatch is one entry of an outbox: a task attempt to put on a queue
-// (or in the delayed set until DueMS).
+// Dispatch is a task attempt to put on a queue (or in the delayed set
+// until DueMS); its String is its delayed-set member.
 type Dispatch struct {
 	Pool     string
 	Priority int
@@ -296,22 +297,22 @@ type Dispatch struct {
 	EventID  string // makes the entry unique
 }
 
-// String encodes the dispatch as an outbox entry.
+// String encodes the dispatch as a delayed-set member.
 func (p Dispatch) String() string {
 	return strings.Join([]string{p.Pool, strconv.Itoa(p.Priority), strconv.FormatInt(p.DueMS, 10), p.Run, p.Task, strconv.Itoa(p.Attempt), p.EventID}, "|")
 }
 
-// ParseDispatch decodes an outbox entry.
+// ParseDispatch decodes a delayed-set member.
 func ParseDispatch(s string) (Dispatch, error) {
 	f := strings.Split(s, "|")
 	if len(f) != 7 {
-		return Dispatch{}, fmt.Errorf("malformed outbox entry %q", s)
+		return Dispatch{}, fmt.Errorf("malformed dispatch %q", s)
 	}
 	prio, err1 := strconv.Atoi(f[1])
 	due, err2 := strconv.ParseInt(f[2], 10, 64)
 	att, err3 := strconv.Atoi(f[5])
 	if err := errors.Join(err1, err2, err3); err != nil {
-		return Dispatch{}, fmt.Errorf("malformed outbox entry %q: %w", s, err)
+		return Dispatch{}, fmt.Errorf("malformed dispatch %q: %w", s, err)
 	}
 	return Dispatch{Pool: f[0], Priority: prio, DueMS: due, Run: f[3], Task: f[4], Attempt: att, EventID: f[6]}, nil
 }
@@ -326,9 +327,73 @@ const (
 // XAddDispatch queues a dispatch on its pool and band (pipelineable).
 func (d DB) XAddDispatch(ctx context.Context, p redis.Cmdable, x Dispatch) *redis.StringCmd {
 	return p.XAdd(ctx, &redis.XAddArgs{
-		Stream: d.K.Queue(x.Pool, x.Priority),
+		Stream: d.K.QueueFor(x.Run, x.Pool, x.Priority),
 		Values: []any{MsgRun, x.Run, MsgTask, x.Task, MsgAttempt, strconv.Itoa(x.Attempt)},
 	})
+}
+
+// DueDispatches returns up to n members of partition part's delayed set
+// due at nowMS, and the due time of the earliest one left (0: none).
+func (d DB) DueDispatches(ctx context.Context, part int, nowMS int64, n int) (due []string, next int64, err error) {
+	pipe := d.C.Pipeline()
+	dueCmd := pipe.ZRangeArgs(ctx, redis.ZRangeArgs{
+		Key: d.K.Delayed(part), Start: "-inf", Stop: strconv.FormatInt(nowMS, 10), ByScore: true, Count: int64(n),
+	})
+	first := pipe.ZRangeWithScores(ctx, d.K.Delayed(part), 0, 0)
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, 0, err
+	}
+	if f := first.Val(); len(f) > 0 && int64(f[0].Score) > nowMS {
+		next = int64(f[0].Score)
+	}
+	return dueCmd.Val(), next, nil
+}
+
+// MoveDue queues the delayed-set members of partition part (from
+// DueDispatches) on their queue streams, each exactly once (see
+// delayedMoveScript). Malformed members are removed and returned.
+func (d DB) MoveDue(ctx context.Context, part int, members []string) (moved int64, malformed []string, err error) {
+	keys := []string{d.K.Delayed(part)}
+	index := map[string]int{}
+	args := []any{0}
+	n := 0
+	for _, m := range members {
+		x, err := ParseDispatch(m)
+		if err != nil {
+			malformed = append(malformed, m)
+			continue
+		}
+		key := d.K.Queue(part, x.Pool, x.Priority)
+		i, ok := index[key]
+		if !ok {
+			keys = append(keys, key)
+			i = len(keys)
+			index[key] = i
+		}
+		args = append(args, m, i, x.Run, x.Task, strconv.Itoa(x.Attempt))
+		n++
+	}
+	if len(malformed) > 0 {
+		ms := make([]any, len(malformed))
+		for i, m := range malformed {
+			ms[i] = m
+		}
+		if err := d.C.ZRem(ctx, d.K.Delayed(part), ms...).Err(); err != nil {
+			return 0, malformed, err
+		}
+	}
+	if n == 0 {
+		return 0, malformed, nil
+	}
+	args[0] = n
+	moved, err = delayedMoveScript.Run(ctx, d.C, keys, args...).Int64()
+	return moved, malformed, err
+}
+
+// IndexRun adds run to the run index, scored by its submit time (an
+// existing entry keeps its score; pipelineable).
+func (d DB) IndexRun(ctx context.Context, p redis.Cmdable, run string, at time.Time) *redis.IntCmd {
+	return p.ZAddNX(ctx, d.K.Runs(), redis.Z{Score: float64(at.UnixMilli()), Member: run})
 }
 
 // PointFeed appends a pointer to run on its feed partition (pipelineable).
@@ -492,6 +557,10 @@ type FinishArgs struct {
 	// Unfenced skips the epoch check: a test-only switch (chaos uses it
 	// to prove that its checker catches duplicate accepts). Never set it.
 	Unfenced bool
+	// Stream and MessageID name the attempt's queue message, acked by the
+	// finish itself if it is pending for Consumer. An empty MessageID
+	// leaves the ack to the caller (after a dead letter, say).
+	Stream, MessageID, Consumer string
 }
 
 // ErrStaleClaim is returned when a worker reports on a claim it no longer
@@ -513,48 +582,63 @@ func (e *StaleError) Error() string {
 func (e *StaleError) Unwrap() error { return ErrStaleClaim }
 
 // Finish runs the finish script for one outcome. newlyDirty says the
-// caller must point the feed at the run.
+// run became dirty (the script pointed the feed at it).
 func (d DB) Finish(ctx context.Context, a FinishArgs) (newlyDirty bool, err error) {
-	dirty, errs, err := ParseFinishes([]FinishArgs{a}, d.FinishesCmd(ctx, d.C, []FinishArgs{a}))
+	outs, err := ParseFinishes([]FinishArgs{a}, d.FinishesCmd(ctx, d.C, []FinishArgs{a}))
 	if err != nil {
 		return false, err
 	}
-	return dirty[0], errs[0]
+	return outs[0].Dirty, outs[0].Err
 }
 
 // FinishesCmd queues one finish script call for several outcomes of ONE
-// run on p; read it with ParseFinishes.
+// run whose messages are on ONE stream (and of one consumer) on p; read it
+// with ParseFinishes.
 func (d DB) FinishesCmd(ctx context.Context, p redis.Scripter, as []FinishArgs) *redis.Cmd {
 	run := as[0].Run
-	argv := make([]any, 0, 1+12*len(as))
-	argv = append(argv, len(as))
-	for _, a := range as {
-		argv = append(argv, a.Task, a.Attempt, a.Epoch, a.Worker, a.EventID, a.TimeMS, string(a.Type), string(a.Body), a.Status, string(a.Result), a.RejectID, unfenced(a.Unfenced))
+	stream := as[0].Stream
+	if stream == "" {
+		stream = d.K.Feed(d.K.Partition(run)) // any key of the slot: nothing is acked
 	}
-	return finishScript.Run(ctx, p, []string{d.K.RunState(run), d.K.RunLog(run), d.K.RunResults(run)}, argv...)
+	argv := make([]any, 0, 4+13*len(as))
+	argv = append(argv, len(as), GroupWorkers, as[0].Consumer, run)
+	for _, a := range as {
+		argv = append(argv, a.Task, a.Attempt, a.Epoch, a.Worker, a.EventID, a.TimeMS, string(a.Type), string(a.Body), a.Status, string(a.Result), a.RejectID, unfenced(a.Unfenced), a.MessageID)
+	}
+	return finishScript.Run(ctx, p, []string{d.K.RunState(run), d.K.RunLog(run), d.K.RunResults(run), stream, d.K.FeedFor(run)}, argv...)
 }
 
-// ParseFinishes reads a FinishesCmd reply: per outcome, whether the run
-// became dirty, and a *StaleError (wrapping ErrStaleClaim) when the caller
-// no longer held the claim. err is for the call as a whole.
-func ParseFinishes(as []FinishArgs, cmd *redis.Cmd) (dirty []bool, errs []error, err error) {
+// FinishOutcome is one outcome's reply: whether the run became dirty,
+// whether its message was acked (1), not pending (0) or pending for
+// another consumer (-1), and a *StaleError (wrapping ErrStaleClaim) when
+// the caller no longer held the claim.
+type FinishOutcome struct {
+	Dirty bool
+	Acked int
+	Err   error
+}
+
+// ParseFinishes reads a FinishesCmd reply, an outcome per FinishArgs. err
+// is for the call as a whole.
+func ParseFinishes(as []FinishArgs, cmd *redis.Cmd) ([]FinishOutcome, error) {
 	items, err := cmd.Slice()
 	if err != nil {
-		return nil, nil, fmt.Errorf("finish %s (%d tasks): %w", as[0].Run, len(as), err)
+		return nil, fmt.Errorf("finish %s (%d tasks): %w", as[0].Run, len(as), err)
 	}
 	if len(items) != len(as) {
-		return nil, nil, fmt.Errorf("finish %s: %d replies for %d tasks", as[0].Run, len(items), len(as))
+		return nil, fmt.Errorf("finish %s: %d replies for %d tasks", as[0].Run, len(items), len(as))
 	}
-	dirty, errs = make([]bool, len(as)), make([]error, len(as))
+	out := make([]FinishOutcome, len(as))
 	for i := range as {
 		res, _ := items[i].([]any)
 		if str(res, 0) == "stale" {
-			errs[i] = &StaleError{Status: str(res, 1), Epoch: str(res, 2), Owner: str(res, 3)}
+			out[i].Err = &StaleError{Status: str(res, 1), Epoch: str(res, 2), Owner: str(res, 3)}
 			continue
 		}
-		dirty[i] = num(res, 2) == 1
+		out[i].Dirty = num(res, 2) == 1
+		out[i].Acked = int(num(res, 3))
 	}
-	return dirty, errs, nil
+	return out, nil
 }
 
 func unfenced(b bool) string {
@@ -688,10 +772,10 @@ func HeartbeatResult(cmd *redis.Cmd) error {
 	return nil
 }
 
-// Fetch reads up to n new messages of a pool, highest band first, without
-// blocking (see fetchScript).
-func (d DB) Fetch(ctx context.Context, pool, consumer string, n int) ([]redis.XStream, error) {
-	res, err := fetchScript.Run(ctx, d.C, d.K.Queues(pool), GroupWorkers, consumer, n).Slice()
+// Fetch reads up to n new messages of a pool in partition part, highest
+// band first, without blocking (see fetchScript).
+func (d DB) Fetch(ctx context.Context, part int, pool, consumer string, n int) ([]redis.XStream, error) {
+	res, err := fetchScript.Run(ctx, d.C, d.K.Queues(part, pool), GroupWorkers, consumer, n).Slice()
 	if err != nil {
 		return nil, err
 	}
@@ -734,7 +818,7 @@ func (d DB) QueueAck(ctx context.Context, p redis.Scripter, stream, consumer str
 // QueueMove gives a pending message back to the pool: a fresh copy on its
 // band and the old one acked, atomically (see queueMoveScript).
 func (d DB) QueueMove(ctx context.Context, p redis.Scripter, stream, consumer, id string, x Dispatch) *redis.Cmd {
-	return queueMoveScript.Run(ctx, p, []string{stream, d.K.Queue(x.Pool, x.Priority)},
+	return queueMoveScript.Run(ctx, p, []string{stream, d.K.QueueFor(x.Run, x.Pool, x.Priority)},
 		GroupWorkers, consumer, id, x.Run, x.Task, strconv.Itoa(x.Attempt))
 }
 

@@ -33,7 +33,7 @@ func (d DB) Repair(ctx context.Context, run string, tasks []RepairTask, now time
 	if err != nil {
 		return nil, err
 	}
-	parked, err := d.C.ZRange(ctx, d.K.Delayed(), 0, -1).Result()
+	parked, err := d.C.ZRange(ctx, d.K.DelayedFor(run), 0, -1).Result()
 	if err != nil {
 		return nil, err
 	}

@@ -30,6 +30,14 @@ local function setrec(state, task, st, a, e, o)
   redis.call('HSET', state, task, recstr(st, a, e, o))
 end
 local terminal = {succeeded=true, failed=true, skipped=true, cancelled=true}
+-- notwritable returns an error reply if key holds a type other than typ
+-- (a script checks the keys it will write before its first write: a
+-- WRONGTYPE midway would leave a partial write behind).
+local function notwritable(key, typ)
+  local t = redis.call('TYPE', key)['ok']
+  if t == typ or t == 'none' then return nil end
+  return redis.error_reply('WRONGTYPE ' .. key .. ' holds a ' .. t .. ', not a ' .. typ)
+end
 -- chunked runs cmd on key with the values t[i..j], at most 1,000 per call
 -- (Lua's unpack limit), and returns the last reply.
 local function chunked(cmd, key, t, i, j)
@@ -43,13 +51,14 @@ local function chunked(cmd, key, t, i, j)
 end
 `
 
-// submitScript creates a run: appends run_submitted and writes the run's
-// static metadata. Idempotent: an existing run is left untouched.
+// submitScript creates a run: appends run_submitted, writes the run's
+// static metadata and points the feed at the run (its partition's feed:
+// one slot). Idempotent: an existing run is left untouched.
 //
-// KEYS: 1 state, 2 log, 3 dag, 4 results
+// KEYS: 1 state, 2 log, 3 dag, 4 results, 5 feed
 // ARGV: 1 event id, 2 time ms, 3 run_submitted body, 4 workflow name,
 //
-//	5 input, 6 n tasks, then n pairs (task id, meta JSON)
+//	5 input, 6 n tasks, then n pairs (task id, meta JSON), then the run id
 //
 // Reply: {"created", seq} or {"exists", workflow, run_submitted event id}
 var submitScript = redis.NewScript(prelude + `
@@ -71,11 +80,14 @@ end
 if redis.call('EXISTS', KEYS[2]) == 1 then
   return {'exists', '', firstid()}
 end
+local bad = notwritable(KEYS[5], 'stream')
+if bad then return bad end
 local seq = append(KEYS[2], ARGV[1], 'run_submitted', '', 0, 0, '', ARGV[2], ARGV[3])
 redis.call('HSET', KEYS[1], '@status', 'running', '@workflow', ARGV[4], '@dirty', '1')
 redis.call('HSET', KEYS[4], '@input', ARGV[5])
 local n = tonumber(ARGV[6])
 chunked('HSET', KEYS[3], ARGV, 7, 6 + 2 * n)
+redis.call('XADD', KEYS[5], '*', 'r', ARGV[7 + 2 * n])
 return {'created', seq}
 `)
 
@@ -88,31 +100,36 @@ return {'created', seq}
 // taken on (a pending task still pending, a failed one still failed):
 // every check runs before the first write, so a refused commit writes
 // nothing. Then it appends the decision events, applies their task records
-// and run fields, and pushes the dispatches onto the outbox. The cursor
+// and run fields, and enqueues the dispatches: a message on the pool's
+// queue stream of the run's partition, or a parked entry in the
+// partition's delayed set (all one slot: no outbox, no relay). The cursor
 // advances past the decisions only when nothing else was appended since
 // foldedTo; otherwise it stays at foldedTo and the projector folds on from
 // there.
 //
-// KEYS: 1 state, 2 log, 3 outbox, 4 scratch key for compacting the log,
-// 5 dag, 6 results, 7 channel
+// KEYS: 1 state, 2 log, 3 scratch key for compacting the log, 4 dag,
+// 5 results, 6 channel, then the dispatch targets (queue streams and the
+// delayed set)
 // ARGV: 1 expected cursor, 2 expected commit token, 3 foldedTo, 4 time ms,
 //
 //	5 writer id, 6 n events, then n x (event id, type, task, attempt,
 //	epoch, body), then m, m x (field, value), then x, x x (task, expected
-//	record, "" for a task never touched), then k, k x outbox entry, then
-//	the longest log to compact and the run's TTL in ms (0: none), both
-//	applied only when the decisions end the run
+//	record, "" for a task never touched), then k, k x dispatch (target key
+//	index, due ms (0: queue it now), task, attempt, delayed-set member),
+//	then the longest log to compact and the run's TTL in ms (0: none),
+//	both applied only when the decisions end the run, then the run id
 //
 // Reply: {"conflict", cursor, token, why} or
-// {"ok", new cursor, caughtUp 0|1, outbox length, new token, seq...}
+// {"ok", new cursor, caughtUp 0|1, parked, new token, seq...}
 var commitScript = redis.NewScript(prelude + `
 local n = tonumber(ARGV[6])
 local i = 7 + 6 * n
 local m = tonumber(ARGV[i]); local recs = i + 1; i = recs + 2 * m
 local x = tonumber(ARGV[i]); local exps = i + 1; i = exps + 2 * x
-local k = tonumber(ARGV[i]); local outs = i + 1; i = outs + k
+local k = tonumber(ARGV[i]); local outs = i + 1; i = outs + 5 * k
 local compact = tonumber(ARGV[i] or '0') or 0
 local ttl = tonumber(ARGV[i + 1] or '0') or 0
+local run = ARGV[i + 2]
 -- Every check before the first write.
 local head = redis.call('HMGET', KEYS[1], '@cursor', '@commit', '@status')
 local cur, token = head[1] or '', head[2] or ''
@@ -128,6 +145,17 @@ for j = 0, x - 1, 1000 do
     if v ~= ARGV[exps + 2 * (j + l - 1) + 1] then
       return {'conflict', cur, token, 'task ' .. fs[l] .. ' is ' .. (vs[l] or 'untouched')}
     end
+  end
+end
+local checked = {}
+for j = 0, k - 1 do
+  local a = outs + 5 * j
+  local key, typ = KEYS[tonumber(ARGV[a])], 'stream'
+  if tonumber(ARGV[a + 1]) > 0 then typ = 'zset' end
+  if not checked[key] then
+    checked[key] = true
+    local bad = notwritable(key, typ)
+    if bad then return bad end
   end
 end
 local last = ''
@@ -158,11 +186,18 @@ else
 end
 fields[#fields + 1] = '@cursor'; fields[#fields + 1] = newcur
 chunked('HSET', KEYS[1], fields, 1, #fields)
-local outbox
-if k > 0 then
-  outbox = chunked('RPUSH', KEYS[3], ARGV, outs, outs + k - 1)
-else
-  outbox = redis.call('LLEN', KEYS[3])
+-- The dispatches, after their events: queue messages now, or parked.
+local parked = 0
+for j = 0, k - 1 do
+  local a = outs + 5 * j
+  local key = KEYS[tonumber(ARGV[a])]
+  local due = tonumber(ARGV[a + 1])
+  if due > 0 then
+    redis.call('ZADD', key, due, ARGV[a + 4])
+    parked = parked + 1
+  else
+    redis.call('XADD', key, '*', 'r', run, 'k', ARGV[a + 2], 'a', ARGV[a + 3])
+  end
 end
 -- The run ended with these decisions: compact a short log (Redis keeps a
 -- stream's newest node at its preallocated size, up to 4 KiB; a copy's
@@ -174,33 +209,17 @@ for j = 1, n do
   if typ == 'run_succeeded' or typ == 'run_failed' or typ == 'run_cancelled' then ended = true end
 end
 if ended and compact > 0 and redis.call('XLEN', KEYS[2]) <= compact then
-  redis.call('COPY', KEYS[2], KEYS[4], 'REPLACE')
-  redis.call('RENAME', KEYS[4], KEYS[2])
+  redis.call('COPY', KEYS[2], KEYS[3], 'REPLACE')
+  redis.call('RENAME', KEYS[3], KEYS[2])
 end
 if ended and ttl > 0 then
-  for _, key in ipairs({KEYS[1], KEYS[2], KEYS[3], KEYS[5], KEYS[6], KEYS[7]}) do
+  for _, key in ipairs({KEYS[1], KEYS[2], KEYS[4], KEYS[5], KEYS[6]}) do
     redis.call('PEXPIRE', key, ttl)
   end
 end
-local reply = {'ok', newcur, caught, outbox, newtoken}
+local reply = {'ok', newcur, caught, parked, newtoken}
 for j = 1, n do reply[5 + j] = seqs[j] end
 return reply
-`)
-
-// outboxAckScript removes relayed entries from the head of the outbox, each
-// only if it is still the head (so a concurrent relayer never drops an entry
-// it did not relay).
-//
-// KEYS: 1 outbox
-// ARGV: the relayed entries, in order
-// Reply: number removed
-var outboxAckScript = redis.NewScript(`
-if #ARGV == 0 then return 0 end
-local head = redis.call('LRANGE', KEYS[1], 0, #ARGV - 1)
-local n = 0
-while n < #ARGV and head[n + 1] == ARGV[n + 1] do n = n + 1 end
-if n > 0 then redis.call('LTRIM', KEYS[1], n, -1) end
-return n
 `)
 
 // claimScript claims a task for a worker: checks the task is claimable for
@@ -341,21 +360,39 @@ return out
 
 // finishScript records the outcome of an attempt if the caller still holds
 // the claim (same attempt, epoch and owner): appends task_succeeded /
-// task_failed / task_timed_out, sets the task record, stores a result, and
-// marks the run dirty. A stale caller gets its message recorded as
-// result_rejected and changes nothing else.
+// task_failed / task_timed_out, sets the task record, stores a result and
+// marks the run dirty; then, in the same step, points the feed at the run
+// when it became dirty and acks the attempt's queue message if it is
+// pending for the caller (all one slot: the run's partition). A stale
+// caller gets its message recorded as result_rejected and changes nothing
+// else (its message is not acked: it belongs to the new claim).
 //
-// KEYS: 1 state, 2 log, 3 results
-// ARGV: n, then n items (outcomes of one run) of 12 arguments:
+// KEYS: 1 state, 2 log, 3 results, 4 the messages' queue stream, 5 feed
+// ARGV: 1 n, 2 group, 3 consumer, 4 run, then n items (outcomes of one
+// run, their messages on one stream) of 13 arguments:
 // 1 task, 2 attempt, 3 epoch, 4 worker, 5 event id, 6 time ms,
 //
 //	7 event type, 8 body, 9 new status, 10 result ("" = none),
 //	11 rejection event id, 12 "unfenced" to skip the epoch check (a
-//	test-only switch that lets chaos prove its checker catches duplicates)
+//	test-only switch that lets chaos prove its checker catches
+//	duplicates), 13 the queue message id to ack ("": the caller acks
+//	later, after its dead letter)
 //
-// Reply: per item, {"ok", seq, newly dirty 0|1} | {"stale", status, epoch, owner}
+// Reply: per item, {"ok", seq, newly dirty 0|1, acked 1|0|-1 (as
+// queue_ack)} | {"stale", status, epoch, owner}
 var finishScript = redis.NewScript(prelude + `
--- One item per call of one(); the script takes n items of 12 arguments
+local point = false
+-- ack acks and deletes message id if it is pending for the caller.
+local function ack(id)
+  if id == '' then return 0 end
+  local p = redis.call('XPENDING', KEYS[4], ARGV[2], id, id, 1)
+  if #p == 0 then return 0 end
+  if p[1][2] ~= ARGV[3] then return -1 end
+  redis.call('XACK', KEYS[4], ARGV[2], id)
+  redis.call('XDEL', KEYS[4], id)
+  return 1
+end
+-- One item per call of one(); the script takes n items of 13 arguments
 -- (all of this run) and replies with the n item replies, in order.
 local function one(A)
   local h = redis.call('HMGET', KEYS[1], '@status', A[1], '@dirty')
@@ -372,7 +409,8 @@ local function one(A)
     -- the claim ended; a retry dispatch since keeps both). Point the feed
     -- again (harmless if done before): the first call may have been the
     -- one that set @dirty, and its caller never saw the reply.
-    return {'ok', '', 1}
+    point = true
+    return {'ok', '', 1, ack(A[13])}
   end
   if A[12] == 'unfenced' and a == att then
     e, o = ep, A[4]
@@ -383,23 +421,26 @@ local function one(A)
       cjson.encode({what = what, reason = 'claim lost: task is ' .. st .. ' at epoch ' .. tostring(e), current_epoch = e}))
     return {'stale', st, tostring(e), o}
   end
-  -- The record and @dirty in one HSET; "newly dirty" (the caller then
-  -- points the feed) if @dirty was not set before.
+  -- The record and @dirty in one HSET; "newly dirty" (the feed is then
+  -- pointed at the run) if @dirty was not set before.
   redis.call('HSET', KEYS[1], A[1], recstr(A[9], a, e, o), '@dirty', '1')
   if A[9] == 'succeeded' then
     redis.call('HSET', KEYS[3], A[1], A[10])
   end
   local seq = append(KEYS[2], A[5], A[7], A[1], a, e, A[4], A[6], A[8])
   local newly = 1
-  if h[3] == '1' then newly = 0 end
-  return {'ok', seq, newly}
+  if h[3] == '1' then newly = 0 else point = true end
+  return {'ok', seq, newly, ack(A[13])}
 end
+local bad = notwritable(KEYS[4], 'stream') or notwritable(KEYS[5], 'stream')
+if bad then return bad end
 local n, out = tonumber(ARGV[1]), {}
 for i = 0, n - 1 do
   local A = {}
-  for j = 1, 12 do A[j] = ARGV[1 + i * 12 + j] end
+  for j = 1, 13 do A[j] = ARGV[4 + i * 13 + j] end
   out[i + 1] = one(A)
 end
+if point then redis.call('XADD', KEYS[5], '*', 'r', ARGV[4]) end
 return out
 `)
 
@@ -583,6 +624,25 @@ redis.call('XDEL', KEYS[1], ARGV[3])
 return 1
 `)
 
+// delayedMoveScript moves due dispatches from a partition's delayed set to
+// their queue streams: each member is removed first and queued only if
+// this call removed it, so two movers never queue one dispatch twice.
+//
+// KEYS: 1 the delayed set, then the target queue streams
+// ARGV: n, then n x (member, target key index, run, task, attempt)
+// Reply: number moved
+var delayedMoveScript = redis.NewScript(`
+local moved = 0
+for i = 0, tonumber(ARGV[1]) - 1 do
+  local a = 2 + 5 * i
+  if redis.call('ZREM', KEYS[1], ARGV[a]) == 1 then
+    redis.call('XADD', KEYS[tonumber(ARGV[a + 1])], '*', 'r', ARGV[a + 2], 'k', ARGV[a + 3], 'a', ARGV[a + 4])
+    moved = moved + 1
+  end
+end
+return moved
+`)
+
 // quarantineScript sets a running run aside for good: appends
 // run_quarantined, sets @status to quarantined with the reason, and clears
 // @dirty. A run that is not running is left alone.
@@ -632,19 +692,19 @@ return 1
 // and for preloading.
 func Scripts() map[string]*redis.Script {
 	return map[string]*redis.Script{
-		"submit":      submitScript,
-		"commit":      commitScript,
-		"outbox_ack":  outboxAckScript,
-		"claim":       claimScript,
-		"finish":      finishScript,
-		"heartbeat":   heartbeatScript,
-		"queue_ack":   queueAckScript,
-		"queue_touch": queueTouchScript,
-		"release":     releaseScript,
-		"fetch":       fetchScript,
-		"queue_move":  queueMoveScript,
-		"gc":          gcScript,
-		"requeue":     requeueScript,
-		"quarantine":  quarantineScript,
+		"submit":       submitScript,
+		"commit":       commitScript,
+		"claim":        claimScript,
+		"finish":       finishScript,
+		"heartbeat":    heartbeatScript,
+		"queue_ack":    queueAckScript,
+		"queue_touch":  queueTouchScript,
+		"release":      releaseScript,
+		"fetch":        fetchScript,
+		"queue_move":   queueMoveScript,
+		"gc":           gcScript,
+		"requeue":      requeueScript,
+		"quarantine":   quarantineScript,
+		"delayed_move": delayedMoveScript,
 	}
 }

@@ -394,7 +394,7 @@ func queueWithGroup(t *testing.T) (c *redis.Client, db rdb.DB, ctx context.Conte
 	c = redistest.Client(t)
 	db = rdb.New(c, redistest.Namespace(t))
 	ctx = context.Background()
-	q = db.K.Queue("default", 0)
+	q = db.K.Queue(0, "default", 0)
 	if err := db.EnsureGroup(ctx, q, rdb.GroupWorkers); err != nil {
 		t.Fatal(err)
 	}
@@ -473,7 +473,11 @@ func TestCommitCompareAndSet(t *testing.T) {
 	dispatchB := func(expected rdb.Head, foldedTo string) (rdb.CommitResult, error) {
 		return b.db.Commit(b.ctx, b.run, rdb.Commit{Expected: expected, FoldedTo: foldedTo, Writer: "p1", TimeMS: 1,
 			Events:  []events.Event{{ID: ulid.Make().String(), Type: events.TaskDispatched, Task: "b", Attempt: 1}},
-			Records: map[string]string{"b": "dispatched|1|0|"}, Outbox: []string{"entry-b"}})
+			Records: map[string]string{"b": "dispatched|1|0|"}, Dispatches: []rdb.Dispatch{{Pool: "default", Run: b.run, Task: "b", Attempt: 1}}})
+	}
+	queued := func() int64 {
+		n, _ := b.c.XLen(b.ctx, b.db.K.QueueFor(b.run, "default", 0)).Result()
+		return n
 	}
 
 	t.Run("a wrong expected cursor conflicts and writes nothing", func(t *testing.T) {
@@ -488,8 +492,8 @@ func TestCommitCompareAndSet(t *testing.T) {
 		if diff := cmp.Diff(state, b.hash(t, b.db.K.RunState(b.run))); diff != "" {
 			t.Errorf("a conflicting commit changed the state (-before +after):\n%s", diff)
 		}
-		if l, _ := b.c.LLen(b.ctx, b.db.K.RunOutbox(b.run)).Result(); l != 0 {
-			t.Error("a conflicting commit pushed to the outbox")
+		if queued() != 0 {
+			t.Error("a conflicting commit queued a dispatch")
 		}
 	})
 
@@ -497,8 +501,11 @@ func TestCommitCompareAndSet(t *testing.T) {
 		folded := b.last(t)
 		b.claim(t, "a", "w1", 1, false) // appended after folded
 		res, err := dispatchB(b.head(t), folded)
-		if err != nil || res.Conflict || res.CaughtUp || res.Head.Cursor != folded || len(res.Seqs) != 1 || res.Outbox != 1 {
+		if err != nil || res.Conflict || res.CaughtUp || res.Head.Cursor != folded || len(res.Seqs) != 1 || res.Parked != 0 {
 			t.Fatalf("Commit = %+v, %v; want ok, not caught up, cursor %s", res, err, folded)
+		}
+		if queued() != 1 {
+			t.Errorf("%d dispatches queued, want 1", queued())
 		}
 		st := b.hash(t, b.db.K.RunState(b.run))
 		if st[rdb.FieldRunCursor] != folded || st[rdb.FieldRunDirty] != "1" || st["b"] != "dispatched|1|0|" {
@@ -577,7 +584,7 @@ func TestCommitRefusesADecisionOnAChangedRecord(t *testing.T) {
 	} {
 		res, err := b.db.Commit(b.ctx, b.run, rdb.Commit{Expected: b.head(t), FoldedTo: b.last(t), Writer: "p", TimeMS: 1,
 			Events:  []events.Event{{ID: ulid.Make().String(), Type: events.TaskDispatched, Task: "b", Attempt: 1}},
-			Records: map[string]string{"b": "dispatched|1|0|"}, Expect: expect, Outbox: []string{"entry"}})
+			Records: map[string]string{"b": "dispatched|1|0|"}, Expect: expect, Dispatches: []rdb.Dispatch{{Pool: "default", Run: b.run, Task: "b", Attempt: 1}}})
 		if err != nil || !res.Conflict || res.HeadMoved() {
 			t.Fatalf("%s: Commit = %+v, %v; want a record conflict", name, res, err)
 		}
@@ -588,37 +595,14 @@ func TestCommitRefusesADecisionOnAChangedRecord(t *testing.T) {
 	if diff := cmp.Diff(state, b.hash(t, b.db.K.RunState(b.run))); diff != "" {
 		t.Errorf("a refused commit changed the state (-before +after):\n%s", diff)
 	}
-	if l, _ := b.c.LLen(b.ctx, b.db.K.RunOutbox(b.run)).Result(); l != 0 {
-		t.Error("a refused commit pushed to the outbox")
+	if l, _ := b.c.XLen(b.ctx, b.db.K.QueueFor(b.run, "default", 0)).Result(); l != 0 {
+		t.Error("a refused commit queued a dispatch")
 	}
 	res, err := b.db.Commit(b.ctx, b.run, rdb.Commit{Expected: b.head(t), FoldedTo: b.last(t), Writer: "p", TimeMS: 1,
 		Events:  []events.Event{{ID: ulid.Make().String(), Type: events.TaskSkipped, Task: "c"}},
 		Records: map[string]string{"c": "skipped|0|0|"}, Expect: map[string]string{"c": "pending|0|0|"}})
 	if err != nil || res.Conflict {
 		t.Fatalf("a decision on an untouched task (expected in its long form) = %+v, %v; want applied", res, err)
-	}
-}
-
-func TestOutboxAckRemovesOnlyTheRelayedHead(t *testing.T) {
-	t.Parallel()
-	c := redistest.Client(t)
-	db := rdb.New(c, redistest.Namespace(t))
-	ctx := context.Background()
-	key := db.K.RunOutbox("R")
-	if err := c.RPush(ctx, key, "x", "y", "z").Err(); err != nil {
-		t.Fatal(err)
-	}
-	if n, err := db.OutboxAck(ctx, "R", []string{"x", "q", "z"}); err != nil || n != 1 {
-		t.Fatalf("OutboxAck = %d, %v; want 1 (stop at the first entry that is not the head)", n, err)
-	}
-	if n, err := db.OutboxAck(ctx, "R", []string{"z"}); err != nil || n != 0 {
-		t.Fatalf("OutboxAck of a non-head entry = %d, %v; want 0", n, err)
-	}
-	if n, err := db.OutboxAck(ctx, "R", []string{"y", "z"}); err != nil || n != 2 {
-		t.Fatalf("OutboxAck = %d, %v; want 2", n, err)
-	}
-	if l, _ := c.LLen(ctx, key).Result(); l != 0 {
-		t.Errorf("outbox length %d", l)
 	}
 }
 

@@ -100,8 +100,8 @@ func TestKeySlotMatchesRedis(t *testing.T) {
 	c := redis.NewClient(&redis.Options{Addr: srv.Addr()})
 	defer c.Close()
 	k := rdb.NewKeys("graflow")
-	keys := append(k.RunKeys("01HZX0000000000000000000AB"), k.Queues("default")...)
-	keys = append(keys, k.Feed(0), k.Feed(3), k.Delayed(), k.Workers(), k.Worker("w1"), "foo{{bar}}zap", "foo{}{bar}", "é{ü}")
+	keys := append(k.RunKeys("01HZX0000000000000000000AB"), k.AllQueues("default")...)
+	keys = append(keys, k.Feed(0), k.Feed(3), k.Delayed(2), k.Workers(), k.Worker("w1"), "foo{{bar}}zap", "foo{}{bar}", "é{ü}")
 	for _, key := range keys {
 		want, err := c.ClusterKeySlot(ctx, key).Result()
 		if err != nil {
@@ -269,7 +269,7 @@ func TestEveryScriptAndMultiTouchesOneSlot(t *testing.T) {
 	db := rdb.New(c, ns)
 
 	p, err := projector.New(projector.Config{Redis: c, Namespace: ns, ID: "p1", FeedBlock: 100 * time.Millisecond,
-		RetryInitial: time.Millisecond, RetryMax: time.Millisecond})
+		RetryInitial: 20 * time.Millisecond, RetryMax: 20 * time.Millisecond}) // a retry is parked, then moved
 	if err != nil {
 		t.Fatal(err)
 	}
