@@ -109,3 +109,31 @@ func (r *Run) depsAlive(t *Task, skipping map[string]bool) bool {
 	}
 	return true
 }
+
+// Initial returns the decisions a new run calls for at once, folded from
+// its run_submitted event alone: its root tasks' dispatches, at most limit
+// of them. more says the run calls for further decisions (more roots than
+// limit). The submitter commits them in the script that creates the run
+// (its queue shares the run's slot), which saves the projector's first
+// commit; they are exactly the decisions a projector would make, and the
+// fold checks them like any other. Pure: the events have no ID, Seq or
+// Time.
+func Initial(submitted events.Event, limit int) (decisions []events.Event, more bool, err error) {
+	r := NewRun(submitted.Run)
+	r.noResults = true
+	if err := Apply(r, submitted); err != nil {
+		return nil, false, err
+	}
+	decisions = Decide(r, limit, nil)
+	for _, d := range decisions {
+		if d.Type != events.TaskDispatched {
+			// Only dispatches are made at submit; anything else (no run
+			// calls for it) is left to the projector.
+			return nil, true, nil
+		}
+		if err := Apply(r, d); err != nil {
+			return nil, false, err
+		}
+	}
+	return decisions, len(Decide(r, 1, nil)) > 0, nil
+}

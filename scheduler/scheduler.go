@@ -9,6 +9,7 @@ import (
 
 	"github.com/graflow-go/graflow/events"
 	"github.com/graflow-go/graflow/internal/rdb"
+	"github.com/graflow-go/graflow/projector"
 	"github.com/oklog/ulid/v2"
 	"github.com/redis/go-redis/v9"
 )
@@ -30,6 +31,9 @@ type Config struct {
 	MaxPayloadBytes int
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+	// ID names the submitter as the writer of the decisions a submit makes
+	// at once (default "submit").
+	ID string
 }
 
 // Scheduler validates and submits runs. Safe for concurrent use.
@@ -46,6 +50,9 @@ func New(cfg Config) (*Scheduler, error) {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.ID == "" {
+		cfg.ID = "submit"
 	}
 	var errs []error
 	if cfg.Redis == nil {
@@ -93,8 +100,9 @@ func (s *Scheduler) Submit(ctx context.Context, spec events.RunSubmittedBody, op
 		return "", false, fmt.Errorf("%w %q: use 1-128 letters, digits, '_', '.', ':', '-'", ErrInvalidRunID, run)
 	}
 	ev := events.Event{ID: ulid.Make().String(), Run: run, Type: events.RunSubmitted, Time: now}.WithBody(spec)
-	// One round trip: the script (which also points the feed at the new
-	// run: same slot), then the run's index entry. The index entry follows
+	// One round trip: the script (which also dispatches the root tasks, or
+	// points the feed at the new run: same slot), then the run's index
+	// entry. The index entry follows
 	// the script in the pipeline; if the script failed, a dangling entry
 	// is dropped by the index sweep. It is written even when the run
 	// existed: an earlier submit may have died between the two.
@@ -105,10 +113,14 @@ func (s *Scheduler) Submit(ctx context.Context, spec events.RunSubmittedBody, op
 	if err != nil {
 		return "", false, err
 	}
+	init, err := s.initial(ev, now)
+	if err != nil {
+		return "", false, err
+	}
 	var cmd *redis.Cmd
 	var index *redis.IntCmd
 	if err := s.comb.Do(ctx, func(pipe redis.Pipeliner) {
-		cmd = s.db.SubmitArgsCmd(ctx, pipe, run, args)
+		cmd = s.db.SubmitArgsCmd(ctx, pipe, run, args, init)
 		index = s.db.IndexRun(ctx, pipe, run, now)
 	}); err != nil {
 		return "", false, err
@@ -131,4 +143,25 @@ func (s *Scheduler) Submit(ctx context.Context, spec events.RunSubmittedBody, op
 		}
 	}
 	return run, created, nil
+}
+
+// initial folds ev (run_submitted) into the decisions the run calls for at
+// once, the root tasks' dispatches, for the submit script to commit (see
+// projector.Initial).
+func (s *Scheduler) initial(ev events.Event, now time.Time) (rdb.Initial, error) {
+	decisions, more, err := projector.Initial(ev, projector.DefaultBatchSize)
+	if err != nil {
+		return rdb.Initial{}, fmt.Errorf("fold run_submitted: %w", err)
+	}
+	init := rdb.Initial{More: more, Writer: s.cfg.ID}
+	for _, d := range decisions {
+		d.ID, d.Time, d.Worker, d.Version = ulid.Make().String(), now, s.cfg.ID, events.CurrentVersion
+		var b events.TaskDispatchedBody
+		if err := d.DecodeBody(&b); err != nil {
+			return rdb.Initial{}, err
+		}
+		init.Events = append(init.Events, d)
+		init.Dispatches = append(init.Dispatches, rdb.Dispatch{Pool: b.Pool, Priority: b.Priority, Run: ev.Run, Task: d.Task, Attempt: d.Attempt, EventID: d.ID})
+	}
+	return init, nil
 }

@@ -43,6 +43,11 @@ func TestAQuarantinedRunEnds(t *testing.T) {
 		}
 		bad = append(bad, id)
 	}
+	// Every writer of a log points the feed at the run (the submit
+	// dispatched a and left nothing else for the projector to do).
+	if err := rdb.New(rc, ns).PointFeed(ctx, rc, run).Err(); err != nil {
+		t.Fatal(err)
+	}
 	p, err := projector.New(projector.Config{Redis: rc, Namespace: ns, FeedBlock: 100 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)

@@ -92,7 +92,7 @@ func (d DB) SubmitCmd(ctx context.Context, p redis.Scripter, run string, ev even
 	if err != nil {
 		return nil, err
 	}
-	return d.SubmitArgsCmd(ctx, p, run, args), nil
+	return d.SubmitArgsCmd(ctx, p, run, args, Initial{}), nil
 }
 
 // SubmitArgs encodes the submit script's arguments (the step that can
@@ -110,10 +110,45 @@ func SubmitArgs(ev events.Event, body events.RunSubmittedBody) ([]any, error) {
 	return args, nil
 }
 
-// SubmitArgsCmd queues the submit script with arguments from SubmitArgs.
-func (d DB) SubmitArgsCmd(ctx context.Context, p redis.Scripter, run string, args []any) *redis.Cmd {
-	return submitScript.Run(ctx, p, []string{d.K.RunState(run), d.K.RunLog(run), d.K.RunDAG(run), d.K.RunResults(run), d.K.FeedFor(run)},
-		append(args[:len(args):len(args)], run)...)
+// Initial is what a submit decides at once, folded by the submitter from
+// run_submitted: the projector's first commit, made by the submit script.
+type Initial struct {
+	// Events are the decisions (task_dispatched), stamped with ids; each
+	// has its Dispatch at the same index.
+	Events     []events.Event
+	Dispatches []Dispatch
+	// More says the fold calls for more decisions than these: the run is
+	// marked dirty and the feed pointed at it.
+	More   bool
+	Writer string
+}
+
+// SubmitArgsCmd queues the submit script with arguments from SubmitArgs
+// and the initial decisions (none: the projector makes them).
+func (d DB) SubmitArgsCmd(ctx context.Context, p redis.Scripter, run string, args []any, init Initial) *redis.Cmd {
+	keys := []string{d.K.RunState(run), d.K.RunLog(run), d.K.RunDAG(run), d.K.RunResults(run), d.K.FeedFor(run)}
+	argv := make([]any, 0, len(args)+4+8*len(init.Events))
+	argv = append(argv, args...)
+	argv = append(argv, run, len(init.Events))
+	index := map[string]int{}
+	for i, e := range init.Events {
+		x := init.Dispatches[i]
+		key := d.K.QueueFor(run, x.Pool, x.Priority)
+		k, ok := index[key]
+		if !ok {
+			keys = append(keys, key)
+			k = len(keys)
+			index[key] = k
+		}
+		rec := Record{Status: "dispatched", Attempt: x.Attempt, Epoch: e.Epoch}.String()
+		argv = append(argv, e.ID, string(e.Type), e.Task, e.Attempt, e.Epoch, string(e.Body), rec, k)
+	}
+	more := 0
+	if init.More {
+		more = 1
+	}
+	argv = append(argv, more, init.Writer)
+	return submitScript.Run(ctx, p, keys, argv...)
 }
 
 // ParseSubmit reads a submit command's reply. created is also true when

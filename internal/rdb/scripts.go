@@ -10,9 +10,12 @@ local function append(log, id, typ, task, attempt, epoch, worker, ts, body)
   return redis.call('XADD', log, '*', 'id', id, 't', typ, 'v', '1', 'k', task,
     'a', tostring(attempt), 'e', tostring(epoch), 'w', worker, 'ts', ts, 'b', body)
 end
+-- A record that does not parse (changed by hand) reads as status '?',
+-- which no check accepts.
 local function parserec(r)
   if not r then return 'pending', 0, 0, '' end
-  local st, a, e, o = string.match(r, '^([^|]*)|([^|]*)|([^|]*)|(.*)$')
+  local st, a, e, o = string.match(r, '^([^|]*)|(%d+)|(%d+)|(.*)$')
+  if not st then return '?', -1, -1, '' end
   return st, tonumber(a), tonumber(e), o
 end
 local function getrec(state, task)
@@ -52,13 +55,20 @@ end
 `
 
 // submitScript creates a run: appends run_submitted, writes the run's
-// static metadata and points the feed at the run (its partition's feed:
-// one slot). Idempotent: an existing run is left untouched.
+// static metadata, and then either applies the decisions the submitter
+// folded from run_submitted (its root tasks' dispatches: the projector's
+// first commit, made here because the run's queue shares its slot) or, with
+// none, marks the run dirty and points the feed at it. After decisions, the
+// feed is pointed at the run only when the fold calls for more than one
+// commit holds. Idempotent: an existing run is left untouched.
 //
-// KEYS: 1 state, 2 log, 3 dag, 4 results, 5 feed
+// KEYS: 1 state, 2 log, 3 dag, 4 results, 5 feed, then the queue streams
+// of the decisions
 // ARGV: 1 event id, 2 time ms, 3 run_submitted body, 4 workflow name,
 //
-//	5 input, 6 n tasks, then n pairs (task id, meta JSON), then the run id
+//	5 input, 6 n tasks, then n pairs (task id, meta JSON), then the run
+//	id, d decisions, d x (event id, type, task, attempt, epoch, body,
+//	task record, queue key index), more 0|1, writer
 //
 // Reply: {"created", seq} or {"exists", workflow, run_submitted event id}
 var submitScript = redis.NewScript(prelude + `
@@ -80,14 +90,38 @@ end
 if redis.call('EXISTS', KEYS[2]) == 1 then
   return {'exists', '', firstid()}
 end
-local bad = notwritable(KEYS[5], 'stream')
-if bad then return bad end
-local seq = append(KEYS[2], ARGV[1], 'run_submitted', '', 0, 0, '', ARGV[2], ARGV[3])
-redis.call('HSET', KEYS[1], '@status', 'running', '@workflow', ARGV[4], '@dirty', '1')
-redis.call('HSET', KEYS[4], '@input', ARGV[5])
 local n = tonumber(ARGV[6])
+local run = ARGV[7 + 2 * n]
+local d = tonumber(ARGV[8 + 2 * n] or '0') or 0
+local dec = 9 + 2 * n
+local more = ARGV[dec + 8 * d] == '1'
+local writer = ARGV[dec + 8 * d + 1] or ''
+for i = 5, #KEYS do
+  local bad = notwritable(KEYS[i], 'stream')
+  if bad then return bad end
+end
+local seq = append(KEYS[2], ARGV[1], 'run_submitted', '', 0, 0, '', ARGV[2], ARGV[3])
+redis.call('HSET', KEYS[4], '@input', ARGV[5])
 chunked('HSET', KEYS[3], ARGV, 7, 6 + 2 * n)
-redis.call('XADD', KEYS[5], '*', 'r', ARGV[7 + 2 * n])
+local fields = {'@status', 'running', '@workflow', ARGV[4]}
+local last = seq
+for j = 0, d - 1 do
+  local a = dec + 8 * j
+  last = append(KEYS[2], ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], writer, ARGV[2], ARGV[a + 5])
+  fields[#fields + 1] = ARGV[a + 2]; fields[#fields + 1] = ARGV[a + 6]
+  redis.call('XADD', KEYS[tonumber(ARGV[a + 7])], '*', 'r', run, 'k', ARGV[a + 2], 'a', ARGV[a + 3])
+end
+if d > 0 then
+  fields[#fields + 1] = '@commit'; fields[#fields + 1] = ARGV[dec]
+  fields[#fields + 1] = '@cursor'; fields[#fields + 1] = last
+end
+if d == 0 or more then
+  fields[#fields + 1] = '@dirty'; fields[#fields + 1] = '1'
+end
+chunked('HSET', KEYS[1], fields, 1, #fields)
+if d == 0 or more then
+  redis.call('XADD', KEYS[5], '*', 'r', run)
+end
 return {'created', seq}
 `)
 
@@ -289,6 +323,7 @@ end
 local function one(A)
   local run, st, a, e, o = getrun(KEYS[1], A[1])
   if not run then return {'missing'} end
+  if st == '?' then return {'bad', 'unreadable task record'} end
   if terminal[st] then return {'done', st} end
   if run ~= 'running' then return {'done', run} end
   local att = tonumber(A[2])
