@@ -4,8 +4,8 @@
 // injecting faults from a seed — SIGKILLed and SIGSTOPped workers, killed
 // and SIGSTOPped projectors (several on one feed, so two of them touch one
 // run at once and a feed reclaim takes a projection over mid-way), a
-// restarted Redis — and then checks every run's whole event history (Check
-// and replay verify). "graflow chaos" and "make chaos" drive it; Soak runs
+// restarted Redis — and then checks every run's whole event history
+// (invariant.Check and replay verify). "graflow chaos" and "make chaos" drive it; Soak runs
 // the same faults for a duration over a stream of mixed workflows.
 package chaos
 
@@ -22,10 +22,14 @@ import (
 	"github.com/graflow-go/graflow/events"
 	"github.com/graflow-go/graflow/internal/rdb"
 	"github.com/graflow-go/graflow/internal/retry"
+	"github.com/graflow-go/graflow/invariant"
 	"github.com/graflow-go/graflow/replay"
 	"github.com/graflow-go/graflow/worker/builtin"
 	"github.com/redis/go-redis/v9"
 )
+
+// Verdict is what the checks found in the runs' histories.
+type Verdict = invariant.Verdict
 
 // Config configures one chaos run (or soak). A zero field means its
 // default.
@@ -246,7 +250,7 @@ func Run(ctx context.Context, cfg Config) (rep Report, err error) {
 		}
 		rep.Runs++
 		rep.Events += n
-		rep.Verdict.add(r.id, v)
+		rep.Verdict.Add(r.id, v)
 	}
 	rep.Elapsed = time.Since(s.start)
 	if s.tmpDir && rep.Verdict.OK() && !cfg.BreakFencing {
@@ -269,7 +273,7 @@ func (s *stack) settle() {
 	}
 }
 
-// check runs Check and replay verify over run's history and adds what the
+// check runs invariant.Check and replay verify over run's history and adds what the
 // history shows of the projectors (Touches) to the report. It returns the
 // verdict and the number of events.
 func (s *stack) check(ctx context.Context, run string) (Verdict, int, error) {
@@ -280,7 +284,7 @@ func (s *stack) check(ctx context.Context, run string) (Verdict, int, error) {
 	if err != nil {
 		return Verdict{}, 0, err
 	}
-	v := Check(evs, live)
+	v := invariant.Check(evs, live)
 	// And the audit tool's own verdict on the same run (graflow replay
 	// verify): the live projection, results and DAG against the log.
 	rc, err := replay.New(replay.Config{Redis: s.rc, Namespace: s.ns})
@@ -302,17 +306,6 @@ func (s *stack) check(ctx context.Context, run string) (Verdict, int, error) {
 	s.report.History.add(touches(evs, s.isProjector, s.projPauses))
 	s.mu.Unlock()
 	return v, len(evs), nil
-}
-
-// add folds a run's verdict into v, naming the run in its problems.
-func (v *Verdict) add(run string, w Verdict) {
-	v.Tasks += w.Tasks
-	v.Lost += w.Lost
-	v.DuplicateAccepts += w.DuplicateAccepts
-	v.RejectedStale += w.RejectedStale
-	for _, p := range w.Problems {
-		v.Problems = append(v.Problems, "run "+run+": "+p)
-	}
 }
 
 // workflow builds the chaos DAG: a root, four parallel groups of sleep

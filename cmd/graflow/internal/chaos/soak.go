@@ -217,7 +217,7 @@ func Soak(ctx context.Context, cfg Config) (rep SoakReport, err error) {
 			}
 			problems := v.Problems
 			v.Problems = nil
-			rep.Verdict.add(id, v)
+			rep.Verdict.Add(id, v)
 			for _, p := range problems {
 				if len(rep.Verdict.Problems) < maxProblems {
 					rep.Verdict.Problems = append(rep.Verdict.Problems, "run "+id+": "+p)
