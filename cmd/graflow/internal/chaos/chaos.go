@@ -11,7 +11,6 @@ package chaos
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"strconv"
@@ -20,12 +19,10 @@ import (
 
 	"github.com/graflow-go/graflow"
 	"github.com/graflow-go/graflow/events"
-	"github.com/graflow-go/graflow/internal/rdb"
 	"github.com/graflow-go/graflow/internal/retry"
 	"github.com/graflow-go/graflow/invariant"
 	"github.com/graflow-go/graflow/replay"
 	"github.com/graflow-go/graflow/worker/builtin"
-	"github.com/redis/go-redis/v9"
 )
 
 // Verdict is what the checks found in the runs' histories.
@@ -389,32 +386,27 @@ func (s *stack) takeover(ctx context.Context, run string) {
 	rootDone := false
 	dispatched := 0
 	for ctx.Err() == nil {
-		res, err := s.rc.XRead(ctx, &redis.XReadArgs{Streams: []string{s.keys.RunLog(run), last}, Count: 1000, Block: time.Second}).Result()
+		res, err := s.db.FollowLog(ctx, run, last, 1000, time.Second)
 		if err != nil {
-			if !errors.Is(err, redis.Nil) && ctx.Err() == nil {
+			if ctx.Err() == nil {
 				wait(ctx, 50*time.Millisecond)
 			}
 			continue
 		}
-		for _, st := range res {
-			for _, m := range st.Messages {
-				last = m.ID
-				typ, _ := m.Values[events.FieldType].(string)
-				task, _ := m.Values[events.FieldTask].(string)
-				writer, _ := m.Values[events.FieldWorker].(string)
-				switch {
-				case events.Type(typ) == events.TaskSucceeded && task == wideRoot:
-					rootDone = true
-				case rootDone && events.Type(typ) == events.TaskDispatched:
-					dispatched++
-					if s.isProjector(writer) && dispatched == 1 {
-						if s.pauseProjectorID(writer, fmt.Sprintf("mid-way through the %d-wide fan-out's dispatch of run %s", s.cfg.Wide, run)) {
-							s.mu.Lock()
-							s.report.Takeovers++
-							s.mu.Unlock()
-						}
-						return
+		for _, e := range res {
+			last = e.Seq
+			switch {
+			case e.Type == events.TaskSucceeded && e.Task == wideRoot:
+				rootDone = true
+			case rootDone && e.Type == events.TaskDispatched:
+				dispatched++
+				if s.isProjector(e.Writer) && dispatched == 1 {
+					if s.pauseProjectorID(e.Writer, fmt.Sprintf("mid-way through the %d-wide fan-out's dispatch of run %s", s.cfg.Wide, run)) {
+						s.mu.Lock()
+						s.report.Takeovers++
+						s.mu.Unlock()
 					}
+					return
 				}
 			}
 		}
@@ -427,10 +419,10 @@ func (s *stack) history(ctx context.Context, run string) ([]events.Event, map[st
 	var live map[string]string
 	err := retryRedis(ctx, func() error {
 		var err error
-		if evs, err = rdb.New(s.rc, s.ns).ReadLog(ctx, run, "-", "+", 10000, 0); err != nil {
+		if evs, err = s.db.ReadLog(ctx, run, "-", "+", 10000, 0); err != nil {
 			return err
 		}
-		live, err = s.rc.HGetAll(ctx, s.keys.RunState(run)).Result()
+		live, err = s.db.RunState(ctx, run)
 		return err
 	})
 	return evs, live, err
