@@ -6,7 +6,7 @@ package bench
 // commands of its own (XADD, XREADGROUP, XACK straight through go-redis):
 // it measures what plain Redis does on the queue streams' shape, with no
 // engine in between, so it must not go through the engine's boundary. The
-// allowed exception (see cmd/graflow/redisboundary_test.go).
+// allowed exception (see redisBoundary in cmd/graflow/redisboundary_test.go).
 
 import (
 	"context"
