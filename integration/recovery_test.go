@@ -12,9 +12,9 @@ import (
 
 	"github.com/graflow-go/graflow"
 	"github.com/graflow-go/graflow/events"
-	"github.com/graflow-go/graflow/internal/chaos"
 	"github.com/graflow-go/graflow/internal/crashpoint"
 	"github.com/graflow-go/graflow/internal/redisserver"
+	"github.com/graflow-go/graflow/invariant"
 	"github.com/graflow-go/graflow/worker"
 	"github.com/graflow-go/graflow/worker/builtin"
 )
@@ -180,7 +180,7 @@ func testStoppedPastLease(t *testing.T, o recWorker) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v := chaos.Check(evs, state)
+	v := invariant.Check(evs, state)
 	if unfenced {
 		if len(succeeded) != 2 || v.DuplicateAccepts == 0 {
 			t.Fatalf("fencing off: %d task_succeeded, checker found %d duplicate accepts; want 2 and > 0:\n%s",
@@ -444,7 +444,7 @@ func testRetriesAndDeadLetters(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if v := chaos.Check(evs, state); !v.OK() {
+		if v := invariant.Check(evs, state); !v.OK() {
 			t.Errorf("run %s history: %q\n%s", run, v.Problems, timeline(evs))
 		}
 	}
@@ -525,7 +525,7 @@ func testRedisRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v := chaos.Check(evs, state)
+	v := invariant.Check(evs, state)
 	if !v.OK() {
 		t.Errorf("history check: %q", v.Problems)
 	}

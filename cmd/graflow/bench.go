@@ -11,7 +11,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/graflow-go/graflow/internal/bench"
+	"github.com/graflow-go/graflow/cmd/graflow/internal/bench"
 )
 
 func init() {

@@ -9,7 +9,7 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/graflow-go/graflow/internal/chaos"
+	"github.com/graflow-go/graflow/cmd/graflow/internal/chaos"
 )
 
 func init() {

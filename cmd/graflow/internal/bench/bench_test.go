@@ -215,7 +215,7 @@ func TestWriteDocKeepsTheHandWrittenText(t *testing.T) {
 // benchHarness is a harness on the test Redis with the engine in process,
 // for Go benchmarks and CPU profiles of the whole engine:
 //
-//	go test -run '^$' -bench IndependentInProcess -benchtime 20000x -cpuprofile cpu.out ./internal/bench
+//	go test -run '^$' -bench IndependentInProcess -benchtime 20000x -cpuprofile cpu.out ./cmd/graflow/internal/bench
 //	go tool pprof -top cpu.out
 func benchHarness(b *testing.B, sizes Sizes) *harness {
 	b.Helper()

@@ -33,7 +33,7 @@ type stack struct {
 	url    string
 	srv    *redisserver.Server
 	rc     *redis.Client
-	keys   rdb.Keys
+	db     rdb.DB // through rc
 	client *graflow.Client
 	start  time.Time
 	// tmpDir: cfg.Dir was made for this run; removeDir: remove it on close.
@@ -106,7 +106,7 @@ func newStack(ctx context.Context, cfg Config, soak bool) (_ *stack, err error) 
 	}
 	opts.MaxRetries = 10
 	s.rc = redis.NewClient(opts)
-	s.keys = rdb.NewKeys(s.ns)
+	s.db = rdb.New(s.rc, s.ns)
 	if s.client, err = graflow.NewClient(graflow.Config{Redis: s.rc, Namespace: s.ns}); err != nil {
 		return nil, err
 	}
@@ -338,16 +338,11 @@ func (s *stack) busiestProjector(ctx context.Context) int {
 	if len(running) < 2 {
 		return -1
 	}
-	pending := map[string]int64{}
 	qctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
 	defer cancel()
-	for n := range s.keys.Partitions() {
-		if x, err := s.rc.XPending(qctx, s.keys.Feed(n), rdb.GroupProjectors).Result(); err == nil {
-			for c, k := range x.Consumers {
-				pending[c] += k
-			}
-		}
-	}
+	// A partition that did not answer counts nothing: the choice is a
+	// heuristic.
+	pending, _ := s.db.FeedPending(qctx)
 	sort.SliceStable(running, func(a, b int) bool { return pending[s.projIDs[running[a]]] > pending[s.projIDs[running[b]]] })
 	if pending[s.projIDs[running[0]]] > 0 {
 		return running[0]

@@ -1,4 +1,11 @@
-package chaos
+// Package invariant checks a finished run's whole history against the
+// engine's guarantees: every task succeeded exactly once as far as accepted
+// results go, no task lost, claim epochs strictly increasing, every
+// rejected result stale, and the live task records equal to the fold of
+// the log. The chaos suite (graflow chaos) and the integration tests use
+// it; it reads nothing itself, so the caller fetches the log and the
+// run's state hash.
+package invariant
 
 import (
 	"fmt"
@@ -111,4 +118,16 @@ func Check(evs []events.Event, live map[string]string) Verdict {
 		problem("run status: live %q, replayed %q", got, run.Status)
 	}
 	return v
+}
+
+// Add folds another run's verdict w into v, naming the run in its
+// problems. It is not safe for concurrent use on one v.
+func (v *Verdict) Add(run string, w Verdict) {
+	v.Tasks += w.Tasks
+	v.Lost += w.Lost
+	v.DuplicateAccepts += w.DuplicateAccepts
+	v.RejectedStale += w.RejectedStale
+	for _, p := range w.Problems {
+		v.Problems = append(v.Problems, "run "+run+": "+p)
+	}
 }

@@ -7,9 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"regexp"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -217,7 +215,7 @@ func Soak(ctx context.Context, cfg Config) (rep SoakReport, err error) {
 			}
 			problems := v.Problems
 			v.Problems = nil
-			rep.Verdict.add(id, v)
+			rep.Verdict.Add(id, v)
 			for _, p := range problems {
 				if len(rep.Verdict.Problems) < maxProblems {
 					rep.Verdict.Problems = append(rep.Verdict.Problems, "run "+id+": "+p)
@@ -320,63 +318,29 @@ func soakWorkflow(rng *rand.Rand, n int) *graflow.Workflow {
 	return wf
 }
 
-var usedMemoryRE = regexp.MustCompile(`(?m)^used_memory:(\d+)\r?$`)
-
 // measure fills sm's Redis measures.
 func (s *stack) measure(ctx context.Context, sm *Sample) error {
 	mctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	info, err := s.rc.Info(mctx, "memory").Result()
-	if err != nil {
+	var err error
+	if sm.UsedMemory, err = s.db.MemoryUsed(mctx); err != nil {
 		return err
 	}
-	m := usedMemoryRE.FindStringSubmatch(info)
-	if m == nil {
-		return errors.New("no used_memory in INFO memory")
-	}
-	sm.UsedMemory, _ = strconv.ParseInt(m[1], 10, 64)
 	if s.srv != nil {
-		if sm.Keys, err = s.rc.DBSize(mctx).Result(); err != nil {
+		// Our own redis-server: the namespace is the whole database.
+		if sm.Keys, err = s.db.DatabaseKeys(mctx); err != nil {
 			return err
 		}
-	} else {
-		iter := s.rc.Scan(mctx, 0, s.ns+":*", 1000).Iterator()
-		for iter.Next(mctx) {
-			sm.Keys++
-		}
-		if err := iter.Err(); err != nil {
-			return err
-		}
+	} else if sm.Keys, err = s.db.NamespaceKeys(mctx); err != nil {
+		return err
 	}
-	count := func(stream string) (int64, error) {
-		gs, err := s.rc.XInfoGroups(mctx, stream).Result()
-		if err != nil {
-			if strings.Contains(err.Error(), "no such key") {
-				return 0, nil
-			}
-			return 0, err
-		}
-		var n int64
-		for _, g := range gs {
-			n += g.Consumers
-		}
-		return n, nil
+	if sm.FeedConsumers, err = s.db.FeedConsumers(mctx); err != nil {
+		return err
 	}
-	for p := range s.keys.Partitions() {
-		n, err := count(s.keys.Feed(p))
-		if err != nil {
-			return err
-		}
-		sm.FeedConsumers += n
+	if sm.QueueConsumers, err = s.db.QueueConsumers(mctx, worker.DefaultPool); err != nil {
+		return err
 	}
-	for _, q := range s.keys.AllQueues(worker.DefaultPool) {
-		n, err := count(q)
-		if err != nil {
-			return err
-		}
-		sm.QueueConsumers += n
-	}
-	sm.RunIndex, err = s.rc.ZCard(mctx, s.keys.Runs()).Result()
+	sm.RunIndex, err = s.db.IndexedRuns(mctx)
 	return err
 }
 

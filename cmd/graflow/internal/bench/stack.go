@@ -38,7 +38,8 @@ const inProcessBlock = 250 * time.Millisecond
 type stack struct {
 	h  *harness
 	ns string
-	db rdb.DB
+	db rdb.DB        // through rc
+	m  rdb.DB        // through the harness' measuring client
 	rc *redis.Client // submits and the ceiling's producers and consumers
 	// clients of the in-process components
 	clients []*redis.Client
@@ -83,6 +84,7 @@ func (h *harness) startStack(ctx context.Context, ns string, o stackOptions) (_ 
 	opts.PoolSize = 4*h.cfg.Submitters + 2*h.cfg.Concurrency
 	s := &stack{h: h, ns: ns, db: rdb.New(nil, ns), rc: redis.NewClient(opts)}
 	s.db.C = s.rc
+	s.m = rdb.New(h.mc, ns)
 	defer func() {
 		if err != nil {
 			s.stop()
@@ -180,7 +182,7 @@ func (h *harness) startStack(ctx context.Context, ns string, o stackOptions) (_ 
 	var pings sync.WaitGroup
 	for range h.cfg.Submitters {
 		pings.Add(1)
-		go func() { defer pings.Done(); _ = s.rc.Ping(wctx).Err() }()
+		go func() { defer pings.Done(); _ = s.db.Ping(wctx) }()
 	}
 	pings.Wait()
 	return s, nil
@@ -194,7 +196,7 @@ func (s *stack) waitRegistered(ctx context.Context, n int) error {
 	t := time.NewTicker(10 * time.Millisecond)
 	defer t.Stop()
 	for {
-		got, err := s.h.mc.SCard(ctx, s.db.K.Workers()).Result()
+		got, err := s.m.LiveWorkers(ctx)
 		if err == nil && got >= int64(n) {
 			return nil
 		}
@@ -230,7 +232,7 @@ func (s *stack) take(ctx context.Context) (sample, error) {
 
 // serverTime is Redis' clock now.
 func (s *stack) serverTime(ctx context.Context) (time.Time, error) {
-	return s.h.mc.Time(ctx).Result()
+	return s.m.ServerTime(ctx)
 }
 
 // stop stops the engine and closes the clients. It is idempotent. Engine
@@ -283,24 +285,8 @@ func (s *stack) cost(r *Result, a, b sample, tasks int) {
 func (s *stack) cleanup(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
 	defer cancel()
-	// The namespace is letters, digits and '-': no glob metacharacters.
-	pattern := s.db.K.Namespace() + ":*"
-	var cursor uint64
-	for {
-		keys, next, err := s.h.mc.Scan(ctx, cursor, pattern, 2000).Result()
-		if err != nil {
-			return fmt.Errorf("clean up namespace %s: %w", s.ns, err)
-		}
-		if len(keys) > 0 {
-			if err := s.h.mc.Del(ctx, keys...).Err(); err != nil { // DEL, not UNLINK: freed before the next run starts
-				return fmt.Errorf("clean up namespace %s: %w", s.ns, err)
-			}
-		}
-		if next == 0 {
-			return nil
-		}
-		cursor = next
-	}
+	// DEL, not UNLINK: freed before the next run starts.
+	return s.m.DeleteNamespace(ctx)
 }
 
 // errRunFailed is returned when a benchmark run does not succeed.
@@ -313,23 +299,19 @@ func terminal(t events.Type) bool {
 // waitRun blocks on run's log (XREAD BLOCK; see waitPause) until its run
 // ends, and returns the end entry's stream id and type.
 func (s *stack) waitRun(ctx context.Context, run string) (string, events.Type, error) {
-	log := s.db.K.RunLog(run)
 	last := "0"
 	for {
 		if err := ctx.Err(); err != nil {
 			return "", "", fmt.Errorf("wait for run %s: %w", run, err)
 		}
-		res, err := s.h.mc.XRead(ctx, &redis.XReadArgs{Streams: []string{log, last}, Count: 10000, Block: 2 * time.Second}).Result()
-		if err != nil && !errors.Is(err, redis.Nil) {
+		res, err := s.m.FollowLog(ctx, run, last, 10000, 2*time.Second)
+		if err != nil {
 			return "", "", fmt.Errorf("wait for run %s: %w", run, err)
 		}
-		for _, st := range res {
-			for _, m := range st.Messages {
-				last = m.ID
-				t, _ := m.Values[events.FieldType].(string)
-				if terminal(events.Type(t)) {
-					return m.ID, events.Type(t), nil
-				}
+		for _, e := range res {
+			last = e.Seq
+			if terminal(e.Type) {
+				return e.Seq, e.Type, nil
 			}
 		}
 		if len(res) > 0 {
@@ -370,24 +352,16 @@ func (s *stack) settle(ctx context.Context, runs []string, last string) (time.Ti
 		var open []string
 		for i := 0; i < len(pending); i += 1000 {
 			batch := pending[i:min(i+1000, len(pending))]
-			pipe := s.h.mc.Pipeline()
-			cmds := make([]*redis.XMessageSliceCmd, len(batch))
-			for j, run := range batch {
-				cmds[j] = pipe.XRevRangeN(ctx, s.db.K.RunLog(run), "+", "-", 1)
-			}
-			if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+			ends, err := s.m.LastEntries(ctx, batch)
+			if err != nil {
 				return time.Time{}, fmt.Errorf("check runs: %w", err)
 			}
-			for j, c := range cmds {
-				msgs, _ := c.Result()
-				if len(msgs) == 1 {
-					t, _ := msgs[0].Values[events.FieldType].(string)
-					if terminal(events.Type(t)) {
-						if err := note(msgs[0].ID, events.Type(t), batch[j]); err != nil {
-							return time.Time{}, err
-						}
-						continue
+			for j, e := range ends {
+				if terminal(e.Type) {
+					if err := note(e.Seq, e.Type, batch[j]); err != nil {
+						return time.Time{}, err
 					}
+					continue
 				}
 				open = append(open, batch[j])
 			}
@@ -419,17 +393,11 @@ func (s *stack) countEvents(ctx context.Context, runs []string) (int64, error) {
 	var total int64
 	for i := 0; i < len(runs); i += 1000 {
 		batch := runs[i:min(i+1000, len(runs))]
-		pipe := s.h.mc.Pipeline()
-		cmds := make([]*redis.IntCmd, len(batch))
-		for j, run := range batch {
-			cmds[j] = pipe.XLen(ctx, s.db.K.RunLog(run))
-		}
-		if _, err := pipe.Exec(ctx); err != nil {
+		n, err := s.m.CountEvents(ctx, batch)
+		if err != nil {
 			return 0, fmt.Errorf("count events: %w", err)
 		}
-		for _, c := range cmds {
-			total += c.Val()
-		}
+		total += n
 	}
 	return total, nil
 }

@@ -21,6 +21,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/graflow-go/graflow/internal/rdb"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -49,21 +50,18 @@ func (e Env) Line() string {
 		e.NProc, e.CPUModel, e.OS, e.GoVersion, e.RedisVersion, e.RedisPersistence, e.Engine, e.Build)
 }
 
-func probeEnv(ctx context.Context, c *redis.Client, persistence string) (Env, error) {
+func probeEnv(ctx context.Context, db rdb.DB, persistence string) (Env, error) {
 	e := Env{NProc: runtime.NumCPU(), CPUModel: cpuModel(), GoVersion: runtime.Version(), OS: runtime.GOOS + "/" + runtime.GOARCH, Build: build()}
-	info, err := c.Info(ctx, "server").Result()
+	info, err := db.Info(ctx, "server")
 	if err != nil {
-		return e, fmt.Errorf("INFO server: %w", err)
+		return e, err
 	}
-	e.RedisVersion = parseInfo(info)["redis_version"]
+	e.RedisVersion = info["redis_version"]
 	e.RedisPersistence = persistence
 	if e.RedisPersistence == "" {
 		e.RedisPersistence = "unknown (CONFIG GET refused)"
-		aof, err1 := c.ConfigGet(ctx, "appendonly").Result()
-		fsync, err2 := c.ConfigGet(ctx, "appendfsync").Result()
-		save, err3 := c.ConfigGet(ctx, "save").Result()
-		if err1 == nil && err2 == nil && err3 == nil {
-			e.RedisPersistence = fmt.Sprintf("existing Redis: appendonly %s, appendfsync %s, save %q", aof["appendonly"], fsync["appendfsync"], save["save"])
+		if p, err := db.Persistence(ctx); err == nil {
+			e.RedisPersistence = fmt.Sprintf("existing Redis: appendonly %s, appendfsync %s, save %q", p.AppendOnly, p.AppendFsync, p.Save)
 		}
 	}
 	return e, nil
@@ -123,21 +121,6 @@ func cpuModel() string {
 		}
 	}
 	return "unknown CPU"
-}
-
-// parseInfo reads "key:value" lines of an INFO reply.
-func parseInfo(s string) map[string]string {
-	out := map[string]string{}
-	for _, line := range strings.Split(s, "\n") {
-		line = strings.TrimSpace(line)
-		if line == "" || line[0] == '#' {
-			continue
-		}
-		if k, v, ok := strings.Cut(line, ":"); ok {
-			out[k] = v
-		}
-	}
-	return out
 }
 
 type cmdStat struct {
@@ -237,11 +220,11 @@ type sample struct {
 // take samples every meter. pids are the worker and projector processes.
 func (h *harness) take(ctx context.Context, workers []int, projector int) (sample, error) {
 	s := sample{at: time.Now(), own: h.hook.snapshot()}
-	raw, err := h.mc.Info(ctx, "stats", "memory", "cpu", "commandstats").Result()
+	info, err := h.mdb.Info(ctx, "stats", "memory", "cpu", "commandstats")
 	if err != nil {
-		return s, fmt.Errorf("INFO: %w", err)
+		return s, err
 	}
-	s.info = parseInfo(raw)
+	s.info = info
 	s.cmds = parseCommandStats(s.info)
 	sec := func(k string) float64 { v, _ := strconv.ParseFloat(s.info[k], 64); return v }
 	s.redisCPU = time.Duration((sec("used_cpu_user") + sec("used_cpu_sys")) * float64(time.Second))

@@ -4,14 +4,13 @@
 // injecting faults from a seed — SIGKILLed and SIGSTOPped workers, killed
 // and SIGSTOPped projectors (several on one feed, so two of them touch one
 // run at once and a feed reclaim takes a projection over mid-way), a
-// restarted Redis — and then checks every run's whole event history (Check
-// and replay verify). "graflow chaos" and "make chaos" drive it; Soak runs
+// restarted Redis — and then checks every run's whole event history
+// (invariant.Check and replay verify). "graflow chaos" and "make chaos" drive it; Soak runs
 // the same faults for a duration over a stream of mixed workflows.
 package chaos
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"strconv"
@@ -20,12 +19,14 @@ import (
 
 	"github.com/graflow-go/graflow"
 	"github.com/graflow-go/graflow/events"
-	"github.com/graflow-go/graflow/internal/rdb"
 	"github.com/graflow-go/graflow/internal/retry"
+	"github.com/graflow-go/graflow/invariant"
 	"github.com/graflow-go/graflow/replay"
 	"github.com/graflow-go/graflow/worker/builtin"
-	"github.com/redis/go-redis/v9"
 )
+
+// Verdict is what the checks found in the runs' histories.
+type Verdict = invariant.Verdict
 
 // Config configures one chaos run (or soak). A zero field means its
 // default.
@@ -246,7 +247,7 @@ func Run(ctx context.Context, cfg Config) (rep Report, err error) {
 		}
 		rep.Runs++
 		rep.Events += n
-		rep.Verdict.add(r.id, v)
+		rep.Verdict.Add(r.id, v)
 	}
 	rep.Elapsed = time.Since(s.start)
 	if s.tmpDir && rep.Verdict.OK() && !cfg.BreakFencing {
@@ -269,7 +270,7 @@ func (s *stack) settle() {
 	}
 }
 
-// check runs Check and replay verify over run's history and adds what the
+// check runs invariant.Check and replay verify over run's history and adds what the
 // history shows of the projectors (Touches) to the report. It returns the
 // verdict and the number of events.
 func (s *stack) check(ctx context.Context, run string) (Verdict, int, error) {
@@ -280,7 +281,7 @@ func (s *stack) check(ctx context.Context, run string) (Verdict, int, error) {
 	if err != nil {
 		return Verdict{}, 0, err
 	}
-	v := Check(evs, live)
+	v := invariant.Check(evs, live)
 	// And the audit tool's own verdict on the same run (graflow replay
 	// verify): the live projection, results and DAG against the log.
 	rc, err := replay.New(replay.Config{Redis: s.rc, Namespace: s.ns})
@@ -302,17 +303,6 @@ func (s *stack) check(ctx context.Context, run string) (Verdict, int, error) {
 	s.report.History.add(touches(evs, s.isProjector, s.projPauses))
 	s.mu.Unlock()
 	return v, len(evs), nil
-}
-
-// add folds a run's verdict into v, naming the run in its problems.
-func (v *Verdict) add(run string, w Verdict) {
-	v.Tasks += w.Tasks
-	v.Lost += w.Lost
-	v.DuplicateAccepts += w.DuplicateAccepts
-	v.RejectedStale += w.RejectedStale
-	for _, p := range w.Problems {
-		v.Problems = append(v.Problems, "run "+run+": "+p)
-	}
 }
 
 // workflow builds the chaos DAG: a root, four parallel groups of sleep
@@ -396,32 +386,27 @@ func (s *stack) takeover(ctx context.Context, run string) {
 	rootDone := false
 	dispatched := 0
 	for ctx.Err() == nil {
-		res, err := s.rc.XRead(ctx, &redis.XReadArgs{Streams: []string{s.keys.RunLog(run), last}, Count: 1000, Block: time.Second}).Result()
+		res, err := s.db.FollowLog(ctx, run, last, 1000, time.Second)
 		if err != nil {
-			if !errors.Is(err, redis.Nil) && ctx.Err() == nil {
+			if ctx.Err() == nil {
 				wait(ctx, 50*time.Millisecond)
 			}
 			continue
 		}
-		for _, st := range res {
-			for _, m := range st.Messages {
-				last = m.ID
-				typ, _ := m.Values[events.FieldType].(string)
-				task, _ := m.Values[events.FieldTask].(string)
-				writer, _ := m.Values[events.FieldWorker].(string)
-				switch {
-				case events.Type(typ) == events.TaskSucceeded && task == wideRoot:
-					rootDone = true
-				case rootDone && events.Type(typ) == events.TaskDispatched:
-					dispatched++
-					if s.isProjector(writer) && dispatched == 1 {
-						if s.pauseProjectorID(writer, fmt.Sprintf("mid-way through the %d-wide fan-out's dispatch of run %s", s.cfg.Wide, run)) {
-							s.mu.Lock()
-							s.report.Takeovers++
-							s.mu.Unlock()
-						}
-						return
+		for _, e := range res {
+			last = e.Seq
+			switch {
+			case e.Type == events.TaskSucceeded && e.Task == wideRoot:
+				rootDone = true
+			case rootDone && e.Type == events.TaskDispatched:
+				dispatched++
+				if s.isProjector(e.Writer) && dispatched == 1 {
+					if s.pauseProjectorID(e.Writer, fmt.Sprintf("mid-way through the %d-wide fan-out's dispatch of run %s", s.cfg.Wide, run)) {
+						s.mu.Lock()
+						s.report.Takeovers++
+						s.mu.Unlock()
 					}
+					return
 				}
 			}
 		}
@@ -434,10 +419,10 @@ func (s *stack) history(ctx context.Context, run string) ([]events.Event, map[st
 	var live map[string]string
 	err := retryRedis(ctx, func() error {
 		var err error
-		if evs, err = rdb.New(s.rc, s.ns).ReadLog(ctx, run, "-", "+", 10000, 0); err != nil {
+		if evs, err = s.db.ReadLog(ctx, run, "-", "+", 10000, 0); err != nil {
 			return err
 		}
-		live, err = s.rc.HGetAll(ctx, s.keys.RunState(run)).Result()
+		live, err = s.db.RunState(ctx, run)
 		return err
 	})
 	return evs, live, err

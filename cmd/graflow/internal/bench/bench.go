@@ -27,6 +27,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/graflow-go/graflow/internal/rdb"
 	"github.com/graflow-go/graflow/internal/redisserver"
 	"github.com/redis/go-redis/v9"
 )
@@ -304,6 +305,7 @@ type harness struct {
 	url  string
 	srv  *redisserver.Server // nil for an external Redis
 	mc   *redis.Client       // measuring client (commands counted, then subtracted)
+	mdb  rdb.DB              // reads through mc
 	hook *counter
 	env  Env
 	dir  string // process logs
@@ -339,12 +341,13 @@ func newHarness(ctx context.Context, cfg Config) (_ *harness, err error) {
 	opts.PoolSize = 8
 	h.mc = redis.NewClient(opts)
 	h.mc.AddHook(h.hook)
+	h.mdb = rdb.New(h.mc, "")
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	if err := h.mc.Ping(pctx).Err(); err != nil {
+	if err := h.mdb.Ping(pctx); err != nil {
 		return nil, fmt.Errorf("redis not reachable: %w", err)
 	}
-	h.env, err = probeEnv(ctx, h.mc, persistence)
+	h.env, err = probeEnv(ctx, h.mdb, persistence)
 	if err != nil {
 		return nil, err
 	}

@@ -235,18 +235,7 @@ func (h *harness) trace(ctx context.Context, run int) (_ []Result, err error) {
 // runBytes is the memory of run's keys (MEMORY USAGE, every element
 // sampled).
 func (s *stack) runBytes(ctx context.Context, run string) (int64, error) {
-	var total int64
-	for _, k := range s.db.K.RunKeys(run) {
-		n, err := s.h.mc.MemoryUsage(ctx, k, 0).Result()
-		if errors.Is(err, redis.Nil) {
-			continue // no such key (an empty outbox)
-		}
-		if err != nil {
-			return 0, fmt.Errorf("MEMORY USAGE %s: %w", k, err)
-		}
-		total += n
-	}
-	return total, nil
+	return s.m.RunMemory(ctx, run)
 }
 
 // traceTrips is the total of a trace's round trips.
