@@ -6,18 +6,15 @@ import (
 	"github.com/graflow-go/graflow/events"
 	"github.com/graflow-go/graflow/internal/crashpoint"
 	"github.com/graflow-go/graflow/internal/rdb"
-	"github.com/redis/go-redis/v9"
 )
 
 // pass is one run's share of a batched projection pass.
 type pass struct {
 	run       string
 	c         *cached
-	read      *redis.XMessageSliceCmd // the log after the cursor
-	head      *redis.SliceCmd         // set when the run was not cached
+	read      rdb.RunRead // the log after the cursor (and the head of a run not cached)
 	decisions []events.Event
 	commit    rdb.Commit
-	commitCmd *redis.Cmd
 	res       rdb.CommitResult
 }
 
@@ -57,43 +54,36 @@ func (p *Projector) projectBatch(ctx context.Context, runs []string) (rest []str
 
 	// 1. Read every run's new events (a run not cached: its head and the
 	// first page of its log, head first, as load does).
-	pipe := p.cfg.Redis.Pipeline()
-	for _, x := range ps {
-		start := "-"
-		if x.c.run == nil {
-			x.head = p.db.HeadCmd(ctx, pipe, x.run)
-		} else if x.c.run.LastSeq != "" {
-			start = "(" + x.c.run.LastSeq
+	reads := make([]rdb.RunRead, len(ps))
+	for i, x := range ps {
+		reads[i] = rdb.RunRead{Run: x.run, Head: x.c.run == nil}
+		if x.c.run != nil {
+			reads[i].After = x.c.run.LastSeq
 		}
-		x.read = pipe.XRangeN(ctx, p.db.K.RunLog(x.run), start, "+", int64(p.cfg.ReadCount))
 	}
-	_, _ = pipe.Exec(ctx) // errors are read per command
+	p.db.ReadRuns(ctx, reads, p.cfg.ReadCount)
 	live := ps[:0:0]
-	for _, x := range ps {
-		if err := x.read.Err(); err != nil {
+	for i, x := range ps {
+		x.read = reads[i]
+		if x.read.Err != nil {
 			giveUp(x, true)
 			continue
 		}
-		if x.head != nil {
-			head, err := rdb.ParseHead(x.head)
-			if err != nil {
-				giveUp(x, true)
-				continue
-			}
+		if x.read.Head {
 			r := NewRun(x.run)
 			r.noResults = true // as in load
-			x.c.run, x.c.head = r, head
-			if rdb.HeadStatus(x.head) == string(RunQuarantined) {
+			x.c.run, x.c.head = r, x.read.HeadVal
+			if x.read.Status == string(RunQuarantined) {
 				r.Status = RunQuarantined // set aside for good: skip it
 				continue
 			}
 		}
-		msgs := x.read.Val()
+		msgs := x.read.Msgs
 		if _, err := p.fold(x.run, x.c.run, msgs); err != nil || len(msgs) == p.cfg.ReadCount {
 			// A long log is read on by Project (to its end, before it
 			// decides); a run loaded here with a long log is loaded
 			// again there, its head read before its whole log.
-			giveUp(x, err != nil || x.head != nil)
+			giveUp(x, err != nil || x.read.Head)
 			continue
 		}
 		if x.c.run.Status == RunUnknown || x.c.run.Status == RunQuarantined {
@@ -108,21 +98,21 @@ func (p *Projector) projectBatch(ctx context.Context, runs []string) (rest []str
 
 	// 2. Commit every run's decisions (each a compare-and-set on its own
 	// cursor, in its own slot).
-	err := p.db.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-		for _, x := range live {
-			x.commitCmd = p.db.CommitCmd(ctx, pipe, x.run, x.commit)
-		}
-		return nil
-	})
-	if err != nil && ctx.Err() != nil {
+	ids := make([]string, len(live))
+	commits := make([]rdb.Commit, len(live))
+	for i, x := range live {
+		ids[i], commits[i] = x.run, x.commit
+	}
+	results, errs, err := p.db.Commits(ctx, ids, commits)
+	if err != nil {
 		for _, x := range live {
 			giveUp(x, true)
 		}
 		return rest
 	}
 	committed := live[:0:0]
-	for _, x := range live {
-		res, err := rdb.ParseCommit(x.run, x.commitCmd)
+	for i, x := range live {
+		res, err := results[i], errs[i]
 		if err != nil {
 			giveUp(x, true)
 			continue

@@ -89,7 +89,7 @@ func (p *Projector) effect(r *Run, d events.Event) (map[string]string, *rdb.Disp
 
 // RecordOf is the lease record of a task as the Redis state hash stores it.
 func RecordOf(t *Task) rdb.Record {
-	return rdb.Record{Status: string(t.Status), Attempt: t.Attempt, Epoch: t.Epoch, Owner: t.Owner}
+	return rdb.Record{Status: t.Status, Attempt: t.Attempt, Epoch: t.Epoch, Owner: t.Owner}
 }
 
 func (p *Projector) retryDelay(spec events.TaskSpec, attempt int) time.Duration {

@@ -2,8 +2,6 @@ package projector
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"sync"
 	"time"
 
@@ -68,13 +66,7 @@ func (p *Projector) consume(ctx context.Context, n int) {
 			}
 			err := retryAll(ctx, log, "read feed", func() error {
 				var err error
-				res, err = p.cfg.Redis.XReadGroup(ctx, &redis.XReadGroupArgs{
-					Group: rdb.GroupProjectors, Consumer: p.cfg.ID, Streams: []string{stream, start},
-					Count: feedCount, Block: p.cfg.FeedBlock,
-				}).Result()
-				if errors.Is(err, redis.Nil) {
-					res, err = nil, nil
-				}
+				res, err = p.db.ReadGroup(ctx, rdb.GroupProjectors, p.cfg.ID, []string{stream}, start, feedCount, p.cfg.FeedBlock)
 				if err != nil && ctx.Err() != nil {
 					return retry.Permanent(err)
 				}
@@ -129,45 +121,25 @@ type readArgs struct {
 	out                     *[]redis.XMessage
 }
 
-// sendAcks acks and deletes the feed entries, in one pipeline; with next,
-// it also reads the next feed entries (non-blocking). It returns the acks'
-// errors, or the read's when the read failed; a read whose reply was lost
-// (go-redis may also repeat the pipeline) may leave entries pending for
-// this consumer, so after an error the caller re-reads its own pending
+// sendAcks acks and deletes the feed entries, in one round trip; with
+// next, it also reads the next feed entries (non-blocking). It returns the
+// acks' errors, or the read's when the read failed; a read whose reply was
+// lost (go-redis may also repeat the pipeline) may leave entries pending
+// for this consumer, so after an error the caller re-reads its own pending
 // entries.
 func (p *Projector) sendAcks(ctx context.Context, a acks, next *readArgs) error {
-	pipe := p.cfg.Redis.Pipeline()
-	var acked []redis.Cmder
-	if len(a.ids) > 0 {
-		acked = append(acked, pipe.XAck(ctx, a.stream, rdb.GroupProjectors, a.ids...), pipe.XDel(ctx, a.stream, a.ids...))
-	}
-	var read *redis.XStreamSliceCmd
+	var fr *rdb.FeedRead
 	if next != nil {
-		read = pipe.XReadGroup(ctx, &redis.XReadGroupArgs{
-			Group: rdb.GroupProjectors, Consumer: next.consumer, Streams: []string{next.stream, next.start},
-			Count: feedCount, Block: -1,
-		})
+		fr = &rdb.FeedRead{Stream: next.stream, Start: next.start, Consumer: next.consumer, Count: feedCount}
 	}
-	_, execErr := pipe.Exec(ctx)
-	if read != nil {
-		if res, rerr := read.Result(); rerr == nil && len(res) > 0 {
-			*next.out = res[0].Messages
-		} else if rerr != nil && !errors.Is(rerr, redis.Nil) && isNoGroup(rerr) {
-			_ = p.db.EnsureGroup(ctx, next.stream, rdb.GroupProjectors)
-		}
+	msgs, ackErr, readErr := p.db.AckFeed(ctx, a.stream, a.ids, fr)
+	if next != nil {
+		*next.out = msgs
 	}
-	// The acks' own errors (the read's are the caller's business).
-	var errs []error
-	for _, c := range acked {
-		errs = append(errs, c.Err())
+	if ackErr != nil {
+		return ackErr
 	}
-	if err := errors.Join(errs...); err != nil {
-		return err
-	}
-	if read != nil && execErr != nil && read.Err() != nil && !errors.Is(read.Err(), redis.Nil) {
-		return fmt.Errorf("read feed: %w", read.Err())
-	}
-	return nil
+	return readErr
 }
 
 // handle projects the runs that feed entries point at (each run once per
@@ -223,10 +195,7 @@ func (p *Projector) reclaimFeed(ctx context.Context, parts []int) {
 			log := p.log.With().Int("partition", n).Logger()
 			start := "0-0"
 			for ctx.Err() == nil {
-				msgs, next, err := p.cfg.Redis.XAutoClaim(ctx, &redis.XAutoClaimArgs{
-					Stream: stream, Group: rdb.GroupProjectors, Consumer: p.cfg.ID,
-					MinIdle: p.cfg.FeedReclaimIdle, Start: start, Count: 256,
-				}).Result()
+				msgs, next, _, err := p.db.AutoClaim(ctx, stream, rdb.GroupProjectors, p.cfg.ID, p.cfg.FeedReclaimIdle, start, 256)
 				if err != nil {
 					if ctx.Err() == nil && !isNoGroup(err) {
 						log.Warn().Err(err).Msg("reclaim feed entries")
@@ -248,6 +217,4 @@ func (p *Projector) reclaimFeed(ctx context.Context, parts []int) {
 	}
 }
 
-func isNoGroup(err error) bool {
-	return err != nil && len(err.Error()) >= 7 && err.Error()[:7] == "NOGROUP"
-}
+func isNoGroup(err error) bool { return rdb.IsNoGroup(err) }

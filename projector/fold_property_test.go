@@ -221,7 +221,7 @@ func (s *sim) rec(task string) rdb.Record {
 func (s *sim) withStatus(st string) []string {
 	var out []string
 	for _, id := range s.tids {
-		if s.rec(id).Status == st {
+		if string(s.rec(id).Status) == st {
 			out = append(out, id)
 		}
 	}

@@ -2,29 +2,19 @@ package projector
 
 import (
 	"context"
-	"errors"
-	"fmt"
 
 	"github.com/graflow-go/graflow/events"
-	"github.com/graflow-go/graflow/internal/rdb"
 	"github.com/redis/go-redis/v9"
 )
 
 // load folds run's whole log from the first event.
 func (p *Projector) load(ctx context.Context, run string, c *cached) error {
-	// The head and the first page of the log in one round trip (the
-	// head read first: a commit in between makes ours conflict).
-	pipe := p.cfg.Redis.Pipeline()
-	hget := p.db.HeadCmd(ctx, pipe, run)
-	first := pipe.XRangeN(ctx, p.db.K.RunLog(run), "-", "+", int64(p.cfg.ReadCount))
-	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-		return fmt.Errorf("load run %s: %w", run, err)
-	}
-	head, err := rdb.ParseHead(hget)
+	// The head and the first page of the log in one round trip.
+	head, status, first, err := p.db.LoadRun(ctx, run, p.cfg.ReadCount)
 	if err != nil {
-		return fmt.Errorf("load run %s: %w", run, err)
+		return err
 	}
-	if rdb.HeadStatus(hget) == string(RunQuarantined) {
+	if status == string(RunQuarantined) {
 		// Set aside for good: nothing to fold or decide (its log may
 		// not even decode).
 		r := NewRun(run)
@@ -34,7 +24,7 @@ func (p *Projector) load(ctx context.Context, run string, c *cached) error {
 	}
 	r := NewRun(run)
 	r.noResults = true // bounded cache memory: decisions never read results
-	n, err := p.fold(run, r, first.Val())
+	n, err := p.fold(run, r, first)
 	for err == nil && n == p.cfg.ReadCount {
 		n, err = p.readInto(ctx, run, r)
 	}
@@ -47,13 +37,9 @@ func (p *Projector) load(ctx context.Context, run string, c *cached) error {
 
 // readInto folds up to ReadCount log entries after r.LastSeq into r.
 func (p *Projector) readInto(ctx context.Context, run string, r *Run) (int, error) {
-	start := "-"
-	if r.LastSeq != "" {
-		start = "(" + r.LastSeq
-	}
-	msgs, err := p.cfg.Redis.XRangeN(ctx, p.db.K.RunLog(run), start, "+", int64(p.cfg.ReadCount)).Result()
+	msgs, err := p.db.ReadLogAfter(ctx, run, r.LastSeq, p.cfg.ReadCount)
 	if err != nil {
-		return 0, fmt.Errorf("read log of run %s: %w", run, err)
+		return 0, err
 	}
 	return p.fold(run, r, msgs)
 }

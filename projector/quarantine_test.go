@@ -73,7 +73,7 @@ func TestAStuckRunIsQuarantinedAndThePartitionMovesOn(t *testing.T) {
 	// The commit that would have dispatched a (onto the broken queue
 	// key) was refused whole: a is untouched, a task with no record.
 	want := map[string]rdb.Record{}
-	if r := projector.RecordOf(final.Task("a")); r != (rdb.Record{Status: string(projector.TaskPending)}) {
+	if r := projector.RecordOf(final.Task("a")); r != (rdb.Record{Status: projector.TaskPending}) {
 		want["a"] = r
 	}
 	if diff := cmp.Diff(want, b.records(t, first)); diff != "" {

@@ -36,8 +36,7 @@ func (p *Projector) registryLoop(ctx context.Context, parts []int) {
 	beat := func() {
 		now := p.cfg.Now()
 		host, _ := os.Hostname()
-		pipe := p.cfg.Redis.Pipeline() // different slots: no MULTI
-		reg.Beat(ctx, pipe, p.cfg.ID, map[string]any{
+		err := reg.BeatNow(ctx, p.cfg.Redis, p.cfg.ID, map[string]any{
 			"id":             p.cfg.ID,
 			"host":           host,
 			"pid":            os.Getpid(),
@@ -45,7 +44,7 @@ func (p *Projector) registryLoop(ctx context.Context, parts []int) {
 			"started_at":     started.UnixMilli(),
 			"last_heartbeat": now.UnixMilli(),
 		}, now, p.registryTTL())
-		if _, err := pipe.Exec(ctx); err != nil && ctx.Err() == nil {
+		if err != nil && ctx.Err() == nil {
 			p.log.Warn().Err(err).Msg("projector registry heartbeat")
 		}
 	}

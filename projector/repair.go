@@ -39,7 +39,7 @@ func Repair(ctx context.Context, c redis.UniversalClient, namespace, run string,
 	tasks := make([]rdb.RepairTask, 0, len(r.Tasks))
 	for _, t := range r.Tasks {
 		if t.Status == TaskDispatched || t.Status == TaskRunning {
-			tasks = append(tasks, rdb.RepairTask{ID: t.Spec.ID, Status: string(t.Status), Owner: t.Owner,
+			tasks = append(tasks, rdb.RepairTask{ID: t.Spec.ID, Status: t.Status, Owner: t.Owner,
 				Attempt: t.Attempt, Epoch: t.Epoch, Pool: t.Spec.Pool, Priority: t.Spec.Priority})
 		}
 	}

@@ -6,49 +6,34 @@ import (
 	"github.com/graflow-go/graflow/events"
 )
 
-// TaskStatus is the lifecycle state of a task.
-type TaskStatus string
+// TaskStatus is the lifecycle state of a task (events.TaskStatus: the
+// statuses are defined once, where the Redis boundary can use them too).
+type TaskStatus = events.TaskStatus
 
-// Task statuses. These strings are stored in Redis (the run's state hash).
+// Task statuses (see events).
 const (
-	TaskPending       TaskStatus = "pending"        // waiting for dependencies
-	TaskDispatched    TaskStatus = "dispatched"     // in a queue (or the delayed set) for its attempt
-	TaskRunning       TaskStatus = "running"        // claimed by a worker under an epoch
-	TaskAwaitingRetry TaskStatus = "awaiting_retry" // failed, a retry is to be scheduled
-	TaskSucceeded     TaskStatus = "succeeded"
-	TaskFailed        TaskStatus = "failed" // failed for good
-	TaskSkipped       TaskStatus = "skipped"
-	TaskCancelled     TaskStatus = "cancelled"
+	TaskPending       = events.TaskStatusPending
+	TaskDispatched    = events.TaskStatusDispatched
+	TaskRunning       = events.TaskStatusRunning
+	TaskAwaitingRetry = events.TaskStatusAwaitingRetry
+	TaskSucceeded     = events.TaskStatusSucceeded
+	TaskFailed        = events.TaskStatusFailed
+	TaskSkipped       = events.TaskStatusSkipped
+	TaskCancelled     = events.TaskStatusCancelled
 )
 
-// Terminal reports whether no further transition is possible.
-func (s TaskStatus) Terminal() bool {
-	switch s {
-	case TaskSucceeded, TaskFailed, TaskSkipped, TaskCancelled:
-		return true
-	}
-	return false
-}
+// RunStatus is the lifecycle state of a run (events.RunStatus).
+type RunStatus = events.RunStatus
 
-// RunStatus is the lifecycle state of a run.
-type RunStatus string
-
-// Run statuses, stored in Redis.
+// Run statuses (see events).
 const (
-	RunUnknown   RunStatus = ""
-	RunRunning   RunStatus = "running"
-	RunSucceeded RunStatus = "succeeded"
-	RunFailed    RunStatus = "failed"
-	RunCancelled RunStatus = "cancelled"
-	// RunQuarantined: set aside for good by the projector (see
-	// events.RunQuarantined); terminal.
-	RunQuarantined RunStatus = "quarantined"
+	RunUnknown     = events.RunStatusUnknown
+	RunRunning     = events.RunStatusRunning
+	RunSucceeded   = events.RunStatusSucceeded
+	RunFailed      = events.RunStatusFailed
+	RunCancelled   = events.RunStatusCancelled
+	RunQuarantined = events.RunStatusQuarantined
 )
-
-// Terminal reports whether the run has ended.
-func (s RunStatus) Terminal() bool {
-	return s == RunSucceeded || s == RunFailed || s == RunCancelled || s == RunQuarantined
-}
 
 // Task is the folded state of one task.
 type Task struct {

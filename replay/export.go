@@ -338,7 +338,7 @@ func (c *Client) writeState(ctx context.Context, run string, a *Analysis, evs []
 	for _, t := range r.Tasks {
 		// No field means pending (the engine never writes a pending
 		// record, except for a requeued task, which keeps its attempt).
-		if rec := projector.RecordOf(t); rec != (rdb.Record{Status: string(projector.TaskPending)}) {
+		if rec := projector.RecordOf(t); rec != (rdb.Record{Status: projector.TaskPending}) {
 			state = append(state, t.Spec.ID, rec.String())
 		}
 	}

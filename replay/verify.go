@@ -330,7 +330,7 @@ func compareState(a *Analysis, s snapshot) []Problem {
 			name       string
 			live, want string
 		}{
-			{"status", live.Status, want.Status},
+			{"status", string(live.Status), string(want.Status)},
 			{"attempt", strconv.Itoa(live.Attempt), strconv.Itoa(want.Attempt)},
 			{"epoch", strconv.FormatInt(live.Epoch, 10), strconv.FormatInt(want.Epoch, 10)},
 			{"owner", live.Owner, want.Owner},

@@ -117,12 +117,8 @@ func (s *Scheduler) Submit(ctx context.Context, spec events.RunSubmittedBody, op
 	if err != nil {
 		return "", false, err
 	}
-	var cmd *redis.Cmd
-	var index *redis.IntCmd
-	if err := s.comb.Do(ctx, func(pipe redis.Pipeliner) {
-		cmd = s.db.SubmitArgsCmd(ctx, pipe, run, args, init)
-		index = s.db.IndexRun(ctx, pipe, run, now)
-	}); err != nil {
+	cmd, indexErr, err := s.db.SubmitVia(ctx, s.comb, run, args, init, now)
+	if err != nil {
 		return "", false, err
 	}
 	created, workflow, err := rdb.ParseSubmit(run, ev, spec, cmd)
@@ -132,7 +128,7 @@ func (s *Scheduler) Submit(ctx context.Context, spec events.RunSubmittedBody, op
 	if !created && workflow != spec.Workflow {
 		return run, false, fmt.Errorf("%w: run %s is a %q run", ErrRunExists, run, workflow)
 	}
-	if err := index.Err(); err != nil {
+	if err := indexErr; err != nil {
 		// The run exists and runs; without its index entry it is missing
 		// from run lists. Retry it (idempotent) before reporting.
 		for try := 0; try < 3 && err != nil; try++ {

@@ -8,7 +8,6 @@ import (
 	"github.com/graflow-go/graflow/internal/crashpoint"
 	"github.com/graflow-go/graflow/internal/rdb"
 	"github.com/graflow-go/graflow/internal/retry"
-	"github.com/redis/go-redis/v9"
 )
 
 // Group commit: claims and outcomes that are waiting at the same moment go
@@ -133,22 +132,9 @@ func (b *batcher) claimLoop(ctx context.Context) {
 		// One script call per run (claims of several messages of one run
 		// share it), all calls in one pipeline.
 		groups := groupBy(batch, func(r claimReq) string { return r.args.Run })
-		pipe := w.cfg.Redis.Pipeline()
-		cmds := make([]*redis.Cmd, len(groups))
+		results, errs := w.db.ClaimGroups(ctx, gather(batch, groups, func(r claimReq) rdb.ClaimArgs { return r.args }))
 		for g, idx := range groups {
-			args := make([]rdb.ClaimArgs, len(idx))
-			for k, i := range idx {
-				args[k] = batch[i].args
-			}
-			cmds[g] = w.db.ClaimsCmd(ctx, pipe, args)
-		}
-		_, _ = pipe.Exec(ctx)
-		for g, idx := range groups {
-			args := make([]rdb.ClaimArgs, len(idx))
-			for k, i := range idx {
-				args[k] = batch[i].args
-			}
-			crs, err := rdb.ParseClaims(args, cmds[g])
+			crs, err := results[g], errs[g]
 			for k, i := range idx {
 				r := batch[i]
 				var cr rdb.ClaimResult
@@ -193,6 +179,18 @@ func groupBy[T any](items []T, key func(T) string) [][]int {
 	return out
 }
 
+// gather returns f of the items of each group (groupBy's indexes).
+func gather[T, A any](items []T, groups [][]int, f func(T) A) [][]A {
+	out := make([][]A, len(groups))
+	for g, idx := range groups {
+		out[g] = make([]A, len(idx))
+		for k, i := range idx {
+			out[g][k] = f(items[i])
+		}
+	}
+	return out
+}
+
 func (b *batcher) finishLoop(ctx context.Context) {
 	w := b.w
 	for {
@@ -225,22 +223,10 @@ func (b *batcher) finishLoop(ctx context.Context) {
 			}
 		}
 		groups := groupBy(batch, func(r finishReq) string { return r.args.Run + "\x00" + r.m.stream })
-		pipe := w.cfg.Redis.Pipeline()
-		cmds := make([]*redis.Cmd, len(groups))
-		argsOf := func(idx []int) []rdb.FinishArgs {
-			args := make([]rdb.FinishArgs, len(idx))
-			for k, i := range idx {
-				args[k] = batch[i].args
-			}
-			return args
-		}
-		for g, idx := range groups {
-			cmds[g] = w.db.FinishesCmd(ctx, pipe, argsOf(idx))
-		}
-		_, _ = pipe.Exec(ctx)
+		results, callErrs := w.db.FinishGroups(ctx, gather(batch, groups, func(r finishReq) rdb.FinishArgs { return r.args }))
 		errs := make([]error, len(batch))
 		for g, idx := range groups {
-			outs, err := rdb.ParseFinishes(argsOf(idx), cmds[g])
+			outs, err := results[g], callErrs[g]
 			for k, i := range idx {
 				if err == nil {
 					errs[i] = outs[k].Err
@@ -260,44 +246,17 @@ func (b *batcher) finishLoop(ctx context.Context) {
 		// 2. Then, for accepted outcomes that failed for good: their dead
 		// letters, then their acks. The ack comes last: a crash before it
 		// leaves the message pending, and its reclaimer redoes the rest.
-		err := w.redisRetry(ctx, func() error {
-			pipe := w.cfg.Redis.Pipeline()
-			n := 0
-			for i, r := range batch {
-				if errs[i] == nil && r.deadLetter != nil {
-					w.db.DeadLetter(ctx, pipe, r.m.run, r.m.task, r.args.TimeMS, *r.deadLetter)
-					n++
-				}
+		var dead []rdb.DeadLetterItem
+		acks := map[string][]string{}
+		for i, r := range batch {
+			if errs[i] == nil && r.deadLetter != nil {
+				dead = append(dead, rdb.DeadLetterItem{Run: r.m.run, Task: r.m.task, TimeMS: r.args.TimeMS, Info: *r.deadLetter})
+				acks[r.m.stream] = append(acks[r.m.stream], r.m.id)
 			}
-			if n == 0 {
-				return nil
-			}
-			_, err := pipe.Exec(ctx)
-			return err
-		})
+		}
+		err := w.redisRetry(ctx, func() error { return w.db.DeadLetters(ctx, dead) })
 		if err == nil {
-			err = w.redisRetry(ctx, func() error {
-				acks := map[string][]string{}
-				var streams []string
-				for i, r := range batch {
-					if errs[i] != nil || r.deadLetter == nil {
-						continue
-					}
-					if acks[r.m.stream] == nil {
-						streams = append(streams, r.m.stream)
-					}
-					acks[r.m.stream] = append(acks[r.m.stream], r.m.id)
-				}
-				if len(streams) == 0 {
-					return nil
-				}
-				pipe := w.cfg.Redis.Pipeline()
-				for _, st := range streams {
-					w.db.QueueAck(ctx, pipe, st, w.cfg.ID, acks[st]...)
-				}
-				_, err := pipe.Exec(ctx)
-				return err
-			})
+			err = w.redisRetry(ctx, func() error { return w.db.QueueAcks(ctx, w.cfg.ID, acks) })
 		}
 		if err != nil {
 			// The outcomes are recorded; their messages stay pending and

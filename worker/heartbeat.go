@@ -11,26 +11,23 @@ import (
 	"github.com/graflow-go/graflow/events"
 	"github.com/graflow-go/graflow/internal/rdb"
 	"github.com/oklog/ulid/v2"
-	"github.com/redis/go-redis/v9"
 )
 
 // register adds the worker to the registry: its whole record (see
 // metrics).
 func (w *Worker) register(ctx context.Context) error {
-	pipe := w.cfg.Redis.Pipeline() // the registry's keys are in different slots: no MULTI
-	w.metrics(ctx, pipe)
-	_, err := pipe.Exec(ctx)
-	return err
+	b := w.metrics()
+	return b.Registry.BeatNow(ctx, w.cfg.Redis, b.ID, b.Fields, b.Now, b.TTL)
 }
 
-// metrics queues the registry refresh: the whole record (identity, pools,
+// metrics is the registry refresh: the whole record (identity, pools,
 // counters, last heartbeat), its TTL, the set membership and the expiry
 // score. Every beat writes everything, so a record lost with Redis data
 // (a failover, a restore) is back whole at the next beat.
-func (w *Worker) metrics(ctx context.Context, pipe redis.Pipeliner) {
+func (w *Worker) metrics() *rdb.Beat {
 	now := w.cfg.Now()
 	host, _ := os.Hostname() // cheap, once per beat
-	w.db.WorkerRegistry().Beat(ctx, pipe, w.cfg.ID, map[string]any{
+	return &rdb.Beat{Registry: w.db.WorkerRegistry(), ID: w.cfg.ID, Now: now, TTL: w.registryTTL(), Fields: map[string]any{
 		"id":              w.cfg.ID,
 		"host":            host,
 		"pid":             os.Getpid(),
@@ -44,7 +41,7 @@ func (w *Worker) metrics(ctx context.Context, pipe redis.Pipeliner) {
 		"tasks_running":   w.running.Load(),
 		"uptime_seconds":  int64(now.Sub(w.started).Seconds()),
 		"last_heartbeat":  now.UnixMilli(),
-	}, now, w.registryTTL())
+	}}
 }
 
 func (w *Worker) registryTTL() time.Duration { return w.cfg.Lease + w.cfg.HeartbeatInterval }
@@ -83,9 +80,7 @@ func (w *Worker) beat(ctx context.Context) {
 	}
 	w.mu.Unlock()
 	now := w.cfg.Now()
-	pipe := w.cfg.Redis.Pipeline()
-	cmds := make([]*redis.Cmd, len(list))
-	touches := make([]*redis.Cmd, len(list))
+	items := make([]rdb.HeartbeatItem, len(list))
 	for i, a := range list {
 		note := a.task.takeProgress()
 		app := now.Sub(a.lastEvent) >= w.cfg.HeartbeatEventEvery || note != a.lastNote
@@ -96,18 +91,14 @@ func (w *Worker) beat(ctx context.Context) {
 		if app {
 			a.lastEvent, a.lastNote = now, note
 		}
-		cmds[i] = w.db.Heartbeat(ctx, pipe, rdb.HeartbeatArgs{
+		items[i] = rdb.HeartbeatItem{Stream: a.stream, MsgID: a.msgID, Args: rdb.HeartbeatArgs{
 			Run: a.task.Run, Task: a.task.ID, Worker: w.cfg.ID, Attempt: a.task.Attempt, Epoch: a.task.Epoch,
 			EventID: ulid.Make().String(), RejectID: ulid.Make().String(), TimeMS: now.UnixMilli(), Body: body, Append: app,
-		})
-		touches[i] = w.db.QueueTouch(ctx, pipe, a.stream, w.cfg.ID, a.msgID)
+		}}
 	}
-	w.metrics(ctx, pipe)
-	if _, err := pipe.Exec(ctx); rdb.IsNoScript(err) {
-		_ = w.db.LoadScripts(ctx)
-	}
+	outs := w.db.Heartbeats(ctx, w.cfg.ID, items, w.metrics())
 	for i, a := range list {
-		err := rdb.HeartbeatResult(cmds[i])
+		err := outs[i].Err
 		if errors.Is(err, rdb.ErrStaleClaim) && !w.cfg.noFencing {
 			w.log.Warn().Str("run", a.task.Run).Str("task", a.task.ID).Err(err).Msg("lease lost; cancelling the handler")
 			a.lost = true // one rejection is enough: no more heartbeats for it
@@ -118,7 +109,7 @@ func (w *Worker) beat(ctx context.Context) {
 			w.log.Warn().Err(err).Str("task", a.task.ID).Msg("heartbeat")
 			continue
 		}
-		if n, _ := touches[i].Int64(); n == -1 && !w.cfg.noFencing {
+		if outs[i].Touched == -1 && !w.cfg.noFencing {
 			w.log.Warn().Str("run", a.task.Run).Str("task", a.task.ID).Msg("queue message taken by another consumer; cancelling the handler")
 			a.lost = true
 			a.cancel(errLeaseLost)

@@ -48,10 +48,7 @@ func (w *Worker) reclaim(ctx context.Context, stream string) error {
 		if free == 0 {
 			return nil
 		}
-		msgs, next, deleted, err := w.cfg.Redis.XAutoClaimWithDeleted(ctx, &redis.XAutoClaimArgs{
-			Stream: stream, Group: rdb.GroupWorkers, Consumer: w.cfg.ID,
-			MinIdle: w.cfg.Lease, Start: start, Count: int64(free),
-		}).Result()
+		msgs, next, deleted, err := w.db.AutoClaim(ctx, stream, rdb.GroupWorkers, w.cfg.ID, w.cfg.Lease, start, free)
 		if err != nil {
 			w.release(free)
 			return err
@@ -85,22 +82,11 @@ func (w *Worker) reclaim(ctx context.Context, stream string) error {
 
 // deliveries reads each reclaimed message's delivery count (XPENDING).
 func (w *Worker) deliveries(ctx context.Context, stream string, msgs []redis.XMessage) []int64 {
-	out := make([]int64, len(msgs))
-	if len(msgs) == 0 {
-		return out
-	}
-	pipe := w.cfg.Redis.Pipeline()
-	cmds := make([]*redis.XPendingExtCmd, len(msgs))
+	ids := make([]string, len(msgs))
 	for i, m := range msgs {
-		cmds[i] = pipe.XPendingExt(ctx, &redis.XPendingExtArgs{Stream: stream, Group: rdb.GroupWorkers, Start: m.ID, End: m.ID, Count: 1})
+		ids[i] = m.ID
 	}
-	_, _ = pipe.Exec(ctx)
-	for i, c := range cmds {
-		if p, err := c.Result(); err == nil && len(p) == 1 {
-			out[i] = p[0].RetryCount
-		}
-	}
-	return out
+	return w.db.Deliveries(ctx, stream, ids)
 }
 
 // tryAcquire takes up to n free slots without blocking.

@@ -382,11 +382,6 @@ func (w *Worker) Run(ctx context.Context) error {
 // highest band first.
 func (w *Worker) fetch(ctx context.Context, part int, pool string) {
 	streams := w.db.K.Queues(part, pool) // highest priority first
-	args := make([]string, 0, 2*len(streams))
-	args = append(args, streams...)
-	for range streams {
-		args = append(args, ">")
-	}
 	var buf []message
 	defer func() { w.requeueUnstarted(buf) }()
 	wait := retry.NewBackoff(retry.Policy{Initial: 100 * time.Millisecond, Max: 5 * time.Second})
@@ -405,11 +400,9 @@ func (w *Worker) fetch(ctx context.Context, part int, pool string) {
 			res, err := w.db.Fetch(ctx, part, pool, w.cfg.ID, max(free, 1))
 			if err == nil && len(res) == 0 {
 				// Nothing queued: block until something arrives in any band.
-				res, err = w.cfg.Redis.XReadGroup(ctx, &redis.XReadGroupArgs{
-					Group: rdb.GroupWorkers, Consumer: w.cfg.ID, Streams: args, Count: 1, Block: w.cfg.FetchBlock,
-				}).Result()
+				res, err = w.db.ReadGroup(ctx, rdb.GroupWorkers, w.cfg.ID, streams, ">", 1, w.cfg.FetchBlock)
 			}
-			if err != nil && !errors.Is(err, redis.Nil) {
+			if err != nil {
 				if ctx.Err() != nil {
 					return
 				}
@@ -446,7 +439,7 @@ func (w *Worker) requeueUnstarted(buf []message) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	pipe := w.cfg.Redis.Pipeline()
+	var items []rdb.MoveItem
 	for _, m := range buf {
 		w.mu.Lock()
 		busy := w.handling[m.key()] // the reclaimer took it over: it is running
@@ -454,10 +447,10 @@ func (w *Worker) requeueUnstarted(buf []message) {
 		if busy {
 			continue
 		}
-		w.db.QueueMove(ctx, pipe, m.stream, w.cfg.ID, m.id,
-			rdb.Dispatch{Pool: w.poolOf(m.stream), Priority: m.priority, Run: m.run, Task: m.task, Attempt: m.attempt})
+		items = append(items, rdb.MoveItem{Stream: m.stream, ID: m.id,
+			Dispatch: rdb.Dispatch{Pool: w.poolOf(m.stream), Priority: m.priority, Run: m.run, Task: m.task, Attempt: m.attempt}})
 	}
-	if _, err := pipe.Exec(ctx); err != nil {
+	if err := w.db.QueueMoves(ctx, w.cfg.ID, items); err != nil {
 		w.log.Warn().Err(err).Int("messages", len(buf)).Msg("give back unstarted messages; they stay pending for reclaim")
 		return
 	}
@@ -611,16 +604,12 @@ func (w *Worker) process(ctx context.Context, m message, release func()) (parked
 		// Feed pointer and dead letter first; the ack only once they are
 		// written (an ack alone would leave the run dirty with no pointer).
 		if cr.Outcome != rdb.ClaimMissing {
-			err := w.redisRetry(ctx, func() error {
-				pipe := w.cfg.Redis.Pipeline()
-				w.db.PointFeed(ctx, pipe, m.run)
-				if cr.Outcome == rdb.ClaimDone && cr.Detail == "failed" {
-					w.db.DeadLetter(ctx, pipe, m.run, m.task, w.now(), rdb.DeadLetterDetails{
-						Attempt: m.attempt, Error: "failed (recorded on redelivery)", Worker: w.cfg.ID})
-				}
-				_, err := pipe.Exec(ctx)
-				return err
-			})
+			var dead *rdb.DeadLetterItem
+			if cr.Outcome == rdb.ClaimDone && cr.Detail == string(events.TaskStatusFailed) {
+				dead = &rdb.DeadLetterItem{Run: m.run, Task: m.task, TimeMS: w.now(), Info: rdb.DeadLetterDetails{
+					Attempt: m.attempt, Error: "failed (recorded on redelivery)", Worker: w.cfg.ID}}
+			}
+			err := w.redisRetry(ctx, func() error { return w.db.Redeliver(ctx, m.run, dead) })
 			if err != nil {
 				log.Warn().Err(err).Msg("re-point the feed; the message stays pending for reclaim")
 				return
@@ -701,11 +690,8 @@ func (w *Worker) poisonClaim(ctx context.Context, log zerolog.Logger, m message,
 		log.Warn().Err(err).Msg("quarantine the run (indexed in the namespace's quarantine hash where possible)")
 	}
 	err := w.redisRetry(ctx, func() error {
-		pipe := w.cfg.Redis.Pipeline()
-		w.db.DeadLetter(ctx, pipe, m.run, m.task, w.now(), rdb.DeadLetterDetails{
-			Attempt: m.attempt, Error: "claim failed: " + cause.Error(), Worker: w.cfg.ID})
-		_, err := pipe.Exec(ctx)
-		return err
+		return w.db.DeadLetters(ctx, []rdb.DeadLetterItem{{Run: m.run, Task: m.task, TimeMS: w.now(), Info: rdb.DeadLetterDetails{
+			Attempt: m.attempt, Error: "claim failed: " + cause.Error(), Worker: w.cfg.ID}}})
 	})
 	if err != nil {
 		log.Warn().Err(err).Msg("dead-letter the task; the message stays pending")
@@ -803,7 +789,7 @@ func (w *Worker) finish(ctx context.Context, log zerolog.Logger, m message, t *T
 	}
 	if runErr == nil {
 		body, _ := json.Marshal(events.TaskSucceededBody{Result: encoded})
-		args.Type, args.Body, args.Status, args.Result = events.TaskSucceeded, body, "succeeded", encoded
+		args.Type, args.Body, args.Status, args.Result = events.TaskSucceeded, body, events.TaskStatusSucceeded, encoded
 	} else {
 		kind := events.FailureError
 		var pe *panicError
@@ -829,11 +815,11 @@ func (w *Worker) finish(ctx context.Context, log zerolog.Logger, m message, t *T
 			args.Type = events.TaskTimedOut
 		}
 		if final {
-			args.Status = "failed"
+			args.Status = events.TaskStatusFailed
 		}
 	}
 	req := finishReq{args: args, m: m}
-	if args.Status == "failed" {
+	if args.Status == events.TaskStatusFailed {
 		req.deadLetter = &rdb.DeadLetterDetails{Attempt: t.Attempt, Error: runErr.Error(), Worker: w.cfg.ID, Handler: t.Handler}
 	}
 	// Report even when the drain's deadline cancelled ctx: the handler
@@ -855,7 +841,7 @@ func (w *Worker) finish(ctx context.Context, log zerolog.Logger, m message, t *T
 		log.Debug().Msg("task succeeded")
 	} else {
 		w.failed.Add(1)
-		log.Info().Err(runErr).Str("status", args.Status).Msg("task failed")
+		log.Info().Err(runErr).Str("status", string(args.Status)).Msg("task failed")
 	}
 }
 

@@ -29,7 +29,7 @@ func New(c redis.UniversalClient, ns string) DB { return DB{C: c, K: NewKeys(ns)
 // Record is a task's lease record in the run's state hash, maintained by the
 // worker scripts and the projector's commits alike.
 type Record struct {
-	Status  string
+	Status  events.TaskStatus
 	Attempt int
 	Epoch   int64
 	Owner   string
@@ -37,13 +37,13 @@ type Record struct {
 
 // String encodes the record as stored: "status|attempt|epoch|owner".
 func (r Record) String() string {
-	return r.Status + "|" + strconv.Itoa(r.Attempt) + "|" + strconv.FormatInt(r.Epoch, 10) + "|" + r.Owner
+	return string(r.Status) + "|" + strconv.Itoa(r.Attempt) + "|" + strconv.FormatInt(r.Epoch, 10) + "|" + r.Owner
 }
 
 // ParseRecord decodes a stored record; "" (no field) is a pending task.
 func ParseRecord(s string) (Record, error) {
 	if s == "" {
-		return Record{Status: "pending"}, nil
+		return Record{Status: events.TaskStatusPending}, nil
 	}
 	parts := strings.SplitN(s, "|", 4)
 	if len(parts) != 4 {
@@ -54,7 +54,7 @@ func ParseRecord(s string) (Record, error) {
 	if err := errors.Join(err1, err2); err != nil {
 		return Record{}, fmt.Errorf("malformed task record %q: %w", s, err)
 	}
-	return Record{Status: parts[0], Attempt: a, Epoch: e, Owner: parts[3]}, nil
+	return Record{Status: events.TaskStatus(parts[0]), Attempt: a, Epoch: e, Owner: parts[3]}, nil
 }
 
 // TaskMeta is the static part of a task that workers need at claim time,
@@ -140,7 +140,7 @@ func (d DB) SubmitArgsCmd(ctx context.Context, p redis.Scripter, run string, arg
 			k = len(keys)
 			index[key] = k
 		}
-		rec := Record{Status: "dispatched", Attempt: x.Attempt, Epoch: e.Epoch}.String()
+		rec := Record{Status: events.TaskStatusDispatched, Attempt: x.Attempt, Epoch: e.Epoch}.String()
 		argv = append(argv, e.ID, string(e.Type), e.Task, e.Attempt, e.Epoch, string(e.Body), rec, k)
 	}
 	more := 0
@@ -149,6 +149,20 @@ func (d DB) SubmitArgsCmd(ctx context.Context, p redis.Scripter, run string, arg
 	}
 	argv = append(argv, more, init.Writer)
 	return submitScript.Run(ctx, p, keys, argv...)
+}
+
+// SubmitVia queues the submit script and the run's index entry on comb
+// (concurrent submits share a round trip) and waits for them: reply is the
+// script's (read it with ParseSubmit), indexErr the index entry's.
+func (d DB) SubmitVia(ctx context.Context, comb *Combiner, run string, args []any, init Initial, at time.Time) (reply *redis.Cmd, indexErr, err error) {
+	var index *redis.IntCmd
+	if err := comb.Do(ctx, func(pipe redis.Pipeliner) {
+		reply = d.SubmitArgsCmd(ctx, pipe, run, args, init)
+		index = d.IndexRun(ctx, pipe, run, at)
+	}); err != nil {
+		return nil, nil, err
+	}
+	return reply, index.Err(), nil
 }
 
 // ParseSubmit reads a submit command's reply. created is also true when
@@ -587,8 +601,8 @@ type FinishArgs struct {
 	TimeMS            int64
 	Type              events.Type
 	Body              []byte
-	Status            string // new task status
-	Result            []byte // stored for succeeded
+	Status            events.TaskStatus // new task status
+	Result            []byte            // stored for succeeded
 	// Unfenced skips the epoch check: a test-only switch (chaos uses it
 	// to prove that its checker catches duplicate accepts). Never set it.
 	Unfenced bool
@@ -638,7 +652,7 @@ func (d DB) FinishesCmd(ctx context.Context, p redis.Scripter, as []FinishArgs) 
 	argv := make([]any, 0, 4+13*len(as))
 	argv = append(argv, len(as), GroupWorkers, as[0].Consumer, run)
 	for _, a := range as {
-		argv = append(argv, a.Task, a.Attempt, a.Epoch, a.Worker, a.EventID, a.TimeMS, string(a.Type), string(a.Body), a.Status, string(a.Result), a.RejectID, unfenced(a.Unfenced), a.MessageID)
+		argv = append(argv, a.Task, a.Attempt, a.Epoch, a.Worker, a.EventID, a.TimeMS, string(a.Type), string(a.Body), string(a.Status), string(a.Result), a.RejectID, unfenced(a.Unfenced), a.MessageID)
 	}
 	return finishScript.Run(ctx, p, []string{d.K.RunState(run), d.K.RunLog(run), d.K.RunResults(run), stream, d.K.FeedFor(run)}, argv...)
 }
@@ -738,7 +752,7 @@ func (d DB) Quarantine(ctx context.Context, run string, ev events.Event, reason 
 	if serr != nil {
 		return false, errors.Join(fmt.Errorf("quarantine run %s: %w", run, serr), ierr)
 	}
-	if str(res, 0) == "not_running" && str(res, 1) != "quarantined" && ierr == nil {
+	if str(res, 0) == "not_running" && str(res, 1) != string(events.RunStatusQuarantined) && ierr == nil {
 		ierr = d.C.HDel(ctx, d.K.Quarantined(), run).Err()
 	}
 	return str(res, 0) == "ok", ierr

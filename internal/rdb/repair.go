@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/graflow-go/graflow/events"
 	"github.com/oklog/ulid/v2"
 	"github.com/redis/go-redis/v9"
 )
@@ -13,11 +14,12 @@ import (
 // RepairTask is what a repair needs to know of one task of a running run,
 // from the fold of its log.
 type RepairTask struct {
-	ID, Status, Owner string
-	Attempt           int
-	Epoch             int64
-	Pool              string
-	Priority          int
+	ID, Owner string
+	Status    events.TaskStatus
+	Attempt   int
+	Epoch     int64
+	Pool      string
+	Priority  int
 }
 
 // Repair re-dispatches a running run's tasks whose queue message may be
@@ -47,8 +49,8 @@ func (d DB) Repair(ctx context.Context, run string, tasks []RepairTask, now time
 	pipe := d.C.Pipeline()
 	for _, t := range tasks {
 		switch {
-		case t.Status == "dispatched" && !isParked[t.ID+"|"+strconv.Itoa(t.Attempt)]:
-		case t.Status == "running" && !live[t.Owner]:
+		case t.Status == events.TaskStatusDispatched && !isParked[t.ID+"|"+strconv.Itoa(t.Attempt)]:
+		case t.Status == events.TaskStatusRunning && !live[t.Owner]:
 			err := d.Release(ctx, run, t.ID, t.Owner, t.Attempt, t.Epoch, ulid.Make().String(), now.UnixMilli())
 			if err != nil && !errors.Is(err, ErrStaleClaim) {
 				return out, err
@@ -107,7 +109,7 @@ func (d DB) RunningRuns(ctx context.Context, start, n int64) (runs []string, nex
 		}
 	}
 	for i, id := range ids {
-		if cmds[i].Val() == "running" {
+		if cmds[i].Val() == string(events.RunStatusRunning) {
 			runs = append(runs, id)
 		}
 	}
