@@ -28,7 +28,8 @@ import (
 // Errors. Use errors.Is. (A run that does not exist is
 // graflow.ErrRunNotFound.)
 var (
-	// ErrRunExists: Import would overwrite a run that already exists.
+	// ErrRunExists: Import would overwrite a run that already exists (or
+	// another writer created it while the import ran).
 	ErrRunExists = errors.New("replay: run already exists")
 	// ErrInvalidExport: an export file that cannot be imported (a line
 	// that does not decode, events of several runs, a log that does not
@@ -37,9 +38,6 @@ var (
 	// ErrVerifyFailed: Verify found the live state or the history
 	// inconsistent with the log (see *VerifyError for the problems).
 	ErrVerifyFailed = errors.New("replay: verification failed")
-	// ErrConcurrentChange: the run changed under an operation that needs
-	// it still (an import racing another import).
-	ErrConcurrentChange = errors.New("replay: run changed concurrently")
 )
 
 // Fold folds evs, run's log from its first event, with projector.Apply,
