@@ -1,24 +1,41 @@
 package graflow
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"os"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/graflow-go/graflow/events"
 	"github.com/graflow-go/graflow/internal/rdb"
 	"github.com/graflow-go/graflow/projector"
+	"github.com/graflow-go/graflow/replay"
 	"github.com/graflow-go/graflow/scheduler"
 	"github.com/oklog/ulid/v2"
 	"github.com/redis/go-redis/v9"
 )
 
-// ErrRunNotFound is returned for a run id with no log in the namespace.
+// ErrRunNotFound is returned for a run id with no log in the namespace
+// (Verify and Resume: neither log nor state). Every method that names a
+// run returns it, wrapped with the run and the namespace; use errors.Is.
 var ErrRunNotFound = errors.New("run not found")
+
+// readCount is the number of log entries read per round trip.
+const readCount = 5000
+
+// resumeBatch bounds the tasks one resume script call repairs.
+const resumeBatch = 256
+
+// importChunk bounds the events one import script call appends, so an
+// import of a large run never stalls Redis for long.
+const importChunk = 500
 
 // Config configures a Client. A zero field means its default.
 type Config struct {
@@ -29,12 +46,24 @@ type Config struct {
 	Namespace string
 	// MaxPayloadBytes bounds inputs and args (default 1 MiB).
 	MaxPayloadBytes int
+	// ID names this client in the events it writes for an operator
+	// (Resume's task_reclaimed). Default "client-<host>-<pid>".
+	ID string
+	// Now is the clock (default time.Now); it dates the events Resume
+	// writes and the ages Workers, Projectors and Queues report.
+	Now func() time.Time
 }
 
-// Client submits runs and reads their state. Safe for concurrent use.
+// Client is the one way in to a namespace: it submits runs, waits for
+// them, reads and follows them, lists runs, workers, projectors and
+// queues, verifies, exports, imports and resumes runs, and handles dead
+// letters. Every Redis command it issues goes through internal/rdb; the
+// analysis is package replay's, pure. Safe for concurrent use.
 type Client struct {
 	db    rdb.DB
 	sched *scheduler.Scheduler
+	id    string
+	now   func() time.Time
 }
 
 // NewClient returns a Client.
@@ -43,7 +72,22 @@ func NewClient(cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Client{db: rdb.New(cfg.Redis, cfg.Namespace), sched: s}, nil
+	if cfg.ID == "" {
+		host, _ := os.Hostname()
+		cfg.ID = "client-" + host + "-" + strconv.Itoa(os.Getpid())
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &Client{db: rdb.New(cfg.Redis, cfg.Namespace), sched: s, id: cfg.ID, now: cfg.Now}, nil
+}
+
+// Namespace returns the key prefix the client works in.
+func (c *Client) Namespace() string { return c.db.K.Namespace() }
+
+// notFound is ErrRunNotFound for run.
+func (c *Client) notFound(run string) error {
+	return fmt.Errorf("%w: %s in namespace %q", ErrRunNotFound, run, c.db.K.Namespace())
 }
 
 // SubmitOption tunes Submit.
@@ -180,7 +224,7 @@ func (c *Client) foldTolerant(ctx context.Context, run string) (*projector.Run, 
 		}
 	}
 	if r.Status == projector.RunUnknown {
-		return nil, nil, fmt.Errorf("%w: %s in namespace %q", ErrRunNotFound, run, c.db.K.Namespace())
+		return nil, nil, c.notFound(run)
 	}
 	if len(bad) > 1 {
 		sort.Slice(bad, func(i, j int) bool { return projector.CompareSeq(bad[i].Seq, bad[j].Seq) < 0 })
@@ -188,73 +232,147 @@ func (c *Client) foldTolerant(ctx context.Context, run string) (*projector.Run, 
 	return r, bad, nil
 }
 
-// Fold reads run's whole log and folds it with projector.Apply.
-func (c *Client) Fold(ctx context.Context, run string) (*projector.Run, error) {
-	r := projector.NewRun(run)
-	evs, err := c.db.ReadLog(ctx, run, "-", "+", 10000, 0)
+// Log reads run's whole log and decodes it (older schema versions are
+// upcast, see events.Upcast). It returns ErrRunNotFound for an empty log and
+// an *events.DecodeError for an entry that does not decode.
+func (c *Client) Log(ctx context.Context, run string) ([]events.Event, error) {
+	evs, err := c.db.ReadLog(ctx, run, "-", "+", readCount, 0)
 	if err != nil {
 		return nil, err
 	}
-	for _, e := range evs {
-		if err := projector.Apply(r, e); err != nil {
-			return nil, err
-		}
+	if len(evs) == 0 {
+		return nil, c.notFound(run)
+	}
+	return evs, nil
+}
+
+// Fold reads run's whole log and folds it from the first event with
+// projector.Apply, the projector's own fold (replay.Fold).
+func (c *Client) Fold(ctx context.Context, run string) (*projector.Run, error) {
+	evs, err := c.Log(ctx, run)
+	if err != nil {
+		return nil, err
+	}
+	r, err := replay.Fold(run, evs)
+	if err != nil {
+		return nil, err
 	}
 	if r.Status == projector.RunUnknown {
-		return nil, fmt.Errorf("%w: %s in namespace %q", ErrRunNotFound, run, c.db.K.Namespace())
+		return nil, c.notFound(run)
 	}
 	return r, nil
 }
 
+// Timeline reads run's log, replays it and returns its timeline.
+func (c *Client) Timeline(ctx context.Context, run string) (*replay.Timeline, error) {
+	evs, err := c.Log(ctx, run)
+	if err != nil {
+		return nil, err
+	}
+	a, err := replay.Analyze(run, evs)
+	if err != nil {
+		return nil, err
+	}
+	return a.Timeline, nil
+}
+
+// Events returns up to limit events of run's log after the entry id from
+// ("" or "0" for the start; limit <= 0 means all).
+func (c *Client) Events(ctx context.Context, run, from string, limit int) ([]events.Event, error) {
+	return c.db.ReadLogAfter(ctx, run, from, readCount, max(limit, 0))
+}
+
+// endsRun reports whether an event of type t ends a run.
+func endsRun(t events.Type) bool {
+	switch t {
+	case events.RunSucceeded, events.RunFailed, events.RunCancelled, events.RunQuarantined:
+		return true
+	}
+	return false
+}
+
 // Wait blocks until run ends (run_succeeded, run_failed, run_cancelled or
-// run_quarantined appears in its log) or ctx is done, and returns its
-// final state (see RunInfo.Succeeded and RunInfo.Quarantined). It
-// blocks on the log stream (XREAD BLOCK); it does not poll.
+// run_quarantined appears in its log, and no task_requeued reopened it
+// since) or ctx is done, and returns its final state (see
+// RunInfo.Succeeded and RunInfo.Quarantined). It blocks on the log stream
+// (XREAD BLOCK); it does not poll.
 func (c *Client) Wait(ctx context.Context, run string) (*RunInfo, error) {
-	if n, err := c.db.C.Exists(ctx, c.db.K.RunLog(run)).Result(); err != nil {
+	if ok, err := c.db.LogExists(ctx, run); err != nil {
 		return nil, fmt.Errorf("wait for run %s: %w", run, err)
-	} else if n == 0 {
-		return nil, fmt.Errorf("%w: %s in namespace %q", ErrRunNotFound, run, c.db.K.Namespace())
+	} else if !ok {
+		return nil, c.notFound(run)
 	}
-	last := "0"
+	const count = 1000
 	ended := false
-	for {
-		block := 5 * time.Second
-		if dl, ok := ctx.Deadline(); ok {
-			if d := time.Until(dl); d < block {
-				block = d
+	err := c.db.Tail(ctx, run, "", count, 5*time.Second, func(batch []redis.XMessage) (bool, error) {
+		for _, m := range batch {
+			t, _ := m.Values[events.FieldType].(string)
+			if endsRun(events.Type(t)) {
+				ended = true
+			} else if events.Type(t) == events.TaskRequeued { // the run was reopened
+				ended = false
 			}
 		}
-		if block <= 0 {
-			return nil, ctx.Err()
-		}
-		res, err := c.db.C.XRead(ctx, &redis.XReadArgs{Streams: []string{c.db.K.RunLog(run), last}, Count: 1000, Block: block}).Result()
-		if err != nil && !errors.Is(err, redis.Nil) {
-			if ctx.Err() != nil {
-				return nil, ctx.Err()
-			}
-			return nil, fmt.Errorf("wait for run %s: %w", run, err)
-		}
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
-		n := 0
-		for _, s := range res {
-			for _, m := range s.Messages {
-				last = m.ID
-				n++
-				switch t, _ := m.Values[events.FieldType].(string); events.Type(t) {
-				case events.RunSucceeded, events.RunFailed, events.RunCancelled, events.RunQuarantined:
-					ended = true
-				case events.TaskRequeued: // the run was reopened
-					ended = false
-				}
-			}
-		}
-		if ended && n < 1000 {
-			return c.Status(ctx, run)
-		}
+		return ended && len(batch) < count, nil
+	})
+	if ctx.Err() != nil {
+		return nil, ctx.Err()
 	}
+	if err != nil {
+		return nil, fmt.Errorf("wait for run %s: %w", run, err)
+	}
+	return c.Status(ctx, run)
+}
+
+// FollowOptions tune Follow.
+type FollowOptions struct {
+	// From is the log entry id after which to start ("" = the first
+	// event). Pass the Seq of the last event handled to resume.
+	From string
+	// UntilEnd returns after the run's terminal event (run_succeeded,
+	// run_failed, run_cancelled, run_quarantined).
+	UntilEnd bool
+	// Block bounds one XREAD BLOCK (default 5s); it only bounds how fast
+	// Follow notices cancellation.
+	Block time.Duration
+}
+
+// Follow calls fn for each event of run's log after opts.From, in order,
+// then blocks on the log (XREAD BLOCK, no polling) for new ones until ctx
+// is done (it returns nil then), fn returns an error (returned), an entry
+// does not decode (its *events.DecodeError), or, with UntilEnd, the run
+// ends.
+func (c *Client) Follow(ctx context.Context, run string, opts FollowOptions, fn func(events.Event) error) error {
+	block := opts.Block
+	if block <= 0 {
+		block = 5 * time.Second
+	}
+	var ferr error // from decoding or fn: returned as is
+	err := c.db.Tail(ctx, run, opts.From, readCount, block, func(batch []redis.XMessage) (bool, error) {
+		for _, m := range batch {
+			e, err := events.Decode(run, m.ID, m.Values)
+			if err == nil {
+				err = fn(e)
+			}
+			if err != nil {
+				ferr = err
+				return true, nil
+			}
+			if opts.UntilEnd && endsRun(e.Type) {
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+	switch {
+	case ferr != nil:
+		return ferr
+	case ctx.Err() != nil:
+		return nil
+	case err != nil:
+		return fmt.Errorf("follow run %s: %w", run, err)
+	}
+	return nil
 }
 
 // DeadLetter is a task that failed for good (or as poison).
@@ -270,28 +388,17 @@ func (c *Client) DeadLetters(ctx context.Context, limit int64) ([]DeadLetter, er
 	if limit <= 0 {
 		limit = 1 << 30
 	}
-	zs, err := c.db.C.ZRangeWithScores(ctx, c.db.K.DeadLetter(), 0, limit-1).Result()
+	rows, err := c.db.DeadLetters(ctx, limit)
 	if err != nil {
 		return nil, err
 	}
-	out := make([]DeadLetter, 0, len(zs))
-	members := make([]string, 0, len(zs))
-	for _, z := range zs {
-		m, _ := z.Member.(string)
-		run, task, _ := strings.Cut(m, "|")
-		out = append(out, DeadLetter{Run: run, Task: task, At: time.UnixMilli(int64(z.Score)).UTC()})
-		members = append(members, m)
-	}
-	if len(members) > 0 {
-		infos, err := c.db.C.HMGet(ctx, c.db.K.DeadLetterInfo(), members...).Result()
-		if err != nil {
-			return nil, err
+	out := make([]DeadLetter, 0, len(rows))
+	for _, r := range rows {
+		d := DeadLetter{Run: r.Run, Task: r.Task, At: time.UnixMilli(r.AtMS).UTC()}
+		if r.Details != "" {
+			d.Details = json.RawMessage(r.Details)
 		}
-		for i, v := range infos {
-			if s, ok := v.(string); ok {
-				out[i].Details = json.RawMessage(s)
-			}
-		}
+		out = append(out, d)
 	}
 	return out, nil
 }
@@ -307,17 +414,12 @@ func (c *Client) Requeue(ctx context.Context, run, task string) error {
 
 // PurgeDeadLetter forgets one dead letter (the run keeps its history).
 func (c *Client) PurgeDeadLetter(ctx context.Context, run, task string) error {
-	m := rdb.DeadLetterMember(run, task)
-	pipe := c.db.C.TxPipeline()
-	pipe.ZRem(ctx, c.db.K.DeadLetter(), m)
-	pipe.HDel(ctx, c.db.K.DeadLetterInfo(), m)
-	_, err := pipe.Exec(ctx)
-	return err
+	return c.db.PurgeDeadLetter(ctx, run, task)
 }
 
 // PurgeDeadLetters forgets every dead letter.
 func (c *Client) PurgeDeadLetters(ctx context.Context) error {
-	return c.db.C.Del(ctx, c.db.K.DeadLetter(), c.db.K.DeadLetterInfo()).Err()
+	return c.db.PurgeDeadLetters(ctx)
 }
 
 // RepairReport says what Repair did for one run.
@@ -350,14 +452,14 @@ func (c *Client) Repair(ctx context.Context, run string) (RepairReport, error) {
 
 // RunningRuns lists the ids of runs in the index whose state is running.
 func (c *Client) RunningRuns(ctx context.Context) ([]string, error) {
-	ids, err := c.db.C.ZRange(ctx, c.db.K.Runs(), 0, -1).Result()
+	ids, err := c.db.RunIDs(ctx)
 	if err != nil {
 		return nil, err
 	}
 	var out []string
 	for _, id := range ids {
-		st, err := c.db.C.HGet(ctx, c.db.K.RunState(id), rdb.FieldRunStatus).Result()
-		if err != nil && !errors.Is(err, redis.Nil) {
+		st, err := c.db.RunStatus(ctx, id)
+		if err != nil {
 			return nil, err
 		}
 		if st == string(projector.RunRunning) {
@@ -400,7 +502,7 @@ type GCReport struct {
 // removes a run that is still running or
 // whose events the projector has not all applied (@dirty set), so no event
 // the projector still needs is ever trimmed. Export runs first
-// (replay.Export) if you need their history later.
+// (Export) if you need their history later.
 func (c *Client) GC(ctx context.Context, opt GCOptions) (GCReport, error) {
 	var rep GCReport
 	if opt.Now == nil {
@@ -410,21 +512,20 @@ func (c *Client) GC(ctx context.Context, opt GCOptions) (GCReport, error) {
 	if opt.OlderThan > 0 {
 		max = fmt.Sprint(opt.Now().Add(-opt.OlderThan).UnixMilli())
 	}
-	ids, err := c.db.C.ZRangeArgs(ctx, redis.ZRangeArgs{Key: c.db.K.Runs(), Start: "-inf", Stop: max, ByScore: true}).Result()
+	ids, err := c.db.RunsSubmittedUntil(ctx, max)
 	if err != nil {
 		return rep, err
 	}
 	for _, run := range ids {
-		vals, err := c.db.C.HMGet(ctx, c.db.K.RunState(run), rdb.FieldRunStatus, rdb.FieldRunDirty).Result()
+		status, ok, dirty, err := c.db.GCInfo(ctx, run)
 		if err != nil {
 			return rep, err
 		}
-		status, _ := vals[0].(string)
-		if vals[0] == nil {
-			if n, err := c.db.C.Exists(ctx, c.db.K.RunLog(run)).Result(); err == nil && n == 0 {
+		if !ok {
+			if exists, err := c.db.LogExists(ctx, run); err == nil && !exists {
 				rep.Dangling++
 				if !opt.DryRun {
-					_ = c.db.C.ZRem(ctx, c.db.K.Runs(), run).Err()
+					_ = c.db.Unindex(ctx, run)
 				}
 			}
 			continue
@@ -432,12 +533,12 @@ func (c *Client) GC(ctx context.Context, opt GCOptions) (GCReport, error) {
 		if !projector.RunStatus(status).Terminal() {
 			continue
 		}
-		if vals[1] != nil {
+		if dirty {
 			rep.Kept++
 			continue
 		}
 		if opt.DryRun {
-			n, err := c.db.C.XLen(ctx, c.db.K.RunLog(run)).Result()
+			n, err := c.db.LogLen(ctx, run)
 			if err != nil {
 				return rep, err
 			}
@@ -457,10 +558,10 @@ func (c *Client) GC(ctx context.Context, opt GCOptions) (GCReport, error) {
 		rep.Runs = append(rep.Runs, run)
 		rep.Events += n
 		rep.Keys += keys
-		if err := c.db.C.ZRem(ctx, c.db.K.Runs(), run).Err(); err != nil {
+		if err := c.db.Unindex(ctx, run); err != nil {
 			return rep, err
 		}
-		if err := c.db.C.HDel(ctx, c.db.K.Quarantined(), run).Err(); err != nil {
+		if err := c.db.ForgetQuarantine(ctx, run); err != nil {
 			return rep, err
 		}
 	}
@@ -480,4 +581,560 @@ func (c *Client) GC(ctx context.Context, opt GCOptions) (GCReport, error) {
 		}
 		start = next
 	}
+}
+
+// RunUnreadable is the status Runs reports for a run whose state cannot
+// be read (a key of the wrong type, a missing permission).
+const RunUnreadable = "unreadable"
+
+// RunSummary is one run of the run index.
+type RunSummary struct {
+	ID          string    `json:"id"`
+	Workflow    string    `json:"workflow"`
+	Status      string    `json:"status"`
+	SubmittedAt time.Time `json:"submitted_at"`
+	// Quarantined holds why the projector set the run aside, if it did.
+	Quarantined string `json:"quarantined,omitempty"`
+	// Error says why the run's state cannot be read (Status
+	// RunUnreadable).
+	Error string `json:"error,omitempty"`
+}
+
+// RunsOptions filter Runs.
+type RunsOptions struct {
+	// Status keeps runs in this status ("" keeps all).
+	Status string
+	// Limit bounds the runs returned (0 means 100; < 0 means no limit).
+	Limit int
+}
+
+// RunIDs lists the runs of the namespace's run index, oldest first.
+func (c *Client) RunIDs(ctx context.Context) ([]string, error) { return c.db.RunIDs(ctx) }
+
+// Runs lists the runs of the run index, newest first, with their live
+// @status and @workflow. A run whose state cannot be read is listed with
+// status RunUnreadable and the reason; it does not hide the others.
+func (c *Client) Runs(ctx context.Context, opts RunsOptions) ([]RunSummary, error) {
+	limit := opts.Limit
+	if limit == 0 {
+		limit = 100
+	}
+	out := []RunSummary{}
+	const page = 500
+	for start := int64(0); ; start += page {
+		rows, err := c.db.RunPage(ctx, start, page)
+		if err != nil {
+			return nil, err
+		}
+		for _, row := range rows {
+			s := RunSummary{ID: row.ID, Workflow: row.Workflow, Status: row.Status, Quarantined: row.Quarantine,
+				SubmittedAt: time.UnixMilli(row.SubmittedMS).UTC()}
+			switch {
+			case row.Err != nil:
+				s.Status, s.Error = RunUnreadable, row.Err.Error()
+			case s.Status == "":
+				s.Status = "unknown"
+			}
+			if opts.Status != "" && s.Status != opts.Status {
+				continue
+			}
+			out = append(out, s)
+			if limit > 0 && len(out) >= limit {
+				return out, nil
+			}
+		}
+		if len(rows) < page {
+			return out, nil
+		}
+	}
+}
+
+// registryEntry is what a worker's and a projector's registry hash have in
+// common.
+type registryEntry struct {
+	host                     string
+	pid                      int
+	started, last            time.Time
+	uptimeMS, heartbeatAgeMS int64
+	num                      func(field string) int64
+}
+
+func parseRegistryEntry(h map[string]string, now time.Time) registryEntry {
+	num := func(k string) int64 { n, _ := strconv.ParseInt(h[k], 10, 64); return n }
+	e := registryEntry{host: h["host"], pid: int(num("pid")), num: num}
+	if ms := num("started_at"); ms > 0 {
+		e.started = time.UnixMilli(ms).UTC()
+		e.uptimeMS = now.Sub(e.started).Milliseconds()
+	}
+	if ms := num("last_heartbeat"); ms > 0 {
+		e.last = time.UnixMilli(ms).UTC()
+		e.heartbeatAgeMS = now.Sub(e.last).Milliseconds()
+	}
+	return e
+}
+
+func splitComma(s string) []string {
+	out := []string{}
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// WorkerInfo is one worker of the registry.
+type WorkerInfo struct {
+	ID          string    `json:"id"`
+	Host        string    `json:"host,omitempty"`
+	PID         int       `json:"pid,omitempty"`
+	Pools       []string  `json:"pools"`
+	Concurrency int       `json:"concurrency"`
+	Handlers    []string  `json:"handlers,omitempty"`
+	Running     int64     `json:"running"`
+	Processed   int64     `json:"processed"`
+	Failed      int64     `json:"failed"`
+	StartedAt   time.Time `json:"started_at,omitzero"`
+	// UptimeMS is from the worker's start to now.
+	UptimeMS int64 `json:"uptime_ms"`
+	// LastHeartbeat and HeartbeatAgeMS: when the worker last refreshed its
+	// registry entry, and how long ago.
+	LastHeartbeat  time.Time `json:"last_heartbeat,omitzero"`
+	HeartbeatAgeMS int64     `json:"heartbeat_age_ms"`
+	// Expired: the worker is in the set but its hash expired (it died
+	// without deregistering).
+	Expired bool `json:"expired,omitempty"`
+}
+
+// Workers lists the workers of the registry, sorted by id.
+func (c *Client) Workers(ctx context.Context) ([]WorkerInfo, error) {
+	ids, hs, err := c.db.WorkerRegistry().Records(ctx, c.db.C)
+	if err != nil {
+		return nil, fmt.Errorf("read worker registry: %w", err)
+	}
+	now := c.now()
+	out := make([]WorkerInfo, 0, len(ids))
+	for i, id := range ids {
+		w := WorkerInfo{ID: id, Pools: []string{}}
+		if len(hs[i]) == 0 {
+			w.Expired = true
+			out = append(out, w)
+			continue
+		}
+		e := parseRegistryEntry(hs[i], now)
+		w.Host, w.PID, w.Concurrency = e.host, e.pid, int(e.num("concurrency"))
+		w.Pools, w.Handlers = splitComma(hs[i]["pools"]), splitComma(hs[i]["handlers"])
+		w.Running, w.Processed, w.Failed = e.num("tasks_running"), e.num("tasks_processed"), e.num("tasks_failed")
+		w.StartedAt, w.UptimeMS, w.LastHeartbeat, w.HeartbeatAgeMS = e.started, e.uptimeMS, e.last, e.heartbeatAgeMS
+		out = append(out, w)
+	}
+	return out, nil
+}
+
+// ProjectorInfo is a projector's registry entry.
+type ProjectorInfo struct {
+	ID   string `json:"id"`
+	Host string `json:"host,omitempty"`
+	PID  int    `json:"pid,omitempty"`
+	// Partitions are the feed partitions it consumes.
+	Partitions []string  `json:"partitions"`
+	StartedAt  time.Time `json:"started_at,omitzero"`
+	UptimeMS   int64     `json:"uptime_ms"`
+	// LastHeartbeat and HeartbeatAgeMS: when it last refreshed its entry,
+	// and how long ago.
+	LastHeartbeat  time.Time `json:"last_heartbeat,omitzero"`
+	HeartbeatAgeMS int64     `json:"heartbeat_age_ms"`
+	// Expired: in the set, but its hash expired (it died without
+	// deregistering; the next prune removes it).
+	Expired bool `json:"expired,omitempty"`
+}
+
+// Projectors lists the projectors of the registry, sorted by id. None
+// live means no run makes progress.
+func (c *Client) Projectors(ctx context.Context) ([]ProjectorInfo, error) {
+	ids, hs, err := c.db.ProjectorRegistry().Records(ctx, c.db.C)
+	if err != nil {
+		return nil, fmt.Errorf("read projector registry: %w", err)
+	}
+	now := c.now()
+	out := make([]ProjectorInfo, 0, len(ids))
+	for i, id := range ids {
+		p := ProjectorInfo{ID: id, Partitions: []string{}}
+		if len(hs[i]) == 0 {
+			p.Expired = true
+			out = append(out, p)
+			continue
+		}
+		e := parseRegistryEntry(hs[i], now)
+		p.Host, p.PID, p.Partitions = e.host, e.pid, splitComma(hs[i]["partitions"])
+		p.StartedAt, p.UptimeMS, p.LastHeartbeat, p.HeartbeatAgeMS = e.started, e.uptimeMS, e.last, e.heartbeatAgeMS
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+// QueueInfo describes one queue stream (a pool's priority band).
+type QueueInfo struct {
+	Pool     string `json:"pool"`
+	Priority int    `json:"priority"`
+	Stream   string `json:"stream"`
+	// Length is the number of messages in the stream: pending ones plus
+	// those not yet delivered (acked messages are deleted).
+	Length int64 `json:"length"`
+	// Pending is the group's PEL size (delivered, not acked), by consumer.
+	Pending   int64            `json:"pending"`
+	Consumers map[string]int64 `json:"consumers,omitempty"`
+	// Lag is the number of messages not yet delivered to the group. Redis
+	// cannot always compute it after deletions; then it is Length -
+	// Pending (exact here, since acked messages are deleted) and
+	// LagEstimated is set.
+	Lag          int64 `json:"lag"`
+	LagEstimated bool  `json:"lag_estimated,omitempty"`
+	// OldestPendingID is the oldest pending message; its age is since it
+	// was queued, its idle time since it was last delivered or touched by
+	// a heartbeat.
+	OldestPendingID     string `json:"oldest_pending_id,omitempty"`
+	OldestPendingAgeMS  int64  `json:"oldest_pending_age_ms,omitempty"`
+	OldestPendingIdleMS int64  `json:"oldest_pending_idle_ms,omitempty"`
+	OldestDeliveries    int64  `json:"oldest_pending_deliveries,omitempty"`
+}
+
+// QueuesOptions tune Queues.
+type QueuesOptions struct {
+	// Pools to show; default: every pool with a queue stream in the
+	// namespace (found by SCAN) or served by a registered worker.
+	Pools []string
+	// Empty includes bands with no message and no lag.
+	Empty bool
+}
+
+// Queues describes the queue streams of the namespace, by pool then band
+// (highest priority first).
+func (c *Client) Queues(ctx context.Context, opts QueuesOptions) ([]QueueInfo, error) {
+	pools := opts.Pools
+	if len(pools) == 0 {
+		var err error
+		if pools, err = c.pools(ctx); err != nil {
+			return nil, err
+		}
+	}
+	now := c.now()
+	out := []QueueInfo{}
+	for _, pool := range pools {
+		for _, stream := range c.db.K.AllQueues(pool) {
+			st, ok, err := c.db.QueueStat(ctx, stream)
+			if err != nil {
+				return nil, err
+			}
+			q := QueueInfo{Stream: stream, Length: st.Length, Lag: st.Lag, Pending: st.Pending, Consumers: st.Consumers}
+			switch {
+			case !st.HasGroup:
+				q.Lag = q.Length // nobody has read it yet
+			case q.Lag < 0:
+				q.Lag, q.LagEstimated = max(q.Length-q.Pending, 0), true
+			}
+			if o := st.Oldest; o != nil {
+				q.OldestPendingID = o.ID
+				q.OldestPendingAgeMS = now.UnixMilli() - seqMS(o.ID)
+				q.OldestPendingIdleMS = o.Idle.Milliseconds()
+				q.OldestDeliveries = o.RetryCount
+			}
+			if !ok || (!opts.Empty && q.Length == 0 && q.Pending == 0 && q.Lag == 0) {
+				continue
+			}
+			_, _, prio, _ := c.db.K.ParseQueue(stream)
+			q.Pool, q.Priority = pool, prio
+			out = append(out, q)
+		}
+	}
+	return out, nil
+}
+
+// pools returns the pools with a queue stream plus those registered
+// workers serve, sorted.
+func (c *Client) pools(ctx context.Context) ([]string, error) {
+	set, err := c.db.QueuePools(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ws, err := c.Workers(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, w := range ws {
+		for _, p := range w.Pools {
+			set[p] = true
+		}
+	}
+	out := make([]string, 0, len(set))
+	for p := range set {
+		out = append(out, p)
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
+// seqMS returns the milliseconds part of a stream id.
+func seqMS(seq string) int64 {
+	ms, _, _ := strings.Cut(seq, "-")
+	n, _ := strconv.ParseInt(ms, 10, 64)
+	return n
+}
+
+// Verify rebuilds run's state from its log and compares it, field by
+// field, with the live projection in Redis, then checks the history
+// invariants and, for a running run, that every dispatched or running
+// task's dispatch is in the outbox, the delayed set or its queue (see
+// replay.Verify).
+//
+// It may run at any time: it reads the state hashes and the log's last id
+// in one transaction and folds the log up to that id. Verify returns an
+// error only when it cannot read; a run with problems returns a report
+// whose Err is a *replay.VerifyError. ErrRunNotFound when the run has
+// neither log nor state.
+func (c *Client) Verify(ctx context.Context, run string) (*replay.Report, error) {
+	live, err := c.db.ReadLive(ctx, run)
+	if err != nil {
+		return nil, err
+	}
+	if live.Last == "" && len(live.State) == 0 {
+		return nil, c.notFound(run)
+	}
+	var evs []events.Event
+	var bad []replay.Undecodable
+	if live.Last != "" {
+		var undecodable []rdb.BadEntry
+		if evs, undecodable, err = c.db.ReadLogTolerant(ctx, run, readCount); err != nil {
+			return nil, err
+		}
+		for _, b := range undecodable {
+			bad = append(bad, replay.Undecodable(b))
+		}
+	}
+	rep, want := replay.Verify(run, c.Namespace(), replay.Live{State: live.State, Results: live.Results, DAG: live.DAG,
+		LastSeq: live.Last, Added: live.Added, Length: live.Length, MaxDeleted: live.MaxDeleted}, evs, bad)
+	if len(want) == 0 {
+		return rep, nil
+	}
+	lost, err := c.lost(ctx, run, want)
+	if err != nil {
+		return nil, err
+	}
+	rep.AddLost(lost, func(pool string, prio int) string { return c.db.K.QueueFor(run, pool, prio) })
+	return rep, nil
+}
+
+// lost returns the dispatches of want that are nowhere (rdb.DB.Lost).
+func (c *Client) lost(ctx context.Context, run string, want []replay.ExpectedDispatch) ([]replay.ExpectedDispatch, error) {
+	ws := make([]rdb.Want, len(want))
+	for i, w := range want {
+		ws[i] = rdb.Want(w)
+	}
+	lost, err := c.db.Lost(ctx, run, ws)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]replay.ExpectedDispatch, len(lost))
+	for i, w := range lost {
+		out[i] = replay.ExpectedDispatch(w)
+	}
+	return out, nil
+}
+
+// VerifyAll verifies every run of the namespace's run index, oldest first.
+// A run indexed but gone (no log, no state) gets a report with one problem.
+func (c *Client) VerifyAll(ctx context.Context) ([]*replay.Report, error) {
+	ids, err := c.RunIDs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*replay.Report, 0, len(ids))
+	for _, id := range ids {
+		rep, err := c.Verify(ctx, id)
+		if errors.Is(err, ErrRunNotFound) {
+			rep = replay.NotIndexed(id, c.Namespace())
+		} else if err != nil {
+			return out, err
+		}
+		out = append(out, rep)
+	}
+	return out, nil
+}
+
+// Export writes run's log to w as JSON lines, in log order (see
+// replay.WriteExport), reading it a chunk at a time. It returns the number
+// of events written.
+func (c *Client) Export(ctx context.Context, run string, w io.Writer) (int, error) {
+	bw := bufio.NewWriter(w)
+	after, n := "", 0
+	for {
+		evs, err := c.db.ReadLogAfter(ctx, run, after, readCount, readCount)
+		if err != nil {
+			return n, err
+		}
+		if err := replay.WriteExport(bw, evs); err != nil {
+			return n, fmt.Errorf("export run %s: %w", run, err)
+		}
+		n += len(evs)
+		if len(evs) < readCount {
+			break
+		}
+		after = evs[len(evs)-1].Seq
+	}
+	if n == 0 {
+		return 0, c.notFound(run)
+	}
+	return n, bw.Flush()
+}
+
+// Import reads an export (see replay.ReadExport) and rebuilds the run in
+// this client's namespace, with state identical to the replayed state: it
+// appends the events to the run's log (keeping the exported seqs when the
+// file has them), writes the state hash (task records as
+// projector.RecordOf, @status, @workflow, @cursor = last seq), the results
+// hash (accepted results and @input), the dag hash (metadata of every
+// submitted task) and the channel hash, indexes the run and points the
+// projector feed at it. Each write is one script on the run's slot that
+// first checks nobody else wrote the run meanwhile.
+//
+// Import refuses to overwrite: if any key of the run exists it returns a
+// *replay.ExistsError (replay.ErrRunExists), except a log that holds a
+// prefix of the same events and no state, left by an interrupted import,
+// which it completes. A file that does not parse or fold returns
+// replay.ErrInvalidExport; nothing is written then.
+func (c *Client) Import(ctx context.Context, r io.Reader, opts replay.ImportOptions) (*replay.ImportResult, error) {
+	evs, err := replay.ReadExport(r)
+	if err != nil {
+		return nil, err
+	}
+	return c.ImportEvents(ctx, evs, opts)
+}
+
+// ImportEvents is Import for events already read (see replay.ReadExport).
+func (c *Client) ImportEvents(ctx context.Context, evs []events.Event, opts replay.ImportOptions) (*replay.ImportResult, error) {
+	im, err := replay.PrepareImport(evs, opts)
+	if err != nil {
+		return nil, err
+	}
+	run, evs := im.Run, im.Events
+	res := im.Result(c.Namespace())
+	exists := func(why string) error { return &replay.ExistsError{Run: run, Namespace: c.Namespace(), Why: why} }
+	ids, seqs := make([]string, len(evs)), make([]string, len(evs))
+	for i, e := range evs {
+		ids[i], seqs[i] = e.ID, e.Seq
+	}
+	done, why, err := c.db.ImportConflict(ctx, run, ids, seqs)
+	if err != nil {
+		return nil, err
+	}
+	if why != "" {
+		return nil, exists(why)
+	}
+	res.Continued = done
+	last := ""
+	if done > 0 {
+		if last = evs[done-1].Seq; last == "" {
+			if last, err = c.db.LastLogID(ctx, run); err != nil || last == "" {
+				return nil, fmt.Errorf("read log of run %s: %w", run, err)
+			}
+		}
+	}
+	for i := done; i < len(evs); i += importChunk {
+		chunk := evs[i:min(i+importChunk, len(evs))]
+		entries := make([]rdb.LogEntry, len(chunk))
+		for j := range chunk {
+			entries[j] = rdb.LogEntry{ID: chunk[j].Seq, Fields: chunk[j].Fields()}
+		}
+		last, err = c.db.ImportAppend(ctx, run, i, entries)
+		if errors.Is(err, rdb.ErrImportConflict) {
+			return nil, exists("another writer changed it during the import")
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	h, err := im.Hashes(last)
+	if err != nil {
+		return nil, err
+	}
+	err = c.db.ImportState(ctx, run, rdb.ImportHashes(h))
+	if errors.Is(err, rdb.ErrImportConflict) {
+		return nil, exists("another writer created its state during the import")
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := c.db.Reindex(ctx, run, evs[0].Time.UnixMilli()); err != nil {
+		return nil, fmt.Errorf("index imported run %s: %w (run \"graflow resume %s\" to repair)", run, err, run)
+	}
+	return res, nil
+}
+
+// Resume puts an unfinished run back to work where its queue messages are
+// gone, typically after Import (queue messages are not part of an export);
+// see replay.Resume for what it re-dispatches. Each batch of repairs is one
+// script on the run's slot that re-checks every task's record, then
+// appends the task_reclaimed events, sets the records and fills the outbox
+// (like a projector commit); the outbox is then relayed to the queues
+// exactly as the projector relays it (projector.Relay), and the run is
+// (re-)indexed and the feed pointed at it. A task that moves on while
+// Resume works is left alone. Resume is idempotent: a second call finds the
+// dispatches and does nothing. A duplicate dispatch is harmless anyway
+// (the claim script drops it). ErrRunNotFound when the run has no log.
+func (c *Client) Resume(ctx context.Context, run string) (*replay.ResumeResult, error) {
+	live, err := c.db.ReadLive(ctx, run)
+	if err != nil {
+		return nil, err
+	}
+	if live.Last == "" {
+		return nil, c.notFound(run)
+	}
+	evs, err := c.db.ReadLog(ctx, run, "-", live.Last, readCount, 0)
+	if err != nil {
+		return nil, err
+	}
+	plan, err := replay.PlanResume(run, evs, live.State)
+	if err != nil {
+		return nil, err
+	}
+	res := plan.Result
+	if plan.Run.Status == projector.RunRunning {
+		lost, err := c.lost(ctx, run, plan.Want)
+		if err != nil {
+			return nil, err
+		}
+		res.Queued = len(plan.Want) - len(lost)
+		for i := 0; i < len(lost); i += resumeBatch {
+			if err := c.redispatch(ctx, plan, lost[i:min(i+resumeBatch, len(lost))]); err != nil {
+				return res, err
+			}
+		}
+	}
+	if err := c.db.Reindex(ctx, run, plan.Submitted.Time.UnixMilli()); err != nil {
+		return res, fmt.Errorf("index run %s: %w", run, err)
+	}
+	return res, nil
+}
+
+// redispatch re-dispatches one batch of lost tasks in one script.
+func (c *Client) redispatch(ctx context.Context, plan *replay.Resume, batch []replay.ExpectedDispatch) error {
+	now := c.now()
+	rds := make([]replay.Redispatch, len(batch))
+	items := make([]rdb.ResumeItem, len(batch))
+	for i, w := range batch {
+		rds[i] = plan.Redispatch(w, now, c.id, ulid.Make().String())
+		items[i] = rdb.ResumeItem{Task: w.Task, Record: w.Record, NewRecord: rds[i].Record, Event: rds[i].Reclaim,
+			Dispatch: rdb.Dispatch{Pool: w.Pool, Priority: w.Priority, DueMS: rds[i].DueMS, Run: plan.Run.ID, Task: w.Task,
+				Attempt: w.Attempt, EventID: ulid.Make().String()}}
+	}
+	done, err := c.db.Resume(ctx, plan.Run.ID, items, now.UnixMilli())
+	if err != nil {
+		return err
+	}
+	for i, ok := range done {
+		if ok {
+			plan.Done(rds[i])
+		}
+	}
+	return nil
 }

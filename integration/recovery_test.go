@@ -14,7 +14,7 @@ import (
 	"github.com/graflow-go/graflow/events"
 	"github.com/graflow-go/graflow/internal/crashpoint"
 	"github.com/graflow-go/graflow/internal/redisserver"
-	"github.com/graflow-go/graflow/invariant"
+	"github.com/graflow-go/graflow/replay"
 	"github.com/graflow-go/graflow/worker"
 	"github.com/graflow-go/graflow/worker/builtin"
 )
@@ -180,7 +180,7 @@ func testStoppedPastLease(t *testing.T, o recWorker) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v := invariant.Check(evs, state)
+	v := replay.CheckInvariants(evs, state)
 	if unfenced {
 		if len(succeeded) != 2 || v.DuplicateAccepts == 0 {
 			t.Fatalf("fencing off: %d task_succeeded, checker found %d duplicate accepts; want 2 and > 0:\n%s",
@@ -444,7 +444,7 @@ func testRetriesAndDeadLetters(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if v := invariant.Check(evs, state); !v.OK() {
+		if v := replay.CheckInvariants(evs, state); !v.OK() {
 			t.Errorf("run %s history: %q\n%s", run, v.Problems, timeline(evs))
 		}
 	}
@@ -525,7 +525,7 @@ func testRedisRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v := invariant.Check(evs, state)
+	v := replay.CheckInvariants(evs, state)
 	if !v.OK() {
 		t.Errorf("history check: %q", v.Problems)
 	}
@@ -600,14 +600,6 @@ func testHandBackOnDrainTimeout(t *testing.T) {
 	}
 	t.Logf("%s exited 0 %v after SIGTERM; hand-back → claim by %s: %v (lease %v)", victim,
 		exitAfter.Round(time.Millisecond), rescuer, second.Time.Sub(handed.Time).Round(time.Millisecond), lease)
-}
-
-func total(m map[string]int64) int64 {
-	var n int64
-	for _, v := range m {
-		n += v
-	}
-	return n
 }
 
 func workersOf(evs []events.Event) []string {

@@ -37,7 +37,7 @@ func (p *Projector) load(ctx context.Context, run string, c *cached) error {
 
 // readInto folds up to ReadCount log entries after r.LastSeq into r.
 func (p *Projector) readInto(ctx context.Context, run string, r *Run) (int, error) {
-	msgs, err := p.db.ReadLogAfter(ctx, run, r.LastSeq, p.cfg.ReadCount)
+	msgs, err := p.db.LogPageAfter(ctx, run, r.LastSeq, p.cfg.ReadCount)
 	if err != nil {
 		return 0, err
 	}

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/graflow-go/graflow"
 	"github.com/graflow-go/graflow/events"
 	"github.com/graflow-go/graflow/internal/rdb"
 	"github.com/graflow-go/graflow/internal/redistest"
@@ -159,7 +160,7 @@ func BenchmarkRebuildFromRedis100k(b *testing.B) {
 		}
 	}
 	b.Cleanup(func() { c.Del(context.Background(), k.RunLog("bench")) })
-	rc, err := replay.New(replay.Config{Redis: c, Namespace: ns})
+	rc, err := graflow.NewClient(graflow.Config{Redis: c, Namespace: ns})
 	if err != nil {
 		b.Fatal(err)
 	}

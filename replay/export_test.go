@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/graflow-go/graflow"
 	"github.com/graflow-go/graflow/events"
 	"github.com/graflow-go/graflow/internal/rdb"
 	"github.com/graflow-go/graflow/internal/redistest"
@@ -86,7 +87,7 @@ func TestExportImport(t *testing.T) {
 		if diff := cmp.Diff(exported.String(), again.String()); diff != "" {
 			t.Fatalf("export of the imported run (-original +re-exported):\n%s", diff)
 		}
-		runs, err := dst.rc.Runs(ctx, replay.RunsOptions{})
+		runs, err := dst.rc.Runs(ctx, graflow.RunsOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -57,15 +57,7 @@ func TestGolden(t *testing.T) {
 		name := strings.TrimSuffix(filepath.Base(file), ".jsonl")
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			f, err := os.Open(file)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer f.Close()
-			evs, err := replay.ReadExport(f)
-			if err != nil {
-				t.Fatal(err)
-			}
+			evs := readGolden(t, name)
 			a, err := replay.Analyze(evs[0].Run, evs)
 			if err != nil {
 				t.Fatal(err)

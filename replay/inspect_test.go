@@ -9,7 +9,6 @@ import (
 	"github.com/graflow-go/graflow"
 	"github.com/graflow-go/graflow/events"
 	"github.com/graflow-go/graflow/internal/rdb"
-	"github.com/graflow-go/graflow/replay"
 	"github.com/graflow-go/graflow/worker/builtin"
 	"github.com/redis/go-redis/v9"
 )
@@ -28,7 +27,7 @@ func TestInspect(t *testing.T) {
 	done := make(chan followed, 1)
 	go func() {
 		var f followed
-		f.err = e.rc.Follow(ctx, "followed-run", replay.FollowOptions{UntilEnd: true}, func(ev events.Event) error {
+		f.err = e.rc.Follow(ctx, "followed-run", graflow.FollowOptions{UntilEnd: true}, func(ev events.Event) error {
 			f.evs = append(f.evs, ev)
 			return nil
 		})
@@ -65,7 +64,7 @@ func TestInspect(t *testing.T) {
 	})
 
 	t.Run("runs lists the index newest first with live status", func(t *testing.T) {
-		all, err := e.rc.Runs(ctx, replay.RunsOptions{})
+		all, err := e.rc.Runs(ctx, graflow.RunsOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -77,11 +76,11 @@ func TestInspect(t *testing.T) {
 		if diff := cmp.Diff(want, ids); diff != "" {
 			t.Fatalf("runs (-want +got):\n%s", diff)
 		}
-		failed, err := e.rc.Runs(ctx, replay.RunsOptions{Status: "failed"})
+		failed, err := e.rc.Runs(ctx, graflow.RunsOptions{Status: "failed"})
 		if err != nil || len(failed) != 1 || failed[0].ID != bad {
 			t.Fatalf("failed runs: %+v %v", failed, err)
 		}
-		one, err := e.rc.Runs(ctx, replay.RunsOptions{Limit: 1})
+		one, err := e.rc.Runs(ctx, graflow.RunsOptions{Limit: 1})
 		if err != nil || len(one) != 1 || one[0].ID != bad || one[0].SubmittedAt.IsZero() {
 			t.Fatalf("limit 1: %+v %v", one, err)
 		}
@@ -116,14 +115,14 @@ func TestInspect(t *testing.T) {
 		if err := e.rdb.XRead(ctx, &redis.XReadArgs{Streams: []string{rdb.NewKeys(e.ns).Queue(0, "nobody", 7), "0"}, Block: 10 * time.Second}).Err(); err != nil {
 			t.Fatal(err)
 		}
-		qs, err := e.rc.Queues(ctx, replay.QueuesOptions{})
+		qs, err := e.rc.Queues(ctx, graflow.QueuesOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
 		if len(qs) != 1 || qs[0].Pool != "nobody" || qs[0].Priority != 7 || qs[0].Length != 1 || qs[0].Lag != 1 || qs[0].Pending != 0 {
 			t.Fatalf("queues = %+v", qs)
 		}
-		all, err := e.rc.Queues(ctx, replay.QueuesOptions{Empty: true})
+		all, err := e.rc.Queues(ctx, graflow.QueuesOptions{Empty: true})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -25,7 +25,7 @@ type env struct {
 	rdb    *redis.Client
 	ns     string
 	client *graflow.Client
-	rc     *replay.Client
+	rc     *graflow.Client
 }
 
 // newEnv returns a fresh namespace; nothing runs in it yet.
@@ -41,7 +41,7 @@ func envIn(t *testing.T, rdb *redis.Client, ns string) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rc, err := replay.New(replay.Config{Redis: rdb, Namespace: ns, ID: "replay-test"})
+	rc, err := graflow.NewClient(graflow.Config{Redis: rdb, Namespace: ns, ID: "replay-test"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,7 +103,7 @@ func (e *env) waitFor(ctx context.Context, run string, what string, pred func([]
 	e.t.Helper()
 	var seen []events.Event
 	errDone := errorString("done")
-	err := e.rc.Follow(ctx, run, replay.FollowOptions{Block: 200 * time.Millisecond}, func(ev events.Event) error {
+	err := e.rc.Follow(ctx, run, graflow.FollowOptions{Block: 200 * time.Millisecond}, func(ev events.Event) error {
 		seen = append(seen, ev)
 		if pred(seen) {
 			return errDone

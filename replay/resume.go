@@ -1,29 +1,19 @@
 package replay
 
 import (
-	"context"
-	"errors"
 	"fmt"
+	"time"
 
 	"github.com/graflow-go/graflow/events"
-	"github.com/graflow-go/graflow/internal/rdb"
+	"github.com/graflow-go/graflow/internal/statehash"
 	"github.com/graflow-go/graflow/projector"
-	"github.com/oklog/ulid/v2"
-	"github.com/redis/go-redis/v9"
 )
 
-// resumeBatch bounds the tasks repaired per transaction.
-const resumeBatch = 256
-
-// resumeRetries bounds the transactions retried when the run changes under
-// Resume (workers finishing other tasks of the run).
-const resumeRetries = 20
-
-// ReclaimReasonResumed is the reason of the task_reclaimed events Resume
+// ReclaimReasonResumed is the reason of the task_reclaimed events a resume
 // writes.
 const ReclaimReasonResumed = "resumed: queue message lost"
 
-// ResumeResult says what Resume did.
+// ResumeResult says what a resume did.
 type ResumeResult struct {
 	Run    string `json:"run"`
 	Status string `json:"status"`
@@ -38,23 +28,53 @@ type ResumeResult struct {
 	// found, left alone.
 	Queued int `json:"queued"`
 	// Skipped: tasks whose live record differs from the fold ("graflow
-	// replay verify" reports them); Resume does not touch them.
+	// replay verify" reports them); a resume does not touch them.
 	Skipped []string `json:"skipped,omitempty"`
 }
 
-// ResumedTask is a task Resume re-dispatched.
+// ResumedTask is a task a resume re-dispatched.
 type ResumedTask struct {
 	Task    string `json:"task"`
 	Attempt int    `json:"attempt"`
-	// Epoch is the task's epoch after Resume; From and FromEpoch the
+	// Epoch is the task's epoch after the resume; From and FromEpoch the
 	// claim it took away (reclaims only).
 	Epoch     int64  `json:"epoch"`
 	From      string `json:"from,omitempty"`
 	FromEpoch int64  `json:"from_epoch,omitempty"`
 }
 
-// Resume puts an unfinished run back to work where its queue messages are
-// gone, typically after Import (queue messages are not part of an export):
+// ExpectedDispatch is a task attempt whose dispatch should be somewhere:
+// the run's outbox, the delayed set, or its pool's queue stream. Record is
+// the task's live record, equal to the fold's.
+type ExpectedDispatch struct {
+	Task     string
+	Attempt  int
+	Pool     string
+	Priority int
+	Record   string
+}
+
+// ExpectedDispatches returns the dispatched or running tasks of r whose
+// live record (in state, the state hash) equals the fold, and apart the
+// ids of those whose record differs.
+func ExpectedDispatches(r *projector.Run, state map[string]string) (want []ExpectedDispatch, differ []string) {
+	for _, t := range r.Tasks {
+		if t.Status != projector.TaskDispatched && t.Status != projector.TaskRunning {
+			continue
+		}
+		rec := state[t.Spec.ID]
+		if rec != projector.RecordOf(t).String() {
+			differ = append(differ, t.Spec.ID)
+			continue
+		}
+		want = append(want, ExpectedDispatch{Task: t.Spec.ID, Attempt: t.Attempt, Pool: t.Spec.Pool, Priority: t.Spec.Priority, Record: rec})
+	}
+	return want, differ
+}
+
+// Resume is the plan to put an unfinished run back to work where its queue
+// messages are gone, typically after an import (queue messages are not
+// part of an export):
 //
 //   - a dispatched task whose dispatch is in neither the run's outbox, the
 //     delayed set nor its queue stream is dispatched again (a retry keeps
@@ -62,150 +82,87 @@ type ResumedTask struct {
 //   - a running task whose queue message is gone (so no reclaimer can
 //     find it) gets a task_reclaimed event that bumps its epoch, fencing
 //     whatever its old claim might still send, and is dispatched again;
-//   - tasks ready or awaiting a retry are left to the projector, which
-//     Resume points at the run.
+//   - tasks ready or awaiting a retry are left to the projector.
 //
-// Each repair is a transaction on the run's slot (WATCH on the state hash,
-// then the event, the record and the outbox entry together, like a
-// projector commit); the outbox is then relayed to the queues exactly as
-// the projector relays it (projector.Relay). A task that moves on while
-// Resume works is left alone. Resume is idempotent: a second call finds the
-// dispatches and does nothing. A duplicate dispatch is harmless anyway (the
-// claim script drops it).
-func (c *Client) Resume(ctx context.Context, run string) (*ResumeResult, error) {
-	s, err := c.snapshot(ctx, run)
-	if err != nil {
-		return nil, err
-	}
-	if s.last == "" {
-		return nil, fmt.Errorf("%w: %s in namespace %q", ErrRunNotFound, run, c.cfg.Namespace)
-	}
-	evs, err := c.readLog(ctx, run, "-", s.last)
-	if err != nil {
-		return nil, err
-	}
+// graflow.Client.Resume carries it out.
+type Resume struct {
+	// Result is filled as the plan is carried out (see Done).
+	Result *ResumeResult
+	// Run is the fold of the log; Submitted its first event.
+	Run       *projector.Run
+	Submitted events.Event
+	// Want lists the tasks whose dispatch must be found (empty unless
+	// the run is running).
+	Want []ExpectedDispatch
+	due  map[string]int64
+}
+
+// PlanResume folds evs, run's log up to the instant state (its live state
+// hash) was read, and plans a resume. A run that is not running gets a
+// plan with nothing to do. A live @status that differs from the fold is an
+// error (verify first).
+func PlanResume(run string, evs []events.Event, state map[string]string) (*Resume, error) {
 	a, err := Analyze(run, evs)
 	if err != nil {
 		return nil, err
 	}
 	r := a.Run
-	res := &ResumeResult{Run: run, Status: string(r.Status), Reclaimed: []ResumedTask{}, Redispatched: []ResumedTask{}}
+	p := &Resume{Run: r, Submitted: evs[0], due: map[string]int64{},
+		Result: &ResumeResult{Run: run, Status: string(r.Status), Reclaimed: []ResumedTask{}, Redispatched: []ResumedTask{}}}
 	if r.Status != projector.RunRunning {
-		return res, c.reindex(ctx, run, evs[0])
+		return p, nil
 	}
-	if s.state[rdb.FieldRunStatus] != string(r.Status) {
-		return nil, fmt.Errorf("run %s: live @status %q differs from the fold %q: run \"graflow replay verify %s\" first", run, s.state[rdb.FieldRunStatus], r.Status, run)
+	if live := state[statehash.FieldRunStatus]; live != string(r.Status) {
+		return nil, fmt.Errorf("run %s: live @status %q differs from the fold %q: run \"graflow replay verify %s\" first", run, live, r.Status, run)
 	}
-
-	var want []wanted
-	for _, t := range r.Tasks {
-		if t.Status != projector.TaskDispatched && t.Status != projector.TaskRunning {
-			continue
-		}
-		rec := s.state[t.Spec.ID]
-		if rec != projector.RecordOf(t).String() {
-			res.Skipped = append(res.Skipped, t.Spec.ID)
-			continue
-		}
-		want = append(want, wanted{task: t.Spec.ID, attempt: t.Attempt, pool: t.Spec.Pool, priority: t.Spec.Priority, record: rec})
-	}
-	found, err := c.locate(ctx, run, want)
-	if err != nil {
-		return nil, err
-	}
-	lost, err := c.stillLost(ctx, run, want, found)
-	if err != nil {
-		return nil, err
-	}
-	res.Queued = len(want) - len(lost)
-
-	due := map[string]int64{}
+	p.Want, p.Result.Skipped = ExpectedDispatches(r, state)
 	for _, tt := range a.Timeline.Tasks {
 		if n := len(tt.Attempts); n > 0 && !tt.Attempts[n-1].DueAt.IsZero() {
-			due[tt.ID] = tt.Attempts[n-1].DueAt.UnixMilli()
+			p.due[tt.ID] = tt.Attempts[n-1].DueAt.UnixMilli()
 		}
 	}
-	for i := 0; i < len(lost); i += resumeBatch {
-		batch := lost[i:min(i+resumeBatch, len(lost))]
-		if err := c.repair(ctx, run, r, batch, due, res); err != nil {
-			return res, err
-		}
-	}
-	return res, c.reindex(ctx, run, evs[0])
+	return p, nil
 }
 
-// reindex makes sure the run is in the run index and points the feed at
-// it (repairing an import interrupted after its state was written).
-func (c *Client) reindex(ctx context.Context, run string, submitted events.Event) error {
-	pipe := c.cfg.Redis.Pipeline()
-	pipe.ZAddNX(ctx, c.db.K.Runs(), redis.Z{Score: float64(submitted.Time.UnixMilli()), Member: run})
-	c.db.PointFeed(ctx, pipe, run)
-	if _, err := pipe.Exec(ctx); err != nil {
-		return fmt.Errorf("index run %s: %w", run, err)
-	}
-	return nil
+// Redispatch is how one lost task is put back to work.
+type Redispatch struct {
+	Task ResumedTask
+	// Reclaim is the task_reclaimed to append and Record the task's record
+	// after it (a running task); both empty for a dispatched task.
+	Reclaim *events.Event
+	Record  string
+	// DueMS is when the dispatch is due (a retry keeps its due time; 0:
+	// now).
+	DueMS int64
 }
 
-// repair re-dispatches one batch of lost tasks in one transaction.
-func (c *Client) repair(ctx context.Context, run string, r *projector.Run, batch []wanted, due map[string]int64, res *ResumeResult) error {
-	k := c.db.K
-	for try := 0; try < resumeRetries; try++ {
-		var reclaimed, redispatched []ResumedTask
-		err := c.cfg.Redis.Watch(ctx, func(tx *redis.Tx) error {
-			fields := make([]string, len(batch))
-			for i, w := range batch {
-				fields[i] = w.task
-			}
-			vals, err := tx.HMGet(ctx, k.RunState(run), fields...).Result()
-			if err != nil {
-				return err
-			}
-			now := c.cfg.Now()
-			_, err = tx.TxPipelined(ctx, func(p redis.Pipeliner) error {
-				for i, w := range batch {
-					if cur, _ := vals[i].(string); cur != w.record {
-						continue // moved on since the search
-					}
-					t := r.Task(w.task)
-					rt := ResumedTask{Task: w.task, Attempt: t.Attempt, Epoch: t.Epoch}
-					if t.Status == projector.TaskRunning {
-						rt.From, rt.FromEpoch, rt.Epoch = t.Owner, t.Epoch, t.Epoch+1
-						e := events.Event{ID: ulid.Make().String(), Run: run, Type: events.TaskReclaimed, Version: events.CurrentVersion,
-							Task: w.task, Attempt: t.Attempt, Epoch: rt.Epoch, Worker: c.cfg.ID, Time: now}.
-							WithBody(events.TaskReclaimedBody{From: t.Owner, Reason: ReclaimReasonResumed})
-						p.XAdd(ctx, &redis.XAddArgs{Stream: k.RunLog(run), Values: e.Fields()})
-						next := *t
-						next.Status, next.Epoch, next.Owner = projector.TaskDispatched, rt.Epoch, ""
-						p.HSet(ctx, k.RunState(run), w.task, projector.RecordOf(&next).String())
-						reclaimed = append(reclaimed, rt)
-					} else {
-						redispatched = append(redispatched, rt)
-					}
-					d := rdb.Dispatch{Pool: t.Spec.Pool, Priority: t.Spec.Priority, Run: run, Task: w.task, Attempt: t.Attempt,
-						EventID: ulid.Make().String()}
-					if ms := due[w.task]; ms > now.UnixMilli() {
-						d.DueMS = ms
-					}
-					if d.DueMS > 0 {
-						p.ZAdd(ctx, k.DelayedFor(run), redis.Z{Score: float64(d.DueMS), Member: d.String()})
-					} else {
-						c.db.XAddDispatch(ctx, p, d)
-					}
-				}
-				p.HSet(ctx, k.RunState(run), rdb.FieldRunDirty, "1")
-				return nil
-			})
-			return err
-		}, k.RunState(run))
-		if errors.Is(err, redis.TxFailedErr) {
-			continue // the state hash changed (another task finished): re-check
-		}
-		if err != nil {
-			return fmt.Errorf("resume run %s: %w", run, err)
-		}
-		res.Reclaimed = append(res.Reclaimed, reclaimed...)
-		res.Redispatched = append(res.Redispatched, redispatched...)
-		return nil
+// Redispatch returns how to put w, a task of Want found nowhere, back to
+// work at now; writer names the process and eventID is the new event's id.
+func (p *Resume) Redispatch(w ExpectedDispatch, now time.Time, writer, eventID string) Redispatch {
+	t := p.Run.Task(w.Task)
+	rd := Redispatch{Task: ResumedTask{Task: w.Task, Attempt: t.Attempt, Epoch: t.Epoch}}
+	if ms := p.due[w.Task]; ms > now.UnixMilli() {
+		rd.DueMS = ms
 	}
-	return fmt.Errorf("%w: resume run %s: the run kept changing (%d attempts)", ErrConcurrentChange, run, resumeRetries)
+	if t.Status != projector.TaskRunning {
+		return rd
+	}
+	rd.Task.From, rd.Task.FromEpoch, rd.Task.Epoch = t.Owner, t.Epoch, t.Epoch+1
+	e := events.Event{ID: eventID, Run: p.Run.ID, Type: events.TaskReclaimed, Version: events.CurrentVersion,
+		Task: w.Task, Attempt: t.Attempt, Epoch: rd.Task.Epoch, Worker: writer, Time: now}.
+		WithBody(events.TaskReclaimedBody{From: t.Owner, Reason: ReclaimReasonResumed})
+	rd.Reclaim = &e
+	next := *t
+	next.Status, next.Epoch, next.Owner = projector.TaskDispatched, rd.Task.Epoch, ""
+	rd.Record = projector.RecordOf(&next).String()
+	return rd
+}
+
+// Done records that rd was carried out.
+func (p *Resume) Done(rd Redispatch) {
+	if rd.Reclaim != nil {
+		p.Result.Reclaimed = append(p.Result.Reclaimed, rd.Task)
+	} else {
+		p.Result.Redispatched = append(p.Result.Redispatched, rd.Task)
+	}
 }

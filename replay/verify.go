@@ -2,7 +2,6 @@ package replay
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,9 +11,8 @@ import (
 	"strings"
 
 	"github.com/graflow-go/graflow/events"
-	"github.com/graflow-go/graflow/internal/rdb"
+	"github.com/graflow-go/graflow/internal/statehash"
 	"github.com/graflow-go/graflow/projector"
-	"github.com/redis/go-redis/v9"
 )
 
 // Check names a family of verifications.
@@ -100,6 +98,8 @@ type Report struct {
 	// Checks lists what was verified.
 	Checks   []Check   `json:"checks"`
 	Problems []Problem `json:"problems"`
+
+	run *projector.Run // the fold, for AddLost
 }
 
 // OK reports whether every check passed.
@@ -129,73 +129,53 @@ func (e *VerifyError) Error() string {
 
 func (e *VerifyError) Unwrap() error { return ErrVerifyFailed }
 
-// snapshot is the live projection of a run, read in one transaction.
-type snapshot struct {
-	state, results, dag map[string]string
-	last                string // last log entry id at the snapshot
+// Live is a run's live projection, read in one transaction: its state,
+// results and dag hashes (field → value) and the id of its log's last
+// entry at that instant. Added, Length and MaxDeleted are the log's
+// counters (entries ever added, entries now, the last deleted id) when
+// known (Added 0: unknown).
+type Live struct {
+	State, Results, DAG map[string]string
+	LastSeq             string
+	Added, Length       int64
+	MaxDeleted          string
 }
 
-func (c *Client) snapshot(ctx context.Context, run string) (snapshot, error) {
-	var s snapshot
-	var st, res, dag *redis.MapStringStringCmd
-	var tail *redis.XMessageSliceCmd
-	_, err := c.cfg.Redis.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		st = p.HGetAll(ctx, c.db.K.RunState(run))
-		res = p.HGetAll(ctx, c.db.K.RunResults(run))
-		dag = p.HGetAll(ctx, c.db.K.RunDAG(run))
-		tail = p.XRevRangeN(ctx, c.db.K.RunLog(run), "+", "-", 1)
-		return nil
-	})
-	if err != nil {
-		return s, fmt.Errorf("read live state of run %s: %w", run, err)
-	}
-	s.state, s.results, s.dag = st.Val(), res.Val(), dag.Val()
-	if msgs := tail.Val(); len(msgs) > 0 {
-		s.last = msgs[0].ID
-	}
-	return s, nil
+// Undecodable is a log entry that does not decode.
+type Undecodable struct {
+	Seq string
+	Err error
 }
 
-// Verify rebuilds run's state from its log and compares it, field by field,
-// with the live projection in Redis, then checks the history invariants.
+// Verify rebuilds run's state from evs, its log's entries that decode
+// (bad lists those that do not), and compares it, field by field, with
+// live, the live projection, then checks the history invariants.
 //
 // It may run at any time, not only on a quiescent run: the worker scripts
 // and the projector's commits change a task record in the same atomic step
 // as they append its event, so the records must equal the fold of the log
-// up to any point. Verify reads the state hashes and the log's last id in
-// one transaction and folds the log up to that id (the log is append-only).
+// up to any point. The caller reads the live hashes and the log's last id
+// in one transaction; Verify folds the log up to that id (the log is
+// append-only, so entries after it are ignored).
 //
 // The report's problems name the run, task, field and, where the log lacks
-// an event the live state implies, the missing event. Verify returns an
-// error only when it cannot read; a run with problems returns a report
-// whose Err is a *VerifyError. ErrRunNotFound when the run has neither log
-// nor state.
-func (c *Client) Verify(ctx context.Context, run string) (*Report, error) {
-	s, err := c.snapshot(ctx, run)
-	if err != nil {
-		return nil, err
-	}
-	rep := &Report{Run: run, Namespace: c.cfg.Namespace, LiveStatus: s.state[rdb.FieldRunStatus],
-		Cursor: s.state[rdb.FieldRunCursor], LastSeq: s.last, Problems: []Problem{}}
-	if s.last == "" {
-		if len(s.state) == 0 {
-			return nil, fmt.Errorf("%w: %s in namespace %q", ErrRunNotFound, run, c.cfg.Namespace)
-		}
-		rep.Checks = []Check{CheckLog}
+// an event the live state implies, the missing event. For a running run it
+// also returns the dispatches that must be somewhere (outbox, delayed set,
+// queue): the caller looks for them and reports the lost ones with
+// Report.AddLost.
+func Verify(run, namespace string, live Live, evs []events.Event, bad []Undecodable) (*Report, []ExpectedDispatch) {
+	rep := &Report{Run: run, Namespace: namespace, LiveStatus: live.State[statehash.FieldRunStatus],
+		Cursor: live.State[statehash.FieldRunCursor], LastSeq: live.LastSeq, Problems: []Problem{}}
+	rep.Checks = append(rep.Checks, CheckLog)
+	if live.LastSeq == "" {
 		rep.Problems = append(rep.Problems, Problem{Check: CheckLog, Missing: "run_submitted",
 			Detail: "the run has live state but an empty log: every event is missing"})
 		return rep, nil
 	}
-
-	rep.Checks = append(rep.Checks, CheckLog)
-	if info, err := c.cfg.Redis.XInfoStream(ctx, c.db.K.RunLog(run)).Result(); err == nil && info.EntriesAdded > info.Length {
-		rep.Problems = append(rep.Problems, Problem{Check: CheckLog, Seq: info.MaxDeletedEntryID,
+	if live.Added > live.Length {
+		rep.Problems = append(rep.Problems, Problem{Check: CheckLog, Seq: live.MaxDeleted,
 			Detail: fmt.Sprintf("%s deleted from the log (entries added %d, length %d, last deleted id %s): the log is not the whole history",
-				plural(info.EntriesAdded-info.Length, "entry", "entries"), info.EntriesAdded, info.Length, info.MaxDeletedEntryID)})
-	}
-	evs, bad, err := c.db.ReadLogTolerant(ctx, run, c.cfg.ReadCount)
-	if err != nil {
-		return nil, err
+				plural(live.Added-live.Length, "entry", "entries"), live.Added, live.Length, live.MaxDeleted)})
 	}
 	if len(bad) > 0 {
 		// Every entry that does not decode, not just the first.
@@ -209,7 +189,7 @@ func (c *Client) Verify(ctx context.Context, run string) (*Report, error) {
 		}
 		return rep, nil
 	}
-	evs = upTo(evs, s.last)
+	evs = upTo(evs, live.LastSeq)
 	a, err := Analyze(run, evs)
 	if err != nil {
 		p := Problem{Check: CheckLog, Detail: "the fold rejects an event: " + err.Error()}
@@ -217,38 +197,42 @@ func (c *Client) Verify(ctx context.Context, run string) (*Report, error) {
 		return rep, nil
 	}
 	r := a.Run
+	rep.run = r
 	rep.Status, rep.Tasks, rep.Events = string(r.Status), len(r.Tasks), r.Events
 	rep.Checks = append(rep.Checks, CheckHistory)
 	rep.Problems = append(rep.Problems, a.Problems...)
 
 	rep.Checks = append(rep.Checks, CheckState, CheckResults, CheckDAG, CheckProjection)
-	rep.Problems = append(rep.Problems, compareState(a, s)...)
-	rep.Problems = append(rep.Problems, compareResults(a, s)...)
-	rep.Problems = append(rep.Problems, compareDAG(a, s)...)
-	pp, behind := checkProjection(evs, s)
+	rep.Problems = append(rep.Problems, compareState(a, live)...)
+	rep.Problems = append(rep.Problems, compareResults(a, live)...)
+	rep.Problems = append(rep.Problems, compareDAG(a, live)...)
+	pp, behind := checkProjection(evs, live)
 	rep.Behind = behind
 	rep.Problems = append(rep.Problems, pp...)
 
-	if r.Status == projector.RunRunning && s.state[rdb.FieldRunQuarantine] == "" {
-		rep.Checks = append(rep.Checks, CheckQueue)
-		lost, err := c.lostTasks(ctx, run, r, s)
-		if err != nil {
-			return nil, err
-		}
-		for _, w := range lost {
-			t := r.Task(w.task)
-			p := Problem{Check: CheckQueue, Task: w.task, Field: "dispatch"}
-			if t.Status == projector.TaskRunning {
-				p.Detail = fmt.Sprintf("task %s is running (attempt %d, epoch %d, owner %s) but its queue message is gone from %s: nothing would reclaim it; run \"graflow resume %s\"",
-					w.task, t.Attempt, t.Epoch, t.Owner, c.db.K.QueueFor(run, w.pool, w.priority), run)
-			} else {
-				p.Detail = fmt.Sprintf("task %s is dispatched (attempt %d) but its dispatch is in neither the outbox, the delayed set nor %s: the task is lost; run \"graflow resume %s\"",
-					w.task, t.Attempt, c.db.K.QueueFor(run, w.pool, w.priority), run)
-			}
-			rep.Problems = append(rep.Problems, p)
-		}
+	if r.Status != projector.RunRunning || live.State[statehash.FieldRunQuarantine] != "" {
+		return rep, nil
 	}
-	return rep, nil
+	rep.Checks = append(rep.Checks, CheckQueue)
+	want, _ := ExpectedDispatches(r, live.State) // the others are state problems, reported already
+	return rep, want
+}
+
+// AddLost reports the dispatches of lost (returned by Verify) as lost;
+// queue names the queue stream of a pool and priority band.
+func (r *Report) AddLost(lost []ExpectedDispatch, queue func(pool string, priority int) string) {
+	for _, w := range lost {
+		t := r.run.Task(w.Task)
+		p := Problem{Check: CheckQueue, Task: w.Task, Field: "dispatch"}
+		if t.Status == projector.TaskRunning {
+			p.Detail = fmt.Sprintf("task %s is running (attempt %d, epoch %d, owner %s) but its queue message is gone from %s: nothing would reclaim it; run \"graflow resume %s\"",
+				w.Task, t.Attempt, t.Epoch, t.Owner, queue(w.Pool, w.Priority), r.Run)
+		} else {
+			p.Detail = fmt.Sprintf("task %s is dispatched (attempt %d) but its dispatch is in neither the outbox, the delayed set nor %s: the task is lost; run \"graflow resume %s\"",
+				w.Task, t.Attempt, queue(w.Pool, w.Priority), r.Run)
+		}
+		r.Problems = append(r.Problems, p)
+	}
 }
 
 // upTo returns the events of evs up to seq (the log's last id at the
@@ -262,32 +246,11 @@ func upTo(evs []events.Event, seq string) []events.Event {
 	return nil
 }
 
-// lostTasks returns the dispatched or running tasks of r whose dispatch is
-// nowhere (see locate).
-func (c *Client) lostTasks(ctx context.Context, run string, r *projector.Run, s snapshot) ([]wanted, error) {
-	var want []wanted
-	for _, t := range r.Tasks {
-		if t.Status != projector.TaskDispatched && t.Status != projector.TaskRunning {
-			continue
-		}
-		rec := s.state[t.Spec.ID]
-		if rec != projector.RecordOf(t).String() {
-			continue // a state problem, reported already
-		}
-		want = append(want, wanted{task: t.Spec.ID, attempt: t.Attempt, pool: t.Spec.Pool, priority: t.Spec.Priority, record: rec})
-	}
-	found, err := c.locate(ctx, run, want)
-	if err != nil {
-		return nil, err
-	}
-	return c.stillLost(ctx, run, want, found)
-}
-
-func compareState(a *Analysis, s snapshot) []Problem {
+func compareState(a *Analysis, s Live) []Problem {
 	r := a.Run
 	var out []Problem
-	if live := s.state[rdb.FieldRunStatus]; live != string(r.Status) {
-		p := Problem{Check: CheckState, Field: rdb.FieldRunStatus, Live: live, Replayed: string(r.Status),
+	if live := s.State[statehash.FieldRunStatus]; live != string(r.Status) {
+		p := Problem{Check: CheckState, Field: statehash.FieldRunStatus, Live: live, Replayed: string(r.Status),
 			Detail: "run status differs from the fold of the log"}
 		if live == string(projector.RunRunning) && r.Status == projector.RunFailed {
 			if _, ok := a.lastOf[eventKey{typ: events.TaskRequeued}]; !ok {
@@ -304,18 +267,18 @@ func compareState(a *Analysis, s snapshot) []Problem {
 		}
 		out = append(out, p)
 	}
-	if live := s.state[rdb.FieldRunWorkflow]; live != r.Workflow {
-		out = append(out, Problem{Check: CheckState, Field: rdb.FieldRunWorkflow, Live: live, Replayed: r.Workflow,
+	if live := s.State[statehash.FieldRunWorkflow]; live != r.Workflow {
+		out = append(out, Problem{Check: CheckState, Field: statehash.FieldRunWorkflow, Live: live, Replayed: r.Workflow,
 			Detail: "workflow name differs from run_submitted"})
 	}
-	if q := s.state[rdb.FieldRunQuarantine]; q != "" {
-		out = append(out, Problem{Check: CheckState, Field: rdb.FieldRunQuarantine, Live: q,
+	if q := s.State[statehash.FieldRunQuarantine]; q != "" {
+		out = append(out, Problem{Check: CheckState, Field: statehash.FieldRunQuarantine, Live: q,
 			Detail: "the projector quarantined the run: its log holds an event it cannot fold"})
 	}
 	for _, t := range r.Tasks {
 		want := projector.RecordOf(t)
-		raw := s.state[t.Spec.ID]
-		live, err := rdb.ParseRecord(raw)
+		raw := s.State[t.Spec.ID]
+		live, err := statehash.ParseRecord(raw)
 		if err != nil {
 			out = append(out, Problem{Check: CheckState, Task: t.Spec.ID, Field: "record", Live: raw, Replayed: want.String(),
 				Detail: err.Error()})
@@ -347,9 +310,9 @@ func compareState(a *Analysis, s snapshot) []Problem {
 		}
 		out = append(out, p)
 	}
-	for _, k := range sortedKeys(s.state) {
+	for _, k := range sortedKeys(s.State) {
 		if !strings.HasPrefix(k, "@") && r.Task(k) == nil {
-			out = append(out, Problem{Check: CheckState, Task: k, Field: "record", Live: s.state[k],
+			out = append(out, Problem{Check: CheckState, Task: k, Field: "record", Live: s.State[k],
 				Detail: "live record of a task the log never submitted"})
 		}
 	}
@@ -359,7 +322,7 @@ func compareState(a *Analysis, s snapshot) []Problem {
 // inferMissing explains a live record that differs from the fold: the event
 // that would have made the fold agree, unless the log holds it (then the
 // fold refused it) or no event explains it (changed without an event).
-func inferMissing(a *Analysis, t *projector.Task, live rdb.Record) (missing, detail string) {
+func inferMissing(a *Analysis, t *projector.Task, live statehash.Record) (missing, detail string) {
 	id := t.Spec.ID
 	type cand struct {
 		typ     events.Type
@@ -367,7 +330,7 @@ func inferMissing(a *Analysis, t *projector.Task, live rdb.Record) (missing, det
 		epoch   int64
 	}
 	var cands []cand
-	switch st := projector.TaskStatus(live.Status); {
+	switch st := live.Status; {
 	case st == projector.TaskSucceeded && t.Status != projector.TaskSucceeded:
 		cands = []cand{{events.TaskSucceeded, live.Attempt, live.Epoch}}
 	case (st == projector.TaskFailed || st == projector.TaskAwaitingRetry) && t.Status == projector.TaskRunning:
@@ -407,15 +370,15 @@ func inferMissing(a *Analysis, t *projector.Task, live rdb.Record) (missing, det
 	return missing, "live task record is ahead of the fold: the log lacks the event that changed it"
 }
 
-func compareResults(a *Analysis, s snapshot) []Problem {
+func compareResults(a *Analysis, s Live) []Problem {
 	r := a.Run
 	var out []Problem
-	if live := s.results[rdb.FieldRunInput]; !jsonEqual([]byte(live), r.Input) {
-		out = append(out, Problem{Check: CheckResults, Field: rdb.FieldRunInput, Live: live, Replayed: string(r.Input),
+	if live := s.Results[statehash.FieldRunInput]; !jsonEqual([]byte(live), r.Input) {
+		out = append(out, Problem{Check: CheckResults, Field: statehash.FieldRunInput, Live: live, Replayed: string(r.Input),
 			Detail: "run input differs from run_submitted"})
 	}
 	for _, t := range r.Tasks {
-		live, ok := s.results[t.Spec.ID]
+		live, ok := s.Results[t.Spec.ID]
 		switch {
 		case t.Status == projector.TaskSucceeded && !ok:
 			out = append(out, Problem{Check: CheckResults, Task: t.Spec.ID, Field: "result", Replayed: string(t.Result),
@@ -434,25 +397,25 @@ func compareResults(a *Analysis, s snapshot) []Problem {
 			out = append(out, p)
 		}
 	}
-	for _, k := range sortedKeys(s.results) {
-		if k != rdb.FieldRunInput && r.Task(k) == nil {
-			out = append(out, Problem{Check: CheckResults, Task: k, Field: "result", Live: s.results[k],
+	for _, k := range sortedKeys(s.Results) {
+		if k != statehash.FieldRunInput && r.Task(k) == nil {
+			out = append(out, Problem{Check: CheckResults, Task: k, Field: "result", Live: s.Results[k],
 				Detail: "stored result of a task the log never submitted"})
 		}
 	}
 	return out
 }
 
-func compareDAG(a *Analysis, s snapshot) []Problem {
+func compareDAG(a *Analysis, s Live) []Problem {
 	var out []Problem
 	for _, spec := range a.Specs() {
-		raw, ok := s.dag[spec.ID]
-		want := rdb.MetaOf(spec)
+		raw, ok := s.DAG[spec.ID]
+		want := statehash.MetaOf(spec)
 		if !ok {
 			out = append(out, Problem{Check: CheckDAG, Task: spec.ID, Field: "meta", Detail: "task metadata missing from the dag hash: workers cannot claim the task"})
 			continue
 		}
-		var live rdb.TaskMeta
+		var live statehash.TaskMeta
 		if err := json.Unmarshal([]byte(raw), &live); err != nil {
 			out = append(out, Problem{Check: CheckDAG, Task: spec.ID, Field: "meta", Live: raw, Detail: "task metadata does not decode: " + err.Error()})
 			continue
@@ -466,7 +429,7 @@ func compareDAG(a *Analysis, s snapshot) []Problem {
 	return out
 }
 
-func metaEqual(a, b rdb.TaskMeta) bool {
+func metaEqual(a, b statehash.TaskMeta) bool {
 	return a.Handler == b.Handler && slices.Equal(a.Deps, b.Deps) && max(a.MaxAttempts, 1) == max(b.MaxAttempts, 1) &&
 		a.TimeoutMS == b.TimeoutMS && jsonEqual(a.Args, b.Args)
 }
@@ -475,10 +438,10 @@ func metaEqual(a, b rdb.TaskMeta) bool {
 // time: @cursor is a position inside the log, and if events that call for a
 // decision (a submission, an outcome) follow it, @dirty is set, or nothing
 // would wake a projector for the run.
-func checkProjection(evs []events.Event, s snapshot) ([]Problem, int) {
-	cursor := s.state[rdb.FieldRunCursor]
+func checkProjection(evs []events.Event, s Live) ([]Problem, int) {
+	cursor := s.State[statehash.FieldRunCursor]
 	if cursor != "" && len(evs) > 0 && projector.CompareSeq(cursor, evs[len(evs)-1].Seq) > 0 {
-		return []Problem{{Check: CheckProjection, Field: rdb.FieldRunCursor, Live: cursor, Replayed: evs[len(evs)-1].Seq,
+		return []Problem{{Check: CheckProjection, Field: statehash.FieldRunCursor, Live: cursor, Replayed: evs[len(evs)-1].Seq,
 			Detail: "@cursor is beyond the end of the log"}}, 0
 	}
 	behind, needs := 0, ""
@@ -493,8 +456,8 @@ func checkProjection(evs []events.Event, s snapshot) ([]Problem, int) {
 			needs = e.Seq
 		}
 	}
-	if needs != "" && s.state[rdb.FieldRunDirty] == "" && s.state[rdb.FieldRunQuarantine] == "" {
-		return []Problem{{Check: CheckProjection, Field: rdb.FieldRunDirty, Seq: needs, Live: "", Replayed: "1",
+	if needs != "" && s.State[statehash.FieldRunDirty] == "" && s.State[statehash.FieldRunQuarantine] == "" {
+		return []Problem{{Check: CheckProjection, Field: statehash.FieldRunDirty, Seq: needs, Live: "", Replayed: "1",
 			Detail: fmt.Sprintf("%d event(s) after @cursor %s call for the projector but the run is not marked dirty: no projector will be woken for it", behind, cursor)}}, behind
 	}
 	return nil, behind
@@ -535,23 +498,9 @@ func sortedKeys(m map[string]string) []string {
 	return keys
 }
 
-// VerifyAll verifies every run of the namespace's run index, oldest first.
-// A run indexed but gone (no log, no state) gets a report with one problem.
-func (c *Client) VerifyAll(ctx context.Context) ([]*Report, error) {
-	ids, err := c.RunIDs(ctx)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]*Report, 0, len(ids))
-	for _, id := range ids {
-		rep, err := c.Verify(ctx, id)
-		if errors.Is(err, ErrRunNotFound) {
-			rep = &Report{Run: id, Namespace: c.cfg.Namespace, Checks: []Check{CheckLog}, Problems: []Problem{{
-				Check: CheckLog, Missing: "run_submitted", Detail: "the run is in the run index but has neither log nor state"}}}
-		} else if err != nil {
-			return out, err
-		}
-		out = append(out, rep)
-	}
-	return out, nil
+// NotIndexed is the report of a run in the run index that has neither
+// log nor state.
+func NotIndexed(run, namespace string) *Report {
+	return &Report{Run: run, Namespace: namespace, Checks: []Check{CheckLog}, Problems: []Problem{{
+		Check: CheckLog, Missing: "run_submitted", Detail: "the run is in the run index but has neither log nor state"}}}
 }

@@ -254,7 +254,7 @@ func (b *batcher) finishLoop(ctx context.Context) {
 				acks[r.m.stream] = append(acks[r.m.stream], r.m.id)
 			}
 		}
-		err := w.redisRetry(ctx, func() error { return w.db.DeadLetters(ctx, dead) })
+		err := w.redisRetry(ctx, func() error { return w.db.RecordDeadLetters(ctx, dead) })
 		if err == nil {
 			err = w.redisRetry(ctx, func() error { return w.db.QueueAcks(ctx, w.cfg.ID, acks) })
 		}

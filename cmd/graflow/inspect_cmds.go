@@ -8,8 +8,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/graflow-go/graflow"
 	"github.com/graflow-go/graflow/events"
-	"github.com/graflow-go/graflow/replay"
 )
 
 func init() {
@@ -39,7 +39,7 @@ func runRuns(ctx context.Context, m *Main, args []string) error {
 	if len(pos) != 0 {
 		return usagef("runs takes no arguments")
 	}
-	rc, done, err := c.replayClient(ctx)
+	rc, done, err := c.openClient(ctx)
 	if err != nil {
 		return err
 	}
@@ -48,7 +48,7 @@ func runRuns(ctx context.Context, m *Main, args []string) error {
 	if n == 0 {
 		n = -1
 	}
-	runs, err := rc.Runs(ctx, replay.RunsOptions{Status: trimLower(*status), Limit: n})
+	runs, err := rc.Runs(ctx, graflow.RunsOptions{Status: trimLower(*status), Limit: n})
 	if err != nil {
 		return err
 	}
@@ -78,7 +78,7 @@ func runWorkers(ctx context.Context, m *Main, args []string) error {
 	if len(pos) != 0 {
 		return usagef("workers takes no arguments")
 	}
-	rc, done, err := c.replayClient(ctx)
+	rc, done, err := c.openClient(ctx)
 	if err != nil {
 		return err
 	}
@@ -114,7 +114,7 @@ func runProjectors(ctx context.Context, m *Main, args []string) error {
 	if len(pos) != 0 {
 		return usagef("projectors takes no arguments")
 	}
-	rc, done, err := c.replayClient(ctx)
+	rc, done, err := c.openClient(ctx)
 	if err != nil {
 		return err
 	}
@@ -159,12 +159,12 @@ func runQueues(ctx context.Context, m *Main, args []string) error {
 	if len(pos) != 0 {
 		return usagef("queues takes no arguments")
 	}
-	rc, done, err := c.replayClient(ctx)
+	rc, done, err := c.openClient(ctx)
 	if err != nil {
 		return err
 	}
 	defer done()
-	qs, err := rc.Queues(ctx, replay.QueuesOptions{Pools: splitList(*pools), Empty: *all})
+	qs, err := rc.Queues(ctx, graflow.QueuesOptions{Pools: splitList(*pools), Empty: *all})
 	if err != nil {
 		return err
 	}
@@ -226,7 +226,7 @@ func runEvents(ctx context.Context, m *Main, args []string) error {
 	if *run == "" {
 		return usagef("events needs --run RUN: there is no global event feed (the projector feed only points at runs and is deleted as it is consumed)")
 	}
-	rc, done, err := c.replayClient(ctx)
+	rc, done, err := c.openClient(ctx)
 	if err != nil {
 		return err
 	}
@@ -256,7 +256,7 @@ func runEvents(ctx context.Context, m *Main, args []string) error {
 			return err
 		}
 		if len(evs) == 0 && *from == "" {
-			return withCode(ExitError, fmt.Errorf("%w: %s in namespace %q", replay.ErrRunNotFound, *run, c.namespace))
+			return withCode(ExitError, fmt.Errorf("%w: %s in namespace %q", graflow.ErrRunNotFound, *run, c.namespace))
 		}
 		for _, e := range evs {
 			if err := print(e); err != nil {
@@ -265,5 +265,5 @@ func runEvents(ctx context.Context, m *Main, args []string) error {
 		}
 		return nil
 	}
-	return rc.Follow(ctx, *run, replay.FollowOptions{From: *from, UntilEnd: *untilEnd}, print)
+	return rc.Follow(ctx, *run, graflow.FollowOptions{From: *from, UntilEnd: *untilEnd}, print)
 }

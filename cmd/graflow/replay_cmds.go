@@ -10,6 +10,7 @@ import (
 	"os"
 	"strings"
 
+	"github.com/graflow-go/graflow"
 	"github.com/graflow-go/graflow/replay"
 )
 
@@ -40,18 +41,19 @@ func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
 	}
 }
 
-// replayClient connects and returns a replay client for the namespace.
-func (c *common) replayClient(ctx context.Context) (*replay.Client, func(), error) {
+// openClient connects and returns a client for the namespace and the
+// function that closes its connection.
+func (c *common) openClient(ctx context.Context) (*graflow.Client, func(), error) {
 	r, err := c.connect(ctx)
 	if err != nil {
 		return nil, nil, err
 	}
-	rc, err := replay.New(replay.Config{Redis: r, Namespace: c.namespace})
+	cl, err := graflow.NewClient(graflow.Config{Redis: r, Namespace: c.namespace})
 	if err != nil {
 		_ = r.Close()
 		return nil, nil, withCode(ExitUsage, err)
 	}
-	return rc, func() { _ = r.Close() }, nil
+	return cl, func() { _ = r.Close() }, nil
 }
 
 // replayErr maps replay errors to exit codes.
@@ -61,7 +63,7 @@ func replayErr(err error) error {
 		return nil
 	case errors.Is(err, replay.ErrInvalidExport):
 		return withCode(ExitUsage, err)
-	case errors.Is(err, replay.ErrRunNotFound), errors.Is(err, replay.ErrRunExists):
+	case errors.Is(err, graflow.ErrRunNotFound), errors.Is(err, replay.ErrRunExists):
 		return withCode(ExitError, err)
 	}
 	return err
@@ -85,7 +87,7 @@ func runReplay(ctx context.Context, m *Main, args []string) error {
 	if len(pos) != 1 {
 		return usagef("replay takes one run id (or \"replay verify\")")
 	}
-	rc, done, err := c.replayClient(ctx)
+	rc, done, err := c.openClient(ctx)
 	if err != nil {
 		return err
 	}
@@ -116,7 +118,7 @@ func runVerify(ctx context.Context, m *Main, args []string) error {
 	if *all == (len(runs) > 0) {
 		return usagef("replay verify takes run ids or --all")
 	}
-	rc, done, err := c.replayClient(ctx)
+	rc, done, err := c.openClient(ctx)
 	if err != nil {
 		return err
 	}
@@ -189,7 +191,7 @@ func runExport(ctx context.Context, m *Main, args []string) error {
 	if len(pos) != 1 {
 		return usagef("export takes one run id")
 	}
-	rc, done, err := c.replayClient(ctx)
+	rc, done, err := c.openClient(ctx)
 	if err != nil {
 		return err
 	}
@@ -236,7 +238,7 @@ func runImport(ctx context.Context, m *Main, args []string) error {
 		defer f.Close()
 		in = f
 	}
-	rc, done, err := c.replayClient(ctx)
+	rc, done, err := c.openClient(ctx)
 	if err != nil {
 		return err
 	}
@@ -272,7 +274,7 @@ func runResume(ctx context.Context, m *Main, args []string) error {
 	if len(pos) != 1 {
 		return usagef("resume takes one run id")
 	}
-	rc, done, err := c.replayClient(ctx)
+	rc, done, err := c.openClient(ctx)
 	if err != nil {
 		return err
 	}

@@ -2,6 +2,8 @@ package rdb
 
 import (
 	"fmt"
+
+	"github.com/graflow-go/graflow/internal/statehash"
 	"hash/fnv"
 	"regexp"
 	"strconv"
@@ -36,19 +38,16 @@ const (
 	GroupProjectors = "projectors"
 )
 
-// Hash fields of a run's state hash that are not task records. Task ids may
-// not start with "@".
+// Hash fields of a run's state hash that are not task records (see
+// statehash).
 const (
-	FieldRunStatus = "@status"
-	FieldRunCursor = "@cursor"
-	// FieldRunCommit is the commit token: the first event id of the last
-	// projector commit that appended decisions (see Head).
-	FieldRunCommit   = "@commit"
-	FieldRunDirty    = "@dirty"
-	FieldRunWorkflow = "@workflow"
-	FieldRunInput    = "@input" // in the results hash
-	// FieldRunQuarantine holds why the projector set the run aside.
-	FieldRunQuarantine = "@quarantine"
+	FieldRunStatus     = statehash.FieldRunStatus
+	FieldRunCursor     = statehash.FieldRunCursor
+	FieldRunCommit     = statehash.FieldRunCommit
+	FieldRunDirty      = statehash.FieldRunDirty
+	FieldRunWorkflow   = statehash.FieldRunWorkflow
+	FieldRunInput      = statehash.FieldRunInput
+	FieldRunQuarantine = statehash.FieldRunQuarantine
 )
 
 var namespaceRE = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,64}$`)

@@ -211,17 +211,17 @@ func (d DB) RunMemory(ctx context.Context, run string) (int64, error) {
 	return total, nil
 }
 
-// LogEntry is a run log entry as the watchers see it: its stream id and
+// EntryHead is a run log entry as the watchers see it: its stream id and
 // the envelope fields that tell what happened, undecoded otherwise.
-type LogEntry struct {
+type EntryHead struct {
 	Seq    string
 	Type   events.Type
 	Task   string
 	Writer string // the worker or projector that appended it
 }
 
-func logEntry(m redis.XMessage) LogEntry {
-	e := LogEntry{Seq: m.ID}
+func entryHead(m redis.XMessage) EntryHead {
+	e := EntryHead{Seq: m.ID}
 	t, _ := m.Values[events.FieldType].(string)
 	e.Type = events.Type(t)
 	e.Task, _ = m.Values[events.FieldTask].(string)
@@ -232,7 +232,7 @@ func logEntry(m redis.XMessage) LogEntry {
 // FollowLog returns up to count entries of run's log after the stream id
 // after ("0" for the start), blocking up to block for the first (XREAD
 // BLOCK). None and no error when the block ran out.
-func (d DB) FollowLog(ctx context.Context, run, after string, count int64, block time.Duration) ([]LogEntry, error) {
+func (d DB) FollowLog(ctx context.Context, run, after string, count int64, block time.Duration) ([]EntryHead, error) {
 	res, err := d.C.XRead(ctx, &redis.XReadArgs{Streams: []string{d.K.RunLog(run), after}, Count: count, Block: block}).Result()
 	if errors.Is(err, redis.Nil) {
 		return nil, nil
@@ -240,19 +240,19 @@ func (d DB) FollowLog(ctx context.Context, run, after string, count int64, block
 	if err != nil {
 		return nil, err
 	}
-	var out []LogEntry
+	var out []EntryHead
 	for _, st := range res {
 		for _, m := range st.Messages {
-			out = append(out, logEntry(m))
+			out = append(out, entryHead(m))
 		}
 	}
 	return out, nil
 }
 
 // LastEntries returns the newest log entry of each run, in runs' order, in
-// one pipeline (XREVRANGE COUNT 1 each); a zero LogEntry for a run with no
+// one pipeline (XREVRANGE COUNT 1 each); a zero EntryHead for a run with no
 // log. Callers keep runs to a few thousand per call.
-func (d DB) LastEntries(ctx context.Context, runs []string) ([]LogEntry, error) {
+func (d DB) LastEntries(ctx context.Context, runs []string) ([]EntryHead, error) {
 	p := d.C.Pipeline()
 	cmds := make([]*redis.XMessageSliceCmd, len(runs))
 	for i, run := range runs {
@@ -261,10 +261,10 @@ func (d DB) LastEntries(ctx context.Context, runs []string) ([]LogEntry, error) 
 	if _, err := p.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		return nil, err
 	}
-	out := make([]LogEntry, len(runs))
+	out := make([]EntryHead, len(runs))
 	for i, c := range cmds {
 		if msgs, _ := c.Result(); len(msgs) == 1 {
-			out[i] = logEntry(msgs[0])
+			out[i] = entryHead(msgs[0])
 		}
 	}
 	return out, nil

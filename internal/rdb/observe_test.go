@@ -169,7 +169,7 @@ func TestObserveRuns(t *testing.T) {
 
 	t.Run("FollowLog returns the entries after a position and none when the block runs out", func(t *testing.T) {
 		got, err := db.FollowLog(ctx, "R1", "0", 10, time.Second)
-		want := []rdb.LogEntry{
+		want := []rdb.EntryHead{
 			{Seq: s1, Type: events.TaskDispatched, Task: "a", Writer: "proj-1"},
 			{Seq: s2, Type: events.RunSucceeded, Writer: "proj-1"},
 		}
@@ -185,7 +185,7 @@ func TestObserveRuns(t *testing.T) {
 	})
 	t.Run("LastEntries gives each run's newest entry, zero for a run without a log", func(t *testing.T) {
 		got, err := db.LastEntries(ctx, []string{"R1", "R0", "R2"})
-		want := []rdb.LogEntry{
+		want := []rdb.EntryHead{
 			{Seq: s2, Type: events.RunSucceeded, Writer: "proj-1"},
 			{},
 			{Seq: s3, Type: events.TaskClaimed, Task: "b", Writer: "w-1"},

@@ -107,9 +107,9 @@ func (d DB) LoadRun(ctx context.Context, run string, count int) (head Head, stat
 	return head, HeadStatus(hget), first.Val(), nil
 }
 
-// ReadLogAfter reads up to count entries of run's log after id after ("":
+// LogPageAfter reads up to count entries of run's log after id after ("":
 // from the start).
-func (d DB) ReadLogAfter(ctx context.Context, run, after string, count int) ([]redis.XMessage, error) {
+func (d DB) LogPageAfter(ctx context.Context, run, after string, count int) ([]redis.XMessage, error) {
 	start := "-"
 	if after != "" {
 		start = "(" + after

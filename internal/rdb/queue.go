@@ -51,9 +51,9 @@ type DeadLetterItem struct {
 	Info      DeadLetterDetails
 }
 
-// DeadLetters records dead letters in one round trip (a set: recording
+// RecordDeadLetters records dead letters in one round trip (a set: recording
 // one twice is harmless).
-func (d DB) DeadLetters(ctx context.Context, items []DeadLetterItem) error {
+func (d DB) RecordDeadLetters(ctx context.Context, items []DeadLetterItem) error {
 	if len(items) == 0 {
 		return nil
 	}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/graflow-go/graflow/events"
+	"github.com/graflow-go/graflow/internal/statehash"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -26,55 +27,17 @@ type DB struct {
 // New returns a DB for namespace ns ("" means DefaultNamespace).
 func New(c redis.UniversalClient, ns string) DB { return DB{C: c, K: NewKeys(ns)} }
 
-// Record is a task's lease record in the run's state hash, maintained by the
-// worker scripts and the projector's commits alike.
-type Record struct {
-	Status  events.TaskStatus
-	Attempt int
-	Epoch   int64
-	Owner   string
-}
+// Record is a task's lease record (see statehash.Record).
+type Record = statehash.Record
 
-// String encodes the record as stored: "status|attempt|epoch|owner".
-func (r Record) String() string {
-	return string(r.Status) + "|" + strconv.Itoa(r.Attempt) + "|" + strconv.FormatInt(r.Epoch, 10) + "|" + r.Owner
-}
+// ParseRecord decodes a stored record (see statehash.ParseRecord).
+func ParseRecord(s string) (Record, error) { return statehash.ParseRecord(s) }
 
-// ParseRecord decodes a stored record; "" (no field) is a pending task.
-func ParseRecord(s string) (Record, error) {
-	if s == "" {
-		return Record{Status: events.TaskStatusPending}, nil
-	}
-	parts := strings.SplitN(s, "|", 4)
-	if len(parts) != 4 {
-		return Record{}, fmt.Errorf("malformed task record %q", s)
-	}
-	a, err1 := strconv.Atoi(parts[1])
-	e, err2 := strconv.ParseInt(parts[2], 10, 64)
-	if err := errors.Join(err1, err2); err != nil {
-		return Record{}, fmt.Errorf("malformed task record %q: %w", s, err)
-	}
-	return Record{Status: events.TaskStatus(parts[0]), Attempt: a, Epoch: e, Owner: parts[3]}, nil
-}
-
-// TaskMeta is the static part of a task that workers need at claim time,
-// stored as JSON in the run's dag hash. Short keys keep memory small.
-//
-// Deps come first in the encoding: the claim script reads them from the
-// head of the JSON without decoding it (user args are never decoded in
-// Lua), so keep the field order.
-type TaskMeta struct {
-	Deps        []string        `json:"d,omitempty"`
-	Handler     string          `json:"h"`
-	MaxAttempts int             `json:"m,omitempty"`
-	TimeoutMS   int64           `json:"t,omitempty"`
-	Args        json.RawMessage `json:"x,omitempty"`
-}
+// TaskMeta is a task's stored metadata (see statehash.TaskMeta).
+type TaskMeta = statehash.TaskMeta
 
 // MetaOf builds the stored metadata of a task spec.
-func MetaOf(s events.TaskSpec) TaskMeta {
-	return TaskMeta{Handler: s.Handler, Deps: s.Deps, MaxAttempts: s.MaxAttempts, TimeoutMS: s.TimeoutMS, Args: s.Args}
-}
+func MetaOf(s events.TaskSpec) TaskMeta { return statehash.MetaOf(s) }
 
 // Submit runs the submit script. created is false if the run already
 // existed, with the workflow name it was created with.
@@ -130,16 +93,10 @@ func (d DB) SubmitArgsCmd(ctx context.Context, p redis.Scripter, run string, arg
 	argv := make([]any, 0, len(args)+4+8*len(init.Events))
 	argv = append(argv, args...)
 	argv = append(argv, run, len(init.Events))
-	index := map[string]int{}
+	var targets keyIndex
 	for i, e := range init.Events {
 		x := init.Dispatches[i]
-		key := d.K.QueueFor(run, x.Pool, x.Priority)
-		k, ok := index[key]
-		if !ok {
-			keys = append(keys, key)
-			k = len(keys)
-			index[key] = k
-		}
+		k := targets.of(&keys, d.K.QueueFor(run, x.Pool, x.Priority))
 		rec := Record{Status: events.TaskStatusDispatched, Attempt: x.Attempt, Epoch: e.Epoch}.String()
 		argv = append(argv, e.ID, string(e.Type), e.Task, e.Attempt, e.Epoch, string(e.Body), rec, k)
 	}
@@ -292,22 +249,34 @@ func (d DB) CommitCmd(ctx context.Context, p redis.Scripter, run string, c Commi
 		args = append(args, f, v)
 	}
 	args = append(args, len(c.Dispatches))
-	index := map[string]int{}
+	var targets keyIndex
 	for _, x := range c.Dispatches {
 		key, due, member := d.K.QueueFor(run, x.Pool, x.Priority), int64(0), ""
 		if x.DueMS > c.TimeMS {
 			key, due, member = d.K.DelayedFor(run), x.DueMS, x.String()
 		}
-		i, ok := index[key]
-		if !ok {
-			keys = append(keys, key)
-			i = len(keys)
-			index[key] = i
-		}
-		args = append(args, i, due, x.Task, x.Attempt, member)
+		args = append(args, targets.of(&keys, key), due, x.Task, x.Attempt, member)
 	}
 	args = append(args, c.CompactLog, c.TTL.Milliseconds(), run)
 	return commitScript.Run(ctx, p, keys, args...)
+}
+
+// keyIndex numbers the extra KEYS of a script call (dispatch targets),
+// each key once, as 1-based KEYS indexes.
+type keyIndex map[string]int
+
+// of appends key to keys the first time it is seen and returns its index.
+func (x *keyIndex) of(keys *[]string, key string) int {
+	if *x == nil {
+		*x = keyIndex{}
+	}
+	i, ok := (*x)[key]
+	if !ok {
+		*keys = append(*keys, key)
+		i = len(*keys)
+		(*x)[key] = i
+	}
+	return i
 }
 
 // untouched is the record of a task no script has written yet.
@@ -403,7 +372,7 @@ func (d DB) DueDispatches(ctx context.Context, part int, nowMS int64, n int) (du
 // delayedMoveScript). Malformed members are removed and returned.
 func (d DB) MoveDue(ctx context.Context, part int, members []string) (moved int64, malformed []string, err error) {
 	keys := []string{d.K.Delayed(part)}
-	index := map[string]int{}
+	var targets keyIndex
 	args := []any{0}
 	n := 0
 	for _, m := range members {
@@ -412,14 +381,7 @@ func (d DB) MoveDue(ctx context.Context, part int, members []string) (moved int6
 			malformed = append(malformed, m)
 			continue
 		}
-		key := d.K.Queue(part, x.Pool, x.Priority)
-		i, ok := index[key]
-		if !ok {
-			keys = append(keys, key)
-			i = len(keys)
-			index[key] = i
-		}
-		args = append(args, m, i, x.Run, x.Task, strconv.Itoa(x.Attempt))
+		args = append(args, m, targets.of(&keys, d.K.Queue(part, x.Pool, x.Priority)), x.Run, x.Task, strconv.Itoa(x.Attempt))
 		n++
 	}
 	if len(malformed) > 0 {

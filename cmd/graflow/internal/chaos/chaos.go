@@ -5,7 +5,7 @@
 // and SIGSTOPped projectors (several on one feed, so two of them touch one
 // run at once and a feed reclaim takes a projection over mid-way), a
 // restarted Redis — and then checks every run's whole event history
-// (invariant.Check and replay verify). "graflow chaos" and "make chaos" drive it; Soak runs
+// (replay.CheckInvariants and replay verify). "graflow chaos" and "make chaos" drive it; Soak runs
 // the same faults for a duration over a stream of mixed workflows.
 package chaos
 
@@ -20,13 +20,12 @@ import (
 	"github.com/graflow-go/graflow"
 	"github.com/graflow-go/graflow/events"
 	"github.com/graflow-go/graflow/internal/retry"
-	"github.com/graflow-go/graflow/invariant"
 	"github.com/graflow-go/graflow/replay"
 	"github.com/graflow-go/graflow/worker/builtin"
 )
 
 // Verdict is what the checks found in the runs' histories.
-type Verdict = invariant.Verdict
+type Verdict = replay.Verdict
 
 // Config configures one chaos run (or soak). A zero field means its
 // default.
@@ -270,7 +269,7 @@ func (s *stack) settle() {
 	}
 }
 
-// check runs invariant.Check and replay verify over run's history and adds what the
+// check runs replay.CheckInvariants and replay verify over run's history and adds what the
 // history shows of the projectors (Touches) to the report. It returns the
 // verdict and the number of events.
 func (s *stack) check(ctx context.Context, run string) (Verdict, int, error) {
@@ -281,10 +280,10 @@ func (s *stack) check(ctx context.Context, run string) (Verdict, int, error) {
 	if err != nil {
 		return Verdict{}, 0, err
 	}
-	v := invariant.Check(evs, live)
+	v := replay.CheckInvariants(evs, live)
 	// And the audit tool's own verdict on the same run (graflow replay
 	// verify): the live projection, results and DAG against the log.
-	rc, err := replay.New(replay.Config{Redis: s.rc, Namespace: s.ns})
+	rc, err := graflow.NewClient(graflow.Config{Redis: s.rc, Namespace: s.ns})
 	if err != nil {
 		return v, len(evs), err
 	}

@@ -1,22 +1,15 @@
-// Package invariant checks a finished run's whole history against the
-// engine's guarantees: every task succeeded exactly once as far as accepted
-// results go, no task lost, claim epochs strictly increasing, every
-// rejected result stale, and the live task records equal to the fold of
-// the log. The chaos suite (graflow chaos) and the integration tests use
-// it; it reads nothing itself, so the caller fetches the log and the
-// run's state hash.
-package invariant
+package replay
 
 import (
 	"fmt"
 	"sort"
 
 	"github.com/graflow-go/graflow/events"
-	"github.com/graflow-go/graflow/internal/rdb"
+	"github.com/graflow-go/graflow/internal/statehash"
 	"github.com/graflow-go/graflow/projector"
 )
 
-// Verdict is what Check found in a run's history.
+// Verdict is what CheckInvariants found in a run's history.
 type Verdict struct {
 	Tasks int
 	// Lost counts tasks that did not succeed although the run had to.
@@ -34,12 +27,14 @@ type Verdict struct {
 // OK reports whether every check held.
 func (v Verdict) OK() bool { return len(v.Problems) == 0 }
 
-// Check verifies a run's whole event history and the live state: every
-// task succeeded exactly once as far as accepted results go, no task lost,
-// epochs strictly increasing per task, every rejected result was stale
-// (older epoch than the task's at that point), the run succeeded, and the
-// live task records and run status equal the fold of the log.
-func Check(evs []events.Event, live map[string]string) Verdict {
+// CheckInvariants checks a finished run's whole history against the
+// engine's guarantees: every task succeeded exactly once as far as accepted
+// results go, no task lost, claim epochs strictly increasing, every
+// rejected result stale, and the live task records equal to the fold of
+// the log, and the run succeeded. The chaos suite (graflow chaos) and the
+// integration tests use it; it reads nothing itself, so the caller fetches
+// the log and the run's state hash.
+func CheckInvariants(evs []events.Event, live map[string]string) Verdict {
 	var v Verdict
 	problem := func(format string, args ...any) { v.Problems = append(v.Problems, fmt.Sprintf(format, args...)) }
 	epoch := map[string]int64{}
@@ -97,7 +92,7 @@ func Check(evs []events.Event, live map[string]string) Verdict {
 			lost = append(lost, t.Spec.ID+"("+string(t.Status)+")")
 		}
 		want := projector.RecordOf(t)
-		got, err := rdb.ParseRecord(live[t.Spec.ID])
+		got, err := statehash.ParseRecord(live[t.Spec.ID])
 		if err != nil {
 			problem("task %s: live record: %v", t.Spec.ID, err)
 			continue
@@ -114,7 +109,7 @@ func Check(evs []events.Event, live map[string]string) Verdict {
 		}
 		problem("%d tasks lost: %v", v.Lost, lost)
 	}
-	if got := live[rdb.FieldRunStatus]; got != string(run.Status) {
+	if got := live[statehash.FieldRunStatus]; got != string(run.Status) {
 		problem("run status: live %q, replayed %q", got, run.Status)
 	}
 	return v

@@ -1,0 +1,320 @@
+package rdb
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/graflow-go/graflow/events"
+	"github.com/redis/go-redis/v9"
+)
+
+// This file is the operators' write side of the boundary: import of an
+// exported run, resume of an imported one, and the dead-letter and index
+// upkeep. Every check that guards a write runs in the same script as the
+// write, on the run's slot.
+
+// ErrImportConflict is returned by ImportAppend and ImportState when the
+// run changed under the import (another writer appended to its log or
+// created its state).
+var ErrImportConflict = errors.New("the run changed during the import")
+
+// LogEntry is one entry to append to a run's log: its id ("" for one
+// Redis assigns) and the fields of the event (events.Event.Fields).
+type LogEntry struct {
+	ID     string
+	Fields []any
+}
+
+// fieldsPerEvent is len(events.Event.Fields()): nine name/value pairs.
+const fieldsPerEvent = 18
+
+// ImportConflict checks that run does not exist, or holds only a log whose
+// entries are a prefix of ids (event ids) and, where seqs[i] is not "",
+// of seqs (entry ids): what an interrupted import leaves. It returns that
+// prefix's length, or why the run is in the way ("" when it is not).
+func (d DB) ImportConflict(ctx context.Context, run string, ids, seqs []string) (done int, why string, err error) {
+	k := d.K
+	for _, key := range k.RunKeys(run) {
+		if key == k.RunLog(run) {
+			continue
+		}
+		n, err := d.C.Exists(ctx, key).Result()
+		if err != nil {
+			return 0, "", fmt.Errorf("check run %s: %w", run, err)
+		}
+		if n > 0 && key == k.RunState(run) {
+			return 0, "it has live state", nil
+		}
+		if n > 0 {
+			return 0, "key " + key + " exists", nil
+		}
+	}
+	start := "-"
+	for {
+		msgs, err := d.C.XRangeN(ctx, k.RunLog(run), start, "+", 1000).Result()
+		if err != nil {
+			return 0, "", fmt.Errorf("check run %s: %w", run, err)
+		}
+		for _, m := range msgs {
+			id, _ := m.Values[events.FieldID].(string)
+			if done >= len(ids) || id != ids[done] || (seqs[done] != "" && m.ID != seqs[done]) {
+				return 0, "its log holds other events", nil
+			}
+			done++
+		}
+		if len(msgs) < 1000 {
+			return done, "", nil
+		}
+		start = "(" + msgs[len(msgs)-1].ID
+	}
+}
+
+// LastLogID returns the id of run's last log entry ("" for no log).
+func (d DB) LastLogID(ctx context.Context, run string) (string, error) {
+	msgs, err := d.C.XRevRangeN(ctx, d.K.RunLog(run), "+", "-", 1).Result()
+	if err != nil || len(msgs) == 0 {
+		return "", err
+	}
+	return msgs[0].ID, nil
+}
+
+// importAppendScript appends entries to a run's log if the log holds
+// exactly the expected number of entries and the run has no state.
+//
+// KEYS: 1 log, 2 state
+// ARGV: 1 expected log length, then per entry: its id ("*" for a new
+// one) and the 18 field names and values of the event
+// Reply: the last appended id, or {"conflict"}
+var importAppendScript = redis.NewScript(`
+if redis.call('XLEN', KEYS[1]) ~= tonumber(ARGV[1]) or redis.call('EXISTS', KEYS[2]) == 1 then
+  return {'conflict'}
+end
+local last
+for i = 2, #ARGV, 19 do
+  last = redis.call('XADD', KEYS[1], ARGV[i], unpack(ARGV, i + 1, i + 18))
+end
+return last
+`)
+
+// ImportAppend appends entries to run's log in one script, if the log
+// holds exactly have entries and the run has no state (else
+// ErrImportConflict, nothing written). It returns the last entry's id.
+func (d DB) ImportAppend(ctx context.Context, run string, have int, entries []LogEntry) (string, error) {
+	argv := make([]any, 0, 1+len(entries)*(fieldsPerEvent+1))
+	argv = append(argv, have)
+	for _, e := range entries {
+		if len(e.Fields) != fieldsPerEvent {
+			return "", fmt.Errorf("append to log of run %s: an event has %d fields, want %d", run, len(e.Fields), fieldsPerEvent)
+		}
+		id := e.ID
+		if id == "" {
+			id = "*"
+		}
+		argv = append(argv, id)
+		argv = append(argv, e.Fields...)
+	}
+	res, err := importAppendScript.Run(ctx, d.C, []string{d.K.RunLog(run), d.K.RunState(run)}, argv...).Result()
+	if err != nil {
+		return "", fmt.Errorf("append to log of run %s: %w", run, err)
+	}
+	last, ok := res.(string)
+	if !ok {
+		return "", fmt.Errorf("append to log of run %s: %w", run, ErrImportConflict)
+	}
+	return last, nil
+}
+
+// importStateScript writes an imported run's hashes if it has no state.
+//
+// KEYS: 1 state, 2 dag, 3 results, 4 channel
+// ARGV: the number of values (field, value, ...) of each key in KEYS
+// order, then the values, key after key
+// Reply: 1 written, 0 the run has state already (nothing written)
+var importStateScript = redis.NewScript(prelude + `
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+-- The state hash last: it is what marks the run as existing.
+for _, k in ipairs({2, 3, 4, 1}) do
+  local n = 0
+  for j = 1, k - 1 do n = n + tonumber(ARGV[j]) end
+  local from = #KEYS + 1 + n
+  local count = tonumber(ARGV[k])
+  if count > 0 then chunked('HSET', KEYS[k], ARGV, from, from + count - 1) end
+end
+return 1
+`)
+
+// ImportHashes are the hashes of an imported run, field → value.
+type ImportHashes struct {
+	State, DAG, Results, Channel map[string]string
+}
+
+// ImportState writes an imported run's state, dag, results and channel
+// hashes in one script, if the run has no state yet (else
+// ErrImportConflict, nothing written).
+func (d DB) ImportState(ctx context.Context, run string, h ImportHashes) error {
+	k := d.K
+	keys := []string{k.RunState(run), k.RunDAG(run), k.RunResults(run), k.RunChannel(run)}
+	parts := []map[string]string{h.State, h.DAG, h.Results, h.Channel}
+	argv := make([]any, 0, 4+2*(len(h.State)+len(h.DAG)+len(h.Results)+len(h.Channel)))
+	for _, p := range parts {
+		argv = append(argv, 2*len(p))
+	}
+	for _, p := range parts {
+		for f, v := range p {
+			argv = append(argv, f, v)
+		}
+	}
+	n, err := importStateScript.Run(ctx, d.C, keys, argv...).Int()
+	if err != nil {
+		return fmt.Errorf("write state of run %s: %w", run, err)
+	}
+	if n == 0 {
+		return fmt.Errorf("write state of run %s: %w", run, ErrImportConflict)
+	}
+	return nil
+}
+
+// Reindex adds run to the run index (if it is not there) and points the
+// feed at it, in one pipeline.
+func (d DB) Reindex(ctx context.Context, run string, submittedMS int64) error {
+	pipe := d.C.Pipeline()
+	pipe.ZAddNX(ctx, d.K.Runs(), redis.Z{Score: float64(submittedMS), Member: run})
+	d.PointFeed(ctx, pipe, run)
+	_, err := pipe.Exec(ctx)
+	return err
+}
+
+// ResumeItem re-dispatches one task of a run if its record is still
+// Record: when Event is set (a reclaim) the event is appended and the
+// record set to NewRecord; then Dispatch is queued (or parked in the
+// delayed set when due later than nowMS) in the run's partition.
+type ResumeItem struct {
+	Task      string
+	Record    string
+	NewRecord string
+	Event     *events.Event
+	Dispatch  Dispatch
+}
+
+// resumeScript re-dispatches tasks of a run whose record is unchanged.
+//
+// KEYS: 1 state, 2 log, then the dispatch targets (queue streams, the
+// delayed set), all in the run's partition
+// ARGV: 1 run, then per task: task id, expected record, new record (""
+// keeps it), target key index, due ms (0: queue now), attempt,
+// delayed-set member, then 18 event field names and values (all "" for
+// none)
+// Reply: per task 1 re-dispatched, 0 record changed (left alone)
+var resumeScript = redis.NewScript(`
+for i = 3, #KEYS do
+  local t = redis.call('TYPE', KEYS[i])['ok']
+  if t ~= 'none' and t ~= 'stream' and t ~= 'zset' then
+    return redis.error_reply('WRONGTYPE ' .. KEYS[i] .. ' holds a ' .. t)
+  end
+end
+local out = {}
+for i = 2, #ARGV, 25 do
+  local task = ARGV[i]
+  if (redis.call('HGET', KEYS[1], task) or '') == ARGV[i + 1] then
+    if ARGV[i + 2] ~= '' then
+      redis.call('XADD', KEYS[2], '*', unpack(ARGV, i + 7, i + 24))
+      redis.call('HSET', KEYS[1], task, ARGV[i + 2])
+    end
+    local key, due = KEYS[tonumber(ARGV[i + 3])], tonumber(ARGV[i + 4])
+    if due > 0 then
+      redis.call('ZADD', key, due, ARGV[i + 6])
+    else
+      redis.call('XADD', key, '*', 'r', ARGV[1], 'k', task, 'a', ARGV[i + 5])
+    end
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+end
+redis.call('HSET', KEYS[1], '@dirty', '1')
+return out
+`)
+
+// Resume runs items in one script on run's slot (see ResumeItem) and
+// reports, per item, whether it was done (false: the task moved on since
+// the caller read its record).
+func (d DB) Resume(ctx context.Context, run string, items []ResumeItem, nowMS int64) ([]bool, error) {
+	empty := make([]any, fieldsPerEvent)
+	for i := range empty {
+		empty[i] = ""
+	}
+	keys := []string{d.K.RunState(run), d.K.RunLog(run)}
+	var targets keyIndex
+	argv := make([]any, 0, 1+len(items)*(7+fieldsPerEvent))
+	argv = append(argv, run)
+	for _, it := range items {
+		fields := empty
+		if it.Event != nil {
+			fields = it.Event.Fields()
+		}
+		x := it.Dispatch
+		key, due, member := d.K.QueueFor(run, x.Pool, x.Priority), int64(0), ""
+		if x.DueMS > nowMS {
+			key, due, member = d.K.DelayedFor(run), x.DueMS, x.String()
+		}
+		argv = append(argv, it.Task, it.Record, it.NewRecord, targets.of(&keys, key), due, x.Attempt, member)
+		argv = append(argv, fields...)
+	}
+	res, err := resumeScript.Run(ctx, d.C, keys, argv...).Int64Slice()
+	if err != nil {
+		return nil, fmt.Errorf("resume run %s: %w", run, err)
+	}
+	done := make([]bool, len(res))
+	for i, n := range res {
+		done[i] = n == 1
+	}
+	return done, nil
+}
+
+// RunsSubmittedUntil lists the runs of the run index submitted at or
+// before maxScore (ms, or "+inf"), oldest first.
+func (d DB) RunsSubmittedUntil(ctx context.Context, maxScore string) ([]string, error) {
+	return d.C.ZRangeArgs(ctx, redis.ZRangeArgs{Key: d.K.Runs(), Start: "-inf", Stop: maxScore, ByScore: true}).Result()
+}
+
+// GCInfo reads what GC decides on: run's @status (ok false: none) and
+// whether @dirty is set.
+func (d DB) GCInfo(ctx context.Context, run string) (status string, ok, dirty bool, err error) {
+	vals, err := d.C.HMGet(ctx, d.K.RunState(run), FieldRunStatus, FieldRunDirty).Result()
+	if err != nil {
+		return "", false, false, err
+	}
+	status, ok = vals[0].(string)
+	return status, ok, vals[1] != nil, nil
+}
+
+// LogLen returns the number of entries of run's log.
+func (d DB) LogLen(ctx context.Context, run string) (int64, error) {
+	return d.C.XLen(ctx, d.K.RunLog(run)).Result()
+}
+
+// Unindex removes run from the run index.
+func (d DB) Unindex(ctx context.Context, run string) error {
+	return d.C.ZRem(ctx, d.K.Runs(), run).Err()
+}
+
+// ForgetQuarantine removes run from the namespace's quarantine index.
+func (d DB) ForgetQuarantine(ctx context.Context, run string) error {
+	return d.C.HDel(ctx, d.K.Quarantined(), run).Err()
+}
+
+// PurgeDeadLetter forgets one dead letter.
+func (d DB) PurgeDeadLetter(ctx context.Context, run, task string) error {
+	m := DeadLetterMember(run, task)
+	pipe := d.C.TxPipeline()
+	pipe.ZRem(ctx, d.K.DeadLetter(), m)
+	pipe.HDel(ctx, d.K.DeadLetterInfo(), m)
+	_, err := pipe.Exec(ctx)
+	return err
+}
+
+// PurgeDeadLetters forgets every dead letter.
+func (d DB) PurgeDeadLetters(ctx context.Context) error {
+	return d.C.Del(ctx, d.K.DeadLetter(), d.K.DeadLetterInfo()).Err()
+}

@@ -1,0 +1,104 @@
+package rdb_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/graflow-go/graflow/events"
+	"github.com/graflow-go/graflow/internal/rdb"
+	"github.com/graflow-go/graflow/internal/redistest"
+)
+
+func adminSetup(t *testing.T) (context.Context, rdb.DB) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	t.Cleanup(cancel)
+	return ctx, rdb.New(redistest.Client(t), redistest.Namespace(t))
+}
+
+func entry(id, typ string) rdb.LogEntry {
+	e := events.Event{ID: id, Run: "r", Type: events.Type(typ), Version: events.CurrentVersion, Time: time.UnixMilli(1)}
+	return rdb.LogEntry{Fields: e.Fields()}
+}
+
+func TestImportAppendChecksTheLogFirst(t *testing.T) {
+	t.Parallel()
+	ctx, d := adminSetup(t)
+	t.Run("an append at the expected length writes every entry", func(t *testing.T) {
+		last, err := d.ImportAppend(ctx, "r", 0, []rdb.LogEntry{entry("e1", "run_submitted"), entry("e2", "task_dispatched")})
+		if err != nil || last == "" {
+			t.Fatalf("ImportAppend = %q, %v", last, err)
+		}
+		if n := d.C.XLen(ctx, d.K.RunLog("r")).Val(); n != 2 {
+			t.Fatalf("log length %d, want 2", n)
+		}
+	})
+	t.Run("an append at another length conflicts and writes nothing", func(t *testing.T) {
+		_, err := d.ImportAppend(ctx, "r", 1, []rdb.LogEntry{entry("e3", "task_claimed")})
+		if !errors.Is(err, rdb.ErrImportConflict) {
+			t.Fatalf("ImportAppend at a stale length: %v, want ErrImportConflict", err)
+		}
+		if n := d.C.XLen(ctx, d.K.RunLog("r")).Val(); n != 2 {
+			t.Fatalf("log length %d, want 2", n)
+		}
+	})
+	t.Run("the state is written once; a second write conflicts and changes nothing", func(t *testing.T) {
+		h := rdb.ImportHashes{State: map[string]string{rdb.FieldRunStatus: "running"}, DAG: map[string]string{"a": "{}"},
+			Results: map[string]string{rdb.FieldRunInput: "null"}}
+		if err := d.ImportState(ctx, "r", h); err != nil {
+			t.Fatal(err)
+		}
+		h.State[rdb.FieldRunStatus] = "failed"
+		if err := d.ImportState(ctx, "r", h); !errors.Is(err, rdb.ErrImportConflict) {
+			t.Fatalf("second ImportState: %v, want ErrImportConflict", err)
+		}
+		if st := d.C.HGet(ctx, d.K.RunState("r"), rdb.FieldRunStatus).Val(); st != "running" {
+			t.Errorf("@status %q, want running", st)
+		}
+		if d.C.Exists(ctx, d.K.RunChannel("r")).Val() != 0 {
+			t.Error("an empty channel hash was created")
+		}
+	})
+	t.Run("an append once the state exists conflicts", func(t *testing.T) {
+		if _, err := d.ImportAppend(ctx, "r", 2, []rdb.LogEntry{entry("e3", "task_claimed")}); !errors.Is(err, rdb.ErrImportConflict) {
+			t.Fatalf("ImportAppend after the state: %v, want ErrImportConflict", err)
+		}
+	})
+	t.Run("ImportConflict names the state", func(t *testing.T) {
+		if _, why, err := d.ImportConflict(ctx, "r", []string{"e1", "e2"}, []string{"", ""}); err != nil || why != "it has live state" {
+			t.Errorf("ImportConflict = %q, %v", why, err)
+		}
+	})
+}
+
+func TestResumeLeavesATaskThatMovedOnAlone(t *testing.T) {
+	t.Parallel()
+	ctx, d := adminSetup(t)
+	d.C.HSet(ctx, d.K.RunState("r"), "a", "running|1|2|w1", "b", "dispatched|1|0|")
+	reclaim := events.Event{ID: "ev", Run: "r", Type: events.TaskReclaimed, Version: events.CurrentVersion, Task: "a", Attempt: 1, Epoch: 3, Time: time.UnixMilli(5)}
+	done, err := d.Resume(ctx, "r", []rdb.ResumeItem{
+		{Task: "a", Record: "running|1|2|w1", NewRecord: "dispatched|1|3|", Event: &reclaim,
+			Dispatch: rdb.Dispatch{Pool: "default", Run: "r", Task: "a", Attempt: 1, EventID: "x1"}},
+		{Task: "b", Record: "running|1|1|w2", // it moved on since it was read
+			Dispatch: rdb.Dispatch{Pool: "default", Run: "r", Task: "b", Attempt: 1, EventID: "x2"}},
+	}, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(done) != 2 || !done[0] || done[1] {
+		t.Fatalf("done = %v, want [true false]", done)
+	}
+	st := d.C.HGetAll(ctx, d.K.RunState("r")).Val()
+	if st["a"] != "dispatched|1|3|" || st["b"] != "dispatched|1|0|" || st[rdb.FieldRunDirty] != "1" {
+		t.Errorf("state = %v", st)
+	}
+	if q := d.C.XRange(ctx, d.K.QueueFor("r", "default", 0), "-", "+").Val(); len(q) != 1 || q[0].Values[rdb.MsgTask] != "a" {
+		t.Errorf("queue = %v, want the dispatch of a only", q)
+	}
+	log, err := d.ReadLog(ctx, "r", "-", "+", 10, 0)
+	if err != nil || len(log) != 1 || log[0].Type != events.TaskReclaimed || log[0].Epoch != 3 {
+		t.Errorf("log = %+v, %v; want one task_reclaimed at epoch 3", log, err)
+	}
+}

@@ -1,0 +1,81 @@
+// Package statehash is the codec of a run's state and dag hashes: the
+// lease record of a task, the @-fields of a run and the stored metadata of
+// a task. It holds no Redis client: the Redis boundary (internal/rdb)
+// reads and writes these values, and the pure replay package checks them
+// against the fold.
+package statehash
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/graflow-go/graflow/events"
+)
+
+// Hash fields of a run's state hash that are not task records. Task ids may
+// not start with "@".
+const (
+	FieldRunStatus = "@status"
+	FieldRunCursor = "@cursor"
+	// FieldRunCommit is the commit token: the first event id of the last
+	// projector commit that appended decisions.
+	FieldRunCommit   = "@commit"
+	FieldRunDirty    = "@dirty"
+	FieldRunWorkflow = "@workflow"
+	FieldRunInput    = "@input" // in the results hash
+	// FieldRunQuarantine holds why the projector set the run aside.
+	FieldRunQuarantine = "@quarantine"
+)
+
+// Record is a task's lease record in the run's state hash, maintained by the
+// worker scripts and the projector's commits alike.
+type Record struct {
+	Status  events.TaskStatus
+	Attempt int
+	Epoch   int64
+	Owner   string
+}
+
+// String encodes the record as stored: "status|attempt|epoch|owner".
+func (r Record) String() string {
+	return string(r.Status) + "|" + strconv.Itoa(r.Attempt) + "|" + strconv.FormatInt(r.Epoch, 10) + "|" + r.Owner
+}
+
+// ParseRecord decodes a stored record; "" (no field) is a pending task.
+func ParseRecord(s string) (Record, error) {
+	if s == "" {
+		return Record{Status: events.TaskStatusPending}, nil
+	}
+	parts := strings.SplitN(s, "|", 4)
+	if len(parts) != 4 {
+		return Record{}, fmt.Errorf("malformed task record %q", s)
+	}
+	a, err1 := strconv.Atoi(parts[1])
+	e, err2 := strconv.ParseInt(parts[2], 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return Record{}, fmt.Errorf("malformed task record %q: %w", s, err)
+	}
+	return Record{Status: events.TaskStatus(parts[0]), Attempt: a, Epoch: e, Owner: parts[3]}, nil
+}
+
+// TaskMeta is the static part of a task that workers need at claim time,
+// stored as JSON in the run's dag hash. Short keys keep memory small.
+//
+// Deps come first in the encoding: the claim script reads them from the
+// head of the JSON without decoding it (user args are never decoded in
+// Lua), so keep the field order.
+type TaskMeta struct {
+	Deps        []string        `json:"d,omitempty"`
+	Handler     string          `json:"h"`
+	MaxAttempts int             `json:"m,omitempty"`
+	TimeoutMS   int64           `json:"t,omitempty"`
+	Args        json.RawMessage `json:"x,omitempty"`
+}
+
+// MetaOf builds the stored metadata of a task spec.
+func MetaOf(s events.TaskSpec) TaskMeta {
+	return TaskMeta{Handler: s.Handler, Deps: s.Deps, MaxAttempts: s.MaxAttempts, TimeoutMS: s.TimeoutMS, Args: s.Args}
+}
