@@ -190,7 +190,22 @@ func New(cfg Config) (*Projector, error) {
 
 // Run consumes the feed partitions and moves due retries until ctx is
 // cancelled; it returns nil then. Redis errors are retried with backoff.
+// It returns an error wrapping rdb.ErrLayout at once if the namespace was
+// written with another key layout or partition count.
 func (p *Projector) Run(ctx context.Context) error {
+	err := retryAll(ctx, p.log, "check key layout", func() error {
+		err := p.db.CheckLayout(ctx)
+		if errors.Is(err, rdb.ErrLayout) {
+			return retry.Permanent(err)
+		}
+		return err
+	})
+	if errors.Is(err, rdb.ErrLayout) {
+		return fmt.Errorf("projector %s: %w", p.cfg.ID, err)
+	}
+	if err != nil {
+		return nil // ctx ended
+	}
 	parts := p.cfg.Partitions
 	if len(parts) == 0 {
 		for i := 0; i < p.db.K.Partitions(); i++ {

@@ -81,10 +81,11 @@ func TestDeadProjectorsFeedConsumersArePruned(t *testing.T) {
 		}
 		return names
 	}
-	// runProjected submits a run and waits until a projector dispatched it
-	// (its consumer exists once it is delivered a feed entry).
+	// runProjected submits a run bare (no dispatch at submit) and waits
+	// until a projector dispatched it (its consumer exists once it is
+	// delivered a feed entry).
 	runProjected := func() {
-		run := b.submit(t, events.TaskSpec{ID: "a", Handler: "h"})
+		run := b.submitRaw(t, "", events.TaskSpec{ID: "a", Handler: "h"})
 		b.waitFor(t, run, events.TaskDispatched, "a")
 	}
 	for i := 0; i < 6; i++ {

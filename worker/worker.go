@@ -300,6 +300,9 @@ func (w *Worker) Run(ctx context.Context) error {
 			}
 		}
 	}
+	if err := w.db.CheckLayout(ctx); err != nil {
+		return fmt.Errorf("worker %s: %w", w.cfg.ID, err)
+	}
 	if err := w.db.LoadScripts(ctx); err != nil {
 		return fmt.Errorf("worker %s: %w", w.cfg.ID, err)
 	}

@@ -415,21 +415,12 @@ return out
 //
 // Reply: per item, {"ok", seq, newly dirty 0|1, acked 1|0|-1 (as
 // queue_ack)} | {"stale", status, epoch, owner}
-var finishScript = redis.NewScript(prelude + `
+var finishScript = redis.NewScript(prelude + ackLua + `
 local point = false
--- ack acks and deletes message id if it is pending for the caller.
-local function ack(id)
-  if id == '' then return 0 end
-  local p = redis.call('XPENDING', KEYS[4], ARGV[2], id, id, 1)
-  if #p == 0 then return 0 end
-  if p[1][2] ~= ARGV[3] then return -1 end
-  redis.call('XACK', KEYS[4], ARGV[2], id)
-  redis.call('XDEL', KEYS[4], id)
-  return 1
-end
+local toack, acked = {}, {} -- message ids to ack, and which item each is
 -- One item per call of one(); the script takes n items of 13 arguments
 -- (all of this run) and replies with the n item replies, in order.
-local function one(A)
+local function one(i, A)
   local h = redis.call('HMGET', KEYS[1], '@status', A[1], '@dirty')
   local run = h[1]
   local st, a, e, o = parserec(h[2])
@@ -445,7 +436,8 @@ local function one(A)
     -- again (harmless if done before): the first call may have been the
     -- one that set @dirty, and its caller never saw the reply.
     point = true
-    return {'ok', '', 1, ack(A[13])}
+    if A[13] ~= '' then toack[#toack + 1] = A[13]; acked[#acked + 1] = i end
+    return {'ok', '', 1, 0}
   end
   if A[12] == 'unfenced' and a == att then
     e, o = ep, A[4]
@@ -465,15 +457,30 @@ local function one(A)
   local seq = append(KEYS[2], A[5], A[7], A[1], a, e, A[4], A[6], A[8])
   local newly = 1
   if h[3] == '1' then newly = 0 else point = true end
-  return {'ok', seq, newly, ack(A[13])}
+  if A[13] ~= '' then toack[#toack + 1] = A[13]; acked[#acked + 1] = i end
+  return {'ok', seq, newly, 0}
 end
+-- Every check before the first write: the keys written besides the run's
+-- own, and the message ids.
 local bad = notwritable(KEYS[4], 'stream') or notwritable(KEYS[5], 'stream')
 if bad then return bad end
 local n, out = tonumber(ARGV[1]), {}
+local ids = {}
+for i = 0, n - 1 do
+  local id = ARGV[4 + i * 13 + 13]
+  if id ~= '' then ids[#ids + 1] = id end
+end
+bad = badids(ids)
+if bad then return bad end
 for i = 0, n - 1 do
   local A = {}
   for j = 1, 13 do A[j] = ARGV[4 + i * 13 + j] end
-  out[i + 1] = one(A)
+  out[i + 1] = one(i + 1, A)
+end
+-- The accepted outcomes' messages, acked together.
+if #toack > 0 then
+  local res = ackmine(KEYS[4], ARGV[2], ARGV[3], toack)
+  for k, item in ipairs(acked) do out[item][4] = res[k] end
 end
 if point then redis.call('XADD', KEYS[5], '*', 'r', ARGV[4]) end
 return out
@@ -592,53 +599,70 @@ return out
 // KEYS: 1 queue stream
 // ARGV: 1 group, 2 consumer, 3... message ids
 // Reply: per id, 1 acked, 0 not pending, -1 pending for another consumer
-var queueAckScript = redis.NewScript(`
--- One XPENDING over the ids' range, filtered to this consumer, finds ours;
--- an id it did not list (another consumer's, gone, or past the COUNT) is
--- looked up on its own.
-local function parse(id)
+var queueAckScript = redis.NewScript(ackLua + `
+local ids = {}
+for i = 3, #ARGV do ids[#ids + 1] = ARGV[i] end
+local bad = badids(ids)
+if bad then return bad end
+return ackmine(KEYS[1], ARGV[1], ARGV[2], ids)
+`)
+
+// ackLua defines ackmine, the owner-checked ack of several messages of one
+// stream, and badids, which checks their ids (call it before any write).
+const ackLua = `
+local function parseid(id)
   local ms, seq = string.match(id, '^(%d+)-(%d+)$')
   return tonumber(ms), tonumber(seq)
 end
-local lo, hi
-local lms, lseq, hms, hseq
-for i = 3, #ARGV do
-  local ms, seq = parse(ARGV[i])
-  if ms == nil then return redis.error_reply('ERR queue_ack: bad message id ' .. ARGV[i]) end
-  if lo == nil or ms < lms or (ms == lms and seq < lseq) then lo, lms, lseq = ARGV[i], ms, seq end
-  if hi == nil or ms > hms or (ms == hms and seq > hseq) then hi, hms, hseq = ARGV[i], ms, seq end
-end
-local mine = {}
-if lo then
-  for _, p in ipairs(redis.call('XPENDING', KEYS[1], ARGV[1], lo, hi, 2 * (#ARGV - 2) + 64, ARGV[2])) do
-    mine[p[1]] = true
+local function badids(ids)
+  for _, id in ipairs(ids) do
+    if parseid(id) == nil then return redis.error_reply('ERR ack: bad message id ' .. id) end
   end
+  return nil
 end
-local out, acks = {}, {}
-for i = 3, #ARGV do
-  local id = ARGV[i]
-  if mine[id] then
-    out[#out + 1] = 1
-    acks[#acks + 1] = id
-  else
-    local p = redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1)
-    if #p == 0 then
-      out[#out + 1] = 0
-    elseif p[1][2] ~= ARGV[2] then
-      out[#out + 1] = -1
-    else
-      out[#out + 1] = 1
-      acks[#acks + 1] = id
+-- ackmine acks and deletes those of ids that are pending for consumer and
+-- returns, per id, 1 acked, 0 not pending, -1 pending for another
+-- consumer. One XPENDING over the ids' range, filtered to the consumer,
+-- finds ours; an id it did not list (another consumer's, gone, or past
+-- the COUNT) is looked up on its own.
+local function ackmine(stream, group, consumer, ids)
+  local lo, hi, lms, lseq, hms, hseq
+  for _, id in ipairs(ids) do
+    local ms, seq = parseid(id)
+    if lo == nil or ms < lms or (ms == lms and seq < lseq) then lo, lms, lseq = id, ms, seq end
+    if hi == nil or ms > hms or (ms == hms and seq > hseq) then hi, hms, hseq = id, ms, seq end
+  end
+  local mine = {}
+  if lo then
+    for _, p in ipairs(redis.call('XPENDING', stream, group, lo, hi, 2 * #ids + 64, consumer)) do
+      mine[p[1]] = true
     end
   end
+  local out, acks = {}, {}
+  for _, id in ipairs(ids) do
+    if mine[id] then
+      out[#out + 1] = 1
+      acks[#acks + 1] = id
+    else
+      local p = redis.call('XPENDING', stream, group, id, id, 1)
+      if #p == 0 then
+        out[#out + 1] = 0
+      elseif p[1][2] ~= consumer then
+        out[#out + 1] = -1
+      else
+        out[#out + 1] = 1
+        acks[#acks + 1] = id
+      end
+    end
+  end
+  for i = 1, #acks, 1000 do
+    local e = math.min(i + 999, #acks)
+    redis.call('XACK', stream, group, unpack(acks, i, e))
+    redis.call('XDEL', stream, unpack(acks, i, e))
+  end
+  return out
 end
-for i = 1, #acks, 1000 do
-  local e = math.min(i + 999, #acks)
-  redis.call('XACK', KEYS[1], ARGV[1], unpack(acks, i, e))
-  redis.call('XDEL', KEYS[1], unpack(acks, i, e))
-end
-return out
-`)
+`
 
 // queueMoveScript gives a message back to the pool: it queues a fresh copy
 // (on the band stream KEYS[2]) and acks and deletes the old one, only if
