@@ -511,7 +511,7 @@ func (s *devStack) demo(ctx context.Context) error {
 	}
 	elapsed := time.Since(started)
 	db := rdb.New(s.rdb, s.o.c.namespace)
-	n, err := s.rdb.XLen(ctx, db.K.RunLog(run)).Result()
+	n, err := db.LogLen(ctx, run)
 	if err != nil {
 		return err
 	}
@@ -554,27 +554,25 @@ type follower struct {
 // the run ends (or ctx does), printing progress.
 func (s *devStack) follow(ctx context.Context, run string) (*follower, error) {
 	f := &follower{s: s, run: projector.NewRun(run), width: 4, claims: map[string][]string{}, since: map[string]time.Time{}}
-	key := rdb.New(s.rdb, s.o.c.namespace).K.RunLog(run)
+	db := rdb.New(s.rdb, s.o.c.namespace)
 	last := "0"
 	for {
-		res, err := s.rdb.XRead(ctx, &redis.XReadArgs{Streams: []string{key, last}, Count: 512, Block: devBlock}).Result()
+		msgs, err := db.TailLog(ctx, run, last, 512, devBlock)
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		if err != nil && !errors.Is(err, redis.Nil) {
+		if err != nil {
 			return nil, fmt.Errorf("follow run %s: %w", run, err)
 		}
-		for _, str := range res {
-			for _, msg := range str.Messages {
-				last = msg.ID
-				e, err := events.Decode(run, msg.ID, msg.Values)
-				if err != nil {
-					s.printf("  ?? %v\n", err)
-					continue
-				}
-				if err := f.apply(e); err != nil {
-					s.printf("  ?? %v\n", err)
-				}
+		for _, msg := range msgs {
+			last = msg.ID
+			e, err := events.Decode(run, msg.ID, msg.Values)
+			if err != nil {
+				s.printf("  ?? %v\n", err)
+				continue
+			}
+			if err := f.apply(e); err != nil {
+				s.printf("  ?? %v\n", err)
 			}
 		}
 		if f.run.Status.Terminal() {

@@ -249,6 +249,20 @@ func (d DB) FollowLog(ctx context.Context, run, after string, count int64, block
 	return out, nil
 }
 
+// TailLog returns up to count whole entries of run's log after the stream
+// id after ("0" for the start), blocking up to block for the first (XREAD
+// BLOCK). None and no error when the block ran out.
+func (d DB) TailLog(ctx context.Context, run, after string, count int64, block time.Duration) ([]redis.XMessage, error) {
+	res, err := d.C.XRead(ctx, &redis.XReadArgs{Streams: []string{d.K.RunLog(run), after}, Count: count, Block: block}).Result()
+	if errors.Is(err, redis.Nil) {
+		return nil, nil
+	}
+	if err != nil || len(res) == 0 {
+		return nil, err
+	}
+	return res[0].Messages, nil
+}
+
 // LastEntries returns the newest log entry of each run, in runs' order, in
 // one pipeline (XREVRANGE COUNT 1 each); a zero EntryHead for a run with no
 // log. Callers keep runs to a few thousand per call.
