@@ -496,7 +496,7 @@ type GCReport struct {
 }
 
 // GC deletes finished runs (succeeded, failed or cancelled) submitted more
-// than OlderThan ago: their log, state, results, dag, outbox and channel,
+// than OlderThan ago: their log, state, results, dag and channel,
 // their index entry and their dead letters; it also drops the index entries
 // and dead letters of runs already gone (expired by RunTTL). It never
 // removes a run that is still running or
@@ -884,7 +884,7 @@ func seqMS(seq string) int64 {
 // Verify rebuilds run's state from its log and compares it, field by
 // field, with the live projection in Redis, then checks the history
 // invariants and, for a running run, that every dispatched or running
-// task's dispatch is in the outbox, the delayed set or its queue (see
+// task's dispatch is in the delayed set or its queue (see
 // replay.Verify).
 //
 // It may run at any time: it reads the state hashes and the log's last id
@@ -1074,10 +1074,9 @@ func (c *Client) ImportEvents(ctx context.Context, evs []events.Event, opts repl
 // gone, typically after Import (queue messages are not part of an export);
 // see replay.Resume for what it re-dispatches. Each batch of repairs is one
 // script on the run's slot that re-checks every task's record, then
-// appends the task_reclaimed events, sets the records and fills the outbox
-// (like a projector commit); the outbox is then relayed to the queues
-// exactly as the projector relays it (projector.Relay), and the run is
-// (re-)indexed and the feed pointed at it. A task that moves on while
+// appends the task_reclaimed events, sets the records and queues the
+// dispatches (or parks a retry in the delayed set), like a projector
+// commit; then the run is (re-)indexed and the feed pointed at it. A task that moves on while
 // Resume works is left alone. Resume is idempotent: a second call finds the
 // dispatches and does nothing. A duplicate dispatch is harmless anyway
 // (the claim script drops it). ErrRunNotFound when the run has no log.

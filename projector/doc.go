@@ -8,7 +8,8 @@
 // head (cursor and commit token); any number of projectors may run. Its
 // files are one service each: feed.go (feed reading), project.go (one
 // run's projection), commit.go (building a commit), load.go (folding a
-// log), relay.go and delayed.go (dispatches onto the queues), quarantine.go
+// log), delayed.go (due retries onto the queues; the commit queues every
+// other dispatch itself), batch.go (a feed batch's runs together), quarantine.go
 // (runs that cannot be processed), registry.go (registry and
 // housekeeping), repair.go (re-dispatching lost messages).
 package projector

@@ -105,8 +105,8 @@ func (p *Projector) consume(ctx context.Context, n int) {
 // feedCount bounds the feed entries of one read.
 const feedCount = 256
 
-// acks are what a projected feed batch leaves to acknowledge: the relayed
-// outboxes of its runs, then its feed entries.
+// acks are what a projected feed batch leaves to acknowledge: its feed
+// entries.
 type acks struct {
 	stream string
 	ids    []string

@@ -44,7 +44,7 @@ type ResumedTask struct {
 }
 
 // ExpectedDispatch is a task attempt whose dispatch should be somewhere:
-// the run's outbox, the delayed set, or its pool's queue stream. Record is
+// the run's partition's delayed set or its pool's queue stream. Record is
 // the task's live record, equal to the fold's.
 type ExpectedDispatch struct {
 	Task     string
@@ -76,8 +76,8 @@ func ExpectedDispatches(r *projector.Run, state map[string]string) (want []Expec
 // messages are gone, typically after an import (queue messages are not
 // part of an export):
 //
-//   - a dispatched task whose dispatch is in neither the run's outbox, the
-//     delayed set nor its queue stream is dispatched again (a retry keeps
+//   - a dispatched task whose dispatch is in neither the delayed set nor
+//     its queue stream is dispatched again (a retry keeps
 //     its due time);
 //   - a running task whose queue message is gone (so no reclaimer can
 //     find it) gets a task_reclaimed event that bumps its epoch, fencing

@@ -37,7 +37,7 @@ const (
 	// that call for a decision are flagged by @dirty.
 	CheckProjection Check = "projection"
 	// CheckQueue: for a running run, every dispatched or running task has
-	// its dispatch in the outbox, the delayed set or its queue stream.
+	// its dispatch in the delayed set or its queue stream.
 	CheckQueue Check = "queue"
 )
 
@@ -160,7 +160,7 @@ type Undecodable struct {
 //
 // The report's problems name the run, task, field and, where the log lacks
 // an event the live state implies, the missing event. For a running run it
-// also returns the dispatches that must be somewhere (outbox, delayed set,
+// also returns the dispatches that must be somewhere (delayed set,
 // queue): the caller looks for them and reports the lost ones with
 // Report.AddLost.
 func Verify(run, namespace string, live Live, evs []events.Event, bad []Undecodable) (*Report, []ExpectedDispatch) {
@@ -228,7 +228,7 @@ func (r *Report) AddLost(lost []ExpectedDispatch, queue func(pool string, priori
 			p.Detail = fmt.Sprintf("task %s is running (attempt %d, epoch %d, owner %s) but its queue message is gone from %s: nothing would reclaim it; run \"graflow resume %s\"",
 				w.Task, t.Attempt, t.Epoch, t.Owner, queue(w.Pool, w.Priority), r.Run)
 		} else {
-			p.Detail = fmt.Sprintf("task %s is dispatched (attempt %d) but its dispatch is in neither the outbox, the delayed set nor %s: the task is lost; run \"graflow resume %s\"",
+			p.Detail = fmt.Sprintf("task %s is dispatched (attempt %d) but its dispatch is in neither the delayed set nor %s: the task is lost; run \"graflow resume %s\"",
 				w.Task, t.Attempt, queue(w.Pool, w.Priority), r.Run)
 		}
 		r.Problems = append(r.Problems, p)

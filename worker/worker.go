@@ -518,7 +518,7 @@ func (w *Worker) process(ctx context.Context, m message, release func()) (parked
 	// message the fetcher still holds in its buffer (it waited past the
 	// lease for a slot); the second start must not run it again.
 	// One run per attempt, too: a second message of an attempt in hand
-	// here (a relay repeated, a hand-back's copy) would pass the claim
+	// here (a repair's or a hand-back's copy) would pass the claim
 	// script as "already ours" and run the handler again. The first message
 	// stays pending until that attempt's outcome is recorded, so the copy
 	// is redundant: ack it (owner-checked).

@@ -1,6 +1,7 @@
 // Package crashpoint lets recovery tests kill a process at a named point
 // between two steps that must survive a crash (after the finish script,
-// before the ack; after a projector commit, before its relay...).
+// before what the worker does next; after a projector commit, before its
+// feed ack...).
 //
 // Crash points exist only in binaries built with the build tag graflowtest
 // (the recovery tests and "make chaos-broken-fencing" build such a binary):
@@ -14,7 +15,7 @@ const Env = "GRAFLOW_TEST_CRASH_AT"
 
 // Points.
 const (
-	WorkerAfterFinish    = "worker-after-finish"    // outcome appended, feed not pointed, message not acked
+	WorkerAfterFinish    = "worker-after-finish"    // outcome appended, feed pointed and message acked in the same script; a dead letter not yet written
 	WorkerAfterClaim     = "worker-after-claim"     // task claimed, handler not started
-	ProjectorAfterCommit = "projector-after-commit" // decisions committed, outbox not relayed
+	ProjectorAfterCommit = "projector-after-commit" // decisions committed and their dispatches queued, feed entry not acked
 )

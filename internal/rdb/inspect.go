@@ -176,7 +176,7 @@ func (d DB) Tail(ctx context.Context, run, from string, count int, block time.Du
 }
 
 // Want is a task attempt whose dispatch should be somewhere: the run's
-// outbox, the delayed set or its queue stream. Record is the task's
+// partition's delayed set or its queue stream. Record is the task's
 // record when the search started.
 type Want struct {
 	Task     string
@@ -190,8 +190,8 @@ type Want struct {
 // record is still the one the search started from.
 //
 // The places are searched in the order a dispatch moves through them
-// (outbox → delayed set → queue; every move writes the next place before
-// removing the previous one), so a dispatch in transit is never missed. A
+// (delayed set → queue; a move is one script), so a dispatch that moves
+// while the search runs is found in the place searched later. A
 // queue message disappears only when its task is finished, after the
 // task's record changed; the records of the tasks not found are read again
 // to tell a lost task from one that moved on.

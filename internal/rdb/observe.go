@@ -201,7 +201,7 @@ func (d DB) RunMemory(ctx context.Context, run string) (int64, error) {
 	for _, k := range d.K.RunKeys(run) {
 		n, err := d.C.MemoryUsage(ctx, k, 0).Result()
 		if errors.Is(err, redis.Nil) {
-			continue // no such key (an empty outbox)
+			continue // no such key (no channel written, say)
 		}
 		if err != nil {
 			return 0, fmt.Errorf("MEMORY USAGE %s: %w", k, err)
