@@ -267,11 +267,50 @@ func (s *devStack) start(ctx context.Context) error {
 	if s.rdb, err = c.connect(ctx); err != nil {
 		return err
 	}
+	if err := s.checkLayout(ctx, c); err != nil {
+		return err
+	}
 	if err := s.startProjector(); err != nil {
 		return err
 	}
 	s.printf("  projector  in-process (%s), log %s\n", devProjectorID, s.logFile.Name())
 	return s.startWorkers(ctx)
+}
+
+// checkLayout makes sure the embedded Redis's data is of this release's key
+// layout. Data an older release wrote (layout 1) is set aside, not
+// deleted: its AOF moves to a subdirectory of the data directory, and the
+// stack starts on an empty Redis. An external Redis is left alone (its
+// workers then say what is wrong).
+func (s *devStack) checkLayout(ctx context.Context, c common) error {
+	err := rdb.New(s.rdb, c.namespace).CheckLayout(ctx)
+	if s.srv == nil || !errors.Is(err, rdb.ErrLayout) {
+		return err
+	}
+	aside := filepath.Join(s.dir, fmt.Sprintf("older-layout-%d", time.Now().Unix()))
+	s.printf("  redis      %v\n             moving that data aside to %s and starting on an empty Redis\n", err, aside)
+	_ = s.rdb.Close()
+	if err := s.srv.Stop(); err != nil {
+		return fmt.Errorf("stop the embedded Redis: %w", err)
+	}
+	s.srv = nil
+	if err := os.MkdirAll(aside, 0o750); err != nil {
+		return err
+	}
+	for _, name := range []string{"appendonlydir", "appendonly.aof", "dump.rdb"} {
+		if err := os.Rename(filepath.Join(s.dir, name), filepath.Join(aside, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("set the older data aside: %w", err)
+		}
+	}
+	if err := s.startRedis(ctx); err != nil {
+		return err
+	}
+	s.printf("  redis      %s\n", s.desc)
+	c.redisURL = s.url
+	if s.rdb, err = c.connect(ctx); err != nil {
+		return err
+	}
+	return rdb.New(s.rdb, c.namespace).CheckLayout(ctx)
 }
 
 // startRedis picks the Redis: --redis/REDIS_URL, else a redis-server child

@@ -20,6 +20,7 @@ import (
 	"github.com/graflow-go/graflow/internal/redistest"
 	"github.com/graflow-go/graflow/projector"
 	"github.com/graflow-go/graflow/worker"
+	"github.com/redis/go-redis/v9"
 )
 
 func TestMain(m *testing.M) { redistest.Main(m) }
@@ -147,6 +148,46 @@ func TestDev(t *testing.T) {
 		}
 		if _, err := os.Stat(filepath.Join(data, "appendonlydir")); err != nil {
 			t.Errorf("no AOF in the data directory: %v", err)
+		}
+	})
+
+	t.Run("sets aside the data of an older key layout and runs the demo", func(t *testing.T) {
+		t.Parallel()
+		if _, err := redisserver.LookPath(); err != nil {
+			t.Skip(err)
+		}
+		data := t.TempDir()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		// What an earlier release's "graflow dev" left: layout-1 keys in
+		// the AOF of the data directory.
+		srv, err := redisserver.Start(ctx, redisserver.Config{Dir: data, AOF: true, Fsync: redisserver.FsyncAlways})
+		if err != nil {
+			t.Fatal(err)
+		}
+		old := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+		if err := old.ZAdd(ctx, "graflow:runs", redis.Z{Score: 1, Member: "R1"}).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if err := old.XAdd(ctx, &redis.XAddArgs{Stream: "graflow:{R1}:log", Values: []any{"id", "x"}}).Err(); err != nil {
+			t.Fatal(err)
+		}
+		_ = old.Close()
+		if err := srv.Stop(); err != nil {
+			t.Fatal(err)
+		}
+
+		m, out := newTestMain(exe, nil)
+		if err := m.Run(ctx, []string{"dev", "--data", data, "--embed", "redis-server"}); err != nil {
+			t.Fatalf("graflow dev on an older layout's data: %v\n%s", err, out)
+		}
+		checkDemoOutput(t, out.String())
+		if !strings.Contains(out.String(), "moving that data aside") {
+			t.Errorf("output does not say the older data was set aside:\n%s", out)
+		}
+		aside, _ := filepath.Glob(filepath.Join(data, "older-layout-*", "appendonlydir"))
+		if len(aside) != 1 {
+			t.Errorf("the older AOF is not in an older-layout-* directory: %v", aside)
 		}
 	})
 
