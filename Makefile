@@ -22,11 +22,12 @@ help: ## Show this help
 redis: ## Install redis-server if missing and build the local graflow/redis:7.0 test image
 	./scripts/redis-image.sh
 
-test: redis ## Run all tests (Redis in a container), vet/gofmt, the race detector on the concurrent packages, 8 chaos seeds, a 20 s soak, the broken-fencing proof and a one-iteration benchmark smoke
+test: redis ## Run all tests (Redis in a container), vet/gofmt, the race detector on the concurrent packages, 8 chaos seeds (plus 2 on a 3-partition namespace), a 20 s soak, the broken-fencing proof and a one-iteration benchmark smoke
 	GRAFLOW_TEST_REQUIRE_CONTAINER=1 $(GO) test -count=1 ./...
 	$(MAKE) --no-print-directory lint
 	$(MAKE) --no-print-directory test-race
 	$(MAKE) --no-print-directory chaos CHAOS_SEEDS=1-8
+	$(MAKE) --no-print-directory chaos CHAOS_SEEDS=41-42 CHAOS_FLAGS='--partitions 3'
 	$(MAKE) --no-print-directory soak SOAK_DURATION=20s SOAK_FLAGS='--run-ttl 5s --sample-every 4s'
 	$(MAKE) --no-print-directory chaos-broken-fencing
 	$(MAKE) --no-print-directory bench-smoke
@@ -89,8 +90,9 @@ bench-smoke: build ## Run every Go benchmark once and "graflow bench --smoke" (t
 	@echo "bench-smoke: ok"
 
 CHAOS_SEEDS ?= 1-5
+CHAOS_FLAGS ?=
 chaos: build ## Run the chaos suite: a 1,000-task run and a 3,000-wide fan-out, 3 projectors on one feed, under SIGKILL/SIGSTOP of workers and projectors (a feed takeover mid-projection), Redis restarts; one line per seed (CHAOS_SEEDS=1-5)
-	./bin/graflow chaos --seeds $(CHAOS_SEEDS) --quiet
+	./bin/graflow chaos --seeds $(CHAOS_SEEDS) --quiet $(CHAOS_FLAGS)
 
 SOAK_DURATION ?= 10m
 SOAK_FLAGS ?=

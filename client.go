@@ -44,6 +44,10 @@ type Config struct {
 	Redis redis.UniversalClient
 	// Namespace is the key prefix (default "graflow").
 	Namespace string
+	// NamespacePartitions is the namespace's partition count (default
+	// rdb.DefaultPartitions, 1): fixed per namespace and checked (see
+	// docs/operations.md, "Key layout and partitions").
+	NamespacePartitions int
 	// MaxPayloadBytes bounds inputs and args (default 1 MiB).
 	MaxPayloadBytes int
 	// ID names this client in the events it writes for an operator
@@ -68,7 +72,7 @@ type Client struct {
 
 // NewClient returns a Client.
 func NewClient(cfg Config) (*Client, error) {
-	s, err := scheduler.New(scheduler.Config{Redis: cfg.Redis, Namespace: cfg.Namespace, MaxPayloadBytes: cfg.MaxPayloadBytes})
+	s, err := scheduler.New(scheduler.Config{Redis: cfg.Redis, Namespace: cfg.Namespace, NamespacePartitions: cfg.NamespacePartitions, MaxPayloadBytes: cfg.MaxPayloadBytes})
 	if err != nil {
 		return nil, err
 	}
@@ -79,7 +83,7 @@ func NewClient(cfg Config) (*Client, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Client{db: rdb.New(cfg.Redis, cfg.Namespace), sched: s, id: cfg.ID, now: cfg.Now}, nil
+	return &Client{db: rdb.NewP(cfg.Redis, cfg.Namespace, cfg.NamespacePartitions), sched: s, id: cfg.ID, now: cfg.Now}, nil
 }
 
 // Namespace returns the key prefix the client works in.
@@ -443,7 +447,7 @@ type RepairReport struct {
 func (c *Client) Repair(ctx context.Context, run string) (RepairReport, error) {
 	rep := RepairReport{Run: run}
 	var err error
-	rep.Redispatched, err = projector.Repair(ctx, c.db.C, c.db.K.Namespace(), run, time.Now())
+	rep.Redispatched, err = projector.Repair(ctx, c.db.C, c.db.K.Namespace(), c.db.K.Partitions(), run, time.Now())
 	if errors.Is(err, projector.ErrNotRunning) {
 		return RepairReport{Run: run, Skipped: true}, nil
 	}

@@ -37,6 +37,10 @@ type Config struct {
 	Redis redis.UniversalClient
 	// Namespace is the key prefix (default "graflow").
 	Namespace string
+	// NamespacePartitions is the namespace's partition count (default
+	// rdb.DefaultPartitions, 1): fixed per namespace and checked (see
+	// docs/operations.md, "Key layout and partitions").
+	NamespacePartitions int
 	// ID names this projector in the feed's consumer group and in the
 	// events it writes. Default: "projector-<host>-<pid>". Keep it stable
 	// across restarts so the projector resumes its own pending feed entries.
@@ -145,9 +149,13 @@ func (c Config) withDefaults() Config {
 
 func (c Config) validate() error {
 	errs := rdb.CheckConnection("projector", c.Redis != nil, c.Namespace)
+	if err := rdb.CheckPartitions("projector", c.NamespacePartitions); err != nil {
+		errs = append(errs, err)
+	}
+	n := rdb.NewKeysP(c.Namespace, c.NamespacePartitions).Partitions()
 	for _, p := range c.Partitions {
-		if p < 0 || p >= rdb.DefaultPartitions {
-			errs = append(errs, fmt.Errorf("projector: partition %d out of range 0..%d", p, rdb.DefaultPartitions-1))
+		if p < 0 || p >= n {
+			errs = append(errs, fmt.Errorf("projector: partition %d out of range 0..%d", p, n-1))
 		}
 	}
 	return errors.Join(errs...)
@@ -181,7 +189,7 @@ func New(cfg Config) (*Projector, error) {
 	}
 	return &Projector{
 		cfg:         cfg,
-		db:          rdb.New(cfg.Redis, cfg.Namespace),
+		db:          rdb.NewP(cfg.Redis, cfg.Namespace, cfg.NamespacePartitions),
 		log:         cfg.Logger.With().Str("projector", cfg.ID).Logger(),
 		cache:       map[string]*cached{},
 		wakeDelayed: make(chan struct{}, 1),

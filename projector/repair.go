@@ -20,8 +20,9 @@ var ErrNotRunning = errors.New("run is not running")
 // never touched; duplicates are dropped at claim. It points the feed at the
 // run and returns the re-dispatched task ids. ErrNotRunning (wrapped) for
 // a run that is not running. Safe to call at any time, from any process.
-func Repair(ctx context.Context, c redis.UniversalClient, namespace, run string, now time.Time) ([]string, error) {
-	db := rdb.New(c, namespace)
+// partitions is the namespace's partition count (0: the default).
+func Repair(ctx context.Context, c redis.UniversalClient, namespace string, partitions int, run string, now time.Time) ([]string, error) {
+	db := rdb.NewP(c, namespace, partitions)
 	evs, err := db.ReadLog(ctx, run, "-", "+", DefaultReadCount, 0)
 	if err != nil {
 		return nil, err
@@ -77,7 +78,7 @@ func (p *Projector) autoRepair(ctx context.Context, cur *repairCursor) {
 		return
 	}
 	for _, run := range runs {
-		ids, err := Repair(ctx, p.cfg.Redis, p.db.K.Namespace(), run, p.cfg.Now())
+		ids, err := Repair(ctx, p.cfg.Redis, p.db.K.Namespace(), p.db.K.Partitions(), run, p.cfg.Now())
 		switch {
 		case errors.Is(err, ErrNotRunning):
 		case err != nil:

@@ -2,6 +2,7 @@ package scheduler_test
 
 import (
 	"context"
+	"errors"
 	"strconv"
 	"testing"
 
@@ -111,5 +112,32 @@ func TestSubmitOntoABrokenQueueWritesNothing(t *testing.T) {
 		if n, _ := c.Exists(ctx, key).Result(); n != 0 {
 			t.Errorf("%s was written by a failed submit", key)
 		}
+	}
+}
+
+// A submitter configured with another partition count than the
+// namespace's is refused before it writes: its runs would land in
+// partitions the namespace's workers do not serve.
+func TestSubmitChecksTheNamespacesPartitions(t *testing.T) {
+	t.Parallel()
+	s, c, ns := setupScheduler(t)
+	ctx := context.Background()
+	if _, _, err := s.Submit(ctx, wf(task("a", "h")), scheduler.SubmitOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	other, err := scheduler.New(scheduler.Config{Redis: c, Namespace: ns, NamespacePartitions: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := other.Submit(ctx, wf(task("a", "h")), scheduler.SubmitOptions{RunID: "p3-run"}); !errors.Is(err, rdb.ErrLayout) {
+		t.Fatalf("submit with 3 partitions into a 1-partition namespace = %v, want ErrLayout", err)
+	}
+	for _, k := range []rdb.Keys{rdb.NewKeys(ns), rdb.NewKeysP(ns, 3)} {
+		if n, _ := c.Exists(ctx, k.RunKeys("p3-run")...).Result(); n != 0 {
+			t.Errorf("the refused submit wrote %d keys of its run", n)
+		}
+	}
+	if _, err := scheduler.New(scheduler.Config{Redis: c, Namespace: ns, NamespacePartitions: -1}); err == nil {
+		t.Error("New accepted NamespacePartitions -1")
 	}
 }

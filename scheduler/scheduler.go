@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"sync"
 	"time"
 
 	"github.com/graflow-go/graflow/events"
@@ -27,6 +28,10 @@ type Config struct {
 	Redis redis.UniversalClient
 	// Namespace is the key prefix (default "graflow").
 	Namespace string
+	// NamespacePartitions is the namespace's partition count (default
+	// rdb.DefaultPartitions, 1): fixed per namespace and checked (see
+	// docs/operations.md, "Key layout and partitions").
+	NamespacePartitions int
 	// MaxPayloadBytes bounds inputs and args (default 1 MiB).
 	MaxPayloadBytes int
 	// Now is the clock (default time.Now).
@@ -41,6 +46,25 @@ type Scheduler struct {
 	cfg  Config
 	db   rdb.DB
 	comb *rdb.Combiner // concurrent submits share a round trip
+
+	layoutMu sync.Mutex
+	layoutOK bool // the namespace's layout was checked (rdb.CheckLayout)
+}
+
+// checkLayout checks the namespace's key layout once per Scheduler (a run
+// submitted with another partition count would be invisible to the
+// namespace's workers). A failed check is tried again at the next submit.
+func (s *Scheduler) checkLayout(ctx context.Context) error {
+	s.layoutMu.Lock()
+	defer s.layoutMu.Unlock()
+	if s.layoutOK {
+		return nil
+	}
+	if err := s.db.CheckLayout(ctx); err != nil {
+		return err
+	}
+	s.layoutOK = true
+	return nil
 }
 
 // New returns a Scheduler.
@@ -61,10 +85,13 @@ func New(cfg Config) (*Scheduler, error) {
 	if err := rdb.ValidNamespace(cfg.Namespace); err != nil {
 		errs = append(errs, fmt.Errorf("scheduler: %w", err))
 	}
+	if err := rdb.CheckPartitions("scheduler", cfg.NamespacePartitions); err != nil {
+		errs = append(errs, err)
+	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
-	db := rdb.New(cfg.Redis, cfg.Namespace)
+	db := rdb.NewP(cfg.Redis, cfg.Namespace, cfg.NamespacePartitions)
 	return &Scheduler{cfg: cfg, db: db, comb: rdb.NewCombiner(db, 128)}, nil
 }
 
@@ -115,6 +142,9 @@ func (s *Scheduler) Submit(ctx context.Context, spec events.RunSubmittedBody, op
 	}
 	init, err := s.initial(ev, now)
 	if err != nil {
+		return "", false, err
+	}
+	if err := s.checkLayout(ctx); err != nil {
 		return "", false, err
 	}
 	cmd, indexErr, err := s.db.SubmitVia(ctx, s.comb, run, args, init, now)

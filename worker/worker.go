@@ -45,6 +45,10 @@ type Config struct {
 	Redis redis.UniversalClient
 	// Namespace is the key prefix (default "graflow").
 	Namespace string
+	// NamespacePartitions is the namespace's partition count (default
+	// rdb.DefaultPartitions, 1): fixed per namespace and checked at start
+	// (see docs/operations.md, "Key layout and partitions").
+	NamespacePartitions int
 	// ID names the worker: consumer name in the queue groups and owner of
 	// its claims. Default "<host>-<pid>". Letters, digits and "_.:-".
 	ID string
@@ -157,6 +161,9 @@ func (c Config) withDefaults() Config {
 
 func (c Config) validate() error {
 	errs := rdb.CheckConnection("worker", c.Redis != nil, c.Namespace)
+	if err := rdb.CheckPartitions("worker", c.NamespacePartitions); err != nil {
+		errs = append(errs, err)
+	}
 	if !validID(c.ID) {
 		errs = append(errs, fmt.Errorf("worker: invalid ID %q: use 1-128 letters, digits, '_', '.', ':', '-'", c.ID))
 	}
@@ -252,7 +259,7 @@ func New(cfg Config) (*Worker, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	db := rdb.New(cfg.Redis, cfg.Namespace)
+	db := rdb.NewP(cfg.Redis, cfg.Namespace, cfg.NamespacePartitions)
 	db.ClaimUpstreamBytes = cfg.claimUpstreamBytes
 	return &Worker{
 		cfg:      cfg,

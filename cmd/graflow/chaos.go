@@ -45,7 +45,7 @@ func runChaos(ctx context.Context, m *Main, args []string) error {
 	if *breakFencing && !testHooks {
 		return usagef("--break-fencing needs a binary built with the test switches: make chaos-broken-fencing (go build -tags graflowtest)")
 	}
-	base := chaos.Config{Exe: m.Exe, Tasks: *tasks, Wide: *wide, Workers: *workers, Concurrency: *conc, Projectors: *projectors,
+	base := chaos.Config{Exe: m.Exe, Tasks: *tasks, Wide: *wide, Workers: *workers, Concurrency: *conc, Projectors: *projectors, Partitions: c.partitions,
 		Lease: *lease, FeedReclaimIdle: *feedIdle, BreakFencing: *breakFencing, Timeout: *timeout,
 		Duration: *duration, RunTTL: *runTTL, SampleEvery: *sampleEvery, InFlight: *inFlight}
 	if *duration > 0 {

@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"runtime/pprof"
+	"strconv"
 	"strings"
 	"time"
 
@@ -24,8 +25,10 @@ type common struct {
 	redisURL  string
 	sentinel  string
 	namespace string
-	json      bool
-	logLevel  string
+	// partitions is the namespace's partition count (0: the default).
+	partitions int
+	json       bool
+	logLevel   string
 }
 
 // flags returns a FlagSet for command name with the common flags bound.
@@ -42,6 +45,14 @@ func (m *Main) flags(name string, c *common) *flag.FlagSet {
 	}
 	fs.StringVar(&c.redisURL, "redis", def, "Redis URL: redis://, rediss:// (TLS), redis://user:pass@host:port/db; comma-separate cluster nodes")
 	fs.StringVar(&c.namespace, "namespace", ns, "key prefix")
+	parts := 0
+	if v := m.Getenv("GRAFLOW_PARTITIONS"); v != "" {
+		var err error
+		if parts, err = strconv.Atoi(v); err != nil {
+			parts = -1 // rejected by connect
+		}
+	}
+	fs.IntVar(&c.partitions, "partitions", parts, "the namespace's partition count, fixed when it is created (0: the default, 1; $GRAFLOW_PARTITIONS)")
 	fs.StringVar(&c.sentinel, "sentinel-master", m.Getenv("GRAFLOW_SENTINEL_MASTER"), "Redis Sentinel: the master's name (--redis then lists the sentinels)")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn, error")
 	return fs
@@ -76,6 +87,9 @@ func parse(fs *flag.FlagSet, args []string) error {
 
 // connect opens the Redis named by --redis and checks it answers.
 func (c *common) connect(ctx context.Context) (redis.UniversalClient, error) {
+	if err := rdb.CheckPartitions("--partitions", c.partitions); err != nil {
+		return nil, withCode(ExitUsage, err)
+	}
 	if err := rdb.ValidNamespace(c.namespace); err != nil {
 		return nil, withCode(ExitUsage, err)
 	}
@@ -159,7 +173,7 @@ func (c *common) client(ctx context.Context) (*graflow.Client, redis.UniversalCl
 	if err != nil {
 		return nil, nil, err
 	}
-	cl, err := graflow.NewClient(graflow.Config{Redis: r, Namespace: c.namespace})
+	cl, err := graflow.NewClient(graflow.Config{Redis: r, Namespace: c.namespace, NamespacePartitions: c.partitions})
 	if err != nil {
 		_ = r.Close()
 		return nil, nil, err

@@ -48,7 +48,7 @@ func (c *common) openClient(ctx context.Context) (*graflow.Client, func(), error
 	if err != nil {
 		return nil, nil, err
 	}
-	cl, err := graflow.NewClient(graflow.Config{Redis: r, Namespace: c.namespace})
+	cl, err := graflow.NewClient(graflow.Config{Redis: r, Namespace: c.namespace, NamespacePartitions: c.partitions})
 	if err != nil {
 		_ = r.Close()
 		return nil, nil, withCode(ExitUsage, err)

@@ -52,7 +52,7 @@ func runWorker(ctx context.Context, m *Main, args []string) error {
 	}
 	defer r.Close()
 	w, err := worker.New(unsafe(worker.Config{
-		Redis: r, Namespace: c.namespace, ID: *id, Pools: splitList(*pools), Concurrency: *conc,
+		Redis: r, Namespace: c.namespace, NamespacePartitions: c.partitions, ID: *id, Pools: splitList(*pools), Concurrency: *conc,
 		Lease: *lease, DrainTimeout: *drain, ReclaimInterval: *reclaim, PoisonLimit: *poison,
 		HeartbeatEventEvery: *hbEvery, Logger: c.logger(m.Stderr),
 	}))
@@ -87,7 +87,7 @@ func runProjector(ctx context.Context, m *Main, args []string) error {
 		return err
 	}
 	defer r.Close()
-	p, err := projector.New(projector.Config{Redis: r, Namespace: c.namespace, ID: *id, Logger: c.logger(m.Stderr),
+	p, err := projector.New(projector.Config{Redis: r, Namespace: c.namespace, NamespacePartitions: c.partitions, ID: *id, Logger: c.logger(m.Stderr),
 		RetryInitial: *retryInitial, RetryMax: *retryMax, FeedReclaimIdle: *feedIdle, RunTTL: *runTTL, CompactLog: *compact, BatchSize: *batch})
 	if err != nil {
 		return withCode(ExitUsage, err)

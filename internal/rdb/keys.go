@@ -251,6 +251,16 @@ func CheckConnection(component string, hasRedis bool, ns string) []error {
 	return errs
 }
 
+// CheckPartitions returns the configuration error of a namespace
+// partition count p (0 means DefaultPartitions), prefixed with the
+// component's name, or nil.
+func CheckPartitions(component string, p int) error {
+	if p < 0 || p > MaxPartitions {
+		return fmt.Errorf("%s: NamespacePartitions %d out of range 1..%d (0: the default, %d)", component, p, MaxPartitions, DefaultPartitions)
+	}
+	return nil
+}
+
 // ParseQueue returns the partition, pool and priority band of a queue
 // stream key built by Queue; ok is false for any other key.
 func (k Keys) ParseQueue(stream string) (part int, pool string, priority int, ok bool) {

@@ -27,6 +27,10 @@ type DB struct {
 // New returns a DB for namespace ns ("" means DefaultNamespace).
 func New(c redis.UniversalClient, ns string) DB { return DB{C: c, K: NewKeys(ns)} }
 
+// NewP returns the DB of namespace ns with p partitions (p < 1: the
+// default).
+func NewP(c redis.UniversalClient, ns string, p int) DB { return DB{C: c, K: NewKeysP(ns, p)} }
+
 // Record is a task's lease record (see statehash.Record).
 type Record = statehash.Record
 

@@ -46,6 +46,10 @@ type Config struct {
 	Concurrency int
 	// Projectors on the same feed (default 3), each with its own --id.
 	Projectors int
+	// Partitions of the namespace (0: the default, 1): with more, runs,
+	// their queues and feeds spread over partitions, and every worker
+	// and projector serves them all.
+	Partitions int
 	// Lease of the workers (default 2s; reclaim every Lease/4).
 	Lease time.Duration
 	// FeedReclaimIdle of the projectors (default 2s): a SIGSTOPped
@@ -283,7 +287,7 @@ func (s *stack) check(ctx context.Context, run string) (Verdict, int, error) {
 	v := replay.CheckInvariants(evs, live)
 	// And the audit tool's own verdict on the same run (graflow replay
 	// verify): the live projection, results and DAG against the log.
-	rc, err := graflow.NewClient(graflow.Config{Redis: s.rc, Namespace: s.ns})
+	rc, err := graflow.NewClient(graflow.Config{Redis: s.rc, Namespace: s.ns, NamespacePartitions: s.cfg.Partitions})
 	if err != nil {
 		return v, len(evs), err
 	}

@@ -106,8 +106,8 @@ func newStack(ctx context.Context, cfg Config, soak bool) (_ *stack, err error) 
 	}
 	opts.MaxRetries = 10
 	s.rc = redis.NewClient(opts)
-	s.db = rdb.New(s.rc, s.ns)
-	if s.client, err = graflow.NewClient(graflow.Config{Redis: s.rc, Namespace: s.ns}); err != nil {
+	s.db = rdb.NewP(s.rc, s.ns, cfg.Partitions)
+	if s.client, err = graflow.NewClient(graflow.Config{Redis: s.rc, Namespace: s.ns, NamespacePartitions: s.cfg.Partitions}); err != nil {
 		return nil, err
 	}
 	s.projs, s.projIDs, s.projGen, s.projPaused = make([]*proc.Proc, cfg.Projectors), make([]string, cfg.Projectors), make([]int, cfg.Projectors), make([]bool, cfg.Projectors)
@@ -145,7 +145,7 @@ func (s *stack) isProjector(writer string) bool { return strings.HasPrefix(write
 
 func (s *stack) startProjector(i int) error {
 	id := fmt.Sprintf("projector-%d-%d", i, s.projGen[i])
-	args := []string{"projector", "--redis", s.url, "--namespace", s.ns, "--id", id,
+	args := []string{"projector", "--redis", s.url, "--namespace", s.ns, "--partitions", strconv.Itoa(s.cfg.Partitions), "--id", id,
 		"--feed-reclaim-idle", s.cfg.FeedReclaimIdle.String(), "--retry-initial", "100ms", "--log-level", "warn",
 		// Compact every run's log when it ends, however long: the compaction
 		// runs under kills and Redis restarts too.
@@ -168,7 +168,7 @@ func (s *stack) startProjector(i int) error {
 
 func (s *stack) startWorker(i int) error {
 	id := fmt.Sprintf("w%d-%d", i, s.gens[i])
-	args := []string{"worker", "--redis", s.url, "--namespace", s.ns, "--id", id,
+	args := []string{"worker", "--redis", s.url, "--namespace", s.ns, "--partitions", strconv.Itoa(s.cfg.Partitions), "--id", id,
 		"--concurrency", strconv.Itoa(s.cfg.Concurrency), "--lease", s.cfg.Lease.String(),
 		"--reclaim-interval", (s.cfg.Lease / 4).String(), "--drain-timeout", "5s", "--log-level", "warn"}
 	if s.cfg.BreakFencing {
