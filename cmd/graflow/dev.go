@@ -208,6 +208,9 @@ func (s *devStack) cli(command string, rest ...string) string {
 	if s.o.c.namespace != rdb.DefaultNamespace {
 		args = append(args, "--namespace", s.o.c.namespace)
 	}
+	if s.o.c.partitions > 1 {
+		args = append(args, "--partitions", strconv.Itoa(s.o.c.partitions))
+	}
 	return strings.Join(append(args, rest...), " ")
 }
 
@@ -283,7 +286,7 @@ func (s *devStack) start(ctx context.Context) error {
 // stack starts on an empty Redis. An external Redis is left alone (its
 // workers then say what is wrong).
 func (s *devStack) checkLayout(ctx context.Context, c common) error {
-	err := rdb.New(s.rdb, c.namespace).CheckLayout(ctx)
+	err := rdb.NewP(s.rdb, c.namespace, c.partitions).CheckLayout(ctx)
 	if s.srv == nil || !errors.Is(err, rdb.ErrLayout) {
 		return err
 	}
@@ -310,7 +313,7 @@ func (s *devStack) checkLayout(ctx context.Context, c common) error {
 	if s.rdb, err = c.connect(ctx); err != nil {
 		return err
 	}
-	return rdb.New(s.rdb, c.namespace).CheckLayout(ctx)
+	return rdb.NewP(s.rdb, c.namespace, c.partitions).CheckLayout(ctx)
 }
 
 // startRedis picks the Redis: --redis/REDIS_URL, else a redis-server child
@@ -351,7 +354,7 @@ func (s *devStack) startRedis(ctx context.Context) error {
 func (s *devStack) startProjector() error {
 	l := s.log.With().Str("component", "projector").Logger()
 	p, err := projector.New(projector.Config{
-		Redis: s.rdb, Namespace: s.o.c.namespace, ID: devProjectorID, FeedBlock: devBlock, Logger: &l,
+		Redis: s.rdb, Namespace: s.o.c.namespace, NamespacePartitions: s.o.c.partitions, ID: devProjectorID, FeedBlock: devBlock, Logger: &l,
 	})
 	if err != nil {
 		return err
@@ -386,7 +389,7 @@ func (s *devStack) startWorkers(ctx context.Context) error {
 		}
 		w.logFile = f
 		w.cmd = exec.Command(s.m.Exe, "worker",
-			"--redis", s.url, "--namespace", s.o.c.namespace, "--id", w.id,
+			"--redis", s.url, "--namespace", s.o.c.namespace, "--partitions", strconv.Itoa(s.o.c.partitions), "--id", w.id,
 			"--concurrency", strconv.Itoa(s.o.concurrency), "--drain-timeout", devWorkerDrain.String(),
 			"--log-level", lvl)
 		out := &markerWriter{w: f, marker: []byte(devWorkerReady), found: w.ready}
@@ -526,7 +529,7 @@ func demoWorkflow() *graflow.Workflow {
 // demo submits the demo workflow, follows its log until the run ends, and
 // prints the outcome.
 func (s *devStack) demo(ctx context.Context) error {
-	cl, err := graflow.NewClient(graflow.Config{Redis: s.rdb, Namespace: s.o.c.namespace})
+	cl, err := graflow.NewClient(graflow.Config{Redis: s.rdb, Namespace: s.o.c.namespace, NamespacePartitions: s.o.c.partitions})
 	if err != nil {
 		return err
 	}
@@ -549,7 +552,7 @@ func (s *devStack) demo(ctx context.Context) error {
 		return err
 	}
 	elapsed := time.Since(started)
-	db := rdb.New(s.rdb, s.o.c.namespace)
+	db := rdb.NewP(s.rdb, s.o.c.namespace, s.o.c.partitions)
 	n, err := db.LogLen(ctx, run)
 	if err != nil {
 		return err
@@ -593,7 +596,7 @@ type follower struct {
 // the run ends (or ctx does), printing progress.
 func (s *devStack) follow(ctx context.Context, run string) (*follower, error) {
 	f := &follower{s: s, run: projector.NewRun(run), width: 4, claims: map[string][]string{}, since: map[string]time.Time{}}
-	db := rdb.New(s.rdb, s.o.c.namespace)
+	db := rdb.NewP(s.rdb, s.o.c.namespace, s.o.c.partitions)
 	last := "0"
 	for {
 		msgs, err := db.TailLog(ctx, run, last, 512, devBlock)
