@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 
 	"github.com/graflow-go/graflow/internal/crashpoint"
@@ -247,14 +248,18 @@ func (b *batcher) finishLoop(ctx context.Context) {
 		// letters, then their acks. The ack comes last: a crash before it
 		// leaves the message pending, and its reclaimer redoes the rest.
 		var dead []rdb.DeadLetterItem
+		var point []string // runs whose finish left the feed pointer to us
 		acks := map[string][]string{}
 		for i, r := range batch {
+			if r.deadLetter != nil && !slices.Contains(point, r.m.run) {
+				point = append(point, r.m.run)
+			}
 			if errs[i] == nil && r.deadLetter != nil {
 				dead = append(dead, rdb.DeadLetterItem{Run: r.m.run, Task: r.m.task, TimeMS: r.args.TimeMS, Info: *r.deadLetter})
 				acks[r.m.stream] = append(acks[r.m.stream], r.m.id)
 			}
 		}
-		err := w.redisRetry(ctx, func() error { return w.db.RecordDeadLetters(ctx, dead) })
+		err := w.redisRetry(ctx, func() error { return w.db.RecordDeadLetters(ctx, dead, point) })
 		if err == nil {
 			err = w.redisRetry(ctx, func() error { return w.db.QueueAcks(ctx, w.cfg.ID, acks) })
 		}

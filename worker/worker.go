@@ -701,7 +701,7 @@ func (w *Worker) poisonClaim(ctx context.Context, log zerolog.Logger, m message,
 	}
 	err := w.redisRetry(ctx, func() error {
 		return w.db.RecordDeadLetters(ctx, []rdb.DeadLetterItem{{Run: m.run, Task: m.task, TimeMS: w.now(), Info: rdb.DeadLetterDetails{
-			Attempt: m.attempt, Error: "claim failed: " + cause.Error(), Worker: w.cfg.ID}}})
+			Attempt: m.attempt, Error: "claim failed: " + cause.Error(), Worker: w.cfg.ID}}}, nil)
 	})
 	if err != nil {
 		log.Warn().Err(err).Msg("dead-letter the task; the message stays pending")

@@ -51,15 +51,19 @@ type DeadLetterItem struct {
 	Info      DeadLetterDetails
 }
 
-// RecordDeadLetters records dead letters in one round trip (a set: recording
-// one twice is harmless).
-func (d DB) RecordDeadLetters(ctx context.Context, items []DeadLetterItem) error {
-	if len(items) == 0 {
+// RecordDeadLetters records dead letters and then points the feed at runs,
+// in one round trip (a set: recording one twice is harmless; the pointers
+// follow the dead letters, so a projector that ends a run finds them).
+func (d DB) RecordDeadLetters(ctx context.Context, items []DeadLetterItem, point []string) error {
+	if len(items) == 0 && len(point) == 0 {
 		return nil
 	}
 	pipe := d.C.Pipeline()
 	for _, it := range items {
 		d.DeadLetter(ctx, pipe, it.Run, it.Task, it.TimeMS, it.Info)
+	}
+	for _, run := range point {
+		d.PointFeed(ctx, pipe, run)
 	}
 	_, err := pipe.Exec(ctx)
 	return err

@@ -411,7 +411,8 @@ return out
 //	11 rejection event id, 12 "unfenced" to skip the epoch check (a
 //	test-only switch that lets chaos prove its checker catches
 //	duplicates), 13 the queue message id to ack ("": the caller acks
-//	later, after its dead letter)
+//	later, after its dead letter, and points the feed then: with any
+//	such item the call points no feed)
 //
 // Reply: per item, {"ok", seq, newly dirty 0|1, acked 1|0|-1 (as
 // queue_ack)} | {"stale", status, epoch, owner}
@@ -482,7 +483,10 @@ if #toack > 0 then
   local res = ackmine(KEYS[4], ARGV[2], ARGV[3], toack)
   for k, item in ipairs(acked) do out[item][4] = res[k] end
 end
-if point then redis.call('XADD', KEYS[5], '*', 'r', ARGV[4]) end
+-- A call with an outcome that is dead-lettered (no message id: its ack
+-- waits) leaves the feed pointer to the caller too, after the dead
+-- letter: a projector must not end the run before the dead letter exists.
+if point and #ids == n then redis.call('XADD', KEYS[5], '*', 'r', ARGV[4]) end
 return out
 `)
 
