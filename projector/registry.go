@@ -36,14 +36,14 @@ func (p *Projector) registryLoop(ctx context.Context, parts []int) {
 	beat := func() {
 		now := p.cfg.Now()
 		host, _ := os.Hostname()
-		err := reg.BeatNow(ctx, p.cfg.Redis, p.cfg.ID, map[string]any{
+		err := p.db.BeatRecord(ctx, rdb.Beat{Registry: reg, ID: p.cfg.ID, Now: now, TTL: p.registryTTL(), Fields: map[string]any{
 			"id":             p.cfg.ID,
 			"host":           host,
 			"pid":            os.Getpid(),
 			"partitions":     strings.Join(ps, ","),
 			"started_at":     started.UnixMilli(),
 			"last_heartbeat": now.UnixMilli(),
-		}, now, p.registryTTL())
+		}})
 		if err != nil && ctx.Err() == nil {
 			p.log.Warn().Err(err).Msg("projector registry heartbeat")
 		}
@@ -55,7 +55,7 @@ func (p *Projector) registryLoop(ctx context.Context, parts []int) {
 		select {
 		case <-ctx.Done():
 			dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			if err := reg.Deregister(dctx, p.cfg.Redis, p.cfg.ID); err != nil {
+			if err := p.db.DeregisterFrom(dctx, reg, p.cfg.ID); err != nil {
 				p.log.Warn().Err(err).Msg("projector deregister")
 			}
 			cancel()
@@ -99,7 +99,7 @@ func (p *Projector) housekeep(ctx context.Context, cur *sweepCursor) {
 		p.autoRepair(ctx, &cur.repair)
 	}
 	if ok, err := p.db.TryLock(ctx, "projectors-registry", p.cfg.ID, every); err == nil && ok {
-		dead, err := p.db.ProjectorRegistry().Prune(ctx, p.cfg.Redis, p.cfg.Now(), 100)
+		dead, err := p.db.PruneRegistry(ctx, p.db.ProjectorRegistry(), p.cfg.Now(), 100)
 		if err != nil && ctx.Err() == nil {
 			p.log.Warn().Err(err).Msg("prune projector registry")
 		}

@@ -17,7 +17,7 @@ import (
 // metrics).
 func (w *Worker) register(ctx context.Context) error {
 	b := w.metrics()
-	return b.Registry.BeatNow(ctx, w.cfg.Redis, b.ID, b.Fields, b.Now, b.TTL)
+	return w.db.BeatRecord(ctx, *b)
 }
 
 // metrics is the registry refresh: the whole record (identity, pools,
@@ -47,7 +47,7 @@ func (w *Worker) metrics() *rdb.Beat {
 func (w *Worker) registryTTL() time.Duration { return w.cfg.Lease + w.cfg.HeartbeatInterval }
 
 func (w *Worker) deregister(ctx context.Context) {
-	if err := w.db.WorkerRegistry().Deregister(ctx, w.cfg.Redis, w.cfg.ID); err != nil {
+	if err := w.db.DeregisterFrom(ctx, w.db.WorkerRegistry(), w.cfg.ID); err != nil {
 		w.log.Warn().Err(err).Msg("deregister")
 	}
 }

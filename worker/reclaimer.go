@@ -118,7 +118,7 @@ func (w *Worker) pruneRegistry(ctx context.Context) error {
 	if err != nil || !ok {
 		return err
 	}
-	dead, err := w.db.WorkerRegistry().Prune(ctx, w.cfg.Redis, w.cfg.Now(), pruneBatch)
+	dead, err := w.db.PruneRegistry(ctx, w.db.WorkerRegistry(), w.cfg.Now(), pruneBatch)
 	for _, id := range dead {
 		w.log.Info().Str("dead_worker", id).Msg("removed a dead worker from the registry")
 	}

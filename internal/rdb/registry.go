@@ -234,3 +234,19 @@ func (r Registry) Records(ctx context.Context, c redis.Cmdable) ([]string, []map
 	}
 	return ids, out, nil
 }
+
+// BeatRecord writes a registry record now (see Registry.Beat).
+func (d DB) BeatRecord(ctx context.Context, b Beat) error {
+	return b.Registry.BeatNow(ctx, d.C, b.ID, b.Fields, b.Now, b.TTL)
+}
+
+// DeregisterFrom removes process id from registry reg.
+func (d DB) DeregisterFrom(ctx context.Context, reg Registry, id string) error {
+	return reg.Deregister(ctx, d.C, id)
+}
+
+// PruneRegistry prunes up to limit expired entries of registry reg (see
+// Registry.Prune).
+func (d DB) PruneRegistry(ctx context.Context, reg Registry, now time.Time, limit int) ([]string, error) {
+	return reg.Prune(ctx, d.C, now, limit)
+}
