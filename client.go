@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/jonboulle/clockwork"
 	"io"
 	"os"
 	"sort"
@@ -53,9 +54,9 @@ type Config struct {
 	// ID names this client in the events it writes for an operator
 	// (Resume's task_reclaimed). Default "client-<host>-<pid>".
 	ID string
-	// Now is the clock (default time.Now); it dates the events Resume
-	// writes and the ages Workers, Projectors and Queues report.
-	Now func() time.Time
+	// Clock dates the events Resume, Requeue and Repair write and the ages
+	// Workers, Projectors, Queues and GC go by (default the real clock).
+	Clock clockwork.Clock
 }
 
 // Client is the one way in to a namespace: it submits runs, waits for
@@ -67,7 +68,7 @@ type Client struct {
 	db    rdb.DB
 	sched *scheduler.Scheduler
 	id    string
-	now   func() time.Time
+	clock clockwork.Clock
 }
 
 // NewClient returns a Client.
@@ -80,10 +81,10 @@ func NewClient(cfg Config) (*Client, error) {
 		host, _ := os.Hostname()
 		cfg.ID = "client-" + host + "-" + strconv.Itoa(os.Getpid())
 	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
+	if cfg.Clock == nil {
+		cfg.Clock = clockwork.NewRealClock()
 	}
-	return &Client{db: rdb.NewP(cfg.Redis, cfg.Namespace, cfg.NamespacePartitions), sched: s, id: cfg.ID, now: cfg.Now}, nil
+	return &Client{db: rdb.NewP(cfg.Redis, cfg.Namespace, cfg.NamespacePartitions), sched: s, id: cfg.ID, clock: cfg.Clock}, nil
 }
 
 // Namespace returns the key prefix the client works in.
@@ -413,7 +414,7 @@ func (c *Client) DeadLetters(ctx context.Context, limit int64) ([]DeadLetter, er
 // (message "task cannot be requeued") if the task has not failed.
 func (c *Client) Requeue(ctx context.Context, run, task string) error {
 	body, _ := json.Marshal(events.TaskRequeuedBody{Cause: "requeued from the dead-letter set"})
-	return c.db.Requeue(ctx, run, task, "client", ulid.Make().String(), time.Now().UnixMilli(), body)
+	return c.db.Requeue(ctx, run, task, "client", ulid.Make().String(), c.clock.Now().UnixMilli(), body)
 }
 
 // PurgeDeadLetter forgets one dead letter (the run keeps its history).
@@ -447,7 +448,7 @@ type RepairReport struct {
 func (c *Client) Repair(ctx context.Context, run string) (RepairReport, error) {
 	rep := RepairReport{Run: run}
 	var err error
-	rep.Redispatched, err = projector.Repair(ctx, c.db.C, c.db.K.Namespace(), c.db.K.Partitions(), run, time.Now())
+	rep.Redispatched, err = projector.Repair(ctx, c.db.C, c.db.K.Namespace(), c.db.K.Partitions(), run, c.clock.Now())
 	if errors.Is(err, projector.ErrNotRunning) {
 		return RepairReport{Run: run, Skipped: true}, nil
 	}
@@ -479,8 +480,6 @@ type GCOptions struct {
 	OlderThan time.Duration
 	// DryRun reports what would be removed and removes nothing.
 	DryRun bool
-	// Now is the clock (default time.Now).
-	Now func() time.Time
 }
 
 // GCReport says what GC removed (or would remove, in a dry run).
@@ -509,12 +508,9 @@ type GCReport struct {
 // (Export) if you need their history later.
 func (c *Client) GC(ctx context.Context, opt GCOptions) (GCReport, error) {
 	var rep GCReport
-	if opt.Now == nil {
-		opt.Now = time.Now
-	}
 	max := "+inf"
 	if opt.OlderThan > 0 {
-		max = fmt.Sprint(opt.Now().Add(-opt.OlderThan).UnixMilli())
+		max = fmt.Sprint(c.clock.Now().Add(-opt.OlderThan).UnixMilli())
 	}
 	ids, err := c.db.RunsSubmittedUntil(ctx, max)
 	if err != nil {
@@ -716,7 +712,7 @@ func (c *Client) Workers(ctx context.Context) ([]WorkerInfo, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read worker registry: %w", err)
 	}
-	now := c.now()
+	now := c.clock.Now()
 	out := make([]WorkerInfo, 0, len(ids))
 	for i, id := range ids {
 		w := WorkerInfo{ID: id, Pools: []string{}}
@@ -760,7 +756,7 @@ func (c *Client) Projectors(ctx context.Context) ([]ProjectorInfo, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read projector registry: %w", err)
 	}
-	now := c.now()
+	now := c.clock.Now()
 	out := make([]ProjectorInfo, 0, len(ids))
 	for i, id := range ids {
 		p := ProjectorInfo{ID: id, Partitions: []string{}}
@@ -822,7 +818,7 @@ func (c *Client) Queues(ctx context.Context, opts QueuesOptions) ([]QueueInfo, e
 			return nil, err
 		}
 	}
-	now := c.now()
+	now := c.clock.Now()
 	out := []QueueInfo{}
 	for _, pool := range pools {
 		for _, stream := range c.db.K.AllQueues(pool) {
@@ -1121,7 +1117,7 @@ func (c *Client) Resume(ctx context.Context, run string) (*replay.ResumeResult, 
 
 // redispatch re-dispatches one batch of lost tasks in one script.
 func (c *Client) redispatch(ctx context.Context, plan *replay.Resume, batch []replay.ExpectedDispatch) error {
-	now := c.now()
+	now := c.clock.Now()
 	rds := make([]replay.Redispatch, len(batch))
 	items := make([]rdb.ResumeItem, len(batch))
 	for i, w := range batch {

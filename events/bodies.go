@@ -11,7 +11,7 @@ type TaskSpec struct {
 	Handler string `json:"handler"`
 	// Deps are the ids of the tasks that must succeed first.
 	Deps []string `json:"deps,omitempty"`
-	// Pool routes the task to workers serving it; "" means "default".
+	// Pool routes the task to workers serving it; "" means DefaultPool.
 	Pool string `json:"pool,omitempty"`
 	// Priority is 0 (default, lowest) to 9 (highest) within the pool.
 	Priority int `json:"priority,omitempty"`
@@ -134,3 +134,6 @@ type ResultRejectedBody struct {
 	// CurrentEpoch is the task's epoch when the stale message arrived.
 	CurrentEpoch int64 `json:"current_epoch"`
 }
+
+// DefaultPool is the pool of a task that names none.
+const DefaultPool = "default"

@@ -271,7 +271,7 @@ func (r *Run) addTasks(e events.Event, specs []events.TaskSpec) error {
 	base := len(r.Tasks)
 	for k, s := range specs {
 		if s.Pool == "" {
-			s.Pool = "default"
+			s.Pool = events.DefaultPool
 		}
 		if s.MaxAttempts < 1 {
 			s.MaxAttempts = 1
@@ -311,7 +311,7 @@ func (r *Run) hasAll(specs []events.TaskSpec) bool {
 		}
 		t := r.Tasks[i].Spec
 		if s.Pool == "" {
-			s.Pool = "default"
+			s.Pool = events.DefaultPool
 		}
 		if s.MaxAttempts < 1 {
 			s.MaxAttempts = 1

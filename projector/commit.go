@@ -14,7 +14,7 @@ import (
 // on c's cursor.
 func (p *Projector) prepare(c *cached) ([]events.Event, rdb.Commit) {
 	decisions := Decide(c.run, p.cfg.BatchSize, p.retryDelay)
-	now := p.cfg.Now()
+	now := p.cfg.Clock.Now()
 	records := map[string]string{}
 	expect := map[string]string{}
 	var dispatches []rdb.Dispatch

@@ -28,14 +28,14 @@ func (p *Projector) moveDelayed(ctx context.Context, parts []int) {
 		if wait <= 0 {
 			continue
 		}
-		t := time.NewTimer(wait)
+		t := p.cfg.Clock.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			t.Stop()
 			return
 		case <-p.wakeDelayed:
 			t.Stop()
-		case <-t.C:
+		case <-t.Chan():
 		}
 	}
 }
@@ -43,7 +43,7 @@ func (p *Projector) moveDelayed(ctx context.Context, parts []int) {
 // moveDue moves partition part's due dispatches (a page of them) and
 // returns how long until its next one is due.
 func (p *Projector) moveDue(ctx context.Context, part int) (time.Duration, error) {
-	now := p.cfg.Now().UnixMilli()
+	now := p.cfg.Clock.Now().UnixMilli()
 	due, next, err := p.db.DueDispatches(ctx, part, now, 256)
 	if err != nil {
 		return time.Second, err

@@ -2,6 +2,7 @@ package projector
 
 import (
 	"context"
+	"time"
 
 	"github.com/graflow-go/graflow/events"
 	"github.com/graflow-go/graflow/internal/rdb"
@@ -48,4 +49,10 @@ func (p *Projector) CommitPrepared(ctx context.Context, run string, x Prepared) 
 	defer c.mu.Unlock()
 	res, _, err := p.commitStep(ctx, run, c, x.decisions, x.commit)
 	return res, err
+}
+
+// MoveDue moves partition part's due dispatches (the delayed mover's
+// step) and returns how long until the next one is due.
+func (p *Projector) MoveDue(ctx context.Context, part int) (time.Duration, error) {
+	return p.moveDue(ctx, part)
 }

@@ -62,7 +62,7 @@ func (p *Projector) consume(ctx context.Context, n int) {
 		if len(msgs) == 0 {
 			var res []redis.XStream
 			if start == "0" {
-				ownRead = time.Now()
+				ownRead = time.Now() // real time, as Redis's BLOCK
 			}
 			err := retryAll(ctx, log, "read feed", func() error {
 				var err error
@@ -182,13 +182,13 @@ func (p *Projector) handle(ctx context.Context, log zerolog.Logger, stream strin
 // reclaimFeed takes over feed entries left pending by projectors that died
 // (idle longer than FeedReclaimIdle), so their runs move on.
 func (p *Projector) reclaimFeed(ctx context.Context, parts []int) {
-	t := time.NewTicker(p.cfg.FeedReclaimIdle / 2)
+	t := p.cfg.Clock.NewTicker(p.cfg.FeedReclaimIdle / 2)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-t.Chan():
 		}
 		for _, n := range parts {
 			stream := p.db.K.Feed(n)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/jonboulle/clockwork"
 	"math"
 	"os"
 	"strconv"
@@ -87,8 +88,9 @@ type Config struct {
 	RunFailures int
 	// Logger; nil is quiet.
 	Logger *zerolog.Logger
-	// Now is the clock (default time.Now).
-	Now func() time.Time
+	// Clock decides what time it is and when timers fire (default the real
+	// clock; tests pass clockwork.NewFakeClock()).
+	Clock clockwork.Clock
 }
 
 func (c Config) withDefaults() Config {
@@ -141,8 +143,8 @@ func (c Config) withDefaults() Config {
 		l := zerolog.Nop()
 		c.Logger = &l
 	}
-	if c.Now == nil {
-		c.Now = time.Now
+	if c.Clock == nil {
+		c.Clock = clockwork.NewRealClock()
 	}
 	return c
 }

@@ -67,7 +67,7 @@ func (p *Projector) quarantine(ctx context.Context, run string, cause error) {
 	if errors.As(cause, &de) {
 		body.Entries = []string{de.Seq}
 	}
-	ev := events.Event{ID: ulid.Make().String(), Type: events.RunQuarantined, Time: p.cfg.Now(), Worker: p.cfg.ID,
+	ev := events.Event{ID: ulid.Make().String(), Type: events.RunQuarantined, Time: p.cfg.Clock.Now(), Worker: p.cfg.ID,
 		Version: events.CurrentVersion}.WithBody(body)
 	done, err := p.db.Quarantine(ctx, run, ev, cause.Error())
 	l := p.log.Error().Err(cause).Str("run", run)

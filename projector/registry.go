@@ -26,7 +26,7 @@ func (p *Projector) registryTTL() time.Duration {
 // projector is running" is visible. Errors are logged and retried at the
 // next beat.
 func (p *Projector) registryLoop(ctx context.Context, parts []int) {
-	started := p.cfg.Now()
+	started := p.cfg.Clock.Now()
 	ps := make([]string, len(parts))
 	for i, n := range parts {
 		ps[i] = strconv.Itoa(n)
@@ -34,7 +34,7 @@ func (p *Projector) registryLoop(ctx context.Context, parts []int) {
 	reg := p.db.ProjectorRegistry()
 	var cur sweepCursor
 	beat := func() {
-		now := p.cfg.Now()
+		now := p.cfg.Clock.Now()
 		host, _ := os.Hostname()
 		err := p.db.BeatRecord(ctx, rdb.Beat{Registry: reg, ID: p.cfg.ID, Now: now, TTL: p.registryTTL(), Fields: map[string]any{
 			"id":             p.cfg.ID,
@@ -49,7 +49,7 @@ func (p *Projector) registryLoop(ctx context.Context, parts []int) {
 		}
 	}
 	beat()
-	t := time.NewTicker(p.registryInterval())
+	t := p.cfg.Clock.NewTicker(p.registryInterval())
 	defer t.Stop()
 	for {
 		select {
@@ -60,7 +60,7 @@ func (p *Projector) registryLoop(ctx context.Context, parts []int) {
 			}
 			cancel()
 			return
-		case <-t.C:
+		case <-t.Chan():
 		}
 		beat()
 		p.housekeep(ctx, &cur)
@@ -99,7 +99,7 @@ func (p *Projector) housekeep(ctx context.Context, cur *sweepCursor) {
 		p.autoRepair(ctx, &cur.repair)
 	}
 	if ok, err := p.db.TryLock(ctx, "projectors-registry", p.cfg.ID, every); err == nil && ok {
-		dead, err := p.db.PruneRegistry(ctx, p.db.ProjectorRegistry(), p.cfg.Now(), 100)
+		dead, err := p.db.PruneRegistry(ctx, p.db.ProjectorRegistry(), p.cfg.Clock.Now(), 100)
 		if err != nil && ctx.Err() == nil {
 			p.log.Warn().Err(err).Msg("prune projector registry")
 		}
@@ -125,7 +125,7 @@ const sweepPage = 200
 // pass and wrap, so every entry is checked within (size / sweepPage)
 // passes.
 func (p *Projector) sweep(ctx context.Context, cur *sweepCursor) {
-	next, gone, err := p.db.SweepRunIndex(ctx, cur.runs, sweepPage, p.cfg.Now())
+	next, gone, err := p.db.SweepRunIndex(ctx, cur.runs, sweepPage, p.cfg.Clock.Now())
 	if err != nil {
 		if ctx.Err() == nil {
 			p.log.Warn().Err(err).Msg("sweep the run index")

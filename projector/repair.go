@@ -78,7 +78,7 @@ func (p *Projector) autoRepair(ctx context.Context, cur *repairCursor) {
 		return
 	}
 	for _, run := range runs {
-		ids, err := Repair(ctx, p.db.C, p.db.K.Namespace(), p.db.K.Partitions(), run, p.cfg.Now())
+		ids, err := Repair(ctx, p.db.C, p.db.K.Namespace(), p.db.K.Partitions(), run, p.cfg.Clock.Now())
 		switch {
 		case errors.Is(err, ErrNotRunning):
 		case err != nil:

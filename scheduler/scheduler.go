@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/jonboulle/clockwork"
 	"regexp"
 	"sync"
 	"time"
@@ -34,8 +35,9 @@ type Config struct {
 	NamespacePartitions int
 	// MaxPayloadBytes bounds inputs and args (default 1 MiB).
 	MaxPayloadBytes int
-	// Now is the clock (default time.Now).
-	Now func() time.Time
+	// Clock decides what time it is and when timers fire (default the real
+	// clock; tests pass clockwork.NewFakeClock()).
+	Clock clockwork.Clock
 	// ID names the submitter as the writer of the decisions a submit makes
 	// at once (default "submit").
 	ID string
@@ -72,8 +74,8 @@ func New(cfg Config) (*Scheduler, error) {
 	if cfg.Namespace == "" {
 		cfg.Namespace = rdb.DefaultNamespace
 	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
+	if cfg.Clock == nil {
+		cfg.Clock = clockwork.NewRealClock()
 	}
 	if cfg.ID == "" {
 		cfg.ID = "submit"
@@ -119,7 +121,7 @@ func (s *Scheduler) Submit(ctx context.Context, spec events.RunSubmittedBody, op
 	if err := Validate(spec, ValidateOptions{MaxPayloadBytes: s.cfg.MaxPayloadBytes, Handlers: opts.Handlers}); err != nil {
 		return "", false, err
 	}
-	now := s.cfg.Now()
+	now := s.cfg.Clock.Now()
 	run = opts.RunID
 	if run == "" {
 		run = ulid.MustNew(ulid.Timestamp(now), ulid.DefaultEntropy()).String()

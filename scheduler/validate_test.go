@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/jonboulle/clockwork"
 	"strconv"
 	"strings"
 	"testing"
@@ -252,7 +253,7 @@ func setupScheduler(t *testing.T) (*scheduler.Scheduler, *redis.Client, string) 
 	t.Helper()
 	c := redistest.Client(t)
 	ns := redistest.Namespace(t)
-	s, err := scheduler.New(scheduler.Config{Redis: c, Namespace: ns, Now: func() time.Time { return time.UnixMilli(1700000000000) }})
+	s, err := scheduler.New(scheduler.Config{Redis: c, Namespace: ns, Clock: clockwork.NewFakeClockAt(time.UnixMilli(1700000000000))})
 	if err != nil {
 		t.Fatal(err)
 	}

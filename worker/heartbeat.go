@@ -25,7 +25,7 @@ func (w *Worker) register(ctx context.Context) error {
 // score. Every beat writes everything, so a record lost with Redis data
 // (a failover, a restore) is back whole at the next beat.
 func (w *Worker) metrics() *rdb.Beat {
-	now := w.cfg.Now()
+	now := w.cfg.Clock.Now()
 	host, _ := os.Hostname() // cheap, once per beat
 	return &rdb.Beat{Registry: w.db.WorkerRegistry(), ID: w.cfg.ID, Now: now, TTL: w.registryTTL(), Fields: map[string]any{
 		"id":              w.cfg.ID,
@@ -55,13 +55,13 @@ func (w *Worker) deregister(ctx context.Context) {
 // heartbeats renews the leases of in-flight tasks and the registry entry
 // every HeartbeatInterval until ctx ends.
 func (w *Worker) heartbeats(ctx context.Context) {
-	t := time.NewTicker(w.cfg.HeartbeatInterval)
+	t := w.cfg.Clock.NewTicker(w.cfg.HeartbeatInterval)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-t.Chan():
 			w.beat(ctx)
 		}
 	}
@@ -79,7 +79,7 @@ func (w *Worker) beat(ctx context.Context) {
 		}
 	}
 	w.mu.Unlock()
-	now := w.cfg.Now()
+	now := w.cfg.Clock.Now()
 	items := make([]rdb.HeartbeatItem, len(list))
 	for i, a := range list {
 		note := a.task.takeProgress()

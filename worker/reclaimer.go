@@ -2,7 +2,6 @@ package worker
 
 import (
 	"context"
-	"time"
 
 	"github.com/graflow-go/graflow/internal/rdb"
 	"github.com/redis/go-redis/v9"
@@ -13,13 +12,13 @@ import (
 // and removes dead workers from the registry and their consumers from the
 // queue streams.
 func (w *Worker) reclaimLoop(ctx context.Context) {
-	t := time.NewTicker(w.cfg.ReclaimInterval)
+	t := w.cfg.Clock.NewTicker(w.cfg.ReclaimInterval)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-t.Chan():
 		}
 		for _, pool := range w.cfg.Pools {
 			for _, stream := range w.db.K.AllQueues(pool) {
@@ -118,7 +117,7 @@ func (w *Worker) pruneRegistry(ctx context.Context) error {
 	if err != nil || !ok {
 		return err
 	}
-	dead, err := w.db.PruneRegistry(ctx, w.db.WorkerRegistry(), w.cfg.Now(), pruneBatch)
+	dead, err := w.db.PruneRegistry(ctx, w.db.WorkerRegistry(), w.cfg.Clock.Now(), pruneBatch)
 	for _, id := range dead {
 		w.log.Info().Str("dead_worker", id).Msg("removed a dead worker from the registry")
 	}

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/jonboulle/clockwork"
 	"os"
 	"runtime/debug"
 	"slices"
@@ -29,7 +30,7 @@ import (
 
 // Defaults for Config's zero values.
 const (
-	DefaultPool                = "default"
+	DefaultPool                = events.DefaultPool
 	DefaultConcurrency         = 8
 	DefaultLease               = 15 * time.Second
 	DefaultHeartbeatEventEvery = 30 * time.Second
@@ -90,8 +91,9 @@ type Config struct {
 	noFencing bool
 	// Logger; nil is quiet.
 	Logger *zerolog.Logger
-	// Now is the clock (default time.Now).
-	Now func() time.Time
+	// Clock decides what time it is and when timers fire (default the real
+	// clock; tests pass clockwork.NewFakeClock()).
+	Clock clockwork.Clock
 
 	// claimUpstreamBytes overrides rdb.DefaultClaimUpstreamBytes (tests).
 	claimUpstreamBytes int
@@ -153,8 +155,8 @@ func (c Config) withDefaults() Config {
 		l := zerolog.Nop()
 		c.Logger = &l
 	}
-	if c.Now == nil {
-		c.Now = time.Now
+	if c.Clock == nil {
+		c.Clock = clockwork.NewRealClock()
 	}
 	return c
 }
@@ -299,7 +301,7 @@ func (w *Worker) Handlers() []string {
 // DrainTimeout), deregisters and returns nil. It returns an error only if
 // the worker cannot start.
 func (w *Worker) Run(ctx context.Context) error {
-	w.started = w.cfg.Now()
+	w.started = w.cfg.Clock.Now()
 	for _, pool := range w.cfg.Pools {
 		for _, q := range w.db.K.AllQueues(pool) {
 			if err := w.db.EnsureGroup(ctx, q, rdb.GroupWorkers); err != nil {
@@ -352,10 +354,10 @@ func (w *Worker) Run(ctx context.Context) error {
 
 	<-ctx.Done()
 	w.log.Info().Int64("in_flight", w.running.Load()).Msg("worker draining")
-	t := time.NewTimer(w.cfg.DrainTimeout) // from the signal, not from when the fetchers notice it
+	t := w.cfg.Clock.NewTimer(w.cfg.DrainTimeout) // from the signal, not from when the fetchers notice it
 	// The batcher's retries end with the drain's grace at the latest, so a
 	// Redis outage during shutdown cannot hold Run for long.
-	batchDeadline := time.AfterFunc(w.cfg.DrainTimeout+15*time.Second, stopBatch)
+	batchDeadline := w.cfg.Clock.AfterFunc(w.cfg.DrainTimeout+15*time.Second, stopBatch)
 	defer batchDeadline.Stop()
 	loops.Wait() // no new task starts after this
 	drained := make(chan struct{})
@@ -366,13 +368,13 @@ func (w *Worker) Run(ctx context.Context) error {
 	select {
 	case <-drained:
 		t.Stop()
-	case <-t.C:
+	case <-t.Chan():
 		w.log.Warn().Int64("in_flight", w.running.Load()).Msg("drain timeout: handing in-flight tasks back")
 		cancelWork(errDrainTimeout)
-		grace := time.NewTimer(10 * time.Second)
+		grace := w.cfg.Clock.NewTimer(10 * time.Second)
 		select {
 		case <-drained:
-		case <-grace.C:
+		case <-grace.Chan():
 			// A handler ignores its context: do not hang the process on it.
 			w.log.Error().Int64("in_flight", w.running.Load()).Msg("handlers ignore cancellation; exiting without them (their messages stay pending for reclaim)")
 		}
@@ -500,14 +502,14 @@ func (w *Worker) messages(res []redis.XStream, buf []message) []message {
 			task, _ := m.Values[rdb.MsgTask].(string)
 			a, _ := m.Values[rdb.MsgAttempt].(string)
 			att, _ := strconv.Atoi(a)
-			buf = append(buf, message{stream: s.Stream, priority: prio, id: m.ID, run: run, task: task, attempt: att, fetched: time.Now()})
+			buf = append(buf, message{stream: s.Stream, priority: prio, id: m.ID, run: run, task: task, attempt: att, fetched: time.Now()}) // real time: Redis measures the lease
 		}
 	}
 	sort.SliceStable(buf, func(i, j int) bool { return buf[i].priority > buf[j].priority })
 	return buf
 }
 
-func (w *Worker) now() int64 { return w.cfg.Now().UnixMilli() }
+func (w *Worker) now() int64 { return w.cfg.Clock.Now().UnixMilli() }
 
 // process claims one message's task, runs it and reports the outcome. It
 // calls release (the task's slot) once the outcome is queued for the
@@ -654,7 +656,7 @@ func (w *Worker) process(ctx context.Context, m message, release func()) (parked
 		defer stop()
 	}
 	t.ctx = tctx
-	a := &attempt{task: t, stream: m.stream, msgID: m.id, cancel: cancel, lastEvent: w.cfg.Now()}
+	a := &attempt{task: t, stream: m.stream, msgID: m.id, cancel: cancel, lastEvent: w.cfg.Clock.Now()}
 	w.mu.Lock()
 	w.inflight[m.key()] = a
 	w.mu.Unlock()
@@ -694,7 +696,7 @@ var (
 func (w *Worker) poisonClaim(ctx context.Context, log zerolog.Logger, m message, cause error) {
 	reason := fmt.Sprintf("claims of task %s keep failing (%d deliveries): %v", m.task, m.deliveries, cause)
 	log.Error().Err(cause).Int64("deliveries", m.deliveries).Msg("poison message: its claims keep failing; quarantining the run and dead-lettering the task")
-	ev := events.Event{ID: ulid.Make().String(), Type: events.RunQuarantined, Time: w.cfg.Now(), Worker: w.cfg.ID,
+	ev := events.Event{ID: ulid.Make().String(), Type: events.RunQuarantined, Time: w.cfg.Clock.Now(), Worker: w.cfg.ID,
 		Version: events.CurrentVersion}.WithBody(events.RunQuarantinedBody{Reason: reason})
 	if _, err := w.db.Quarantine(ctx, m.run, ev, reason); err != nil {
 		log.Warn().Err(err).Msg("quarantine the run (indexed in the namespace's quarantine hash where possible)")
