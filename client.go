@@ -168,6 +168,10 @@ func (r *RunInfo) Quarantined() bool { return r.Status == string(projector.RunQu
 // Done reports whether the run has ended.
 func (r *RunInfo) Done() bool { return projector.RunStatus(r.Status).Terminal() }
 
+// Cancelled reports whether the run was cancelled (Cause holds the
+// reason given).
+func (r *RunInfo) Cancelled() bool { return r.Status == string(projector.RunCancelled) }
+
 // Succeeded reports whether the run ended successfully.
 func (r *RunInfo) Succeeded() bool { return r.Status == string(projector.RunSucceeded) }
 

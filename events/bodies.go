@@ -113,7 +113,22 @@ type RunFailedBody struct {
 
 // RunCancelledBody is the body of run_cancelled.
 type RunCancelledBody struct {
+	// Reason is the canceller's, free text.
 	Reason string `json:"reason,omitempty"`
+	// Tasks counts the tasks the cancel ended (each has its
+	// task_cancelled right after this event).
+	Tasks int `json:"tasks"`
+}
+
+// TaskCancelledBody is the body of task_cancelled.
+type TaskCancelledBody struct {
+	// From is the task's status when the run was cancelled (pending,
+	// dispatched, running or awaiting_retry).
+	From TaskStatus `json:"from"`
+	// Owner is the worker that held the claim of a running task (its
+	// handler is told through its next heartbeat; its result is
+	// rejected).
+	Owner string `json:"owner,omitempty"`
 }
 
 // RunQuarantinedBody is the body of run_quarantined.

@@ -75,7 +75,9 @@ func apply(r *Run, e events.Event) error {
 		return nil
 	case events.RunCancelled:
 		if r.Status == RunRunning {
-			r.Status = RunCancelled
+			var b events.RunCancelledBody
+			_ = e.DecodeBody(&b) // the reason is informative only
+			r.Status, r.Cause = RunCancelled, b.Reason
 		}
 		return nil
 	case events.RunQuarantined:
@@ -177,10 +179,13 @@ func apply(r *Run, e events.Event) error {
 		r.requeues[e.ID] = true
 		r.requeue(i)
 	case events.TaskCancelled:
-		if t.Status.Terminal() {
+		// Written with run_cancelled, by the same script, for every task
+		// not terminal; the epoch moves on, which fences a running
+		// task's worker (its heartbeat and result are rejected).
+		if t.Status.Terminal() || e.Epoch <= t.Epoch {
 			return nil
 		}
-		t.Status, t.Owner = TaskCancelled, ""
+		t.Status, t.Owner, t.Epoch = TaskCancelled, "", e.Epoch
 		r.open--
 	default:
 		return invalid(e, "unhandled event type")

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"reflect"
+	"slices"
 	"sort"
 	"strconv"
 	"testing"
@@ -436,7 +437,7 @@ func (s *sim) stale() {
 // projector steps: a requeue racing a projector's commit is
 // TestRequeueBetweenDecideAndCommit.
 func (s *sim) requeue() {
-	if s.ended == string(events.RunSucceeded) {
+	if s.ended == string(events.RunSucceeded) || s.ended == string(events.RunCancelled) {
 		return
 	}
 	ids := s.withStatus("failed")
@@ -450,6 +451,33 @@ func (s *sim) requeue() {
 	s.done, s.ended = false, ""
 	s.append(events.Event{Type: events.TaskRequeued, Task: id, Attempt: r.Attempt, Epoch: r.Epoch, Worker: "operator"}.
 		WithBody(events.TaskRequeuedBody{Cause: "operator"}))
+}
+
+// cancel cancels the run as the cancel script does: run_cancelled, then a
+// task_cancelled with the epoch moved on for every task not terminal (in
+// id order), each record set to cancelled.
+func (s *sim) cancel() {
+	if s.done {
+		return
+	}
+	ids := slices.Sorted(slices.Values(s.tids))
+	var open []string
+	for _, id := range ids {
+		if !s.rec(id).Status.Terminal() {
+			open = append(open, id)
+		}
+	}
+	s.append(events.Event{Type: events.RunCancelled, Worker: "operator"}.
+		WithBody(events.RunCancelledBody{Reason: "sim", Tasks: len(open)}))
+	for _, id := range open {
+		r := s.rec(id)
+		from, owner := r.Status, r.Owner
+		r.Status, r.Epoch, r.Owner = "cancelled", r.Epoch+1, ""
+		s.recs[id] = r
+		s.append(events.Event{Type: events.TaskCancelled, Task: id, Attempt: r.Attempt, Epoch: r.Epoch, Worker: "operator"}.
+			WithBody(events.TaskCancelledBody{From: from, Owner: owner}))
+	}
+	s.done, s.ended = true, string(events.RunCancelled)
 }
 
 // history generates one random valid history: random steps, then a drain
@@ -466,6 +494,8 @@ func historyInto(t testing.TB, s *sim, seed uint64) {
 		switch k := s.rng.IntN(30); {
 		case k == 0:
 			s.requeue()
+		case k == 1 && s.rng.IntN(10) == 0:
+			s.cancel()
 		case k < 10:
 			s.project()
 		default:
@@ -642,7 +672,7 @@ func TestPropertyEveryRunEnds(t *testing.T) {
 				}
 			}
 		}
-		if (failed == 0) != (r.Status == projector.RunSucceeded) {
+		if r.Status != projector.RunCancelled && (failed == 0) != (r.Status == projector.RunSucceeded) {
 			t.Errorf("run %s with %d failed tasks", r.Status, failed)
 		}
 		if r.Open() != 0 {
@@ -652,6 +682,31 @@ func TestPropertyEveryRunEnds(t *testing.T) {
 			t.Errorf("Decide on a finished run = %v", d)
 		}
 	})
+}
+
+// The generated histories cover cancellation (so the properties above
+// hold for it): a fair share of them end cancelled, some with tasks
+// running or queued at the cancel.
+func TestPropertyHistoriesCoverCancel(t *testing.T) {
+	t.Parallel()
+	cancelled, busy := 0, 0
+	for seed := uint64(1); seed <= propertySeeds; seed++ {
+		s := history(t, seed)
+		for _, e := range s.log {
+			var b events.TaskCancelledBody
+			if e.Type == events.TaskCancelled && e.DecodeBody(&b) == nil && (b.From == events.TaskStatusRunning || b.From == events.TaskStatusDispatched) {
+				busy++
+				break
+			}
+		}
+		if s.ended == string(events.RunCancelled) {
+			cancelled++
+		}
+	}
+	if cancelled < propertySeeds/10 || busy < propertySeeds/20 {
+		t.Fatalf("%d of %d histories cancelled, %d with a task queued or running at the cancel", cancelled, propertySeeds, busy)
+	}
+	t.Logf("%d of %d histories cancelled, %d with a task queued or running at the cancel", cancelled, propertySeeds, busy)
 }
 
 // Each task has at most one accepted result, and it comes from the claim

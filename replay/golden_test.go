@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -192,4 +193,53 @@ func recordReclaim(_ context.Context, sequence []byte) error {
 		}
 	}
 	return os.WriteFile(filepath.Join(goldenDir, "reclaim.jsonl"), buf.Bytes(), 0o644)
+}
+
+// TestRecordGoldenCancelled records cancelled.jsonl (with -record): a run
+// cancelled while b runs, c waits behind it and d sits in a queue no worker
+// serves; b's handler is told at its next heartbeat and its late failure
+// is rejected.
+func TestRecordGoldenCancelled(t *testing.T) {
+	if !*record {
+		t.Skip("records golden histories only with -record")
+	}
+	e := newEnv(t)
+	e.start([]string{"wa"}, nil, nil)
+	ctx := ctxT(t)
+	wf := graflow.NewWorkflow("cancelled")
+	a := wf.Task("a", builtin.Echo).Args(map[string]any{"value": 1})
+	b := wf.Task("b", builtin.Sleep).Args(map[string]any{"ms": 60000}).After(a)
+	wf.Task("c", builtin.Echo).After(b)
+	wf.Task("d", builtin.Echo).Pool("nobody")
+	run, err := e.client.Submit(ctx, wf, map[string]any{"source": "test"}, graflow.WithRunID("golden-cancelled"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	errSeen := errors.New("seen")
+	follow := func(ok func(events.Event) bool) {
+		t.Helper()
+		if err := e.client.Follow(ctx, run, graflow.FollowOptions{}, func(ev events.Event) error {
+			if ok(ev) {
+				return errSeen
+			}
+			return nil
+		}); !errors.Is(err, errSeen) {
+			t.Fatal(err)
+		}
+	}
+	follow(func(ev events.Event) bool { return ev.Type == events.TaskClaimed && ev.Task == "b" })
+	if err := e.client.Cancel(ctx, run, "recorded for the golden history"); err != nil {
+		t.Fatal(err)
+	}
+	follow(func(ev events.Event) bool { // the heartbeat's rejection, then the handler's failure's
+		var body events.ResultRejectedBody
+		return ev.Type == events.ResultRejected && ev.Task == "b" && ev.DecodeBody(&body) == nil && body.What == "failure"
+	})
+	var buf bytes.Buffer
+	if _, err := e.rc.Export(ctx, run, &buf); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(goldenDir, "cancelled.jsonl"), buf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -99,6 +99,13 @@ func (w *Worker) beat(ctx context.Context) {
 	outs := w.db.Heartbeats(ctx, w.cfg.ID, items, w.metrics())
 	for i, a := range list {
 		err := outs[i].Err
+		var stale *rdb.StaleError
+		if errors.As(err, &stale) && stale.Status == string(events.TaskStatusCancelled) && !w.cfg.noFencing {
+			w.log.Info().Str("run", a.task.Run).Str("task", a.task.ID).Msg("run cancelled; cancelling the handler")
+			a.lost = true
+			a.cancel(ErrRunCancelled)
+			continue
+		}
 		if errors.Is(err, rdb.ErrStaleClaim) && !w.cfg.noFencing {
 			w.log.Warn().Str("run", a.task.Run).Str("task", a.task.ID).Err(err).Msg("lease lost; cancelling the handler")
 			a.lost = true // one rejection is enough: no more heartbeats for it

@@ -52,6 +52,9 @@ type Task struct {
 	left []string        // dependencies whose results Upstream lacks
 	read upstreamReader  // reads results of dependencies
 	ctx  context.Context // the handler's (BindUpstream reads with it)
+	// stop cancels the handler's context; cancelRun cancels the run.
+	stop      context.CancelCauseFunc
+	cancelRun func(ctx context.Context, reason string) error
 
 	timeout  time.Duration
 	mu       sync.Mutex
@@ -70,6 +73,26 @@ func (t *Task) takeProgress() string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return t.progress
+}
+
+// CancelRun cancels the task's run (as Client.Cancel does, with this
+// worker as the canceller): no other task of the run starts, running ones
+// are told at their next heartbeat, and the run ends cancelled. This
+// task's context is cancelled too (cause ErrRunCancelled) and whatever the
+// handler returns afterwards is recorded as result_rejected, so return
+// promptly. Cancelling a run that has already finished or been cancelled
+// changes nothing and is not an error.
+func (t *Task) CancelRun(reason string) error {
+	if t.cancelRun == nil {
+		return errors.New("worker: CancelRun on a task the worker did not claim")
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(t.ctx), 30*time.Second)
+	defer cancel()
+	if err := t.cancelRun(ctx, reason); err != nil {
+		return fmt.Errorf("cancel run %s: %w", t.Run, err)
+	}
+	t.stop(ErrRunCancelled)
+	return nil
 }
 
 // BindArgs decodes the task's arguments into v (no-op when there are none).

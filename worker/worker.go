@@ -639,6 +639,10 @@ func (w *Worker) process(ctx context.Context, m message, release func()) (parked
 		read: func(ctx context.Context, deps []string) (map[string]json.RawMessage, error) {
 			return w.db.ReadUpstream(ctx, m.run, deps, upstreamPage)
 		},
+		cancelRun: func(ctx context.Context, reason string) error {
+			_, err := w.db.CancelRun(ctx, m.run, w.cfg.ID, reason, w.now(), func() string { return ulid.Make().String() })
+			return err
+		},
 	}
 	log = log.With().Int64("epoch", t.Epoch).Str("handler", t.Handler).Logger()
 	if m.reclaimed && m.deliveries > int64(w.cfg.PoisonLimit) {
@@ -655,7 +659,7 @@ func (w *Worker) process(ctx context.Context, m message, release func()) (parked
 		tctx, stop = context.WithTimeoutCause(tctx, time.Duration(cr.Meta.TimeoutMS)*time.Millisecond, errTimeout)
 		defer stop()
 	}
-	t.ctx = tctx
+	t.ctx, t.stop = tctx, cancel
 	a := &attempt{task: t, stream: m.stream, msgID: m.id, cancel: cancel, lastEvent: w.cfg.Clock.Now()}
 	w.mu.Lock()
 	w.inflight[m.key()] = a
@@ -682,6 +686,12 @@ func (w *Worker) process(ctx context.Context, m message, release func()) (parked
 	w.finish(ctx, log, m, t, result, runErr, context.Cause(tctx), release)
 	return
 }
+
+// ErrRunCancelled is the cause (context.Cause) of a handler's context
+// cancelled because its run was cancelled (graflow cancel, Client.Cancel,
+// Task.CancelRun). Whatever the handler returns then is recorded as
+// result_rejected.
+var ErrRunCancelled = errors.New("run cancelled")
 
 var (
 	errTimeout      = errors.New("task timeout")

@@ -38,6 +38,8 @@ const (
 	// ExitQuarantined: the run was set aside for good (run_quarantined:
 	// the projector could not process it; see "graflow status RUN").
 	ExitQuarantined = 5
+	// ExitCancelled: the run was cancelled (graflow cancel).
+	ExitCancelled = 6
 )
 
 // ExitError carries an exit code through Run's error.

@@ -21,7 +21,8 @@ func init() {
 	register(&command{name: "worker", summary: "run a worker with the built-in handlers", run: runWorker})
 	register(&command{name: "projector", summary: "run a projector (folds runs, unlocks tasks)", run: runProjector})
 	register(&command{name: "submit", summary: "submit a run from a JSON/YAML spec file (- for stdin); prints the run id", run: runSubmit})
-	register(&command{name: "wait", summary: "block until a run ends; exit 0 if it succeeded, 1 if not", run: runWait})
+	register(&command{name: "wait", summary: "block until a run ends; exit 0 if it succeeded, 1 if it failed, 5 quarantined, 6 cancelled", run: runWait})
+	register(&command{name: "cancel", summary: "cancel a running run (--reason TEXT): queued tasks never run, running handlers are told", run: runCancel})
 	register(&command{name: "status", summary: "show a run's tasks and progress", run: runStatus})
 }
 
@@ -190,6 +191,13 @@ func waitFor(ctx context.Context, m *Main, cl *graflow.Client, run string, timeo
 	if info.Quarantined() {
 		return withCode(ExitQuarantined, fmt.Errorf("run %s quarantined: %s (graflow status %s shows the bad entries)", run, info.Quarantine, run))
 	}
+	if info.Cancelled() {
+		msg := fmt.Sprintf("run %s cancelled", run)
+		if info.Cause != "" {
+			msg += ": " + info.Cause
+		}
+		return withCode(ExitCancelled, errors.New(msg))
+	}
 	if !info.Succeeded() {
 		msg := fmt.Sprintf("run %s %s", run, info.Status)
 		if info.FailedTask != "" {
@@ -197,6 +205,32 @@ func waitFor(ctx context.Context, m *Main, cl *graflow.Client, run string, timeo
 		}
 		return withCode(ExitFailed, errors.New(msg))
 	}
+	return nil
+}
+
+func runCancel(ctx context.Context, m *Main, args []string) error {
+	var c common
+	fs := m.flags("cancel", &c)
+	reason := fs.String("reason", "", "why (recorded in run_cancelled and shown by status and wait)")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return usagef("cancel takes one run id")
+	}
+	cl, r, err := c.client(ctx)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	run := fs.Arg(0)
+	if err := cl.Cancel(ctx, run, *reason); err != nil {
+		if errors.Is(err, graflow.ErrRunFinished) || errors.Is(err, graflow.ErrRunNotFound) {
+			return withCode(ExitError, err)
+		}
+		return err
+	}
+	fmt.Fprintf(m.Stdout, "run %s cancelled\n", run)
 	return nil
 }
 
@@ -228,6 +262,9 @@ func runStatus(ctx context.Context, m *Main, args []string) error {
 	fmt.Fprintf(m.Stdout, "run %s  workflow %s  status %s  events %d\n", info.ID, info.Workflow, info.Status, info.Events)
 	if info.FailedTask != "" {
 		fmt.Fprintf(m.Stdout, "failed task %s: %s\n", info.FailedTask, info.Cause)
+	}
+	if info.Cancelled() && info.Cause != "" {
+		fmt.Fprintf(m.Stdout, "cancelled: %s\n", info.Cause)
 	}
 	if info.Quarantine != "" {
 		fmt.Fprintf(m.Stdout, "quarantined: %s\n", info.Quarantine)
