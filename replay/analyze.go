@@ -76,6 +76,9 @@ type analyzer struct {
 //     from the worker and epoch holding the claim, and at most one accepted
 //     task_succeeded per task;
 //   - task_skipped only behind a failed/skipped/cancelled dependency;
+//   - run_cancelled only while the run is running; task_cancelled only
+//     after it, for a task not terminal, with an epoch above every
+//     earlier epoch of the task (its worker is fenced);
 //   - run_succeeded only after every task succeeded, run_failed only when
 //     every task is terminal and one failed;
 //   - no task is lost: a dispatched task is terminal, or dispatched,
@@ -204,6 +207,23 @@ func (z *analyzer) event(i int, e events.Event) error {
 	case events.TaskRequeued:
 		if tr != nil && pre.Status != projector.TaskFailed && pre.Status != projector.TaskSkipped {
 			z.eventProblem(e, "task_requeued of %s while it is %s: only a failed or skipped task can be requeued", e.Task, pre.Status)
+		}
+	case events.TaskCancelled:
+		switch {
+		case tr == nil:
+		case r.Status != projector.RunCancelled:
+			z.eventProblem(e, "task_cancelled of %s while the run is %s: only a run's cancel cancels its tasks", e.Task, r.Status)
+		case pre.Status.Terminal():
+			z.eventProblem(e, "task_cancelled of %s while it is %s", e.Task, pre.Status)
+		case e.Epoch <= tr.maxEpoch:
+			z.eventProblem(e, "task_cancelled of %s at epoch %d does not move the epoch on (epoch %d was already used): its worker is not fenced", e.Task, e.Epoch, tr.maxEpoch)
+		}
+		if tr != nil {
+			tr.maxEpoch = max(tr.maxEpoch, e.Epoch)
+		}
+	case events.RunCancelled:
+		if r.Status != projector.RunRunning {
+			z.eventProblem(e, "run_cancelled while the run is %s", r.Status)
 		}
 	case events.ResultRejected:
 		if tr != nil && pre.Status == projector.TaskRunning && pre.Attempt == e.Attempt && pre.Epoch == e.Epoch && pre.Owner == e.Worker {

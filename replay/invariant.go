@@ -31,7 +31,9 @@ func (v Verdict) OK() bool { return len(v.Problems) == 0 }
 // engine's guarantees: every task succeeded exactly once as far as accepted
 // results go, no task lost, claim epochs strictly increasing, every
 // rejected result stale, and the live task records equal to the fold of
-// the log, and the run succeeded. The chaos suite (graflow chaos) and the
+// the log, and the run succeeded, or was cancelled: then nothing was
+// claimed or accepted after its run_cancelled, and every task it did not
+// finish is cancelled. The chaos suite (graflow chaos) and the
 // integration tests use it; it reads nothing itself, so the caller fetches
 // the log and the run's state hash.
 func CheckInvariants(evs []events.Event, live map[string]string) Verdict {
@@ -41,9 +43,18 @@ func CheckInvariants(evs []events.Event, live map[string]string) Verdict {
 	accepted := map[string]int{} // task → accepted successes
 	failedAttempt := map[string]bool{}
 	run := projector.NewRun("")
+	cancelled := "" // the seq of run_cancelled
 	for _, e := range evs {
 		if run.ID == "" {
 			run.ID = e.Run
+		}
+		switch e.Type {
+		case events.TaskClaimed, events.TaskReclaimed, events.TaskSucceeded, events.TaskFailed, events.TaskTimedOut, events.TaskDispatched, events.TaskRetryScheduled:
+			if cancelled != "" {
+				problem("task %s: %s (seq %s) after the run was cancelled (seq %s)", e.Task, e.Type, e.Seq, cancelled)
+			}
+		case events.RunCancelled:
+			cancelled = e.Seq
 		}
 		switch e.Type {
 		case events.TaskClaimed, events.TaskReclaimed:
@@ -83,12 +94,16 @@ func CheckInvariants(evs []events.Event, live map[string]string) Verdict {
 		}
 	}
 	v.Tasks = len(run.Tasks)
-	if run.Status != projector.RunSucceeded {
-		problem("run %s is %s, want succeeded", run.ID, run.Status)
+	if run.Status != projector.RunSucceeded && run.Status != projector.RunCancelled {
+		problem("run %s is %s, want succeeded (or cancelled)", run.ID, run.Status)
 	}
 	var lost []string
 	for _, t := range run.Tasks {
-		if t.Status != projector.TaskSucceeded || accepted[t.Spec.ID] == 0 {
+		done := t.Status == projector.TaskSucceeded && accepted[t.Spec.ID] > 0
+		if run.Status == projector.RunCancelled {
+			done = done || t.Status.Terminal() && t.Status != projector.TaskSucceeded
+		}
+		if !done {
 			lost = append(lost, t.Spec.ID+"("+string(t.Status)+")")
 		}
 		want := projector.RecordOf(t)

@@ -11,6 +11,7 @@ package chaos
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"strconv"
@@ -41,6 +42,12 @@ type Config struct {
 	// for longer than the feed reclaim, so another projector takes the
 	// projection over and the stopped one commits late when it resumes.
 	Wide int
+	// NoCancel skips the cancelled run: by default a third run (the main
+	// DAG's shape, Tasks/4 tasks) is cancelled once a random number of its
+	// tasks (10 to half of them) succeeded, under the same faults; its history must show that nothing
+	// ran after the cancel and that every worker still running one of its
+	// tasks was fenced.
+	NoCancel bool
 	// Workers processes (default 4), each with Concurrency (default 8).
 	Workers     int
 	Concurrency int
@@ -100,16 +107,23 @@ type Report struct {
 	RedisRestarts   int
 	// Takeovers counts the wide run's projections SIGSTOPped mid-way.
 	Takeovers int
-	History   Touches
-	Events    int
-	Elapsed   time.Duration
-	Dir       string
+	// Cancelled counts the runs cancelled mid-way (0 when the cancelled
+	// run had finished before its cancel) and CancelledTasks the tasks
+	// their cancels ended, CancelledRunning those of them that were
+	// running (their workers fenced).
+	Cancelled        int
+	CancelledTasks   int
+	CancelledRunning int
+	History          Touches
+	Events           int
+	Elapsed          time.Duration
+	Dir              string
 }
 
 // Line is the one-line summary "chaos seed=S tasks=N kills=K ...".
 func (r Report) Line() string {
-	return fmt.Sprintf("chaos seed=%d runs=%d tasks=%d kills=%d pauses=%d projectors=%d projector_kills=%d projector_pauses=%d projector_stalls=%d takeovers=%d redis_restarts=%d shared_runs=%d handoffs=%d late_commits=%d lost=%d duplicate_accepts=%d rejected_stale=%d events=%d elapsed=%s verified=%t",
-		r.Seed, r.Runs, r.Verdict.Tasks, r.Kills, r.Pauses, r.Projectors, r.ProjectorKills, r.ProjectorPauses, r.ProjectorStalls, r.Takeovers, r.RedisRestarts,
+	return fmt.Sprintf("chaos seed=%d runs=%d tasks=%d kills=%d pauses=%d projectors=%d projector_kills=%d projector_pauses=%d projector_stalls=%d takeovers=%d cancelled=%d/%d/%d redis_restarts=%d shared_runs=%d handoffs=%d late_commits=%d lost=%d duplicate_accepts=%d rejected_stale=%d events=%d elapsed=%s verified=%t",
+		r.Seed, r.Runs, r.Verdict.Tasks, r.Kills, r.Pauses, r.Projectors, r.ProjectorKills, r.ProjectorPauses, r.ProjectorStalls, r.Takeovers, r.Cancelled, r.CancelledTasks, r.CancelledRunning, r.RedisRestarts,
 		r.History.SharedRuns, r.History.Handoffs, r.History.LateCommits, r.Verdict.Lost,
 		r.Verdict.DuplicateAccepts, r.Verdict.RejectedStale, r.Events, r.Elapsed.Round(100*time.Millisecond), r.Verdict.OK())
 }
@@ -177,10 +191,18 @@ func Run(ctx context.Context, cfg Config) (rep Report, err error) {
 		err  error
 	}
 	runs := []*submitted{{id: "chaos-" + strconv.FormatUint(cfg.Seed, 10)}}
-	wfs := []*graflow.Workflow{s.workflow()}
+	wfs := []*graflow.Workflow{s.workflow("chaos", cfg.Tasks)}
 	if cfg.Wide > 0 {
 		runs = append(runs, &submitted{id: "chaos-" + strconv.FormatUint(cfg.Seed, 10) + "-wide"})
 		wfs = append(wfs, s.wideWorkflow())
+	}
+	var cancelRun *submitted
+	var cancelAfter int // successes
+	if !cfg.NoCancel {
+		cancelRun = &submitted{id: "chaos-" + strconv.FormatUint(cfg.Seed, 10) + "-cancel"}
+		runs = append(runs, cancelRun)
+		wfs = append(wfs, s.workflow("chaos-cancel", max(cfg.Tasks/4, 40)))
+		cancelAfter = 10 + s.rng.IntN(max(cfg.Tasks/8-10, 1))
 	}
 	for i, r := range runs {
 		if err := retryRedis(ctx, func() error {
@@ -212,6 +234,14 @@ func Run(ctx context.Context, cfg Config) (rep Report, err error) {
 		go func() {
 			defer faults.Done()
 			s.takeover(faultCtx, runs[1].id)
+		}()
+	}
+	cancelled := make(chan error, 1) // the cancel's outcome
+	if cancelRun != nil {
+		faults.Add(1)
+		go func() {
+			defer faults.Done()
+			cancelled <- s.cancel(runCtx, cancelRun.id, cancelAfter)
 		}()
 	}
 	var waits sync.WaitGroup
@@ -247,6 +277,9 @@ func Run(ctx context.Context, cfg Config) (rep Report, err error) {
 		}
 		if r.err != nil {
 			v.Problems = append([]string{fmt.Sprintf("run %s did not end within %s: %v", r.id, cfg.Timeout, r.err)}, v.Problems...)
+		}
+		if r == cancelRun && r.err == nil {
+			v.Problems = append(v.Problems, s.checkCancelled(ctx, r.id, r.info, <-cancelled)...)
 		}
 		rep.Runs++
 		rep.Events += n
@@ -308,17 +341,84 @@ func (s *stack) check(ctx context.Context, run string) (Verdict, int, error) {
 	return v, len(evs), nil
 }
 
-// workflow builds the chaos DAG: a root, four parallel groups of sleep
-// tasks (some flaky, with retries), a sum per group and a final sum.
-func (s *stack) workflow() *graflow.Workflow {
-	wf := graflow.NewWorkflow("chaos")
+// cancel cancels run once n of its tasks succeeded (following its log,
+// retrying while Redis restarts). It returns nil once the run is
+// cancelled, or the error (graflow.ErrRunFinished when the run ended
+// first).
+func (s *stack) cancel(ctx context.Context, run string, n int) error {
+	from, seen := "", 0
+	errEnough := errors.New("enough")
+	err := retryRedis(ctx, func() error {
+		err := s.client.Follow(ctx, run, graflow.FollowOptions{From: from, UntilEnd: true}, func(e events.Event) error {
+			from = e.Seq
+			if e.Type == events.TaskSucceeded {
+				seen++
+			}
+			if seen >= n {
+				return errEnough
+			}
+			return nil
+		})
+		if errors.Is(err, errEnough) || err == nil {
+			return nil // n successes, or the run ended first (the cancel says so)
+		}
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	err = retryRedis(ctx, func() error {
+		err := s.client.Cancel(ctx, run, "chaos")
+		if errors.Is(err, graflow.ErrRunFinished) {
+			return retry.Permanent(err)
+		}
+		return err
+	})
+	s.logf("cancel %s after %d successes: %v", run, seen, err)
+	return err
+}
+
+// checkCancelled checks the cancelled run's end: cancelled, unless it had
+// finished before the cancel; it counts the tasks the cancel ended.
+func (s *stack) checkCancelled(ctx context.Context, run string, info *graflow.RunInfo, cancelErr error) []string {
+	switch {
+	case errors.Is(cancelErr, graflow.ErrRunFinished):
+		s.logf("run %s finished (%s) before its cancel", run, info.Status)
+		return nil
+	case cancelErr != nil:
+		return []string{fmt.Sprintf("cancel of run %s failed: %v", run, cancelErr)}
+	case !info.Cancelled():
+		return []string{fmt.Sprintf("run %s was cancelled but ended %s", run, info.Status)}
+	}
+	evs, _, err := s.history(ctx, run)
+	if err != nil {
+		return []string{fmt.Sprintf("read run %s: %v", run, err)}
+	}
+	s.report.Cancelled++
+	for _, e := range evs {
+		var b events.TaskCancelledBody
+		if e.Type == events.TaskCancelled && e.DecodeBody(&b) == nil {
+			s.report.CancelledTasks++
+			if b.From == events.TaskStatusRunning {
+				s.report.CancelledRunning++
+			}
+		}
+	}
+	return nil
+}
+
+// workflow builds the chaos DAG of n tasks: a root, four parallel groups
+// of sleep tasks (some flaky, with retries), a sum per group and a final
+// sum.
+func (s *stack) workflow(name string, tasks int) *graflow.Workflow {
+	wf := graflow.NewWorkflow(name)
 	root := wf.Task("root", builtin.Noop)
-	per := (s.cfg.Tasks - 6) / 4
+	per := (tasks - 6) / 4
 	var sums []*graflow.Task
 	for g := range 4 {
 		n := per
 		if g == 3 {
-			n = s.cfg.Tasks - 6 - 3*per
+			n = tasks - 6 - 3*per
 		}
 		members := make([]*graflow.Task, 0, n)
 		for i := range n {
