@@ -43,106 +43,6 @@ type TaskMeta = statehash.TaskMeta
 // MetaOf builds the stored metadata of a task spec.
 func MetaOf(s events.TaskSpec) TaskMeta { return statehash.MetaOf(s) }
 
-// Submit runs the submit script. created is false if the run already
-// existed, with the workflow name it was created with.
-func (d DB) Submit(ctx context.Context, run string, ev events.Event, body events.RunSubmittedBody) (created bool, workflow string, err error) {
-	cmd, err := d.SubmitCmd(ctx, d.C, run, ev, body)
-	if err != nil {
-		return false, "", err
-	}
-	return ParseSubmit(run, ev, body, cmd)
-}
-
-// SubmitCmd queues the submit script on p; read it with ParseSubmit.
-func (d DB) SubmitCmd(ctx context.Context, p redis.Scripter, run string, ev events.Event, body events.RunSubmittedBody) (*redis.Cmd, error) {
-	args, err := SubmitArgs(ev, body)
-	if err != nil {
-		return nil, err
-	}
-	return d.SubmitArgsCmd(ctx, p, run, args, Initial{}), nil
-}
-
-// SubmitArgs encodes the submit script's arguments (the step that can
-// fail), for SubmitArgsCmd.
-func SubmitArgs(ev events.Event, body events.RunSubmittedBody) ([]any, error) {
-	args := make([]any, 0, 6+2*len(body.Tasks))
-	args = append(args, ev.ID, strconv.FormatInt(ev.Time.UnixMilli(), 10), string(ev.Body), body.Workflow, string(body.Input), len(body.Tasks))
-	for _, t := range body.Tasks {
-		m, err := json.Marshal(MetaOf(t))
-		if err != nil {
-			return nil, err
-		}
-		args = append(args, t.ID, string(m))
-	}
-	return args, nil
-}
-
-// Initial is what a submit decides at once, folded by the submitter from
-// run_submitted: the projector's first commit, made by the submit script.
-type Initial struct {
-	// Events are the decisions (task_dispatched), stamped with ids; each
-	// has its Dispatch at the same index.
-	Events     []events.Event
-	Dispatches []Dispatch
-	// More says the fold calls for more decisions than these: the run is
-	// marked dirty and the feed pointed at it.
-	More   bool
-	Writer string
-}
-
-// SubmitArgsCmd queues the submit script with arguments from SubmitArgs
-// and the initial decisions (none: the projector makes them).
-func (d DB) SubmitArgsCmd(ctx context.Context, p redis.Scripter, run string, args []any, init Initial) *redis.Cmd {
-	keys := []string{d.K.RunState(run), d.K.RunLog(run), d.K.RunDAG(run), d.K.RunResults(run), d.K.FeedFor(run)}
-	argv := make([]any, 0, len(args)+4+8*len(init.Events))
-	argv = append(argv, args...)
-	argv = append(argv, run, len(init.Events))
-	var targets keyIndex
-	for i, e := range init.Events {
-		x := init.Dispatches[i]
-		k := targets.of(&keys, d.K.QueueFor(run, x.Pool, x.Priority))
-		rec := Record{Status: events.TaskStatusDispatched, Attempt: x.Attempt, Epoch: e.Epoch}.String()
-		argv = append(argv, e.ID, string(e.Type), e.Task, e.Attempt, e.Epoch, string(e.Body), rec, k)
-	}
-	more := 0
-	if init.More {
-		more = 1
-	}
-	argv = append(argv, more, init.Writer)
-	return submitScript.Run(ctx, p, keys, argv...)
-}
-
-// SubmitVia queues the submit script and the run's index entry on comb
-// (concurrent submits share a round trip) and waits for them: reply is the
-// script's (read it with ParseSubmit), indexErr the index entry's.
-func (d DB) SubmitVia(ctx context.Context, comb *Combiner, run string, args []any, init Initial, at time.Time) (reply *redis.Cmd, indexErr, err error) {
-	var index *redis.IntCmd
-	if err := comb.Do(ctx, func(pipe redis.Pipeliner) {
-		reply = d.SubmitArgsCmd(ctx, pipe, run, args, init)
-		index = d.IndexRun(ctx, pipe, run, at)
-	}); err != nil {
-		return nil, nil, err
-	}
-	return reply, index.Err(), nil
-}
-
-// ParseSubmit reads a submit command's reply. created is also true when
-// the run existed with ev's own run_submitted (the same submit sent again:
-// a pipeline retried after a lost reply or a NOSCRIPT).
-func ParseSubmit(run string, ev events.Event, body events.RunSubmittedBody, cmd *redis.Cmd) (created bool, workflow string, err error) {
-	res, err := cmd.StringSlice()
-	if err != nil {
-		return false, "", fmt.Errorf("submit run %s: %w", run, err)
-	}
-	if res[0] == "created" {
-		return true, body.Workflow, nil
-	}
-	if len(res) > 2 && res[2] != "" && res[2] == ev.ID {
-		return true, body.Workflow, nil
-	}
-	return false, res[1], nil
-}
-
 // Head is what a projector's commit compares and sets: the run's cursor
 // (the last log id its projection accounts for) and its commit token (the
 // first event id of the last commit that appended decisions). Every
@@ -403,12 +303,6 @@ func (d DB) MoveDue(ctx context.Context, part int, members []string) (moved int6
 	args[0] = n
 	moved, err = delayedMoveScript.Run(ctx, d.C, keys, args...).Int64()
 	return moved, malformed, err
-}
-
-// IndexRun adds run to the run index, scored by its submit time (an
-// existing entry keeps its score; pipelineable).
-func (d DB) IndexRun(ctx context.Context, p redis.Cmdable, run string, at time.Time) *redis.IntCmd {
-	return p.ZAddNX(ctx, d.K.Runs(), redis.Z{Score: float64(at.UnixMilli()), Member: run})
 }
 
 // PointFeed appends a pointer to run on its feed partition (pipelineable).
