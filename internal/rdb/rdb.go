@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/graflow-go/graflow/events"
 	"github.com/graflow-go/graflow/internal/statehash"
@@ -43,128 +42,6 @@ type TaskMeta = statehash.TaskMeta
 // MetaOf builds the stored metadata of a task spec.
 func MetaOf(s events.TaskSpec) TaskMeta { return statehash.MetaOf(s) }
 
-// Head is what a projector's commit compares and sets: the run's cursor
-// (the last log id its projection accounts for) and its commit token (the
-// first event id of the last commit that appended decisions). Every
-// appending commit changes the head, even one that leaves the cursor
-// where it was (not caught up).
-type Head struct {
-	Cursor string
-	Commit string
-}
-
-// HeadCmd queues the read of run's head (and status) on p; read it with
-// ParseHead and HeadStatus.
-func (d DB) HeadCmd(ctx context.Context, p redis.Cmdable, run string) *redis.SliceCmd {
-	return p.HMGet(ctx, d.K.RunState(run), FieldRunCursor, FieldRunCommit, FieldRunStatus)
-}
-
-// HeadStatus is the run status read with a HeadCmd ("" when unknown).
-func HeadStatus(cmd *redis.SliceCmd) string {
-	v := cmd.Val()
-	if len(v) < 3 {
-		return ""
-	}
-	s, _ := v[2].(string)
-	return s
-}
-
-// ParseHead reads a HeadCmd reply (a run with no state has an empty head).
-func ParseHead(cmd *redis.SliceCmd) (Head, error) {
-	v, err := cmd.Result()
-	if err != nil {
-		return Head{}, err
-	}
-	var h Head
-	h.Cursor, _ = v[0].(string)
-	h.Commit, _ = v[1].(string)
-	return h, nil
-}
-
-// Commit is a projector commit (see commitScript).
-type Commit struct {
-	Expected Head   // the head the projector's state was loaded at
-	FoldedTo string // last log id folded
-	Writer   string // projector id, recorded as the events' worker
-	TimeMS   int64
-	Events   []events.Event // decisions: ID, Type, Task, Attempt, Epoch, Body
-	Records  map[string]string
-	// Expect maps each decided task to the record the decision was taken
-	// on (Record.String(); "" or "pending|0|0|" for a task never touched):
-	// the commit is refused if any task holds another record.
-	Expect map[string]string
-	// Dispatches are enqueued by the commit itself: on the pool's queue
-	// stream of the run's partition, or parked in its delayed set when
-	// DueMS is later than TimeMS.
-	Dispatches []Dispatch
-	// CompactLog, when the decisions end the run, rewrites a log of at
-	// most this many events with its memory sized to fit (0: never).
-	CompactLog int
-	// TTL, when the decisions end the run, makes the run's keys expire
-	// that long after (0: never), in the same step.
-	TTL time.Duration
-}
-
-// DefaultCompactLog is the longest log a run's last commit compacts: a
-// short log is where the preallocated stream node (up to 4 KiB) costs
-// most, and the copy is cheap.
-const DefaultCompactLog = 1000
-
-// CommitResult is the reply of a commit.
-type CommitResult struct {
-	Conflict bool
-	// Why says what made a conflict: the head moved, the run ended, or a
-	// task's record is not the one a decision was taken on.
-	Why      string
-	Head     Head     // head after the commit (or the current one on conflict)
-	CaughtUp bool     // nothing but the decisions was appended since FoldedTo
-	Parked   int64    // dispatches parked in the delayed set
-	Seqs     []string // stream ids of the appended decisions
-}
-
-// HeadMoved reports a conflict because another commit moved the head (or
-// the run ended), as opposed to a task record that disagrees with the
-// decisions' fold.
-func (r CommitResult) HeadMoved() bool { return r.Conflict && !strings.HasPrefix(r.Why, "task ") }
-
-// Commit runs the commit script for run.
-func (d DB) Commit(ctx context.Context, run string, c Commit) (CommitResult, error) {
-	return ParseCommit(run, d.CommitCmd(ctx, d.C, run, c))
-}
-
-// CommitCmd queues the commit script for run on p, a pipeline or the
-// client; read its reply with ParseCommit after Exec.
-func (d DB) CommitCmd(ctx context.Context, p redis.Scripter, run string, c Commit) *redis.Cmd {
-	keys := []string{d.K.RunState(run), d.K.RunLog(run), d.K.RunLogCompact(run), d.K.RunDAG(run), d.K.RunResults(run), d.K.RunChannel(run)}
-	args := make([]any, 0, 11+6*len(c.Events)+2*len(c.Records)+2*len(c.Expect)+5*len(c.Dispatches))
-	args = append(args, c.Expected.Cursor, c.Expected.Commit, c.FoldedTo, strconv.FormatInt(c.TimeMS, 10), c.Writer, len(c.Events))
-	for _, e := range c.Events {
-		args = append(args, e.ID, string(e.Type), e.Task, e.Attempt, e.Epoch, string(e.Body))
-	}
-	args = append(args, len(c.Records))
-	for f, v := range c.Records {
-		args = append(args, f, v)
-	}
-	args = append(args, len(c.Expect))
-	for f, v := range c.Expect {
-		if v == untouched {
-			v = ""
-		}
-		args = append(args, f, v)
-	}
-	args = append(args, len(c.Dispatches))
-	var targets keyIndex
-	for _, x := range c.Dispatches {
-		key, due, member := d.K.QueueFor(run, x.Pool, x.Priority), int64(0), ""
-		if x.DueMS > c.TimeMS {
-			key, due, member = d.K.DelayedFor(run), x.DueMS, x.String()
-		}
-		args = append(args, targets.of(&keys, key), due, x.Task, x.Attempt, member)
-	}
-	args = append(args, c.CompactLog, c.TTL.Milliseconds(), run)
-	return commitScript.Run(ctx, p, keys, args...)
-}
-
 // keyIndex numbers the extra KEYS of a script call (dispatch targets),
 // each key once, as 1-based KEYS indexes.
 type keyIndex map[string]int
@@ -181,30 +58,6 @@ func (x *keyIndex) of(keys *[]string, key string) int {
 		(*x)[key] = i
 	}
 	return i
-}
-
-// untouched is the record of a task no script has written yet.
-const untouched = "pending|0|0|"
-
-// ParseCommit reads a CommitCmd reply.
-func ParseCommit(run string, cmd *redis.Cmd) (CommitResult, error) {
-	res, err := cmd.Slice()
-	if err != nil {
-		return CommitResult{}, fmt.Errorf("commit run %s: %w", run, err)
-	}
-	out := CommitResult{Head: Head{Cursor: str(res, 1)}}
-	if str(res, 0) == "conflict" {
-		out.Conflict = true
-		out.Head.Commit, out.Why = str(res, 2), str(res, 3)
-		return out, nil
-	}
-	out.CaughtUp = num(res, 2) == 1
-	out.Parked = num(res, 3)
-	out.Head.Commit = str(res, 4)
-	for i := 5; i < len(res); i++ {
-		out.Seqs = append(out.Seqs, str(res, i))
-	}
-	return out, nil
 }
 
 // Dispatch is a task attempt to put on a queue (or in the delayed set
@@ -252,57 +105,6 @@ func (d DB) XAddDispatch(ctx context.Context, p redis.Cmdable, x Dispatch) *redi
 		Stream: d.K.QueueFor(x.Run, x.Pool, x.Priority),
 		Values: []any{MsgRun, x.Run, MsgTask, x.Task, MsgAttempt, strconv.Itoa(x.Attempt)},
 	})
-}
-
-// DueDispatches returns up to n members of partition part's delayed set
-// due at nowMS, and the due time of the earliest one left (0: none).
-func (d DB) DueDispatches(ctx context.Context, part int, nowMS int64, n int) (due []string, next int64, err error) {
-	pipe := d.C.Pipeline()
-	dueCmd := pipe.ZRangeArgs(ctx, redis.ZRangeArgs{
-		Key: d.K.Delayed(part), Start: "-inf", Stop: strconv.FormatInt(nowMS, 10), ByScore: true, Count: int64(n),
-	})
-	first := pipe.ZRangeWithScores(ctx, d.K.Delayed(part), 0, 0)
-	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-		return nil, 0, err
-	}
-	if f := first.Val(); len(f) > 0 && int64(f[0].Score) > nowMS {
-		next = int64(f[0].Score)
-	}
-	return dueCmd.Val(), next, nil
-}
-
-// MoveDue queues the delayed-set members of partition part (from
-// DueDispatches) on their queue streams, each exactly once (see
-// delayedMoveScript). Malformed members are removed and returned.
-func (d DB) MoveDue(ctx context.Context, part int, members []string) (moved int64, malformed []string, err error) {
-	keys := []string{d.K.Delayed(part)}
-	var targets keyIndex
-	args := []any{0}
-	n := 0
-	for _, m := range members {
-		x, err := ParseDispatch(m)
-		if err != nil {
-			malformed = append(malformed, m)
-			continue
-		}
-		args = append(args, m, targets.of(&keys, d.K.Queue(part, x.Pool, x.Priority)), x.Run, x.Task, strconv.Itoa(x.Attempt))
-		n++
-	}
-	if len(malformed) > 0 {
-		ms := make([]any, len(malformed))
-		for i, m := range malformed {
-			ms[i] = m
-		}
-		if err := d.C.ZRem(ctx, d.K.Delayed(part), ms...).Err(); err != nil {
-			return 0, malformed, err
-		}
-	}
-	if n == 0 {
-		return 0, malformed, nil
-	}
-	args[0] = n
-	moved, err = delayedMoveScript.Run(ctx, d.C, keys, args...).Int64()
-	return moved, malformed, err
 }
 
 // PointFeed appends a pointer to run on its feed partition (pipelineable).
@@ -596,36 +398,6 @@ func (d DB) Requeue(ctx context.Context, run, task, writer, eventID string, time
 	pipe.HDel(ctx, d.K.DeadLetterInfo(), DeadLetterMember(run, task))
 	_, err = pipe.Exec(ctx)
 	return err
-}
-
-// Quarantine sets a running run aside for good (see quarantineScript) and
-// indexes it in the namespace's quarantine hash. The index is written first
-// (so whoever sees run_quarantined in the log finds the index entry too),
-// and even when the run's own keys cannot be written (a key of the wrong
-// type, no permission): that error is returned after it. done is false
-// when the run was not running (nothing was appended); its index entry is
-// then removed unless the run was quarantined already.
-func (d DB) Quarantine(ctx context.Context, run string, ev events.Event, reason string) (done bool, err error) {
-	ierr := d.C.HSet(ctx, d.K.Quarantined(), run, reason).Err()
-	res, serr := quarantineScript.Run(ctx, d.C, []string{d.K.RunState(run), d.K.RunLog(run)},
-		ev.ID, ev.Time.UnixMilli(), ev.Worker, string(ev.Body), reason).Slice()
-	if serr != nil {
-		return false, errors.Join(fmt.Errorf("quarantine run %s: %w", run, serr), ierr)
-	}
-	if str(res, 0) == "not_running" && str(res, 1) != string(events.RunStatusQuarantined) && ierr == nil {
-		ierr = d.C.HDel(ctx, d.K.Quarantined(), run).Err()
-	}
-	return str(res, 0) == "ok", ierr
-}
-
-// QuarantineReason returns why run was quarantined, from the namespace
-// index ("" when it was not).
-func (d DB) QuarantineReason(ctx context.Context, run string) (string, error) {
-	s, err := d.C.HGet(ctx, d.K.Quarantined(), run).Result()
-	if errors.Is(err, redis.Nil) {
-		return "", nil
-	}
-	return s, err
 }
 
 // DeadLetterMember is a task's member in the dead-letter set.
