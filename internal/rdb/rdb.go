@@ -12,6 +12,10 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
+// The DB, and what several flows share: a dispatch and its queue message
+// fields, the feed pointer, consumer groups, script loading and pipelines,
+// and the readers of script replies.
+
 // DB runs Graflow's scripts and commands against one namespace. It is a
 // small value; copy it freely. Safe for concurrent use.
 type DB struct {
@@ -103,48 +107,6 @@ func (d DB) PointFeed(ctx context.Context, p redis.Cmdable, run string) *redis.S
 	return p.XAdd(ctx, &redis.XAddArgs{Stream: d.K.FeedFor(run), Values: []any{MsgRun, run}})
 }
 
-// ErrNotRequeueable is returned when requeue finds a task that has not
-// failed for good, or a run that was cancelled.
-var ErrNotRequeueable = errors.New("task cannot be requeued")
-
-// Requeue gives a failed task another attempt (see requeueScript) and
-// points the feed at its run and drops it from the dead-letter set.
-func (d DB) Requeue(ctx context.Context, run, task, writer, eventID string, timeMS int64, body []byte) error {
-	res, err := requeueScript.Run(ctx, d.C, []string{d.K.RunState(run), d.K.RunLog(run), d.K.RunDAG(run), d.K.RunResults(run),
-		d.K.RunOutbox(run), d.K.RunChannel(run)},
-		task, eventID, timeMS, writer, string(body)).Slice()
-	if err != nil {
-		return fmt.Errorf("requeue %s/%s: %w", run, task, err)
-	}
-	// Point the feed whatever the reply: a "refused" may be the retry of a
-	// call whose reply was lost, and a pointer too many is harmless.
-	if err := d.PointFeed(ctx, d.C, run).Err(); err != nil {
-		return fmt.Errorf("requeue %s/%s: point the feed: %w", run, task, err)
-	}
-	if str(res, 0) == "refused" {
-		return fmt.Errorf("%w: %s/%s is %s (run %s)", ErrNotRequeueable, run, task, str(res, 1), str(res, 2))
-	}
-	pipe := d.C.TxPipeline()
-	pipe.ZRem(ctx, d.K.DeadLetter(), DeadLetterMember(run, task))
-	pipe.HDel(ctx, d.K.DeadLetterInfo(), DeadLetterMember(run, task))
-	_, err = pipe.Exec(ctx)
-	return err
-}
-
-// GCRun deletes a finished, fully projected run's keys in one step. ok is
-// false (and nothing is deleted) if the run is not collectable.
-func (d DB) GCRun(ctx context.Context, run string) (ok bool, keys, events int64, err error) {
-	ks := []string{d.K.RunState(run), d.K.RunLog(run), d.K.RunDAG(run), d.K.RunResults(run), d.K.RunOutbox(run), d.K.RunChannel(run)}
-	res, err := gcScript.Run(ctx, d.C, ks).Slice()
-	if err != nil {
-		return false, 0, 0, fmt.Errorf("gc run %s: %w", run, err)
-	}
-	if num(res, 0) < 0 {
-		return false, 0, 0, nil
-	}
-	return true, num(res, 0), num(res, 1), nil
-}
-
 // EnsureGroup creates a consumer group reading from the start, and the
 // stream if needed. An existing group is fine.
 func (d DB) EnsureGroup(ctx context.Context, stream, group string) error {
@@ -222,75 +184,4 @@ func num(res []any, i int) int64 {
 		return n
 	}
 	return 0
-}
-
-// DecodeLog decodes entries of run's log (stream order kept).
-func DecodeLog(run string, msgs []redis.XMessage) ([]events.Event, error) {
-	out := make([]events.Event, 0, len(msgs))
-	for _, m := range msgs {
-		e, err := events.Decode(run, m.ID, m.Values)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, e)
-	}
-	return out, nil
-}
-
-// BadEntry is a log entry that does not decode.
-type BadEntry struct {
-	Seq string
-	Err error
-}
-
-// ReadLogTolerant reads and decodes run's whole log, page entries per round
-// trip, and returns the entries that decode and, apart, every one that
-// does not.
-func (d DB) ReadLogTolerant(ctx context.Context, run string, page int) ([]events.Event, []BadEntry, error) {
-	var out []events.Event
-	var bad []BadEntry
-	start := "-"
-	for {
-		msgs, err := d.C.XRangeN(ctx, d.K.RunLog(run), start, "+", int64(page)).Result()
-		if err != nil {
-			return nil, nil, fmt.Errorf("read log of run %s: %w", run, err)
-		}
-		for _, m := range msgs {
-			e, err := events.Decode(run, m.ID, m.Values)
-			if err != nil {
-				bad = append(bad, BadEntry{Seq: m.ID, Err: err})
-				continue
-			}
-			out = append(out, e)
-		}
-		if len(msgs) < page {
-			return out, bad, nil
-		}
-		start = "(" + msgs[len(msgs)-1].ID
-	}
-}
-
-// ReadLog reads and decodes run's log entries from start to end (XRANGE
-// bounds: "-", "+", an id, or "(" + id for an exclusive start), page entries
-// per round trip; limit > 0 stops after one page of at most limit entries.
-func (d DB) ReadLog(ctx context.Context, run, start, end string, page, limit int) ([]events.Event, error) {
-	if limit > 0 {
-		page = limit
-	}
-	var out []events.Event
-	for {
-		msgs, err := d.C.XRangeN(ctx, d.K.RunLog(run), start, end, int64(page)).Result()
-		if err != nil {
-			return nil, fmt.Errorf("read log of run %s: %w", run, err)
-		}
-		evs, err := DecodeLog(run, msgs)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, evs...)
-		if limit > 0 || len(msgs) < page {
-			return out, nil
-		}
-		start = "(" + msgs[len(msgs)-1].ID
-	}
 }
