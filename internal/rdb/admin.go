@@ -126,6 +126,11 @@ func (d DB) ImportAppend(ctx context.Context, run string, have int, entries []Lo
 	return last, nil
 }
 
+// ImportHashes are the hashes of an imported run, field → value.
+type ImportHashes struct {
+	State, DAG, Results, Channel map[string]string
+}
+
 // importStateScript writes an imported run's hashes if it has no state.
 //
 // KEYS: 1 state, 2 dag, 3 results, 4 channel
@@ -144,11 +149,6 @@ for _, k in ipairs({2, 3, 4, 1}) do
 end
 return 1
 `)
-
-// ImportHashes are the hashes of an imported run, field → value.
-type ImportHashes struct {
-	State, DAG, Results, Channel map[string]string
-}
 
 // ImportState writes an imported run's state, dag, results and channel
 // hashes in one script, if the run has no state yet (else

@@ -68,8 +68,9 @@ type Initial struct {
 // folded from run_submitted (its root tasks' dispatches: the projector's
 // first commit, made here because the run's queue shares its slot) or, with
 // none, marks the run dirty and points the feed at it. After decisions, the
-// feed is pointed at the run only when the fold calls for more than one
-// commit holds. Idempotent: an existing run is left untouched.
+// run is marked dirty and the feed pointed at it only when the fold calls
+// for more decisions than these (more). Idempotent: an existing run is left
+// untouched.
 //
 // KEYS: 1 state, 2 log, 3 dag, 4 results, 5 feed, then the queue streams
 // of the decisions
