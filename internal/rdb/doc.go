@@ -38,5 +38,6 @@
 //     inspect_queues.go: where a dispatch is, queue statistics, dead letters.
 //   - observe.go: what graflow bench, chaos and dev watch from outside.
 //   - combine.go: concurrent callers sharing one pipeline (Combiner).
-//   - floor.go: the bench's floor workload, not part of the engine.
+//   - floor.go, floor_fanout.go: the bench's floor workload (its scripts and
+//     their pipelines), not part of the engine.
 package rdb

@@ -119,8 +119,11 @@ func (d DB) EnsureGroup(ctx context.Context, stream, group string) error {
 
 // LoadScripts loads every script so the first calls need no EVAL fallback.
 // Script.Run falls back to EVAL on NOSCRIPT (after a Redis restart) anyway.
-func (d DB) LoadScripts(ctx context.Context) error {
-	for name, s := range Scripts() {
+func (d DB) LoadScripts(ctx context.Context) error { return d.load(ctx, Scripts()) }
+
+// load loads scripts into Redis' script cache.
+func (d DB) load(ctx context.Context, scripts map[string]*redis.Script) error {
+	for name, s := range scripts {
 		if err := s.Load(ctx, d.C).Err(); err != nil {
 			return fmt.Errorf("load script %s: %w", name, err)
 		}
