@@ -35,7 +35,6 @@ var redisBoundary = map[string]string{
 	"internal/redistest/redistest.go":       "the test harness: hands tests a client",
 	"internal/redistest/container.go":       "the test harness: pings the container it started",
 	"cmd/graflow/internal/bench/ceiling.go": "THE allowed exception: the raw ceiling measures plain XADD/XREADGROUP/XACK throughput with no engine in between",
-	"cmd/graflow/internal/bench/floor.go":   "the floor workload: drives rdb.FloorScripts with its own queue and feed XADD/XREADGROUP/XRANGE pipelines, part of what it measures (to move into rdb's floor.go, issue #14)",
 	"cmd/graflow/dev.go":                    "types only: graflow dev holds its stack's client (made by the connection constructor) and closes it; every command goes through rdb",
 	"client.go":                             "types only: Config.Redis; every command goes through rdb",
 	"scheduler/scheduler.go":                "types only: Config.Redis; every command goes through rdb",

@@ -10,9 +10,10 @@ import (
 )
 
 // This file is the operators' write side of the boundary: import of an
-// exported run, resume of an imported one, and the dead-letter and index
-// upkeep. Every check that guards a write runs in the same script as the
-// write, on the run's slot.
+// exported run, resume of an imported one, collection of a finished run
+// (gc), another attempt for a task that failed for good (requeue), and the
+// dead-letter and index upkeep. Every check that guards a write runs in the
+// same script as the write, on the run's slot.
 
 // ErrImportConflict is returned by ImportAppend and ImportState when the
 // run changed under the import (another writer appended to its log or
@@ -125,6 +126,11 @@ func (d DB) ImportAppend(ctx context.Context, run string, have int, entries []Lo
 	return last, nil
 }
 
+// ImportHashes are the hashes of an imported run, field → value.
+type ImportHashes struct {
+	State, DAG, Results, Channel map[string]string
+}
+
 // importStateScript writes an imported run's hashes if it has no state.
 //
 // KEYS: 1 state, 2 dag, 3 results, 4 channel
@@ -143,11 +149,6 @@ for _, k in ipairs({2, 3, 4, 1}) do
 end
 return 1
 `)
-
-// ImportHashes are the hashes of an imported run, field → value.
-type ImportHashes struct {
-	State, DAG, Results, Channel map[string]string
-}
 
 // ImportState writes an imported run's state, dag, results and channel
 // hashes in one script, if the run has no state yet (else
@@ -289,6 +290,35 @@ func (d DB) GCInfo(ctx context.Context, run string) (status string, ok, dirty bo
 	return status, ok, vals[1] != nil, nil
 }
 
+// gcScript deletes a finished run's keys if it is still finished and fully
+// projected (no @dirty): the check and the delete are one step, so a
+// requeue cannot slip in between.
+//
+// KEYS: 1 state, 2 log, then the run's other keys
+// Reply: {deleted keys, events} | {-1, status} (not collectable)
+var gcScript = redis.NewScript(`
+local st = redis.call('HGET', KEYS[1], '@status')
+if (st ~= 'succeeded' and st ~= 'failed' and st ~= 'cancelled' and st ~= 'quarantined') or redis.call('HEXISTS', KEYS[1], '@dirty') == 1 then
+  return {-1, st or ''}
+end
+local n = redis.call('XLEN', KEYS[2])
+return {redis.call('DEL', unpack(KEYS)), n}
+`)
+
+// GCRun deletes a finished, fully projected run's keys in one step. ok is
+// false (and nothing is deleted) if the run is not collectable.
+func (d DB) GCRun(ctx context.Context, run string) (ok bool, keys, events int64, err error) {
+	ks := []string{d.K.RunState(run), d.K.RunLog(run), d.K.RunDAG(run), d.K.RunResults(run), d.K.RunOutbox(run), d.K.RunChannel(run)}
+	res, err := gcScript.Run(ctx, d.C, ks).Slice()
+	if err != nil {
+		return false, 0, 0, fmt.Errorf("gc run %s: %w", run, err)
+	}
+	if num(res, 0) < 0 {
+		return false, 0, 0, nil
+	}
+	return true, num(res, 0), num(res, 1), nil
+}
+
 // LogLen returns the number of entries of run's log.
 func (d DB) LogLen(ctx context.Context, run string) (int64, error) {
 	return d.C.XLen(ctx, d.K.RunLog(run)).Result()
@@ -302,6 +332,57 @@ func (d DB) Unindex(ctx context.Context, run string) error {
 // ForgetQuarantine removes run from the namespace's quarantine index.
 func (d DB) ForgetQuarantine(ctx context.Context, run string) error {
 	return d.C.HDel(ctx, d.K.Quarantined(), run).Err()
+}
+
+// ErrNotRequeueable is returned when requeue finds a task that has not
+// failed for good, or a run that was cancelled.
+var ErrNotRequeueable = errors.New("task cannot be requeued")
+
+// requeueScript gives a task that failed for good another attempt and
+// reopens its run (the projector then requeues the tasks skipped behind it).
+//
+// KEYS: 1 state, 2 log, then the run's other keys (their TTLs are removed)
+// ARGV: 1 task, 2 event id, 3 time ms, 4 writer, 5 body
+// Reply: {"ok", newly dirty 0|1} | {"refused", task status, run status}
+var requeueScript = redis.NewScript(prelude + `
+local run = redis.call('HGET', KEYS[1], '@status')
+local st, a, e, o = getrec(KEYS[1], ARGV[1])
+if st ~= 'failed' or (run ~= 'failed' and run ~= 'running') then
+  return {'refused', st, run or ''}
+end
+setrec(KEYS[1], ARGV[1], 'pending', a, e, '')
+-- A reopened run must not expire while it runs (RunTTL set it when it
+-- ended); it gets its TTL again when it ends again.
+for _, key in ipairs(KEYS) do redis.call('PERSIST', key) end
+local seq = append(KEYS[2], ARGV[2], 'task_requeued', ARGV[1], a, e, ARGV[4], ARGV[3], ARGV[5])
+-- Moving the cursor makes any projector commit decided before this requeue
+-- (a run_failed, a task_skipped) fail its compare-and-set and re-fold.
+redis.call('HSET', KEYS[1], '@status', 'running', '@cursor', seq)
+return {'ok', redis.call('HSETNX', KEYS[1], '@dirty', '1')}
+`)
+
+// Requeue gives a failed task another attempt (see requeueScript) and
+// points the feed at its run and drops it from the dead-letter set.
+func (d DB) Requeue(ctx context.Context, run, task, writer, eventID string, timeMS int64, body []byte) error {
+	res, err := requeueScript.Run(ctx, d.C, []string{d.K.RunState(run), d.K.RunLog(run), d.K.RunDAG(run), d.K.RunResults(run),
+		d.K.RunOutbox(run), d.K.RunChannel(run)},
+		task, eventID, timeMS, writer, string(body)).Slice()
+	if err != nil {
+		return fmt.Errorf("requeue %s/%s: %w", run, task, err)
+	}
+	// Point the feed whatever the reply: a "refused" may be the retry of a
+	// call whose reply was lost, and a pointer too many is harmless.
+	if err := d.PointFeed(ctx, d.C, run).Err(); err != nil {
+		return fmt.Errorf("requeue %s/%s: point the feed: %w", run, task, err)
+	}
+	if str(res, 0) == "refused" {
+		return fmt.Errorf("%w: %s/%s is %s (run %s)", ErrNotRequeueable, run, task, str(res, 1), str(res, 2))
+	}
+	pipe := d.C.TxPipeline()
+	pipe.ZRem(ctx, d.K.DeadLetter(), DeadLetterMember(run, task))
+	pipe.HDel(ctx, d.K.DeadLetterInfo(), DeadLetterMember(run, task))
+	_, err = pipe.Exec(ctx)
+	return err
 }
 
 // PurgeDeadLetter forgets one dead letter.

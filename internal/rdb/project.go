@@ -4,13 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
+	"github.com/graflow-go/graflow/events"
 	"github.com/redis/go-redis/v9"
 )
 
-// The projector's flow: reading the feed, reading runs' logs, committing.
-// (The commit script and its wrapper are in scripts.go and rdb.go.)
+// The projector's flow: reading the feed (acks and XAUTOCLAIM included),
+// reading runs' heads and logs, moving due dispatches from the delayed sets
+// to their queues, and setting aside a run that cannot be folded. The
+// commit is in project_commit.go.
 
 // ReadGroup reads new (start ">") or own pending (start "0") entries of
 // streams for consumer of group: at most count per stream, blocking up to
@@ -161,31 +165,118 @@ func (d DB) ReadRuns(ctx context.Context, rs []RunRead, count int) {
 	}
 }
 
-// Commits runs the commit script for several runs in one round trip (see
-// Pipelined: a NOSCRIPT loads the scripts and sends them again).
-// results[i] and errs[i] are runs[i]'s; err is set when ctx ended.
-func (d DB) Commits(ctx context.Context, runs []string, cs []Commit) (results []CommitResult, errs []error, err error) {
-	cmds := make([]*redis.Cmd, len(runs))
-	err = d.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-		for i, run := range runs {
-			cmds[i] = d.CommitCmd(ctx, pipe, run, cs[i])
-		}
-		return nil
+// DueDispatches returns up to n members of partition part's delayed set
+// due at nowMS, and the due time of the earliest one left (0: none).
+func (d DB) DueDispatches(ctx context.Context, part int, nowMS int64, n int) (due []string, next int64, err error) {
+	pipe := d.C.Pipeline()
+	dueCmd := pipe.ZRangeArgs(ctx, redis.ZRangeArgs{
+		Key: d.K.Delayed(part), Start: "-inf", Stop: strconv.FormatInt(nowMS, 10), ByScore: true, Count: int64(n),
 	})
-	if err != nil && ctx.Err() != nil {
-		return nil, nil, err
+	first := pipe.ZRangeWithScores(ctx, d.K.Delayed(part), 0, 0)
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, 0, err
 	}
-	results, errs = make([]CommitResult, len(runs)), make([]error, len(runs))
-	for i, run := range runs {
-		results[i], errs[i] = ParseCommit(run, cmds[i])
+	if f := first.Val(); len(f) > 0 && int64(f[0].Score) > nowMS {
+		next = int64(f[0].Score)
 	}
-	return results, errs, nil
+	return dueCmd.Val(), next, nil
 }
 
-// BeatNow writes a registry record now (see Beat).
-func (r Registry) BeatNow(ctx context.Context, c redis.UniversalClient, id string, fields map[string]any, now time.Time, ttl time.Duration) error {
-	pipe := c.Pipeline() // different slots: no MULTI
-	r.Beat(ctx, pipe, id, fields, now, ttl)
-	_, err := pipe.Exec(ctx)
-	return err
+// delayedMoveScript moves due dispatches from a partition's delayed set to
+// their queue streams: each member is removed first and queued only if
+// this call removed it, so two movers never queue one dispatch twice.
+//
+// KEYS: 1 the delayed set, then the target queue streams
+// ARGV: n, then n x (member, target key index, run, task, attempt)
+// Reply: number moved
+var delayedMoveScript = redis.NewScript(`
+local moved = 0
+for i = 0, tonumber(ARGV[1]) - 1 do
+  local a = 2 + 5 * i
+  if redis.call('ZREM', KEYS[1], ARGV[a]) == 1 then
+    redis.call('XADD', KEYS[tonumber(ARGV[a + 1])], '*', 'r', ARGV[a + 2], 'k', ARGV[a + 3], 'a', ARGV[a + 4])
+    moved = moved + 1
+  end
+end
+return moved
+`)
+
+// MoveDue queues the delayed-set members of partition part (from
+// DueDispatches) on their queue streams, each exactly once (see
+// delayedMoveScript). Malformed members are removed and returned.
+func (d DB) MoveDue(ctx context.Context, part int, members []string) (moved int64, malformed []string, err error) {
+	keys := []string{d.K.Delayed(part)}
+	var targets keyIndex
+	args := []any{0}
+	n := 0
+	for _, m := range members {
+		x, err := ParseDispatch(m)
+		if err != nil {
+			malformed = append(malformed, m)
+			continue
+		}
+		args = append(args, m, targets.of(&keys, d.K.Queue(part, x.Pool, x.Priority)), x.Run, x.Task, strconv.Itoa(x.Attempt))
+		n++
+	}
+	if len(malformed) > 0 {
+		ms := make([]any, len(malformed))
+		for i, m := range malformed {
+			ms[i] = m
+		}
+		if err := d.C.ZRem(ctx, d.K.Delayed(part), ms...).Err(); err != nil {
+			return 0, malformed, err
+		}
+	}
+	if n == 0 {
+		return 0, malformed, nil
+	}
+	args[0] = n
+	moved, err = delayedMoveScript.Run(ctx, d.C, keys, args...).Int64()
+	return moved, malformed, err
+}
+
+// quarantineScript sets a running run aside for good: appends
+// run_quarantined, sets @status to quarantined with the reason, and clears
+// @dirty. A run that is not running is left alone.
+//
+// KEYS: 1 state, 2 log
+// ARGV: 1 event id, 2 time ms, 3 writer, 4 body, 5 reason
+// Reply: {"ok", seq} | {"not_running", status}
+var quarantineScript = redis.NewScript(prelude + `
+local st = redis.call('HGET', KEYS[1], '@status')
+if st ~= 'running' then return {'not_running', st or ''} end
+local seq = append(KEYS[2], ARGV[1], 'run_quarantined', '', 0, 0, ARGV[3], ARGV[2], ARGV[4])
+redis.call('HSET', KEYS[1], '@status', 'quarantined', '@quarantine', ARGV[5])
+redis.call('HDEL', KEYS[1], '@dirty')
+return {'ok', seq}
+`)
+
+// Quarantine sets a running run aside for good (see quarantineScript) and
+// indexes it in the namespace's quarantine hash. The index is written first
+// (so whoever sees run_quarantined in the log finds the index entry too),
+// and even when the run's own keys cannot be written (a key of the wrong
+// type, no permission): that error is returned after it. done is false
+// when the run was not running (nothing was appended); its index entry is
+// then removed unless the run was quarantined already.
+func (d DB) Quarantine(ctx context.Context, run string, ev events.Event, reason string) (done bool, err error) {
+	ierr := d.C.HSet(ctx, d.K.Quarantined(), run, reason).Err()
+	res, serr := quarantineScript.Run(ctx, d.C, []string{d.K.RunState(run), d.K.RunLog(run)},
+		ev.ID, ev.Time.UnixMilli(), ev.Worker, string(ev.Body), reason).Slice()
+	if serr != nil {
+		return false, errors.Join(fmt.Errorf("quarantine run %s: %w", run, serr), ierr)
+	}
+	if str(res, 0) == "not_running" && str(res, 1) != string(events.RunStatusQuarantined) && ierr == nil {
+		ierr = d.C.HDel(ctx, d.K.Quarantined(), run).Err()
+	}
+	return str(res, 0) == "ok", ierr
+}
+
+// QuarantineReason returns why run was quarantined, from the namespace
+// index ("" when it was not).
+func (d DB) QuarantineReason(ctx context.Context, run string) (string, error) {
+	s, err := d.C.HGet(ctx, d.K.Quarantined(), run).Result()
+	if errors.Is(err, redis.Nil) {
+		return "", nil
+	}
+	return s, err
 }

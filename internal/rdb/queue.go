@@ -2,139 +2,125 @@ package rdb
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 )
 
-// The worker's flow: reading the queues, claims and outcomes in batches,
-// heartbeats, reclaims. (The scripts and their single-call wrappers are in
-// scripts.go and rdb.go.) Every batch here is one round trip; every script
-// in it is safe to repeat, so a caller may retry an item alone.
+// The worker's flow around a claim, besides the claim (queue_claim.go) and
+// the outcome (queue_finish.go): heartbeats (the heartbeat script and the
+// owner-checked touch of the message), owner-checked acks, handing a claim
+// back and moving messages, redeliveries and dead letters. Every batch here
+// is one round trip; every script in it is safe to repeat, so a caller may
+// retry an item alone.
 
-// ClaimGroups runs one claim script call per group (claims of one run) in
-// one round trip: results[g] and errs[g] are group g's.
-func (d DB) ClaimGroups(ctx context.Context, groups [][]ClaimArgs) (results [][]ClaimResult, errs []error) {
-	pipe := d.C.Pipeline()
-	cmds := make([]*redis.Cmd, len(groups))
-	for g, as := range groups {
-		cmds[g] = d.ClaimsCmd(ctx, pipe, as)
-	}
-	_, _ = pipe.Exec(ctx)
-	results, errs = make([][]ClaimResult, len(groups)), make([]error, len(groups))
-	for g, as := range groups {
-		results[g], errs[g] = ParseClaims(as, cmds[g])
-	}
-	return results, errs
+// ErrStaleClaim is returned when a worker reports on a claim it no longer
+// holds (its lease was reclaimed and the epoch moved on). Nothing it sent
+// changed state; the rejection is recorded in the log as result_rejected.
+var ErrStaleClaim = errors.New("stale claim: the task was reclaimed by another worker (epoch moved on)")
+
+// StaleError details an ErrStaleClaim.
+type StaleError struct {
+	Status string
+	Epoch  string
+	Owner  string
 }
 
-// FinishGroups runs one finish script call per group (outcomes of one run
-// whose messages are on one stream) in one round trip.
-func (d DB) FinishGroups(ctx context.Context, groups [][]FinishArgs) (results [][]FinishOutcome, errs []error) {
-	pipe := d.C.Pipeline()
-	cmds := make([]*redis.Cmd, len(groups))
-	for g, as := range groups {
-		cmds[g] = d.FinishesCmd(ctx, pipe, as)
-	}
-	_, _ = pipe.Exec(ctx)
-	results, errs = make([][]FinishOutcome, len(groups)), make([]error, len(groups))
-	for g, as := range groups {
-		results[g], errs[g] = ParseFinishes(as, cmds[g])
-	}
-	return results, errs
+func (e *StaleError) Error() string {
+	return fmt.Sprintf("%v: task is %s at epoch %s owned by %q", ErrStaleClaim, e.Status, e.Epoch, e.Owner)
 }
 
-// DeadLetterItem is one task to dead-letter.
-type DeadLetterItem struct {
-	Run, Task string
-	TimeMS    int64
-	Info      DeadLetterDetails
+func (e *StaleError) Unwrap() error { return ErrStaleClaim }
+
+// HeartbeatArgs are the inputs of a heartbeat.
+type HeartbeatArgs struct {
+	Run, Task, Worker string
+	Attempt           int
+	Epoch             int64
+	EventID, RejectID string
+	TimeMS            int64
+	Body              []byte
+	Append            bool
 }
 
-// RecordDeadLetters records dead letters and then points the feed at runs,
-// in one round trip (a set: recording one twice is harmless; the pointers
-// follow the dead letters, so a projector that ends a run finds them).
-func (d DB) RecordDeadLetters(ctx context.Context, items []DeadLetterItem, point []string) error {
-	if len(items) == 0 && len(point) == 0 {
-		return nil
+// heartbeatScript checks that the caller still holds the claim and, when
+// asked, appends task_heartbeat. A stale caller is recorded as
+// result_rejected.
+//
+// KEYS: 1 state, 2 log
+// ARGV: 1 task, 2 attempt, 3 epoch, 4 worker, 5 event id, 6 time ms,
+//
+//	7 body, 8 append 0|1, 9 rejection event id
+//
+// Reply: {"ok"} | {"done"} (the caller's own claim already finished: a
+// heartbeat that raced its completion) | {"stale", status, epoch, owner}
+var heartbeatScript = redis.NewScript(prelude + `
+if redis.call('HEXISTS', KEYS[1], '@status') == 0 then
+  return {'stale', 'missing', '0', ''}
+end
+local st, a, e, o = getrec(KEYS[1], ARGV[1])
+local att, ep = tonumber(ARGV[2]), tonumber(ARGV[3])
+if st ~= 'running' and e == ep and o == ARGV[4] then
+  -- Same epoch and owner: nobody took the claim over; it ended with the
+  -- caller's own outcome (maybe already followed by a retry dispatch,
+  -- which keeps epoch and owner). A heartbeat that raced it is benign.
+  return {'done'}
+end
+if st ~= 'running' or a ~= att or e ~= ep or o ~= ARGV[4] then
+  append(KEYS[2], ARGV[9], 'result_rejected', ARGV[1], att, ep, ARGV[4], ARGV[6],
+    cjson.encode({what = 'heartbeat', reason = 'claim lost: task is ' .. st .. ' at epoch ' .. tostring(e), current_epoch = e}))
+  return {'stale', st, tostring(e), o}
+end
+if ARGV[8] == '1' then
+  append(KEYS[2], ARGV[5], 'task_heartbeat', ARGV[1], a, e, ARGV[4], ARGV[6], ARGV[7])
+end
+return {'ok'}
+`)
+
+// Heartbeat runs the heartbeat script (pipelineable: pass a pipeliner and
+// read the command's result after Exec with HeartbeatResult).
+func (d DB) Heartbeat(ctx context.Context, p redis.Scripter, a HeartbeatArgs) *redis.Cmd {
+	app := "0"
+	if a.Append {
+		app = "1"
 	}
-	pipe := d.C.Pipeline()
-	for _, it := range items {
-		d.DeadLetter(ctx, pipe, it.Run, it.Task, it.TimeMS, it.Info)
-	}
-	for _, run := range point {
-		d.PointFeed(ctx, pipe, run)
-	}
-	_, err := pipe.Exec(ctx)
-	return err
+	return heartbeatScript.Run(ctx, p, []string{d.K.RunState(a.Run), d.K.RunLog(a.Run)},
+		a.Task, a.Attempt, a.Epoch, a.Worker, a.EventID, a.TimeMS, string(a.Body), app, a.RejectID)
 }
 
-// QueueAcks acks the message ids of each stream that are pending for
-// consumer (owner-checked, see queueAckScript), one round trip.
-func (d DB) QueueAcks(ctx context.Context, consumer string, ids map[string][]string) error {
-	if len(ids) == 0 {
-		return nil
+// HeartbeatResult interprets a heartbeat command's reply.
+func HeartbeatResult(cmd *redis.Cmd) error {
+	res, err := cmd.Slice()
+	if err != nil {
+		return err
 	}
-	pipe := d.C.Pipeline()
-	for stream, list := range ids {
-		d.QueueAck(ctx, pipe, stream, consumer, list...)
+	if str(res, 0) == "stale" {
+		return &StaleError{Status: str(res, 1), Epoch: str(res, 2), Owner: str(res, 3)}
 	}
-	_, err := pipe.Exec(ctx)
-	return err
+	return nil
 }
 
-// Redeliver points the feed at run again and, for a task found failed on
-// redelivery, records its dead letter (one round trip): what a reporter
-// that died after recording its outcome may have left undone.
-func (d DB) Redeliver(ctx context.Context, run string, dead *DeadLetterItem) error {
-	pipe := d.C.Pipeline()
-	d.PointFeed(ctx, pipe, run)
-	if dead != nil {
-		d.DeadLetter(ctx, pipe, dead.Run, dead.Task, dead.TimeMS, dead.Info)
-	}
-	_, err := pipe.Exec(ctx)
-	return err
-}
+// queueTouchScript resets a pending message's idle time (the lease) if it is
+// pending for this consumer: an owner-checked XCLAIM ... JUSTID.
+//
+// KEYS: 1 queue stream
+// ARGV: 1 group, 2 consumer, 3 message id
+// Reply: 1 touched, 0 not pending, -1 pending for another consumer
+var queueTouchScript = redis.NewScript(`
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if #p == 0 then return 0 end
+if p[1][2] ~= ARGV[2] then return -1 end
+redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
+return 1
+`)
 
-// MoveItem is a pending message to give back to its pool (see QueueMove).
-type MoveItem struct {
-	Stream, ID string
-	Dispatch   Dispatch
-}
-
-// QueueMoves gives messages pending for consumer back to their pools, one
-// round trip.
-func (d DB) QueueMoves(ctx context.Context, consumer string, items []MoveItem) error {
-	if len(items) == 0 {
-		return nil
-	}
-	pipe := d.C.Pipeline()
-	for _, it := range items {
-		d.QueueMove(ctx, pipe, it.Stream, consumer, it.ID, it.Dispatch)
-	}
-	_, err := pipe.Exec(ctx)
-	return err
-}
-
-// Deliveries reads each message's delivery count (XPENDING), one round
-// trip; 0 for a message no longer pending.
-func (d DB) Deliveries(ctx context.Context, stream string, ids []string) []int64 {
-	out := make([]int64, len(ids))
-	if len(ids) == 0 {
-		return out
-	}
-	pipe := d.C.Pipeline()
-	cmds := make([]*redis.XPendingExtCmd, len(ids))
-	for i, id := range ids {
-		cmds[i] = pipe.XPendingExt(ctx, &redis.XPendingExtArgs{Stream: stream, Group: GroupWorkers, Start: id, End: id, Count: 1})
-	}
-	_, _ = pipe.Exec(ctx)
-	for i, c := range cmds {
-		if p, err := c.Result(); err == nil && len(p) == 1 {
-			out[i] = p[0].RetryCount
-		}
-	}
-	return out
+// QueueTouch resets the idle time of a message pending for consumer.
+func (d DB) QueueTouch(ctx context.Context, p redis.Scripter, stream, consumer, id string) *redis.Cmd {
+	return queueTouchScript.Run(ctx, p, []string{stream}, GroupWorkers, consumer, id)
 }
 
 // HeartbeatItem is one claim to heartbeat: the heartbeat script, then the
@@ -183,4 +169,210 @@ type Beat struct {
 	Fields   map[string]any
 	Now      time.Time
 	TTL      time.Duration
+}
+
+// queueAckScript acknowledges and deletes a queue message only if it is
+// pending for this consumer. XACK takes no consumer name, so a blind XACK
+// from a worker that lost its claim would drop a reclaimed message.
+//
+// KEYS: 1 queue stream
+// ARGV: 1 group, 2 consumer, 3... message ids
+// Reply: per id, 1 acked, 0 not pending, -1 pending for another consumer
+var queueAckScript = redis.NewScript(ackLua + `
+local ids = {}
+for i = 3, #ARGV do ids[#ids + 1] = ARGV[i] end
+local bad = badids(ids)
+if bad then return bad end
+return ackmine(KEYS[1], ARGV[1], ARGV[2], ids)
+`)
+
+// QueueAck acks and deletes queue messages of one stream that are pending
+// for consumer (others are left alone). ids are full stream ids ("ms-seq",
+// as XREADGROUP and XAUTOCLAIM return them), each once.
+func (d DB) QueueAck(ctx context.Context, p redis.Scripter, stream, consumer string, ids ...string) *redis.Cmd {
+	argv := make([]any, 0, 2+len(ids))
+	argv = append(argv, GroupWorkers, consumer)
+	for _, id := range ids {
+		argv = append(argv, id)
+	}
+	return queueAckScript.Run(ctx, p, []string{stream}, argv...)
+}
+
+// QueueAcks acks the message ids of each stream that are pending for
+// consumer (owner-checked, see queueAckScript), one round trip.
+func (d DB) QueueAcks(ctx context.Context, consumer string, ids map[string][]string) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	pipe := d.C.Pipeline()
+	for stream, list := range ids {
+		d.QueueAck(ctx, pipe, stream, consumer, list...)
+	}
+	_, err := pipe.Exec(ctx)
+	return err
+}
+
+// releaseScript hands a claim back (a draining worker that cannot finish):
+// if the caller still holds it, the epoch is bumped, the task is dispatched
+// again for the same attempt and task_reclaimed records why. The caller
+// then queues a fresh message and acks its own.
+//
+// KEYS: 1 state, 2 log
+// ARGV: 1 task, 2 attempt, 3 epoch, 4 worker, 5 event id, 6 time ms
+// Reply: {"ok"} | {"stale", status, epoch, owner}
+var releaseScript = redis.NewScript(prelude + `
+local st, a, e, o = getrec(KEYS[1], ARGV[1])
+if st ~= 'running' or a ~= tonumber(ARGV[2]) or e ~= tonumber(ARGV[3]) or o ~= ARGV[4] then
+  return {'stale', st, tostring(e), o}
+end
+e = e + 1
+setrec(KEYS[1], ARGV[1], 'dispatched', a, e, '')
+append(KEYS[2], ARGV[5], 'task_reclaimed', ARGV[1], a, e, ARGV[4], ARGV[6],
+  cjson.encode({from = ARGV[4], reason = 'handed back'}))
+return {'ok'}
+`)
+
+// Release hands a claim back (see releaseScript).
+func (d DB) Release(ctx context.Context, run, task, worker string, attempt int, epoch int64, eventID string, timeMS int64) error {
+	res, err := releaseScript.Run(ctx, d.C, []string{d.K.RunState(run), d.K.RunLog(run)},
+		task, attempt, epoch, worker, eventID, timeMS).Slice()
+	if err != nil {
+		return fmt.Errorf("release %s/%s: %w", run, task, err)
+	}
+	if str(res, 0) == "stale" {
+		return &StaleError{Status: str(res, 1), Epoch: str(res, 2), Owner: str(res, 3)}
+	}
+	return nil
+}
+
+// queueMoveScript gives a message back to the pool: it queues a fresh copy
+// (on the band stream KEYS[2]) and acks and deletes the old one, only if
+// the old one is pending for this consumer — atomically, so the old message
+// is never acked without its replacement (two streams of one pool share a
+// slot).
+//
+// KEYS: 1 the message's stream, 2 the stream for the copy
+// ARGV: 1 group, 2 consumer, 3 message id, 4 run, 5 task, 6 attempt
+// Reply: 1 moved, 0 not pending, -1 pending for another consumer
+var queueMoveScript = redis.NewScript(`
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if #p == 0 then return 0 end
+if p[1][2] ~= ARGV[2] then return -1 end
+redis.call('XADD', KEYS[2], '*', 'r', ARGV[4], 'k', ARGV[5], 'a', ARGV[6])
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+redis.call('XDEL', KEYS[1], ARGV[3])
+return 1
+`)
+
+// QueueMove gives a pending message back to the pool: a fresh copy on its
+// band and the old one acked, atomically (see queueMoveScript).
+func (d DB) QueueMove(ctx context.Context, p redis.Scripter, stream, consumer, id string, x Dispatch) *redis.Cmd {
+	return queueMoveScript.Run(ctx, p, []string{stream, d.K.QueueFor(x.Run, x.Pool, x.Priority)},
+		GroupWorkers, consumer, id, x.Run, x.Task, strconv.Itoa(x.Attempt))
+}
+
+// MoveItem is a pending message to give back to its pool (see QueueMove).
+type MoveItem struct {
+	Stream, ID string
+	Dispatch   Dispatch
+}
+
+// QueueMoves gives messages pending for consumer back to their pools, one
+// round trip.
+func (d DB) QueueMoves(ctx context.Context, consumer string, items []MoveItem) error {
+	if len(items) == 0 {
+		return nil
+	}
+	pipe := d.C.Pipeline()
+	for _, it := range items {
+		d.QueueMove(ctx, pipe, it.Stream, consumer, it.ID, it.Dispatch)
+	}
+	_, err := pipe.Exec(ctx)
+	return err
+}
+
+// XAddDispatch queues a dispatch on its pool and band (pipelineable).
+func (d DB) XAddDispatch(ctx context.Context, p redis.Cmdable, x Dispatch) *redis.StringCmd {
+	return p.XAdd(ctx, &redis.XAddArgs{
+		Stream: d.K.QueueFor(x.Run, x.Pool, x.Priority),
+		Values: []any{MsgRun, x.Run, MsgTask, x.Task, MsgAttempt, strconv.Itoa(x.Attempt)},
+	})
+}
+
+// Deliveries reads each message's delivery count (XPENDING), one round
+// trip; 0 for a message no longer pending.
+func (d DB) Deliveries(ctx context.Context, stream string, ids []string) []int64 {
+	out := make([]int64, len(ids))
+	if len(ids) == 0 {
+		return out
+	}
+	pipe := d.C.Pipeline()
+	cmds := make([]*redis.XPendingExtCmd, len(ids))
+	for i, id := range ids {
+		cmds[i] = pipe.XPendingExt(ctx, &redis.XPendingExtArgs{Stream: stream, Group: GroupWorkers, Start: id, End: id, Count: 1})
+	}
+	_, _ = pipe.Exec(ctx)
+	for i, c := range cmds {
+		if p, err := c.Result(); err == nil && len(p) == 1 {
+			out[i] = p[0].RetryCount
+		}
+	}
+	return out
+}
+
+// Redeliver points the feed at run again and, for a task found failed on
+// redelivery, records its dead letter (one round trip): what a reporter
+// that died after recording its outcome may have left undone.
+func (d DB) Redeliver(ctx context.Context, run string, dead *DeadLetterItem) error {
+	pipe := d.C.Pipeline()
+	d.PointFeed(ctx, pipe, run)
+	if dead != nil {
+		d.DeadLetter(ctx, pipe, dead.Run, dead.Task, dead.TimeMS, dead.Info)
+	}
+	_, err := pipe.Exec(ctx)
+	return err
+}
+
+// DeadLetterMember is a task's member in the dead-letter set.
+func DeadLetterMember(run, task string) string { return run + "|" + task }
+
+// DeadLetterDetails is what the dead-letter set keeps about a task.
+type DeadLetterDetails struct {
+	Attempt int    `json:"attempt"`
+	Error   string `json:"error"`
+	Worker  string `json:"worker"`
+	Handler string `json:"handler,omitempty"`
+}
+
+// DeadLetter records a task that failed for good (idempotent: NX).
+func (d DB) DeadLetter(ctx context.Context, p redis.Pipeliner, run, task string, timeMS int64, info DeadLetterDetails) {
+	m := DeadLetterMember(run, task)
+	b, _ := json.Marshal(info)
+	p.ZAddNX(ctx, d.K.DeadLetter(), redis.Z{Score: float64(timeMS), Member: m})
+	p.HSetNX(ctx, d.K.DeadLetterInfo(), m, string(b))
+}
+
+// DeadLetterItem is one task to dead-letter.
+type DeadLetterItem struct {
+	Run, Task string
+	TimeMS    int64
+	Info      DeadLetterDetails
+}
+
+// RecordDeadLetters records dead letters and then points the feed at runs,
+// in one round trip (a set: recording one twice is harmless; the pointers
+// follow the dead letters, so a projector that ends a run finds them).
+func (d DB) RecordDeadLetters(ctx context.Context, items []DeadLetterItem, point []string) error {
+	if len(items) == 0 && len(point) == 0 {
+		return nil
+	}
+	pipe := d.C.Pipeline()
+	for _, it := range items {
+		d.DeadLetter(ctx, pipe, it.Run, it.Task, it.TimeMS, it.Info)
+	}
+	for _, run := range point {
+		d.PointFeed(ctx, pipe, run)
+	}
+	_, err := pipe.Exec(ctx)
+	return err
 }

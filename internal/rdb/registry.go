@@ -47,6 +47,14 @@ func (r Registry) Beat(ctx context.Context, p redis.Pipeliner, id string, fields
 	p.ZAdd(ctx, r.Expiry, redis.Z{Score: float64(now.Add(ttl).UnixMilli()), Member: id})
 }
 
+// BeatNow writes a registry record now (see Beat).
+func (r Registry) BeatNow(ctx context.Context, c redis.UniversalClient, id string, fields map[string]any, now time.Time, ttl time.Duration) error {
+	pipe := c.Pipeline() // different slots: no MULTI
+	r.Beat(ctx, pipe, id, fields, now, ttl)
+	_, err := pipe.Exec(ctx)
+	return err
+}
+
 // Deregister removes process id from the registry (two slots: no MULTI).
 func (r Registry) Deregister(ctx context.Context, c redis.Cmdable, id string) error {
 	_, err := c.Pipelined(ctx, func(p redis.Pipeliner) error {

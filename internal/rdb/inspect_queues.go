@@ -1,0 +1,269 @@
+package rdb
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// This file is the read side of the boundary for the queues: finding where
+// a task's dispatch is (a delayed set or a queue stream), queue statistics
+// and pools, and the dead letters. Nothing here writes.
+
+// Want is a task attempt whose dispatch should be somewhere: the run's
+// partition's delayed set or its queue stream. Record is the task's
+// record when the search started.
+type Want struct {
+	Task     string
+	Attempt  int
+	Pool     string
+	Priority int
+	Record   string
+}
+
+// Lost returns the entries of want whose dispatch is nowhere and whose
+// record is still the one the search started from.
+//
+// The places are searched in the order a dispatch moves through them
+// (delayed set → queue; a move is one script), so a dispatch that moves
+// while the search runs is found in the place searched later. A
+// queue message disappears only when its task is finished, after the
+// task's record changed; the records of the tasks not found are read again
+// to tell a lost task from one that moved on.
+func (d DB) Lost(ctx context.Context, run string, want []Want) ([]Want, error) {
+	if len(want) == 0 {
+		return nil, nil
+	}
+	found, err := d.locate(ctx, run, want)
+	if err != nil {
+		return nil, err
+	}
+	var miss []Want
+	for _, w := range want {
+		if !found[w.Task] {
+			miss = append(miss, w)
+		}
+	}
+	if len(miss) == 0 {
+		return nil, nil
+	}
+	fields := make([]string, len(miss))
+	for i, w := range miss {
+		fields[i] = w.Task
+	}
+	vals, err := d.C.HMGet(ctx, d.K.RunState(run), fields...).Result()
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("read state of run %s: %w", run, err)
+	}
+	var lost []Want
+	for i, w := range miss {
+		if s, _ := vals[i].(string); s == w.Record {
+			lost = append(lost, w)
+		}
+	}
+	return lost, nil
+}
+
+// locate returns the tasks of want whose dispatch (that attempt) is in the
+// run's partition's delayed set or queue streams (undelivered, or pending for a
+// consumer: acked messages are deleted).
+func (d DB) locate(ctx context.Context, run string, want []Want) (map[string]bool, error) {
+	found := map[string]bool{}
+	byKey := map[string]bool{}
+	for _, w := range want {
+		byKey[w.Task+"\x00"+strconv.Itoa(w.Attempt)] = true
+	}
+	match := func(task string, attempt int) {
+		if byKey[task+"\x00"+strconv.Itoa(attempt)] {
+			found[task] = true
+		}
+	}
+	var cursor uint64
+	for {
+		keys, next, err := d.C.ZScan(ctx, d.K.DelayedFor(run), cursor, "*|"+globEscape(run)+"|*", 1000).Result()
+		if err != nil {
+			return nil, fmt.Errorf("scan delayed set: %w", err)
+		}
+		for i := 0; i < len(keys); i += 2 { // member, score pairs
+			if x, err := ParseDispatch(keys[i]); err == nil && x.Run == run {
+				match(x.Task, x.Attempt)
+			}
+		}
+		if cursor = next; cursor == 0 {
+			break
+		}
+	}
+	streams := map[string]bool{}
+	for _, w := range want {
+		streams[d.K.QueueFor(run, w.Pool, w.Priority)] = true
+	}
+	for stream := range streams {
+		start := "-"
+		for {
+			msgs, err := d.C.XRangeN(ctx, stream, start, "+", 1000).Result()
+			if err != nil {
+				return nil, fmt.Errorf("read queue %s: %w", stream, err)
+			}
+			for _, m := range msgs {
+				if r, _ := m.Values[MsgRun].(string); r == run {
+					t, _ := m.Values[MsgTask].(string)
+					a, _ := m.Values[MsgAttempt].(string)
+					n, _ := strconv.Atoi(a)
+					match(t, n)
+				}
+			}
+			if len(msgs) < 1000 {
+				break
+			}
+			start = "(" + msgs[len(msgs)-1].ID
+		}
+	}
+	return found, nil
+}
+
+// globEscape escapes the glob metacharacters of Redis MATCH patterns.
+func globEscape(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		switch r {
+		case '*', '?', '[', ']', '\\':
+			b.WriteByte('\\')
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}
+
+// QueueStat is what Redis reports about one queue stream.
+type QueueStat struct {
+	Length int64
+	// Lag is the group's lag (-1 when Redis cannot compute it); HasGroup
+	// is false when no worker has read the stream yet.
+	Lag       int64
+	HasGroup  bool
+	Pending   int64
+	Consumers map[string]int64
+	// Oldest is the oldest pending message, if any.
+	Oldest *redis.XPendingExt
+}
+
+// QueueStat reads stream's statistics; ok is false when it does not exist.
+func (d DB) QueueStat(ctx context.Context, stream string) (q QueueStat, ok bool, err error) {
+	n, err := d.C.Exists(ctx, stream).Result()
+	if err != nil || n == 0 {
+		return q, false, err
+	}
+	wrap := func(err error) (QueueStat, bool, error) { return q, false, fmt.Errorf("queue %s: %w", stream, err) }
+	if q.Length, err = d.C.XLen(ctx, stream).Result(); err != nil {
+		return wrap(err)
+	}
+	groups, err := d.C.XInfoGroups(ctx, stream).Result()
+	if err != nil {
+		return wrap(err)
+	}
+	for _, g := range groups {
+		if g.Name == GroupWorkers {
+			q.HasGroup, q.Lag = true, g.Lag
+		}
+	}
+	if !q.HasGroup {
+		return q, true, nil
+	}
+	pend, err := d.C.XPending(ctx, stream, GroupWorkers).Result()
+	if err != nil {
+		return wrap(err)
+	}
+	q.Pending, q.Consumers = pend.Count, pend.Consumers
+	if pend.Count > 0 {
+		ext, err := d.C.XPendingExt(ctx, &redis.XPendingExtArgs{Stream: stream, Group: GroupWorkers, Start: "-", End: "+", Count: 1}).Result()
+		if err != nil {
+			return wrap(err)
+		}
+		if len(ext) > 0 {
+			q.Oldest = &ext[0]
+		}
+	}
+	return q, true, nil
+}
+
+// QueuePools returns the pools that have a queue stream (SCAN over every
+// master of a cluster for the keys the key builder gives for each band).
+func (d DB) QueuePools(ctx context.Context) (map[string]bool, error) {
+	set := map[string]bool{}
+	for part := range d.K.Partitions() {
+		for p := 0; p <= MaxPriority; p++ {
+			// The builder's own key for pool "*" is the MATCH pattern; pool
+			// names cannot hold glob characters (letters, digits, "_.:-").
+			err := d.scanStreams(ctx, d.K.Queue(part, "*", p), func(key string) {
+				if _, pool, _, ok := d.K.ParseQueue(key); ok {
+					set[pool] = true
+				}
+			})
+			if err != nil {
+				return nil, err
+			}
+		}
+	}
+	return set, nil
+}
+
+// scanStreams calls fn for every stream key matching pattern, on every
+// master of a cluster.
+func (d DB) scanStreams(ctx context.Context, pattern string, fn func(string)) error {
+	one := func(ctx context.Context, cl redis.Cmdable) error {
+		var cursor uint64
+		for {
+			keys, next, err := cl.ScanType(ctx, cursor, pattern, 1000, "stream").Result()
+			if err != nil {
+				return fmt.Errorf("scan keys %s: %w", pattern, err)
+			}
+			for _, k := range keys {
+				fn(k)
+			}
+			if cursor = next; cursor == 0 {
+				return nil
+			}
+		}
+	}
+	if cc, ok := d.C.(*redis.ClusterClient); ok {
+		return cc.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error { return one(ctx, m) })
+	}
+	return one(ctx, d.C)
+}
+
+// DeadLetterRow is one entry of the dead-letter set.
+type DeadLetterRow struct {
+	Run, Task string
+	AtMS      int64
+	Details   string // JSON, "" when the details hash has none
+}
+
+// DeadLetters reads up to limit dead letters, oldest first.
+func (d DB) DeadLetters(ctx context.Context, limit int64) ([]DeadLetterRow, error) {
+	zs, err := d.C.ZRangeWithScores(ctx, d.K.DeadLetter(), 0, limit-1).Result()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]DeadLetterRow, 0, len(zs))
+	members := make([]string, 0, len(zs))
+	for _, z := range zs {
+		m, _ := z.Member.(string)
+		run, task, _ := strings.Cut(m, "|")
+		out = append(out, DeadLetterRow{Run: run, Task: task, AtMS: int64(z.Score)})
+		members = append(members, m)
+	}
+	if len(members) > 0 {
+		infos, err := d.C.HMGet(ctx, d.K.DeadLetterInfo(), members...).Result()
+		if err != nil {
+			return nil, err
+		}
+		for i, v := range infos {
+			out[i].Details, _ = v.(string)
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,140 @@
+package rdb
+
+import "github.com/redis/go-redis/v9"
+
+// The Lua that several scripts share (each prepends what it uses to its
+// own source), and the list of every script of the engine.
+
+// prelude is prepended to every run-slot script. It holds the one encoder of
+// events written from Lua (the same field layout as events.Event.Fields) and
+// the codec of a task record, "status|attempt|epoch|owner". Used by submit
+// (submit.go), commit (project_commit.go), claim (queue_claim.go), finish
+// (queue_finish.go), heartbeat and release (queue.go), quarantine
+// (project.go), requeue and import_state (admin.go).
+const prelude = `
+local function append(log, id, typ, task, attempt, epoch, worker, ts, body)
+  return redis.call('XADD', log, '*', 'id', id, 't', typ, 'v', '1', 'k', task,
+    'a', tostring(attempt), 'e', tostring(epoch), 'w', worker, 'ts', ts, 'b', body)
+end
+-- A record that does not parse (changed by hand) reads as status '?',
+-- which no check accepts.
+local function parserec(r)
+  if not r then return 'pending', 0, 0, '' end
+  local st, a, e, o = string.match(r, '^([^|]*)|(%d+)|(%d+)|(.*)$')
+  if not st then return '?', -1, -1, '' end
+  return st, tonumber(a), tonumber(e), o
+end
+local function getrec(state, task)
+  return parserec(redis.call('HGET', state, task))
+end
+-- getrun reads the run's status and a task's record in one command.
+local function getrun(state, task)
+  local r = redis.call('HMGET', state, '@status', task)
+  return r[1], parserec(r[2])
+end
+local function recstr(st, a, e, o)
+  return st .. '|' .. tostring(a) .. '|' .. tostring(e) .. '|' .. o
+end
+local function setrec(state, task, st, a, e, o)
+  redis.call('HSET', state, task, recstr(st, a, e, o))
+end
+local terminal = {succeeded=true, failed=true, skipped=true, cancelled=true}
+-- notwritable returns an error reply if key holds a type other than typ
+-- (a script checks the keys it will write before its first write: a
+-- WRONGTYPE midway would leave a partial write behind).
+local function notwritable(key, typ)
+  local t = redis.call('TYPE', key)['ok']
+  if t == typ or t == 'none' then return nil end
+  return redis.error_reply('WRONGTYPE ' .. key .. ' holds a ' .. t .. ', not a ' .. typ)
+end
+-- chunked runs cmd on key with the values t[i..j], at most 1,000 per call
+-- (Lua's unpack limit), and returns the last reply.
+local function chunked(cmd, key, t, i, j)
+  local r
+  while i <= j do
+    local e = math.min(i + 999, j)
+    r = redis.call(cmd, key, unpack(t, i, e))
+    i = e + 1
+  end
+  return r
+end
+`
+
+// ackLua defines ackmine, the owner-checked ack of several messages of one
+// stream, and badids, which checks their ids (call it before any write).
+// Used by finish (queue_finish.go) and queue_ack (queue.go).
+const ackLua = `
+local function parseid(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+local function badids(ids)
+  for _, id in ipairs(ids) do
+    if parseid(id) == nil then return redis.error_reply('ERR ack: bad message id ' .. id) end
+  end
+  return nil
+end
+-- ackmine acks and deletes those of ids that are pending for consumer and
+-- returns, per id, 1 acked, 0 not pending, -1 pending for another
+-- consumer. One XPENDING over the ids' range, filtered to the consumer,
+-- finds ours; an id it did not list (another consumer's, gone, or past
+-- the COUNT) is looked up on its own.
+local function ackmine(stream, group, consumer, ids)
+  local lo, hi, lms, lseq, hms, hseq
+  for _, id in ipairs(ids) do
+    local ms, seq = parseid(id)
+    if lo == nil or ms < lms or (ms == lms and seq < lseq) then lo, lms, lseq = id, ms, seq end
+    if hi == nil or ms > hms or (ms == hms and seq > hseq) then hi, hms, hseq = id, ms, seq end
+  end
+  local mine = {}
+  if lo then
+    for _, p in ipairs(redis.call('XPENDING', stream, group, lo, hi, 2 * #ids + 64, consumer)) do
+      mine[p[1]] = true
+    end
+  end
+  local out, acks = {}, {}
+  for _, id in ipairs(ids) do
+    if mine[id] then
+      out[#out + 1] = 1
+      acks[#acks + 1] = id
+    else
+      local p = redis.call('XPENDING', stream, group, id, id, 1)
+      if #p == 0 then
+        out[#out + 1] = 0
+      elseif p[1][2] ~= consumer then
+        out[#out + 1] = -1
+      else
+        out[#out + 1] = 1
+        acks[#acks + 1] = id
+      end
+    end
+  end
+  for i = 1, #acks, 1000 do
+    local e = math.min(i + 999, #acks)
+    redis.call('XACK', stream, group, unpack(acks, i, e))
+    redis.call('XDEL', stream, unpack(acks, i, e))
+  end
+  return out
+end
+`
+
+// Scripts lists every script with the keys of one call, for the one-slot test
+// and for preloading.
+func Scripts() map[string]*redis.Script {
+	return map[string]*redis.Script{
+		"submit":       submitScript,
+		"commit":       commitScript,
+		"claim":        claimScript,
+		"finish":       finishScript,
+		"heartbeat":    heartbeatScript,
+		"queue_ack":    queueAckScript,
+		"queue_touch":  queueTouchScript,
+		"release":      releaseScript,
+		"fetch":        fetchScript,
+		"queue_move":   queueMoveScript,
+		"gc":           gcScript,
+		"requeue":      requeueScript,
+		"quarantine":   quarantineScript,
+		"delayed_move": delayedMoveScript,
+	}
+}

@@ -1,0 +1,370 @@
+package rdb
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// The worker's claim: reading its pools' queue streams, highest band first
+// (fetchScript), and claiming the messages read, one script call per run
+// and one round trip per batch (claimScript, ClaimGroups). Upstream results
+// over a claim's byte budget are read with ReadUpstream.
+
+// fetchScript reads up to n new messages from a pool's band streams for a
+// consumer, strictly highest band first (one multi-stream XREADGROUP would
+// apply COUNT per stream and interleave bands). Non-blocking: when it
+// returns nothing, the worker blocks on all bands with XREADGROUP.
+//
+// KEYS: the pool's band streams, highest priority first (one slot: {q:pool})
+// ARGV: 1 group, 2 consumer, 3 n
+// Reply: {{stream, id, {field, value, ...}}, ...}
+var fetchScript = redis.NewScript(`
+local n = tonumber(ARGV[3])
+local out = {}
+for i = 1, #KEYS do
+  if n <= 0 then break end
+  -- Acked entries are deleted, so an empty band has nothing new: skip the
+  -- (costlier) XREADGROUP.
+  local r = false
+  if redis.call('XLEN', KEYS[i]) > 0 then
+    r = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', n, 'STREAMS', KEYS[i], '>')
+  end
+  if r then
+    for _, m in ipairs(r[1][2]) do
+      out[#out + 1] = {KEYS[i], m[1], m[2]}
+      n = n - 1
+    end
+  end
+end
+return out
+`)
+
+// Fetch reads up to n new messages of a pool in partition part, highest
+// band first, without blocking (see fetchScript).
+func (d DB) Fetch(ctx context.Context, part int, pool, consumer string, n int) ([]redis.XStream, error) {
+	res, err := fetchScript.Run(ctx, d.C, d.K.Queues(part, pool), GroupWorkers, consumer, n).Slice()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]redis.XStream, 0, len(res))
+	for _, r := range res {
+		item, ok := r.([]any)
+		if !ok || len(item) != 3 {
+			continue
+		}
+		stream, _ := item[0].(string)
+		id, _ := item[1].(string)
+		fields, _ := item[2].([]any)
+		values := make(map[string]any, len(fields)/2)
+		for i := 0; i+1 < len(fields); i += 2 {
+			k, _ := fields[i].(string)
+			values[k] = fields[i+1]
+		}
+		msg := redis.XMessage{ID: id, Values: values}
+		if n := len(out); n > 0 && out[n-1].Stream == stream {
+			out[n-1].Messages = append(out[n-1].Messages, msg)
+		} else {
+			out = append(out, redis.XStream{Stream: stream, Messages: []redis.XMessage{msg}})
+		}
+	}
+	return out, nil
+}
+
+// ClaimArgs are the inputs of a claim.
+type ClaimArgs struct {
+	Run, Task, Worker string
+	Attempt           int
+	EventID           string
+	TimeMS            int64
+	Reclaim           bool
+	Deliveries        int64
+	ReclaimEventID    string
+}
+
+// ClaimOutcome says what a claim found.
+type ClaimOutcome string
+
+// Claim outcomes.
+const (
+	ClaimOK      ClaimOutcome = "ok"
+	ClaimDone    ClaimOutcome = "done"
+	ClaimStale   ClaimOutcome = "stale"
+	ClaimBusy    ClaimOutcome = "busy"
+	ClaimMissing ClaimOutcome = "missing"
+	// ClaimBad: the task's stored metadata cannot be read; nothing was
+	// written (Detail says why).
+	ClaimBad ClaimOutcome = "bad"
+)
+
+// ClaimResult is the reply of a claim.
+type ClaimResult struct {
+	Outcome ClaimOutcome
+	Epoch   int64
+	Meta    TaskMeta
+	Input   json.RawMessage
+	// Upstream maps each dependency to its accepted result; the results
+	// that did not fit the claim's byte budget are missing and listed in
+	// UpstreamLeft (read them with ReadUpstream).
+	Upstream     map[string]json.RawMessage
+	UpstreamLeft []string
+	Detail       string // status found, for logs; why, for ClaimBad
+}
+
+// DefaultClaimUpstreamBytes bounds the upstream results one claim call
+// returns (a wide fan-in's results are otherwise one reply of any size);
+// the rest are read page by page with ReadUpstream.
+const DefaultClaimUpstreamBytes = 8 << 20
+
+// ErrBadTaskMeta is returned for a claim of a task whose stored metadata
+// cannot be read (the claim wrote nothing).
+var ErrBadTaskMeta = errors.New("task metadata cannot be read")
+
+// Claim runs the claim script for one message.
+func (d DB) Claim(ctx context.Context, a ClaimArgs) (ClaimResult, error) {
+	out, err := ParseClaims([]ClaimArgs{a}, d.ClaimsCmd(ctx, d.C, []ClaimArgs{a}))
+	if err != nil {
+		return ClaimResult{}, err
+	}
+	return out[0], nil
+}
+
+// claimScript claims a task for a worker: checks the task is claimable for
+// that attempt, bumps the epoch, records the owner, appends task_claimed
+// (after task_reclaimed when taking over a running claim in reclaim mode),
+// and returns what the handler needs. Every read and check of an item
+// comes before its first write, and nothing is decoded in Lua (user args
+// nested deeper than cjson allows used to fail the script after it wrote):
+// the dependency list is read from the head of the stored metadata, which
+// MetaOf encodes first ({"d":[...],...}; task ids need no JSON escaping),
+// or right after the handler in metadata stored before that order.
+//
+// KEYS: 1 state, 2 log, 3 dag, 4 results
+// ARGV: 1 n, 2 upstream byte budget of the call (0: none), then n items
+// (claims of several messages of one run in one call) of 8 arguments:
+// 1 task, 2 attempt, 3 worker, 4 claim event id, 5 time ms,
+//
+//	6 mode "claim"|"reclaim", 7 deliveries, 8 reclaim event id
+//
+// Every script is safe to run twice (a client may retry one whose reply
+// was lost): a second claim by the same worker returns its claim as is.
+//
+// Reply: per item, {"ok", epoch, meta, input, k, the first k dep results
+// in the metadata's order} (the others are over the budget: the caller
+// reads them itself) |
+//
+//	{"done", status} (finished or run over: ack, re-point the feed) |
+//	{"stale", status, attempt} (another attempt: ack and drop) |
+//	{"busy", owner, epoch} (claimed by a live claim: ack and drop) |
+//	{"missing"} (no such run) |
+//	{"bad", why} (the task's stored metadata cannot be read; nothing written)
+var claimScript = redis.NewScript(prelude + `
+-- One item per call of one(); the script takes n items of 8 arguments
+-- (all of this run) and replies with the n item replies, in order.
+local input
+local budget = tonumber(ARGV[2]) or 0
+local bounded = budget > 0
+-- claimedby reports whether the log's recent entries hold the event id: a
+-- retried call's task_claimed is among the last ones appended (a call
+-- appends at most two per item, and a worker claims at most 128 messages
+-- per call). Best effort: a retry that comes after more than 512 other
+-- entries bumps the epoch again, which is harmless (the claim is ours).
+-- Only a reclaim of a task this worker already holds reads it.
+local function claimedby(log, id)
+  for _, m in ipairs(redis.call('XREVRANGE', log, '+', '-', 'COUNT', 512)) do
+    if m[2][1] == 'id' and m[2][2] == id then return true end
+  end
+  return false
+end
+-- deps returns the dependency ids in a task's stored metadata, or nil and
+-- why it cannot be read. Nothing is decoded: MetaOf writes the deps first
+-- ({"d":[...],"h":...}, none when there are none); metadata written before
+-- that has them right after the handler ({"h":"name","d":[...]}; handler
+-- names and task ids need no JSON escaping).
+local function deps(meta)
+  local list = string.match(meta, '^{"d":%[([^%]]*)%]')
+  if not list then list = string.match(meta, '^{"h":"[^"\\]*","d":%[([^%]]*)%]') end
+  if not list then
+    local legacy = string.find(meta, '^{"h":"[^"\\]*","d":')
+    if (string.sub(meta, 1, 5) == '{"h":' and not legacy) or meta == '{}' then return {} end
+    return nil, 'unreadable task metadata: ' .. string.sub(meta, 1, 40)
+  end
+  local out = {}
+  for id in string.gmatch(list, '"([^"]*)"') do out[#out + 1] = id end
+  return out
+end
+local function one(A)
+  local run, st, a, e, o = getrun(KEYS[1], A[1])
+  if not run then return {'missing'} end
+  if st == '?' then return {'bad', 'unreadable task record'} end
+  if terminal[st] then return {'done', st} end
+  if run ~= 'running' then return {'done', run} end
+  local att = tonumber(A[2])
+  if a ~= att then return {'stale', st, tostring(a)} end
+  -- What this claim writes: nothing (ours already), a claim, or a reclaim
+  -- and a claim. Decided before anything is written.
+  local write
+  if st == 'running' and o == A[3] and A[6] ~= 'reclaim' then
+    -- Already ours: a retry (ours, or go-redis') after a lost reply, or a
+    -- duplicate message. Hand the claim back as is, without a second event;
+    -- never report it "busy", which would ack our only message.
+    write = 'none'
+  elseif st == 'running' and o == A[3] and claimedby(KEYS[2], A[4]) then
+    -- A reclaim of ours that already ran: the same call again after a lost
+    -- reply (its claim event is in the log). Hand it back as is; bumping
+    -- the epoch again would record a reclaim of the task from itself.
+    write = 'none'
+  elseif st == 'running' then
+    if A[6] ~= 'reclaim' then return {'busy', o, tostring(e)} end
+    write = 'reclaim'
+  elseif st == 'dispatched' then
+    write = 'claim'
+  else
+    return {'stale', st, tostring(a)}
+  end
+  -- Every read before the first write.
+  local meta = redis.call('HGET', KEYS[3], A[1]) or '{}'
+  local ds, why = deps(meta)
+  if not ds then return {'bad', why} end
+  if input == nil then input = redis.call('HGET', KEYS[4], '@input') or '' end
+  local vals = {}
+  for i = 1, #ds, 500 do
+    local chunk = {}
+    for j = i, math.min(i + 499, #ds) do chunk[#chunk + 1] = ds[j] end
+    local vs = redis.call('HMGET', KEYS[4], unpack(chunk))
+    for j = 1, #chunk do vals[#vals + 1] = vs[j] or '' end
+  end
+  -- The writes: the log first (the source of truth), then the record.
+  if write == 'reclaim' then
+    e = e + 1
+    append(KEYS[2], A[8], 'task_reclaimed', A[1], a, e, A[3], A[5],
+      cjson.encode({from = o, deliveries = tonumber(A[7]), reason = 'lease expired'}))
+  end
+  if write ~= 'none' then
+    e = e + 1
+    append(KEYS[2], A[4], 'task_claimed', A[1], a, e, A[3], A[5], '')
+    setrec(KEYS[1], A[1], 'running', a, e, A[3])
+  end
+  -- The dep results that fit the call's budget; the caller reads the rest.
+  local reply = {'ok', tostring(e), meta, input, 0}
+  local k = 0
+  for j = 1, #vals do
+    if bounded and #vals[j] > budget then break end
+    budget = budget - #vals[j]
+    reply[#reply + 1] = vals[j]
+    k = k + 1
+  end
+  reply[5] = k
+  return reply
+end
+local n, out = tonumber(ARGV[1]), {}
+for i = 0, n - 1 do
+  local A = {}
+  for j = 1, 8 do A[j] = ARGV[2 + i * 8 + j] end
+  out[i + 1] = one(A)
+end
+return out
+`)
+
+// ClaimsCmd queues one claim script call for several messages of ONE run
+// (all args must share the run) on p, a pipeline or the client; read the
+// outcomes with ParseClaims after Exec.
+func (d DB) ClaimsCmd(ctx context.Context, p redis.Scripter, as []ClaimArgs) *redis.Cmd {
+	run := as[0].Run
+	argv := make([]any, 0, 2+8*len(as))
+	budget := d.ClaimUpstreamBytes
+	if budget <= 0 {
+		budget = DefaultClaimUpstreamBytes
+	}
+	argv = append(argv, len(as), budget)
+	for _, a := range as {
+		mode := "claim"
+		if a.Reclaim {
+			mode = "reclaim"
+		}
+		argv = append(argv, a.Task, a.Attempt, a.Worker, a.EventID, a.TimeMS, mode, a.Deliveries, a.ReclaimEventID)
+	}
+	return claimScript.Run(ctx, p, []string{d.K.RunState(run), d.K.RunLog(run), d.K.RunDAG(run), d.K.RunResults(run)}, argv...)
+}
+
+// ParseClaims reads a ClaimsCmd reply, one result per arg.
+func ParseClaims(as []ClaimArgs, cmd *redis.Cmd) ([]ClaimResult, error) {
+	items, err := cmd.Slice()
+	if err != nil {
+		return nil, fmt.Errorf("claim %s (%d tasks): %w", as[0].Run, len(as), err)
+	}
+	if len(items) != len(as) {
+		return nil, fmt.Errorf("claim %s: %d replies for %d tasks", as[0].Run, len(items), len(as))
+	}
+	out := make([]ClaimResult, len(as))
+	for i, a := range as {
+		res, _ := items[i].([]any)
+		r := ClaimResult{Outcome: ClaimOutcome(str(res, 0)), Detail: str(res, 1)}
+		if r.Outcome == ClaimOK {
+			r.Epoch, _ = strconv.ParseInt(str(res, 1), 10, 64)
+			if err := json.Unmarshal([]byte(str(res, 2)), &r.Meta); err != nil {
+				return nil, fmt.Errorf("claim %s/%s: task metadata: %w", a.Run, a.Task, err)
+			}
+			if in := str(res, 3); in != "" {
+				r.Input = json.RawMessage(in)
+			}
+			k := int(num(res, 4))
+			r.Upstream = make(map[string]json.RawMessage, len(r.Meta.Deps))
+			for j, dep := range r.Meta.Deps {
+				if j >= k {
+					r.UpstreamLeft = append(r.UpstreamLeft, dep)
+				} else if v := str(res, 5+j); v != "" {
+					r.Upstream[dep] = json.RawMessage(v)
+				} else {
+					r.Upstream[dep] = nil
+				}
+			}
+		}
+		out[i] = r
+	}
+	return out, nil
+}
+
+// ClaimGroups runs one claim script call per group (claims of one run) in
+// one round trip: results[g] and errs[g] are group g's.
+func (d DB) ClaimGroups(ctx context.Context, groups [][]ClaimArgs) (results [][]ClaimResult, errs []error) {
+	pipe := d.C.Pipeline()
+	cmds := make([]*redis.Cmd, len(groups))
+	for g, as := range groups {
+		cmds[g] = d.ClaimsCmd(ctx, pipe, as)
+	}
+	_, _ = pipe.Exec(ctx)
+	results, errs = make([][]ClaimResult, len(groups)), make([]error, len(groups))
+	for g, as := range groups {
+		results[g], errs[g] = ParseClaims(as, cmds[g])
+	}
+	return results, errs
+}
+
+// ReadUpstream reads the accepted results of deps of run, at most page
+// per round trip (page <= 0: 500); a dependency with no result maps to nil.
+func (d DB) ReadUpstream(ctx context.Context, run string, deps []string, page int) (map[string]json.RawMessage, error) {
+	if page <= 0 {
+		page = 500
+	}
+	out := make(map[string]json.RawMessage, len(deps))
+	for i := 0; i < len(deps); i += page {
+		chunk := deps[i:min(i+page, len(deps))]
+		vals, err := d.C.HMGet(ctx, d.K.RunResults(run), chunk...).Result()
+		if err != nil {
+			return nil, fmt.Errorf("read upstream results of run %s: %w", run, err)
+		}
+		for j, dep := range chunk {
+			if v, _ := vals[j].(string); v != "" {
+				out[dep] = json.RawMessage(v)
+			} else {
+				out[dep] = nil
+			}
+		}
+	}
+	return out, nil
+}

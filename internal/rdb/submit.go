@@ -1,0 +1,195 @@
+package rdb
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/graflow-go/graflow/events"
+	"github.com/redis/go-redis/v9"
+)
+
+// The submit flow: one script on the run's partition slot creates the run
+// and, when the submitter folded them from run_submitted, dispatches its
+// root tasks (the projector's first commit); the run index entry rides in
+// the same round trip (SubmitVia).
+
+// Submit runs the submit script. created is false if the run already
+// existed, with the workflow name it was created with.
+func (d DB) Submit(ctx context.Context, run string, ev events.Event, body events.RunSubmittedBody) (created bool, workflow string, err error) {
+	cmd, err := d.SubmitCmd(ctx, d.C, run, ev, body)
+	if err != nil {
+		return false, "", err
+	}
+	return ParseSubmit(run, ev, body, cmd)
+}
+
+// SubmitCmd queues the submit script on p; read it with ParseSubmit.
+func (d DB) SubmitCmd(ctx context.Context, p redis.Scripter, run string, ev events.Event, body events.RunSubmittedBody) (*redis.Cmd, error) {
+	args, err := SubmitArgs(ev, body)
+	if err != nil {
+		return nil, err
+	}
+	return d.SubmitArgsCmd(ctx, p, run, args, Initial{}), nil
+}
+
+// SubmitArgs encodes the submit script's arguments (the step that can
+// fail), for SubmitArgsCmd.
+func SubmitArgs(ev events.Event, body events.RunSubmittedBody) ([]any, error) {
+	args := make([]any, 0, 6+2*len(body.Tasks))
+	args = append(args, ev.ID, strconv.FormatInt(ev.Time.UnixMilli(), 10), string(ev.Body), body.Workflow, string(body.Input), len(body.Tasks))
+	for _, t := range body.Tasks {
+		m, err := json.Marshal(MetaOf(t))
+		if err != nil {
+			return nil, err
+		}
+		args = append(args, t.ID, string(m))
+	}
+	return args, nil
+}
+
+// Initial is what a submit decides at once, folded by the submitter from
+// run_submitted: the projector's first commit, made by the submit script.
+type Initial struct {
+	// Events are the decisions (task_dispatched), stamped with ids; each
+	// has its Dispatch at the same index.
+	Events     []events.Event
+	Dispatches []Dispatch
+	// More says the fold calls for more decisions than these: the run is
+	// marked dirty and the feed pointed at it.
+	More   bool
+	Writer string
+}
+
+// submitScript creates a run: appends run_submitted, writes the run's
+// static metadata, and then either applies the decisions the submitter
+// folded from run_submitted (its root tasks' dispatches: the projector's
+// first commit, made here because the run's queue shares its slot) or, with
+// none, marks the run dirty and points the feed at it. After decisions, the
+// run is marked dirty and the feed pointed at it only when the fold calls
+// for more decisions than these (more). Idempotent: an existing run is left
+// untouched.
+//
+// KEYS: 1 state, 2 log, 3 dag, 4 results, 5 feed, then the queue streams
+// of the decisions
+// ARGV: 1 event id, 2 time ms, 3 run_submitted body, 4 workflow name,
+//
+//	5 input, 6 n tasks, then n pairs (task id, meta JSON), then the run
+//	id, d decisions, d x (event id, type, task, attempt, epoch, body,
+//	task record, queue key index), more 0|1, writer
+//
+// Reply: {"created", seq} or {"exists", workflow, run_submitted event id}
+var submitScript = redis.NewScript(prelude + `
+-- An existing run is left alone; the reply names its workflow and its
+-- run_submitted event id (a caller whose pipeline was sent twice finds its
+-- own id: it did create the run).
+local function firstid()
+  local f = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
+  if #f == 0 then return '' end
+  local kv = f[1][2]
+  for i = 1, #kv, 2 do
+    if kv[i] == 'id' then return kv[i + 1] end
+  end
+  return ''
+end
+if redis.call('HEXISTS', KEYS[1], '@status') == 1 then
+  return {'exists', redis.call('HGET', KEYS[1], '@workflow') or '', firstid()}
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  return {'exists', '', firstid()}
+end
+local n = tonumber(ARGV[6])
+local run = ARGV[7 + 2 * n]
+local d = tonumber(ARGV[8 + 2 * n] or '0') or 0
+local dec = 9 + 2 * n
+local more = ARGV[dec + 8 * d] == '1'
+local writer = ARGV[dec + 8 * d + 1] or ''
+for i = 5, #KEYS do
+  local bad = notwritable(KEYS[i], 'stream')
+  if bad then return bad end
+end
+local seq = append(KEYS[2], ARGV[1], 'run_submitted', '', 0, 0, '', ARGV[2], ARGV[3])
+redis.call('HSET', KEYS[4], '@input', ARGV[5])
+chunked('HSET', KEYS[3], ARGV, 7, 6 + 2 * n)
+local fields = {'@status', 'running', '@workflow', ARGV[4]}
+local last = seq
+for j = 0, d - 1 do
+  local a = dec + 8 * j
+  last = append(KEYS[2], ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], writer, ARGV[2], ARGV[a + 5])
+  fields[#fields + 1] = ARGV[a + 2]; fields[#fields + 1] = ARGV[a + 6]
+  redis.call('XADD', KEYS[tonumber(ARGV[a + 7])], '*', 'r', run, 'k', ARGV[a + 2], 'a', ARGV[a + 3])
+end
+if d > 0 then
+  fields[#fields + 1] = '@commit'; fields[#fields + 1] = ARGV[dec]
+  fields[#fields + 1] = '@cursor'; fields[#fields + 1] = last
+end
+if d == 0 or more then
+  fields[#fields + 1] = '@dirty'; fields[#fields + 1] = '1'
+end
+chunked('HSET', KEYS[1], fields, 1, #fields)
+if d == 0 or more then
+  redis.call('XADD', KEYS[5], '*', 'r', run)
+end
+return {'created', seq}
+`)
+
+// SubmitArgsCmd queues the submit script with arguments from SubmitArgs
+// and the initial decisions (none: the projector makes them).
+func (d DB) SubmitArgsCmd(ctx context.Context, p redis.Scripter, run string, args []any, init Initial) *redis.Cmd {
+	keys := []string{d.K.RunState(run), d.K.RunLog(run), d.K.RunDAG(run), d.K.RunResults(run), d.K.FeedFor(run)}
+	argv := make([]any, 0, len(args)+4+8*len(init.Events))
+	argv = append(argv, args...)
+	argv = append(argv, run, len(init.Events))
+	var targets keyIndex
+	for i, e := range init.Events {
+		x := init.Dispatches[i]
+		k := targets.of(&keys, d.K.QueueFor(run, x.Pool, x.Priority))
+		rec := Record{Status: events.TaskStatusDispatched, Attempt: x.Attempt, Epoch: e.Epoch}.String()
+		argv = append(argv, e.ID, string(e.Type), e.Task, e.Attempt, e.Epoch, string(e.Body), rec, k)
+	}
+	more := 0
+	if init.More {
+		more = 1
+	}
+	argv = append(argv, more, init.Writer)
+	return submitScript.Run(ctx, p, keys, argv...)
+}
+
+// SubmitVia queues the submit script and the run's index entry on comb
+// (concurrent submits share a round trip) and waits for them: reply is the
+// script's (read it with ParseSubmit), indexErr the index entry's.
+func (d DB) SubmitVia(ctx context.Context, comb *Combiner, run string, args []any, init Initial, at time.Time) (reply *redis.Cmd, indexErr, err error) {
+	var index *redis.IntCmd
+	if err := comb.Do(ctx, func(pipe redis.Pipeliner) {
+		reply = d.SubmitArgsCmd(ctx, pipe, run, args, init)
+		index = d.IndexRun(ctx, pipe, run, at)
+	}); err != nil {
+		return nil, nil, err
+	}
+	return reply, index.Err(), nil
+}
+
+// ParseSubmit reads a submit command's reply. created is also true when
+// the run existed with ev's own run_submitted (the same submit sent again:
+// a pipeline retried after a lost reply or a NOSCRIPT).
+func ParseSubmit(run string, ev events.Event, body events.RunSubmittedBody, cmd *redis.Cmd) (created bool, workflow string, err error) {
+	res, err := cmd.StringSlice()
+	if err != nil {
+		return false, "", fmt.Errorf("submit run %s: %w", run, err)
+	}
+	if res[0] == "created" {
+		return true, body.Workflow, nil
+	}
+	if len(res) > 2 && res[2] != "" && res[2] == ev.ID {
+		return true, body.Workflow, nil
+	}
+	return false, res[1], nil
+}
+
+// IndexRun adds run to the run index, scored by its submit time (an
+// existing entry keeps its score; pipelineable).
+func (d DB) IndexRun(ctx context.Context, p redis.Cmdable, run string, at time.Time) *redis.IntCmd {
+	return p.ZAddNX(ctx, d.K.Runs(), redis.Z{Score: float64(at.UnixMilli()), Member: run})
+}
