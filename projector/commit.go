@@ -44,10 +44,12 @@ func (p *Projector) prepare(c *cached) ([]events.Event, rdb.Commit) {
 		Expected: c.head, FoldedTo: c.run.LastSeq, Writer: p.cfg.ID, TimeMS: now.UnixMilli(),
 		Events: decisions, Records: records, Expect: expect, Dispatches: dispatches,
 	}
+	ends := c.run.Status == RunCancelled // ended by the cancel script, which sets no TTL
 	for _, d := range decisions {
-		if d.Type == events.RunSucceeded || d.Type == events.RunFailed {
-			commit.CompactLog, commit.TTL = max(p.cfg.CompactLog, 0), p.cfg.RunTTL
-		}
+		ends = ends || d.Type == events.RunSucceeded || d.Type == events.RunFailed
+	}
+	if ends {
+		commit.CompactLog, commit.TTL = max(p.cfg.CompactLog, 0), p.cfg.RunTTL
 	}
 	return decisions, commit
 }

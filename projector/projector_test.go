@@ -611,6 +611,38 @@ func TestRunTTLExpiresFinishedRuns(t *testing.T) {
 	}
 }
 
+// A cancelled run expires too: the cancel script knows no TTL, so the
+// projector's commit after it (no decisions) applies RunTTL and compacts
+// the log.
+func TestRunTTLExpiresCancelledRuns(t *testing.T) {
+	t.Parallel()
+	b := setupLive(t)
+	p, err := projector.New(projector.Config{Redis: b.rdb, Namespace: b.db.K.Namespace(), ID: "p", RunTTL: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	run := b.submit(t, spec("a"), spec("b", "a"))
+	res, err := b.db.CancelRun(b.ctx, run, "op", "test", 1, func() string { return ulid.Make().String() })
+	if err != nil || res.Outcome != "cancelled" || res.Tasks != 2 {
+		t.Fatalf("cancel: %+v %v", res, err)
+	}
+	if err := p.Project(b.ctx, run); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range b.db.K.RunKeys(run) {
+		ttl, err := b.rdb.PTTL(b.ctx, k).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n, _ := b.rdb.Exists(b.ctx, k).Result(); n == 1 && (ttl <= 0 || ttl > time.Hour) {
+			t.Errorf("%s: TTL %v, want (0, 1h]", k, ttl)
+		}
+	}
+	if d, _ := b.rdb.HExists(b.ctx, b.db.K.RunState(run), "@dirty").Result(); d {
+		t.Error("@dirty still set after the projector's commit")
+	}
+}
+
 // The commit that ends a run compacts its short log: same entries, ids and
 // stream metadata, without the stream node Redis keeps preallocated (up to
 // 4 KiB, which would dominate a small run's memory).

@@ -32,6 +32,7 @@
 //   - registry.go: the worker and projector registries, housekeeping locks,
 //     consumer pruning; housekeeping.go: sweeping the run index and the dead
 //     letters; repair.go: re-dispatching tasks whose message was lost.
+//   - cancel.go: cancelling a run (the cancel script).
 //   - admin.go: the operators' writes (import, resume, gc, requeue,
 //     dead-letter and index upkeep).
 //   - inspect.go: reading runs and their logs, following a log;

@@ -136,5 +136,6 @@ func Scripts() map[string]*redis.Script {
 		"requeue":      requeueScript,
 		"quarantine":   quarantineScript,
 		"delayed_move": delayedMoveScript,
+		"cancel":       cancelScript,
 	}
 }

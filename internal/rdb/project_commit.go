@@ -217,7 +217,9 @@ end
 -- stream's newest node at its preallocated size, up to 4 KiB; a copy's
 -- nodes fit their entries: same entries, ids and stream metadata), then
 -- give the run's keys their TTL, in the same step as the run's end.
-local ended = false
+-- A cancelled run ended in the cancel script, which knows no TTL: the
+-- projector's first commit after it (no decisions) applies them.
+local ended = n == 0 and head[3] == 'cancelled'
 for j = 1, n do
   local typ = ARGV[7 + 6 * (j - 1) + 1]
   if typ == 'run_succeeded' or typ == 'run_failed' or typ == 'run_cancelled' then ended = true end

@@ -394,6 +394,12 @@ func TestEveryScriptAndMultiTouchesOneSlot(t *testing.T) {
 		t.Errorf("quarantine of running run %s = %v, %v", run3, ok, err)
 	}
 
+	// Phase 5: a run cancelled.
+	run4 := submit(events.TaskSpec{ID: "a", Handler: "never"})
+	if res, err := db.CancelRun(ctx, run4, "test", "slot test", time.Now().UnixMilli(), func() string { return ulid.Make().String() }); err != nil || res.Outcome != "cancelled" {
+		t.Errorf("cancel of run %s = %+v, %v", run4, res, err)
+	}
+
 	rec.mu.Lock()
 	defer rec.mu.Unlock()
 	var exercised []string
