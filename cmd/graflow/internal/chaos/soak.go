@@ -78,8 +78,11 @@ type SoakReport struct {
 	// replay verify) right after it ended, before its TTL; Failed: runs
 	// whose check failed (their problems are in Verdict, the first few).
 	Submitted, Checked, Failed int
-	Samples                    []Sample
-	Trends                     []Trend
+	// Cancelled counts the runs cancelled mid-way (every seventh run is
+	// cancelled after its first success, unless it ends first).
+	Cancelled int
+	Samples   []Sample
+	Trends    []Trend
 }
 
 // OK reports whether every run passed its check and, when judged, every
@@ -98,8 +101,8 @@ func (r SoakReport) OK() bool {
 
 // Line is the soak's summary line.
 func (r SoakReport) Line() string {
-	return fmt.Sprintf("soak seed=%d duration=%s runs=%d checked=%d failed=%d tasks=%d kills=%d pauses=%d projectors=%d projector_kills=%d projector_pauses=%d projector_stalls=%d redis_restarts=%d shared_runs=%d handoffs=%d late_commits=%d lost=%d duplicate_accepts=%d elapsed=%s ok=%t",
-		r.Seed, r.Duration, r.Submitted, r.Checked, r.Failed, r.Verdict.Tasks, r.Kills, r.Pauses, r.Projectors, r.ProjectorKills, r.ProjectorPauses, r.ProjectorStalls, r.RedisRestarts,
+	return fmt.Sprintf("soak seed=%d duration=%s runs=%d checked=%d failed=%d cancelled=%d tasks=%d kills=%d pauses=%d projectors=%d projector_kills=%d projector_pauses=%d projector_stalls=%d redis_restarts=%d shared_runs=%d handoffs=%d late_commits=%d lost=%d duplicate_accepts=%d elapsed=%s ok=%t",
+		r.Seed, r.Duration, r.Submitted, r.Checked, r.Failed, r.Cancelled, r.Verdict.Tasks, r.Kills, r.Pauses, r.Projectors, r.ProjectorKills, r.ProjectorPauses, r.ProjectorStalls, r.RedisRestarts,
 		r.History.SharedRuns, r.History.Handoffs, r.History.LateCommits, r.Verdict.Lost, r.Verdict.DuplicateAccepts, r.Elapsed.Round(time.Second), r.OK())
 }
 
@@ -203,9 +206,12 @@ func Soak(ctx context.Context, cfg Config) (rep SoakReport, err error) {
 		go func() {
 			defer runs.Done()
 			defer func() { <-sem }()
-			v := s.soakRun(ctx, id, wf)
+			v, cancelled := s.soakRun(ctx, id, wf, n%7 == 3)
 			cmu.Lock()
 			defer cmu.Unlock()
+			if cancelled {
+				rep.Cancelled++
+			}
 			inFlight--
 			done++
 			rep.Checked++
@@ -247,15 +253,26 @@ func Soak(ctx context.Context, cfg Config) (rep SoakReport, err error) {
 }
 
 // soakRun submits wf as run id, waits for it (cfg.Timeout) and checks it.
-func (s *stack) soakRun(ctx context.Context, id string, wf *graflow.Workflow) Verdict {
+// With cancel, it cancels the run after its first success and reports
+// whether the cancel landed (the run may end first).
+func (s *stack) soakRun(ctx context.Context, id string, wf *graflow.Workflow, cancel bool) (Verdict, bool) {
 	if err := retryRedis(ctx, func() error {
 		_, err := s.client.Submit(ctx, wf, nil, graflow.WithRunID(id))
 		return err
 	}); err != nil {
-		return Verdict{Problems: []string{fmt.Sprintf("submit: %v", err)}}
+		return Verdict{Problems: []string{fmt.Sprintf("submit: %v", err)}}, false
 	}
-	wctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
-	defer cancel()
+	cancelled := false
+	if cancel {
+		switch err := s.cancel(ctx, id, 1); {
+		case err == nil:
+			cancelled = true
+		case !errors.Is(err, graflow.ErrRunFinished):
+			return Verdict{Problems: []string{fmt.Sprintf("cancel: %v", err)}}, false
+		}
+	}
+	wctx, stop := context.WithTimeout(ctx, s.cfg.Timeout)
+	defer stop()
 	var waitErr error
 	if err := retryRedis(wctx, func() error {
 		_, err := s.client.Wait(wctx, id)
@@ -270,7 +287,7 @@ func (s *stack) soakRun(ctx context.Context, id string, wf *graflow.Workflow) Ve
 	if waitErr != nil {
 		v.Problems = append([]string{waitErr.Error()}, v.Problems...)
 	}
-	return v
+	return v, cancelled
 }
 
 // soakWorkflow builds the n-th soak workflow from rng: a chain, a fan-out
