@@ -21,6 +21,8 @@ type TaskSpec struct {
 	TimeoutMS int64 `json:"timeout_ms,omitempty"`
 	// Args are static, handler-specific arguments.
 	Args json.RawMessage `json:"args,omitempty"`
+	// Join is the policy over Deps (nil: every dependency must succeed).
+	Join *Join `json:"join,omitempty"`
 }
 
 // RunSubmittedBody is the body of run_submitted: the whole DAG and input.

@@ -284,6 +284,11 @@ func (z *analyzer) checkDispatch(e events.Event, tr *track, pre projector.Task) 
 	case e.Attempt != pre.Attempt+1:
 		z.eventProblem(e, "dispatch of %s as attempt %d, want %d", e.Task, e.Attempt, pre.Attempt+1)
 		return
+	case !pre.Spec.Join.Strict():
+		if !z.r.Ready(z.r.Task(e.Task)) {
+			z.eventProblem(e, "task_dispatched of %s is not justified: its join policy (%s) is not met", e.Task, pre.Spec.Join.Policy)
+		}
+		return
 	}
 	for _, d := range pre.Spec.Deps {
 		dt := z.r.Task(d)
@@ -317,6 +322,12 @@ func (z *analyzer) checkHolder(e events.Event, tr *track, pre projector.Task) {
 func (z *analyzer) checkSkip(e events.Event, pre projector.Task) {
 	if pre.Status != projector.TaskPending {
 		z.eventProblem(e, "task_skipped of %s while it is %s", e.Task, pre.Status)
+		return
+	}
+	if !pre.Spec.Join.Strict() {
+		if !z.r.Dead(z.r.Task(e.Task)) {
+			z.eventProblem(e, "task_skipped of %s although its join policy (%s) can still be met", e.Task, pre.Spec.Join.Policy)
+		}
 		return
 	}
 	for _, d := range pre.Spec.Deps {

@@ -33,6 +33,8 @@ type SpecTask struct {
 	Retries     *int            `json:"retries,omitempty"`
 	Timeout     string          `json:"timeout,omitempty"`
 	Args        json.RawMessage `json:"args,omitempty"`
+	// Join: {policy: all|best_effort|at_least|critical, n: N, critical: [ids]}.
+	Join *events.Join `json:"join,omitempty"`
 }
 
 // ParseSpec parses a workflow spec in JSON or YAML (JSON is YAML, but JSON
@@ -67,7 +69,7 @@ func ParseSpec(data []byte) (events.RunSubmittedBody, error) {
 		out.Input = nil
 	}
 	for _, t := range f.Tasks {
-		ts := events.TaskSpec{ID: t.ID, Handler: t.Handler, Deps: t.Deps, Pool: t.Pool, Priority: t.Priority, MaxAttempts: t.MaxAttempts, Args: t.Args}
+		ts := events.TaskSpec{ID: t.ID, Handler: t.Handler, Deps: t.Deps, Pool: t.Pool, Priority: t.Priority, MaxAttempts: t.MaxAttempts, Args: t.Args, Join: t.Join}
 		if string(ts.Args) == "null" {
 			ts.Args = nil
 		}

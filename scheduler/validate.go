@@ -160,6 +160,32 @@ func Validate(spec events.RunSubmittedBody, opt ValidateOptions) error {
 			}
 			seen[d] = true
 		}
+		if j := t.Join; j != nil {
+			switch j.Policy {
+			case "", events.JoinAll, events.JoinBestEffort:
+			case events.JoinAtLeast:
+				if j.N < 1 || j.N > len(t.Deps) {
+					add(ErrInvalidOption, "task %q: join at_least n=%d, want 1 to %d (its dependencies)", t.ID, j.N, len(t.Deps))
+				}
+			case events.JoinCritical:
+				if len(j.Critical) == 0 {
+					add(ErrInvalidOption, "task %q: join critical lists no critical dependency", t.ID)
+				}
+				for _, c := range j.Critical {
+					if !seen[c] {
+						add(ErrInvalidOption, "task %q: critical %q is not one of its dependencies", t.ID, c)
+					}
+				}
+			default:
+				add(ErrInvalidOption, "task %q: join policy %q (want all, best_effort, at_least or critical)", t.ID, j.Policy)
+			}
+			if j.Policy != events.JoinAtLeast && j.N != 0 {
+				add(ErrInvalidOption, "task %q: join n is only for at_least", t.ID)
+			}
+			if j.Policy != events.JoinCritical && len(j.Critical) > 0 {
+				add(ErrInvalidOption, "task %q: join critical list is only for the critical policy", t.ID)
+			}
+		}
 	}
 	// The cycle search needs every edge to name exactly one task.
 	if !brokenGraph {

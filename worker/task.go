@@ -196,3 +196,17 @@ func Permanent(err error) error {
 	}
 	return &permanentError{err: err}
 }
+
+// FailedDeps returns the dependencies that did not succeed (failed, were
+// skipped or cancelled): a task whose join policy lets it run after some
+// dependencies failed (best_effort, at_least, critical) sees which. Their
+// Upstream entries are nil.
+func (t *Task) FailedDeps() []string {
+	var out []string
+	for _, d := range t.deps {
+		if raw, ok := t.Upstream[d]; ok && raw == nil {
+			out = append(out, d)
+		}
+	}
+	return out
+}
