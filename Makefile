@@ -32,6 +32,11 @@ test: redis ## Run all tests (Redis in a container), vet/gofmt, the race detecto
 	$(MAKE) --no-print-directory chaos-broken-fencing
 	$(MAKE) --no-print-directory bench-smoke
 
+.PHONY: image
+
+image: ## Build the graflow/graflow:dev image (Dockerfile: multi-stage, static, FROM scratch, non-root); no registry needed
+	GO=$(GO) ./scripts/graflow-image.sh
+
 test-race: redis ## Run the concurrent packages (worker, projector, internal, replay, root) with the race detector
 	$(GO) test -count=1 -race $(RACE_PKGS)
 
