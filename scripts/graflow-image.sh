@@ -37,7 +37,6 @@ cd "$(dirname "$0")/.."
 command -v docker >/dev/null 2>&1 || die "the docker CLI is not installed: install Docker Engine, then run make image again"
 timeout 10 docker version --format '{{.Server.Version}}' >/dev/null 2>&1 ||
 	die "the Docker engine does not answer (is dockerd running, may this user use it?)"
-command -v git >/dev/null 2>&1 || die "git is needed to list the source files for the build context"
 
 # One build at a time on this machine: builds share the builder image and
 # the cache, and the clean-up below must not race another build.
@@ -94,13 +93,21 @@ if ! docker image inspect "$builder" >/dev/null 2>&1; then
 fi
 
 # The build context: the working tree's source as git sees it (tracked and
-# untracked files, not the ignored ones: no bin/, no .data/), then vendor/.
+# untracked files, not the ignored ones: no bin/, no .data/), or the whole
+# tree but those outside a git checkout; then vendor/.
 ctx="$tmp/context"
 mkdir -p "$ctx"
-git ls-files -z --cached --others --exclude-standard |
-	while IFS= read -r -d '' f; do [ -f "$f" ] && printf '%s\0' "$f"; done |
-	tar --null -T - -c | tar -C "$ctx" -x
+if command -v git >/dev/null 2>&1 && git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+	git ls-files -z --cached --others --exclude-standard |
+		while IFS= read -r -d '' f; do [ -f "$f" ] && printf '%s\0' "$f"; done |
+		tar --null -T - -c | tar -C "$ctx" -x
+else
+	tar --exclude=./.git --exclude=./bin --exclude=./.data -c . | tar -C "$ctx" -x
+fi
 "$GO" mod vendor -o "$ctx/vendor"
+# The layer cache keys on file modes too: make them independent of the
+# checkout's umask (a git archive unpacks go.mod as 664).
+chmod -R u+rwX,go+rX,go-w "$ctx"
 
 # The packages outside the module that graflow imports: the build stage
 # compiles them in a layer of their own, reused until they change.
