@@ -109,9 +109,10 @@ fi
 # checkout's umask (a git archive unpacks go.mod as 664).
 chmod -R u+rwX,go+rX,go-w "$ctx"
 
-# The packages outside the module that graflow imports: the build stage
-# compiles them in a layer of their own, reused until they change.
-deps="$("$GO" list -deps -f '{{if not .Standard}}{{if not .Module.Main}}{{.ImportPath}}{{end}}{{end}}' ./cmd/graflow | tr '\n' ' ')"
+# Every package graflow imports from outside the module, the standard
+# library's included: the build stage compiles them in a layer of their
+# own, reused until the set changes, so a build compiles the module alone.
+deps="$("$GO" list -deps -f '{{if .Standard}}{{.ImportPath}}{{else if not .Module.Main}}{{.ImportPath}}{{end}}' ./cmd/graflow | tr '\n' ' ')"
 
 start=$(date +%s)
 docker build --target build -t "$IMAGE-build" \
