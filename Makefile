@@ -43,6 +43,15 @@ test: redis browser ## Run all tests (Redis in a container), vet/gofmt, the race
 	$(MAKE) --no-print-directory soak SOAK_DURATION=20s SOAK_FLAGS='--run-ttl 5s --sample-every 4s'
 	$(MAKE) --no-print-directory chaos-broken-fencing
 	$(MAKE) --no-print-directory bench-smoke
+	$(MAKE) --no-print-directory compose-test
+
+.PHONY: image compose-test
+
+image: ## Build the graflow/graflow:dev image (Dockerfile: multi-stage, static, FROM scratch, non-root); no registry needed
+	GO=$(GO) ./scripts/graflow-image.sh
+
+compose-test: redis image ## Build the images, start deploy/compose.yaml (Redis with AOF, a projector, three workers), run workflows through it (one worker stopped mid-run must drain), always tear it down
+	./scripts/compose-test.sh
 
 test-race: redis ## Run the concurrent packages (worker, projector, internal, replay, root) with the race detector
 	$(GO) test -count=1 -race $(RACE_PKGS)
