@@ -111,6 +111,7 @@ wait_for() {
 result() { graflow status "$1" | awk -v t="$2" '$1 == t { print $NF }'; }
 
 log "starting project $project ($FILE)"
+export GRAFLOW_UI_PORT=0 # a free port: parallel stacks do not fight over 8080
 "${C[@]}" up -d >/dev/null 2>&1 || { "${C[@]}" up -d; die "up failed"; }
 projector="$(cid projector)"
 three_workers() { [ "$(graflow workers | grep -c '^worker-[123] ')" -eq 3 ]; }
@@ -141,6 +142,13 @@ out="$(submit --wait - <examples/etl.yaml)" || die "etl run did not succeed: $ou
 etl="$(head -n1 <<<"$out")"
 [ "$(result "$etl" load)" = 100 ] || die "etl run $etl: load is not 100"
 log "etl run $etl succeeded, load = 100"
+
+# The dashboard, published on loopback, shows the run.
+ui_port="$("${C[@]}" port ui 8080 | sed 's/.*://')"
+[ -n "$ui_port" ] || die "the ui service publishes no port"
+ui_shows_run() { curl -fsS "http://127.0.0.1:$ui_port/runs/$etl" | grep -q succeeded; }
+wait_for "the dashboard to show run $etl" 30 ui_shows_run
+log "the dashboard on 127.0.0.1:$ui_port shows run $etl succeeded"
 
 # A fan-out of 30 tasks of 3 s, more than the 24 slots of three workers.
 drain_spec() {
