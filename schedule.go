@@ -102,7 +102,7 @@ func (c *Client) AddSchedule(ctx context.Context, s Schedule) (*ScheduleInfo, er
 		return nil, err
 	}
 	if out == rdb.ScheduleExists {
-		return nil, fmt.Errorf("%w: %s in namespace %q (replace it, or remove it first)", ErrScheduleExists, s.Name, c.Namespace())
+		return nil, fmt.Errorf("%w: %s in namespace %q (replace it: Schedule.Replace, graflow schedule add --replace; or remove it first)", ErrScheduleExists, s.Name, c.Namespace())
 	}
 	info := c.scheduleInfo(&def, expr, st, now)
 	return &info, nil
