@@ -323,3 +323,28 @@ func TestATickThatCannotRunIsSkipped(t *testing.T) {
 		t.Errorf("runs (-want +got):\n%s", diff)
 	}
 }
+
+// A definition that does not decode (written by hand, or by a newer
+// release) is listed with its error and skipped; the other schedules fire.
+func TestAnUnreadableScheduleIsSkipped(t *testing.T) {
+	t.Parallel()
+	b := cronSetup(t)
+	b.add("s", "* * * * *")
+	k := rdb.NewKeys(b.ns)
+	st := rdb.ScheduleState{ID: "g", AnchorMS: cronStart.UnixMilli()}
+	if err := b.rc.HSet(b.ctx, k.Schedules(), "bad", "{nope").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.rc.HSet(b.ctx, k.ScheduleStates(), "bad", st.String()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	stop := b.start(1, graflow.ScheduleRunOptions{})
+	b.tick(1, time.Minute)
+	stop()
+	if diff := cmp.Diff(runIDs("s", 1), b.runs()); diff != "" {
+		t.Errorf("runs (-want +got):\n%s", diff)
+	}
+	if s := b.schedule("bad"); s.Error == "" {
+		t.Errorf("the unreadable schedule is listed as %+v, want its error", s)
+	}
+}

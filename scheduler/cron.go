@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"regexp"
 	"slices"
 	"strings"
@@ -369,6 +370,7 @@ type Cron struct {
 
 // cronDef is a decoded definition.
 type cronDef struct {
+	id   string // the generation read (the state's: valid even if def is not)
 	def  ScheduleDef
 	expr *CronExpr
 	spec events.RunSubmittedBody
@@ -429,7 +431,7 @@ func (c *Cron) pass(ctx context.Context) (next time.Time, more bool, err error) 
 		return time.Time{}, false, err
 	}
 	states := make(map[string]rdb.ScheduleState, len(raw))
-	var load []string
+	load := map[string]string{} // name → generation to read
 	for name, v := range raw {
 		st, err := rdb.ParseScheduleState(v)
 		if err != nil {
@@ -437,8 +439,8 @@ func (c *Cron) pass(ctx context.Context) (next time.Time, more bool, err error) 
 			continue
 		}
 		states[name] = st
-		if d := c.defs[name]; d == nil || d.def.ID != st.ID {
-			load = append(load, name)
+		if d := c.defs[name]; d == nil || d.id != st.ID {
+			load[name] = st.ID
 		}
 	}
 	for name := range c.defs {
@@ -457,7 +459,7 @@ func (c *Cron) pass(ctx context.Context) (next time.Time, more bool, err error) 
 	var errs []error
 	for _, name := range names {
 		st, d := states[name], c.defs[name]
-		if d == nil || d.err != nil || d.def.ID != st.ID || st.Paused {
+		if d == nil || d.err != nil || d.id != st.ID || st.Paused {
 			continue // gone, unreadable, replaced since the states were read, or paused
 		}
 		from := time.UnixMilli(max(st.AnchorMS, st.LastTickMS))
@@ -481,25 +483,31 @@ func (c *Cron) pass(ctx context.Context) (next time.Time, more bool, err error) 
 	return next, more, errors.Join(errs...)
 }
 
-// load reads and decodes the definitions of names into the cache.
-func (c *Cron) load(ctx context.Context, names []string) error {
+// load reads and decodes the definitions of names (name → the
+// generation its state names) into the cache. A definition of another
+// generation (replaced between the two reads) is cached as such, and
+// read again at the next pass.
+func (c *Cron) load(ctx context.Context, names map[string]string) error {
 	if len(names) == 0 {
 		return nil
 	}
-	raw, err := c.db.ScheduleDefs(ctx, names)
+	raw, err := c.db.ScheduleDefs(ctx, slices.Collect(maps.Keys(names)))
 	if err != nil {
 		return err
 	}
-	for _, name := range names {
+	for name, id := range names {
 		v, ok := raw[name]
 		if !ok {
 			delete(c.defs, name) // removed since its state was read
 			continue
 		}
-		d := &cronDef{}
+		d := &cronDef{id: id}
 		if d.err = json.Unmarshal([]byte(v), &d.def); d.err == nil {
 			d.expr, d.err = ParseCron(d.def.Cron, d.def.Timezone)
 			d.spec = d.def.RunSpec()
+		}
+		if d.err == nil && d.def.ID != id {
+			d.id = d.def.ID // replaced meanwhile: used once the state names it
 		}
 		if d.err != nil {
 			c.log.Error().Err(d.err).Str("schedule", name).Msg("schedule definition unreadable: skipped (add it again)")
