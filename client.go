@@ -73,7 +73,7 @@ type Client struct {
 
 // NewClient returns a Client.
 func NewClient(cfg Config) (*Client, error) {
-	s, err := scheduler.New(scheduler.Config{Redis: cfg.Redis, Namespace: cfg.Namespace, NamespacePartitions: cfg.NamespacePartitions, MaxPayloadBytes: cfg.MaxPayloadBytes})
+	s, err := scheduler.New(scheduler.Config{Redis: cfg.Redis, Namespace: cfg.Namespace, NamespacePartitions: cfg.NamespacePartitions, MaxPayloadBytes: cfg.MaxPayloadBytes, Clock: cfg.Clock})
 	if err != nil {
 		return nil, err
 	}

@@ -400,6 +400,17 @@ func TestEveryScriptAndMultiTouchesOneSlot(t *testing.T) {
 		t.Errorf("cancel of run %s = %+v, %v", run4, res, err)
 	}
 
+	// Phase 6: a schedule added, paused and fired.
+	if _, err := db.AddSchedule(ctx, "nightly", `{"cron":"@daily"}`, rdb.ScheduleState{ID: "g1", AnchorMS: 1}, false); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := db.SetSchedulePaused(ctx, "nightly", true, 2); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.RecordScheduleFired(ctx, "nightly", "g1", 3, ""); err != nil {
+		t.Fatal(err)
+	}
+
 	rec.mu.Lock()
 	defer rec.mu.Unlock()
 	var exercised []string
