@@ -104,6 +104,8 @@ type Attempt struct {
 	Error       string `json:"error,omitempty"`
 	FailureKind string `json:"failure_kind,omitempty"`
 	Heartbeats  int    `json:"heartbeats,omitempty"`
+	// ChannelWrites counts the attempt's writes to the run's channel.
+	ChannelWrites int `json:"channel_writes,omitempty"`
 }
 
 // Claim is a task_claimed event.
