@@ -279,6 +279,12 @@ func (tl *Timeline) WriteText(w io.Writer) error {
 			if len(a.Claims) > 1 {
 				notes = append(notes, fmt.Sprintf("%d claims", len(a.Claims)))
 			}
+			switch {
+			case a.ChannelWrites == 1:
+				notes = append(notes, "1 channel write")
+			case a.ChannelWrites > 1:
+				notes = append(notes, fmt.Sprintf("%d channel writes", a.ChannelWrites))
+			}
 			if a.Error != "" {
 				notes = append(notes, clip(a.Error, 80))
 			}
