@@ -6,13 +6,17 @@ import (
 	"encoding/json"
 	"errors"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/graflow-go/graflow"
+	"github.com/graflow-go/graflow/internal/rdb"
 	"github.com/graflow-go/graflow/internal/redistest"
+	"github.com/graflow-go/graflow/projector"
 	"github.com/graflow-go/graflow/replay"
+	"github.com/graflow-go/graflow/worker"
 	"github.com/graflow-go/graflow/worker/builtin"
 )
 
@@ -116,5 +120,55 @@ func TestChannelIsSharedByTheRunsTasksAndOutlivesTheRun(t *testing.T) {
 	}
 	if diff := cmp.Diff(ch, imported); diff != "" {
 		t.Errorf("the imported run's channel (-exported +imported):\n%s", diff)
+	}
+}
+
+// A finished run's channel stays readable and expires with the run's
+// other keys: the commit that ends the run gives it the projectors'
+// RunTTL.
+func TestChannelExpiresWithTheRun(t *testing.T) {
+	t.Parallel()
+	rc := redistest.Client(t)
+	ns := redistest.Namespace(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	p, err := projector.New(projector.Config{Redis: rc, Namespace: ns, FeedBlock: 200 * time.Millisecond, RunTTL: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := worker.New(worker.Config{Redis: rc, Namespace: ns, FetchBlock: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	builtin.Register(w)
+	runCtx, stop := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); _ = p.Run(runCtx) }()
+	go func() { defer wg.Done(); _ = w.Run(runCtx) }()
+	t.Cleanup(func() { stop(); wg.Wait() })
+	c, err := graflow.NewClient(graflow.Config{Redis: rc, Namespace: ns})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	wf := graflow.NewWorkflow("ttl")
+	wf.Task("set", builtin.ChannelSet).Args(map[string]any{"key": "k", "value": 1})
+	run, err := c.Submit(ctx, wf, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info, err := c.Wait(ctx, run); err != nil || !info.Succeeded() {
+		t.Fatalf("run: %+v, %v", info, err)
+	}
+	if v, ok, err := c.ChannelGet(ctx, run, "k"); err != nil || !ok || string(v) != "1" {
+		t.Fatalf("k after the run = %s, %v, %v", v, ok, err)
+	}
+	ttl, err := rc.PTTL(ctx, rdb.NewKeys(ns).RunChannel(run)).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ttl <= 0 || ttl > time.Hour {
+		t.Errorf("the channel's TTL is %v, want (0, 1h]: the run's RunTTL", ttl)
 	}
 }

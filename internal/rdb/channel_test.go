@@ -12,6 +12,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/graflow-go/graflow/events"
 	"github.com/graflow-go/graflow/internal/rdb"
+	"github.com/graflow-go/graflow/internal/redistest"
 	"github.com/oklog/ulid/v2"
 	"github.com/redis/go-redis/v9"
 )
@@ -422,5 +423,61 @@ func TestChannelWaitBlocksOnTheLog(t *testing.T) {
 	}
 	if _, err := b.db.ChannelWait(b.ctx, "R"+ulid.Make().String(), "k", time.Second); !errors.Is(err, rdb.ErrRunMissing) {
 		t.Errorf("ChannelWait of a missing run = %v, want ErrRunMissing", err)
+	}
+}
+
+// keysHook records the KEYS of each script call.
+type keysHook struct{ keys [][]string }
+
+func (h *keysHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *keysHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+func (h *keysHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if name := cmd.Name(); name == "evalsha" || name == "eval" {
+			args := cmd.Args()
+			n, _ := args[2].(int)
+			var ks []string
+			for _, k := range args[3 : 3+n] {
+				ks = append(ks, k.(string))
+			}
+			h.keys = append(h.keys, ks)
+		}
+		return next(ctx, cmd)
+	}
+}
+
+// The write script's KEYS (the run's state, log and channel) hash to one
+// cluster slot, on a namespace of several partitions too. (The script is
+// not in Scripts(), so TestEveryScriptAndMultiTouchesOneSlot does not see
+// it.)
+func TestChannelWriteTouchesOneSlot(t *testing.T) {
+	t.Parallel()
+	c := redistest.Client(t)
+	h := &keysHook{}
+	c.AddHook(h)
+	d := rdb.NewP(c, redistest.Namespace(t), 3)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, run := range []string{"R1", "R2", "R3", "R4"} {
+		_, err := d.WriteChannel(ctx, rdb.ChannelWrite{Run: run, Task: "a", Worker: "w", Attempt: 1, Epoch: 1, EventID: "e", RejectID: "r",
+			Op: rdb.ChannelOpSet, Key: "k", Value: []byte("1")})
+		if !errors.Is(err, rdb.ErrRunMissing) {
+			t.Fatalf("write to a run that does not exist = %v", err)
+		}
+	}
+	if len(h.keys) != 4 {
+		t.Fatalf("%d script calls recorded, want 4", len(h.keys))
+	}
+	for _, ks := range h.keys {
+		if len(ks) != 3 {
+			t.Fatalf("KEYS %v, want state, log, channel", ks)
+		}
+		for _, k := range ks[1:] {
+			if keySlot(k) != keySlot(ks[0]) {
+				t.Errorf("KEYS %v span slots (%s: %d, %s: %d)", ks, ks[0], keySlot(ks[0]), k, keySlot(k))
+			}
+		}
 	}
 }
