@@ -101,9 +101,16 @@ type TasksAddedBody struct {
 	Tasks []TaskSpec `json:"tasks"`
 }
 
-// ChannelWrittenBody is the body of channel_written.
+// ChannelWrittenBody is the body of channel_written: a task wrote a key
+// of its run's channel (the event's task, attempt, epoch and worker are
+// the writer's claim).
 type ChannelWrittenBody struct {
-	Key   string          `json:"key"`
+	Key string `json:"key"`
+	// Op is the write: "set", "append" (an element appended to a JSON
+	// array) or "incr" (an integer increment).
+	Op string `json:"op"`
+	// Value is the key's whole new value (JSON), whatever the op: the
+	// last channel_written of a key holds its value.
 	Value json.RawMessage `json:"value"`
 }
 

@@ -72,9 +72,9 @@ type analyzer struct {
 //     failed attempt with attempts left;
 //   - task_claimed / task_reclaimed carry an epoch strictly above every
 //     earlier epoch of the task; task_claimed only for a dispatched task;
-//   - task_succeeded, task_failed, task_timed_out and task_heartbeat only
-//     from the worker and epoch holding the claim, and at most one accepted
-//     task_succeeded per task;
+//   - task_succeeded, task_failed, task_timed_out, task_heartbeat and
+//     channel_written only from the worker and epoch holding the claim,
+//     and at most one accepted task_succeeded per task;
 //   - task_skipped only behind a failed/skipped/cancelled dependency;
 //   - run_cancelled only while the run is running; task_cancelled only
 //     after it, for a task not terminal, with an epoch above every
@@ -196,9 +196,11 @@ func (z *analyzer) event(i int, e events.Event) error {
 			}
 			tr.maxEpoch = max(tr.maxEpoch, e.Epoch)
 		}
-	case events.TaskSucceeded, events.TaskFailed, events.TaskTimedOut, events.TaskHeartbeat:
+	case events.TaskSucceeded, events.TaskFailed, events.TaskTimedOut, events.TaskHeartbeat, events.ChannelWritten:
 		if tr != nil {
 			z.checkHolder(e, tr, pre)
+		} else if e.Type == events.ChannelWritten {
+			z.eventProblem(e, "channel_written by %q, which is no task of the run: only a task holding its claim writes the channel", e.Task)
 		}
 	case events.TaskSkipped:
 		if tr != nil {
@@ -417,6 +419,8 @@ func (z *analyzer) record(i int, e events.Event, tr *track, pre projector.Task) 
 		tl.Reclaims++
 	case events.TaskHeartbeat:
 		tt.attempt(e.Attempt).Heartbeats++
+	case events.ChannelWritten:
+		tt.attempt(e.Attempt).ChannelWrites++
 	case events.TaskSucceeded, events.TaskFailed, events.TaskTimedOut:
 		t := r.Task(e.Task)
 		if t.Status == pre.Status && t.Attempt == pre.Attempt {

@@ -643,6 +643,7 @@ func (w *Worker) process(ctx context.Context, m message, release func()) (parked
 			_, err := w.db.CancelRun(ctx, m.run, w.cfg.ID, reason, w.now(), func() string { return ulid.Make().String() })
 			return err
 		},
+		channel: w.channelOf(m.run, m.task, m.attempt, cr.Epoch),
 	}
 	log = log.With().Int64("epoch", t.Epoch).Str("handler", t.Handler).Logger()
 	if m.reclaimed && m.deliveries > int64(w.cfg.PoisonLimit) {

@@ -238,6 +238,7 @@ func runStatus(ctx context.Context, m *Main, args []string) error {
 	var c common
 	fs := m.flags("status", &c)
 	fs.BoolVar(&c.json, "json", false, "print JSON")
+	channel := fs.Bool("channel", false, "print the run's channel (each key and its JSON value) instead of its tasks")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -249,6 +250,9 @@ func runStatus(ctx context.Context, m *Main, args []string) error {
 		return err
 	}
 	defer r.Close()
+	if *channel {
+		return printChannel(ctx, m, cl, fs.Arg(0), c.json)
+	}
 	info, err := cl.Status(ctx, fs.Arg(0))
 	if err != nil {
 		if errors.Is(err, graflow.ErrRunNotFound) {
