@@ -296,6 +296,9 @@ func TestEveryScriptAndMultiTouchesOneSlot(t *testing.T) {
 		// hb runs until its heartbeats (script and owner-checked touch) were sent.
 		w.HandleFunc("hb", func(ctx context.Context, t *worker.Task) (any, error) {
 			t.Progress("halfway")
+			if err := t.Channel().Set(ctx, "progress", "halfway"); err != nil { // channel_write
+				return nil, err
+			}
 			return nil, rec.waitFor(ctx, "heartbeat", "queue_touch")
 		})
 		return w
