@@ -116,6 +116,11 @@ func (r *Run) failure(u *Task) (task, cause string) {
 	return u.Spec.ID, u.Error
 }
 
+// Absorbed reports whether failed task t's failure was absorbed by its
+// successors: each joins it tolerantly and succeeded (the run does not
+// fail for it).
+func (r *Run) Absorbed(t *Task) bool { return r.absorbed(t) }
+
 // absorbed reports whether failed task t's failure was absorbed by its
 // successors (see unabsorbed).
 func (r *Run) absorbed(t *Task) bool {

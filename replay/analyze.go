@@ -79,7 +79,8 @@ type analyzer struct {
 //   - run_cancelled only while the run is running; task_cancelled only
 //     after it, for a task not terminal, with an epoch above every
 //     earlier epoch of the task (its worker is fenced);
-//   - run_succeeded only after every task succeeded, run_failed only when
+//   - run_succeeded only after every task succeeded (or failed with every
+//     successor joining it tolerantly, and succeeded), run_failed only when
 //     every task is terminal and one failed;
 //   - no task is lost: a dispatched task is terminal, or dispatched,
 //     running or awaiting a retry under its last attempt; a terminal run
@@ -234,7 +235,7 @@ func (z *analyzer) event(i int, e events.Event) error {
 	case events.RunSucceeded:
 		if r.Status == projector.RunRunning {
 			for _, t := range r.Tasks {
-				if t.Status != projector.TaskSucceeded {
+				if t.Status != projector.TaskSucceeded && !(t.Status == projector.TaskFailed && r.Absorbed(t)) {
 					z.problem(Problem{Seq: e.Seq, Event: string(e.Type), Task: t.Spec.ID, Missing: missingFor(t),
 						Detail: fmt.Sprintf("run_succeeded while task %s is %s", t.Spec.ID, t.Status)})
 					break
