@@ -59,6 +59,10 @@ func (t *Task) Retries(n int) *Task { t.spec.MaxAttempts = n + 1; return t }
 // Timeout bounds one attempt; the handler's context is cancelled after d.
 func (t *Task) Timeout(d time.Duration) *Task { t.spec.TimeoutMS = d.Milliseconds(); return t }
 
+// StartAfter delays the task's start by d after it is ready (its
+// dependencies met): its dispatch waits in the delayed set.
+func (t *Task) StartAfter(d time.Duration) *Task { t.spec.StartAfterMS = d.Milliseconds(); return t }
+
 // Pool routes the task to workers serving pool (default "default").
 func (t *Task) Pool(pool string) *Task { t.spec.Pool = pool; return t }
 

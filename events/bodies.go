@@ -23,6 +23,9 @@ type TaskSpec struct {
 	Args json.RawMessage `json:"args,omitempty"`
 	// Join is the policy over Deps (nil: every dependency must succeed).
 	Join *Join `json:"join,omitempty"`
+	// StartAfterMS delays the task's dispatch by this long after it
+	// became ready (its dependencies met); 0: at once.
+	StartAfterMS int64 `json:"start_after_ms,omitempty"`
 }
 
 // RunSubmittedBody is the body of run_submitted: the whole DAG and input.
@@ -36,6 +39,10 @@ type RunSubmittedBody struct {
 type TaskDispatchedBody struct {
 	Pool     string `json:"pool"`
 	Priority int    `json:"priority"`
+	// DelayMS is the task's StartAfterMS, and DueMS (Unix ms) when it is
+	// due: the dispatch waits in the partition's delayed set until then.
+	DelayMS int64 `json:"delay_ms,omitempty"`
+	DueMS   int64 `json:"due_ms,omitempty"`
 }
 
 // TaskHeartbeatBody is the body of task_heartbeat.

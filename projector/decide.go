@@ -77,7 +77,7 @@ func Decide(r *Run, limit int, delay RetryDelayFunc) []events.Event {
 		}
 		seen[q.task] = true
 		out = append(out, events.Event{Run: r.ID, Type: events.TaskDispatched, Task: t.Spec.ID, Attempt: t.Attempt + 1}.
-			WithBody(events.TaskDispatchedBody{Pool: t.Spec.Pool, Priority: t.Spec.Priority}))
+			WithBody(events.TaskDispatchedBody{Pool: t.Spec.Pool, Priority: t.Spec.Priority, DelayMS: t.Spec.StartAfterMS}))
 	}
 	for _, q := range r.retry.items[r.retry.head:] {
 		if full() {
@@ -138,9 +138,11 @@ func Initial(submitted events.Event, limit int) (decisions []events.Event, more 
 	}
 	decisions = Decide(r, limit, nil)
 	for _, d := range decisions {
-		if d.Type != events.TaskDispatched {
-			// Only dispatches are made at submit; anything else (no run
-			// calls for it) is left to the projector.
+		var b events.TaskDispatchedBody
+		if d.Type != events.TaskDispatched || d.DecodeBody(&b) != nil || b.DelayMS > 0 {
+			// Only immediate dispatches are made at submit; anything else
+			// (a delayed start: its due time is the committer's clock's)
+			// is left to the projector.
 			return nil, true, nil
 		}
 		if err := Apply(r, d); err != nil {
