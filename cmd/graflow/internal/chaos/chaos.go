@@ -447,7 +447,8 @@ func (s *stack) checkCancelled(ctx context.Context, run string, info *graflow.Ru
 // increments "count", one in fifty appends to "seen"); in group 1 one
 // member waits on the channel key "ready" that a member of group 2 sets;
 // group 3 is best effort: one of its members fails for good and its sum
-// runs anyway (the run still succeeds).
+// runs anyway (the run still succeeds); a few members of group 2 start
+// 100-500 ms after they are ready (start_after: the delayed set).
 func (s *stack) workflow(name string, tasks int) *graflow.Workflow {
 	wf := graflow.NewWorkflow(name)
 	root := wf.Task("root", builtin.Noop)
@@ -475,6 +476,8 @@ func (s *stack) workflow(name string, tasks int) *graflow.Workflow {
 				t = wf.Task(id, builtin.ChannelSet).Args(map[string]any{"key": "ready", "value": 1})
 			case g == 3 && i == 0:
 				t = wf.Task(id, builtin.Fail).Args(map[string]any{"permanent": true, "message": "best effort"})
+			case g == 2 && i%40 == 5:
+				t = wf.Task(id, builtin.Sleep).Args(map[string]any{"ms": 20, "value": 1}).StartAfter(time.Duration(100+s.rng.IntN(400)) * time.Millisecond)
 			default:
 				t = wf.Task(id, builtin.Sleep).Args(map[string]any{"ms": 20 + s.rng.IntN(130), "value": 1})
 			}
