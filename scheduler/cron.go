@@ -121,7 +121,7 @@ func ParseCron(expr, timezone string) (e *CronExpr, err error) {
 			return nil, fmt.Errorf("%w: time zone \"Local\" differs between hosts: name the zone, e.g. Europe/Paris", ErrInvalidSchedule)
 		}
 		if loc, err = time.LoadLocation(timezone); err != nil {
-			return nil, fmt.Errorf("%w: time zone %q: %v (use an IANA name such as Europe/Paris or America/New_York)", ErrInvalidSchedule, timezone, err)
+			return nil, fmt.Errorf("%w: time zone %q: %w (use an IANA name such as Europe/Paris or America/New_York)", ErrInvalidSchedule, timezone, err)
 		}
 	}
 	if expr == "" {
@@ -147,7 +147,7 @@ func ParseCron(expr, timezone string) (e *CronExpr, err error) {
 	}
 	s, perr := cronParser.Parse(expr)
 	if perr != nil {
-		return nil, fmt.Errorf("%w: cron expression %q: %v: %s", ErrInvalidSchedule, expr, perr, cronHelp)
+		return nil, fmt.Errorf("%w: cron expression %q: %w: %s", ErrInvalidSchedule, expr, perr, cronHelp)
 	}
 	spec, ok := s.(*cron.SpecSchedule)
 	if !ok {
