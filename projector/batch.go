@@ -103,7 +103,7 @@ func (p *Projector) projectBatch(ctx context.Context, runs []string) (rest []str
 	for i, x := range live {
 		ids[i], commits[i] = x.run, x.commit
 	}
-	results, errs, err := p.db.Commits(ctx, ids, commits)
+	results, errs, err := p.commits(ctx, ids, commits)
 	if err != nil {
 		for _, x := range live {
 			giveUp(x, true)

@@ -2,6 +2,7 @@ package projector
 
 import (
 	"context"
+	"strconv"
 	"sync"
 	"time"
 
@@ -36,6 +37,7 @@ func (p *Projector) consume(ctx context.Context, n int) {
 		}
 	}()
 	for ctx.Err() == nil {
+		p.obs().Alive("projector.feed."+strconv.Itoa(n), p.feedLoopWithin())
 		var msgs []redis.XMessage
 		if !pend.empty() {
 			// Under load: the acks and a non-blocking read of the next

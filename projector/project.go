@@ -109,7 +109,7 @@ const (
 // (which enqueued its dispatches itself), caught up, it applies the
 // decisions to the cache.
 func (p *Projector) commitStep(ctx context.Context, run string, c *cached, decisions []events.Event, commit rdb.Commit) (rdb.CommitResult, step, error) {
-	res, err := p.db.Commit(ctx, run, commit)
+	res, err := p.commit(ctx, run, commit)
 	if err != nil {
 		c.run = nil
 		return res, stepDone, err

@@ -91,6 +91,9 @@ type Config struct {
 	// Clock decides what time it is and when timers fire (default the real
 	// clock; tests pass clockwork.NewFakeClock()).
 	Clock clockwork.Clock
+	// Metrics observes the projector (graflow.NewMetrics); nil observes
+	// nothing.
+	Metrics Observer
 }
 
 func (c Config) withDefaults() Config {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/graflow-go/graflow/internal/crashpoint"
 	"github.com/graflow-go/graflow/internal/rdb"
@@ -36,6 +37,7 @@ type finishReq struct {
 	args       rdb.FinishArgs
 	m          message
 	deadLetter *rdb.DeadLetterDetails // for a task that failed for good
+	handler    string                 // for the Observer
 	done       chan error
 }
 
@@ -133,7 +135,9 @@ func (b *batcher) claimLoop(ctx context.Context) {
 		// One script call per run (claims of several messages of one run
 		// share it), all calls in one pipeline.
 		groups := groupBy(batch, func(r claimReq) string { return r.args.Run })
+		began := time.Now()
 		results, errs := w.db.ClaimGroups(ctx, gather(batch, groups, func(r claimReq) rdb.ClaimArgs { return r.args }))
+		w.obs().ClaimBatch(len(batch), time.Since(began))
 		for g, idx := range groups {
 			crs, err := results[g], errs[g]
 			for k, i := range idx {
@@ -223,6 +227,7 @@ func (b *batcher) finishLoop(ctx context.Context) {
 				r.args.MessageID = r.m.id
 			}
 		}
+		began := time.Now()
 		groups := groupBy(batch, func(r finishReq) string { return r.args.Run + "\x00" + r.m.stream })
 		results, callErrs := w.db.FinishGroups(ctx, gather(batch, groups, func(r finishReq) rdb.FinishArgs { return r.args }))
 		errs := make([]error, len(batch))
@@ -268,6 +273,7 @@ func (b *batcher) finishLoop(ctx context.Context) {
 			// whoever reclaims them re-points the feed and acks.
 			w.log.Warn().Err(err).Int("outcomes", len(batch)).Msg("dead letter or ack after outcome failed; reclaim will finish the job")
 		}
+		b.observeFinishes(batch, errs, err, time.Since(began))
 		for i, r := range batch {
 			r.done <- errs[i]
 		}

@@ -58,6 +58,7 @@ func (w *Worker) heartbeats(ctx context.Context) {
 	t := w.cfg.Clock.NewTicker(w.cfg.HeartbeatInterval)
 	defer t.Stop()
 	for {
+		w.obs().Alive("worker.heartbeat", 2*w.cfg.HeartbeatInterval)
 		select {
 		case <-ctx.Done():
 			return

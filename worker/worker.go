@@ -94,6 +94,8 @@ type Config struct {
 	// Clock decides what time it is and when timers fire (default the real
 	// clock; tests pass clockwork.NewFakeClock()).
 	Clock clockwork.Clock
+	// Metrics observes the worker (graflow.NewMetrics); nil observes nothing.
+	Metrics Observer
 
 	// claimUpstreamBytes overrides rdb.DefaultClaimUpstreamBytes (tests).
 	claimUpstreamBytes int
@@ -671,7 +673,7 @@ func (w *Worker) process(ctx context.Context, m message, release func()) (parked
 		w.mu.Unlock()
 	}()
 
-	result, runErr := w.call(tctx, t)
+	result, runErr := w.observedCall(tctx, m, t)
 	switch cause := context.Cause(tctx); {
 	case errors.Is(cause, errLeaseLost):
 		// Our message may be a duplicate that another claim made stale; if
@@ -842,6 +844,7 @@ func (w *Worker) finish(ctx context.Context, log zerolog.Logger, m message, t *T
 		}
 	}
 	req := finishReq{args: args, m: m}
+	req.handler = t.Handler
 	if args.Status == events.TaskStatusFailed {
 		req.deadLetter = &rdb.DeadLetterDetails{Attempt: t.Attempt, Error: runErr.Error(), Worker: w.cfg.ID, Handler: t.Handler}
 	}

@@ -39,6 +39,7 @@ func runWorker(ctx context.Context, m *Main, args []string) error {
 	hbEvery := fs.Duration("heartbeat-event-every", worker.DefaultHeartbeatEventEvery, "at most one task_heartbeat event per task per this interval")
 	prof := fs.String("cpuprofile", "", "write a CPU profile (go tool pprof) to this file until the worker exits")
 	unsafe := unsafeWorkerFlags(fs) // graflowtest builds only
+	metricsAddr := metricsFlag(fs)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -52,10 +53,15 @@ func runWorker(ctx context.Context, m *Main, args []string) error {
 		return err
 	}
 	defer r.Close()
+	ms, err := startMetrics(graflow.Config{Redis: r, Namespace: c.namespace, NamespacePartitions: c.partitions}, *metricsAddr, splitList(*pools), c.logger(m.Stderr))
+	if err != nil {
+		return err
+	}
+	defer ms.stop()
 	w, err := worker.New(unsafe(worker.Config{
 		Redis: r, Namespace: c.namespace, NamespacePartitions: c.partitions, ID: *id, Pools: splitList(*pools), Concurrency: *conc,
 		Lease: *lease, DrainTimeout: *drain, ReclaimInterval: *reclaim, PoisonLimit: *poison,
-		HeartbeatEventEvery: *hbEvery, Logger: c.logger(m.Stderr),
+		HeartbeatEventEvery: *hbEvery, Logger: c.logger(m.Stderr), Metrics: ms.worker(),
 	}))
 	if err != nil {
 		return withCode(ExitUsage, err)
@@ -75,6 +81,7 @@ func runProjector(ctx context.Context, m *Main, args []string) error {
 	batch := fs.Int("batch-size", projector.DefaultBatchSize, "most decision events one commit appends (a bigger dispatch is split into several commits)")
 	compact := fs.Int("compact-log", rdb.DefaultCompactLog, "the commit that ends a run compacts its log if it holds at most this many events (0: the default; -1: never)")
 	prof := fs.String("cpuprofile", "", "write a CPU profile (go tool pprof) to this file until the projector exits")
+	metricsAddr := metricsFlag(fs)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -88,8 +95,14 @@ func runProjector(ctx context.Context, m *Main, args []string) error {
 		return err
 	}
 	defer r.Close()
+	ms, err := startMetrics(graflow.Config{Redis: r, Namespace: c.namespace, NamespacePartitions: c.partitions}, *metricsAddr, nil, c.logger(m.Stderr))
+	if err != nil {
+		return err
+	}
+	defer ms.stop()
 	p, err := projector.New(projector.Config{Redis: r, Namespace: c.namespace, NamespacePartitions: c.partitions, ID: *id, Logger: c.logger(m.Stderr),
-		RetryInitial: *retryInitial, RetryMax: *retryMax, FeedReclaimIdle: *feedIdle, RunTTL: *runTTL, CompactLog: *compact, BatchSize: *batch})
+		RetryInitial: *retryInitial, RetryMax: *retryMax, FeedReclaimIdle: *feedIdle, RunTTL: *runTTL, CompactLog: *compact, BatchSize: *batch,
+		Metrics: ms.projector()})
 	if err != nil {
 		return withCode(ExitUsage, err)
 	}

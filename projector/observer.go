@@ -1,0 +1,80 @@
+package projector
+
+import (
+	"context"
+	"time"
+
+	"github.com/graflow-go/graflow/internal/rdb"
+)
+
+// Observer is told what a projector does, at the points where it already
+// knows it: a commit round trip, a loop going round. graflow.NewMetrics
+// returns one that feeds Prometheus collectors; Config.Metrics nil
+// observes nothing.
+//
+// Methods are called from many goroutines at once and must not block.
+// Methods may be added: embed NopObserver to keep compiling.
+type Observer interface {
+	// Committed is called after a round trip of commits (one run's, or a
+	// batch's pipeline) took d: of them, conflicts lost their
+	// compare-and-set and failed returned an error (err is set when the
+	// whole round trip failed).
+	Committed(commits, conflicts, failed int, d time.Duration, err error)
+	// Alive is called by a loop each time round; it promises to call
+	// again within the given time (readiness turns false past it).
+	Alive(loop string, within time.Duration)
+}
+
+// NopObserver observes nothing; embed it in an Observer to implement only
+// some methods.
+type NopObserver struct{}
+
+func (NopObserver) Committed(int, int, int, time.Duration, error) {}
+func (NopObserver) Alive(string, time.Duration)                   {}
+
+func (p *Projector) obs() Observer {
+	if p.cfg.Metrics == nil {
+		return NopObserver{}
+	}
+	return p.cfg.Metrics
+}
+
+// commit is rdb's Commit, observed.
+func (p *Projector) commit(ctx context.Context, run string, c rdb.Commit) (rdb.CommitResult, error) {
+	began := time.Now()
+	res, err := p.db.Commit(ctx, run, c)
+	conflicts, failed := 0, 0
+	switch {
+	case err != nil:
+		failed = 1
+	case res.Conflict:
+		conflicts = 1
+	}
+	p.obs().Committed(1, conflicts, failed, time.Since(began), err)
+	return res, err
+}
+
+// commits is rdb's Commits, observed.
+func (p *Projector) commits(ctx context.Context, runs []string, cs []rdb.Commit) ([]rdb.CommitResult, []error, error) {
+	began := time.Now()
+	results, errs, err := p.db.Commits(ctx, runs, cs)
+	conflicts, failed := 0, 0
+	if err != nil {
+		failed = len(runs)
+	}
+	for i := range errs {
+		switch {
+		case err != nil:
+		case errs[i] != nil:
+			failed++
+		case results[i].Conflict:
+			conflicts++
+		}
+	}
+	p.obs().Committed(len(runs), conflicts, failed, time.Since(began), err)
+	return results, errs, err
+}
+
+// feedLoopWithin is how soon a feed loop promises to go round again: a
+// blocking read, or the projection of one batch of runs.
+func (p *Projector) feedLoopWithin() time.Duration { return p.cfg.FeedBlock + p.cfg.FeedReclaimIdle }
