@@ -877,8 +877,7 @@ func TestACommitConflictFoldsOnFromTheCache(t *testing.T) {
 	}
 	run := b.submit(t, specs...)
 	hook := &fullReads{}
-	c := redis.NewClient(b.rdb.Options())
-	t.Cleanup(func() { _ = c.Close() })
+	c := redistest.Client(t) // not a copy of a live client's Options: go-redis writes them while it connects
 	c.AddHook(hook)
 	newP := func(c *redis.Client, id string) *projector.Projector {
 		p, err := projector.New(projector.Config{Redis: c, Namespace: b.db.K.Namespace(), ID: id, BatchSize: 4})

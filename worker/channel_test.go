@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"github.com/graflow-go/graflow/internal/redistest"
 	"strings"
 	"testing"
 	"time"
@@ -50,8 +51,7 @@ func TestChannelWaitReturnsAnotherTasksWrite(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	cfg := b.config("w-chan")
-	c := redis.NewClient(b.c.Options())
-	t.Cleanup(func() { _ = c.Close() })
+	c := redistest.Client(t) // not a copy of a live client's Options: go-redis writes them while it connects
 	waiting := make(xreads, 1)
 	c.AddHook(waiting)
 	cfg.Redis = c

@@ -359,8 +359,7 @@ func TestChannelWaitBlocksOnTheLog(t *testing.T) {
 	}
 
 	sig := make(xreadSignal, 1)
-	wc := redis.NewClient(b.c.Options())
-	defer wc.Close()
+	wc := redistest.Client(t) // not a copy of a live client's Options: go-redis writes them while it connects
 	wc.AddHook(sig)
 	wdb := rdb.DB{C: wc, K: b.db.K}
 	type reply struct {
