@@ -137,5 +137,6 @@ func Scripts() map[string]*redis.Script {
 		"quarantine":   quarantineScript,
 		"delayed_move": delayedMoveScript,
 		"cancel":       cancelScript,
+		"spawned":      spawnedScript,
 	}
 }

@@ -31,6 +31,8 @@ func Register(w *worker.Worker) {
 	w.HandleFunc(Flaky, flaky)
 	w.HandleFunc(Sum, sum)
 	w.HandleFunc(Fail, fail)
+	w.HandleFunc(Spawn, spawn)
+	w.HandleFunc(Loop, loop)
 }
 
 // Args is the union of the built-in handlers' arguments.
