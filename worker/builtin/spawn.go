@@ -11,11 +11,12 @@ import (
 // Handler names of the built-in dynamic handlers (see Register).
 const (
 	// Spawn = "spawn": args {"n": n, "handler": h, "args": a, "prefix": p,
-	// "flaky_every": k, "value": v} adds n tasks "<prefix><i>" (prefix
-	// default "<task id>-") running h (default "noop") with args a, every
-	// k-th of them (k > 0) running "flaky" instead (fails its first
-	// attempt, 2 retries, returns 1); returns v. Its successors wait for
-	// the n tasks (a dynamic fan-out; "sum" after it adds their results).
+	// "flaky_every": k, "ms": ms, "value": v} sleeps ms, then adds n tasks
+	// "<prefix><i>" (prefix default "<task id>-") running h (default
+	// "noop") with args a, every k-th of them (k > 0) running "flaky"
+	// instead (fails its first attempt, 2 retries, returns 1); returns v.
+	// Its successors wait for the n tasks (a dynamic fan-out; "sum" after
+	// it adds their results).
 	Spawn = "spawn"
 	// Loop = "loop": args {"times": n, "value": v} continues into its next
 	// iteration (worker.Task.Continue) until iteration n, which returns v;
@@ -30,12 +31,16 @@ type SpawnArgs struct {
 	Args       json.RawMessage `json:"args,omitempty"`
 	Prefix     string          `json:"prefix,omitempty"`
 	FlakyEvery int             `json:"flaky_every,omitempty"`
+	MS         int64           `json:"ms,omitempty"`
 	Value      json.RawMessage `json:"value,omitempty"`
 }
 
-func spawn(_ context.Context, t *worker.Task) (any, error) {
+func spawn(ctx context.Context, t *worker.Task) (any, error) {
 	var a SpawnArgs
 	if err := t.BindArgs(&a); err != nil {
+		return nil, err
+	}
+	if err := pause(ctx, a.MS); err != nil {
 		return nil, err
 	}
 	if a.Handler == "" {
