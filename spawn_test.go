@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -16,6 +17,7 @@ import (
 	"github.com/graflow-go/graflow/internal/redistest"
 	"github.com/graflow-go/graflow/projector"
 	"github.com/graflow-go/graflow/replay"
+	"github.com/graflow-go/graflow/scheduler"
 	"github.com/graflow-go/graflow/worker"
 	"github.com/graflow-go/graflow/worker/builtin"
 )
@@ -274,5 +276,32 @@ func TestSpawnHistoryIsJustified(t *testing.T) {
 	}
 	if got := a.Run.Task("sum").Waits; len(got) != 20 {
 		t.Errorf("sum waited for %d tasks, want 20", len(got))
+	}
+}
+
+// examples/dynamic.yaml runs as its comment says.
+func TestSpawnExampleFile(t *testing.T) {
+	t.Parallel()
+	b := spawnStack(t, worker.Config{})
+	src, err := os.ReadFile("examples/dynamic.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec, err := scheduler.ParseSpec(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	run, err := b.client.SubmitSpec(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := b.client.Wait(ctx, run)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !info.Succeeded() || string(info.Task("total").Result) != "10" || string(info.Task("after").Result) != "13" {
+		t.Fatalf("run %s: total %s, after %s; want 10 and 13", info.Status, info.Task("total").Result, info.Task("after").Result)
 	}
 }

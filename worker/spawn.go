@@ -73,9 +73,20 @@ type spawnState struct {
 	closed bool  // the handler returned: no more spawns
 }
 
-// spawnLimits are the worker's bounds, copied into each Task.
+// spawnLimits are the worker's bounds, copied into each Task (zero: the
+// defaults, for a Task built by hand in a handler's test).
 type spawnLimits struct {
 	maxTasks, maxIterations int
+}
+
+func (l spawnLimits) orDefaults() spawnLimits {
+	if l.maxTasks <= 0 {
+		l.maxTasks = DefaultMaxDynamicTasks
+	}
+	if l.maxIterations <= 0 {
+		l.maxIterations = DefaultMaxIterations
+	}
+	return l
 }
 
 // Spawn adds tasks to the task's run. They are committed atomically with
@@ -108,6 +119,7 @@ func (t *Task) Spawn(tasks ...NewTask) error {
 	if t.spawn.err != nil {
 		return t.spawn.err
 	}
+	t.limits = t.limits.orDefaults()
 	all := slices.Clip(t.spawn.specs)
 	for _, nt := range tasks {
 		s, err := t.specOf(nt)
