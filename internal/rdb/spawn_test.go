@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/graflow-go/graflow/events"
@@ -165,9 +166,11 @@ func TestFinishLargeSpawnAndNestedRecords(t *testing.T) {
 		tasks[i] = events.TaskSpec{ID: "m-" + strconv.Itoa(i), Handler: "h", Args: []byte(fmt.Sprintf(`{"i":%d}`, i))}
 		sinks[i] = tasks[i].ID
 	}
+	start := time.Now()
 	if err := b.spawnFinish(t, "a", "w1", 1, tasks, sinks, nil, 100_000); err != nil {
 		t.Fatal(err)
 	}
+	t.Logf("the finish of a %d-task spawn took %v", n, time.Since(start))
 	if got := b.c.HLen(b.ctx, b.db.K.RunDAG(b.run)).Val(); got != n+2 {
 		t.Errorf("dag holds %d tasks, want %d", got, n+2)
 	}
