@@ -22,7 +22,19 @@ help: ## Show this help
 redis: ## Install redis-server if missing and build the local graflow/redis:7.0 test image
 	./scripts/redis-image.sh
 
-test: redis ## Run all tests (Redis in a container), vet/gofmt, the race detector on the concurrent packages, 8 chaos seeds (plus 2 on a 3-partition namespace), a 20 s soak, the broken-fencing proof and a one-iteration benchmark smoke
+.PHONY: browser
+browser: ## Install Debian's chromium with apt-get if missing: the dashboard's browser test (cmd/graflow/internal/ui) drives it headless
+	@if ! command -v chromium >/dev/null 2>&1 && [ ! -x /usr/bin/chromium ]; then \
+		echo "browser: chromium not found; installing it with apt-get"; \
+		sudo=""; [ "$$(id -u)" -eq 0 ] || sudo="sudo"; \
+		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium \
+		|| { $$sudo apt-get update && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; }; \
+	fi
+
+# Under make test a missing chromium fails the browser test instead of
+# skipping it.
+test: export GRAFLOW_TEST_REQUIRE_BROWSER = 1
+test: redis browser ## Run all tests (Redis in a container), vet/gofmt, the race detector on the concurrent packages, 8 chaos seeds (plus 2 on a 3-partition namespace), a 20 s soak, the broken-fencing proof and a one-iteration benchmark smoke
 	GRAFLOW_TEST_REQUIRE_CONTAINER=1 $(GO) test -count=1 ./...
 	$(MAKE) --no-print-directory lint
 	$(MAKE) --no-print-directory test-race
@@ -31,6 +43,15 @@ test: redis ## Run all tests (Redis in a container), vet/gofmt, the race detecto
 	$(MAKE) --no-print-directory soak SOAK_DURATION=20s SOAK_FLAGS='--run-ttl 5s --sample-every 4s'
 	$(MAKE) --no-print-directory chaos-broken-fencing
 	$(MAKE) --no-print-directory bench-smoke
+	$(MAKE) --no-print-directory compose-test
+
+.PHONY: image compose-test
+
+image: ## Build the graflow/graflow:dev image (Dockerfile: multi-stage, static, FROM scratch, non-root); no registry needed
+	GO=$(GO) ./scripts/graflow-image.sh
+
+compose-test: redis image ## Build the images, start deploy/compose.yaml (Redis with AOF, a projector, three workers), run workflows through it (one worker stopped mid-run must drain), always tear it down
+	./scripts/compose-test.sh
 
 test-race: redis ## Run the concurrent packages (worker, projector, internal, replay, root) with the race detector
 	$(GO) test -count=1 -race $(RACE_PKGS)

@@ -73,7 +73,7 @@ type Client struct {
 
 // NewClient returns a Client.
 func NewClient(cfg Config) (*Client, error) {
-	s, err := scheduler.New(scheduler.Config{Redis: cfg.Redis, Namespace: cfg.Namespace, NamespacePartitions: cfg.NamespacePartitions, MaxPayloadBytes: cfg.MaxPayloadBytes})
+	s, err := scheduler.New(scheduler.Config{Redis: cfg.Redis, Namespace: cfg.Namespace, NamespacePartitions: cfg.NamespacePartitions, MaxPayloadBytes: cfg.MaxPayloadBytes, Clock: cfg.Clock})
 	if err != nil {
 		return nil, err
 	}
@@ -100,6 +100,10 @@ type SubmitOption func(*scheduler.SubmitOptions)
 
 // WithRunID makes the submission idempotent under a caller-chosen run id.
 func WithRunID(id string) SubmitOption { return func(o *scheduler.SubmitOptions) { o.RunID = id } }
+
+// StartAt submits the run for later: the run is created now, and its root
+// tasks start at t (their dispatches wait in the delayed set until then).
+func StartAt(t time.Time) SubmitOption { return func(o *scheduler.SubmitOptions) { o.StartAt = t } }
 
 // Submit validates wf and starts a run of it with input (JSON-encoded).
 // It returns the run id. An invalid workflow returns an error wrapping

@@ -206,13 +206,21 @@ func TestRepairRedispatchesTasksWhoseMessagesWereDeleted(t *testing.T) {
 }
 
 // startWorker runs one more in-process worker until the test ends.
-func startWorker(t *testing.T, b bundle, id string) {
+func startWorker(t *testing.T, b bundle, id string) { startWorkerWith(t, b, id, nil) }
+
+// startWorkerWith runs one more in-process worker with the built-in
+// handlers and those configure registers, serving pools (default: the
+// default pool), until the test ends.
+func startWorkerWith(t *testing.T, b bundle, id string, configure func(*worker.Worker), pools ...string) {
 	t.Helper()
-	w, err := worker.New(worker.Config{Redis: b.rdb, Namespace: b.ns, ID: id, Concurrency: 4, FetchBlock: 200 * time.Millisecond})
+	w, err := worker.New(worker.Config{Redis: b.rdb, Namespace: b.ns, ID: id, Concurrency: 4, FetchBlock: 200 * time.Millisecond, Pools: pools})
 	if err != nil {
 		t.Fatal(err)
 	}
 	builtin.Register(w)
+	if configure != nil {
+		configure(w)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); _ = w.Run(ctx) }()

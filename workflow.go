@@ -59,6 +59,10 @@ func (t *Task) Retries(n int) *Task { t.spec.MaxAttempts = n + 1; return t }
 // Timeout bounds one attempt; the handler's context is cancelled after d.
 func (t *Task) Timeout(d time.Duration) *Task { t.spec.TimeoutMS = d.Milliseconds(); return t }
 
+// StartAfter delays the task's start by d after it is ready (its
+// dependencies met): its dispatch waits in the delayed set.
+func (t *Task) StartAfter(d time.Duration) *Task { t.spec.StartAfterMS = d.Milliseconds(); return t }
+
 // Pool routes the task to workers serving pool (default "default").
 func (t *Task) Pool(pool string) *Task { t.spec.Pool = pool; return t }
 
@@ -88,7 +92,10 @@ func (w *Workflow) Sequence(tasks ...*Task) *Task {
 }
 
 // Group is a set of tasks that run in parallel (Graflow's a | b | c).
-type Group struct{ tasks []*Task }
+type Group struct {
+	tasks []*Task
+	join  *events.Join // the successor's policy (nil: every member must succeed)
+}
 
 // Parallel groups tasks that run in parallel.
 func (w *Workflow) Parallel(tasks ...*Task) *Group { return &Group{tasks: tasks} }
@@ -104,8 +111,48 @@ func (g *Group) After(deps ...*Task) *Group {
 	return g
 }
 
-// Then makes t run after every member succeeded (fan-in) and returns t.
-func (g *Group) Then(t *Task) *Task { return t.After(g.tasks...) }
+// Then makes t run after the members (fan-in) and returns t: after every
+// member succeeded, unless the group has a policy (BestEffort, AtLeast,
+// Critical), which t then joins with.
+func (g *Group) Then(t *Task) *Task {
+	t.After(g.tasks...)
+	if g.join != nil {
+		j := *g.join
+		t.spec.Join = &j
+	}
+	return t
+}
+
+// BestEffort lets the group's successor run once every member has ended,
+// with whatever succeeded (worker.Task.FailedDeps names the others).
+func (g *Group) BestEffort() *Group {
+	g.join = &events.Join{Policy: events.JoinBestEffort}
+	return g
+}
+
+// AtLeast lets the group's successor run once every member has ended if
+// at least n of them succeeded; it is skipped as soon as n is out of
+// reach.
+func (g *Group) AtLeast(n int) *Group {
+	g.join = &events.Join{Policy: events.JoinAtLeast, N: n}
+	return g
+}
+
+// Critical lets the group's successor run once every member has ended if
+// every one of critical succeeded (the others may fail); it is skipped as
+// soon as a critical member fails.
+func (g *Group) Critical(critical ...*Task) *Group {
+	j := &events.Join{Policy: events.JoinCritical}
+	for _, c := range critical {
+		j.Critical = append(j.Critical, c.spec.ID)
+	}
+	g.join = j
+	return g
+}
+
+// Join sets t's join policy over all its dependencies (see events.Join;
+// Group.Then sets it from the group's policy).
+func (t *Task) Join(j events.Join) *Task { t.spec.Join = &j; return t }
 
 // FanOut adds n tasks "<prefix>-<i>" running handler after from, each with
 // args built by args(i) (nil for none), and returns them as a group.

@@ -21,6 +21,11 @@ type TaskSpec struct {
 	TimeoutMS int64 `json:"timeout_ms,omitempty"`
 	// Args are static, handler-specific arguments.
 	Args json.RawMessage `json:"args,omitempty"`
+	// Join is the policy over Deps (nil: every dependency must succeed).
+	Join *Join `json:"join,omitempty"`
+	// StartAfterMS delays the task's dispatch by this long after it
+	// became ready (its dependencies met); 0: at once.
+	StartAfterMS int64 `json:"start_after_ms,omitempty"`
 }
 
 // RunSubmittedBody is the body of run_submitted: the whole DAG and input.
@@ -34,6 +39,10 @@ type RunSubmittedBody struct {
 type TaskDispatchedBody struct {
 	Pool     string `json:"pool"`
 	Priority int    `json:"priority"`
+	// DelayMS is the task's StartAfterMS, and DueMS (Unix ms) when it is
+	// due: the dispatch waits in the partition's delayed set until then.
+	DelayMS int64 `json:"delay_ms,omitempty"`
+	DueMS   int64 `json:"due_ms,omitempty"`
 }
 
 // TaskHeartbeatBody is the body of task_heartbeat.
@@ -99,9 +108,16 @@ type TasksAddedBody struct {
 	Tasks []TaskSpec `json:"tasks"`
 }
 
-// ChannelWrittenBody is the body of channel_written.
+// ChannelWrittenBody is the body of channel_written: a task wrote a key
+// of its run's channel (the event's task, attempt, epoch and worker are
+// the writer's claim).
 type ChannelWrittenBody struct {
-	Key   string          `json:"key"`
+	Key string `json:"key"`
+	// Op is the write: "set", "append" (an element appended to a JSON
+	// array) or "incr" (an integer increment).
+	Op string `json:"op"`
+	// Value is the key's whole new value (JSON), whatever the op: the
+	// last channel_written of a key holds its value.
 	Value json.RawMessage `json:"value"`
 }
 

@@ -60,17 +60,21 @@ func apply(r *Run, e events.Event) error {
 	// A run ends only once every task is terminal: a duplicate of an end
 	// arriving after a requeue reopened the run changes nothing.
 	case events.RunSucceeded:
-		if r.Status == RunRunning && r.open == 0 && r.fails == 0 {
-			r.Status = RunSucceeded
+		if r.Status == RunRunning && r.open == 0 && r.unabsorbed() == nil {
+			// Failures absorbed by tolerant joins do not fail the run.
+			r.Status, r.FailedTask, r.Cause = RunSucceeded, "", ""
 		}
 		return nil
 	case events.RunFailed:
-		if r.Status == RunRunning && r.open == 0 && r.fails > 0 {
+		if u := r.unabsorbed(); r.Status == RunRunning && r.open == 0 && u != nil {
 			var b events.RunFailedBody
 			if err := e.DecodeBody(&b); err != nil {
 				return invalid(e, "%v", err)
 			}
-			r.Status, r.FailedTask, r.Cause = RunFailed, b.Task, b.Cause
+			// The failure is the fold's own (as Decide named it): a stale
+			// run_failed re-delivered late cannot name another.
+			r.Status = RunFailed
+			r.FailedTask, r.Cause = r.failure(u)
 		}
 		return nil
 	case events.RunCancelled:
@@ -101,7 +105,7 @@ func apply(r *Run, e events.Event) error {
 	t := r.Tasks[i]
 	switch e.Type {
 	case events.TaskDispatched:
-		if t.Status == TaskPending && t.waiting == 0 && e.Attempt > t.Attempt {
+		if t.Status == TaskPending && (t.waiting == 0 || !t.Spec.Join.Strict() && r.Ready(t)) && e.Attempt > t.Attempt {
 			t.Status, t.Attempt = TaskDispatched, e.Attempt
 		}
 	case events.TaskRetryScheduled:
@@ -131,11 +135,8 @@ func apply(r *Run, e events.Event) error {
 		}
 		r.open--
 		for _, s := range t.succ {
-			st := r.Tasks[s]
-			st.waiting--
-			if st.waiting == 0 && st.Status == TaskPending {
-				r.ready.push(queueEntry{task: s})
-			}
+			r.Tasks[s].waiting--
+			r.settled(s, "")
 		}
 	case events.TaskFailed, events.TaskTimedOut:
 		if t.Status != TaskRunning || e.Attempt != t.Attempt || e.Epoch != t.Epoch || e.Worker != t.Owner {
@@ -161,7 +162,7 @@ func apply(r *Run, e events.Event) error {
 	case events.TaskSkipped:
 		// Only behind a dead dependency: a duplicate arriving after a
 		// requeue revived the dependency changes nothing.
-		if t.Status != TaskPending || r.depsAlive(t, nil) {
+		if t.Status != TaskPending || !r.Dead(t) {
 			return nil
 		}
 		t.Status = TaskSkipped
@@ -218,6 +219,8 @@ func (r *Run) requeue(i int) {
 	}
 	if t.waiting == 0 {
 		r.ready.push(queueEntry{task: i})
+	} else if !t.Spec.Join.Strict() {
+		r.settled(i, "") // a tolerant join may run behind dead dependencies
 	}
 	if r.Status == RunFailed {
 		r.Status = RunRunning
@@ -240,9 +243,7 @@ func (r *Run) requeue(i int) {
 
 func (r *Run) skipDependents(t *Task, cause string) {
 	for _, s := range t.succ {
-		if r.Tasks[s].Status == TaskPending {
-			r.skip.push(queueEntry{task: s, cause: cause})
-		}
+		r.settled(s, cause)
 	}
 }
 
@@ -304,6 +305,8 @@ func (r *Run) addTasks(e events.Event, specs []events.TaskSpec) error {
 		}
 		if t.waiting == 0 {
 			r.ready.push(queueEntry{task: base + k})
+		} else if !t.Spec.Join.Strict() {
+			r.settled(base+k, "") // a tolerant join may run behind dead dependencies
 		}
 	}
 	if spawner >= 0 {

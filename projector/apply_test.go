@@ -60,8 +60,8 @@ func skipped(task, cause string) events.Event {
 	return events.Event{Type: events.TaskSkipped, Task: task}.WithBody(events.TaskSkippedBody{Cause: cause})
 }
 
-func cancelled(task string) events.Event {
-	return events.Event{Type: events.TaskCancelled, Task: task}
+func cancelled(task string, epoch int64) events.Event {
+	return events.Event{Type: events.TaskCancelled, Task: task, Epoch: epoch}
 }
 
 func tasksAdded(specs ...events.TaskSpec) events.Event {
@@ -180,10 +180,12 @@ func TestApplyTaskTransitions(t *testing.T) {
 		{"skip of a pending task whose dependencies are alive is ignored", nil, skipped("b", "dependency a failed"), "b", ts{Status: "pending"}},
 		{"skip of a running task is ignored",
 			[]events.Event{dispatched("a", 1), claimed("a", 1, 1, "w1")}, skipped("a", "x"), "a", ts{Status: "running", Attempt: 1, Epoch: 1, Owner: "w1"}},
-		{"cancel of a running task drops its owner",
-			[]events.Event{dispatched("a", 1), claimed("a", 1, 1, "w1")}, cancelled("a"), "a", ts{Status: "cancelled", Attempt: 1, Epoch: 1}},
+		{"cancel of a running task drops its owner and moves the epoch on",
+			[]events.Event{dispatched("a", 1), claimed("a", 1, 1, "w1")}, cancelled("a", 2), "a", ts{Status: "cancelled", Attempt: 1, Epoch: 2}},
+		{"cancel that does not move the epoch on is ignored",
+			[]events.Event{dispatched("a", 1), claimed("a", 1, 1, "w1")}, cancelled("a", 1), "a", ts{Status: "running", Attempt: 1, Epoch: 1, Owner: "w1"}},
 		{"cancel of a succeeded task is ignored",
-			[]events.Event{dispatched("a", 1), claimed("a", 1, 1, "w1"), succeeded("a", 1, 1, "w1", `1`)}, cancelled("a"), "a",
+			[]events.Event{dispatched("a", 1), claimed("a", 1, 1, "w1"), succeeded("a", 1, 1, "w1", `1`)}, cancelled("a", 2), "a",
 			ts{Status: "succeeded", Attempt: 1, Epoch: 1, Owner: "w1", Result: `1`}},
 	}
 	for _, tt := range tests {
@@ -267,7 +269,8 @@ func TestApplyRunTransitions(t *testing.T) {
 		{"run_succeeded after a failure is ignored", aFailed, events.Event{Type: events.RunSucceeded}, rs{Status: "running", Workflow: "wf", Input: `{"in":1}`, FailedTask: "a", Cause: "boom", Tasks: 3}},
 		{"run_failed ends the run with its cause", aFailed, runFailed, failedRun("a", "boom")},
 		{"run_failed while tasks are open is ignored", nil, runFailed, running},
-		{"run_cancelled ends the run", nil, events.Event{Type: events.RunCancelled}.WithBody(events.RunCancelledBody{Reason: "x"}), with("cancelled")},
+		{"run_cancelled ends the run with its reason", nil, events.Event{Type: events.RunCancelled}.WithBody(events.RunCancelledBody{Reason: "x"}),
+			func() rs { s := with("cancelled"); s.Cause = "x"; return s }()},
 		{"run_failed after run_succeeded is ignored", append(append([]events.Event{}, allSucceeded...), events.Event{Type: events.RunSucceeded}), runFailed, with("succeeded")},
 		{"run_succeeded after run_cancelled is ignored", []events.Event{{Type: events.RunCancelled}}, events.Event{Type: events.RunSucceeded}, with("cancelled")},
 		{"a second run_submitted is ignored", nil,

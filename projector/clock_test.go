@@ -6,6 +6,7 @@ import (
 
 	"github.com/graflow-go/graflow/events"
 	"github.com/graflow-go/graflow/projector"
+	"github.com/graflow-go/graflow/scheduler"
 	"github.com/jonboulle/clockwork"
 )
 
@@ -68,5 +69,68 @@ func TestARetryIsDueWhenTheClockSaysSo(t *testing.T) {
 	}
 	if queued() != before+1 {
 		t.Fatalf("when due: queued %d, want %d", queued(), before+1)
+	}
+}
+
+// A task's StartAfter and a run's StartAt hold its dispatch in the delayed
+// set until the (fake) clock reaches it: not at submit (the submitter
+// leaves delayed starts to the projector), not a millisecond early.
+func TestADelayedStartIsDueWhenTheClockSaysSo(t *testing.T) {
+	t.Parallel()
+	b := setupLive(t)
+	clock := clockwork.NewFakeClockAt(time.Now())
+	sched, err := scheduler.New(scheduler.Config{Redis: b.rdb, Namespace: b.db.K.Namespace(), Clock: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := projector.New(projector.Config{Redis: b.rdb, Namespace: b.db.K.Namespace(), ID: "p1", Clock: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	queued := func(run string) int64 {
+		n, err := b.rdb.XLen(b.ctx, b.db.K.QueueFor(run, events.DefaultPool, 0)).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	later := spec("later")
+	later.StartAfterMS = time.Hour.Milliseconds()
+	for name, submit := range map[string]func() (string, error){
+		"start_after": func() (string, error) {
+			run, _, err := sched.Submit(b.ctx, events.RunSubmittedBody{Workflow: "timers", Tasks: []events.TaskSpec{later}}, scheduler.SubmitOptions{})
+			return run, err
+		},
+		"start_at": func() (string, error) {
+			run, _, err := sched.Submit(b.ctx, events.RunSubmittedBody{Workflow: "timers", Tasks: []events.TaskSpec{spec("root")}},
+				scheduler.SubmitOptions{StartAt: clock.Now().Add(time.Hour)})
+			return run, err
+		},
+	} {
+		run, err := submit()
+		if err != nil {
+			t.Fatal(err)
+		}
+		base := queued(run) // the runs share a queue stream
+		if len(b.log(t, run)) != 1 {
+			t.Fatalf("%s: the submit dispatched a delayed root", name)
+		}
+		if err := p.Project(b.ctx, run); err != nil {
+			t.Fatal(err)
+		}
+		evs := b.log(t, run)
+		var body events.TaskDispatchedBody
+		if last := evs[len(evs)-1]; last.Type != events.TaskDispatched || last.DecodeBody(&body) != nil ||
+			body.DueMS != clock.Now().Add(time.Hour).UnixMilli() || queued(run) != base {
+			t.Fatalf("%s: after projecting: %s %s, queued %d; want a dispatch due in 1h, nothing queued", name, last.Type, last.Body, queued(run)-base)
+		}
+		clock.Advance(time.Hour - time.Millisecond)
+		if _, err := p.MoveDue(b.ctx, 0); err != nil || queued(run) != base {
+			t.Fatalf("%s: 1 ms early: queued %d (%v)", name, queued(run), err)
+		}
+		clock.Advance(time.Millisecond)
+		if _, err := p.MoveDue(b.ctx, 0); err != nil || queued(run) != base+1 {
+			t.Fatalf("%s: when due: queued %d (%v), want 1", name, queued(run), err)
+		}
 	}
 }

@@ -27,6 +27,13 @@ func (p *Projector) prepare(c *cached) ([]events.Event, rdb.Commit) {
 			b.DueMS = now.UnixMilli() + b.DelayMS
 			*d = d.WithBody(b)
 		}
+		if d.Type == events.TaskDispatched {
+			var b events.TaskDispatchedBody
+			if _ = d.DecodeBody(&b); b.DelayMS > 0 { // a delayed start
+				b.DueMS = now.UnixMilli() + b.DelayMS
+				*d = d.WithBody(b)
+			}
+		}
 		if t := c.run.Task(d.Task); t != nil {
 			// The record this decision was taken on (decisions change
 			// their tasks only in the cached fold's successor state).
@@ -81,8 +88,13 @@ func (p *Projector) effect(r *Run, d events.Event) (map[string]string, *rdb.Disp
 		return rec, nil
 	}
 	disp := &rdb.Dispatch{Pool: t.Spec.Pool, Priority: t.Spec.Priority, Run: r.ID, Task: d.Task, Attempt: d.Attempt, EventID: d.ID}
-	if d.Type == events.TaskRetryScheduled {
+	switch d.Type {
+	case events.TaskRetryScheduled:
 		var b events.TaskRetryScheduledBody
+		_ = d.DecodeBody(&b)
+		disp.DueMS = b.DueMS
+	case events.TaskDispatched:
+		var b events.TaskDispatchedBody
 		_ = d.DecodeBody(&b)
 		disp.DueMS = b.DueMS
 	}

@@ -29,14 +29,18 @@ func Decide(r *Run, limit int, delay RetryDelayFunc) []events.Event {
 	var out []events.Event
 	full := func() bool { return limit > 0 && len(out) >= limit }
 	seen := map[int]bool{}
-	skipping := map[string]bool{} // decided skipped in this batch: dead
+	skipping := map[string]bool{}   // decided skipped in this batch: dead
+	unskipping := map[string]bool{} // decided requeued in this batch: pending
 	for _, q := range r.skip.items[r.skip.head:] {
 		if full() {
 			return out
 		}
 		t := r.Tasks[q.task]
 		// Re-check: a requeue may have revived the dependency since.
-		if t.Status != TaskPending || seen[q.task] || r.depsAlive(t, skipping) {
+		if t.Status != TaskPending || seen[q.task] {
+			continue
+		}
+		if _, dead := r.joinState(t, skipping, unskipping); !dead {
 			continue
 		}
 		seen[q.task] = true
@@ -49,10 +53,14 @@ func Decide(r *Run, limit int, delay RetryDelayFunc) []events.Event {
 			return out
 		}
 		t := r.Tasks[q.task]
-		if t.Status != TaskSkipped || seen[q.task] || !r.depsAlive(t, skipping) {
+		if t.Status != TaskSkipped || seen[q.task] {
+			continue
+		}
+		if _, dead := r.joinState(t, skipping, unskipping); dead {
 			continue
 		}
 		seen[q.task] = true
+		unskipping[t.Spec.ID] = true
 		out = append(out, events.Event{Run: r.ID, Type: events.TaskRequeued, Task: t.Spec.ID, Attempt: t.Attempt}.
 			WithBody(events.TaskRequeuedBody{Cause: q.cause}))
 	}
@@ -61,12 +69,15 @@ func Decide(r *Run, limit int, delay RetryDelayFunc) []events.Event {
 			return out
 		}
 		t := r.Tasks[q.task]
-		if t.Status != TaskPending || t.waiting != 0 || seen[q.task] {
+		if t.Status != TaskPending || seen[q.task] {
+			continue
+		}
+		if ready, _ := r.joinState(t, skipping, unskipping); !ready {
 			continue
 		}
 		seen[q.task] = true
 		out = append(out, events.Event{Run: r.ID, Type: events.TaskDispatched, Task: t.Spec.ID, Attempt: t.Attempt + 1}.
-			WithBody(events.TaskDispatchedBody{Pool: t.Spec.Pool, Priority: t.Spec.Priority}))
+			WithBody(events.TaskDispatchedBody{Pool: t.Spec.Pool, Priority: t.Spec.Priority, DelayMS: t.Spec.StartAfterMS}))
 	}
 	for _, q := range r.retry.items[r.retry.head:] {
 		if full() {
@@ -85,11 +96,12 @@ func Decide(r *Run, limit int, delay RetryDelayFunc) []events.Event {
 			WithBody(events.TaskRetryScheduledBody{DelayMS: d.Milliseconds()}))
 	}
 	if len(out) == 0 && r.open == 0 {
-		if r.fails == 0 {
+		if u := r.unabsorbed(); u == nil {
 			out = append(out, events.Event{Run: r.ID, Type: events.RunSucceeded})
 		} else {
+			task, cause := r.failure(u)
 			out = append(out, events.Event{Run: r.ID, Type: events.RunFailed}.
-				WithBody(events.RunFailedBody{Task: r.FailedTask, Cause: r.Cause}))
+				WithBody(events.RunFailedBody{Task: task, Cause: cause}))
 		}
 	}
 	return out
@@ -126,9 +138,11 @@ func Initial(submitted events.Event, limit int) (decisions []events.Event, more 
 	}
 	decisions = Decide(r, limit, nil)
 	for _, d := range decisions {
-		if d.Type != events.TaskDispatched {
-			// Only dispatches are made at submit; anything else (no run
-			// calls for it) is left to the projector.
+		var b events.TaskDispatchedBody
+		if d.Type != events.TaskDispatched || d.DecodeBody(&b) != nil || b.DelayMS > 0 {
+			// Only immediate dispatches are made at submit; anything else
+			// (a delayed start: its due time is the committer's clock's)
+			// is left to the projector.
 			return nil, true, nil
 		}
 		if err := Apply(r, d); err != nil {

@@ -191,10 +191,21 @@ func (s *sim) randomSpecs(prefix string, n int, existing []string) []events.Task
 				deps = append(deps, pool[j])
 			}
 		}
-		specs = append(specs, events.TaskSpec{
+		spec := events.TaskSpec{
 			ID: id, Handler: "h", Deps: deps, MaxAttempts: s.rng.IntN(3) + 1, Priority: s.rng.IntN(3),
 			Args: json.RawMessage(`{"i":` + strconv.Itoa(i) + `}`),
-		})
+		}
+		if len(deps) >= 2 && s.rng.IntN(3) == 0 { // a join policy
+			switch s.rng.IntN(3) {
+			case 0:
+				spec.Join = &events.Join{Policy: events.JoinBestEffort}
+			case 1:
+				spec.Join = &events.Join{Policy: events.JoinAtLeast, N: 1 + s.rng.IntN(len(deps))}
+			default:
+				spec.Join = &events.Join{Policy: events.JoinCritical, Critical: deps[:1+s.rng.IntN(len(deps)-1)]}
+			}
+		}
+		specs = append(specs, spec)
 		pool = append(pool, id)
 	}
 	return specs
@@ -670,24 +681,53 @@ func TestPropertyEveryRunEnds(t *testing.T) {
 			}
 			t.Fatalf("run %s with nothing left to run or decide; open tasks: %v", r.Status, open)
 		}
-		failed := 0
+		unabsorbed := 0 // failed tasks no tolerant join absorbed
+		succ := map[string][]*projector.Task{}
+		for _, task := range r.Tasks {
+			for _, d := range task.Spec.Deps {
+				succ[d] = append(succ[d], task)
+			}
+		}
 		for _, task := range r.Tasks {
 			if !task.Status.Terminal() {
 				t.Errorf("run %s with task %s %s", r.Status, task.Spec.ID, task.Status)
 			}
 			if task.Status == projector.TaskFailed {
-				failed++
+				absorbed := len(succ[task.Spec.ID]) > 0
+				for _, s := range succ[task.Spec.ID] {
+					j := s.Spec.Join
+					if j.Strict() || s.Status != projector.TaskSucceeded || j.Policy == events.JoinCritical && slices.Contains(j.Critical, task.Spec.ID) {
+						absorbed = false
+					}
+				}
+				if !absorbed {
+					unabsorbed++
+				}
 			}
 			if task.Status == projector.TaskSucceeded {
-				for _, d := range append(slices.Clip(task.Spec.Deps), task.Waits...) {
-					if st := r.Task(d).Status; st != projector.TaskSucceeded {
-						t.Errorf("task %s succeeded but %s, which it depends on or waits for, is %s", task.Spec.ID, d, st)
+				for _, w := range task.Waits { // strict, whatever the join
+					if st := r.Task(w).Status; st != projector.TaskSucceeded {
+						t.Errorf("task %s succeeded but %s, a spawned task it waits for, is %s", task.Spec.ID, w, st)
 					}
+				}
+				ok, critical := 0, true
+				for _, d := range task.Spec.Deps {
+					st := r.Task(d).Status
+					if st == projector.TaskSucceeded {
+						ok++
+					} else if !st.Terminal() || task.Spec.Join.Strict() {
+						t.Errorf("task %s (join %v) succeeded but its dependency %s is %s", task.Spec.ID, task.Spec.Join, d, st)
+					} else if task.Spec.Join.Policy == events.JoinCritical && slices.Contains(task.Spec.Join.Critical, d) {
+						critical = false
+					}
+				}
+				if j := task.Spec.Join; j != nil && (j.Policy == events.JoinAtLeast && ok < j.N || !critical) {
+					t.Errorf("task %s succeeded with %d of its dependencies succeeded, against its join %+v", task.Spec.ID, ok, *j)
 				}
 			}
 		}
-		if r.Status != projector.RunCancelled && (failed == 0) != (r.Status == projector.RunSucceeded) {
-			t.Errorf("run %s with %d failed tasks", r.Status, failed)
+		if r.Status != projector.RunCancelled && (unabsorbed == 0) != (r.Status == projector.RunSucceeded) {
+			t.Errorf("run %s with %d failed tasks no join absorbed", r.Status, unabsorbed)
 		}
 		if r.Open() != 0 {
 			t.Errorf("Open() = %d for a finished run", r.Open())

@@ -109,3 +109,27 @@ func (r *Run) wait(i, k int) {
 		t.waiting++
 	}
 }
+
+// waitsState reports whether every task t waits for (Waits) succeeded,
+// and whether one of them failed, was skipped or cancelled (or is being
+// skipped in the batch at hand, and not requeued in it): for a join
+// policy, what the dependencies spawned counts as strict.
+func (r *Run) waitsState(t *Task, skipping, unskipping map[string]bool) (succeeded, dead bool) {
+	succeeded = true
+	for _, w := range t.Waits {
+		st := r.Tasks[r.index[w]].Status
+		if skipping[w] {
+			st = TaskSkipped
+		} else if unskipping[w] {
+			st = TaskPending
+		}
+		switch st {
+		case TaskSucceeded:
+		case TaskFailed, TaskSkipped, TaskCancelled:
+			return false, true
+		default:
+			succeeded = false
+		}
+	}
+	return succeeded, false
+}

@@ -81,15 +81,16 @@ type analyzer struct {
 //     spawned nothing (not the spawner);
 //   - task_claimed / task_reclaimed carry an epoch strictly above every
 //     earlier epoch of the task; task_claimed only for a dispatched task;
-//   - task_succeeded, task_failed, task_timed_out and task_heartbeat only
-//     from the worker and epoch holding the claim, and at most one accepted
-//     task_succeeded per task;
+//   - task_succeeded, task_failed, task_timed_out, task_heartbeat and
+//     channel_written only from the worker and epoch holding the claim,
+//     and at most one accepted task_succeeded per task;
 //   - task_skipped only behind a failed/skipped/cancelled dependency (or
 //     spawned task it waits for);
 //   - run_cancelled only while the run is running; task_cancelled only
 //     after it, for a task not terminal, with an epoch above every
 //     earlier epoch of the task (its worker is fenced);
-//   - run_succeeded only after every task succeeded, run_failed only when
+//   - run_succeeded only after every task succeeded (or failed with every
+//     successor joining it tolerantly, and succeeded), run_failed only when
 //     every task is terminal and one failed;
 //   - no task is lost: a dispatched task is terminal, or dispatched,
 //     running or awaiting a retry under its last attempt; a terminal run
@@ -209,9 +210,11 @@ func (z *analyzer) event(i int, e events.Event) error {
 			}
 			tr.maxEpoch = max(tr.maxEpoch, e.Epoch)
 		}
-	case events.TaskSucceeded, events.TaskFailed, events.TaskTimedOut, events.TaskHeartbeat:
+	case events.TaskSucceeded, events.TaskFailed, events.TaskTimedOut, events.TaskHeartbeat, events.ChannelWritten:
 		if tr != nil {
 			z.checkHolder(e, tr, pre)
+		} else if e.Type == events.ChannelWritten {
+			z.eventProblem(e, "channel_written by %q, which is no task of the run: only a task holding its claim writes the channel", e.Task)
 		}
 	case events.TaskSkipped:
 		if tr != nil {
@@ -245,7 +248,7 @@ func (z *analyzer) event(i int, e events.Event) error {
 	case events.RunSucceeded:
 		if r.Status == projector.RunRunning {
 			for _, t := range r.Tasks {
-				if t.Status != projector.TaskSucceeded {
+				if t.Status != projector.TaskSucceeded && !(t.Status == projector.TaskFailed && r.Absorbed(t)) {
 					z.problem(Problem{Seq: e.Seq, Event: string(e.Type), Task: t.Spec.ID, Missing: missingFor(t),
 						Detail: fmt.Sprintf("run_succeeded while task %s is %s", t.Spec.ID, t.Status)})
 					break
@@ -297,6 +300,11 @@ func (z *analyzer) checkDispatch(e events.Event, tr *track, pre projector.Task) 
 	case e.Attempt != pre.Attempt+1:
 		z.eventProblem(e, "dispatch of %s as attempt %d, want %d", e.Task, e.Attempt, pre.Attempt+1)
 		return
+	case !pre.Spec.Join.Strict():
+		if !z.r.Ready(z.r.Task(e.Task)) {
+			z.eventProblem(e, "task_dispatched of %s is not justified: its join policy (%s) is not met", e.Task, pre.Spec.Join.Policy)
+		}
+		return
 	}
 	for _, d := range upstreamOf(&pre) {
 		dt := z.r.Task(d)
@@ -334,6 +342,12 @@ func (z *analyzer) checkHolder(e events.Event, tr *track, pre projector.Task) {
 func (z *analyzer) checkSkip(e events.Event, pre projector.Task) {
 	if pre.Status != projector.TaskPending {
 		z.eventProblem(e, "task_skipped of %s while it is %s", e.Task, pre.Status)
+		return
+	}
+	if !pre.Spec.Join.Strict() {
+		if !z.r.Dead(z.r.Task(e.Task)) {
+			z.eventProblem(e, "task_skipped of %s although its join policy (%s) can still be met", e.Task, pre.Spec.Join.Policy)
+		}
 		return
 	}
 	for _, d := range upstreamOf(&pre) {
@@ -423,6 +437,8 @@ func (z *analyzer) record(i int, e events.Event, tr *track, pre projector.Task) 
 		tl.Reclaims++
 	case events.TaskHeartbeat:
 		tt.attempt(e.Attempt).Heartbeats++
+	case events.ChannelWritten:
+		tt.attempt(e.Attempt).ChannelWrites++
 	case events.TaskSucceeded, events.TaskFailed, events.TaskTimedOut:
 		t := r.Task(e.Task)
 		if t.Status == pre.Status && t.Attempt == pre.Attempt {

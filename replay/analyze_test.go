@@ -57,6 +57,11 @@ func (h *hist) reject(task string, attempt int, epoch int64, w string, current i
 		WithBody(events.ResultRejectedBody{What: "result", Reason: "claim lost", CurrentEpoch: current}))
 }
 
+func (h *hist) write(task string, attempt int, epoch int64, w, key, value string) *hist {
+	return h.add(events.Event{Type: events.ChannelWritten, Task: task, Attempt: attempt, Epoch: epoch, Worker: w}.
+		WithBody(events.ChannelWrittenBody{Key: key, Op: "set", Value: []byte(value)}))
+}
+
 func (h *hist) retry(task string, attempt int) *hist {
 	return h.add(events.Event{Type: events.TaskRetryScheduled, Task: task, Attempt: attempt, Worker: "p"}.
 		WithBody(events.TaskRetryScheduledBody{DelayMS: 5, DueMS: 1_700_000_000_000 + int64(len(h.evs)+1)*10 + 5}))
@@ -122,6 +127,23 @@ func TestAnalyze(t *testing.T) {
 		}
 		if w := tl.Workers; w["wa"] != 3 || w["wb"] != 1 || w["wc"] != 1 {
 			t.Fatalf("workers = %v", w)
+		}
+	})
+
+	t.Run("channel writes by the claim holder are sound and counted per attempt", func(t *testing.T) {
+		t.Parallel()
+		h := new(hist).submit(seqSpecs()...).
+			dispatch("a", 1).claim("a", 1, 1, "wa").write("a", 1, 1, "wa", "k", "1").write("a", 1, 1, "wa", "k", "2").
+			succeed("a", 1, 1, "wa")
+		a, err := replay.Analyze("r", h.evs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(a.Problems) != 0 {
+			t.Fatalf("problems: %v", a.Problems)
+		}
+		if at := a.Timeline.Tasks[0].Attempts[0]; at.ChannelWrites != 2 || at.Outcome != "succeeded" {
+			t.Fatalf("a's attempt = %+v", at)
 		}
 	})
 
@@ -193,6 +215,29 @@ func TestAnalyze(t *testing.T) {
 					reclaim("a", 1, 2, "wb", "wa").claim("a", 1, 3, "wb").succeed("a", 1, 1, "wa")
 			},
 			task: "a", want: "but the claim is held by wb (attempt 1, epoch 3): a stale report was accepted",
+		},
+		{
+			name: "a channel write from a stale epoch is caught",
+			h: func() *hist {
+				return new(hist).submit(seqSpecs()...).dispatch("a", 1).claim("a", 1, 1, "wa").write("a", 1, 1, "wa", "k", "1").
+					reclaim("a", 1, 2, "wb", "wa").claim("a", 1, 3, "wb").write("a", 1, 1, "wa", "k", "2")
+			},
+			task: "a", want: "channel_written of a from wa (attempt 1, epoch 1) but the claim is held by wb",
+		},
+		{
+			name: "a channel write of a finished task is caught",
+			h: func() *hist {
+				return new(hist).submit(seqSpecs()...).dispatch("a", 1).claim("a", 1, 1, "wa").succeed("a", 1, 1, "wa").
+					write("a", 1, 1, "wa", "k", "1")
+			},
+			task: "a", want: "channel_written of a from wa (attempt 1, epoch 1) while the task is succeeded",
+		},
+		{
+			name: "a channel write by no task of the run is caught",
+			h: func() *hist {
+				return new(hist).submit(seqSpecs()...).write("zz", 1, 1, "wa", "k", "1")
+			},
+			task: "zz", want: `channel_written by "zz", which is no task of the run`,
 		},
 		{
 			name: "a second accepted result is caught",

@@ -104,6 +104,8 @@ type Attempt struct {
 	Error       string `json:"error,omitempty"`
 	FailureKind string `json:"failure_kind,omitempty"`
 	Heartbeats  int    `json:"heartbeats,omitempty"`
+	// ChannelWrites counts the attempt's writes to the run's channel.
+	ChannelWrites int `json:"channel_writes,omitempty"`
 }
 
 // Claim is a task_claimed event.
@@ -276,6 +278,12 @@ func (tl *Timeline) WriteText(w io.Writer) error {
 			}
 			if len(a.Claims) > 1 {
 				notes = append(notes, fmt.Sprintf("%d claims", len(a.Claims)))
+			}
+			switch {
+			case a.ChannelWrites == 1:
+				notes = append(notes, "1 channel write")
+			case a.ChannelWrites > 1:
+				notes = append(notes, fmt.Sprintf("%d channel writes", a.ChannelWrites))
 			}
 			if a.Error != "" {
 				notes = append(notes, clip(a.Error, 80))

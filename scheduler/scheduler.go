@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"github.com/jonboulle/clockwork"
 	"regexp"
+	"slices"
 	"sync"
 	"time"
 
@@ -104,6 +105,10 @@ type SubmitOptions struct {
 	RunID string
 	// Handlers, when set, rejects handler names outside the set.
 	Handlers map[string]bool
+	// StartAt submits the run for later: its root tasks start no earlier
+	// than this (their StartAfter is raised to reach it; a time past is
+	// now). The run exists, running, from the submit on.
+	StartAt time.Time
 }
 
 var runIDRE = regexp.MustCompile(`^[A-Za-z0-9_.:-]{1,128}$`)
@@ -122,6 +127,15 @@ func (s *Scheduler) Submit(ctx context.Context, spec events.RunSubmittedBody, op
 		return "", false, err
 	}
 	now := s.cfg.Clock.Now()
+	if wait := opts.StartAt.Sub(now); !opts.StartAt.IsZero() && wait > 0 {
+		tasks := slices.Clone(spec.Tasks)
+		for i := range tasks {
+			if len(tasks[i].Deps) == 0 {
+				tasks[i].StartAfterMS = max(tasks[i].StartAfterMS, wait.Milliseconds())
+			}
+		}
+		spec.Tasks = tasks
+	}
 	run = opts.RunID
 	if run == "" {
 		run = ulid.MustNew(ulid.Timestamp(now), ulid.DefaultEntropy()).String()

@@ -33,6 +33,10 @@ type SpecTask struct {
 	Retries     *int            `json:"retries,omitempty"`
 	Timeout     string          `json:"timeout,omitempty"`
 	Args        json.RawMessage `json:"args,omitempty"`
+	// Join: {policy: all|best_effort|at_least|critical, n: N, critical: [ids]}.
+	Join *events.Join `json:"join,omitempty"`
+	// StartAfter delays the dispatch after the task is ready (a duration).
+	StartAfter string `json:"start_after,omitempty"`
 }
 
 // ParseSpec parses a workflow spec in JSON or YAML (JSON is YAML, but JSON
@@ -67,7 +71,7 @@ func ParseSpec(data []byte) (events.RunSubmittedBody, error) {
 		out.Input = nil
 	}
 	for _, t := range f.Tasks {
-		ts := events.TaskSpec{ID: t.ID, Handler: t.Handler, Deps: t.Deps, Pool: t.Pool, Priority: t.Priority, MaxAttempts: t.MaxAttempts, Args: t.Args}
+		ts := events.TaskSpec{ID: t.ID, Handler: t.Handler, Deps: t.Deps, Pool: t.Pool, Priority: t.Priority, MaxAttempts: t.MaxAttempts, Args: t.Args, Join: t.Join}
 		if string(ts.Args) == "null" {
 			ts.Args = nil
 		}
@@ -76,6 +80,13 @@ func ParseSpec(data []byte) (events.RunSubmittedBody, error) {
 				return out, fmt.Errorf("%w: task %q sets both retries and max_attempts", ErrInvalidSpec, t.ID)
 			}
 			ts.MaxAttempts = *t.Retries + 1
+		}
+		if t.StartAfter != "" {
+			d, err := time.ParseDuration(t.StartAfter)
+			if err != nil {
+				return out, fmt.Errorf("%w: task %q: start_after %q: use a duration like 30s or 5m", ErrInvalidSpec, t.ID, t.StartAfter)
+			}
+			ts.StartAfterMS = d.Milliseconds()
 		}
 		if t.Timeout != "" {
 			d, err := time.ParseDuration(t.Timeout)

@@ -130,8 +130,8 @@ func Validate(spec events.RunSubmittedBody, opt ValidateOptions) error {
 		if t.Priority < 0 || t.Priority > rdb.MaxPriority {
 			add(ErrInvalidOption, "task %q: priority %d is outside 0..%d", t.ID, t.Priority, rdb.MaxPriority)
 		}
-		if t.MaxAttempts < 0 || t.TimeoutMS < 0 {
-			add(ErrInvalidOption, "task %q: negative attempts or timeout", t.ID)
+		if t.MaxAttempts < 0 || t.TimeoutMS < 0 || t.StartAfterMS < 0 {
+			add(ErrInvalidOption, "task %q: negative attempts, timeout or start_after", t.ID)
 		}
 		if len(t.Args) > opt.MaxPayloadBytes {
 			add(ErrPayloadTooLarge, "task %q: args are %d bytes, the limit is %d", t.ID, len(t.Args), opt.MaxPayloadBytes)
@@ -159,6 +159,32 @@ func Validate(spec events.RunSubmittedBody, opt ValidateOptions) error {
 				brokenGraph = true
 			}
 			seen[d] = true
+		}
+		if j := t.Join; j != nil {
+			switch j.Policy {
+			case "", events.JoinAll, events.JoinBestEffort:
+			case events.JoinAtLeast:
+				if j.N < 1 || j.N > len(t.Deps) {
+					add(ErrInvalidOption, "task %q: join at_least n=%d, want 1 to %d (its dependencies)", t.ID, j.N, len(t.Deps))
+				}
+			case events.JoinCritical:
+				if len(j.Critical) == 0 {
+					add(ErrInvalidOption, "task %q: join critical lists no critical dependency", t.ID)
+				}
+				for _, c := range j.Critical {
+					if !seen[c] {
+						add(ErrInvalidOption, "task %q: critical %q is not one of its dependencies", t.ID, c)
+					}
+				}
+			default:
+				add(ErrInvalidOption, "task %q: join policy %q (want all, best_effort, at_least or critical)", t.ID, j.Policy)
+			}
+			if j.Policy != events.JoinAtLeast && j.N != 0 {
+				add(ErrInvalidOption, "task %q: join n is only for at_least", t.ID)
+			}
+			if j.Policy != events.JoinCritical && len(j.Critical) > 0 {
+				add(ErrInvalidOption, "task %q: join critical list is only for the critical policy", t.ID)
+			}
 		}
 	}
 	// The cycle search needs every edge to name exactly one task.

@@ -55,6 +55,7 @@ type Task struct {
 	// stop cancels the handler's context; cancelRun cancels the run.
 	stop      context.CancelCauseFunc
 	cancelRun func(ctx context.Context, reason string) error
+	channel   *Channel // the run's channel, written as this claim
 	// readSpawned reads what the dependencies spawned (Spawned).
 	readSpawned func(ctx context.Context, deps []string) ([]string, error)
 
@@ -269,4 +270,18 @@ func Permanent(err error) error {
 		return nil
 	}
 	return &permanentError{err: err}
+}
+
+// FailedDeps returns the dependencies that did not succeed (failed, were
+// skipped or cancelled): a task whose join policy lets it run after some
+// dependencies failed (best_effort, at_least, critical) sees which. Their
+// Upstream entries are nil.
+func (t *Task) FailedDeps() []string {
+	var out []string
+	for _, d := range t.deps {
+		if raw, ok := t.Upstream[d]; ok && raw == nil {
+			out = append(out, d)
+		}
+	}
+	return out
 }

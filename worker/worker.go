@@ -658,6 +658,7 @@ func (w *Worker) process(ctx context.Context, m message, release func()) (parked
 			_, err := w.db.CancelRun(ctx, m.run, w.cfg.ID, reason, w.now(), func() string { return ulid.Make().String() })
 			return err
 		},
+		channel: w.channelOf(m.run, m.task, m.attempt, cr.Epoch),
 		readSpawned: func(ctx context.Context, deps []string) ([]string, error) {
 			return w.db.ReadSpawned(ctx, m.run, deps)
 		},

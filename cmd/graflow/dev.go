@@ -277,6 +277,7 @@ func (s *devStack) start(ctx context.Context) error {
 		return err
 	}
 	s.printf("  projector  in-process (%s), log %s\n", devProjectorID, s.logFile.Name())
+	s.printf("  schedules  in-process scheduler: recurring runs of \"graflow schedule add\" fire here\n")
 	return s.startWorkers(ctx)
 }
 
@@ -361,8 +362,10 @@ func (s *devStack) startProjector() error {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s.projStop, s.projDone = cancel, make(chan struct{})
+	schedDone := s.startSchedules(ctx) // the scheduler of recurring runs (schedule_cmds.go), stopped with the projector
 	go func() {
 		defer close(s.projDone)
+		defer func() { <-schedDone }()
 		if err := p.Run(ctx); err != nil {
 			l.Error().Err(err).Msg("projector stopped")
 		}

@@ -104,6 +104,8 @@ func runSubmit(ctx context.Context, m *Main, args []string) error {
 	fs := m.flags("submit", &c)
 	runID := fs.String("run-id", "", "idempotency: reuse this run id (a second submit returns it)")
 	wait := fs.Bool("wait", false, "wait for the run to end (exit code as for \"graflow wait\")")
+	startAt := fs.String("start-at", "", "submit for later: the run's first tasks start at this RFC 3339 time (2026-12-24T08:00:00Z)")
+	startIn := fs.Duration("start-in", 0, "submit for later: the run's first tasks start after this long (90m)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -134,6 +136,20 @@ func runSubmit(ctx context.Context, m *Main, args []string) error {
 	}
 	defer r.Close()
 	var opts []graflow.SubmitOption
+	switch {
+	case *startAt != "" && *startIn != 0:
+		return usagef("submit takes --start-at or --start-in, not both")
+	case *startIn < 0:
+		return usagef("--start-in %s is negative", *startIn)
+	case *startIn > 0:
+		opts = append(opts, graflow.StartAt(time.Now().Add(*startIn)))
+	case *startAt != "":
+		at, err := time.Parse(time.RFC3339, *startAt)
+		if err != nil {
+			return usagef("--start-at %q: want an RFC 3339 time such as 2026-12-24T08:00:00Z", *startAt)
+		}
+		opts = append(opts, graflow.StartAt(at))
+	}
 	if *runID != "" {
 		opts = append(opts, graflow.WithRunID(*runID))
 	}
@@ -240,6 +256,7 @@ func runStatus(ctx context.Context, m *Main, args []string) error {
 	var c common
 	fs := m.flags("status", &c)
 	fs.BoolVar(&c.json, "json", false, "print JSON")
+	channel := fs.Bool("channel", false, "print the run's channel (each key and its JSON value) instead of its tasks")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -251,6 +268,9 @@ func runStatus(ctx context.Context, m *Main, args []string) error {
 		return err
 	}
 	defer r.Close()
+	if *channel {
+		return printChannel(ctx, m, cl, fs.Arg(0), c.json)
+	}
 	info, err := cl.Status(ctx, fs.Arg(0))
 	if err != nil {
 		if errors.Is(err, graflow.ErrRunNotFound) {

@@ -305,6 +305,9 @@ func TestEveryScriptAndMultiTouchesOneSlot(t *testing.T) {
 		// hb runs until its heartbeats (script and owner-checked touch) were sent.
 		w.HandleFunc("hb", func(ctx context.Context, t *worker.Task) (any, error) {
 			t.Progress("halfway")
+			if err := t.Channel().Set(ctx, "progress", "halfway"); err != nil { // channel_write
+				return nil, err
+			}
 			return nil, rec.waitFor(ctx, "heartbeat", "queue_touch")
 		})
 		return w
@@ -409,6 +412,17 @@ func TestEveryScriptAndMultiTouchesOneSlot(t *testing.T) {
 	run4 := submit(events.TaskSpec{ID: "a", Handler: "never"})
 	if res, err := db.CancelRun(ctx, run4, "test", "slot test", time.Now().UnixMilli(), func() string { return ulid.Make().String() }); err != nil || res.Outcome != "cancelled" {
 		t.Errorf("cancel of run %s = %+v, %v", run4, res, err)
+	}
+
+	// Phase 6: a schedule added, paused and fired.
+	if _, err := db.AddSchedule(ctx, "nightly", `{"cron":"@daily"}`, rdb.ScheduleState{ID: "g1", AnchorMS: 1}, false); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := db.SetSchedulePaused(ctx, "nightly", true, 2); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.RecordScheduleFired(ctx, "nightly", "g1", 3, ""); err != nil {
+		t.Fatal(err)
 	}
 
 	rec.mu.Lock()

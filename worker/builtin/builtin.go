@@ -31,6 +31,7 @@ func Register(w *worker.Worker) {
 	w.HandleFunc(Flaky, flaky)
 	w.HandleFunc(Sum, sum)
 	w.HandleFunc(Fail, fail)
+	registerChannel(w) // channel.go
 	w.HandleFunc(Spawn, spawn)
 	w.HandleFunc(Loop, loop)
 }

@@ -10,6 +10,7 @@
 package chaos
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -115,7 +116,10 @@ type Report struct {
 	Cancelled        int
 	CancelledTasks   int
 	CancelledRunning int
-	History          Touches
+	// ChannelWrites counts the channel keys checked against their last
+	// channel_written.
+	ChannelWrites int
+	History       Touches
 	// Spawned counts the tasks the runs' handlers added (dynamic tasks).
 	Spawned int
 	Events  int
@@ -125,8 +129,8 @@ type Report struct {
 
 // Line is the one-line summary "chaos seed=S tasks=N kills=K ...".
 func (r Report) Line() string {
-	return fmt.Sprintf("chaos seed=%d runs=%d tasks=%d spawned=%d kills=%d pauses=%d projectors=%d projector_kills=%d projector_pauses=%d projector_stalls=%d takeovers=%d cancelled=%d/%d/%d redis_restarts=%d shared_runs=%d handoffs=%d late_commits=%d lost=%d duplicate_accepts=%d rejected_stale=%d events=%d elapsed=%s verified=%t",
-		r.Seed, r.Runs, r.Verdict.Tasks, r.Spawned, r.Kills, r.Pauses, r.Projectors, r.ProjectorKills, r.ProjectorPauses, r.ProjectorStalls, r.Takeovers, r.Cancelled, r.CancelledTasks, r.CancelledRunning, r.RedisRestarts,
+	return fmt.Sprintf("chaos seed=%d runs=%d tasks=%d spawned=%d kills=%d pauses=%d projectors=%d projector_kills=%d projector_pauses=%d projector_stalls=%d takeovers=%d cancelled=%d/%d/%d channel_keys=%d redis_restarts=%d shared_runs=%d handoffs=%d late_commits=%d lost=%d duplicate_accepts=%d rejected_stale=%d events=%d elapsed=%s verified=%t",
+		r.Seed, r.Runs, r.Verdict.Tasks, r.Spawned, r.Kills, r.Pauses, r.Projectors, r.ProjectorKills, r.ProjectorPauses, r.ProjectorStalls, r.Takeovers, r.Cancelled, r.CancelledTasks, r.CancelledRunning, r.ChannelWrites, r.RedisRestarts,
 		r.History.SharedRuns, r.History.Handoffs, r.History.LateCommits, r.Verdict.Lost,
 		r.Verdict.DuplicateAccepts, r.Verdict.RejectedStale, r.Events, r.Elapsed.Round(100*time.Millisecond), r.Verdict.OK())
 }
@@ -338,6 +342,35 @@ func (s *stack) check(ctx context.Context, run string) (Verdict, int, error) {
 	for _, p := range vr.Problems {
 		v.Problems = append(v.Problems, "replay verify: "+p.String())
 	}
+	// The run's channel holds, for every key, the value of its last
+	// channel_written (each write is one script: the value and its event
+	// together, or neither).
+	var channel map[string]json.RawMessage
+	if err := retryRedis(ctx, func() error {
+		var err error
+		channel, err = rc.Channel(ctx, run)
+		return err
+	}); err != nil {
+		return v, len(evs), fmt.Errorf("read the channel of %s: %w", run, err)
+	}
+	last := map[string]json.RawMessage{}
+	for _, e := range evs {
+		var b events.ChannelWrittenBody
+		if e.Type == events.ChannelWritten && e.DecodeBody(&b) == nil {
+			last[b.Key] = b.Value
+		}
+	}
+	for k, want := range last {
+		if got := channel[k]; !bytes.Equal(compactJSON(got), compactJSON(want)) {
+			v.Problems = append(v.Problems, fmt.Sprintf("channel key %q is %s, its last channel_written says %s", k, got, want))
+		}
+	}
+	if len(channel) != len(last) {
+		v.Problems = append(v.Problems, fmt.Sprintf("channel has %d keys, the log wrote %d", len(channel), len(last)))
+	}
+	s.mu.Lock()
+	s.report.ChannelWrites += len(last)
+	s.mu.Unlock()
 	s.mu.Lock()
 	s.report.History.add(touches(evs, s.isProjector, s.projPauses))
 	for _, e := range evs {
@@ -420,7 +453,12 @@ func (s *stack) checkCancelled(ctx context.Context, run string, info *graflow.Ru
 // groups of sleep tasks (some flaky, with retries), a sum per group, a
 // dynamic fan-out (a task that sleeps, then spawns 50 to 200 sleep tasks,
 // some flaky, and the sum after it, which waits for them all) and a final
-// sum.
+// sum. Group 0's members also write to the run's channel (one in five
+// increments "count", one in fifty appends to "seen"); in group 1 one
+// member waits on the channel key "ready" that a member of group 2 sets;
+// group 3 is best effort: one of its members fails for good and its sum
+// runs anyway (the run still succeeds); a few members of group 2 start
+// 100-500 ms after they are ready (start_after: the delayed set).
 func (s *stack) workflow(name string, tasks int) *graflow.Workflow {
 	wf := graflow.NewWorkflow(name)
 	root := wf.Task("root", builtin.Noop)
@@ -440,14 +478,31 @@ func (s *stack) workflow(name string, tasks int) *graflow.Workflow {
 		for i := range n {
 			id := fmt.Sprintf("g%d-%d", g, i)
 			var t *graflow.Task
-			if i%50 == 7 {
+			switch {
+			case i%50 == 7:
 				t = wf.Task(id, builtin.Flaky).Args(map[string]any{"fail": 1, "value": 1}).Retries(2)
-			} else {
+			case g == 0 && i%5 == 1:
+				t = wf.Task(id, builtin.ChannelIncr).Args(map[string]any{"key": "count"})
+			case g == 0 && i%50 == 3:
+				t = wf.Task(id, builtin.ChannelAppend).Args(map[string]any{"key": "seen", "value": id})
+			case g == 1 && i == 0:
+				t = wf.Task(id, builtin.ChannelWait).Args(map[string]any{"key": "ready"})
+			case g == 2 && i == n-1:
+				t = wf.Task(id, builtin.ChannelSet).Args(map[string]any{"key": "ready", "value": 1})
+			case g == 3 && i == 0:
+				t = wf.Task(id, builtin.Fail).Args(map[string]any{"permanent": true, "message": "best effort"})
+			case g == 2 && i%40 == 5:
+				t = wf.Task(id, builtin.Sleep).Args(map[string]any{"ms": 20, "value": 1}).StartAfter(time.Duration(100+s.rng.IntN(400)) * time.Millisecond)
+			default:
 				t = wf.Task(id, builtin.Sleep).Args(map[string]any{"ms": 20 + s.rng.IntN(130), "value": 1})
 			}
 			members = append(members, t.After(root))
 		}
-		sums = append(sums, wf.Parallel(members...).Then(wf.Task(fmt.Sprintf("sum-%d", g), builtin.Sum)))
+		group := wf.Parallel(members...)
+		if g == 3 {
+			group.BestEffort()
+		}
+		sums = append(sums, group.Then(wf.Task(fmt.Sprintf("sum-%d", g), builtin.Sum)))
 	}
 	wf.Task("total", builtin.Sum).After(sums...)
 	return wf
@@ -551,6 +606,16 @@ func (s *stack) history(ctx context.Context, run string) ([]events.Event, map[st
 // for transient errors, internal/retry).
 func retryRedis(ctx context.Context, op func() error) error {
 	return retry.Do(ctx, retry.Policy{Initial: 50 * time.Millisecond, Max: time.Second}, op)
+}
+
+// compactJSON is raw without insignificant space (raw itself if it is not
+// JSON).
+func compactJSON(raw json.RawMessage) []byte {
+	var b bytes.Buffer
+	if json.Compact(&b, raw) != nil {
+		return raw
+	}
+	return b.Bytes()
 }
 
 // wait sleeps d or until ctx ends; it reports whether d passed.

@@ -1,0 +1,145 @@
+package projector
+
+import "github.com/graflow-go/graflow/events"
+
+// joinState applies t's join policy (events.Join) to the current state of
+// its dependencies: ready says t may be dispatched, dead that it is to be
+// skipped. skipping and unskipping hold the tasks being skipped and
+// requeued in the batch at hand (Decide), which count as skipped and
+// pending.
+func (r *Run) joinState(t *Task, skipping, unskipping map[string]bool) (ready, dead bool) {
+	j := t.Spec.Join
+	if j.Strict() {
+		dead = !r.depsAlive(t, skipping)
+		return !dead && t.waiting == 0, dead
+	}
+	ok, ended, critDead := 0, 0, false
+	for _, d := range t.Spec.Deps {
+		st := r.Tasks[r.index[d]].Status
+		if skipping[d] {
+			st = TaskSkipped
+		} else if unskipping[d] {
+			st = TaskPending
+		}
+		switch st {
+		case TaskSucceeded:
+			ok++
+			ended++
+		case TaskFailed, TaskSkipped, TaskCancelled:
+			ended++
+			if j.Policy == events.JoinCritical && isCritical(j, d) {
+				critDead = true
+			}
+		}
+	}
+	all := ended == len(t.Spec.Deps)
+	// What the dependencies spawned (Waits) must succeed, whatever the
+	// policy (spawn.go).
+	if waitsOK, waitsDead := r.waitsState(t, skipping, unskipping); waitsDead {
+		return false, true
+	} else if !waitsOK {
+		all = false
+	}
+	switch j.Policy {
+	case events.JoinBestEffort:
+		return all, false
+	case events.JoinAtLeast:
+		dead = len(t.Spec.Deps)-(ended-ok) < j.N // too few left to reach N
+		return all && !dead, dead
+	case events.JoinCritical:
+		return all && !critDead, critDead
+	}
+	// An unknown policy (validation refuses it at submit): strict.
+	dead = !r.depsAlive(t, skipping)
+	return !dead && t.waiting == 0, dead
+}
+
+func isCritical(j *events.Join, dep string) bool {
+	for _, c := range j.Critical {
+		if c == dep {
+			return true
+		}
+	}
+	return false
+}
+
+// Ready reports whether t's dependencies, under its join policy, let it
+// run now (replay checks each dispatch with it).
+func (r *Run) Ready(t *Task) bool {
+	ready, _ := r.joinState(t, nil, nil)
+	return ready
+}
+
+// Dead reports whether t's join policy can no longer be met: it is to be
+// skipped.
+func (r *Run) Dead(t *Task) bool {
+	_, dead := r.joinState(t, nil, nil)
+	return dead
+}
+
+// settled queues pending task i after one of its dependencies ended: for
+// Decide's skip queue if its policy can no longer be met, its ready queue
+// if it can run.
+func (r *Run) settled(i int, cause string) {
+	t := r.Tasks[i]
+	if t.Status != TaskPending {
+		return
+	}
+	ready, dead := r.joinState(t, nil, nil)
+	switch {
+	case dead:
+		r.skip.push(queueEntry{task: i, cause: cause})
+	case ready:
+		r.ready.push(queueEntry{task: i})
+	}
+}
+
+// unabsorbed returns the first task (in the run's order) that failed for
+// good without a successor absorbing the failure, or nil: the run fails
+// iff there is one. A failure is absorbed when the task has successors
+// and each of them joins it under a tolerant policy (best_effort,
+// at_least, or critical without it among the critical ones) and
+// succeeded. A strict successor (the default) never absorbs: it was
+// skipped, and the run fails, as before join policies.
+func (r *Run) unabsorbed() *Task {
+	if r.fails == 0 {
+		return nil
+	}
+	for _, t := range r.Tasks {
+		if t.Status == TaskFailed && !r.absorbed(t) {
+			return t
+		}
+	}
+	return nil
+}
+
+// failure names the run's failure for run_failed: the first task to fail
+// for good (r.FailedTask), unless a join absorbed its failure; then u, the
+// first unabsorbed one.
+func (r *Run) failure(u *Task) (task, cause string) {
+	if ft := r.Task(r.FailedTask); ft != nil && ft.Status == TaskFailed && !r.absorbed(ft) {
+		return r.FailedTask, r.Cause
+	}
+	return u.Spec.ID, u.Error
+}
+
+// Absorbed reports whether failed task t's failure was absorbed by its
+// successors: each joins it tolerantly and succeeded (the run does not
+// fail for it).
+func (r *Run) Absorbed(t *Task) bool { return r.absorbed(t) }
+
+// absorbed reports whether failed task t's failure was absorbed by its
+// successors (see unabsorbed).
+func (r *Run) absorbed(t *Task) bool {
+	if len(t.succ) == 0 {
+		return false
+	}
+	for _, s := range t.succ {
+		st := r.Tasks[s]
+		j := st.Spec.Join
+		if j.Strict() || st.Status != TaskSucceeded || (j.Policy == events.JoinCritical && isCritical(j, t.Spec.ID)) {
+			return false
+		}
+	}
+	return true
+}
