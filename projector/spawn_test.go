@@ -159,6 +159,22 @@ func TestSpawn(t *testing.T) {
 		}
 	})
 
+	t.Run("under a tolerant join the spawned tasks are still strict", func(t *testing.T) {
+		t.Parallel()
+		s := dyn("s", "a", "b")
+		s.Join = &events.Join{Policy: events.JoinBestEffort}
+		f := newFoldRun(t, submitted(dyn("a"), dyn("b"), s))
+		f.run("a", spawned("a", 1, 1, "w", dyn("x")))
+		f.apply(dispatched("b", 1), claimed("b", 1, 1, "w"), failed("b", 1, 1, "w", "boom", true))
+		if diff := cmp.Diff([]string{"task_dispatched x 1"}, f.decisions()); diff != "" {
+			t.Errorf("s must wait for x although its join tolerates b's failure (-want +got):\n%s", diff)
+		}
+		f.apply(dispatched("x", 1), claimed("x", 1, 1, "w"), failed("x", 1, 1, "w", "boom", true))
+		if diff := cmp.Diff([]string{"task_skipped s 0 (dependency x failed)"}, f.decisions()); diff != "" {
+			t.Errorf("a failed spawned task skips s whatever its join (-want +got):\n%s", diff)
+		}
+	})
+
 	t.Run("a tasks_added of no task adds tasks and no waits", func(t *testing.T) {
 		t.Parallel()
 		f := newFoldRun(t, submitted(dyn("a"), dyn("s", "a")))
