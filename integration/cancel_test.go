@@ -7,7 +7,6 @@ import (
 
 	"github.com/graflow-go/graflow"
 	"github.com/graflow-go/graflow/events"
-	"github.com/graflow-go/graflow/replay"
 	"github.com/graflow-go/graflow/worker/builtin"
 )
 
@@ -65,24 +64,7 @@ func TestCancelWithWorkerProcesses(t *testing.T) {
 	}
 	t.Logf("cancel reached the four running handlers; their outcomes were rejected %v after the cancel", time.Since(at).Round(time.Millisecond))
 
-	evs := s.readLog(ctx, run)
-	a, err := replay.Analyze(run, evs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(a.Problems) > 0 {
-		t.Fatalf("history problems: %v", a.Problems)
-	}
-	state, err := s.rdb.HGetAll(ctx, s.keys.RunState(run)).Result()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if v := replay.CheckInvariants(evs, state); !v.OK() {
-		t.Fatalf("invariants: %v", v.Problems)
-	}
-	if out, errOut, code := s.cli(ctx, append([]string{"replay", "verify", run}, s.common()...)...); code != 0 {
-		t.Fatalf("graflow replay verify: exit %d\n%s%s", code, out, errOut)
-	}
+	s.verifyHistory(ctx, run)
 	if _, errOut, code := s.cli(ctx, append([]string{"cancel", run}, s.common()...)...); code != 0 {
 		t.Fatalf("second cancel: exit %d: %s", code, errOut)
 	}

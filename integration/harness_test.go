@@ -25,6 +25,7 @@ import (
 	"github.com/graflow-go/graflow/events"
 	"github.com/graflow-go/graflow/internal/rdb"
 	"github.com/graflow-go/graflow/internal/redistest"
+	"github.com/graflow-go/graflow/replay"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -373,6 +374,32 @@ func (s *stack) readLog(ctx context.Context, run string) []events.Event {
 		}
 		start = "(" + msgs[len(msgs)-1].ID
 	}
+}
+
+// verifyHistory reads run's log and checks it: every history invariant
+// (replay.Analyze), CheckInvariants against the live state, and
+// "graflow replay verify". It returns the log.
+func (s *stack) verifyHistory(ctx context.Context, run string) []events.Event {
+	s.t.Helper()
+	evs := s.readLog(ctx, run)
+	a, err := replay.Analyze(run, evs)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	if len(a.Problems) > 0 {
+		s.t.Fatalf("history problems: %v", a.Problems)
+	}
+	state, err := s.rdb.HGetAll(ctx, s.keys.RunState(run)).Result()
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	if v := replay.CheckInvariants(evs, state); !v.OK() {
+		s.t.Fatalf("invariants: %v", v.Problems)
+	}
+	if out, errOut, code := s.cli(ctx, append([]string{"replay", "verify", run}, s.common()...)...); code != 0 {
+		s.t.Fatalf("graflow replay verify: exit %d\n%s%s", code, out, errOut)
+	}
+	return evs
 }
 
 // watch feeds run's events, from the first, to fn until fn returns true or

@@ -206,7 +206,7 @@ func (r *Run) requeue(i int) {
 	t.Status, t.Owner = TaskPending, ""
 	r.open++
 	t.waiting = 0
-	for _, d := range t.Spec.Deps {
+	for _, d := range t.allDeps() {
 		switch r.Tasks[r.index[d]].Status {
 		case TaskSucceeded:
 			continue
@@ -255,7 +255,8 @@ func (r *Run) trimQueues() {
 }
 
 // addTasks appends task specs (already validated at submit time; a spec that
-// is not valid here is an invalid event and nothing of it is applied).
+// is not valid here is an invalid event and nothing of it is applied). A
+// tasks_added written by a task of the run is a spawn (spawn.go).
 func (r *Run) addTasks(e events.Event, specs []events.TaskSpec) error {
 	if len(specs) > 0 && r.hasAll(specs) {
 		return nil // the same tasks_added again: a duplicate
@@ -274,6 +275,7 @@ func (r *Run) addTasks(e events.Event, specs []events.TaskSpec) error {
 			}
 		}
 	}
+	spawner := r.spawnerOf(e)
 	base := len(r.Tasks)
 	for k, s := range specs {
 		if s.Pool == "" {
@@ -306,6 +308,9 @@ func (r *Run) addTasks(e events.Event, specs []events.TaskSpec) error {
 		} else if !t.Spec.Join.Strict() {
 			r.settled(base+k, "") // a tolerant join may run behind dead dependencies
 		}
+	}
+	if spawner >= 0 {
+		r.recordSpawn(spawner, base, len(specs))
 	}
 	return nil
 }

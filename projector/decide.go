@@ -107,10 +107,10 @@ func Decide(r *Run, limit int, delay RetryDelayFunc) []events.Event {
 	return out
 }
 
-// depsAlive reports whether none of t's dependencies failed, was skipped
+// depsAlive reports whether none of t's dependencies (and Waits) failed, was skipped
 // or cancelled, or is being skipped in the batch at hand.
 func (r *Run) depsAlive(t *Task, skipping map[string]bool) bool {
-	for _, d := range t.Spec.Deps {
+	for _, d := range t.allDeps() {
 		if skipping[d] {
 			return false
 		}

@@ -27,6 +27,7 @@ type taskSnap struct {
 	Owner   string
 	Error   string
 	Result  string
+	Waits   []string
 }
 
 type decisionSnap struct {
@@ -58,7 +59,7 @@ type runSnap struct {
 // the property tests cannot silently ignore new state.
 var snapshotFields = map[reflect.Type][]string{
 	reflect.TypeFor[projector.Run]():  {"ID", "Workflow", "Status", "Input", "Tasks", "FailedTask", "Cause", "LastSeq", "Events"},
-	reflect.TypeFor[projector.Task](): {"Spec", "Status", "Attempt", "Epoch", "Owner", "Error", "Result"},
+	reflect.TypeFor[projector.Task](): {"Spec", "Status", "Attempt", "Epoch", "Owner", "Error", "Result", "Waits"},
 }
 
 func testDelay(spec events.TaskSpec, attempt int) time.Duration {
@@ -72,7 +73,7 @@ func snapshot(r *projector.Run) runSnap {
 	}
 	for _, t := range r.Tasks {
 		s.Tasks = append(s.Tasks, taskSnap{Spec: t.Spec, Status: t.Status, Attempt: t.Attempt, Epoch: t.Epoch,
-			Owner: t.Owner, Error: t.Error, Result: string(t.Result)})
+			Owner: t.Owner, Error: t.Error, Result: string(t.Result), Waits: t.Waits})
 		s.Counts[t.Status]++
 	}
 	for _, d := range projector.Decide(r, 0, testDelay) {
@@ -138,6 +139,8 @@ type sim struct {
 	deps map[string][]string
 	tids []string // task ids in creation order
 	dyn  int
+	// spawners are the tasks that added tasks.
+	spawners map[string]bool
 
 	proj   *projector.Run // the projector's incremental fold
 	folded int            // log entries folded into proj
@@ -150,7 +153,7 @@ type sim struct {
 func newSim(t testing.TB, seed uint64) *sim {
 	return &sim{
 		t: t, rng: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)), run: "run-" + strconv.FormatUint(seed, 10),
-		recs: map[string]rdb.Record{}, max: map[string]int{}, deps: map[string][]string{}, ms: 1700000000000,
+		recs: map[string]rdb.Record{}, max: map[string]int{}, deps: map[string][]string{}, ms: 1700000000000, spawners: map[string]bool{},
 		proj: projector.NewRun("run-" + strconv.FormatUint(seed, 10)),
 	}
 }
@@ -378,9 +381,20 @@ func (s *sim) finish(grow bool) {
 	ev := events.Event{Task: id, Attempt: r.Attempt, Epoch: r.Epoch, Worker: r.Owner}
 	switch k := s.rng.IntN(10); {
 	case k < 6:
-		if grow && s.dyn < 3 && s.rng.IntN(8) == 0 {
+		if grow && s.dyn < 3 && s.rng.IntN(3) == 0 {
+			// A spawn as the worker validates it and the finish script
+			// accepts it: dependencies on earlier tasks of the spawn and on
+			// tasks that succeeded without spawning, never on the spawner
+			// (see docs/workflows.md, "Dynamic tasks").
 			s.dyn++
-			specs := s.randomSpecs("d"+strconv.Itoa(s.dyn)+"-", s.rng.IntN(3)+1, append(append([]string(nil), s.tids...), id))
+			var done []string
+			for _, d := range s.withStatus("succeeded") {
+				if !s.spawners[d] {
+					done = append(done, d)
+				}
+			}
+			s.spawners[id] = true
+			specs := s.randomSpecs("d"+strconv.Itoa(s.dyn)+"-", s.rng.IntN(3)+1, done)
 			s.addSpecs(specs)
 			s.append(events.Event{Type: events.TasksAdded, Task: id, Attempt: r.Attempt, Epoch: r.Epoch, Worker: r.Owner}.
 				WithBody(events.TasksAddedBody{Tasks: specs}))
@@ -691,6 +705,11 @@ func TestPropertyEveryRunEnds(t *testing.T) {
 				}
 			}
 			if task.Status == projector.TaskSucceeded {
+				for _, w := range task.Waits { // strict, whatever the join
+					if st := r.Task(w).Status; st != projector.TaskSucceeded {
+						t.Errorf("task %s succeeded but %s, a spawned task it waits for, is %s", task.Spec.ID, w, st)
+					}
+				}
 				ok, critical := 0, true
 				for _, d := range task.Spec.Deps {
 					st := r.Task(d).Status
@@ -804,4 +823,29 @@ func FuzzFold(f *testing.F) {
 			t.Fatalf("(-plain fold +with re-deliveries):\n%s", diff)
 		}
 	})
+}
+
+// The generated histories cover dynamic tasks (so the properties above
+// hold for them): a fair share spawn, and some of those make a successor
+// wait for what was spawned, which ran before it.
+func TestPropertyHistoriesCoverSpawns(t *testing.T) {
+	t.Parallel()
+	spawning, waiting := 0, 0
+	for seed := uint64(1); seed <= propertySeeds; seed++ {
+		s := history(t, seed)
+		if len(s.spawners) > 0 {
+			spawning++
+		}
+		r := fold(t, s.run, s.log)
+		for _, task := range r.Tasks {
+			if len(task.Waits) > 0 && task.Status == projector.TaskSucceeded {
+				waiting++
+				break
+			}
+		}
+	}
+	if spawning < propertySeeds/5 || waiting < propertySeeds/40 {
+		t.Fatalf("%d of %d histories spawn, %d with a successor that waited for spawned tasks and succeeded", spawning, propertySeeds, waiting)
+	}
+	t.Logf("%d of %d histories spawn, %d with a successor that waited for spawned tasks and succeeded", spawning, propertySeeds, waiting)
 }

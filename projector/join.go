@@ -33,6 +33,13 @@ func (r *Run) joinState(t *Task, skipping, unskipping map[string]bool) (ready, d
 		}
 	}
 	all := ended == len(t.Spec.Deps)
+	// What the dependencies spawned (Waits) must succeed, whatever the
+	// policy (spawn.go).
+	if waitsOK, waitsDead := r.waitsState(t, skipping, unskipping); waitsDead {
+		return false, true
+	} else if !waitsOK {
+		all = false
+	}
 	switch j.Policy {
 	case events.JoinBestEffort:
 		return all, false

@@ -46,9 +46,14 @@ type Task struct {
 	// Error is the last failure message.
 	Error  string          `json:"error,omitempty"`
 	Result json.RawMessage `json:"result,omitempty"`
+	// Waits lists the spawned tasks this task waits for besides
+	// Spec.Deps: the sinks of what its dependencies spawned, transitively
+	// (see spawn.go and docs/workflows.md, "Dynamic tasks").
+	Waits []string `json:"waits,omitempty"`
 
-	waiting int   // dependencies not yet succeeded
-	succ    []int // indexes of dependent tasks
+	waiting int   // dependencies and waits not yet succeeded
+	succ    []int // indexes of dependent (and waiting) tasks
+	sinks   []int // the sinks of the tasks this task spawned
 }
 
 // Run is the folded state of a run: a pure function of its events.

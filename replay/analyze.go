@@ -59,6 +59,10 @@ type analyzer struct {
 	// disorder counts events whose seq does not increase; the first is
 	// reported at Problems[disorderAt].
 	disorder, disorderAt int
+	// added is the tasks_added whose spawner's task_succeeded must come
+	// next, if any; spawned holds the tasks that spawned.
+	added   *events.Event
+	spawned map[string]bool
 }
 
 // Analyze replays evs, the log of run in log order, from the first event:
@@ -66,16 +70,22 @@ type analyzer struct {
 // checks every event against the state folded before it:
 //
 //   - run_submitted comes first, once; seqs increase;
-//   - task_dispatched only for a pending task whose dependencies all have
-//     an accepted task_succeeded earlier in the log (the last of those is
+//   - task_dispatched only for a pending task whose dependencies, and the
+//     spawned tasks it waits for (projector.Task's Waits), all have an
+//     accepted task_succeeded earlier in the log (the last of those is
 //     the reason the task became ready); task_retry_scheduled only after a
 //     failed attempt with attempts left;
+//   - tasks_added only from the worker and epoch holding a running task's
+//     claim, immediately followed by that claim's task_succeeded, with
+//     dependencies outside the spawn only on tasks that succeeded and
+//     spawned nothing (not the spawner);
 //   - task_claimed / task_reclaimed carry an epoch strictly above every
 //     earlier epoch of the task; task_claimed only for a dispatched task;
 //   - task_succeeded, task_failed, task_timed_out, task_heartbeat and
 //     channel_written only from the worker and epoch holding the claim,
 //     and at most one accepted task_succeeded per task;
-//   - task_skipped only behind a failed/skipped/cancelled dependency;
+//   - task_skipped only behind a failed/skipped/cancelled dependency (or
+//     spawned task it waits for);
 //   - run_cancelled only while the run is running; task_cancelled only
 //     after it, for a task not terminal, with an epoch above every
 //     earlier epoch of the task (its worker is fenced);
@@ -161,7 +171,10 @@ func (z *analyzer) event(i int, e events.Event) error {
 	if t := r.Task(e.Task); t != nil && e.Task != "" {
 		tr, pre = z.tracks[e.Task], *t
 	}
+	z.checkAddedThenSucceeded(e)
 	switch e.Type {
+	case events.TasksAdded:
+		z.checkAdded(e)
 	case events.RunSubmitted:
 		if i != 0 || r.Status != projector.RunUnknown {
 			z.eventProblem(e, "run_submitted is not the run's first event (the fold ignores it)")
@@ -293,13 +306,17 @@ func (z *analyzer) checkDispatch(e events.Event, tr *track, pre projector.Task) 
 		}
 		return
 	}
-	for _, d := range pre.Spec.Deps {
+	for _, d := range upstreamOf(&pre) {
 		dt := z.r.Task(d)
 		if dt == nil || dt.Status == projector.TaskSucceeded {
 			continue
 		}
+		what := "dependency"
+		if !slices.Contains(pre.Spec.Deps, d) {
+			what = "spawned task"
+		}
 		p := Problem{Task: e.Task, Seq: e.Seq, Event: string(e.Type),
-			Detail: fmt.Sprintf("task_dispatched of %s is not justified: dependency %s has no accepted task_succeeded before it (%s is %s at that point)", e.Task, d, d, dt.Status)}
+			Detail: fmt.Sprintf("task_dispatched of %s is not justified: %s %s has no accepted task_succeeded before it (%s is %s at that point)", e.Task, what, d, d, dt.Status)}
 		if dt.Status == projector.TaskRunning {
 			p.Missing = fmt.Sprintf("task_succeeded task=%s attempt=%d epoch=%d worker=%s", d, dt.Attempt, dt.Epoch, dt.Owner)
 		} else {
@@ -333,7 +350,7 @@ func (z *analyzer) checkSkip(e events.Event, pre projector.Task) {
 		}
 		return
 	}
-	for _, d := range pre.Spec.Deps {
+	for _, d := range upstreamOf(&pre) {
 		if dt := z.r.Task(d); dt != nil {
 			switch dt.Status {
 			case projector.TaskFailed, projector.TaskSkipped, projector.TaskCancelled:
@@ -341,7 +358,7 @@ func (z *analyzer) checkSkip(e events.Event, pre projector.Task) {
 			}
 		}
 	}
-	z.eventProblem(e, "task_skipped of %s but none of its dependencies failed, was skipped or cancelled", e.Task)
+	z.eventProblem(e, "task_skipped of %s but none of its dependencies failed, was skipped or cancelled (nor a spawned task it waits for)", e.Task)
 }
 
 // record adds the folded event to the timeline.
@@ -400,8 +417,8 @@ func (z *analyzer) record(i int, e events.Event, tr *track, pre projector.Task) 
 			}
 			tt.Retries++
 			tl.Retries++
-		} else if len(tt.Deps) > 0 && pre.Status == projector.TaskPending {
-			tt.Ready = z.unlock(tt.Deps)
+		} else if len(tt.Deps)+len(pre.Waits) > 0 && pre.Status == projector.TaskPending {
+			tt.Ready = z.unlock(upstreamOf(&pre))
 		}
 		tt.Attempts = append(tt.Attempts, *at)
 	case events.TaskClaimed:
@@ -483,6 +500,11 @@ func (z *analyzer) unlock(deps []string) *Unlock {
 // finish runs the end-of-log checks and completes the timeline.
 func (z *analyzer) finish() {
 	r, tl := z.r, z.tl
+	if z.added != nil {
+		e := *z.added
+		z.problem(Problem{Task: e.Task, Seq: e.Seq, Event: string(e.Type), Missing: fmt.Sprintf("task_succeeded task=%s attempt=%d epoch=%d worker=%s", e.Task, e.Attempt, e.Epoch, e.Worker),
+			Detail: fmt.Sprintf("tasks_added by %s is the log's last event: its task_succeeded must follow it", e.Task)})
+	}
 	tl.Workflow, tl.Status, tl.FailedTask, tl.Cause = r.Workflow, string(r.Status), r.FailedTask, r.Cause
 	if !tl.EndedAt.IsZero() && !tl.SubmittedAt.IsZero() {
 		tl.DurationMS = ptr(tl.EndedAt.Sub(tl.SubmittedAt).Milliseconds())
@@ -517,6 +539,87 @@ func (z *analyzer) finish() {
 			z.a.Problems[k.problem].Detail += fmt.Sprintf(" (%d later problem(s) of this task not reported)", k.suppressed)
 		}
 	}
+}
+
+// upstreamOf is what t waits for: its dependencies, then its Waits.
+func upstreamOf(t *projector.Task) []string {
+	if len(t.Waits) == 0 {
+		return t.Spec.Deps
+	}
+	return append(slices.Clip(t.Spec.Deps), t.Waits...)
+}
+
+// checkAdded checks a tasks_added against the state before it: written
+// by the claim holder of a running task (its spawner), whose spawned
+// tasks depend outside the spawn only on tasks that succeeded and spawned
+// nothing. The spawner's task_succeeded must come next.
+func (z *analyzer) checkAdded(e events.Event) {
+	t := z.r.Task(e.Task)
+	switch {
+	case e.Task == "":
+		z.eventProblem(e, "tasks_added written by no task: tasks are only added by a running task, with its success")
+		return
+	case t == nil:
+		z.eventProblem(e, "tasks_added by %s, which is not a task of the run", e.Task)
+		return
+	case t.Status != projector.TaskRunning:
+		z.eventProblem(e, "tasks_added by %s (attempt %d, epoch %d, worker %s) while the task is %s: only the claim holder of a running task may spawn", e.Task, e.Attempt, e.Epoch, e.Worker, t.Status)
+		return
+	case e.Attempt != t.Attempt || e.Epoch != t.Epoch || e.Worker != t.Owner:
+		z.eventProblem(e, "tasks_added by %s from %s (attempt %d, epoch %d) but the claim is held by %s (attempt %d, epoch %d): a stale spawn was accepted", e.Task, e.Worker, e.Attempt, e.Epoch, t.Owner, t.Attempt, t.Epoch)
+		return
+	}
+	ev := e
+	z.added = &ev
+	var b events.TasksAddedBody
+	if e.DecodeBody(&b) != nil {
+		return // the fold reports it
+	}
+	inner := map[string]bool{}
+	for _, s := range b.Tasks {
+		inner[s.ID] = true
+	}
+	for _, s := range b.Tasks {
+		for _, d := range s.Deps {
+			if inner[d] {
+				continue
+			}
+			dt := z.r.Task(d)
+			switch {
+			case d == e.Task:
+				z.eventProblem(e, "spawned task %s depends on its spawner %s", s.ID, d)
+			case dt == nil:
+				// The fold rejects the event.
+			case dt.Status != projector.TaskSucceeded:
+				z.eventProblem(e, "spawned task %s depends on %s, which is %s: a spawned task may depend only on tasks of its spawn and on tasks that succeeded", s.ID, d, dt.Status)
+			case z.spawned[d]:
+				z.eventProblem(e, "spawned task %s depends on %s, which spawned tasks itself", s.ID, d)
+			default:
+				continue
+			}
+			return
+		}
+	}
+}
+
+// checkAddedThenSucceeded checks that the event after a tasks_added is
+// its spawner's task_succeeded from the same claim, and records the
+// spawn.
+func (z *analyzer) checkAddedThenSucceeded(e events.Event) {
+	a := z.added
+	if a == nil {
+		return
+	}
+	z.added = nil
+	if e.Type != events.TaskSucceeded || e.Task != a.Task || e.Attempt != a.Attempt || e.Epoch != a.Epoch || e.Worker != a.Worker {
+		z.problem(Problem{Task: a.Task, Seq: a.Seq, Event: string(a.Type), Missing: fmt.Sprintf("task_succeeded task=%s attempt=%d epoch=%d worker=%s", a.Task, a.Attempt, a.Epoch, a.Worker),
+			Detail: fmt.Sprintf("tasks_added by %s is followed by %s of %q, not by its own task_succeeded: a spawn is written with its spawner's success", a.Task, e.Type, e.Task)})
+		return
+	}
+	if z.spawned == nil {
+		z.spawned = map[string]bool{}
+	}
+	z.spawned[a.Task] = true
 }
 
 // Specs returns the task specs exactly as submitted (run_submitted, then

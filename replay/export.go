@@ -192,8 +192,9 @@ type Hashes struct {
 
 // Hashes returns the live hashes the engine would hold for the imported
 // run whose log ends at last: task records as projector.RecordOf,
-// @status, @workflow, @cursor = last; accepted results and @input; the
-// metadata of every submitted task; the channel as written.
+// @status, @workflow, @cursor = last, the spawn records and @spawned;
+// accepted results and @input; the metadata of every submitted and
+// spawned task; the channel as written.
 func (im *Import) Hashes(last string) (Hashes, error) {
 	r := im.Analysis.Run
 	h := Hashes{
@@ -211,6 +212,9 @@ func (im *Import) Hashes(last string) (Hashes, error) {
 		if t.Status == projector.TaskSucceeded {
 			h.Results[t.Spec.ID] = string(t.Result)
 		}
+	}
+	for k, v := range im.Analysis.spawnFields() {
+		h.State[k] = v
 	}
 	for _, s := range im.Analysis.Specs() {
 		m, err := json.Marshal(statehash.MetaOf(s))

@@ -56,10 +56,18 @@ type Task struct {
 	stop      context.CancelCauseFunc
 	cancelRun func(ctx context.Context, reason string) error
 	channel   *Channel // the run's channel, written as this claim
+	// readSpawned reads what the dependencies spawned (Spawned).
+	readSpawned func(ctx context.Context, deps []string) ([]string, error)
 
-	timeout  time.Duration
-	mu       sync.Mutex
-	progress string
+	timeout   time.Duration
+	pool      string
+	priority  int
+	limits    spawnLimits
+	mu        sync.Mutex
+	progress  string
+	spawn     spawnState
+	waits     []string // Spawned, once read
+	waitsRead bool
 }
 
 // Progress records a progress note sent with the task's next heartbeat.
@@ -103,9 +111,27 @@ func (t *Task) BindArgs(v any) error { return bind(t.Args, v, "args") }
 func (t *Task) BindInput(v any) error { return bind(t.Input, v, "input") }
 
 // BindUpstream decodes dependency dep's result into v (reading it from
-// Redis if the claim did not carry it: see Upstream).
+// Redis if the claim did not carry it: see Upstream). dep may also be a
+// spawned task this task waited for (see Spawned).
 func (t *Task) BindUpstream(dep string, v any) error {
 	raw, ok := t.Upstream[dep]
+	if !ok && !slices.Contains(t.left, dep) && !slices.Contains(t.deps, dep) {
+		ctx := t.ctx
+		if ctx == nil {
+			ctx = context.Background()
+		}
+		waits, err := t.Spawned(ctx)
+		if err != nil {
+			return err // transient: the attempt is retried
+		}
+		if slices.Contains(waits, dep) {
+			res, err := t.read(ctx, []string{dep})
+			if err != nil {
+				return err
+			}
+			raw, ok = res[dep], true
+		}
+	}
 	if !ok && slices.Contains(t.left, dep) {
 		ctx := t.ctx
 		if ctx == nil {
@@ -129,10 +155,64 @@ func (t *Task) Deps() []string { return slices.Clone(t.deps) }
 // upstreamPage is how many results EachUpstream reads per round trip.
 const upstreamPage = 500
 
+// Spawned returns the ids of the spawned tasks this task waited for
+// besides its dependencies: the tasks its dependencies spawned that no
+// other task of their spawn depends on, and what those spawned in turn,
+// breadth first (see Spawn). One read from Redis, on the first call.
+func (t *Task) Spawned(ctx context.Context) ([]string, error) {
+	t.mu.Lock()
+	if t.waitsRead || t.readSpawned == nil {
+		defer t.mu.Unlock()
+		return slices.Clone(t.waits), nil
+	}
+	t.mu.Unlock()
+	waits, err := t.readSpawned(ctx, t.deps)
+	if err != nil {
+		return nil, err
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.waits, t.waitsRead = waits, true
+	return slices.Clone(waits), nil
+}
+
 // EachUpstream calls fn with every dependency's result, in the workflow's
-// order: those in Upstream, and the others read from Redis a page at a
-// time and not kept. It stops at fn's first error and returns it.
+// order, then with the result of every spawned task this task waited for
+// (Spawned): those in Upstream, and the others read from Redis a page at
+// a time and not kept. It stops at fn's first error and returns it.
 func (t *Task) EachUpstream(ctx context.Context, fn func(dep string, result json.RawMessage) error) error {
+	if err := t.eachDep(ctx, fn); err != nil {
+		return err
+	}
+	waits, err := t.Spawned(ctx)
+	if err != nil {
+		return err
+	}
+	for i := 0; i < len(waits); i += upstreamPage {
+		if err := t.eachRead(ctx, waits[i:min(i+upstreamPage, len(waits))], fn); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// eachRead reads the results of ids (one page) and calls fn with each, in
+// order.
+func (t *Task) eachRead(ctx context.Context, ids []string, fn func(dep string, result json.RawMessage) error) error {
+	res, err := t.read(ctx, ids)
+	if err != nil {
+		return err
+	}
+	for _, id := range ids {
+		if err := fn(id, res[id]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// eachDep calls fn with every dependency's result (EachUpstream).
+func (t *Task) eachDep(ctx context.Context, fn func(dep string, result json.RawMessage) error) error {
 	left := map[string]bool{}
 	for _, d := range t.left {
 		left[d] = true
@@ -154,14 +234,8 @@ func (t *Task) EachUpstream(ctx context.Context, fn func(dep string, result json
 			page = append(page, deps[i])
 			i++
 		}
-		res, err := t.read(ctx, page)
-		if err != nil {
+		if err := t.eachRead(ctx, page, fn); err != nil {
 			return err
-		}
-		for _, d := range page {
-			if err := fn(d, res[d]); err != nil {
-				return err
-			}
 		}
 	}
 	return nil

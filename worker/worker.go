@@ -97,6 +97,15 @@ type Config struct {
 	// Metrics observes the worker (graflow.NewMetrics); nil observes nothing.
 	Metrics Observer
 
+	// MaxDynamicTasks bounds the tasks handlers spawn into one run, all
+	// spawns together (default DefaultMaxDynamicTasks, 100,000); a spawn
+	// past it fails its attempt for good.
+	MaxDynamicTasks int
+	// MaxIterations bounds a loop (Task.Continue): a task and its
+	// iterations (default DefaultMaxIterations, 100); the spawn of one
+	// more fails its attempt for good.
+	MaxIterations int
+
 	// claimUpstreamBytes overrides rdb.DefaultClaimUpstreamBytes (tests).
 	claimUpstreamBytes int
 }
@@ -152,6 +161,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.PoisonLimit <= 0 {
 		c.PoisonLimit = DefaultPoisonLimit
+	}
+	if c.MaxDynamicTasks <= 0 {
+		c.MaxDynamicTasks = DefaultMaxDynamicTasks
+	}
+	if c.MaxIterations <= 0 {
+		c.MaxIterations = DefaultMaxIterations
 	}
 	if c.Logger == nil {
 		l := zerolog.Nop()
@@ -646,6 +661,11 @@ func (w *Worker) process(ctx context.Context, m message, release func()) (parked
 			return err
 		},
 		channel: w.channelOf(m.run, m.task, m.attempt, cr.Epoch),
+		readSpawned: func(ctx context.Context, deps []string) ([]string, error) {
+			return w.db.ReadSpawned(ctx, m.run, deps)
+		},
+		pool: w.poolOf(m.stream), priority: m.priority,
+		limits: spawnLimits{maxTasks: w.cfg.MaxDynamicTasks, maxIterations: w.cfg.MaxIterations},
 	}
 	log = log.With().Int64("epoch", t.Epoch).Str("handler", t.Handler).Logger()
 	if m.reclaimed && m.deliveries > int64(w.cfg.PoisonLimit) {
@@ -802,6 +822,11 @@ func (w *Worker) finish(ctx context.Context, log zerolog.Logger, m message, t *T
 		Unfenced: w.cfg.noFencing,
 	}
 	var encoded []byte
+	if sp, err := t.takeSpawn(); runErr == nil && err != nil {
+		runErr = err
+	} else if runErr == nil {
+		args.Spawn = sp
+	}
 	if runErr == nil {
 		var err error
 		encoded, err = json.Marshal(result)
@@ -816,6 +841,7 @@ func (w *Worker) finish(ctx context.Context, log zerolog.Logger, m message, t *T
 		body, _ := json.Marshal(events.TaskSucceededBody{Result: encoded})
 		args.Type, args.Body, args.Status, args.Result = events.TaskSucceeded, body, events.TaskStatusSucceeded, encoded
 	} else {
+		args.Spawn = nil
 		kind := events.FailureError
 		var pe *panicError
 		var ue *unknownHandlerError
@@ -853,6 +879,13 @@ func (w *Worker) finish(ctx context.Context, log zerolog.Logger, m message, t *T
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
 	err := w.batch.finish(fctx, req, queued)
+	if errors.Is(err, rdb.ErrSpawnRefused) {
+		// Nothing was written and the claim holds: the attempt fails for
+		// good instead (a retry would spawn the same).
+		log.Warn().Err(err).Msg("spawn refused; failing the attempt")
+		w.finish(ctx, log, m, t, nil, Permanent(fmt.Errorf("task %s: %w", t.ID, err)), nil, func() {})
+		return
+	}
 	if errors.Is(err, rdb.ErrStaleClaim) {
 		log.Warn().Err(err).Msg("outcome rejected: claim lost")
 		w.ack(fctx, m) // owner-checked: only if the message is still ours

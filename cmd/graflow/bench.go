@@ -32,6 +32,7 @@ func runBench(ctx context.Context, m *Main, args []string) error {
 	fs.IntVar(&sz.FloorRuns, "floor-runs", d.FloorRuns, "single-task runs of the floor workload (the least Redis work the invariants allow, no engine)")
 	fs.IntVar(&sz.IndependentRuns, "independent-runs", d.IndependentRuns, "single-task runs of the independent workload")
 	fs.IntVar(&sz.FanoutTasks, "fanout-tasks", d.FanoutTasks, "parallel tasks of the fan-out run (plus one reduce task)")
+	fs.IntVar(&sz.DynamicTasks, "dynamic-tasks", d.DynamicTasks, "tasks one task of the dynamic run spawns at run time (plus the spawner and one reduce task)")
 	fs.IntVar(&sz.ChainRuns, "chain-runs", d.ChainRuns, "3-step runs of the chain workload")
 	fs.IntVar(&sz.LatencyRuns, "latency-runs", d.LatencyRuns, "runs of the latency workload, one at a time")
 	fs.IntVar(&sz.ReplayEvents, "replay-events", d.ReplayEvents, "events of the synthetic history the replay workload folds")
@@ -70,7 +71,7 @@ Flags:
 		s := bench.SmokeSizes()
 		for name, v := range map[string]*int{
 			"ceiling-batched": &sz.CeilingBatched, "ceiling-unbatched": &sz.CeilingUnbatched,
-			"floor-runs": &sz.FloorRuns, "independent-runs": &sz.IndependentRuns, "fanout-tasks": &sz.FanoutTasks, "chain-runs": &sz.ChainRuns,
+			"floor-runs": &sz.FloorRuns, "independent-runs": &sz.IndependentRuns, "fanout-tasks": &sz.FanoutTasks, "dynamic-tasks": &sz.DynamicTasks, "chain-runs": &sz.ChainRuns,
 			"latency-runs": &sz.LatencyRuns, "replay-events": &sz.ReplayEvents,
 		} {
 			if !explicit[name] {
@@ -130,7 +131,7 @@ Flags:
 func mergeSizes(a, b bench.Sizes) bench.Sizes {
 	for _, f := range []struct{ dst, src *int }{
 		{&a.CeilingBatched, &b.CeilingBatched}, {&a.CeilingUnbatched, &b.CeilingUnbatched},
-		{&a.FloorRuns, &b.FloorRuns}, {&a.IndependentRuns, &b.IndependentRuns}, {&a.FanoutTasks, &b.FanoutTasks}, {&a.ChainRuns, &b.ChainRuns},
+		{&a.FloorRuns, &b.FloorRuns}, {&a.IndependentRuns, &b.IndependentRuns}, {&a.FanoutTasks, &b.FanoutTasks}, {&a.DynamicTasks, &b.DynamicTasks}, {&a.ChainRuns, &b.ChainRuns},
 		{&a.LatencyRuns, &b.LatencyRuns}, {&a.ReplayEvents, &b.ReplayEvents},
 	} {
 		if *f.dst <= 0 {

@@ -37,6 +37,8 @@ func runWorker(ctx context.Context, m *Main, args []string) error {
 	reclaim := fs.Duration("reclaim-interval", 0, "how often expired leases are reclaimed (default lease/3)")
 	poison := fs.Int("poison-limit", worker.DefaultPoisonLimit, "deliveries without an outcome before a task is failed as poison")
 	hbEvery := fs.Duration("heartbeat-event-every", worker.DefaultHeartbeatEventEvery, "at most one task_heartbeat event per task per this interval")
+	maxDynamic := fs.Int("max-dynamic-tasks", worker.DefaultMaxDynamicTasks, "tasks handlers may spawn into one run, all spawns together")
+	maxIter := fs.Int("max-iterations", worker.DefaultMaxIterations, "iterations of a loop (Task.Continue), the first task included")
 	prof := fs.String("cpuprofile", "", "write a CPU profile (go tool pprof) to this file until the worker exits")
 	unsafe := unsafeWorkerFlags(fs) // graflowtest builds only
 	metricsAddr := metricsFlag(fs)
@@ -61,7 +63,7 @@ func runWorker(ctx context.Context, m *Main, args []string) error {
 	w, err := worker.New(unsafe(worker.Config{
 		Redis: r, Namespace: c.namespace, NamespacePartitions: c.partitions, ID: *id, Pools: splitList(*pools), Concurrency: *conc,
 		Lease: *lease, DrainTimeout: *drain, ReclaimInterval: *reclaim, PoisonLimit: *poison,
-		HeartbeatEventEvery: *hbEvery, Logger: c.logger(m.Stderr), Metrics: ms.worker(),
+		HeartbeatEventEvery: *hbEvery, MaxDynamicTasks: *maxDynamic, MaxIterations: *maxIter, Logger: c.logger(m.Stderr), Metrics: ms.worker(),
 	}))
 	if err != nil {
 		return withCode(ExitUsage, err)

@@ -48,6 +48,7 @@ const (
 	FieldRunWorkflow   = statehash.FieldRunWorkflow
 	FieldRunInput      = statehash.FieldRunInput
 	FieldRunQuarantine = statehash.FieldRunQuarantine
+	FieldRunSpawned    = statehash.FieldRunSpawned
 )
 
 var namespaceRE = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,64}$`)

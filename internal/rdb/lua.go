@@ -141,5 +141,6 @@ func Scripts() map[string]*redis.Script {
 		"schedule_pause": schedulePauseScript,
 		"schedule_fired": scheduleFiredScript,
 		"channel_write":  channelWriteScript,
+		"spawned":        spawnedScript,
 	}
 }

@@ -2,7 +2,11 @@ package rdb
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"slices"
+	"strings"
 
 	"github.com/graflow-go/graflow/events"
 	"github.com/redis/go-redis/v9"
@@ -32,7 +36,63 @@ type FinishArgs struct {
 	// finish itself if it is pending for Consumer. An empty MessageID
 	// leaves the ack to the caller (after a dead letter, say).
 	Stream, MessageID, Consumer string
+	// Spawn, with a success, adds tasks to the run in the same step
+	// (dynamic tasks): nil adds none.
+	Spawn *Spawn
 }
+
+// Spawn is what a succeeded attempt adds to its run: tasks_added (written
+// by the attempt, fenced like its outcome) right before its
+// task_succeeded, the tasks' metadata in the dag hash, the spawner's
+// spawn record (statehash.SpawnField) and the run's @spawned count.
+// Build it with NewSpawn.
+type Spawn struct {
+	EventID string
+	Tasks   []events.TaskSpec
+	// Sinks are the tasks no other task of the spawn depends on
+	// (projector.Sinks): the spawn record.
+	Sinks []string
+	// External are the dependencies outside the spawn: each must be a
+	// task of the run that succeeded and spawned nothing.
+	External []string
+	// Limit bounds the tasks spawned into the run, all spawns together.
+	Limit int
+
+	body  string   // the tasks_added body
+	metas []string // MetaOf each task, JSON
+}
+
+// NewSpawn encodes a spawn of tasks (validated by the caller: ids,
+// dependencies, JSON args) for FinishArgs.
+func NewSpawn(eventID string, tasks []events.TaskSpec, sinks, external []string, limit int) (*Spawn, error) {
+	s := &Spawn{EventID: eventID, Tasks: tasks, Sinks: sinks, External: external, Limit: limit, metas: make([]string, len(tasks))}
+	body, err := json.Marshal(events.TasksAddedBody{Tasks: tasks})
+	if err != nil {
+		return nil, fmt.Errorf("encode tasks_added: %w", err)
+	}
+	s.body = string(body)
+	for i, t := range tasks {
+		m, err := json.Marshal(MetaOf(t))
+		if err != nil {
+			return nil, fmt.Errorf("encode metadata of spawned task %s: %w", t.ID, err)
+		}
+		s.metas[i] = string(m)
+	}
+	return s, nil
+}
+
+// ErrSpawnRefused is returned (in a *SpawnError) for an outcome whose
+// spawn the finish script refused: nothing was written for it, and the
+// claim still holds (the caller records a failure instead).
+var ErrSpawnRefused = errors.New("spawn refused")
+
+// SpawnError says why the finish script refused a spawn.
+type SpawnError struct{ Reason string }
+
+func (e *SpawnError) Error() string { return ErrSpawnRefused.Error() + ": " + e.Reason }
+
+// Unwrap returns ErrSpawnRefused.
+func (e *SpawnError) Unwrap() error { return ErrSpawnRefused }
 
 // Finish runs the finish script for one outcome. newlyDirty says the
 // run became dirty (the script pointed the feed at it).
@@ -53,9 +113,20 @@ func (d DB) Finish(ctx context.Context, a FinishArgs) (newlyDirty bool, err erro
 // caller gets its message recorded as result_rejected and changes nothing
 // else (its message is not acked: it belongs to the new claim).
 //
-// KEYS: 1 state, 2 log, 3 results, 4 the messages' queue stream, 5 feed
+// A success may carry a spawn (dynamic tasks): once the claim is found
+// held, and before anything of the item is written, the script checks the
+// run is running, no spawned id is in the dag hash yet, every dependency
+// outside the spawn is a task that succeeded and spawned nothing, and the
+// run's @spawned count stays within the limit; any failure refuses the
+// item with nothing written. Then it writes the tasks' metadata, appends
+// tasks_added (with the attempt's task, attempt, epoch and worker) right
+// before task_succeeded, and sets the spawn record and @spawned. A stale
+// caller's spawn is rejected with its result.
+//
+// KEYS: 1 state, 2 log, 3 results, 4 the messages' queue stream, 5 feed,
+// 6 dag
 // ARGV: 1 n, 2 group, 3 consumer, 4 run, then n items (outcomes of one
-// run, their messages on one stream) of 13 arguments:
+// run, their messages on one stream) of 14 arguments:
 // 1 task, 2 attempt, 3 epoch, 4 worker, 5 event id, 6 time ms,
 //
 //	7 event type, 8 body, 9 new status, 10 result ("" = none),
@@ -63,16 +134,52 @@ func (d DB) Finish(ctx context.Context, a FinishArgs) (newlyDirty bool, err erro
 //	test-only switch that lets chaos prove its checker catches
 //	duplicates), 13 the queue message id to ack ("": the caller acks
 //	later, after its dead letter, and points the feed then: with any
-//	such item the call points no feed)
+//	such item the call points no feed), 14 k, the number of tasks the
+//	item spawns (0: none)
+//
+// then, for each item with k > 0 in item order, its spawn: tasks_added
+// event id, tasks_added body, spawn record (the sinks, comma-separated),
+// limit of spawned tasks in the run, x, x dependency ids outside the
+// spawn, then k pairs (task id, meta JSON)
 //
 // Reply: per item, {"ok", seq, newly dirty 0|1, acked 1|0|-1 (as
-// queue_ack)} | {"stale", status, epoch, owner}
+// queue_ack)} | {"stale", status, epoch, owner} | {"spawn", why} (the
+// spawn is refused; nothing of the item was written, the claim holds)
 var finishScript = redis.NewScript(prelude + ackLua + `
 local point = false
 local toack, acked = {}, {} -- message ids to ack, and which item each is
--- One item per call of one(); the script takes n items of 13 arguments
--- (all of this run) and replies with the n item replies, in order.
-local function one(i, A)
+-- spawnbad returns why the spawn S cannot be added, or nil. Reads only.
+local function spawnbad(run, S)
+  if run ~= 'running' then return 'the run is ' .. run end
+  for i = S.t, S.t + 2 * S.k - 1, 1000 do
+    local ids = {}
+    for j = i, math.min(i + 999, S.t + 2 * S.k - 1), 2 do ids[#ids + 1] = ARGV[j] end
+    local metas = redis.call('HMGET', KEYS[6], unpack(ids))
+    for j = 1, #ids do
+      if metas[j] then return 'task ' .. ids[j] .. ' is already in the run: spawned ids must be new' end
+    end
+  end
+  for i = S.x, S.x + S.nx - 1 do
+    local d = ARGV[i]
+    if not redis.call('HGET', KEYS[6], d) then return 'dependency ' .. d .. ' is not a task of the run' end
+    local st = parserec(redis.call('HGET', KEYS[1], d))
+    if st ~= 'succeeded' then
+      return 'dependency ' .. d .. ' is ' .. st .. ': a spawned task may depend only on tasks of its spawn and on tasks that succeeded'
+    end
+    if redis.call('HEXISTS', KEYS[1], '@s:' .. d) == 1 then
+      return 'dependency ' .. d .. ' spawned tasks: a spawned task may not depend on it (its successors wait for what it spawned)'
+    end
+  end
+  local n = tonumber(redis.call('HGET', KEYS[1], '@spawned') or '0') or 0
+  if n + S.k > S.limit then
+    return 'the run would hold ' .. (n + S.k) .. ' spawned tasks; the limit is ' .. S.limit
+  end
+  return nil
+end
+-- One item per call of one(); the script takes n items of 14 arguments
+-- (all of this run) and replies with the n item replies, in order. S is
+-- the item's spawn, or nil.
+local function one(i, A, S)
   local h = redis.call('HMGET', KEYS[1], '@status', A[1], '@dirty')
   local run = h[1]
   local st, a, e, o = parserec(h[2])
@@ -100,6 +207,14 @@ local function one(i, A)
       cjson.encode({what = what, reason = 'claim lost: task is ' .. st .. ' at epoch ' .. tostring(e), current_epoch = e}))
     return {'stale', st, tostring(e), o}
   end
+  if S and A[7] == 'task_succeeded' then
+    local why = spawnbad(run, S)
+    if why then return {'spawn', why} end
+    chunked('HSET', KEYS[6], ARGV, S.t, S.t + 2 * S.k - 1)
+    append(KEYS[2], S.id, 'tasks_added', A[1], a, e, A[4], A[6], S.body)
+    redis.call('HSET', KEYS[1], '@s:' .. A[1], S.sinks)
+    redis.call('HINCRBY', KEYS[1], '@spawned', S.k)
+  end
   -- The record and @dirty in one HSET; "newly dirty" (the feed is then
   -- pointed at the run) if @dirty was not set before.
   redis.call('HSET', KEYS[1], A[1], recstr(A[9], a, e, o), '@dirty', '1')
@@ -119,15 +234,30 @@ if bad then return bad end
 local n, out = tonumber(ARGV[1]), {}
 local ids = {}
 for i = 0, n - 1 do
-  local id = ARGV[4 + i * 13 + 13]
+  local id = ARGV[4 + i * 14 + 13]
   if id ~= '' then ids[#ids + 1] = id end
 end
 bad = badids(ids)
 if bad then return bad end
+-- The spawns, after the items: where each one's arguments are.
+local spawns, pos = {}, 4 + n * 14 + 1
+for i = 0, n - 1 do
+  local k = tonumber(ARGV[4 + i * 14 + 14]) or 0
+  if k > 0 then
+    local nx = tonumber(ARGV[pos + 4])
+    spawns[i + 1] = {id = ARGV[pos], body = ARGV[pos + 1], sinks = ARGV[pos + 2], limit = tonumber(ARGV[pos + 3]),
+      x = pos + 5, nx = nx, t = pos + 5 + nx, k = k}
+    pos = pos + 5 + nx + 2 * k
+  end
+end
+if next(spawns) then
+  bad = notwritable(KEYS[6], 'hash')
+  if bad then return bad end
+end
 for i = 0, n - 1 do
   local A = {}
-  for j = 1, 13 do A[j] = ARGV[4 + i * 13 + j] end
-  out[i + 1] = one(i + 1, A)
+  for j = 1, 14 do A[j] = ARGV[4 + i * 14 + j] end
+  out[i + 1] = one(i + 1, A, spawns[i + 1])
 end
 -- The accepted outcomes' messages, acked together.
 if #toack > 0 then
@@ -150,18 +280,41 @@ func (d DB) FinishesCmd(ctx context.Context, p redis.Scripter, as []FinishArgs) 
 	if stream == "" {
 		stream = d.K.Feed(d.K.Partition(run)) // any key of the slot: nothing is acked
 	}
-	argv := make([]any, 0, 4+13*len(as))
+	argv := make([]any, 0, 4+14*len(as))
 	argv = append(argv, len(as), GroupWorkers, as[0].Consumer, run)
 	for _, a := range as {
-		argv = append(argv, a.Task, a.Attempt, a.Epoch, a.Worker, a.EventID, a.TimeMS, string(a.Type), string(a.Body), string(a.Status), string(a.Result), a.RejectID, unfenced(a.Unfenced), a.MessageID)
+		k := 0
+		if a.Spawn != nil {
+			k = len(a.Spawn.Tasks)
+		}
+		argv = append(argv, a.Task, a.Attempt, a.Epoch, a.Worker, a.EventID, a.TimeMS, string(a.Type), string(a.Body), string(a.Status), string(a.Result), a.RejectID, unfenced(a.Unfenced), a.MessageID, k)
 	}
-	return finishScript.Run(ctx, p, []string{d.K.RunState(run), d.K.RunLog(run), d.K.RunResults(run), stream, d.K.FeedFor(run)}, argv...)
+	for _, a := range as {
+		if a.Spawn != nil && len(a.Spawn.Tasks) > 0 {
+			argv = a.Spawn.appendArgs(argv)
+		}
+	}
+	return finishScript.Run(ctx, p, []string{d.K.RunState(run), d.K.RunLog(run), d.K.RunResults(run), stream, d.K.FeedFor(run), d.K.RunDAG(run)}, argv...)
+}
+
+// appendArgs appends the spawn's arguments of the finish script.
+func (s *Spawn) appendArgs(argv []any) []any {
+	argv = slices.Grow(argv, 5+len(s.External)+2*len(s.Tasks))
+	argv = append(argv, s.EventID, s.body, strings.Join(s.Sinks, ","), s.Limit, len(s.External))
+	for _, x := range s.External {
+		argv = append(argv, x)
+	}
+	for i, t := range s.Tasks {
+		argv = append(argv, t.ID, s.metas[i])
+	}
+	return argv
 }
 
 // FinishOutcome is one outcome's reply: whether the run became dirty,
 // whether its message was acked (1), not pending (0) or pending for
 // another consumer (-1), and a *StaleError (wrapping ErrStaleClaim) when
-// the caller no longer held the claim.
+// the caller no longer held the claim, or a *SpawnError (wrapping
+// ErrSpawnRefused) when its spawn was refused.
 type FinishOutcome struct {
 	Dirty bool
 	Acked int
@@ -181,8 +334,12 @@ func ParseFinishes(as []FinishArgs, cmd *redis.Cmd) ([]FinishOutcome, error) {
 	out := make([]FinishOutcome, len(as))
 	for i := range as {
 		res, _ := items[i].([]any)
-		if str(res, 0) == "stale" {
+		switch str(res, 0) {
+		case "stale":
 			out[i].Err = &StaleError{Status: str(res, 1), Epoch: str(res, 2), Owner: str(res, 3)}
+			continue
+		case "spawn":
+			out[i].Err = &SpawnError{Reason: str(res, 1)}
 			continue
 		}
 		out[i].Dirty = num(res, 2) == 1

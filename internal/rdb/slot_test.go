@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha1"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os/exec"
@@ -293,6 +294,14 @@ func TestEveryScriptAndMultiTouchesOneSlot(t *testing.T) {
 			}
 			return "ok", nil
 		})
+		// spawner adds a task; fanin, after it, reads what it spawned.
+		w.HandleFunc("spawner", func(ctx context.Context, t *worker.Task) (any, error) {
+			return nil, t.Spawn(worker.NewTask{ID: t.ID + "-0", Handler: "ok"})
+		})
+		w.HandleFunc("fanin", func(ctx context.Context, t *worker.Task) (any, error) {
+			n := 0
+			return n, t.EachUpstream(ctx, func(string, json.RawMessage) error { n++; return nil })
+		})
 		// hb runs until its heartbeats (script and owner-checked touch) were sent.
 		w.HandleFunc("hb", func(ctx context.Context, t *worker.Task) (any, error) {
 			t.Progress("halfway")
@@ -329,6 +338,8 @@ func TestEveryScriptAndMultiTouchesOneSlot(t *testing.T) {
 		events.TaskSpec{ID: "c", Handler: "hb", Deps: []string{"b"}, Pool: "other", Priority: 3},
 		events.TaskSpec{ID: "d", Handler: "ok", Deps: []string{"a"}, Pool: "other"},
 		events.TaskSpec{ID: "f", Handler: "fail-once", Deps: []string{"a"}},
+		events.TaskSpec{ID: "g", Handler: "spawner", Deps: []string{"a"}},
+		events.TaskSpec{ID: "h", Handler: "fanin", Deps: []string{"g"}},
 	)
 	at := waitLog(ctx, t, plain, ns, run, "0", events.RunFailed, events.RunSucceeded)
 	body := events.Event{}.WithBody(events.TaskRequeuedBody{Cause: "slot test"}).Body

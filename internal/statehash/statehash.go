@@ -28,7 +28,18 @@ const (
 	FieldRunInput    = "@input" // in the results hash
 	// FieldRunQuarantine holds why the projector set the run aside.
 	FieldRunQuarantine = "@quarantine"
+	// FieldRunSpawned counts the tasks added to the run by its handlers
+	// (dynamic tasks), bounded per run.
+	FieldRunSpawned = "@spawned"
+	// FieldSpawnPrefix prefixes a spawn record (SpawnField).
+	FieldSpawnPrefix = "@s:"
 )
+
+// SpawnField is the state hash field of task's spawn record: the ids of
+// the sinks of the tasks it added (projector.Sinks), comma-separated
+// (task ids hold no comma). A worker reads the records to find what a
+// task's dependencies spawned (the task's waits).
+func SpawnField(task string) string { return FieldSpawnPrefix + task }
 
 // Record is a task's lease record in the run's state hash, maintained by the
 // worker scripts and the projector's commits alike.

@@ -32,6 +32,8 @@ func Register(w *worker.Worker) {
 	w.HandleFunc(Sum, sum)
 	w.HandleFunc(Fail, fail)
 	registerChannel(w) // channel.go
+	w.HandleFunc(Spawn, spawn)
+	w.HandleFunc(Loop, loop)
 }
 
 // Args is the union of the built-in handlers' arguments.
@@ -57,14 +59,22 @@ func sleep(ctx context.Context, t *worker.Task) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	timer := time.NewTimer(time.Duration(a.MS) * time.Millisecond)
+	if err := pause(ctx, a.MS); err != nil {
+		return nil, err
+	}
+	return a.Value, nil
+}
+
+// pause waits ms milliseconds, or until ctx ends (its cause).
+func pause(ctx context.Context, ms int64) error {
+	timer := time.NewTimer(time.Duration(ms) * time.Millisecond)
 	defer timer.Stop()
 	select {
 	case <-ctx.Done():
-		return nil, context.Cause(ctx)
+		return context.Cause(ctx)
 	case <-timer.C:
+		return nil
 	}
-	return a.Value, nil
 }
 
 func echo(_ context.Context, t *worker.Task) (any, error) {

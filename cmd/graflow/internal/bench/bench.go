@@ -1,8 +1,8 @@
 //go:build unix
 
 // Package bench measures Graflow against the raw Redis ceiling on the same
-// machine: throughput of independent runs, a 20,000-task fan-out and
-// 3-step chains, submit-to-start latency, and the fold's replay speed, each
+// machine: throughput of independent runs, a 20,000-task fan-out, a
+// 10,000-task dynamic fan-out (spawned at run time) and 3-step chains, submit-to-start latency, and the fold's replay speed, each
 // with its cost per task (Redis commands and round trips, events, Redis
 // memory, CPU of the worker, projector and Redis). "graflow bench" and
 // "make bench" drive it; docs/performance.md holds the results.
@@ -40,6 +40,7 @@ const (
 	Independent = "independent"
 	Fanout      = "fanout"
 	Fanout3     = "fanout_3procs"
+	Dynamic     = "dynamic"
 	Chain       = "chain"
 	Latency     = "latency"
 	Replay      = "replay"
@@ -47,7 +48,7 @@ const (
 )
 
 // All lists every workload in run order.
-var All = []string{Ceiling, Floor, Independent, Fanout, Fanout3, Chain, Latency, Replay, Trace}
+var All = []string{Ceiling, Floor, Independent, Fanout, Fanout3, Dynamic, Chain, Latency, Replay, Trace}
 
 // Ceiling modes.
 const (
@@ -68,6 +69,9 @@ type Sizes struct {
 	IndependentRuns int
 	// FanoutTasks parallel tasks feeding one reduce task.
 	FanoutTasks int
+	// DynamicTasks spawned by one task at run time, feeding one reduce
+	// task (the dynamic fan-out).
+	DynamicTasks int
 	// ChainRuns 3-step sequences.
 	ChainRuns int
 	// LatencyRuns single-task runs, one at a time.
@@ -80,7 +84,7 @@ type Sizes struct {
 func DefaultSizes() Sizes {
 	return Sizes{
 		CeilingBatched: 200_000, CeilingUnbatched: 50_000, FloorRuns: 20_000, IndependentRuns: 20_000, FanoutTasks: 20_000,
-		ChainRuns: 5_000, LatencyRuns: 1_000, ReplayEvents: 100_000,
+		DynamicTasks: 10_000, ChainRuns: 5_000, LatencyRuns: 1_000, ReplayEvents: 100_000,
 	}
 }
 
@@ -89,7 +93,7 @@ func DefaultSizes() Sizes {
 func SmokeSizes() Sizes {
 	return Sizes{
 		CeilingBatched: 4_000, CeilingUnbatched: 1_000, FloorRuns: 200, IndependentRuns: 200, FanoutTasks: 300,
-		ChainRuns: 100, LatencyRuns: 50, ReplayEvents: 10_000,
+		DynamicTasks: 300, ChainRuns: 100, LatencyRuns: 50, ReplayEvents: 10_000,
 	}
 }
 
@@ -151,7 +155,7 @@ func (c Config) withDefaults() Config {
 		d int
 	}{
 		{&s.CeilingBatched, d.CeilingBatched}, {&s.CeilingUnbatched, d.CeilingUnbatched},
-		{&s.FloorRuns, d.FloorRuns}, {&s.IndependentRuns, d.IndependentRuns}, {&s.FanoutTasks, d.FanoutTasks}, {&s.ChainRuns, d.ChainRuns},
+		{&s.FloorRuns, d.FloorRuns}, {&s.IndependentRuns, d.IndependentRuns}, {&s.FanoutTasks, d.FanoutTasks}, {&s.DynamicTasks, d.DynamicTasks}, {&s.ChainRuns, d.ChainRuns},
 		{&s.LatencyRuns, d.LatencyRuns}, {&s.ReplayEvents, d.ReplayEvents},
 	} {
 		if *f.v <= 0 {
@@ -399,6 +403,8 @@ func (h *harness) describe(name string) string {
 		return fmt.Sprintf("(%d parallel tasks + 1 reduce, 1 worker x %d)", s.FanoutTasks, c)
 	case Fanout3:
 		return fmt.Sprintf("(%d parallel tasks + 1 reduce, 3 workers x %d)", s.FanoutTasks, c)
+	case Dynamic:
+		return fmt.Sprintf("(1 task spawning %d tasks + 1 reduce, 1 worker x %d)", s.DynamicTasks, c)
 	case Chain:
 		return fmt.Sprintf("(%d runs of 3 steps, 1 worker x %d)", s.ChainRuns, c)
 	case Latency:
@@ -427,6 +433,8 @@ func (h *harness) runWorkload(ctx context.Context, name string, run int) ([]Resu
 		res, err = h.fanout(ctx, run, Fanout, 1)
 	case Fanout3:
 		res, err = h.fanout(ctx, run, Fanout3, 3)
+	case Dynamic:
+		res, err = h.dynamic(ctx, run)
 	case Chain:
 		res, err = h.chain(ctx, run)
 	case Latency:

@@ -21,7 +21,7 @@ import (
 // tinySizes keep the in-process run of every workload short.
 var tinySizes = Sizes{
 	CeilingBatched: 600, CeilingUnbatched: 200, FloorRuns: 450, IndependentRuns: 30, FanoutTasks: 40,
-	ChainRuns: 10, LatencyRuns: 10, ReplayEvents: 2_000,
+	DynamicTasks: 40, ChainRuns: 10, LatencyRuns: 10, ReplayEvents: 2_000,
 }
 
 func TestRunPrintsTheOutputContract(t *testing.T) {
@@ -51,11 +51,11 @@ func TestRunPrintsTheOutputContract(t *testing.T) {
 	}
 	// Per workload (and mode): 2 runs + 1 median.
 	want := map[string]int{"ceiling/batched": 3, "ceiling/unbatched": 3, "floor/single": 3, "floor/fanout": 3, "floor/chain3": 3, "independent/": 3, "fanout/": 3,
-		"fanout_3procs/": 3, "chain/": 3, "latency/": 3, "replay/": 3, "trace/single": 3, "trace/chain3": 3}
+		"fanout_3procs/": 3, "dynamic/": 3, "chain/": 3, "latency/": 3, "replay/": 3, "trace/single": 3, "trace/chain3": 3}
 	got := map[string]int{}
 	common := []string{"workload", "run", "redis_cmds_per_task", "events_per_task", "redis_bytes_per_task", "worker_cpu_ms_per_task", "redis_version", "nproc", "cpu_model"}
 	perWorkload := map[string][]string{
-		Ceiling: {"mode", "tasks_per_sec"}, Floor: {"tasks_per_sec", "redis_cpu_ms_per_task"}, Independent: {"tasks_per_sec"}, Fanout: {"tasks_per_sec"}, Fanout3: {"tasks_per_sec"},
+		Ceiling: {"mode", "tasks_per_sec"}, Floor: {"tasks_per_sec", "redis_cpu_ms_per_task"}, Independent: {"tasks_per_sec"}, Fanout: {"tasks_per_sec"}, Fanout3: {"tasks_per_sec"}, Dynamic: {"tasks_per_sec"},
 		Chain: {"tasks_per_sec", "runs_per_sec"}, Latency: {"p50_ms", "p90_ms", "p99_ms"}, Replay: {"events_per_sec"},
 		Trace: {"mode", "trace"},
 	}

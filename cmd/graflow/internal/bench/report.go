@@ -12,14 +12,17 @@ import (
 // Targets the engine is measured against (issue #14; see
 // docs/performance.md).
 const (
-	TargetIndependent   = 0.06  // × batched ceiling
-	TargetFanout        = 0.12  // × batched ceiling
-	TargetChain         = 0.045 // × batched ceiling, in steps/s
-	TargetLatencyP50MS  = 1.0
-	TargetLatencyP99MS  = 5.0
-	TargetReplay        = 500_000 // events/s
-	TargetBytesPerTask  = 1024
-	engineWorkloadsDesc = "independent, fanout, chain, latency"
+	TargetIndependent  = 0.06  // × batched ceiling
+	TargetFanout       = 0.12  // × batched ceiling
+	TargetChain        = 0.045 // × batched ceiling, in steps/s
+	TargetLatencyP50MS = 1.0
+	TargetLatencyP99MS = 5.0
+	TargetReplay       = 500_000 // events/s
+	TargetBytesPerTask = 1024
+	// TargetDynamicVsFanout bounds the dynamic fan-out's wall time per
+	// task over the static fan-out's (issue #11).
+	TargetDynamicVsFanout = 1.5
+	engineWorkloadsDesc   = "independent, fanout, chain, latency"
 )
 
 // Doc markers: WriteDoc replaces what lies between them and keeps the rest.
@@ -61,6 +64,16 @@ func spliceDoc(old, gen []byte) []byte {
 	rest := s[j+len(DocEnd):]
 	rest = strings.TrimPrefix(rest, "\n")
 	return []byte(s[:i] + string(gen) + rest)
+}
+
+// DynamicVsFanout is the dynamic fan-out's wall time per task over the
+// static fan-out's (their medians' tasks/s inverted), or 0 without both.
+func DynamicVsFanout(rep *Report) float64 {
+	d, f := rep.Median(Dynamic, ""), rep.Median(Fanout, "")
+	if d == nil || f == nil || d.TasksPerSec <= 0 {
+		return 0
+	}
+	return round(f.TasksPerSec/d.TasksPerSec, 3)
 }
 
 func met(ok bool) string {
@@ -137,6 +150,15 @@ func Markdown(w io.Writer, rep *Report, command string, now time.Time) {
 	}
 	if r := rep.Median(Fanout3, ""); r != nil {
 		fmt.Fprintf(w, "| fanout, 3 worker processes × %d | %s tasks/s%s | (comparison) | |\n", r.Concurrency, thousands(r.TasksPerSec), vs(r))
+	}
+	if r := rep.Median(Dynamic, ""); r != nil {
+		ratio, cmp := DynamicVsFanout(rep), "(no fanout to compare)"
+		if ratio > 0 {
+			cmp = fmt.Sprintf("%.2f× the fanout's time per task", ratio)
+		}
+		fmt.Fprintf(w, "| dynamic: 1 run, a task spawning %s tasks + 1 reduce, 1 worker × %d | %s tasks/s%s; %s | ≤ %g× fanout's time per task | %s |\n",
+			thousands(float64(r.Tasks-2)), r.Concurrency, thousands(r.TasksPerSec), vs(r), cmp, TargetDynamicVsFanout,
+			met(ratio > 0 && ratio <= TargetDynamicVsFanout))
 	}
 	if r := rep.Median(Chain, ""); r != nil {
 		runsGoal := ""

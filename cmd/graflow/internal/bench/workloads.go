@@ -30,8 +30,9 @@ func perSec(n int, d time.Duration) float64 {
 
 // throughput submits spec once per run id (Submitters at a time) to an
 // engine of `workers` worker processes and measures first submit → last
-// run_succeeded on the Redis clock.
-func (h *harness) throughput(ctx context.Context, name string, run, workers int, spec events.RunSubmittedBody, runs []string) (_ Result, err error) {
+// run_succeeded on the Redis clock. Each run holds spec's tasks and the
+// spawned ones its handlers add.
+func (h *harness) throughput(ctx context.Context, name string, run, workers int, spec events.RunSubmittedBody, spawned int, runs []string) (_ Result, err error) {
 	s, err := h.startStack(ctx, h.namespace(name, run), stackOptions{workers: workers})
 	if err != nil {
 		return Result{}, err
@@ -61,7 +62,7 @@ func (h *harness) throughput(ctx context.Context, name string, run, workers int,
 	if err != nil {
 		return Result{}, err
 	}
-	tasks := len(runs) * len(spec.Tasks)
+	tasks := len(runs) * (len(spec.Tasks) + spawned)
 	wall := end.Sub(start)
 	r := Result{Workload: name, Run: run, Tasks: tasks, WorkflowRuns: len(runs), Events: int(evs),
 		WorkerProcesses: workers, Concurrency: h.cfg.Concurrency,
@@ -79,7 +80,7 @@ func (h *harness) independent(ctx context.Context, run int) ([]Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	r, err := h.throughput(ctx, Independent, run, 1, spec, runIDs("i", h.cfg.Sizes.IndependentRuns))
+	r, err := h.throughput(ctx, Independent, run, 1, spec, 0, runIDs("i", h.cfg.Sizes.IndependentRuns))
 	if err != nil {
 		return nil, err
 	}
@@ -95,7 +96,26 @@ func (h *harness) fanout(ctx context.Context, run int, name string, workers int)
 	if err != nil {
 		return nil, err
 	}
-	r, err := h.throughput(ctx, name, run, workers, spec, []string{"fanout"})
+	r, err := h.throughput(ctx, name, run, workers, spec, 0, []string{"fanout"})
+	if err != nil {
+		return nil, err
+	}
+	r.RunsPerSec = 0
+	return []Result{r}, nil
+}
+
+// dynamic: one run whose first task spawns DynamicTasks noop tasks at run
+// time (builtin "spawn"), feeding one sum task after it: the fan-out
+// workload with its width decided by a handler.
+func (h *harness) dynamic(ctx context.Context, run int) ([]Result, error) {
+	wf := graflow.NewWorkflow("bench-dynamic")
+	s := wf.Task("spawn", builtin.Spawn).Args(builtin.SpawnArgs{N: h.cfg.Sizes.DynamicTasks, Prefix: "m-"})
+	wf.Task("reduce", builtin.Sum).After(s)
+	spec, err := wf.Spec(nil)
+	if err != nil {
+		return nil, err
+	}
+	r, err := h.throughput(ctx, Dynamic, run, 1, spec, h.cfg.Sizes.DynamicTasks, []string{"dynamic"})
 	if err != nil {
 		return nil, err
 	}
@@ -111,7 +131,7 @@ func (h *harness) chain(ctx context.Context, run int) ([]Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	r, err := h.throughput(ctx, Chain, run, 1, spec, runIDs("c", h.cfg.Sizes.ChainRuns))
+	r, err := h.throughput(ctx, Chain, run, 1, spec, 0, runIDs("c", h.cfg.Sizes.ChainRuns))
 	if err != nil {
 		return nil, err
 	}

@@ -120,15 +120,17 @@ type Report struct {
 	// channel_written.
 	ChannelWrites int
 	History       Touches
-	Events        int
-	Elapsed       time.Duration
-	Dir           string
+	// Spawned counts the tasks the runs' handlers added (dynamic tasks).
+	Spawned int
+	Events  int
+	Elapsed time.Duration
+	Dir     string
 }
 
 // Line is the one-line summary "chaos seed=S tasks=N kills=K ...".
 func (r Report) Line() string {
-	return fmt.Sprintf("chaos seed=%d runs=%d tasks=%d kills=%d pauses=%d projectors=%d projector_kills=%d projector_pauses=%d projector_stalls=%d takeovers=%d cancelled=%d/%d/%d channel_keys=%d redis_restarts=%d shared_runs=%d handoffs=%d late_commits=%d lost=%d duplicate_accepts=%d rejected_stale=%d events=%d elapsed=%s verified=%t",
-		r.Seed, r.Runs, r.Verdict.Tasks, r.Kills, r.Pauses, r.Projectors, r.ProjectorKills, r.ProjectorPauses, r.ProjectorStalls, r.Takeovers, r.Cancelled, r.CancelledTasks, r.CancelledRunning, r.ChannelWrites, r.RedisRestarts,
+	return fmt.Sprintf("chaos seed=%d runs=%d tasks=%d spawned=%d kills=%d pauses=%d projectors=%d projector_kills=%d projector_pauses=%d projector_stalls=%d takeovers=%d cancelled=%d/%d/%d channel_keys=%d redis_restarts=%d shared_runs=%d handoffs=%d late_commits=%d lost=%d duplicate_accepts=%d rejected_stale=%d events=%d elapsed=%s verified=%t",
+		r.Seed, r.Runs, r.Verdict.Tasks, r.Spawned, r.Kills, r.Pauses, r.Projectors, r.ProjectorKills, r.ProjectorPauses, r.ProjectorStalls, r.Takeovers, r.Cancelled, r.CancelledTasks, r.CancelledRunning, r.ChannelWrites, r.RedisRestarts,
 		r.History.SharedRuns, r.History.Handoffs, r.History.LateCommits, r.Verdict.Lost,
 		r.Verdict.DuplicateAccepts, r.Verdict.RejectedStale, r.Events, r.Elapsed.Round(100*time.Millisecond), r.Verdict.OK())
 }
@@ -371,6 +373,12 @@ func (s *stack) check(ctx context.Context, run string) (Verdict, int, error) {
 	s.mu.Unlock()
 	s.mu.Lock()
 	s.report.History.add(touches(evs, s.isProjector, s.projPauses))
+	for _, e := range evs {
+		var b events.TasksAddedBody
+		if e.Type == events.TasksAdded && e.DecodeBody(&b) == nil {
+			s.report.Spawned += len(b.Tasks)
+		}
+	}
 	s.mu.Unlock()
 	return v, len(evs), nil
 }
@@ -441,8 +449,10 @@ func (s *stack) checkCancelled(ctx context.Context, run string, info *graflow.Ru
 	return nil
 }
 
-// workflow builds the chaos DAG of n tasks: a root, four parallel groups
-// of sleep tasks (some flaky, with retries), a sum per group and a final
+// workflow builds the chaos DAG of n static tasks: a root, four parallel
+// groups of sleep tasks (some flaky, with retries), a sum per group, a
+// dynamic fan-out (a task that sleeps, then spawns 50 to 200 sleep tasks,
+// some flaky, and the sum after it, which waits for them all) and a final
 // sum. Group 0's members also write to the run's channel (one in five
 // increments "count", one in fifty appends to "seen"); in group 1 one
 // member waits on the channel key "ready" that a member of group 2 sets;
@@ -452,12 +462,17 @@ func (s *stack) checkCancelled(ctx context.Context, run string, info *graflow.Ru
 func (s *stack) workflow(name string, tasks int) *graflow.Workflow {
 	wf := graflow.NewWorkflow(name)
 	root := wf.Task("root", builtin.Noop)
-	per := (tasks - 6) / 4
+	const static = 8 // root, the four group sums, spawn, its sum, total
+	per := (tasks - static) / 4
 	var sums []*graflow.Task
+	spawn := wf.Task("spawn", builtin.Spawn).After(root).Retries(2).Args(builtin.SpawnArgs{
+		N: 50 + s.rng.IntN(151), MS: int64(100 + s.rng.IntN(400)), Handler: builtin.Sleep,
+		Args: json.RawMessage(`{"ms":40,"value":1}`), FlakyEvery: 40, Value: json.RawMessage(`0`)})
+	sums = append(sums, wf.Task("spawn-sum", builtin.Sum).After(spawn))
 	for g := range 4 {
 		n := per
 		if g == 3 {
-			n = tasks - 6 - 3*per
+			n = tasks - static - 3*per
 		}
 		members := make([]*graflow.Task, 0, n)
 		for i := range n {

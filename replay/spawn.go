@@ -1,0 +1,54 @@
+package replay
+
+import (
+	"strconv"
+	"strings"
+
+	"github.com/graflow-go/graflow/events"
+	"github.com/graflow-go/graflow/internal/statehash"
+	"github.com/graflow-go/graflow/projector"
+)
+
+// spawnFields returns the state hash fields the finish script keeps for
+// the run's spawns, as the log implies them: each spawner's spawn record
+// (statehash.SpawnField: its spawn's sinks) and @spawned, the number of
+// tasks spawned (absent when none).
+func (a *Analysis) spawnFields() map[string]string {
+	out := map[string]string{}
+	n := 0
+	for _, e := range a.adds {
+		if e.Type != events.TasksAdded || e.Task == "" {
+			continue
+		}
+		var b events.TasksAddedBody
+		if e.DecodeBody(&b) != nil {
+			continue
+		}
+		out[statehash.SpawnField(e.Task)] = strings.Join(projector.Sinks(b.Tasks), ",")
+		n += len(b.Tasks)
+	}
+	if n > 0 {
+		out[statehash.FieldRunSpawned] = strconv.Itoa(n)
+	}
+	return out
+}
+
+// compareSpawns compares the live spawn records and @spawned with the
+// log's spawns: a worker reads the records to find what a task waited for.
+func compareSpawns(a *Analysis, s Live) []Problem {
+	want := a.spawnFields()
+	var out []Problem
+	for _, k := range sortedKeys(want) {
+		if live := s.State[k]; live != want[k] {
+			out = append(out, Problem{Check: CheckState, Field: k, Live: live, Replayed: want[k],
+				Detail: "spawn record differs from the log's tasks_added"})
+		}
+	}
+	for _, k := range sortedKeys(s.State) {
+		if _, ok := want[k]; !ok && (strings.HasPrefix(k, statehash.FieldSpawnPrefix) || k == statehash.FieldRunSpawned) {
+			out = append(out, Problem{Check: CheckState, Field: k, Live: s.State[k],
+				Detail: "spawn record of a spawn the log does not hold"})
+		}
+	}
+	return out
+}
