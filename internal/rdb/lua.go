@@ -140,5 +140,6 @@ func Scripts() map[string]*redis.Script {
 		"schedule_add":   scheduleAddScript,
 		"schedule_pause": schedulePauseScript,
 		"schedule_fired": scheduleFiredScript,
+		"signal":         signalScript,
 	}
 }
