@@ -55,6 +55,7 @@ type Task struct {
 	// stop cancels the handler's context; cancelRun cancels the run.
 	stop      context.CancelCauseFunc
 	cancelRun func(ctx context.Context, reason string) error
+	signals   *signalHub // WaitSignal's
 
 	timeout  time.Duration
 	mu       sync.Mutex

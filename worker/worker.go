@@ -198,6 +198,7 @@ type Worker struct {
 	// Set by Run for the reclaimer: where tasks run and how they are counted.
 	workCtx context.Context
 	tasks   sync.WaitGroup
+	signals *signalHub // the handlers' signal waits
 	batch   *batcher
 
 	started   time.Time
@@ -272,6 +273,7 @@ func New(cfg Config) (*Worker, error) {
 		inflight: map[string]*attempt{},
 		handling: map[string]bool{},
 		attempts: map[string]*attemptInHand{},
+		signals:  newSignalHub(db, cfg.FetchBlock, cfg.Clock, cfg.Logger.With().Str("worker", cfg.ID).Logger()),
 	}, nil
 }
 
@@ -380,6 +382,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		}
 		grace.Stop()
 	}
+	w.signals.close()
 	w.batch.stop()
 	stopHB()
 	hb.Wait()
@@ -643,6 +646,7 @@ func (w *Worker) process(ctx context.Context, m message, release func()) (parked
 			_, err := w.db.CancelRun(ctx, m.run, w.cfg.ID, reason, w.now(), func() string { return ulid.Make().String() })
 			return err
 		},
+		signals: w.signals,
 	}
 	log = log.With().Int64("epoch", t.Epoch).Str("handler", t.Handler).Logger()
 	if m.reclaimed && m.deliveries > int64(w.cfg.PoisonLimit) {

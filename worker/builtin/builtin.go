@@ -31,6 +31,7 @@ func Register(w *worker.Worker) {
 	w.HandleFunc(Flaky, flaky)
 	w.HandleFunc(Sum, sum)
 	w.HandleFunc(Fail, fail)
+	w.HandleFunc(WaitSignal, waitSignal)
 }
 
 // Args is the union of the built-in handlers' arguments.
