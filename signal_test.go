@@ -277,3 +277,23 @@ func TestSignalErrors(t *testing.T) {
 		t.Errorf("%d signals recorded, want the first only", n)
 	}
 }
+
+// An approval step in Go: approve waits (on a pool of its own) for the
+// signal "approve", whose payload is its result; pay runs after it.
+// Deliver the signal with client.Signal(ctx, run, "approve", payload) or
+// "graflow signal RUN approve --data JSON".
+func Example_approval() {
+	wf := graflow.NewWorkflow("approval")
+	quote := wf.Task("quote", "billing.quote")
+	approve := wf.Task("approve", builtin.WaitSignal).
+		Args(builtin.WaitSignalArgs{Name: "approve", Timeout: "72h"}).After(quote).Pool("approvals")
+	wf.Task("pay", "billing.pay").After(approve)
+
+	spec, _ := wf.Spec(nil)
+	printSpec(spec)
+	// Output:
+	// workflow approval
+	//   quote (billing.quote)
+	//   approve (@wait_signal) <- quote pool=approvals args={"name":"approve","timeout":"72h"}
+	//   pay (billing.pay) <- approve
+}
