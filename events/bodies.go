@@ -121,6 +121,20 @@ type ChannelWrittenBody struct {
 	Value json.RawMessage `json:"value"`
 }
 
+// SignalReceivedBody is the body of signal_received.
+type SignalReceivedBody struct {
+	// Name is the signal's name (like a task id: letters, digits and
+	// "_.:-", not starting with "@"); a run takes one signal per name.
+	Name string `json:"name"`
+	// ID is the sender's idempotency key: a delivery retried with the
+	// same id is not recorded twice.
+	ID string `json:"id"`
+	// By names the sender as it said (free text: a user name).
+	By string `json:"by,omitempty"`
+	// Payload is the signal's JSON value, the waiting task's result.
+	Payload json.RawMessage `json:"payload"`
+}
+
 // RunFailedBody is the body of run_failed.
 type RunFailedBody struct {
 	Task  string `json:"task,omitempty"`

@@ -42,6 +42,11 @@ const (
 	// process it (an event it cannot fold, or a persistent Redis error on
 	// one of its keys). Terminal; the run's keys are kept for inspection.
 	RunQuarantined Type = "run_quarantined"
+	// SignalReceived records a signal delivered to a running run
+	// (Client.Signal, graflow signal): a named JSON payload that a waiting
+	// task (worker.Task.WaitSignal, the built-in @wait_signal) takes as
+	// its result. It changes no state.
+	SignalReceived Type = "signal_received"
 )
 
 // Types lists every known event type, in documentation order.
@@ -49,7 +54,7 @@ var Types = []Type{
 	RunSubmitted, TaskDispatched, TaskClaimed, TaskHeartbeat, TaskSucceeded,
 	TaskFailed, TaskRetryScheduled, TaskReclaimed, TaskTimedOut, TaskCancelled,
 	TaskSkipped, TaskRequeued, TasksAdded, ChannelWritten, RunSucceeded, RunFailed,
-	RunCancelled, ResultRejected, RunQuarantined,
+	RunCancelled, ResultRejected, RunQuarantined, SignalReceived,
 }
 
 // Known reports whether t is a type this version of the code understands.

@@ -70,6 +70,8 @@ func sampleBody(typ events.Type) any {
 		return events.RunCancelledBody{Reason: "operator"}
 	case events.ResultRejected:
 		return events.ResultRejectedBody{What: "result", Reason: "claim lost", CurrentEpoch: 7}
+	case events.SignalReceived:
+		return events.SignalReceivedBody{Name: "approve", ID: "ticket-1", By: "alice", Payload: json.RawMessage(`{"ok":true}`)}
 	}
 	return nil // no body (task_claimed, run_succeeded, types added later)
 }
@@ -267,6 +269,7 @@ func TestTypes(t *testing.T) {
 		events.TaskRequeued: "task_requeued",
 		events.TasksAdded:   "tasks_added", events.ChannelWritten: "channel_written", events.RunSucceeded: "run_succeeded",
 		events.RunFailed: "run_failed", events.RunCancelled: "run_cancelled", events.ResultRejected: "result_rejected",
+		events.SignalReceived: "signal_received",
 	}
 	for typ, s := range stored {
 		if string(typ) != s {

@@ -95,6 +95,8 @@ func apply(r *Run, e events.Event) error {
 		return nil
 	case events.ChannelWritten, events.ResultRejected:
 		return nil
+	case events.SignalReceived: // a message for a waiting handler, whose result carries it
+		return nil
 	}
 
 	// Task events.

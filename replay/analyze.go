@@ -89,6 +89,7 @@ type analyzer struct {
 //   - run_cancelled only while the run is running; task_cancelled only
 //     after it, for a task not terminal, with an epoch above every
 //     earlier epoch of the task (its worker is fenced);
+//   - signal_received only while the run is running;
 //   - run_succeeded only after every task succeeded (or failed with every
 //     successor joining it tolerantly, and succeeded), run_failed only when
 //     every task is terminal and one failed;
@@ -240,6 +241,10 @@ func (z *analyzer) event(i int, e events.Event) error {
 	case events.RunCancelled:
 		if r.Status != projector.RunRunning {
 			z.eventProblem(e, "run_cancelled while the run is %s", r.Status)
+		}
+	case events.SignalReceived:
+		if r.Status != projector.RunRunning {
+			z.eventProblem(e, "signal_received while the run is %s: only a running run takes signals", r.Status)
 		}
 	case events.ResultRejected:
 		if tr != nil && pre.Status == projector.TaskRunning && pre.Attempt == e.Attempt && pre.Epoch == e.Epoch && pre.Owner == e.Worker {

@@ -58,6 +58,7 @@ type Task struct {
 	channel   *Channel // the run's channel, written as this claim
 	// readSpawned reads what the dependencies spawned (Spawned).
 	readSpawned func(ctx context.Context, deps []string) ([]string, error)
+	signals     *signalHub // WaitSignal's
 
 	timeout   time.Duration
 	pool      string

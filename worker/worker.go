@@ -215,6 +215,7 @@ type Worker struct {
 	// Set by Run for the reclaimer: where tasks run and how they are counted.
 	workCtx context.Context
 	tasks   sync.WaitGroup
+	signals *signalHub // the handlers' signal waits
 	batch   *batcher
 
 	started   time.Time
@@ -289,6 +290,7 @@ func New(cfg Config) (*Worker, error) {
 		inflight: map[string]*attempt{},
 		handling: map[string]bool{},
 		attempts: map[string]*attemptInHand{},
+		signals:  newSignalHub(db, cfg.FetchBlock, cfg.Clock, cfg.Logger.With().Str("worker", cfg.ID).Logger()),
 	}, nil
 }
 
@@ -397,6 +399,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		}
 		grace.Stop()
 	}
+	w.signals.close()
 	w.batch.stop()
 	stopHB()
 	hb.Wait()
@@ -665,7 +668,8 @@ func (w *Worker) process(ctx context.Context, m message, release func()) (parked
 			return w.db.ReadSpawned(ctx, m.run, deps)
 		},
 		pool: w.poolOf(m.stream), priority: m.priority,
-		limits: spawnLimits{maxTasks: w.cfg.MaxDynamicTasks, maxIterations: w.cfg.MaxIterations},
+		limits:  spawnLimits{maxTasks: w.cfg.MaxDynamicTasks, maxIterations: w.cfg.MaxIterations},
+		signals: w.signals,
 	}
 	log = log.With().Int64("epoch", t.Epoch).Str("handler", t.Handler).Logger()
 	if m.reclaimed && m.deliveries > int64(w.cfg.PoisonLimit) {

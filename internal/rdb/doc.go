@@ -33,6 +33,8 @@
 //     consumer pruning; housekeeping.go: sweeping the run index and the dead
 //     letters; repair.go: re-dispatching tasks whose message was lost.
 //   - cancel.go: cancelling a run (the cancel script).
+//   - signal.go: signals delivered to a run (the signal script), and the
+//     reads a task waiting for one makes (FindSignal, BlockOnLogs).
 //   - admin.go: the operators' writes (import, resume, gc, requeue,
 //     dead-letter and index upkeep).
 //   - inspect.go: reading runs and their logs, following a log;

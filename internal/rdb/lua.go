@@ -142,5 +142,6 @@ func Scripts() map[string]*redis.Script {
 		"schedule_fired": scheduleFiredScript,
 		"channel_write":  channelWriteScript,
 		"spawned":        spawnedScript,
+		"signal":         signalScript,
 	}
 }

@@ -425,6 +425,13 @@ func TestEveryScriptAndMultiTouchesOneSlot(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// Phase 7: a signal delivered to a running run.
+	run5 := submit(events.TaskSpec{ID: "a", Handler: "never", Pool: "nobody"})
+	sig := events.SignalReceivedBody{Name: "approve", ID: "s1", Payload: []byte(`true`)}
+	if res, err := db.Signal(ctx, run5, "test", time.Now().UnixMilli(), ulid.Make().String(), sig); err != nil || res.Outcome != rdb.SignalRecorded {
+		t.Errorf("signal to run %s = %+v, %v", run5, res, err)
+	}
+
 	rec.mu.Lock()
 	defer rec.mu.Unlock()
 	var exercised []string

@@ -34,6 +34,7 @@ func Register(w *worker.Worker) {
 	registerChannel(w) // channel.go
 	w.HandleFunc(Spawn, spawn)
 	w.HandleFunc(Loop, loop)
+	w.HandleFunc(WaitSignal, waitSignal)
 }
 
 // Args is the union of the built-in handlers' arguments.
