@@ -191,7 +191,9 @@ func testStoppedPastLease(t *testing.T, o recWorker) {
 		return
 	}
 
-	if info, err := s.client.Status(ctx, run); err != nil || !info.Succeeded() {
+	// The rescuer's result is in; the projector ends the run after it
+	// (wait for that, rather than read the status while it may not have).
+	if info, err := s.client.Wait(ctx, run); err != nil || !info.Succeeded() {
 		t.Fatalf("run status %v (err %v), want succeeded", info, err)
 	}
 	if len(succeeded) != 1 || succeeded[0].Worker != rescuer {
