@@ -1,10 +1,7 @@
 package replay_test
 
 import (
-	"bytes"
 	"encoding/json"
-	"os"
-	"path/filepath"
 	"testing"
 
 	"github.com/graflow-go/graflow"
@@ -29,11 +26,5 @@ func TestRecordGoldenDynamic(t *testing.T) {
 	wf.Task("after", builtin.Sum).After(loop)
 	run, info := e.runToEnd(ctx, wf, graflow.WithRunID("golden-dynamic"))
 	t.Logf("run %s %s, %d events", run, info.Status, info.Events)
-	var buf bytes.Buffer
-	if _, err := e.rc.Export(ctx, run, &buf); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(goldenDir, "dynamic.jsonl"), buf.Bytes(), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	e.recordGolden(ctx, run, "dynamic")
 }

@@ -1,11 +1,7 @@
 package replay_test
 
 import (
-	"bytes"
 	"encoding/json"
-	"errors"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -37,28 +33,14 @@ func TestRecordGoldenSignal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	errSeen := errors.New("seen")
-	if err := e.client.Follow(ctx, run, graflow.FollowOptions{}, func(ev events.Event) error {
-		if ev.Type == events.TaskClaimed && ev.Task == "approve" {
-			return errSeen
-		}
-		return nil
-	}); !errors.Is(err, errSeen) {
-		t.Fatal(err)
-	}
+	e.followUntil(ctx, run, func(ev events.Event) bool { return ev.Type == events.TaskClaimed && ev.Task == "approve" })
 	if err := e.client.SignalWith(ctx, run, "approve", 41, graflow.SignalOptions{ID: "golden-1", By: "alice"}); err != nil {
 		t.Fatal(err)
 	}
 	if info, err := e.client.Wait(ctx, run); err != nil || !info.Succeeded() {
 		t.Fatalf("run %s: %+v, %v", run, info, err)
 	}
-	var buf bytes.Buffer
-	if _, err := e.rc.Export(ctx, run, &buf); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(goldenDir, "signal.jsonl"), buf.Bytes(), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	e.recordGolden(ctx, run, "signal")
 }
 
 // A signal changes no state: the golden approval history folds to the

@@ -215,18 +215,7 @@ func TestRecordGoldenCancelled(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	errSeen := errors.New("seen")
-	follow := func(ok func(events.Event) bool) {
-		t.Helper()
-		if err := e.client.Follow(ctx, run, graflow.FollowOptions{}, func(ev events.Event) error {
-			if ok(ev) {
-				return errSeen
-			}
-			return nil
-		}); !errors.Is(err, errSeen) {
-			t.Fatal(err)
-		}
-	}
+	follow := func(ok func(events.Event) bool) { e.followUntil(ctx, run, ok) }
 	follow(func(ev events.Event) bool { return ev.Type == events.TaskClaimed && ev.Task == "b" })
 	if err := e.client.Cancel(ctx, run, "recorded for the golden history"); err != nil {
 		t.Fatal(err)
@@ -235,11 +224,32 @@ func TestRecordGoldenCancelled(t *testing.T) {
 		var body events.ResultRejectedBody
 		return ev.Type == events.ResultRejected && ev.Task == "b" && ev.DecodeBody(&body) == nil && body.What == "failure"
 	})
+	e.recordGolden(ctx, run, "cancelled")
+}
+
+// followUntil follows run's log from its first event until ok holds for
+// one (the test fails if the log ends or ctx does first).
+func (e *env) followUntil(ctx context.Context, run string, ok func(events.Event) bool) {
+	e.t.Helper()
+	errSeen := errors.New("seen")
+	if err := e.client.Follow(ctx, run, graflow.FollowOptions{}, func(ev events.Event) error {
+		if ok(ev) {
+			return errSeen
+		}
+		return nil
+	}); !errors.Is(err, errSeen) {
+		e.t.Fatal(err)
+	}
+}
+
+// recordGolden writes run's export as the golden history name.jsonl.
+func (e *env) recordGolden(ctx context.Context, run, name string) {
+	e.t.Helper()
 	var buf bytes.Buffer
 	if _, err := e.rc.Export(ctx, run, &buf); err != nil {
-		t.Fatal(err)
+		e.t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(goldenDir, "cancelled.jsonl"), buf.Bytes(), 0o644); err != nil {
-		t.Fatal(err)
+	if err := os.WriteFile(filepath.Join(goldenDir, name+".jsonl"), buf.Bytes(), 0o644); err != nil {
+		e.t.Fatal(err)
 	}
 }

@@ -591,7 +591,7 @@ func (w *Worker) process(ctx context.Context, m message, release func()) (parked
 	if !m.reclaimed && time.Since(m.fetched) > w.cfg.Lease/3 {
 		// It waited in the buffer for a slot: renew its lease before the
 		// claim, or a reclaimer could take it right after we start.
-		if n, err := w.db.QueueTouch(ctx, w.db.C, m.stream, w.cfg.ID, m.id).Int64(); err == nil && n != 1 {
+		if n, err := w.db.TouchMessage(ctx, m.stream, w.cfg.ID, m.id); err == nil && n != 1 {
 			log.Debug().Int64("touch", n).Msg("buffered message no longer ours; dropping it")
 			return
 		}
@@ -773,7 +773,7 @@ func (w *Worker) handBack(log zerolog.Logger, m message, t *Task) {
 	// The fresh copy and the ack of ours in one script: never one without
 	// the other.
 	disp := rdb.Dispatch{Pool: w.poolOf(m.stream), Priority: m.priority, Run: m.run, Task: m.task, Attempt: t.Attempt}
-	moved, err := w.db.QueueMove(ctx, w.db.C, m.stream, w.cfg.ID, m.id, disp).Int64()
+	moved, err := w.db.MoveMessage(ctx, m.stream, w.cfg.ID, m.id, disp)
 	if err != nil {
 		log.Warn().Err(err).Msg("hand back: requeue failed; the message stays pending for reclaim")
 		return
@@ -782,7 +782,7 @@ func (w *Worker) handBack(log zerolog.Logger, m message, t *Task) {
 		// Our message is gone (given back or acked already): the task is
 		// dispatched now and needs a message. A duplicate is dropped at
 		// claim.
-		if err := w.db.XAddDispatch(ctx, w.db.C, disp).Err(); err != nil {
+		if err := w.db.Redispatch(ctx, disp); err != nil {
 			log.Error().Err(err).Msg("hand back: queue a fresh message failed; run \"graflow repair\" for this run")
 			return
 		}
@@ -910,7 +910,7 @@ func (w *Worker) finish(ctx context.Context, log zerolog.Logger, m message, t *T
 
 // ack drops a message this worker holds.
 func (w *Worker) ack(ctx context.Context, m message) {
-	if err := w.db.QueueAck(ctx, w.db.C, m.stream, w.cfg.ID, m.id).Err(); err != nil {
+	if err := w.db.AckMessage(ctx, m.stream, w.cfg.ID, m.id); err != nil {
 		w.log.Warn().Err(err).Str("msg", m.id).Msg("ack queue message")
 	}
 }

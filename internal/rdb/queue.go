@@ -376,3 +376,26 @@ func (d DB) RecordDeadLetters(ctx context.Context, items []DeadLetterItem, point
 	_, err := pipe.Exec(ctx)
 	return err
 }
+
+// TouchMessage resets the idle time of a message consumer holds (see
+// QueueTouch) and returns its result: 1 touched, 0 gone, -1 another
+// consumer's.
+func (d DB) TouchMessage(ctx context.Context, stream, consumer, id string) (int64, error) {
+	return d.QueueTouch(ctx, d.C, stream, consumer, id).Int64()
+}
+
+// AckMessage acks a message consumer holds (owner-checked, see QueueAck).
+func (d DB) AckMessage(ctx context.Context, stream, consumer, id string) error {
+	return d.QueueAck(ctx, d.C, stream, consumer, id).Err()
+}
+
+// MoveMessage queues a fresh copy of x and acks consumer's message id in
+// one script (see QueueMove); it returns 0 when the message was gone.
+func (d DB) MoveMessage(ctx context.Context, stream, consumer, id string, x Dispatch) (int64, error) {
+	return d.QueueMove(ctx, d.C, stream, consumer, id, x).Int64()
+}
+
+// Redispatch queues a fresh message for x.
+func (d DB) Redispatch(ctx context.Context, x Dispatch) error {
+	return d.XAddDispatch(ctx, d.C, x).Err()
+}
