@@ -9,6 +9,7 @@ import (
 
 	"github.com/graflow-go/graflow/events"
 	"github.com/graflow-go/graflow/internal/statehash"
+	"github.com/graflow-go/graflow/internal/tracing"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -73,17 +74,25 @@ type Dispatch struct {
 	Task     string
 	Attempt  int
 	EventID  string // makes the entry unique
+	// Trace is the W3C traceparent the message carries (MsgTrace), ""
+	// for none: the span that decided the dispatch.
+	Trace string
 }
 
-// String encodes the dispatch as a delayed-set member.
+// String encodes the dispatch as a delayed-set member (a traceparent, when
+// set, as an eighth field: members without one keep their old form).
 func (p Dispatch) String() string {
-	return strings.Join([]string{p.Pool, strconv.Itoa(p.Priority), strconv.FormatInt(p.DueMS, 10), p.Run, p.Task, strconv.Itoa(p.Attempt), p.EventID}, "|")
+	f := []string{p.Pool, strconv.Itoa(p.Priority), strconv.FormatInt(p.DueMS, 10), p.Run, p.Task, strconv.Itoa(p.Attempt), p.EventID}
+	if p.Trace != "" {
+		f = append(f, p.Trace)
+	}
+	return strings.Join(f, "|")
 }
 
 // ParseDispatch decodes a delayed-set member.
 func ParseDispatch(s string) (Dispatch, error) {
 	f := strings.Split(s, "|")
-	if len(f) != 7 {
+	if len(f) != 7 && len(f) != 8 {
 		return Dispatch{}, fmt.Errorf("malformed dispatch %q", s)
 	}
 	prio, err1 := strconv.Atoi(f[1])
@@ -92,15 +101,33 @@ func ParseDispatch(s string) (Dispatch, error) {
 	if err := errors.Join(err1, err2, err3); err != nil {
 		return Dispatch{}, fmt.Errorf("malformed dispatch %q: %w", s, err)
 	}
-	return Dispatch{Pool: f[0], Priority: prio, DueMS: due, Run: f[3], Task: f[4], Attempt: att, EventID: f[6]}, nil
+	x := Dispatch{Pool: f[0], Priority: prio, DueMS: due, Run: f[3], Task: f[4], Attempt: att, EventID: f[6]}
+	if len(f) == 8 {
+		if !tracing.Valid(f[7]) {
+			return Dispatch{}, fmt.Errorf("malformed dispatch %q: bad traceparent", s)
+		}
+		x.Trace = f[7]
+	}
+	return x, nil
 }
 
-// Queue message fields.
+// Queue message fields. MsgTrace, the W3C traceparent of the span that
+// dispatched the task, is present only when that span was traced.
 const (
 	MsgRun     = "r"
 	MsgTask    = "k"
 	MsgAttempt = "a"
+	MsgTrace   = "t"
 )
+
+// values returns the queue message fields of x.
+func (p Dispatch) values() []any {
+	v := []any{MsgRun, p.Run, MsgTask, p.Task, MsgAttempt, strconv.Itoa(p.Attempt)}
+	if p.Trace != "" {
+		v = append(v, MsgTrace, p.Trace)
+	}
+	return v
+}
 
 // PointFeed appends a pointer to run on its feed partition (pipelineable).
 func (d DB) PointFeed(ctx context.Context, p redis.Cmdable, run string) *redis.StringCmd {
