@@ -99,6 +99,7 @@ func (c *common) connect(ctx context.Context) (redis.UniversalClient, error) {
 	}
 	opts.MasterName = c.sentinel // UniversalClient: a failover client when set
 	client := redis.NewUniversalClient(opts)
+	traceRedis(client)
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if err := client.Ping(pctx).Err(); err != nil {
