@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/graflow-go/graflow"
@@ -24,7 +25,7 @@ import (
 // and every Redis client connect opens is instrumented (traceRedis).
 
 // tracerProvider is the process's provider while tracing is on (nil: off).
-var tracerProvider *sdktrace.TracerProvider
+var tracerProvider atomic.Pointer[sdktrace.TracerProvider]
 
 // tracingShutdownTimeout bounds the flush of the last spans at exit.
 const tracingShutdownTimeout = 5 * time.Second
@@ -100,17 +101,18 @@ func setupTracing(ctx context.Context, getenv func(string) string, stderr io.Wri
 	}
 	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(exp), sdktrace.WithResource(res))
 	otel.SetTracerProvider(tp)
-	tracerProvider = tp
+	tracerProvider.Store(tp)
 	return func(ctx context.Context) error {
-		tracerProvider = nil
+		tracerProvider.Store(nil)
 		return tp.Shutdown(ctx)
 	}, nil
 }
 
 // traceRedis instruments a client connect opened, when tracing is on.
 func traceRedis(c redis.UniversalClient) {
-	if tracerProvider == nil {
+	tp := tracerProvider.Load()
+	if tp == nil {
 		return
 	}
-	_ = graflow.InstrumentRedis(c, tracerProvider) // fails only for a client type go-redis does not make
+	_ = graflow.InstrumentRedis(c, tp) // fails only for a client type go-redis does not make
 }
