@@ -1,7 +1,7 @@
 package graflow
 
 import (
-	"github.com/graflow-go/graflow/internal/tracing"
+	"github.com/graflow-go/graflow/internal/rdb"
 	"github.com/redis/go-redis/v9"
 	"go.opentelemetry.io/otel/trace"
 )
@@ -14,5 +14,5 @@ import (
 // instruments a client it is given by itself (docs/operations.md,
 // "Tracing").
 func InstrumentRedis(c redis.UniversalClient, tp trace.TracerProvider) error {
-	return tracing.InstrumentRedis(c, tp)
+	return rdb.InstrumentTracing(c, tp)
 }

@@ -3,6 +3,8 @@
 // from process to process (run_submitted's traceparent and each queue
 // message's "t" field).
 //
+// Redis commands are traced by redisotel's hook (rdb.InstrumentTracing).
+//
 // The package never touches OpenTelemetry's global state: a nil
 // TracerProvider means otel.GetTracerProvider(), read when a component is
 // built (a no-op unless the program set one).
@@ -11,8 +13,6 @@ package tracing
 import (
 	"context"
 
-	"github.com/redis/go-redis/extra/redisotel/v9"
-	"github.com/redis/go-redis/v9"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -102,12 +102,4 @@ func End(span trace.Span, err error) {
 		span.SetStatus(codes.Error, err.Error())
 	}
 	span.End()
-}
-
-// InstrumentRedis adds redisotel's tracing hook to c: a span per command
-// and pipeline, children of the caller's span, with tp (nil: the global
-// provider). Statements are left out: script arguments carry inputs and
-// results, up to megabytes each.
-func InstrumentRedis(c redis.UniversalClient, tp trace.TracerProvider) error {
-	return redisotel.InstrumentTracing(c, redisotel.WithTracerProvider(Provider(tp)), redisotel.WithDBStatement(false))
 }
