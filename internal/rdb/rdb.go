@@ -79,20 +79,22 @@ type Dispatch struct {
 	Trace string
 }
 
-// String encodes the dispatch as a delayed-set member (a traceparent, when
-// set, as an eighth field: members without one keep their old form).
+// String encodes the dispatch as a delayed-set member. A traceparent, when
+// set, rides in the last field after the event id ("<id>@<traceparent>"):
+// a member keeps seven fields, so a binary that predates tracing still
+// parses it (and moves it untraced) instead of dropping it as malformed.
 func (p Dispatch) String() string {
-	f := []string{p.Pool, strconv.Itoa(p.Priority), strconv.FormatInt(p.DueMS, 10), p.Run, p.Task, strconv.Itoa(p.Attempt), p.EventID}
+	id := p.EventID
 	if p.Trace != "" {
-		f = append(f, p.Trace)
+		id += "@" + p.Trace
 	}
-	return strings.Join(f, "|")
+	return strings.Join([]string{p.Pool, strconv.Itoa(p.Priority), strconv.FormatInt(p.DueMS, 10), p.Run, p.Task, strconv.Itoa(p.Attempt), id}, "|")
 }
 
 // ParseDispatch decodes a delayed-set member.
 func ParseDispatch(s string) (Dispatch, error) {
 	f := strings.Split(s, "|")
-	if len(f) != 7 && len(f) != 8 {
+	if len(f) != 7 {
 		return Dispatch{}, fmt.Errorf("malformed dispatch %q", s)
 	}
 	prio, err1 := strconv.Atoi(f[1])
@@ -102,11 +104,11 @@ func ParseDispatch(s string) (Dispatch, error) {
 		return Dispatch{}, fmt.Errorf("malformed dispatch %q: %w", s, err)
 	}
 	x := Dispatch{Pool: f[0], Priority: prio, DueMS: due, Run: f[3], Task: f[4], Attempt: att, EventID: f[6]}
-	if len(f) == 8 {
-		if !tracing.Valid(f[7]) {
+	if id, tp, ok := strings.Cut(f[6], "@"); ok {
+		if !tracing.Valid(tp) {
 			return Dispatch{}, fmt.Errorf("malformed dispatch %q: bad traceparent", s)
 		}
-		x.Trace = f[7]
+		x.EventID, x.Trace = id, tp
 	}
 	return x, nil
 }
