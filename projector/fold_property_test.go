@@ -27,6 +27,7 @@ type taskSnap struct {
 	Owner   string
 	Error   string
 	Result  string
+	Expires int64
 	Waits   []string
 }
 
@@ -59,7 +60,7 @@ type runSnap struct {
 // the property tests cannot silently ignore new state.
 var snapshotFields = map[reflect.Type][]string{
 	reflect.TypeFor[projector.Run]():  {"ID", "Workflow", "Status", "Input", "Tasks", "FailedTask", "Cause", "LastSeq", "Events"},
-	reflect.TypeFor[projector.Task](): {"Spec", "Status", "Attempt", "Epoch", "Owner", "Error", "Result", "Waits"},
+	reflect.TypeFor[projector.Task](): {"Spec", "Status", "Attempt", "Epoch", "Owner", "Error", "Result", "ResultExpiresMS", "Waits"},
 }
 
 func testDelay(spec events.TaskSpec, attempt int) time.Duration {
@@ -73,7 +74,7 @@ func snapshot(r *projector.Run) runSnap {
 	}
 	for _, t := range r.Tasks {
 		s.Tasks = append(s.Tasks, taskSnap{Spec: t.Spec, Status: t.Status, Attempt: t.Attempt, Epoch: t.Epoch,
-			Owner: t.Owner, Error: t.Error, Result: string(t.Result), Waits: t.Waits})
+			Owner: t.Owner, Error: t.Error, Result: string(t.Result), Expires: t.ResultExpiresMS, Waits: t.Waits})
 		s.Counts[t.Status]++
 	}
 	for _, d := range projector.Decide(r, 0, testDelay) {
@@ -194,6 +195,9 @@ func (s *sim) randomSpecs(prefix string, n int, existing []string) []events.Task
 		spec := events.TaskSpec{
 			ID: id, Handler: "h", Deps: deps, MaxAttempts: s.rng.IntN(3) + 1, Priority: s.rng.IntN(3),
 			Args: json.RawMessage(`{"i":` + strconv.Itoa(i) + `}`),
+		}
+		if s.rng.IntN(4) == 0 { // a result TTL
+			spec.ResultTTLMS = int64(1 + s.rng.IntN(60_000))
 		}
 		if len(deps) >= 2 && s.rng.IntN(3) == 0 { // a join policy
 			switch s.rng.IntN(3) {

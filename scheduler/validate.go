@@ -130,8 +130,8 @@ func Validate(spec events.RunSubmittedBody, opt ValidateOptions) error {
 		if t.Priority < 0 || t.Priority > rdb.MaxPriority {
 			add(ErrInvalidOption, "task %q: priority %d is outside 0..%d", t.ID, t.Priority, rdb.MaxPriority)
 		}
-		if t.MaxAttempts < 0 || t.TimeoutMS < 0 || t.StartAfterMS < 0 {
-			add(ErrInvalidOption, "task %q: negative attempts, timeout or start_after", t.ID)
+		if t.MaxAttempts < 0 || t.TimeoutMS < 0 || t.StartAfterMS < 0 || t.ResultTTLMS < 0 {
+			add(ErrInvalidOption, "task %q: negative attempts, timeout, start_after or result_ttl", t.ID)
 		}
 		if len(t.Args) > opt.MaxPayloadBytes {
 			add(ErrPayloadTooLarge, "task %q: args are %d bytes, the limit is %d", t.ID, len(t.Args), opt.MaxPayloadBytes)

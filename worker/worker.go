@@ -654,8 +654,8 @@ func (w *Worker) process(ctx context.Context, m message, release func()) (parked
 	t := &Task{
 		Run: m.run, ID: m.task, Handler: cr.Meta.Handler, Attempt: m.attempt, MaxAttempts: max(cr.Meta.MaxAttempts, 1),
 		Epoch: cr.Epoch, Input: cr.Input, Args: cr.Meta.Args, Upstream: cr.Upstream,
-		timeout: time.Duration(cr.Meta.TimeoutMS) * time.Millisecond,
-		deps:    cr.Meta.Deps, left: cr.UpstreamLeft,
+		timeout: time.Duration(cr.Meta.TimeoutMS) * time.Millisecond, resultTTLMS: cr.Meta.ResultTTLMS, expired: withoutExpired(cr.Upstream),
+		deps: cr.Meta.Deps, left: cr.UpstreamLeft,
 		read: func(ctx context.Context, deps []string) (map[string]json.RawMessage, error) {
 			return w.db.ReadUpstream(ctx, m.run, deps, upstreamPage)
 		},
@@ -844,6 +844,9 @@ func (w *Worker) finish(ctx context.Context, log zerolog.Logger, m message, t *T
 	if runErr == nil {
 		body, _ := json.Marshal(events.TaskSucceededBody{Result: encoded})
 		args.Type, args.Body, args.Status, args.Result = events.TaskSucceeded, body, events.TaskStatusSucceeded, encoded
+		if t.resultTTLMS > 0 {
+			args.ResultExpiresMS = args.TimeMS + t.resultTTLMS
+		}
 	} else {
 		args.Spawn = nil
 		kind := events.FailureError

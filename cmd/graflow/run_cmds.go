@@ -312,6 +312,9 @@ func runStatus(ctx context.Context, m *Main, args []string) error {
 	fmt.Fprintln(tw, "TASK\tHANDLER\tSTATUS\tATTEMPT\tEPOCH\tOWNER\tDEPS\tRESULT/ERROR")
 	for _, t := range info.Tasks {
 		detail := string(t.Result)
+		if t.ResultExpired {
+			detail = "(result expired " + t.ResultExpiresAt.Format(time.RFC3339) + ")"
+		}
 		if t.Error != "" {
 			detail = t.Error
 		}

@@ -143,5 +143,6 @@ func Scripts() map[string]*redis.Script {
 		"channel_write":  channelWriteScript,
 		"spawned":        spawnedScript,
 		"signal":         signalScript,
+		"expire_results": expireResultsScript,
 	}
 }

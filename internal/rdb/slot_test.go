@@ -336,7 +336,7 @@ func TestEveryScriptAndMultiTouchesOneSlot(t *testing.T) {
 		events.TaskSpec{ID: "a", Handler: "ok"},
 		events.TaskSpec{ID: "b", Handler: "flaky", Deps: []string{"a"}, MaxAttempts: 2},
 		events.TaskSpec{ID: "c", Handler: "hb", Deps: []string{"b"}, Pool: "other", Priority: 3},
-		events.TaskSpec{ID: "d", Handler: "ok", Deps: []string{"a"}, Pool: "other"},
+		events.TaskSpec{ID: "d", Handler: "ok", Deps: []string{"a"}, Pool: "other", ResultTTLMS: 1},
 		events.TaskSpec{ID: "f", Handler: "fail-once", Deps: []string{"a"}},
 		events.TaskSpec{ID: "g", Handler: "spawner", Deps: []string{"a"}},
 		events.TaskSpec{ID: "h", Handler: "fanin", Deps: []string{"g"}},
@@ -430,6 +430,16 @@ func TestEveryScriptAndMultiTouchesOneSlot(t *testing.T) {
 	sig := events.SignalReceivedBody{Name: "approve", ID: "s1", Payload: []byte(`true`)}
 	if res, err := db.Signal(ctx, run5, "test", time.Now().UnixMilli(), ulid.Make().String(), sig); err != nil || res.Outcome != rdb.SignalRecorded {
 		t.Errorf("signal to run %s = %+v, %v", run5, res, err)
+	}
+
+	// Phase 8: d's result expired (result TTL): deleted by the
+	// projector's mover already, or now.
+	keys := rdb.NewKeys(ns)
+	if _, _, err := db.ExpireResults(ctx, keys.Partition(run), time.Now().Add(time.Hour).UnixMilli(), 100); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := plain.HExists(ctx, keys.RunResults(run), "d").Result(); err != nil || n {
+		t.Errorf("d's expired result is still stored (%v, %v)", n, err)
 	}
 
 	rec.mu.Lock()
