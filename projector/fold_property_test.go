@@ -128,18 +128,19 @@ type claim struct {
 // the Lua scripts (claim, reclaim, heartbeat, finish, stale results). recs
 // models the lease records the scripts keep in the state hash.
 type sim struct {
-	t    testing.TB
-	rng  *rand.Rand
-	run  string
-	log  []events.Event
-	ms   int64
-	n    int64
-	ids  int
-	recs map[string]rdb.Record
-	max  map[string]int // task → max attempts
-	deps map[string][]string
-	tids []string // task ids in creation order
-	dyn  int
+	t     testing.TB
+	rng   *rand.Rand
+	run   string
+	log   []events.Event
+	ms    int64
+	n     int64
+	ids   int
+	notes int // note events appended
+	recs  map[string]rdb.Record
+	max   map[string]int // task → max attempts
+	deps  map[string][]string
+	tids  []string // task ids in creation order
+	dyn   int
 	// spawners are the tasks that added tasks.
 	spawners map[string]bool
 
@@ -319,8 +320,10 @@ func (s *sim) act(grow bool) {
 		s.claim()
 	case k < 40:
 		s.reclaim()
-	case k < 47:
+	case k < 44:
 		s.heartbeat()
+	case k < 47:
+		s.note()
 	case k < 80:
 		s.finish(grow)
 	default:
@@ -371,6 +374,26 @@ func (s *sim) heartbeat() {
 	r := s.rec(id)
 	s.append(events.Event{Type: events.TaskHeartbeat, Task: id, Attempt: r.Attempt, Epoch: r.Epoch, Worker: r.Owner}.
 		WithBody(events.TaskHeartbeatBody{Progress: strconv.Itoa(s.rng.IntN(100)) + "%"}))
+}
+
+// note appends an event that changes no task: a channel_written by a
+// running task's claim holder (the channel write script), or a
+// signal_received with a name not used before (the signal script), while
+// the run runs.
+func (s *sim) note() {
+	if s.done {
+		return
+	}
+	s.notes++
+	if ids := s.withStatus("running"); len(ids) > 0 && s.rng.IntN(2) == 0 {
+		id := s.pick(ids)
+		r := s.rec(id)
+		s.append(events.Event{Type: events.ChannelWritten, Task: id, Attempt: r.Attempt, Epoch: r.Epoch, Worker: r.Owner}.
+			WithBody(events.ChannelWrittenBody{Key: "k" + strconv.Itoa(s.rng.IntN(3)), Value: json.RawMessage(strconv.Itoa(s.notes))}))
+		return
+	}
+	s.append(events.Event{Type: events.SignalReceived, Worker: "client-1"}.
+		WithBody(events.SignalReceivedBody{Name: "s" + strconv.Itoa(s.notes), ID: "id" + strconv.Itoa(s.notes), Payload: json.RawMessage(`true`)}))
 }
 
 // finish reports an outcome for a running task by its current owner, as the
@@ -852,4 +875,35 @@ func TestPropertyHistoriesCoverSpawns(t *testing.T) {
 		t.Fatalf("%d of %d histories spawn, %d with a successor that waited for spawned tasks and succeeded", spawning, propertySeeds, waiting)
 	}
 	t.Logf("%d of %d histories spawn, %d with a successor that waited for spawned tasks and succeeded", spawning, propertySeeds, waiting)
+}
+
+// The generated histories hold every event type the engine writes except
+// run_quarantined (the projector's verdict on a log it cannot fold, which
+// these histories never are), so the properties above cover them all:
+// channel_written and signal_received included, and tasks with a result
+// TTL.
+func TestPropertyHistoriesCoverEveryEventType(t *testing.T) {
+	t.Parallel()
+	seen := map[events.Type]int{}
+	ttls := 0
+	for seed := uint64(1); seed <= propertySeeds; seed++ {
+		s := history(t, seed)
+		for _, e := range s.log {
+			seen[e.Type]++
+		}
+		for _, tk := range fold(t, s.run, s.log).Tasks {
+			if tk.ResultExpiresMS > 0 {
+				ttls++
+			}
+		}
+	}
+	for _, typ := range events.Types {
+		if seen[typ] == 0 && typ != events.RunQuarantined {
+			t.Errorf("no history of %d holds %s", propertySeeds, typ)
+		}
+	}
+	if ttls == 0 {
+		t.Error("no history holds a succeeded task with a result TTL")
+	}
+	t.Logf("event types: %v; results with a TTL: %d", seen, ttls)
 }
