@@ -1,6 +1,8 @@
 package integration
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -9,13 +11,13 @@ import (
 	"github.com/graflow-go/graflow/replay"
 )
 
-// submitExample submits examples/<name> with "graflow submit" (extra flags
+// submitFile submits the spec file with "graflow submit" (extra flags
 // first) and waits for the run with "graflow wait"; it returns the run
 // and wait's exit code.
-func (s *stack) submitExample(t *testing.T, name string, flags ...string) (string, int) {
+func (s *stack) submitFile(t *testing.T, name string, flags ...string) (string, int) {
 	t.Helper()
 	ctx := withTimeout(t, 60*time.Second)
-	args := append(append(append([]string{"submit"}, flags...), s.common()...), "../examples/"+name)
+	args := append(append(append([]string{"submit"}, flags...), s.common()...), name)
 	out, errOut, code := s.cli(ctx, args...)
 	if code != 0 {
 		t.Fatalf("graflow %s: exit %d\n%s%s", strings.Join(args, " "), code, out, errOut)
@@ -35,13 +37,15 @@ func (s *stack) submitExample(t *testing.T, name string, flags ...string) (strin
 	return run, code
 }
 
-// Timers and group policies on worker and projector processes, through
-// the CLI and the example files: examples/timers.yaml submitted with
+// Timers, group policies and typed handlers on worker and projector
+// processes, through the CLI and the example files: examples/timers.yaml submitted with
 // --start-in 1s (the root's dispatch is due a second after the submit;
 // remind's 2 s after notify succeeded, and neither is claimed before it
 // is due), and examples/best-effort.yaml (down fails for good, report
-// runs on what arrived, the run succeeds: wait exits 0).
-func TestTimersAndGroupPoliciesWithWorkerProcesses(t *testing.T) {
+// runs on what arrived, the run succeeds: wait exits 0); the built-in
+// handlers are typed (worker.HandleTyped): arguments that do not decode
+// fail the task for good, naming the handler and task.
+func TestWorkflowFeaturesWithWorkerProcesses(t *testing.T) {
 	t.Parallel()
 	s := newStack(t)
 	s.projector("p-1")
@@ -50,7 +54,7 @@ func TestTimersAndGroupPoliciesWithWorkerProcesses(t *testing.T) {
 
 	t.Run("timers", func(t *testing.T) {
 		t.Parallel()
-		run, code := s.submitExample(t, "timers.yaml", "--start-in", "1s")
+		run, code := s.submitFile(t, "../examples/timers.yaml", "--start-in", "1s")
 		if code != 0 {
 			t.Fatalf("graflow wait: exit %d, want 0", code)
 		}
@@ -85,7 +89,7 @@ func TestTimersAndGroupPoliciesWithWorkerProcesses(t *testing.T) {
 	})
 	t.Run("best effort", func(t *testing.T) {
 		t.Parallel()
-		run, code := s.submitExample(t, "best-effort.yaml")
+		run, code := s.submitFile(t, "../examples/best-effort.yaml")
 		if code != 0 {
 			t.Fatalf("graflow wait: exit %d, want 0 (the run succeeds)", code)
 		}
@@ -95,6 +99,25 @@ func TestTimersAndGroupPoliciesWithWorkerProcesses(t *testing.T) {
 		}
 		if info.Task("down").Status != "failed" || number(t, info.Task("report").Result) != 4 {
 			t.Errorf("down %s, report %s; want failed and 4", info.Task("down").Status, info.Task("report").Result)
+		}
+	})
+	t.Run("typed handlers", func(t *testing.T) {
+		t.Parallel()
+		file := filepath.Join(t.TempDir(), "typed.yaml")
+		spec := "workflow: typed\ntasks:\n  - {id: bad, handler: sleep, args: {ms: soon}, retries: 2}\n"
+		if err := os.WriteFile(file, []byte(spec), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		run, code := s.submitFile(t, file)
+		if code != 1 {
+			t.Fatalf("graflow wait: exit %d, want 1 (the run fails)", code)
+		}
+		info, err := s.client.Status(ctx, run)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b := info.Task("bad"); b.Attempt != 1 || !strings.Contains(b.Error, "handler sleep, task bad: decode args") {
+			t.Errorf("bad: %d attempts, %q; want one, failed on its arguments", b.Attempt, b.Error)
 		}
 	})
 }
