@@ -194,7 +194,7 @@ type Hashes struct {
 // Hashes returns the live hashes the engine would hold for the imported
 // run whose log ends at last: task records as projector.RecordOf,
 // @status, @workflow, @cursor = last, the spawn records and @spawned, the
-// result expiries;
+// result expiries, the signal ids;
 // accepted results and @input; the metadata of every submitted and
 // spawned task; the channel as written.
 func (im *Import) Hashes(last string) (Hashes, error) {
@@ -221,6 +221,9 @@ func (im *Import) Hashes(last string) (Hashes, error) {
 		}
 	}
 	for k, v := range im.Analysis.spawnFields() {
+		h.State[k] = v
+	}
+	for k, v := range im.Analysis.signalFields() {
 		h.State[k] = v
 	}
 	for _, s := range im.Analysis.Specs() {

@@ -35,7 +35,15 @@ const (
 	FieldSpawnPrefix = "@s:"
 	// FieldResultExpiryPrefix prefixes a result's expiry (ResultExpiryField).
 	FieldResultExpiryPrefix = "@rx:"
+	// FieldSignalPrefix prefixes the id of the signal a run took of a
+	// name (SignalField).
+	FieldSignalPrefix = "@signal:"
 )
+
+// SignalField is the state hash field that holds the id of the signal of
+// name the run took (the signal script: one signal per name, a retried
+// delivery of the same id harmless).
+func SignalField(name string) string { return FieldSignalPrefix + name }
 
 // ResultExpiryField is the state hash field that holds when task's stored
 // result expires (Unix ms), set by the finish script that stored a result
