@@ -129,9 +129,12 @@ func (c *Client) SubmitSpec(ctx context.Context, spec events.RunSubmittedBody, o
 
 // TaskInfo is one task of a RunInfo.
 type TaskInfo struct {
-	ID       string          `json:"id"`
-	Handler  string          `json:"handler"`
-	Deps     []string        `json:"deps,omitempty"`
+	ID      string   `json:"id"`
+	Handler string   `json:"handler"`
+	Deps    []string `json:"deps,omitempty"`
+	// Waits are the tasks spawned at run time (dynamic tasks) that this
+	// task waits for besides Deps.
+	Waits    []string        `json:"waits,omitempty"`
 	Pool     string          `json:"pool"`
 	Priority int             `json:"priority"`
 	Status   string          `json:"status"`
@@ -217,7 +220,7 @@ func (c *Client) Status(ctx context.Context, run string) (*RunInfo, error) {
 	}
 	for _, t := range r.Tasks {
 		info.Tasks = append(info.Tasks, TaskInfo{
-			ID: t.Spec.ID, Handler: t.Spec.Handler, Deps: t.Spec.Deps, Pool: t.Spec.Pool, Priority: t.Spec.Priority,
+			ID: t.Spec.ID, Handler: t.Spec.Handler, Deps: t.Spec.Deps, Waits: t.Waits, Pool: t.Spec.Pool, Priority: t.Spec.Priority,
 			Status: string(t.Status), Attempt: t.Attempt, Epoch: t.Epoch, Owner: t.Owner, Error: t.Error, Result: t.Result,
 		})
 		if t.ResultExpiresMS > 0 {
