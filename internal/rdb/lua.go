@@ -144,5 +144,9 @@ func Scripts() map[string]*redis.Script {
 		"spawned":        spawnedScript,
 		"signal":         signalScript,
 		"expire_results": expireResultsScript,
+		"import_append":  importAppendScript,
+		"import_state":   importStateScript,
+		"resume":         resumeScript,
+		"prune":          pruneConsumersScript,
 	}
 }

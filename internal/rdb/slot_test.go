@@ -1,6 +1,7 @@
 package rdb_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha1"
 	"encoding/hex"
@@ -16,11 +17,13 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/graflow-go/graflow"
 	"github.com/graflow-go/graflow/events"
 	"github.com/graflow-go/graflow/internal/rdb"
 	"github.com/graflow-go/graflow/internal/redisserver"
 	"github.com/graflow-go/graflow/internal/redistest"
 	"github.com/graflow-go/graflow/projector"
+	"github.com/graflow-go/graflow/replay"
 	"github.com/graflow-go/graflow/scheduler"
 	"github.com/graflow-go/graflow/worker"
 	"github.com/oklog/ulid/v2"
@@ -440,6 +443,32 @@ func TestEveryScriptAndMultiTouchesOneSlot(t *testing.T) {
 	}
 	if n, err := plain.HExists(ctx, keys.RunResults(run), "d").Result(); err != nil || n {
 		t.Errorf("d's expired result is still stored (%v, %v)", n, err)
+	}
+
+	// Phase 9: phase 1's run exported and imported under another id (its
+	// log appended, then its hashes written); run5's dispatch sent again
+	// (resume); the workers' idle consumers pruned.
+	cl, err := graflow.NewClient(graflow.Config{Redis: c, Namespace: ns})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var export bytes.Buffer
+	if _, err := cl.Export(ctx, run, &export); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cl.Import(ctx, &export, replay.ImportOptions{RunID: "slot-imported"}); err != nil {
+		t.Fatal(err)
+	}
+	rec5, err := plain.HGet(ctx, keys.RunState(run5), "a").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if done, err := db.Resume(ctx, run5, []rdb.ResumeItem{{Task: "a", Record: rec5, NewRecord: rec5,
+		Dispatch: rdb.Dispatch{Pool: "nobody", Run: run5, Task: "a", Attempt: 1}}}, time.Now().UnixMilli()); err != nil || len(done) != 1 || !done[0] {
+		t.Errorf("resume of run5's a = %v, %v", done, err)
+	}
+	if _, err := db.PruneConsumers(ctx, keys.QueueFor(run, "default", 0), rdb.GroupWorkers, 0, db.WorkerRegistry()); err != nil {
+		t.Fatal(err)
 	}
 
 	rec.mu.Lock()
