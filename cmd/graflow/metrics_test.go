@@ -25,7 +25,7 @@ func TestMetricsAddrServesMetrics(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
 			done := make(chan error, 1)
 			go func() {
-				done <- m.Run(ctx, []string{cmd, "--redis", redistest.URL(t), "--namespace", redistest.Namespace(t), "--metrics-addr", "127.0.0.1:0"})
+				done <- m.Run(ctx, []string{cmd, "--redis", redistest.URL(t), "--namespace", redistest.Namespace(t), "--metrics-addr", "127.0.0.1:0", "--log-format", "console"})
 			}()
 			t.Cleanup(func() {
 				cancel()
