@@ -17,6 +17,8 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -94,8 +96,8 @@ func attr(key string, v any) slog.Attr {
 		return slog.Float64(key, f)
 	case map[string]any:
 		as := make([]any, 0, len(v))
-		for k, x := range v {
-			as = append(as, attr(k, x))
+		for _, k := range slices.Sorted(maps.Keys(v)) {
+			as = append(as, attr(k, v[k]))
 		}
 		return slog.Group(key, as...)
 	}
