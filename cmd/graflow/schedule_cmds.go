@@ -76,19 +76,23 @@ func runScheduleAdd(m *Main, fs *pflag.FlagSet, c *common) runFunc {
 	}
 }
 
+// readSpecFile reads a spec file ("-" for standard input), at most
+// maxSpecFile bytes.
+func readSpecFile(m *Main, path string) ([]byte, error) {
+	if path == "-" {
+		return readSpec(m.Stdin, "standard input")
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return readSpec(f, path)
+}
+
 // specFile reads and parses a spec file ("-" for standard input).
 func specFile(m *Main, path string) (events.RunSubmittedBody, error) {
-	var data []byte
-	var err error
-	if path == "-" {
-		data, err = readSpec(m.Stdin, "standard input")
-	} else {
-		var f *os.File
-		if f, err = os.Open(path); err == nil {
-			data, err = readSpec(f, path)
-			_ = f.Close()
-		}
-	}
+	data, err := readSpecFile(m, path)
 	if err != nil {
 		return events.RunSubmittedBody{}, withCode(ExitUsage, err)
 	}
