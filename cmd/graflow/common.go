@@ -86,7 +86,7 @@ func (c *common) connect(ctx context.Context) (redis.UniversalClient, error) {
 	defer cancel()
 	if err := client.Ping(pctx).Err(); err != nil {
 		_ = client.Close()
-		return nil, connectError(redact(c.redisURL), err)
+		return nil, connectError(redact(c.redisURL), tlsOn(client), err)
 	}
 	return client, nil
 }
@@ -231,4 +231,15 @@ func cpuProfile(path string) (stop func(), err error) {
 		pprof.StopCPUProfile()
 		_ = f.Close()
 	}, nil
+}
+
+// tlsOn reports whether the client speaks TLS to Redis.
+func tlsOn(c redis.UniversalClient) bool {
+	switch c := c.(type) {
+	case *redis.Client:
+		return c.Options().TLSConfig != nil
+	case *redis.ClusterClient:
+		return c.Options().TLSConfig != nil
+	}
+	return false
 }

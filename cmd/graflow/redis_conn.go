@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -79,8 +80,9 @@ var (
 )
 
 // connectError says why the PING to addr failed: the credentials, TLS, or
-// nothing answering there.
-func connectError(addr string, err error) error {
+// nothing answering there. useTLS: the client speaks TLS (a plain server
+// then never answers its handshake, so a timeout is a TLS failure).
+func connectError(addr string, useTLS bool, err error) error {
 	msg := err.Error()
 	var (
 		recordErr tls.RecordHeaderError
@@ -96,6 +98,8 @@ func connectError(addr string, err error) error {
 	case errors.As(err, &recordErr), errors.As(err, &verifyErr), errors.As(err, &unknownCA), errors.As(err, &hostErr),
 		errors.As(err, &alertErr), strings.Contains(msg, "tls: "), strings.Contains(msg, "x509: "):
 		return withCode(ExitError, fmt.Errorf("%w at %s: %v: check --tls-ca (the CA that signed the server's certificate) and the host name, or use redis:// if the server does not speak TLS", errRedisTLS, addr, err))
+	case useTLS && (errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded)):
+		return withCode(ExitError, fmt.Errorf("%w at %s: no answer to the TLS handshake (%v): a server without TLS? use redis://", errRedisTLS, addr, err))
 	case errors.Is(err, io.EOF), errors.Is(err, syscall.ECONNRESET):
 		return withCode(ExitError, fmt.Errorf("%w at %s: the server closed the connection (%v): a TLS-only server? use rediss://", errRedisUnreachable, addr, err))
 	}
