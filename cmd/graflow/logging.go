@@ -47,7 +47,7 @@ func (c *common) slog(w io.Writer) *slog.Logger {
 	if format == logConsole {
 		// tint: the short level and bare message of a console logger
 		// (zerolog's ConsoleWriter before), key=value attributes.
-		return slog.New(tint.NewHandler(w, &tint.Options{Level: lvl, ReplaceAttr: replaceAttr, TimeFormat: timeFormat, NoColor: !isTerminal(w)}))
+		return slog.New(tint.NewTextHandler(w, &tint.Options{Level: lvl, ReplaceAttr: replaceAttr, TimeFormat: timeFormat, NoColor: !isTerminal(w)}))
 	}
 	return slog.New(slog.NewJSONHandler(w, opts))
 }

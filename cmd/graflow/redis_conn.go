@@ -94,14 +94,14 @@ func connectError(addr string, useTLS bool, err error) error {
 	switch {
 	case strings.HasPrefix(msg, "WRONGPASS"), strings.HasPrefix(msg, "NOAUTH"), strings.Contains(msg, "invalid username-password"),
 		strings.HasPrefix(msg, "NOPERM"):
-		return withCode(ExitError, fmt.Errorf("%w at %s: %v: give user and password in the URL (redis://user:pass@host:port) or the password in $REDIS_PASSWORD", errRedisAuth, addr, err))
+		return withCode(ExitError, fmt.Errorf("%w at %s: %w: give user and password in the URL (redis://user:pass@host:port) or the password in $REDIS_PASSWORD", errRedisAuth, addr, err))
 	case errors.As(err, &recordErr), errors.As(err, &verifyErr), errors.As(err, &unknownCA), errors.As(err, &hostErr),
 		errors.As(err, &alertErr), strings.Contains(msg, "tls: "), strings.Contains(msg, "x509: "):
-		return withCode(ExitError, fmt.Errorf("%w at %s: %v: check --tls-ca (the CA that signed the server's certificate) and the host name, or use redis:// if the server does not speak TLS", errRedisTLS, addr, err))
+		return withCode(ExitError, fmt.Errorf("%w at %s: %w: check --tls-ca (the CA that signed the server's certificate) and the host name, or use redis:// if the server does not speak TLS", errRedisTLS, addr, err))
 	case useTLS && (errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded)):
-		return withCode(ExitError, fmt.Errorf("%w at %s: no answer to the TLS handshake (%v): a server without TLS? use redis://", errRedisTLS, addr, err))
+		return withCode(ExitError, fmt.Errorf("%w at %s: no answer to the TLS handshake (%w): a server without TLS? use redis://", errRedisTLS, addr, err))
 	case errors.Is(err, io.EOF), errors.Is(err, syscall.ECONNRESET):
-		return withCode(ExitError, fmt.Errorf("%w at %s: the server closed the connection (%v): a TLS-only server? use rediss://", errRedisUnreachable, addr, err))
+		return withCode(ExitError, fmt.Errorf("%w at %s: the server closed the connection (%w): a TLS-only server? use rediss://", errRedisUnreachable, addr, err))
 	}
 	return withCode(ExitError, fmt.Errorf("%w at %s: %w: start Redis, set REDIS_URL, or run \"graflow dev\"", errRedisUnreachable, addr, err))
 }

@@ -280,7 +280,7 @@ func waitFor(ctx context.Context, m *Main, cl *graflow.Client, run string, o wai
 	}
 	if in, ok := interruption(ctx); ok {
 		// Never exit 0 on Ctrl-C or SIGTERM: the run did not end.
-		return withCode(in.code(), fmt.Errorf("%v while waiting for run %s: it goes on (graflow wait %s)", in, run, run))
+		return withCode(in.code(), fmt.Errorf("%w while waiting for run %s: it goes on (graflow wait %s)", in, run, run))
 	}
 	if errors.Is(err, context.DeadlineExceeded) {
 		return withCode(ExitTimeout, fmt.Errorf("run %s still running after %s", run, o.timeout))

@@ -11,6 +11,7 @@ package specschema
 import (
 	"bytes"
 	_ "embed"
+	"errors"
 	"fmt"
 	"sync"
 
@@ -62,8 +63,8 @@ func Check(doc any) ([]Problem, error) {
 	if err == nil {
 		return nil, nil
 	}
-	ve, ok := err.(*jsonschema.ValidationError)
-	if !ok {
+	var ve *jsonschema.ValidationError
+	if !errors.As(err, &ve) {
 		return nil, err
 	}
 	var out []Problem
