@@ -167,9 +167,17 @@ func envName(flag string) string {
 // GRAFLOW_ one.
 var envAliases = map[string][]string{"redis": {"REDIS_URL"}}
 
+// noEnv lists the flags the environment does not set: cobra's own, and
+// the test-only switches that weaken safety, which must be asked for on
+// the command line, where they show.
+var noEnv = map[string]bool{"help": true, "version": true, "unsafe-no-fencing": true, "break-fencing": true}
+
 // envUsage names each flag's variable in its help line.
 func envUsage(fs *pflag.FlagSet) {
 	fs.VisitAll(func(f *pflag.Flag) {
+		if noEnv[f.Name] {
+			return
+		}
 		vars := append([]string{envName(f.Name)}, envAliases[f.Name]...)
 		f.Usage += " [$" + strings.Join(vars, ", $") + "]"
 	})
@@ -183,7 +191,7 @@ func envUsage(fs *pflag.FlagSet) {
 func (m *Main) bindEnv(cmd *cobra.Command) error {
 	var errs []error
 	cmd.Flags().VisitAll(func(f *pflag.Flag) {
-		if f.Changed || f.Name == "help" || f.Name == "version" {
+		if f.Changed || noEnv[f.Name] {
 			return
 		}
 		for _, name := range append([]string{envName(f.Name)}, envAliases[f.Name]...) {

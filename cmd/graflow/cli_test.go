@@ -116,6 +116,16 @@ func TestFlagsFromTheEnvironment(t *testing.T) {
 	if v := cmd.Flags().Lookup("concurrency").Value.String(); v != "17" {
 		t.Errorf("GRAFLOW_CONCURRENCY: --concurrency %s", v)
 	}
+	// The switches that weaken safety are not read from the environment.
+	m, _ = newTestMain("", map[string]string{"GRAFLOW_BREAK_FENCING": "true"})
+	root = m.rootCommand(context.Background())
+	cmd, _, _ = root.Find([]string{"chaos"})
+	if err := m.bindEnv(cmd); err != nil {
+		t.Fatal(err)
+	}
+	if v := cmd.Flags().Lookup("break-fencing").Value.String(); v != "false" {
+		t.Errorf("GRAFLOW_BREAK_FENCING set --break-fencing to %s", v)
+	}
 	// A bad value from the environment is a usage error naming it.
 	code, out := runCLI(t, context.Background(), map[string]string{"GRAFLOW_CONCURRENCY": "lots"}, "worker", "--redis", "redis://127.0.0.1:1")
 	if code != ExitUsage || !strings.Contains(out, "GRAFLOW_CONCURRENCY") {
