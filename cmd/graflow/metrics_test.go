@@ -61,6 +61,12 @@ func TestMetricsAddrServesMetrics(t *testing.T) {
 			if body := httpGet(t, "http://"+addr+"/healthz"); body != "ok\n" {
 				t.Errorf("/healthz = %q", body)
 			}
+			if cmd == "worker" {
+				// Stop it once it is up: a worker cancelled while it starts
+				// (checking the key layout, loading scripts) returns the
+				// cancellation as an error, which is not what this tests.
+				waitForText(t, out, "worker started")
+			}
 		})
 	}
 }
