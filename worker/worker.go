@@ -8,7 +8,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/graflow-go/graflow/internal/logbridge"
 	"github.com/jonboulle/clockwork"
+	"log/slog"
 	"os"
 	"runtime/debug"
 	"slices"
@@ -91,6 +93,9 @@ type Config struct {
 	noFencing bool
 	// Logger; nil is quiet.
 	Logger *zerolog.Logger
+	// Slog, when Logger is nil, receives the logs instead (bridged: see
+	// internal/logbridge).
+	Slog *slog.Logger
 	// Clock decides what time it is and when timers fire (default the real
 	// clock; tests pass clockwork.NewFakeClock()).
 	Clock clockwork.Clock
@@ -167,6 +172,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxIterations <= 0 {
 		c.MaxIterations = DefaultMaxIterations
+	}
+	if c.Logger == nil {
+		c.Logger = logbridge.Zerolog(c.Slog)
 	}
 	if c.Logger == nil {
 		l := zerolog.Nop()
