@@ -11,7 +11,7 @@ export TESTCONTAINERS_RYUK_DISABLED ?= true
 export TESTCONTAINERS_HOST_OVERRIDE ?= 127.0.0.1
 
 # Packages that exist so far among those test-race covers.
-RACE_PKGS := ./worker/... ./projector/... ./internal/... ./replay/... .
+RACE_PKGS := ./worker/... ./projector/... ./internal/... ./replay/... ./cmd/graflow/internal/ui/... .
 
 .DEFAULT_GOAL := help
 .PHONY: help redis test test-race test-integration fmt lint build build-testhooks demo bench bench-smoke chaos chaos-broken-fencing soak
@@ -53,7 +53,7 @@ image: ## Build the graflow/graflow:dev image (Dockerfile: multi-stage, static, 
 compose-test: redis image ## Build the images, start deploy/compose.yaml (Redis with AOF, a projector, three workers), run workflows through it (one worker stopped mid-run must drain), always tear it down
 	./scripts/compose-test.sh
 
-test-race: redis ## Run the concurrent packages (worker, projector, internal, replay, root) with the race detector
+test-race: redis ## Run the concurrent packages (worker, projector, internal, replay, the dashboard, root) with the race detector
 	$(GO) test -count=1 -race $(RACE_PKGS)
 
 test-integration: redis ## Run end-to-end tests in integration/ (real processes, real Redis)

@@ -149,9 +149,12 @@ func (c *Client) SubmitSpec(ctx context.Context, spec events.RunSubmittedBody, o
 
 // TaskInfo is one task of a RunInfo.
 type TaskInfo struct {
-	ID       string          `json:"id"`
-	Handler  string          `json:"handler"`
-	Deps     []string        `json:"deps,omitempty"`
+	ID      string   `json:"id"`
+	Handler string   `json:"handler"`
+	Deps    []string `json:"deps,omitempty"`
+	// Waits are the tasks spawned at run time (dynamic tasks) that this
+	// task waits for besides Deps.
+	Waits    []string        `json:"waits,omitempty"`
 	Pool     string          `json:"pool"`
 	Priority int             `json:"priority"`
 	Status   string          `json:"status"`
@@ -160,6 +163,12 @@ type TaskInfo struct {
 	Owner    string          `json:"owner,omitempty"`
 	Error    string          `json:"error,omitempty"`
 	Result   json.RawMessage `json:"result,omitempty"`
+	// ResultExpiresAt is when the stored result expires (the task's
+	// ResultTTL after it succeeded; nil: never), and ResultExpired says it
+	// has: Result is then empty (Client.Result returns ErrResultExpired;
+	// the log keeps the value: Log, Export).
+	ResultExpiresAt *time.Time `json:"result_expires_at,omitempty"`
+	ResultExpired   bool       `json:"result_expired,omitempty"`
 }
 
 // RunInfo is the state of a run, folded from its log.
@@ -231,9 +240,17 @@ func (c *Client) Status(ctx context.Context, run string) (*RunInfo, error) {
 	}
 	for _, t := range r.Tasks {
 		info.Tasks = append(info.Tasks, TaskInfo{
-			ID: t.Spec.ID, Handler: t.Spec.Handler, Deps: t.Spec.Deps, Pool: t.Spec.Pool, Priority: t.Spec.Priority,
+			ID: t.Spec.ID, Handler: t.Spec.Handler, Deps: t.Spec.Deps, Waits: t.Waits, Pool: t.Spec.Pool, Priority: t.Spec.Priority,
 			Status: string(t.Status), Attempt: t.Attempt, Epoch: t.Epoch, Owner: t.Owner, Error: t.Error, Result: t.Result,
 		})
+		if t.ResultExpiresMS > 0 {
+			ti := &info.Tasks[len(info.Tasks)-1]
+			at := time.UnixMilli(t.ResultExpiresMS).UTC()
+			ti.ResultExpiresAt = &at
+			if t.ResultExpired(c.clock.Now()) {
+				ti.Result, ti.ResultExpired = nil, true
+			}
+		}
 		info.Counts[string(t.Status)]++
 	}
 	return info, nil
@@ -925,6 +942,7 @@ func (c *Client) Verify(ctx context.Context, run string) (*replay.Report, error)
 	if err != nil {
 		return nil, err
 	}
+	read := c.clock.Now() // after the read: a result deleted by then was due by then
 	if live.Last == "" && len(live.State) == 0 {
 		return nil, c.notFound(run)
 	}
@@ -940,7 +958,7 @@ func (c *Client) Verify(ctx context.Context, run string) (*replay.Report, error)
 		}
 	}
 	rep, want := replay.Verify(run, c.Namespace(), replay.Live{State: live.State, Results: live.Results, DAG: live.DAG,
-		LastSeq: live.Last, Added: live.Added, Length: live.Length, MaxDeleted: live.MaxDeleted}, evs, bad)
+		LastSeq: live.Last, Added: live.Added, Length: live.Length, MaxDeleted: live.MaxDeleted, Now: read}, evs, bad)
 	if len(want) == 0 {
 		return rep, nil
 	}

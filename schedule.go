@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sort"
 	"time"
 
@@ -230,6 +231,9 @@ type ScheduleRunOptions struct {
 	Refresh time.Duration
 	// Logger; nil is quiet.
 	Logger *zerolog.Logger
+	// Slog, when Logger is nil, receives the logs instead (bridged: see
+	// internal/logbridge).
+	Slog *slog.Logger
 }
 
 // RunSchedules fires the namespace's schedules until ctx ends, then
@@ -240,7 +244,7 @@ type ScheduleRunOptions struct {
 // Clock decides when ticks are due.
 func (c *Client) RunSchedules(ctx context.Context, opts ScheduleRunOptions) error {
 	cr, err := scheduler.NewCron(scheduler.CronConfig{Scheduler: c.sched, Clock: c.clock, CatchUp: opts.CatchUp,
-		Refresh: opts.Refresh, Logger: opts.Logger})
+		Refresh: opts.Refresh, Logger: opts.Logger, Slog: opts.Slog})
 	if err != nil {
 		return err
 	}

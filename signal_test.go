@@ -20,7 +20,8 @@ import (
 
 // signalStack is a projector and a worker with the built-in handlers
 // (@wait_signal among them), "show", which returns its upstream results,
-// and "hold", which runs until the test releases it.
+// "read", which reads each of them, and "hold", which runs until the test
+// releases it.
 type signalStack struct {
 	bundle
 	ctx     context.Context
@@ -48,6 +49,19 @@ func newSignalStack(t *testing.T) *signalStack {
 	s := &signalStack{ctx: ctx, holding: make(chan string, 4), release: make(chan struct{})}
 	builtin.Register(w)
 	w.HandleFunc("show", func(ctx context.Context, t *worker.Task) (any, error) { return t.Upstream, nil })
+	// read reads every upstream result as a handler must (BindUpstream),
+	// so an expired one fails it (result TTL).
+	w.HandleFunc("read", func(ctx context.Context, t *worker.Task) (any, error) {
+		out := map[string]json.RawMessage{}
+		for _, d := range t.Deps() {
+			var v json.RawMessage
+			if err := t.BindUpstream(d, &v); err != nil {
+				return nil, err
+			}
+			out[d] = v
+		}
+		return out, nil
+	})
 	w.HandleFunc("hold", func(ctx context.Context, t *worker.Task) (any, error) {
 		s.holding <- t.ID
 		select {
@@ -65,6 +79,20 @@ func newSignalStack(t *testing.T) *signalStack {
 	}
 	s.bundle = bundle{rdb: rc, ns: ns, client: c}
 	return s
+}
+
+// runToEnd submits wf (no input) and waits for the run to end.
+func (s *signalStack) runToEnd(t *testing.T, wf *graflow.Workflow) (string, *graflow.RunInfo) {
+	t.Helper()
+	run, err := s.client.Submit(s.ctx, wf, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.client.Wait(s.ctx, run)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return run, info
 }
 
 // sound checks run's history with replay.Analyze and the live state with
@@ -208,14 +236,7 @@ func TestASignalThatNeverComesFailsTheTask(t *testing.T) {
 	wf := graflow.NewWorkflow("unanswered")
 	approve := wf.Task("approve", builtin.WaitSignal).Args(builtin.WaitSignalArgs{Name: "approve", Timeout: "300ms"}).Retries(2)
 	wf.Task("apply", "show").After(approve)
-	run, err := s.client.Submit(s.ctx, wf, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := s.client.Wait(s.ctx, run)
-	if err != nil {
-		t.Fatal(err)
-	}
+	run, info := s.runToEnd(t, wf)
 	a := info.Task("approve")
 	if info.Status != "failed" || a.Status != "failed" || a.Attempt != 1 || a.Error != "no signal approve within 300ms" {
 		t.Fatalf("run %s, approve %s at attempt %d: %q; want failed at attempt 1: no signal approve within 300ms", info.Status, a.Status, a.Attempt, a.Error)

@@ -63,6 +63,18 @@ func (t *Task) Timeout(d time.Duration) *Task { t.spec.TimeoutMS = d.Millisecond
 // dependencies met): its dispatch waits in the delayed set.
 func (t *Task) StartAfter(d time.Duration) *Task { t.spec.StartAfterMS = d.Milliseconds(); return t }
 
+// ResultTTL expires the task's stored result d after the task succeeded:
+// dependent tasks that start later, and Client.Result, then get
+// ErrResultExpired. The run's log keeps the task_succeeded event (and the
+// result in it) for replay and audit; the run's own TTL is unchanged.
+func (t *Task) ResultTTL(d time.Duration) *Task {
+	t.spec.ResultTTLMS = d.Milliseconds()
+	if d > 0 && t.spec.ResultTTLMS == 0 {
+		t.spec.ResultTTLMS = 1 // under a millisecond: the shortest TTL, not none
+	}
+	return t
+}
+
 // Pool routes the task to workers serving pool (default "default").
 func (t *Task) Pool(pool string) *Task { t.spec.Pool = pool; return t }
 

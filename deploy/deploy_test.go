@@ -309,6 +309,33 @@ func TestKubernetes(t *testing.T) {
 			}
 		}
 	})
+	t.Run("projector and workers serve metrics and are probed on /healthz and /readyz", func(t *testing.T) {
+		t.Parallel()
+		for _, w := range []*k8sObject{projector, workers} {
+			for _, c := range w.Spec.Template.Spec.Containers {
+				where := fmt.Sprintf("%s %s, container %s", w.Kind, w.Metadata.Name, c.Name)
+				i := slices.Index(c.Args, "--metrics-addr")
+				port := 0
+				for _, p := range c.Ports {
+					if p.Name == "metrics" {
+						port = p.ContainerPort
+					}
+				}
+				if i < 0 || i+1 >= len(c.Args) || port == 0 || c.Args[i+1] != fmt.Sprintf(":%d", port) {
+					t.Errorf("%s: want --metrics-addr :P with P the container port named metrics (args %v)", where, c.Args)
+				}
+				for _, pr := range []struct {
+					name string
+					p    *probe
+					path string
+				}{{"livenessProbe", c.LivenessProbe, "/healthz"}, {"readinessProbe", c.ReadinessProbe, "/readyz"}} {
+					if pr.p == nil || pr.p.HTTPGet.Path != pr.path || pr.p.HTTPGet.Port != "metrics" {
+						t.Errorf("%s: want a %s on %s of the metrics port, have %+v", where, pr.name, pr.path, pr.p)
+					}
+				}
+			}
+		}
+	})
 	t.Run("every command and flag exists in graflow", func(t *testing.T) {
 		t.Parallel()
 		for _, w := range []*k8sObject{projector, workers} {
@@ -469,6 +496,19 @@ type k8sContainer struct {
 		Limits   map[string]string `yaml:"limits"`
 	} `yaml:"resources"`
 	SecurityContext securityContext `yaml:"securityContext"`
+	Ports           []struct {
+		Name          string `yaml:"name"`
+		ContainerPort int    `yaml:"containerPort"`
+	} `yaml:"ports"`
+	LivenessProbe  *probe `yaml:"livenessProbe"`
+	ReadinessProbe *probe `yaml:"readinessProbe"`
+}
+
+type probe struct {
+	HTTPGet struct {
+		Path string `yaml:"path"`
+		Port string `yaml:"port"`
+	} `yaml:"httpGet"`
 }
 
 type securityContext struct {

@@ -26,6 +26,11 @@ type TaskSpec struct {
 	// StartAfterMS delays the task's dispatch by this long after it
 	// became ready (its dependencies met); 0: at once.
 	StartAfterMS int64 `json:"start_after_ms,omitempty"`
+	// ResultTTLMS expires the task's stored result this long after the
+	// task succeeded (0: kept as long as the run). The task_succeeded
+	// event keeps the result in the log; reads of the stored result
+	// (dependent tasks, Client.Result) after the TTL are an error.
+	ResultTTLMS int64 `json:"result_ttl_ms,omitempty"`
 }
 
 // RunSubmittedBody is the body of run_submitted: the whole DAG and input.

@@ -39,7 +39,7 @@ func fieldMap(t testing.TB, fields []any) map[string]any {
 func sampleBody(typ events.Type) any {
 	spec := []events.TaskSpec{
 		{ID: "a", Handler: "h.a", Pool: "gpu", Priority: 3, MaxAttempts: 2, TimeoutMS: 1500, Args: json.RawMessage(`{"x":1}`)},
-		{ID: "b", Handler: "h.b", Deps: []string{"a"}},
+		{ID: "b", Handler: "h.b", Deps: []string{"a"}, StartAfterMS: 250, ResultTTLMS: 60000, Join: &events.Join{Policy: events.JoinBestEffort}},
 	}
 	switch typ {
 	case events.RunSubmitted:

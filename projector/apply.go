@@ -132,6 +132,9 @@ func apply(r *Run, e events.Event) error {
 			return invalid(e, "%v", err)
 		}
 		t.Status, t.Result, t.Error = TaskSucceeded, b.Result, ""
+		if t.Spec.ResultTTLMS > 0 {
+			t.ResultExpiresMS = e.Time.UnixMilli() + t.Spec.ResultTTLMS
+		}
 		if r.noResults {
 			t.Result = nil
 		}

@@ -7,16 +7,18 @@ import (
 )
 
 // moveDelayed moves due dispatches from the delayed sets of parts to their
-// queues. It sleeps until the earliest due time (or a commit that parked a
-// dispatch wakes it); the wait is capped so entries parked by other
-// processes are not missed for long.
+// queues, and deletes the stored results whose result TTL is due. It sleeps
+// until the earliest due time (or a commit that parked a dispatch, or a
+// projection that saw a result with a TTL, wakes it); the wait is capped so
+// entries parked by other processes are not missed for long.
 func (p *Projector) moveDelayed(ctx context.Context, parts []int) {
 	for ctx.Err() == nil {
 		wait := DefaultDelayedMaxWait
 		var err error
 		for _, part := range parts {
 			w, perr := p.moveDue(ctx, part)
-			wait, err = min(wait, w), errors.Join(err, perr)
+			x, xerr := p.expireDue(ctx, part)
+			wait, err = min(wait, w, x), errors.Join(err, perr, xerr)
 		}
 		if err != nil {
 			if ctx.Err() != nil {
@@ -60,6 +62,23 @@ func (p *Projector) moveDue(ctx context.Context, part int) (time.Duration, error
 	}
 	if next > 0 {
 		return time.Duration(next-now) * time.Millisecond, nil
+	}
+	return DefaultDelayedMaxWait, nil
+}
+
+// expireDue deletes partition part's due stored results (a page of them)
+// and returns how long until its next one is due.
+func (p *Projector) expireDue(ctx context.Context, part int) (time.Duration, error) {
+	now := p.cfg.Clock.Now().UnixMilli()
+	n, next, err := p.db.ExpireResults(ctx, part, now, 256)
+	if err != nil {
+		return time.Second, err
+	}
+	if n > 0 {
+		p.log.Debug().Int("partition", part).Int64("results", n).Msg("expired stored results (result TTL)")
+	}
+	if next > 0 {
+		return max(time.Duration(next-now)*time.Millisecond, 0), nil
 	}
 	return DefaultDelayedMaxWait, nil
 }

@@ -27,6 +27,7 @@ type taskSnap struct {
 	Owner   string
 	Error   string
 	Result  string
+	Expires int64
 	Waits   []string
 }
 
@@ -60,7 +61,7 @@ type runSnap struct {
 // the property tests cannot silently ignore new state.
 var snapshotFields = map[reflect.Type][]string{
 	reflect.TypeFor[projector.Run]():  {"ID", "Workflow", "Traceparent", "Status", "Input", "Tasks", "FailedTask", "Cause", "LastSeq", "Events"},
-	reflect.TypeFor[projector.Task](): {"Spec", "Status", "Attempt", "Epoch", "Owner", "Error", "Result", "Waits"},
+	reflect.TypeFor[projector.Task](): {"Spec", "Status", "Attempt", "Epoch", "Owner", "Error", "Result", "ResultExpiresMS", "Waits"},
 }
 
 func testDelay(spec events.TaskSpec, attempt int) time.Duration {
@@ -74,7 +75,7 @@ func snapshot(r *projector.Run) runSnap {
 	}
 	for _, t := range r.Tasks {
 		s.Tasks = append(s.Tasks, taskSnap{Spec: t.Spec, Status: t.Status, Attempt: t.Attempt, Epoch: t.Epoch,
-			Owner: t.Owner, Error: t.Error, Result: string(t.Result), Waits: t.Waits})
+			Owner: t.Owner, Error: t.Error, Result: string(t.Result), Expires: t.ResultExpiresMS, Waits: t.Waits})
 		s.Counts[t.Status]++
 	}
 	for _, d := range projector.Decide(r, 0, testDelay) {
@@ -128,18 +129,19 @@ type claim struct {
 // the Lua scripts (claim, reclaim, heartbeat, finish, stale results). recs
 // models the lease records the scripts keep in the state hash.
 type sim struct {
-	t    testing.TB
-	rng  *rand.Rand
-	run  string
-	log  []events.Event
-	ms   int64
-	n    int64
-	ids  int
-	recs map[string]rdb.Record
-	max  map[string]int // task → max attempts
-	deps map[string][]string
-	tids []string // task ids in creation order
-	dyn  int
+	t     testing.TB
+	rng   *rand.Rand
+	run   string
+	log   []events.Event
+	ms    int64
+	n     int64
+	ids   int
+	notes int // note events appended
+	recs  map[string]rdb.Record
+	max   map[string]int // task → max attempts
+	deps  map[string][]string
+	tids  []string // task ids in creation order
+	dyn   int
 	// spawners are the tasks that added tasks.
 	spawners map[string]bool
 
@@ -195,6 +197,9 @@ func (s *sim) randomSpecs(prefix string, n int, existing []string) []events.Task
 		spec := events.TaskSpec{
 			ID: id, Handler: "h", Deps: deps, MaxAttempts: s.rng.IntN(3) + 1, Priority: s.rng.IntN(3),
 			Args: json.RawMessage(`{"i":` + strconv.Itoa(i) + `}`),
+		}
+		if s.rng.IntN(4) == 0 { // a result TTL
+			spec.ResultTTLMS = int64(1 + s.rng.IntN(60_000))
 		}
 		if len(deps) >= 2 && s.rng.IntN(3) == 0 { // a join policy
 			switch s.rng.IntN(3) {
@@ -317,8 +322,10 @@ func (s *sim) act(grow bool) {
 		s.claim()
 	case k < 40:
 		s.reclaim()
-	case k < 47:
+	case k < 44:
 		s.heartbeat()
+	case k < 47:
+		s.note()
 	case k < 80:
 		s.finish(grow)
 	default:
@@ -369,6 +376,26 @@ func (s *sim) heartbeat() {
 	r := s.rec(id)
 	s.append(events.Event{Type: events.TaskHeartbeat, Task: id, Attempt: r.Attempt, Epoch: r.Epoch, Worker: r.Owner}.
 		WithBody(events.TaskHeartbeatBody{Progress: strconv.Itoa(s.rng.IntN(100)) + "%"}))
+}
+
+// note appends an event that changes no task: a channel_written by a
+// running task's claim holder (the channel write script), or a
+// signal_received with a name not used before (the signal script), while
+// the run runs.
+func (s *sim) note() {
+	if s.done {
+		return
+	}
+	s.notes++
+	if ids := s.withStatus("running"); len(ids) > 0 && s.rng.IntN(2) == 0 {
+		id := s.pick(ids)
+		r := s.rec(id)
+		s.append(events.Event{Type: events.ChannelWritten, Task: id, Attempt: r.Attempt, Epoch: r.Epoch, Worker: r.Owner}.
+			WithBody(events.ChannelWrittenBody{Key: "k" + strconv.Itoa(s.rng.IntN(3)), Value: json.RawMessage(strconv.Itoa(s.notes))}))
+		return
+	}
+	s.append(events.Event{Type: events.SignalReceived, Worker: "client-1"}.
+		WithBody(events.SignalReceivedBody{Name: "s" + strconv.Itoa(s.notes), ID: "id" + strconv.Itoa(s.notes), Payload: json.RawMessage(`true`)}))
 }
 
 // finish reports an outcome for a running task by its current owner, as the
@@ -850,4 +877,35 @@ func TestPropertyHistoriesCoverSpawns(t *testing.T) {
 		t.Fatalf("%d of %d histories spawn, %d with a successor that waited for spawned tasks and succeeded", spawning, propertySeeds, waiting)
 	}
 	t.Logf("%d of %d histories spawn, %d with a successor that waited for spawned tasks and succeeded", spawning, propertySeeds, waiting)
+}
+
+// The generated histories hold every event type the engine writes except
+// run_quarantined (the projector's verdict on a log it cannot fold, which
+// these histories never are), so the properties above cover them all:
+// channel_written and signal_received included, and tasks with a result
+// TTL.
+func TestPropertyHistoriesCoverEveryEventType(t *testing.T) {
+	t.Parallel()
+	seen := map[events.Type]int{}
+	ttls := 0
+	for seed := uint64(1); seed <= propertySeeds; seed++ {
+		s := history(t, seed)
+		for _, e := range s.log {
+			seen[e.Type]++
+		}
+		for _, tk := range fold(t, s.run, s.log).Tasks {
+			if tk.ResultExpiresMS > 0 {
+				ttls++
+			}
+		}
+	}
+	for _, typ := range events.Types {
+		if seen[typ] == 0 && typ != events.RunQuarantined {
+			t.Errorf("no history of %d holds %s", propertySeeds, typ)
+		}
+	}
+	if ttls == 0 {
+		t.Error("no history holds a succeeded task with a result TTL")
+	}
+	t.Logf("event types: %v; results with a TTL: %d", seen, ttls)
 }

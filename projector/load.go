@@ -54,6 +54,11 @@ func (p *Projector) fold(run string, r *Run, msgs []redis.XMessage) (int, error)
 		if err := Apply(r, e); err != nil {
 			return 0, err
 		}
+		if e.Type == events.TaskSucceeded {
+			if t := r.Task(e.Task); t != nil && t.ResultExpiresMS > 0 {
+				p.wake() // the delayed mover deletes the result when due
+			}
+		}
 	}
 	return len(msgs), nil
 }

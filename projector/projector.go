@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/graflow-go/graflow/internal/logbridge"
 	"github.com/jonboulle/clockwork"
+	"log/slog"
 	"math"
 	"os"
 	"strconv"
@@ -90,6 +92,9 @@ type Config struct {
 	RunFailures int
 	// Logger; nil is quiet.
 	Logger *zerolog.Logger
+	// Slog, when Logger is nil, receives the logs instead (bridged: see
+	// internal/logbridge).
+	Slog *slog.Logger
 	// Clock decides what time it is and when timers fire (default the real
 	// clock; tests pass clockwork.NewFakeClock()).
 	Clock clockwork.Clock
@@ -147,6 +152,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.RunFailures <= 0 {
 		c.RunFailures = DefaultRunFailures
+	}
+	if c.Logger == nil {
+		c.Logger = logbridge.Zerolog(c.Slog)
 	}
 	if c.Logger == nil {
 		l := zerolog.Nop()
@@ -265,6 +273,6 @@ func (p *Projector) Run(ctx context.Context) error {
 // stop the partition.
 func retryAll(ctx context.Context, log zerolog.Logger, what string, op func() error) error {
 	return retry.Do(ctx, retry.Policy{Tolerate: math.MaxInt, OnError: func(err error, d time.Duration) {
-		log.Warn().Err(err).Dur("retry_in", d).Msg(what)
+		log.Warn().Err(err).Stringer("retry_in", d).Msg(what)
 	}}, op)
 }

@@ -37,7 +37,7 @@ func (p *Projector) projectOrQuarantine(ctx context.Context, log zerolog.Logger,
 		// progress on the run, so it is not a reason to set it aside.
 		AlsoTransient: func(err error) bool { return errors.Is(err, errConflictStorm) },
 		OnError: func(err error, d time.Duration) {
-			log.Warn().Err(err).Str("run", run).Int("failures", failures).Dur("retry_in", d).Msg("project run failed")
+			log.Warn().Err(err).Str("run", run).Int("failures", failures).Stringer("retry_in", d).Msg("project run failed")
 		},
 	}, func() error {
 		err := p.Project(ctx, run)

@@ -2,6 +2,7 @@ package projector
 
 import (
 	"encoding/json"
+	"time"
 
 	"github.com/graflow-go/graflow/events"
 )
@@ -46,6 +47,10 @@ type Task struct {
 	// Error is the last failure message.
 	Error  string          `json:"error,omitempty"`
 	Result json.RawMessage `json:"result,omitempty"`
+	// ResultExpiresMS is when the stored result expires (Unix ms: the
+	// task_succeeded event's time plus Spec.ResultTTLMS; 0: never). Result
+	// keeps the value the log holds.
+	ResultExpiresMS int64 `json:"result_expires_ms,omitempty"`
 	// Waits lists the spawned tasks this task waits for besides
 	// Spec.Deps: the sinks of what its dependencies spawned, transitively
 	// (see spawn.go and docs/workflows.md, "Dynamic tasks").
@@ -129,4 +134,10 @@ func (q *queue) trim(stale func(queueEntry) bool) {
 	if q.head == len(q.items) {
 		q.items, q.head = q.items[:0], 0
 	}
+}
+
+// ResultExpired reports whether the task's stored result has expired at
+// now (its ResultTTL passed since it succeeded).
+func (t *Task) ResultExpired(now time.Time) bool {
+	return t.ResultExpiresMS > 0 && now.UnixMilli() >= t.ResultExpiresMS
 }

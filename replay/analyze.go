@@ -23,6 +23,8 @@ type Analysis struct {
 
 	// adds are the events that added tasks (see Specs).
 	adds []events.Event
+	// signals are the signal_received events.
+	signals []events.Event
 	// seen maps an event's identity to its seq, to tell an event missing
 	// from the log from one present but not applied.
 	seen map[eventKey]string
@@ -115,6 +117,9 @@ func Analyze(run string, evs []events.Event) (*Analysis, error) {
 	for i := range evs {
 		if err := z.event(i, evs[i]); err != nil {
 			return nil, err
+		}
+		if evs[i].Type == events.SignalReceived {
+			z.a.signals = append(z.a.signals, evs[i])
 		}
 	}
 	z.finish()

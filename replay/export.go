@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"regexp"
+	"strconv"
 
 	"github.com/graflow-go/graflow/events"
 	"github.com/graflow-go/graflow/internal/statehash"
@@ -192,7 +193,8 @@ type Hashes struct {
 
 // Hashes returns the live hashes the engine would hold for the imported
 // run whose log ends at last: task records as projector.RecordOf,
-// @status, @workflow, @cursor = last, the spawn records and @spawned;
+// @status, @workflow, @cursor = last, the spawn records and @spawned, the
+// result expiries, the signal ids;
 // accepted results and @input; the metadata of every submitted and
 // spawned task; the channel as written.
 func (im *Import) Hashes(last string) (Hashes, error) {
@@ -211,9 +213,17 @@ func (im *Import) Hashes(last string) (Hashes, error) {
 		}
 		if t.Status == projector.TaskSucceeded {
 			h.Results[t.Spec.ID] = string(t.Result)
+			if t.ResultExpiresMS > 0 {
+				// The import enters it in the expiry set: a result past
+				// its TTL is deleted by the projector at once.
+				h.State[statehash.ResultExpiryField(t.Spec.ID)] = strconv.FormatInt(t.ResultExpiresMS, 10)
+			}
 		}
 	}
 	for k, v := range im.Analysis.spawnFields() {
+		h.State[k] = v
+	}
+	for k, v := range im.Analysis.signalFields() {
 		h.State[k] = v
 	}
 	for _, s := range im.Analysis.Specs() {

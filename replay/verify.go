@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/graflow-go/graflow/events"
 	"github.com/graflow-go/graflow/internal/statehash"
@@ -139,6 +140,9 @@ type Live struct {
 	LastSeq             string
 	Added, Length       int64
 	MaxDeleted          string
+	// Now is when the hashes were read: a stored result may be gone
+	// once its result TTL passed by then (zero: any time).
+	Now time.Time
 }
 
 // Undecodable is a log entry that does not decode.
@@ -205,6 +209,7 @@ func Verify(run, namespace string, live Live, evs []events.Event, bad []Undecoda
 	rep.Checks = append(rep.Checks, CheckState, CheckResults, CheckDAG, CheckProjection)
 	rep.Problems = append(rep.Problems, compareState(a, live)...)
 	rep.Problems = append(rep.Problems, compareSpawns(a, live)...)
+	rep.Problems = append(rep.Problems, compareSignals(a, live)...)
 	rep.Problems = append(rep.Problems, compareResults(a, live)...)
 	rep.Problems = append(rep.Problems, compareDAG(a, live)...)
 	pp, behind := checkProjection(evs, live)
@@ -380,6 +385,12 @@ func compareResults(a *Analysis, s Live) []Problem {
 	}
 	for _, t := range r.Tasks {
 		live, ok := s.Results[t.Spec.ID]
+		if t.Status == projector.TaskSucceeded && t.ResultExpiresMS > 0 {
+			out = append(out, compareExpiry(t, s, ok)...)
+			if !ok {
+				continue
+			}
+		}
 		switch {
 		case t.Status == projector.TaskSucceeded && !ok:
 			out = append(out, Problem{Check: CheckResults, Task: t.Spec.ID, Field: "result", Replayed: string(t.Result),
@@ -504,4 +515,27 @@ func sortedKeys(m map[string]string) []string {
 func NotIndexed(run, namespace string) *Report {
 	return &Report{Run: run, Namespace: namespace, Checks: []Check{CheckLog}, Problems: []Problem{{
 		Check: CheckLog, Missing: "run_submitted", Detail: "the run is in the run index but has neither log nor state"}}}
+}
+
+// expirySlack is the clock difference between the projector that deletes
+// an expired result and the process that verifies, tolerated.
+const expirySlack = time.Second
+
+// compareExpiry checks a succeeded task with a result TTL: the state
+// records when its result expires, as the log implies (task_succeeded's
+// time plus the TTL), and a stored result is gone only once that time
+// passed (stored says whether the results hash still holds it).
+func compareExpiry(t *projector.Task, s Live, stored bool) []Problem {
+	f := statehash.ResultExpiryField(t.Spec.ID)
+	want := strconv.FormatInt(t.ResultExpiresMS, 10)
+	var out []Problem
+	if live := s.State[f]; live != want {
+		out = append(out, Problem{Check: CheckState, Task: t.Spec.ID, Field: f, Live: live, Replayed: want,
+			Detail: "result expiry differs from task_succeeded's time plus the task's result TTL"})
+	}
+	if !stored && !s.Now.IsZero() && !t.ResultExpired(s.Now.Add(expirySlack)) {
+		out = append(out, Problem{Check: CheckResults, Task: t.Spec.ID, Field: "result", Replayed: string(t.Result),
+			Detail: fmt.Sprintf("the stored result is gone before its result TTL (expires %s)", time.UnixMilli(t.ResultExpiresMS).UTC().Format(time.RFC3339Nano))})
+	}
+	return out
 }

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/graflow-go/graflow/internal/logbridge"
+	"log/slog"
 	"maps"
 	"regexp"
 	"slices"
@@ -309,6 +311,9 @@ type CronConfig struct {
 	RetryDelay time.Duration
 	// Logger; nil is quiet.
 	Logger *zerolog.Logger
+	// Slog, when Logger is nil, receives the logs instead (bridged: see
+	// internal/logbridge).
+	Slog *slog.Logger
 }
 
 func (c CronConfig) withDefaults() CronConfig {
@@ -323,6 +328,9 @@ func (c CronConfig) withDefaults() CronConfig {
 	}
 	if c.RetryDelay == 0 {
 		c.RetryDelay = DefaultCronRetryDelay
+	}
+	if c.Logger == nil {
+		c.Logger = logbridge.Zerolog(c.Slog)
 	}
 	if c.Logger == nil {
 		l := zerolog.Nop()
@@ -407,7 +415,7 @@ func (c *Cron) Run(ctx context.Context) error {
 			wait = min(wait, next.Sub(c.cfg.Clock.Now()))
 		}
 		if err != nil {
-			c.log.Warn().Err(err).Dur("retry_in", c.cfg.RetryDelay).Msg("scheduler pass failed")
+			c.log.Warn().Err(err).Stringer("retry_in", c.cfg.RetryDelay).Msg("scheduler pass failed")
 			wait = min(wait, c.cfg.RetryDelay)
 		}
 		if wait <= 0 {

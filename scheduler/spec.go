@@ -37,6 +37,9 @@ type SpecTask struct {
 	Join *events.Join `json:"join,omitempty"`
 	// StartAfter delays the dispatch after the task is ready (a duration).
 	StartAfter string `json:"start_after,omitempty"`
+	// ResultTTL expires the stored result after the task succeeded (a
+	// duration); the log keeps it.
+	ResultTTL string `json:"result_ttl,omitempty"`
 }
 
 // ParseSpec parses a workflow spec in JSON or YAML (JSON is YAML, but JSON
@@ -81,19 +84,18 @@ func ParseSpec(data []byte) (events.RunSubmittedBody, error) {
 			}
 			ts.MaxAttempts = *t.Retries + 1
 		}
-		if t.StartAfter != "" {
-			d, err := time.ParseDuration(t.StartAfter)
-			if err != nil {
-				return out, fmt.Errorf("%w: task %q: start_after %q: use a duration like 30s or 5m", ErrInvalidSpec, t.ID, t.StartAfter)
+		for _, d := range []struct {
+			name, val string
+			ms        *int64
+		}{{"start_after", t.StartAfter, &ts.StartAfterMS}, {"timeout", t.Timeout, &ts.TimeoutMS}, {"result_ttl", t.ResultTTL, &ts.ResultTTLMS}} {
+			if d.val == "" {
+				continue
 			}
-			ts.StartAfterMS = d.Milliseconds()
-		}
-		if t.Timeout != "" {
-			d, err := time.ParseDuration(t.Timeout)
+			v, err := time.ParseDuration(d.val)
 			if err != nil {
-				return out, fmt.Errorf("%w: task %q: timeout %q: use a duration like 30s or 5m", ErrInvalidSpec, t.ID, t.Timeout)
+				return out, fmt.Errorf("%w: task %q: %s %q: use a duration like 30s or 5m", ErrInvalidSpec, t.ID, d.name, d.val)
 			}
-			ts.TimeoutMS = d.Milliseconds()
+			*d.ms = v.Milliseconds()
 		}
 		out.Tasks = append(out.Tasks, ts)
 	}

@@ -2,11 +2,13 @@
 package scheduler
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"regexp"
 	"strings"
+	"time"
 
 	"github.com/graflow-go/graflow/events"
 	"github.com/graflow-go/graflow/internal/rdb"
@@ -130,13 +132,17 @@ func Validate(spec events.RunSubmittedBody, opt ValidateOptions) error {
 		if t.Priority < 0 || t.Priority > rdb.MaxPriority {
 			add(ErrInvalidOption, "task %q: priority %d is outside 0..%d", t.ID, t.Priority, rdb.MaxPriority)
 		}
-		if t.MaxAttempts < 0 || t.TimeoutMS < 0 || t.StartAfterMS < 0 {
-			add(ErrInvalidOption, "task %q: negative attempts, timeout or start_after", t.ID)
+		if t.MaxAttempts < 0 || t.TimeoutMS < 0 || t.StartAfterMS < 0 || t.ResultTTLMS < 0 {
+			add(ErrInvalidOption, "task %q: negative attempts, timeout, start_after or result_ttl", t.ID)
 		}
 		if len(t.Args) > opt.MaxPayloadBytes {
 			add(ErrPayloadTooLarge, "task %q: args are %d bytes, the limit is %d", t.ID, len(t.Args), opt.MaxPayloadBytes)
 		} else if len(t.Args) > 0 && !json.Valid(t.Args) {
 			add(ErrInvalidPayload, "task %q: args", t.ID)
+		} else if t.Handler == WaitSignalHandler {
+			if err := checkWaitSignalArgs(t.Args); err != nil {
+				add(ErrInvalidOption, "task %q: %s: %v", t.ID, WaitSignalHandler, err)
+			}
 		}
 	}
 	brokenGraph := false
@@ -256,4 +262,33 @@ func specSize(spec events.RunSubmittedBody) int {
 		}
 	}
 	return n
+}
+
+// WaitSignalHandler is the built-in handler that waits for a signal
+// (worker/builtin.WaitSignal): its arguments are checked at submit, so a
+// misspelt option or a bad name fails the submit, not the task later.
+const WaitSignalHandler = "@wait_signal"
+
+// checkWaitSignalArgs checks @wait_signal's arguments as the handler reads
+// them: {"name": a valid signal name, "timeout": a positive duration or
+// absent}, no other field.
+func checkWaitSignalArgs(args json.RawMessage) error {
+	var a struct {
+		Name    string `json:"name"`
+		Timeout string `json:"timeout"`
+	}
+	dec := json.NewDecoder(bytes.NewReader(args))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&a); err != nil {
+		return fmt.Errorf(`args %s: %w (want {"name": "approve", "timeout": "72h"})`, args, err)
+	}
+	if err := rdb.CheckSignalName(a.Name); err != nil {
+		return err
+	}
+	if a.Timeout != "" {
+		if d, err := time.ParseDuration(a.Timeout); err != nil || d <= 0 {
+			return fmt.Errorf("timeout %q: want a positive Go duration such as 72h, 30m or 90s", a.Timeout)
+		}
+	}
+	return nil
 }

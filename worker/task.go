@@ -9,6 +9,8 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/graflow-go/graflow/internal/rdb"
 )
 
 // Handler runs tasks of one handler name. The returned value is the task's
@@ -60,7 +62,12 @@ type Task struct {
 	readSpawned func(ctx context.Context, deps []string) ([]string, error)
 	signals     *signalHub // WaitSignal's
 
-	timeout   time.Duration
+	timeout time.Duration
+	// resultTTLMS expires the stored result after the success (0: never).
+	resultTTLMS int64
+	// expired lists dependencies whose stored results expired (their
+	// result TTL passed): they are not in Upstream.
+	expired   map[string]bool
 	pool      string
 	priority  int
 	limits    spawnLimits
@@ -144,10 +151,43 @@ func (t *Task) BindUpstream(dep string, v any) error {
 		}
 		raw, ok = res[dep], true
 	}
-	if !ok {
+	if !ok && !t.expired[dep] {
 		return fmt.Errorf("task %s has no dependency %q", t.ID, dep)
 	}
+	if err := t.checkExpired(dep, raw); err != nil {
+		return err
+	}
 	return bind(raw, v, "result of "+dep)
+}
+
+// ErrResultExpired is returned (wrapped, and Permanent: the result will
+// not come back) when a task reads the result of a dependency whose result
+// TTL passed before the read (see graflow's Task.ResultTTL).
+var ErrResultExpired = rdb.ErrResultExpired
+
+// checkExpired returns the error of reading dep's result when it expired
+// (raw is what the claim or a read gave for it).
+func (t *Task) checkExpired(dep string, raw json.RawMessage) error {
+	if t.expired[dep] || rdb.IsExpiredResult(raw) {
+		return Permanent(fmt.Errorf("task %s reads the result of %s: %w", t.ID, dep, ErrResultExpired))
+	}
+	return nil
+}
+
+// withoutExpired moves the expired results' marks out of up (a claim's
+// upstream results) and returns the dependencies they were for.
+func withoutExpired(up map[string]json.RawMessage) map[string]bool {
+	var out map[string]bool
+	for dep, raw := range up {
+		if rdb.IsExpiredResult(raw) {
+			if out == nil {
+				out = map[string]bool{}
+			}
+			out[dep] = true
+			delete(up, dep)
+		}
+	}
+	return out
 }
 
 // Deps returns the ids of the task's dependencies, in the workflow's order.
@@ -205,6 +245,9 @@ func (t *Task) eachRead(ctx context.Context, ids []string, fn func(dep string, r
 		return err
 	}
 	for _, id := range ids {
+		if err := t.checkExpired(id, res[id]); err != nil {
+			return err
+		}
 		if err := fn(id, res[id]); err != nil {
 			return err
 		}
@@ -224,6 +267,9 @@ func (t *Task) eachDep(ctx context.Context, fn func(dep string, result json.RawM
 	}
 	for i := 0; i < len(deps); {
 		if !left[deps[i]] {
+			if err := t.checkExpired(deps[i], nil); err != nil {
+				return err
+			}
 			if err := fn(deps[i], t.Upstream[deps[i]]); err != nil {
 				return err
 			}

@@ -8,7 +8,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/graflow-go/graflow/internal/logbridge"
 	"github.com/jonboulle/clockwork"
+	"log/slog"
 	"os"
 	"runtime/debug"
 	"slices"
@@ -93,6 +95,9 @@ type Config struct {
 	noFencing bool
 	// Logger; nil is quiet.
 	Logger *zerolog.Logger
+	// Slog, when Logger is nil, receives the logs instead (bridged: see
+	// internal/logbridge).
+	Slog *slog.Logger
 	// Clock decides what time it is and when timers fire (default the real
 	// clock; tests pass clockwork.NewFakeClock()).
 	Clock clockwork.Clock
@@ -175,6 +180,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxIterations <= 0 {
 		c.MaxIterations = DefaultMaxIterations
+	}
+	if c.Logger == nil {
+		c.Logger = logbridge.Zerolog(c.Slog)
 	}
 	if c.Logger == nil {
 		l := zerolog.Nop()
@@ -671,8 +679,8 @@ func (w *Worker) process(ctx context.Context, m message, release func()) (parked
 	t := &Task{
 		Run: m.run, ID: m.task, Handler: cr.Meta.Handler, Attempt: m.attempt, MaxAttempts: max(cr.Meta.MaxAttempts, 1),
 		Epoch: cr.Epoch, Input: cr.Input, Args: cr.Meta.Args, Upstream: cr.Upstream,
-		timeout: time.Duration(cr.Meta.TimeoutMS) * time.Millisecond,
-		deps:    cr.Meta.Deps, left: cr.UpstreamLeft,
+		timeout: time.Duration(cr.Meta.TimeoutMS) * time.Millisecond, resultTTLMS: cr.Meta.ResultTTLMS, expired: withoutExpired(cr.Upstream),
+		deps: cr.Meta.Deps, left: cr.UpstreamLeft,
 		read: func(ctx context.Context, deps []string) (map[string]json.RawMessage, error) {
 			return w.db.ReadUpstream(ctx, m.run, deps, upstreamPage)
 		},
@@ -866,6 +874,9 @@ func (w *Worker) finish(ctx context.Context, log zerolog.Logger, m message, t *T
 	if runErr == nil {
 		body, _ := json.Marshal(events.TaskSucceededBody{Result: encoded})
 		args.Type, args.Body, args.Status, args.Result = events.TaskSucceeded, body, events.TaskStatusSucceeded, encoded
+		if t.resultTTLMS > 0 {
+			args.ResultExpiresMS = args.TimeMS + t.resultTTLMS
+		}
 	} else {
 		args.Spawn = nil
 		kind := events.FailureError

@@ -4,8 +4,8 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
+	"github.com/spf13/pflag"
 	"io"
 	"os"
 	"strings"
@@ -15,12 +15,16 @@ import (
 )
 
 func init() {
-	register(&command{name: "bench", summary: "measure throughput, latency and cost per task against the raw Redis ceiling", run: runBench})
+	register(&command{name: "bench", summary: "measure throughput, latency and cost per task against the raw Redis ceiling", setup: runBench,
+		long: `Measures the engine against the raw Redis ceiling on this machine. Without
+--redis it starts a private redis-server child WITHOUT AOF or RDB snapshots
+(persistence is an operations choice); $REDIS_URL is not used, so a
+benchmark never floods a shared Redis by accident. Each workload runs in a
+fresh namespace (deleted afterwards) with its own worker and projector
+processes of this binary. Stdout gets one JSON object per line.`})
 }
 
-func runBench(ctx context.Context, m *Main, args []string) error {
-	var c common
-	fs := m.flags("bench", &c)
+func runBench(m *Main, fs *pflag.FlagSet, c *common) runFunc {
 	d := bench.DefaultSizes()
 	var sz bench.Sizes
 	workloads := fs.String("workload", "all", "comma-separated workloads: all, "+strings.Join(bench.All, ", "))
@@ -41,90 +45,75 @@ func runBench(ctx context.Context, m *Main, args []string) error {
 	smoke := fs.Bool("smoke", false, "tiny sizes: proves the harness works in a few seconds; the numbers mean nothing")
 	timeout := fs.Duration("timeout", bench.DefaultTimeout, "time limit of each workload run")
 	profDir := fs.String("cpuprofile-dir", "", "write a CPU profile of every worker and projector process into this directory (go tool pprof)")
-	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), `Usage: graflow bench [flags]
-
-Measures the engine against the raw Redis ceiling on this machine. Without
---redis it starts a private redis-server child WITHOUT AOF or RDB snapshots
-(persistence is an operations choice); $REDIS_URL is not used, so a
-benchmark never floods a shared Redis by accident. Each workload runs in a
-fresh namespace (deleted afterwards) with its own worker and projector
-processes of this binary. Stdout gets one JSON object per line.
-
-Flags:
-`)
-		fs.PrintDefaults()
-	}
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	if fs.NArg() > 0 {
-		return usagef("bench takes no arguments (got %q)", fs.Args())
-	}
-	explicit := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { explicit[f.Name] = true })
-	list, err := bench.ParseWorkloads(*workloads)
-	if err != nil {
-		return withCode(ExitUsage, err)
-	}
-	if *smoke {
-		s := bench.SmokeSizes()
-		for name, v := range map[string]*int{
-			"ceiling-batched": &sz.CeilingBatched, "ceiling-unbatched": &sz.CeilingUnbatched,
-			"floor-runs": &sz.FloorRuns, "independent-runs": &sz.IndependentRuns, "fanout-tasks": &sz.FanoutTasks, "dynamic-tasks": &sz.DynamicTasks, "chain-runs": &sz.ChainRuns,
-			"latency-runs": &sz.LatencyRuns, "replay-events": &sz.ReplayEvents,
-		} {
-			if !explicit[name] {
-				*v = 0
+	return func(ctx context.Context, args []string) error {
+		if fs.NArg() > 0 {
+			return usagef("bench takes no arguments (got %q)", fs.Args())
+		}
+		explicit := map[string]bool{}
+		fs.Visit(func(f *pflag.Flag) { explicit[f.Name] = true })
+		list, err := bench.ParseWorkloads(*workloads)
+		if err != nil {
+			return withCode(ExitUsage, err)
+		}
+		if *smoke {
+			s := bench.SmokeSizes()
+			for name, v := range map[string]*int{
+				"ceiling-batched": &sz.CeilingBatched, "ceiling-unbatched": &sz.CeilingUnbatched,
+				"floor-runs": &sz.FloorRuns, "independent-runs": &sz.IndependentRuns, "fanout-tasks": &sz.FanoutTasks, "dynamic-tasks": &sz.DynamicTasks, "chain-runs": &sz.ChainRuns,
+				"latency-runs": &sz.LatencyRuns, "replay-events": &sz.ReplayEvents,
+			} {
+				if !explicit[name] {
+					*v = 0
+				}
+			}
+			sz = mergeSizes(sz, s)
+			if !explicit["timeout"] {
+				*timeout = 2 * time.Minute
 			}
 		}
-		sz = mergeSizes(sz, s)
-		if !explicit["timeout"] {
-			*timeout = 2 * time.Minute
+		if m.Exe == "" {
+			return fmt.Errorf("cannot start worker processes: the path of the graflow binary is unknown")
 		}
-	}
-	if m.Exe == "" {
-		return fmt.Errorf("cannot start worker processes: the path of the graflow binary is unknown")
-	}
-	if c.partitions > 1 {
-		// Its namespaces are its own, one partition each: on one Redis more
-		// partitions only add keys (1 vs 3 masters on a cluster is issue #12).
-		return withCode(ExitUsage, fmt.Errorf("graflow bench measures one-partition namespaces; --partitions %d is not supported", c.partitions))
-	}
-	cfg := bench.Config{
-		Exe: m.Exe, NamespacePrefix: c.namespace + "-bench", Workloads: list, Runs: *runs, Sizes: sz,
-		Concurrency: *conc, Submitters: *submitters, Timeout: *timeout, Out: m.Stdout, Log: m.Stderr,
-		ProfileDir: *profDir,
-	}
-	if *profDir != "" {
-		if err := os.MkdirAll(*profDir, 0o755); err != nil {
-			return fmt.Errorf("--cpuprofile-dir: %w", err)
+		if c.partitions > 1 {
+			// Its namespaces are its own, one partition each: on one Redis more
+			// partitions only add keys (1 vs 3 masters on a cluster is issue #12).
+			return withCode(ExitUsage, fmt.Errorf("graflow bench measures one-partition namespaces; --partitions %d is not supported", c.partitions))
 		}
-	}
-	if explicit["redis"] {
-		cfg.RedisURL = c.redisURL
-	}
-	if *jsonOnly {
-		cfg.Log = io.Discard
-	}
-	rep, err := bench.Run(ctx, cfg)
-	if err != nil {
-		return err
-	}
-	if !*jsonOnly {
-		fmt.Fprintln(m.Stderr, "bench: medians")
-		bench.Table(m.Stderr, rep)
-	}
-	if *writeDoc != "" {
-		cmdline := "graflow bench " + strings.Join(args, " ")
-		if err := bench.WriteDoc(*writeDoc, rep, strings.TrimSpace(cmdline), time.Now()); err != nil {
-			return fmt.Errorf("write %s: %w", *writeDoc, err)
+		cfg := bench.Config{
+			Exe: m.Exe, NamespacePrefix: c.namespace + "-bench", Workloads: list, Runs: *runs, Sizes: sz,
+			Concurrency: *conc, Submitters: *submitters, Timeout: *timeout, Out: m.Stdout, Log: m.Stderr,
+			ProfileDir: *profDir,
+		}
+		if *profDir != "" {
+			if err := os.MkdirAll(*profDir, 0o755); err != nil {
+				return fmt.Errorf("--cpuprofile-dir: %w", err)
+			}
+		}
+		if explicit["redis"] {
+			cfg.RedisURL = c.redisURL
+		}
+		if *jsonOnly {
+			cfg.Log = io.Discard
+		}
+		rep, err := bench.Run(ctx, cfg)
+		if err != nil {
+			return err
 		}
 		if !*jsonOnly {
-			fmt.Fprintf(m.Stderr, "bench: wrote the results into %s\n", *writeDoc)
+			fmt.Fprintln(m.Stderr, "bench: medians")
+			bench.Table(m.Stderr, rep)
 		}
+		if *writeDoc != "" {
+			cmdline := "graflow bench " + strings.Join(args, " ")
+			if err := bench.WriteDoc(*writeDoc, rep, strings.TrimSpace(cmdline), time.Now()); err != nil {
+				return fmt.Errorf("write %s: %w", *writeDoc, err)
+			}
+			if !*jsonOnly {
+				fmt.Fprintf(m.Stderr, "bench: wrote the results into %s\n", *writeDoc)
+			}
+		}
+		return nil
 	}
-	return nil
 }
 
 // mergeSizes fills a's zero fields from b.

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/spf13/pflag"
 	"strconv"
 	"time"
 
@@ -13,12 +14,10 @@ import (
 )
 
 func init() {
-	register(&command{name: "chaos", summary: "run workflows under injected faults (workers, projectors, Redis) and verify their histories; --duration soaks", run: runChaos})
+	register(&command{name: "chaos", summary: "run workflows under injected faults (workers, projectors, Redis) and verify their histories; --duration soaks", setup: runChaos})
 }
 
-func runChaos(ctx context.Context, m *Main, args []string) error {
-	var c common
-	fs := m.flags("chaos", &c)
+func runChaos(m *Main, fs *pflag.FlagSet, c *common) runFunc {
 	seeds := fs.String("seeds", "1", "comma-separated seeds, or a range like 1-5")
 	tasks := fs.Int("tasks", 1000, "tasks in the main workflow")
 	wide := fs.Int("wide", 3000, "width of the second run's fan-out, whose dispatching projector is SIGSTOPped mid-way (-1: no second run)")
@@ -35,70 +34,69 @@ func runChaos(ctx context.Context, m *Main, args []string) error {
 	inFlight := fs.Int("in-flight", 6, "soak: runs kept going at once")
 	breakFencing := fs.Bool("break-fencing", false, "TEST-ONLY (a graflowtest build): run workers with fencing off; the checker must then report duplicates (exit 0 only if it does)")
 	quiet := fs.Bool("quiet", false, "print only the summary line per seed")
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	list, err := parseSeeds(*seeds)
-	if err != nil {
-		return withCode(ExitUsage, err)
-	}
-	if *breakFencing && !testHooks {
-		return usagef("--break-fencing needs a binary built with the test switches: make chaos-broken-fencing (go build -tags graflowtest)")
-	}
-	base := chaos.Config{Exe: m.Exe, Tasks: *tasks, Wide: *wide, Workers: *workers, Concurrency: *conc, Projectors: *projectors, Partitions: c.partitions,
-		Lease: *lease, FeedReclaimIdle: *feedIdle, BreakFencing: *breakFencing, Timeout: *timeout,
-		Duration: *duration, RunTTL: *runTTL, SampleEvery: *sampleEvery, InFlight: *inFlight}
-	if *duration > 0 {
-		return runSoak(ctx, m, base, list[0], *dir, *quiet)
-	}
-	failed := 0
-	for _, seed := range list {
-		cfg := base
-		cfg.Seed = seed
-		if *dir != "" {
-			cfg.Dir = fmt.Sprintf("%s/seed-%d", *dir, seed)
-		}
-		if !*quiet {
-			cfg.Out = m.Stderr
-			fmt.Fprintf(m.Stderr, "chaos seed %d: starting Redis (AOF, appendfsync always), %d projectors and %d workers\n", seed, *projectors, *workers)
-		}
-		rep, err := chaos.Run(ctx, cfg)
+	return func(ctx context.Context, args []string) error {
+		list, err := parseSeeds(*seeds)
 		if err != nil {
-			return fmt.Errorf("chaos seed %d: %w", seed, err)
+			return withCode(ExitUsage, err)
 		}
-		fmt.Fprintln(m.Stdout, rep.Line())
-		ok := rep.Verdict.OK()
-		if *breakFencing {
-			ok = rep.Verdict.DuplicateAccepts > 0
-			if ok {
-				fmt.Fprintf(m.Stdout, "chaos seed=%d break-fencing: the checker caught %d duplicate accepts, as it must\n", seed, rep.Verdict.DuplicateAccepts)
+		if *breakFencing && !testHooks {
+			return usagef("--break-fencing needs a binary built with the test switches: make chaos-broken-fencing (go build -tags graflowtest)")
+		}
+		base := chaos.Config{Exe: m.Exe, Tasks: *tasks, Wide: *wide, Workers: *workers, Concurrency: *conc, Projectors: *projectors, Partitions: c.partitions,
+			Lease: *lease, FeedReclaimIdle: *feedIdle, BreakFencing: *breakFencing, Timeout: *timeout,
+			Duration: *duration, RunTTL: *runTTL, SampleEvery: *sampleEvery, InFlight: *inFlight}
+		if *duration > 0 {
+			return runSoak(ctx, m, base, list[0], *dir, *quiet)
+		}
+		failed := 0
+		for _, seed := range list {
+			cfg := base
+			cfg.Seed = seed
+			if *dir != "" {
+				cfg.Dir = fmt.Sprintf("%s/seed-%d", *dir, seed)
+			}
+			if !*quiet {
+				cfg.Out = m.Stderr
+				fmt.Fprintf(m.Stderr, "chaos seed %d: starting Redis (AOF, appendfsync always), %d projectors and %d workers\n", seed, *projectors, *workers)
+			}
+			rep, err := chaos.Run(ctx, cfg)
+			if err != nil {
+				return fmt.Errorf("chaos seed %d: %w", seed, err)
+			}
+			fmt.Fprintln(m.Stdout, rep.Line())
+			ok := rep.Verdict.OK()
+			if *breakFencing {
+				ok = rep.Verdict.DuplicateAccepts > 0
+				if ok {
+					fmt.Fprintf(m.Stdout, "chaos seed=%d break-fencing: the checker caught %d duplicate accepts, as it must\n", seed, rep.Verdict.DuplicateAccepts)
+					for i, p := range rep.Verdict.Problems {
+						if i == 6 {
+							fmt.Fprintf(m.Stdout, "  ... %d problems in all\n", len(rep.Verdict.Problems))
+							break
+						}
+						fmt.Fprintf(m.Stdout, "  caught: %s\n", p)
+					}
+				} else {
+					fmt.Fprintf(m.Stdout, "chaos seed=%d break-fencing: NO duplicate caught (the zombies may have had no task in flight; try another seed)\n", seed)
+				}
+			}
+			if !ok {
+				failed++
 				for i, p := range rep.Verdict.Problems {
-					if i == 6 {
-						fmt.Fprintf(m.Stdout, "  ... %d problems in all\n", len(rep.Verdict.Problems))
+					if i == 30 {
+						fmt.Fprintf(m.Stderr, "  ... %d problems in all\n", len(rep.Verdict.Problems))
 						break
 					}
-					fmt.Fprintf(m.Stdout, "  caught: %s\n", p)
+					fmt.Fprintf(m.Stderr, "  problem: %s\n", p)
 				}
-			} else {
-				fmt.Fprintf(m.Stdout, "chaos seed=%d break-fencing: NO duplicate caught (the zombies may have had no task in flight; try another seed)\n", seed)
+				fmt.Fprintf(m.Stderr, "  logs and AOF kept in %s\n", rep.Dir)
 			}
 		}
-		if !ok {
-			failed++
-			for i, p := range rep.Verdict.Problems {
-				if i == 30 {
-					fmt.Fprintf(m.Stderr, "  ... %d problems in all\n", len(rep.Verdict.Problems))
-					break
-				}
-				fmt.Fprintf(m.Stderr, "  problem: %s\n", p)
-			}
-			fmt.Fprintf(m.Stderr, "  logs and AOF kept in %s\n", rep.Dir)
+		if failed > 0 {
+			return withCode(ExitFailed, errors.Join(errQuiet, fmt.Errorf("%d of %d seeds failed", failed, len(list))))
 		}
+		return nil
 	}
-	if failed > 0 {
-		return withCode(ExitFailed, errors.Join(errQuiet, fmt.Errorf("%d of %d seeds failed", failed, len(list))))
-	}
-	return nil
 }
 
 // parseSeeds reads "1,2,7" or "1-5".

@@ -4,20 +4,20 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
 	"runtime/pprof"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/graflow-go/graflow"
+	"github.com/graflow-go/graflow/internal/logbridge"
 	"github.com/graflow-go/graflow/internal/rdb"
 	"github.com/graflow-go/graflow/scheduler"
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
+	"github.com/spf13/pflag"
 )
 
 // common holds the flags every command takes.
@@ -29,60 +29,45 @@ type common struct {
 	partitions int
 	json       bool
 	logLevel   string
+	// logFormat is json or console ("": json unless stderr is a terminal).
+	logFormat string
+	tls       tlsFiles
+	// getenv reads REDIS_PASSWORD.
+	getenv func(string) string
 }
 
-// flags returns a FlagSet for command name with the common flags bound.
-func (m *Main) flags(name string, c *common) *flag.FlagSet {
-	fs := flag.NewFlagSet("graflow "+name, flag.ContinueOnError)
-	fs.SetOutput(m.Stderr)
-	def := m.Getenv("REDIS_URL")
-	if def == "" {
-		def = "redis://127.0.0.1:6379"
-	}
-	ns := m.Getenv("GRAFLOW_NAMESPACE")
-	if ns == "" {
-		ns = rdb.DefaultNamespace
-	}
-	fs.StringVar(&c.redisURL, "redis", def, "Redis URL: redis://, rediss:// (TLS), redis://user:pass@host:port/db; comma-separate cluster nodes")
-	fs.StringVar(&c.namespace, "namespace", ns, "key prefix")
-	parts := 0
-	if v := m.Getenv("GRAFLOW_PARTITIONS"); v != "" {
-		var err error
-		if parts, err = strconv.Atoi(v); err != nil {
-			parts = -1 // rejected by connect
-		}
-	}
-	fs.IntVar(&c.partitions, "partitions", parts, "the namespace's partition count, fixed when it is created (0: the default, 1; $GRAFLOW_PARTITIONS)")
-	fs.StringVar(&c.sentinel, "sentinel-master", m.Getenv("GRAFLOW_SENTINEL_MASTER"), "Redis Sentinel: the master's name (--redis then lists the sentinels)")
+// commonFlags binds the flags every command takes. Their environment
+// variables are bound by bindEnv (REDIS_URL too for --redis).
+func (m *Main) commonFlags(fs *pflag.FlagSet, c *common) {
+	c.getenv = m.Getenv
+	fs.SortFlags = false
+	fs.StringVar(&c.redisURL, "redis", "redis://127.0.0.1:6379", "Redis: host:port, or a URL redis://[user:pass@]host:port[/db][?options] (rediss:// for TLS; options as go-redis' ParseURL: pool_size, dial_timeout, read_timeout, client_name, protocol...); comma-separate cluster nodes; the password may come from $REDIS_PASSWORD")
+	fs.StringVar(&c.namespace, "namespace", rdb.DefaultNamespace, "key prefix")
+	fs.IntVar(&c.partitions, "partitions", 0, "the namespace's partition count, fixed when it is created (0: the default, 1)")
+	fs.StringVar(&c.sentinel, "sentinel-master", "", "Redis Sentinel: the master's name (--redis then lists the sentinels)")
+	fs.StringVar(&c.tls.ca, "tls-ca", "", "PEM file of the CA that signed Redis' certificate (turns TLS on)")
+	fs.StringVar(&c.tls.cert, "tls-cert", "", "PEM client certificate for Redis (with --tls-key; turns TLS on)")
+	fs.StringVar(&c.tls.key, "tls-key", "", "PEM key of --tls-cert")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn, error")
-	return fs
+	fs.StringVar(&c.logFormat, "log-format", "", "json or console (default: json unless stderr is a terminal)")
 }
 
-// parse parses args, mapping flag errors to usage errors. Flags may come
-// before or after positional arguments ("submit FILE --wait" works); after
-// "--" everything is positional. Positionals are then fs.Args().
-func parse(fs *flag.FlagSet, args []string) error {
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				return withCode(ExitOK, errors.Join(err, errQuiet))
-			}
-			return withCode(ExitUsage, errors.Join(err, errQuiet))
-		}
-		rest := fs.Args()
-		if len(rest) == 0 {
-			break
-		}
-		if len(args) > len(rest) && args[len(args)-len(rest)-1] == "--" {
-			pos = append(pos, rest...)
-			break
-		}
-		pos = append(pos, rest[0])
-		args = rest[1:]
+// check rejects common flag values that are not valid (they were replaced
+// by defaults once).
+func (c *common) check() error {
+	var errs []error
+	if _, err := parseLevel(c.logLevel); err != nil {
+		errs = append(errs, err)
 	}
-	// Re-parse nothing but the positionals so fs.Args() returns them.
-	return fs.Parse(append([]string{"--"}, pos...))
+	switch c.logFormat {
+	case "", logJSON, logConsole:
+	default:
+		errs = append(errs, fmt.Errorf("--log-format %q: want %s or %s", c.logFormat, logJSON, logConsole))
+	}
+	if (c.tls.cert == "") != (c.tls.key == "") {
+		errs = append(errs, errors.New("--tls-cert and --tls-key go together"))
+	}
+	return errors.Join(errs...)
 }
 
 // connect opens the Redis named by --redis and checks it answers.
@@ -93,27 +78,59 @@ func (c *common) connect(ctx context.Context) (redis.UniversalClient, error) {
 	if err := rdb.ValidNamespace(c.namespace); err != nil {
 		return nil, withCode(ExitUsage, err)
 	}
-	opts, err := universalOptions(c.redisURL)
+	client, err := c.newRedis()
 	if err != nil {
 		return nil, withCode(ExitUsage, err)
 	}
-	opts.MasterName = c.sentinel // UniversalClient: a failover client when set
-	client := redis.NewUniversalClient(opts)
 	traceRedis(client)
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if err := client.Ping(pctx).Err(); err != nil {
 		_ = client.Close()
-		return nil, fmt.Errorf("redis not reachable at %s: %w: start Redis, set REDIS_URL, or run \"graflow dev\"", redact(c.redisURL), err)
+		return nil, connectError(redact(c.redisURL), tlsOn(client), err)
 	}
 	return client, nil
+}
+
+// newRedis builds the client --redis names. One URL (or host:port) is
+// parsed whole by go-redis' ParseURL, so its query options (pool_size,
+// dial_timeout, client_name, protocol...) are kept; a comma-separated list
+// (cluster nodes) or --sentinel-master goes through universalOptions.
+// --tls-* and $REDIS_PASSWORD are applied to either.
+func (c *common) newRedis() (redis.UniversalClient, error) {
+	raw := withScheme(c.redisURL)
+	tlsConf, err := c.tls.config()
+	if err != nil {
+		return nil, err
+	}
+	if !strings.Contains(raw, ",") && c.sentinel == "" {
+		opts, err := redis.ParseURL(raw)
+		if err != nil {
+			return nil, fmt.Errorf("invalid Redis URL %q: %w", redact(raw), err)
+		}
+		opts.TLSConfig = mergeTLS(opts.TLSConfig, tlsConf, opts.Addr)
+		if opts.Password == "" {
+			opts.Password = c.getenv("REDIS_PASSWORD")
+		}
+		return redis.NewClient(opts), nil
+	}
+	opts, err := universalOptions(raw)
+	if err != nil {
+		return nil, err
+	}
+	opts.MasterName = c.sentinel // UniversalClient: a failover client when set
+	opts.TLSConfig = mergeTLS(opts.TLSConfig, tlsConf, opts.Addrs[0])
+	if opts.Password == "" {
+		opts.Password = c.getenv("REDIS_PASSWORD")
+	}
+	return redis.NewUniversalClient(opts), nil
 }
 
 // universalOptions parses one URL (standalone, TLS with rediss://) or a
 // comma-separated list of cluster node URLs.
 func universalOptions(raw string) (*redis.UniversalOptions, error) {
 	urls := strings.Split(raw, ",")
-	first, err := redis.ParseURL(strings.TrimSpace(urls[0]))
+	first, err := redis.ParseURL(withScheme(strings.TrimSpace(urls[0])))
 	if err != nil {
 		return nil, fmt.Errorf("invalid Redis URL %q: %w", redact(raw), err)
 	}
@@ -122,7 +139,7 @@ func universalOptions(raw string) (*redis.UniversalOptions, error) {
 		DB: first.DB, TLSConfig: first.TLSConfig,
 	}
 	for _, s := range urls[1:] {
-		o, err := redis.ParseURL(strings.TrimSpace(s))
+		o, err := redis.ParseURL(withScheme(strings.TrimSpace(s)))
 		if err != nil {
 			return nil, fmt.Errorf("invalid Redis URL %q: %w", redact(s), err)
 		}
@@ -145,19 +162,10 @@ func redact(u string) string {
 	return u
 }
 
-func init() {
-	// Millisecond timestamps in logs (the default is whole seconds).
-	zerolog.TimeFieldFormat = zerolog.TimeFormatUnixMs
-}
-
+// logger returns the zerolog.Logger the engine's packages take, writing
+// through the command's slog.Logger (see internal/logbridge).
 func (c *common) logger(w io.Writer) *zerolog.Logger {
-	lvl, err := zerolog.ParseLevel(c.logLevel)
-	if err != nil {
-		lvl = zerolog.InfoLevel
-	}
-	l := zerolog.New(zerolog.ConsoleWriter{Out: w, TimeFormat: "15:04:05.000", NoColor: !isTerminal(w)}).
-		Level(lvl).With().Timestamp().Logger()
-	return &l
+	return logbridge.Zerolog(c.slog(w))
 }
 
 func isTerminal(w io.Writer) bool {
@@ -224,4 +232,15 @@ func cpuProfile(path string) (stop func(), err error) {
 		pprof.StopCPUProfile()
 		_ = f.Close()
 	}, nil
+}
+
+// tlsOn reports whether the client speaks TLS to Redis.
+func tlsOn(c redis.UniversalClient) bool {
+	switch c := c.(type) {
+	case *redis.Client:
+		return c.Options().TLSConfig != nil
+	case *redis.ClusterClient:
+		return c.Options().TLSConfig != nil
+	}
+	return false
 }

@@ -4,8 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"flag"
 	"fmt"
+	"github.com/spf13/pflag"
 	"io"
 	"os"
 	"os/exec"
@@ -33,7 +33,12 @@ func init() {
 	register(&command{
 		name:    "dev",
 		summary: "run a local stack (embedded Redis, projector, worker processes) and a demo workflow with live progress",
-		run:     runDev,
+		long: `Runs a complete local stack and, unless --no-demo, an ETL demo workflow with
+live progress. With no --redis flag and no REDIS_URL it embeds Redis: a
+redis-server child process with AOF (appendfsync always) in --data when
+redis-server is installed, otherwise an in-process Redis (in memory).
+Ctrl-C stops everything.`,
+		setup: runDev,
 	})
 }
 
@@ -72,22 +77,8 @@ type devOptions struct {
 	external    bool // --redis given or REDIS_URL set: no embedded Redis
 }
 
-func parseDev(m *Main, args []string) (*devOptions, error) {
-	o := &devOptions{}
-	fs := m.flags("dev", &o.c)
-	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), `Usage: graflow dev [flags]
-
-Runs a complete local stack and, unless --no-demo, an ETL demo workflow with
-live progress. With no --redis flag and no REDIS_URL it embeds Redis: a
-redis-server child process with AOF (appendfsync always) in --data when
-redis-server is installed, otherwise an in-process Redis (in memory).
-Ctrl-C stops everything.
-
-Flags:
-`)
-		fs.PrintDefaults()
-	}
+// devFlags binds the flags of "graflow dev" to o.
+func devFlags(fs *pflag.FlagSet, o *devOptions) {
 	fs.StringVar(&o.data, "data", DevDefaultData, "data directory: the embedded Redis's AOF and the stack's logs")
 	fs.IntVar(&o.workers, "workers", DevDefaultWorkers, "worker processes to start")
 	fs.IntVar(&o.concurrency, "concurrency", DevDefaultConcurrency, "tasks each worker runs at once")
@@ -95,18 +86,15 @@ Flags:
 	fs.IntVar(&o.port, "port", 0, "port of the embedded Redis on 127.0.0.1 (0 picks a free one)")
 	fs.BoolVar(&o.noDemo, "no-demo", false, "run the stack until Ctrl-C without the demo")
 	fs.BoolVar(&o.keep, "keep", false, "keep the stack running after the demo until Ctrl-C")
-	if err := parse(fs, args); err != nil {
-		return nil, err
+}
+
+// checkDev completes and checks o once the flags are parsed.
+func checkDev(m *Main, fs *pflag.FlagSet, c *common, o *devOptions, args []string) error {
+	o.c = *c
+	if len(args) != 0 {
+		return usagef("dev takes no arguments (got %q)", args)
 	}
-	if fs.NArg() != 0 {
-		return nil, usagef("dev takes no arguments (got %q)", fs.Args())
-	}
-	fs.Visit(func(f *flag.Flag) {
-		if f.Name == "redis" {
-			o.external = true
-		}
-	})
-	if m.Getenv("REDIS_URL") != "" {
+	if fs.Changed("redis") || m.Getenv("REDIS_URL") != "" || m.Getenv(envName("redis")) != "" {
 		o.external = true
 	}
 	var errs []error
@@ -128,17 +116,24 @@ Flags:
 		errs = append(errs, err)
 	}
 	if err := errors.Join(errs...); err != nil {
-		return nil, withCode(ExitUsage, err)
+		return withCode(ExitUsage, err)
 	}
-	return o, nil
+	return nil
 }
 
 // runDev is "graflow dev": start the stack, run the demo, stop the stack.
-func runDev(ctx context.Context, m *Main, args []string) (err error) {
-	o, err := parseDev(m, args)
-	if err != nil {
-		return err
+func runDev(m *Main, fs *pflag.FlagSet, c *common) runFunc {
+	o := &devOptions{}
+	devFlags(fs, o)
+	return func(ctx context.Context, args []string) (err error) {
+		if err := checkDev(m, fs, c, o, args); err != nil {
+			return err
+		}
+		return o.run(ctx, m)
 	}
+}
+
+func (o *devOptions) run(ctx context.Context, m *Main) (err error) {
 	s := &devStack{m: m, o: o}
 	defer func() { err = errors.Join(err, s.stop()) }()
 	if err := s.start(ctx); err != nil {
@@ -588,17 +583,23 @@ func (s *devStack) demo(ctx context.Context) error {
 // follower folds a run's log as it grows and prints one line per task
 // state change.
 type follower struct {
-	s      *devStack
+	printf func(format string, args ...any)
 	run    *projector.Run
 	width  int                  // task id column
 	claims map[string][]string  // worker → "task" or "task#attempt", in order
 	since  map[string]time.Time // task → claim time of its running attempt
 }
 
+// newFollower returns a follower of run printing with printf ("graflow
+// dev"'s demo and "graflow wait --follow").
+func newFollower(run string, printf func(format string, args ...any)) *follower {
+	return &follower{printf: printf, run: projector.NewRun(run), width: 4, claims: map[string][]string{}, since: map[string]time.Time{}}
+}
+
 // follow reads the run's log with XREAD BLOCK from the first event until
 // the run ends (or ctx does), printing progress.
 func (s *devStack) follow(ctx context.Context, run string) (*follower, error) {
-	f := &follower{s: s, run: projector.NewRun(run), width: 4, claims: map[string][]string{}, since: map[string]time.Time{}}
+	f := newFollower(run, s.printf)
 	db := rdb.NewP(s.rdb, s.o.c.namespace, s.o.c.partitions)
 	last := "0"
 	for {
@@ -695,7 +696,7 @@ func (f *follower) apply(e events.Event) error {
 	if subject == "" {
 		subject = "run"
 	}
-	f.s.printf("  %s  %-*s  %-52s %s\n", e.Time.Format("15:04:05.000"), f.width, subject, msg, summary(f.run))
+	f.printf("  %s  %-*s  %-52s %s\n", e.Time.Format("15:04:05.000"), f.width, subject, msg, summary(f.run))
 	return nil
 }
 

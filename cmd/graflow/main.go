@@ -12,15 +12,16 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"sort"
 	"strings"
 	"syscall"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := signalContext(context.Background())
 	defer stop()
 	redis.SetLogger(quietLogger{}) // our errors say what failed; go-redis' pool chatter does not help
 	m := NewMain()
@@ -107,43 +108,98 @@ func (m *Main) exitCode(ctx context.Context, err error) int {
 // errQuiet marks errors whose message was already printed.
 var errQuiet = errors.New("already reported")
 
+// runFunc runs a command with its positional arguments; its flags are
+// already parsed into the variables its setup bound.
+type runFunc func(ctx context.Context, args []string) error
+
+// command is one verb. Its setup binds the verb's flags to fs and returns
+// the function that runs it; c already holds the common flags (--redis,
+// --namespace, --log-level...). A name with a space ("schedule add") is a
+// subcommand of the first word, which must be registered too (with a nil
+// setup when it only groups its subcommands).
 type command struct {
 	name    string
 	summary string
-	run     func(ctx context.Context, m *Main, args []string) error
+	// long is the help text above the flags (default: summary).
+	long    string
+	aliases []string
+	setup   func(m *Main, fs *pflag.FlagSet, c *common) runFunc
 }
 
 var commands = map[string]*command{}
 
 func register(c *command) { commands[c.name] = c }
 
-// Run runs the command named by args[0].
+// Run parses args with cobra (help, completion, --version, GRAFLOW_* env
+// binding and value checks included) and runs the command they name.
 func (m *Main) Run(ctx context.Context, args []string) error {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		m.usage()
-		if len(args) == 0 {
-			return withCode(ExitUsage, errors.Join(errUsage, errQuiet))
+	if len(args) == 0 {
+		root := m.rootCommand(ctx)
+		root.SetOut(m.Stderr)
+		_ = root.Usage()
+		return withCode(ExitUsage, errors.Join(errUsage, errQuiet))
+	}
+	root := m.rootCommand(ctx)
+	root.SetArgs(args)
+	ran := false
+	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {
+		ran = true
+		return m.bindEnv(cmd)
+	}
+	err := root.ExecuteContext(ctx)
+	if err != nil && !ran {
+		// cobra's own errors (unknown command, bad arguments) are usage
+		// errors; flag errors already carry ExitUsage.
+		var ee *exitError
+		if !errors.As(err, &ee) {
+			err = withCode(ExitUsage, fmt.Errorf("%w (run \"graflow help\")", err))
 		}
-		return nil
 	}
-	c, ok := commands[args[0]]
-	if !ok {
-		return usagef("unknown command %q (run \"graflow help\")", args[0])
-	}
-	return c.run(ctx, m, args[1:])
+	return err
 }
 
-func (m *Main) usage() {
-	fmt.Fprintln(m.Stderr, "graflow: event-sourced workflows on Redis Streams\n\nUsage: graflow <command> [flags]\n\nCommands:")
-	names := make([]string, 0, len(commands))
-	for n := range commands {
-		names = append(names, n)
+// signalContext returns a context cancelled by the first SIGINT or SIGTERM,
+// with an *interrupted as its cause (context.Cause), so a command can tell
+// an interrupt from its own cancellations and exit 128+signal.
+func signalContext(parent context.Context) (context.Context, func()) {
+	ctx, cancel := context.WithCancelCause(parent)
+	ch := make(chan os.Signal, 1)
+	signal.Notify(ch, os.Interrupt, syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		select {
+		case s := <-ch:
+			cancel(&interrupted{sig: s})
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, func() {
+		signal.Stop(ch)
+		cancel(nil)
+		<-done
 	}
-	sort.Strings(names)
-	for _, n := range names {
-		fmt.Fprintf(m.Stderr, "  %-10s %s\n", n, commands[n].summary)
+}
+
+// interrupted is the cause of the signal context's cancellation.
+type interrupted struct{ sig os.Signal }
+
+func (e *interrupted) Error() string { return "interrupted by " + e.sig.String() }
+
+// code is the shell's convention for a process killed by the signal:
+// 128+n (130 for SIGINT, 143 for SIGTERM).
+func (e *interrupted) code() int {
+	if s, ok := e.sig.(syscall.Signal); ok {
+		return 128 + int(s)
 	}
-	fmt.Fprintln(m.Stderr, "\nEvery command takes --redis URL (default $REDIS_URL, else redis://127.0.0.1:6379)\nand --namespace NS (default $GRAFLOW_NAMESPACE, else \"graflow\"). \"graflow <command> -h\" for its flags.")
+	return 128 + int(syscall.SIGINT)
+}
+
+// interruption returns the signal that cancelled ctx, if one did.
+func interruption(ctx context.Context) (*interrupted, bool) {
+	var in *interrupted
+	ok := ctx.Err() != nil && errors.As(context.Cause(ctx), &in)
+	return in, ok
 }
 
 type quietLogger struct{}

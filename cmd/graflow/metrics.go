@@ -3,8 +3,8 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
+	"github.com/spf13/pflag"
 	"net"
 	"net/http"
 	"time"
@@ -16,7 +16,7 @@ import (
 )
 
 // metricsFlag binds --metrics-addr.
-func metricsFlag(fs *flag.FlagSet) *string {
+func metricsFlag(fs *pflag.FlagSet) *string {
 	return fs.String("metrics-addr", "", "serve Prometheus /metrics, /healthz and /readyz on this address (127.0.0.1:9090; :0 picks a port); off when empty")
 }
 

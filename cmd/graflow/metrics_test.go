@@ -25,7 +25,7 @@ func TestMetricsAddrServesMetrics(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
 			done := make(chan error, 1)
 			go func() {
-				done <- m.Run(ctx, []string{cmd, "--redis", redistest.URL(t), "--namespace", redistest.Namespace(t), "--metrics-addr", "127.0.0.1:0"})
+				done <- m.Run(ctx, []string{cmd, "--redis", redistest.URL(t), "--namespace", redistest.Namespace(t), "--metrics-addr", "127.0.0.1:0", "--log-format", "console"})
 			}()
 			t.Cleanup(func() {
 				cancel()
@@ -60,6 +60,12 @@ func TestMetricsAddrServesMetrics(t *testing.T) {
 			}
 			if body := httpGet(t, "http://"+addr+"/healthz"); body != "ok\n" {
 				t.Errorf("/healthz = %q", body)
+			}
+			if cmd == "worker" {
+				// Stop it once it is up: a worker cancelled while it starts
+				// (checking the key layout, loading scripts) returns the
+				// cancellation as an error, which is not what this tests.
+				waitForText(t, out, "worker started")
 			}
 		})
 	}

@@ -85,7 +85,7 @@ func TestScheduleVerbs(t *testing.T) {
 		m, out := newTestMain("", nil)
 		done := make(chan int, 1)
 		go func() {
-			err := m.Run(runCtx, []string{"schedule", "run", "--redis", redistest.URL(t), "--namespace", ns})
+			err := m.Run(runCtx, []string{"schedule", "run", "--redis", redistest.URL(t), "--namespace", ns, "--log-format", "console"})
 			done <- m.exitCode(runCtx, err)
 		}()
 		fired := regexp.MustCompile(`schedule fired .*run=(often-\d{8}T\d{6}Z)`)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/spf13/pflag"
 	"io"
 	"os"
 
@@ -13,64 +14,68 @@ import (
 )
 
 func init() {
-	register(&command{name: "signal", summary: "deliver a signal to a running run (RUN NAME [--data JSON | --data-file F]): the task waiting for it (@wait_signal) takes the payload", run: runSignal})
+	register(&command{name: "signal", summary: "deliver a signal to a running run (RUN NAME [--data JSON | --data-file F]): the task waiting for it (@wait_signal) takes the payload", setup: runSignal})
 }
 
-func runSignal(ctx context.Context, m *Main, args []string) error {
-	var c common
-	fs := m.flags("signal", &c)
+func runSignal(m *Main, fs *pflag.FlagSet, c *common) runFunc {
 	data := fs.String("data", "", "the payload, JSON (default null); it becomes the waiting task's result")
 	file := fs.String("data-file", "", "read the payload (JSON) from this file, - for standard input")
 	id := fs.String("id", "", "idempotency key: sending again with the same id writes nothing and succeeds (default: a fresh one)")
 	by := fs.String("by", m.Getenv("USER"), "who sends it, recorded in the event (default $USER)")
-	if err := parse(fs, args); err != nil {
-		return err
+	return func(ctx context.Context, args []string) error {
+		if fs.NArg() != 2 {
+			return usagef("signal takes a run id and a signal name: graflow signal RUN NAME [--data JSON | --data-file FILE]")
+		}
+		run, name := fs.Arg(0), fs.Arg(1)
+		payload, err := signalPayload(m, *data, *file)
+		if err != nil {
+			return withCode(ExitUsage, err)
+		}
+		check := *id
+		if check == "" {
+			check = "-" // SignalWith makes one
+		}
+		if err := rdb.CheckSignal(name, check, payload); err != nil { // before connecting: nothing is sent
+			return withCode(ExitUsage, err)
+		}
+		cl, r, err := c.client(ctx)
+		if err != nil {
+			return err
+		}
+		defer r.Close()
+		err = cl.SignalWith(ctx, run, name, payload, graflow.SignalOptions{ID: *id, By: *by})
+		switch {
+		case errors.Is(err, graflow.ErrRunNotFound), errors.Is(err, graflow.ErrRunFinished), errors.Is(err, graflow.ErrSignalExists):
+			return withCode(ExitError, err)
+		case errors.Is(err, graflow.ErrInvalidSignal):
+			return withCode(ExitUsage, err)
+		case err != nil:
+			return err
+		}
+		fmt.Fprintf(m.Stdout, "run %s: signal %s delivered\n", run, name)
+		return nil
 	}
-	if fs.NArg() != 2 {
-		return usagef("signal takes a run id and a signal name: graflow signal RUN NAME [--data JSON | --data-file FILE]")
-	}
-	run, name := fs.Arg(0), fs.Arg(1)
-	payload, err := signalPayload(m, *data, *file)
-	if err != nil {
-		return withCode(ExitUsage, err)
-	}
-	check := *id
-	if check == "" {
-		check = "-" // SignalWith makes one
-	}
-	if err := rdb.CheckSignal(name, check, payload); err != nil { // before connecting: nothing is sent
-		return withCode(ExitUsage, err)
-	}
-	cl, r, err := c.client(ctx)
-	if err != nil {
-		return err
-	}
-	defer r.Close()
-	err = cl.SignalWith(ctx, run, name, payload, graflow.SignalOptions{ID: *id, By: *by})
-	switch {
-	case errors.Is(err, graflow.ErrRunNotFound), errors.Is(err, graflow.ErrRunFinished), errors.Is(err, graflow.ErrSignalExists):
-		return withCode(ExitError, err)
-	case errors.Is(err, graflow.ErrInvalidSignal):
-		return withCode(ExitUsage, err)
-	case err != nil:
-		return err
-	}
-	fmt.Fprintf(m.Stdout, "run %s: signal %s delivered\n", run, name)
-	return nil
 }
 
 // signalPayload returns the payload given by --data or --data-file
 // (null when neither), checked to be JSON.
 func signalPayload(m *Main, data, file string) (json.RawMessage, error) {
+	return jsonFlag(m, "--data", data, file, rdb.MaxSignalBytes)
+}
+
+// jsonFlag reads the JSON value of flag name (inline data) or of its
+// -file flag (a file, - for standard input), at most limit bytes; null
+// when neither is given.
+func jsonFlag(m *Main, name, data, file string, limit int) (json.RawMessage, error) {
 	var raw []byte
-	from := "--data"
+	from := name
 	switch {
 	case data != "" && file != "":
-		return nil, errors.New("give --data or --data-file, not both")
+		return nil, fmt.Errorf("give %s or %s-file, not both", name, name)
 	case data != "":
 		raw = []byte(data)
 	case file != "":
-		from = "--data-file " + file
+		from = name + "-file " + file
 		var r io.Reader = m.Stdin
 		if file != "-" {
 			f, err := os.Open(file)
@@ -81,11 +86,11 @@ func signalPayload(m *Main, data, file string) (json.RawMessage, error) {
 			r = f
 		}
 		var err error
-		if raw, err = io.ReadAll(io.LimitReader(r, rdb.MaxSignalBytes+1)); err != nil {
+		if raw, err = io.ReadAll(io.LimitReader(r, int64(limit)+1)); err != nil {
 			return nil, fmt.Errorf("read %s: %w", from, err)
 		}
-		if len(raw) > rdb.MaxSignalBytes {
-			return nil, fmt.Errorf("%s: the payload is over %d bytes", from, rdb.MaxSignalBytes)
+		if len(raw) > limit {
+			return nil, fmt.Errorf("%s: the payload is over %d bytes", from, limit)
 		}
 	default:
 		return json.RawMessage("null"), nil

@@ -3,7 +3,7 @@
 package main
 
 import (
-	"flag"
+	"github.com/spf13/pflag"
 
 	"github.com/graflow-go/graflow/worker"
 )
@@ -15,6 +15,6 @@ const testHooks = false
 
 // unsafeWorkerFlags adds nothing: no flag or variable of a production
 // binary weakens fencing.
-func unsafeWorkerFlags(*flag.FlagSet) func(worker.Config) worker.Config {
+func unsafeWorkerFlags(*pflag.FlagSet) func(worker.Config) worker.Config {
 	return func(c worker.Config) worker.Config { return c }
 }

@@ -3,7 +3,7 @@
 package main
 
 import (
-	"flag"
+	"github.com/spf13/pflag"
 
 	"github.com/graflow-go/graflow/worker"
 )
@@ -12,7 +12,7 @@ import (
 const testHooks = true
 
 // unsafeWorkerFlags adds --unsafe-no-fencing to the worker command.
-func unsafeWorkerFlags(fs *flag.FlagSet) func(worker.Config) worker.Config {
+func unsafeWorkerFlags(fs *pflag.FlagSet) func(worker.Config) worker.Config {
 	off := fs.Bool("unsafe-no-fencing", false, "TEST-ONLY: record results without the epoch check (chaos --break-fencing)")
 	return func(c worker.Config) worker.Config {
 		if *off {

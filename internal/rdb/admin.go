@@ -131,21 +131,31 @@ type ImportHashes struct {
 	State, DAG, Results, Channel map[string]string
 }
 
-// importStateScript writes an imported run's hashes if it has no state.
+// importStateScript writes an imported run's hashes if it has no state,
+// and enters each result expiry of the state (statehash.ResultExpiryField)
+// in the partition's expiry set, so a result past its TTL is deleted.
 //
-// KEYS: 1 state, 2 dag, 3 results, 4 channel
-// ARGV: the number of values (field, value, ...) of each key in KEYS
-// order, then the values, key after key
+// KEYS: 1 state, 2 dag, 3 results, 4 channel, 5 the partition's expiry set
+// ARGV: the number of values (field, value, ...) of each of KEYS 1-4 in
+// order, the run id, then the values, key after key
 // Reply: 1 written, 0 the run has state already (nothing written)
 var importStateScript = redis.NewScript(prelude + `
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local run = ARGV[5]
 -- The state hash last: it is what marks the run as existing.
 for _, k in ipairs({2, 3, 4, 1}) do
   local n = 0
   for j = 1, k - 1 do n = n + tonumber(ARGV[j]) end
-  local from = #KEYS + 1 + n
+  local from = 6 + n
   local count = tonumber(ARGV[k])
   if count > 0 then chunked('HSET', KEYS[k], ARGV, from, from + count - 1) end
+  if k == 1 then
+    for j = from, from + count - 1, 2 do
+      if string.sub(ARGV[j], 1, 4) == '@rx:' then
+        redis.call('ZADD', KEYS[5], tonumber(ARGV[j + 1]), run .. '|' .. string.sub(ARGV[j], 5))
+      end
+    end
+  end
 end
 return 1
 `)
@@ -155,12 +165,13 @@ return 1
 // ErrImportConflict, nothing written).
 func (d DB) ImportState(ctx context.Context, run string, h ImportHashes) error {
 	k := d.K
-	keys := []string{k.RunState(run), k.RunDAG(run), k.RunResults(run), k.RunChannel(run)}
+	keys := []string{k.RunState(run), k.RunDAG(run), k.RunResults(run), k.RunChannel(run), k.ExpiriesFor(run)}
 	parts := []map[string]string{h.State, h.DAG, h.Results, h.Channel}
-	argv := make([]any, 0, 4+2*(len(h.State)+len(h.DAG)+len(h.Results)+len(h.Channel)))
+	argv := make([]any, 0, 5+2*(len(h.State)+len(h.DAG)+len(h.Results)+len(h.Channel)))
 	for _, p := range parts {
 		argv = append(argv, 2*len(p))
 	}
+	argv = append(argv, run)
 	for _, p := range parts {
 		for f, v := range p {
 			argv = append(argv, f, v)

@@ -70,6 +70,7 @@ func ValidNamespace(ns string) error {
 //	<ns>:{pN}:q:<pool>:<band>                        the pool's queue streams in N
 //	<ns>:{pN}:feed                                   N's projector feed
 //	<ns>:{pN}:delayed                                N's parked dispatches
+//	<ns>:{pN}:expiries                               N's result expiries
 //
 // A run's partition is a hash of its id (Partition). Keys of no run
 // (indexes, registries, dead letters) keep their own slots.
@@ -207,6 +208,13 @@ func (k Keys) Delayed(n int) string { return k.tag(n) + "delayed" }
 
 // DelayedFor is the delayed set of run's partition.
 func (k Keys) DelayedFor(run string) string { return k.Delayed(k.Partition(run)) }
+
+// Expiries is partition n's set of stored results to expire (tasks with a
+// result TTL), members "<run>|<task>" scored by due Unix ms.
+func (k Keys) Expiries(n int) string { return k.tag(n) + "expiries" }
+
+// ExpiriesFor is the expiry set of run's partition.
+func (k Keys) ExpiriesFor(run string) string { return k.Expiries(k.Partition(run)) }
 
 // Runs is the run index, scored by submit time in ms.
 func (k Keys) Runs() string { return k.ns + ":runs" }

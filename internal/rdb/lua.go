@@ -157,5 +157,10 @@ func Scripts() map[string]*redis.Script {
 		"channel_write":  channelWriteScript,
 		"spawned":        spawnedScript,
 		"signal":         signalScript,
+		"expire_results": expireResultsScript,
+		"import_append":  importAppendScript,
+		"import_state":   importStateScript,
+		"resume":         resumeScript,
+		"prune":          pruneConsumersScript,
 	}
 }

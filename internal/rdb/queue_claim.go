@@ -236,7 +236,16 @@ local function one(A)
     local chunk = {}
     for j = i, math.min(i + 499, #ds) do chunk[#chunk + 1] = ds[j] end
     local vs = redis.call('HMGET', KEYS[4], unpack(chunk))
-    for j = 1, #chunk do vals[#vals + 1] = vs[j] or '' end
+    for j = 1, #chunk do
+      local v = vs[j]
+      if not v then
+        -- No result: the dependency did not succeed, or its result
+        -- expired (result TTL), which the reader must be told.
+        v = ''
+        if redis.call('HEXISTS', KEYS[1], '@rx:' .. chunk[j]) == 1 then v = '!expired' end
+      end
+      vals[#vals + 1] = v
+    end
   end
   -- The writes: the log first (the source of truth), then the record.
   if write == 'reclaim' then
@@ -358,12 +367,17 @@ func (d DB) ReadUpstream(ctx context.Context, run string, deps []string, page in
 		if err != nil {
 			return nil, fmt.Errorf("read upstream results of run %s: %w", run, err)
 		}
+		var none []string
 		for j, dep := range chunk {
 			if v, _ := vals[j].(string); v != "" {
 				out[dep] = json.RawMessage(v)
 			} else {
 				out[dep] = nil
+				none = append(none, dep)
 			}
+		}
+		if err := d.markExpired(ctx, run, none, out); err != nil {
+			return nil, err
 		}
 	}
 	return out, nil

@@ -29,6 +29,11 @@ type FinishArgs struct {
 	Body              []byte
 	Status            events.TaskStatus // new task status
 	Result            []byte            // stored for succeeded
+	// ResultExpiresMS (Unix ms), with a success, expires the stored
+	// result then (the task's result TTL after TimeMS; 0: never): the
+	// script records it in the state hash (FieldResultExpiry) and the
+	// partition's expiry set, and ExpireResults deletes the result.
+	ResultExpiresMS int64
 	// Unfenced skips the epoch check: a test-only switch (chaos uses it
 	// to prove that its checker catches duplicate accepts). Never set it.
 	Unfenced bool
@@ -124,9 +129,9 @@ func (d DB) Finish(ctx context.Context, a FinishArgs) (newlyDirty bool, err erro
 // caller's spawn is rejected with its result.
 //
 // KEYS: 1 state, 2 log, 3 results, 4 the messages' queue stream, 5 feed,
-// 6 dag
+// 6 dag, 7 the partition's expiry set
 // ARGV: 1 n, 2 group, 3 consumer, 4 run, then n items (outcomes of one
-// run, their messages on one stream) of 14 arguments:
+// run, their messages on one stream) of 15 arguments:
 // 1 task, 2 attempt, 3 epoch, 4 worker, 5 event id, 6 time ms,
 //
 //	7 event type, 8 body, 9 new status, 10 result ("" = none),
@@ -135,7 +140,8 @@ func (d DB) Finish(ctx context.Context, a FinishArgs) (newlyDirty bool, err erro
 //	duplicates), 13 the queue message id to ack ("": the caller acks
 //	later, after its dead letter, and points the feed then: with any
 //	such item the call points no feed), 14 k, the number of tasks the
-//	item spawns (0: none)
+//	item spawns (0: none), 15 when a stored result expires (Unix ms;
+//	0: never)
 //
 // then, for each item with k > 0 in item order, its spawn: tasks_added
 // event id, tasks_added body, spawn record (the sinks, comma-separated),
@@ -176,7 +182,7 @@ local function spawnbad(run, S)
   end
   return nil
 end
--- One item per call of one(); the script takes n items of 14 arguments
+-- One item per call of one(); the script takes n items of 15 arguments
 -- (all of this run) and replies with the n item replies, in order. S is
 -- the item's spawn, or nil.
 local function one(i, A, S)
@@ -220,6 +226,10 @@ local function one(i, A, S)
   redis.call('HSET', KEYS[1], A[1], recstr(A[9], a, e, o), '@dirty', '1')
   if A[9] == 'succeeded' then
     redis.call('HSET', KEYS[3], A[1], A[10])
+    if A[15] ~= '0' then
+      redis.call('HSET', KEYS[1], '@rx:' .. A[1], A[15])
+      redis.call('ZADD', KEYS[7], tonumber(A[15]), ARGV[4] .. '|' .. A[1])
+    end
   end
   local seq = append(KEYS[2], A[5], A[7], A[1], a, e, A[4], A[6], A[8])
   local newly = 1
@@ -232,17 +242,22 @@ end
 local bad = notwritable(KEYS[4], 'stream') or notwritable(KEYS[5], 'stream')
 if bad then return bad end
 local n, out = tonumber(ARGV[1]), {}
-local ids = {}
+local ids, expiring = {}, false
 for i = 0, n - 1 do
-  local id = ARGV[4 + i * 14 + 13]
+  local id = ARGV[4 + i * 15 + 13]
   if id ~= '' then ids[#ids + 1] = id end
+  if ARGV[4 + i * 15 + 15] ~= '0' then expiring = true end
+end
+if expiring then
+  bad = notwritable(KEYS[7], 'zset')
+  if bad then return bad end
 end
 bad = badids(ids)
 if bad then return bad end
 -- The spawns, after the items: where each one's arguments are.
-local spawns, pos = {}, 4 + n * 14 + 1
+local spawns, pos = {}, 4 + n * 15 + 1
 for i = 0, n - 1 do
-  local k = tonumber(ARGV[4 + i * 14 + 14]) or 0
+  local k = tonumber(ARGV[4 + i * 15 + 14]) or 0
   if k > 0 then
     local nx = tonumber(ARGV[pos + 4])
     spawns[i + 1] = {id = ARGV[pos], body = ARGV[pos + 1], sinks = ARGV[pos + 2], limit = tonumber(ARGV[pos + 3]),
@@ -256,7 +271,7 @@ if next(spawns) then
 end
 for i = 0, n - 1 do
   local A = {}
-  for j = 1, 14 do A[j] = ARGV[4 + i * 14 + j] end
+  for j = 1, 15 do A[j] = ARGV[4 + i * 15 + j] end
   out[i + 1] = one(i + 1, A, spawns[i + 1])
 end
 -- The accepted outcomes' messages, acked together.
@@ -280,21 +295,21 @@ func (d DB) FinishesCmd(ctx context.Context, p redis.Scripter, as []FinishArgs) 
 	if stream == "" {
 		stream = d.K.Feed(d.K.Partition(run)) // any key of the slot: nothing is acked
 	}
-	argv := make([]any, 0, 4+14*len(as))
+	argv := make([]any, 0, 4+15*len(as))
 	argv = append(argv, len(as), GroupWorkers, as[0].Consumer, run)
 	for _, a := range as {
 		k := 0
 		if a.Spawn != nil {
 			k = len(a.Spawn.Tasks)
 		}
-		argv = append(argv, a.Task, a.Attempt, a.Epoch, a.Worker, a.EventID, a.TimeMS, string(a.Type), string(a.Body), string(a.Status), string(a.Result), a.RejectID, unfenced(a.Unfenced), a.MessageID, k)
+		argv = append(argv, a.Task, a.Attempt, a.Epoch, a.Worker, a.EventID, a.TimeMS, string(a.Type), string(a.Body), string(a.Status), string(a.Result), a.RejectID, unfenced(a.Unfenced), a.MessageID, k, a.ResultExpiresMS)
 	}
 	for _, a := range as {
 		if a.Spawn != nil && len(a.Spawn.Tasks) > 0 {
 			argv = a.Spawn.appendArgs(argv)
 		}
 	}
-	return finishScript.Run(ctx, p, []string{d.K.RunState(run), d.K.RunLog(run), d.K.RunResults(run), stream, d.K.FeedFor(run), d.K.RunDAG(run)}, argv...)
+	return finishScript.Run(ctx, p, []string{d.K.RunState(run), d.K.RunLog(run), d.K.RunResults(run), stream, d.K.FeedFor(run), d.K.RunDAG(run), d.K.ExpiriesFor(run)}, argv...)
 }
 
 // appendArgs appends the spawn's arguments of the finish script.

@@ -1,6 +1,7 @@
 package rdb_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha1"
 	"encoding/hex"
@@ -16,11 +17,13 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/graflow-go/graflow"
 	"github.com/graflow-go/graflow/events"
 	"github.com/graflow-go/graflow/internal/rdb"
 	"github.com/graflow-go/graflow/internal/redisserver"
 	"github.com/graflow-go/graflow/internal/redistest"
 	"github.com/graflow-go/graflow/projector"
+	"github.com/graflow-go/graflow/replay"
 	"github.com/graflow-go/graflow/scheduler"
 	"github.com/graflow-go/graflow/worker"
 	"github.com/oklog/ulid/v2"
@@ -336,7 +339,7 @@ func TestEveryScriptAndMultiTouchesOneSlot(t *testing.T) {
 		events.TaskSpec{ID: "a", Handler: "ok"},
 		events.TaskSpec{ID: "b", Handler: "flaky", Deps: []string{"a"}, MaxAttempts: 2},
 		events.TaskSpec{ID: "c", Handler: "hb", Deps: []string{"b"}, Pool: "other", Priority: 3},
-		events.TaskSpec{ID: "d", Handler: "ok", Deps: []string{"a"}, Pool: "other"},
+		events.TaskSpec{ID: "d", Handler: "ok", Deps: []string{"a"}, Pool: "other", ResultTTLMS: 1},
 		events.TaskSpec{ID: "f", Handler: "fail-once", Deps: []string{"a"}},
 		events.TaskSpec{ID: "g", Handler: "spawner", Deps: []string{"a"}},
 		events.TaskSpec{ID: "h", Handler: "fanin", Deps: []string{"g"}},
@@ -430,6 +433,42 @@ func TestEveryScriptAndMultiTouchesOneSlot(t *testing.T) {
 	sig := events.SignalReceivedBody{Name: "approve", ID: "s1", Payload: []byte(`true`)}
 	if res, err := db.Signal(ctx, run5, "test", time.Now().UnixMilli(), ulid.Make().String(), sig); err != nil || res.Outcome != rdb.SignalRecorded {
 		t.Errorf("signal to run %s = %+v, %v", run5, res, err)
+	}
+
+	// Phase 8: d's result expired (result TTL): deleted by the
+	// projector's mover already, or now.
+	keys := rdb.NewKeys(ns)
+	if _, _, err := db.ExpireResults(ctx, keys.Partition(run), time.Now().Add(time.Hour).UnixMilli(), 100); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := plain.HExists(ctx, keys.RunResults(run), "d").Result(); err != nil || n {
+		t.Errorf("d's expired result is still stored (%v, %v)", n, err)
+	}
+
+	// Phase 9: phase 1's run exported and imported under another id (its
+	// log appended, then its hashes written); run5's dispatch sent again
+	// (resume); the workers' idle consumers pruned.
+	cl, err := graflow.NewClient(graflow.Config{Redis: c, Namespace: ns})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var export bytes.Buffer
+	if _, err := cl.Export(ctx, run, &export); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cl.Import(ctx, &export, replay.ImportOptions{RunID: "slot-imported"}); err != nil {
+		t.Fatal(err)
+	}
+	rec5, err := plain.HGet(ctx, keys.RunState(run5), "a").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if done, err := db.Resume(ctx, run5, []rdb.ResumeItem{{Task: "a", Record: rec5, NewRecord: rec5,
+		Dispatch: rdb.Dispatch{Pool: "nobody", Run: run5, Task: "a", Attempt: 1}}}, time.Now().UnixMilli()); err != nil || len(done) != 1 || !done[0] {
+		t.Errorf("resume of run5's a = %v, %v", done, err)
+	}
+	if _, err := db.PruneConsumers(ctx, keys.QueueFor(run, "default", 0), rdb.GroupWorkers, 0, db.WorkerRegistry()); err != nil {
+		t.Fatal(err)
 	}
 
 	rec.mu.Lock()

@@ -33,7 +33,23 @@ const (
 	FieldRunSpawned = "@spawned"
 	// FieldSpawnPrefix prefixes a spawn record (SpawnField).
 	FieldSpawnPrefix = "@s:"
+	// FieldResultExpiryPrefix prefixes a result's expiry (ResultExpiryField).
+	FieldResultExpiryPrefix = "@rx:"
+	// FieldSignalPrefix prefixes the id of the signal a run took of a
+	// name (SignalField).
+	FieldSignalPrefix = "@signal:"
 )
+
+// SignalField is the state hash field that holds the id of the signal of
+// name the run took (the signal script: one signal per name, a retried
+// delivery of the same id harmless).
+func SignalField(name string) string { return FieldSignalPrefix + name }
+
+// ResultExpiryField is the state hash field that holds when task's stored
+// result expires (Unix ms), set by the finish script that stored a result
+// of a task with a result TTL; it stays after the result is deleted, so a
+// read tells an expired result from one never stored.
+func ResultExpiryField(task string) string { return FieldResultExpiryPrefix + task }
 
 // SpawnField is the state hash field of task's spawn record: the ids of
 // the sinks of the tasks it added (projector.Sinks), comma-separated
@@ -84,9 +100,10 @@ type TaskMeta struct {
 	MaxAttempts int             `json:"m,omitempty"`
 	TimeoutMS   int64           `json:"t,omitempty"`
 	Args        json.RawMessage `json:"x,omitempty"`
+	ResultTTLMS int64           `json:"rt,omitempty"`
 }
 
 // MetaOf builds the stored metadata of a task spec.
 func MetaOf(s events.TaskSpec) TaskMeta {
-	return TaskMeta{Handler: s.Handler, Deps: s.Deps, MaxAttempts: s.MaxAttempts, TimeoutMS: s.TimeoutMS, Args: s.Args}
+	return TaskMeta{Handler: s.Handler, Deps: s.Deps, MaxAttempts: s.MaxAttempts, TimeoutMS: s.TimeoutMS, Args: s.Args, ResultTTLMS: s.ResultTTLMS}
 }

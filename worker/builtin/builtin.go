@@ -26,11 +26,13 @@ const (
 // Register adds every built-in handler to w.
 func Register(w *worker.Worker) {
 	w.HandleFunc(Noop, noop)
-	w.HandleFunc(Sleep, sleep)
-	w.HandleFunc(Echo, echo)
-	w.HandleFunc(Flaky, flaky)
-	w.HandleFunc(Sum, sum)
-	w.HandleFunc(Fail, fail)
+	// Typed (worker.HandleTyped): the arguments decode into Args, and
+	// arguments that do not fail the task for good.
+	worker.HandleTyped(w, Sleep, sleep)
+	worker.HandleTyped(w, Echo, echo)
+	worker.HandleTyped(w, Flaky, flaky)
+	worker.HandleTyped(w, Sum, sum)
+	worker.HandleTyped(w, Fail, fail)
 	registerChannel(w) // channel.go
 	w.HandleFunc(Spawn, spawn)
 	w.HandleFunc(Loop, loop)
@@ -47,19 +49,9 @@ type Args struct {
 	Message   string          `json:"message,omitempty"`
 }
 
-func args(t *worker.Task) (Args, error) {
-	var a Args
-	err := t.BindArgs(&a)
-	return a, err
-}
-
 func noop(context.Context, *worker.Task) (any, error) { return nil, nil }
 
-func sleep(ctx context.Context, t *worker.Task) (any, error) {
-	a, err := args(t)
-	if err != nil {
-		return nil, err
-	}
+func sleep(ctx context.Context, t *worker.Task, a Args) (any, error) {
 	if err := pause(ctx, a.MS); err != nil {
 		return nil, err
 	}
@@ -78,11 +70,7 @@ func pause(ctx context.Context, ms int64) error {
 	}
 }
 
-func echo(_ context.Context, t *worker.Task) (any, error) {
-	a, err := args(t)
-	if err != nil {
-		return nil, err
-	}
+func echo(_ context.Context, t *worker.Task, a Args) (any, error) {
 	switch {
 	case len(a.Value) > 0:
 		return a.Value, nil
@@ -92,11 +80,7 @@ func echo(_ context.Context, t *worker.Task) (any, error) {
 	return t.Input, nil
 }
 
-func flaky(_ context.Context, t *worker.Task) (any, error) {
-	a, err := args(t)
-	if err != nil {
-		return nil, err
-	}
+func flaky(_ context.Context, t *worker.Task, a Args) (any, error) {
 	if t.Attempt <= a.Fail {
 		err := fmt.Errorf("flaky: attempt %d of %d planned failures", t.Attempt, a.Fail)
 		if a.Permanent {
@@ -107,15 +91,11 @@ func flaky(_ context.Context, t *worker.Task) (any, error) {
 	return a.Value, nil
 }
 
-func sum(ctx context.Context, t *worker.Task) (any, error) {
-	a, err := args(t)
-	if err != nil {
-		return nil, err
-	}
+func sum(ctx context.Context, t *worker.Task, a Args) (any, error) {
 	// In the workflow's order: a deterministic float addition order, and
 	// every result of a fan-in of any width, read page by page.
 	total := a.Add
-	err = t.EachUpstream(ctx, func(_ string, result json.RawMessage) error {
+	err := t.EachUpstream(ctx, func(_ string, result json.RawMessage) error {
 		total += number(result)
 		return nil
 	})
@@ -137,11 +117,7 @@ func number(raw json.RawMessage) float64 {
 	return f
 }
 
-func fail(_ context.Context, t *worker.Task) (any, error) {
-	a, err := args(t)
-	if err != nil {
-		return nil, err
-	}
+func fail(_ context.Context, t *worker.Task, a Args) (any, error) {
 	msg := a.Message
 	if msg == "" {
 		msg = "fail: this task always fails"

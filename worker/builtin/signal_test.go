@@ -12,11 +12,14 @@ import (
 
 	"github.com/graflow-go/graflow"
 	"github.com/graflow-go/graflow/events"
+	"github.com/graflow-go/graflow/internal/rdb"
 	"github.com/graflow-go/graflow/internal/redistest"
 	"github.com/graflow-go/graflow/projector"
+	"github.com/graflow-go/graflow/scheduler"
 	"github.com/graflow-go/graflow/worker"
 	"github.com/graflow-go/graflow/worker/builtin"
 	"github.com/jonboulle/clockwork"
+	"github.com/oklog/ulid/v2"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
 )
@@ -179,24 +182,27 @@ func TestManyWaitsShareOneWorkerConnection(t *testing.T) {
 	}
 }
 
-// Bad args fail the task at once and for good (its retries unused), with
-// a message that says what to write.
+// Bad args are refused at submit, naming the task and what to write; a
+// run written without the submit's checks (an old client, a hand-made
+// log) gets them from the handler: the task fails at once and for good
+// (its retries unused).
 func TestWaitSignalBadArgsFailForGood(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	b.worker(t, worker.Config{ID: "w-args", Concurrency: 8})
 	wf := graflow.NewWorkflow("bad-args")
 	cases := map[string]struct {
-		args any
-		want string
+		args   any
+		submit string // the submit's message
+		want   string // the handler's
 	}{
-		"none":       {nil, "args need a signal name"},
-		"no-name":    {map[string]any{"timeout": "1h"}, "args need a signal name"},
-		"misspelt":   {map[string]any{"name": "ok", "timout": "1h"}, `unknown field "timout"`},
-		"bad-time":   {map[string]any{"name": "ok", "timeout": "soon"}, `timeout "soon": want a positive Go duration`},
-		"negative":   {map[string]any{"name": "ok", "timeout": "-1h"}, `timeout "-1h"`},
-		"bad-name":   {map[string]any{"name": "a b"}, `invalid signal: name "a b"`},
-		"not-object": {[]int{1}, "cannot unmarshal array"},
+		"none":       {nil, `args : EOF`, "args need a signal name"},
+		"no-name":    {map[string]any{"timeout": "1h"}, `invalid signal: name ""`, "args need a signal name"},
+		"misspelt":   {map[string]any{"name": "ok", "timout": "1h"}, `unknown field "timout"`, `unknown field "timout"`},
+		"bad-time":   {map[string]any{"name": "ok", "timeout": "soon"}, `timeout "soon": want a positive Go duration`, `timeout "soon": want a positive Go duration`},
+		"negative":   {map[string]any{"name": "ok", "timeout": "-1h"}, `timeout "-1h"`, `timeout "-1h"`},
+		"bad-name":   {map[string]any{"name": "a b"}, `invalid signal: name "a b"`, `invalid signal: name "a b"`},
+		"not-object": {[]int{1}, "cannot unmarshal array", "cannot unmarshal array"},
 	}
 	for id, c := range cases {
 		task := wf.Task(id, builtin.WaitSignal).Retries(2)
@@ -204,8 +210,23 @@ func TestWaitSignalBadArgsFailForGood(t *testing.T) {
 			task.Args(c.args)
 		}
 	}
-	run, err := b.client.Submit(b.ctx, wf, nil)
+	_, err := b.client.Submit(b.ctx, wf, nil)
+	if !errors.Is(err, scheduler.ErrInvalidOption) {
+		t.Fatalf("submit = %v, want ErrInvalidOption", err)
+	}
+	for id, c := range cases {
+		if want := fmt.Sprintf("task %q: @wait_signal: ", id); !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), c.submit) {
+			t.Errorf("the submit's error does not name task %s and %q: %v", id, c.submit, err)
+		}
+	}
+
+	spec, err := wf.Spec(nil)
 	if err != nil {
+		t.Fatal(err)
+	}
+	run := "bad-args-" + ulid.Make().String()
+	ev := events.Event{ID: ulid.Make().String(), Type: events.RunSubmitted, Time: time.Now()}.WithBody(spec)
+	if _, _, err := rdb.New(b.rc, b.ns).Submit(b.ctx, run, ev, spec); err != nil {
 		t.Fatal(err)
 	}
 	info := b.end(t, run)
@@ -286,5 +307,12 @@ func TestAWaitHandedBackGoesOnElsewhere(t *testing.T) {
 	}
 	if info := b.end(t, run); !info.Succeeded() || string(info.Task("approve").Result) != `"went"` {
 		t.Fatalf("run %s, result %s", info.Status, info.Task("approve").Result)
+	}
+}
+
+// The submit checks @wait_signal's arguments under the handler's name.
+func TestWaitSignalNameIsTheSchedulers(t *testing.T) {
+	if builtin.WaitSignal != scheduler.WaitSignalHandler {
+		t.Fatalf("builtin.WaitSignal %q, scheduler.WaitSignalHandler %q: the submit would not check its args", builtin.WaitSignal, scheduler.WaitSignalHandler)
 	}
 }

@@ -119,7 +119,12 @@ type Report struct {
 	// ChannelWrites counts the channel keys checked against their last
 	// channel_written.
 	ChannelWrites int
-	History       Touches
+	// ResultTTLs counts the succeeded tasks with a result TTL whose stored
+	// result was read back (Client.Result), ResultsExpired those of them
+	// past their TTL (read back expired).
+	ResultTTLs     int
+	ResultsExpired int
+	History        Touches
 	// Spawned counts the tasks the runs' handlers added (dynamic tasks).
 	Spawned int
 	Events  int
@@ -129,8 +134,8 @@ type Report struct {
 
 // Line is the one-line summary "chaos seed=S tasks=N kills=K ...".
 func (r Report) Line() string {
-	return fmt.Sprintf("chaos seed=%d runs=%d tasks=%d spawned=%d kills=%d pauses=%d projectors=%d projector_kills=%d projector_pauses=%d projector_stalls=%d takeovers=%d cancelled=%d/%d/%d channel_keys=%d redis_restarts=%d shared_runs=%d handoffs=%d late_commits=%d lost=%d duplicate_accepts=%d rejected_stale=%d events=%d elapsed=%s verified=%t",
-		r.Seed, r.Runs, r.Verdict.Tasks, r.Spawned, r.Kills, r.Pauses, r.Projectors, r.ProjectorKills, r.ProjectorPauses, r.ProjectorStalls, r.Takeovers, r.Cancelled, r.CancelledTasks, r.CancelledRunning, r.ChannelWrites, r.RedisRestarts,
+	return fmt.Sprintf("chaos seed=%d runs=%d tasks=%d spawned=%d kills=%d pauses=%d projectors=%d projector_kills=%d projector_pauses=%d projector_stalls=%d takeovers=%d cancelled=%d/%d/%d channel_keys=%d result_ttls=%d/%d redis_restarts=%d shared_runs=%d handoffs=%d late_commits=%d lost=%d duplicate_accepts=%d rejected_stale=%d events=%d elapsed=%s verified=%t",
+		r.Seed, r.Runs, r.Verdict.Tasks, r.Spawned, r.Kills, r.Pauses, r.Projectors, r.ProjectorKills, r.ProjectorPauses, r.ProjectorStalls, r.Takeovers, r.Cancelled, r.CancelledTasks, r.CancelledRunning, r.ChannelWrites, r.ResultTTLs, r.ResultsExpired, r.RedisRestarts,
 		r.History.SharedRuns, r.History.Handoffs, r.History.LateCommits, r.Verdict.Lost,
 		r.Verdict.DuplicateAccepts, r.Verdict.RejectedStale, r.Events, r.Elapsed.Round(100*time.Millisecond), r.Verdict.OK())
 }
@@ -368,8 +373,12 @@ func (s *stack) check(ctx context.Context, run string) (Verdict, int, error) {
 	if len(channel) != len(last) {
 		v.Problems = append(v.Problems, fmt.Sprintf("channel has %d keys, the log wrote %d", len(channel), len(last)))
 	}
+	ttls, expired, problems := s.checkResultTTLs(ctx, rc, run, evs)
+	v.Problems = append(v.Problems, problems...)
 	s.mu.Lock()
 	s.report.ChannelWrites += len(last)
+	s.report.ResultTTLs += ttls
+	s.report.ResultsExpired += expired
 	s.mu.Unlock()
 	s.mu.Lock()
 	s.report.History.add(touches(evs, s.isProjector, s.projPauses))
@@ -381,6 +390,48 @@ func (s *stack) check(ctx context.Context, run string) (Verdict, int, error) {
 	}
 	s.mu.Unlock()
 	return v, len(evs), nil
+}
+
+// checkResultTTLs reads back the stored result of every succeeded task
+// of run with a result TTL: past the TTL (by the fold of evs) it must read
+// expired, before it the value of the task's task_succeeded. It returns
+// how many it read, how many of them were expired, and the problems.
+func (s *stack) checkResultTTLs(ctx context.Context, rc *graflow.Client, run string, evs []events.Event) (n, expired int, problems []string) {
+	a, err := replay.Analyze(run, evs)
+	if err != nil {
+		return 0, 0, []string{"result TTL check: " + err.Error()}
+	}
+	for _, t := range a.Run.Tasks {
+		if t.Status != events.TaskStatusSucceeded || t.ResultExpiresMS == 0 {
+			continue
+		}
+		var got json.RawMessage
+		var gone bool
+		before := time.Now()
+		err := retryRedis(ctx, func() error {
+			var err error
+			got, err = rc.Result(ctx, run, t.Spec.ID)
+			if gone = errors.Is(err, graflow.ErrResultExpired); gone {
+				return nil
+			}
+			return err
+		})
+		after := time.Now()
+		n++
+		switch {
+		case err != nil:
+			problems = append(problems, fmt.Sprintf("task %s: read its result: %v", t.Spec.ID, err))
+		case gone && t.ResultExpired(after):
+			expired++
+		case gone:
+			problems = append(problems, fmt.Sprintf("task %s: result read as expired before its TTL", t.Spec.ID))
+		case t.ResultExpired(before):
+			problems = append(problems, fmt.Sprintf("task %s: result past its TTL read as %s, want ErrResultExpired", t.Spec.ID, got))
+		case !bytes.Equal(compactJSON(got), compactJSON(t.Result)):
+			problems = append(problems, fmt.Sprintf("task %s: result within its TTL read as %s, want %s", t.Spec.ID, got, t.Result))
+		}
+	}
+	return n, expired, problems
 }
 
 // cancel cancels run once n of its tasks succeeded (following its log,
@@ -458,13 +509,19 @@ func (s *stack) checkCancelled(ctx context.Context, run string, info *graflow.Ru
 // member waits on the channel key "ready" that a member of group 2 sets;
 // group 3 is best effort: one of its members fails for good and its sum
 // runs anyway (the run still succeeds); a few members of group 2 start
-// 100-500 ms after they are ready (start_after: the delayed set).
+// 100-500 ms after they are ready (start_after: the delayed set); a few
+// members of group 1 keep their results an hour (result TTL), and a leaf
+// after the root keeps its result 50 ms.
 func (s *stack) workflow(name string, tasks int) *graflow.Workflow {
 	wf := graflow.NewWorkflow(name)
 	root := wf.Task("root", builtin.Noop)
-	const static = 8 // root, the four group sums, spawn, its sum, total
+	const static = 9 // root, the four group sums, spawn, its sum, total, ttl-leaf
 	per := (tasks - static) / 4
 	var sums []*graflow.Task
+	// A leaf whose result expires 50 ms after it succeeded, during the
+	// run (nobody reads it): the projectors' movers delete it under the
+	// faults, and the check reads it back expired.
+	wf.Task("ttl-leaf", builtin.Echo).Args(map[string]any{"value": 1}).ResultTTL(50 * time.Millisecond).After(root)
 	spawn := wf.Task("spawn", builtin.Spawn).After(root).Retries(2).Args(builtin.SpawnArgs{
 		N: 50 + s.rng.IntN(151), MS: int64(100 + s.rng.IntN(400)), Handler: builtin.Sleep,
 		Args: json.RawMessage(`{"ms":40,"value":1}`), FlakyEvery: 40, Value: json.RawMessage(`0`)})
@@ -491,6 +548,8 @@ func (s *stack) workflow(name string, tasks int) *graflow.Workflow {
 				t = wf.Task(id, builtin.ChannelSet).Args(map[string]any{"key": "ready", "value": 1})
 			case g == 3 && i == 0:
 				t = wf.Task(id, builtin.Fail).Args(map[string]any{"permanent": true, "message": "best effort"})
+			case g == 1 && i%40 == 9: // kept an hour: sum-1 reads it as usual
+				t = wf.Task(id, builtin.Sleep).Args(map[string]any{"ms": 20, "value": 1}).ResultTTL(time.Hour)
 			case g == 2 && i%40 == 5:
 				t = wf.Task(id, builtin.Sleep).Args(map[string]any{"ms": 20, "value": 1}).StartAfter(time.Duration(100+s.rng.IntN(400)) * time.Millisecond)
 			default:

@@ -4,6 +4,7 @@ package chaos
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -291,8 +292,9 @@ func (s *stack) soakRun(ctx context.Context, id string, wf *graflow.Workflow, ca
 }
 
 // soakWorkflow builds the n-th soak workflow from rng: a chain, a fan-out
-// with its fan-in, or a layered DAG; a few tasks are flaky (they fail once
-// and retry).
+// with its fan-in, a layered DAG, or a dynamic run (a spawned fan-out of
+// 5-204 tasks and a loop, and a leaf whose result expires within 500 ms);
+// a few tasks are flaky (they fail once and retry).
 func soakWorkflow(rng *rand.Rand, n int) *graflow.Workflow {
 	wf := graflow.NewWorkflow("soak")
 	task := func(id string) *graflow.Task {
@@ -301,7 +303,14 @@ func soakWorkflow(rng *rand.Rand, n int) *graflow.Workflow {
 		}
 		return wf.Task(id, builtin.Sleep).Args(map[string]any{"ms": 1 + rng.IntN(40), "value": 1})
 	}
-	switch n % 3 {
+	switch n % 4 {
+	case 3: // dynamic: a fan-out decided at run time, a loop, and a result TTL
+		root := task("root")
+		wf.Task("ttl", builtin.Echo).Args(map[string]any{"value": 1}).After(root).ResultTTL(time.Duration(1+rng.IntN(500)) * time.Millisecond)
+		spawn := wf.Task("spawn", builtin.Spawn).After(root).Retries(2).Args(builtin.SpawnArgs{
+			N: 5 + rng.IntN(200), Handler: builtin.Sleep, Args: json.RawMessage(`{"ms":5,"value":1}`), FlakyEvery: 30, Value: json.RawMessage(`0`)})
+		loop := wf.Task("loop", builtin.Loop).After(root).Args(builtin.LoopArgs{Times: 1 + rng.IntN(5), Value: json.RawMessage(`1`)})
+		wf.Task("sum", builtin.Sum).After(spawn, loop)
 	case 0: // chain
 		prev := task("c0")
 		for i := 1; i < 3+rng.IntN(18); i++ {

@@ -2,6 +2,7 @@ package ui
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 
 	"github.com/graflow-go/graflow"
@@ -28,10 +29,13 @@ type dagNode struct {
 	X, Y                       int
 }
 
-// dagEdge is one dependency, drawn From the dependency To the task.
+// dagEdge is one dependency, drawn From the dependency To the task; Wait
+// marks a wait (a task spawned by a dependency, which the task waits for
+// too: projector.Task.Waits), drawn dashed.
 type dagEdge struct {
 	From, To string
 	Path     string
+	Wait     bool
 }
 
 // dagView is a run's DAG laid out left to right in layers: a task's layer
@@ -47,8 +51,9 @@ type dagView struct {
 	Count    int
 }
 
-// layoutDAG lays out tasks (in their submission order). Deps naming no
-// task are ignored, and a cycle (which validation forbids) is broken where
+// layoutDAG lays out tasks (in their submission order), with an edge for
+// each dependency and each wait (Waits: tasks spawned at run time that the
+// task waits for too). Deps naming no task are ignored, and a cycle (which validation forbids) is broken where
 // it is found, so any input gets a drawing. Pure and deterministic.
 func layoutDAG(run string, tasks []graflow.TaskInfo) dagView {
 	v := dagView{Run: run, Count: len(tasks), NodeW: nodeW, NodeH: nodeH}
@@ -63,10 +68,14 @@ func layoutDAG(run string, tasks []graflow.TaskInfo) dagView {
 		}
 	}
 	deps := make([][]int, len(tasks))
+	waits := map[[2]int]bool{}
 	for i, t := range tasks {
-		for _, d := range t.Deps {
-			if j, ok := index[d]; ok && j != i {
+		for k, d := range append(t.Deps[:len(t.Deps):len(t.Deps)], t.Waits...) {
+			if j, ok := index[d]; ok && j != i && !slices.Contains(deps[i], j) {
 				deps[i] = append(deps[i], j)
+				if k >= len(t.Deps) {
+					waits[[2]int{j, i}] = true
+				}
 			}
 		}
 	}
@@ -161,7 +170,7 @@ func layoutDAG(run string, tasks []graflow.TaskInfo) dagView {
 			x1, y1 := from.X+nodeW, from.Y+nodeH/2
 			x2, y2 := to.X, to.Y+nodeH/2
 			mx := (x1 + x2) / 2
-			v.Edges = append(v.Edges, dagEdge{From: from.ID, To: to.ID,
+			v.Edges = append(v.Edges, dagEdge{From: from.ID, To: to.ID, Wait: waits[[2]int{j, i}],
 				Path: fmt.Sprintf("M%d %d C%d %d %d %d %d %d", x1, y1, mx, y1, mx, y2, x2-2, y2)})
 		}
 	}

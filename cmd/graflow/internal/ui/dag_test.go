@@ -66,6 +66,25 @@ func TestLayoutDAG(t *testing.T) {
 			t.Errorf("layout of %d tasks: TooLarge %v, %d nodes; want TooLarge and none", len(tasks), v.TooLarge, len(v.Nodes))
 		}
 	})
+	t.Run("a wait on a spawned task is a dashed edge", func(t *testing.T) {
+		t.Parallel()
+		sum := task("sum", "split")
+		sum.Waits = []string{"split-0", "split-1", "split"} // split is a dependency already: one edge
+		v := layoutDAG("run", []graflow.TaskInfo{task("split"), sum, task("split-0", "split"), task("split-1", "split")})
+		var got []string
+		for _, e := range v.Edges {
+			got = append(got, e.From+">"+e.To+map[bool]string{true: " wait"}[e.Wait])
+		}
+		want := []string{"split>sum", "split-0>sum wait", "split-1>sum wait", "split>split-0", "split>split-1"}
+		if diff := cmp.Diff(want, got); diff != "" {
+			t.Errorf("edges (-want +got):\n%s", diff)
+		}
+		for _, n := range v.Nodes {
+			if n.ID == "sum" && n.Layer != 2 {
+				t.Errorf("sum is in layer %d, want 2 (after what split spawned)", n.Layer)
+			}
+		}
+	})
 	t.Run("a long id is shortened on its node", func(t *testing.T) {
 		t.Parallel()
 		id := strings.Repeat("x", 40)

@@ -1,0 +1,165 @@
+package rdb
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/graflow-go/graflow/internal/statehash"
+	"github.com/redis/go-redis/v9"
+)
+
+// Result TTL: the finish script that stores the result of a task with a
+// result TTL also sets the task's expiry field in the state hash
+// (statehash.ResultExpiryField, Unix ms) and adds "<run>|<task>" to its
+// partition's expiry set, scored by that time; the projector's delayed
+// mover calls ExpireResults, which deletes the stored result when it is
+// due. The expiry field stays: a read tells an expired result from one
+// never stored, and a read after the due time but before the deletion is
+// expired too (ReadResult). The log keeps task_succeeded and its result.
+
+// ErrResultExpired is returned when a task's stored result is read after
+// its result TTL.
+var ErrResultExpired = errors.New("the task's result expired (result TTL)")
+
+// expiredResult stands in for an expired dependency's result in a claim's
+// and ReadUpstream's replies (a result is JSON: it never starts with "!").
+const expiredResult = "!expired"
+
+// IsExpiredResult reports whether an upstream result read by Claim or
+// ReadUpstream is the mark of an expired result.
+func IsExpiredResult(raw []byte) bool { return string(raw) == expiredResult }
+
+// markExpired sets out[dep] to the expired mark for each of deps (results
+// not stored) whose state holds an expiry field.
+func (d DB) markExpired(ctx context.Context, run string, deps []string, out map[string]json.RawMessage) error {
+	if len(deps) == 0 {
+		return nil
+	}
+	fields := make([]string, len(deps))
+	for i, dep := range deps {
+		fields[i] = statehash.ResultExpiryField(dep)
+	}
+	vals, err := d.C.HMGet(ctx, d.K.RunState(run), fields...).Result()
+	if err != nil {
+		return fmt.Errorf("read result expiries of run %s: %w", run, err)
+	}
+	for i, dep := range deps {
+		if v, _ := vals[i].(string); v != "" {
+			out[dep] = json.RawMessage(expiredResult)
+		}
+	}
+	return nil
+}
+
+// StoredResult is a task's stored result as ReadResult finds it.
+type StoredResult struct {
+	RunStatus string // "" when the run does not exist
+	Record    Record
+	Result    json.RawMessage // nil when none is stored
+	// ExpiresMS is when the result expires (Unix ms; 0: never).
+	ExpiresMS int64
+}
+
+// Expired reports whether the result expired at nowMS: its TTL passed,
+// whether or not ExpireResults deleted it yet.
+func (s StoredResult) Expired(nowMS int64) bool { return s.ExpiresMS > 0 && nowMS >= s.ExpiresMS }
+
+// ReadResult reads task's stored result, record and result expiry, and
+// the run's status, in one round trip.
+func (d DB) ReadResult(ctx context.Context, run, task string) (StoredResult, error) {
+	var state *redis.SliceCmd
+	var res *redis.StringCmd
+	_, err := d.C.Pipelined(ctx, func(p redis.Pipeliner) error {
+		state = p.HMGet(ctx, d.K.RunState(run), FieldRunStatus, task, statehash.ResultExpiryField(task))
+		res = p.HGet(ctx, d.K.RunResults(run), task)
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return StoredResult{}, fmt.Errorf("read result of %s/%s: %w", run, task, err)
+	}
+	v := state.Val()
+	var out StoredResult
+	out.RunStatus, _ = v[0].(string)
+	rec, _ := v[1].(string)
+	if out.Record, err = ParseRecord(rec); err != nil {
+		return out, fmt.Errorf("read result of %s/%s: %w", run, task, err)
+	}
+	if x, _ := v[2].(string); x != "" {
+		if out.ExpiresMS, err = strconv.ParseInt(x, 10, 64); err != nil {
+			return out, fmt.Errorf("read result of %s/%s: malformed expiry %q", run, task, x)
+		}
+	}
+	if r, err := res.Result(); err == nil {
+		out.Result = json.RawMessage(r)
+	}
+	return out, nil
+}
+
+// expireResultsScript deletes due stored results: each member of the
+// partition's expiry set that is still due (a later store moves its
+// score on) is removed, and only then is its result deleted, so two
+// movers never race a fresh result away.
+//
+// KEYS: 1 the expiry set, then the runs' results hashes
+// ARGV: 1 now ms, 2 n, then n x (member, results key index, task)
+// Reply: number of results deleted
+var expireResultsScript = redis.NewScript(`
+local now, gone = tonumber(ARGV[1]), 0
+for i = 0, tonumber(ARGV[2]) - 1 do
+  local a = 3 + 3 * i
+  local due = redis.call('ZSCORE', KEYS[1], ARGV[a])
+  if due and tonumber(due) <= now then
+    redis.call('ZREM', KEYS[1], ARGV[a])
+    gone = gone + redis.call('HDEL', KEYS[tonumber(ARGV[a + 1])], ARGV[a + 2])
+  end
+end
+return gone
+`)
+
+// ExpireResults deletes up to n stored results of partition part that are
+// due at nowMS, and returns how many it deleted and the due time of the
+// earliest expiry left (0: none).
+func (d DB) ExpireResults(ctx context.Context, part int, nowMS int64, n int) (deleted int64, next int64, err error) {
+	set := d.K.Expiries(part)
+	due, err := d.C.ZRangeArgs(ctx, redis.ZRangeArgs{Key: set, Start: "-inf", Stop: strconv.FormatInt(nowMS, 10), ByScore: true, Count: int64(n)}).Result()
+	if err != nil {
+		return 0, 0, fmt.Errorf("read the result expiries of partition %d: %w", part, err)
+	}
+	if len(due) > 0 {
+		keys := []string{set}
+		var targets keyIndex
+		args := []any{nowMS, 0}
+		var malformed []any
+		for _, m := range due {
+			run, task, ok := strings.Cut(m, "|")
+			if !ok || run == "" || task == "" || d.K.Partition(run) != part {
+				malformed = append(malformed, m)
+				continue
+			}
+			args = append(args, m, targets.of(&keys, d.K.RunResults(run)), task)
+		}
+		if len(malformed) > 0 {
+			if err := d.C.ZRem(ctx, set, malformed...).Err(); err != nil {
+				return 0, 0, fmt.Errorf("drop malformed result expiries of partition %d: %w", part, err)
+			}
+		}
+		if n := (len(args) - 2) / 3; n > 0 {
+			args[1] = n
+			if deleted, err = expireResultsScript.Run(ctx, d.C, keys, args...).Int64(); err != nil {
+				return 0, 0, fmt.Errorf("expire results of partition %d: %w", part, err)
+			}
+		}
+	}
+	first, err := d.C.ZRangeWithScores(ctx, set, 0, 0).Result()
+	if err != nil {
+		return deleted, 0, fmt.Errorf("read the result expiries of partition %d: %w", part, err)
+	}
+	if len(first) > 0 {
+		next = max(int64(first[0].Score), 1)
+	}
+	return deleted, next, nil
+}
