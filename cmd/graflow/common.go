@@ -15,6 +15,7 @@ import (
 
 	"github.com/graflow-go/graflow"
 	"github.com/graflow-go/graflow/internal/rdb"
+	"github.com/graflow-go/graflow/internal/redisurl"
 	"github.com/graflow-go/graflow/scheduler"
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
@@ -43,7 +44,7 @@ func (m *Main) flags(name string, c *common) *flag.FlagSet {
 	if ns == "" {
 		ns = rdb.DefaultNamespace
 	}
-	fs.StringVar(&c.redisURL, "redis", def, "Redis URL: redis://, rediss:// (TLS), redis://user:pass@host:port/db; comma-separate cluster nodes")
+	fs.StringVar(&c.redisURL, "redis", def, "Redis URL: redis://, rediss:// (TLS), redis://user:pass@host:port/db; comma-separate cluster nodes, or redis+cluster://host:port?addr=host2:port2, redis+sentinel://host:port?master_name=NAME")
 	fs.StringVar(&c.namespace, "namespace", ns, "key prefix")
 	parts := 0
 	if v := m.Getenv("GRAFLOW_PARTITIONS"); v != "" {
@@ -93,12 +94,23 @@ func (c *common) connect(ctx context.Context) (redis.UniversalClient, error) {
 	if err := rdb.ValidNamespace(c.namespace); err != nil {
 		return nil, withCode(ExitUsage, err)
 	}
+	if redisurl.Is(c.redisURL) { // redis+cluster://, redis+sentinel://
+		client, err := redisurl.New(c.redisURL)
+		if err != nil {
+			return nil, withCode(ExitUsage, err)
+		}
+		return c.ping(ctx, client)
+	}
 	opts, err := universalOptions(c.redisURL)
 	if err != nil {
 		return nil, withCode(ExitUsage, err)
 	}
 	opts.MasterName = c.sentinel // UniversalClient: a failover client when set
-	client := redis.NewUniversalClient(opts)
+	return c.ping(ctx, redis.NewUniversalClient(opts))
+}
+
+// ping checks that client answers, and closes it if not.
+func (c *common) ping(ctx context.Context, client redis.UniversalClient) (redis.UniversalClient, error) {
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if err := client.Ping(pctx).Err(); err != nil {

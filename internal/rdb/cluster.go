@@ -1,0 +1,109 @@
+package rdb
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// This file holds the commands that build and watch a Redis Cluster of
+// local servers (internal/rediscluster: tests, chaos, bench). They run on
+// one node's own connection (a plain client per node), touch no engine key
+// and are never issued by the engine itself.
+
+// ClusterNode is one node's view of itself, from CLUSTER NODES (myself
+// line) and INFO replication.
+type ClusterNode struct {
+	ID     string
+	Master bool
+	// MasterID is the master a replica follows ("" on a master).
+	MasterID string
+	// State is cluster_state from CLUSTER INFO ("ok" or "fail").
+	State string
+	// KnownNodes is cluster_known_nodes from CLUSTER INFO.
+	KnownNodes int
+	// LinkUp: a replica's link to its master is up and its initial sync is
+	// done (master_link_status:up, master_sync_in_progress:0).
+	LinkUp bool
+	// Replicas is connected_slaves on a master.
+	Replicas int
+	// Offset is the replication offset (master_repl_offset on a master,
+	// slave_repl_offset on a replica).
+	Offset int64
+}
+
+// ClusterMeet tells node c about the node at host:port (CLUSTER MEET).
+func ClusterMeet(ctx context.Context, c *redis.Client, host string, port int) error {
+	return c.ClusterMeet(ctx, host, strconv.Itoa(port)).Err()
+}
+
+// ClusterAddSlots assigns the slots lo..hi (inclusive) to node c.
+func ClusterAddSlots(ctx context.Context, c *redis.Client, lo, hi int) error {
+	return c.ClusterAddSlotsRange(ctx, lo, hi).Err()
+}
+
+// ClusterReplicate makes node c a replica of the master with id master.
+func ClusterReplicate(ctx context.Context, c *redis.Client, master string) error {
+	return c.ClusterReplicate(ctx, master).Err()
+}
+
+// ClusterWait is WAIT replicas timeout-ms on node c: it blocks until the
+// writes sent on this connection before it reached replicas replicas or
+// the timeout passed, and returns how many replicas acknowledged.
+func ClusterWait(ctx context.Context, c *redis.Client, replicas int, timeout time.Duration) (int64, error) {
+	return c.Wait(ctx, replicas, timeout).Result()
+}
+
+// ClusterNodeInfo returns node c's view of itself and of the cluster.
+func ClusterNodeInfo(ctx context.Context, c *redis.Client) (ClusterNode, error) {
+	var n ClusterNode
+	nodes, err := c.ClusterNodes(ctx).Result()
+	if err != nil {
+		return n, fmt.Errorf("CLUSTER NODES: %w", err)
+	}
+	for _, line := range strings.Split(nodes, "\n") {
+		f := strings.Fields(line)
+		if len(f) < 4 || !strings.Contains(f[2], "myself") {
+			continue
+		}
+		n.ID, n.Master = f[0], strings.Contains(f[2], "master")
+		if f[3] != "-" {
+			n.MasterID = f[3]
+		}
+	}
+	info, err := c.ClusterInfo(ctx).Result()
+	if err != nil {
+		return n, fmt.Errorf("CLUSTER INFO: %w", err)
+	}
+	fields := infoFields(info)
+	n.State = fields["cluster_state"]
+	n.KnownNodes, _ = strconv.Atoi(fields["cluster_known_nodes"])
+	repl, err := c.Info(ctx, "replication").Result()
+	if err != nil {
+		return n, fmt.Errorf("INFO replication: %w", err)
+	}
+	fields = infoFields(repl)
+	n.LinkUp = fields["master_link_status"] == "up" && fields["master_sync_in_progress"] == "0"
+	n.Replicas, _ = strconv.Atoi(fields["connected_slaves"])
+	if n.Master {
+		n.Offset, _ = strconv.ParseInt(fields["master_repl_offset"], 10, 64)
+	} else {
+		n.Offset, _ = strconv.ParseInt(fields["slave_repl_offset"], 10, 64)
+	}
+	return n, nil
+}
+
+// infoFields parses "name:value" lines of INFO and CLUSTER INFO.
+func infoFields(s string) map[string]string {
+	m := map[string]string{}
+	for _, line := range strings.Split(s, "\n") {
+		if k, v, ok := strings.Cut(strings.TrimSpace(line), ":"); ok {
+			m[k] = v
+		}
+	}
+	return m
+}
