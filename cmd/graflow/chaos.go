@@ -35,6 +35,7 @@ func runChaos(ctx context.Context, m *Main, args []string) error {
 	inFlight := fs.Int("in-flight", 6, "soak: runs kept going at once")
 	breakFencing := fs.Bool("break-fencing", false, "TEST-ONLY (a graflowtest build): run workers with fencing off; the checker must then report duplicates (exit 0 only if it does)")
 	quiet := fs.Bool("quiet", false, "print only the summary line per seed")
+	cluster := fs.Bool("cluster", false, "start a local Redis Cluster (3 masters + 3 replicas) instead of one Redis; the Redis fault is then a failover (a master SIGKILLed); use --partitions 4 or more")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -47,7 +48,10 @@ func runChaos(ctx context.Context, m *Main, args []string) error {
 	}
 	base := chaos.Config{Exe: m.Exe, Tasks: *tasks, Wide: *wide, Workers: *workers, Concurrency: *conc, Projectors: *projectors, Partitions: c.partitions,
 		Lease: *lease, FeedReclaimIdle: *feedIdle, BreakFencing: *breakFencing, Timeout: *timeout,
-		Duration: *duration, RunTTL: *runTTL, SampleEvery: *sampleEvery, InFlight: *inFlight}
+		Duration: *duration, RunTTL: *runTTL, SampleEvery: *sampleEvery, InFlight: *inFlight, Cluster: *cluster}
+	if *cluster && *duration > 0 {
+		return usagef("--cluster runs chaos seeds; the soak (--duration) does not run on a cluster yet")
+	}
 	if *duration > 0 {
 		return runSoak(ctx, m, base, list[0], *dir, *quiet)
 	}

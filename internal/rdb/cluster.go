@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -106,4 +107,90 @@ func infoFields(s string) map[string]string {
 		}
 	}
 	return m
+}
+
+// infoCluster is INFO on every master of a cluster, summed: numeric
+// fields add up (commands processed, memory, CPU), and so do the numeric
+// parts of "calls=3,usec=12,..." fields (commandstats); any other field
+// keeps one master's value.
+func infoCluster(ctx context.Context, cc *redis.ClusterClient, sections []string) (map[string]string, error) {
+	var mu sync.Mutex
+	sum := map[string]string{}
+	err := cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
+		raw, err := c.Info(ctx, sections...).Result()
+		if err != nil {
+			return err
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		for k, v := range ParseInfo(raw) {
+			sum[k] = addInfo(sum[k], v)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("INFO %s on every master: %w", strings.Join(sections, " "), err)
+	}
+	return sum, nil
+}
+
+// addInfo adds INFO value b to a (see infoCluster).
+func addInfo(a, b string) string {
+	if a == "" {
+		return b
+	}
+	if x, err := strconv.ParseFloat(a, 64); err == nil {
+		if y, err := strconv.ParseFloat(b, 64); err == nil {
+			if strings.ContainsAny(a+b, ".eE") {
+				return strconv.FormatFloat(x+y, 'f', -1, 64)
+			}
+			return strconv.FormatInt(int64(x)+int64(y), 10)
+		}
+		return a
+	}
+	as, bs := strings.Split(a, ","), strings.Split(b, ",")
+	if len(as) != len(bs) || !strings.Contains(a, "=") {
+		return a
+	}
+	for i := range as {
+		ka, va, okA := strings.Cut(as[i], "=")
+		kb, vb, okB := strings.Cut(bs[i], "=")
+		if !okA || !okB || ka != kb {
+			return a
+		}
+		as[i] = ka + "=" + addInfo(va, vb)
+	}
+	return strings.Join(as, ",")
+}
+
+// deleteNamespaceCluster is DeleteNamespace on a cluster: SCAN on every
+// master, and one UNLINK per key (a multi-key DEL must stay in one slot).
+func (d DB) deleteNamespaceCluster(ctx context.Context, cc *redis.ClusterClient) error {
+	err := cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
+		var cursor uint64
+		for {
+			keys, next, err := c.Scan(ctx, cursor, d.namespacePattern(), 2000).Result()
+			if err != nil {
+				return err
+			}
+			if len(keys) > 0 {
+				if _, err := c.Pipelined(ctx, func(p redis.Pipeliner) error {
+					for _, k := range keys {
+						p.Unlink(ctx, k)
+					}
+					return nil
+				}); err != nil {
+					return err
+				}
+			}
+			if next == 0 {
+				return nil
+			}
+			cursor = next
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("delete namespace %s: %w", d.K.Namespace(), err)
+	}
+	return nil
 }

@@ -8,29 +8,10 @@ import (
 	"time"
 
 	"github.com/graflow-go/graflow/internal/rediscluster"
-	"github.com/graflow-go/graflow/internal/redisserver"
+	"github.com/graflow-go/graflow/internal/rediscluster/clustertest"
 	"github.com/graflow-go/graflow/internal/redisurl"
 	"github.com/redis/go-redis/v9"
 )
-
-// start starts a 3-master, 3-replica cluster, or skips when redis-server
-// is not installed (make test installs it: make redis).
-func start(t *testing.T) *rediscluster.Cluster {
-	t.Helper()
-	if _, err := redisserver.LookPath(); errors.Is(err, redisserver.ErrNotFound) {
-		t.Skipf("rediscluster needs redis-server: %v", err)
-	}
-	c, err := rediscluster.Start(t.Context(), rediscluster.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := c.Stop(); err != nil {
-			t.Error(err)
-		}
-	})
-	return c
-}
 
 // TestFailover: a 6-node cluster serves keys of every master through a
 // cluster URL; with one master SIGKILLed its replica takes over, the keys
@@ -39,7 +20,7 @@ func start(t *testing.T) *rediscluster.Cluster {
 func TestFailover(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
-	c := start(t)
+	c := clustertest.Start(t, rediscluster.Config{})
 	masters, err := c.Masters(ctx)
 	if err != nil {
 		t.Fatal(err)
