@@ -2,6 +2,7 @@ package worker_test
 
 import (
 	"context"
+	"encoding/json"
 	"net"
 	"strings"
 	"sync"
@@ -14,13 +15,33 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// refuseOnce is a go-redis hook that fails, once each, the first HGET of
-// a run's channel, the first pipeline that starts with XREVRANGE (the
-// first read of Channel.Wait) and the first XREAD (its blocking read),
-// with the error a dial to a dead Redis master gives (a failover).
+// refuseOnce is a go-redis hook that fails the first command of each
+// name its match gives (and the first pipeline whose first command match
+// names "xrevrange": Channel.Wait's first read) with the error a dial to
+// a dead Redis master gives (a failover).
 type refuseOnce struct {
+	// match names what cmd is ("" for nothing to refuse); each name is
+	// refused once.
+	match func(cmd redis.Cmder) string
+
 	mu   sync.Mutex
 	done map[string]bool
+}
+
+// newRefuseOnce returns a hook refusing the first command of each name
+// match gives.
+func newRefuseOnce(match func(cmd redis.Cmder) string) *refuseOnce {
+	return &refuseOnce{match: match, done: map[string]bool{}}
+}
+
+// channelReads names the channel HGETs, XREADs and XREVRANGEs (the
+// first command of Channel.Wait's first pipeline).
+func channelReads(cmd redis.Cmder) string {
+	key, _ := cmd.Args()[min(1, len(cmd.Args())-1)].(string)
+	if name := cmd.Name(); name == "hget" && strings.HasSuffix(key, ":channel") || name == "xread" || name == "xrevrange" {
+		return name
+	}
+	return ""
 }
 
 func (r *refuseOnce) first(what string) bool {
@@ -38,7 +59,7 @@ var errRefused = &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}
 func (r *refuseOnce) DialHook(next redis.DialHook) redis.DialHook { return next }
 func (r *refuseOnce) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return func(ctx context.Context, cmds []redis.Cmder) error {
-		if len(cmds) > 0 && cmds[0].Name() == "xrevrange" && r.first("xrevrange") {
+		if len(cmds) > 0 && r.match(cmds[0]) == "xrevrange" && r.first("xrevrange") {
 			for _, c := range cmds {
 				c.SetErr(errRefused)
 			}
@@ -49,9 +70,7 @@ func (r *refuseOnce) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.P
 }
 func (r *refuseOnce) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
-		name := cmd.Name()
-		key, _ := cmd.Args()[min(1, len(cmd.Args())-1)].(string)
-		if (name == "hget" && strings.HasSuffix(key, ":channel") || name == "xread") && r.first(name) {
+		if what := r.match(cmd); what != "" && r.first(what) {
 			cmd.SetErr(errRefused)
 			return errRefused
 		}
@@ -70,7 +89,7 @@ func TestChannelReadsRetryARefusedConnection(t *testing.T) {
 	b := setup(t)
 	cfg := b.config("w-refused")
 	c := redistest.Client(t)
-	c.AddHook(&refuseOnce{done: map[string]bool{}})
+	c.AddHook(newRefuseOnce(channelReads))
 	waiting := make(xreads, 1)
 	c.AddHook(waiting)
 	cfg.Redis = c
@@ -125,3 +144,47 @@ func (x xreads) next(ctx context.Context) error {
 
 // ends reports whether e ends a run (succeeded or failed).
 func ends(e events.Event) bool { return e.Type == events.RunSucceeded || e.Type == events.RunFailed }
+
+// spawnedRead names the EVALSHA that reads what task "a" spawned (one
+// key, the run's state, and "a": the spawned-task read of a task whose
+// only dependency is "a").
+func spawnedRead(cmd redis.Cmder) string {
+	if a := cmd.Args(); cmd.Name() == "evalsha" && len(a) == 5 && a[len(a)-1] == "a" {
+		return "spawned"
+	}
+	return ""
+}
+
+// A refused connection while a task reads what its dependencies spawned
+// (EachUpstream) is retried, not the
+// task's error: before, it failed "total" for good (max_attempts 1).
+func TestSpawnedReadRetriesARefusedConnection(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	cfg := b.config("w-refused-spawned")
+	c := redistest.Client(t)
+	hook := newRefuseOnce(spawnedRead)
+	c.AddHook(hook)
+	cfg.Redis = c
+	b.start(t, cfg, map[string]worker.HandlerFunc{
+		"two": func(context.Context, *worker.Task) (any, error) { return 2, nil },
+		"sum": func(ctx context.Context, task *worker.Task) (any, error) {
+			n := 0
+			return n, task.EachUpstream(ctx, func(_ string, r json.RawMessage) error {
+				var v int
+				err := json.Unmarshal(r, &v)
+				n += v
+				return err
+			})
+		},
+	})
+	run := b.submit(t,
+		events.TaskSpec{ID: "a", Handler: "two"},
+		events.TaskSpec{ID: "total", Handler: "sum", Deps: []string{"a"}})
+	if end := b.waitFor(t, run, "0", ends); end.Type != events.RunSucceeded {
+		t.Fatalf("run ended %s: %s", end.Type, end.Body)
+	}
+	if hook.first("spawned") {
+		t.Fatal("the hook refused no spawned-task read: the test no longer tests the retry")
+	}
+}
