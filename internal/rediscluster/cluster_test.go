@@ -4,9 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/graflow-go/graflow/internal/rdb"
 	"github.com/graflow-go/graflow/internal/rediscluster"
 	"github.com/graflow-go/graflow/internal/rediscluster/clustertest"
 	"github.com/graflow-go/graflow/internal/redisurl"
@@ -96,5 +99,58 @@ func getRetrying(ctx context.Context, cl *redis.ClusterClient, key string) (int,
 			return 0, err
 		case <-time.After(50 * time.Millisecond):
 		}
+	}
+}
+
+// TestNamespaceOnEveryMaster: on a cluster, rdb's INFO sums every
+// master's figures and DeleteNamespace finds and deletes the keys of a
+// namespace on every master (a plain SCAN sees one node, and a DEL of
+// keys of several slots is refused).
+func TestNamespaceOnEveryMaster(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	c := clustertest.Start(t, rediscluster.Config{Replicas: -1})
+	u, err := redisurl.New(c.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = u.Close() })
+	cl := u.(*redis.ClusterClient)
+	db := rdb.NewP(cl, "ns-every-master", 12)
+	for p := range 12 {
+		if err := cl.Set(ctx, db.K.Feed(p), p, 0).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := cl.Set(ctx, "other-namespace:{p0}:feed", 1, 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	var perNode int64
+	if err := cl.ForEachMaster(ctx, func(ctx context.Context, n *redis.Client) error {
+		info := rdb.ParseInfo(n.Info(ctx, "stats").Val())
+		v, _ := strconv.ParseInt(info["total_commands_processed"], 10, 64)
+		atomic.AddInt64(&perNode, v)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	sum, err := db.Info(ctx, "stats")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The summed INFO comes after the per-node ones: it counts them too.
+	if got, _ := strconv.ParseInt(sum["total_commands_processed"], 10, 64); got < perNode {
+		t.Errorf("summed total_commands_processed %d < the masters' %d", got, perNode)
+	}
+	if err := db.DeleteNamespace(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for p := range 12 {
+		if n := cl.Exists(ctx, db.K.Feed(p)).Val(); n != 0 {
+			t.Errorf("%s survived DeleteNamespace", db.K.Feed(p))
+		}
+	}
+	if n := cl.Exists(ctx, "other-namespace:{p0}:feed").Val(); n != 1 {
+		t.Error("DeleteNamespace deleted another namespace's key")
 	}
 }
