@@ -6,7 +6,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -50,13 +49,6 @@ func ClusterAddSlots(ctx context.Context, c *redis.Client, lo, hi int) error {
 // ClusterReplicate makes node c a replica of the master with id master.
 func ClusterReplicate(ctx context.Context, c *redis.Client, master string) error {
 	return c.ClusterReplicate(ctx, master).Err()
-}
-
-// ClusterWait is WAIT replicas timeout-ms on node c: it blocks until the
-// writes sent on this connection before it reached replicas replicas or
-// the timeout passed, and returns how many replicas acknowledged.
-func ClusterWait(ctx context.Context, c *redis.Client, replicas int, timeout time.Duration) (int64, error) {
-	return c.Wait(ctx, replicas, timeout).Result()
 }
 
 // ClusterNodeInfo returns node c's view of itself and of the cluster.
