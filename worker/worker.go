@@ -672,8 +672,14 @@ func (w *Worker) process(ctx context.Context, m message, release func()) (parked
 			return err
 		},
 		channel: w.channelOf(m.run, m.task, m.attempt, cr.Epoch),
-		readSpawned: func(ctx context.Context, deps []string) ([]string, error) {
-			return w.db.ReadSpawned(ctx, m.run, deps)
+		readSpawned: func(ctx context.Context, deps []string) (ids []string, err error) {
+			// Retried like the worker's own calls: a failover's refused
+			// dial failed the attempt (for good at max_attempts 1).
+			err = w.redisRetry(ctx, func() (err error) {
+				ids, err = w.db.ReadSpawned(ctx, m.run, deps)
+				return err
+			})
+			return ids, err
 		},
 		pool: w.poolOf(m.stream), priority: m.priority,
 		limits:  spawnLimits{maxTasks: w.cfg.MaxDynamicTasks, maxIterations: w.cfg.MaxIterations},
