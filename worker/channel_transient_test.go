@@ -188,3 +188,43 @@ func TestSpawnedReadRetriesARefusedConnection(t *testing.T) {
 		t.Fatal("the hook refused no spawned-task read: the test no longer tests the retry")
 	}
 }
+
+// upstreamRead names the HMGET of results the claim did not carry (a
+// dependency's result read by BindUpstream or EachUpstream).
+func upstreamRead(cmd redis.Cmder) string {
+	key, _ := cmd.Args()[min(1, len(cmd.Args())-1)].(string)
+	if cmd.Name() == "hmget" && strings.HasSuffix(key, ":results") {
+		return "upstream"
+	}
+	return ""
+}
+
+// A refused connection while a task reads a result its claim did not
+// carry (a claim's byte budget of 1 byte: a's 5 are read later) is
+// retried, not the task's error: before, it failed "total" for good
+// (max_attempts 1).
+func TestUpstreamReadRetriesARefusedConnection(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	cfg := worker.WithClaimUpstreamBytes(b.config("w-refused-upstream"), 1)
+	c := redistest.Client(t)
+	hook := newRefuseOnce(upstreamRead)
+	c.AddHook(hook)
+	cfg.Redis = c
+	b.start(t, cfg, map[string]worker.HandlerFunc{
+		"big": func(context.Context, *worker.Task) (any, error) { return 22222, nil },
+		"sum": func(ctx context.Context, task *worker.Task) (any, error) {
+			var v int
+			return v, task.BindUpstream("a", &v)
+		},
+	})
+	run := b.submit(t,
+		events.TaskSpec{ID: "a", Handler: "big"},
+		events.TaskSpec{ID: "total", Handler: "sum", Deps: []string{"a"}})
+	if end := b.waitFor(t, run, "0", ends); end.Type != events.RunSucceeded {
+		t.Fatalf("run ended %s: %s", end.Type, end.Body)
+	}
+	if hook.first("upstream") {
+		t.Fatal("the hook refused no upstream read: the test no longer tests the retry")
+	}
+}

@@ -664,8 +664,14 @@ func (w *Worker) process(ctx context.Context, m message, release func()) (parked
 		Epoch: cr.Epoch, Input: cr.Input, Args: cr.Meta.Args, Upstream: cr.Upstream,
 		timeout: time.Duration(cr.Meta.TimeoutMS) * time.Millisecond, resultTTLMS: cr.Meta.ResultTTLMS, expired: withoutExpired(cr.Upstream),
 		deps: cr.Meta.Deps, left: cr.UpstreamLeft,
-		read: func(ctx context.Context, deps []string) (map[string]json.RawMessage, error) {
-			return w.db.ReadUpstream(ctx, m.run, deps, upstreamPage)
+		read: func(ctx context.Context, deps []string) (res map[string]json.RawMessage, err error) {
+			// Retried like the worker's own calls (a failover's refused
+			// dial must not fail the task).
+			err = w.redisRetry(ctx, func() (err error) {
+				res, err = w.db.ReadUpstream(ctx, m.run, deps, upstreamPage)
+				return err
+			})
+			return res, err
 		},
 		cancelRun: func(ctx context.Context, reason string) error {
 			_, err := w.db.CancelRun(ctx, m.run, w.cfg.ID, reason, w.now(), func() string { return ulid.Make().String() })
