@@ -323,12 +323,9 @@ func (w *Worker) Handlers() []string {
 	return out
 }
 
-// Run registers the worker, claims and runs tasks until ctx is cancelled,
-// then drains: it stops claiming, lets in-flight tasks finish (up to
-// DrainTimeout), deregisters and returns nil. It returns an error only if
-// the worker cannot start.
-func (w *Worker) Run(ctx context.Context) error {
-	w.started = w.cfg.Clock.Now()
+// startUp prepares the queues' consumer groups, checks the key layout,
+// loads the scripts and registers the worker.
+func (w *Worker) startUp(ctx context.Context) error {
 	for _, pool := range w.cfg.Pools {
 		for _, q := range w.db.K.AllQueues(pool) {
 			if err := w.db.EnsureGroup(ctx, q, rdb.GroupWorkers); err != nil {
@@ -344,6 +341,22 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 	if err := w.register(ctx); err != nil {
 		return fmt.Errorf("worker %s: register: %w", w.cfg.ID, err)
+	}
+	return nil
+}
+
+// Run registers the worker, claims and runs tasks until ctx is cancelled,
+// then drains: it stops claiming, lets in-flight tasks finish (up to
+// DrainTimeout), deregisters and returns nil. It returns an error only if
+// the worker cannot start (a ctx cancelled while it starts is a clean
+// stop: nil).
+func (w *Worker) Run(ctx context.Context) error {
+	w.started = w.cfg.Clock.Now()
+	if err := w.startUp(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while starting: nothing claimed, nothing to drain
+		}
+		return err
 	}
 	w.log.Info().Strs("pools", w.cfg.Pools).Int("concurrency", w.cfg.Concurrency).Strs("handlers", w.Handlers()).Msg("worker started")
 
