@@ -34,12 +34,13 @@ browser: ## Install Debian's chromium with apt-get if missing: the dashboard's b
 # Under make test a missing chromium fails the browser test instead of
 # skipping it.
 test: export GRAFLOW_TEST_REQUIRE_BROWSER = 1
-test: redis browser ## Run all tests (Redis in a container), vet/gofmt, the race detector on the concurrent packages, 8 chaos seeds (plus 2 on a 3-partition namespace), a 20 s soak, the broken-fencing proof and a one-iteration benchmark smoke
+test: redis browser ## Run all tests (Redis in a container), vet/gofmt, the race detector on the concurrent packages, 8 chaos seeds (plus 2 on a 3-partition namespace), a seed on a local Redis Cluster with a failover, a 20 s soak, the broken-fencing proof and a one-iteration benchmark smoke
 	GRAFLOW_TEST_REQUIRE_CONTAINER=1 $(GO) test -count=1 ./...
 	$(MAKE) --no-print-directory lint
 	$(MAKE) --no-print-directory test-race
 	$(MAKE) --no-print-directory chaos CHAOS_SEEDS=1-8
 	$(MAKE) --no-print-directory chaos CHAOS_SEEDS=41-42 CHAOS_FLAGS='--partitions 3'
+	$(MAKE) --no-print-directory chaos-cluster
 	$(MAKE) --no-print-directory soak SOAK_DURATION=20s SOAK_FLAGS='--run-ttl 5s --sample-every 4s'
 	$(MAKE) --no-print-directory chaos-broken-fencing
 	$(MAKE) --no-print-directory bench-smoke
@@ -119,6 +120,14 @@ SOAK_DURATION ?= 10m
 SOAK_FLAGS ?=
 soak: build ## Soak: mixed workflows under the chaos faults for SOAK_DURATION (10m), runs expiring (--run-ttl 30s); samples Redis memory/keys/consumers and fails if a run fails its check or they grow
 	./bin/graflow chaos --duration $(SOAK_DURATION) --quiet $(SOAK_FLAGS)
+
+.PHONY: test-cluster chaos-cluster
+test-cluster: redis ## Run the Redis Cluster tests alone (a local 3-master, 3-replica cluster from redis-server: the harness, workflows over 4 partitions, a master killed mid-run); go test ./... runs them too
+	$(GO) test -count=1 -run 'TestFailover|TestCluster' ./internal/rediscluster/... ./integration/...
+
+CLUSTER_CHAOS_SEEDS ?= 51
+chaos-cluster: build ## Run chaos seeds on a local Redis Cluster (3 masters + 3 replicas, 4 partitions): the Redis fault SIGKILLs a master (failover) (CLUSTER_CHAOS_SEEDS=51)
+	./bin/graflow chaos --cluster --partitions 4 --seeds $(CLUSTER_CHAOS_SEEDS) --quiet $(CHAOS_FLAGS)
 
 chaos-broken-fencing: build-testhooks ## Prove the chaos checker can fail: with fencing switched off (a graflowtest build) it must report duplicates
 	./bin/graflow-testhooks chaos --seeds 1 --break-fencing --quiet

@@ -130,10 +130,13 @@ type stack struct {
 	t      *testing.T
 	ns     string
 	url    string
-	rdb    *redis.Client
+	rdb    redis.UniversalClient
 	keys   rdb.Keys
 	client *graflow.Client
 	logDir string
+	// partitions is the namespace's partition count (0: the default); the
+	// processes get it as --partitions.
+	partitions int
 }
 
 // newStack returns an empty stack in a fresh namespace; start processes
@@ -152,6 +155,9 @@ func newStack(t *testing.T) *stack {
 
 // common returns the connection flags of every command.
 func (s *stack) common() []string {
+	if s.partitions > 0 {
+		return []string{"--redis", s.url, "--namespace", s.ns, "--partitions", strconv.Itoa(s.partitions)}
+	}
 	return []string{"--redis", s.url, "--namespace", s.ns}
 }
 

@@ -28,7 +28,7 @@ func TestRecovery(t *testing.T) {
 	t.Parallel()
 	for _, c := range []int{1, 4} {
 		t.Run(fmt.Sprintf("a worker killed with SIGKILL has its task reclaimed within lease plus reclaim interval by an idle worker of concurrency %d", c), func(t *testing.T) {
-			testReclaimAfterSIGKILL(t, c)
+			testReclaimAfterSIGKILL(t, newStack, c)
 		})
 	}
 	t.Run("a worker stopped past its lease has its late result rejected and changes nothing", func(t *testing.T) {
@@ -66,7 +66,9 @@ func submit(t *testing.T, s *stack, ctx context.Context, wf *graflow.Workflow) s
 	return run
 }
 
-func testReclaimAfterSIGKILL(t *testing.T, concurrency int) {
+// testReclaimAfterSIGKILL runs on the stack newStack returns (one Redis,
+// or a cluster: see cluster_test.go).
+func testReclaimAfterSIGKILL(t *testing.T, newStack func(*testing.T) *stack, concurrency int) {
 	t.Parallel()
 	s := newStack(t)
 	ctx := withTimeout(t, 60*time.Second)

@@ -5,9 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/graflow-go/graflow/events"
 	"github.com/graflow-go/graflow/internal/rdb"
+	"github.com/graflow-go/graflow/internal/retry"
 	"github.com/oklog/ulid/v2"
 )
 
@@ -125,7 +127,12 @@ func (c *Channel) Get(ctx context.Context, key string, out any) (bool, error) {
 	if c == nil {
 		return false, errNoChannel
 	}
-	v, ok, err := c.w.db.ChannelGet(ctx, c.run, key)
+	var v string
+	var ok bool
+	err := c.w.redisRetry(ctx, func() (err error) {
+		v, ok, err = c.w.db.ChannelGet(ctx, c.run, key)
+		return err
+	})
 	if err != nil || !ok {
 		return false, err
 	}
@@ -137,7 +144,12 @@ func (c *Channel) Keys(ctx context.Context) ([]string, error) {
 	if c == nil {
 		return nil, errNoChannel
 	}
-	return c.w.db.ChannelKeys(ctx, c.run)
+	var keys []string
+	err := c.w.redisRetry(ctx, func() (err error) {
+		keys, err = c.w.db.ChannelKeys(ctx, c.run)
+		return err
+	})
+	return keys, err
 }
 
 // Wait returns key's value (JSON) as soon as the key has one: at once if
@@ -152,7 +164,15 @@ func (c *Channel) Wait(ctx context.Context, key string) (json.RawMessage, error)
 	if c == nil {
 		return nil, errNoChannel
 	}
-	return c.w.db.ChannelWait(ctx, c.run, key, c.w.cfg.FetchBlock)
+	// A transient error (Redis restarting, a master failing over) is
+	// retried for as long as the wait may last: until ctx ends. Without
+	// it one refused read failed the task for good.
+	var v json.RawMessage
+	err := retry.Do(ctx, retry.Policy{Initial: 20 * time.Millisecond, Max: 2 * time.Second}, func() (err error) {
+		v, err = c.w.db.ChannelWait(ctx, c.run, key, c.w.cfg.FetchBlock)
+		return err
+	})
+	return v, err
 }
 
 // ChannelGet returns key's value in ch decoded as a T, and whether the key

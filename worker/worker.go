@@ -334,12 +334,9 @@ func (w *Worker) Handlers() []string {
 	return out
 }
 
-// Run registers the worker, claims and runs tasks until ctx is cancelled,
-// then drains: it stops claiming, lets in-flight tasks finish (up to
-// DrainTimeout), deregisters and returns nil. It returns an error only if
-// the worker cannot start.
-func (w *Worker) Run(ctx context.Context) error {
-	w.started = w.cfg.Clock.Now()
+// startUp prepares the queues' consumer groups, checks the key layout,
+// loads the scripts and registers the worker.
+func (w *Worker) startUp(ctx context.Context) error {
 	for _, pool := range w.cfg.Pools {
 		for _, q := range w.db.K.AllQueues(pool) {
 			if err := w.db.EnsureGroup(ctx, q, rdb.GroupWorkers); err != nil {
@@ -355,6 +352,22 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 	if err := w.register(ctx); err != nil {
 		return fmt.Errorf("worker %s: register: %w", w.cfg.ID, err)
+	}
+	return nil
+}
+
+// Run registers the worker, claims and runs tasks until ctx is cancelled,
+// then drains: it stops claiming, lets in-flight tasks finish (up to
+// DrainTimeout), deregisters and returns nil. It returns an error only if
+// the worker cannot start (a ctx cancelled while it starts is a clean
+// stop: nil).
+func (w *Worker) Run(ctx context.Context) error {
+	w.started = w.cfg.Clock.Now()
+	if err := w.startUp(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while starting: nothing claimed, nothing to drain
+		}
+		return err
 	}
 	w.log.Info().Strs("pools", w.cfg.Pools).Int("concurrency", w.cfg.Concurrency).Strs("handlers", w.Handlers()).Msg("worker started")
 
@@ -681,16 +694,28 @@ func (w *Worker) process(ctx context.Context, m message, release func()) (parked
 		Epoch: cr.Epoch, Input: cr.Input, Args: cr.Meta.Args, Upstream: cr.Upstream,
 		timeout: time.Duration(cr.Meta.TimeoutMS) * time.Millisecond, resultTTLMS: cr.Meta.ResultTTLMS, expired: withoutExpired(cr.Upstream),
 		deps: cr.Meta.Deps, left: cr.UpstreamLeft,
-		read: func(ctx context.Context, deps []string) (map[string]json.RawMessage, error) {
-			return w.db.ReadUpstream(ctx, m.run, deps, upstreamPage)
+		read: func(ctx context.Context, deps []string) (res map[string]json.RawMessage, err error) {
+			// Retried like the worker's own calls (a failover's refused
+			// dial must not fail the task).
+			err = w.redisRetry(ctx, func() (err error) {
+				res, err = w.db.ReadUpstream(ctx, m.run, deps, upstreamPage)
+				return err
+			})
+			return res, err
 		},
 		cancelRun: func(ctx context.Context, reason string) error {
 			_, err := w.db.CancelRun(ctx, m.run, w.cfg.ID, reason, w.now(), func() string { return ulid.Make().String() })
 			return err
 		},
 		channel: w.channelOf(m.run, m.task, m.attempt, cr.Epoch),
-		readSpawned: func(ctx context.Context, deps []string) ([]string, error) {
-			return w.db.ReadSpawned(ctx, m.run, deps)
+		readSpawned: func(ctx context.Context, deps []string) (ids []string, err error) {
+			// Retried like the worker's own calls: a failover's refused
+			// dial failed the attempt (for good at max_attempts 1).
+			err = w.redisRetry(ctx, func() (err error) {
+				ids, err = w.db.ReadSpawned(ctx, m.run, deps)
+				return err
+			})
+			return ids, err
 		},
 		pool: w.poolOf(m.stream), priority: m.priority,
 		limits:  spawnLimits{maxTasks: w.cfg.MaxDynamicTasks, maxIterations: w.cfg.MaxIterations},

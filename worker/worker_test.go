@@ -1208,3 +1208,23 @@ func TestADeletedPendingEntryIsRepairedAutomatically(t *testing.T) {
 		t.Errorf("task_reclaimed %v: want the dead claim handed back once (epoch 2)", re)
 	}
 }
+
+// A worker stopped while it starts (SIGTERM right after a pod started)
+// stops cleanly: Run returns nil, not the cancelled start's error, and
+// leaves no registration behind.
+func TestRunStoppedWhileStartingIsACleanStop(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	w, err := worker.New(b.config("w-stopped-early"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := w.Run(ctx); err != nil {
+		t.Fatalf("Run with a cancelled context = %v, want nil", err)
+	}
+	if n, err := b.c.Exists(b.ctx, b.db.K.Worker("w-stopped-early")).Result(); err != nil || n != 0 {
+		t.Errorf("the worker left a registration (%d, %v)", n, err)
+	}
+}

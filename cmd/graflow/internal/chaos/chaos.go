@@ -70,6 +70,12 @@ type Config struct {
 	// RedisURL uses an existing Redis instead of starting one; Redis
 	// restarts are then skipped.
 	RedisURL string
+	// Cluster starts a local Redis Cluster (3 masters, 3 replicas, AOF
+	// with appendfsync always) instead of one Redis; the Redis fault is
+	// then a failover: a master SIGKILLed, its replica promoted, the node
+	// restarted as a replica. Use it with Partitions of 4 or more so the
+	// runs spread over the masters.
+	Cluster bool
 	// BreakFencing runs the workers with fencing off (test-only): the
 	// checker must then report duplicate accepts.
 	BreakFencing bool
@@ -107,6 +113,9 @@ type Report struct {
 	// ProjectorStalls counts short SIGSTOPs (5-100 ms) of projectors.
 	ProjectorStalls int
 	RedisRestarts   int
+	// Failovers counts masters SIGKILLed and replaced by their replica
+	// (Config.Cluster).
+	Failovers int
 	// Takeovers counts the wide run's projections SIGSTOPped mid-way.
 	Takeovers int
 	// Cancelled counts the runs cancelled mid-way (0 when the cancelled
@@ -134,8 +143,8 @@ type Report struct {
 
 // Line is the one-line summary "chaos seed=S tasks=N kills=K ...".
 func (r Report) Line() string {
-	return fmt.Sprintf("chaos seed=%d runs=%d tasks=%d spawned=%d kills=%d pauses=%d projectors=%d projector_kills=%d projector_pauses=%d projector_stalls=%d takeovers=%d cancelled=%d/%d/%d channel_keys=%d result_ttls=%d/%d redis_restarts=%d shared_runs=%d handoffs=%d late_commits=%d lost=%d duplicate_accepts=%d rejected_stale=%d events=%d elapsed=%s verified=%t",
-		r.Seed, r.Runs, r.Verdict.Tasks, r.Spawned, r.Kills, r.Pauses, r.Projectors, r.ProjectorKills, r.ProjectorPauses, r.ProjectorStalls, r.Takeovers, r.Cancelled, r.CancelledTasks, r.CancelledRunning, r.ChannelWrites, r.ResultTTLs, r.ResultsExpired, r.RedisRestarts,
+	return fmt.Sprintf("chaos seed=%d runs=%d tasks=%d spawned=%d kills=%d pauses=%d projectors=%d projector_kills=%d projector_pauses=%d projector_stalls=%d takeovers=%d cancelled=%d/%d/%d channel_keys=%d result_ttls=%d/%d redis_restarts=%d failovers=%d shared_runs=%d handoffs=%d late_commits=%d lost=%d duplicate_accepts=%d rejected_stale=%d events=%d elapsed=%s verified=%t",
+		r.Seed, r.Runs, r.Verdict.Tasks, r.Spawned, r.Kills, r.Pauses, r.Projectors, r.ProjectorKills, r.ProjectorPauses, r.ProjectorStalls, r.Takeovers, r.Cancelled, r.CancelledTasks, r.CancelledRunning, r.ChannelWrites, r.ResultTTLs, r.ResultsExpired, r.RedisRestarts, r.Failovers,
 		r.History.SharedRuns, r.History.Handoffs, r.History.LateCommits, r.Verdict.Lost,
 		r.Verdict.DuplicateAccepts, r.Verdict.RejectedStale, r.Events, r.Elapsed.Round(100*time.Millisecond), r.Verdict.OK())
 }

@@ -19,7 +19,9 @@ import (
 	"github.com/graflow-go/graflow"
 	"github.com/graflow-go/graflow/internal/proc"
 	"github.com/graflow-go/graflow/internal/rdb"
+	"github.com/graflow-go/graflow/internal/rediscluster"
 	"github.com/graflow-go/graflow/internal/redisserver"
+	"github.com/graflow-go/graflow/internal/redisurl"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -27,15 +29,18 @@ import (
 // processes on the same feed, and the fault injector. Its process fields
 // are guarded by mu; faults run one at a time under it.
 type stack struct {
-	cfg    Config
-	soak   bool
-	ns     string
-	url    string
-	srv    *redisserver.Server
-	rc     *redis.Client
-	db     rdb.DB // through rc
-	client *graflow.Client
-	start  time.Time
+	cfg  Config
+	soak bool
+	ns   string
+	url  string
+	srv  *redisserver.Server
+	// cluster is the local Redis Cluster of a Config.Cluster run (srv is
+	// then nil).
+	cluster *rediscluster.Cluster
+	rc      redis.UniversalClient
+	db      rdb.DB // through rc
+	client  *graflow.Client
+	start   time.Time
 	// tmpDir: cfg.Dir was made for this run; removeDir: remove it on close.
 	tmpDir, removeDir bool
 
@@ -90,22 +95,26 @@ func newStack(ctx context.Context, cfg Config, soak bool) (_ *stack, err error) 
 	} else if err = os.MkdirAll(s.cfg.Dir, 0o755); err != nil {
 		return nil, err
 	}
-	if cfg.RedisURL != "" {
+	switch {
+	case cfg.RedisURL != "":
 		s.url = cfg.RedisURL
 		s.ns += "-" + strconv.FormatInt(time.Now().UnixNano(), 36)
-	} else {
+	case cfg.Cluster:
+		s.cluster, err = rediscluster.Start(ctx, rediscluster.Config{Dir: filepath.Join(s.cfg.Dir, "redis"), AOF: true, Fsync: redisserver.FsyncAlways})
+		if err != nil {
+			return nil, err
+		}
+		s.url = s.cluster.URL()
+	default:
 		s.srv, err = redisserver.Start(ctx, redisserver.Config{Dir: filepath.Join(s.cfg.Dir, "redis"), AOF: true, Fsync: redisserver.FsyncAlways})
 		if err != nil {
 			return nil, err
 		}
 		s.url = s.srv.URL()
 	}
-	opts, err := redis.ParseURL(s.url)
-	if err != nil {
+	if s.rc, err = client(s.url); err != nil {
 		return nil, err
 	}
-	opts.MaxRetries = 10
-	s.rc = redis.NewClient(opts)
 	s.db = rdb.NewP(s.rc, s.ns, cfg.Partitions)
 	if s.client, err = graflow.NewClient(graflow.Config{Redis: s.rc, Namespace: s.ns, NamespacePartitions: s.cfg.Partitions}); err != nil {
 		return nil, err
@@ -135,9 +144,31 @@ func (s *stack) close() {
 	if s.srv != nil {
 		_ = s.srv.Stop()
 	}
+	if s.cluster != nil {
+		_ = s.cluster.Stop()
+	}
 	if s.removeDir {
 		_ = os.RemoveAll(s.cfg.Dir)
 	}
+}
+
+// client returns the stack's client to url: a cluster client for a
+// redis+cluster:// URL, else a plain one; both retry a command 10 times.
+func client(url string) (redis.UniversalClient, error) {
+	if redisurl.IsCluster(url) {
+		opts, err := redisurl.ClusterOptions(url)
+		if err != nil {
+			return nil, err
+		}
+		opts.MaxRetries = 10
+		return redis.NewClusterClient(opts), nil
+	}
+	opts, err := redis.ParseURL(url)
+	if err != nil {
+		return nil, err
+	}
+	opts.MaxRetries = 10
+	return redis.NewClient(opts), nil
 }
 
 // isProjector reports whether an event's writer is one of the projectors.
@@ -191,7 +222,7 @@ const (
 	faultPause          = "pause"           // SIGSTOP a worker past its lease
 	faultProjector      = "projector"       // SIGKILL a projector, restart it
 	faultProjectorPause = "projector-pause" // SIGSTOP a projector past the feed reclaim
-	faultRedis          = "redis"           // SIGKILL Redis, restart it from its AOF
+	faultRedis          = "redis"           // SIGKILL Redis, restart it from its AOF; on a cluster, SIGKILL a master (failover)
 )
 
 // inject applies faults at seeded random intervals in [lo, hi) until ctx
@@ -302,6 +333,10 @@ func (s *stack) fault(ctx context.Context, kind string) {
 		}
 		s.pauseProjector(i, "the one holding the most feed entries")
 	case faultRedis:
+		if s.cluster != nil {
+			s.failover()
+			return
+		}
 		if s.srv == nil {
 			return
 		}
@@ -322,6 +357,38 @@ func (s *stack) fault(ctx context.Context, kind string) {
 		s.report.RedisRestarts++
 		s.logf("SIGKILL redis-server and restarted it from its AOF (appendfsync always)")
 	}
+}
+
+// failover SIGKILLs a random master of the cluster, waits until its
+// replica took its slots over, and restarts the killed node, which
+// rejoins as a replica. Replication is asynchronous: the writes the dead
+// master acknowledged but had not yet sent to its replica are lost, and
+// the checks after the runs say what that did. Caller holds mu.
+func (s *stack) failover() {
+	masters, err := s.cluster.Masters(s.life)
+	if err != nil || len(masters) == 0 {
+		s.logf("failover: list masters: %v", err)
+		return
+	}
+	victim := masters[s.rng.IntN(len(masters))]
+	killed := time.Now()
+	if err := s.cluster.KillMaster(victim); err != nil {
+		s.logf("failover: kill node %d: %v", victim, err)
+		return
+	}
+	// On the stack's context (see the Redis restart above).
+	if err := s.cluster.WaitFailover(s.life); err != nil {
+		s.logf("failover: %v", err)
+		return
+	}
+	promoted := time.Since(killed)
+	if err := s.cluster.Rejoin(s.life, victim); err != nil {
+		s.logf("failover: rejoin node %d: %v", victim, err)
+		return
+	}
+	s.report.Failovers++
+	s.logf("SIGKILL master node %d: a replica took its slots over after %s; the node rejoined as a replica after %s",
+		victim, promoted.Round(time.Millisecond), time.Since(killed).Round(time.Millisecond))
 }
 
 // busiestProjector returns the running projector with the most pending
