@@ -16,11 +16,13 @@ import (
 
 	"github.com/graflow-go/graflow/events"
 	"github.com/graflow-go/graflow/internal/rdb"
+	"github.com/graflow-go/graflow/internal/tracing"
 	"github.com/graflow-go/graflow/projector"
 	"github.com/graflow-go/graflow/replay"
 	"github.com/graflow-go/graflow/scheduler"
 	"github.com/oklog/ulid/v2"
 	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // ErrRunNotFound is returned for a run id with no log in the namespace
@@ -57,6 +59,12 @@ type Config struct {
 	// Clock dates the events Resume, Requeue and Repair write and the ages
 	// Workers, Projectors, Queues and GC go by (default the real clock).
 	Clock clockwork.Clock
+	// TracerProvider makes the client's spans (graflow.submit); nil means
+	// otel.GetTracerProvider(), a no-op unless the program set one. A
+	// traced submit stores its trace context in run_submitted, so the
+	// run's projection and tasks join its trace (docs/operations.md,
+	// "Tracing").
+	TracerProvider trace.TracerProvider
 }
 
 // Client is the one way in to a namespace: it submits runs, waits for
@@ -65,10 +73,11 @@ type Config struct {
 // letters. Every Redis command it issues goes through internal/rdb; the
 // analysis is package replay's, pure. Safe for concurrent use.
 type Client struct {
-	db    rdb.DB
-	sched *scheduler.Scheduler
-	id    string
-	clock clockwork.Clock
+	db     rdb.DB
+	sched  *scheduler.Scheduler
+	id     string
+	clock  clockwork.Clock
+	tracer trace.Tracer
 }
 
 // NewClient returns a Client.
@@ -84,7 +93,8 @@ func NewClient(cfg Config) (*Client, error) {
 	if cfg.Clock == nil {
 		cfg.Clock = clockwork.NewRealClock()
 	}
-	return &Client{db: rdb.NewP(cfg.Redis, cfg.Namespace, cfg.NamespacePartitions), sched: s, id: cfg.ID, clock: cfg.Clock}, nil
+	return &Client{db: rdb.NewP(cfg.Redis, cfg.Namespace, cfg.NamespacePartitions), sched: s, id: cfg.ID, clock: cfg.Clock,
+		tracer: tracing.Tracer(cfg.TracerProvider)}, nil
 }
 
 // Namespace returns the key prefix the client works in.
@@ -118,12 +128,22 @@ func (c *Client) Submit(ctx context.Context, wf *Workflow, input any, opts ...Su
 }
 
 // SubmitSpec starts a run from a definition (see ParseSpec for files).
-func (c *Client) SubmitSpec(ctx context.Context, spec events.RunSubmittedBody, opts ...SubmitOption) (string, error) {
+// Traced (a graflow.submit span, child of ctx's), it records the span's
+// trace context in run_submitted (spec.Traceparent), unless ctx holds no
+// valid span context and spec has one already.
+func (c *Client) SubmitSpec(ctx context.Context, spec events.RunSubmittedBody, opts ...SubmitOption) (run string, err error) {
 	var o scheduler.SubmitOptions
 	for _, f := range opts {
 		f(&o)
 	}
-	run, _, err := c.sched.Submit(ctx, spec, o)
+	ctx, span := c.tracer.Start(ctx, tracing.SpanSubmit, trace.WithSpanKind(trace.SpanKindProducer),
+		trace.WithAttributes(tracing.Workflow.String(spec.Workflow), tracing.Tasks.Int(len(spec.Tasks))))
+	defer func() { tracing.End(span, err) }()
+	if tp := tracing.Traceparent(ctx); tp != "" {
+		spec.Traceparent = tp
+	}
+	run, created, err := c.sched.Submit(ctx, spec, o)
+	span.SetAttributes(tracing.Run.String(run), tracing.Created.Bool(created))
 	return run, err
 }
 

@@ -38,6 +38,10 @@ type RunSubmittedBody struct {
 	Workflow string          `json:"workflow"`
 	Tasks    []TaskSpec      `json:"tasks"`
 	Input    json.RawMessage `json:"input,omitempty"`
+	// Traceparent is the W3C trace context of the submit (its span's
+	// traceparent), absent when the submitter was not traced: the spans
+	// of the run's projection and tasks, in any process, join its trace.
+	Traceparent string `json:"traceparent,omitempty"`
 }
 
 // TaskDispatchedBody is the body of task_dispatched.

@@ -49,7 +49,7 @@ func apply(r *Run, e events.Event) error {
 		if err := r.addTasks(e, b.Tasks); err != nil {
 			return err // nothing applied
 		}
-		r.Workflow, r.Input, r.Status = b.Workflow, b.Input, RunRunning
+		r.Workflow, r.Input, r.Status, r.Traceparent = b.Workflow, b.Input, RunRunning, b.Traceparent
 		return nil
 	case events.TasksAdded:
 		var b events.TasksAddedBody

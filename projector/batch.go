@@ -6,6 +6,7 @@ import (
 	"github.com/graflow-go/graflow/events"
 	"github.com/graflow-go/graflow/internal/crashpoint"
 	"github.com/graflow-go/graflow/internal/rdb"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // pass is one run's share of a batched projection pass.
@@ -16,6 +17,7 @@ type pass struct {
 	decisions []events.Event
 	commit    rdb.Commit
 	res       rdb.CommitResult
+	span      trace.Span // the commit's graflow.project span
 }
 
 // projectBatch is the common case of Project for many runs at once: each
@@ -90,6 +92,7 @@ func (p *Projector) projectBatch(ctx context.Context, runs []string) (rest []str
 			continue // no such run (feed pointer for a deleted run), or set aside
 		}
 		x.decisions, x.commit = p.prepare(x.c)
+		_, x.span = p.traceCommit(ctx, x.c, x.decisions, &x.commit)
 		live = append(live, x)
 	}
 	if len(live) == 0 {
@@ -106,6 +109,7 @@ func (p *Projector) projectBatch(ctx context.Context, runs []string) (rest []str
 	results, errs, err := p.commits(ctx, ids, commits)
 	if err != nil {
 		for _, x := range live {
+			endCommit(x.span, rdb.CommitResult{}, err)
 			giveUp(x, true)
 		}
 		return rest
@@ -113,6 +117,7 @@ func (p *Projector) projectBatch(ctx context.Context, runs []string) (rest []str
 	committed := live[:0:0]
 	for i, x := range live {
 		res, err := results[i], errs[i]
+		endCommit(x.span, res, err)
 		if err != nil {
 			giveUp(x, true)
 			continue

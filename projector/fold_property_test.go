@@ -41,6 +41,7 @@ type decisionSnap struct {
 
 type runSnap struct {
 	ID, Workflow string
+	Traceparent  string
 	Status       projector.RunStatus
 	Input        string
 	FailedTask   string
@@ -59,7 +60,7 @@ type runSnap struct {
 // copies; TestSnapshotCoversEveryExportedField fails when one is added, so
 // the property tests cannot silently ignore new state.
 var snapshotFields = map[reflect.Type][]string{
-	reflect.TypeFor[projector.Run]():  {"ID", "Workflow", "Status", "Input", "Tasks", "FailedTask", "Cause", "LastSeq", "Events"},
+	reflect.TypeFor[projector.Run]():  {"ID", "Workflow", "Traceparent", "Status", "Input", "Tasks", "FailedTask", "Cause", "LastSeq", "Events"},
 	reflect.TypeFor[projector.Task](): {"Spec", "Status", "Attempt", "Epoch", "Owner", "Error", "Result", "ResultExpiresMS", "Waits"},
 }
 
@@ -69,7 +70,7 @@ func testDelay(spec events.TaskSpec, attempt int) time.Duration {
 
 func snapshot(r *projector.Run) runSnap {
 	s := runSnap{
-		ID: r.ID, Workflow: r.Workflow, Status: r.Status, Input: string(r.Input), FailedTask: r.FailedTask,
+		ID: r.ID, Workflow: r.Workflow, Traceparent: r.Traceparent, Status: r.Status, Input: string(r.Input), FailedTask: r.FailedTask,
 		Cause: r.Cause, LastSeq: r.LastSeq, Events: r.Events, Open: r.Open(), Counts: map[projector.TaskStatus]int{},
 	}
 	for _, t := range r.Tasks {
@@ -228,7 +229,8 @@ func (s *sim) submit(n int) {
 	specs := s.randomSpecs("t", n, nil)
 	s.addSpecs(specs)
 	s.append(events.Event{Type: events.RunSubmitted}.WithBody(events.RunSubmittedBody{
-		Workflow: "prop", Tasks: specs, Input: json.RawMessage(`{"seed":1}`)}))
+		Workflow: "prop", Tasks: specs, Input: json.RawMessage(`{"seed":1}`),
+		Traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}))
 }
 
 func (s *sim) rec(task string) rdb.Record {

@@ -50,7 +50,9 @@ func (p *Projector) Project(ctx context.Context, run string) error {
 			return nil
 		}
 		decisions, commit := p.prepare(c)
-		res, step, err := p.commitStep(ctx, run, c, decisions, commit)
+		sctx, span := p.traceCommit(ctx, c, decisions, &commit)
+		res, step, err := p.commitStep(sctx, run, c, decisions, commit)
+		endCommit(span, res, err)
 		if err != nil {
 			return err
 		}

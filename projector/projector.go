@@ -15,8 +15,10 @@ import (
 
 	"github.com/graflow-go/graflow/internal/rdb"
 	"github.com/graflow-go/graflow/internal/retry"
+	"github.com/graflow-go/graflow/internal/tracing"
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Defaults for Config's zero values.
@@ -99,6 +101,10 @@ type Config struct {
 	// Metrics observes the projector (graflow.NewMetrics); nil observes
 	// nothing.
 	Metrics Observer
+	// TracerProvider makes the projector's spans (graflow.project, one
+	// per commit, a child of the run's submit); nil means
+	// otel.GetTracerProvider(), a no-op unless the program set one.
+	TracerProvider trace.TracerProvider
 }
 
 func (c Config) withDefaults() Config {
@@ -178,9 +184,10 @@ func (c Config) validate() error {
 // decisions they call for. Any number may run; commits are compare-and-set
 // on each run's cursor. Safe for concurrent use.
 type Projector struct {
-	cfg Config
-	db  rdb.DB
-	log zerolog.Logger
+	cfg    Config
+	db     rdb.DB
+	log    zerolog.Logger
+	tracer trace.Tracer
 
 	mu    sync.Mutex
 	cache map[string]*cached
@@ -204,6 +211,7 @@ func New(cfg Config) (*Projector, error) {
 		cfg:         cfg,
 		db:          rdb.NewP(cfg.Redis, cfg.Namespace, cfg.NamespacePartitions),
 		log:         cfg.Logger.With().Str("projector", cfg.ID).Logger(),
+		tracer:      tracing.Tracer(cfg.TracerProvider),
 		cache:       map[string]*cached{},
 		wakeDelayed: make(chan struct{}, 1),
 	}, nil

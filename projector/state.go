@@ -70,6 +70,9 @@ type Run struct {
 	Status   RunStatus       `json:"status"`
 	Input    json.RawMessage `json:"input,omitempty"`
 	Tasks    []*Task         `json:"tasks"`
+	// Traceparent is run_submitted's W3C trace context ("" untraced): the
+	// parent of the projector's spans for the run.
+	Traceparent string `json:"traceparent,omitempty"`
 	// FailedTask and Cause explain a failed run.
 	FailedTask string `json:"failed_task,omitempty"`
 	Cause      string `json:"cause,omitempty"`

@@ -160,6 +160,7 @@ func (s *Scheduler) Submit(ctx context.Context, spec events.RunSubmittedBody, op
 	if err != nil {
 		return "", false, err
 	}
+	init.Trace = spec.Traceparent
 	if err := s.checkLayout(ctx); err != nil {
 		return "", false, err
 	}

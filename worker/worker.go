@@ -25,9 +25,11 @@ import (
 	"github.com/graflow-go/graflow/internal/crashpoint"
 	"github.com/graflow-go/graflow/internal/rdb"
 	"github.com/graflow-go/graflow/internal/retry"
+	"github.com/graflow-go/graflow/internal/tracing"
 	"github.com/oklog/ulid/v2"
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Defaults for Config's zero values.
@@ -101,6 +103,12 @@ type Config struct {
 	Clock clockwork.Clock
 	// Metrics observes the worker (graflow.NewMetrics); nil observes nothing.
 	Metrics Observer
+	// TracerProvider makes the worker's spans (graflow.claim,
+	// graflow.handler, graflow.finish per attempt, children of the span
+	// that dispatched the task); nil means otel.GetTracerProvider(), a
+	// no-op unless the program set one. A handler's context carries its
+	// graflow.handler span.
+	TracerProvider trace.TracerProvider
 
 	// MaxDynamicTasks bounds the tasks handlers spawn into one run, all
 	// spawns together (default DefaultMaxDynamicTasks, 100,000); a spawn
@@ -208,9 +216,10 @@ func (c Config) validate() error {
 // Worker claims and runs tasks. Create it with New, register handlers, then
 // call Run once. Handle must not be called after Run started.
 type Worker struct {
-	cfg Config
-	db  rdb.DB
-	log zerolog.Logger
+	cfg    Config
+	db     rdb.DB
+	log    zerolog.Logger
+	tracer trace.Tracer
 
 	handlers map[string]Handler
 
@@ -250,6 +259,7 @@ type message struct {
 	run      string
 	task     string
 	attempt  int
+	trace    string // the dispatching span's traceparent ("" for none)
 	// Set for messages taken over by the reclaimer.
 	reclaimed  bool
 	deliveries int64
@@ -293,6 +303,7 @@ func New(cfg Config) (*Worker, error) {
 		cfg:      cfg,
 		db:       db,
 		log:      cfg.Logger.With().Str("worker", cfg.ID).Logger(),
+		tracer:   tracing.Tracer(cfg.TracerProvider),
 		handlers: map[string]Handler{},
 		sem:      make(chan struct{}, cfg.Concurrency),
 		inflight: map[string]*attempt{},
@@ -501,7 +512,7 @@ func (w *Worker) requeueUnstarted(buf []message) {
 			continue
 		}
 		items = append(items, rdb.MoveItem{Stream: m.stream, ID: m.id,
-			Dispatch: rdb.Dispatch{Pool: w.poolOf(m.stream), Priority: m.priority, Run: m.run, Task: m.task, Attempt: m.attempt}})
+			Dispatch: rdb.Dispatch{Pool: w.poolOf(m.stream), Priority: m.priority, Run: m.run, Task: m.task, Attempt: m.attempt, Trace: m.trace}})
 	}
 	if err := w.db.QueueMoves(ctx, w.cfg.ID, items); err != nil {
 		w.log.Warn().Err(err).Int("messages", len(buf)).Msg("give back unstarted messages; they stay pending for reclaim")
@@ -543,7 +554,8 @@ func (w *Worker) messages(res []redis.XStream, buf []message) []message {
 			task, _ := m.Values[rdb.MsgTask].(string)
 			a, _ := m.Values[rdb.MsgAttempt].(string)
 			att, _ := strconv.Atoi(a)
-			buf = append(buf, message{stream: s.Stream, priority: prio, id: m.ID, run: run, task: task, attempt: att, fetched: time.Now()}) // real time: Redis measures the lease
+			tp, _ := m.Values[rdb.MsgTrace].(string)
+			buf = append(buf, message{stream: s.Stream, priority: prio, id: m.ID, run: run, task: task, attempt: att, trace: tp, fetched: time.Now()}) // real time: Redis measures the lease
 		}
 	}
 	sort.SliceStable(buf, func(i, j int) bool { return buf[i].priority > buf[j].priority })
@@ -564,6 +576,8 @@ func (w *Worker) process(ctx context.Context, m message, release func()) (parked
 		w.ack(ctx, m)
 		return
 	}
+	// The attempt's spans are children of the span that dispatched it.
+	ctx = tracing.WithTraceparent(ctx, m.trace)
 	// One attempt per message in this worker: the reclaimer may take over a
 	// message the fetcher still holds in its buffer (it waited past the
 	// lease for a slot); the second start must not run it again.
@@ -617,7 +631,8 @@ func (w *Worker) process(ctx context.Context, m message, release func()) (parked
 			return
 		}
 	}
-	cr, err := w.batch.claim(ctx, rdb.ClaimArgs{
+	cctx, span := w.startSpan(ctx, tracing.SpanClaim, m, trace.SpanKindConsumer, tracing.Reclaimed.Bool(m.reclaimed))
+	cr, err := w.batch.claim(cctx, rdb.ClaimArgs{
 		Run: m.run, Task: m.task, Worker: w.cfg.ID, Attempt: m.attempt,
 		EventID: ulid.Make().String(), TimeMS: w.now(),
 		Reclaim: m.reclaimed, Deliveries: m.deliveries, ReclaimEventID: ulid.Make().String(),
@@ -625,6 +640,8 @@ func (w *Worker) process(ctx context.Context, m message, release func()) (parked
 	if err == nil && cr.Outcome == rdb.ClaimBad {
 		err = fmt.Errorf("%w: %s", rdb.ErrBadTaskMeta, cr.Detail) // nothing was written
 	}
+	span.SetAttributes(tracing.Outcome.String(string(cr.Outcome)), tracing.Epoch.Int64(cr.Epoch), tracing.Handler.String(cr.Meta.Handler))
+	tracing.End(span, err)
 	if err != nil {
 		if m.reclaimed && m.deliveries > int64(w.cfg.PoisonLimit) && !retry.Transient(err) {
 			// Its claims keep failing (the run's data cannot be read):
@@ -730,7 +747,9 @@ func (w *Worker) process(ctx context.Context, m message, release func()) (parked
 		w.mu.Unlock()
 	}()
 
-	result, runErr := w.observedCall(tctx, m, t)
+	hctx, span := w.startSpan(tctx, tracing.SpanHandler, m, trace.SpanKindInternal, tracing.Epoch.Int64(t.Epoch), tracing.Handler.String(t.Handler))
+	result, runErr := w.observedCall(hctx, m, t)
+	tracing.End(span, runErr)
 	switch cause := context.Cause(tctx); {
 	case errors.Is(cause, errLeaseLost):
 		// Our message may be a duplicate that another claim made stale; if
@@ -805,7 +824,7 @@ func (w *Worker) handBack(log zerolog.Logger, m message, t *Task) {
 	}
 	// The fresh copy and the ack of ours in one script: never one without
 	// the other.
-	disp := rdb.Dispatch{Pool: w.poolOf(m.stream), Priority: m.priority, Run: m.run, Task: m.task, Attempt: t.Attempt}
+	disp := rdb.Dispatch{Pool: w.poolOf(m.stream), Priority: m.priority, Run: m.run, Task: m.task, Attempt: t.Attempt, Trace: m.trace}
 	moved, err := w.db.MoveMessage(ctx, m.stream, w.cfg.ID, m.id, disp)
 	if err != nil {
 		log.Warn().Err(err).Msg("hand back: requeue failed; the message stays pending for reclaim")
@@ -853,6 +872,9 @@ func (e *panicError) Error() string { return fmt.Sprintf("handler panicked: %v",
 // finish reports the attempt's outcome and acks its message; it calls
 // queued once the batcher has the outcome.
 func (w *Worker) finish(ctx context.Context, log zerolog.Logger, m message, t *Task, result any, runErr, cause error, queued func()) {
+	ctx, span := w.startSpan(ctx, tracing.SpanFinish, m, trace.SpanKindInternal, tracing.Epoch.Int64(t.Epoch), tracing.Handler.String(t.Handler))
+	var recordErr error // the outcome was not recorded (or was rejected)
+	defer func() { tracing.End(span, recordErr) }()
 	args := rdb.FinishArgs{
 		Run: m.run, Task: m.task, Worker: w.cfg.ID, Attempt: t.Attempt, Epoch: t.Epoch,
 		EventID: ulid.Make().String(), RejectID: ulid.Make().String(), TimeMS: w.now(),
@@ -909,6 +931,7 @@ func (w *Worker) finish(ctx context.Context, log zerolog.Logger, m message, t *T
 			args.Status = events.TaskStatusFailed
 		}
 	}
+	span.SetAttributes(tracing.Outcome.String(string(args.Status)))
 	req := finishReq{args: args, m: m}
 	req.handler = t.Handler
 	if args.Status == events.TaskStatusFailed {
@@ -919,6 +942,7 @@ func (w *Worker) finish(ctx context.Context, log zerolog.Logger, m message, t *T
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
 	err := w.batch.finish(fctx, req, queued)
+	recordErr = err
 	if errors.Is(err, rdb.ErrSpawnRefused) {
 		// Nothing was written and the claim holds: the attempt fails for
 		// good instead (a retry would spawn the same).

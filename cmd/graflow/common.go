@@ -83,6 +83,7 @@ func (c *common) connect(ctx context.Context) (redis.UniversalClient, error) {
 	if err != nil {
 		return nil, withCode(ExitUsage, err)
 	}
+	traceRedis(client)
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if err := client.Ping(pctx).Err(); err != nil {

@@ -25,7 +25,7 @@ func main() {
 	defer stop()
 	redis.SetLogger(quietLogger{}) // our errors say what failed; go-redis' pool chatter does not help
 	m := NewMain()
-	err := m.Run(ctx, os.Args[1:])
+	err := withTracing(ctx, os.Getenv, os.Stderr, func() error { return m.Run(ctx, os.Args[1:]) })
 	os.Exit(m.exitCode(ctx, err))
 }
 

@@ -46,6 +46,8 @@ var redisBoundary = map[string]string{
 	"projector/repair.go":                   "types only: Repair takes a redis.UniversalClient; every command goes through rdb",
 	"worker/reclaimer.go":                   "types only: reclaimed entries are redis.XMessage; every command goes through rdb",
 	"worker/worker.go":                      "types only: Config.Redis and read entries (redis.XStream); every command goes through rdb",
+	"tracing.go":                            "types only: InstrumentRedis takes the client it hands to rdb's redisotel hook",
+	"cmd/graflow/tracing.go":                "types only: the client connect made, handed to graflow.InstrumentRedis",
 }
 
 // TestRedisBoundary: go-redis is imported by internal/rdb and by the files

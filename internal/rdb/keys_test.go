@@ -204,7 +204,14 @@ func TestDispatchCodec(t *testing.T) {
 	if diff := cmp.Diff(d, got); diff != "" {
 		t.Errorf("round trip (-want +got):\n%s", diff)
 	}
-	for _, bad := range []string{"", "a|b", "gpu|x|0|R|t|1|e", "gpu|1|x|R|t|1|e", "gpu|1|0|R|t|x|e", "gpu|1|0|R|t|1|e|extra"} {
+	d.Trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+	if got, err := rdb.ParseDispatch(d.String()); err != nil || got != d {
+		t.Errorf("round trip with a traceparent: %+v, %v; want %+v", got, err, d)
+	}
+	if n := strings.Count(d.String(), "|"); n != 6 {
+		t.Errorf("a traced member has %d separators, want 6 (seven fields, as an untraced one)", n)
+	}
+	for _, bad := range []string{"", "a|b", "gpu|x|0|R|t|1|e", "gpu|1|x|R|t|1|e", "gpu|1|0|R|t|x|e", "gpu|1|0|R|t|1|e|extra", "gpu|1|0|R|t|1|e@00-bad-01"} {
 		if _, err := rdb.ParseDispatch(bad); err == nil {
 			t.Errorf("ParseDispatch(%q) accepted a malformed entry", bad)
 		}

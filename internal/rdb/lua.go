@@ -60,6 +60,20 @@ local function chunked(cmd, key, t, i, j)
 end
 `
 
+// enqueueLua defines enqueue, the one writer of a queue message in Lua
+// (the fields of Dispatch.values): run, task, attempt, and the dispatching
+// span's traceparent only when there is one. Used by submit (submit.go),
+// commit (project_commit.go), delayed_move (project.go) and queue_move
+// (queue.go).
+const enqueueLua = `
+local function enqueue(key, run, task, attempt, trace)
+  if trace ~= nil and trace ~= '' then
+    return redis.call('XADD', key, '*', 'r', run, 'k', task, 'a', attempt, 't', trace)
+  end
+  return redis.call('XADD', key, '*', 'r', run, 'k', task, 'a', attempt)
+end
+`
+
 // ackLua defines ackmine, the owner-checked ack of several messages of one
 // stream, and badids, which checks their ids (call it before any write).
 // Used by finish (queue_finish.go) and queue_ack (queue.go).

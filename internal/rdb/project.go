@@ -187,14 +187,15 @@ func (d DB) DueDispatches(ctx context.Context, part int, nowMS int64, n int) (du
 // this call removed it, so two movers never queue one dispatch twice.
 //
 // KEYS: 1 the delayed set, then the target queue streams
-// ARGV: n, then n x (member, target key index, run, task, attempt)
+// ARGV: n, then n x (member, target key index, run, task, attempt,
+// traceparent or "")
 // Reply: number moved
-var delayedMoveScript = redis.NewScript(`
+var delayedMoveScript = redis.NewScript(enqueueLua + `
 local moved = 0
 for i = 0, tonumber(ARGV[1]) - 1 do
-  local a = 2 + 5 * i
+  local a = 2 + 6 * i
   if redis.call('ZREM', KEYS[1], ARGV[a]) == 1 then
-    redis.call('XADD', KEYS[tonumber(ARGV[a + 1])], '*', 'r', ARGV[a + 2], 'k', ARGV[a + 3], 'a', ARGV[a + 4])
+    enqueue(KEYS[tonumber(ARGV[a + 1])], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5])
     moved = moved + 1
   end
 end
@@ -215,7 +216,7 @@ func (d DB) MoveDue(ctx context.Context, part int, members []string) (moved int6
 			malformed = append(malformed, m)
 			continue
 		}
-		args = append(args, m, targets.of(&keys, d.K.Queue(part, x.Pool, x.Priority)), x.Run, x.Task, strconv.Itoa(x.Attempt))
+		args = append(args, m, targets.of(&keys, d.K.Queue(part, x.Pool, x.Priority)), x.Run, x.Task, strconv.Itoa(x.Attempt), x.Trace)
 		n++
 	}
 	if len(malformed) > 0 {

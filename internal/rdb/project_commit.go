@@ -76,6 +76,10 @@ type Commit struct {
 	// TTL, when the decisions end the run, makes the run's keys expire
 	// that long after (0: never), in the same step.
 	TTL time.Duration
+	// Trace is the W3C traceparent of the projector's span, carried by
+	// every dispatch of the commit (queue messages and delayed-set
+	// members); "" for none.
+	Trace string
 }
 
 // DefaultCompactLog is the longest log a run's last commit compacts: a
@@ -131,11 +135,12 @@ func (d DB) Commit(ctx context.Context, run string, c Commit) (CommitResult, err
 //	record, "" for a task never touched), then k, k x dispatch (target key
 //	index, due ms (0: queue it now), task, attempt, delayed-set member),
 //	then the longest log to compact and the run's TTL in ms (0: none),
-//	both applied only when the decisions end the run, then the run id
+//	both applied only when the decisions end the run, then the run id,
+//	then the dispatches' traceparent ("" or absent: none)
 //
 // Reply: {"conflict", cursor, token, why} or
 // {"ok", new cursor, caughtUp 0|1, parked, new token, seq...}
-var commitScript = redis.NewScript(prelude + `
+var commitScript = redis.NewScript(prelude + enqueueLua + `
 local n = tonumber(ARGV[6])
 local i = 7 + 6 * n
 local m = tonumber(ARGV[i]); local recs = i + 1; i = recs + 2 * m
@@ -144,6 +149,7 @@ local k = tonumber(ARGV[i]); local outs = i + 1; i = outs + 5 * k
 local compact = tonumber(ARGV[i] or '0') or 0
 local ttl = tonumber(ARGV[i + 1] or '0') or 0
 local run = ARGV[i + 2]
+local trace = ARGV[i + 3]
 -- Every check before the first write.
 local head = redis.call('HMGET', KEYS[1], '@cursor', '@commit', '@status')
 local cur, token = head[1] or '', head[2] or ''
@@ -210,7 +216,7 @@ for j = 0, k - 1 do
     redis.call('ZADD', key, due, ARGV[a + 4])
     parked = parked + 1
   else
-    redis.call('XADD', key, '*', 'r', run, 'k', ARGV[a + 2], 'a', ARGV[a + 3])
+    enqueue(key, run, ARGV[a + 2], ARGV[a + 3], trace)
   end
 end
 -- The run ended with these decisions: compact a short log (Redis keeps a
@@ -263,11 +269,15 @@ func (d DB) CommitCmd(ctx context.Context, p redis.Scripter, run string, c Commi
 	for _, x := range c.Dispatches {
 		key, due, member := d.K.QueueFor(run, x.Pool, x.Priority), int64(0), ""
 		if x.DueMS > c.TimeMS {
+			x.Trace = c.Trace
 			key, due, member = d.K.DelayedFor(run), x.DueMS, x.String()
 		}
 		args = append(args, targets.of(&keys, key), due, x.Task, x.Attempt, member)
 	}
 	args = append(args, c.CompactLog, c.TTL.Milliseconds(), run)
+	if c.Trace != "" {
+		args = append(args, c.Trace)
+	}
 	return commitScript.Run(ctx, p, keys, args...)
 }
 

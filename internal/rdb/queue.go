@@ -252,13 +252,14 @@ func (d DB) Release(ctx context.Context, run, task, worker string, attempt int, 
 // slot).
 //
 // KEYS: 1 the message's stream, 2 the stream for the copy
-// ARGV: 1 group, 2 consumer, 3 message id, 4 run, 5 task, 6 attempt
+// ARGV: 1 group, 2 consumer, 3 message id, 4 run, 5 task, 6 attempt,
+// 7 traceparent ("" or absent: none)
 // Reply: 1 moved, 0 not pending, -1 pending for another consumer
-var queueMoveScript = redis.NewScript(`
+var queueMoveScript = redis.NewScript(enqueueLua + `
 local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
 if #p == 0 then return 0 end
 if p[1][2] ~= ARGV[2] then return -1 end
-redis.call('XADD', KEYS[2], '*', 'r', ARGV[4], 'k', ARGV[5], 'a', ARGV[6])
+enqueue(KEYS[2], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
 redis.call('XDEL', KEYS[1], ARGV[3])
 return 1
@@ -268,7 +269,7 @@ return 1
 // band and the old one acked, atomically (see queueMoveScript).
 func (d DB) QueueMove(ctx context.Context, p redis.Scripter, stream, consumer, id string, x Dispatch) *redis.Cmd {
 	return queueMoveScript.Run(ctx, p, []string{stream, d.K.QueueFor(x.Run, x.Pool, x.Priority)},
-		GroupWorkers, consumer, id, x.Run, x.Task, strconv.Itoa(x.Attempt))
+		GroupWorkers, consumer, id, x.Run, x.Task, strconv.Itoa(x.Attempt), x.Trace)
 }
 
 // MoveItem is a pending message to give back to its pool (see QueueMove).
@@ -295,7 +296,7 @@ func (d DB) QueueMoves(ctx context.Context, consumer string, items []MoveItem) e
 func (d DB) XAddDispatch(ctx context.Context, p redis.Cmdable, x Dispatch) *redis.StringCmd {
 	return p.XAdd(ctx, &redis.XAddArgs{
 		Stream: d.K.QueueFor(x.Run, x.Pool, x.Priority),
-		Values: []any{MsgRun, x.Run, MsgTask, x.Task, MsgAttempt, strconv.Itoa(x.Attempt)},
+		Values: x.values(),
 	})
 }
 

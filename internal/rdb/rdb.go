@@ -9,6 +9,7 @@ import (
 
 	"github.com/graflow-go/graflow/events"
 	"github.com/graflow-go/graflow/internal/statehash"
+	"github.com/graflow-go/graflow/internal/tracing"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -73,11 +74,21 @@ type Dispatch struct {
 	Task     string
 	Attempt  int
 	EventID  string // makes the entry unique
+	// Trace is the W3C traceparent the message carries (MsgTrace), ""
+	// for none: the span that decided the dispatch.
+	Trace string
 }
 
-// String encodes the dispatch as a delayed-set member.
+// String encodes the dispatch as a delayed-set member. A traceparent, when
+// set, rides in the last field after the event id ("<id>@<traceparent>"):
+// a member keeps seven fields, so a binary that predates tracing still
+// parses it (and moves it untraced) instead of dropping it as malformed.
 func (p Dispatch) String() string {
-	return strings.Join([]string{p.Pool, strconv.Itoa(p.Priority), strconv.FormatInt(p.DueMS, 10), p.Run, p.Task, strconv.Itoa(p.Attempt), p.EventID}, "|")
+	id := p.EventID
+	if p.Trace != "" {
+		id += "@" + p.Trace
+	}
+	return strings.Join([]string{p.Pool, strconv.Itoa(p.Priority), strconv.FormatInt(p.DueMS, 10), p.Run, p.Task, strconv.Itoa(p.Attempt), id}, "|")
 }
 
 // ParseDispatch decodes a delayed-set member.
@@ -92,15 +103,33 @@ func ParseDispatch(s string) (Dispatch, error) {
 	if err := errors.Join(err1, err2, err3); err != nil {
 		return Dispatch{}, fmt.Errorf("malformed dispatch %q: %w", s, err)
 	}
-	return Dispatch{Pool: f[0], Priority: prio, DueMS: due, Run: f[3], Task: f[4], Attempt: att, EventID: f[6]}, nil
+	x := Dispatch{Pool: f[0], Priority: prio, DueMS: due, Run: f[3], Task: f[4], Attempt: att, EventID: f[6]}
+	if id, tp, ok := strings.Cut(f[6], "@"); ok {
+		if !tracing.Valid(tp) {
+			return Dispatch{}, fmt.Errorf("malformed dispatch %q: bad traceparent", s)
+		}
+		x.EventID, x.Trace = id, tp
+	}
+	return x, nil
 }
 
-// Queue message fields.
+// Queue message fields. MsgTrace, the W3C traceparent of the span that
+// dispatched the task, is present only when that span was traced.
 const (
 	MsgRun     = "r"
 	MsgTask    = "k"
 	MsgAttempt = "a"
+	MsgTrace   = "t"
 )
+
+// values returns the queue message fields of x.
+func (p Dispatch) values() []any {
+	v := []any{MsgRun, p.Run, MsgTask, p.Task, MsgAttempt, strconv.Itoa(p.Attempt)}
+	if p.Trace != "" {
+		v = append(v, MsgTrace, p.Trace)
+	}
+	return v
+}
 
 // PointFeed appends a pointer to run on its feed partition (pipelineable).
 func (d DB) PointFeed(ctx context.Context, p redis.Cmdable, run string) *redis.StringCmd {

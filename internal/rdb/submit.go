@@ -61,6 +61,9 @@ type Initial struct {
 	// marked dirty and the feed pointed at it.
 	More   bool
 	Writer string
+	// Trace is the W3C traceparent the dispatches' queue messages carry
+	// (run_submitted's); "" for none.
+	Trace string
 }
 
 // submitScript creates a run: appends run_submitted, writes the run's
@@ -78,10 +81,11 @@ type Initial struct {
 //
 //	5 input, 6 n tasks, then n pairs (task id, meta JSON), then the run
 //	id, d decisions, d x (event id, type, task, attempt, epoch, body,
-//	task record, queue key index), more 0|1, writer
+//	task record, queue key index), more 0|1, writer, traceparent ("" or
+//	absent: none)
 //
 // Reply: {"created", seq} or {"exists", workflow, run_submitted event id}
-var submitScript = redis.NewScript(prelude + `
+var submitScript = redis.NewScript(prelude + enqueueLua + `
 -- An existing run is left alone; the reply names its workflow and its
 -- run_submitted event id (a caller whose pipeline was sent twice finds its
 -- own id: it did create the run).
@@ -106,6 +110,7 @@ local d = tonumber(ARGV[8 + 2 * n] or '0') or 0
 local dec = 9 + 2 * n
 local more = ARGV[dec + 8 * d] == '1'
 local writer = ARGV[dec + 8 * d + 1] or ''
+local trace = ARGV[dec + 8 * d + 2]
 for i = 5, #KEYS do
   local bad = notwritable(KEYS[i], 'stream')
   if bad then return bad end
@@ -119,7 +124,7 @@ for j = 0, d - 1 do
   local a = dec + 8 * j
   last = append(KEYS[2], ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], writer, ARGV[2], ARGV[a + 5])
   fields[#fields + 1] = ARGV[a + 2]; fields[#fields + 1] = ARGV[a + 6]
-  redis.call('XADD', KEYS[tonumber(ARGV[a + 7])], '*', 'r', run, 'k', ARGV[a + 2], 'a', ARGV[a + 3])
+  enqueue(KEYS[tonumber(ARGV[a + 7])], run, ARGV[a + 2], ARGV[a + 3], trace)
 end
 if d > 0 then
   fields[#fields + 1] = '@commit'; fields[#fields + 1] = ARGV[dec]
@@ -154,6 +159,9 @@ func (d DB) SubmitArgsCmd(ctx context.Context, p redis.Scripter, run string, arg
 		more = 1
 	}
 	argv = append(argv, more, init.Writer)
+	if init.Trace != "" {
+		argv = append(argv, init.Trace)
+	}
 	return submitScript.Run(ctx, p, keys, argv...)
 }
 
