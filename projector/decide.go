@@ -110,7 +110,9 @@ func Decide(r *Run, limit int, delay RetryDelayFunc) []events.Event {
 // depsAlive reports whether none of t's dependencies (and Waits) failed, was skipped
 // or cancelled, or is being skipped in the batch at hand.
 func (r *Run) depsAlive(t *Task, skipping map[string]bool) bool {
-	for _, d := range t.allDeps() {
+	deps := t.allDeps()
+	r.depScans += len(deps)
+	for _, d := range deps {
 		if skipping[d] {
 			return false
 		}

@@ -56,3 +56,6 @@ func (p *Projector) CommitPrepared(ctx context.Context, run string, x Prepared) 
 func (p *Projector) MoveDue(ctx context.Context, part int) (time.Duration, error) {
 	return p.moveDue(ctx, part)
 }
+
+// DepScans is how many dependencies the run's join checks looked at.
+func (r *Run) DepScans() int { return r.depScans }

@@ -85,6 +85,13 @@ func (r *Run) settled(i int, cause string) {
 	if t.Status != TaskPending {
 		return
 	}
+	if cause == "" && t.waiting > 0 && t.Spec.Join.Strict() {
+		// A dependency succeeded: a strict join becomes ready only with
+		// its last one (waiting 0), and a success never kills it (a
+		// failure comes with a cause). Checking every dependency again
+		// here made the fold of an n-wide fan-in O(n²).
+		return
+	}
 	ready, dead := r.joinState(t, nil, nil)
 	switch {
 	case dead:

@@ -1,7 +1,9 @@
 package projector_test
 
 import (
+	"fmt"
 	"testing"
+	"time"
 
 	"github.com/graflow-go/graflow/events"
 	"github.com/graflow-go/graflow/projector"
@@ -101,4 +103,44 @@ func TestJoinAbsorbsOnlyForTolerantSuccessors(t *testing.T) {
 	d.claim("j")
 	d.succeed("j")
 	d.expect("a has a strict successor: the run fails", []string{"run_failed  0 (a: boom)"}, d.commit(0))
+}
+
+// Folding a wide fan-in stays linear: each success of a member of a
+// strict join does not look at every dependency of the fan-in again (a
+// 20,000-wide fan-out's projector spent 90% of its CPU there: 1,188
+// tasks/s against 8,298 before joins). The fan-in's dependencies are
+// looked at a bounded number of times, not once per member.
+func TestFoldOfAWideFanInIsLinear(t *testing.T) {
+	t.Parallel()
+	const n = 2000
+	specs := []events.TaskSpec{}
+	var deps []string
+	for i := range n {
+		id := fmt.Sprintf("m%d", i)
+		specs = append(specs, events.TaskSpec{ID: id, Handler: "h"})
+		deps = append(deps, id)
+	}
+	specs = append(specs, events.TaskSpec{ID: "sum", Handler: "h", Deps: deps})
+	r := projector.NewRun("wide")
+	seq := 0
+	apply := func(e events.Event) {
+		t.Helper()
+		seq++
+		e.Run, e.Seq, e.ID, e.Version, e.Time = "wide", fmt.Sprintf("%d-0", seq), fmt.Sprintf("e%d", seq), events.CurrentVersion, time.UnixMilli(int64(seq))
+		if err := projector.Apply(r, e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	apply(events.Event{Type: events.RunSubmitted}.WithBody(events.RunSubmittedBody{Workflow: "wide", Tasks: specs}))
+	for _, d := range deps {
+		apply(events.Event{Type: events.TaskDispatched, Task: d, Attempt: 1}.WithBody(events.TaskDispatchedBody{Pool: "default"}))
+		apply(events.Event{Type: events.TaskClaimed, Task: d, Attempt: 1, Epoch: 1, Worker: "w"})
+		apply(events.Event{Type: events.TaskSucceeded, Task: d, Attempt: 1, Epoch: 1, Worker: "w"}.WithBody(events.TaskSucceededBody{}))
+	}
+	if !r.Ready(r.Task("sum")) {
+		t.Fatal("sum is not ready after every member succeeded")
+	}
+	if got := r.DepScans(); got > 4*n {
+		t.Errorf("the fold looked at %d dependencies for a %d-wide fan-in, want at most %d (linear)", got, n, 4*n)
+	}
 }

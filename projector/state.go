@@ -83,7 +83,10 @@ type Run struct {
 
 	index map[string]int
 	open  int // tasks not terminal
-	fails int // tasks failed for good
+	// depScans counts the dependencies depsAlive looked at: a test bounds
+	// the fold's work on a wide fan-in with it.
+	depScans int
+	fails    int // tasks failed for good
 
 	// Work queues read by Decide, in deterministic order. Entries go stale
 	// when the task moves on; Apply drops stale entries at the head.
