@@ -16,6 +16,7 @@ import (
 
 	"github.com/graflow-go/graflow/events"
 	"github.com/graflow-go/graflow/internal/rdb"
+	"github.com/graflow-go/graflow/internal/retry"
 	"github.com/graflow-go/graflow/internal/tracing"
 	"github.com/graflow-go/graflow/projector"
 	"github.com/graflow-go/graflow/replay"
@@ -345,8 +346,33 @@ func endsRun(t events.Type) bool {
 // run_quarantined appears in its log, and no task_requeued reopened it
 // since) or ctx is done, and returns its final state (see
 // RunInfo.Succeeded and RunInfo.Quarantined). It blocks on the log stream
-// (XREAD BLOCK); it does not poll.
+// (XREAD BLOCK); it does not poll. A transient Redis error (a failover's
+// refused dial, CLUSTERDOWN, a restart) starts the wait over, for up to a
+// minute, instead of ending it.
 func (c *Client) Wait(ctx context.Context, run string) (*RunInfo, error) {
+	var info *RunInfo
+	// A transient Redis error (a failover's refused dial, CLUSTERDOWN, a
+	// restart) starts the wait over, for up to waitRetry: a waiter must
+	// not report a failover as the run's end.
+	err := retry.Do(ctx, retry.Policy{Initial: 50 * time.Millisecond, Max: 2 * time.Second, MaxElapsed: waitRetry}, func() error {
+		var err error
+		info, err = c.waitOnce(ctx, run)
+		if errors.Is(err, ErrRunNotFound) {
+			return retry.Permanent(err)
+		}
+		return err
+	})
+	if ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
+	return info, err
+}
+
+// waitRetry bounds how long Wait retries transient Redis errors.
+const waitRetry = time.Minute
+
+// waitOnce follows run's log until it ends, then folds it (Wait).
+func (c *Client) waitOnce(ctx context.Context, run string) (*RunInfo, error) {
 	if ok, err := c.db.LogExists(ctx, run); err != nil {
 		return nil, fmt.Errorf("wait for run %s: %w", run, err)
 	} else if !ok {
