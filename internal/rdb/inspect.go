@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/graflow-go/graflow/events"
@@ -122,7 +123,7 @@ func (d DB) ReadLive(ctx context.Context, run string) (Live, error) {
 		return nil
 	})
 	if err != nil {
-		return l, fmt.Errorf("read live state of run %s: %w", run, err)
+		return l, fmt.Errorf("read live state of run %s: %w", run, txCause(err, st, res, dag, tail))
 	}
 	l.State, l.Results, l.DAG = st.Val(), res.Val(), dag.Val()
 	if msgs := tail.Val(); len(msgs) > 0 {
@@ -132,6 +133,23 @@ func (d DB) ReadLive(ctx context.Context, run string) (Live, error) {
 		}
 	}
 	return l, nil
+}
+
+// txCause returns why a MULTI block failed: for EXECABORT (Redis
+// discarded the block because a command was refused as it was queued),
+// the first queued command's own error, e.g. LOADING while Redis restarts
+// or NOPERM, which callers can classify (a transient LOADING is retried;
+// EXECABORT alone says nothing); err otherwise.
+func txCause(err error, cmds ...redis.Cmder) error {
+	if err == nil || !strings.HasPrefix(err.Error(), "EXECABORT") {
+		return err
+	}
+	for _, c := range cmds {
+		if e := c.Err(); e != nil && !strings.HasPrefix(e.Error(), "EXECABORT") {
+			return fmt.Errorf("%w (the transaction was discarded: %s)", e, err.Error())
+		}
+	}
+	return err
 }
 
 // DecodeLog decodes entries of run's log (stream order kept).
