@@ -24,7 +24,11 @@ func (s *stack) submitFile(t *testing.T, name string, flags ...string) (string, 
 	}
 	run := strings.TrimSpace(out)
 	_, _, code = s.cli(ctx, append([]string{"wait", run}, s.common()...)...)
-	a, err := replay.Analyze(run, s.readLog(ctx, run))
+	evs, err := s.client.Log(ctx, run) // not s.readLog: it fails the parent test
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := replay.Analyze(run, evs)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,15 +54,20 @@ func TestWorkflowFeaturesWithWorkerProcesses(t *testing.T) {
 	s := newStack(t)
 	s.projector("p-1")
 	s.worker("w-1", 4)
-	ctx := withTimeout(t, 60*time.Second)
 
+	// The subtests run one after the other, each with its own time limit
+	// (parallel subtests wait for the package's other tests, past any
+	// limit set here).
 	t.Run("timers", func(t *testing.T) {
-		t.Parallel()
+		ctx := withTimeout(t, 60*time.Second)
 		run, code := s.submitFile(t, "../examples/timers.yaml", "--start-in", "1s")
 		if code != 0 {
 			t.Fatalf("graflow wait: exit %d, want 0", code)
 		}
-		evs := s.readLog(ctx, run)
+		evs, err := s.client.Log(ctx, run)
+		if err != nil {
+			t.Fatal(err)
+		}
 		submitted := evs[0].Time
 		due := map[string]int64{}
 		var claimed, succeeded = map[string]time.Time{}, map[string]time.Time{}
@@ -88,7 +97,7 @@ func TestWorkflowFeaturesWithWorkerProcesses(t *testing.T) {
 		}
 	})
 	t.Run("best effort", func(t *testing.T) {
-		t.Parallel()
+		ctx := withTimeout(t, 60*time.Second)
 		run, code := s.submitFile(t, "../examples/best-effort.yaml")
 		if code != 0 {
 			t.Fatalf("graflow wait: exit %d, want 0 (the run succeeds)", code)
@@ -102,7 +111,7 @@ func TestWorkflowFeaturesWithWorkerProcesses(t *testing.T) {
 		}
 	})
 	t.Run("typed handlers", func(t *testing.T) {
-		t.Parallel()
+		ctx := withTimeout(t, 60*time.Second)
 		file := filepath.Join(t.TempDir(), "typed.yaml")
 		spec := "workflow: typed\ntasks:\n  - {id: bad, handler: sleep, args: {ms: soon}, retries: 2}\n"
 		if err := os.WriteFile(file, []byte(spec), 0o600); err != nil {
