@@ -248,3 +248,25 @@ func tlsOn(c redis.UniversalClient) bool {
 	}
 	return false
 }
+
+// startService starts what a long-running command (worker, projector)
+// needs before its engine: the CPU profile to prof (none when empty), the
+// Redis client and the metrics server on metricsAddr (off when empty),
+// observing pools. stop undoes them, in reverse.
+func (c *common) startService(ctx context.Context, m *Main, prof, metricsAddr string, pools []string) (r redis.UniversalClient, ms *metricsServer, stop func(), err error) {
+	stopProfile, err := cpuProfile(prof)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if r, err = c.connect(ctx); err != nil {
+		stopProfile()
+		return nil, nil, nil, err
+	}
+	ms, err = startMetrics(graflow.Config{Redis: r, Namespace: c.namespace, NamespacePartitions: c.partitions}, metricsAddr, pools, c.logger(m.Stderr))
+	if err != nil {
+		_ = r.Close()
+		stopProfile()
+		return nil, nil, nil, err
+	}
+	return r, ms, func() { ms.stop(); _ = r.Close(); stopProfile() }, nil
+}

@@ -44,21 +44,11 @@ func runWorker(m *Main, fs *pflag.FlagSet, c *common) runFunc {
 	unsafe := unsafeWorkerFlags(fs) // graflowtest builds only
 	metricsAddr := metricsFlag(fs)
 	return func(ctx context.Context, args []string) error {
-		stopProfile, err := cpuProfile(*prof)
+		r, ms, stop, err := c.startService(ctx, m, *prof, *metricsAddr, splitList(*pools))
 		if err != nil {
 			return err
 		}
-		defer stopProfile()
-		r, err := c.connect(ctx)
-		if err != nil {
-			return err
-		}
-		defer r.Close()
-		ms, err := startMetrics(graflow.Config{Redis: r, Namespace: c.namespace, NamespacePartitions: c.partitions}, *metricsAddr, splitList(*pools), c.logger(m.Stderr))
-		if err != nil {
-			return err
-		}
-		defer ms.stop()
+		defer stop()
 		w, err := worker.New(unsafe(worker.Config{
 			Redis: r, Namespace: c.namespace, NamespacePartitions: c.partitions, ID: *id, Pools: splitList(*pools), Concurrency: *conc,
 			Lease: *lease, DrainTimeout: *drain, ReclaimInterval: *reclaim, PoisonLimit: *poison,
@@ -83,21 +73,11 @@ func runProjector(m *Main, fs *pflag.FlagSet, c *common) runFunc {
 	prof := fs.String("cpuprofile", "", "write a CPU profile (go tool pprof) to this file until the projector exits")
 	metricsAddr := metricsFlag(fs)
 	return func(ctx context.Context, args []string) error {
-		stopProfile, err := cpuProfile(*prof)
+		r, ms, stop, err := c.startService(ctx, m, *prof, *metricsAddr, nil)
 		if err != nil {
 			return err
 		}
-		defer stopProfile()
-		r, err := c.connect(ctx)
-		if err != nil {
-			return err
-		}
-		defer r.Close()
-		ms, err := startMetrics(graflow.Config{Redis: r, Namespace: c.namespace, NamespacePartitions: c.partitions}, *metricsAddr, nil, c.logger(m.Stderr))
-		if err != nil {
-			return err
-		}
-		defer ms.stop()
+		defer stop()
 		p, err := projector.New(projector.Config{Redis: r, Namespace: c.namespace, NamespacePartitions: c.partitions, ID: *id, Logger: c.logger(m.Stderr),
 			RetryInitial: *retryInitial, RetryMax: *retryMax, FeedReclaimIdle: *feedIdle, RunTTL: *runTTL, CompactLog: *compact, BatchSize: *batch,
 			Metrics: ms.projector()})
