@@ -127,7 +127,7 @@ test-cluster: redis ## Run the Redis Cluster tests alone (a local 3-master, 3-re
 
 CLUSTER_CHAOS_SEEDS ?= 51
 chaos-cluster: build ## Run chaos seeds on a local Redis Cluster (3 masters + 3 replicas, 4 partitions): the Redis fault SIGKILLs a master (failover) (CLUSTER_CHAOS_SEEDS=51)
-	./bin/graflow chaos --cluster --partitions 4 --seeds $(CLUSTER_CHAOS_SEEDS) --quiet $(CHAOS_FLAGS)
+	./bin/graflow chaos --cluster --partitions 3 --seeds $(CLUSTER_CHAOS_SEEDS) --quiet $(CHAOS_FLAGS)
 
 chaos-broken-fencing: build-testhooks ## Prove the chaos checker can fail: with fencing switched off (a graflowtest build) it must report duplicates
 	./bin/graflow-testhooks chaos --seeds 1 --break-fencing --quiet

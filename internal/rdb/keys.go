@@ -24,10 +24,13 @@ const DefaultPartitions = 1
 // MaxPartitions bounds a namespace's partitions.
 const MaxPartitions = 1024
 
-// LayoutVersion names the key layout CheckLayout records: 2 is the
-// partition-scoped layout ({p<N>}); 1 gave each run its own slot ({<run>})
-// and relayed dispatches through an outbox.
-const LayoutVersion = 2
+// LayoutVersion names the key layout CheckLayout records: 3 is the
+// partition-scoped layout with partition tags spread over the cluster's
+// slot space (see partitionTags); 2 tagged partition N {pN}, wherever that
+// hashed; 1 gave each run its own slot ({<run>}) and relayed dispatches
+// through an outbox. A namespace of one partition has the same keys in
+// layouts 2 and 3 ({p0}), and keeps recording "2:1".
+const LayoutVersion = 3
 
 // MaxPriority is the highest priority band; bands are 0..MaxPriority.
 const MaxPriority = 9
@@ -64,19 +67,22 @@ func ValidNamespace(ns string) error {
 // Keys builds the keys of one namespace. The zero value is not usable; use
 // NewKeys.
 //
-// Layout (version 2): partition N's keys share the hash tag {pN}:
+// Layout (version 3): partition N's keys share one hash tag {T}, where T
+// is "pN" or "pN.K" (partitionTags: the tags spread the partitions evenly
+// over the slot space; one partition's tag is "p0"):
 //
-//	<ns>:{pN}:r:<run>:log|state|dag|results|channel   a run of partition N
-//	<ns>:{pN}:q:<pool>:<band>                        the pool's queue streams in N
-//	<ns>:{pN}:feed                                   N's projector feed
-//	<ns>:{pN}:delayed                                N's parked dispatches
-//	<ns>:{pN}:expiries                               N's result expiries
+//	<ns>:{T}:r:<run>:log|state|dag|results|channel   a run of partition N
+//	<ns>:{T}:q:<pool>:<band>                        the pool's queue streams in N
+//	<ns>:{T}:feed                                   N's projector feed
+//	<ns>:{T}:delayed                                N's parked dispatches
+//	<ns>:{T}:expiries                               N's result expiries
 //
 // A run's partition is a hash of its id (Partition). Keys of no run
 // (indexes, registries, dead letters) keep their own slots.
 type Keys struct {
 	ns         string
 	partitions int
+	tags       []string // partition n's key prefix, hash tag included
 }
 
 // NewKeys returns the key builder for namespace ns ("" means
@@ -92,7 +98,12 @@ func NewKeysP(ns string, p int) Keys {
 	if p < 1 {
 		p = DefaultPartitions
 	}
-	return Keys{ns: ns, partitions: min(p, MaxPartitions)}
+	p = min(p, MaxPartitions)
+	k := Keys{ns: ns, partitions: p, tags: make([]string, p)}
+	for n, t := range partitionTags(p) {
+		k.tags[n] = ns + ":{" + t + "}:"
+	}
+	return k
 }
 
 // Namespace returns the key prefix.
@@ -102,7 +113,14 @@ func (k Keys) Namespace() string { return k.ns }
 func (k Keys) Partitions() int { return k.partitions }
 
 // tag is partition n's key prefix, hash tag included.
-func (k Keys) tag(n int) string { return k.ns + ":{p" + strconv.Itoa(n) + "}:" }
+func (k Keys) tag(n int) string { return k.tags[n] }
+
+// PartitionTag is partition n's hash tag, braces included ("{p0}" for a
+// namespace of one partition; see partitionTags for more).
+func (k Keys) PartitionTag(n int) string {
+	t := k.tags[n]
+	return t[len(k.ns)+1 : len(t)-1]
+}
 
 // run is the prefix of run's keys.
 func (k Keys) run(run string) string { return k.tag(k.Partition(run)) + "r:" + run + ":" }
@@ -277,12 +295,14 @@ func (k Keys) ParseQueue(stream string) (part int, pool string, priority int, ok
 	if !found {
 		return 0, "", 0, false
 	}
-	num, rest, found := strings.Cut(rest, "}:q:")
-	if !found {
-		return 0, "", 0, false
-	}
+	num, _, _ := strings.Cut(rest, "}")
+	num, _, _ = strings.Cut(num, ".")
 	n, err := strconv.Atoi(num)
 	if err != nil || n < 0 || n >= k.partitions {
+		return 0, "", 0, false
+	}
+	rest, found = strings.CutPrefix(stream, k.tags[n]+"q:")
+	if !found {
 		return 0, "", 0, false
 	}
 	i := strings.LastIndexByte(rest, ':')

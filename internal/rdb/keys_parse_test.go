@@ -20,7 +20,9 @@ func TestParseQueueInvertsQueue(t *testing.T) {
 		}
 	}
 	for _, bad := range []string{"ns:runs", "other:{p0}:q:default:0", "ns:{p0}:q:default:10", "ns:{p0}:q:default:x",
-		"ns:{p12}:q:default:0", "ns:{px}:q:default:0", "ns:{p0}:q::0", "ns:{q:default}:0", k.Feed(0)} {
+		"ns:{p12}:q:default:0", "ns:{px}:q:default:0", "ns:{p0}:q::0", "ns:{q:default}:0", k.Feed(0),
+		"ns:{p1.99999}:q:default:0"} { // another tag of partition 1
+
 		if _, _, _, ok := k.ParseQueue(bad); ok {
 			t.Errorf("ParseQueue(%q) ok, want not a queue", bad)
 		}

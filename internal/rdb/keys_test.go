@@ -30,9 +30,9 @@ func TestKeyBuilders(t *testing.T) {
 			"Queue":       k.Queue(0, "gpu", 7),
 			"QueueFor":    k.QueueFor("R1", "default", 0),
 			"DeadLetter":  k.DeadLetter(),
-			"Feed":        k.Feed(3),
+			"Feed":        k.Feed(0),
 			"FeedFor":     k.FeedFor("R1"),
-			"Delayed":     k.Delayed(2),
+			"Delayed":     k.Delayed(0),
 			"DelayedFor":  k.DelayedFor("R1"),
 			"Runs":        k.Runs(),
 			"Workers":     k.Workers(),
@@ -51,9 +51,9 @@ func TestKeyBuilders(t *testing.T) {
 			"Queue":       want + ":{p0}:q:gpu:7",
 			"QueueFor":    want + ":{p0}:q:default:0",
 			"DeadLetter":  want + ":{dlq}",
-			"Feed":        want + ":{p3}:feed",
+			"Feed":        want + ":{p0}:feed",
 			"FeedFor":     want + ":{p0}:feed",
-			"Delayed":     want + ":{p2}:delayed",
+			"Delayed":     want + ":{p0}:delayed",
 			"DelayedFor":  want + ":{p0}:delayed",
 			"Runs":        want + ":runs",
 			"Workers":     want + ":workers",
@@ -77,7 +77,10 @@ func TestARunsStepsShareItsPartitionsTag(t *testing.T) {
 		k := rdb.NewKeysP("ns", p)
 		for i := range 200 {
 			run := "run-" + strconv.Itoa(i)
-			tag := "p" + strconv.Itoa(k.Partition(run))
+			tag := strings.Trim(k.PartitionTag(k.Partition(run)), "{}")
+			if n := strconv.Itoa(k.Partition(run)); tag != "p"+n && !strings.HasPrefix(tag, "p"+n+".") {
+				t.Fatalf("P=%d: partition %s's tag is %s", p, n, tag)
+			}
 			keys := append(k.RunKeys(run), k.RunLogCompact(run), k.FeedFor(run), k.DelayedFor(run),
 				k.QueueFor(run, "default", 0), k.QueueFor(run, "gpu", rdb.MaxPriority))
 			keys = append(keys, k.Queues(k.Partition(run), "io")...)

@@ -14,8 +14,13 @@ import (
 // uses: its runs, queues and feeds would be invisible to it.
 var ErrLayout = errors.New("the namespace uses another key layout")
 
-// layoutValue is what the layout key holds: "<version>:<partitions>".
+// layoutValue is what the layout key holds: "<version>:<partitions>". One
+// partition's keys are the same in layouts 2 and 3, so it records "2:1",
+// which releases of layout 2 accept too.
 func (k Keys) layoutValue() string {
+	if k.partitions == 1 {
+		return "2:1"
+	}
 	return strconv.Itoa(LayoutVersion) + ":" + strconv.Itoa(k.partitions)
 }
 
@@ -34,6 +39,10 @@ func (d DB) CheckLayout(ctx context.Context) error {
 		got, err := d.C.Get(ctx, d.K.Layout()).Result()
 		if err != nil && !errors.Is(err, redis.Nil) {
 			return fmt.Errorf("check key layout: %w", err)
+		}
+		if got != want && got == "2:"+strconv.Itoa(d.K.partitions) {
+			return fmt.Errorf("%w: namespace %q was written by an older release with %d partitions tagged {p0}..{p%d} (layout 2); this release spreads partition tags over the slot space (layout 3): finish its runs with the release that wrote them, or use another namespace",
+				ErrLayout, d.K.Namespace(), d.K.partitions, d.K.partitions-1)
 		}
 		if got != want {
 			return fmt.Errorf("%w: namespace %q has layout %q (version:partitions), this process uses %q", ErrLayout, d.K.Namespace(), got, want)
