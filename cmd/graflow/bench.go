@@ -44,6 +44,8 @@ func runBench(m *Main, fs *pflag.FlagSet, c *common) runFunc {
 	writeDoc := fs.String("write-doc", "", "write the medians into this Markdown file between its generated-section markers (e.g. docs/performance.md)")
 	smoke := fs.Bool("smoke", false, "tiny sizes: proves the harness works in a few seconds; the numbers mean nothing")
 	timeout := fs.Duration("timeout", bench.DefaultTimeout, "time limit of each workload run")
+	masters := fs.Int("cluster-masters", 0, "start a private local Redis Cluster of N masters (no replicas) instead of one redis-server; use with --partitions (a multiple of N spreads the work evenly)")
+	redisCPUs := fs.Float64("redis-cpus", 0, "cap each redis-server the bench starts at this many cores with a cgroup (Linux, root), so that Redis, not this machine's cores, is the bottleneck: how scale-out over masters is measured on a small machine")
 	profDir := fs.String("cpuprofile-dir", "", "write a CPU profile of every worker and projector process into this directory (go tool pprof)")
 	return func(ctx context.Context, args []string) error {
 		if fs.NArg() > 0 {
@@ -77,7 +79,14 @@ func runBench(m *Main, fs *pflag.FlagSet, c *common) runFunc {
 		if c.partitions < 0 {
 			return withCode(ExitUsage, fmt.Errorf("--partitions %d: want 1 or more", c.partitions))
 		}
+		if *masters < 0 || *redisCPUs < 0 {
+			return withCode(ExitUsage, fmt.Errorf("--cluster-masters %d, --redis-cpus %v: want 0 or more", *masters, *redisCPUs))
+		}
+		if explicit["redis"] && (*masters > 0 || *redisCPUs > 0) {
+			return withCode(ExitUsage, fmt.Errorf("--cluster-masters and --redis-cpus apply to a Redis the bench starts, not to --redis"))
+		}
 		cfg := bench.Config{
+			ClusterMasters: *masters, RedisCPUs: *redisCPUs,
 			Exe: m.Exe, NamespacePrefix: c.namespace + "-bench", Workloads: list, Runs: *runs, Sizes: sz,
 			Concurrency: *conc, Submitters: *submitters, Timeout: *timeout, Out: m.Stdout, Log: m.Stderr,
 			ProfileDir: *profDir, Partitions: c.partitions,

@@ -255,6 +255,17 @@ func (c *Cluster) Addrs() []string {
 	return out
 }
 
+// PIDs returns the process id of every node (0 for a stopped one).
+func (c *Cluster) PIDs() []int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]int, len(c.nodes))
+	for i, n := range c.nodes {
+		out[i] = n.PID()
+	}
+	return out
+}
+
 // URL returns a cluster URL naming every node as a seed:
 // "redis+cluster://127.0.0.1:p0?addr=127.0.0.1:p1&addr=..." (see
 // internal/redisurl).

@@ -28,6 +28,8 @@ import (
 	"time"
 
 	"github.com/graflow-go/graflow/internal/rdb"
+	"github.com/graflow-go/graflow/internal/cpucap"
+	"github.com/graflow-go/graflow/internal/rediscluster"
 	"github.com/graflow-go/graflow/internal/redisserver"
 	"github.com/redis/go-redis/v9"
 )
@@ -136,6 +138,15 @@ type Config struct {
 	// (a redis+cluster:// RedisURL) the partitions' slots are what spreads
 	// the work over the masters; on one Redis more only add keys.
 	Partitions int
+	// ClusterMasters, when set (and RedisURL is empty), starts a private
+	// local Redis Cluster of that many masters (no replicas, no
+	// persistence) instead of one redis-server.
+	ClusterMasters int
+	// RedisCPUs, when set, caps each redis-server the bench starts at that
+	// many cores with a cgroup (Linux, root): a way to make Redis the
+	// bottleneck on a small machine, as each master of a real cluster has
+	// its own machine, and so to measure what more masters add.
+	RedisCPUs float64
 	// ProfileDir, when set, makes every engine process write a CPU profile
 	// there (<namespace>-<component>.pprof); the processes are then
 	// stopped with SIGTERM instead of killed, so the profiles are complete.
@@ -314,7 +325,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 type harness struct {
 	cfg  Config
 	url  string
-	srv  *redisserver.Server   // nil for an external Redis
+	srv  *redisserver.Server   // nil for an external Redis or a cluster
+	cl   *rediscluster.Cluster // the private cluster (Config.ClusterMasters)
+	caps []*cpucap.Cap         // Config.RedisCPUs' cgroups
 	mc   redis.UniversalClient // measuring client (commands counted, then subtracted)
 	mdb  rdb.DB                // reads through mc
 	hook *counter
@@ -334,16 +347,42 @@ func newHarness(ctx context.Context, cfg Config) (_ *harness, err error) {
 		return nil, err
 	}
 	persistence := ""
-	if cfg.RedisURL == "" {
+	var pids []int
+	switch {
+	case cfg.RedisURL != "":
+		h.url = cfg.RedisURL
+	case cfg.ClusterMasters > 0:
+		h.cl, err = rediscluster.Start(ctx, rediscluster.Config{Masters: cfg.ClusterMasters, Replicas: -1})
+		if err != nil {
+			return nil, fmt.Errorf("start a local Redis Cluster: %w", err)
+		}
+		h.url, pids = h.cl.URL(), h.cl.PIDs()
+		persistence = PersistenceNone
+		fmt.Fprintf(cfg.Log, "bench: started a local Redis Cluster of %d masters (no replicas) WITHOUT AOF or RDB snapshots\n", cfg.ClusterMasters)
+	default:
 		h.srv, err = redisserver.Start(ctx, redisserver.Config{AOF: false})
 		if err != nil {
 			return nil, fmt.Errorf("start redis-server (or pass --redis URL): %w", err)
 		}
-		h.url = h.srv.URL()
+		h.url, pids = h.srv.URL(), []int{h.srv.PID()}
 		persistence = PersistenceNone
 		fmt.Fprintf(cfg.Log, "bench: started redis-server at %s WITHOUT AOF or RDB snapshots: persistence is an operations choice (see docs/performance.md)\n", h.srv.Addr())
-	} else {
-		h.url = cfg.RedisURL
+	}
+	if cfg.RedisCPUs > 0 {
+		if len(pids) == 0 {
+			return nil, errors.New("a CPU cap applies to the redis-servers the bench starts, not to --redis")
+		}
+		for i, pid := range pids {
+			c, err := cpucap.New(fmt.Sprintf("graflow-bench-%d-%d", os.Getpid(), i), cfg.RedisCPUs)
+			if err != nil {
+				return nil, err
+			}
+			h.caps = append(h.caps, c)
+			if err := c.Add(pid); err != nil {
+				return nil, err
+			}
+		}
+		fmt.Fprintf(cfg.Log, "bench: each redis-server capped at %.2f cores\n", cfg.RedisCPUs)
 	}
 	if h.mc, err = newClient(h.url, 8); err != nil {
 		return nil, err
@@ -358,6 +397,12 @@ func newHarness(ctx context.Context, cfg Config) (_ *harness, err error) {
 	h.env, err = probeEnv(ctx, h.mdb, persistence)
 	if err != nil {
 		return nil, err
+	}
+	if cfg.ClusterMasters > 0 {
+		h.env.RedisTopology = fmt.Sprintf("local cluster of %d masters", cfg.ClusterMasters)
+	}
+	if cfg.RedisCPUs > 0 {
+		h.env.RedisTopology = strings.TrimPrefix(h.env.RedisTopology+fmt.Sprintf(", each redis-server capped at %.2f cores", cfg.RedisCPUs), ", ")
 	}
 	if cfg.Exe == "" {
 		h.env.Engine = "in-process"
@@ -375,6 +420,12 @@ func (h *harness) close() {
 	}
 	if h.srv != nil {
 		_ = h.srv.Stop()
+	}
+	if h.cl != nil {
+		_ = h.cl.Stop()
+	}
+	for _, c := range h.caps {
+		_ = c.Close()
 	}
 	if h.dir != "" {
 		if h.ok {

@@ -32,6 +32,8 @@ const PersistenceNone = "none (private redis-server: AOF off, RDB snapshots off)
 type Env struct {
 	RedisVersion     string
 	RedisPersistence string
+	// RedisTopology describes a private cluster or CPU cap, if any.
+	RedisTopology string
 	NProc            int
 	CPUModel         string
 	GoVersion        string
@@ -46,8 +48,12 @@ type Env struct {
 
 // Line renders the environment in one line.
 func (e Env) Line() string {
+	redis := e.RedisVersion
+	if e.RedisTopology != "" {
+		redis += " (" + e.RedisTopology + ")"
+	}
 	return fmt.Sprintf("machine: %d x %s, %s, %s; Redis %s, persistence %s; engine %s, build %s",
-		e.NProc, e.CPUModel, e.OS, e.GoVersion, e.RedisVersion, e.RedisPersistence, e.Engine, e.Build)
+		e.NProc, e.CPUModel, e.OS, e.GoVersion, redis, e.RedisPersistence, e.Engine, e.Build)
 }
 
 func probeEnv(ctx context.Context, db rdb.DB, persistence string) (Env, error) {

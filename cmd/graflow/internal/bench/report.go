@@ -94,6 +94,9 @@ func Markdown(w io.Writer, rep *Report, command string, now time.Time) {
 	fmt.Fprintf(w, "Measured %s with `%s`.\n\n", now.UTC().Format("2006-01-02"), command)
 	fmt.Fprintf(w, "- Machine: %d × %s (nproc %d), %s, %s\n", e.NProc, e.CPUModel, e.NProc, e.OS, e.GoVersion)
 	fmt.Fprintf(w, "- Redis %s; persistence: %s\n", e.RedisVersion, e.RedisPersistence)
+	if e.RedisTopology != "" {
+		fmt.Fprintf(w, "- Redis topology: %s\n", e.RedisTopology)
+	}
 	fmt.Fprintf(w, "- Code: %s\n", e.Build)
 	if e.Engine == "processes" {
 		fmt.Fprintf(w, "- Engine: `graflow worker` and `graflow projector` processes (the latency workload runs its worker inside the bench process)\n")
