@@ -27,8 +27,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/graflow-go/graflow/internal/rdb"
 	"github.com/graflow-go/graflow/internal/cpucap"
+	"github.com/graflow-go/graflow/internal/rdb"
 	"github.com/graflow-go/graflow/internal/rediscluster"
 	"github.com/graflow-go/graflow/internal/redisserver"
 	"github.com/redis/go-redis/v9"

@@ -34,10 +34,10 @@ type Env struct {
 	RedisPersistence string
 	// RedisTopology describes a private cluster or CPU cap, if any.
 	RedisTopology string
-	NProc            int
-	CPUModel         string
-	GoVersion        string
-	OS               string
+	NProc         int
+	CPUModel      string
+	GoVersion     string
+	OS            string
 	// Engine is "processes" (worker and projector processes) or
 	// "in-process".
 	Engine string
