@@ -358,7 +358,7 @@ func newHarness(ctx context.Context, cfg Config) (_ *harness, err error) {
 		}
 		h.url, pids = h.cl.URL(), h.cl.PIDs()
 		persistence = PersistenceNone
-		fmt.Fprintf(cfg.Log, "bench: started a local Redis Cluster of %d masters (no replicas) WITHOUT AOF or RDB snapshots\n", cfg.ClusterMasters)
+		fmt.Fprintf(cfg.Log, "bench: started a local Redis Cluster of %s (no replicas) WITHOUT AOF or RDB snapshots\n", masters(cfg.ClusterMasters))
 	default:
 		h.srv, err = redisserver.Start(ctx, redisserver.Config{AOF: false})
 		if err != nil {
@@ -399,7 +399,7 @@ func newHarness(ctx context.Context, cfg Config) (_ *harness, err error) {
 		return nil, err
 	}
 	if cfg.ClusterMasters > 0 {
-		h.env.RedisTopology = fmt.Sprintf("local cluster of %d masters", cfg.ClusterMasters)
+		h.env.RedisTopology = "local cluster of " + masters(cfg.ClusterMasters)
 	}
 	if cfg.RedisCPUs > 0 {
 		h.env.RedisTopology = strings.TrimPrefix(h.env.RedisTopology+fmt.Sprintf(", each redis-server capped at %.2f cores", cfg.RedisCPUs), ", ")
@@ -412,6 +412,14 @@ func newHarness(ctx context.Context, cfg Config) (_ *harness, err error) {
 	fmt.Fprintf(cfg.Log, "bench: %s\n", h.env.Line())
 	h.ok = true
 	return h, nil
+}
+
+// masters is "1 master" or "N masters".
+func masters(n int) string {
+	if n == 1 {
+		return "1 master"
+	}
+	return strconv.Itoa(n) + " masters"
 }
 
 func (h *harness) close() {
