@@ -207,6 +207,10 @@ func (k Keys) DeadLetterInfo() string { return k.ns + ":{dlq}:info" }
 // Feed is partition n's projector feed.
 func (k Keys) Feed(n int) string { return k.tag(n) + "feed" }
 
+// FloorFeed is the bench floor's feed of lane l (-1: the fan-out floor's),
+// in partition 0's slot with the runs the floor writes there.
+func (k Keys) FloorFeed(l int) string { return k.tag(0) + "floor-feed:" + strconv.Itoa(l) }
+
 // FeedFor is the feed partition that carries run's pointers.
 func (k Keys) FeedFor(run string) string { return k.Feed(k.Partition(run)) }
 

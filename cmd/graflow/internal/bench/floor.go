@@ -130,7 +130,7 @@ func (h *harness) floorRuns(ctx context.Context, s *stack, run int, mode, prefix
 }
 
 func (s *stack) floorQueue(lane int) string { return s.db.K.Queue(0, "floor-"+strconv.Itoa(lane), 0) }
-func (s *stack) floorFeed(lane int) string  { return s.db.K.Feed(1000 + lane) }
+func (s *stack) floorFeed(lane int) string  { return s.db.K.FloorFeed(lane) }
 
 // floorLane is lane l of the floor: its queue, feed, worker and projector.
 func (s *stack) floorLane(l int) rdb.FloorLane {
@@ -207,7 +207,7 @@ func (s *stack) floorBatch(ctx context.Context, l int, runs []string, steps int)
 func (h *harness) floorFanout(ctx context.Context, s *stack, run int) (Result, error) {
 	lanes, n := h.cfg.Submitters, h.cfg.Sizes.FanoutTasks
 	id := "ffan"
-	feed := s.db.K.Feed(2000)
+	feed := s.db.K.FloorFeed(-1)
 	if err := s.db.EnsureGroup(ctx, feed, rdb.GroupProjectors); err != nil {
 		return Result{}, err
 	}
