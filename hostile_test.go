@@ -312,10 +312,10 @@ func hostileCases() []hostileCase {
 			h.raw(ctx, h.k.Feed(0), "x", "y")
 		}},
 		{name: "a feed entry for a run that does not exist", want: harmless, noRun: true, corrupt: func(ctx context.Context, h *hostile, _ string) {
-			h.raw(ctx, h.k.Feed(1), rdb.MsgRun, "no-such-run")
+			h.raw(ctx, h.k.Feed(0), rdb.MsgRun, "no-such-run")
 		}},
 		{name: "a feed entry of invalid UTF-8 and 1 MiB", want: harmless, noRun: true, corrupt: func(ctx context.Context, h *hostile, _ string) {
-			h.raw(ctx, h.k.Feed(2), rdb.MsgRun, "\xff"+strings.Repeat("{", 1<<20))
+			h.raw(ctx, h.k.Feed(0), rdb.MsgRun, "\xff"+strings.Repeat("{", 1<<20))
 		}},
 		// --- run log entries (quarantine the run) ---
 		{name: "a log entry of an unknown type", want: quarantined, corrupt: func(ctx context.Context, h *hostile, run string) {
