@@ -116,6 +116,14 @@ func WithRunID(id string) SubmitOption { return func(o *scheduler.SubmitOptions)
 // tasks start at t (their dispatches wait in the delayed set until then).
 func StartAt(t time.Time) SubmitOption { return func(o *scheduler.SubmitOptions) { o.StartAt = t } }
 
+// StartIn submits the run for later: its root tasks start d after the
+// submit, measured from the instant run_submitted records (StartAt with
+// time.Now().Add(d) would count from the caller's clock reading, a little
+// earlier).
+func StartIn(d time.Duration) SubmitOption {
+	return func(o *scheduler.SubmitOptions) { o.StartIn = d }
+}
+
 // Submit validates wf and starts a run of it with input (JSON-encoded).
 // It returns the run id. An invalid workflow returns an error wrapping
 // scheduler.ErrInvalidWorkflow (and the specific problem, e.g.

@@ -109,6 +109,11 @@ type SubmitOptions struct {
 	// than this (their StartAfter is raised to reach it; a time past is
 	// now). The run exists, running, from the submit on.
 	StartAt time.Time
+	// StartIn submits the run for later by a duration measured from the
+	// submit's own instant (the time run_submitted records), so its root
+	// tasks are due exactly StartIn after the submit. With StartAt, the
+	// later of the two wins.
+	StartIn time.Duration
 }
 
 var runIDRE = regexp.MustCompile(`^[A-Za-z0-9_.:-]{1,128}$`)
@@ -127,6 +132,9 @@ func (s *Scheduler) Submit(ctx context.Context, spec events.RunSubmittedBody, op
 		return "", false, err
 	}
 	now := s.cfg.Clock.Now()
+	if at := now.Add(opts.StartIn); opts.StartIn > 0 && at.After(opts.StartAt) {
+		opts.StartAt = at
+	}
 	if wait := opts.StartAt.Sub(now); !opts.StartAt.IsZero() && wait > 0 {
 		tasks := slices.Clone(spec.Tasks)
 		for i := range tasks {

@@ -122,7 +122,7 @@ func runSubmit(m *Main, fs *pflag.FlagSet, c *common) runFunc {
 		case *startAt != "" && *startIn != 0:
 			return usagef("submit takes --start-at or --start-in, not both")
 		case *startIn > 0:
-			opts = append(opts, graflow.StartAt(time.Now().Add(*startIn)))
+			opts = append(opts, graflow.StartIn(*startIn))
 		case *startAt != "":
 			at, err := time.Parse(time.RFC3339, *startAt)
 			if err != nil {
