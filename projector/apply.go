@@ -141,7 +141,7 @@ func apply(r *Run, e events.Event) error {
 		r.open--
 		for _, s := range t.succ {
 			r.Tasks[s].waiting--
-			r.settled(s, "")
+			r.settled(s, "", i)
 		}
 	case events.TaskFailed, events.TaskTimedOut:
 		if t.Status != TaskRunning || e.Attempt != t.Attempt || e.Epoch != t.Epoch || e.Worker != t.Owner {
@@ -192,6 +192,7 @@ func apply(r *Run, e events.Event) error {
 			return nil
 		}
 		t.Status, t.Owner, t.Epoch = TaskCancelled, "", e.Epoch
+		r.invalidateTallies(t)
 		r.open--
 	default:
 		return invalid(e, "unhandled event type")
@@ -209,6 +210,7 @@ func (r *Run) requeue(i int) {
 		r.fails--
 	}
 	t.Status, t.Owner = TaskPending, ""
+	r.invalidateTallies(t)
 	r.open++
 	t.waiting = 0
 	for _, d := range t.allDeps() {
@@ -225,7 +227,7 @@ func (r *Run) requeue(i int) {
 	if t.waiting == 0 {
 		r.ready.push(queueEntry{task: i})
 	} else if !t.Spec.Join.Strict() {
-		r.settled(i, "") // a tolerant join may run behind dead dependencies
+		r.settled(i, "", -1) // a tolerant join may run behind dead dependencies
 	}
 	if r.Status == RunFailed {
 		r.Status = RunRunning
@@ -247,8 +249,9 @@ func (r *Run) requeue(i int) {
 }
 
 func (r *Run) skipDependents(t *Task, cause string) {
+	from := r.index[t.Spec.ID]
 	for _, s := range t.succ {
-		r.settled(s, cause)
+		r.settled(s, cause, from)
 	}
 }
 
@@ -311,7 +314,7 @@ func (r *Run) addTasks(e events.Event, specs []events.TaskSpec) error {
 		if t.waiting == 0 {
 			r.ready.push(queueEntry{task: base + k})
 		} else if !t.Spec.Join.Strict() {
-			r.settled(base+k, "") // a tolerant join may run behind dead dependencies
+			r.settled(base+k, "", -1) // a tolerant join may run behind dead dependencies
 		}
 	}
 	if spawner >= 0 {

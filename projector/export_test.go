@@ -2,6 +2,7 @@ package projector
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/graflow-go/graflow/events"
@@ -59,3 +60,19 @@ func (p *Projector) MoveDue(ctx context.Context, part int) (time.Duration, error
 
 // DepScans is how many dependencies the run's join checks looked at.
 func (r *Run) DepScans() int { return r.depScans }
+
+// TallyMismatch returns a pending tolerant join whose tally (when valid)
+// gives another answer than a look at every dependency, or "".
+func (r *Run) TallyMismatch() string {
+	for _, t := range r.Tasks {
+		if t.Status != TaskPending || t.Spec.Join.Strict() || !t.tally.valid {
+			continue
+		}
+		ready, dead := r.tolerantState(t)
+		wantReady, wantDead := r.joinState(t, nil, nil)
+		if ready != wantReady || dead != wantDead {
+			return fmt.Sprintf("task %s: tally says ready %v dead %v (%+v), its dependencies ready %v dead %v", t.Spec.ID, ready, dead, t.tally, wantReady, wantDead)
+		}
+	}
+	return ""
+}

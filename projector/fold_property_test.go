@@ -697,6 +697,23 @@ func TestPropertyFoldMatchesScriptRecords(t *testing.T) {
 // Driving every runnable task to an outcome ends the run, consistently:
 // every task terminal, succeeded tasks only behind succeeded dependencies,
 // run_succeeded exactly when no task failed.
+// A tolerant join's tally (join.go) agrees with a look at every
+// dependency after every event of every history.
+func TestPropertyJoinTalliesAgreeWithTheDependencies(t *testing.T) {
+	t.Parallel()
+	forEachHistory(t, func(t *testing.T, s *sim) {
+		r := projector.NewRun(s.run)
+		for _, e := range s.log {
+			if err := projector.Apply(r, e); err != nil {
+				t.Fatalf("Apply %s %s seq %s: %v", e.Type, e.Task, e.Seq, err)
+			}
+			if m := r.TallyMismatch(); m != "" {
+				t.Fatalf("after %s %s (seq %s): %s", e.Type, e.Task, e.Seq, m)
+			}
+		}
+	})
+}
+
 func TestPropertyEveryRunEnds(t *testing.T) {
 	t.Parallel()
 	forEachHistory(t, func(t *testing.T, s *sim) {

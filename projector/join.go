@@ -14,6 +14,7 @@ func (r *Run) joinState(t *Task, skipping, unskipping map[string]bool) (ready, d
 		return !dead && t.waiting == 0, dead
 	}
 	ok, ended, critDead := 0, 0, false
+	r.depScans += len(t.Spec.Deps)
 	for _, d := range t.Spec.Deps {
 		st := r.Tasks[r.index[d]].Status
 		if skipping[d] {
@@ -77,10 +78,101 @@ func (r *Run) Dead(t *Task) bool {
 	return dead
 }
 
-// settled queues pending task i after one of its dependencies ended: for
-// Decide's skip queue if its policy can no longer be met, its ready queue
-// if it can run.
-func (r *Run) settled(i int, cause string) {
+// joinTally counts a tolerant join's dependencies by how they ended, so
+// that settling the join after one of them ended costs O(1) instead of a
+// look at every dependency (which made the fold of an n-wide best_effort,
+// at_least or critical fan-in O(n²)). It is a cache of joinState's counts:
+// rebuilt from the tasks' statuses whenever a dependency may have left an
+// ended status (requeue, cancel), updated by one for each that ends.
+type joinTally struct {
+	valid bool
+	deps  map[int]tallyDep // dependency index → how it counts
+	// Dependencies (with multiplicity) ended, and of those not succeeded,
+	// and of those critical ones.
+	ended, lost, critLost int
+}
+
+type tallyDep struct {
+	n    int  // times listed (validation refuses more than once)
+	crit bool // among Join.Critical
+}
+
+// add counts dependency dep, which ended with status st.
+func (tl *joinTally) add(dep tallyDep, st TaskStatus) {
+	switch st {
+	case TaskSucceeded:
+		tl.ended += dep.n
+	case TaskFailed, TaskSkipped, TaskCancelled:
+		tl.ended += dep.n
+		tl.lost += dep.n
+		if dep.crit {
+			tl.critLost += dep.n
+		}
+	}
+}
+
+// recount rebuilds t's tally from its dependencies' statuses.
+func (r *Run) recount(t *Task) {
+	tl := &t.tally
+	if tl.deps == nil {
+		j := t.Spec.Join
+		crit := map[string]bool{}
+		if j.Policy == events.JoinCritical {
+			for _, c := range j.Critical {
+				crit[c] = true
+			}
+		}
+		tl.deps = make(map[int]tallyDep, len(t.Spec.Deps))
+		for _, d := range t.Spec.Deps {
+			i := r.index[d]
+			td := tl.deps[i]
+			td.n++
+			td.crit = crit[d]
+			tl.deps[i] = td
+		}
+	}
+	tl.ended, tl.lost, tl.critLost = 0, 0, 0
+	r.depScans += len(t.Spec.Deps)
+	for i, td := range tl.deps {
+		tl.add(td, r.Tasks[i].Status)
+	}
+	tl.valid = true
+}
+
+// tolerantState is joinState of a tolerant join from its tally (valid).
+func (r *Run) tolerantState(t *Task) (ready, dead bool) {
+	j, tl := t.Spec.Join, &t.tally
+	all := tl.ended == len(t.Spec.Deps)
+	if waitsOK, waitsDead := r.waitsState(t, nil, nil); waitsDead {
+		return false, true
+	} else if !waitsOK {
+		all = false
+	}
+	switch j.Policy {
+	case events.JoinBestEffort:
+		return all, false
+	case events.JoinAtLeast:
+		dead = len(t.Spec.Deps)-tl.lost < j.N
+		return all && !dead, dead
+	case events.JoinCritical:
+		return all && tl.critLost == 0, tl.critLost > 0
+	}
+	return r.joinState(t, nil, nil)
+}
+
+// invalidateTallies marks the tallies of t's successors stale: t may have
+// left an ended status.
+func (r *Run) invalidateTallies(t *Task) {
+	for _, s := range t.succ {
+		r.Tasks[s].tally.valid = false
+	}
+}
+
+// settled queues pending task i after its dependency from ended (from is
+// -1 when i itself changed: requeued, or added with dead dependencies):
+// for Decide's skip queue if its policy can no longer be met, its ready
+// queue if it can run.
+func (r *Run) settled(i int, cause string, from int) {
 	t := r.Tasks[i]
 	if t.Status != TaskPending {
 		return
@@ -92,7 +184,17 @@ func (r *Run) settled(i int, cause string) {
 		// here made the fold of an n-wide fan-in O(n²).
 		return
 	}
-	ready, dead := r.joinState(t, nil, nil)
+	var ready, dead bool
+	if t.Spec.Join.Strict() {
+		ready, dead = r.joinState(t, nil, nil)
+	} else {
+		if tl := &t.tally; !tl.valid {
+			r.recount(t) // counts from's new status too
+		} else if td, ok := tl.deps[from]; ok {
+			tl.add(td, r.Tasks[from].Status)
+		}
+		ready, dead = r.tolerantState(t)
+	}
 	switch {
 	case dead:
 		r.skip.push(queueEntry{task: i, cause: cause})

@@ -2,6 +2,7 @@ package projector_test
 
 import (
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -142,5 +143,86 @@ func TestFoldOfAWideFanInIsLinear(t *testing.T) {
 	}
 	if got := r.DepScans(); got > 4*n {
 		t.Errorf("the fold looked at %d dependencies for a %d-wide fan-in, want at most %d (linear)", got, n, 4*n)
+	}
+}
+
+// TestFoldOfAWideTolerantFanInIsLinear: a best_effort, at_least or
+// critical fan-in re-checked every dependency each time one of them ended,
+// so its fold was O(n²) too (4,002,000 dependency looks for 2,000 members).
+// Every policy, with successes only and with every other member failing.
+func TestFoldOfAWideTolerantFanInIsLinear(t *testing.T) {
+	t.Parallel()
+	const n = 2000
+	for _, tc := range []struct {
+		name     string
+		join     events.Join
+		failOdd  bool
+		ready    bool // the successor may run at the end
+		deadLate bool // ...or is to be skipped
+	}{
+		{"best_effort, all succeed", events.Join{Policy: events.JoinBestEffort}, false, true, false},
+		{"best_effort, half fail", events.Join{Policy: events.JoinBestEffort}, true, true, false},
+		{"at_least n/2, all succeed", events.Join{Policy: events.JoinAtLeast, N: n / 2}, false, true, false},
+		{"at_least n/2, half fail", events.Join{Policy: events.JoinAtLeast, N: n / 2}, true, true, false},
+		{"at_least n/2+1, half fail", events.Join{Policy: events.JoinAtLeast, N: n/2 + 1}, true, false, true},
+		{"critical m0, all succeed", events.Join{Policy: events.JoinCritical, Critical: []string{"m0"}}, false, true, false},
+		{"critical m0, half fail", events.Join{Policy: events.JoinCritical, Critical: []string{"m0"}}, true, true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			specs := []events.TaskSpec{}
+			var deps []string
+			for i := range n {
+				id := fmt.Sprintf("m%d", i)
+				specs = append(specs, events.TaskSpec{ID: id, Handler: "h", MaxAttempts: 1})
+				deps = append(deps, id)
+			}
+			join := tc.join
+			specs = append(specs, events.TaskSpec{ID: "sum", Handler: "h", Deps: deps, Join: &join})
+			r := projector.NewRun("wide")
+			seq := 0
+			apply := func(e events.Event) {
+				t.Helper()
+				seq++
+				e.Run, e.Seq, e.ID, e.Version, e.Time = "wide", fmt.Sprintf("%d-0", seq), fmt.Sprintf("e%d", seq), events.CurrentVersion, time.UnixMilli(int64(seq))
+				if err := projector.Apply(r, e); err != nil {
+					t.Fatal(err)
+				}
+			}
+			apply(events.Event{Type: events.RunSubmitted}.WithBody(events.RunSubmittedBody{Workflow: "wide", Tasks: specs}))
+			for i, d := range deps {
+				apply(events.Event{Type: events.TaskDispatched, Task: d, Attempt: 1}.WithBody(events.TaskDispatchedBody{Pool: "default"}))
+				apply(events.Event{Type: events.TaskClaimed, Task: d, Attempt: 1, Epoch: 1, Worker: "w"})
+				if tc.failOdd && i%2 == 1 {
+					apply(events.Event{Type: events.TaskFailed, Task: d, Attempt: 1, Epoch: 1, Worker: "w"}.WithBody(events.TaskFailedBody{Error: "no", Final: true}))
+				} else {
+					apply(events.Event{Type: events.TaskSucceeded, Task: d, Attempt: 1, Epoch: 1, Worker: "w"}.WithBody(events.TaskSucceededBody{}))
+				}
+			}
+			folded := r.DepScans()
+			sum := r.Task("sum")
+			if got := r.Ready(sum); got != tc.ready {
+				t.Errorf("Ready(sum) = %v, want %v", got, tc.ready)
+			}
+			if got := r.Dead(sum); got != tc.deadLate {
+				t.Errorf("Dead(sum) = %v, want %v", got, tc.deadLate)
+			}
+			var want []string
+			if tc.ready {
+				want = []string{"task_dispatched sum"}
+			} else {
+				want = []string{"task_skipped sum"}
+			}
+			var got []string
+			for _, d := range projector.Decide(r, 0, nil) {
+				got = append(got, string(d.Type)+" "+d.Task)
+			}
+			if !slices.Equal(got, want) {
+				t.Errorf("decisions %v, want %v", got, want)
+			}
+			if folded > 4*n {
+				t.Errorf("the fold looked at %d dependencies for a %d-wide %s fan-in, want at most %d (linear)", folded, n, tc.join.Policy, 4*n)
+			}
+		})
 	}
 }

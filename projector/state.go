@@ -56,9 +56,10 @@ type Task struct {
 	// (see spawn.go and docs/workflows.md, "Dynamic tasks").
 	Waits []string `json:"waits,omitempty"`
 
-	waiting int   // dependencies and waits not yet succeeded
-	succ    []int // indexes of dependent (and waiting) tasks
-	sinks   []int // the sinks of the tasks this task spawned
+	waiting int       // dependencies and waits not yet succeeded
+	succ    []int     // indexes of dependent (and waiting) tasks
+	sinks   []int     // the sinks of the tasks this task spawned
+	tally   joinTally // a tolerant join's dependencies by how they ended (join.go)
 }
 
 // Run is the folded state of a run: a pure function of its events.
