@@ -39,19 +39,46 @@ func (p *Projector) obs() Observer {
 	return p.cfg.Metrics
 }
 
-// commit is rdb's Commit, observed.
+// maxCommitBatch bounds the commits of concurrent Project calls sent in
+// one pipeline.
+const maxCommitBatch = 128
+
+type commitReq struct {
+	run string
+	c   rdb.Commit
+}
+
+type commitResp struct {
+	res rdb.CommitResult
+	err error
+}
+
+// commit commits one run's decisions, in one pipeline with those of the
+// Project calls committing at the same moment (group commit).
 func (p *Projector) commit(ctx context.Context, run string, c rdb.Commit) (rdb.CommitResult, error) {
-	began := time.Now()
-	res, err := p.db.Commit(ctx, run, c)
-	conflicts, failed := 0, 0
-	switch {
-	case err != nil:
-		failed = 1
-	case res.Conflict:
-		conflicts = 1
+	r, err := p.commitGroup.Do(ctx, commitReq{run: run, c: c})
+	if err != nil {
+		return rdb.CommitResult{}, err
 	}
-	p.obs().Committed(1, conflicts, failed, time.Since(began), err)
-	return res, err
+	return r.res, r.err
+}
+
+// flushCommits sends a group of commits (commits, observed).
+func (p *Projector) flushCommits(ctx context.Context, reqs []commitReq) []commitResp {
+	runs, cs := make([]string, len(reqs)), make([]rdb.Commit, len(reqs))
+	for i, r := range reqs {
+		runs[i], cs[i] = r.run, r.c
+	}
+	results, errs, err := p.commits(ctx, runs, cs)
+	out := make([]commitResp, len(reqs))
+	for i := range out {
+		if err != nil && results == nil {
+			out[i].err = err
+			continue
+		}
+		out[i] = commitResp{res: results[i], err: errs[i]}
+	}
+	return out
 }
 
 // commits is rdb's Commits, observed.

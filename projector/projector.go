@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/graflow-go/graflow/internal/groupcommit"
 	"github.com/graflow-go/graflow/internal/rdb"
 	"github.com/graflow-go/graflow/internal/retry"
 	"github.com/graflow-go/graflow/internal/tracing"
@@ -193,6 +194,9 @@ type Projector struct {
 	cache map[string]*cached
 
 	wakeDelayed chan struct{}
+	// commitGroup sends the commits of concurrent Project calls in one
+	// pipeline (observer.go).
+	commitGroup *groupcommit.Group[commitReq, commitResp]
 }
 
 type cached struct {
@@ -207,14 +211,16 @@ func New(cfg Config) (*Projector, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	return &Projector{
+	p := &Projector{
 		cfg:         cfg,
 		db:          rdb.NewP(cfg.Redis, cfg.Namespace, cfg.NamespacePartitions),
 		log:         cfg.Logger.With().Str("projector", cfg.ID).Logger(),
 		tracer:      tracing.Tracer(cfg.TracerProvider),
 		cache:       map[string]*cached{},
 		wakeDelayed: make(chan struct{}, 1),
-	}, nil
+	}
+	p.commitGroup = groupcommit.New(maxCommitBatch, p.flushCommits)
+	return p, nil
 }
 
 // Run consumes the feed partitions and moves due retries until ctx is

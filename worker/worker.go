@@ -378,8 +378,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	tasks := &w.tasks
 	batchCtx, stopBatch := context.WithCancel(context.Background())
 	defer stopBatch()
-	w.batch = newBatcher(w)
-	w.batch.start(batchCtx)
+	w.batch = newBatcher(batchCtx, w)
 	var loops sync.WaitGroup
 	for _, pool := range w.cfg.Pools {
 		for part := range w.db.K.Partitions() {

@@ -49,7 +49,7 @@ func TestCombinerBatchesCallersBehindAFlush(t *testing.T) {
 	comb := NewCombiner(db, 4)
 	const behind = 10
 	queued := make(chan struct{}, behind)
-	comb.waiting = func() { queued <- struct{}{} }
+	comb.g.Waiting = func() { queued <- struct{}{} }
 	ctx := context.Background()
 	var wg sync.WaitGroup
 	vals := make([]int64, behind+1)
@@ -145,7 +145,7 @@ func TestCombinerWaiterLeavesOnCancel(t *testing.T) {
 	db := New(c, redistest.Namespace(t))
 	comb := NewCombiner(db, 4)
 	queued := make(chan struct{}, 1)
-	comb.waiting = func() { queued <- struct{}{} }
+	comb.g.Waiting = func() { queued <- struct{}{} }
 	ctx := context.Background()
 	first := make(chan error, 1)
 	go func() {
