@@ -96,7 +96,7 @@ if not run then return {'missing'} end
 local st, a, e, o = parserec(h[2])
 local att, ep = tonumber(ARGV[2]), tonumber(ARGV[3])
 if st ~= 'running' or a ~= att or e ~= ep or o ~= ARGV[4] then
-  append(KEYS[2], ARGV[10], 'result_rejected', ARGV[1], att, ep, ARGV[4], ARGV[6],
+  append(KEYS[2], ARGV[10], 'result_rejected', ARGV[1], att, ep, ARGV[4],
     cjson.encode({what = 'channel', reason = 'claim lost: task is ' .. st .. ' at epoch ' .. tostring(e), current_epoch = e}))
   return {'stale', st, tostring(e), o}
 end
@@ -142,7 +142,7 @@ else
   redis.call('HSET', KEYS[3], key, new)
 end
 local body = '{"key":' .. cjson.encode(key) .. ',"op":"' .. op .. '","value":' .. new .. '}'
-local seq = append(KEYS[2], ARGV[5], 'channel_written', ARGV[1], a, e, ARGV[4], ARGV[6], body)
+local seq = append(KEYS[2], ARGV[5], 'channel_written', ARGV[1], a, e, ARGV[4], body)
 if op == 'incr' then return {'ok', seq, new} end
 return {'ok', seq, ''}
 `)
