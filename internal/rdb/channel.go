@@ -84,10 +84,11 @@ var (
 // {"limit", why} | {"type", why}
 var channelWriteScript = redis.NewScript(prelude + `
 -- A call run twice (a client retry after a lost reply) finds its own
--- event among the log's last entries and replies as the first did.
+-- event among the log's last entries and replies as the first did (its
+-- body is the entry's last field in every schema version).
 for _, m in ipairs(redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ` + channelRetryWindow + `)) do
   if m[2][1] == 'id' and m[2][2] == ARGV[5] and m[2][4] == 'channel_written' then
-    return {'ok', m[1], string.match(m[2][18], '"value":(-?%d+)}$') or ''}
+    return {'ok', m[1], string.match(m[2][#m[2]], '"value":(-?%d+)}$') or ''}
   end
 end
 local h = redis.call('HMGET', KEYS[1], '@status', ARGV[1])
