@@ -4,14 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/graflow-go/graflow/internal/logbridge"
-	"github.com/jonboulle/clockwork"
 	"log/slog"
 	"math"
 	"os"
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/graflow-go/graflow/internal/logbridge"
+	"github.com/jonboulle/clockwork"
 
 	"github.com/graflow-go/graflow/internal/rdb"
 	"github.com/graflow-go/graflow/internal/retry"
