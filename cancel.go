@@ -5,8 +5,8 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/graflow-go/graflow/events"
 	"github.com/graflow-go/graflow/internal/rdb"
-	"github.com/oklog/ulid/v2"
 )
 
 // ErrRunFinished is returned by Cancel for a run that had already ended
@@ -24,7 +24,8 @@ var ErrRunFinished = errors.New("run has already finished")
 // does nothing and returns nil; cancelling a finished run returns an error
 // wrapping ErrRunFinished; an unknown run, ErrRunNotFound.
 func (c *Client) Cancel(ctx context.Context, run, reason string) error {
-	res, err := c.db.CancelRun(ctx, run, c.id, reason, c.clock.Now().UnixMilli(), func() string { return ulid.Make().String() })
+	now := c.clock.Now()
+	res, err := c.db.CancelRun(ctx, run, c.id, reason, now.UnixMilli(), func() string { return events.NewID(now) })
 	switch {
 	case errors.Is(err, rdb.ErrRunMissing):
 		return c.notFound(run)

@@ -6,13 +6,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/jonboulle/clockwork"
 	"io"
 	"os"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/jonboulle/clockwork"
 
 	"github.com/graflow-go/graflow/events"
 	"github.com/graflow-go/graflow/internal/rdb"
@@ -21,7 +22,6 @@ import (
 	"github.com/graflow-go/graflow/projector"
 	"github.com/graflow-go/graflow/replay"
 	"github.com/graflow-go/graflow/scheduler"
-	"github.com/oklog/ulid/v2"
 	"github.com/redis/go-redis/v9"
 	"go.opentelemetry.io/otel/trace"
 )
@@ -493,7 +493,8 @@ func (c *Client) DeadLetters(ctx context.Context, limit int64) ([]DeadLetter, er
 // (message "task cannot be requeued") if the task has not failed.
 func (c *Client) Requeue(ctx context.Context, run, task string) error {
 	body, _ := json.Marshal(events.TaskRequeuedBody{Cause: "requeued from the dead-letter set"})
-	return c.db.Requeue(ctx, run, task, "client", ulid.Make().String(), c.clock.Now().UnixMilli(), body)
+	now := c.clock.Now()
+	return c.db.Requeue(ctx, run, task, "client", events.NewID(now), now.UnixMilli(), body)
 }
 
 // PurgeDeadLetter forgets one dead letter (the run keeps its history).
@@ -1201,10 +1202,10 @@ func (c *Client) redispatch(ctx context.Context, plan *replay.Resume, batch []re
 	rds := make([]replay.Redispatch, len(batch))
 	items := make([]rdb.ResumeItem, len(batch))
 	for i, w := range batch {
-		rds[i] = plan.Redispatch(w, now, c.id, ulid.Make().String())
+		rds[i] = plan.Redispatch(w, now, c.id, events.NewID(now))
 		items[i] = rdb.ResumeItem{Task: w.Task, Record: w.Record, NewRecord: rds[i].Record, Event: rds[i].Reclaim,
 			Dispatch: rdb.Dispatch{Pool: w.Pool, Priority: w.Priority, DueMS: rds[i].DueMS, Run: plan.Run.ID, Task: w.Task,
-				Attempt: w.Attempt, EventID: ulid.Make().String()}}
+				Attempt: w.Attempt, EventID: events.NewID(now)}}
 	}
 	done, err := c.db.Resume(ctx, plan.Run.ID, items, now.UnixMilli())
 	if err != nil {

@@ -66,7 +66,8 @@ func (c *Client) SignalWith(ctx context.Context, run, name string, payload any, 
 	if err := rdb.CheckSignal(body.Name, body.ID, body.Payload); err != nil {
 		return fmt.Errorf("signal %s to run %s: %w", name, run, err)
 	}
-	res, err := c.db.Signal(ctx, run, c.id, c.clock.Now().UnixMilli(), ulid.Make().String(), body)
+	now := c.clock.Now()
+	res, err := c.db.Signal(ctx, run, c.id, now.UnixMilli(), events.NewID(now), body)
 	switch {
 	case errors.Is(err, rdb.ErrRunMissing):
 		return c.notFound(run)

@@ -13,6 +13,8 @@ import (
 	"fmt"
 	"strconv"
 	"time"
+
+	"github.com/oklog/ulid/v2"
 )
 
 // Type is the stable name of an event type.
@@ -69,10 +71,35 @@ func (t Type) Known() bool {
 
 // CurrentVersion is the schema version written by this code. Decoding accepts
 // versions 1..CurrentVersion (older ones are upcast, see Upcast).
-const CurrentVersion = 1
+//
+// Version 1 stores the writer's time in a field of its own (FieldTime, Unix
+// ms). Version 2 drops it: an event's time is its ID's, a ULID minted from
+// the writer's clock at the instant the event is written (NewID), so the
+// field repeated what the ID already holds (about 26 B of Redis memory per
+// event).
+const CurrentVersion = 2
+
+// NewID mints an event ID for an event written at t: a ULID whose time is t
+// (to the millisecond), with the process's monotonic entropy (IDs minted
+// one after another for the same millisecond increase, as ulid.Make's). Every writer mints
+// its event IDs with NewID from the clock reading it records as the event's
+// time: a version 2 event's Time is its ID's.
+func NewID(t time.Time) string {
+	return ulid.MustNew(ulid.Timestamp(t), ulid.DefaultEntropy()).String()
+}
+
+// IDTime returns the time of a ULID event ID (ok false: id is not a valid
+// ULID).
+func IDTime(id string) (t time.Time, ok bool) {
+	u, err := ulid.ParseStrict(id)
+	if err != nil {
+		return time.Time{}, false
+	}
+	return time.UnixMilli(int64(u.Time())).UTC(), true
+}
 
 // Stream field names of an encoded event. The Lua scripts use the same names
-// and order (see internal/rdb).
+// and order (see internal/rdb). FieldTime is a version 1 field only.
 const (
 	FieldID      = "id"
 	FieldType    = "t"
@@ -104,7 +131,9 @@ type Event struct {
 	Epoch int64 `json:"epoch,omitempty"`
 	// Worker is the id of the worker (or projector) that wrote the event.
 	Worker string `json:"worker,omitempty"`
-	// Time is the writer's wall clock, in milliseconds.
+	// Time is the writer's clock when it wrote the event, in milliseconds:
+	// the ID's time (version 2), or the stored "ts" field of a version 1
+	// entry. The JSON form (exports) always carries it.
 	Time time.Time `json:"time"`
 	// Body is the type-specific JSON body (see the *Body types); may be empty.
 	Body json.RawMessage `json:"body,omitempty"`
@@ -131,14 +160,25 @@ func (e *DecodeError) Error() string {
 func (e *DecodeError) Unwrap() error { return e.Err }
 
 // Fields encodes e as the flat list of stream field/value pairs written by
-// XADD. The layout is fixed: every field is always present.
+// XADD. The layout is fixed per version: every field of it is always
+// present. Version 2 (CurrentVersion; a zero Version means it) has no
+// FieldTime: the time is the ID's. An event whose Time is not its ID's (an
+// imported version 1 event whose writer took its ID and its time apart,
+// an ID that is no ULID) is written in the version 1 layout, with
+// FieldTime, so that no encoding loses its time; so is an event of Version
+// 1.
 func (e *Event) Fields() []any {
 	v := e.Version
 	if v == 0 {
 		v = CurrentVersion
 	}
+	if v == CurrentVersion {
+		if t, ok := IDTime(e.ID); !ok || t.UnixMilli() != e.Time.UnixMilli() {
+			v = 1
+		}
+	}
 	body := string(e.Body)
-	return []any{
+	f := []any{
 		FieldID, e.ID,
 		FieldType, string(e.Type),
 		FieldVersion, strconv.Itoa(v),
@@ -146,14 +186,18 @@ func (e *Event) Fields() []any {
 		FieldAttempt, strconv.Itoa(e.Attempt),
 		FieldEpoch, strconv.FormatInt(e.Epoch, 10),
 		FieldWorker, e.Worker,
-		FieldTime, strconv.FormatInt(e.Time.UnixMilli(), 10),
-		FieldBody, body,
 	}
+	if v == 1 {
+		f = append(f, FieldTime, strconv.FormatInt(e.Time.UnixMilli(), 10))
+	}
+	return append(f, FieldBody, body)
 }
 
 // Decode builds an Event from a stream entry of run's log. It returns a
 // *DecodeError wrapping ErrMalformed, ErrUnknownType or ErrUnknownVersion.
-// Events of older schema versions are upcast to CurrentVersion.
+// A version 1 entry takes its Time from FieldTime; a version 2 entry from
+// its ID, which must be a ULID, and has no FieldTime. Events of older
+// schema versions are upcast to CurrentVersion (see Upcast).
 func Decode(run, seq string, values map[string]any) (Event, error) {
 	fail := func(err error) (Event, error) {
 		return Event{}, &DecodeError{Run: run, Seq: seq, Err: err}
@@ -195,7 +239,7 @@ func Decode(run, seq string, values map[string]any) (Event, error) {
 	for _, f := range []struct {
 		field string
 		dst   *int64
-	}{{FieldVersion, &version}, {FieldAttempt, &attempt}, {FieldEpoch, &e.Epoch}, {FieldTime, &ts}} {
+	}{{FieldVersion, &version}, {FieldAttempt, &attempt}, {FieldEpoch, &e.Epoch}} {
 		if *f.dst, err = num(f.field); err != nil {
 			return fail(err)
 		}
@@ -205,7 +249,19 @@ func Decode(run, seq string, values map[string]any) (Event, error) {
 	}
 	e.Version = int(version)
 	e.Attempt = int(attempt)
-	e.Time = time.UnixMilli(ts).UTC()
+	if version == 1 {
+		if ts, err = num(FieldTime); err != nil {
+			return fail(err)
+		}
+		e.Time = time.UnixMilli(ts).UTC()
+	} else {
+		if _, has := values[FieldTime]; has {
+			return fail(fmt.Errorf("%w: a version %d entry has no %q (its time is its id's)", ErrMalformed, version, FieldTime))
+		}
+		if e.Time, ok = IDTime(e.ID); !ok {
+			return fail(fmt.Errorf("%w: id %q of a version %d entry is not a ULID", ErrMalformed, e.ID, version))
+		}
+	}
 	e.Task, _ = str(FieldTask)
 	e.Worker, _ = str(FieldWorker)
 	if b, _ := str(FieldBody); b != "" {
@@ -221,11 +277,20 @@ func Decode(run, seq string, values map[string]any) (Event, error) {
 }
 
 // Upcast rewrites an event of an older schema version into CurrentVersion in
-// place. Version 1 is current, so there is nothing to do yet; each future
-// version bump adds one step here (v1→v2, v2→v3, ...), applied in order.
+// place, one step per version (v1→v2, v2→v3, ...), applied in order. The
+// fold, exports and every reader see CurrentVersion only; the version an
+// entry is stored in shows in the log itself (XRANGE).
+//
+// v1→v2: version 2 only drops the stored time (FieldTime), which is the
+// ID's time in version 2. A decoded version 1 event keeps the time its
+// entry stored (its writer may have minted its ID at another instant), so
+// the step changes nothing but Version; Fields writes such an event in the
+// version 1 layout again, so an export of it imports without loss.
 func Upcast(e *Event) error {
 	for e.Version < CurrentVersion {
 		switch e.Version {
+		case 1:
+			e.Version = 2
 		default:
 			return fmt.Errorf("%w %d: no upcaster", ErrUnknownVersion, e.Version)
 		}

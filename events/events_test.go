@@ -231,9 +231,19 @@ func TestDecodeOptionalFields(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := events.Event{ID: "x", Seq: "1-0", Run: "r", Type: events.RunSucceeded, Version: 1, Time: time.UnixMilli(0).UTC()}
+	// A version 1 entry is upcast: Version is the current one.
+	want := events.Event{ID: "x", Seq: "1-0", Run: "r", Type: events.RunSucceeded, Version: events.CurrentVersion, Time: time.UnixMilli(0).UTC()}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("(-want +got):\n%s", diff)
+	}
+	id := events.NewID(time.UnixMilli(1700000000123))
+	m = map[string]any{"id": id, "t": "run_succeeded", "v": "2", "a": "0", "e": "0"}
+	if got, err = events.Decode("r", "1-0", m); err != nil {
+		t.Fatal(err)
+	}
+	want = events.Event{ID: id, Seq: "1-0", Run: "r", Type: events.RunSucceeded, Version: 2, Time: time.UnixMilli(1700000000123).UTC()}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("version 2 (-want +got):\n%s", diff)
 	}
 }
 

@@ -6,7 +6,6 @@ import (
 	"github.com/cenkalti/backoff/v4"
 	"github.com/graflow-go/graflow/events"
 	"github.com/graflow-go/graflow/internal/rdb"
-	"github.com/oklog/ulid/v2"
 )
 
 // prepare decides what c's folded run calls for (at most BatchSize
@@ -20,7 +19,7 @@ func (p *Projector) prepare(c *cached) ([]events.Event, rdb.Commit) {
 	var dispatches []rdb.Dispatch
 	for i := range decisions {
 		d := &decisions[i]
-		d.ID, d.Time, d.Worker, d.Version = ulid.Make().String(), now, p.cfg.ID, events.CurrentVersion
+		d.ID, d.Time, d.Worker, d.Version = events.NewID(now), now, p.cfg.ID, events.CurrentVersion
 		if d.Type == events.TaskRetryScheduled {
 			var b events.TaskRetryScheduledBody
 			_ = d.DecodeBody(&b)

@@ -7,7 +7,6 @@ import (
 
 	"github.com/graflow-go/graflow/events"
 	"github.com/graflow-go/graflow/internal/retry"
-	"github.com/oklog/ulid/v2"
 	"github.com/rs/zerolog"
 )
 
@@ -67,7 +66,8 @@ func (p *Projector) quarantine(ctx context.Context, run string, cause error) {
 	if errors.As(cause, &de) {
 		body.Entries = []string{de.Seq}
 	}
-	ev := events.Event{ID: ulid.Make().String(), Type: events.RunQuarantined, Time: p.cfg.Clock.Now(), Worker: p.cfg.ID,
+	now := p.cfg.Clock.Now()
+	ev := events.Event{ID: events.NewID(now), Type: events.RunQuarantined, Time: now, Worker: p.cfg.ID,
 		Version: events.CurrentVersion}.WithBody(body)
 	done, err := p.db.Quarantine(ctx, run, ev, cause.Error())
 	l := p.log.Error().Err(cause).Str("run", run)

@@ -150,7 +150,7 @@ func (s *Scheduler) Submit(ctx context.Context, spec events.RunSubmittedBody, op
 	} else if !runIDRE.MatchString(run) {
 		return "", false, fmt.Errorf("%w %q: use 1-128 letters, digits, '_', '.', ':', '-'", ErrInvalidRunID, run)
 	}
-	ev := events.Event{ID: ulid.Make().String(), Run: run, Type: events.RunSubmitted, Time: now}.WithBody(spec)
+	ev := events.Event{ID: events.NewID(now), Run: run, Type: events.RunSubmitted, Time: now}.WithBody(spec)
 	// One round trip: the script (which also dispatches the root tasks, or
 	// points the feed at the new run: same slot), then the run's index
 	// entry. The index entry follows
@@ -206,7 +206,7 @@ func (s *Scheduler) initial(ev events.Event, now time.Time) (rdb.Initial, error)
 	}
 	init := rdb.Initial{More: more, Writer: s.cfg.ID}
 	for _, d := range decisions {
-		d.ID, d.Time, d.Worker, d.Version = ulid.Make().String(), now, s.cfg.ID, events.CurrentVersion
+		d.ID, d.Time, d.Worker, d.Version = events.NewID(now), now, s.cfg.ID, events.CurrentVersion
 		var b events.TaskDispatchedBody
 		if err := d.DecodeBody(&b); err != nil {
 			return rdb.Initial{}, err

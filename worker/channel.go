@@ -10,7 +10,6 @@ import (
 	"github.com/graflow-go/graflow/events"
 	"github.com/graflow-go/graflow/internal/rdb"
 	"github.com/graflow-go/graflow/internal/retry"
-	"github.com/oklog/ulid/v2"
 )
 
 // Limits of a run's channel (see docs/workflows.md, "Channels"): a key has
@@ -208,7 +207,8 @@ func (c *Channel) encode(key string, v any) (json.RawMessage, error) {
 // write runs one write as this claim.
 func (c *Channel) write(ctx context.Context, w rdb.ChannelWrite) (rdb.ChannelWritten, error) {
 	w.Run, w.Task, w.Worker, w.Attempt, w.Epoch = c.run, c.task, c.w.cfg.ID, c.attempt, c.epoch
-	w.EventID, w.RejectID, w.TimeMS = ulid.Make().String(), ulid.Make().String(), c.w.now()
+	now := c.w.cfg.Clock.Now()
+	w.EventID, w.RejectID, w.TimeMS = events.NewID(now), events.NewID(now), now.UnixMilli()
 	res, err := c.w.db.WriteChannel(ctx, w)
 	var stale *rdb.StaleError
 	switch {

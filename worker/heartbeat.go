@@ -10,7 +10,6 @@ import (
 
 	"github.com/graflow-go/graflow/events"
 	"github.com/graflow-go/graflow/internal/rdb"
-	"github.com/oklog/ulid/v2"
 )
 
 // register adds the worker to the registry: its whole record (see
@@ -94,7 +93,7 @@ func (w *Worker) beat(ctx context.Context) {
 		}
 		items[i] = rdb.HeartbeatItem{Stream: a.stream, MsgID: a.msgID, Args: rdb.HeartbeatArgs{
 			Run: a.task.Run, Task: a.task.ID, Worker: w.cfg.ID, Attempt: a.task.Attempt, Epoch: a.task.Epoch,
-			EventID: ulid.Make().String(), RejectID: ulid.Make().String(), TimeMS: now.UnixMilli(), Body: body, Append: app,
+			EventID: events.NewID(now), RejectID: events.NewID(now), TimeMS: now.UnixMilli(), Body: body, Append: app,
 		}}
 	}
 	outs := w.db.Heartbeats(ctx, w.cfg.ID, items, w.metrics())

@@ -13,7 +13,6 @@ import (
 	"github.com/graflow-go/graflow/internal/rdb"
 	"github.com/graflow-go/graflow/projector"
 	"github.com/graflow-go/graflow/scheduler"
-	"github.com/oklog/ulid/v2"
 )
 
 // Dynamic tasks: a handler adds tasks to its own run (Task.Spawn), and
@@ -243,9 +242,10 @@ func (t *Task) validateSpawn(specs []events.TaskSpec) error {
 }
 
 // takeSpawn closes the attempt's spawn (the handler returned) and returns
-// what the finish commits with a success: the spawn, or the error that
-// fails the attempt for good instead.
-func (t *Task) takeSpawn() (*rdb.Spawn, error) {
+// what the finish commits with a success: the spawn (its tasks_added
+// event written at the finish's time at), or the error that fails the
+// attempt for good instead.
+func (t *Task) takeSpawn(at time.Time) (*rdb.Spawn, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.spawn.closed = true
@@ -268,7 +268,7 @@ func (t *Task) takeSpawn() (*rdb.Spawn, error) {
 			}
 		}
 	}
-	sp, err := rdb.NewSpawn(ulid.Make().String(), specs, projector.Sinks(specs), external, t.limits.maxTasks)
+	sp, err := rdb.NewSpawn(events.NewID(at), specs, projector.Sinks(specs), external, t.limits.maxTasks)
 	if err != nil {
 		return nil, Permanent(fmt.Errorf("%w by task %s: %w", ErrInvalidSpawn, t.ID, err))
 	}

@@ -52,7 +52,7 @@ func TestSpawnChecksTasksAsASubmit(t *testing.T) {
 				t.Errorf("Spawn = %v, want it to wrap ErrInvalidSpawn", err)
 			}
 			// The attempt fails for good whatever the handler returns.
-			sp, err := task.takeSpawn()
+			sp, err := task.takeSpawn(time.Now())
 			if sp != nil || !errors.Is(err, ErrPermanent) || !errors.Is(err, tt.want) {
 				t.Errorf("takeSpawn = %v, %v; want a permanent %v", sp, err, tt.want)
 			}
@@ -70,7 +70,7 @@ func TestSpawnEncodesTasks(t *testing.T) {
 	); err != nil {
 		t.Fatal(err)
 	}
-	sp, err := task.takeSpawn()
+	sp, err := task.takeSpawn(time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -128,7 +128,7 @@ func TestContinueNamesTheNextIteration(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			sp, err := task.takeSpawn()
+			sp, err := task.takeSpawn(time.Now())
 			if err != nil {
 				t.Fatal(err)
 			}

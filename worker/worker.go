@@ -8,8 +8,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/graflow-go/graflow/internal/logbridge"
-	"github.com/jonboulle/clockwork"
 	"log/slog"
 	"os"
 	"runtime/debug"
@@ -21,12 +19,14 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/graflow-go/graflow/internal/logbridge"
+	"github.com/jonboulle/clockwork"
+
 	"github.com/graflow-go/graflow/events"
 	"github.com/graflow-go/graflow/internal/crashpoint"
 	"github.com/graflow-go/graflow/internal/rdb"
 	"github.com/graflow-go/graflow/internal/retry"
 	"github.com/graflow-go/graflow/internal/tracing"
-	"github.com/oklog/ulid/v2"
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 	"go.opentelemetry.io/otel/trace"
@@ -631,10 +631,11 @@ func (w *Worker) process(ctx context.Context, m message, release func()) (parked
 		}
 	}
 	cctx, span := w.startSpan(ctx, tracing.SpanClaim, m, trace.SpanKindConsumer, tracing.Reclaimed.Bool(m.reclaimed))
+	now := w.cfg.Clock.Now()
 	cr, err := w.batch.claim(cctx, rdb.ClaimArgs{
 		Run: m.run, Task: m.task, Worker: w.cfg.ID, Attempt: m.attempt,
-		EventID: ulid.Make().String(), TimeMS: w.now(),
-		Reclaim: m.reclaimed, Deliveries: m.deliveries, ReclaimEventID: ulid.Make().String(),
+		EventID: events.NewID(now), TimeMS: now.UnixMilli(),
+		Reclaim: m.reclaimed, Deliveries: m.deliveries, ReclaimEventID: events.NewID(now),
 	})
 	if err == nil && cr.Outcome == rdb.ClaimBad {
 		err = fmt.Errorf("%w: %s", rdb.ErrBadTaskMeta, cr.Detail) // nothing was written
@@ -703,7 +704,8 @@ func (w *Worker) process(ctx context.Context, m message, release func()) (parked
 			return res, err
 		},
 		cancelRun: func(ctx context.Context, reason string) error {
-			_, err := w.db.CancelRun(ctx, m.run, w.cfg.ID, reason, w.now(), func() string { return ulid.Make().String() })
+			now := w.cfg.Clock.Now()
+			_, err := w.db.CancelRun(ctx, m.run, w.cfg.ID, reason, now.UnixMilli(), func() string { return events.NewID(now) })
 			return err
 		},
 		channel: w.channelOf(m.run, m.task, m.attempt, cr.Epoch),
@@ -784,7 +786,8 @@ var (
 func (w *Worker) poisonClaim(ctx context.Context, log zerolog.Logger, m message, cause error) {
 	reason := fmt.Sprintf("claims of task %s keep failing (%d deliveries): %v", m.task, m.deliveries, cause)
 	log.Error().Err(cause).Int64("deliveries", m.deliveries).Msg("poison message: its claims keep failing; quarantining the run and dead-lettering the task")
-	ev := events.Event{ID: ulid.Make().String(), Type: events.RunQuarantined, Time: w.cfg.Clock.Now(), Worker: w.cfg.ID,
+	now := w.cfg.Clock.Now()
+	ev := events.Event{ID: events.NewID(now), Type: events.RunQuarantined, Time: now, Worker: w.cfg.ID,
 		Version: events.CurrentVersion}.WithBody(events.RunQuarantinedBody{Reason: reason})
 	if _, err := w.db.Quarantine(ctx, m.run, ev, reason); err != nil {
 		log.Warn().Err(err).Msg("quarantine the run (indexed in the namespace's quarantine hash where possible)")
@@ -816,7 +819,8 @@ func (e *poisonError) Error() string {
 func (w *Worker) handBack(log zerolog.Logger, m message, t *Task) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	err := w.db.Release(ctx, m.run, m.task, w.cfg.ID, t.Attempt, t.Epoch, ulid.Make().String(), w.now())
+	now := w.cfg.Clock.Now()
+	err := w.db.Release(ctx, m.run, m.task, w.cfg.ID, t.Attempt, t.Epoch, events.NewID(now), now.UnixMilli())
 	if err != nil {
 		log.Warn().Err(err).Msg("hand back: release failed; the lease will expire instead")
 		return
@@ -874,13 +878,14 @@ func (w *Worker) finish(ctx context.Context, log zerolog.Logger, m message, t *T
 	ctx, span := w.startSpan(ctx, tracing.SpanFinish, m, trace.SpanKindInternal, tracing.Epoch.Int64(t.Epoch), tracing.Handler.String(t.Handler))
 	var recordErr error // the outcome was not recorded (or was rejected)
 	defer func() { tracing.End(span, recordErr) }()
+	now := w.cfg.Clock.Now()
 	args := rdb.FinishArgs{
 		Run: m.run, Task: m.task, Worker: w.cfg.ID, Attempt: t.Attempt, Epoch: t.Epoch,
-		EventID: ulid.Make().String(), RejectID: ulid.Make().String(), TimeMS: w.now(),
+		EventID: events.NewID(now), RejectID: events.NewID(now), TimeMS: now.UnixMilli(),
 		Unfenced: w.cfg.noFencing,
 	}
 	var encoded []byte
-	if sp, err := t.takeSpawn(); runErr == nil && err != nil {
+	if sp, err := t.takeSpawn(now); runErr == nil && err != nil {
 		runErr = err
 	} else if runErr == nil {
 		args.Spawn = sp

@@ -27,8 +27,12 @@ type LogEntry struct {
 	Fields []any
 }
 
-// fieldsPerEvent is len(events.Event.Fields()): nine name/value pairs.
-const fieldsPerEvent = 18
+// Event field counts (name and value each) of events.Event.Fields: eight
+// pairs in schema version 2, nine in version 1 (which stores the time).
+const (
+	minFieldsPerEvent = 16
+	maxFieldsPerEvent = 18
+)
 
 // ImportConflict checks that run does not exist, or holds only a log whose
 // entries are a prefix of ids (event ids) and, where seqs[i] is not "",
@@ -85,15 +89,19 @@ func (d DB) LastLogID(ctx context.Context, run string) (string, error) {
 //
 // KEYS: 1 log, 2 state
 // ARGV: 1 expected log length, then per entry: its id ("*" for a new
-// one) and the 18 field names and values of the event
+// one), the number f of field names and values of the event (16 for
+// schema version 2, 18 for version 1), and those f values
 // Reply: the last appended id, or {"conflict"}
 var importAppendScript = redis.NewScript(`
 if redis.call('XLEN', KEYS[1]) ~= tonumber(ARGV[1]) or redis.call('EXISTS', KEYS[2]) == 1 then
   return {'conflict'}
 end
 local last
-for i = 2, #ARGV, 19 do
-  last = redis.call('XADD', KEYS[1], ARGV[i], unpack(ARGV, i + 1, i + 18))
+local i = 2
+while i <= #ARGV do
+  local f = tonumber(ARGV[i + 1])
+  last = redis.call('XADD', KEYS[1], ARGV[i], unpack(ARGV, i + 2, i + 1 + f))
+  i = i + 2 + f
 end
 return last
 `)
@@ -102,17 +110,17 @@ return last
 // holds exactly have entries and the run has no state (else
 // ErrImportConflict, nothing written). It returns the last entry's id.
 func (d DB) ImportAppend(ctx context.Context, run string, have int, entries []LogEntry) (string, error) {
-	argv := make([]any, 0, 1+len(entries)*(fieldsPerEvent+1))
+	argv := make([]any, 0, 1+len(entries)*(maxFieldsPerEvent+2))
 	argv = append(argv, have)
 	for _, e := range entries {
-		if len(e.Fields) != fieldsPerEvent {
-			return "", fmt.Errorf("append to log of run %s: an event has %d fields, want %d", run, len(e.Fields), fieldsPerEvent)
+		if n := len(e.Fields); n != minFieldsPerEvent && n != maxFieldsPerEvent {
+			return "", fmt.Errorf("append to log of run %s: an event has %d fields, want %d or %d", run, n, minFieldsPerEvent, maxFieldsPerEvent)
 		}
 		id := e.ID
 		if id == "" {
 			id = "*"
 		}
-		argv = append(argv, id)
+		argv = append(argv, id, len(e.Fields))
 		argv = append(argv, e.Fields...)
 	}
 	res, err := importAppendScript.Run(ctx, d.C, []string{d.K.RunLog(run), d.K.RunState(run)}, argv...).Result()
@@ -215,8 +223,8 @@ type ResumeItem struct {
 // delayed set), all in the run's partition
 // ARGV: 1 run, then per task: task id, expected record, new record (""
 // keeps it), target key index, due ms (0: queue now), attempt,
-// delayed-set member, then 18 event field names and values (all "" for
-// none)
+// delayed-set member, then the number f of event field names and values
+// (0: no event; see events.Event.Fields) and those f values
 // Reply: per task 1 re-dispatched, 0 record changed (left alone)
 var resumeScript = redis.NewScript(`
 for i = 3, #KEYS do
@@ -226,11 +234,13 @@ for i = 3, #KEYS do
   end
 end
 local out = {}
-for i = 2, #ARGV, 25 do
+local i = 2
+while i <= #ARGV do
   local task = ARGV[i]
+  local f = tonumber(ARGV[i + 7])
   if (redis.call('HGET', KEYS[1], task) or '') == ARGV[i + 1] then
     if ARGV[i + 2] ~= '' then
-      redis.call('XADD', KEYS[2], '*', unpack(ARGV, i + 7, i + 24))
+      if f > 0 then redis.call('XADD', KEYS[2], '*', unpack(ARGV, i + 8, i + 7 + f)) end
       redis.call('HSET', KEYS[1], task, ARGV[i + 2])
     end
     local key, due = KEYS[tonumber(ARGV[i + 3])], tonumber(ARGV[i + 4])
@@ -243,6 +253,7 @@ for i = 2, #ARGV, 25 do
   else
     out[#out + 1] = 0
   end
+  i = i + 8 + f
 end
 redis.call('HSET', KEYS[1], '@dirty', '1')
 return out
@@ -252,16 +263,12 @@ return out
 // reports, per item, whether it was done (false: the task moved on since
 // the caller read its record).
 func (d DB) Resume(ctx context.Context, run string, items []ResumeItem, nowMS int64) ([]bool, error) {
-	empty := make([]any, fieldsPerEvent)
-	for i := range empty {
-		empty[i] = ""
-	}
 	keys := []string{d.K.RunState(run), d.K.RunLog(run)}
 	var targets keyIndex
-	argv := make([]any, 0, 1+len(items)*(7+fieldsPerEvent))
+	argv := make([]any, 0, 1+len(items)*(8+maxFieldsPerEvent))
 	argv = append(argv, run)
 	for _, it := range items {
-		fields := empty
+		var fields []any
 		if it.Event != nil {
 			fields = it.Event.Fields()
 		}
@@ -270,7 +277,7 @@ func (d DB) Resume(ctx context.Context, run string, items []ResumeItem, nowMS in
 		if x.DueMS > nowMS {
 			key, due, member = d.K.DelayedFor(run), x.DueMS, x.String()
 		}
-		argv = append(argv, it.Task, it.Record, it.NewRecord, targets.of(&keys, key), due, x.Attempt, member)
+		argv = append(argv, it.Task, it.Record, it.NewRecord, targets.of(&keys, key), due, x.Attempt, member, len(fields))
 		argv = append(argv, fields...)
 	}
 	res, err := resumeScript.Run(ctx, d.C, keys, argv...).Int64Slice()
@@ -365,7 +372,7 @@ setrec(KEYS[1], ARGV[1], 'pending', a, e, '')
 -- A reopened run must not expire while it runs (RunTTL set it when it
 -- ended); it gets its TTL again when it ends again.
 for _, key in ipairs(KEYS) do redis.call('PERSIST', key) end
-local seq = append(KEYS[2], ARGV[2], 'task_requeued', ARGV[1], a, e, ARGV[4], ARGV[3], ARGV[5])
+local seq = append(KEYS[2], ARGV[2], 'task_requeued', ARGV[1], a, e, ARGV[4], ARGV[5])
 -- Moving the cursor makes any projector commit decided before this requeue
 -- (a run_failed, a task_skipped) fail its compare-and-set and re-fold.
 redis.call('HSET', KEYS[1], '@status', 'running', '@cursor', seq)

@@ -1,6 +1,7 @@
 package rdb_test
 
 import (
+	"fmt"
 	"math/rand/v2"
 	"strconv"
 	"testing"
@@ -149,7 +150,7 @@ func (b scriptBundle) dispatchTasks(t *testing.T, n int, record string) {
 	for i := range n {
 		task := "t" + strconv.Itoa(i)
 		recs[task] = record
-		evs = append(evs, events.Event{ID: "d" + task, Type: events.TaskDispatched, Task: task, Attempt: 1}.
+		evs = append(evs, events.Event{ID: fixedID(2000, i), Type: events.TaskDispatched, Task: task, Attempt: 1}.
 			WithBody(events.TaskDispatchedBody{Pool: "default"}))
 	}
 	res, err := b.db.Commit(b.ctx, b.run, rdb.Commit{Expected: b.head(t), FoldedTo: b.last(t), Writer: "p1", TimeMS: 2000,
@@ -157,4 +158,15 @@ func (b scriptBundle) dispatchTasks(t *testing.T, n int, record string) {
 	if err != nil || res.Conflict {
 		t.Fatalf("dispatch commit %+v %v", res, err)
 	}
+}
+
+// fixedID is the i-th of a fixed sequence of ULIDs of time ms: event ids
+// that two runs of a test share (a version 2 event's time is its id's).
+func fixedID(ms uint64, i int) string {
+	var u ulid.ULID
+	if err := u.SetTime(ms); err != nil {
+		panic(err)
+	}
+	copy(u[6:], fmt.Sprintf("%010d", i))
+	return u.String()
 }

@@ -53,12 +53,12 @@ for i = 1, #tasks, 500 do
 end
 local n = tonumber(ARGV[5])
 if n < #open + 1 then return {'ids', #open + 1} end
-append(KEYS[2], ARGV[6], 'run_cancelled', '', 0, 0, ARGV[2], ARGV[3],
+append(KEYS[2], ARGV[6], 'run_cancelled', '', 0, 0, ARGV[2],
   cjson.encode({reason = ARGV[4], tasks = #open}))
 for k, t in ipairs(open) do
   local body = {from = t[2]}
   if t[5] ~= '' then body.owner = t[5] end
-  append(KEYS[2], ARGV[6 + k], 'task_cancelled', t[1], t[3], t[4] + 1, ARGV[2], ARGV[3], cjson.encode(body))
+  append(KEYS[2], ARGV[6 + k], 'task_cancelled', t[1], t[3], t[4] + 1, ARGV[2], cjson.encode(body))
   setrec(KEYS[1], t[1], 'cancelled', t[3], t[4] + 1, '')
 end
 local newly = redis.call('HSETNX', KEYS[1], '@dirty', '1')

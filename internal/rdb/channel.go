@@ -84,10 +84,11 @@ var (
 // {"limit", why} | {"type", why}
 var channelWriteScript = redis.NewScript(prelude + `
 -- A call run twice (a client retry after a lost reply) finds its own
--- event among the log's last entries and replies as the first did.
+-- event among the log's last entries and replies as the first did (its
+-- body is the entry's last field in every schema version).
 for _, m in ipairs(redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ` + channelRetryWindow + `)) do
   if m[2][1] == 'id' and m[2][2] == ARGV[5] and m[2][4] == 'channel_written' then
-    return {'ok', m[1], string.match(m[2][18], '"value":(-?%d+)}$') or ''}
+    return {'ok', m[1], string.match(m[2][#m[2]], '"value":(-?%d+)}$') or ''}
   end
 end
 local h = redis.call('HMGET', KEYS[1], '@status', ARGV[1])
@@ -96,7 +97,7 @@ if not run then return {'missing'} end
 local st, a, e, o = parserec(h[2])
 local att, ep = tonumber(ARGV[2]), tonumber(ARGV[3])
 if st ~= 'running' or a ~= att or e ~= ep or o ~= ARGV[4] then
-  append(KEYS[2], ARGV[10], 'result_rejected', ARGV[1], att, ep, ARGV[4], ARGV[6],
+  append(KEYS[2], ARGV[10], 'result_rejected', ARGV[1], att, ep, ARGV[4],
     cjson.encode({what = 'channel', reason = 'claim lost: task is ' .. st .. ' at epoch ' .. tostring(e), current_epoch = e}))
   return {'stale', st, tostring(e), o}
 end
@@ -142,7 +143,7 @@ else
   redis.call('HSET', KEYS[3], key, new)
 end
 local body = '{"key":' .. cjson.encode(key) .. ',"op":"' .. op .. '","value":' .. new .. '}'
-local seq = append(KEYS[2], ARGV[5], 'channel_written', ARGV[1], a, e, ARGV[4], ARGV[6], body)
+local seq = append(KEYS[2], ARGV[5], 'channel_written', ARGV[1], a, e, ARGV[4], body)
 if op == 'incr' then return {'ok', seq, new} end
 return {'ok', seq, ''}
 `)

@@ -28,11 +28,13 @@ import (
 //     neither compacts the log nor sets a TTL;
 //   - no retries, priorities, heartbeats, feed coalescing or dead letters.
 //
-// Events have the engine's envelope (the fields of events.Event.Fields).
+// Events have the engine's envelope (the fields of events.Event.Fields,
+// schema version 2: an event's time is its ULID id's; the scripts' "time
+// ms" arguments are not stored).
 const floorPrelude = `
-local function ev(log, id, typ, task, a, e, w, ts, body)
-  return redis.call('XADD', log, '*', 'id', id, 't', typ, 'v', '1', 'k', task,
-    'a', a, 'e', e, 'w', w, 'ts', ts, 'b', body)
+local function ev(log, id, typ, task, a, e, w, body)
+  return redis.call('XADD', log, '*', 'id', id, 't', typ, 'v', '2', 'k', task,
+    'a', a, 'e', e, 'w', w, 'b', body)
 end
 `
 
@@ -78,8 +80,8 @@ type FloorLane struct {
 // Reply: {"created", cursor} | {"exists"}
 var floorSubmitScript = redis.NewScript(floorPrelude + `
 if redis.call('HEXISTS', KEYS[1], '@status') == 1 then return {'exists'} end
-ev(KEYS[2], ARGV[1], 'run_submitted', '', '0', '0', '', ARGV[3], ARGV[4])
-local seq = ev(KEYS[2], ARGV[2], 'task_dispatched', ARGV[6], '1', '0', 'client', ARGV[3], ARGV[9])
+ev(KEYS[2], ARGV[1], 'run_submitted', '', '0', '0', '', ARGV[4])
+local seq = ev(KEYS[2], ARGV[2], 'task_dispatched', ARGV[6], '1', '0', 'client', ARGV[9])
 local f = {'@status', 'running', '@workflow', ARGV[5], '@cursor', seq,
   '@input', ARGV[8], ARGV[6], 'dispatched|1|0|', 'm|' .. ARGV[6], ARGV[7]}
 for i = 10, #ARGV, 2 do
@@ -158,7 +160,7 @@ local st, a, e = string.match(h[2], '^([^|]*)|([^|]*)|([^|]*)|')
 if st ~= 'dispatched' or a ~= ARGV[2] then return {'stale'} end
 e = tostring(tonumber(e) + 1)
 redis.call('HSET', KEYS[1], ARGV[1], 'running|' .. a .. '|' .. e .. '|' .. ARGV[3])
-ev(KEYS[2], ARGV[4], 'task_claimed', ARGV[1], a, e, ARGV[3], ARGV[5], '')
+ev(KEYS[2], ARGV[4], 'task_claimed', ARGV[1], a, e, ARGV[3], '')
 return {'ok', e, h[3], h[4]}
 `)
 
@@ -189,7 +191,7 @@ local h = redis.call('HMGET', KEYS[1], ARGV[1], '@dirty')
 if h[1] ~= 'running|' .. ARGV[2] .. '|' .. ARGV[3] .. '|' .. ARGV[4] then return {'stale'} end
 redis.call('HSET', KEYS[1], ARGV[1], 'succeeded|' .. ARGV[2] .. '|' .. ARGV[3] .. '|' .. ARGV[4],
   'r|' .. ARGV[1], ARGV[7], '@dirty', '1')
-ev(KEYS[2], ARGV[5], 'task_succeeded', ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[6],
+ev(KEYS[2], ARGV[5], 'task_succeeded', ARGV[1], ARGV[2], ARGV[3], ARGV[4],
   '{"result":' .. ARGV[7] .. '}')
 local newly = 1
 if h[2] == '1' then newly = 0 end
@@ -258,7 +260,7 @@ func (d DB) FloorFold(ctx context.Context, runs []string, cursor map[string]stri
 var floorAdvanceScript = redis.NewScript(floorPrelude + `
 local cur = redis.call('HGET', KEYS[1], '@cursor')
 if cur ~= ARGV[1] then return {'conflict', cur or ''} end
-local seq = ev(KEYS[2], ARGV[2], 'task_dispatched', ARGV[5], '1', '0', ARGV[4], ARGV[3], ARGV[6])
+local seq = ev(KEYS[2], ARGV[2], 'task_dispatched', ARGV[5], '1', '0', ARGV[4], ARGV[6])
 redis.call('HSET', KEYS[1], ARGV[5], 'dispatched|1|0|', '@cursor', seq, '@dirty', '0')
 return {'ok', seq}
 `)
@@ -275,7 +277,7 @@ local cur = redis.call('HGET', KEYS[1], '@cursor')
 if cur ~= ARGV[1] then return {'conflict', cur or ''} end
 local seq = ARGV[2]
 if ARGV[3] == '1' then
-  seq = ev(KEYS[2], ARGV[4], 'run_succeeded', '', '0', '0', ARGV[6], ARGV[5], '')
+  seq = ev(KEYS[2], ARGV[4], 'run_succeeded', '', '0', '0', ARGV[6], '')
   redis.call('HSET', KEYS[1], '@status', 'succeeded', '@cursor', seq, '@dirty', '0')
 else
   redis.call('HSET', KEYS[1], '@cursor', seq, '@dirty', '0')

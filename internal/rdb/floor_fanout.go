@@ -21,7 +21,7 @@ import (
 func (d DB) FloorFanoutStart(ctx context.Context, run string, n int) (string, error) {
 	keys := d.floorKeys(run)
 	first, err := d.C.XAdd(ctx, &redis.XAddArgs{Stream: keys[1], Values: []any{"id", ulid.Make().String(), "t", "run_submitted",
-		"v", "1", "k", "", "a", "0", "e", "0", "w", "", "ts", floorNow(), "b", "{}"}}).Result()
+		"v", "2", "k", "", "a", "0", "e", "0", "w", "", "b", "{}"}}).Result()
 	if err != nil {
 		return "", err
 	}
@@ -49,7 +49,7 @@ const FloorDispatchBatch = 256
 var floorDispatchScript = redis.NewScript(floorPrelude + `
 local recs = {}
 for i = 4, #ARGV, 2 do
-  ev(KEYS[2], ARGV[i + 1], 'task_dispatched', ARGV[i], '1', '0', ARGV[2], ARGV[1], ARGV[3])
+  ev(KEYS[2], ARGV[i + 1], 'task_dispatched', ARGV[i], '1', '0', ARGV[2], ARGV[3])
   recs[#recs + 1] = ARGV[i]; recs[#recs + 1] = 'dispatched|1|0|'
 end
 redis.call('HSET', KEYS[1], unpack(recs))
@@ -100,7 +100,7 @@ end
 local reply, recs = {'ok', h[2]}, {}
 for i = 3, #ARGV, 2 do
   recs[#recs + 1] = ARGV[i]; recs[#recs + 1] = 'running|1|' .. eps[i] .. '|' .. ARGV[1]
-  ev(KEYS[2], ARGV[i + 1], 'task_claimed', ARGV[i], '1', eps[i], ARGV[1], ARGV[2], '')
+  ev(KEYS[2], ARGV[i + 1], 'task_claimed', ARGV[i], '1', eps[i], ARGV[1], '')
   reply[#reply + 1] = eps[i]; reply[#reply + 1] = h[i + 1]
 end
 redis.call('HSET', KEYS[1], unpack(recs))
@@ -145,7 +145,7 @@ local recs = {'@dirty', '1'}
 for i = 4, #ARGV, 3 do
   recs[#recs + 1] = ARGV[i]; recs[#recs + 1] = 'succeeded|1|' .. ARGV[i + 1] .. '|' .. ARGV[1]
   recs[#recs + 1] = 'r|' .. ARGV[i]; recs[#recs + 1] = ARGV[3]
-  ev(KEYS[2], ARGV[i + 2], 'task_succeeded', ARGV[i], '1', ARGV[i + 1], ARGV[1], ARGV[2], '{"result":' .. ARGV[3] .. '}')
+  ev(KEYS[2], ARGV[i + 2], 'task_succeeded', ARGV[i], '1', ARGV[i + 1], ARGV[1], '{"result":' .. ARGV[3] .. '}')
 end
 redis.call('HSET', KEYS[1], unpack(recs))
 local newly = 1

@@ -6,15 +6,18 @@ import "github.com/redis/go-redis/v9"
 // own source), and the list of every script of the engine.
 
 // prelude is prepended to every run-slot script. It holds the one encoder of
-// events written from Lua (the same field layout as events.Event.Fields) and
+// events written from Lua (the same field layout as events.Event.Fields:
+// schema version 2, whose time is the event id's, a ULID the caller minted
+// with events.NewID from the clock reading it passes as the script's "time
+// ms"; the scripts no longer store that time, some use it otherwise) and
 // the codec of a task record, "status|attempt|epoch|owner". Used by submit
 // (submit.go), commit (project_commit.go), claim (queue_claim.go), finish
 // (queue_finish.go), heartbeat and release (queue.go), quarantine
 // (project.go), requeue and import_state (admin.go).
 const prelude = `
-local function append(log, id, typ, task, attempt, epoch, worker, ts, body)
-  return redis.call('XADD', log, '*', 'id', id, 't', typ, 'v', '1', 'k', task,
-    'a', tostring(attempt), 'e', tostring(epoch), 'w', worker, 'ts', ts, 'b', body)
+local function append(log, id, typ, task, attempt, epoch, worker, body)
+  return redis.call('XADD', log, '*', 'id', id, 't', typ, 'v', '2', 'k', task,
+    'a', tostring(attempt), 'e', tostring(epoch), 'w', worker, 'b', body)
 end
 -- A record that does not parse (changed by hand) reads as status '?',
 -- which no check accepts.

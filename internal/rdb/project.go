@@ -246,7 +246,7 @@ func (d DB) MoveDue(ctx context.Context, part int, members []string) (moved int6
 var quarantineScript = redis.NewScript(prelude + `
 local st = redis.call('HGET', KEYS[1], '@status')
 if st ~= 'running' then return {'not_running', st or ''} end
-local seq = append(KEYS[2], ARGV[1], 'run_quarantined', '', 0, 0, ARGV[3], ARGV[2], ARGV[4])
+local seq = append(KEYS[2], ARGV[1], 'run_quarantined', '', 0, 0, ARGV[3], ARGV[4])
 redis.call('HSET', KEYS[1], '@status', 'quarantined', '@quarantine', ARGV[5])
 redis.call('HDEL', KEYS[1], '@dirty')
 return {'ok', seq}

@@ -184,7 +184,7 @@ if #tail > 0 then last = tail[1][1] end
 local seqs = {}
 for j = 1, n do
   local a = 7 + 6 * (j - 1)
-  seqs[j] = append(KEYS[2], ARGV[a], ARGV[a+1], ARGV[a+2], ARGV[a+3], ARGV[a+4], ARGV[5], ARGV[4], ARGV[a+5])
+  seqs[j] = append(KEYS[2], ARGV[a], ARGV[a+1], ARGV[a+2], ARGV[a+3], ARGV[a+4], ARGV[5], ARGV[a+5])
 end
 -- Every field in one HSET: the task records and run fields, the commit
 -- token, the cursor, and @dirty while not caught up.

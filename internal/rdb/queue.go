@@ -71,12 +71,12 @@ if st ~= 'running' and e == ep and o == ARGV[4] then
   return {'done'}
 end
 if st ~= 'running' or a ~= att or e ~= ep or o ~= ARGV[4] then
-  append(KEYS[2], ARGV[9], 'result_rejected', ARGV[1], att, ep, ARGV[4], ARGV[6],
+  append(KEYS[2], ARGV[9], 'result_rejected', ARGV[1], att, ep, ARGV[4],
     cjson.encode({what = 'heartbeat', reason = 'claim lost: task is ' .. st .. ' at epoch ' .. tostring(e), current_epoch = e}))
   return {'stale', st, tostring(e), o}
 end
 if ARGV[8] == '1' then
-  append(KEYS[2], ARGV[5], 'task_heartbeat', ARGV[1], a, e, ARGV[4], ARGV[6], ARGV[7])
+  append(KEYS[2], ARGV[5], 'task_heartbeat', ARGV[1], a, e, ARGV[4], ARGV[7])
 end
 return {'ok'}
 `)
@@ -227,7 +227,7 @@ if st ~= 'running' or a ~= tonumber(ARGV[2]) or e ~= tonumber(ARGV[3]) or o ~= A
 end
 e = e + 1
 setrec(KEYS[1], ARGV[1], 'dispatched', a, e, '')
-append(KEYS[2], ARGV[5], 'task_reclaimed', ARGV[1], a, e, ARGV[4], ARGV[6],
+append(KEYS[2], ARGV[5], 'task_reclaimed', ARGV[1], a, e, ARGV[4],
   cjson.encode({from = ARGV[4], reason = 'handed back'}))
 return {'ok'}
 `)

@@ -250,12 +250,12 @@ local function one(A)
   -- The writes: the log first (the source of truth), then the record.
   if write == 'reclaim' then
     e = e + 1
-    append(KEYS[2], A[8], 'task_reclaimed', A[1], a, e, A[3], A[5],
+    append(KEYS[2], A[8], 'task_reclaimed', A[1], a, e, A[3],
       cjson.encode({from = o, deliveries = tonumber(A[7]), reason = 'lease expired'}))
   end
   if write ~= 'none' then
     e = e + 1
-    append(KEYS[2], A[4], 'task_claimed', A[1], a, e, A[3], A[5], '')
+    append(KEYS[2], A[4], 'task_claimed', A[1], a, e, A[3], '')
     setrec(KEYS[1], A[1], 'running', a, e, A[3])
   end
   -- The dep results that fit the call's budget; the caller reads the rest.

@@ -209,7 +209,7 @@ local function one(i, A, S)
   elseif st ~= 'running' or a ~= att or e ~= ep or o ~= A[4] then
     local what = 'result'
     if A[7] ~= 'task_succeeded' then what = 'failure' end
-    append(KEYS[2], A[11], 'result_rejected', A[1], att, ep, A[4], A[6],
+    append(KEYS[2], A[11], 'result_rejected', A[1], att, ep, A[4],
       cjson.encode({what = what, reason = 'claim lost: task is ' .. st .. ' at epoch ' .. tostring(e), current_epoch = e}))
     return {'stale', st, tostring(e), o}
   end
@@ -217,7 +217,7 @@ local function one(i, A, S)
     local why = spawnbad(run, S)
     if why then return {'spawn', why} end
     chunked('HSET', KEYS[6], ARGV, S.t, S.t + 2 * S.k - 1)
-    append(KEYS[2], S.id, 'tasks_added', A[1], a, e, A[4], A[6], S.body)
+    append(KEYS[2], S.id, 'tasks_added', A[1], a, e, A[4], S.body)
     redis.call('HSET', KEYS[1], '@s:' .. A[1], S.sinks)
     redis.call('HINCRBY', KEYS[1], '@spawned', S.k)
   end
@@ -231,7 +231,7 @@ local function one(i, A, S)
       redis.call('ZADD', KEYS[7], tonumber(A[15]), ARGV[4] .. '|' .. A[1])
     end
   end
-  local seq = append(KEYS[2], A[5], A[7], A[1], a, e, A[4], A[6], A[8])
+  local seq = append(KEYS[2], A[5], A[7], A[1], a, e, A[4], A[8])
   local newly = 1
   if h[3] == '1' then newly = 0 else point = true end
   if A[13] ~= '' then toack[#toack + 1] = A[13]; acked[#acked + 1] = i end

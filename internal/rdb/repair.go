@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/graflow-go/graflow/events"
-	"github.com/oklog/ulid/v2"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -51,7 +50,7 @@ func (d DB) Repair(ctx context.Context, run string, tasks []RepairTask, now time
 		switch {
 		case t.Status == events.TaskStatusDispatched && !isParked[t.ID+"|"+strconv.Itoa(t.Attempt)]:
 		case t.Status == events.TaskStatusRunning && !live[t.Owner]:
-			err := d.Release(ctx, run, t.ID, t.Owner, t.Attempt, t.Epoch, ulid.Make().String(), now.UnixMilli())
+			err := d.Release(ctx, run, t.ID, t.Owner, t.Attempt, t.Epoch, events.NewID(now), now.UnixMilli())
 			if err != nil && !errors.Is(err, ErrStaleClaim) {
 				return out, err
 			}

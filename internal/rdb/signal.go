@@ -89,7 +89,7 @@ if not r[1] then return {'missing'} end
 if r[1] ~= 'running' then return {'finished', r[1]} end
 local bad = notwritable(KEYS[2], 'stream')
 if bad then return bad end
-local seq = append(KEYS[2], ARGV[3], 'signal_received', '', 0, 0, ARGV[4], ARGV[5], ARGV[6])
+local seq = append(KEYS[2], ARGV[3], 'signal_received', '', 0, 0, ARGV[4], ARGV[6])
 redis.call('HSET', KEYS[1], field, ARGV[2])
 return {'recorded', seq}
 `)

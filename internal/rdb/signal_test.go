@@ -21,7 +21,7 @@ func signalBody(name, id, payload string) events.SignalReceivedBody {
 
 func (b scriptBundle) signal(t *testing.T, body events.SignalReceivedBody) (rdb.SignalResult, error) {
 	t.Helper()
-	return b.db.Signal(b.ctx, b.run, "client-1", 5000, ulid.Make().String(), body)
+	return b.db.Signal(b.ctx, b.run, "client-1", 5000, events.NewID(time.UnixMilli(5000)), body)
 }
 
 func (b scriptBundle) signals(t *testing.T) []events.SignalReceivedBody {
@@ -51,7 +51,7 @@ func TestSignalScript(t *testing.T) {
 		}
 		evs := b.log(t)
 		e := evs[len(evs)-1]
-		want := events.Event{ID: e.ID, Seq: res.Seq, Run: b.run, Type: events.SignalReceived, Version: 1, Worker: "client-1",
+		want := events.Event{ID: e.ID, Seq: res.Seq, Run: b.run, Type: events.SignalReceived, Version: events.CurrentVersion, Worker: "client-1",
 			Time: time.UnixMilli(5000)}.WithBody(signalBody("approve", "req-1", `{"ok":true}`))
 		if diff := cmp.Diff(want, e); diff != "" {
 			t.Errorf("signal_received (-want +got):\n%s", diff)

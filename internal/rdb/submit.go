@@ -115,14 +115,14 @@ for i = 5, #KEYS do
   local bad = notwritable(KEYS[i], 'stream')
   if bad then return bad end
 end
-local seq = append(KEYS[2], ARGV[1], 'run_submitted', '', 0, 0, '', ARGV[2], ARGV[3])
+local seq = append(KEYS[2], ARGV[1], 'run_submitted', '', 0, 0, '', ARGV[3])
 redis.call('HSET', KEYS[4], '@input', ARGV[5])
 chunked('HSET', KEYS[3], ARGV, 7, 6 + 2 * n)
 local fields = {'@status', 'running', '@workflow', ARGV[4]}
 local last = seq
 for j = 0, d - 1 do
   local a = dec + 8 * j
-  last = append(KEYS[2], ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], writer, ARGV[2], ARGV[a + 5])
+  last = append(KEYS[2], ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], writer, ARGV[a + 5])
   fields[#fields + 1] = ARGV[a + 2]; fields[#fields + 1] = ARGV[a + 6]
   enqueue(KEYS[tonumber(ARGV[a + 7])], run, ARGV[a + 2], ARGV[a + 3], trace)
 end
