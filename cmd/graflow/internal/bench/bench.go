@@ -521,7 +521,7 @@ func (h *harness) runWorkload(ctx context.Context, name string, run int) ([]Resu
 // finishResult stamps the environment and the comparison with the batched
 // ceiling measured earlier in this benchmark (if any).
 func (h *harness) finishResult(r *Result, rep *Report) {
-	r.RedisVersion, r.RedisPersistence = h.env.RedisVersion, h.env.RedisPersistence
+	r.RedisVersion, r.RedisPersistence, r.RedisTopology = h.env.RedisVersion, h.env.RedisPersistence, h.env.RedisTopology
 	r.NProc, r.CPUModel, r.GoVersion = h.env.NProc, h.env.CPUModel, h.env.GoVersion
 	if r.TasksPerSec > 0 && r.Workload != Ceiling {
 		if c := rep.Median(Ceiling, ModeBatched); c != nil && c.TasksPerSec > 0 {

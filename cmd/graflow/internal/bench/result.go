@@ -87,6 +87,9 @@ type Result struct {
 
 	RedisVersion     string `json:"redis_version,omitempty"`
 	RedisPersistence string `json:"redis_persistence,omitempty"`
+	// RedisTopology names a private cluster or CPU cap (--cluster-masters,
+	// --redis-cpus), if any.
+	RedisTopology string `json:"redis_topology,omitempty"`
 	NProc            int    `json:"nproc,omitempty"`
 	CPUModel         string `json:"cpu_model,omitempty"`
 	GoVersion        string `json:"go_version,omitempty"`
