@@ -90,9 +90,9 @@ type Result struct {
 	// RedisTopology names a private cluster or CPU cap (--cluster-masters,
 	// --redis-cpus), if any.
 	RedisTopology string `json:"redis_topology,omitempty"`
-	NProc            int    `json:"nproc,omitempty"`
-	CPUModel         string `json:"cpu_model,omitempty"`
-	GoVersion        string `json:"go_version,omitempty"`
+	NProc         int    `json:"nproc,omitempty"`
+	CPUModel      string `json:"cpu_model,omitempty"`
+	GoVersion     string `json:"go_version,omitempty"`
 }
 
 // CmdCost is one command's share of Redis' work per task.
