@@ -75,19 +75,26 @@ func (t *tracer) shutdown() {
 // while Redis restarts (every retry in the same trace), and records the
 // trace the run must carry.
 func (s *stack) submit(ctx context.Context, wf *graflow.Workflow, input any, run string, sampled bool) error {
-	tr := s.tracer.dropped
-	if sampled {
-		tr = s.tracer.sampled
-	}
-	ctx, span := tr.Start(ctx, "chaos.submit", trace.WithAttributes(tracing.Run.String(run)))
+	ctx, span := s.tracer.start(ctx, run, sampled)
 	defer span.End()
-	s.tracer.mu.Lock()
-	s.tracer.want[run] = span.SpanContext()
-	s.tracer.mu.Unlock()
 	return retryRedis(ctx, func() error {
 		_, err := s.client.Submit(ctx, wf, input, graflow.WithRunID(run))
 		return err
 	})
+}
+
+// start starts run's chaos span, sampled or not, and records its trace as
+// the one run must carry.
+func (t *tracer) start(ctx context.Context, run string, sampled bool) (context.Context, trace.Span) {
+	tr := t.dropped
+	if sampled {
+		tr = t.sampled
+	}
+	ctx, span := tr.Start(ctx, "chaos.submit", trace.WithAttributes(tracing.Run.String(run)))
+	t.mu.Lock()
+	t.want[run] = span.SpanContext()
+	t.mu.Unlock()
+	return ctx, span
 }
 
 // sampleRun reports whether the soak's n-th run is submitted sampled: all
