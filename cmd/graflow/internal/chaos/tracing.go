@@ -8,8 +8,10 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -133,15 +135,36 @@ type collector struct {
 	wg  sync.WaitGroup
 
 	mu       sync.Mutex
-	runs     map[string]*runSpans
+	runs     map[string]runSpans
 	received int      // spans, all kinds
 	bad      []string // requests it could not read (the first few)
 }
 
-// runSpans are the engine spans of one run that the processes exported.
-type runSpans struct {
-	names  map[string]int
-	traces map[trace.TraceID]int
+// runSpans are the engine spans of one run that the processes exported,
+// by trace.
+type runSpans map[trace.TraceID]*traceSpans
+
+// traceSpans are a run's spans of one trace: counts by name, and the first
+// task attempt seen (to name one in a problem).
+type traceSpans struct {
+	names   map[string]int
+	n       int
+	example string
+}
+
+// names sums the counts by name over the traces (all: the trace ids; nil:
+// every trace).
+func (r runSpans) names(ids ...trace.TraceID) map[string]int {
+	out := map[string]int{}
+	for id, t := range r {
+		if ids != nil && !slices.Contains(ids, id) {
+			continue
+		}
+		for k, v := range t.names {
+			out[k] += v
+		}
+	}
+	return out
 }
 
 func startCollector() (*collector, error) {
@@ -149,7 +172,7 @@ func startCollector() (*collector, error) {
 	if err != nil {
 		return nil, fmt.Errorf("trace collector: %w", err)
 	}
-	c := &collector{ln: ln, url: "http://" + ln.Addr().String() + "/v1/traces", runs: map[string]*runSpans{}}
+	c := &collector{ln: ln, url: "http://" + ln.Addr().String() + "/v1/traces", runs: map[string]runSpans{}}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/traces", c.export)
 	c.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
@@ -218,24 +241,36 @@ func (c *collector) add(req *coltracepb.ExportTraceServiceRequest) {
 				if !engine {
 					continue
 				}
-				run := ""
+				var run, task string
+				var attempt int64
 				for _, kv := range sp.GetAttributes() {
-					if kv.GetKey() == string(tracing.Run) {
+					switch kv.GetKey() {
+					case string(tracing.Run):
 						run = kv.GetValue().GetStringValue()
+					case string(tracing.Task):
+						task = kv.GetValue().GetStringValue()
+					case string(tracing.Attempt):
+						attempt = kv.GetValue().GetIntValue()
 					}
 				}
 				if run == "" {
 					continue
 				}
-				rsp := c.runs[run]
-				if rsp == nil {
-					rsp = &runSpans{names: map[string]int{}, traces: map[trace.TraceID]int{}}
-					c.runs[run] = rsp
+				if c.runs[run] == nil {
+					c.runs[run] = runSpans{}
 				}
-				rsp.names[sp.GetName()]++
 				var id trace.TraceID
 				copy(id[:], sp.GetTraceId()) // a malformed id reads as another trace
-				rsp.traces[id]++
+				t := c.runs[run][id]
+				if t == nil {
+					t = &traceSpans{names: map[string]int{}}
+					c.runs[run][id] = t
+				}
+				t.n++
+				t.names[sp.GetName()]++
+				if t.example == "" && task != "" {
+					t.example = fmt.Sprintf("%s of task %s attempt %d", sp.GetName(), task, attempt)
+				}
 			}
 		}
 	}
@@ -245,14 +280,9 @@ func (c *collector) add(req *coltracepb.ExportTraceServiceRequest) {
 func (c *collector) spans(run string) runSpans {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	out := runSpans{names: map[string]int{}, traces: map[trace.TraceID]int{}}
-	if r := c.runs[run]; r != nil {
-		for k, v := range r.names {
-			out.names[k] = v
-		}
-		for k, v := range r.traces {
-			out.traces[k] = v
-		}
+	out := runSpans{}
+	for id, t := range c.runs[run] {
+		out[id] = &traceSpans{names: maps.Clone(t.names), n: t.n, example: t.example}
 	}
 	return out
 }
@@ -328,24 +358,35 @@ func (s *stack) checkTrace(run string, evs []events.Event, complete bool) (sampl
 
 	// The processes' spans of run.
 	got := s.collector.spans(run)
-	for id, k := range got.traces {
-		n += k
+	var foreign []trace.TraceID
+	lost, example := 0, ""
+	for id, t := range got {
+		n += t.n
 		if id != want.TraceID() {
-			bad("%d spans (%s) of the run are of trace %s, not the run's %s: a path lost the run's trace context", k, names(got.names), id, want.TraceID())
+			foreign = append(foreign, id)
+			lost += t.n
+			if example == "" || example > t.example { // the same one whatever the map's order
+				example = t.example
+			}
 		}
+	}
+	if len(foreign) > 0 {
+		bad("%d spans of the run (%s) are in %d other traces than the run's %s (e.g. %s): a path lost the run's trace context",
+			lost, names(got.names(foreign...)), len(foreign), want.TraceID(), example)
 	}
 	switch {
 	case !sampled && n > 0:
-		bad("the unsampled run has %d exported spans (%s): a path lost its sampling decision", n, names(got.names))
+		bad("the unsampled run has %d exported spans (%s): a path lost its sampling decision", n, names(got.names()))
 	case sampled && complete:
 		var missing []string
+		all := got.names()
 		for _, name := range processSpans {
-			if got.names[name] == 0 {
+			if all[name] == 0 {
 				missing = append(missing, name)
 			}
 		}
 		if len(missing) > 0 {
-			bad("the sampled run has no %v spans from the processes (got %s)", missing, names(got.names))
+			bad("the sampled run has no %v spans from the processes (got %s)", missing, names(all))
 		}
 	}
 	return sampled, sampled && len(problems) == 0, n + submits, problems

@@ -48,13 +48,13 @@ func TestCollectorKeepsTheEngineSpansOfEachRun(t *testing.T) {
 		}
 	}
 	r1 := c.spans("r1")
-	if got := names(r1.names); got != "graflow.claim=2 graflow.project=2" {
+	if got := names(r1.names()); got != "graflow.claim=2 graflow.project=2" {
 		t.Errorf("r1's spans: %s, want the engine's only", got)
 	}
-	if len(r1.traces) != 2 { // one trace per exporter
-		t.Errorf("r1's traces: %v, want 2", r1.traces)
+	if len(r1) != 2 { // one trace per exporter
+		t.Errorf("r1's spans are in %d traces, want 2", len(r1))
 	}
-	if got := names(c.spans("r2").names); got != "graflow.handler=2" {
+	if got := names(c.spans("r2").names()); got != "graflow.handler=2" {
 		t.Errorf("r2's spans: %s", got)
 	}
 	if c.received != 8 {
@@ -84,7 +84,8 @@ func TestCheckTrace(t *testing.T) {
 		{name: "a sampled run whose process spans are still in batches holds until the processes stopped", sampled: true, traceparent: "run", spans: spansOf(tracing.SpanProject)},
 		{name: "a sampled run with a span kind missing at the end fails", sampled: true, traceparent: "run", spans: spansOf(tracing.SpanProject, tracing.SpanClaim, tracing.SpanHandler), complete: true, want: "no [graflow.finish] spans"},
 		{name: "run_submitted without a traceparent fails", sampled: true, traceparent: "none", spans: spansOf(all...), complete: true, want: "carries no valid traceparent"},
-		{name: "a span of another trace fails", sampled: true, traceparent: "run", spans: append(spansOf(all...), spanOf{tracing.SpanHandler, true}), complete: true, want: "lost the run's trace context"},
+		{name: "a span of another trace fails", sampled: true, traceparent: "run", spans: append(spansOf(all...), spanOf{tracing.SpanHandler, true}), complete: true, want: "1 spans of the run (graflow.handler=1) are in 1 other traces than the run's"},
+		{name: "a lost span names a task attempt", sampled: true, traceparent: "run", spans: []spanOf{{tracing.SpanClaim, true}}, want: "(e.g. graflow.claim of task t1 attempt 2): a path lost the run's trace context"},
 		{name: "an unsampled run without spans holds", traceparent: "run", complete: true},
 		{name: "an unsampled run with an exported span fails", traceparent: "run", spans: []spanOf{{tracing.SpanClaim, true}}, want: "lost its sampling decision"},
 		{name: "an unsampled run stored as sampled fails", traceparent: "flipped", want: "says sampled=true"},
@@ -117,7 +118,11 @@ func TestCheckTrace(t *testing.T) {
 					id = other
 				}
 				spans = append(spans, &tracepb.Span{TraceId: id[:], SpanId: []byte{1, 2, 3, 4, 5, 6, 7, 8}, Name: sp.name,
-					Attributes: []*commonpb.KeyValue{{Key: string(tracing.Run), Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: run}}}}})
+					Attributes: []*commonpb.KeyValue{
+						{Key: string(tracing.Run), Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: run}}},
+						{Key: string(tracing.Task), Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: "t1"}}},
+						{Key: string(tracing.Attempt), Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_IntValue{IntValue: 2}}},
+					}})
 			}
 			s.collector.add(&coltracepb.ExportTraceServiceRequest{ResourceSpans: []*tracepb.ResourceSpans{{ScopeSpans: []*tracepb.ScopeSpans{{
 				Scope: &commonpb.InstrumentationScope{Name: tracing.ScopeName}, Spans: spans}}}}})
