@@ -136,16 +136,24 @@ type Report struct {
 	History        Touches
 	// Spawned counts the tasks the runs' handlers added (dynamic tasks).
 	Spawned int
-	Events  int
-	Elapsed time.Duration
-	Dir     string
+	// Sampled counts the runs submitted sampled (the others are submitted
+	// under an unsampled parent), Traced those of them whose trace held:
+	// run_submitted carries their submit's trace context and every engine
+	// span that names them, from the client, the projectors and the
+	// workers, is of their trace (tracing.go). TraceSpans counts those
+	// spans.
+	Sampled, Traced int
+	TraceSpans      int
+	Events          int
+	Elapsed         time.Duration
+	Dir             string
 }
 
 // Line is the one-line summary "chaos seed=S tasks=N kills=K ...".
 func (r Report) Line() string {
-	return fmt.Sprintf("chaos seed=%d runs=%d tasks=%d spawned=%d kills=%d pauses=%d projectors=%d projector_kills=%d projector_pauses=%d projector_stalls=%d takeovers=%d cancelled=%d/%d/%d channel_keys=%d result_ttls=%d/%d redis_restarts=%d failovers=%d shared_runs=%d handoffs=%d late_commits=%d lost=%d duplicate_accepts=%d rejected_stale=%d events=%d elapsed=%s verified=%t",
+	return fmt.Sprintf("chaos seed=%d runs=%d tasks=%d spawned=%d kills=%d pauses=%d projectors=%d projector_kills=%d projector_pauses=%d projector_stalls=%d takeovers=%d cancelled=%d/%d/%d channel_keys=%d result_ttls=%d/%d redis_restarts=%d failovers=%d shared_runs=%d handoffs=%d late_commits=%d traced=%d/%d trace_spans=%d lost=%d duplicate_accepts=%d rejected_stale=%d events=%d elapsed=%s verified=%t",
 		r.Seed, r.Runs, r.Verdict.Tasks, r.Spawned, r.Kills, r.Pauses, r.Projectors, r.ProjectorKills, r.ProjectorPauses, r.ProjectorStalls, r.Takeovers, r.Cancelled, r.CancelledTasks, r.CancelledRunning, r.ChannelWrites, r.ResultTTLs, r.ResultsExpired, r.RedisRestarts, r.Failovers,
-		r.History.SharedRuns, r.History.Handoffs, r.History.LateCommits, r.Verdict.Lost,
+		r.History.SharedRuns, r.History.Handoffs, r.History.LateCommits, r.Traced, r.Sampled, r.TraceSpans, r.Verdict.Lost,
 		r.Verdict.DuplicateAccepts, r.Verdict.RejectedStale, r.Events, r.Elapsed.Round(100*time.Millisecond), r.Verdict.OK())
 }
 
@@ -217,6 +225,8 @@ func Run(ctx context.Context, cfg Config) (rep Report, err error) {
 		runs = append(runs, &submitted{id: "chaos-" + strconv.FormatUint(cfg.Seed, 10) + "-wide"})
 		wfs = append(wfs, s.wideWorkflow())
 	}
+	// The cancelled run is submitted unsampled: its spans must stay
+	// unexported in every process.
 	var cancelRun *submitted
 	var cancelAfter int // successes
 	if !cfg.NoCancel {
@@ -226,10 +236,7 @@ func Run(ctx context.Context, cfg Config) (rep Report, err error) {
 		cancelAfter = 10 + s.rng.IntN(max(cfg.Tasks/8-10, 1))
 	}
 	for i, r := range runs {
-		if err := retryRedis(ctx, func() error {
-			_, err := s.client.Submit(ctx, wfs[i], map[string]any{"seed": cfg.Seed}, graflow.WithRunID(r.id))
-			return err
-		}); err != nil {
+		if err := s.submit(ctx, wfs[i], map[string]any{"seed": cfg.Seed}, r.id, r != cancelRun); err != nil {
 			return rep, fmt.Errorf("submit %s: %w", r.id, err)
 		}
 	}
@@ -292,7 +299,7 @@ func Run(ctx context.Context, cfg Config) (rep Report, err error) {
 	s.stopAll()
 
 	for _, r := range runs {
-		v, n, err := s.check(ctx, r.id)
+		v, n, err := s.check(ctx, r.id, true)
 		if err != nil {
 			return rep, err
 		}
@@ -305,6 +312,9 @@ func Run(ctx context.Context, cfg Config) (rep Report, err error) {
 		rep.Runs++
 		rep.Events += n
 		rep.Verdict.Add(r.id, v)
+	}
+	if p := s.collector.problems(); len(p) > 0 {
+		rep.Verdict.Add("(all)", Verdict{Problems: p})
 	}
 	rep.Elapsed = time.Since(s.start)
 	if s.tmpDir && rep.Verdict.OK() && !cfg.BreakFencing {
@@ -327,10 +337,12 @@ func (s *stack) settle() {
 	}
 }
 
-// check runs replay.CheckInvariants and replay verify over run's history and adds what the
-// history shows of the projectors (Touches) to the report. It returns the
-// verdict and the number of events.
-func (s *stack) check(ctx context.Context, run string) (Verdict, int, error) {
+// check runs replay.CheckInvariants and replay verify over run's history,
+// holds it to its trace (checkTrace; complete: the processes have stopped
+// and flushed their spans) and adds what the history shows of the
+// projectors (Touches) to the report. It returns the verdict and the
+// number of events.
+func (s *stack) check(ctx context.Context, run string, complete bool) (Verdict, int, error) {
 	// Bounded: a Redis that is down for good is an error, not a hang.
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
@@ -384,7 +396,16 @@ func (s *stack) check(ctx context.Context, run string) (Verdict, int, error) {
 	}
 	ttls, expired, problems := s.checkResultTTLs(ctx, rc, run, evs)
 	v.Problems = append(v.Problems, problems...)
+	sampled, traced, spans, problems := s.checkTrace(run, evs, complete)
+	v.Problems = append(v.Problems, problems...)
 	s.mu.Lock()
+	if sampled {
+		s.report.Sampled++
+	}
+	if traced {
+		s.report.Traced++
+	}
+	s.report.TraceSpans += spans
 	s.report.ChannelWrites += len(last)
 	s.report.ResultTTLs += ttls
 	s.report.ResultsExpired += expired

@@ -26,7 +26,9 @@ import (
 )
 
 // stack is one chaos deployment: a Redis, worker processes, projector
-// processes on the same feed, and the fault injector. Its process fields
+// processes on the same feed, the fault injector, and tracing (the
+// Client's TracerProvider, and a loopback OTLP receiver for the processes'
+// spans: tracing.go). Its process fields
 // are guarded by mu; faults run one at a time under it.
 type stack struct {
 	cfg  Config
@@ -40,7 +42,11 @@ type stack struct {
 	rc      redis.UniversalClient
 	db      rdb.DB // through rc
 	client  *graflow.Client
-	start   time.Time
+	// tracer is the Client's TracerProvider and the runs' expected
+	// traces; collector receives the processes' spans (tracing.go).
+	tracer    *tracer
+	collector *collector
+	start     time.Time
 	// tmpDir: cfg.Dir was made for this run; removeDir: remove it on close.
 	tmpDir, removeDir bool
 
@@ -116,7 +122,12 @@ func newStack(ctx context.Context, cfg Config, soak bool) (_ *stack, err error) 
 		return nil, err
 	}
 	s.db = rdb.NewP(s.rc, s.ns, cfg.Partitions)
-	if s.client, err = graflow.NewClient(graflow.Config{Redis: s.rc, Namespace: s.ns, NamespacePartitions: s.cfg.Partitions}); err != nil {
+	s.tracer = newTracer()
+	if s.collector, err = startCollector(); err != nil {
+		return nil, err
+	}
+	if s.client, err = graflow.NewClient(graflow.Config{Redis: s.rc, Namespace: s.ns, NamespacePartitions: s.cfg.Partitions,
+		TracerProvider: s.tracer.client}); err != nil {
 		return nil, err
 	}
 	s.projs, s.projIDs, s.projGen, s.projPaused = make([]*proc.Proc, cfg.Projectors), make([]string, cfg.Projectors), make([]int, cfg.Projectors), make([]bool, cfg.Projectors)
@@ -138,6 +149,12 @@ func newStack(ctx context.Context, cfg Config, soak bool) (_ *stack, err error) 
 // verified run asked for it.
 func (s *stack) close() {
 	s.stopAll()
+	if s.collector != nil {
+		s.collector.close()
+	}
+	if s.tracer != nil {
+		s.tracer.shutdown()
+	}
 	if s.rc != nil {
 		_ = s.rc.Close()
 	}
@@ -189,7 +206,7 @@ func (s *stack) startProjector(i int) error {
 	// many commits, completions land between them, and a second projector
 	// is pointed at the run while the first still commits.
 	args = append(args, "--batch-size", strconv.Itoa(projectorBatch[i%len(projectorBatch)]))
-	p, err := proc.Start(id, s.cfg.Exe, args, nil, filepath.Join(s.cfg.Dir, "projectors.log"))
+	p, err := proc.Start(id, s.cfg.Exe, args, tracingEnv(s.collector.url, "graflow-projector"), filepath.Join(s.cfg.Dir, "projectors.log"))
 	if err != nil {
 		return err
 	}
@@ -205,7 +222,7 @@ func (s *stack) startWorker(i int) error {
 	if s.cfg.BreakFencing {
 		args = append(args, "--unsafe-no-fencing") // a graflowtest build only
 	}
-	p, err := proc.Start(id, s.cfg.Exe, args, nil, filepath.Join(s.cfg.Dir, "workers.log"))
+	p, err := proc.Start(id, s.cfg.Exe, args, tracingEnv(s.collector.url, "graflow-worker"), filepath.Join(s.cfg.Dir, "workers.log"))
 	if err != nil {
 		return err
 	}
