@@ -51,8 +51,11 @@ var errStopped = errors.New("worker stopped: outcome not reported; the message s
 // (cancelled to end their retries at the drain's deadline).
 func newBatcher(ctx context.Context, w *Worker) *batcher {
 	b := &batcher{w: w, ctx: ctx}
-	b.claims = groupcommit.New(maxBatch, b.flushClaims)
-	b.finishes = groupcommit.New(maxBatch, b.flushFinishes)
+	// Bounded as the channels they replace were: with maxBatch outcomes
+	// waiting, a finished task keeps its concurrency slot (the worker
+	// stops fetching) until a flush makes room.
+	b.claims = groupcommit.New(maxBatch, b.flushClaims).Bound(maxBatch)
+	b.finishes = groupcommit.New(maxBatch, b.flushFinishes).Bound(maxBatch)
 	return b
 }
 

@@ -942,10 +942,13 @@ func (w *Worker) finish(ctx context.Context, log zerolog.Logger, m message, t *T
 		req.deadLetter = &rdb.DeadLetterDetails{Attempt: t.Attempt, Error: runErr.Error(), Worker: w.cfg.ID, Handler: t.Handler}
 	}
 	// Report even when the drain's deadline cancelled ctx: the handler
-	// finished, so its outcome must not be thrown away.
+	// finished, so its outcome must not be thrown away. No deadline while it
+	// waits for its flush either (a request dropped from the queue is never
+	// sent): the flushes' retries end with the batcher's context, and stop
+	// answers whatever still waits.
+	err := w.batch.finish(context.WithoutCancel(ctx), req, queued)
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
-	err := w.batch.finish(fctx, req, queued)
 	recordErr = err
 	if errors.Is(err, rdb.ErrSpawnRefused) {
 		// Nothing was written and the claim holds: the attempt fails for

@@ -31,8 +31,9 @@ var ErrStopped = errors.New("groupcommit: stopped")
 var ErrPanic = errors.New("the shared flush panicked")
 
 // Flush sends reqs together and returns one response per request, in
-// order. ctx is the leading caller's context without its cancellation: a
-// flush under way is not cut short by one caller leaving.
+// order. ctx is the context of the batch's first caller still waiting,
+// without its cancellation or deadline: a flush under way is not cut short
+// by one caller leaving (the Redis client's timeouts bound it).
 type Flush[Req, Resp any] func(ctx context.Context, reqs []Req) []Resp
 
 // Group batches the requests of concurrent callers. The zero value is not
@@ -44,6 +45,9 @@ type Group[Req, Resp any] struct {
 	// Waiting, when set, is called when a caller queues behind a flush in
 	// progress (a hook for tests).
 	Waiting func()
+
+	room chan struct{} // a token per request held (Bound); nil: no bound
+	quit chan struct{} // closed by Stop
 
 	mu       sync.Mutex
 	pending  []*call[Req, Resp]
@@ -72,9 +76,29 @@ func New[Req, Resp any](max int, flush Flush[Req, Resp]) *Group[Req, Resp] {
 	if max <= 0 {
 		max = 128
 	}
-	g := &Group[Req, Resp]{flush: flush, max: max}
+	g := &Group[Req, Resp]{flush: flush, max: max, quit: make(chan struct{})}
 	g.idle = sync.NewCond(&g.mu)
 	return g
+}
+
+// Bound makes callers wait (before the Group holds their request, so
+// before DoQueued's queued) while n requests wait for a flush: back-pressure
+// when flushes stall. Call it before the Group's first use.
+func (g *Group[Req, Resp]) Bound(n int) *Group[Req, Resp] {
+	if n > 0 {
+		g.room = make(chan struct{}, n)
+	}
+	return g
+}
+
+// release frees the room of k requests that left the queue (g.mu held).
+func (g *Group[Req, Resp]) release(k int) {
+	if g.room == nil {
+		return
+	}
+	for range k {
+		<-g.room
+	}
 }
 
 // Do queues req, waits until a flush sent it, and returns its response.
@@ -85,16 +109,27 @@ func (g *Group[Req, Resp]) Do(ctx context.Context, req Req) (Resp, error) {
 	return g.DoQueued(ctx, req, nil)
 }
 
-// DoQueued is Do that calls queued (when not nil) once the Group holds req,
-// before it is flushed.
+// DoQueued is Do that calls queued (when not nil) once the Group holds req
+// (it may already be in a flush by then), before DoQueued returns. With a
+// bound (Bound), a caller waits for room before the Group holds req.
 func (g *Group[Req, Resp]) DoQueued(ctx context.Context, req Req, queued func()) (Resp, error) {
 	var zero Resp
 	if ctx == nil {
 		return zero, errors.New("groupcommit: Do with a nil context")
 	}
 	c := &call[Req, Resp]{ctx: ctx, req: req, done: make(chan struct{}), lead: make(chan struct{})}
+	if g.room != nil {
+		select {
+		case g.room <- struct{}{}:
+		case <-ctx.Done():
+			return zero, ctx.Err()
+		case <-g.quit:
+			return zero, ErrStopped
+		}
+	}
 	g.mu.Lock()
 	if g.stopped {
+		g.release(1)
 		g.mu.Unlock()
 		return zero, ErrStopped
 	}
@@ -123,6 +158,7 @@ func (g *Group[Req, Resp]) DoQueued(ctx context.Context, req Req, queued func())
 	n := min(len(g.pending), g.max)
 	batch := g.pending[:n:n]
 	g.pending = g.pending[n:]
+	g.release(n)
 	g.mu.Unlock()
 
 	if queued != nil {
@@ -138,6 +174,13 @@ func (g *Group[Req, Resp]) DoQueued(ctx context.Context, req Req, queued func())
 func (g *Group[Req, Resp]) wait(c *call[Req, Resp]) (done bool) {
 	select {
 	case <-c.done:
+		// Stop may have dropped c after the lead was handed to it: then c
+		// must still take the lead, to end the hand-off (flushing).
+		select {
+		case <-c.lead:
+			return false
+		default:
+		}
 		return true
 	case <-c.lead:
 		return false
@@ -152,6 +195,7 @@ func (g *Group[Req, Resp]) wait(c *call[Req, Resp]) (done bool) {
 	}
 	if i := slices.Index(g.pending, c); i >= 0 {
 		g.pending = slices.Delete(slices.Clip(g.pending), i, i+1)
+		g.release(1)
 		g.mu.Unlock()
 		var zero Resp
 		c.resp, c.err = zero, c.ctx.Err()
@@ -160,6 +204,11 @@ func (g *Group[Req, Resp]) wait(c *call[Req, Resp]) (done bool) {
 	g.mu.Unlock()
 	// Already in a flush under way (or dropped by Stop): its outcome is ours.
 	<-c.done
+	select {
+	case <-c.lead: // dropped by Stop after the lead was handed to it
+		return false
+	default:
+	}
 	return true
 }
 
@@ -171,7 +220,7 @@ func (g *Group[Req, Resp]) run(batch []*call[Req, Resp]) {
 	finished := false
 	defer func() {
 		p := recover()
-		if p != nil && !finished {
+		if !finished { // a panic, or runtime.Goexit (p nil) in the flush
 			for _, c := range batch {
 				select {
 				case <-c.done:
@@ -222,11 +271,15 @@ func (g *Group[Req, Resp]) run(batch []*call[Req, Resp]) {
 func (g *Group[Req, Resp]) Stop() {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	if !g.stopped {
+		close(g.quit)
+	}
 	g.stopped = true
 	var zero Resp
 	for _, c := range g.pending {
 		c.finish(zero, ErrStopped)
 	}
+	g.release(len(g.pending))
 	g.pending = nil
 	for g.flushing {
 		g.idle.Wait()

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -212,5 +214,95 @@ func TestQueuedIsCalledBeforeTheFlush(t *testing.T) {
 	defer mu.Unlock()
 	if !slices.Equal(order, []string{"queued", "flush"}) {
 		t.Errorf("order %v, want [queued flush]", order)
+	}
+}
+
+// Stop that drops a caller the lead was just handed to still returns: the
+// dropped caller ends the hand-off. (Stop hung forever when that caller,
+// seeing both its drop and its lead, took the drop: about half the time.)
+func TestStopDuringALeadHandOffReturns(t *testing.T) {
+	t.Parallel()
+	for round := range 50 {
+		h := newHeld()
+		g := groupcommit.New(4, h.flush)
+		queued := make(chan struct{}, 1)
+		hold := make(chan struct{})
+		var waiters atomic.Int32
+		g.Waiting = func() {
+			if waiters.Add(1) == 1 { // the second caller only
+				queued <- struct{}{}
+				<-hold
+			}
+		}
+		ctx := context.Background()
+		first := make(chan error, 1)
+		go func() { _, err := g.Do(ctx, 1); first <- err }()
+		recv(t, h.holding, "the first flush")
+		second := make(chan error, 1)
+		go func() { _, err := g.Do(ctx, 2); second <- err }()
+		recv(t, queued, "the second caller queued (and held before it waits)")
+		close(h.release)
+		if err := recv(t, first, "the first caller"); err != nil { // it handed the lead to the second
+			t.Fatal(err)
+		}
+		stopped := make(chan struct{})
+		go func() { g.Stop(); close(stopped) }()
+		for { // until Stop has dropped the second caller
+			if _, err := g.Do(ctx, 3); errors.Is(err, groupcommit.ErrStopped) {
+				break
+			}
+		}
+		close(hold)
+		recv(t, stopped, "Stop (round "+strconv.Itoa(round)+")")
+		if err := recv(t, second, "the dropped caller"); !errors.Is(err, groupcommit.ErrStopped) {
+			t.Fatalf("round %d: the dropped caller got %v, want ErrStopped", round, err)
+		}
+	}
+}
+
+// With a bound, a caller waits for room before the Group holds its request
+// (its queued is not called), while that many requests wait for a flush.
+func TestABoundHoldsCallersBack(t *testing.T) {
+	t.Parallel()
+	h := newHeld()
+	g := groupcommit.New(4, h.flush).Bound(2)
+	queued := make(chan int, 10)
+	ctx := context.Background()
+	out := make(chan result, 10)
+	do := func(req int) {
+		resp, err := g.DoQueued(ctx, req, func() { queued <- req })
+		out <- result{req, resp, err}
+	}
+	go do(1)
+	recv(t, h.holding, "the first flush")
+	recv(t, queued, "the leader queued")
+	go do(2)
+	go do(3)
+	recv(t, queued, "a waiter queued")
+	recv(t, queued, "a waiter queued")
+	go do(4) // no room: two wait already
+	cctx, cancel := context.WithCancel(ctx)
+	cancelled := make(chan error, 1)
+	go func() {
+		_, err := g.DoQueued(cctx, 5, func() { t.Error("a caller with no room was queued") })
+		cancelled <- err
+	}()
+	cancel()
+	if err := recv(t, cancelled, "the cancelled caller waiting for room"); !errors.Is(err, context.Canceled) {
+		t.Errorf("cancelled while waiting for room: %v", err)
+	}
+	select {
+	case r := <-queued:
+		t.Fatalf("request %d queued past the bound", r)
+	default:
+	}
+	close(h.release)
+	if r := recv(t, queued, "the held-back caller, once room was made"); r != 4 {
+		t.Errorf("queued %d, want 4", r)
+	}
+	for range 4 {
+		if r := recv(t, out, "a response"); r.err != nil || r.resp != 2*r.req {
+			t.Errorf("Do(%d) = %d, %v", r.req, r.resp, r.err)
+		}
 	}
 }
