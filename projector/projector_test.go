@@ -703,6 +703,12 @@ func TestProjectorPicksUpEntriesOfALostReadWhenIdle(t *testing.T) {
 	// The pointer is added and delivered to p1 in one step, as the lost
 	// read did: p1's blocking read never returns it.
 	feed := b.db.K.FeedFor(lost)
+	// The read below needs the projectors' group, which p1 creates as it
+	// starts: the run got this far without p1 (a submit dispatches its
+	// roots), so make sure it exists (NOGROUP, seen once under load).
+	if err := b.db.EnsureGroup(b.ctx, feed, rdb.GroupProjectors); err != nil {
+		t.Fatal(err)
+	}
 	var read *redis.XStreamSliceCmd
 	if _, err := b.rdb.TxPipelined(b.ctx, func(pipe redis.Pipeliner) error {
 		b.db.PointFeed(b.ctx, pipe, lost)
