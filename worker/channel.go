@@ -209,7 +209,14 @@ func (c *Channel) write(ctx context.Context, w rdb.ChannelWrite) (rdb.ChannelWri
 	w.Run, w.Task, w.Worker, w.Attempt, w.Epoch = c.run, c.task, c.w.cfg.ID, c.attempt, c.epoch
 	now := c.w.cfg.Clock.Now()
 	w.EventID, w.RejectID, w.TimeMS = events.NewID(now), events.NewID(now), now.UnixMilli()
-	res, err := c.w.db.WriteChannel(ctx, w)
+	// A refused connection (a master failing over) is retried with the
+	// same event id: a write that took effect before its reply was lost is
+	// found in the log and not applied twice.
+	var res rdb.ChannelWritten
+	err := c.w.redisRetry(ctx, func() (err error) {
+		res, err = c.w.db.WriteChannel(ctx, w)
+		return err
+	})
 	var stale *rdb.StaleError
 	switch {
 	case err == nil:

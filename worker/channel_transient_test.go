@@ -228,3 +228,59 @@ func TestUpstreamReadRetriesARefusedConnection(t *testing.T) {
 		t.Fatal("the hook refused no upstream read: the test no longer tests the retry")
 	}
 }
+
+// channelWrites names the channel write script's calls (the run's channel
+// hash among its keys).
+func channelWrites(cmd redis.Cmder) string {
+	if name := cmd.Name(); name != "evalsha" && name != "eval" {
+		return ""
+	}
+	for _, a := range cmd.Args() {
+		if s, ok := a.(string); ok && strings.HasSuffix(s, ":channel") {
+			return "write"
+		}
+	}
+	return ""
+}
+
+// A refused connection while a task writes its run's channel (a master
+// failing over) is retried, not the task's error: before, it failed the
+// channel.incr task for good (max_attempts 1) and its run with it (seen in
+// make test's "graflow chaos --cluster" seed 51: g0-156 failed).
+func TestChannelWriteRetriesARefusedConnection(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	cfg := b.config("w-refused-write")
+	c := redistest.Client(t)
+	hook := newRefuseOnce(channelWrites)
+	c.AddHook(hook)
+	cfg.Redis = c
+	b.start(t, cfg, map[string]worker.HandlerFunc{
+		"incr": func(ctx context.Context, task *worker.Task) (any, error) {
+			return task.Channel().Incr(ctx, "n", 5)
+		},
+	})
+	run := b.submit(t, events.TaskSpec{ID: "a", Handler: "incr"})
+	if end := b.waitFor(t, run, "0", ends); end.Type != events.RunSucceeded {
+		t.Fatalf("run ended %s: %s", end.Type, end.Body)
+	}
+	if hook.first("write") {
+		t.Fatal("the hook refused no channel write: the test no longer tests the retry")
+	}
+	evs, err := b.db.ReadLogAfter(b.ctx, run, "", 1000, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writes := 0
+	for _, e := range evs {
+		if e.Type == events.ChannelWritten {
+			writes++
+		}
+		if e.Type == events.TaskSucceeded && string(e.Body) != `{"result":5}` {
+			t.Errorf("a's result: %s, want 5 (the increment applied once)", e.Body)
+		}
+	}
+	if writes != 1 {
+		t.Errorf("%d channel_written events, want 1", writes)
+	}
+}
