@@ -705,8 +705,11 @@ func (w *Worker) process(ctx context.Context, m message, release func()) (parked
 		},
 		cancelRun: func(ctx context.Context, reason string) error {
 			now := w.cfg.Clock.Now()
-			_, err := w.db.CancelRun(ctx, m.run, w.cfg.ID, reason, now.UnixMilli(), func() string { return events.NewID(now) })
-			return err
+			// Retried like a channel write: cancelling twice is harmless.
+			return w.redisRetry(ctx, func() error {
+				_, err := w.db.CancelRun(ctx, m.run, w.cfg.ID, reason, now.UnixMilli(), func() string { return events.NewID(now) })
+				return err
+			})
 		},
 		channel: w.channelOf(m.run, m.task, m.attempt, cr.Epoch),
 		readSpawned: func(ctx context.Context, deps []string) (ids []string, err error) {
