@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -14,6 +15,7 @@ import (
 	"slices"
 	"sort"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/graflow-go/graflow"
@@ -134,10 +136,11 @@ type collector struct {
 	url string
 	wg  sync.WaitGroup
 
-	mu       sync.Mutex
-	runs     map[string]runSpans
-	received int      // spans, all kinds
-	bad      []string // requests it could not read (the first few)
+	mu        sync.Mutex
+	runs      map[string]runSpans
+	received  int      // spans, all kinds
+	bad       []string // requests it could not read (the first few)
+	truncated int      // requests cut short by a killed exporter
 }
 
 // runSpans are the engine spans of one run that the processes exported,
@@ -194,6 +197,15 @@ func (c *collector) close() {
 
 func (c *collector) export(w http.ResponseWriter, r *http.Request) {
 	req, err := readExport(r)
+	if err != nil && (errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET)) {
+		// The exporting process was killed mid-request (a fault of the
+		// schedule): its batch is lost as its unsent spans are, which the
+		// checks allow for a killed process. Not the collector's failure.
+		c.mu.Lock()
+		c.truncated++
+		c.mu.Unlock()
+		return
+	}
 	if err != nil {
 		c.mu.Lock()
 		if len(c.bad) < 5 {
