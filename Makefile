@@ -130,5 +130,5 @@ chaos-cluster: build ## Run chaos seeds on a local Redis Cluster (3 masters + 3 
 	./bin/graflow chaos --cluster --partitions 3 --seeds $(CLUSTER_CHAOS_SEEDS) --quiet $(CHAOS_FLAGS)
 
 chaos-broken-fencing: build-testhooks ## Prove the chaos checker can fail: with fencing switched off (a graflowtest build) it must report duplicates
-	./bin/graflow-testhooks chaos --seeds 1 --break-fencing --quiet
+	./bin/graflow-testhooks chaos --seeds 1-3 --break-fencing --quiet
 

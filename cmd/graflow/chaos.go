@@ -52,7 +52,7 @@ func runChaos(m *Main, fs *pflag.FlagSet, c *common) runFunc {
 		if *duration > 0 {
 			return runSoak(ctx, m, base, list[0], *dir, *quiet)
 		}
-		failed := 0
+		failed, caught := 0, 0 // caught: seeds whose checker caught duplicates (--break-fencing)
 		for _, seed := range list {
 			cfg := base
 			cfg.Seed = seed
@@ -70,8 +70,12 @@ func runChaos(m *Main, fs *pflag.FlagSet, c *common) runFunc {
 			fmt.Fprintln(m.Stdout, rep.Line())
 			ok := rep.Verdict.OK()
 			if *breakFencing {
-				ok = rep.Verdict.DuplicateAccepts > 0
-				if ok {
+				// One seed catching duplicates proves the checker can
+				// fail; a seed whose zombies had nothing in flight to
+				// duplicate proves nothing either way (see caught below).
+				ok = true
+				if rep.Verdict.DuplicateAccepts > 0 {
+					caught++
 					fmt.Fprintf(m.Stdout, "chaos seed=%d break-fencing: the checker caught %d duplicate accepts, as it must\n", seed, rep.Verdict.DuplicateAccepts)
 					for i, p := range rep.Verdict.Problems {
 						if i == 6 {
@@ -95,6 +99,9 @@ func runChaos(m *Main, fs *pflag.FlagSet, c *common) runFunc {
 				}
 				fmt.Fprintf(m.Stderr, "  logs and AOF kept in %s\n", rep.Dir)
 			}
+		}
+		if *breakFencing && caught == 0 {
+			return withCode(ExitFailed, errors.Join(errQuiet, fmt.Errorf("break-fencing: no duplicate accept caught in %d seeds: the checker was not shown to fail", len(list))))
 		}
 		if failed > 0 {
 			return withCode(ExitFailed, errors.Join(errQuiet, fmt.Errorf("%d of %d seeds failed", failed, len(list))))
