@@ -33,9 +33,16 @@ func (r *Run) joinState(t *Task, skipping, unskipping map[string]bool) (ready, d
 			}
 		}
 	}
+	return r.tolerantDecision(t, ended, ended-ok, critDead, skipping, unskipping)
+}
+
+// tolerantDecision applies a tolerant join policy to counts of t's
+// dependencies: ended, lost (ended without succeeding) and whether a
+// critical one was lost. What the dependencies spawned (Waits) must
+// succeed, whatever the policy (spawn.go).
+func (r *Run) tolerantDecision(t *Task, ended, lost int, critLost bool, skipping, unskipping map[string]bool) (ready, dead bool) {
+	j := t.Spec.Join
 	all := ended == len(t.Spec.Deps)
-	// What the dependencies spawned (Waits) must succeed, whatever the
-	// policy (spawn.go).
 	if waitsOK, waitsDead := r.waitsState(t, skipping, unskipping); waitsDead {
 		return false, true
 	} else if !waitsOK {
@@ -45,10 +52,10 @@ func (r *Run) joinState(t *Task, skipping, unskipping map[string]bool) (ready, d
 	case events.JoinBestEffort:
 		return all, false
 	case events.JoinAtLeast:
-		dead = len(t.Spec.Deps)-(ended-ok) < j.N // too few left to reach N
+		dead = len(t.Spec.Deps)-lost < j.N // too few left to reach N
 		return all && !dead, dead
 	case events.JoinCritical:
-		return all && !critDead, critDead
+		return all && !critLost, critLost
 	}
 	// An unknown policy (validation refuses it at submit): strict.
 	dead = !r.depsAlive(t, skipping)
@@ -141,23 +148,8 @@ func (r *Run) recount(t *Task) {
 
 // tolerantState is joinState of a tolerant join from its tally (valid).
 func (r *Run) tolerantState(t *Task) (ready, dead bool) {
-	j, tl := t.Spec.Join, &t.tally
-	all := tl.ended == len(t.Spec.Deps)
-	if waitsOK, waitsDead := r.waitsState(t, nil, nil); waitsDead {
-		return false, true
-	} else if !waitsOK {
-		all = false
-	}
-	switch j.Policy {
-	case events.JoinBestEffort:
-		return all, false
-	case events.JoinAtLeast:
-		dead = len(t.Spec.Deps)-tl.lost < j.N
-		return all && !dead, dead
-	case events.JoinCritical:
-		return all && tl.critLost == 0, tl.critLost > 0
-	}
-	return r.joinState(t, nil, nil)
+	tl := &t.tally
+	return r.tolerantDecision(t, tl.ended, tl.lost, tl.critLost > 0, nil, nil)
 }
 
 // invalidateTallies marks the tallies of t's successors stale: t may have
