@@ -247,6 +247,12 @@ func (p *Projector) Run(ctx context.Context) error {
 			parts = append(parts, i)
 		}
 	}
+	// Record the end policy for the finishes that end small runs (a run
+	// a finish ends gets this projector's compaction and TTL).
+	policy := rdb.EndPolicy{CompactLog: p.cfg.CompactLog, TTL: p.cfg.RunTTL}
+	if err := retryAll(ctx, p.log, "record the end policy", func() error { return p.db.SetEndPolicy(ctx, parts, policy) }); err != nil {
+		return nil // ctx ended
+	}
 	var wg sync.WaitGroup
 	for _, n := range parts {
 		wg.Add(1)

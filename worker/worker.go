@@ -906,6 +906,9 @@ func (w *Worker) finish(ctx context.Context, log zerolog.Logger, m message, t *T
 	if runErr == nil {
 		body, _ := json.Marshal(events.TaskSucceededBody{Result: encoded})
 		args.Type, args.Body, args.Status, args.Result = events.TaskSucceeded, body, events.TaskStatusSucceeded, encoded
+		// If this success is the run's last (a small run: see
+		// rdb.EndMaxTasks), the finish ends the run with this id.
+		args.EndID = events.NewID(now)
 		if t.resultTTLMS > 0 {
 			args.ResultExpiresMS = args.TimeMS + t.resultTTLMS
 		}

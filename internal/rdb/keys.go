@@ -238,6 +238,13 @@ func (k Keys) Expiries(n int) string { return k.tag(n) + "expiries" }
 // ExpiriesFor is the expiry set of run's partition.
 func (k Keys) ExpiriesFor(run string) string { return k.Expiries(k.Partition(run)) }
 
+// EndPolicy is partition n's end policy (a hash: compact, ttl ms), which a
+// projector records for the finishes that end runs.
+func (k Keys) EndPolicy(n int) string { return k.tag(n) + "end-policy" }
+
+// EndPolicyFor is the end policy of run's partition.
+func (k Keys) EndPolicyFor(run string) string { return k.EndPolicy(k.Partition(run)) }
+
 // Runs is the run index, scored by submit time in ms.
 func (k Keys) Runs() string { return k.ns + ":runs" }
 

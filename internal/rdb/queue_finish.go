@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/graflow-go/graflow/events"
 	"github.com/redis/go-redis/v9"
@@ -44,6 +46,10 @@ type FinishArgs struct {
 	// Spawn, with a success, adds tasks to the run in the same step
 	// (dynamic tasks): nil adds none.
 	Spawn *Spawn
+	// EndID is the id of the run_succeeded a call appends if its
+	// success ends the run (see finishScript): a call with several
+	// outcomes uses the first one set; a call with none never ends it.
+	EndID string
 }
 
 // Spawn is what a succeeded attempt adds to its run: tasks_added (written
@@ -129,7 +135,8 @@ func (d DB) Finish(ctx context.Context, a FinishArgs) (newlyDirty bool, err erro
 // caller's spawn is rejected with its result.
 //
 // KEYS: 1 state, 2 log, 3 results, 4 the messages' queue stream, 5 feed,
-// 6 dag, 7 the partition's expiry set
+// 6 dag, 7 the partition's expiry set, 8 scratch key for compacting the
+// log, 9 channel, 10 the partition's end policy
 // ARGV: 1 n, 2 group, 3 consumer, 4 run, then n items (outcomes of one
 // run, their messages on one stream) of 15 arguments:
 // 1 task, 2 attempt, 3 epoch, 4 worker, 5 event id, 6 time ms,
@@ -148,11 +155,21 @@ func (d DB) Finish(ctx context.Context, a FinishArgs) (newlyDirty bool, err erro
 // limit of spawned tasks in the run, x, x dependency ids outside the
 // spawn, then k pairs (task id, meta JSON)
 //
+// then the event id of the run_succeeded this call appends if it ends the
+// run ("" or absent: the call never ends the run). When every task of a
+// run of at most EndMaxTasks tasks has succeeded after the call's items,
+// the script ends the run as the projector would (run_succeeded, written
+// by the worker of the call's success; status, head, compaction and TTL by
+// the partition's end policy) and points no feed. It does so only when a
+// projector has recorded that policy.
+//
 // Reply: per item, {"ok", seq, newly dirty 0|1, acked 1|0|-1 (as
-// queue_ack)} | {"stale", status, epoch, owner} | {"spawn", why} (the
-// spawn is refused; nothing of the item was written, the claim holds)
+// queue_ack), ended 1|0} | {"stale", status, epoch, owner} | {"spawn", why}
+// (the spawn is refused; nothing of the item was written, the claim
+// holds)
 var finishScript = redis.NewScript(prelude + ackLua + `
 local point = false
+local succ = nil -- the worker of a success this call accepted
 local toack, acked = {}, {} -- message ids to ack, and which item each is
 -- spawnbad returns why the spawn S cannot be added, or nil. Reads only.
 local function spawnbad(run, S)
@@ -202,7 +219,7 @@ local function one(i, A, S)
     -- one that set @dirty, and its caller never saw the reply.
     point = true
     if A[13] ~= '' then toack[#toack + 1] = A[13]; acked[#acked + 1] = i end
-    return {'ok', '', 1, 0}
+    return {'ok', '', 1, 0, 0}
   end
   if A[12] == 'unfenced' and a == att then
     e, o = ep, A[4]
@@ -232,10 +249,11 @@ local function one(i, A, S)
     end
   end
   local seq = append(KEYS[2], A[5], A[7], A[1], a, e, A[4], A[8])
+  if A[9] == 'succeeded' then succ = A[4] end
   local newly = 1
   if h[3] == '1' then newly = 0 else point = true end
   if A[13] ~= '' then toack[#toack + 1] = A[13]; acked[#acked + 1] = i end
-  return {'ok', seq, newly, 0}
+  return {'ok', seq, newly, 0, 0}
 end
 -- Every check before the first write: the keys written besides the run's
 -- own, and the message ids.
@@ -279,12 +297,82 @@ if #toack > 0 then
   local res = ackmine(KEYS[4], ARGV[2], ARGV[3], toack)
   for k, item in ipairs(acked) do out[item][4] = res[k] end
 end
+-- The run's end, when a success of this call was its last task to
+-- succeed: run_succeeded, as the projector's Decide would append it (every
+-- task succeeded; the fold applies it only then, and replay verify checks
+-- it), with the end's compaction and TTL. Only for runs of at most
+-- endMaxTasks tasks (their records are read here), and only once a
+-- projector has recorded the end policy (its compaction bound and run
+-- TTL) in the partition: otherwise the projector ends the run.
+local endid = ARGV[pos]
+if succ and endid and endid ~= '' then
+  local ntasks = redis.call('HLEN', KEYS[6])
+  if ntasks > 0 and ntasks <= ` + strconv.Itoa(EndMaxTasks) + ` then
+    local tasks = redis.call('HKEYS', KEYS[6])
+    local recs = redis.call('HMGET', KEYS[1], '@status', unpack(tasks))
+    local all = recs[1] == 'running'
+    for j = 2, #recs do
+      if not all then break end
+      all = parserec(recs[j]) == 'succeeded'
+    end
+    local pol = all and redis.call('HMGET', KEYS[10], 'compact', 'ttl')
+    if all and pol[1] then
+      local seq = append(KEYS[2], endid, 'run_succeeded', '', 0, 0, succ, '')
+      -- The head moves as a projector's end commit would move it: a
+      -- projector's commit prepared before this conflicts.
+      redis.call('HSET', KEYS[1], '@status', 'succeeded', '@cursor', seq, '@commit', endid)
+      redis.call('HDEL', KEYS[1], '@dirty')
+      point = false
+      local compact, ttl = tonumber(pol[1]) or 0, tonumber(pol[2] or '0') or 0
+      if compact > 0 and redis.call('XLEN', KEYS[2]) <= compact then
+        redis.call('COPY', KEYS[2], KEYS[8], 'REPLACE')
+        redis.call('RENAME', KEYS[8], KEYS[2])
+      end
+      if ttl > 0 then
+        for _, key in ipairs({KEYS[1], KEYS[2], KEYS[6], KEYS[3], KEYS[9]}) do
+          redis.call('PEXPIRE', key, ttl)
+        end
+      end
+      for k = 1, n do
+        if out[k][1] == 'ok' then out[k][5] = 1 end
+      end
+    end
+  end
+end
 -- A call with an outcome that is dead-lettered (no message id: its ack
 -- waits) leaves the feed pointer to the caller too, after the dead
 -- letter: a projector must not end the run before the dead letter exists.
 if point and #ids == n then redis.call('XADD', KEYS[5], '*', 'r', ARGV[4]) end
 return out
 `)
+
+// EndMaxTasks bounds the runs whose end a finish decides (see
+// finishScript): the script reads every task's record of such a run.
+// Larger runs are ended by the projector.
+const EndMaxTasks = 32
+
+// EndPolicy is what a run's end applies besides its event: the log
+// compaction bound (0: none) and the run's TTL (0: none). A projector
+// records its own in each of its partitions (SetEndPolicy), for the
+// finishes that end runs.
+type EndPolicy struct {
+	CompactLog int
+	TTL        time.Duration
+}
+
+// SetEndPolicy records the end policy in partitions parts.
+func (d DB) SetEndPolicy(ctx context.Context, parts []int, p EndPolicy) error {
+	_, err := d.C.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		for _, n := range parts {
+			pipe.HSet(ctx, d.K.EndPolicy(n), "compact", max(p.CompactLog, 0), "ttl", p.TTL.Milliseconds())
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("record the end policy: %w", err)
+	}
+	return nil
+}
 
 // FinishesCmd queues one finish script call for several outcomes of ONE
 // run whose messages are on ONE stream (and of one consumer) on p; read it
@@ -309,7 +397,16 @@ func (d DB) FinishesCmd(ctx context.Context, p redis.Scripter, as []FinishArgs) 
 			argv = a.Spawn.appendArgs(argv)
 		}
 	}
-	return finishScript.Run(ctx, p, []string{d.K.RunState(run), d.K.RunLog(run), d.K.RunResults(run), stream, d.K.FeedFor(run), d.K.RunDAG(run), d.K.ExpiriesFor(run)}, argv...)
+	end := ""
+	for _, a := range as {
+		if a.EndID != "" {
+			end = a.EndID
+			break
+		}
+	}
+	argv = append(argv, end)
+	return finishScript.Run(ctx, p, []string{d.K.RunState(run), d.K.RunLog(run), d.K.RunResults(run), stream, d.K.FeedFor(run), d.K.RunDAG(run), d.K.ExpiriesFor(run),
+		d.K.RunLogCompact(run), d.K.RunChannel(run), d.K.EndPolicyFor(run)}, argv...)
 }
 
 // appendArgs appends the spawn's arguments of the finish script.
@@ -333,6 +430,8 @@ func (s *Spawn) appendArgs(argv []any) []any {
 type FinishOutcome struct {
 	Dirty bool
 	Acked int
+	// Ended says the call ended the run (run_succeeded appended).
+	Ended bool
 	Err   error
 }
 
@@ -359,6 +458,7 @@ func ParseFinishes(as []FinishArgs, cmd *redis.Cmd) ([]FinishOutcome, error) {
 		}
 		out[i].Dirty = num(res, 2) == 1
 		out[i].Acked = int(num(res, 3))
+		out[i].Ended = num(res, 4) == 1
 	}
 	return out, nil
 }
