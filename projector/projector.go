@@ -73,6 +73,11 @@ type Config struct {
 	// at most this many events, with memory sized to fit (Redis keeps a
 	// stream's newest node preallocated, up to 4 KiB). Default
 	// rdb.DefaultCompactLog; negative: never.
+	//
+	// Run records RunTTL and CompactLog as the end policy of its
+	// partitions: a worker's finish that ends a small run (every task
+	// succeeded; see rdb.EndMaxTasks) applies them as this projector's
+	// commit would. Give all projectors of a namespace the same values.
 	CompactLog int
 	// FeedBlock is how long one XREADGROUP blocks (default 2s); it only
 	// bounds how fast Run notices cancellation.

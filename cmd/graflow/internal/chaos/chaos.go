@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"strconv"
 	"sync"
 	"time"
@@ -50,6 +51,12 @@ type Config struct {
 	// ran after the cancel and that every worker still running one of its
 	// tasks was fenced.
 	NoCancel bool
+	// Small runs (default 24; negative: none) of one to four tasks are
+	// submitted one by one while the faults go on: single tasks, chains
+	// and pairs, some flaky. A small run's last success ends it in the
+	// worker's finish script (rdb.EndMaxTasks), not in a projector's
+	// commit; a run that retries or fails is ended by a projector.
+	Small int
 	// Workers processes (default 4), each with Concurrency (default 8).
 	Workers     int
 	Concurrency int
@@ -136,6 +143,9 @@ type Report struct {
 	History        Touches
 	// Spawned counts the tasks the runs' handlers added (dynamic tasks).
 	Spawned int
+	// Small counts the small runs checked, FinishEnds the runs whose
+	// run_succeeded a worker's finish wrote (not a projector's commit).
+	Small, FinishEnds int
 	// Sampled counts the runs submitted sampled (the others are submitted
 	// under an unsampled parent), Traced those of them whose trace held:
 	// run_submitted carries their submit's trace context and every engine
@@ -151,8 +161,8 @@ type Report struct {
 
 // Line is the one-line summary "chaos seed=S tasks=N kills=K ...".
 func (r Report) Line() string {
-	return fmt.Sprintf("chaos seed=%d runs=%d tasks=%d spawned=%d kills=%d pauses=%d projectors=%d projector_kills=%d projector_pauses=%d projector_stalls=%d takeovers=%d cancelled=%d/%d/%d channel_keys=%d result_ttls=%d/%d redis_restarts=%d failovers=%d shared_runs=%d handoffs=%d late_commits=%d traced=%d/%d trace_spans=%d lost=%d duplicate_accepts=%d rejected_stale=%d events=%d elapsed=%s verified=%t",
-		r.Seed, r.Runs, r.Verdict.Tasks, r.Spawned, r.Kills, r.Pauses, r.Projectors, r.ProjectorKills, r.ProjectorPauses, r.ProjectorStalls, r.Takeovers, r.Cancelled, r.CancelledTasks, r.CancelledRunning, r.ChannelWrites, r.ResultTTLs, r.ResultsExpired, r.RedisRestarts, r.Failovers,
+	return fmt.Sprintf("chaos seed=%d runs=%d small=%d finish_ends=%d tasks=%d spawned=%d kills=%d pauses=%d projectors=%d projector_kills=%d projector_pauses=%d projector_stalls=%d takeovers=%d cancelled=%d/%d/%d channel_keys=%d result_ttls=%d/%d redis_restarts=%d failovers=%d shared_runs=%d handoffs=%d late_commits=%d traced=%d/%d trace_spans=%d lost=%d duplicate_accepts=%d rejected_stale=%d events=%d elapsed=%s verified=%t",
+		r.Seed, r.Runs, r.Small, r.FinishEnds, r.Verdict.Tasks, r.Spawned, r.Kills, r.Pauses, r.Projectors, r.ProjectorKills, r.ProjectorPauses, r.ProjectorStalls, r.Takeovers, r.Cancelled, r.CancelledTasks, r.CancelledRunning, r.ChannelWrites, r.ResultTTLs, r.ResultsExpired, r.RedisRestarts, r.Failovers,
 		r.History.SharedRuns, r.History.Handoffs, r.History.LateCommits, r.Traced, r.Sampled, r.TraceSpans, r.Verdict.Lost,
 		r.Verdict.DuplicateAccepts, r.Verdict.RejectedStale, r.Events, r.Elapsed.Round(100*time.Millisecond), r.Verdict.OK())
 }
@@ -163,6 +173,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Wide == 0 {
 		c.Wide = 3000
+	}
+	if c.Small == 0 {
+		c.Small = 24
 	}
 	if c.Workers <= 0 {
 		c.Workers = 4
@@ -272,7 +285,39 @@ func Run(ctx context.Context, cfg Config) (rep Report, err error) {
 			cancelled <- s.cancel(runCtx, cancelRun.id, cancelAfter)
 		}()
 	}
+	// The small runs, one every 50-300 ms while the faults go on.
+	var small []*submitted
+	var smallMu sync.Mutex
 	var waits sync.WaitGroup
+	waits.Add(1)
+	go func() {
+		defer waits.Done()
+		// A generator of their own: the faults' schedule (s.rng, another
+		// goroutine's) stays the seed's.
+		rng := rand.New(rand.NewPCG(cfg.Seed, 0x5a11))
+		for i := range max(cfg.Small, 0) {
+			if !wait(runCtx, time.Duration(50+rng.IntN(250))*time.Millisecond) {
+				return
+			}
+			r := &submitted{id: fmt.Sprintf("chaos-%d-small-%d", cfg.Seed, i)}
+			if r.err = s.submit(runCtx, smallWorkflow(rng, i), nil, r.id, sampleRun(i)); r.err != nil {
+				s.logf("submit %s: %v", r.id, r.err)
+				return
+			}
+			smallMu.Lock()
+			small = append(small, r)
+			smallMu.Unlock()
+			waits.Add(1)
+			go func() {
+				defer waits.Done()
+				r.err = retryRedis(runCtx, func() error {
+					var err error
+					r.info, err = s.client.Wait(runCtx, r.id)
+					return err
+				})
+			}()
+		}
+	}()
 	for _, r := range runs {
 		waits.Add(1)
 		go func() {
@@ -295,8 +340,11 @@ func Run(ctx context.Context, cfg Config) (rep Report, err error) {
 			s.logf("run %s %s", r.id, r.info.Status)
 		}
 	}
+	s.logf("%d small runs submitted", len(small))
 	s.logf("stopping workers and projectors")
 	s.stopAll()
+	runs = append(runs, small...)
+	rep.Small = len(small)
 
 	for _, r := range runs {
 		v, n, err := s.check(ctx, r.id, true)
@@ -312,6 +360,11 @@ func Run(ctx context.Context, cfg Config) (rep Report, err error) {
 		rep.Runs++
 		rep.Events += n
 		rep.Verdict.Add(r.id, v)
+	}
+	if rep.Small >= 10 && rep.FinishEnds == 0 {
+		// Most small runs end without a retry, in a finish: none doing so
+		// means the path this schedule exercises was not taken.
+		rep.Verdict.Add("(small)", Verdict{Problems: []string{fmt.Sprintf("none of %d small runs was ended by a worker's finish", rep.Small)}})
 	}
 	if p := s.collector.problems(); len(p) > 0 {
 		rep.Verdict.Add("(all)", Verdict{Problems: p})
@@ -412,6 +465,11 @@ func (s *stack) check(ctx context.Context, run string, complete bool) (Verdict, 
 	s.mu.Unlock()
 	s.mu.Lock()
 	s.report.History.add(touches(evs, s.isProjector, s.projPauses))
+	for _, e := range evs {
+		if e.Type == events.RunSucceeded && !s.isProjector(e.Worker) {
+			s.report.FinishEnds++
+		}
+	}
 	for _, e := range evs {
 		var b events.TasksAddedBody
 		if e.Type == events.TasksAdded && e.DecodeBody(&b) == nil {
@@ -594,6 +652,31 @@ func (s *stack) workflow(name string, tasks int) *graflow.Workflow {
 		sums = append(sums, group.Then(wf.Task(fmt.Sprintf("sum-%d", g), builtin.Sum)))
 	}
 	wf.Task("total", builtin.Sum).After(sums...)
+	return wf
+}
+
+// smallWorkflow builds the i-th small run: a single task, a 2- or 3-step
+// chain, or a pair and its join; one in three has a flaky task (it fails
+// once, then succeeds on its retry).
+func smallWorkflow(rng *rand.Rand, i int) *graflow.Workflow {
+	wf := graflow.NewWorkflow("chaos-small")
+	task := func(id string, flaky bool) *graflow.Task {
+		if flaky {
+			return wf.Task(id, builtin.Flaky).Args(map[string]any{"fail": 1, "value": 1}).Retries(2)
+		}
+		return wf.Task(id, builtin.Sleep).Args(map[string]any{"ms": 5 + rng.IntN(60), "value": 1})
+	}
+	flaky := i%3 == 2
+	switch i % 4 {
+	case 0:
+		task("one", flaky)
+	case 1:
+		task("b", flaky).After(task("a", false))
+	case 2:
+		task("c", false).After(task("b", flaky).After(task("a", false)))
+	default:
+		wf.Parallel(task("a", false), task("b", flaky)).Then(wf.Task("join", builtin.Sum))
+	}
 	return wf
 }
 

@@ -62,6 +62,9 @@ type stack struct {
 	// id, for late_commits (see Touches).
 	projPaused []bool
 	projPauses map[string][]span
+	// killed: the ids of the processes SIGKILLed (a restarted projector
+	// may take its id again): their unexported spans are lost.
+	killed map[string]bool
 	report     *Report
 	// pauseWait: the SIGCONTs to come; lastCont: the last one. A pause
 	// runs its full length on life (the stack's context), even when the
@@ -87,7 +90,7 @@ func newStack(ctx context.Context, cfg Config, soak bool) (_ *stack, err error) 
 	}
 	s := &stack{cfg: cfg, soak: soak, ns: "chaos" + strconv.FormatUint(cfg.Seed, 10), start: time.Now(),
 		rng:        rand.New(rand.NewPCG(cfg.Seed, cfg.Seed^0x9e3779b97f4a7c15)),
-		projPauses: map[string][]span{}, report: &Report{}, life: ctx}
+		projPauses: map[string][]span{}, killed: map[string]bool{}, report: &Report{}, life: ctx}
 	defer func() {
 		if err != nil {
 			s.close()
@@ -294,6 +297,7 @@ func (s *stack) fault(ctx context.Context, kind string) {
 		}
 		old := s.workers[i]
 		old.Kill()
+		s.killed[old.Name] = true
 		s.gens[i]++
 		if err := s.startWorker(i); err != nil {
 			s.logf("restart worker: %v", err)
@@ -332,6 +336,7 @@ func (s *stack) fault(ctx context.Context, kind string) {
 		}
 		old := s.projs[i]
 		old.Kill()
+		s.killed[old.Name] = true
 		how := "restarted it under its id (it resumes its own pending feed entries)"
 		if s.rng.IntN(2) == 0 {
 			s.projGen[i]++

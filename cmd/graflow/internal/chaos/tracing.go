@@ -392,7 +392,22 @@ func (s *stack) checkTrace(run string, evs []events.Event, complete bool) (sampl
 	case sampled && complete:
 		var missing []string
 		all := got.names()
+		// Which processes acted on the run, and whether every one of them
+		// was SIGKILLed at some point (its last unexported batch is lost
+		// with it: a small run's spans may all have been in it). A run no
+		// projector acted on (the submit dispatched its roots, its last
+		// finish ended it) has no project span.
+		s.mu.Lock()
+		projectors, projectorsKilled := writers(evs, s.isProjector, s.killed)
+		workers, workersKilled := writers(evs, func(w string) bool {
+			return w != "" && w != "submit" && !s.isProjector(w)
+		}, s.killed)
+		s.mu.Unlock()
 		for _, name := range processSpans {
+			if name == tracing.SpanProject && (projectors == 0 || projectorsKilled) ||
+				name != tracing.SpanProject && workers > 0 && workersKilled {
+				continue
+			}
 			if all[name] == 0 {
 				missing = append(missing, name)
 			}
@@ -402,6 +417,21 @@ func (s *stack) checkTrace(run string, evs []events.Event, complete bool) (sampl
 		}
 	}
 	return sampled, sampled && len(problems) == 0, n + submits, problems
+}
+
+// writers counts the distinct writers of evs that is selects and reports
+// whether every one of them is in killed.
+func writers(evs []events.Event, is func(string) bool, killed map[string]bool) (n int, allKilled bool) {
+	seen := map[string]bool{}
+	allKilled = true
+	for _, e := range evs {
+		if !is(e.Worker) || seen[e.Worker] {
+			continue
+		}
+		seen[e.Worker] = true
+		allKilled = allKilled && killed[e.Worker]
+	}
+	return len(seen), len(seen) > 0 && allKilled
 }
 
 func hasAttr(attrs []attribute.KeyValue, want attribute.KeyValue) bool {
