@@ -65,7 +65,7 @@ type stack struct {
 	// killed: the ids of the processes SIGKILLed (a restarted projector
 	// may take its id again): their unexported spans are lost.
 	killed map[string]bool
-	report     *Report
+	report *Report
 	// pauseWait: the SIGCONTs to come; lastCont: the last one. A pause
 	// runs its full length on life (the stack's context), even when the
 	// faults stop, so a zombie always resumes while the stack runs.
