@@ -19,9 +19,12 @@ import (
 // 6), and the queue message is acked through the owner-checked queue_ack
 // script (invariant 4). Everything else is as favourable as it can be:
 //
-//   - the client decides the root's dispatch at submit, so the run's only
-//     projector commit is its end; the queue XADD rides in the submit's
-//     pipeline (an engine would still need a crash-safe owner for it);
+//   - the client decides the root's dispatch at submit and the last
+//     step's finish ends the run (as the engine's finish does for a small
+//     run whose tasks all succeeded), so a single-task run has no
+//     projector commit at all and a chain one per step after the first;
+//     the queue XADD rides in the submit's pipeline (an engine would
+//     still need a crash-safe owner for it);
 //   - one hash per run holds records, metadata, input and results, so
 //     each script reads once and writes once;
 //   - the commit trusts a cursor it holds in memory (no tail read) and
@@ -181,18 +184,26 @@ func (d DB) FloorClaim(ctx context.Context, lane FloorLane, runs []string, step 
 }
 
 // floorFinishScript: the fencing check, the record and result, and
-// task_succeeded.
+// task_succeeded; with an end event id (the run's last step), also
+// run_succeeded and the run's status, and the run is not dirty.
 //
 // KEYS: 1 run hash, 2 log
-// ARGV: 1 task, 2 attempt, 3 epoch, 4 worker, 5 event id, 6 time ms, 7 result
+// ARGV: 1 task, 2 attempt, 3 epoch, 4 worker, 5 event id, 6 time ms, 7 result,
+// 8 run_succeeded's event id ("": not the last step)
 // Reply: {"ok", newly dirty 0|1} | {"stale"}
 var floorFinishScript = redis.NewScript(floorPrelude + `
 local h = redis.call('HMGET', KEYS[1], ARGV[1], '@dirty')
 if h[1] ~= 'running|' .. ARGV[2] .. '|' .. ARGV[3] .. '|' .. ARGV[4] then return {'stale'} end
-redis.call('HSET', KEYS[1], ARGV[1], 'succeeded|' .. ARGV[2] .. '|' .. ARGV[3] .. '|' .. ARGV[4],
-  'r|' .. ARGV[1], ARGV[7], '@dirty', '1')
 ev(KEYS[2], ARGV[5], 'task_succeeded', ARGV[1], ARGV[2], ARGV[3], ARGV[4],
   '{"result":' .. ARGV[7] .. '}')
+if ARGV[8] ~= '' then
+  local seq = ev(KEYS[2], ARGV[8], 'run_succeeded', '', '0', '0', ARGV[4], '')
+  redis.call('HSET', KEYS[1], ARGV[1], 'succeeded|' .. ARGV[2] .. '|' .. ARGV[3] .. '|' .. ARGV[4],
+    'r|' .. ARGV[1], ARGV[7], '@status', 'succeeded', '@cursor', seq)
+  return {'ok', 0}
+end
+redis.call('HSET', KEYS[1], ARGV[1], 'succeeded|' .. ARGV[2] .. '|' .. ARGV[3] .. '|' .. ARGV[4],
+  'r|' .. ARGV[1], ARGV[7], '@dirty', '1')
 local newly = 1
 if h[2] == '1' then newly = 0 end
 return {'ok', newly}
@@ -200,13 +211,20 @@ return {'ok', newly}
 
 // FloorFinish records the success of the task of step of each run (the
 // claim of epochs[i]) and points the lane's feed at the run, in one round
-// trip.
-func (d DB) FloorFinish(ctx context.Context, lane FloorLane, runs []string, step int, epochs []string) error {
+// trip; with last (the run's last step) it ends each run instead of
+// pointing the feed.
+func (d DB) FloorFinish(ctx context.Context, lane FloorLane, runs []string, step int, epochs []string, last bool) error {
 	_, err := d.floorExec(ctx, "finish", func(p redis.Pipeliner) []*redis.Cmd {
 		cmds := make([]*redis.Cmd, len(runs))
 		for i, run := range runs {
-			cmds[i] = floorFinishScript.EvalSha(ctx, p, d.floorKeys(run), floorTask(step), "1", epochs[i], lane.Worker, ulid.Make().String(), floorNow(), "null")
-			floorPoint(ctx, p, lane.Feed, run)
+			end := ""
+			if last {
+				end = ulid.Make().String()
+			}
+			cmds[i] = floorFinishScript.EvalSha(ctx, p, d.floorKeys(run), floorTask(step), "1", epochs[i], lane.Worker, ulid.Make().String(), floorNow(), "null", end)
+			if !last {
+				floorPoint(ctx, p, lane.Feed, run)
+			}
 		}
 		return cmds
 	})

@@ -165,11 +165,15 @@ func (s *stack) floorBatch(ctx context.Context, l int, runs []string, steps int)
 		if err != nil {
 			return err
 		}
-		if err := s.db.FloorFinish(ctx, lane, claimed, step, epochs); err != nil {
+		last := step == steps-1
+		if err := s.db.FloorFinish(ctx, lane, claimed, step, epochs, last); err != nil {
 			return err
 		}
 		if err := s.db.FloorAck(ctx, lane, ids); err != nil {
 			return err
+		}
+		if last {
+			break // the finish ended the runs
 		}
 
 		// Projector: read the feed, the logs after the cursors, commit the end.
