@@ -536,3 +536,28 @@ func TestFinishEndAppliesThePolicy(t *testing.T) {
 		})
 	}
 }
+
+// The end check reads a run's records only once @ok (the successes finish
+// calls accepted) reaches the run's task count: a run one of whose
+// successes was recorded without counting (an imported run, a run from
+// before @ok) is left to the projector, never ended on a short count.
+func TestFinishWithAShortSuccessCountLeavesTheEndToTheProjector(t *testing.T) {
+	t.Parallel()
+	b := endRun(t, endPolicy, events.TaskSpec{ID: "a", Handler: "h"}, events.TaskSpec{ID: "b", Handler: "h"})
+	ma, mb := b.dispatchQueued(t, "w1", "a")["a"], b.dispatchQueued(t, "w2", "b")["b"]
+	first, last := b.success(t, "a", "w1", ma), b.success(t, "b", "w2", mb)
+	feed := b.feedPoints(t)
+	if out := b.finishOne(t, first); out.Ended {
+		t.Fatalf("a's success, b running: outcome %+v, want not ended", out)
+	}
+	if ok, err := b.c.HGet(b.ctx, b.db.K.RunState(b.run), "@ok").Result(); err != nil || ok != "1" {
+		t.Fatalf("@ok after a's success = %q, %v; want 1", ok, err)
+	}
+	if err := b.c.HDel(b.ctx, b.db.K.RunState(b.run), "@ok").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if out := b.finishOne(t, last); out.Ended {
+		t.Fatalf("b's success with @ok short of the tasks: outcome %+v, want not ended", out)
+	}
+	b.checkLeftToProjector(t, feed)
+}

@@ -170,6 +170,7 @@ func (d DB) Finish(ctx context.Context, a FinishArgs) (newlyDirty bool, err erro
 var finishScript = redis.NewScript(prelude + ackLua + `
 local point = false
 local succ = nil -- the worker of a success this call accepted
+local ok = 0 -- the run's @ok after this call's successes
 local toack, acked = {}, {} -- message ids to ack, and which item each is
 -- spawnbad returns why the spawn S cannot be added, or nil. Reads only.
 local function spawnbad(run, S)
@@ -203,7 +204,7 @@ end
 -- (all of this run) and replies with the n item replies, in order. S is
 -- the item's spawn, or nil.
 local function one(i, A, S)
-  local h = redis.call('HMGET', KEYS[1], '@status', A[1], '@dirty')
+  local h = redis.call('HMGET', KEYS[1], '@status', A[1], '@dirty', '@ok')
   local run = h[1]
   local st, a, e, o = parserec(h[2])
   if not run then
@@ -240,7 +241,14 @@ local function one(i, A, S)
   end
   -- The record and @dirty in one HSET; "newly dirty" (the feed is then
   -- pointed at the run) if @dirty was not set before.
-  redis.call('HSET', KEYS[1], A[1], recstr(A[9], a, e, o), '@dirty', '1')
+  if A[9] == 'succeeded' then
+    -- @ok counts the successes accepted here: a filter for the end check
+    -- below (a count short of the tasks skips it; the records decide).
+    ok = (tonumber(h[4]) or 0) + 1
+    redis.call('HSET', KEYS[1], A[1], recstr(A[9], a, e, o), '@dirty', '1', '@ok', ok)
+  else
+    redis.call('HSET', KEYS[1], A[1], recstr(A[9], a, e, o), '@dirty', '1')
+  end
   if A[9] == 'succeeded' then
     redis.call('HSET', KEYS[3], A[1], A[10])
     if A[15] ~= '0' then
@@ -303,11 +311,14 @@ end
 -- it), with the end's compaction and TTL. Only for runs of at most
 -- endMaxTasks tasks (their records are read here), and only once a
 -- projector has recorded the end policy (its compaction bound and run
--- TTL) in the partition: otherwise the projector ends the run.
+-- TTL) in the partition: otherwise the projector ends the run. The
+-- records are read only once the run's @ok (successes accepted by finish
+-- calls) reaches its task count: a run with a success recorded elsewhere
+-- (an import) or that predates @ok is left to the projector.
 local endid = ARGV[pos]
 if succ and endid and endid ~= '' then
   local ntasks = redis.call('HLEN', KEYS[6])
-  if ntasks > 0 and ntasks <= ` + strconv.Itoa(EndMaxTasks) + ` then
+  if ntasks > 0 and ntasks <= ` + strconv.Itoa(EndMaxTasks) + ` and ok >= ntasks then
     local tasks = redis.call('HKEYS', KEYS[6])
     local recs = redis.call('HMGET', KEYS[1], '@status', unpack(tasks))
     local all = recs[1] == 'running'
