@@ -227,11 +227,6 @@ func Run(ctx context.Context, cfg Config) (rep Report, err error) {
 	rep.Seed, rep.Dir, rep.Projectors = cfg.Seed, s.cfg.Dir, cfg.Projectors
 	s.report = &rep
 
-	type submitted struct {
-		id   string
-		info *graflow.RunInfo
-		err  error
-	}
 	runs := []*submitted{{id: "chaos-" + strconv.FormatUint(cfg.Seed, 10)}}
 	wfs := []*graflow.Workflow{s.workflow("chaos", cfg.Tasks)}
 	if cfg.Wide > 0 {
@@ -310,11 +305,7 @@ func Run(ctx context.Context, cfg Config) (rep Report, err error) {
 			waits.Add(1)
 			go func() {
 				defer waits.Done()
-				r.err = retryRedis(runCtx, func() error {
-					var err error
-					r.info, err = s.client.Wait(runCtx, r.id)
-					return err
-				})
+				s.await(runCtx, r)
 			}()
 		}
 	}()
@@ -322,11 +313,7 @@ func Run(ctx context.Context, cfg Config) (rep Report, err error) {
 		waits.Add(1)
 		go func() {
 			defer waits.Done()
-			r.err = retryRedis(runCtx, func() error {
-				var err error
-				r.info, err = s.client.Wait(runCtx, r.id)
-				return err
-			})
+			s.await(runCtx, r)
 		}()
 	}
 	waits.Wait()
@@ -374,6 +361,23 @@ func Run(ctx context.Context, cfg Config) (rep Report, err error) {
 		s.removeDir = true
 	}
 	return rep, nil
+}
+
+// submitted is a run chaos submitted, and how it ended.
+type submitted struct {
+	id   string
+	info *graflow.RunInfo
+	err  error
+}
+
+// await waits for r to end (retrying Redis errors: Redis restarts under
+// the faults) and records how it ended.
+func (s *stack) await(ctx context.Context, r *submitted) {
+	r.err = retryRedis(ctx, func() error {
+		var err error
+		r.info, err = s.client.Wait(ctx, r.id)
+		return err
+	})
 }
 
 // settle waits for the pending SIGCONTs, then a second after the last:
