@@ -6,6 +6,13 @@ func (p *Projector) forget(run string) {
 	p.mu.Unlock()
 }
 
+// cached reports how many runs' folds the projector keeps.
+func (p *Projector) cachedRuns() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.cache)
+}
+
 func (p *Projector) entry(run string) *cached {
 	p.mu.Lock()
 	defer p.mu.Unlock()

@@ -76,3 +76,6 @@ func (r *Run) TallyMismatch() string {
 	}
 	return ""
 }
+
+// CachedRuns is how many runs' folds p keeps.
+func (p *Projector) CachedRuns() int { return p.cachedRuns() }

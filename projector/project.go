@@ -156,7 +156,11 @@ func (p *Projector) settle(run string, c *cached, decisions []events.Event, res 
 	// Caught up: @dirty is cleared. If the decisions call for nothing
 	// more, the run is done for now (no confirming commit needed).
 	if len(decisions) == 0 || len(Decide(c.run, 1, p.retryDelay)) == 0 {
-		if c.run.Status.Terminal() {
+		if c.run.Status.Terminal() || len(c.run.Tasks) <= rdb.EndMaxTasks {
+			// A small run's end may be written by a finish that never
+			// points a projector at it: kept, it would hold a cache slot
+			// until an arbitrary eviction (of a large run's fold, maybe,
+			// which is costly to reload). Its log is short to fold again.
 			p.forget(run)
 		}
 		return false, nil

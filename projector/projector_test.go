@@ -921,3 +921,39 @@ func TestACommitConflictFoldsOnFromTheCache(t *testing.T) {
 	}
 	b.checkState(t, run, fold(t, run, b.log(t, run)))
 }
+
+// A small run leaves the projector's cache once nothing is left to decide:
+// its end may come from a finish script that never points a projector at
+// it (rdb.EndMaxTasks), and kept, it would take a cache slot until an
+// arbitrary eviction, maybe of a large run's fold. A larger run stays
+// cached between its decisions. (Before, the 2-task run stayed cached
+// after b's dispatch: CachedRuns 1.)
+func TestProjectorForgetsASmallRunOnceItIsDecided(t *testing.T) {
+	t.Parallel()
+	b := setupLive(t)
+	p := b.projector(t, "p1")
+	run := b.submit(t, events.TaskSpec{ID: "a", Handler: "h"}, events.TaskSpec{ID: "b", Handler: "h", Deps: []string{"a"}})
+	b.run(t, run, "a", "w1", true)
+	if err := p.Project(b.ctx, run); err != nil {
+		t.Fatal(err)
+	}
+	if got := b.records(t, run)["b"].Status; got != events.TaskStatusDispatched {
+		t.Fatalf("b is %s after the projection, want dispatched", got)
+	}
+	if n := p.CachedRuns(); n != 0 {
+		t.Errorf("after a 2-task run's last decision the projector caches %d runs, want 0", n)
+	}
+
+	specs := []events.TaskSpec{{ID: "root", Handler: "h"}}
+	for i := range rdb.EndMaxTasks {
+		specs = append(specs, events.TaskSpec{ID: fmt.Sprintf("m%d", i), Handler: "h", Deps: []string{"root"}})
+	}
+	large := b.submit(t, specs...)
+	b.run(t, large, "root", "w1", true)
+	if err := p.Project(b.ctx, large); err != nil {
+		t.Fatal(err)
+	}
+	if n := p.CachedRuns(); n != 1 {
+		t.Errorf("after a %d-task run's dispatches the projector caches %d runs, want 1", len(specs), n)
+	}
+}
