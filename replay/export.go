@@ -193,7 +193,8 @@ type Hashes struct {
 
 // Hashes returns the live hashes the engine would hold for the imported
 // run whose log ends at last: task records as projector.RecordOf,
-// @status, @workflow, @cursor = last, the spawn records and @spawned, the
+// @status, @workflow, @cursor = last, @ok (the succeeded tasks), the
+// spawn records and @spawned, the
 // result expiries, the signal ids;
 // accepted results and @input; the metadata of every submitted and
 // spawned task; the channel as written.
@@ -205,6 +206,7 @@ func (im *Import) Hashes(last string) (Hashes, error) {
 		DAG:     map[string]string{},
 		Channel: map[string]string{},
 	}
+	succeeded := 0
 	for _, t := range r.Tasks {
 		// No field means pending (the engine never writes a pending
 		// record, except for a requeued task, which keeps its attempt).
@@ -212,6 +214,7 @@ func (im *Import) Hashes(last string) (Hashes, error) {
 			h.State[t.Spec.ID] = rec.String()
 		}
 		if t.Status == projector.TaskSucceeded {
+			succeeded++
 			h.Results[t.Spec.ID] = string(t.Result)
 			if t.ResultExpiresMS > 0 {
 				// The import enters it in the expiry set: a result past
@@ -219,6 +222,9 @@ func (im *Import) Hashes(last string) (Hashes, error) {
 				h.State[statehash.ResultExpiryField(t.Spec.ID)] = strconv.FormatInt(t.ResultExpiresMS, 10)
 			}
 		}
+	}
+	if succeeded > 0 {
+		h.State[statehash.FieldRunSucceeded] = strconv.Itoa(succeeded)
 	}
 	for k, v := range im.Analysis.spawnFields() {
 		h.State[k] = v

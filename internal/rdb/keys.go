@@ -52,6 +52,7 @@ const (
 	FieldRunInput      = statehash.FieldRunInput
 	FieldRunQuarantine = statehash.FieldRunQuarantine
 	FieldRunSpawned    = statehash.FieldRunSpawned
+	FieldRunSucceeded  = statehash.FieldRunSucceeded
 )
 
 var namespaceRE = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,64}$`)

@@ -31,6 +31,10 @@ const (
 	// FieldRunSpawned counts the tasks added to the run by its handlers
 	// (dynamic tasks), bounded per run.
 	FieldRunSpawned = "@spawned"
+	// FieldRunSucceeded counts the successes the finish script accepted
+	// (one per succeeded task, as the import writes it): once it reaches
+	// the run's task count, a finish checks whether it ends the run.
+	FieldRunSucceeded = "@ok"
 	// FieldSpawnPrefix prefixes a spawn record (SpawnField).
 	FieldSpawnPrefix = "@s:"
 	// FieldResultExpiryPrefix prefixes a result's expiry (ResultExpiryField).
