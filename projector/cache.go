@@ -6,7 +6,7 @@ func (p *Projector) forget(run string) {
 	p.mu.Unlock()
 }
 
-// cached reports how many runs' folds the projector keeps.
+// cachedRuns reports how many runs' folds the projector keeps.
 func (p *Projector) cachedRuns() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()

@@ -52,7 +52,6 @@ const (
 	FieldRunInput      = statehash.FieldRunInput
 	FieldRunQuarantine = statehash.FieldRunQuarantine
 	FieldRunSpawned    = statehash.FieldRunSpawned
-	FieldRunSucceeded  = statehash.FieldRunSucceeded
 )
 
 var namespaceRE = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,64}$`)

@@ -309,7 +309,7 @@ end
 -- succeed: run_succeeded, as the projector's Decide would append it (every
 -- task succeeded; the fold applies it only then, and replay verify checks
 -- it), with the end's compaction and TTL. Only for runs of at most
--- endMaxTasks tasks (their records are read here), and only once a
+-- EndMaxTasks tasks (their records are read here), and only once a
 -- projector has recorded the end policy (its compaction bound and run
 -- TTL) in the partition: otherwise the projector ends the run. The
 -- records are read only once the run's @ok (successes accepted by finish

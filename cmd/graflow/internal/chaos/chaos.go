@@ -51,7 +51,7 @@ type Config struct {
 	// ran after the cancel and that every worker still running one of its
 	// tasks was fenced.
 	NoCancel bool
-	// Small runs (default 24; negative: none) of one to four tasks are
+	// Small runs (default 24; negative: none) of one to three tasks are
 	// submitted one by one while the faults go on: single tasks, chains
 	// and pairs, some flaky. A small run's last success ends it in the
 	// worker's finish script (rdb.EndMaxTasks), not in a projector's
