@@ -217,6 +217,7 @@ func testStoppedPastLease(t *testing.T, o recWorker) {
 
 func testCrashAfterFinish(t *testing.T) {
 	t.Parallel()
+	const afterPool = "after-crash"
 	s := newStack(t)
 	ctx := withTimeout(t, 60*time.Second)
 	s.recoveryProjector("p-1", "")
@@ -227,7 +228,12 @@ func testCrashAfterFinish(t *testing.T) {
 		// Long enough for the projector to be idle when t1's result lands,
 		// so only the feed pointer that the crash skipped would wake it.
 		wf.Task("t1", builtin.Sleep).Args(sleepArgs(300, 1)),
-		wf.Task("t2", builtin.Sum).Args(map[string]any{"add": 1}),
+		// In a pool w-a does not serve: w-a dies after its finish
+		// returns, and t2 may be dispatched before that. Served by w-a,
+		// t2 could be claimed by it in that window and then reclaimed
+		// (a second crash, not this one: make test saw "t2 claimed 2
+		// times" when w-a claimed t2 20 ms before it died).
+		wf.Task("t2", builtin.Sum).Args(map[string]any{"add": 1}).Pool(afterPool),
 	)
 	run := submit(t, s, ctx, wf)
 
@@ -242,14 +248,14 @@ func testCrashAfterFinish(t *testing.T) {
 	}
 	// The finish acked t1's message and pointed the feed in the step that
 	// recorded t1's result (layout 2: one slot, one script), so nothing of
-	// t1 waits for a reclaim. (t2 may be dispatched already, maybe read by
-	// w-a too before it died: that message is pending.)
+	// t1 waits for a reclaim. (t2 may be dispatched already, to its own
+	// pool.)
 	if left := s.pendingTasks(ctx, worker.DefaultPool); left["t1"] != "" {
 		t.Fatalf("after the crash: t1's message is pending for %s, want it acked with t1's result (pending: %v)", left["t1"], left)
 	}
 	stuck := len(filter(evs, events.TaskDispatched, "t2")) == 0
 
-	b := s.recoveryWorker("w-b", recWorker{})
+	b := s.recoveryWorker("w-b", recWorker{pools: []string{worker.DefaultPool, afterPool}})
 	info := s.wait(ctx, run)
 	stop(t, ctx, b)
 
@@ -268,8 +274,10 @@ func testCrashAfterFinish(t *testing.T) {
 	if got := number(t, l.results["t2"]); got != 2 {
 		t.Errorf("t2 = %v, want 2", got)
 	}
-	if left := s.pending(ctx, worker.DefaultPool); len(left) != 0 {
-		t.Errorf("messages still pending at the end: %v", left)
+	for _, pool := range []string{worker.DefaultPool, afterPool} {
+		if left := s.pending(ctx, pool); len(left) != 0 {
+			t.Errorf("messages of pool %s still pending at the end: %v", pool, left)
+		}
 	}
 	t.Logf("run stuck after the crash: %v; t2 dispatched at %+v from the crash; run %s", stuck,
 		d[0].Time.Sub(crashedAt).Round(time.Millisecond), info.Status)
