@@ -5,13 +5,14 @@ package main
 import (
 	"context"
 	"fmt"
-	"github.com/spf13/pflag"
 	"io"
 	"os"
 	"strings"
 	"time"
 
 	"github.com/graflow-go/graflow/cmd/graflow/internal/bench"
+	"github.com/graflow-go/graflow/internal/redisurl"
+	"github.com/spf13/pflag"
 )
 
 func init() {
@@ -82,6 +83,11 @@ func runBench(m *Main, fs *pflag.FlagSet, c *common) runFunc {
 		if *masters < 0 || *redisCPUs < 0 {
 			return withCode(ExitUsage, fmt.Errorf("--cluster-masters %d, --redis-cpus %v: want 0 or more", *masters, *redisCPUs))
 		}
+		for _, f := range []string{"sentinel-master", "tls-ca", "tls-cert", "tls-key"} {
+			if explicit[f] {
+				return usagef("bench: --%s is not supported: the bench hands --redis alone to the processes it starts (use a redis:// or redis+cluster:// URL)", f)
+			}
+		}
 		if explicit["redis"] && (*masters > 0 || *redisCPUs > 0) {
 			return withCode(ExitUsage, fmt.Errorf("--cluster-masters and --redis-cpus apply to a Redis the bench starts, not to --redis"))
 		}
@@ -97,7 +103,9 @@ func runBench(m *Main, fs *pflag.FlagSet, c *common) runFunc {
 			}
 		}
 		if explicit["redis"] {
-			cfg.RedisURL = c.redisURL
+			if cfg.RedisURL, err = benchRedisURL(c.redisURL); err != nil {
+				return withCode(ExitUsage, err)
+			}
 		}
 		if *jsonOnly {
 			cfg.Log = io.Discard
@@ -135,4 +143,18 @@ func mergeSizes(a, b bench.Sizes) bench.Sizes {
 		}
 	}
 	return a
+}
+
+// benchRedisURL is --redis as the bench takes it: one node, host:port or a
+// redis://, rediss:// or redis+cluster:// URL, which it parses itself and
+// passes on to its worker and projector processes.
+func benchRedisURL(raw string) (string, error) {
+	u := withScheme(raw)
+	switch {
+	case strings.Contains(u, ","):
+		return "", fmt.Errorf("bench: --redis %q: give one node (a redis+cluster:// URL for a cluster), not a list", redact(u))
+	case redisurl.IsSentinel(u):
+		return "", fmt.Errorf("bench: --redis %q: redis+sentinel:// is not supported; give the master's redis:// URL", redact(u))
+	}
+	return u, nil
 }

@@ -1,0 +1,53 @@
+package main
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/graflow-go/graflow/internal/redistest"
+)
+
+// --redis takes host:port for the bench as for every other command (its
+// help says so); the bench used to hand it to go-redis' URL parser as is
+// and stop with "invalid Redis URL".
+func TestBenchTakesHostPort(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	code, out := runBenchCLI(t, ctx, "bench", "--redis", redistest.Addr(t), "--namespace", redistest.Namespace(t),
+		"--workload", "ceiling", "--smoke", "--json-only")
+	if code != ExitOK || !strings.Contains(out, `"workload":"ceiling"`) {
+		t.Fatalf("graflow bench --redis %s: exit %d, want 0 and a ceiling line:\n%s", redistest.Addr(t), code, out)
+	}
+}
+
+// The bench passes --redis to the processes it starts and has no TLS,
+// Sentinel or node-list support of its own: it says so instead of
+// benchmarking something else.
+func TestBenchRefusesRedisFormsItCannotPassOn(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--redis", "127.0.0.1:1,127.0.0.1:2"}, "one node"},
+		{[]string{"--redis", "127.0.0.1:1", "--sentinel-master", "m"}, "--sentinel-master"},
+		{[]string{"--redis", "redis+sentinel://127.0.0.1:1?master_name=m"}, "redis+sentinel://"},
+		{[]string{"--redis", "rediss://127.0.0.1:1", "--tls-ca", "ca.pem"}, "--tls-"},
+	} {
+		code, out := runBenchCLI(t, context.Background(), append([]string{"bench", "--workload", "ceiling", "--smoke"}, tc.args...)...)
+		if code != ExitUsage || !strings.Contains(out, tc.want) {
+			t.Errorf("graflow bench %s: exit %d, want %d and %q:\n%s", strings.Join(tc.args, " "), code, ExitUsage, tc.want, out)
+		}
+	}
+}
+
+// runBenchCLI runs graflow with a binary path set (the ceiling workload
+// starts no process; without a path the bench refuses at once).
+func runBenchCLI(t *testing.T, ctx context.Context, args ...string) (int, string) {
+	t.Helper()
+	m, out := newTestMain("/nonexistent/graflow", nil)
+	return m.exitCode(ctx, m.Run(ctx, args)), out.String()
+}
