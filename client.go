@@ -233,7 +233,17 @@ func (r *RunInfo) Task(id string) *TaskInfo {
 // cannot be read but that the projector quarantined is reported from the
 // namespace's quarantine index.
 func (c *Client) Status(ctx context.Context, run string) (*RunInfo, error) {
-	r, bad, err := c.foldTolerant(ctx, run)
+	evs, undecodable, err := c.db.ReadLogTolerant(ctx, run, 10000)
+	if err != nil {
+		return nil, err
+	}
+	return c.info(ctx, run, evs, undecodable)
+}
+
+// info folds a run's events (those read, and those that did not decode)
+// into its RunInfo (Status, Wait).
+func (c *Client) info(ctx context.Context, run string, evs []events.Event, undecodable []rdb.BadEntry) (*RunInfo, error) {
+	r, bad, err := c.foldTolerant(run, evs, undecodable)
 	if err != nil {
 		why, qerr := c.db.QuarantineReason(ctx, run)
 		if qerr != nil || why == "" {
@@ -265,13 +275,9 @@ func (c *Client) Status(ctx context.Context, run string) (*RunInfo, error) {
 	return info, nil
 }
 
-// foldTolerant folds run's log, skipping (and listing) the entries that do
-// not decode or fold.
-func (c *Client) foldTolerant(ctx context.Context, run string) (*projector.Run, []BadEntry, error) {
-	evs, undecodable, err := c.db.ReadLogTolerant(ctx, run, 10000)
-	if err != nil {
-		return nil, nil, err
-	}
+// foldTolerant folds run's events, listing those that did not decode and
+// those that do not fold.
+func (c *Client) foldTolerant(run string, evs []events.Event, undecodable []rdb.BadEntry) (*projector.Run, []BadEntry, error) {
 	var bad []BadEntry
 	for _, b := range undecodable {
 		bad = append(bad, BadEntry{Seq: b.Seq, Error: b.Err.Error()})
@@ -379,16 +385,13 @@ func (c *Client) Wait(ctx context.Context, run string) (*RunInfo, error) {
 // waitRetry bounds how long Wait retries transient Redis errors.
 const waitRetry = time.Minute
 
-// waitOnce follows run's log until it ends, then folds it (Wait).
+// waitOnce follows run's log until it ends, then folds what it read
+// (Wait): one XRANGE for what is there (none: no such run), XREAD BLOCK
+// after it while the run is not over, and no second read of the log.
 func (c *Client) waitOnce(ctx context.Context, run string) (*RunInfo, error) {
-	if ok, err := c.db.LogExists(ctx, run); err != nil {
-		return nil, fmt.Errorf("wait for run %s: %w", run, err)
-	} else if !ok {
-		return nil, c.notFound(run)
-	}
 	const count = 1000
 	ended := false
-	err := c.db.Tail(ctx, run, "", count, 5*time.Second, func(batch []redis.XMessage) (bool, error) {
+	scan := func(batch []redis.XMessage) bool {
 		for _, m := range batch {
 			t, _ := m.Values[events.FieldType].(string)
 			if endsRun(events.Type(t)) {
@@ -397,15 +400,29 @@ func (c *Client) waitOnce(ctx context.Context, run string) (*RunInfo, error) {
 				ended = false
 			}
 		}
-		return ended && len(batch) < count, nil
-	})
+		return ended && len(batch) < count
+	}
+	msgs, err := c.db.LogPageAfter(ctx, run, "", count)
+	if err != nil {
+		return nil, fmt.Errorf("wait for run %s: %w", run, err)
+	}
+	if len(msgs) == 0 {
+		return nil, c.notFound(run)
+	}
+	if !scan(msgs) {
+		err = c.db.Tail(ctx, run, msgs[len(msgs)-1].ID, count, 5*time.Second, func(batch []redis.XMessage) (bool, error) {
+			msgs = append(msgs, batch...)
+			return scan(batch), nil
+		})
+	}
 	if ctx.Err() != nil {
 		return nil, ctx.Err()
 	}
 	if err != nil {
 		return nil, fmt.Errorf("wait for run %s: %w", run, err)
 	}
-	return c.Status(ctx, run)
+	evs, undecodable := rdb.DecodeTolerant(run, msgs)
+	return c.info(ctx, run, evs, undecodable)
 }
 
 // FollowOptions tune Follow.

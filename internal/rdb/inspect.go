@@ -183,19 +183,29 @@ func (d DB) ReadLogTolerant(ctx context.Context, run string, page int) ([]events
 		if err != nil {
 			return nil, nil, fmt.Errorf("read log of run %s: %w", run, err)
 		}
-		for _, m := range msgs {
-			e, err := events.Decode(run, m.ID, m.Values)
-			if err != nil {
-				bad = append(bad, BadEntry{Seq: m.ID, Err: err})
-				continue
-			}
-			out = append(out, e)
-		}
+		evs, b := DecodeTolerant(run, msgs)
+		out, bad = append(out, evs...), append(bad, b...)
 		if len(msgs) < page {
 			return out, bad, nil
 		}
 		start = "(" + msgs[len(msgs)-1].ID
 	}
+}
+
+// DecodeTolerant decodes run's log entries msgs, listing those that do not
+// decode instead of failing.
+func DecodeTolerant(run string, msgs []redis.XMessage) ([]events.Event, []BadEntry) {
+	var out []events.Event
+	var bad []BadEntry
+	for _, m := range msgs {
+		e, err := events.Decode(run, m.ID, m.Values)
+		if err != nil {
+			bad = append(bad, BadEntry{Seq: m.ID, Err: err})
+			continue
+		}
+		out = append(out, e)
+	}
+	return out, bad
 }
 
 // ReadLog reads and decodes run's log entries from start to end (XRANGE
