@@ -153,18 +153,7 @@ func universalOptions(raw string) (*redis.UniversalOptions, error) {
 }
 
 // redact hides a password in a URL for messages.
-func redact(u string) string {
-	at := strings.LastIndex(u, "@")
-	scheme := strings.Index(u, "://")
-	if at < 0 || scheme < 0 {
-		return u
-	}
-	cred := u[scheme+3 : at]
-	if i := strings.Index(cred, ":"); i >= 0 {
-		return u[:scheme+3] + cred[:i] + ":***" + u[at:]
-	}
-	return u
-}
+func redact(u string) string { return redisurl.Redact(u) }
 
 // logger returns the zerolog.Logger the engine's packages take, writing
 // through the command's slog.Logger (see internal/logbridge).
