@@ -5,12 +5,16 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/spf13/pflag"
 	"io"
 	"os"
+	"slices"
+	"strings"
 
 	"github.com/graflow-go/graflow"
+	"github.com/graflow-go/graflow/events"
 	"github.com/graflow-go/graflow/internal/rdb"
+	"github.com/graflow-go/graflow/worker/builtin"
+	"github.com/spf13/pflag"
 )
 
 func init() {
@@ -53,8 +57,64 @@ func runSignal(m *Main, fs *pflag.FlagSet, c *common) runFunc {
 			return err
 		}
 		fmt.Fprintf(m.Stdout, "run %s: signal %s delivered\n", run, name)
+		// A typo in the name waits for ever: say so. Only a hint, from the
+		// @wait_signal tasks the run has: a handler of the user's may ask
+		// for any name (worker.Task.WaitSignal), and a task may be spawned
+		// later.
+		if names, err := openSignalWaits(ctx, cl, run); err == nil && len(names) > 0 && !slices.Contains(names, name) {
+			fmt.Fprintf(m.Stderr, "graflow: warning: no open @wait_signal task of run %s waits for signal %q (they wait for: %s); it is kept for a task that asks for it\n",
+				run, name, strings.Join(names, ", "))
+		}
 		return nil
 	}
+}
+
+// openSignalWaits returns the signal names the run's @wait_signal tasks
+// that have not ended wait for, sorted (from its log: run_submitted and
+// tasks_added name each task's handler and args).
+func openSignalWaits(ctx context.Context, cl *graflow.Client, run string) ([]string, error) {
+	info, err := cl.Status(ctx, run)
+	if err != nil {
+		return nil, err
+	}
+	open := map[string]bool{}
+	for _, t := range info.Tasks {
+		if t.Handler == builtin.WaitSignal && !events.TaskStatus(t.Status).Terminal() {
+			open[t.ID] = true
+		}
+	}
+	if len(open) == 0 {
+		return nil, nil
+	}
+	evs, err := cl.Log(ctx, run)
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	add := func(specs []events.TaskSpec) {
+		for _, sp := range specs {
+			var a builtin.WaitSignalArgs
+			if open[sp.ID] && json.Unmarshal(sp.Args, &a) == nil && a.Name != "" && !slices.Contains(names, a.Name) {
+				names = append(names, a.Name)
+			}
+		}
+	}
+	for _, e := range evs {
+		switch e.Type {
+		case events.RunSubmitted:
+			var b events.RunSubmittedBody
+			if e.DecodeBody(&b) == nil {
+				add(b.Tasks)
+			}
+		case events.TasksAdded:
+			var b events.TasksAddedBody
+			if e.DecodeBody(&b) == nil {
+				add(b.Tasks)
+			}
+		}
+	}
+	slices.Sort(names)
+	return names, nil
 }
 
 // signalPayload returns the payload given by --data or --data-file

@@ -93,8 +93,14 @@ func TestSignalVerb(t *testing.T) {
 		expect(ExitError, "run not found: no-such-run", "", "signal", "no-such-run", "approve")
 	})
 	t.Run("delivered signals are the waiting tasks' results", func(t *testing.T) {
-		expect(ExitOK, "run "+run+": signal approve delivered", "", "signal", run, "approve", "--data", "40", "--id", "t-1")
-		expect(ExitOK, "signal approve delivered", "", "signal", run, "approve", "--data", "40", "--id", "t-1") // a retry
+		// A name no @wait_signal task of the run waits for (a typo) is
+		// delivered (a handler of the user's may wait for it) and warned
+		// about, naming the names the run's tasks do wait for.
+		expect(ExitOK, `warning: no open @wait_signal task of run `+run+` waits for signal "aprove" (they wait for: approve, budget)`, "", "signal", run, "aprove")
+		if _, out := cli("", "signal", run, "approve", "--data", "40", "--id", "t-1"); strings.Contains(out, "warning") {
+			t.Errorf("a signal a task waits for was warned about:\n%s", out)
+		}
+		expect(ExitOK, "run "+run+": signal approve delivered", "", "signal", run, "approve", "--data", "40", "--id", "t-1") // a retry
 		expect(ExitError, "signal already received", "", "signal", run, "approve", "--data", "0")
 		expect(ExitOK, "signal budget delivered", " 2\n", "signal", "--data-file", "-", run, "budget")
 		info, err := client.Wait(ctx, run)
@@ -115,7 +121,7 @@ func TestSignalVerb(t *testing.T) {
 				by = append(by, b.Name+" by "+b.By)
 			}
 		}
-		if strings.Join(by, ", ") != "approve by carol, budget by carol" {
+		if strings.Join(by, ", ") != "aprove by carol, approve by carol, budget by carol" {
 			t.Errorf("signals recorded: %v, want approve and budget by $USER", by)
 		}
 		expect(ExitError, "already finished (succeeded)", "", "signal", run, "late")
