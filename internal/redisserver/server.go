@@ -299,8 +299,9 @@ func (s *Server) Restart(ctx context.Context) error {
 // start runs the binary and waits for readiness. s.mu is held.
 func (s *Server) start(ctx context.Context) error {
 	fixed := s.cfg.Port != 0
+	repaired := false
+	port := s.cfg.Port
 	for attempt := 1; ; attempt++ {
-		port := s.cfg.Port
 		if !fixed {
 			p, err := freePort()
 			if err != nil {
@@ -320,6 +321,13 @@ func (s *Server) start(ctx context.Context) error {
 			return nil
 		}
 		_ = s.terminate(p, false)
+		if errors.Is(err, errTruncatedAOF) && !repaired {
+			if rerr := s.repairAOF(ctx); rerr != nil {
+				return errors.Join(err, rerr)
+			}
+			repaired, fixed = true, true // and again on the same port
+			continue
+		}
 		if fixed || attempt == startAttempts || !errors.Is(err, errAddrInUse) {
 			return err
 		}
@@ -337,7 +345,9 @@ func (s *Server) args(port int) []string {
 		"--save", "",
 	}
 	if s.cfg.AOF {
-		args = append(args, "--appendonly", "yes", "--appendfsync", string(s.cfg.Fsync))
+		// A truncated AOF stops the start (see repairAOF): Redis 7.0's own
+		// truncation leaves a cut transaction's MULTI in the file.
+		args = append(args, "--appendonly", "yes", "--appendfsync", string(s.cfg.Fsync), "--aof-load-truncated", "no")
 	} else {
 		args = append(args, "--appendonly", "no")
 	}
@@ -390,6 +400,9 @@ func (s *Server) waitReady(ctx context.Context, p *process, port int) error {
 			out := s.out.String()
 			if strings.Contains(out, "Address already in use") {
 				return fmt.Errorf("redisserver: port %d: %w (output: %s)", port, errAddrInUse, out)
+			}
+			if strings.Contains(out, "Unexpected end of file reading the append only file") {
+				return fmt.Errorf("redisserver: %w; output:\n%s", errTruncatedAOF, out)
 			}
 			return fmt.Errorf("redisserver: redis-server exited during startup (%w); output:\n%s", p.err, out)
 		case <-ctx.Done():
@@ -561,4 +574,47 @@ func (o *output) String() string {
 		all = append(all, string(o.partial))
 	}
 	return strings.Join(all, "\n")
+}
+
+// errTruncatedAOF: redis-server refused to load an AOF whose end was cut
+// (a kill during its write).
+var errTruncatedAOF = errors.New("the AOF ends in a cut command (a kill during its write)")
+
+// repairAOF cuts the AOF back to its last whole command outside a
+// transaction, with redis-check-aof --fix, which drops a cut MULTI/EXEC
+// block whole. Redis 7.0's aof-load-truncated (its default) cuts only the
+// partial command: the block's MULTI and first commands stay in the file,
+// and after the next write and restart the loader drops that write or
+// runs it inside the dead transaction (valkey-io/valkey#4342 fixed the
+// same bug). The cut commands were never acknowledged: with appendfsync
+// always a reply waits for its whole block.
+func (s *Server) repairAOF(ctx context.Context) error {
+	check, err := checkAOFBinary(s.bin)
+	if err != nil {
+		return err
+	}
+	manifest := filepath.Join(s.cfg.Dir, "appendonlydir", "appendonly.aof.manifest")
+	cmd := exec.CommandContext(ctx, check, "--fix", manifest)
+	cmd.Dir = s.cfg.Dir
+	cmd.Stdin = strings.NewReader("y\n") // "Continue? [y/N]"
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("redisserver: %s --fix %s: %w; output:\n%s", check, manifest, err, out)
+	}
+	s.log.Warn().Str("dir", s.cfg.Dir).Str("output", strings.TrimSpace(string(out))).
+		Msg("the AOF ended in a cut command; cut it back to its last whole transaction (redis-check-aof --fix)")
+	return nil
+}
+
+// checkAOFBinary finds redis-check-aof: on $PATH, or beside bin. It is
+// redis-server itself, which checks AOFs when run under that name.
+func checkAOFBinary(bin string) (string, error) {
+	if p, err := exec.LookPath("redis-check-aof"); err == nil {
+		return p, nil
+	}
+	p := filepath.Join(filepath.Dir(bin), "redis-check-aof")
+	if _, err := os.Stat(p); err == nil {
+		return p, nil
+	}
+	return "", fmt.Errorf("redisserver: redis-check-aof not found on $PATH or beside %s: it repairs an AOF cut by a kill", bin)
 }
