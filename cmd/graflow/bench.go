@@ -83,8 +83,8 @@ func runBench(m *Main, fs *pflag.FlagSet, c *common) runFunc {
 		if *masters < 0 || *redisCPUs < 0 {
 			return withCode(ExitUsage, fmt.Errorf("--cluster-masters %d, --redis-cpus %v: want 0 or more", *masters, *redisCPUs))
 		}
-		for _, f := range []string{"sentinel-master", "tls-ca", "tls-cert", "tls-key"} {
-			if explicit[f] {
+		for f, v := range map[string]string{"sentinel-master": c.sentinel, "tls-ca": c.tls.ca, "tls-cert": c.tls.cert, "tls-key": c.tls.key} {
+			if v != "" { // from the command line or the environment
 				return usagef("bench: --%s is not supported: the bench hands --redis alone to the processes it starts (use a redis:// or redis+cluster:// URL)", f)
 			}
 		}

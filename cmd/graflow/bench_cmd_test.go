@@ -42,6 +42,12 @@ func TestBenchRefusesRedisFormsItCannotPassOn(t *testing.T) {
 			t.Errorf("graflow bench %s: exit %d, want %d and %q:\n%s", strings.Join(tc.args, " "), code, ExitUsage, tc.want, out)
 		}
 	}
+	// The same flags from the environment.
+	m, out := newTestMain("/nonexistent/graflow", map[string]string{"GRAFLOW_TLS_CA": "ca.pem"})
+	ctx := context.Background()
+	if code := m.exitCode(ctx, m.Run(ctx, []string{"bench", "--workload", "ceiling", "--smoke", "--redis", "rediss://127.0.0.1:1"})); code != ExitUsage || !strings.Contains(out.String(), "--tls-ca") {
+		t.Errorf("graflow bench with GRAFLOW_TLS_CA: exit %d, want %d and --tls-ca:\n%s", code, ExitUsage, out.String())
+	}
 }
 
 // runBenchCLI runs graflow with a binary path set (the ceiling workload

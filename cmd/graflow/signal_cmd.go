@@ -58,34 +58,22 @@ func runSignal(m *Main, fs *pflag.FlagSet, c *common) runFunc {
 		}
 		fmt.Fprintf(m.Stdout, "run %s: signal %s delivered\n", run, name)
 		// A typo in the name waits for ever: say so. Only a hint, from the
-		// @wait_signal tasks the run has: a handler of the user's may ask
-		// for any name (worker.Task.WaitSignal), and a task may be spawned
+		// run's @wait_signal tasks, whatever their status (the task may have
+		// taken the signal already): a handler of the user's may ask for
+		// any name (worker.Task.WaitSignal), and a task may be spawned
 		// later.
-		if names, err := openSignalWaits(ctx, cl, run); err == nil && len(names) > 0 && !slices.Contains(names, name) {
-			fmt.Fprintf(m.Stderr, "graflow: warning: no open @wait_signal task of run %s waits for signal %q (they wait for: %s); it is kept for a task that asks for it\n",
+		if names, err := signalWaits(ctx, cl, run); err == nil && len(names) > 0 && !slices.Contains(names, name) {
+			fmt.Fprintf(m.Stderr, "graflow: warning: no @wait_signal task of run %s waits for signal %q (they wait for: %s); it is kept for a task that asks for it\n",
 				run, name, strings.Join(names, ", "))
 		}
 		return nil
 	}
 }
 
-// openSignalWaits returns the signal names the run's @wait_signal tasks
-// that have not ended wait for, sorted (from its log: run_submitted and
-// tasks_added name each task's handler and args).
-func openSignalWaits(ctx context.Context, cl *graflow.Client, run string) ([]string, error) {
-	info, err := cl.Status(ctx, run)
-	if err != nil {
-		return nil, err
-	}
-	open := map[string]bool{}
-	for _, t := range info.Tasks {
-		if t.Handler == builtin.WaitSignal && !events.TaskStatus(t.Status).Terminal() {
-			open[t.ID] = true
-		}
-	}
-	if len(open) == 0 {
-		return nil, nil
-	}
+// signalWaits returns the signal names the run's @wait_signal tasks wait
+// for, sorted (from its log: run_submitted and tasks_added name each
+// task's handler and args).
+func signalWaits(ctx context.Context, cl *graflow.Client, run string) ([]string, error) {
 	evs, err := cl.Log(ctx, run)
 	if err != nil {
 		return nil, err
@@ -94,7 +82,7 @@ func openSignalWaits(ctx context.Context, cl *graflow.Client, run string) ([]str
 	add := func(specs []events.TaskSpec) {
 		for _, sp := range specs {
 			var a builtin.WaitSignalArgs
-			if open[sp.ID] && json.Unmarshal(sp.Args, &a) == nil && a.Name != "" && !slices.Contains(names, a.Name) {
+			if sp.Handler == builtin.WaitSignal && json.Unmarshal(sp.Args, &a) == nil && a.Name != "" && !slices.Contains(names, a.Name) {
 				names = append(names, a.Name)
 			}
 		}

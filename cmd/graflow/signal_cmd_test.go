@@ -96,7 +96,7 @@ func TestSignalVerb(t *testing.T) {
 		// A name no @wait_signal task of the run waits for (a typo) is
 		// delivered (a handler of the user's may wait for it) and warned
 		// about, naming the names the run's tasks do wait for.
-		expect(ExitOK, `warning: no open @wait_signal task of run `+run+` waits for signal "aprove" (they wait for: approve, budget)`, "", "signal", run, "aprove")
+		expect(ExitOK, `warning: no @wait_signal task of run `+run+` waits for signal "aprove" (they wait for: approve, budget)`, "", "signal", run, "aprove")
 		if _, out := cli("", "signal", run, "approve", "--data", "40", "--id", "t-1"); strings.Contains(out, "warning") {
 			t.Errorf("a signal a task waits for was warned about:\n%s", out)
 		}

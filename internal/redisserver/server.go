@@ -606,15 +606,17 @@ func (s *Server) repairAOF(ctx context.Context) error {
 	return nil
 }
 
-// checkAOFBinary finds redis-check-aof: on $PATH, or beside bin. It is
-// redis-server itself, which checks AOFs when run under that name.
+// checkAOFBinary finds redis-check-aof: beside bin first (the same
+// build, which reads the multi-part AOF layout this server writes; an
+// older one on $PATH may not), else on $PATH. It is redis-server itself,
+// which checks AOFs when run under that name.
 func checkAOFBinary(bin string) (string, error) {
-	if p, err := exec.LookPath("redis-check-aof"); err == nil {
-		return p, nil
-	}
 	p := filepath.Join(filepath.Dir(bin), "redis-check-aof")
 	if _, err := os.Stat(p); err == nil {
 		return p, nil
 	}
-	return "", fmt.Errorf("redisserver: redis-check-aof not found on $PATH or beside %s: it repairs an AOF cut by a kill", bin)
+	if p, err := exec.LookPath("redis-check-aof"); err == nil {
+		return p, nil
+	}
+	return "", fmt.Errorf("redisserver: redis-check-aof not found beside %s or on $PATH: it repairs an AOF cut by a kill", bin)
 }
