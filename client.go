@@ -404,7 +404,7 @@ func (c *Client) waitOnce(ctx context.Context, run string) (*RunInfo, error) {
 	}
 	msgs, err := c.db.LogPageAfter(ctx, run, "", count)
 	if err != nil {
-		return nil, fmt.Errorf("wait for run %s: %w", run, err)
+		return nil, err // "read log of run RUN: ..."
 	}
 	if len(msgs) == 0 {
 		return nil, c.notFound(run)

@@ -88,7 +88,7 @@ func (c *common) connect(ctx context.Context) (redis.UniversalClient, error) {
 	defer cancel()
 	if err := client.Ping(pctx).Err(); err != nil {
 		_ = client.Close()
-		return nil, connectError(redact(c.redisURL), tlsOn(client), err)
+		return nil, connectError(redisurl.Redact(c.redisURL), tlsOn(client), err)
 	}
 	return client, nil
 }
@@ -110,7 +110,7 @@ func (c *common) newRedis() (redis.UniversalClient, error) {
 	if !strings.Contains(raw, ",") && c.sentinel == "" {
 		opts, err := redis.ParseURL(raw)
 		if err != nil {
-			return nil, fmt.Errorf("invalid Redis URL %q: %w", redact(raw), err)
+			return nil, fmt.Errorf("invalid Redis URL %q: %w", redisurl.Redact(raw), err)
 		}
 		opts.TLSConfig = mergeTLS(opts.TLSConfig, tlsConf, opts.Addr)
 		if opts.Password == "" {
@@ -136,7 +136,7 @@ func universalOptions(raw string) (*redis.UniversalOptions, error) {
 	urls := strings.Split(raw, ",")
 	first, err := redis.ParseURL(withScheme(strings.TrimSpace(urls[0])))
 	if err != nil {
-		return nil, fmt.Errorf("invalid Redis URL %q: %w", redact(raw), err)
+		return nil, fmt.Errorf("invalid Redis URL %q: %w", redisurl.Redact(raw), err)
 	}
 	u := &redis.UniversalOptions{
 		Addrs: []string{first.Addr}, Username: first.Username, Password: first.Password,
@@ -145,15 +145,12 @@ func universalOptions(raw string) (*redis.UniversalOptions, error) {
 	for _, s := range urls[1:] {
 		o, err := redis.ParseURL(withScheme(strings.TrimSpace(s)))
 		if err != nil {
-			return nil, fmt.Errorf("invalid Redis URL %q: %w", redact(s), err)
+			return nil, fmt.Errorf("invalid Redis URL %q: %w", redisurl.Redact(s), err)
 		}
 		u.Addrs = append(u.Addrs, o.Addr)
 	}
 	return u, nil
 }
-
-// redact hides a password in a URL for messages.
-func redact(u string) string { return redisurl.Redact(u) }
 
 // logger returns the zerolog.Logger the engine's packages take, writing
 // through the command's slog.Logger (see internal/logbridge).

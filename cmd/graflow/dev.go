@@ -23,6 +23,7 @@ import (
 	"github.com/graflow-go/graflow/events"
 	"github.com/graflow-go/graflow/internal/rdb"
 	"github.com/graflow-go/graflow/internal/redisserver"
+	"github.com/graflow-go/graflow/internal/redisurl"
 	"github.com/graflow-go/graflow/projector"
 	"github.com/graflow-go/graflow/worker/builtin"
 	"github.com/redis/go-redis/v9"
@@ -199,7 +200,7 @@ func (s *devStack) printf(format string, args ...any) {
 // cli formats "graflow <command> --redis URL [--namespace NS] <rest>"
 // against this stack's Redis (flags go before arguments).
 func (s *devStack) cli(command string, rest ...string) string {
-	args := []string{s.exeName(), command, "--redis", redact(s.url)}
+	args := []string{s.exeName(), command, "--redis", redisurl.Redact(s.url)}
 	if s.o.c.namespace != rdb.DefaultNamespace {
 		args = append(args, "--namespace", s.o.c.namespace)
 	}
@@ -316,7 +317,7 @@ func (s *devStack) checkLayout(ctx context.Context, c common) error {
 // process with AOF in the data directory, else an in-process miniredis.
 func (s *devStack) startRedis(ctx context.Context) error {
 	if s.o.external {
-		s.url, s.desc = s.o.c.redisURL, "external, "+redact(s.o.c.redisURL)+" (--redis / REDIS_URL; nothing embedded)"
+		s.url, s.desc = s.o.c.redisURL, "external, "+redisurl.Redact(s.o.c.redisURL)+" (--redis / REDIS_URL; nothing embedded)"
 		return nil
 	}
 	if s.o.embed != embedMemory {
