@@ -543,12 +543,23 @@ type RepairReport struct {
 // the run. Safe to run at any time: duplicates are dropped at claim, and a
 // live claim is never touched.
 func (c *Client) Repair(ctx context.Context, run string) (RepairReport, error) {
-	rep := RepairReport{Run: run}
-	var err error
-	rep.Redispatched, err = projector.Repair(ctx, c.db.C, c.db.K.Namespace(), c.db.K.Partitions(), run, c.clock.Now())
+	evs, err := c.db.ReadLog(ctx, run, "-", "+", projector.DefaultReadCount, 0)
+	if err != nil {
+		return RepairReport{}, err
+	}
+	plan, err := projector.RepairPlan(run, evs)
 	if errors.Is(err, projector.ErrNotRunning) {
 		return RepairReport{Run: run, Skipped: true}, nil
 	}
+	if err != nil {
+		return RepairReport{}, err
+	}
+	tasks := make([]rdb.RepairTask, len(plan))
+	for i, t := range plan {
+		tasks[i] = rdb.RepairTask{ID: t.Spec.ID, Status: t.Status, Owner: t.Owner, Attempt: t.Attempt, Epoch: t.Epoch, Pool: t.Spec.Pool, Priority: t.Spec.Priority}
+	}
+	rep := RepairReport{Run: run}
+	rep.Redispatched, err = c.db.Repair(ctx, run, tasks, c.clock.Now())
 	return rep, err
 }
 
@@ -805,7 +816,7 @@ type WorkerInfo struct {
 
 // Workers lists the workers of the registry, sorted by id.
 func (c *Client) Workers(ctx context.Context) ([]WorkerInfo, error) {
-	ids, hs, err := c.db.WorkerRegistry().Records(ctx, c.db.C)
+	ids, hs, err := c.db.Records(ctx, c.db.WorkerRegistry())
 	if err != nil {
 		return nil, fmt.Errorf("read worker registry: %w", err)
 	}
@@ -849,7 +860,7 @@ type ProjectorInfo struct {
 // Projectors lists the projectors of the registry, sorted by id. None
 // live means no run makes progress.
 func (c *Client) Projectors(ctx context.Context) ([]ProjectorInfo, error) {
-	ids, hs, err := c.db.ProjectorRegistry().Records(ctx, c.db.C)
+	ids, hs, err := c.db.Records(ctx, c.db.ProjectorRegistry())
 	if err != nil {
 		return nil, fmt.Errorf("read projector registry: %w", err)
 	}

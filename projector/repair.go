@@ -6,27 +6,21 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/graflow-go/graflow/events"
 	"github.com/graflow-go/graflow/internal/rdb"
-	"github.com/redis/go-redis/v9"
 )
 
 // ErrNotRunning is returned by Repair for a run that is not running.
 var ErrNotRunning = errors.New("run is not running")
 
-// Repair re-dispatches run's tasks whose queue message may be gone, from
-// the fold of its log: dispatched tasks not parked for a retry get a fresh
-// message, running tasks whose worker is no longer registered are handed
-// back first (epoch bumped, so a late result is rejected). A live claim is
-// never touched; duplicates are dropped at claim. It points the feed at the
-// run and returns the re-dispatched task ids. ErrNotRunning (wrapped) for
-// a run that is not running. Safe to call at any time, from any process.
-// partitions is the namespace's partition count (0: the default).
-func Repair(ctx context.Context, c redis.UniversalClient, namespace string, partitions int, run string, now time.Time) ([]string, error) {
-	db := rdb.NewP(c, namespace, partitions)
-	evs, err := db.ReadLog(ctx, run, "-", "+", DefaultReadCount, 0)
-	if err != nil {
-		return nil, err
-	}
+// RepairPlan folds a run's log (evs, in order) and returns the tasks a
+// repair re-dispatches: those dispatched or running (a repair gives a
+// dispatched task not parked for a retry a fresh message, and hands a
+// running task whose worker is no longer registered back first). It
+// returns ErrNotRunning (wrapped) for a run that is not running. Pure: the
+// Redis side is the caller's (Client.Repair, and the projector's automatic
+// repair).
+func RepairPlan(run string, evs []events.Event) ([]*Task, error) {
 	r := NewRun(run)
 	r.noResults = true
 	for _, e := range evs {
@@ -37,12 +31,32 @@ func Repair(ctx context.Context, c redis.UniversalClient, namespace string, part
 	if r.Status != RunRunning {
 		return nil, fmt.Errorf("repair %s: %w (%s)", run, ErrNotRunning, r.Status)
 	}
-	tasks := make([]rdb.RepairTask, 0, len(r.Tasks))
+	var out []*Task
 	for _, t := range r.Tasks {
 		if t.Status == TaskDispatched || t.Status == TaskRunning {
-			tasks = append(tasks, rdb.RepairTask{ID: t.Spec.ID, Status: t.Status, Owner: t.Owner,
-				Attempt: t.Attempt, Epoch: t.Epoch, Pool: t.Spec.Pool, Priority: t.Spec.Priority})
+			out = append(out, t)
 		}
+	}
+	return out, nil
+}
+
+// repair re-dispatches run's tasks whose queue message may be gone, from
+// the fold of its log (RepairPlan), and points the feed at the run (as
+// Client.Repair does). It returns the re-dispatched task ids; ErrNotRunning
+// (wrapped) for a run that is not running.
+func repair(ctx context.Context, db rdb.DB, run string, now time.Time) ([]string, error) {
+	evs, err := db.ReadLog(ctx, run, "-", "+", DefaultReadCount, 0)
+	if err != nil {
+		return nil, err
+	}
+	plan, err := RepairPlan(run, evs)
+	if err != nil {
+		return nil, err
+	}
+	tasks := make([]rdb.RepairTask, 0, len(plan))
+	for _, t := range plan {
+		tasks = append(tasks, rdb.RepairTask{ID: t.Spec.ID, Status: t.Status, Owner: t.Owner,
+			Attempt: t.Attempt, Epoch: t.Epoch, Pool: t.Spec.Pool, Priority: t.Spec.Priority})
 	}
 	return db.Repair(ctx, run, tasks, now)
 }
@@ -78,7 +92,7 @@ func (p *Projector) autoRepair(ctx context.Context, cur *repairCursor) {
 		return
 	}
 	for _, run := range runs {
-		ids, err := Repair(ctx, p.db.C, p.db.K.Namespace(), p.db.K.Partitions(), run, p.cfg.Clock.Now())
+		ids, err := repair(ctx, p.db, run, p.cfg.Clock.Now())
 		switch {
 		case errors.Is(err, ErrNotRunning):
 		case err != nil:

@@ -43,7 +43,6 @@ var redisBoundary = map[string]string{
 	"projector/feed.go":                     "types only: feed entries are redis.XMessage; every command goes through rdb",
 	"projector/load.go":                     "types only: log entries are redis.XMessage; every command goes through rdb",
 	"projector/projector.go":                "types only: Config.Redis; every command goes through rdb",
-	"projector/repair.go":                   "types only: Repair takes a redis.UniversalClient; every command goes through rdb",
 	"worker/reclaimer.go":                   "types only: reclaimed entries are redis.XMessage; every command goes through rdb",
 	"worker/worker.go":                      "types only: Config.Redis and read entries (redis.XStream); every command goes through rdb",
 	"tracing.go":                            "types only: InstrumentRedis takes the client it hands to rdb's redisotel hook",

@@ -216,10 +216,11 @@ func (d DB) PruneConsumers(ctx context.Context, stream, group string, minIdle ti
 	return pruneConsumersScript.Run(ctx, d.C, []string{stream}, args...).StringSlice()
 }
 
-// Records reads the registry: the ids of its set, sorted, and each id's
+// Records reads the registry r: the ids of its set, sorted, and each id's
 // hash (empty when the hash expired: the process died without
 // deregistering and is not pruned yet).
-func (r Registry) Records(ctx context.Context, c redis.Cmdable) ([]string, []map[string]string, error) {
+func (d DB) Records(ctx context.Context, r Registry) ([]string, []map[string]string, error) {
+	c := d.C
 	ids, err := c.SMembers(ctx, r.Set).Result()
 	if err != nil {
 		return nil, nil, err
