@@ -66,7 +66,7 @@ func (w *Worker) reclaim(ctx context.Context, stream string) error {
 		}
 		deliveries := w.deliveries(ctx, stream, msgs)
 		for i, m := range msgs {
-			msg := w.messages([]redis.XStream{{Stream: stream, Messages: []redis.XMessage{m}}}, nil)[0]
+			msg := w.messages([]redis.XStream{{Stream: stream, Messages: []redis.XMessage{m}}}, nil, nil)[0]
 			msg.reclaimed, msg.deliveries = true, deliveries[i]
 			w.log.Info().Str("run", msg.run).Str("task", msg.task).Int64("deliveries", msg.deliveries).Msg("reclaiming task from an expired lease")
 			w.start(msg) // takes one of the acquired slots

@@ -265,6 +265,9 @@ type message struct {
 	deliveries int64
 	// fetched is when the message was read (its idle time starts then).
 	fetched time.Time
+	// pre is the claim the fetch that read the message made (nil: none;
+	// the claim script runs after the worker's own checks).
+	pre *rdb.ClaimResult
 }
 
 // poolOf returns the pool of a queue stream key.
@@ -277,12 +280,13 @@ func (w *Worker) poolOf(stream string) string {
 
 // key identifies a message within the worker: stream ids are unique only
 // within their stream (two bands or pools can hold the same id).
-func (m message) key() string { return m.stream + "\x00" + m.id }
+func (m message) key() string { return rdb.MessageKey(m.stream, m.id) }
 
 // attemptInHand is a task attempt a message of which is being processed.
 type attemptInHand struct {
 	// Guarded by Worker.mu.
 	claimed bool      // our claim holds it
+	epoch   int64     // the claim's epoch, once claimed
 	parked  []message // other messages of the attempt that came while the claim was unresolved
 }
 
@@ -460,7 +464,7 @@ func (w *Worker) fetch(ctx context.Context, part int, pool string) {
 				<-w.sem
 			}
 			free := cap(w.sem) - len(w.sem)
-			res, err := w.db.Fetch(ctx, part, pool, w.cfg.ID, max(free, 1))
+			res, claims, err := w.fetchClaim(ctx, part, pool, max(free, 1))
 			if err == nil && len(res) == 0 {
 				// Nothing queued: block until something arrives in any band.
 				res, err = w.db.ReadGroup(ctx, rdb.GroupWorkers, w.cfg.ID, streams, ">", 1, w.cfg.FetchBlock)
@@ -479,7 +483,7 @@ func (w *Worker) fetch(ctx context.Context, part int, pool string) {
 				continue
 			}
 			wait.Reset()
-			buf = w.messages(res, buf)
+			buf = w.messages(res, claims, buf)
 			continue
 		}
 		select {
@@ -493,9 +497,28 @@ func (w *Worker) fetch(ctx context.Context, part int, pool string) {
 	}
 }
 
+// fetchClaim reads up to n new messages of a pool and claims, in the same
+// call, those whose task is dispatched for the message's attempt
+// (rdb.FetchClaim): claims maps message keys to their claims.
+func (w *Worker) fetchClaim(ctx context.Context, part int, pool string, n int) ([]redis.XStream, map[string]rdb.ClaimResult, error) {
+	now := w.cfg.Clock.Now()
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = events.NewID(now)
+	}
+	began := time.Now()
+	res, claims, err := w.db.FetchClaim(ctx, part, pool, w.cfg.ID, ids, now.UnixMilli())
+	if len(claims) > 0 {
+		w.obs().ClaimBatch(len(claims), time.Since(began))
+	}
+	return res, claims, err
+}
+
 // requeueUnstarted gives back messages read but not started at shutdown:
 // a fresh copy is queued and ours acked (a crash in between leaves ours
-// pending, for the reclaimer; a duplicate copy is dropped at claim).
+// pending, for the reclaimer; a duplicate copy is dropped at claim). A
+// message claimed by the fetch that read it has its claim handed back
+// first (a fresh copy of a task claimed by us would be refused as busy).
 func (w *Worker) requeueUnstarted(buf []message) {
 	if len(buf) == 0 {
 		return
@@ -509,6 +532,14 @@ func (w *Worker) requeueUnstarted(buf []message) {
 		w.mu.Unlock()
 		if busy {
 			continue
+		}
+		if m.pre != nil {
+			now := w.cfg.Clock.Now()
+			if err := w.db.Release(ctx, m.run, m.task, w.cfg.ID, m.attempt, m.pre.Epoch, events.NewID(now), now.UnixMilli()); err != nil {
+				// Still ours (or gone): it stays pending for reclaim.
+				w.log.Warn().Err(err).Str("run", m.run).Str("task", m.task).Msg("give back an unstarted claimed message: release failed; it stays pending for reclaim")
+				continue
+			}
 		}
 		items = append(items, rdb.MoveItem{Stream: m.stream, ID: m.id,
 			Dispatch: rdb.Dispatch{Pool: w.poolOf(m.stream), Priority: m.priority, Run: m.run, Task: m.task, Attempt: m.attempt, Trace: m.trace}})
@@ -544,8 +575,9 @@ func (w *Worker) start(m message) {
 	}()
 }
 
-// messages appends the read messages to buf, ordered by band, highest first.
-func (w *Worker) messages(res []redis.XStream, buf []message) []message {
+// messages appends the read messages to buf, ordered by band, highest
+// first; claims holds the claims the fetch made (by message key).
+func (w *Worker) messages(res []redis.XStream, claims map[string]rdb.ClaimResult, buf []message) []message {
 	for _, s := range res {
 		_, _, prio, _ := w.db.K.ParseQueue(s.Stream)
 		for _, m := range s.Messages {
@@ -554,7 +586,11 @@ func (w *Worker) messages(res []redis.XStream, buf []message) []message {
 			a, _ := m.Values[rdb.MsgAttempt].(string)
 			att, _ := strconv.Atoi(a)
 			tp, _ := m.Values[rdb.MsgTrace].(string)
-			buf = append(buf, message{stream: s.Stream, priority: prio, id: m.ID, run: run, task: task, attempt: att, trace: tp, fetched: time.Now()}) // real time: Redis measures the lease
+			msg := message{stream: s.Stream, priority: prio, id: m.ID, run: run, task: task, attempt: att, trace: tp, fetched: time.Now()} // real time: Redis measures the lease
+			if cr, ok := claims[msg.key()]; ok {
+				msg.pre = &cr
+			}
+			buf = append(buf, msg)
 		}
 	}
 	sort.SliceStable(buf, func(i, j int) bool { return buf[i].priority > buf[j].priority })
@@ -593,6 +629,17 @@ func (w *Worker) process(ctx context.Context, m message, release func()) (parked
 	}
 	if held, ok := w.attempts[m.attemptKey()]; ok {
 		claimed := held.claimed
+		if claimed && m.pre != nil && m.pre.Epoch != held.epoch {
+			// This message's fetch claimed the task afresh: the claim we
+			// hold was handed back meanwhile (a repair or a release), and
+			// its outcome will be refused. This message carries the live
+			// claim: it stays pending, and its reclaim (after the lease)
+			// runs the task once the stale attempt is over.
+			w.mu.Unlock()
+			log.Info().Str("msg", m.id).Int64("epoch", m.pre.Epoch).Int64("held_epoch", held.epoch).
+				Msg("a newer claim of an attempt in hand; its message stays pending for reclaim")
+			return
+		}
 		if !claimed && !slices.ContainsFunc(held.parked, func(p message) bool { return p.key() == m.key() }) {
 			// The other message's claim is unresolved and may yet be
 			// refused (another owner holds the task, maybe a dead one whose
@@ -631,12 +678,18 @@ func (w *Worker) process(ctx context.Context, m message, release func()) (parked
 		}
 	}
 	cctx, span := w.startSpan(ctx, tracing.SpanClaim, m, trace.SpanKindConsumer, tracing.Reclaimed.Bool(m.reclaimed))
-	now := w.cfg.Clock.Now()
-	cr, err := w.batch.claim(cctx, rdb.ClaimArgs{
-		Run: m.run, Task: m.task, Worker: w.cfg.ID, Attempt: m.attempt,
-		EventID: events.NewID(now), TimeMS: now.UnixMilli(),
-		Reclaim: m.reclaimed, Deliveries: m.deliveries, ReclaimEventID: events.NewID(now),
-	})
+	var cr rdb.ClaimResult
+	var err error
+	if m.pre != nil {
+		cr = *m.pre // claimed by the fetch that read it
+	} else {
+		now := w.cfg.Clock.Now()
+		cr, err = w.batch.claim(cctx, rdb.ClaimArgs{
+			Run: m.run, Task: m.task, Worker: w.cfg.ID, Attempt: m.attempt,
+			EventID: events.NewID(now), TimeMS: now.UnixMilli(),
+			Reclaim: m.reclaimed, Deliveries: m.deliveries, ReclaimEventID: events.NewID(now),
+		})
+	}
 	if err == nil && cr.Outcome == rdb.ClaimBad {
 		err = fmt.Errorf("%w: %s", rdb.ErrBadTaskMeta, cr.Detail) // nothing was written
 	}
@@ -657,7 +710,7 @@ func (w *Worker) process(ctx context.Context, m message, release func()) (parked
 	switch cr.Outcome {
 	case rdb.ClaimOK:
 		w.mu.Lock()
-		held.claimed = true
+		held.claimed, held.epoch = true, cr.Epoch
 		parked := held.parked
 		held.parked = nil
 		w.mu.Unlock()

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -875,20 +876,37 @@ func (b bundle) queueCopy(t *testing.T, run string) {
 }
 
 // holdFirstClaim holds the first pipeline that runs the claim script until
-// release is closed.
+// release is closed. If set, held is closed when it starts holding, and
+// blocked gets a value (when there is room) each time a blocking
+// XREADGROUP is sent.
 type holdFirstClaim struct {
 	claim   string
 	once    sync.Once
 	release chan struct{}
+	held    chan struct{}
+	blocked chan struct{}
 }
 
-func (h *holdFirstClaim) DialHook(next redis.DialHook) redis.DialHook          { return next }
-func (h *holdFirstClaim) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+func (h *holdFirstClaim) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *holdFirstClaim) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if a := cmd.Args(); h.blocked != nil && len(a) > 0 && fmt.Sprint(a[0]) == "xreadgroup" && slices.ContainsFunc(a, func(v any) bool { return fmt.Sprint(v) == "block" }) {
+			select {
+			case h.blocked <- struct{}{}:
+			default:
+			}
+		}
+		return next(ctx, cmd)
+	}
+}
 func (h *holdFirstClaim) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return func(ctx context.Context, cmds []redis.Cmder) error {
 		for _, c := range cmds {
 			if a := c.Args(); len(a) > 1 && a[1] == h.claim {
 				h.once.Do(func() {
+					if h.held != nil {
+						close(h.held)
+					}
 					select {
 					case <-h.release:
 					case <-time.After(waitTimeout):
@@ -973,12 +991,25 @@ func TestReclaimedMessageIsKeptWhileTheOtherClaimIsUnresolved(t *testing.T) {
 // acked once the claim holds. Nothing is left pending for a reclaimer,
 // which would otherwise take the task over from the live claim and run it
 // again after one lease. (Found in review.)
+//
+// A fetch claims the messages it reads whose task is dispatched, so for
+// the first message's claim to be the claim script's, in flight, both
+// messages come through the worker's blocking read: the queue is emptied
+// before the worker starts, the first message is queued once the worker
+// blocks, and its copy once the first one's claim is held.
 func TestParkedCopyIsAckedWhenTheClaimHolds(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	run, q := b.dispatchedTask(t)
-	b.queueCopy(t, run)
-	hold := &holdFirstClaim{claim: rdb.Scripts()["claim"].Hash(), release: make(chan struct{})}
+	first, err := b.c.XRange(b.ctx, q, "-", "+").Result()
+	if err != nil || len(first) != 1 {
+		t.Fatalf("the dispatch's message: %v %v", first, err)
+	}
+	if err := b.c.XDel(b.ctx, q, first[0].ID).Err(); err != nil {
+		t.Fatal(err)
+	}
+	hold := &holdFirstClaim{claim: rdb.Scripts()["claim"].Hash(), release: make(chan struct{}),
+		held: make(chan struct{}), blocked: make(chan struct{}, 1)}
 	wc := b.clientWith(t, hold)
 	parked := &lineSignal{text: "a second message of an attempt being claimed here", seen: make(chan struct{})}
 	lg := zerolog.New(parked).Level(zerolog.DebugLevel)
@@ -988,6 +1019,17 @@ func TestParkedCopyIsAckedWhenTheClaimHolds(t *testing.T) {
 	r := b.start(t, cfg, map[string]worker.HandlerFunc{
 		"h": func(ctx context.Context, tk *worker.Task) (any, error) { ran.Add(1); return "ok", nil },
 	})
+	for _, step := range []struct {
+		wait <-chan struct{}
+		what string
+	}{{hold.blocked, "the worker did not block on its queues"}, {hold.held, "the first message's claim was not sent"}} {
+		select {
+		case <-step.wait:
+		case <-time.After(waitTimeout):
+			t.Fatal(step.what)
+		}
+		b.queueCopy(t, run)
+	}
 	select {
 	case <-parked.seen:
 	case <-time.After(waitTimeout):

@@ -123,7 +123,12 @@ func (k Keys) PartitionTag(n int) string {
 }
 
 // run is the prefix of run's keys.
-func (k Keys) run(run string) string { return k.tag(k.Partition(run)) + "r:" + run + ":" }
+func (k Keys) run(run string) string { return k.RunPrefix(k.Partition(run)) + run + ":" }
+
+// RunPrefix is the prefix of the keys of partition part's runs: a run's
+// keys are RunPrefix(Partition(run)) + run + ":" + what (the fetch script
+// builds them from a message's run id).
+func (k Keys) RunPrefix(part int) string { return k.tag(part) + "r:" }
 
 // RunLog is the run's event stream: the source of truth.
 func (k Keys) RunLog(run string) string { return k.run(run) + "log" }

@@ -20,12 +20,30 @@ import (
 // apply COUNT per stream and interleave bands). Non-blocking: when it
 // returns nothing, the worker blocks on all bands with XREADGROUP.
 //
-// KEYS: the pool's band streams, highest priority first (one slot: {q:pool})
-// ARGV: 1 group, 2 consumer, 3 n
-// Reply: {{stream, id, {field, value, ...}}, ...}
-var fetchScript = redis.NewScript(`
+// With a run key prefix (ARGV 4) it also claims, in the same call, each
+// message it read whose task is dispatched for the message's attempt in a
+// running run (claimone's fresh mode): the claim script's one call and
+// round trip per batch saved. Every other message comes back unclaimed,
+// for the worker's own checks and the claim script. The runs of a queue
+// partition have their keys in its slot, so the keys built here from the
+// message's run id are local.
+//
+// KEYS: the pool's band streams, highest priority first (one slot: {pN})
+// ARGV: 1 group, 2 consumer, 3 n, 4 run key prefix of the partition ("":
+// no claims), 5 time ms, 6 upstream byte budget, then n claim event ids
+// (the i-th message read claims with the i-th)
+// Reply: {{stream, id, {field, value, ...}, claim reply or nil}, ...}
+var fetchScript = redis.NewScript(prelude + claimLua + `
 local n = tonumber(ARGV[3])
+local prefix = ARGV[4]
+local call = claimcall(ARGV[6])
 local out = {}
+local function field(f, name)
+  for i = 1, #f - 1, 2 do
+    if f[i] == name then return f[i + 1] end
+  end
+  return nil
+end
 for i = 1, #KEYS do
   if n <= 0 then break end
   -- Acked entries are deleted, so an empty band has nothing new: skip the
@@ -36,7 +54,15 @@ for i = 1, #KEYS do
   end
   if r then
     for _, m in ipairs(r[1][2]) do
-      out[#out + 1] = {KEYS[i], m[1], m[2]}
+      local claim = false
+      local run, task, att = field(m[2], 'r'), field(m[2], 'k'), field(m[2], 'a')
+      if prefix ~= '' and run and task and att and run ~= '' and task ~= '' then
+        local p = prefix .. run .. ':'
+        local K = {p .. 'state', p .. 'log', p .. 'dag', p .. 'results'}
+        local id = ARGV[6 + #out + 1]
+        claim = claimone(call, K, {task, att, ARGV[2], id, ARGV[5], 'claim', '0', ''}, true) or false
+      end
+      out[#out + 1] = {KEYS[i], m[1], m[2], claim}
       n = n - 1
     end
   end
@@ -45,16 +71,42 @@ return out
 `)
 
 // Fetch reads up to n new messages of a pool in partition part, highest
-// band first, without blocking (see fetchScript).
+// band first, without blocking and without claiming (see fetchScript).
 func (d DB) Fetch(ctx context.Context, part int, pool, consumer string, n int) ([]redis.XStream, error) {
-	res, err := fetchScript.Run(ctx, d.C, d.K.Queues(part, pool), GroupWorkers, consumer, n).Slice()
+	res, _, err := d.fetch(ctx, part, pool, consumer, n, "", 0, nil)
+	return res, err
+}
+
+// FetchClaim reads up to len(eventIDs) new messages of a pool in partition
+// part as Fetch does, and claims for consumer, in the same call, those
+// whose task is dispatched for the message's attempt in a running run (the
+// i-th message read with eventIDs[i] as its task_claimed id). claims maps
+// MessageKey(stream, id) to the claim of each message claimed; every other
+// message read is not claimed and needs the claim script (Claim,
+// ClaimGroups) after the caller's own checks.
+func (d DB) FetchClaim(ctx context.Context, part int, pool, consumer string, eventIDs []string, timeMS int64) (res []redis.XStream, claims map[string]ClaimResult, err error) {
+	return d.fetch(ctx, part, pool, consumer, len(eventIDs), d.K.RunPrefix(part), timeMS, eventIDs)
+}
+
+// MessageKey names a message within a worker: stream ids are unique only
+// within their stream.
+func MessageKey(stream, id string) string { return stream + "\x00" + id }
+
+func (d DB) fetch(ctx context.Context, part int, pool, consumer string, n int, prefix string, timeMS int64, eventIDs []string) ([]redis.XStream, map[string]ClaimResult, error) {
+	argv := make([]any, 0, 6+len(eventIDs))
+	argv = append(argv, GroupWorkers, consumer, n, prefix, timeMS, d.claimBudget())
+	for _, id := range eventIDs {
+		argv = append(argv, id)
+	}
+	res, err := fetchScript.Run(ctx, d.C, d.K.Queues(part, pool), argv...).Slice()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	out := make([]redis.XStream, 0, len(res))
+	var claims map[string]ClaimResult
 	for _, r := range res {
 		item, ok := r.([]any)
-		if !ok || len(item) != 3 {
+		if !ok || len(item) < 3 {
 			continue
 		}
 		stream, _ := item[0].(string)
@@ -71,8 +123,26 @@ func (d DB) Fetch(ctx context.Context, part int, pool, consumer string, n int) (
 		} else {
 			out = append(out, redis.XStream{Stream: stream, Messages: []redis.XMessage{msg}})
 		}
+		if len(item) < 4 {
+			continue
+		}
+		if reply, ok := item[3].([]any); ok {
+			task, _ := values[MsgTask].(string)
+			run, _ := values[MsgRun].(string)
+			cr, err := parseClaim(run, task, reply)
+			if err != nil {
+				// Claimed, but its reply is unreadable: the claim
+				// script's reply to the same worker ("already ours")
+				// is the way back; the message goes that way.
+				continue
+			}
+			if claims == nil {
+				claims = map[string]ClaimResult{}
+			}
+			claims[MessageKey(stream, id)] = cr
+		}
 	}
-	return out, nil
+	return out, claims, nil
 }
 
 // ClaimArgs are the inputs of a claim.
@@ -162,12 +232,29 @@ func (d DB) Claim(ctx context.Context, a ClaimArgs) (ClaimResult, error) {
 //	{"busy", owner, epoch} (claimed by a live claim: ack and drop) |
 //	{"missing"} (no such run) |
 //	{"bad", why} (the task's stored metadata cannot be read; nothing written)
-var claimScript = redis.NewScript(prelude + `
--- One item per call of one(); the script takes n items of 8 arguments
--- (all of this run) and replies with the n item replies, in order.
-local input
-local budget = tonumber(ARGV[2]) or 0
-local bounded = budget > 0
+var claimScript = redis.NewScript(prelude + claimLua + `
+local call = claimcall(ARGV[2])
+local K = {KEYS[1], KEYS[2], KEYS[3], KEYS[4]}
+local n, out = tonumber(ARGV[1]), {}
+for i = 0, n - 1 do
+  local A = {}
+  for j = 1, 8 do A[j] = ARGV[2 + i * 8 + j] end
+  out[i + 1] = claimone(call, K, A, false)
+end
+return out
+`)
+
+// claimLua defines claimone, the claim of one message's task (the claim
+// script's items, and the fetch script's claims of what it reads), and
+// claimcall, the state one script call's claims share (the upstream byte
+// budget, each run's input read once). The prelude must come first.
+//
+// claimone(call, K, A, fresh): K = {state, log, dag, results} of the run,
+// A = the 8 arguments of a claim item (see claimScript). With fresh set it
+// claims only a dispatched task of the message's attempt in a running run
+// (the one case that needs no worker-side check first) and returns nil,
+// having written nothing, in every other case.
+const claimLua = `
 -- claimedby reports whether the log's recent entries hold the event id: a
 -- retried call's task_claimed is among the last ones appended (a call
 -- appends at most two per item, and a worker claims at most 128 messages
@@ -197,13 +284,18 @@ local function deps(meta)
   for id in string.gmatch(list, '"([^"]*)"') do out[#out + 1] = id end
   return out
 end
-local function one(A)
-  local run, st, a, e, o = getrun(KEYS[1], A[1])
+local function claimcall(budget)
+  budget = tonumber(budget) or 0
+  return {budget = budget, bounded = budget > 0, inputs = {}}
+end
+local function claimone(call, K, A, fresh)
+  local run, st, a, e, o = getrun(K[1], A[1])
+  local att = tonumber(A[2])
+  if fresh and not (run == 'running' and st == 'dispatched' and a == att) then return nil end
   if not run then return {'missing'} end
   if st == '?' then return {'bad', 'unreadable task record'} end
   if terminal[st] then return {'done', st} end
   if run ~= 'running' then return {'done', run} end
-  local att = tonumber(A[2])
   if a ~= att then return {'stale', st, tostring(a)} end
   -- What this claim writes: nothing (ours already), a claim, or a reclaim
   -- and a claim. Decided before anything is written.
@@ -213,7 +305,7 @@ local function one(A)
     -- duplicate message. Hand the claim back as is, without a second event;
     -- never report it "busy", which would ack our only message.
     write = 'none'
-  elseif st == 'running' and o == A[3] and claimedby(KEYS[2], A[4]) then
+  elseif st == 'running' and o == A[3] and claimedby(K[2], A[4]) then
     -- A reclaim of ours that already ran: the same call again after a lost
     -- reply (its claim event is in the log). Hand it back as is; bumping
     -- the epoch again would record a reclaim of the task from itself.
@@ -227,22 +319,29 @@ local function one(A)
     return {'stale', st, tostring(a)}
   end
   -- Every read before the first write.
-  local meta = redis.call('HGET', KEYS[3], A[1]) or '{}'
+  local meta = redis.call('HGET', K[3], A[1]) or '{}'
   local ds, why = deps(meta)
-  if not ds then return {'bad', why} end
-  if input == nil then input = redis.call('HGET', KEYS[4], '@input') or '' end
+  if not ds then
+    if fresh then return nil end
+    return {'bad', why}
+  end
+  local input = call.inputs[K[4]]
+  if input == nil then
+    input = redis.call('HGET', K[4], '@input') or ''
+    call.inputs[K[4]] = input
+  end
   local vals = {}
   for i = 1, #ds, 500 do
     local chunk = {}
     for j = i, math.min(i + 499, #ds) do chunk[#chunk + 1] = ds[j] end
-    local vs = redis.call('HMGET', KEYS[4], unpack(chunk))
+    local vs = redis.call('HMGET', K[4], unpack(chunk))
     for j = 1, #chunk do
       local v = vs[j]
       if not v then
         -- No result: the dependency did not succeed, or its result
         -- expired (result TTL), which the reader must be told.
         v = ''
-        if redis.call('HEXISTS', KEYS[1], '@rx:' .. chunk[j]) == 1 then v = '!expired' end
+        if redis.call('HEXISTS', K[1], '@rx:' .. chunk[j]) == 1 then v = '!expired' end
       end
       vals[#vals + 1] = v
     end
@@ -250,34 +349,27 @@ local function one(A)
   -- The writes: the log first (the source of truth), then the record.
   if write == 'reclaim' then
     e = e + 1
-    append(KEYS[2], A[8], 'task_reclaimed', A[1], a, e, A[3],
+    append(K[2], A[8], 'task_reclaimed', A[1], a, e, A[3],
       cjson.encode({from = o, deliveries = tonumber(A[7]), reason = 'lease expired'}))
   end
   if write ~= 'none' then
     e = e + 1
-    append(KEYS[2], A[4], 'task_claimed', A[1], a, e, A[3], '')
-    setrec(KEYS[1], A[1], 'running', a, e, A[3])
+    append(K[2], A[4], 'task_claimed', A[1], a, e, A[3], '')
+    setrec(K[1], A[1], 'running', a, e, A[3])
   end
   -- The dep results that fit the call's budget; the caller reads the rest.
   local reply = {'ok', tostring(e), meta, input, 0}
   local k = 0
   for j = 1, #vals do
-    if bounded and #vals[j] > budget then break end
-    budget = budget - #vals[j]
+    if call.bounded and #vals[j] > call.budget then break end
+    call.budget = call.budget - #vals[j]
     reply[#reply + 1] = vals[j]
     k = k + 1
   end
   reply[5] = k
   return reply
 end
-local n, out = tonumber(ARGV[1]), {}
-for i = 0, n - 1 do
-  local A = {}
-  for j = 1, 8 do A[j] = ARGV[2 + i * 8 + j] end
-  out[i + 1] = one(A)
-end
-return out
-`)
+`
 
 // ClaimsCmd queues one claim script call for several messages of ONE run
 // (all args must share the run) on p, a pipeline or the client; read the
@@ -285,11 +377,7 @@ return out
 func (d DB) ClaimsCmd(ctx context.Context, p redis.Scripter, as []ClaimArgs) *redis.Cmd {
 	run := as[0].Run
 	argv := make([]any, 0, 2+8*len(as))
-	budget := d.ClaimUpstreamBytes
-	if budget <= 0 {
-		budget = DefaultClaimUpstreamBytes
-	}
-	argv = append(argv, len(as), budget)
+	argv = append(argv, len(as), d.claimBudget())
 	for _, a := range as {
 		mode := "claim"
 		if a.Reclaim {
@@ -298,6 +386,14 @@ func (d DB) ClaimsCmd(ctx context.Context, p redis.Scripter, as []ClaimArgs) *re
 		argv = append(argv, a.Task, a.Attempt, a.Worker, a.EventID, a.TimeMS, mode, a.Deliveries, a.ReclaimEventID)
 	}
 	return claimScript.Run(ctx, p, []string{d.K.RunState(run), d.K.RunLog(run), d.K.RunDAG(run), d.K.RunResults(run)}, argv...)
+}
+
+// claimBudget is the upstream byte budget of one claiming call.
+func (d DB) claimBudget() int {
+	if d.ClaimUpstreamBytes <= 0 {
+		return DefaultClaimUpstreamBytes
+	}
+	return d.ClaimUpstreamBytes
 }
 
 // ParseClaims reads a ClaimsCmd reply, one result per arg.
@@ -312,30 +408,40 @@ func ParseClaims(as []ClaimArgs, cmd *redis.Cmd) ([]ClaimResult, error) {
 	out := make([]ClaimResult, len(as))
 	for i, a := range as {
 		res, _ := items[i].([]any)
-		r := ClaimResult{Outcome: ClaimOutcome(str(res, 0)), Detail: str(res, 1)}
-		if r.Outcome == ClaimOK {
-			r.Epoch, _ = strconv.ParseInt(str(res, 1), 10, 64)
-			if err := json.Unmarshal([]byte(str(res, 2)), &r.Meta); err != nil {
-				return nil, fmt.Errorf("claim %s/%s: task metadata: %w", a.Run, a.Task, err)
-			}
-			if in := str(res, 3); in != "" {
-				r.Input = json.RawMessage(in)
-			}
-			k := int(num(res, 4))
-			r.Upstream = make(map[string]json.RawMessage, len(r.Meta.Deps))
-			for j, dep := range r.Meta.Deps {
-				if j >= k {
-					r.UpstreamLeft = append(r.UpstreamLeft, dep)
-				} else if v := str(res, 5+j); v != "" {
-					r.Upstream[dep] = json.RawMessage(v)
-				} else {
-					r.Upstream[dep] = nil
-				}
-			}
+		r, err := parseClaim(a.Run, a.Task, res)
+		if err != nil {
+			return nil, err
 		}
 		out[i] = r
 	}
 	return out, nil
+}
+
+// parseClaim reads one claim reply (claimone's) of run's task.
+func parseClaim(run, task string, res []any) (ClaimResult, error) {
+	r := ClaimResult{Outcome: ClaimOutcome(str(res, 0)), Detail: str(res, 1)}
+	if r.Outcome != ClaimOK {
+		return r, nil
+	}
+	r.Epoch, _ = strconv.ParseInt(str(res, 1), 10, 64)
+	if err := json.Unmarshal([]byte(str(res, 2)), &r.Meta); err != nil {
+		return ClaimResult{}, fmt.Errorf("claim %s/%s: task metadata: %w", run, task, err)
+	}
+	if in := str(res, 3); in != "" {
+		r.Input = json.RawMessage(in)
+	}
+	k := int(num(res, 4))
+	r.Upstream = make(map[string]json.RawMessage, len(r.Meta.Deps))
+	for j, dep := range r.Meta.Deps {
+		if j >= k {
+			r.UpstreamLeft = append(r.UpstreamLeft, dep)
+		} else if v := str(res, 5+j); v != "" {
+			r.Upstream[dep] = json.RawMessage(v)
+		} else {
+			r.Upstream[dep] = nil
+		}
+	}
+	return r, nil
 }
 
 // ClaimGroups runs one claim script call per group (claims of one run) in

@@ -1,0 +1,97 @@
+package rdb_test
+
+import (
+	"testing"
+
+	"github.com/graflow-go/graflow/events"
+	"github.com/graflow-go/graflow/internal/rdb"
+	"github.com/oklog/ulid/v2"
+)
+
+// FetchClaim claims, in the fetch's own call, exactly the messages whose
+// task is dispatched for the message's attempt in a running run, with the
+// event id of the message's position; every other message comes back
+// unclaimed and untouched, for the claim script after the worker's checks.
+func TestFetchClaimClaimsOnlyDispatchedTasksOfTheMessagesAttempt(t *testing.T) {
+	t.Parallel()
+	b := setupRun(t) // a: dispatched, attempt 1; b: pending (waits for a)
+	for _, s := range b.db.K.AllQueues("default") {
+		if err := b.db.EnsureGroup(b.ctx, s, rdb.GroupWorkers); err != nil {
+			t.Fatal(err)
+		}
+	}
+	queue := func(run, task string, attempt int) string {
+		t.Helper()
+		id, err := b.db.XAddDispatch(b.ctx, b.c, rdb.Dispatch{Pool: "default", Run: run, Task: task, Attempt: attempt}).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return id
+	}
+	msgA := queue(b.run, "a", 1)
+	queue(b.run, "b", 1)           // pending: not claimable
+	queue(b.run, "a", 2)           // another attempt: stale
+	queue("R-no-such-run", "a", 1) // no run
+	stateBefore := b.hash(t, b.db.K.RunState(b.run))
+	logBefore := len(b.log(t))
+
+	// A plain Fetch claims nothing.
+	ids := []string{ulid.Make().String(), ulid.Make().String(), ulid.Make().String(), ulid.Make().String(), ulid.Make().String()}
+	res, claims, err := b.db.FetchClaim(b.ctx, 0, "default", "w1", ids, 3000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var read int
+	for _, s := range res {
+		read += len(s.Messages)
+	}
+	if read != 4 {
+		t.Fatalf("read %d messages, want 4", read)
+	}
+	stream := b.db.K.QueueFor(b.run, "default", 0)
+	if len(claims) != 1 {
+		t.Fatalf("claims = %+v, want one (a, attempt 1)", claims)
+	}
+	cr, ok := claims[rdb.MessageKey(stream, msgA)]
+	if !ok || cr.Outcome != rdb.ClaimOK || cr.Epoch != 1 || cr.Meta.Handler != "h.a" || string(cr.Input) != `{"in":true}` {
+		t.Fatalf("claim of a = %+v (found %v); want ok at epoch 1 with a's handler and the run's input", cr, ok)
+	}
+	state := b.hash(t, b.db.K.RunState(b.run))
+	if state["a"] != "running|1|1|w1" {
+		t.Errorf("a's record = %q, want running|1|1|w1", state["a"])
+	}
+	state["a"] = stateBefore["a"]
+	for f, v := range stateBefore {
+		if state[f] != v {
+			t.Errorf("state field %s changed: %q -> %q", f, v, state[f])
+		}
+	}
+	log := b.log(t)
+	if len(log) != logBefore+1 {
+		t.Fatalf("the fetch appended %d events, want 1", len(log)-logBefore)
+	}
+	if e := log[len(log)-1]; e.Type != events.TaskClaimed || e.ID != ids[0] || e.Task != "a" || e.Epoch != 1 || e.Worker != "w1" {
+		t.Errorf("appended %+v, want task_claimed of a at epoch 1 by w1 with the first event id", e)
+	}
+
+	// A second message of the same attempt finds the task claimed: it is
+	// not claimed again (the claim script answers it after the worker's
+	// checks), and nothing is written.
+	queue(b.run, "a", 1)
+	res, claims, err = b.db.FetchClaim(b.ctx, 0, "default", "w1", ids[:1], 3000)
+	if err != nil || len(res) != 1 || len(claims) != 0 {
+		t.Fatalf("second copy: read %v, claims %v, err %v; want one message, unclaimed", res, claims, err)
+	}
+	if n := len(b.log(t)); n != logBefore+1 {
+		t.Errorf("the second fetch appended %d events", n-logBefore-1)
+	}
+
+	// Fetch never claims.
+	queue(b.run, "a", 1)
+	if _, err := b.db.Fetch(b.ctx, 0, "default", "w2", 1); err != nil {
+		t.Fatal(err)
+	}
+	if got := b.hash(t, b.db.K.RunState(b.run))["a"]; got != "running|1|1|w1" {
+		t.Errorf("after Fetch, a's record = %q", got)
+	}
+}
