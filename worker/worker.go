@@ -466,8 +466,12 @@ func (w *Worker) fetch(ctx context.Context, part int, pool string) {
 			free := cap(w.sem) - len(w.sem)
 			res, claims, err := w.fetchClaim(ctx, part, pool, max(free, 1))
 			if err == nil && len(res) == 0 {
-				// Nothing queued: block until something arrives in any band.
+				// Nothing queued: block until something arrives in any band,
+				// then claim it as the fetch would have.
 				res, err = w.db.ReadGroup(ctx, rdb.GroupWorkers, w.cfg.ID, streams, ">", 1, w.cfg.FetchBlock)
+				if err == nil && len(res) > 0 {
+					claims = w.claimFresh(ctx, part, res)
+				}
 			}
 			if err != nil {
 				if ctx.Err() != nil {
@@ -512,6 +516,27 @@ func (w *Worker) fetchClaim(ctx context.Context, part int, pool string, n int) (
 		w.obs().ClaimBatch(len(claims), time.Since(began))
 	}
 	return res, claims, err
+}
+
+// claimFresh claims what a blocking read returned as a fetch claims what
+// it reads (rdb.ClaimFresh). After a failed call the messages go to the
+// claim script after the worker's checks, as unclaimed ones do: they are
+// ours and pending either way, and a claim whose reply was lost is
+// answered "already ours".
+func (w *Worker) claimFresh(ctx context.Context, part int, res []redis.XStream) map[string]rdb.ClaimResult {
+	now := w.cfg.Clock.Now()
+	began := time.Now()
+	claims, err := w.db.ClaimFresh(ctx, part, w.cfg.ID, res, func() string { return events.NewID(now) }, now.UnixMilli())
+	if err != nil {
+		if ctx.Err() == nil {
+			w.log.Debug().Err(err).Msg("claim what the blocking read returned; the claim script will")
+		}
+		return nil
+	}
+	if len(claims) > 0 {
+		w.obs().ClaimBatch(len(claims), time.Since(began))
+	}
+	return claims
 }
 
 // requeueUnstarted gives back messages read but not started at shutdown:

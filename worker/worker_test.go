@@ -876,25 +876,33 @@ func (b bundle) queueCopy(t *testing.T, run string) {
 }
 
 // holdFirstClaim holds the first pipeline that runs the claim script until
-// release is closed. If set, held is closed when it starts holding, and
+// release is closed. If set, held is closed when it starts holding,
 // blocked gets a value (when there is room) each time a blocking
-// XREADGROUP is sent.
+// XREADGROUP is sent, and every call of the script failFresh fails
+// without being sent.
 type holdFirstClaim struct {
-	claim   string
-	once    sync.Once
-	release chan struct{}
-	held    chan struct{}
-	blocked chan struct{}
+	claim     string
+	once      sync.Once
+	release   chan struct{}
+	held      chan struct{}
+	blocked   chan struct{}
+	failFresh string
 }
 
 func (h *holdFirstClaim) DialHook(next redis.DialHook) redis.DialHook { return next }
 func (h *holdFirstClaim) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
-		if a := cmd.Args(); h.blocked != nil && len(a) > 0 && fmt.Sprint(a[0]) == "xreadgroup" && slices.ContainsFunc(a, func(v any) bool { return fmt.Sprint(v) == "block" }) {
+		a := cmd.Args()
+		if h.blocked != nil && len(a) > 0 && fmt.Sprint(a[0]) == "xreadgroup" && slices.ContainsFunc(a, func(v any) bool { return fmt.Sprint(v) == "block" }) {
 			select {
 			case h.blocked <- struct{}{}:
 			default:
 			}
+		}
+		if h.failFresh != "" && len(a) > 1 && a[1] == h.failFresh {
+			err := errors.New("injected: claim_fresh refused")
+			cmd.SetErr(err)
+			return err
 		}
 		return next(ctx, cmd)
 	}
@@ -992,9 +1000,10 @@ func TestReclaimedMessageIsKeptWhileTheOtherClaimIsUnresolved(t *testing.T) {
 // which would otherwise take the task over from the live claim and run it
 // again after one lease. (Found in review.)
 //
-// A fetch claims the messages it reads whose task is dispatched, so for
-// the first message's claim to be the claim script's, in flight, both
-// messages come through the worker's blocking read: the queue is emptied
+// A read claims the messages whose task is dispatched at once, so for the
+// first message's claim to be the claim script's, in flight, both
+// messages come through the worker's blocking read with the claim of what
+// it returned failing (the fallback this also tests): the queue is emptied
 // before the worker starts, the first message is queued once the worker
 // blocks, and its copy once the first one's claim is held.
 func TestParkedCopyIsAckedWhenTheClaimHolds(t *testing.T) {
@@ -1009,7 +1018,7 @@ func TestParkedCopyIsAckedWhenTheClaimHolds(t *testing.T) {
 		t.Fatal(err)
 	}
 	hold := &holdFirstClaim{claim: rdb.Scripts()["claim"].Hash(), release: make(chan struct{}),
-		held: make(chan struct{}), blocked: make(chan struct{}, 1)}
+		held: make(chan struct{}), blocked: make(chan struct{}, 1), failFresh: rdb.Scripts()["claim_fresh"].Hash()}
 	wc := b.clientWith(t, hold)
 	parked := &lineSignal{text: "a second message of an attempt being claimed here", seen: make(chan struct{})}
 	lg := zerolog.New(parked).Level(zerolog.DebugLevel)

@@ -142,6 +142,7 @@ func Scripts() map[string]*redis.Script {
 		"submit":         submitScript,
 		"commit":         commitScript,
 		"claim":          claimScript,
+		"claim_fresh":    claimFreshScript,
 		"finish":         finishScript,
 		"heartbeat":      heartbeatScript,
 		"queue_ack":      queueAckScript,

@@ -88,6 +88,79 @@ func (d DB) FetchClaim(ctx context.Context, part int, pool, consumer string, eve
 	return d.fetch(ctx, part, pool, consumer, len(eventIDs), d.K.RunPrefix(part), timeMS, eventIDs)
 }
 
+// claimFreshScript claims, for a consumer, messages it read with a
+// blocking XREADGROUP, as the fetch script claims what it reads: each whose
+// task is dispatched for the message's attempt in a running run
+// (claimone's fresh mode); the others are left alone.
+//
+// KEYS: 1 a key of the partition's slot (the stream read: it routes the
+// call; the runs' keys are built from ARGV 1)
+// ARGV: 1 run key prefix of the partition, 2 consumer, 3 time ms, 4
+// upstream byte budget, then per message 4 arguments: run, task, attempt,
+// claim event id
+// Reply: per message, its claim reply or nil
+var claimFreshScript = redis.NewScript(prelude + claimLua + `
+local call = claimcall(ARGV[4])
+local out = {}
+for i = 5, #ARGV - 3, 4 do
+  local run, task, att, id = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local claim = false
+  if run ~= '' and task ~= '' then
+    local p = ARGV[1] .. run .. ':'
+    claim = claimone(call, {p .. 'state', p .. 'log', p .. 'dag', p .. 'results'},
+      {task, att, ARGV[2], id, ARGV[3], 'claim', '0', ''}, true) or false
+  end
+  out[#out + 1] = claim
+end
+return out
+`)
+
+// ClaimFresh claims for consumer, in one call, the messages of res (read
+// from partition part's queues with a blocking XREADGROUP) whose task is
+// dispatched for the message's attempt in a running run, as FetchClaim
+// does for what it reads; eventID mints each claim's event id. It returns
+// the claims by MessageKey; the messages not claimed need the claim script
+// after the caller's checks.
+func (d DB) ClaimFresh(ctx context.Context, part int, consumer string, res []redis.XStream, eventID func() string, timeMS int64) (map[string]ClaimResult, error) {
+	argv := []any{d.K.RunPrefix(part), consumer, timeMS, d.claimBudget()}
+	var keys []string
+	for _, s := range res {
+		for _, m := range s.Messages {
+			run, _ := m.Values[MsgRun].(string)
+			task, _ := m.Values[MsgTask].(string)
+			att, _ := m.Values[MsgAttempt].(string)
+			keys = append(keys, MessageKey(s.Stream, m.ID), run, task)
+			argv = append(argv, run, task, att, eventID())
+		}
+	}
+	if len(keys) == 0 {
+		return nil, nil
+	}
+	items, err := claimFreshScript.Run(ctx, d.C, []string{res[0].Stream}, argv...).Slice()
+	if err != nil {
+		return nil, err
+	}
+	if len(items) != len(keys)/3 {
+		return nil, fmt.Errorf("claim fresh: %d replies for %d messages", len(items), len(keys)/3)
+	}
+	var claims map[string]ClaimResult
+	for i, item := range items {
+		reply, ok := item.([]any)
+		if !ok {
+			continue
+		}
+		cr, err := parseClaim(keys[3*i+1], keys[3*i+2], reply)
+		if err != nil {
+			continue // claimed, but unreadable: the claim script's "already ours" is the way back
+		}
+		if claims == nil {
+			claims = map[string]ClaimResult{}
+		}
+		claims[keys[3*i]] = cr
+	}
+	return claims, nil
+}
+
 // MessageKey names a message within a worker: stream ids are unique only
 // within their stream.
 func MessageKey(stream, id string) string { return stream + "\x00" + id }

@@ -444,6 +444,13 @@ func TestEveryScriptAndMultiTouchesOneSlot(t *testing.T) {
 		Dispatch: rdb.Dispatch{Pool: "nobody", Run: run5, Task: "a", Attempt: 1}}}, time.Now().UnixMilli()); err != nil || len(done) != 1 || !done[0] {
 		t.Errorf("resume of run5's a = %v, %v", done, err)
 	}
+	// A message of phase 1's run delivered again: the reads claimed every
+	// message of the flow, so the claim script (a copy or a reclaim's
+	// claim) answers this one ("done").
+	if cr, err := db.Claim(ctx, rdb.ClaimArgs{Run: run, Task: "a", Worker: "w1", Attempt: 1, EventID: ulid.Make().String(),
+		TimeMS: time.Now().UnixMilli()}); err != nil || cr.Outcome != rdb.ClaimDone {
+		t.Errorf("claim of a finished task = %+v, %v; want done", cr, err)
+	}
 	if _, err := db.PruneConsumers(ctx, keys.QueueFor(run, "default", 0), rdb.GroupWorkers, 0, db.WorkerRegistry()); err != nil {
 		t.Fatal(err)
 	}
