@@ -108,7 +108,7 @@ func New(db rdb.DB, opts Options) *Set {
 	}, []string{"pool", "handler", "result"})
 	s.claimSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "graflow_worker_claim_batch_duration_seconds",
-		Help:    "Round trip of one batch of claims: a fetch that claimed what it read, or one pipeline of claim scripts.",
+		Help:    "Round trip of one batch of claims: a fetch that claimed what it read, the claim of what a blocking read returned, or one pipeline of claim scripts.",
 		Buckets: latencyBuckets,
 	})
 	s.finishSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{
