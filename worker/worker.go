@@ -558,9 +558,17 @@ func (w *Worker) requeueUnstarted(buf []message) {
 		if busy {
 			continue
 		}
-		if m.pre != nil {
+		epoch, ours := int64(0), m.pre != nil
+		if ours {
+			epoch = m.pre.Epoch
+		} else if rec, err := w.db.TaskRecord(ctx, m.run, m.task); err == nil &&
+			rec.Status == events.TaskStatusRunning && rec.Owner == w.cfg.ID && rec.Attempt == m.attempt {
+			// Claimed by a call whose reply was lost: ours all the same.
+			epoch, ours = rec.Epoch, true
+		}
+		if ours {
 			now := w.cfg.Clock.Now()
-			if err := w.db.Release(ctx, m.run, m.task, w.cfg.ID, m.attempt, m.pre.Epoch, events.NewID(now), now.UnixMilli()); err != nil {
+			if err := w.db.Release(ctx, m.run, m.task, w.cfg.ID, m.attempt, epoch, events.NewID(now), now.UnixMilli()); err != nil {
 				// Still ours (or gone): it stays pending for reclaim.
 				w.log.Warn().Err(err).Str("run", m.run).Str("task", m.task).Msg("give back an unstarted claimed message: release failed; it stays pending for reclaim")
 				continue
@@ -654,7 +662,7 @@ func (w *Worker) process(ctx context.Context, m message, release func()) (parked
 	}
 	if held, ok := w.attempts[m.attemptKey()]; ok {
 		claimed := held.claimed
-		if claimed && m.pre != nil && m.pre.Epoch != held.epoch {
+		if claimed && m.pre != nil && m.pre.Epoch > held.epoch {
 			// This message's fetch claimed the task afresh: the claim we
 			// hold was handed back meanwhile (a repair or a release), and
 			// its outcome will be refused. This message carries the live
@@ -701,6 +709,10 @@ func (w *Worker) process(ctx context.Context, m message, release func()) (parked
 			log.Debug().Int64("touch", n).Msg("buffered message no longer ours; dropping it")
 			return
 		}
+		// A claim its read made may have been handed back or its run
+		// cancelled meanwhile: the claim script checks it again ("already
+		// ours" with the current epoch if it holds).
+		m.pre = nil
 	}
 	cctx, span := w.startSpan(ctx, tracing.SpanClaim, m, trace.SpanKindConsumer, tracing.Reclaimed.Bool(m.reclaimed))
 	var cr rdb.ClaimResult

@@ -78,7 +78,7 @@ func TestFetchClaimClaimsOnlyDispatchedTasksOfTheMessagesAttempt(t *testing.T) {
 	// not claimed again (the claim script answers it after the worker's
 	// checks), and nothing is written.
 	queue(b.run, "a", 1)
-	res, claims, err = b.db.FetchClaim(b.ctx, 0, "default", "w1", ids[:1], 3000)
+	res, claims, err = b.db.FetchClaim(b.ctx, 0, "default", "w1", []string{ulid.Make().String()}, 3000)
 	if err != nil || len(res) != 1 || len(claims) != 0 {
 		t.Fatalf("second copy: read %v, claims %v, err %v; want one message, unclaimed", res, claims, err)
 	}
@@ -93,5 +93,51 @@ func TestFetchClaimClaimsOnlyDispatchedTasksOfTheMessagesAttempt(t *testing.T) {
 	}
 	if got := b.hash(t, b.db.K.RunState(b.run))["a"]; got != "running|1|1|w1" {
 		t.Errorf("after Fetch, a's record = %q", got)
+	}
+}
+
+// go-redis sends a script call again after a lost reply. The second
+// ClaimFresh of the same messages with the same event ids must hand back
+// the claim the first made (not report the message unclaimed: the worker
+// would then give back or ack a message whose task it holds), and write
+// nothing.
+func TestClaimFreshSentAgainReturnsItsClaim(t *testing.T) {
+	t.Parallel()
+	b := setupRun(t) // a: dispatched, attempt 1
+	for _, s := range b.db.K.AllQueues("default") {
+		if err := b.db.EnsureGroup(b.ctx, s, rdb.GroupWorkers); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.db.XAddDispatch(b.ctx, b.c, rdb.Dispatch{Pool: "default", Run: b.run, Task: "a", Attempt: 1}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	res, err := b.db.ReadGroup(b.ctx, rdb.GroupWorkers, "w1", b.db.K.Queues(0, "default"), ">", 1, 0)
+	if err != nil || len(res) != 1 {
+		t.Fatalf("read: %v %v", res, err)
+	}
+	id := ulid.Make().String()
+	ids := func() string { return id }
+	first, err := b.db.ClaimFresh(b.ctx, 0, "w1", res, ids, 3000)
+	if err != nil || len(first) != 1 {
+		t.Fatalf("first claim: %v %v", first, err)
+	}
+	n := len(b.log(t))
+	again, err := b.db.ClaimFresh(b.ctx, 0, "w1", res, ids, 3000)
+	if err != nil || len(again) != 1 {
+		t.Fatalf("the same call again: claims %v, err %v; want its claim back", again, err)
+	}
+	key := rdb.MessageKey(res[0].Stream, res[0].Messages[0].ID)
+	if again[key].Outcome != rdb.ClaimOK || again[key].Epoch != first[key].Epoch {
+		t.Errorf("the same call again = %+v, want the first's claim %+v", again[key], first[key])
+	}
+	if len(b.log(t)) != n {
+		t.Errorf("the same call again appended %d events", len(b.log(t))-n)
+	}
+	// Another call (another event id) of the same worker is not answered
+	// here: it is a copy, for the worker's checks and the claim script.
+	other, err := b.db.ClaimFresh(b.ctx, 0, "w1", res, func() string { return ulid.Make().String() }, 3000)
+	if err != nil || len(other) != 0 {
+		t.Errorf("another call: claims %v, err %v; want none", other, err)
 	}
 }

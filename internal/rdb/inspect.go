@@ -284,3 +284,13 @@ func (d DB) Tail(ctx context.Context, run, from string, count int, block time.Du
 		}
 	}
 }
+
+// TaskRecord reads a task's record in its run's state ("pending" when it
+// has none).
+func (d DB) TaskRecord(ctx context.Context, run, task string) (Record, error) {
+	s, err := d.C.HGet(ctx, d.K.RunState(run), task).Result()
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return Record{}, err
+	}
+	return ParseRecord(s)
+}

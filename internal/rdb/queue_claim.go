@@ -325,8 +325,9 @@ return out
 // claimone(call, K, A, fresh): K = {state, log, dag, results} of the run,
 // A = the 8 arguments of a claim item (see claimScript). With fresh set it
 // claims only a dispatched task of the message's attempt in a running run
-// (the one case that needs no worker-side check first) and returns nil,
-// having written nothing, in every other case.
+// (the one case that needs no worker-side check first), answers the same
+// call sent again with the claim it made, and returns nil, having written
+// nothing, in every other case.
 const claimLua = `
 -- claimedby reports whether the log's recent entries hold the event id: a
 -- retried call's task_claimed is among the last ones appended (a call
@@ -364,7 +365,18 @@ end
 local function claimone(call, K, A, fresh)
   local run, st, a, e, o = getrun(K[1], A[1])
   local att = tonumber(A[2])
-  if fresh and not (run == 'running' and st == 'dispatched' and a == att) then return nil end
+  if fresh then
+    if run ~= 'running' or a ~= att then return nil end
+    if st == 'running' and o == A[3] then
+      -- Ours already: this very call sent again after a lost reply (go-redis
+      -- resends), whose claim is in the log under this id, gets that claim
+      -- back; any other claim of ours is the claim script's to answer,
+      -- after the worker's checks.
+      if not claimedby(K[2], A[4]) then return nil end
+    elseif st ~= 'dispatched' then
+      return nil
+    end
+  end
   if not run then return {'missing'} end
   if st == '?' then return {'bad', 'unreadable task record'} end
   if terminal[st] then return {'done', st} end
