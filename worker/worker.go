@@ -554,6 +554,7 @@ func (w *Worker) requeueUnstarted(buf []message) {
 	for _, m := range buf {
 		w.mu.Lock()
 		busy := w.handling[m.key()] // the reclaimer took it over: it is running
+		_, inHand := w.attempts[m.attemptKey()]
 		w.mu.Unlock()
 		if busy {
 			continue
@@ -561,10 +562,12 @@ func (w *Worker) requeueUnstarted(buf []message) {
 		epoch, ours := int64(0), m.pre != nil
 		if ours {
 			epoch = m.pre.Epoch
-		} else if rec, err := w.db.TaskRecord(ctx, m.run, m.task); err == nil &&
-			rec.Status == events.TaskStatusRunning && rec.Owner == w.cfg.ID && rec.Attempt == m.attempt {
-			// Claimed by a call whose reply was lost: ours all the same.
-			epoch, ours = rec.Epoch, true
+		} else if !inHand { // a copy of an attempt a handler of ours holds: that claim is the handler's
+			rec, err := w.db.TaskRecord(ctx, m.run, m.task)
+			if err == nil && rec.Status == events.TaskStatusRunning && rec.Owner == w.cfg.ID && rec.Attempt == m.attempt {
+				// Claimed by a call whose reply was lost: ours all the same.
+				epoch, ours = rec.Epoch, true
+			}
 		}
 		if ours {
 			now := w.cfg.Clock.Now()
