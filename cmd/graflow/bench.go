@@ -151,7 +151,7 @@ func mergeSizes(a, b bench.Sizes) bench.Sizes {
 func benchRedisURL(raw string) (string, error) {
 	u := withScheme(raw)
 	switch {
-	case strings.Contains(u, ","):
+	case isNodeList(u):
 		return "", fmt.Errorf("bench: --redis %q: give one node (a redis+cluster:// URL for a cluster), not a list", redisurl.Redact(u))
 	case redisurl.IsSentinel(u):
 		return "", fmt.Errorf("bench: --redis %q: redis+sentinel:// is not supported; give the master's redis:// URL", redisurl.Redact(u))

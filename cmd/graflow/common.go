@@ -107,7 +107,7 @@ func (c *common) newRedis() (redis.UniversalClient, error) {
 	if err != nil {
 		return nil, err
 	}
-	if !strings.Contains(raw, ",") && c.sentinel == "" {
+	if !isNodeList(raw) && c.sentinel == "" {
 		opts, err := redis.ParseURL(raw)
 		if err != nil {
 			return nil, fmt.Errorf("invalid Redis URL %q: %w", redisurl.Redact(raw), err)
@@ -133,7 +133,10 @@ func (c *common) newRedis() (redis.UniversalClient, error) {
 // universalOptions parses one URL (standalone, TLS with rediss://) or a
 // comma-separated list of cluster node URLs.
 func universalOptions(raw string) (*redis.UniversalOptions, error) {
-	urls := strings.Split(raw, ",")
+	urls := []string{raw}
+	if isNodeList(raw) {
+		urls = strings.Split(raw, ",")
+	}
 	first, err := redis.ParseURL(withScheme(strings.TrimSpace(urls[0])))
 	if err != nil {
 		return nil, fmt.Errorf("invalid Redis URL %q: %w", redisurl.Redact(raw), err)

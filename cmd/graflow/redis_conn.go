@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/url"
 	"os"
 	"strings"
 	"syscall"
@@ -23,6 +24,20 @@ func withScheme(raw string) string {
 		return raw
 	}
 	return "redis://" + raw
+}
+
+// isNodeList reports whether raw (a URL with its scheme) lists several
+// nodes: a comma in its host part. A comma in the userinfo (a password) or
+// in the query does not count.
+func isNodeList(raw string) bool {
+	if !strings.Contains(raw, ",") {
+		return false
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return true // let the list parser say what is wrong
+	}
+	return strings.Contains(u.Host, ",")
 }
 
 // tlsFiles are the --tls-ca, --tls-cert and --tls-key flags.

@@ -45,6 +45,26 @@ func TestRedisURLs(t *testing.T) {
 			t.Errorf("options lost: %+v", o)
 		}
 	})
+	t.Run("a comma in the password or the query is not a node list", func(t *testing.T) {
+		c := &common{redisURL: "redis://u:pa,ss@127.0.0.1:6390/0?client_name=a,b", getenv: func(string) string { return "" }}
+		r, err := c.newRedis()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Close()
+		cl, ok := r.(*redis.Client)
+		if !ok {
+			t.Fatalf("client %T, want one node's", r)
+		}
+		if o := cl.Options(); o.Addr != "127.0.0.1:6390" || o.Password != "pa,ss" || o.ClientName != "a,b" {
+			t.Errorf("addr %s password %q client name %q", o.Addr, o.Password, o.ClientName)
+		}
+		for _, list := range []string{"127.0.0.1:6390,127.0.0.1:6391", "redis://u:p@127.0.0.1:6390,redis://u:p@127.0.0.1:6391"} {
+			if !isNodeList(withScheme(list)) {
+				t.Errorf("%s: not read as a node list", list)
+			}
+		}
+	})
 	t.Run("REDIS_PASSWORD fills a URL without one", func(t *testing.T) {
 		c := &common{redisURL: "redis://127.0.0.1:6390", getenv: func(k string) string { return map[string]string{"REDIS_PASSWORD": "pw"}[k] }}
 		r, err := c.newRedis()
