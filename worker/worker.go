@@ -450,7 +450,25 @@ func (w *Worker) Run(ctx context.Context) error {
 func (w *Worker) fetch(ctx context.Context, part int, pool string) {
 	streams := w.db.K.Queues(part, pool) // highest priority first
 	var buf []message
-	defer func() { w.requeueUnstarted(buf) }()
+	defer func() {
+		// Stopping: a message whose read claimed its task is in hand, as a
+		// running one is: it runs as part of the drain if a slot is free
+		// (its read claimed no more than the free slots). The rest are
+		// given back.
+		var back []message
+		for _, m := range buf {
+			if m.pre != nil {
+				select {
+				case w.sem <- struct{}{}:
+					w.start(m)
+					continue
+				default:
+				}
+			}
+			back = append(back, m)
+		}
+		w.requeueUnstarted(back)
+	}()
 	wait := retry.NewBackoff(retry.Policy{Initial: 100 * time.Millisecond, Max: 5 * time.Second})
 	for {
 		if len(buf) == 0 {
