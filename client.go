@@ -1166,6 +1166,11 @@ func (c *Client) ImportEvents(ctx context.Context, evs []events.Event, opts repl
 	if err != nil {
 		return nil, err
 	}
+	if h.State[rdb.FieldRunStatus] == string(projector.RunSucceeded) {
+		// A succeeded run keeps only its log (and channel), as its end
+		// leaves it.
+		h.State, h.DAG, h.Results = nil, nil, nil
+	}
 	err = c.db.ImportState(ctx, run, rdb.ImportHashes(h))
 	if errors.Is(err, rdb.ErrImportConflict) {
 		return nil, exists("another writer created its state during the import")

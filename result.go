@@ -32,7 +32,17 @@ func (c *Client) Result(ctx context.Context, run, task string) (json.RawMessage,
 		return nil, err
 	}
 	if s.RunStatus == "" {
-		return nil, c.notFound(run)
+		// A succeeded run keeps only its log (its end deleted the rest):
+		// the result is its task_succeeded's, as the fold reads it.
+		r, err := c.Fold(ctx, run)
+		if err != nil {
+			return nil, err
+		}
+		t := r.Task(task)
+		if t == nil {
+			return nil, fmt.Errorf("%w: %s is not a task of run %s", ErrNoResult, task, run)
+		}
+		s.RunStatus, s.Record.Status, s.Result, s.ExpiresMS = string(r.Status), t.Status, t.Result, t.ResultExpiresMS
 	}
 	if s.Record.Status != events.TaskStatusSucceeded {
 		return nil, fmt.Errorf("%w: task %s of run %s is %s", ErrNoResult, task, run, s.Record.Status)

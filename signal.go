@@ -8,6 +8,7 @@ import (
 
 	"github.com/graflow-go/graflow/events"
 	"github.com/graflow-go/graflow/internal/rdb"
+	"github.com/graflow-go/graflow/projector"
 	"github.com/oklog/ulid/v2"
 )
 
@@ -78,6 +79,22 @@ func (c *Client) SignalWith(ctx context.Context, run, name string, payload any, 
 	case rdb.SignalExists:
 		return fmt.Errorf("signal %s to run %s: %w (id %s): a run takes one signal per name", name, run, ErrSignalExists, res.ID)
 	case rdb.SignalFinished:
+		if res.Status == string(projector.RunSucceeded) {
+			// A succeeded run keeps only its log: the signal it took
+			// under this name, if any, is there (a retry is still a
+			// duplicate, another id still ErrSignalExists).
+			e, _, err := c.db.FindSignal(ctx, run, name, "", readCount, nil)
+			if err != nil {
+				return err
+			}
+			var b events.SignalReceivedBody
+			if e != nil && e.DecodeBody(&b) == nil {
+				if b.ID == opts.ID {
+					return nil
+				}
+				return fmt.Errorf("signal %s to run %s: %w (id %s): a run takes one signal per name", name, run, ErrSignalExists, b.ID)
+			}
+		}
 		return fmt.Errorf("signal %s to run %s: %w (%s)", name, run, ErrRunFinished, res.Status)
 	}
 	return nil

@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -18,6 +19,7 @@ import (
 	"github.com/graflow-go/graflow/internal/crashpoint"
 	"github.com/graflow-go/graflow/internal/rdb"
 	"github.com/graflow-go/graflow/internal/redistest"
+	"github.com/graflow-go/graflow/projector"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -262,9 +264,19 @@ func (s *stack) queuedTasks(ctx context.Context, pool, run string) map[string]bo
 }
 
 // record returns the live lease record of task (HGET <ns>:{run}:state task).
+//
+// A succeeded run keeps only its log (its end deleted the state hash):
+// its record is then the fold's.
 func (s *stack) record(ctx context.Context, run, task string) string {
 	s.t.Helper()
 	v, err := s.rdb.HGet(ctx, s.keys.RunState(run), task).Result()
+	if errors.Is(err, redis.Nil) {
+		r, ferr := s.client.Fold(ctx, run)
+		if ferr != nil || r.Status != projector.RunSucceeded || r.Task(task) == nil {
+			s.t.Fatalf("HGET %s %s: no state hash, and the fold of the log is %v (%v), not a succeeded run with %s", s.keys.RunState(run), task, r, ferr, task)
+		}
+		return projector.RecordOf(r.Task(task)).String()
+	}
 	if err != nil {
 		s.t.Fatalf("HGET %s %s: %v", s.keys.RunState(run), task, err)
 	}

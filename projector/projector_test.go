@@ -224,6 +224,17 @@ func TestProjectTwiceAppendsNothing(t *testing.T) {
 // run status and cursor; and checks the outbox was relayed.
 func (b liveBundle) checkState(t *testing.T, run string, r *projector.Run) {
 	t.Helper()
+	if r.Status == projector.RunSucceeded {
+		// A succeeded run's end keeps only its log.
+		n, err := b.rdb.Exists(b.ctx, b.db.K.RunState(run), b.db.K.RunDAG(run), b.db.K.RunResults(run)).Result()
+		if err != nil || n != 0 {
+			t.Errorf("succeeded run %s: %d of its state, dag and results hashes left (%v), want none", run, n, err)
+		}
+		if st, err := b.db.RunStatus(b.ctx, run); err != nil || st != string(projector.RunSucceeded) {
+			t.Errorf("succeeded run %s: RunStatus %q (%v)", run, st, err)
+		}
+		return
+	}
 	want := map[string]rdb.Record{}
 	for _, task := range r.Tasks {
 		if task.Status != projector.TaskPending || task.Attempt > 0 {
@@ -333,7 +344,7 @@ func TestProjectRandomRunsWithDuplicatedFeed(t *testing.T) {
 						t.Fatal(err)
 					}
 				}
-				st, err := b.rdb.HGet(b.ctx, b.db.K.RunState(run), rdb.FieldRunStatus).Result()
+				st, err := b.db.RunStatus(b.ctx, run)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -477,7 +488,7 @@ func TestRequeueBetweenDecideAndCommit(t *testing.T) {
 				if err := b.projector(t, fmt.Sprintf("p%d", step+2)).Project(b.ctx, run); err != nil {
 					t.Fatal(err)
 				}
-				st, err := b.rdb.HGet(b.ctx, b.db.K.RunState(run), rdb.FieldRunStatus).Result()
+				st, err := b.db.RunStatus(b.ctx, run)
 				if err != nil {
 					t.Fatal(err)
 				}

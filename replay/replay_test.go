@@ -139,6 +139,17 @@ func sequence() *graflow.Workflow {
 	return wf
 }
 
+// failingSequence is sequence whose last task c fails for good: the run
+// fails and keeps its state hashes (a succeeded run keeps only its log),
+// which the tests that corrupt them need.
+func failingSequence() *graflow.Workflow {
+	wf := graflow.NewWorkflow("failing-sequence")
+	a := wf.Task("a", builtin.Echo).Args(map[string]any{"value": 1})
+	b := wf.Task("b", builtin.Echo).Args(map[string]any{"value": 2}).After(a)
+	wf.Task("c", builtin.Fail).Args(map[string]any{"permanent": true}).After(b)
+	return wf
+}
+
 // fanout is extract → transform-1..3 → load, plus a flaky task that fails
 // twice before it succeeds (3 attempts allowed).
 func fanout() *graflow.Workflow {

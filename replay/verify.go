@@ -40,6 +40,10 @@ const (
 	// CheckQueue: for a running run, every dispatched or running task has
 	// its dispatch in the delayed set or its queue stream.
 	CheckQueue Check = "queue"
+	// CheckLogOnly, for a run without state, results or dag hash: the run
+	// succeeded and nothing but rejections follows its run_succeeded (a
+	// succeeded run's end keeps only its log; its state is the fold).
+	CheckLogOnly Check = "log_only"
 )
 
 // Problem is one thing Verify or Analyze found wrong. Task, Field, Seq and
@@ -206,6 +210,11 @@ func Verify(run, namespace string, live Live, evs []events.Event, bad []Undecoda
 	rep.Checks = append(rep.Checks, CheckHistory)
 	rep.Problems = append(rep.Problems, a.Problems...)
 
+	if len(live.State) == 0 && len(live.Results) == 0 && len(live.DAG) == 0 {
+		rep.Checks = append(rep.Checks, CheckLogOnly)
+		rep.Problems = append(rep.Problems, checkLogOnly(r, evs)...)
+		return rep, nil
+	}
 	rep.Checks = append(rep.Checks, CheckState, CheckResults, CheckDAG, CheckProjection)
 	rep.Problems = append(rep.Problems, compareState(a, live)...)
 	rep.Problems = append(rep.Problems, compareSpawns(a, live)...)
@@ -222,6 +231,24 @@ func Verify(run, namespace string, live Live, evs []events.Event, bad []Undecoda
 	rep.Checks = append(rep.Checks, CheckQueue)
 	want, _ := ExpectedDispatches(r, live.State) // the others are state problems, reported already
 	return rep, want
+}
+
+// checkLogOnly checks a run that has a log but no state, results or dag
+// hash: only a succeeded run's end deletes them, and nothing but a
+// rejection may follow its run_succeeded.
+func checkLogOnly(r *projector.Run, evs []events.Event) []Problem {
+	if r.Status != projector.RunSucceeded {
+		return []Problem{{Check: CheckLogOnly, Field: statehash.FieldRunStatus,
+			Detail: fmt.Sprintf("the run has a log but no state, results or dag hash, and its fold is %s: only a succeeded run's end deletes them", r.Status)}}
+	}
+	var out []Problem
+	for i := len(evs) - 1; i >= 0 && evs[i].Type != events.RunSucceeded; i-- {
+		if evs[i].Type != events.ResultRejected {
+			out = append(out, Problem{Check: CheckLogOnly, Seq: evs[i].Seq,
+				Detail: fmt.Sprintf("%s after run_succeeded in a run whose state is gone: nothing but a rejection may follow a log-only run's end", evs[i].Type)})
+		}
+	}
+	return out
 }
 
 // AddLost reports the dispatches of lost (returned by Verify) as lost;

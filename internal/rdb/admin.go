@@ -69,10 +69,28 @@ func (d DB) ImportConflict(ctx context.Context, run string, ids, seqs []string) 
 			done++
 		}
 		if len(msgs) < 1000 {
-			return done, "", nil
+			break
 		}
 		start = "(" + msgs[len(msgs)-1].ID
 	}
+	if done == 0 || done < len(ids) {
+		return done, "", nil
+	}
+	// The whole log is there. A succeeded run keeps only its log, so an
+	// import that ended (the run is indexed, its last step) left just
+	// that: the run exists. Not indexed, the import was interrupted.
+	ended, err := d.LoggedEnd(ctx, run)
+	if err != nil {
+		return 0, "", fmt.Errorf("check run %s: %w", run, err)
+	}
+	if ended != "" {
+		if _, err := d.C.ZScore(ctx, k.Runs(), run).Result(); err == nil {
+			return 0, "it exists (a succeeded run, which keeps only its log)", nil
+		} else if !errors.Is(err, redis.Nil) {
+			return 0, "", fmt.Errorf("check run %s: %w", run, err)
+		}
+	}
+	return done, "", nil
 }
 
 // LastLogID returns the id of run's last log entry ("" for no log).
@@ -305,6 +323,11 @@ func (d DB) GCInfo(ctx context.Context, run string) (status string, ok, dirty bo
 		return "", false, false, err
 	}
 	status, ok = vals[0].(string)
+	if !ok {
+		// A succeeded run keeps only its log.
+		status, err = d.LoggedEnd(ctx, run)
+		return status, status != "", false, err
+	}
 	return status, ok, vals[1] != nil, nil
 }
 
@@ -314,8 +337,8 @@ func (d DB) GCInfo(ctx context.Context, run string) (status string, ok, dirty bo
 //
 // KEYS: 1 state, 2 log, then the run's other keys
 // Reply: {deleted keys, events} | {-1, status} (not collectable)
-var gcScript = redis.NewScript(`
-local st = redis.call('HGET', KEYS[1], '@status')
+var gcScript = redis.NewScript(endLua + `
+local st = redis.call('HGET', KEYS[1], '@status') or loggedend(KEYS[2])
 if (st ~= 'succeeded' and st ~= 'failed' and st ~= 'cancelled' and st ~= 'quarantined') or redis.call('HEXISTS', KEYS[1], '@dirty') == 1 then
   return {-1, st or ''}
 end

@@ -30,7 +30,7 @@ import (
 // {"missing"} | {"ids", needed} (too few event ids: the run has more open
 // tasks than the caller guessed; call again with that many)
 var cancelScript = redis.NewScript(prelude + `
-local st = redis.call('HGET', KEYS[1], '@status')
+local st = redis.call('HGET', KEYS[1], '@status') or loggedend(KEYS[2])
 if not st then return {'missing'} end
 if st == 'cancelled' then return {'already'} end
 if st ~= 'running' then return {'finished', st} end

@@ -93,7 +93,15 @@ for _, m in ipairs(redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ` + chann
 end
 local h = redis.call('HMGET', KEYS[1], '@status', ARGV[1])
 local run = h[1]
-if not run then return {'missing'} end
+if not run then
+  if not loggedend(KEYS[2]) then return {'missing'} end
+  -- A succeeded run keeps only its log and channel: its task ended, as
+  -- its last event says.
+  local st, e, o = lasttask(KEYS[2], ARGV[1])
+  append(KEYS[2], ARGV[10], 'result_rejected', ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4],
+    cjson.encode({what = 'channel', reason = 'claim lost: task is ' .. st .. ' at epoch ' .. tostring(e), current_epoch = e}))
+  return {'stale', st, tostring(e), o}
+end
 local st, a, e, o = parserec(h[2])
 local att, ep = tonumber(ARGV[2]), tonumber(ARGV[3])
 if st ~= 'running' or a ~= att or e ~= ep or o ~= ARGV[4] then

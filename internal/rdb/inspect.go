@@ -65,7 +65,58 @@ func (d DB) RunPage(ctx context.Context, start, n int64) ([]RunRow, error) {
 			out[i].Quarantine, _ = v[2].(string)
 		}
 	}
+	if err := d.loggedRows(ctx, out, cmds); err != nil {
+		return nil, err
+	}
 	return out, nil
+}
+
+// loggedRows fills the rows of runs without state (cmds[i] read nothing)
+// from their logs: a succeeded run keeps only its log, whose first entry
+// names the workflow. The rows of runs that are gone stay empty.
+func (d DB) loggedRows(ctx context.Context, out []RunRow, cmds []*redis.SliceCmd) error {
+	var idx []int
+	for i, cmd := range cmds {
+		if v, err := cmd.Result(); err == nil && len(v) == 3 && v[0] == nil {
+			idx = append(idx, i)
+		}
+	}
+	if len(idx) == 0 {
+		return nil
+	}
+	pipe := d.C.Pipeline()
+	tails := make([]*redis.XMessageSliceCmd, len(idx))
+	heads := make([]*redis.XMessageSliceCmd, len(idx))
+	for j, i := range idx {
+		tails[j] = pipe.XRevRangeN(ctx, d.K.RunLog(out[i].ID), "+", "-", loggedEndScan)
+		heads[j] = pipe.XRangeN(ctx, d.K.RunLog(out[i].ID), "-", "+", 1)
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !isReplyError(err) {
+		return fmt.Errorf("read run logs: %w", err)
+	}
+	for j, i := range idx {
+		st, more := loggedEnd(tails[j].Val())
+		if more && len(tails[j].Val()) == loggedEndScan {
+			var err error
+			if st, err = d.LoggedEnd(ctx, out[i].ID); err != nil {
+				out[i].Err = err
+				continue
+			}
+		}
+		if st == "" {
+			continue
+		}
+		out[i].Status = st
+		if first := heads[j].Val(); len(first) > 0 {
+			if e, err := events.Decode(out[i].ID, first[0].ID, first[0].Values); err == nil {
+				var b events.RunSubmittedBody
+				if e.DecodeBody(&b) == nil {
+					out[i].Workflow = b.Workflow
+				}
+			}
+		}
+	}
+	return nil
 }
 
 // isReplyError reports whether err is an error reply of Redis to one
@@ -84,13 +135,53 @@ func (d DB) RunIDs(ctx context.Context) ([]string, error) {
 	return ids, nil
 }
 
-// RunStatus returns run's @status ("" when it has none).
+// RunStatus returns run's @status, or for a succeeded run that keeps only
+// its log "succeeded" ("" when the run does not exist).
 func (d DB) RunStatus(ctx context.Context, run string) (string, error) {
 	st, err := d.C.HGet(ctx, d.K.RunState(run), FieldRunStatus).Result()
 	if errors.Is(err, redis.Nil) {
-		return "", nil
+		return d.LoggedEnd(ctx, run)
 	}
 	return st, err
+}
+
+// loggedEndScan is how many of a log's last entries a page of LoggedEnd
+// reads (as the scripts' loggedend).
+const loggedEndScan = 16
+
+// LoggedEnd returns "succeeded" when run's log's last entry other than a
+// result_rejected is run_succeeded: for a run without a state hash, that
+// is a succeeded run, whose end keeps only its log (see endLua); ""
+// otherwise (the run is gone). Call it only for a run without state.
+func (d DB) LoggedEnd(ctx context.Context, run string) (string, error) {
+	from := "+"
+	for {
+		msgs, err := d.C.XRevRangeN(ctx, d.K.RunLog(run), from, "-", loggedEndScan).Result()
+		if err != nil {
+			return "", fmt.Errorf("read the end of run %s's log: %w", run, err)
+		}
+		st, more := loggedEnd(msgs)
+		if !more || len(msgs) < loggedEndScan {
+			return st, nil
+		}
+		from = "(" + msgs[len(msgs)-1].ID
+	}
+}
+
+// loggedEnd is LoggedEnd over a page of a log's last entries, newest
+// first; more says every entry of the page was a rejection.
+func loggedEnd(msgs []redis.XMessage) (status string, more bool) {
+	for _, m := range msgs {
+		t, _ := m.Values[events.FieldType].(string)
+		if t == string(events.ResultRejected) {
+			continue
+		}
+		if t == string(events.RunSucceeded) {
+			return string(events.RunStatusSucceeded), false
+		}
+		return "", false
+	}
+	return "", true
 }
 
 // LogExists reports whether run has a log.

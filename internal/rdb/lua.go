@@ -5,6 +5,61 @@ import "github.com/redis/go-redis/v9"
 // The Lua that several scripts share (each prepends what it uses to its
 // own source), and the list of every script of the engine.
 
+// endLua is the Lua of a succeeded run's end: the end that appends
+// run_succeeded deletes the run's state, dag and results hashes in the
+// same step (a finished run is its log and its index entry: every reader
+// of a run without state folds its log), and every script that finds no
+// state asks its log whether the run is such a run. Nothing but
+// result_rejected is appended to a run without state (a late outcome,
+// heartbeat or channel write is rejected as with state, its current epoch
+// read from the log), so run_succeeded is its last entry before any
+// rejections.
+const endLua = `
+-- foldend deletes what a succeeded run keeps besides its log.
+local function foldend(state, dag, results)
+  redis.call('DEL', state, dag, results)
+end
+-- loggedend is for a run whose state hash is gone: 'succeeded' when its
+-- log's last entry other than a rejection is run_succeeded (the end
+-- deleted the rest), nil when the run is gone.
+local function loggedend(log)
+  local from = '+'
+  while true do
+    local page = redis.call('XREVRANGE', log, from, '-', 'COUNT', 16)
+    for _, m in ipairs(page) do
+      if m[2][4] ~= 'result_rejected' then
+        if m[2][3] == 't' and m[2][4] == 'run_succeeded' then return 'succeeded' end
+        return nil
+      end
+    end
+    if #page < 16 then return nil end
+    from = '(' .. page[#page][1]
+  end
+end
+-- inlog reports whether one of the log's last n entries has event id id
+-- (a call sent again after a lost reply finds its own events).
+local function inlog(log, id, n)
+  for _, m in ipairs(redis.call('XREVRANGE', log, '+', '-', 'COUNT', n)) do
+    if m[2][1] == 'id' and m[2][2] == id then return true end
+  end
+  return false
+end
+-- lasttask returns, for a run without state, what its record would say
+-- of task: the status its last event (not a rejection) left, and that
+-- event's epoch and worker; among the log's last 256 entries ('succeeded',
+-- 0, '' when not there).
+local endedby = {task_succeeded = 'succeeded', task_failed = 'failed', task_timed_out = 'failed',
+  task_skipped = 'skipped', task_cancelled = 'cancelled'}
+local function lasttask(log, task)
+  for _, m in ipairs(redis.call('XREVRANGE', log, '+', '-', 'COUNT', 256)) do
+    if m[2][7] == 'k' and m[2][8] == task and m[2][4] ~= 'result_rejected' then
+      return endedby[m[2][4]] or m[2][4], tonumber(m[2][12]) or 0, m[2][14] or ''
+    end
+  end
+  return 'succeeded', 0, ''
+end
+`
+
 // prelude is prepended to every run-slot script. It holds the one encoder of
 // events written from Lua (the same field layout as events.Event.Fields:
 // schema version 2, whose time is the event id's, a ULID the caller minted
@@ -19,6 +74,7 @@ local function append(log, id, typ, task, attempt, epoch, worker, body)
   return redis.call('XADD', log, '*', 'id', id, 't', typ, 'v', '2', 'k', task,
     'a', tostring(attempt), 'e', tostring(epoch), 'w', worker, 'b', body)
 end
+` + endLua + `
 -- A record that does not parse (changed by hand) reads as status '?',
 -- which no check accepts.
 local function parserec(r)

@@ -153,6 +153,13 @@ local trace = ARGV[i + 3]
 -- Every check before the first write.
 local head = redis.call('HMGET', KEYS[1], '@cursor', '@commit', '@status')
 local cur, token = head[1] or '', head[2] or ''
+-- No state: the run succeeded (its end kept only its log) or is gone.
+-- Nothing to record, and nothing may be written: the state hash would
+-- come back.
+if not head[3] then
+  if n == 0 then return {'ok', ARGV[3], 1, 0, ARGV[2]} end
+  return {'conflict', cur, token, 'run is ' .. (loggedend(KEYS[2]) or 'gone')}
+end
 if cur ~= ARGV[1] or token ~= ARGV[2] then return {'conflict', cur, token, 'head moved'} end
 if n > 0 and head[3] ~= 'running' then return {'conflict', cur, token, 'run is ' .. tostring(head[3])} end
 for j = 0, x - 1, 1000 do
@@ -226,9 +233,11 @@ end
 -- A cancelled run ended in the cancel script, which knows no TTL: the
 -- projector's first commit after it (no decisions) applies them.
 local ended = n == 0 and head[3] == 'cancelled'
+local succeeded = false
 for j = 1, n do
   local typ = ARGV[7 + 6 * (j - 1) + 1]
   if typ == 'run_succeeded' or typ == 'run_failed' or typ == 'run_cancelled' then ended = true end
+  if typ == 'run_succeeded' then succeeded = true end
 end
 if ended and compact > 0 and redis.call('XLEN', KEYS[2]) <= compact then
   redis.call('COPY', KEYS[2], KEYS[3], 'REPLACE')
@@ -239,6 +248,8 @@ if ended and ttl > 0 then
     redis.call('PEXPIRE', key, ttl)
   end
 end
+-- A succeeded run keeps only its log (and its channel).
+if succeeded then foldend(KEYS[1], KEYS[4], KEYS[5]) end
 local reply = {'ok', newcur, caught, parked, newtoken}
 for j = 1, n do reply[5 + j] = seqs[j] end
 return reply

@@ -59,11 +59,18 @@ type HeartbeatArgs struct {
 // Reply: {"ok"} | {"done"} (the caller's own claim already finished: a
 // heartbeat that raced its completion) | {"stale", status, epoch, owner}
 var heartbeatScript = redis.NewScript(prelude + `
+local att, ep = tonumber(ARGV[2]), tonumber(ARGV[3])
 if redis.call('HEXISTS', KEYS[1], '@status') == 0 then
-  return {'stale', 'missing', '0', ''}
+  if not loggedend(KEYS[2]) then return {'stale', 'missing', '0', ''} end
+  -- A succeeded run keeps only its log: its task ended, as its last
+  -- event says.
+  local st, e, o = lasttask(KEYS[2], ARGV[1])
+  if e == ep and o == ARGV[4] then return {'done'} end
+  append(KEYS[2], ARGV[9], 'result_rejected', ARGV[1], att, ep, ARGV[4],
+    cjson.encode({what = 'heartbeat', reason = 'claim lost: task is ' .. st .. ' at epoch ' .. tostring(e), current_epoch = e}))
+  return {'stale', st, tostring(e), o}
 end
 local st, a, e, o = getrec(KEYS[1], ARGV[1])
-local att, ep = tonumber(ARGV[2]), tonumber(ARGV[3])
 if st ~= 'running' and e == ep and o == ARGV[4] then
   -- Same epoch and owner: nobody took the claim over; it ended with the
   -- caller's own outcome (maybe already followed by a retry dispatch,

@@ -377,7 +377,11 @@ local function claimone(call, K, A, fresh)
       return nil
     end
   end
-  if not run then return {'missing'} end
+  if not run then
+    local ended = loggedend(K[2])
+    if ended then return {'done', ended} end
+    return {'missing'}
+  end
   if st == '?' then return {'bad', 'unreadable task record'} end
   if terminal[st] then return {'done', st} end
   if run ~= 'running' then return {'done', run} end

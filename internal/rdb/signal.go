@@ -85,7 +85,11 @@ if r[2] then
   if r[2] == ARGV[2] then return {'duplicate'} end
   return {'exists', r[2]}
 end
-if not r[1] then return {'missing'} end
+if not r[1] then
+  local ended = loggedend(KEYS[2])
+  if ended then return {'finished', ended} end
+  return {'missing'}
+end
 if r[1] ~= 'running' then return {'finished', r[1]} end
 local bad = notwritable(KEYS[2], 'stream')
 if bad then return bad end
