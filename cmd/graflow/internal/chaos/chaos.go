@@ -146,6 +146,9 @@ type Report struct {
 	// Small counts the small runs checked, FinishEnds the runs whose
 	// run_succeeded a worker's finish wrote (not a projector's commit).
 	Small, FinishEnds int
+	// LogOnly counts the succeeded runs checked: each must keep only its
+	// log (its end deleted its state, dag and results hashes).
+	LogOnly int
 	// Sampled counts the runs submitted sampled (the others are submitted
 	// under an unsampled parent), Traced those of them whose trace held:
 	// run_submitted carries their submit's trace context and every engine
@@ -161,8 +164,8 @@ type Report struct {
 
 // Line is the one-line summary "chaos seed=S tasks=N kills=K ...".
 func (r Report) Line() string {
-	return fmt.Sprintf("chaos seed=%d runs=%d small=%d finish_ends=%d tasks=%d spawned=%d kills=%d pauses=%d projectors=%d projector_kills=%d projector_pauses=%d projector_stalls=%d takeovers=%d cancelled=%d/%d/%d channel_keys=%d result_ttls=%d/%d redis_restarts=%d failovers=%d shared_runs=%d handoffs=%d late_commits=%d traced=%d/%d trace_spans=%d lost=%d duplicate_accepts=%d rejected_stale=%d events=%d elapsed=%s verified=%t",
-		r.Seed, r.Runs, r.Small, r.FinishEnds, r.Verdict.Tasks, r.Spawned, r.Kills, r.Pauses, r.Projectors, r.ProjectorKills, r.ProjectorPauses, r.ProjectorStalls, r.Takeovers, r.Cancelled, r.CancelledTasks, r.CancelledRunning, r.ChannelWrites, r.ResultTTLs, r.ResultsExpired, r.RedisRestarts, r.Failovers,
+	return fmt.Sprintf("chaos seed=%d runs=%d small=%d finish_ends=%d log_only=%d tasks=%d spawned=%d kills=%d pauses=%d projectors=%d projector_kills=%d projector_pauses=%d projector_stalls=%d takeovers=%d cancelled=%d/%d/%d channel_keys=%d result_ttls=%d/%d redis_restarts=%d failovers=%d shared_runs=%d handoffs=%d late_commits=%d traced=%d/%d trace_spans=%d lost=%d duplicate_accepts=%d rejected_stale=%d events=%d elapsed=%s verified=%t",
+		r.Seed, r.Runs, r.Small, r.FinishEnds, r.LogOnly, r.Verdict.Tasks, r.Spawned, r.Kills, r.Pauses, r.Projectors, r.ProjectorKills, r.ProjectorPauses, r.ProjectorStalls, r.Takeovers, r.Cancelled, r.CancelledTasks, r.CancelledRunning, r.ChannelWrites, r.ResultTTLs, r.ResultsExpired, r.RedisRestarts, r.Failovers,
 		r.History.SharedRuns, r.History.Handoffs, r.History.LateCommits, r.Traced, r.Sampled, r.TraceSpans, r.Verdict.Lost,
 		r.Verdict.DuplicateAccepts, r.Verdict.RejectedStale, r.Events, r.Elapsed.Round(100*time.Millisecond), r.Verdict.OK())
 }
@@ -424,6 +427,17 @@ func (s *stack) check(ctx context.Context, run string, complete bool) (Verdict, 
 	}
 	for _, p := range vr.Problems {
 		v.Problems = append(v.Problems, "replay verify: "+p.String())
+	}
+	// A succeeded run keeps only its log: the step that appended
+	// run_succeeded deleted the rest (replay verify checked the log).
+	if vr.Status == string(events.RunStatusSucceeded) {
+		if len(live) > 0 {
+			v.Problems = append(v.Problems, fmt.Sprintf("run %s succeeded but kept its state hash (%d fields)", run, len(live)))
+		} else {
+			s.mu.Lock()
+			s.report.LogOnly++
+			s.mu.Unlock()
+		}
 	}
 	// The run's channel holds, for every key, the value of its last
 	// channel_written (each write is one script: the value and its event
