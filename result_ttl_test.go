@@ -13,6 +13,7 @@ import (
 	"github.com/graflow-go/graflow/internal/rdb"
 	"github.com/graflow-go/graflow/scheduler"
 	"github.com/graflow-go/graflow/worker/builtin"
+	"github.com/jonboulle/clockwork"
 )
 
 // A result with a TTL expires: the projector deletes the stored value at
@@ -101,6 +102,21 @@ func TestResultTTLKeepsTheResultUntilDue(t *testing.T) {
 	}
 	if _, err := s.client.Result(s.ctx, run, "nope"); !errors.Is(err, graflow.ErrNoResult) {
 		t.Errorf("Result(nope) = %v, want ErrNoResult", err)
+	}
+	// The run succeeded: it keeps only its log, and its results are read
+	// from there, their TTL too. Two hours on, a's has expired.
+	later, err := graflow.NewClient(graflow.Config{Redis: s.rdb, Namespace: s.ns, Clock: clockwork.NewFakeClockAt(time.Now().Add(2 * time.Hour))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.rdb.Exists(s.ctx, rdb.NewKeys(s.ns).RunResults(run), rdb.NewKeys(s.ns).RunState(run)).Result(); err != nil || n != 0 {
+		t.Errorf("%d of the succeeded run's results and state hashes left (%v), want none", n, err)
+	}
+	if _, err := later.Result(s.ctx, run, "a"); !errors.Is(err, graflow.ErrResultExpired) {
+		t.Errorf("Result(a) two hours later = %v, want ErrResultExpired", err)
+	}
+	if v, err := later.Result(s.ctx, run, "b"); err != nil || len(v) == 0 {
+		t.Errorf("Result(b) two hours later = %s, %v; want b's result (no TTL)", v, err)
 	}
 	if _, err := s.client.Result(s.ctx, "no-such-run", "a"); !errors.Is(err, graflow.ErrRunNotFound) {
 		t.Errorf("Result of a missing run = %v, want ErrRunNotFound", err)
