@@ -57,10 +57,8 @@ for i = 1, #KEYS do
       local claim = false
       local run, task, att = field(m[2], 'r'), field(m[2], 'k'), field(m[2], 'a')
       if prefix ~= '' and run and task and att and run ~= '' and task ~= '' then
-        local p = prefix .. run .. ':'
-        local K = {p .. 'state', p .. 'log', p .. 'dag', p .. 'results'}
         local id = ARGV[6 + #out + 1]
-        claim = claimone(call, K, {task, att, ARGV[2], id, ARGV[5], 'claim', '0', ''}, true) or false
+        claim = claimone(call, runkeys(prefix, run), {task, att, ARGV[2], id, ARGV[5], 'claim', '0', ''}, true) or false
       end
       out[#out + 1] = {KEYS[i], m[1], m[2], claim}
       n = n - 1
@@ -106,9 +104,7 @@ for i = 5, #ARGV - 3, 4 do
   local run, task, att, id = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local claim = false
   if run ~= '' and task ~= '' then
-    local p = ARGV[1] .. run .. ':'
-    claim = claimone(call, {p .. 'state', p .. 'log', p .. 'dag', p .. 'results'},
-      {task, att, ARGV[2], id, ARGV[3], 'claim', '0', ''}, true) or false
+    claim = claimone(call, runkeys(ARGV[1], run), {task, att, ARGV[2], id, ARGV[3], 'claim', '0', ''}, true) or false
   end
   out[#out + 1] = claim
 end
@@ -357,6 +353,14 @@ local function deps(meta)
   local out = {}
   for id in string.gmatch(list, '"([^"]*)"') do out[#out + 1] = id end
   return out
+end
+-- runkeys returns the keys claimone reads and writes of a run whose
+-- partition's run key prefix is prefix (Keys.RunPrefix; the names of
+-- Keys.RunState, RunLog, RunDAG and RunResults): state, log, dag,
+-- results.
+local function runkeys(prefix, run)
+  local p = prefix .. run .. ':'
+  return {p .. 'state', p .. 'log', p .. 'dag', p .. 'results'}
 end
 local function claimcall(budget)
   budget = tonumber(budget) or 0
