@@ -97,9 +97,7 @@ if not run then
   if not loggedend(KEYS[2]) then return {'missing'} end
   -- A succeeded run keeps only its log and channel: its task ended, as
   -- its last event says.
-  local st, e, o = lasttask(KEYS[2], ARGV[1])
-  append(KEYS[2], ARGV[10], 'result_rejected', ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4],
-    cjson.encode({what = 'channel', reason = 'claim lost: task is ' .. st .. ' at epoch ' .. tostring(e), current_epoch = e}))
+  local st, e, o = rejectlate(KEYS[2], ARGV[10], 'channel', ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4])
   return {'stale', st, tostring(e), o}
 end
 local st, a, e, o = parserec(h[2])

@@ -75,6 +75,16 @@ local function append(log, id, typ, task, attempt, epoch, worker, body)
     'a', tostring(attempt), 'e', tostring(epoch), 'w', worker, 'b', body)
 end
 ` + endLua + `
+-- rejectlate records, as result_rejected with event id id, a late write
+-- (what: result, failure, heartbeat, channel) of worker at attempt att and
+-- epoch ep to task of a succeeded run that keeps only its log, and
+-- returns the task's status, epoch and owner as its last event left them.
+local function rejectlate(log, id, what, task, att, ep, worker)
+  local st, e, o = lasttask(log, task)
+  append(log, id, 'result_rejected', task, att, ep, worker,
+    cjson.encode({what = what, reason = 'claim lost: task is ' .. st .. ' at epoch ' .. tostring(e), current_epoch = e}))
+  return st, e, o
+end
 -- A record that does not parse (changed by hand) reads as status '?',
 -- which no check accepts.
 local function parserec(r)

@@ -64,10 +64,10 @@ if redis.call('HEXISTS', KEYS[1], '@status') == 0 then
   if not loggedend(KEYS[2]) then return {'stale', 'missing', '0', ''} end
   -- A succeeded run keeps only its log: its task ended, as its last
   -- event says.
-  local st, e, o = lasttask(KEYS[2], ARGV[1])
+  local _, e, o = lasttask(KEYS[2], ARGV[1])
   if e == ep and o == ARGV[4] then return {'done'} end
-  append(KEYS[2], ARGV[9], 'result_rejected', ARGV[1], att, ep, ARGV[4],
-    cjson.encode({what = 'heartbeat', reason = 'claim lost: task is ' .. st .. ' at epoch ' .. tostring(e), current_epoch = e}))
+  local st
+  st, e, o = rejectlate(KEYS[2], ARGV[9], 'heartbeat', ARGV[1], att, ep, ARGV[4])
   return {'stale', st, tostring(e), o}
 end
 local st, a, e, o = getrec(KEYS[1], ARGV[1])

@@ -226,11 +226,9 @@ local function one(i, A, S)
       if A[13] ~= '' then toack[#toack + 1] = A[13]; acked[#acked + 1] = i end
       return {'ok', seq, 0, 0, 0}
     end
-    local st, e, o = lasttask(KEYS[2], A[1])
     local what = 'result'
     if A[7] ~= 'task_succeeded' then what = 'failure' end
-    append(KEYS[2], A[11], 'result_rejected', A[1], att, ep, A[4],
-      cjson.encode({what = what, reason = 'claim lost: task is ' .. st .. ' at epoch ' .. tostring(e), current_epoch = e}))
+    local st, e, o = rejectlate(KEYS[2], A[11], what, A[1], att, ep, A[4])
     return {'stale', st, tostring(e), o}
   end
   local att, ep = tonumber(A[2]), tonumber(A[3])
