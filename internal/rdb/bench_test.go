@@ -218,3 +218,63 @@ func BenchmarkQueueFetchAck(b *testing.B) {
 	b.StopTimer()
 	d.reportRedis(b, before)
 }
+
+// BenchmarkSingleTaskRun moves one single-task run per op through the
+// three scripts a worker and a client run for it under load: the submit
+// that dispatches its root, the fetch that claims it, and the finish that
+// acks it and ends the run (the end policy recorded, as a projector's start
+// records it). redis-µs/op is what one such run costs Redis in scripts.
+func BenchmarkSingleTaskRun(b *testing.B) {
+	d := newBenchDB(b)
+	if err := d.db.SetEndPolicy(d.ctx, []int{0}, rdb.EndPolicy{CompactLog: rdb.DefaultCompactLog, TTL: time.Hour}); err != nil {
+		b.Fatal(err)
+	}
+	for _, q := range d.db.K.AllQueues("default") {
+		if err := d.db.EnsureGroup(d.ctx, q, rdb.GroupWorkers); err != nil {
+			b.Fatal(err)
+		}
+	}
+	spec := benchSpec(1)
+	body, _ := json.Marshal(events.TaskSucceededBody{Result: []byte("null")})
+	before := d.evalUSec(b)
+	var run string
+	b.ResetTimer()
+	for range b.N {
+		run = ulid.Make().String()
+		now := time.Now()
+		ev := events.Event{ID: ulid.Make().String(), Run: run, Type: events.RunSubmitted, Time: now}.WithBody(spec)
+		args, err := rdb.SubmitArgs(ev, spec)
+		if err != nil {
+			b.Fatal(err)
+		}
+		dispatched := events.Event{ID: ulid.Make().String(), Run: run, Type: events.TaskDispatched, Task: "t0", Attempt: 1}.
+			WithBody(events.TaskDispatchedBody{Pool: "default"})
+		init := rdb.Initial{Events: []events.Event{dispatched}, Writer: "bench",
+			Dispatches: []rdb.Dispatch{{Pool: "default", Run: run, Task: "t0", Attempt: 1, EventID: dispatched.ID}}}
+		if _, _, err := rdb.ParseSubmit(run, ev, spec, d.db.SubmitArgsCmd(d.ctx, d.db.C, run, args, init)); err != nil {
+			b.Fatal(err)
+		}
+		res, claims, err := d.db.FetchClaim(d.ctx, 0, "default", "w", []string{ulid.Make().String()}, now.UnixMilli())
+		if err != nil || len(res) != 1 || len(res[0].Messages) != 1 {
+			b.Fatalf("fetch: %v %v", err, res)
+		}
+		stream, msg := res[0].Stream, res[0].Messages[0].ID
+		cr, ok := claims[rdb.MessageKey(stream, msg)]
+		if !ok || cr.Outcome != rdb.ClaimOK {
+			b.Fatalf("fetch claimed %v", claims)
+		}
+		out, err := d.db.Finish(d.ctx, rdb.FinishArgs{Run: run, Task: "t0", Worker: "w", Attempt: 1, Epoch: cr.Epoch,
+			EventID: ulid.Make().String(), RejectID: ulid.Make().String(), TimeMS: now.UnixMilli(),
+			Type: events.TaskSucceeded, Body: body, Status: events.TaskStatusSucceeded, Result: []byte("null"),
+			Stream: stream, MessageID: msg, Consumer: "w", EndID: ulid.Make().String()})
+		if err != nil {
+			b.Fatalf("finish: %v %v", out, err)
+		}
+	}
+	b.StopTimer()
+	d.reportRedis(b, before)
+	// The finish ended the run: it keeps only its log.
+	if n, err := d.db.C.Exists(d.ctx, d.db.K.RunState(run)).Result(); err != nil || n != 0 {
+		b.Fatalf("the last run kept its state (%d, %v): the finish did not end it", n, err)
+	}
+}

@@ -289,6 +289,29 @@ func TestFinishEndsTheRunOnlyWithItsLastSuccess(t *testing.T) {
 	b.checkEnded(t, last, feed)
 }
 
+// One call with the successes of both tasks of a run ends it: the end
+// check counts the call's own successes, whose records the call has not
+// written yet (a call that ends the run writes no records: the end
+// deletes them).
+func TestFinishEndsTheRunWithTheLastTwoSuccessesInOneCall(t *testing.T) {
+	t.Parallel()
+	b := endRun(t, endPolicy, events.TaskSpec{ID: "a", Handler: "h"}, events.TaskSpec{ID: "b", Handler: "h"})
+	msgs := b.dispatchQueued(t, "w1", "a", "b")
+	first, last := b.success(t, "a", "w1", msgs["a"]), b.success(t, "b", "w1", msgs["b"])
+	feed := b.feedPoints(t)
+	outs := b.finishCall(t, first, last)
+	for i, out := range outs {
+		if out.Err != nil || !out.Ended {
+			t.Fatalf("item %d of the call: outcome %+v, want accepted and ended", i, out)
+		}
+	}
+	// The end follows the call's last success and carries the call's
+	// first end id.
+	want := last
+	want.EndID = first.EndID
+	b.checkEnded(t, want, feed)
+}
+
 // The end's bound on the run's size: the last success of a run of
 // EndMaxTasks tasks ends it; in a run of one more task no success does
 // (the finish reads no more records), and the feed is pointed for the

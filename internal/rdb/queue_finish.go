@@ -172,6 +172,12 @@ local point = false
 local succ = nil -- the worker of a success this call accepted
 local ok = 0 -- the run's @ok after this call's successes
 local toack, acked = {}, {} -- message ids to ack, and which item each is
+-- The state and results fields this call sets, written together after
+-- the items (one HSET each), or not at all when the call ends the run (its
+-- end deletes both hashes); every read of them in the call looks here
+-- first. done: the tasks whose success this call accepted.
+local W, R, done = {}, {}, {}
+local runst = nil -- the run's status, as the items read it
 -- spawnbad returns why the spawn S cannot be added, or nil. Reads only.
 local function spawnbad(run, S)
   if run ~= 'running' then return 'the run is ' .. run end
@@ -186,7 +192,7 @@ local function spawnbad(run, S)
   for i = S.x, S.x + S.nx - 1 do
     local d = ARGV[i]
     if not redis.call('HGET', KEYS[6], d) then return 'dependency ' .. d .. ' is not a task of the run' end
-    local st = parserec(redis.call('HGET', KEYS[1], d))
+    local st = parserec(W[d] or redis.call('HGET', KEYS[1], d))
     if st ~= 'succeeded' then
       return 'dependency ' .. d .. ' is ' .. st .. ': a spawned task may depend only on tasks of its spawn and on tasks that succeeded'
     end
@@ -205,7 +211,9 @@ end
 -- the item's spawn, or nil.
 local function one(i, A, S)
   local h = redis.call('HMGET', KEYS[1], '@status', A[1], '@dirty', '@ok')
+  h[2], h[3], h[4] = W[A[1]] or h[2], W['@dirty'] or h[3], W['@ok'] or h[4]
   local run = h[1]
+  runst = run
   local st, a, e, o = parserec(h[2])
   if not run then
     -- This very call sent again after a lost reply that ended the run
@@ -260,18 +268,16 @@ local function one(i, A, S)
   end
   -- The record and @dirty in one HSET; "newly dirty" (the feed is then
   -- pointed at the run) if @dirty was not set before.
+  W[A[1]], W['@dirty'] = recstr(A[9], a, e, o), '1'
+  done[A[1]] = nil
   if A[9] == 'succeeded' then
     -- @ok counts the successes accepted here: a filter for the end check
     -- below (a count short of the tasks skips it; the records decide).
     ok = (tonumber(h[4]) or 0) + 1
-    redis.call('HSET', KEYS[1], A[1], recstr(A[9], a, e, o), '@dirty', '1', '@ok', ok)
-  else
-    redis.call('HSET', KEYS[1], A[1], recstr(A[9], a, e, o), '@dirty', '1')
-  end
-  if A[9] == 'succeeded' then
-    redis.call('HSET', KEYS[3], A[1], A[10])
+    W['@ok'], done[A[1]] = tostring(ok), true
+    R[A[1]] = A[10]
     if A[15] ~= '0' then
-      redis.call('HSET', KEYS[1], '@rx:' .. A[1], A[15])
+      W['@rx:' .. A[1]] = A[15]
       redis.call('ZADD', KEYS[7], tonumber(A[15]), ARGV[4] .. '|' .. A[1])
     end
   end
@@ -335,23 +341,30 @@ end
 -- calls) reaches its task count: a run with a success recorded elsewhere
 -- (an import) or that predates @ok is left to the projector.
 local endid = ARGV[pos]
+local ended = false
 if succ and endid and endid ~= '' then
   local ntasks = redis.call('HLEN', KEYS[6])
-  if ntasks > 0 and ntasks <= ` + strconv.Itoa(EndMaxTasks) + ` and ok >= ntasks then
+  if ntasks > 0 and ntasks <= ` + strconv.Itoa(EndMaxTasks) + ` and ok >= ntasks and runst == 'running' then
     local tasks = redis.call('HKEYS', KEYS[6])
-    local recs = redis.call('HMGET', KEYS[1], '@status', unpack(tasks))
-    local all = recs[1] == 'running'
-    for j = 2, #recs do
-      if not all then break end
-      all = parserec(recs[j]) == 'succeeded'
+    -- Every task's record, this call's first; the hash is read only for
+    -- tasks whose success this call did not accept.
+    local rest = {}
+    for _, t in ipairs(tasks) do
+      if not done[t] then rest[#rest + 1] = t end
+    end
+    local all = true
+    if #rest > 0 then
+      local recs = redis.call('HMGET', KEYS[1], unpack(rest))
+      for j = 1, #rest do
+        if parserec(W[rest[j]] or recs[j]) ~= 'succeeded' then all = false; break end
+      end
     end
     local pol = all and redis.call('HMGET', KEYS[10], 'compact', 'ttl')
     if all and pol[1] then
-      local seq = append(KEYS[2], endid, 'run_succeeded', '', 0, 0, succ, '')
-      -- The head moves as a projector's end commit would move it: a
-      -- projector's commit prepared before this conflicts.
-      redis.call('HSET', KEYS[1], '@status', 'succeeded', '@cursor', seq, '@commit', endid)
-      redis.call('HDEL', KEYS[1], '@dirty')
+      -- The end deletes the state hash (foldend, below): a projector's
+      -- commit prepared before this finds no head and conflicts.
+      append(KEYS[2], endid, 'run_succeeded', '', 0, 0, succ, '')
+      ended = true
       point = false
       local compact, ttl = tonumber(pol[1]) or 0, tonumber(pol[2] or '0') or 0
       if compact > 0 and redis.call('XLEN', KEYS[2]) <= compact then
@@ -369,6 +382,14 @@ if succ and endid and endid ~= '' then
       end
     end
   end
+end
+-- The fields the items set, unless the run ended (then they are gone).
+if not ended then
+  local f, r = {}, {}
+  for k, v in pairs(W) do f[#f + 1] = k; f[#f + 1] = v end
+  for k, v in pairs(R) do r[#r + 1] = k; r[#r + 1] = v end
+  if #f > 0 then chunked('HSET', KEYS[1], f, 1, #f) end
+  if #r > 0 then chunked('HSET', KEYS[3], r, 1, #r) end
 end
 -- A call with an outcome that is dead-lettered (no message id: its ack
 -- waits) leaves the feed pointer to the caller too, after the dead

@@ -98,11 +98,9 @@ local function firstid()
   end
   return ''
 end
-if redis.call('HEXISTS', KEYS[1], '@status') == 1 then
+-- A state hash or a log (a succeeded run keeps only its log) is a run.
+if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then
   return {'exists', redis.call('HGET', KEYS[1], '@workflow') or '', firstid()}
-end
-if redis.call('EXISTS', KEYS[2]) == 1 then
-  return {'exists', '', firstid()}
 end
 local n = tonumber(ARGV[6])
 local run = ARGV[7 + 2 * n]
@@ -111,12 +109,16 @@ local dec = 9 + 2 * n
 local more = ARGV[dec + 8 * d] == '1'
 local writer = ARGV[dec + 8 * d + 1] or ''
 local trace = ARGV[dec + 8 * d + 2]
-for i = 5, #KEYS do
+-- The streams this call writes: the feed only when it points it.
+local from = 6
+if d == 0 or more then from = 5 end
+for i = from, #KEYS do
   local bad = notwritable(KEYS[i], 'stream')
   if bad then return bad end
 end
 local seq = append(KEYS[2], ARGV[1], 'run_submitted', '', 0, 0, '', ARGV[3])
-redis.call('HSET', KEYS[4], '@input', ARGV[5])
+-- No input is no @input field (a reader's nil is "").
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[4], '@input', ARGV[5]) end
 chunked('HSET', KEYS[3], ARGV, 7, 6 + 2 * n)
 local fields = {'@status', 'running', '@workflow', ARGV[4]}
 local last = seq
