@@ -14,9 +14,14 @@ import (
 // spans are children of the span that dispatched the task, in whatever
 // process that ran.
 func (w *Worker) startSpan(ctx context.Context, name string, m message, kind trace.SpanKind, attrs ...attribute.KeyValue) (context.Context, trace.Span) {
-	base := []attribute.KeyValue{
-		tracing.Run.String(m.run), tracing.Task.String(m.task), tracing.Attempt.Int(m.attempt),
-		tracing.Pool.String(w.poolOf(m.stream)), tracing.Worker.String(w.cfg.ID),
+	ctx, span := w.tracer.Start(ctx, name, trace.WithSpanKind(kind))
+	// A span nobody records (no tracer provider installed: the default)
+	// gets no attributes: building them is three allocations and a parse
+	// of the queue key per span, three spans per task.
+	if span.IsRecording() {
+		span.SetAttributes(tracing.Run.String(m.run), tracing.Task.String(m.task), tracing.Attempt.Int(m.attempt),
+			tracing.Pool.String(w.poolOf(m.stream)), tracing.Worker.String(w.cfg.ID))
+		span.SetAttributes(attrs...)
 	}
-	return w.tracer.Start(ctx, name, trace.WithSpanKind(kind), trace.WithAttributes(append(base, attrs...)...))
+	return ctx, span
 }
