@@ -24,6 +24,7 @@ func main() {
 	ctx, stop := signalContext(context.Background())
 	defer stop()
 	redis.SetLogger(quietLogger{}) // our errors say what failed; go-redis' pool chatter does not help
+	applyGCPolicy(os.Getenv)
 	m := NewMain()
 	err := withTracing(ctx, os.Getenv, os.Stderr, func() error { return m.Run(ctx, os.Args[1:]) })
 	os.Exit(m.exitCode(ctx, err))
