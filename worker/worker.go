@@ -659,7 +659,7 @@ func (w *Worker) now() int64 { return w.cfg.Clock.Now().UnixMilli() }
 // while its claim was unresolved, if that claim did not hold: they are
 // processed next, each on its own.
 func (w *Worker) process(ctx context.Context, m message, release func()) (parked []message) {
-	log := w.log.With().Str("run", m.run).Str("task", m.task).Int("attempt", m.attempt).Logger()
+	log := newTaskLog(&w.log, m)
 	if m.run == "" || m.task == "" {
 		log.Error().Str("msg", m.id).Msg("malformed queue message; dropping")
 		w.ack(ctx, m)
@@ -836,7 +836,7 @@ func (w *Worker) process(ctx context.Context, m message, release func()) (parked
 		limits:  spawnLimits{maxTasks: w.cfg.MaxDynamicTasks, maxIterations: w.cfg.MaxIterations},
 		signals: w.signals,
 	}
-	log = log.With().Int64("epoch", t.Epoch).Str("handler", t.Handler).Logger()
+	log.claim(t.Epoch, t.Handler)
 	if m.reclaimed && m.deliveries > int64(w.cfg.PoisonLimit) {
 		log.Error().Int64("deliveries", m.deliveries).Msg("poison task: delivered too often without an outcome; failing it")
 		w.finish(ctx, log, m, t, nil, &poisonError{deliveries: m.deliveries, limit: w.cfg.PoisonLimit}, nil, release)
@@ -897,7 +897,7 @@ var (
 // error that is not transient: it quarantines the run (run_quarantined,
 // as the projector does for a run it cannot process), dead-letters the
 // task with the claim error, and acks the message.
-func (w *Worker) poisonClaim(ctx context.Context, log zerolog.Logger, m message, cause error) {
+func (w *Worker) poisonClaim(ctx context.Context, log *taskLog, m message, cause error) {
 	reason := fmt.Sprintf("claims of task %s keep failing (%d deliveries): %v", m.task, m.deliveries, cause)
 	log.Error().Err(cause).Int64("deliveries", m.deliveries).Msg("poison message: its claims keep failing; quarantining the run and dead-lettering the task")
 	now := w.cfg.Clock.Now()
@@ -930,7 +930,7 @@ func (e *poisonError) Error() string {
 // takes it now instead of after the lease: the release script bumps the
 // epoch and marks the task dispatched, then a fresh message is queued and
 // ours acked. A crash in between leaves our message pending: reclaimed.
-func (w *Worker) handBack(log zerolog.Logger, m message, t *Task) {
+func (w *Worker) handBack(log *taskLog, m message, t *Task) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	now := w.cfg.Clock.Now()
@@ -988,7 +988,7 @@ func (e *panicError) Error() string { return fmt.Sprintf("handler panicked: %v",
 
 // finish reports the attempt's outcome and acks its message; it calls
 // queued once the batcher has the outcome.
-func (w *Worker) finish(ctx context.Context, log zerolog.Logger, m message, t *Task, result any, runErr, cause error, queued func()) {
+func (w *Worker) finish(ctx context.Context, log *taskLog, m message, t *Task, result any, runErr, cause error, queued func()) {
 	ctx, span := w.startSpan(ctx, tracing.SpanFinish, m, trace.SpanKindInternal, tracing.Epoch.Int64(t.Epoch), tracing.Handler.String(t.Handler))
 	var recordErr error // the outcome was not recorded (or was rejected)
 	defer func() { tracing.End(span, recordErr) }()
