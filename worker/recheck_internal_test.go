@@ -6,10 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/graflow-go/graflow/events"
-	"github.com/graflow-go/graflow/internal/rdb"
-	"github.com/graflow-go/graflow/internal/redistest"
-	"github.com/graflow-go/graflow/scheduler"
 	"github.com/oklog/ulid/v2"
 )
 
@@ -20,22 +16,8 @@ import (
 // cancelled run.
 func TestABufferedFetchClaimIsCheckedAgainBeforeItRuns(t *testing.T) {
 	t.Parallel()
-	c := redistest.Client(t)
-	ns := redistest.Namespace(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	s, err := scheduler.New(scheduler.Config{Redis: c, Namespace: ns})
-	if err != nil {
-		t.Fatal(err)
-	}
-	run, _, err := s.Submit(ctx, events.RunSubmittedBody{Workflow: "w", Tasks: []events.TaskSpec{{ID: "t", Handler: "h"}}}, scheduler.SubmitOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	w, err := New(Config{Redis: c, Namespace: ns, ID: "W"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	f := newFetchClaimed(t)
+	w, m, ctx := f.w, f.m, f.ctx
 	w.workCtx, w.batch = ctx, newBatcher(ctx, w) // as Run sets them
 	defer w.batch.stop()
 	var ran atomic.Bool
@@ -43,21 +25,8 @@ func TestABufferedFetchClaimIsCheckedAgainBeforeItRuns(t *testing.T) {
 		ran.Store(true)
 		return nil, nil
 	}))
-	for _, q := range w.db.K.AllQueues("default") {
-		if err := w.db.EnsureGroup(ctx, q, rdb.GroupWorkers); err != nil {
-			t.Fatal(err)
-		}
-	}
-	res, claims, err := w.db.FetchClaim(ctx, 0, "default", "W", []string{ulid.Make().String()}, time.Now().UnixMilli())
-	if err != nil || len(claims) != 1 {
-		t.Fatalf("fetch as W: %v claims, %v", claims, err)
-	}
-	m := w.messages(res, claims, nil)[0]
-	if m.pre == nil || m.pre.Outcome != rdb.ClaimOK {
-		t.Fatalf("the fetch's claim = %+v, want ok", m.pre)
-	}
 	// While the message waits for a slot, the run is cancelled.
-	if _, err := w.db.CancelRun(ctx, run, "client-test", "test", time.Now().UnixMilli(), func() string { return ulid.Make().String() }); err != nil {
+	if _, err := w.db.CancelRun(ctx, f.run, "client-test", "test", time.Now().UnixMilli(), func() string { return ulid.Make().String() }); err != nil {
 		t.Fatal(err)
 	}
 	m.fetched = time.Now().Add(-w.cfg.Lease)
