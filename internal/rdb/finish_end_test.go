@@ -312,6 +312,41 @@ func TestFinishEndsTheRunWithTheLastTwoSuccessesInOneCall(t *testing.T) {
 	b.checkEnded(t, want, feed)
 }
 
+// An ack that fails (the queue's group is gone: NOGROUP) fails the finish
+// call after its items were appended, as Redis rolls nothing back. The
+// call's records and results are written before the ack, so the log and the
+// state agree: the outcome is recorded, and the call sent again is the
+// retry of an accepted outcome, with no second event.
+func TestFinishWhoseAckFailsLeavesItsRecordsWithItsEvents(t *testing.T) {
+	t.Parallel()
+	b := endRun(t, endPolicy, events.TaskSpec{ID: "a", Handler: "h"}, events.TaskSpec{ID: "b", Handler: "h"})
+	msgs := b.dispatchQueued(t, "w1", "a")
+	a := b.success(t, "a", "w1", msgs["a"])
+	if err := b.c.XGroupDestroy(b.ctx, b.endQueue(), rdb.GroupWorkers).Err(); err != nil {
+		t.Fatal(err)
+	}
+	for try := 1; try <= 2; try++ {
+		if _, err := rdb.ParseFinishes([]rdb.FinishArgs{a}, b.db.FinishesCmd(b.ctx, b.c, []rdb.FinishArgs{a})); err == nil {
+			t.Fatalf("call %d: finish acked into a missing group without an error", try)
+		}
+		if rec := b.hash(t, b.db.K.RunState(b.run))["a"]; rec != "succeeded|1|1|w1" {
+			t.Errorf("call %d: a's record %q after its task_succeeded was appended, want succeeded|1|1|w1", try, rec)
+		}
+		n := 0
+		for _, e := range b.log(t) {
+			if e.Type == events.TaskSucceeded && e.Task == "a" {
+				n++
+			}
+		}
+		if n != 1 {
+			t.Errorf("call %d: %d task_succeeded of a in the log, want 1", try, n)
+		}
+	}
+	if res := b.hash(t, b.db.K.RunResults(b.run))["a"]; res == "" {
+		t.Error("a's result is not in the results hash")
+	}
+}
+
 // The end's bound on the run's size: the last success of a run of
 // EndMaxTasks tasks ends it; in a run of one more task no success does
 // (the finish reads no more records), and the feed is pointed for the

@@ -325,11 +325,6 @@ for i = 0, n - 1 do
   for j = 1, 15 do A[j] = ARGV[4 + i * 15 + j] end
   out[i + 1] = one(i + 1, A, spawns[i + 1])
 end
--- The accepted outcomes' messages, acked together.
-if #toack > 0 then
-  local res = ackmine(KEYS[4], ARGV[2], ARGV[3], toack)
-  for k, item in ipairs(acked) do out[item][4] = res[k] end
-end
 -- The run's end, when a success of this call was its last task to
 -- succeed: run_succeeded, as the projector's Decide would append it (every
 -- task succeeded; the fold applies it only then, and replay verify checks
@@ -395,6 +390,13 @@ end
 -- waits) leaves the feed pointer to the caller too, after the dead
 -- letter: a projector must not end the run before the dead letter exists.
 if point and #ids == n then redis.call('XADD', KEYS[5], '*', 'r', ARGV[4]) end
+-- The accepted outcomes' messages, acked together, last: Redis rolls
+-- nothing back, so an ack that fails (the queue's group is gone) must find
+-- every record, result, end and feed pointer of the call written.
+if #toack > 0 then
+  local res = ackmine(KEYS[4], ARGV[2], ARGV[3], toack)
+  for k, item in ipairs(acked) do out[item][4] = res[k] end
+end
 return out
 `)
 
