@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -47,7 +48,7 @@ func runBench(m *Main, fs *pflag.FlagSet, c *common) runFunc {
 	timeout := fs.Duration("timeout", bench.DefaultTimeout, "time limit of each workload run")
 	masters := fs.Int("cluster-masters", 0, "start a private local Redis Cluster of N masters (no replicas) instead of one redis-server; use with --partitions (a multiple of N spreads the work evenly)")
 	redisCPUs := fs.Float64("redis-cpus", 0, "cap each redis-server the bench starts at this many cores with a cgroup (Linux, root), so that Redis, not this machine's cores, is the bottleneck: how scale-out over masters is measured on a small machine")
-	profDir := fs.String("cpuprofile-dir", "", "write a CPU profile of every worker and projector process into this directory (go tool pprof)")
+	profDir := fs.String("cpuprofile-dir", "", "write a CPU profile of every worker and projector process, and of the bench itself (bench.pprof), into this directory (go tool pprof)")
 	return func(ctx context.Context, args []string) error {
 		if fs.NArg() > 0 {
 			return usagef("bench takes no arguments (got %q)", fs.Args())
@@ -101,6 +102,13 @@ func runBench(m *Main, fs *pflag.FlagSet, c *common) runFunc {
 			if err := os.MkdirAll(*profDir, 0o755); err != nil {
 				return fmt.Errorf("--cpuprofile-dir: %w", err)
 			}
+			// The bench's own process (submitters, waiters) too: its CPU
+			// per task is reported beside the engine's.
+			stop, err := cpuProfile(filepath.Join(*profDir, "bench.pprof"))
+			if err != nil {
+				return err
+			}
+			defer stop()
 		}
 		if explicit["redis"] {
 			if cfg.RedisURL, err = benchRedisURL(c.redisURL); err != nil {

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -56,4 +58,25 @@ func runBenchCLI(t *testing.T, ctx context.Context, args ...string) (int, string
 	t.Helper()
 	m, out := newTestMain("/nonexistent/graflow", nil)
 	return m.exitCode(ctx, m.Run(ctx, args)), out.String()
+}
+
+// --cpuprofile-dir profiles the bench's own process too (its submitters
+// and waiters cost CPU on the machine the engine runs on): bench.pprof.
+func TestBenchProfilesItself(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	code, out := runBenchCLI(t, ctx, "bench", "--redis", redistest.Addr(t), "--namespace", redistest.Namespace(t),
+		"--workload", "ceiling", "--smoke", "--json-only", "--cpuprofile-dir", dir)
+	if code != ExitOK {
+		t.Fatalf("graflow bench --cpuprofile-dir: exit %d:\n%s", code, out)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "bench.pprof"))
+	if err != nil {
+		t.Fatalf("no profile of the bench itself: %v", err)
+	}
+	if len(b) < 2 || b[0] != 0x1f || b[1] != 0x8b {
+		t.Errorf("bench.pprof of %d bytes is not a profile", len(b))
+	}
 }
