@@ -20,6 +20,10 @@ type Verdict struct {
 	// RejectedStale counts result_rejected events from an older epoch:
 	// fencing at work.
 	RejectedStale int
+	// RejectedUnlogged counts result_rejected events of a claim the log
+	// does not hold (an epoch above the log's, or the log's epoch under
+	// another worker), accepted as lost writes (InvariantOptions).
+	RejectedUnlogged int
 	// Problems lists every violation, precisely.
 	Problems []string
 }
@@ -39,9 +43,29 @@ func (v Verdict) OK() bool { return len(v.Problems) == 0 }
 // integration tests use it; it reads nothing itself, so the caller fetches
 // the log and the run's state hash.
 func CheckInvariants(evs []events.Event, live map[string]string) Verdict {
+	return CheckInvariantsWith(evs, live, InvariantOptions{})
+}
+
+// InvariantOptions adjust CheckInvariants to the Redis a history came
+// from.
+type InvariantOptions struct {
+	// LostWrites says that Redis may have lost acknowledged writes: a
+	// failover (replication is asynchronous) or a restore from an older
+	// copy. A claim acknowledged to a worker and then lost leaves that
+	// worker's outcome rejected at an epoch the log never gave it (above
+	// the log's epoch, or the log's epoch reissued to another worker):
+	// fencing at work, the task runs again. With LostWrites such a
+	// rejection is counted in RejectedUnlogged; without, it is a problem,
+	// as no such claim exists when no acknowledged write is lost.
+	LostWrites bool
+}
+
+// CheckInvariantsWith is CheckInvariants with options.
+func CheckInvariantsWith(evs []events.Event, live map[string]string, opts InvariantOptions) Verdict {
 	var v Verdict
 	problem := func(format string, args ...any) { v.Problems = append(v.Problems, fmt.Sprintf(format, args...)) }
 	epoch := map[string]int64{}
+	owner := map[string]string{} // task → the worker of its latest claim
 	accepted := map[string]int{} // task → accepted successes
 	failedAttempt := map[string]bool{}
 	run := projector.NewRun("")
@@ -63,7 +87,7 @@ func CheckInvariants(evs []events.Event, live map[string]string) Verdict {
 			if e.Epoch <= epoch[e.Task] {
 				problem("task %s: %s at epoch %d after epoch %d (epochs must increase; seq %s)", e.Task, e.Type, e.Epoch, epoch[e.Task], e.Seq)
 			}
-			epoch[e.Task] = e.Epoch
+			epoch[e.Task], owner[e.Task] = e.Epoch, e.Worker
 		case events.TaskSucceeded:
 			accepted[e.Task]++
 			if accepted[e.Task] > 1 {
@@ -85,10 +109,16 @@ func CheckInvariants(evs []events.Event, live map[string]string) Verdict {
 			}
 		case events.ResultRejected:
 			t := run.Task(e.Task)
-			if e.Epoch < epoch[e.Task] || (t != nil && t.Status.Terminal()) {
+			switch {
+			case e.Epoch < epoch[e.Task] || (t != nil && t.Status.Terminal()):
 				v.RejectedStale++
-			} else {
+			case e.Epoch == epoch[e.Task] && e.Worker == owner[e.Task]:
 				problem("task %s: result_rejected at epoch %d, which is the current claim's (seq %s): a valid result was refused", e.Task, e.Epoch, e.Seq)
+			case opts.LostWrites:
+				v.RejectedUnlogged++
+			default:
+				problem("task %s: result_rejected of %s at epoch %d, a claim not in the log (the log's is epoch %d of %q; seq %s): a claim acknowledged and then lost, which a Redis that loses no write cannot do",
+					e.Task, e.Worker, e.Epoch, epoch[e.Task], owner[e.Task], e.Seq)
 			}
 		}
 		if err := projector.Apply(run, e); err != nil {
@@ -146,6 +176,7 @@ func (v *Verdict) Add(run string, w Verdict) {
 	v.Lost += w.Lost
 	v.DuplicateAccepts += w.DuplicateAccepts
 	v.RejectedStale += w.RejectedStale
+	v.RejectedUnlogged += w.RejectedUnlogged
 	for _, p := range w.Problems {
 		v.Problems = append(v.Problems, "run "+run+": "+p)
 	}
