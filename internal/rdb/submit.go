@@ -88,19 +88,26 @@ type Initial struct {
 var submitScript = redis.NewScript(prelude + enqueueLua + `
 -- An existing run is left alone; the reply names its workflow and its
 -- run_submitted event id (a caller whose pipeline was sent twice finds its
--- own id: it did create the run).
-local function firstid()
+-- own id: it did create the run). first reads both from the log's first
+-- entry, run_submitted: a succeeded run keeps only its log, so its state
+-- hash has no @workflow.
+local function first()
   local f = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
-  if #f == 0 then return '' end
-  local kv = f[1][2]
+  if #f == 0 then return '', '' end
+  local kv, id, wf = f[1][2], '', ''
   for i = 1, #kv, 2 do
-    if kv[i] == 'id' then return kv[i + 1] end
+    if kv[i] == 'id' then id = kv[i + 1] end
+    if kv[i] == 'b' then
+      local ok, b = pcall(cjson.decode, kv[i + 1])
+      if ok and type(b) == 'table' and type(b.workflow) == 'string' then wf = b.workflow end
+    end
   end
-  return ''
+  return id, wf
 end
 -- A state hash or a log (a succeeded run keeps only its log) is a run.
 if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then
-  return {'exists', redis.call('HGET', KEYS[1], '@workflow') or '', firstid()}
+  local id, wf = first()
+  return {'exists', redis.call('HGET', KEYS[1], '@workflow') or wf, id}
 end
 local n = tonumber(ARGV[6])
 local run = ARGV[7 + 2 * n]
