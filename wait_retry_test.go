@@ -17,31 +17,19 @@ import (
 
 // refuseReads fails the first n log reads (XREAD, XRANGE, EXISTS) with
 // the error a dial to a dead Redis master gives (a failover).
-type refuseReads struct {
-	mu sync.Mutex
-	n  int
-}
-
-func (h *refuseReads) DialHook(next redis.DialHook) redis.DialHook { return next }
-func (h *refuseReads) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
+func refuseReads(n int) faultHook {
+	var mu sync.Mutex
+	return faultHook{fail: func(cmd redis.Cmder) error {
 		switch cmd.Name() {
 		case "exists", "xread", "xrange":
-			h.mu.Lock()
-			refuse := h.n > 0
-			h.n--
-			h.mu.Unlock()
-			if refuse {
-				err := &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}
-				cmd.SetErr(err)
-				return err
+			mu.Lock()
+			defer mu.Unlock()
+			if n--; n >= 0 {
+				return &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}
 			}
 		}
-		return next(ctx, cmd)
-	}
-}
-func (h *refuseReads) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return next
+		return nil
+	}}
 }
 
 // A waiter whose Redis calls fail for a moment (a failover: TestCluster's
@@ -51,7 +39,7 @@ func TestWaitRetriesARefusedConnection(t *testing.T) {
 	t.Parallel()
 	s := newSignalStack(t)
 	rc := redistest.Client(t)
-	rc.AddHook(&refuseReads{n: 3})
+	rc.AddHook(refuseReads(3))
 	c, err := graflow.NewClient(graflow.Config{Redis: rc, Namespace: s.ns})
 	if err != nil {
 		t.Fatal(err)

@@ -382,8 +382,13 @@ var ErrNotRequeueable = errors.New("task cannot be requeued")
 // requeueScript gives a task that failed for good another attempt and
 // reopens its run (the projector then requeues the tasks skipped behind it).
 //
-// KEYS: 1 state, 2 log, then the run's other keys (their TTLs are removed)
-// ARGV: 1 task, 2 event id, 3 time ms, 4 writer, 5 body
+// It points the feed at the run in the same step: a requeue cut off after
+// it (the pointer a command of its own) left a reopened, dirty run that no
+// projector would look at again.
+//
+// KEYS: 1 state, 2 log, 3 feed, then the run's other keys (their TTLs are
+// removed)
+// ARGV: 1 task, 2 event id, 3 time ms, 4 writer, 5 body, 6 run
 // Reply: {"ok", newly dirty 0|1} | {"refused", task status, run status}
 var requeueScript = redis.NewScript(prelude + `
 local run = redis.call('HGET', KEYS[1], '@status')
@@ -391,30 +396,32 @@ local st, a, e, o = getrec(KEYS[1], ARGV[1])
 if st ~= 'failed' or (run ~= 'failed' and run ~= 'running') then
   return {'refused', st, run or ''}
 end
+local bad = notwritable(KEYS[3], 'stream')
+if bad then return bad end
 setrec(KEYS[1], ARGV[1], 'pending', a, e, '')
 -- A reopened run must not expire while it runs (RunTTL set it when it
--- ended); it gets its TTL again when it ends again.
-for _, key in ipairs(KEYS) do redis.call('PERSIST', key) end
+-- ended); it gets its TTL again when it ends again. The feed is not the
+-- run's.
+for i, key in ipairs(KEYS) do
+  if i ~= 3 then redis.call('PERSIST', key) end
+end
 local seq = append(KEYS[2], ARGV[2], 'task_requeued', ARGV[1], a, e, ARGV[4], ARGV[5])
 -- Moving the cursor makes any projector commit decided before this requeue
 -- (a run_failed, a task_skipped) fail its compare-and-set and re-fold.
 redis.call('HSET', KEYS[1], '@status', 'running', '@cursor', seq)
-return {'ok', redis.call('HSETNX', KEYS[1], '@dirty', '1')}
+local newly = redis.call('HSETNX', KEYS[1], '@dirty', '1')
+redis.call('XADD', KEYS[3], '*', 'r', ARGV[6])
+return {'ok', newly}
 `)
 
 // Requeue gives a failed task another attempt (see requeueScript) and
 // points the feed at its run and drops it from the dead-letter set.
 func (d DB) Requeue(ctx context.Context, run, task, writer, eventID string, timeMS int64, body []byte) error {
-	res, err := requeueScript.Run(ctx, d.C, []string{d.K.RunState(run), d.K.RunLog(run), d.K.RunDAG(run), d.K.RunResults(run),
+	res, err := requeueScript.Run(ctx, d.C, []string{d.K.RunState(run), d.K.RunLog(run), d.K.FeedFor(run), d.K.RunDAG(run), d.K.RunResults(run),
 		d.K.RunOutbox(run), d.K.RunChannel(run)},
-		task, eventID, timeMS, writer, string(body)).Slice()
+		task, eventID, timeMS, writer, string(body), run).Slice()
 	if err != nil {
 		return fmt.Errorf("requeue %s/%s: %w", run, task, err)
-	}
-	// Point the feed whatever the reply: a "refused" may be the retry of a
-	// call whose reply was lost, and a pointer too many is harmless.
-	if err := d.PointFeed(ctx, d.C, run).Err(); err != nil {
-		return fmt.Errorf("requeue %s/%s: point the feed: %w", run, task, err)
 	}
 	if str(res, 0) == "refused" {
 		return fmt.Errorf("%w: %s/%s is %s (run %s)", ErrNotRequeueable, run, task, str(res, 1), str(res, 2))
