@@ -3,6 +3,7 @@ package rdb_test
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -620,4 +621,115 @@ func TestFinishWithAShortSuccessCountLeavesTheEndToTheProjector(t *testing.T) {
 		t.Fatalf("b's success with @ok short of the tasks: outcome %+v, want not ended", out)
 	}
 	b.checkLeftToProjector(t, feed)
+}
+
+// A finish whose keys include one of the wrong type refuses the call with
+// nothing written: no event appended, the record still running, nothing
+// acked. Redis rolls nothing back, so every key the script writes or reads
+// after its first write is checked before it: the results hash, the end
+// policy and the dag (read by the end check), and the log itself with a
+// spawn or an expiring result (whose writes come before the event).
+func TestFinishWithAWrongTypedKeyWritesNothing(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name  string
+		key   func(b scriptBundle) string
+		apply func(t *testing.T, a *rdb.FinishArgs)
+	}{
+		{"results", func(b scriptBundle) string { return b.db.K.RunResults(b.run) }, func(t *testing.T, a *rdb.FinishArgs) {
+			a.EndID = "" // an ending call deletes the results hash: this one writes it
+		}},
+		{"end policy", func(b scriptBundle) string { return b.db.K.EndPolicyFor(b.run) }, nil},
+		{"dag", func(b scriptBundle) string { return b.db.K.RunDAG(b.run) }, nil},
+		{"log, expiring result", func(b scriptBundle) string { return b.db.K.RunLog(b.run) }, func(t *testing.T, a *rdb.FinishArgs) {
+			a.ResultExpiresMS = 99_000
+		}},
+		{"log, spawn", func(b scriptBundle) string { return b.db.K.RunLog(b.run) }, func(t *testing.T, a *rdb.FinishArgs) {
+			sp, err := rdb.NewSpawn(ulid.Make().String(), twoSpawned, []string{"x1"}, nil, 100)
+			if err != nil {
+				t.Fatal(err)
+			}
+			a.Spawn = sp
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			b := endRun(t, endPolicy, events.TaskSpec{ID: "solo", Handler: "h"})
+			a := b.success(t, "solo", "w1", b.dispatchQueued(t, "w1", "solo")["solo"])
+			if tc.apply != nil {
+				tc.apply(t, &a)
+			}
+			logLen := b.c.XLen(b.ctx, b.db.K.RunLog(b.run)).Val()
+			state := b.hash(t, b.db.K.RunState(b.run))
+			dag := b.hash(t, b.db.K.RunDAG(b.run))
+			feed := b.feedPoints(t)
+			key := tc.key(b)
+			if err := b.c.Del(b.ctx, key).Err(); err != nil {
+				t.Fatal(err)
+			}
+			if err := b.c.Set(b.ctx, key, "not a hash or stream", 0).Err(); err != nil {
+				t.Fatal(err)
+			}
+			_, err := rdb.ParseFinishes([]rdb.FinishArgs{a}, b.db.FinishesCmd(b.ctx, b.c, []rdb.FinishArgs{a}))
+			if err == nil || !strings.Contains(err.Error(), "WRONGTYPE") {
+				t.Fatalf("finish with %s of the wrong type: %v; want a WRONGTYPE error", tc.name, err)
+			}
+			if key != b.db.K.RunLog(b.run) {
+				if n := b.c.XLen(b.ctx, b.db.K.RunLog(b.run)).Val(); n != logLen {
+					t.Errorf("the log grew from %d to %d events: the refused call appended", logLen, n)
+				}
+			}
+			if got := b.hash(t, b.db.K.RunState(b.run)); !cmp.Equal(got, state) {
+				t.Errorf("the state hash changed: %s", cmp.Diff(state, got))
+			}
+			if key != b.db.K.RunDAG(b.run) {
+				if got := b.hash(t, b.db.K.RunDAG(b.run)); !cmp.Equal(got, dag) {
+					t.Errorf("the dag changed: %s", cmp.Diff(dag, got))
+				}
+			}
+			if n, err := b.c.ZCard(b.ctx, b.db.K.ExpiriesFor(b.run)).Result(); err != nil || n != 0 {
+				t.Errorf("the expiry set holds %d entries (%v), want none", n, err)
+			}
+			if n := b.feedPoints(t); n != feed {
+				t.Errorf("the feed names the run %d times, %d before", n, feed)
+			}
+			if p, err := b.c.XPending(b.ctx, b.endQueue(), rdb.GroupWorkers).Result(); err != nil || p.Count != 1 {
+				t.Errorf("pending messages %+v, %v: want the attempt's message still pending", p, err)
+			}
+		})
+	}
+}
+
+// A finish sent again after a lost reply, once another worker's call has
+// ended the run with more events than the resend looks back for its own,
+// is still answered as accepted (its task's last event is its own success,
+// same epoch and worker) and appends no result_rejected after the end.
+func TestFinishResentAfterAnotherCallEndedTheRunIsAccepted(t *testing.T) {
+	t.Parallel()
+	b := endRun(t, endPolicy, parallel(8)...)
+	tasks := make([]string, 8)
+	for i := range tasks {
+		tasks[i] = fmt.Sprintf("t%02d", i)
+	}
+	msgs := b.dispatchQueued(t, "w1", tasks[:1]...)
+	first := b.success(t, "t00", "w1", msgs["t00"])
+	b.finishOne(t, first) // its reply is lost: w1 sends it again below
+	msgs = b.dispatchQueued(t, "w2", tasks[1:]...)
+	var rest []rdb.FinishArgs
+	for _, task := range tasks[1:] {
+		rest = append(rest, b.success(t, task, "w2", msgs[task]))
+	}
+	for i, out := range b.finishCall(t, rest...) {
+		if out.Err != nil || !out.Ended {
+			t.Fatalf("w2's outcome %d: %+v, want accepted and the run ended", i, out)
+		}
+	}
+	n := len(b.log(t))
+	out := b.finishCall(t, first)[0]
+	if out.Err != nil {
+		t.Errorf("w1's finish sent again: %v; want it accepted (its success is in the log)", out.Err)
+	}
+	if log := b.log(t); len(log) != n {
+		t.Errorf("the resend appended %d events (last %s); want none after the end", len(log)-n, log[len(log)-1].Type)
+	}
 }

@@ -225,8 +225,18 @@ local function one(i, A, S)
     -- The run is gone (deleted by gc or a TTL): write nothing, or the
     -- log key would come back as an orphan.
     if not loggedend(KEYS[2]) then return {'stale', 'missing', '0', ''} end
-    -- The run succeeded and keeps only its log: the outcome is late.
+    -- The run succeeded and keeps only its log.
     local att, ep = tonumber(A[2]), tonumber(A[3])
+    -- The task's last event is this very outcome (its claim's epoch and
+    -- worker: an epoch names one claim): a call sent again after a lost
+    -- reply, with more events appended since than inlog looks back
+    -- (another call ended the run). Accepted, as above.
+    local lst, le, lo = lasttask(KEYS[2], A[1])
+    if lst == A[9] and le == ep and lo == A[4] then
+      if A[13] ~= '' then toack[#toack + 1] = A[13]; acked[#acked + 1] = i end
+      return {'ok', '', 0, 0, 0}
+    end
+    -- Otherwise the outcome is late.
     if A[12] == 'unfenced' then
       -- Fencing off (test builds): the late outcome is accepted, a
       -- duplicate the checkers must catch.
@@ -261,8 +271,10 @@ local function one(i, A, S)
   if S and A[7] == 'task_succeeded' then
     local why = spawnbad(run, S)
     if why then return {'spawn', why} end
-    chunked('HSET', KEYS[6], ARGV, S.t, S.t + 2 * S.k - 1)
+    -- The event first: an append to a log of the wrong type fails with
+    -- nothing of the call written.
     append(KEYS[2], S.id, 'tasks_added', A[1], a, e, A[4], S.body)
+    chunked('HSET', KEYS[6], ARGV, S.t, S.t + 2 * S.k - 1)
     redis.call('HSET', KEYS[1], '@s:' .. A[1], S.sinks)
     redis.call('HINCRBY', KEYS[1], '@spawned', S.k)
   end
@@ -276,31 +288,39 @@ local function one(i, A, S)
     ok = (tonumber(h[4]) or 0) + 1
     W['@ok'], done[A[1]] = tostring(ok), true
     R[A[1]] = A[10]
-    if A[15] ~= '0' then
-      W['@rx:' .. A[1]] = A[15]
-      redis.call('ZADD', KEYS[7], tonumber(A[15]), ARGV[4] .. '|' .. A[1])
-    end
   end
+  -- The item's event before its other writes (see the spawn above).
   local seq = append(KEYS[2], A[5], A[7], A[1], a, e, A[4], A[8])
+  if A[9] == 'succeeded' and A[15] ~= '0' then
+    W['@rx:' .. A[1]] = A[15]
+    redis.call('ZADD', KEYS[7], tonumber(A[15]), ARGV[4] .. '|' .. A[1])
+  end
   if A[9] == 'succeeded' then succ = A[4] end
   local newly = 1
   if h[3] == '1' then newly = 0 else point = true end
   if A[13] ~= '' then toack[#toack + 1] = A[13]; acked[#acked + 1] = i end
   return {'ok', seq, newly, 0, 0}
 end
--- Every check before the first write: the keys written besides the run's
--- own, and the message ids.
+-- Every check before the first write (Redis rolls nothing back): the keys
+-- written or read after it besides the log (each item's first write is
+-- its event, which fails alone on a log of the wrong type), and the
+-- message ids.
 local bad = notwritable(KEYS[4], 'stream') or notwritable(KEYS[5], 'stream')
 if bad then return bad end
 local n, out = tonumber(ARGV[1]), {}
-local ids, expiring = {}, false
+local ids, expiring, succs = {}, false, false
 for i = 0, n - 1 do
   local id = ARGV[4 + i * 15 + 13]
   if id ~= '' then ids[#ids + 1] = id end
   if ARGV[4 + i * 15 + 15] ~= '0' then expiring = true end
+  if ARGV[4 + i * 15 + 9] == 'succeeded' then succs = true end
 end
 if expiring then
   bad = notwritable(KEYS[7], 'zset')
+  if bad then return bad end
+end
+if succs then
+  bad = notwritable(KEYS[3], 'hash')
   if bad then return bad end
 end
 bad = badids(ids)
@@ -316,7 +336,16 @@ for i = 0, n - 1 do
     pos = pos + 5 + nx + 2 * k
   end
 end
-if next(spawns) then
+-- The end check's reads (below), made here: the dag's task count and the
+-- end policy, read now so that a key of the wrong type fails the call
+-- before its first write.
+local endid = ARGV[pos]
+local ending = succs and endid and endid ~= ''
+local ntasks, pol = 0, nil
+if ending then
+  ntasks = redis.call('HLEN', KEYS[6])
+  pol = redis.call('HMGET', KEYS[10], 'compact', 'ttl')
+elseif next(spawns) then
   bad = notwritable(KEYS[6], 'hash')
   if bad then return bad end
 end
@@ -335,10 +364,9 @@ end
 -- records are read only once the run's @ok (successes accepted by finish
 -- calls) reaches its task count: a run with a success recorded elsewhere
 -- (an import) or that predates @ok is left to the projector.
-local endid = ARGV[pos]
 local ended = false
-if succ and endid and endid ~= '' then
-  local ntasks = redis.call('HLEN', KEYS[6])
+if succ and ending then
+  if next(spawns) then ntasks = redis.call('HLEN', KEYS[6]) end
   if ntasks > 0 and ntasks <= ` + strconv.Itoa(EndMaxTasks) + ` and ok >= ntasks and runst == 'running' then
     local tasks = redis.call('HKEYS', KEYS[6])
     -- Every task's record, this call's first; the hash is read only for
@@ -354,7 +382,6 @@ if succ and endid and endid ~= '' then
         if parserec(W[rest[j]] or recs[j]) ~= 'succeeded' then all = false; break end
       end
     end
-    local pol = all and redis.call('HMGET', KEYS[10], 'compact', 'ttl')
     if all and pol[1] then
       -- The end deletes the state hash (foldend, below): a projector's
       -- commit prepared before this finds no head and conflicts.
