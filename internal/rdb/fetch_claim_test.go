@@ -141,3 +141,62 @@ func TestClaimFreshSentAgainReturnsItsClaim(t *testing.T) {
 		t.Errorf("another call: claims %v, err %v; want none", other, err)
 	}
 }
+
+// A FetchClaim call sent again after a lost reply (go-redis resends a
+// command whose reply timed out) answers with the messages and claims of
+// its first execution: it reads no other message and claims nothing
+// again, so no claim event id is used twice and the first execution's
+// claims reach the worker instead of waiting for the reclaimer. A new
+// call (new ids) reads on.
+func TestFetchClaimSentAgainAnswersWhatItFirstRead(t *testing.T) {
+	t.Parallel()
+	b := setupRun(t) // a: dispatched, attempt 1
+	for _, s := range b.db.K.AllQueues("default") {
+		if err := b.db.EnsureGroup(b.ctx, s, rdb.GroupWorkers); err != nil {
+			t.Fatal(err)
+		}
+	}
+	second := b.submitRun(t, parallel(1))
+	second.commit(t, second.last(t), events.Event{ID: ulid.Make().String(), Type: events.TaskDispatched, Task: "t00", Attempt: 1}.
+		WithBody(events.TaskDispatchedBody{Pool: "default"}), "t00", "dispatched|1|0|")
+	var msgs []string
+	for _, d := range []rdb.Dispatch{{Pool: "default", Run: b.run, Task: "a", Attempt: 1}, {Pool: "default", Run: second.run, Task: "t00", Attempt: 1}} {
+		id, err := b.db.XAddDispatch(b.ctx, b.c, d).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		msgs = append(msgs, id)
+	}
+	stream := b.db.K.QueueFor(b.run, "default", 0)
+	ids := []string{ulid.Make().String()}
+	fetch := func(ids []string) (string, map[string]rdb.ClaimResult) {
+		t.Helper()
+		res, claims, err := b.db.FetchClaim(b.ctx, 0, "default", "w1", ids, 3000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(res) != 1 || len(res[0].Messages) != 1 {
+			t.Fatalf("fetch read %+v, want one message", res)
+		}
+		return res[0].Messages[0].ID, claims
+	}
+	first, claims := fetch(ids)
+	if first != msgs[0] || claims[rdb.MessageKey(stream, first)].Outcome != rdb.ClaimOK {
+		t.Fatalf("first fetch: message %s, claims %+v; want %s claimed", first, claims, msgs[0])
+	}
+	again, claims := fetch(ids) // the same call, sent again
+	if cr := claims[rdb.MessageKey(stream, again)]; again != first || cr.Outcome != rdb.ClaimOK || cr.Epoch != 1 {
+		t.Errorf("the call sent again read %s with claim %+v; want %s and its claim at epoch 1", again, cr, first)
+	}
+	for _, bb := range []scriptBundle{b, second} {
+		for _, e := range bb.log(t) {
+			if e.Type == events.TaskClaimed && e.ID == ids[0] && (bb.run != b.run || e.Task != "a") {
+				t.Errorf("run %s: task_claimed of %s with the first call's event id %s", bb.run, e.Task, e.ID)
+			}
+		}
+	}
+	next, claims := fetch([]string{ulid.Make().String()})
+	if next != msgs[1] || claims[rdb.MessageKey(stream, next)].Outcome != rdb.ClaimOK {
+		t.Errorf("a new call read %s with claims %+v; want %s claimed", next, claims, msgs[1])
+	}
+}

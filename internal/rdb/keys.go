@@ -193,6 +193,13 @@ func (k Keys) Queues(part int, pool string) []string {
 	return out
 }
 
+// FetchMark is where consumer's last claiming fetch of a pool in
+// partition part records what it read, so that the same call sent again
+// answers the same (see fetchScript); it expires within a minute.
+func (k Keys) FetchMark(part int, pool, consumer string) string {
+	return k.tag(part) + "fetch:" + pool + ":" + consumer
+}
+
 // AllQueues lists a pool's band streams of every partition.
 func (k Keys) AllQueues(pool string) []string {
 	out := make([]string, 0, k.partitions*(MaxPriority+1))

@@ -28,7 +28,16 @@ import (
 // partition have their keys in its slot, so the keys built here from the
 // message's run id are local.
 //
-// KEYS: the pool's band streams, highest priority first (one slot: {pN})
+// A claiming call is safe to send again (go-redis resends a command whose
+// reply was lost or timed out): it records what it read in the consumer's
+// fetch mark, under its first claim event id (unique to the call), and
+// the same call sent again reads those messages back (XRANGE) and answers
+// their claims (claimone finds its own task_claimed by id) instead of
+// reading new messages, which it would claim with event ids already used
+// while the first execution's claims waited for the reclaimer.
+//
+// KEYS: the pool's band streams, highest priority first, then the
+// consumer's fetch mark (one slot: {pN})
 // ARGV: 1 group, 2 consumer, 3 n, 4 run key prefix of the partition ("":
 // no claims), 5 time ms, 6 upstream byte budget, then n claim event ids
 // (the i-th message read claims with the i-th)
@@ -37,14 +46,39 @@ var fetchScript = redis.NewScript(prelude + claimLua + `
 local n = tonumber(ARGV[3])
 local prefix = ARGV[4]
 local call = claimcall(ARGV[6])
-local out = {}
+local out, read = {}, {}
+local bands, mark, token = #KEYS - 1, KEYS[#KEYS], ARGV[7]
 local function field(f, name)
   for i = 1, #f - 1, 2 do
     if f[i] == name then return f[i + 1] end
   end
   return nil
 end
-for i = 1, #KEYS do
+-- add appends message m of band b, read at position pos, to the reply,
+-- claimed with the position's event id when it can be.
+local function add(b, m, pos)
+  local claim = false
+  local run, task, att = field(m[2], 'r'), field(m[2], 'k'), field(m[2], 'a')
+  if prefix ~= '' and run and task and att and run ~= '' and task ~= '' then
+    claim = claimone(call, runkeys(prefix, run), {task, att, ARGV[2], ARGV[6 + pos], ARGV[5], 'claim', '0', ''}, true) or false
+  end
+  out[#out + 1] = {KEYS[b], m[1], m[2], claim}
+end
+local claiming = prefix ~= '' and token
+if claiming then
+  local prev = redis.call('GET', mark)
+  if prev and string.sub(prev, 1, #token + 1) == token .. '|' then
+    -- This very call, sent again: what it read, as it read it.
+    local pos = 0
+    for b, id in string.gmatch(string.sub(prev, #token + 2), '(%d+):([^,]+)') do
+      pos = pos + 1
+      local m = redis.call('XRANGE', KEYS[tonumber(b)], id, id)[1]
+      if m then add(tonumber(b), m, pos) end
+    end
+    return out
+  end
+end
+for i = 1, bands do
   if n <= 0 then break end
   -- Acked entries are deleted, so an empty band has nothing new: skip the
   -- (costlier) XREADGROUP.
@@ -54,19 +88,21 @@ for i = 1, #KEYS do
   end
   if r then
     for _, m in ipairs(r[1][2]) do
-      local claim = false
-      local run, task, att = field(m[2], 'r'), field(m[2], 'k'), field(m[2], 'a')
-      if prefix ~= '' and run and task and att and run ~= '' and task ~= '' then
-        local id = ARGV[6 + #out + 1]
-        claim = claimone(call, runkeys(prefix, run), {task, att, ARGV[2], id, ARGV[5], 'claim', '0', ''}, true) or false
-      end
-      out[#out + 1] = {KEYS[i], m[1], m[2], claim}
+      add(i, m, #out + 1)
+      read[#read + 1] = i .. ':' .. m[1]
       n = n - 1
     end
   end
 end
+if claiming and #read > 0 then
+  redis.call('SET', mark, token .. '|' .. table.concat(read, ','), 'PX', ` + strconv.Itoa(fetchMarkTTLMS) + `)
+end
 return out
 `)
+
+// fetchMarkTTLMS is how long a fetch mark is kept: longer than go-redis
+// takes to send a call again (its retries back off to 512 ms, three times).
+const fetchMarkTTLMS = 60_000
 
 // Fetch reads up to n new messages of a pool in partition part, highest
 // band first, without blocking and without claiming (see fetchScript).
@@ -167,7 +203,8 @@ func (d DB) fetch(ctx context.Context, part int, pool, consumer string, n int, p
 	for _, id := range eventIDs {
 		argv = append(argv, id)
 	}
-	res, err := fetchScript.Run(ctx, d.C, d.K.Queues(part, pool), argv...).Slice()
+	keys := append(d.K.Queues(part, pool), d.K.FetchMark(part, pool, consumer))
+	res, err := fetchScript.Run(ctx, d.C, keys, argv...).Slice()
 	if err != nil {
 		return nil, nil, err
 	}
