@@ -504,9 +504,13 @@ func (c *Client) DeadLetters(ctx context.Context, limit int64) ([]DeadLetter, er
 	return out, nil
 }
 
+// ErrNotRequeueable is returned (wrapped) by Requeue for a task that has
+// not failed for good, or a run that was cancelled.
+var ErrNotRequeueable = rdb.ErrNotRequeueable
+
 // Requeue gives a task that failed for good one more attempt: it appends
 // task_requeued, reopens the run, and the projector requeues the tasks
-// skipped behind it. It returns an error wrapping rdb's ErrNotRequeueable
+// skipped behind it. It returns an error wrapping ErrNotRequeueable
 // (message "task cannot be requeued") if the task has not failed.
 func (c *Client) Requeue(ctx context.Context, run, task string) error {
 	body, _ := json.Marshal(events.TaskRequeuedBody{Cause: "requeued from the dead-letter set"})

@@ -24,6 +24,7 @@ import (
 	"github.com/graflow-go/graflow"
 	"github.com/graflow-go/graflow/events"
 	"github.com/graflow-go/graflow/internal/retry"
+	"github.com/graflow-go/graflow/projector"
 	"github.com/graflow-go/graflow/replay"
 	"github.com/graflow-go/graflow/worker/builtin"
 )
@@ -51,6 +52,12 @@ type Config struct {
 	// ran after the cancel and that every worker still running one of its
 	// tasks was fenced.
 	NoCancel bool
+	// NoRequeue skips the requeued run: by default a fourth run (a chain
+	// of three whose middle task fails for good on its first attempt)
+	// fails, and its failed task is requeued from the dead-letter set
+	// under the same faults; it must then succeed, with the tasks skipped
+	// behind it run, and leave no dead letter.
+	NoRequeue bool
 	// Small runs (default 24; negative: none) of one to three tasks are
 	// submitted one by one while the faults go on: single tasks, chains
 	// and pairs, some flaky. A small run's last success ends it in the
@@ -132,6 +139,9 @@ type Report struct {
 	Cancelled        int
 	CancelledTasks   int
 	CancelledRunning int
+	// Requeued counts the failed runs whose task was requeued from the
+	// dead-letter set and that then succeeded.
+	Requeued int
 	// ChannelWrites counts the channel keys checked against their last
 	// channel_written.
 	ChannelWrites int
@@ -164,8 +174,8 @@ type Report struct {
 
 // Line is the one-line summary "chaos seed=S tasks=N kills=K ...".
 func (r Report) Line() string {
-	return fmt.Sprintf("chaos seed=%d runs=%d small=%d finish_ends=%d log_only=%d tasks=%d spawned=%d kills=%d pauses=%d projectors=%d projector_kills=%d projector_pauses=%d projector_stalls=%d takeovers=%d cancelled=%d/%d/%d channel_keys=%d result_ttls=%d/%d redis_restarts=%d failovers=%d shared_runs=%d handoffs=%d late_commits=%d traced=%d/%d trace_spans=%d lost=%d duplicate_accepts=%d rejected_stale=%d rejected_unlogged=%d events=%d elapsed=%s verified=%t",
-		r.Seed, r.Runs, r.Small, r.FinishEnds, r.LogOnly, r.Verdict.Tasks, r.Spawned, r.Kills, r.Pauses, r.Projectors, r.ProjectorKills, r.ProjectorPauses, r.ProjectorStalls, r.Takeovers, r.Cancelled, r.CancelledTasks, r.CancelledRunning, r.ChannelWrites, r.ResultTTLs, r.ResultsExpired, r.RedisRestarts, r.Failovers,
+	return fmt.Sprintf("chaos seed=%d runs=%d small=%d finish_ends=%d log_only=%d tasks=%d spawned=%d kills=%d pauses=%d projectors=%d projector_kills=%d projector_pauses=%d projector_stalls=%d takeovers=%d cancelled=%d/%d/%d requeued=%d channel_keys=%d result_ttls=%d/%d redis_restarts=%d failovers=%d shared_runs=%d handoffs=%d late_commits=%d traced=%d/%d trace_spans=%d lost=%d duplicate_accepts=%d rejected_stale=%d rejected_unlogged=%d events=%d elapsed=%s verified=%t",
+		r.Seed, r.Runs, r.Small, r.FinishEnds, r.LogOnly, r.Verdict.Tasks, r.Spawned, r.Kills, r.Pauses, r.Projectors, r.ProjectorKills, r.ProjectorPauses, r.ProjectorStalls, r.Takeovers, r.Cancelled, r.CancelledTasks, r.CancelledRunning, r.Requeued, r.ChannelWrites, r.ResultTTLs, r.ResultsExpired, r.RedisRestarts, r.Failovers,
 		r.History.SharedRuns, r.History.Handoffs, r.History.LateCommits, r.Traced, r.Sampled, r.TraceSpans, r.Verdict.Lost,
 		r.Verdict.DuplicateAccepts, r.Verdict.RejectedStale, r.Verdict.RejectedUnlogged, r.Events, r.Elapsed.Round(100*time.Millisecond), r.Verdict.OK())
 }
@@ -251,6 +261,15 @@ func Run(ctx context.Context, cfg Config) (rep Report, err error) {
 			return rep, fmt.Errorf("submit %s: %w", r.id, err)
 		}
 	}
+	// The requeued run is awaited by its requeue (it ends twice), not
+	// with the others.
+	var requeueRun *submitted
+	if !cfg.NoRequeue {
+		requeueRun = &submitted{id: "chaos-" + strconv.FormatUint(cfg.Seed, 10) + "-requeue"}
+		if err := s.submit(ctx, requeueWorkflow(), nil, requeueRun.id, false); err != nil {
+			return rep, fmt.Errorf("submit %s: %w", requeueRun.id, err)
+		}
+	}
 	s.logf("submitted run %s (%d tasks) and a %d-wide fan-out; %d workers x %d, lease %s, %d projectors, feed reclaim %s",
 		runs[0].id, cfg.Tasks, max(cfg.Wide, 0), cfg.Workers, cfg.Concurrency, cfg.Lease, cfg.Projectors, cfg.FeedReclaimIdle)
 
@@ -281,6 +300,13 @@ func Run(ctx context.Context, cfg Config) (rep Report, err error) {
 		go func() {
 			defer faults.Done()
 			cancelled <- s.cancel(runCtx, cancelRun.id, cancelAfter)
+		}()
+	}
+	if requeueRun != nil {
+		faults.Add(1)
+		go func() {
+			defer faults.Done()
+			s.requeue(runCtx, requeueRun)
 		}()
 	}
 	// The small runs, one every 50-300 ms while the faults go on.
@@ -334,6 +360,9 @@ func Run(ctx context.Context, cfg Config) (rep Report, err error) {
 	s.logf("stopping workers and projectors")
 	s.stopAll()
 	runs = append(runs, small...)
+	if requeueRun != nil {
+		runs = append(runs, requeueRun)
+	}
 	rep.Small = len(small)
 
 	for _, r := range runs {
@@ -346,6 +375,9 @@ func Run(ctx context.Context, cfg Config) (rep Report, err error) {
 		}
 		if r == cancelRun && r.err == nil {
 			v.Problems = append(v.Problems, s.checkCancelled(ctx, r.id, r.info, <-cancelled)...)
+		}
+		if r == requeueRun && r.err == nil {
+			v.Problems = append(v.Problems, s.checkRequeued(ctx, r)...)
 		}
 		rep.Runs++
 		rep.Events += n
@@ -582,6 +614,96 @@ func (s *stack) cancel(ctx context.Context, run string, n int) error {
 	})
 	s.logf("cancel %s after %d successes: %v", run, seen, err)
 	return err
+}
+
+// requeueWorkflow is the requeued run: a chain a, b, c whose b fails its
+// only attempt (no retries), so the run fails with c skipped; its requeue
+// gives b a second attempt, which succeeds.
+func requeueWorkflow() *graflow.Workflow {
+	wf := graflow.NewWorkflow("chaos-requeue")
+	a := wf.Task("a", builtin.Sleep).Args(map[string]any{"ms": 20, "value": 1})
+	b := wf.Task(requeuedTask, builtin.Flaky).Args(map[string]any{"fail": 1, "value": 1}).After(a)
+	wf.Task("c", builtin.Sum).After(b)
+	return wf
+}
+
+// requeuedTask is the requeued run's task that fails for good.
+const requeuedTask = "b"
+
+// requeue waits for r to fail, requeues its failed task (retrying while
+// Redis restarts: a requeue whose reply was lost finds the task requeued
+// already, which its log shows) and waits for r to end again, recording
+// how it ended in r.
+func (s *stack) requeue(ctx context.Context, r *submitted) {
+	s.await(ctx, r)
+	if r.err != nil {
+		return
+	}
+	if r.info.Status != string(projector.RunFailed) {
+		r.err = fmt.Errorf("run %s ended %s before its requeue, want failed", r.id, r.info.Status)
+		return
+	}
+	err := retryRedis(ctx, func() error {
+		err := s.client.Requeue(ctx, r.id, requeuedTask)
+		if !errors.Is(err, graflow.ErrNotRequeueable) {
+			return err
+		}
+		evs, _, herr := s.history(ctx, r.id)
+		if herr != nil {
+			return herr
+		}
+		for _, e := range evs {
+			if e.Type == events.TaskRequeued && e.Task == requeuedTask {
+				return nil // an earlier try's, whose reply was lost
+			}
+		}
+		return retry.Permanent(err)
+	})
+	s.logf("requeue %s/%s: %v", r.id, requeuedTask, err)
+	if err != nil {
+		r.err = fmt.Errorf("requeue %s/%s: %w", r.id, requeuedTask, err)
+		return
+	}
+	s.await(ctx, r)
+}
+
+// checkRequeued checks the requeued run's second end: succeeded, its
+// failed task requeued once, the task skipped behind it run, and no dead
+// letter left for it.
+func (s *stack) checkRequeued(ctx context.Context, r *submitted) []string {
+	if !r.info.Succeeded() {
+		return []string{fmt.Sprintf("run %s ended %s after its requeue, want succeeded", r.id, r.info.Status)}
+	}
+	evs, _, err := s.history(ctx, r.id)
+	if err != nil {
+		return []string{fmt.Sprintf("read run %s: %v", r.id, err)}
+	}
+	var problems []string
+	requeues, cRan := 0, false
+	for _, e := range evs {
+		switch {
+		case e.Type == events.TaskRequeued && e.Task == requeuedTask:
+			requeues++ // (c's, the projector's unskip, is not counted)
+		case e.Type == events.TaskSucceeded && e.Task == "c":
+			cRan = true
+		}
+	}
+	if requeues != 1 || !cRan {
+		problems = append(problems, fmt.Sprintf("run %s: %d task_requeued of %s (want 1), c succeeded %t", r.id, requeues, requeuedTask, cRan))
+	}
+	var dls []graflow.DeadLetter
+	if err := retryRedis(ctx, func() (err error) { dls, err = s.client.DeadLetters(ctx, 0); return err }); err != nil {
+		return append(problems, fmt.Sprintf("read the dead letters: %v", err))
+	}
+	for _, d := range dls {
+		if d.Run == r.id {
+			problems = append(problems, fmt.Sprintf("run %s succeeded after its requeue, but the dead letter of %s is left", r.id, d.Task))
+		}
+	}
+	if len(problems) == 0 {
+		s.report.Requeued++
+	}
+	return problems
 }
 
 // checkCancelled checks the cancelled run's end: cancelled, unless it had
