@@ -546,25 +546,15 @@ type RepairReport struct {
 // Redis Cluster node that lost its last writes. It also points the feed at
 // the run. Safe to run at any time: duplicates are dropped at claim, and a
 // live claim is never touched.
+//
+// Its dispatches carry the trace context of a graflow.repair span in the
+// run's trace.
 func (c *Client) Repair(ctx context.Context, run string) (RepairReport, error) {
-	evs, err := c.db.ReadLog(ctx, run, "-", "+", projector.DefaultReadCount, 0)
-	if err != nil {
-		return RepairReport{}, err
-	}
-	plan, err := projector.RepairPlan(run, evs)
+	ids, err := projector.Repair(ctx, c.db, c.tracer, run, c.clock.Now())
 	if errors.Is(err, projector.ErrNotRunning) {
 		return RepairReport{Run: run, Skipped: true}, nil
 	}
-	if err != nil {
-		return RepairReport{}, err
-	}
-	tasks := make([]rdb.RepairTask, len(plan))
-	for i, t := range plan {
-		tasks[i] = rdb.RepairTask{ID: t.Spec.ID, Status: t.Status, Owner: t.Owner, Attempt: t.Attempt, Epoch: t.Epoch, Pool: t.Spec.Pool, Priority: t.Spec.Priority}
-	}
-	rep := RepairReport{Run: run}
-	rep.Redispatched, err = c.db.Repair(ctx, run, tasks, c.clock.Now())
-	return rep, err
+	return RepairReport{Run: run, Redispatched: ids}, err
 }
 
 // RunningRuns lists the ids of runs in the index whose state is running.
@@ -1198,7 +1188,7 @@ func (c *Client) ImportEvents(ctx context.Context, evs []events.Event, opts repl
 // Resume works is left alone. Resume is idempotent: a second call finds the
 // dispatches and does nothing. A duplicate dispatch is harmless anyway
 // (the claim script drops it). ErrRunNotFound when the run has no log.
-func (c *Client) Resume(ctx context.Context, run string) (*replay.ResumeResult, error) {
+func (c *Client) Resume(ctx context.Context, run string) (res *replay.ResumeResult, err error) {
 	live, err := c.db.ReadLive(ctx, run)
 	if err != nil {
 		return nil, err
@@ -1214,7 +1204,16 @@ func (c *Client) Resume(ctx context.Context, run string) (*replay.ResumeResult, 
 	if err != nil {
 		return nil, err
 	}
-	res := plan.Result
+	res = plan.Result
+	// A graflow.resume span in the run's trace: the dispatches carry it.
+	ctx, span := c.tracer.Start(tracing.WithTraceparent(ctx, plan.Run.Traceparent), tracing.SpanResume,
+		trace.WithAttributes(tracing.Run.String(run), tracing.Workflow.String(plan.Run.Workflow)))
+	defer func() {
+		if res != nil {
+			span.SetAttributes(tracing.Redispatched.Int(len(res.Reclaimed) + len(res.Redispatched)))
+		}
+		tracing.End(span, err)
+	}()
 	if plan.Run.Status == projector.RunRunning {
 		lost, err := c.lost(ctx, run, plan.Want)
 		if err != nil {
@@ -1242,7 +1241,7 @@ func (c *Client) redispatch(ctx context.Context, plan *replay.Resume, batch []re
 		rds[i] = plan.Redispatch(w, now, c.id, events.NewID(now))
 		items[i] = rdb.ResumeItem{Task: w.Task, Record: w.Record, NewRecord: rds[i].Record, Event: rds[i].Reclaim,
 			Dispatch: rdb.Dispatch{Pool: w.Pool, Priority: w.Priority, DueMS: rds[i].DueMS, Run: plan.Run.ID, Task: w.Task,
-				Attempt: w.Attempt, EventID: events.NewID(now)}}
+				Attempt: w.Attempt, EventID: events.NewID(now), Trace: tracing.Traceparent(ctx)}}
 	}
 	done, err := c.db.Resume(ctx, plan.Run.ID, items, now.UnixMilli())
 	if err != nil {

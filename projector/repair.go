@@ -8,6 +8,9 @@ import (
 
 	"github.com/graflow-go/graflow/events"
 	"github.com/graflow-go/graflow/internal/rdb"
+	"github.com/graflow-go/graflow/internal/tracing"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // ErrNotRunning is returned by Repair for a run that is not running.
@@ -17,48 +20,57 @@ var ErrNotRunning = errors.New("run is not running")
 // repair re-dispatches: those dispatched or running (a repair gives a
 // dispatched task not parked for a retry a fresh message, and hands a
 // running task whose worker is no longer registered back first). It
-// returns ErrNotRunning (wrapped) for a run that is not running. Pure: the
-// Redis side is the caller's (Client.Repair, and the projector's automatic
-// repair).
-func RepairPlan(run string, evs []events.Event) ([]*Task, error) {
+// returns ErrNotRunning (wrapped) for a run that is not running, and the
+// run's trace context (run_submitted's traceparent, "" untraced): the
+// repair's dispatches stay in the run's trace. Pure: the Redis side is the
+// caller's (Client.Repair, and the projector's automatic repair).
+func RepairPlan(run string, evs []events.Event) (tasks []*Task, traceparent string, err error) {
 	r := NewRun(run)
 	r.noResults = true
 	for _, e := range evs {
 		if err := Apply(r, e); err != nil {
-			return nil, err
+			return nil, "", err
 		}
 	}
 	if r.Status != RunRunning {
-		return nil, fmt.Errorf("repair %s: %w (%s)", run, ErrNotRunning, r.Status)
+		return nil, "", fmt.Errorf("repair %s: %w (%s)", run, ErrNotRunning, r.Status)
 	}
-	var out []*Task
 	for _, t := range r.Tasks {
 		if t.Status == TaskDispatched || t.Status == TaskRunning {
-			out = append(out, t)
+			tasks = append(tasks, t)
 		}
 	}
-	return out, nil
+	return tasks, r.Traceparent, nil
 }
 
-// repair re-dispatches run's tasks whose queue message may be gone, from
-// the fold of its log (RepairPlan), and points the feed at the run (as
-// Client.Repair does). It returns the re-dispatched task ids; ErrNotRunning
-// (wrapped) for a run that is not running.
-func repair(ctx context.Context, db rdb.DB, run string, now time.Time) ([]string, error) {
+// Repair re-dispatches run's tasks whose queue message may be gone, from
+// the fold of its log (RepairPlan), and points the feed at the run: the
+// steps of Client.Repair and of a projector's automatic repair. Its
+// dispatches carry the trace context of a graflow.repair span of tracer
+// (attributes: attrs, and the tasks dispatched again) in the run's trace.
+// It returns the re-dispatched task ids; ErrNotRunning (wrapped) for a run
+// that is not running.
+func Repair(ctx context.Context, db rdb.DB, tracer trace.Tracer, run string, now time.Time, attrs ...attribute.KeyValue) (ids []string, err error) {
 	evs, err := db.ReadLog(ctx, run, "-", "+", DefaultReadCount, 0)
 	if err != nil {
 		return nil, err
 	}
-	plan, err := RepairPlan(run, evs)
+	plan, tp, err := RepairPlan(run, evs)
 	if err != nil {
 		return nil, err
 	}
+	ctx, span := tracer.Start(tracing.WithTraceparent(ctx, tp), tracing.SpanRepair,
+		trace.WithAttributes(append(attrs, tracing.Run.String(run))...))
+	defer func() {
+		span.SetAttributes(tracing.Redispatched.Int(len(ids)))
+		tracing.End(span, err)
+	}()
 	tasks := make([]rdb.RepairTask, 0, len(plan))
 	for _, t := range plan {
 		tasks = append(tasks, rdb.RepairTask{ID: t.Spec.ID, Status: t.Status, Owner: t.Owner,
 			Attempt: t.Attempt, Epoch: t.Epoch, Pool: t.Spec.Pool, Priority: t.Spec.Priority})
 	}
-	return db.Repair(ctx, run, tasks, now)
+	return db.Repair(ctx, run, tasks, now, tracing.Traceparent(ctx))
 }
 
 // repairPage bounds the runs one automatic repair pass looks at.
@@ -92,7 +104,7 @@ func (p *Projector) autoRepair(ctx context.Context, cur *repairCursor) {
 		return
 	}
 	for _, run := range runs {
-		ids, err := repair(ctx, p.db, run, p.cfg.Clock.Now())
+		ids, err := Repair(ctx, p.db, p.tracer, run, p.cfg.Clock.Now(), tracing.Projector.String(p.cfg.ID))
 		switch {
 		case errors.Is(err, ErrNotRunning):
 		case err != nil:

@@ -22,7 +22,7 @@ func TestRepairPlan(t *testing.T) {
 		claimed("a", 1, 1, "w1"), succeeded("a", 1, 1, "w1", "1"),
 		claimed("b", 1, 1, "w2"),
 	})
-	plan, err := projector.RepairPlan("r", open)
+	plan, _, err := projector.RepairPlan("r", open)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -47,7 +47,7 @@ func TestRepairPlan(t *testing.T) {
 			{Type: events.RunSucceeded},
 		}),
 	} {
-		if _, err := projector.RepairPlan("r", evs); !errors.Is(err, projector.ErrNotRunning) {
+		if _, _, err := projector.RepairPlan("r", evs); !errors.Is(err, projector.ErrNotRunning) {
 			t.Errorf("%s: err = %v, want ErrNotRunning", name, err)
 		}
 	}

@@ -241,8 +241,9 @@ type ResumeItem struct {
 // delayed set), all in the run's partition
 // ARGV: 1 run, then per task: task id, expected record, new record (""
 // keeps it), target key index, due ms (0: queue now), attempt,
-// delayed-set member, then the number f of event field names and values
-// (0: no event; see events.Event.Fields) and those f values
+// delayed-set member, the queue message's traceparent ("": none), then
+// the number f of event field names and values (0: no event; see
+// events.Event.Fields) and those f values
 // Reply: per task 1 re-dispatched, 0 record changed (left alone)
 var resumeScript = redis.NewScript(`
 for i = 3, #KEYS do
@@ -255,15 +256,17 @@ local out = {}
 local i = 2
 while i <= #ARGV do
   local task = ARGV[i]
-  local f = tonumber(ARGV[i + 7])
+  local f = tonumber(ARGV[i + 8])
   if (redis.call('HGET', KEYS[1], task) or '') == ARGV[i + 1] then
     if ARGV[i + 2] ~= '' then
-      if f > 0 then redis.call('XADD', KEYS[2], '*', unpack(ARGV, i + 8, i + 7 + f)) end
+      if f > 0 then redis.call('XADD', KEYS[2], '*', unpack(ARGV, i + 9, i + 8 + f)) end
       redis.call('HSET', KEYS[1], task, ARGV[i + 2])
     end
     local key, due = KEYS[tonumber(ARGV[i + 3])], tonumber(ARGV[i + 4])
     if due > 0 then
       redis.call('ZADD', key, due, ARGV[i + 6])
+    elseif ARGV[i + 7] ~= '' then
+      redis.call('XADD', key, '*', 'r', ARGV[1], 'k', task, 'a', ARGV[i + 5], 't', ARGV[i + 7])
     else
       redis.call('XADD', key, '*', 'r', ARGV[1], 'k', task, 'a', ARGV[i + 5])
     end
@@ -271,7 +274,7 @@ while i <= #ARGV do
   else
     out[#out + 1] = 0
   end
-  i = i + 8 + f
+  i = i + 9 + f
 end
 redis.call('HSET', KEYS[1], '@dirty', '1')
 return out
@@ -283,7 +286,7 @@ return out
 func (d DB) Resume(ctx context.Context, run string, items []ResumeItem, nowMS int64) ([]bool, error) {
 	keys := []string{d.K.RunState(run), d.K.RunLog(run)}
 	var targets keyIndex
-	argv := make([]any, 0, 1+len(items)*(8+maxFieldsPerEvent))
+	argv := make([]any, 0, 1+len(items)*(9+maxFieldsPerEvent))
 	argv = append(argv, run)
 	for _, it := range items {
 		var fields []any
@@ -295,7 +298,7 @@ func (d DB) Resume(ctx context.Context, run string, items []ResumeItem, nowMS in
 		if x.DueMS > nowMS {
 			key, due, member = d.K.DelayedFor(run), x.DueMS, x.String()
 		}
-		argv = append(argv, it.Task, it.Record, it.NewRecord, targets.of(&keys, key), due, x.Attempt, member, len(fields))
+		argv = append(argv, it.Task, it.Record, it.NewRecord, targets.of(&keys, key), due, x.Attempt, member, x.Trace, len(fields))
 		argv = append(argv, fields...)
 	}
 	res, err := resumeScript.Run(ctx, d.C, keys, argv...).Int64Slice()

@@ -28,8 +28,9 @@ type RepairTask struct {
 // registered is handed back (release: epoch bumped, so a late result of the
 // old claim is rejected) and gets one too. A live claim is never touched,
 // and a duplicate message is dropped at claim. It points the feed at the
-// run and returns the re-dispatched task ids.
-func (d DB) Repair(ctx context.Context, run string, tasks []RepairTask, now time.Time) ([]string, error) {
+// run and returns the re-dispatched task ids. The messages carry
+// traceparent ("": none).
+func (d DB) Repair(ctx context.Context, run string, tasks []RepairTask, now time.Time, traceparent string) ([]string, error) {
 	live, err := d.liveWorkers(ctx)
 	if err != nil {
 		return nil, err
@@ -57,7 +58,7 @@ func (d DB) Repair(ctx context.Context, run string, tasks []RepairTask, now time
 		default:
 			continue
 		}
-		d.XAddDispatch(ctx, pipe, Dispatch{Pool: t.Pool, Priority: t.Priority, Run: run, Task: t.ID, Attempt: t.Attempt})
+		d.XAddDispatch(ctx, pipe, Dispatch{Pool: t.Pool, Priority: t.Priority, Run: run, Task: t.ID, Attempt: t.Attempt, Trace: traceparent})
 		out = append(out, t.ID)
 	}
 	d.PointFeed(ctx, pipe, run)

@@ -30,6 +30,11 @@ const (
 	SpanClaim   = "graflow.claim"
 	SpanHandler = "graflow.handler"
 	SpanFinish  = "graflow.finish"
+	// The operator's redispatches: their dispatches carry these spans'
+	// trace context, so the tasks dispatched again stay in the run's
+	// trace.
+	SpanResume = "graflow.resume"
+	SpanRepair = "graflow.repair"
 )
 
 // Attribute keys of the engine's spans.
@@ -49,6 +54,8 @@ const (
 	Created   = attribute.Key("graflow.created")   // a submit created the run (false: it existed)
 	Conflict  = attribute.Key("graflow.commit.conflict")
 	Reclaimed = attribute.Key("graflow.reclaimed") // the message was taken over from another worker
+	// Redispatched counts the tasks a resume or repair dispatched again.
+	Redispatched = attribute.Key("graflow.redispatched")
 )
 
 // Tracer returns the engine's tracer of tp (nil: otel.GetTracerProvider()).
