@@ -139,6 +139,10 @@ type Report struct {
 	Cancelled        int
 	CancelledTasks   int
 	CancelledRunning int
+	// Resumes and Repairs count the Client.Resume and Client.Repair calls
+	// made on the main run at random moments under the faults (both are
+	// safe at any time); Redispatched the tasks they dispatched again.
+	Resumes, Repairs, Redispatched int
 	// Requeued counts the failed runs whose task was requeued from the
 	// dead-letter set and that then succeeded.
 	Requeued int
@@ -174,8 +178,8 @@ type Report struct {
 
 // Line is the one-line summary "chaos seed=S tasks=N kills=K ...".
 func (r Report) Line() string {
-	return fmt.Sprintf("chaos seed=%d runs=%d small=%d finish_ends=%d log_only=%d tasks=%d spawned=%d kills=%d pauses=%d projectors=%d projector_kills=%d projector_pauses=%d projector_stalls=%d takeovers=%d cancelled=%d/%d/%d requeued=%d channel_keys=%d result_ttls=%d/%d redis_restarts=%d failovers=%d shared_runs=%d handoffs=%d late_commits=%d traced=%d/%d trace_spans=%d lost=%d duplicate_accepts=%d rejected_stale=%d rejected_unlogged=%d events=%d elapsed=%s verified=%t",
-		r.Seed, r.Runs, r.Small, r.FinishEnds, r.LogOnly, r.Verdict.Tasks, r.Spawned, r.Kills, r.Pauses, r.Projectors, r.ProjectorKills, r.ProjectorPauses, r.ProjectorStalls, r.Takeovers, r.Cancelled, r.CancelledTasks, r.CancelledRunning, r.Requeued, r.ChannelWrites, r.ResultTTLs, r.ResultsExpired, r.RedisRestarts, r.Failovers,
+	return fmt.Sprintf("chaos seed=%d runs=%d small=%d finish_ends=%d log_only=%d tasks=%d spawned=%d kills=%d pauses=%d projectors=%d projector_kills=%d projector_pauses=%d projector_stalls=%d takeovers=%d cancelled=%d/%d/%d requeued=%d resumes=%d repairs=%d redispatched=%d channel_keys=%d result_ttls=%d/%d redis_restarts=%d failovers=%d shared_runs=%d handoffs=%d late_commits=%d traced=%d/%d trace_spans=%d lost=%d duplicate_accepts=%d rejected_stale=%d rejected_unlogged=%d events=%d elapsed=%s verified=%t",
+		r.Seed, r.Runs, r.Small, r.FinishEnds, r.LogOnly, r.Verdict.Tasks, r.Spawned, r.Kills, r.Pauses, r.Projectors, r.ProjectorKills, r.ProjectorPauses, r.ProjectorStalls, r.Takeovers, r.Cancelled, r.CancelledTasks, r.CancelledRunning, r.Requeued, r.Resumes, r.Repairs, r.Redispatched, r.ChannelWrites, r.ResultTTLs, r.ResultsExpired, r.RedisRestarts, r.Failovers,
 		r.History.SharedRuns, r.History.Handoffs, r.History.LateCommits, r.Traced, r.Sampled, r.TraceSpans, r.Verdict.Lost,
 		r.Verdict.DuplicateAccepts, r.Verdict.RejectedStale, r.Verdict.RejectedUnlogged, r.Events, r.Elapsed.Round(100*time.Millisecond), r.Verdict.OK())
 }
@@ -302,6 +306,12 @@ func Run(ctx context.Context, cfg Config) (rep Report, err error) {
 			cancelled <- s.cancel(runCtx, cancelRun.id, cancelAfter)
 		}()
 	}
+	repaired := make(chan []string, 1) // the repairs' problems
+	faults.Add(1)
+	go func() {
+		defer faults.Done()
+		repaired <- s.repairs(faultCtx, runs[0].id, rand.New(rand.NewPCG(cfg.Seed, 0xad41)))
+	}()
 	if requeueRun != nil {
 		faults.Add(1)
 		go func() {
@@ -375,6 +385,9 @@ func Run(ctx context.Context, cfg Config) (rep Report, err error) {
 		}
 		if r == cancelRun && r.err == nil {
 			v.Problems = append(v.Problems, s.checkCancelled(ctx, r.id, r.info, <-cancelled)...)
+		}
+		if r == runs[0] {
+			v.Problems = append(v.Problems, <-repaired...)
 		}
 		if r == requeueRun && r.err == nil {
 			v.Problems = append(v.Problems, s.checkRequeued(ctx, r)...)
@@ -614,6 +627,46 @@ func (s *stack) cancel(ctx context.Context, run string, n int) error {
 	})
 	s.logf("cancel %s after %d successes: %v", run, seen, err)
 	return err
+}
+
+// repairs runs the operator's two repairs, Client.Resume then
+// Client.Repair, on run at three random moments (1-5 s apart) while the
+// faults go on, retrying Redis errors; both are documented safe at any
+// time, and the run's check holds them to it. It returns the calls'
+// errors as problems; a run that ended first is no error.
+func (s *stack) repairs(ctx context.Context, run string, rng *rand.Rand) (problems []string) {
+	for range 3 {
+		if !wait(ctx, time.Duration(1000+rng.IntN(4000))*time.Millisecond) {
+			return problems
+		}
+		var res *replay.ResumeResult
+		err := retryRedis(ctx, func() (err error) { res, err = s.client.Resume(ctx, run); return err })
+		if err != nil {
+			if ctx.Err() == nil {
+				problems = append(problems, fmt.Sprintf("resume %s: %v", run, err))
+			}
+			return problems
+		}
+		s.mu.Lock()
+		s.report.Resumes++
+		s.report.Redispatched += len(res.Reclaimed) + len(res.Redispatched)
+		s.mu.Unlock()
+		var rep graflow.RepairReport
+		err = retryRedis(ctx, func() (err error) { rep, err = s.client.Repair(ctx, run); return err })
+		if err != nil {
+			if ctx.Err() == nil {
+				problems = append(problems, fmt.Sprintf("repair %s: %v", run, err))
+			}
+			return problems
+		}
+		s.mu.Lock()
+		s.report.Repairs++
+		s.report.Redispatched += len(rep.Redispatched)
+		s.mu.Unlock()
+		s.logf("resume %s: %d reclaimed, %d redispatched, %d queued; repair: %d redispatched", run,
+			len(res.Reclaimed), len(res.Redispatched), res.Queued, len(rep.Redispatched))
+	}
+	return problems
 }
 
 // requeueWorkflow is the requeued run: a chain a, b, c whose b fails its
