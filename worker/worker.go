@@ -726,9 +726,21 @@ func (w *Worker) process(ctx context.Context, m message, release func()) (parked
 	if !m.reclaimed && time.Since(m.fetched) > w.cfg.Lease/3 {
 		// It waited in the buffer for a slot: renew its lease before the
 		// claim, or a reclaimer could take it right after we start.
-		if n, err := w.db.TouchMessage(ctx, m.stream, w.cfg.ID, m.id); err == nil && n != 1 {
+		n, deliveries, err := w.db.TouchMessage(ctx, m.stream, w.cfg.ID, m.id)
+		if err == nil && n != 1 {
 			log.Debug().Int64("touch", n).Msg("buffered message no longer ours; dropping it")
 			return
+		}
+		if deliveries > 1 {
+			// Delivered again since we read it: another worker's
+			// reclaimer took it over (and may have claimed the task,
+			// then died), and ours took it back, its holder's lease
+			// expired. That reclaimed copy was dropped here as handled
+			// (this copy held the mark), so this copy is the reclaim: a
+			// plain claim would find the task busy and ack its only
+			// message, leaving it running for a dead worker.
+			m.reclaimed, m.deliveries = true, deliveries
+			log.Info().Int64("deliveries", deliveries).Msg("buffered message was reclaimed away and back; reclaiming its task")
 		}
 		// A claim its read made may have been handed back or its run
 		// cancelled meanwhile: the claim script checks it again ("already

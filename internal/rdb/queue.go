@@ -115,13 +115,16 @@ func HeartbeatResult(cmd *redis.Cmd) error {
 // pending for this consumer: an owner-checked XCLAIM ... JUSTID.
 //
 // KEYS: 1 queue stream
-// ARGV: 1 group, 2 consumer, 3 message id
-// Reply: 1 touched, 0 not pending, -1 pending for another consumer
+// ARGV: 1 group, 2 consumer, 3 message id, 4 "d" to have a touch reply
+// the message's delivery count
+// Reply: 1 touched (with "d": its delivery count, 1 or more), 0 not
+// pending, -1 pending for another consumer
 var queueTouchScript = redis.NewScript(`
 local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
 if #p == 0 then return 0 end
 if p[1][2] ~= ARGV[2] then return -1 end
 redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
+if ARGV[4] == 'd' then return p[1][4] end
 return 1
 `)
 
@@ -388,8 +391,16 @@ func (d DB) RecordDeadLetters(ctx context.Context, items []DeadLetterItem, point
 // TouchMessage resets the idle time of a message consumer holds (see
 // QueueTouch) and returns its result: 1 touched, 0 gone, -1 another
 // consumer's.
-func (d DB) TouchMessage(ctx context.Context, stream, consumer, id string) (int64, error) {
-	return d.QueueTouch(ctx, d.C, stream, consumer, id).Int64()
+//
+// A touched message's delivery count comes back as deliveries: more than
+// one means a reclaimer took the message over since the consumer read it
+// (JUSTID touches do not count).
+func (d DB) TouchMessage(ctx context.Context, stream, consumer, id string) (n, deliveries int64, err error) {
+	n, err = queueTouchScript.Run(ctx, d.C, []string{stream}, GroupWorkers, consumer, id, "d").Int64()
+	if n > 0 {
+		return 1, n, err
+	}
+	return n, 0, err
 }
 
 // AckMessage acks a message consumer holds (owner-checked, see QueueAck).
