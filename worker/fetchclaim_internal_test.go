@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -67,4 +68,18 @@ func (f fetchClaimed) pendingFor(t *testing.T, stream, consumer string) int {
 		t.Fatal(err)
 	}
 	return len(p)
+}
+
+// running makes f's worker ready to process messages as Run would (its
+// work context and batcher) with a handler "h" that records it ran.
+func (f fetchClaimed) running(t *testing.T) *atomic.Bool {
+	t.Helper()
+	f.w.workCtx, f.w.batch = f.ctx, newBatcher(f.ctx, f.w)
+	t.Cleanup(f.w.batch.stop)
+	var ran atomic.Bool
+	f.w.Handle("h", HandlerFunc(func(context.Context, *Task) (any, error) {
+		ran.Store(true)
+		return nil, nil
+	}))
+	return &ran
 }

@@ -1,8 +1,6 @@
 package worker
 
 import (
-	"context"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -18,13 +16,7 @@ func TestABufferedFetchClaimIsCheckedAgainBeforeItRuns(t *testing.T) {
 	t.Parallel()
 	f := newFetchClaimed(t)
 	w, m, ctx := f.w, f.m, f.ctx
-	w.workCtx, w.batch = ctx, newBatcher(ctx, w) // as Run sets them
-	defer w.batch.stop()
-	var ran atomic.Bool
-	w.Handle("h", HandlerFunc(func(context.Context, *Task) (any, error) {
-		ran.Store(true)
-		return nil, nil
-	}))
+	ran := f.running(t)
 	// While the message waits for a slot, the run is cancelled.
 	if _, err := w.db.CancelRun(ctx, f.run, "client-test", "test", time.Now().UnixMilli(), func() string { return ulid.Make().String() }); err != nil {
 		t.Fatal(err)

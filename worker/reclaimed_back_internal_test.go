@@ -1,8 +1,6 @@
 package worker
 
 import (
-	"context"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -23,13 +21,7 @@ func TestABufferedMessageReclaimedAwayAndBackTakesTheTaskOver(t *testing.T) {
 	t.Parallel()
 	f := newFetchClaimed(t)
 	w, m, ctx := f.w, f.m, f.ctx
-	w.workCtx, w.batch = ctx, newBatcher(ctx, w) // as Run sets them
-	defer w.batch.stop()
-	var ran atomic.Bool
-	w.Handle("h", HandlerFunc(func(context.Context, *Task) (any, error) {
-		ran.Store(true)
-		return nil, nil
-	}))
+	ran := f.running(t)
 	autoclaim := func(consumer string) []redis.XMessage {
 		t.Helper()
 		msgs, _, err := f.c.XAutoClaim(ctx, &redis.XAutoClaimArgs{Stream: m.stream, Group: rdb.GroupWorkers, Consumer: consumer, MinIdle: 0, Start: "0-0", Count: 10}).Result()
