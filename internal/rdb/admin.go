@@ -235,10 +235,14 @@ type ResumeItem struct {
 	Dispatch  Dispatch
 }
 
-// resumeScript re-dispatches tasks of a run whose record is unchanged.
+// resumeScript re-dispatches tasks of a run whose record is unchanged,
+// marks the run dirty and points the feed at it, in the same step: a
+// pointer sent as a command of its own and cut off left the run dirty with
+// no pointer, which no projector would look at and no later finish would
+// point (each finds the run dirty already).
 //
-// KEYS: 1 state, 2 log, then the dispatch targets (queue streams, the
-// delayed set), all in the run's partition
+// KEYS: 1 state, 2 log, 3 the partition's feed, then the dispatch targets
+// (queue streams, the delayed set), all in the run's partition
 // ARGV: 1 run, then per task: task id, expected record, new record (""
 // keeps it), target key index, due ms (0: queue now), attempt,
 // delayed-set member, the queue message's traceparent ("": none), then
@@ -277,6 +281,7 @@ while i <= #ARGV do
   i = i + 9 + f
 end
 redis.call('HSET', KEYS[1], '@dirty', '1')
+redis.call('XADD', KEYS[3], '*', 'r', ARGV[1])
 return out
 `)
 
@@ -284,7 +289,7 @@ return out
 // reports, per item, whether it was done (false: the task moved on since
 // the caller read its record).
 func (d DB) Resume(ctx context.Context, run string, items []ResumeItem, nowMS int64) ([]bool, error) {
-	keys := []string{d.K.RunState(run), d.K.RunLog(run)}
+	keys := []string{d.K.RunState(run), d.K.RunLog(run), d.K.FeedFor(run)}
 	var targets keyIndex
 	argv := make([]any, 0, 1+len(items)*(9+maxFieldsPerEvent))
 	argv = append(argv, run)

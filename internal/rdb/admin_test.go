@@ -101,4 +101,11 @@ func TestResumeLeavesATaskThatMovedOnAlone(t *testing.T) {
 	if err != nil || len(log) != 1 || log[0].Type != events.TaskReclaimed || log[0].Epoch != 3 {
 		t.Errorf("log = %+v, %v; want one task_reclaimed at epoch 3", log, err)
 	}
+	// The script that made the run dirty pointed the feed at it, in the
+	// same step: with @dirty set and no pointer (the pointer a command of
+	// its own, cut off) no projector would look at the run, and no later
+	// finish would point one (each finds the run dirty already).
+	if f := d.C.XRange(ctx, d.K.FeedFor("r"), "-", "+").Val(); len(f) != 1 || f[0].Values["r"] != "r" {
+		t.Errorf("feed = %v, want one pointer at r", f)
+	}
 }
