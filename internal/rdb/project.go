@@ -184,13 +184,22 @@ func (d DB) DueDispatches(ctx context.Context, part int, nowMS int64, n int) (du
 
 // delayedMoveScript moves due dispatches from a partition's delayed set to
 // their queue streams: each member is removed first and queued only if
-// this call removed it, so two movers never queue one dispatch twice.
+// this call removed it, so two movers never queue one dispatch twice. A
+// target of another type than a stream fails the call before any write.
 //
 // KEYS: 1 the delayed set, then the target queue streams
 // ARGV: n, then n x (member, target key index, run, task, attempt,
 // traceparent or "")
 // Reply: number moved
 var delayedMoveScript = redis.NewScript(enqueueLua + `
+-- Every target checked before the first write: a ZREM followed by a
+-- failed XADD would lose the dispatch.
+for i = 2, #KEYS do
+  local t = redis.call('TYPE', KEYS[i])['ok']
+  if t ~= 'stream' and t ~= 'none' then
+    return redis.error_reply('WRONGTYPE ' .. KEYS[i] .. ' holds a ' .. t .. ', not a stream')
+  end
+end
 local moved = 0
 for i = 0, tonumber(ARGV[1]) - 1 do
   local a = 2 + 6 * i

@@ -126,3 +126,54 @@ func TestReadResultOfMissingRunAndPendingTask(t *testing.T) {
 		t.Fatalf("ReadResult of pending b = %+v, %v", s, err)
 	}
 }
+
+// The movers check their targets before their first write: a queue or a
+// results hash of the wrong type fails the call with the delayed dispatch
+// or the expiry still in its set (each was removed first, then the write
+// failed: the dispatch was lost for good, the expiry forgotten).
+func TestDelayedMoversWriteNothingToAWrongTypedTarget(t *testing.T) {
+	t.Parallel()
+	t.Run("delayed dispatch", func(t *testing.T) {
+		t.Parallel()
+		b := setupRun(t)
+		part := b.db.K.Partition(b.run)
+		x := rdb.Dispatch{Pool: "default", DueMS: 1000, Run: b.run, Task: "a", Attempt: 2, EventID: ulid.Make().String()}
+		if err := b.c.ZAdd(b.ctx, b.db.K.Delayed(part), redis.Z{Score: 1000, Member: x.String()}).Err(); err != nil {
+			t.Fatal(err)
+		}
+		q := b.db.K.Queue(part, "default", 0)
+		if err := b.c.Del(b.ctx, q).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.c.Set(b.ctx, q, "not a stream", 0).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if n, _, err := b.db.MoveDue(b.ctx, part, []string{x.String()}); err == nil {
+			t.Fatalf("MoveDue onto a string moved %d, no error", n)
+		}
+		if _, err := b.c.ZScore(b.ctx, b.db.K.Delayed(part), x.String()).Result(); err != nil {
+			t.Errorf("the delayed dispatch is gone from its set (%v): lost", err)
+		}
+	})
+	t.Run("result expiry", func(t *testing.T) {
+		t.Parallel()
+		b := setupRun(t)
+		part := b.db.K.Partition(b.run)
+		if err := b.c.ZAdd(b.ctx, b.db.K.Expiries(part), redis.Z{Score: 1000, Member: b.run + "|a"}).Err(); err != nil {
+			t.Fatal(err)
+		}
+		res := b.db.K.RunResults(b.run)
+		if err := b.c.Del(b.ctx, res).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.c.Set(b.ctx, res, "not a hash", 0).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if n, _, err := b.db.ExpireResults(b.ctx, part, 2000, 10); err == nil {
+			t.Fatalf("ExpireResults on a string deleted %d, no error", n)
+		}
+		if _, err := b.c.ZScore(b.ctx, b.db.K.Expiries(part), b.run+"|a").Result(); err != nil {
+			t.Errorf("the expiry is gone from its set (%v): forgotten", err)
+		}
+	})
+}
