@@ -191,15 +191,11 @@ func (d DB) DueDispatches(ctx context.Context, part int, nowMS int64, n int) (du
 // ARGV: n, then n x (member, target key index, run, task, attempt,
 // traceparent or "")
 // Reply: number moved
-var delayedMoveScript = redis.NewScript(enqueueLua + `
+var delayedMoveScript = redis.NewScript(enqueueLua + typesLua + `
 -- Every target checked before the first write: a ZREM followed by a
 -- failed XADD would lose the dispatch.
-for i = 2, #KEYS do
-  local t = redis.call('TYPE', KEYS[i])['ok']
-  if t ~= 'stream' and t ~= 'none' then
-    return redis.error_reply('WRONGTYPE ' .. KEYS[i] .. ' holds a ' .. t .. ', not a stream')
-  end
-end
+local bad = keystyped(2, 'stream')
+if bad then return bad end
 local moved = 0
 for i = 0, tonumber(ARGV[1]) - 1 do
   local a = 2 + 6 * i

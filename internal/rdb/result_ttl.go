@@ -107,15 +107,11 @@ func (d DB) ReadResult(ctx context.Context, run, task string) (StoredResult, err
 // KEYS: 1 the expiry set, then the runs' results hashes
 // ARGV: 1 now ms, 2 n, then n x (member, results key index, task)
 // Reply: number of results deleted
-var expireResultsScript = redis.NewScript(`
+var expireResultsScript = redis.NewScript(typesLua + `
 -- Every results hash checked before the first write: a ZREM followed by a
 -- failed HDEL would forget the expiry.
-for i = 2, #KEYS do
-  local t = redis.call('TYPE', KEYS[i])['ok']
-  if t ~= 'hash' and t ~= 'none' then
-    return redis.error_reply('WRONGTYPE ' .. KEYS[i] .. ' holds a ' .. t .. ', not a hash')
-  end
-end
+local bad = keystyped(2, 'hash')
+if bad then return bad end
 local now, gone = tonumber(ARGV[1]), 0
 for i = 0, tonumber(ARGV[2]) - 1 do
   local a = 3 + 3 * i
