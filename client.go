@@ -443,10 +443,26 @@ type FollowOptions struct {
 // is done (it returns nil then), fn returns an error (returned), an entry
 // does not decode (its *events.DecodeError), or, with UntilEnd, the run
 // ends.
+//
+// With UntilEnd it first checks the run: ErrRunNotFound for a run with no
+// log, and nil at once for a run that had ended by From (Wait's rule: its
+// last terminal event not followed by a task_requeued); and a ctx that
+// ends first returns ctx's error, not nil, so the caller can tell.
 func (c *Client) Follow(ctx context.Context, run string, opts FollowOptions, fn func(events.Event) error) error {
 	block := opts.Block
 	if block <= 0 {
 		block = 5 * time.Second
+	}
+	if opts.UntilEnd {
+		exists, ended, err := c.db.EndedBy(ctx, run, opts.From)
+		switch {
+		case err != nil:
+			return fmt.Errorf("follow run %s: %w", run, err)
+		case !exists:
+			return c.notFound(run)
+		case ended:
+			return nil
+		}
 	}
 	var ferr error // from decoding or fn: returned as is
 	err := c.db.Tail(ctx, run, opts.From, readCount, block, func(batch []redis.XMessage) (bool, error) {
@@ -468,6 +484,8 @@ func (c *Client) Follow(ctx context.Context, run string, opts FollowOptions, fn 
 	switch {
 	case ferr != nil:
 		return ferr
+	case ctx.Err() != nil && opts.UntilEnd:
+		return ctx.Err()
 	case ctx.Err() != nil:
 		return nil
 	case err != nil:

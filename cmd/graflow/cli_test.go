@@ -208,6 +208,36 @@ func TestWaitInterruptedExits130Or143(t *testing.T) {
 	}
 }
 
+// Ctrl-C during "graflow events --follow --until-end" exits 130, as wait
+// does: the run did not end (it exited 0, as if it had); and a run that
+// does not exist exits 3 at once instead of following nothing forever.
+func TestEventsUntilEndInterruptedOrMissing(t *testing.T) {
+	t.Parallel()
+	ns := redistest.Namespace(t)
+	ctx := withTestTimeout(t, 60*time.Second)
+	code, out := runCLI(t, ctx, nil, "submit", "../../examples/etl.yaml", "--redis", redistest.URL(t), "--namespace", ns)
+	if code != ExitOK {
+		t.Fatalf("submit: exit %d: %s", code, out)
+	}
+	run := strings.TrimSpace(lastLine(out))
+	// No projector runs in ns: the run never ends.
+	sctx, cancel := context.WithCancelCause(ctx)
+	m, buf := newTestMain("", nil)
+	done := make(chan int, 1)
+	go func() {
+		done <- m.exitCode(sctx, m.Run(sctx, []string{"events", run, "--follow", "--until-end", "--text", "--redis", redistest.URL(t), "--namespace", ns}))
+	}()
+	waitForText(t, buf, "run_submitted")
+	cancel(&interrupted{sig: syscall.SIGINT})
+	if code := <-done; code != 130 {
+		t.Errorf("events --follow --until-end interrupted: exit %d, want 130\n%s", code, buf.String())
+	}
+	code, out = runCLI(t, ctx, nil, "events", "nosuch", "--follow", "--until-end", "--redis", redistest.URL(t), "--namespace", ns)
+	if code != ExitError || !strings.Contains(out, "not found") {
+		t.Errorf("events --follow --until-end of a missing run: exit %d, want %d and not found:\n%s", code, ExitError, out)
+	}
+}
+
 // The real thing: the built binary gets SIGINT while it waits.
 func TestWaitProcessInterrupted(t *testing.T) {
 	t.Parallel()

@@ -256,6 +256,11 @@ func runEvents(m *Main, fs *pflag.FlagSet, c *common) runFunc {
 			}
 			return nil
 		}
-		return rc.Follow(ctx, *run, graflow.FollowOptions{From: *from, UntilEnd: *untilEnd}, print)
+		err = rc.Follow(ctx, *run, graflow.FollowOptions{From: *from, UntilEnd: *untilEnd}, print)
+		if in, ok := interruption(ctx); ok && *untilEnd {
+			// Never exit 0 on Ctrl-C or SIGTERM: the run did not end.
+			return withCode(in.code(), fmt.Errorf("%w while following run %s: it goes on", in, *run))
+		}
+		return err
 	}
 }
