@@ -529,11 +529,19 @@ var ErrNotRequeueable = rdb.ErrNotRequeueable
 // Requeue gives a task that failed for good one more attempt: it appends
 // task_requeued, reopens the run, and the projector requeues the tasks
 // skipped behind it. It returns an error wrapping ErrNotRequeueable
-// (message "task cannot be requeued") if the task has not failed.
+// (message "task cannot be requeued") if the task has not failed (and
+// drops a stale dead letter of it: one left by a requeue cut off before
+// it removed it), ErrRunNotFound for a run with no log.
 func (c *Client) Requeue(ctx context.Context, run, task string) error {
 	body, _ := json.Marshal(events.TaskRequeuedBody{Cause: "requeued from the dead-letter set"})
 	now := c.clock.Now()
-	return c.db.Requeue(ctx, run, task, "client", events.NewID(now), now.UnixMilli(), body)
+	err := c.db.Requeue(ctx, run, task, "client", events.NewID(now), now.UnixMilli(), body)
+	if errors.Is(err, ErrNotRequeueable) {
+		if nf := c.exists(ctx, run); errors.Is(nf, ErrRunNotFound) {
+			return nf
+		}
+	}
+	return err
 }
 
 // PurgeDeadLetter forgets one dead letter (the run keeps its history).
@@ -563,13 +571,16 @@ type RepairReport struct {
 // stream while pending (XTRIM/XDEL by hand; the reclaimer logs them), or a
 // Redis Cluster node that lost its last writes. It also points the feed at
 // the run. Safe to run at any time: duplicates are dropped at claim, and a
-// live claim is never touched.
+// live claim is never touched. ErrRunNotFound for a run with no log.
 //
 // Its dispatches carry the trace context of a graflow.repair span in the
 // run's trace.
 func (c *Client) Repair(ctx context.Context, run string) (RepairReport, error) {
 	ids, err := projector.Repair(ctx, c.db, c.tracer, run, c.clock.Now())
 	if errors.Is(err, projector.ErrNotRunning) {
+		if err := c.exists(ctx, run); err != nil {
+			return RepairReport{}, err // ErrRunNotFound: no log, not "not running"
+		}
 		return RepairReport{Run: run, Skipped: true}, nil
 	}
 	return RepairReport{Run: run, Redispatched: ids}, err

@@ -238,6 +238,18 @@ func TestEventsUntilEndInterruptedOrMissing(t *testing.T) {
 	}
 }
 
+// "graflow repair" of a run that does not exist (a typo) says so and exits
+// 3, as other commands do: it said "not running, nothing to do" and exited
+// 0.
+func TestRepairOfAMissingRunExits3(t *testing.T) {
+	t.Parallel()
+	ctx := withTestTimeout(t, 30*time.Second)
+	code, out := runCLI(t, ctx, nil, "repair", "nosuch", "--redis", redistest.URL(t), "--namespace", redistest.Namespace(t))
+	if code != ExitError || !strings.Contains(out, "not found") {
+		t.Errorf("repair of a missing run: exit %d, want %d and not found:\n%s", code, ExitError, out)
+	}
+}
+
 // The real thing: the built binary gets SIGINT while it waits.
 func TestWaitProcessInterrupted(t *testing.T) {
 	t.Parallel()

@@ -432,13 +432,22 @@ func (d DB) Requeue(ctx context.Context, run, task, writer, eventID string, time
 		return fmt.Errorf("requeue %s/%s: %w", run, task, err)
 	}
 	if str(res, 0) == "refused" {
-		return fmt.Errorf("%w: %s/%s is %s (run %s)", ErrNotRequeueable, run, task, str(res, 1), str(res, 2))
+		st, runst := str(res, 1), str(res, 2)
+		refused := fmt.Errorf("%w: %s/%s is %s (run %s)", ErrNotRequeueable, run, task, st, runst)
+		if runst == "" {
+			refused = fmt.Errorf("%w: run %s has no live state (it succeeded, or does not exist)", ErrNotRequeueable, run)
+		}
+		if st != "failed" {
+			// The task is not failed (any more): a dead letter of it is
+			// stale, left by an earlier requeue whose removal below was
+			// cut off. Dropped, so that a retried requeue cleans up.
+			if err := d.PurgeDeadLetter(ctx, run, task); err != nil {
+				return errors.Join(refused, err)
+			}
+		}
+		return refused
 	}
-	pipe := d.C.TxPipeline()
-	pipe.ZRem(ctx, d.K.DeadLetter(), DeadLetterMember(run, task))
-	pipe.HDel(ctx, d.K.DeadLetterInfo(), DeadLetterMember(run, task))
-	_, err = pipe.Exec(ctx)
-	return err
+	return d.PurgeDeadLetter(ctx, run, task)
 }
 
 // PurgeDeadLetter forgets one dead letter.
