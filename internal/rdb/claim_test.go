@@ -144,3 +144,26 @@ func TestClaimBoundsItsUpstreamResults(t *testing.T) {
 		}
 	}
 }
+
+// A release (a claim handed back) appends its task_reclaimed before it
+// sets the record: on a log of the wrong type the call fails with the
+// record unchanged (it was set to dispatched first, with no event in the
+// log to say so).
+func TestReleaseWritesNothingOnAWrongTypedLog(t *testing.T) {
+	t.Parallel()
+	b := setupRun(t)
+	cr := b.claim(t, "a", "w1", 1, false)
+	before := b.hash(t, b.db.K.RunState(b.run))["a"]
+	if err := b.c.Rename(b.ctx, b.db.K.RunLog(b.run), b.db.K.RunLog(b.run)+"-saved").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.c.Set(b.ctx, b.db.K.RunLog(b.run), "not a stream", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.db.Release(b.ctx, b.run, "a", "w1", 1, cr.Epoch, ulid.Make().String(), 6000); err == nil {
+		t.Fatal("release onto a string log: no error")
+	}
+	if after := b.hash(t, b.db.K.RunState(b.run))["a"]; after != before {
+		t.Errorf("a's record went from %q to %q with no event in the log", before, after)
+	}
+}

@@ -236,9 +236,10 @@ if st ~= 'running' or a ~= tonumber(ARGV[2]) or e ~= tonumber(ARGV[3]) or o ~= A
   return {'stale', st, tostring(e), o}
 end
 e = e + 1
-setrec(KEYS[1], ARGV[1], 'dispatched', a, e, '')
+-- The event first: on a log of the wrong type nothing is written.
 append(KEYS[2], ARGV[5], 'task_reclaimed', ARGV[1], a, e, ARGV[4],
   cjson.encode({from = ARGV[4], reason = 'handed back'}))
+setrec(KEYS[1], ARGV[1], 'dispatched', a, e, '')
 return {'ok'}
 `)
 
