@@ -444,23 +444,21 @@ type FollowOptions struct {
 // does not decode (its *events.DecodeError), or, with UntilEnd, the run
 // ends.
 //
-// With UntilEnd it first checks the run: ErrRunNotFound for a run with no
-// log, and nil at once for a run that had ended by From (Wait's rule: its
-// last terminal event not followed by a task_requeued); and a ctx that
-// ends first returns ctx's error, not nil, so the caller can tell.
+// A run that does not exist yet is waited for (follow a run id, then
+// submit it: nothing is missed); check it exists first (Status) if a
+// typo must not wait. With UntilEnd, a run that had ended by From (Wait's
+// rule: its last terminal event not followed by a task_requeued) returns
+// nil at once, and a ctx that ends first returns ctx's error, not nil, so
+// the caller can tell.
 func (c *Client) Follow(ctx context.Context, run string, opts FollowOptions, fn func(events.Event) error) error {
 	block := opts.Block
 	if block <= 0 {
 		block = 5 * time.Second
 	}
 	if opts.UntilEnd {
-		exists, ended, err := c.db.EndedBy(ctx, run, opts.From)
-		switch {
-		case err != nil:
+		if _, ended, err := c.db.EndedBy(ctx, run, opts.From); err != nil {
 			return fmt.Errorf("follow run %s: %w", run, err)
-		case !exists:
-			return c.notFound(run)
-		case ended:
+		} else if ended {
 			return nil
 		}
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"github.com/graflow-go/graflow/projector"
 	"github.com/spf13/pflag"
@@ -255,6 +256,13 @@ func runEvents(m *Main, fs *pflag.FlagSet, c *common) runFunc {
 				}
 			}
 			return nil
+		}
+		if *untilEnd {
+			// A typo must not wait for ever (Follow waits for a run that
+			// does not exist yet): exit 3, as wait does.
+			if _, err := rc.Status(ctx, *run); errors.Is(err, graflow.ErrRunNotFound) {
+				return withCode(ExitError, err)
+			}
 		}
 		err = rc.Follow(ctx, *run, graflow.FollowOptions{From: *from, UntilEnd: *untilEnd}, print)
 		if in, ok := interruption(ctx); ok && *untilEnd {
