@@ -3,12 +3,14 @@ package rdb_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/graflow-go/graflow/events"
 	"github.com/graflow-go/graflow/internal/rdb"
 	"github.com/graflow-go/graflow/internal/redistest"
+	"github.com/redis/go-redis/v9"
 )
 
 func adminSetup(t *testing.T) (context.Context, rdb.DB) {
@@ -107,5 +109,62 @@ func TestResumeLeavesATaskThatMovedOnAlone(t *testing.T) {
 	// finish would point one (each finds the run dirty already).
 	if f := d.C.XRange(ctx, d.K.FeedFor("r"), "-", "+").Val(); len(f) != 1 || f[0].Values["r"] != "r" {
 		t.Errorf("feed = %v, want one pointer at r", f)
+	}
+}
+
+// splitFault runs a pipeline's commands as a Redis Cluster client does
+// when the node of some of them is failing over: those whose key matches
+// fail, the others run.
+type splitFault struct{ match string }
+
+func (h splitFault) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h splitFault) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+
+func (h splitFault) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		var rest []redis.Cmder
+		var err error
+		for _, c := range cmds {
+			if k, ok := c.Args()[1].(string); ok && strings.Contains(k, h.match) {
+				err = errors.New("CLUSTERDOWN (injected)")
+				c.SetErr(err)
+				continue
+			}
+			rest = append(rest, c)
+		}
+		if len(rest) > 0 {
+			if e := next(ctx, rest); e != nil {
+				err = e
+			}
+		}
+		return err
+	}
+}
+
+// The feed is pointed at a run whose outcome was dead-lettered only once
+// its dead letter is written: a projector pointed first could fail the
+// run before the dead letter existed, and a requeue in between left the
+// dead letter behind for a run that then succeeded (chaos --cluster seed
+// 81: on a cluster one pipeline's commands go to their nodes at once, and
+// the dead letters' node was failing over while the feed's was not).
+// Redeliver likewise.
+func TestDeadLettersComeBeforeTheFeedPointer(t *testing.T) {
+	t.Parallel()
+	ctx, d := adminSetup(t)
+	opt := *d.C.(*redis.Client).Options()
+	hooked := redis.NewClient(&opt)
+	t.Cleanup(func() { _ = hooked.Close() })
+	hooked.AddHook(splitFault{match: "{dlq}"})
+	h := rdb.New(hooked, d.K.Namespace())
+	item := rdb.DeadLetterItem{Run: "r", Task: "a", TimeMS: 1, Info: rdb.DeadLetterDetails{Attempt: 1, Error: "boom"}}
+	if err := h.RecordDeadLetters(ctx, []rdb.DeadLetterItem{item}, []string{"r"}); err == nil {
+		t.Fatal("RecordDeadLetters with the dead letters' node down: no error")
+	}
+	if err := h.Redeliver(ctx, "r", &item); err == nil {
+		t.Fatal("Redeliver with the dead letters' node down: no error")
+	}
+	if n := d.C.XLen(ctx, d.K.FeedFor("r")).Val(); n != 0 {
+		t.Errorf("the feed holds %d pointers at r, whose dead letter was not written: want none", n)
 	}
 }

@@ -332,17 +332,16 @@ func (d DB) Deliveries(ctx context.Context, stream string, ids []string) []int64
 	return out
 }
 
-// Redeliver points the feed at run again and, for a task found failed on
-// redelivery, records its dead letter (one round trip): what a reporter
-// that died after recording its outcome may have left undone.
+// Redeliver, for a task found failed on redelivery, records its dead
+// letter, then points the feed at run again: what a reporter that died
+// after recording its outcome may have left undone (see RecordDeadLetters
+// for the order).
 func (d DB) Redeliver(ctx context.Context, run string, dead *DeadLetterItem) error {
-	pipe := d.C.Pipeline()
-	d.PointFeed(ctx, pipe, run)
+	var items []DeadLetterItem
 	if dead != nil {
-		d.DeadLetter(ctx, pipe, dead.Run, dead.Task, dead.TimeMS, dead.Info)
+		items = append(items, *dead)
 	}
-	_, err := pipe.Exec(ctx)
-	return err
+	return d.RecordDeadLetters(ctx, items, []string{run})
 }
 
 // DeadLetterMember is a task's member in the dead-letter set.
@@ -371,22 +370,34 @@ type DeadLetterItem struct {
 	Info      DeadLetterDetails
 }
 
-// RecordDeadLetters records dead letters and then points the feed at runs,
-// in one round trip (a set: recording one twice is harmless; the pointers
-// follow the dead letters, so a projector that ends a run finds them).
+// RecordDeadLetters records dead letters and then, once they are all
+// written, points the feed at runs (recording one twice is harmless). The
+// pointers wait for the dead letters: a projector pointed at a run first
+// could fail it before its dead letter exists, and a requeue in between
+// would leave that dead letter behind. Two round trips when there are
+// both: one pipeline does not order them (it is not atomic, and a cluster
+// client sends each node's share at once: the dead letters' node can be
+// failing over while the feed's is not).
 func (d DB) RecordDeadLetters(ctx context.Context, items []DeadLetterItem, point []string) error {
-	if len(items) == 0 && len(point) == 0 {
-		return nil
+	if len(items) > 0 {
+		pipe := d.C.Pipeline()
+		for _, it := range items {
+			d.DeadLetter(ctx, pipe, it.Run, it.Task, it.TimeMS, it.Info)
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			return err
+		}
 	}
-	pipe := d.C.Pipeline()
-	for _, it := range items {
-		d.DeadLetter(ctx, pipe, it.Run, it.Task, it.TimeMS, it.Info)
+	if len(point) > 0 {
+		pipe := d.C.Pipeline()
+		for _, run := range point {
+			d.PointFeed(ctx, pipe, run)
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			return err
+		}
 	}
-	for _, run := range point {
-		d.PointFeed(ctx, pipe, run)
-	}
-	_, err := pipe.Exec(ctx)
-	return err
+	return nil
 }
 
 // TouchMessage resets the idle time of a message consumer holds (see
