@@ -168,3 +168,26 @@ func TestDeadLettersComeBeforeTheFeedPointer(t *testing.T) {
 		t.Errorf("the feed holds %d pointers at r, whose dead letter was not written: want none", n)
 	}
 }
+
+// A repair hands a dead worker's task back and queues its fresh message in
+// one script: sent apart, a repair cut off between them (the queue's node
+// failing over, the connection lost) left the task dispatched with no
+// message for anyone to claim, and the projector's automatic repair does
+// not come back to it.
+func TestRepairReleasesAndRedispatchesInOneStep(t *testing.T) {
+	t.Parallel()
+	b := setupRun(t)
+	cr := b.claim(t, "a", "dead-worker", 1, false)
+	opt := *b.c.Options()
+	hooked := redis.NewClient(&opt)
+	t.Cleanup(func() { _ = hooked.Close() })
+	hooked.AddHook(splitFault{match: ":q:"}) // queue writes in pipelines fail
+	h := rdb.New(hooked, b.db.K.Namespace())
+	_, _ = h.Repair(b.ctx, b.run, []rdb.RepairTask{{ID: "a", Owner: "dead-worker", Status: events.TaskStatusRunning,
+		Attempt: 1, Epoch: cr.Epoch, Pool: "default"}}, time.Now(), "")
+	rec := b.hash(t, b.db.K.RunState(b.run))["a"]
+	msgs := b.c.XRange(b.ctx, b.db.K.QueueFor(b.run, "default", 0), "-", "+").Val()
+	if rec != "running|1|1|dead-worker" && len(msgs) == 0 {
+		t.Errorf("a is %q with no queue message: released, never dispatched", rec)
+	}
+}

@@ -227,26 +227,51 @@ func (d DB) QueueAcks(ctx context.Context, consumer string, ids map[string][]str
 // again for the same attempt and task_reclaimed records why. The caller
 // then queues a fresh message and acks its own.
 //
-// KEYS: 1 state, 2 log
-// ARGV: 1 task, 2 attempt, 3 epoch, 4 worker, 5 event id, 6 time ms
+// With a queue stream (KEYS[3]) it also queues the fresh message itself,
+// in the same step (a repair: nobody holds the old message).
+//
+// KEYS: 1 state, 2 log, 3 the queue stream of the fresh message (optional)
+// ARGV: 1 task, 2 attempt, 3 epoch, 4 worker, 5 event id, 6 time ms, 7 run
+// and 8 traceparent of the fresh message (with KEYS[3])
 // Reply: {"ok"} | {"stale", status, epoch, owner}
-var releaseScript = redis.NewScript(prelude + `
+var releaseScript = redis.NewScript(prelude + enqueueLua + `
 local st, a, e, o = getrec(KEYS[1], ARGV[1])
 if st ~= 'running' or a ~= tonumber(ARGV[2]) or e ~= tonumber(ARGV[3]) or o ~= ARGV[4] then
   return {'stale', st, tostring(e), o}
+end
+if KEYS[3] then
+  local bad = notwritable(KEYS[3], 'stream')
+  if bad then return bad end
 end
 e = e + 1
 -- The event first: on a log of the wrong type nothing is written.
 append(KEYS[2], ARGV[5], 'task_reclaimed', ARGV[1], a, e, ARGV[4],
   cjson.encode({from = ARGV[4], reason = 'handed back'}))
 setrec(KEYS[1], ARGV[1], 'dispatched', a, e, '')
+if KEYS[3] then enqueue(KEYS[3], ARGV[7], ARGV[1], ARGV[2], ARGV[8]) end
 return {'ok'}
 `)
 
-// Release hands a claim back (see releaseScript).
+// Release hands a claim back (see releaseScript); the caller queues the
+// fresh message.
 func (d DB) Release(ctx context.Context, run, task, worker string, attempt int, epoch int64, eventID string, timeMS int64) error {
-	res, err := releaseScript.Run(ctx, d.C, []string{d.K.RunState(run), d.K.RunLog(run)},
-		task, attempt, epoch, worker, eventID, timeMS).Slice()
+	return d.release(ctx, run, task, worker, attempt, epoch, eventID, timeMS, nil)
+}
+
+// ReleaseAndDispatch hands a claim back and queues x, its fresh message,
+// in one step (see releaseScript).
+func (d DB) ReleaseAndDispatch(ctx context.Context, worker string, epoch int64, eventID string, timeMS int64, x Dispatch) error {
+	return d.release(ctx, x.Run, x.Task, worker, x.Attempt, epoch, eventID, timeMS, &x)
+}
+
+func (d DB) release(ctx context.Context, run, task, worker string, attempt int, epoch int64, eventID string, timeMS int64, x *Dispatch) error {
+	keys := []string{d.K.RunState(run), d.K.RunLog(run)}
+	argv := []any{task, attempt, epoch, worker, eventID, timeMS}
+	if x != nil {
+		keys = append(keys, d.K.QueueFor(run, x.Pool, x.Priority))
+		argv = append(argv, run, x.Trace)
+	}
+	res, err := releaseScript.Run(ctx, d.C, keys, argv...).Slice()
 	if err != nil {
 		return fmt.Errorf("release %s/%s: %w", run, task, err)
 	}

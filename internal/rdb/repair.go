@@ -48,17 +48,26 @@ func (d DB) Repair(ctx context.Context, run string, tasks []RepairTask, now time
 	var out []string
 	pipe := d.C.Pipeline()
 	for _, t := range tasks {
+		x := Dispatch{Pool: t.Pool, Priority: t.Priority, Run: run, Task: t.ID, Attempt: t.Attempt, Trace: traceparent}
 		switch {
 		case t.Status == events.TaskStatusDispatched && !isParked[t.ID+"|"+strconv.Itoa(t.Attempt)]:
 		case t.Status == events.TaskStatusRunning && !live[t.Owner]:
-			err := d.Release(ctx, run, t.ID, t.Owner, t.Attempt, t.Epoch, events.NewID(now), now.UnixMilli())
-			if err != nil && !errors.Is(err, ErrStaleClaim) {
+			// Handed back and queued in one step: apart, a repair cut
+			// off between them left the task dispatched with no message.
+			err := d.ReleaseAndDispatch(ctx, t.Owner, t.Epoch, events.NewID(now), now.UnixMilli(), x)
+			if err == nil {
+				out = append(out, t.ID)
+				continue
+			}
+			if !errors.Is(err, ErrStaleClaim) {
 				return out, err
 			}
+			// It moved on since the log was read: a fresh message as
+			// for a dispatched task (a duplicate is dropped at claim).
 		default:
 			continue
 		}
-		d.XAddDispatch(ctx, pipe, Dispatch{Pool: t.Pool, Priority: t.Priority, Run: run, Task: t.ID, Attempt: t.Attempt, Trace: traceparent})
+		d.XAddDispatch(ctx, pipe, x)
 		out = append(out, t.ID)
 	}
 	d.PointFeed(ctx, pipe, run)
