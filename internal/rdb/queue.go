@@ -357,10 +357,10 @@ func (d DB) Deliveries(ctx context.Context, stream string, ids []string) []int64
 	return out
 }
 
-// Redeliver, for a task found failed on redelivery, records its dead
-// letter, then points the feed at run again: what a reporter that died
-// after recording its outcome may have left undone (see RecordDeadLetters
-// for the order).
+// Redeliver records the dead letter of a task found failed on redelivery
+// (dead, nil for none), then points the feed at run again: what a
+// reporter that died after recording its outcome may have left undone
+// (see RecordDeadLetters for the order).
 func (d DB) Redeliver(ctx context.Context, run string, dead *DeadLetterItem) error {
 	var items []DeadLetterItem
 	if dead != nil {
