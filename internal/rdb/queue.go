@@ -71,10 +71,12 @@ if redis.call('HEXISTS', KEYS[1], '@status') == 0 then
   return {'stale', st, tostring(e), o}
 end
 local st, a, e, o = getrec(KEYS[1], ARGV[1])
-if st ~= 'running' and e == ep and o == ARGV[4] then
+if (st ~= 'running' and e == ep and o == ARGV[4]) or (st == 'pending' and a == att and e == ep and o == '') then
   -- Same epoch and owner: nobody took the claim over; it ended with the
   -- caller's own outcome (maybe already followed by a retry dispatch,
-  -- which keeps epoch and owner). A heartbeat that raced it is benign.
+  -- which keeps epoch and owner). Pending at the claim's attempt and
+  -- epoch with no owner: it ended failed, and was requeued since. A
+  -- heartbeat that raced it is benign.
   return {'done'}
 end
 if st ~= 'running' or a ~= att or e ~= ep or o ~= ARGV[4] then

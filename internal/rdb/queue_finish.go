@@ -250,9 +250,12 @@ local function one(i, A, S)
     return {'stale', st, tostring(e), o}
   end
   local att, ep = tonumber(A[2]), tonumber(A[3])
-  if (st == A[9] and a == att and e == ep and o == A[4]) or (st ~= 'running' and e == ep and o == A[4] and a >= att) then
+  if (st == A[9] and a == att and e == ep and o == A[4]) or (st ~= 'running' and e == ep and o == A[4] and a >= att)
+    or (st == 'pending' and a == att and e == ep and o == '') then
     -- Already accepted: a retry after a lost reply (same epoch and owner,
-    -- the claim ended; a retry dispatch since keeps both). Point the feed
+    -- the claim ended; a retry dispatch since keeps both; or pending at
+    -- the claim's attempt and epoch with no owner: it failed and was
+    -- requeued since, which clears the owner). Point the feed
     -- again (harmless if done before): the first call may have been the
     -- one that set @dirty, and its caller never saw the reply.
     point = true

@@ -863,3 +863,34 @@ func TestBatchedReclaimRetriedItemByItem(t *testing.T) {
 		t.Errorf("the retries appended %d events", got-before)
 	}
 }
+
+// A heartbeat that raced its claim's failure, and the failure's finish
+// sent again after a lost reply, can arrive after the task was requeued
+// (its record then pending at the claim's attempt and epoch, with no
+// owner). Both are the claim's own, ended: answered as such, with no
+// result_rejected appended (chaos seed 348 found the heartbeat's, which
+// the checker reads as a valid result refused at the current epoch).
+func TestAHeartbeatOrFinishAfterARequeueOfItsClaimIsBenign(t *testing.T) {
+	t.Parallel()
+	b := setupRun(t)
+	cr := b.claim(t, "a", "w1", 1, false)
+	failed := rdb.FinishArgs{Run: b.run, Task: "a", Worker: "w1", Attempt: 1, Epoch: cr.Epoch,
+		EventID: ulid.Make().String(), RejectID: ulid.Make().String(), TimeMS: 4000, Type: events.TaskFailed, Status: "failed"}
+	failed.Body = events.Event{}.WithBody(events.TaskFailedBody{Error: "boom", Kind: events.FailureError, Final: true}).Body
+	if _, err := b.db.Finish(b.ctx, failed); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.db.Requeue(b.ctx, b.run, "a", "client", ulid.Make().String(), 4500, []byte(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	n := len(b.log(t))
+	if err := b.heartbeat("w1", 1, cr.Epoch, false); err != nil {
+		t.Errorf("the late heartbeat: %v; want it answered done", err)
+	}
+	if _, err := b.db.Finish(b.ctx, failed); err != nil {
+		t.Errorf("the failure sent again: %v; want it answered accepted", err)
+	}
+	if log := b.log(t); len(log) != n {
+		t.Errorf("they appended %d events (last %s); want none", len(log)-n, log[len(log)-1].Type)
+	}
+}
