@@ -563,6 +563,17 @@ func TestRunLeavesNoFeedEntryOrOutboxBehind(t *testing.T) {
 	for _, run := range runs[:n/2] {
 		b.waitFor(t, run, events.TaskDispatched, "b")
 	}
+	// Every pointer consumed, acked and deleted: a dispatch in the log
+	// does not say the projector has read the pointers after it (the
+	// submits' own; it read one and stopped before handling it once).
+	eventually(t, 20*time.Second, "the feed drained", func() bool {
+		for i := range b.db.K.Partitions() {
+			if l, err := b.rdb.XLen(b.ctx, b.db.K.Feed(i)).Result(); err != nil || l != 0 {
+				return false
+			}
+		}
+		return true
+	})
 	stop()
 	for i := range b.db.K.Partitions() {
 		feed := b.db.K.Feed(i)
