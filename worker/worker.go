@@ -261,7 +261,10 @@ type message struct {
 	attempt  int
 	trace    string // the dispatching span's traceparent ("" for none)
 	// Set for messages taken over by the reclaimer.
-	reclaimed  bool
+	reclaimed bool
+	// deliveries is the message's delivery count when this copy was
+	// delivered (1 for a read, XPENDING's after a reclaim, the touch's
+	// after the buffer; 0: unknown). Its ack is refused above it.
 	deliveries int64
 	// fetched is when the message was read (its idle time starts then).
 	fetched time.Time
@@ -640,7 +643,9 @@ func (w *Worker) messages(res []redis.XStream, claims map[string]rdb.ClaimResult
 			a, _ := m.Values[rdb.MsgAttempt].(string)
 			att, _ := strconv.Atoi(a)
 			tp, _ := m.Values[rdb.MsgTrace].(string)
-			msg := message{stream: s.Stream, priority: prio, id: m.ID, run: run, task: task, attempt: att, trace: tp, fetched: time.Now()} // real time: Redis measures the lease
+			msg := message{stream: s.Stream, priority: prio, id: m.ID, run: run, task: task, attempt: att, trace: tp,
+				deliveries: 1,          // a new message, read once (the reclaimer sets its own)
+				fetched:    time.Now()} // real time: Redis measures the lease
 			if cr, ok := claims[msg.key()]; ok {
 				msg.pre = &cr
 			}
@@ -1104,10 +1109,22 @@ func (w *Worker) finish(ctx context.Context, log *taskLog, m message, t *Task, r
 	}
 }
 
-// ack drops a message this worker holds.
+// ack drops a message this worker holds, unless a reclaimer took it over
+// since this copy was delivered (its delivery count is above the copy's):
+// the copy is stale then. A reclaimed copy that comes back here while
+// this one is in hand is dropped as handled (the message's mark), and
+// this one may find its claim gone (taken by the worker whose reclaimer
+// took the message, which may have died since): its ack would drop the
+// only message of a task running for a dead worker. Left pending, the
+// message is reclaimed again and its task taken over.
 func (w *Worker) ack(ctx context.Context, m message) {
-	if err := w.db.AckMessage(ctx, m.stream, w.cfg.ID, m.id); err != nil {
+	n, err := w.db.AckMessage(ctx, m.stream, w.cfg.ID, m.id, m.deliveries)
+	switch {
+	case err != nil:
 		w.log.Warn().Err(err).Str("msg", m.id).Msg("ack queue message")
+	case n == -2:
+		w.log.Info().Str("run", m.run).Str("task", m.task).Str("msg", m.id).Int64("deliveries", m.deliveries).
+			Msg("queue message reclaimed since this copy's delivery; left pending for its reclaim")
 	}
 }
 

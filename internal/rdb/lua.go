@@ -176,38 +176,40 @@ local function badids(ids)
 end
 -- ackmine acks and deletes those of ids that are pending for consumer and
 -- returns, per id, 1 acked, 0 not pending, -1 pending for another
--- consumer. One XPENDING over the ids' range, filtered to the consumer,
--- finds ours; an id it did not list (another consumer's, gone, or past
--- the COUNT) is looked up on its own.
-local function ackmine(stream, group, consumer, ids)
+-- consumer, -2 pending for consumer but delivered more than maxd times
+-- (only with maxd above 0; nil or 0: any count). One XPENDING over the
+-- ids' range, filtered to the consumer, finds ours; an id it did not list
+-- (another consumer's, gone, or past the COUNT) is looked up on its own.
+local function ackmine(stream, group, consumer, ids, maxd)
+  maxd = tonumber(maxd) or 0
   local lo, hi, lms, lseq, hms, hseq
   for _, id in ipairs(ids) do
     local ms, seq = parseid(id)
     if lo == nil or ms < lms or (ms == lms and seq < lseq) then lo, lms, lseq = id, ms, seq end
     if hi == nil or ms > hms or (ms == hms and seq > hseq) then hi, hms, hseq = id, ms, seq end
   end
-  local mine = {}
+  local mine = {} -- id -> its delivery count
   if lo then
     for _, p in ipairs(redis.call('XPENDING', stream, group, lo, hi, 2 * #ids + 64, consumer)) do
-      mine[p[1]] = true
+      mine[p[1]] = p[4]
     end
   end
   local out, acks = {}, {}
   for _, id in ipairs(ids) do
-    if mine[id] then
-      out[#out + 1] = 1
-      acks[#acks + 1] = id
-    else
+    local d, r = mine[id], 1
+    if not d then
       local p = redis.call('XPENDING', stream, group, id, id, 1)
       if #p == 0 then
-        out[#out + 1] = 0
+        r = 0
       elseif p[1][2] ~= consumer then
-        out[#out + 1] = -1
+        r = -1
       else
-        out[#out + 1] = 1
-        acks[#acks + 1] = id
+        d = p[1][4]
       end
     end
+    if r == 1 and maxd > 0 and d > maxd then r = -2 end
+    out[#out + 1] = r
+    if r == 1 then acks[#acks + 1] = id end
   end
   for i = 1, #acks, 1000 do
     local e = math.min(i + 999, #acks)

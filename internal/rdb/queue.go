@@ -187,23 +187,32 @@ type Beat struct {
 // pending for this consumer. XACK takes no consumer name, so a blind XACK
 // from a worker that lost its claim would drop a reclaimed message.
 //
+// With a delivery count above 0 it also leaves alone a message delivered
+// more often than that: a reclaimer took it over since the caller read it
+// (see AckMessage).
+//
 // KEYS: 1 queue stream
-// ARGV: 1 group, 2 consumer, 3... message ids
-// Reply: per id, 1 acked, 0 not pending, -1 pending for another consumer
+// ARGV: 1 group, 2 consumer, 3 delivery count (0: any), 4... message ids
+// Reply: per id, 1 acked, 0 not pending, -1 pending for another consumer,
+// -2 pending for the consumer but delivered more often than ARGV 3 says
 var queueAckScript = redis.NewScript(ackLua + `
 local ids = {}
-for i = 3, #ARGV do ids[#ids + 1] = ARGV[i] end
+for i = 4, #ARGV do ids[#ids + 1] = ARGV[i] end
 local bad = badids(ids)
 if bad then return bad end
-return ackmine(KEYS[1], ARGV[1], ARGV[2], ids)
+return ackmine(KEYS[1], ARGV[1], ARGV[2], ids, ARGV[3])
 `)
 
 // QueueAck acks and deletes queue messages of one stream that are pending
 // for consumer (others are left alone). ids are full stream ids ("ms-seq",
 // as XREADGROUP and XAUTOCLAIM return them), each once.
 func (d DB) QueueAck(ctx context.Context, p redis.Scripter, stream, consumer string, ids ...string) *redis.Cmd {
-	argv := make([]any, 0, 2+len(ids))
-	argv = append(argv, GroupWorkers, consumer)
+	return d.queueAck(ctx, p, stream, consumer, 0, ids...)
+}
+
+func (d DB) queueAck(ctx context.Context, p redis.Scripter, stream, consumer string, deliveries int64, ids ...string) *redis.Cmd {
+	argv := make([]any, 0, 3+len(ids))
+	argv = append(argv, GroupWorkers, consumer, deliveries)
 	for _, id := range ids {
 		argv = append(argv, id)
 	}
@@ -442,9 +451,19 @@ func (d DB) TouchMessage(ctx context.Context, stream, consumer, id string) (n, d
 	return n, 0, err
 }
 
-// AckMessage acks a message consumer holds (owner-checked, see QueueAck).
-func (d DB) AckMessage(ctx context.Context, stream, consumer, id string) error {
-	return d.QueueAck(ctx, d.C, stream, consumer, id).Err()
+// AckMessage acks a message consumer holds (owner-checked, see QueueAck)
+// and returns 1 acked, 0 not pending, -1 another consumer's, or -2: its
+// delivery count is above deliveries (0: any count), so a reclaimer took
+// the message over since the caller's copy was delivered (and back to
+// consumer, or it would be another's): it is left pending, for the
+// reclaimed copy to settle (a stale copy's ack would drop the message of
+// a task another worker claimed since, and died holding).
+func (d DB) AckMessage(ctx context.Context, stream, consumer, id string, deliveries int64) (int64, error) {
+	res, err := d.queueAck(ctx, d.C, stream, consumer, deliveries, id).Int64Slice()
+	if err != nil || len(res) != 1 {
+		return 0, err
+	}
+	return res[0], nil
 }
 
 // MoveMessage queues a fresh copy of x and acks consumer's message id in

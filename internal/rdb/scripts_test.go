@@ -729,6 +729,45 @@ func TestQueueAckManyIDs(t *testing.T) {
 	}
 }
 
+// An ack with a delivery count leaves alone a message of the caller's
+// delivered more often since (reclaimed away and back): -2, still pending.
+// Touches (the lease's renewal) do not count as deliveries.
+func TestAckMessageLeavesAMessageDeliveredAgain(t *testing.T) {
+	t.Parallel()
+	c, db, ctx, q := queueWithGroup(t)
+	if err := db.XAddDispatch(ctx, c, rdb.Dispatch{Pool: "default", Run: "R", Task: "t", Attempt: 1}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	res, err := c.XReadGroup(ctx, &redis.XReadGroupArgs{Group: rdb.GroupWorkers, Consumer: "W", Streams: []string{q, ">"}, Count: 1}).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := res[0].Messages[0].ID
+	for _, consumer := range []string{"B", "W"} {
+		if err := c.XAutoClaim(ctx, &redis.XAutoClaimArgs{Stream: q, Group: rdb.GroupWorkers, Consumer: consumer, Start: "0-0", Count: 1}).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n, d, err := db.TouchMessage(ctx, q, "W", id); err != nil || n != 1 || d != 3 {
+		t.Fatalf("touch = %d, %d deliveries, %v; want 1, 3", n, d, err)
+	}
+	if n, err := db.AckMessage(ctx, q, "W", id, 1); err != nil || n != -2 {
+		t.Fatalf("ack of the first delivery's copy = %d, %v; want -2", n, err)
+	}
+	if p, err := c.XPendingExt(ctx, &redis.XPendingExtArgs{Stream: q, Group: rdb.GroupWorkers, Start: id, End: id, Count: 1}).Result(); err != nil || len(p) != 1 || p[0].Consumer != "W" {
+		t.Fatalf("after a stale copy's ack: pending %+v, %v; want it pending for W", p, err)
+	}
+	if n, err := db.AckMessage(ctx, q, "B", id, 0); err != nil || n != -1 {
+		t.Errorf("B's ack = %d, %v; want -1", n, err)
+	}
+	if n, err := db.AckMessage(ctx, q, "W", id, 3); err != nil || n != 1 {
+		t.Errorf("ack of the last delivery's copy = %d, %v; want 1", n, err)
+	}
+	if n, err := db.AckMessage(ctx, q, "W", id, 3); err != nil || n != 0 {
+		t.Errorf("ack again = %d, %v; want 0", n, err)
+	}
+}
+
 // The finish script reports "newly dirty" (the caller points the feed) only
 // when it set @dirty: once per projection round, however many outcomes
 // land in it; a retry after a lost reply reports it again.
