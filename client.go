@@ -456,7 +456,7 @@ func (c *Client) Follow(ctx context.Context, run string, opts FollowOptions, fn 
 		block = 5 * time.Second
 	}
 	if opts.UntilEnd {
-		if _, ended, err := c.db.EndedBy(ctx, run, opts.From); err != nil {
+		if ended, err := c.db.EndedBy(ctx, run, opts.From); err != nil {
 			return fmt.Errorf("follow run %s: %w", run, err)
 		} else if ended {
 			return nil

@@ -83,3 +83,14 @@ func (f fetchClaimed) running(t *testing.T) *atomic.Bool {
 	}))
 	return &ran
 }
+
+// autoclaim takes f's message over for consumer with XAUTOCLAIM, as a
+// reclaimer whose lease check passed would.
+func (f fetchClaimed) autoclaim(t *testing.T, consumer string) []redis.XMessage {
+	t.Helper()
+	msgs, _, err := f.c.XAutoClaim(f.ctx, &redis.XAutoClaimArgs{Stream: f.m.stream, Group: rdb.GroupWorkers, Consumer: consumer, MinIdle: 0, Start: "0-0", Count: 10}).Result()
+	if err != nil || len(msgs) != 1 || msgs[0].ID != f.m.id {
+		t.Fatalf("XAUTOCLAIM as %s: %v, %v; want the message", consumer, msgs, err)
+	}
+	return msgs
+}

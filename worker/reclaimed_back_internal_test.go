@@ -26,14 +26,7 @@ func TestABufferedMessageReclaimedAwayAndBackTakesTheTaskOver(t *testing.T) {
 	f := newFetchClaimed(t)
 	w, m, ctx := f.w, f.m, f.ctx
 	ran := f.running(t)
-	autoclaim := func(consumer string) []redis.XMessage {
-		t.Helper()
-		msgs, _, err := f.c.XAutoClaim(ctx, &redis.XAutoClaimArgs{Stream: m.stream, Group: rdb.GroupWorkers, Consumer: consumer, MinIdle: 0, Start: "0-0", Count: 10}).Result()
-		if err != nil || len(msgs) != 1 || msgs[0].ID != m.id {
-			t.Fatalf("XAUTOCLAIM as %s: %v, %v; want the message", consumer, msgs, err)
-		}
-		return msgs
-	}
+	autoclaim := func(consumer string) []redis.XMessage { return f.autoclaim(t, consumer) }
 	// B's reclaimer takes the message over and claims the task; B dies.
 	autoclaim("B")
 	cr, err := w.db.Claim(ctx, rdb.ClaimArgs{Run: f.run, Task: "t", Worker: "B", Attempt: 1, EventID: ulid.Make().String(),
@@ -96,14 +89,7 @@ func TestACopyInHandDoesNotAckItsMessageReclaimedAwayAndBack(t *testing.T) {
 				}
 				return "ok", nil
 			}))
-			autoclaim := func(consumer string) []redis.XMessage {
-				t.Helper()
-				msgs, _, err := f.c.XAutoClaim(ctx, &redis.XAutoClaimArgs{Stream: m.stream, Group: rdb.GroupWorkers, Consumer: consumer, MinIdle: 0, Start: "0-0", Count: 10}).Result()
-				if err != nil || len(msgs) != 1 || msgs[0].ID != m.id {
-					t.Fatalf("XAUTOCLAIM as %s: %v, %v; want the message", consumer, msgs, err)
-				}
-				return msgs
-			}
+			autoclaim := func(consumer string) []redis.XMessage { return f.autoclaim(t, consumer) }
 			reclaimed := func() message {
 				t.Helper()
 				msgs := autoclaim("W")

@@ -389,36 +389,31 @@ func (d DB) TaskRecord(ctx context.Context, run, task string) (Record, error) {
 // endPage is how many entries EndedBy reads back per round trip.
 const endPage = 64
 
-// EndedBy reports whether run's log exists and whether the run had ended
-// by entry at ("" or "0": before any entry): its last run_succeeded,
-// run_failed, run_cancelled or run_quarantined up to at, with no
-// task_requeued (a reopen) after it. It reads the log backwards from at
-// until it finds either.
-func (d DB) EndedBy(ctx context.Context, run, at string) (exists, ended bool, err error) {
-	key := d.K.RunLog(run)
-	n, err := d.C.Exists(ctx, key).Result()
-	if err != nil || n == 0 {
-		return false, false, err
-	}
+// EndedBy reports whether the run had ended by entry at of its log ("" or
+// "0": before any entry, so no): its last run_succeeded, run_failed,
+// run_cancelled or run_quarantined up to at, with no task_requeued (a
+// reopen) after it. It reads the log backwards from at until it finds
+// either; a missing log has not ended.
+func (d DB) EndedBy(ctx context.Context, run, at string) (bool, error) {
 	if at == "" || at == "0" {
-		return true, false, nil
+		return false, nil
 	}
-	from := at
+	key, from := d.K.RunLog(run), at
 	for {
 		page, err := d.C.XRevRangeN(ctx, key, from, "-", endPage).Result()
 		if err != nil {
-			return true, false, fmt.Errorf("read log of run %s: %w", run, err)
+			return false, fmt.Errorf("read log of run %s: %w", run, err)
 		}
 		for _, m := range page {
 			switch t, _ := m.Values[events.FieldType].(string); events.Type(t) {
 			case events.RunSucceeded, events.RunFailed, events.RunCancelled, events.RunQuarantined:
-				return true, true, nil
+				return true, nil
 			case events.TaskRequeued:
-				return true, false, nil
+				return false, nil
 			}
 		}
 		if len(page) < endPage {
-			return true, false, nil
+			return false, nil
 		}
 		from = "(" + page[len(page)-1].ID
 	}
