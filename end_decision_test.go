@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"testing"
@@ -41,9 +42,7 @@ import (
 func TestEndDecisionScriptAgreesWithTheFold(t *testing.T) {
 	t.Parallel()
 	b := setup(t, 2)
-	workers := map[string]bool{"wa": true, "wb": true} // setup's worker ids
-	host, _ := os.Hostname()
-	projectorID := "projector-" + host + "-" + strconv.Itoa(os.Getpid()) // projector.Config.ID's default
+	workers, projectorID := engineWriters()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	start := time.Now()
@@ -58,38 +57,10 @@ func TestEndDecisionScriptAgreesWithTheFold(t *testing.T) {
 	for _, n := range []int{rdb.EndMaxTasks, rdb.EndMaxTasks + 1, rdb.EndMaxTasks + 2 + rng.IntN(7)} {
 		plans = append(plans, wideEndPlan(rng, fmt.Sprintf("end-wide-%d", n), n))
 	}
-	runs := []string{warmRun}
-	for _, p := range plans[1:] {
-		run, err := b.client.Submit(ctx, p.wf, nil)
-		if err != nil {
-			t.Fatalf("submit %s: %v", p.name, err)
-		}
-		runs = append(runs, run)
-	}
-
 	var tally endTally
-	for k, run := range runs {
-		p := plans[k]
-		info, err := b.client.Wait(ctx, run)
-		if err != nil {
-			t.Fatalf("wait for %s (%s): %v", run, p.name, err)
-		}
-		if info.Status != p.want {
-			t.Errorf("%s (%s, %d tasks): status %s, want %s", run, p.name, p.tasks, info.Status, p.want)
-		}
-		evs := logEvents(t, b, run)
+	runs := runPlans(ctx, t, b, plans, []string{warmRun}, func(run string, evs []events.Event) {
 		checkEndDecisions(t, run, evs, workers, projectorID, &tally)
-		a, err := replay.Analyze(run, evs)
-		if err != nil {
-			t.Fatalf("analyze %s (%s): %v", run, p.name, err)
-		}
-		for _, pr := range a.Problems {
-			t.Errorf("%s (%s): %s", run, p.name, pr)
-		}
-		if string(a.Run.Status) != p.want {
-			t.Errorf("%s (%s): replayed status %s, want %s", run, p.name, a.Run.Status, p.want)
-		}
-	}
+	})
 
 	t.Logf("%d runs (%d retries) in %v: ended by the script %d; by the projector %d (succeeded with absorbed failures %d, succeeded above the bound %d, failed %d)",
 		len(runs), tally.retries, time.Since(start).Round(time.Millisecond), tally.script, tally.absorbed+tally.large+tally.failed, tally.absorbed, tally.large, tally.failed)
@@ -157,6 +128,51 @@ func TestEndDecisionLeavesAQuarantinedRunAlone(t *testing.T) {
 	if info, err := b.client.Status(ctx, run); err != nil || !info.Quarantined() {
 		t.Errorf("status after a's success: %+v, %v; want quarantined", info, err)
 	}
+}
+
+// runPlans submits plans (but the first, already submitted as runs
+// first), waits for each run, checks it ends as planned, calls check with
+// its log, and checks its history with replay.Analyze. It returns the runs.
+func runPlans(ctx context.Context, t *testing.T, b bundle, plans []endPlan, first []string, check func(run string, evs []events.Event)) []string {
+	t.Helper()
+	runs := slices.Clone(first)
+	for _, p := range plans[len(first):] {
+		run, err := b.client.Submit(ctx, p.wf, nil)
+		if err != nil {
+			t.Fatalf("submit %s: %v", p.name, err)
+		}
+		runs = append(runs, run)
+	}
+	for k, run := range runs {
+		p := plans[k]
+		info, err := b.client.Wait(ctx, run)
+		if err != nil {
+			t.Fatalf("wait for %s (%s): %v", run, p.name, err)
+		}
+		if info.Status != p.want {
+			t.Errorf("%s (%s, %d tasks): status %s, want %s", run, p.name, p.tasks, info.Status, p.want)
+		}
+		evs := logEvents(t, b, run)
+		check(run, evs)
+		a, err := replay.Analyze(run, evs)
+		if err != nil {
+			t.Fatalf("analyze %s (%s): %v", run, p.name, err)
+		}
+		for _, pr := range a.Problems {
+			t.Errorf("%s (%s): %s", run, p.name, pr)
+		}
+		if string(a.Run.Status) != p.want {
+			t.Errorf("%s (%s): replayed status %s, want %s", run, p.name, a.Run.Status, p.want)
+		}
+	}
+	return runs
+}
+
+// engineWriters returns the writer ids of setup's engine: its workers'
+// ids, and its projector's (projector.Config.ID's default).
+func engineWriters() (workers map[string]bool, projectorID string) {
+	host, _ := os.Hostname()
+	return map[string]bool{"wa": true, "wb": true}, "projector-" + host + "-" + strconv.Itoa(os.Getpid())
 }
 
 // endPolicyRecorded waits until the projector has recorded the end policy,

@@ -162,7 +162,8 @@ func TestOneTraceShowsARunAcrossProcesses(t *testing.T) {
 
 	// The worker: claim, handler and finish of each attempt, in the run's
 	// trace, children of the span that dispatched it: the submit (first,
-	// a root task) or a projector commit (second, and its retry).
+	// a root task), first's finish (second: a success hands its
+	// dependent on, rdb.Handoff) or a projector commit (second's retry).
 	wspans := work.exp.GetSpans()
 	type key struct {
 		name, task string
@@ -188,9 +189,9 @@ func TestOneTraceShowsARunAcrossProcesses(t *testing.T) {
 		task    string
 		attempt int64
 		handler string
-		fromSub bool
+		from    string // "submit", "finish" (first's) or "project"
 		failed  bool
-	}{{"first", 1, "trace.first", true, false}, {"second", 1, "trace.second", false, true}, {"second", 2, "trace.second", false, false}} {
+	}{{"first", 1, "trace.first", "submit", false}, {"second", 1, "trace.second", "finish", true}, {"second", 2, "trace.second", "project", false}} {
 		for _, name := range []string{tracing.SpanClaim, tracing.SpanHandler, tracing.SpanFinish} {
 			s, ok := got[key{name, a.task, a.attempt}]
 			if !ok {
@@ -198,7 +199,17 @@ func TestOneTraceShowsARunAcrossProcesses(t *testing.T) {
 				continue
 			}
 			parent := s.Parent.SpanID()
-			if a.fromSub && parent != submit.SpanContext.SpanID() || !a.fromSub && !projectIDs[parent] {
+			var fromOK bool
+			switch a.from {
+			case "submit":
+				fromOK = parent == submit.SpanContext.SpanID()
+			case "finish":
+				f, found := got[key{tracing.SpanFinish, "first", 1}]
+				fromOK = found && parent == f.SpanContext.SpanID()
+			default:
+				fromOK = projectIDs[parent]
+			}
+			if !fromOK {
 				t.Errorf("%s of %s attempt %d: parent %v is not the span that dispatched it", name, a.task, a.attempt, parent)
 			}
 			if attr(s, tracing.Handler).AsString() != a.handler || attr(s, tracing.Epoch).AsInt64() < 1 {

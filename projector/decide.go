@@ -124,6 +124,75 @@ func (r *Run) depsAlive(t *Task, skipping map[string]bool) bool {
 	return true
 }
 
+// Handoff is a task that a success may dispatch in the same step as the
+// success itself (the worker's finish script): a dependent with a strict
+// join and no delayed start, which is ready once every one of Deps has
+// succeeded. Its dispatch is the one Decide would make (attempt one more
+// than its pending record's, the body Pool and Priority).
+type Handoff struct {
+	Task     string
+	Pool     string
+	Priority int
+	Deps     []string
+}
+
+// Handoffs returns, for a new run of at most maxTasks tasks (a run of
+// submitted alone: no spawns), the tasks whose success the finish may
+// hand on itself: each task every one of whose dependents is a Handoff,
+// with those dependents. Its success then calls for no decision but their
+// dispatches (once ready) and the run's end, both of which the finish
+// makes, so it need not wake a projector. A task with any other dependent
+// (a tolerant join, a delayed start) is not in the map, nor is a task
+// without dependents. r is the run folded from run_submitted alone.
+func Handoffs(r *Run, maxTasks int) map[string][]Handoff {
+	if len(r.Tasks) < 2 || len(r.Tasks) > maxTasks {
+		return nil
+	}
+	next := map[string][]Handoff{}
+	bad := map[string]bool{}
+	for _, t := range r.Tasks {
+		ok := t.Spec.Join.Strict() && t.Spec.StartAfterMS <= 0 && len(t.Waits) == 0
+		for _, d := range t.Spec.Deps {
+			if !ok {
+				bad[d] = true
+				continue
+			}
+			next[d] = append(next[d], Handoff{Task: t.Spec.ID, Pool: t.Spec.Pool, Priority: t.Spec.Priority, Deps: t.Spec.Deps})
+		}
+	}
+	for d := range bad {
+		delete(next, d)
+	}
+	if len(next) == 0 {
+		return nil
+	}
+	return next
+}
+
+// Plan is what a new run calls for at once (see InitialPlan).
+type Plan struct {
+	// Decisions are the root tasks' dispatches, More says the run calls
+	// for further decisions (see Initial).
+	Decisions []events.Event
+	More      bool
+	// Handoffs are the successes the finish hands on itself (Handoffs).
+	Handoffs map[string][]Handoff
+}
+
+// InitialPlan is Initial, with the run's Handoffs for runs of at most
+// maxHandoff tasks, from one fold of run_submitted.
+func InitialPlan(submitted events.Event, limit, maxHandoff int) (Plan, error) {
+	r := NewRun(submitted.Run)
+	r.noResults = true
+	if err := Apply(r, submitted); err != nil {
+		return Plan{}, err
+	}
+	p := Plan{Handoffs: Handoffs(r, maxHandoff)}
+	var err error
+	p.Decisions, p.More, err = initialDecisions(r, limit)
+	return p, err
+}
+
 // Initial returns the decisions a new run calls for at once, folded from
 // its run_submitted event alone: its root tasks' dispatches, at most limit
 // of them. more says the run calls for further decisions (more roots than
@@ -138,6 +207,11 @@ func Initial(submitted events.Event, limit int) (decisions []events.Event, more 
 	if err := Apply(r, submitted); err != nil {
 		return nil, false, err
 	}
+	return initialDecisions(r, limit)
+}
+
+// initialDecisions is Initial on r, folded from run_submitted alone.
+func initialDecisions(r *Run, limit int) (decisions []events.Event, more bool, err error) {
 	decisions = Decide(r, limit, nil)
 	for _, d := range decisions {
 		var b events.TaskDispatchedBody

@@ -3,6 +3,7 @@ package replay_test
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/graflow-go/graflow/events"
@@ -78,6 +79,51 @@ func TestVerifyIsPure(t *testing.T) {
 		rep, _ := replay.Verify(evs[0].Run, "ns", live, evs, bad)
 		if len(rep.Problems) != 2 || rep.Problems[0].Seq != "1-1" || rep.Problems[1].Seq != "2-1" {
 			t.Errorf("problems %v, want the two bad entries", rep.Problems)
+		}
+	})
+
+	t.Run("a success that calls for a decision needs @dirty, one handed on in its finish does not", func(t *testing.T) {
+		evs := readGolden(t, "sequence")
+		// Cut the history after the first success that makes a task
+		// ready (the fold calls for its dispatch), with the projection's
+		// cursor before it and no @dirty.
+		cut := -1
+		r := projector.NewRun(evs[0].Run)
+		var next []events.Event
+		for i, e := range evs {
+			if err := projector.Apply(r, e); err != nil {
+				t.Fatal(err)
+			}
+			if e.Type == events.TaskSucceeded {
+				if d := projector.Decide(r, 0, nil); len(d) > 0 && d[0].Type == events.TaskDispatched {
+					cut, next = i+1, d
+					break
+				}
+			}
+		}
+		if cut < 0 {
+			t.Fatal("no success in the golden history makes a task ready")
+		}
+		head := evs[:cut]
+		live := imported(t, head)
+		live.State["@cursor"] = head[cut-2].Seq
+		delete(live.State, "@dirty")
+		rep, _ := replay.Verify(head[0].Run, "ns", live, head, nil)
+		if len(rep.Problems) != 1 || rep.Problems[0].Check != replay.CheckProjection {
+			t.Fatalf("problems %v, want one projection problem: nothing wakes a projector for the success", rep.Problems)
+		}
+		// The finish dispatched the task itself, in the same step.
+		d := next[0]
+		d.Seq, d.ID, d.Worker, d.Time, d.Version = head[cut-1].Seq+"1", events.NewID(head[cut-1].Time), head[cut-1].Worker, head[cut-1].Time, events.CurrentVersion
+		handed := append(slices.Clone(head), d)
+		live = imported(t, handed)
+		live.State["@cursor"] = head[cut-2].Seq
+		delete(live.State, "@dirty")
+		rep, _ = replay.Verify(head[0].Run, "ns", live, handed, nil)
+		for _, p := range rep.Problems {
+			if p.Check == replay.CheckProjection {
+				t.Errorf("projection problem %v after a success handed on in its finish", p)
+			}
 		}
 	})
 

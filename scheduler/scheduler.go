@@ -200,12 +200,20 @@ func (s *Scheduler) Submit(ctx context.Context, spec events.RunSubmittedBody, op
 // once, the root tasks' dispatches, for the submit script to commit (see
 // projector.Initial).
 func (s *Scheduler) initial(ev events.Event, now time.Time) (rdb.Initial, error) {
-	decisions, more, err := projector.Initial(ev, projector.DefaultBatchSize)
+	plan, err := projector.InitialPlan(ev, projector.DefaultBatchSize, rdb.EndMaxTasks)
 	if err != nil {
 		return rdb.Initial{}, fmt.Errorf("fold run_submitted: %w", err)
 	}
-	init := rdb.Initial{More: more, Writer: s.cfg.ID}
-	for _, d := range decisions {
+	init := rdb.Initial{More: plan.More, Writer: s.cfg.ID}
+	for task, hs := range plan.Handoffs {
+		if init.Handoffs == nil {
+			init.Handoffs = map[string][]rdb.Handoff{}
+		}
+		for _, h := range hs {
+			init.Handoffs[task] = append(init.Handoffs[task], rdb.Handoff(h))
+		}
+	}
+	for _, d := range plan.Decisions {
 		d.ID, d.Time, d.Worker, d.Version = events.NewID(now), now, s.cfg.ID, events.CurrentVersion
 		var b events.TaskDispatchedBody
 		if err := d.DecodeBody(&b); err != nil {

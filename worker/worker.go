@@ -1037,6 +1037,9 @@ func (w *Worker) finish(ctx context.Context, log *taskLog, m message, t *Task, r
 		// If this success is the run's last (a small run: see
 		// rdb.EndMaxTasks), the finish ends the run with this id.
 		args.EndID = events.NewID(now)
+		// The dependents it dispatches itself (rdb.Handoff) carry this
+		// span's trace: the run's.
+		args.Trace = tracing.Traceparent(ctx)
 		if t.resultTTLMS > 0 {
 			args.ResultExpiresMS = args.TimeMS + t.resultTTLMS
 		}

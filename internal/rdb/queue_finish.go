@@ -49,7 +49,12 @@ type FinishArgs struct {
 	// EndID is the id of the run_succeeded a call appends if its
 	// success ends the run (see finishScript): a call with several
 	// outcomes uses the first one set; a call with none never ends it.
+	// The dispatches a success hands on (Handoff) take their ids from it.
 	EndID string
+	// Trace is the W3C traceparent the queue messages of the dispatches
+	// a success hands on carry ("" none): a call with several outcomes
+	// uses the first one set.
+	Trace string
 }
 
 // Spawn is what a succeeded attempt adds to its run: tasks_added (written
@@ -167,8 +172,10 @@ func (d DB) Finish(ctx context.Context, a FinishArgs) (newlyDirty bool, err erro
 // queue_ack), ended 1|0} | {"stale", status, epoch, owner} | {"spawn", why}
 // (the spawn is refused; nothing of the item was written, the claim
 // holds)
-var finishScript = redis.NewScript(prelude + ackLua + `
+var finishScript = redis.NewScript(prelude + enqueueLua + ackLua + `
 local point = false
+local handoffs = {} -- the handoffs of the successes this call hands on itself
+local dirty0 = false -- the run was dirty before this call
 local succ = nil -- the worker of a success this call accepted
 local ok = 0 -- the run's @ok after this call's successes
 local toack, acked = {}, {} -- message ids to ack, and which item each is
@@ -210,7 +217,8 @@ end
 -- (all of this run) and replies with the n item replies, in order. S is
 -- the item's spawn, or nil.
 local function one(i, A, S)
-  local h = redis.call('HMGET', KEYS[1], '@status', A[1], '@dirty', '@ok')
+  local h = redis.call('HMGET', KEYS[1], '@status', A[1], '@dirty', '@ok', '@n:' .. A[1], '@spawned')
+  if h[3] == '1' then dirty0 = true end
   h[2], h[3], h[4] = W[A[1]] or h[2], W['@dirty'] or h[3], W['@ok'] or h[4]
   local run = h[1]
   runst = run
@@ -281,9 +289,13 @@ local function one(i, A, S)
     redis.call('HSET', KEYS[1], '@s:' .. A[1], S.sinks)
     redis.call('HINCRBY', KEYS[1], '@spawned', S.k)
   end
+  -- A success with handoffs (a run that spawned nothing) is handed on
+  -- below, by this call: no projector is woken for it.
+  local hand = A[9] == 'succeeded' and not S and run == 'running' and h[5] and (h[6] or '0') == '0'
   -- The record and @dirty in one HSET; "newly dirty" (the feed is then
   -- pointed at the run) if @dirty was not set before.
-  W[A[1]], W['@dirty'] = recstr(A[9], a, e, o), '1'
+  W[A[1]] = recstr(A[9], a, e, o)
+  if not hand then W['@dirty'] = '1' end
   done[A[1]] = nil
   if A[9] == 'succeeded' then
     -- @ok counts the successes accepted here: a filter for the end check
@@ -300,7 +312,10 @@ local function one(i, A, S)
   end
   if A[9] == 'succeeded' then succ = A[4] end
   local newly = 1
-  if h[3] == '1' then newly = 0 else point = true end
+  if hand then
+    handoffs[#handoffs + 1] = h[5]
+    newly = 0
+  elseif h[3] == '1' then newly = 0 else point = true end
   if A[13] ~= '' then toack[#toack + 1] = A[13]; acked[#acked + 1] = i end
   return {'ok', seq, newly, 0, 0}
 end
@@ -408,6 +423,62 @@ if succ and ending then
     end
   end
 end
+-- The handoffs of the successes this call accepted, unless the run ended:
+-- each dependent that is pending with every dependency succeeded is
+-- dispatched as the projector's Decide would (task_dispatched at one
+-- attempt more, by the worker of the success; its record; its queue
+-- message, with the call's trace). A dependent still waiting for a
+-- dependency in progress needs nothing now (that dependency's outcome
+-- will see to it). Anything else (a dependency or dependent that failed,
+-- was skipped or cancelled, a queue of the wrong type) wakes a projector
+-- instead: it decides what the fold calls for. The dispatches' event ids
+-- are the call's end id with its first random character moved on by
+-- 1, 2, ... (a run has at most EndMaxTasks tasks, so at most 31 are
+-- needed): unique, and of the call's time.
+if not ended and #handoffs > 0 and endid and endid ~= '' then
+  local B32 = '0123456789ABCDEFGHJKMNPQRSTVWXYZ'
+  local c0 = string.find(B32, string.sub(endid, 11, 11), 1, true)
+  local nid, wake = 0, false
+  local trace = ARGV[pos + 1] or ''
+  for _, hv in ipairs(handoffs) do
+    for line in string.gmatch(hv, '[^\n]+') do
+      local d, q, body, deps = string.match(line, '^([^\t]*)\t([^\t]*)\t([^\t]*)\t(.*)$')
+      if not d or not c0 then wake = true; break end
+      local names = {d}
+      for dep in string.gmatch(deps, '[^,]+') do names[#names + 1] = dep end
+      local recs = redis.call('HMGET', KEYS[1], unpack(names))
+      local st, a, e = parserec(W[d] or recs[1])
+      if st == 'pending' then
+        local ready = true
+        for j = 2, #names do
+          local ds = parserec(W[names[j]] or recs[j])
+          if ds ~= 'succeeded' then
+            ready = false
+            if terminal[ds] or ds == '?' then wake = true end
+          end
+        end
+        if ready then
+          if notwritable(q, 'stream') then
+            wake = true
+          else
+            nid = nid + 1
+            local k = (c0 - 1 + nid) % 32
+            local id = string.sub(endid, 1, 10) .. string.sub(B32, k + 1, k + 1) .. string.sub(endid, 12)
+            append(KEYS[2], id, 'task_dispatched', d, a + 1, 0, succ, body)
+            W[d] = recstr('dispatched', a + 1, e, '')
+            enqueue(q, ARGV[4], d, a + 1, trace)
+          end
+        end
+      elseif st ~= 'dispatched' and st ~= 'running' and st ~= 'awaiting_retry' then
+        wake = true
+      end
+    end
+  end
+  if wake then
+    W['@dirty'] = '1'
+    if not dirty0 then point = true end
+  end
+end
 -- The fields the items set, unless the run ended (then they are gone).
 if not ended then
   local f, r = {}, {}
@@ -488,7 +559,14 @@ func (d DB) FinishesCmd(ctx context.Context, p redis.Scripter, as []FinishArgs) 
 			break
 		}
 	}
-	argv = append(argv, end)
+	trace := ""
+	for _, a := range as {
+		if a.Trace != "" {
+			trace = a.Trace
+			break
+		}
+	}
+	argv = append(argv, end, trace)
 	return finishScript.Run(ctx, p, []string{d.K.RunState(run), d.K.RunLog(run), d.K.RunResults(run), stream, d.K.FeedFor(run), d.K.RunDAG(run), d.K.ExpiriesFor(run),
 		d.K.RunLogCompact(run), d.K.RunChannel(run), d.K.EndPolicyFor(run)}, argv...)
 }

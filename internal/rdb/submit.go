@@ -4,7 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/graflow-go/graflow/events"
@@ -64,6 +67,45 @@ type Initial struct {
 	// Trace is the W3C traceparent the dispatches' queue messages carry
 	// (run_submitted's); "" for none.
 	Trace string
+	// Handoffs are the successes the worker's finish hands on itself
+	// (projector.Handoffs), by task: recorded in the state hash
+	// (HandoffField) for the finish script.
+	Handoffs map[string][]Handoff
+}
+
+// Handoff is a dependent a success dispatches in the finish once every
+// one of Deps has succeeded (projector.Handoff).
+type Handoff struct {
+	Task     string
+	Pool     string
+	Priority int
+	Deps     []string
+}
+
+// HandoffField is the state hash field of the handoffs of task's success.
+func HandoffField(task string) string { return "@n:" + task }
+
+// handoffValue encodes a task's handoffs for the finish script: one line
+// per dependent, of four tab-separated fields: its id, its queue key, its
+// task_dispatched body and its dependencies, comma-separated (task ids
+// hold none of tab, newline or comma; a JSON body holds no raw tab or
+// newline).
+func (d DB) handoffValue(run string, hs []Handoff) string {
+	var b strings.Builder
+	for i, h := range hs {
+		if i > 0 {
+			b.WriteByte('\n')
+		}
+		body, _ := json.Marshal(events.TaskDispatchedBody{Pool: h.Pool, Priority: h.Priority})
+		b.WriteString(h.Task)
+		b.WriteByte('\t')
+		b.WriteString(d.K.QueueFor(run, h.Pool, h.Priority))
+		b.WriteByte('\t')
+		b.Write(body)
+		b.WriteByte('\t')
+		b.WriteString(strings.Join(h.Deps, ","))
+	}
+	return b.String()
 }
 
 // submitScript creates a run: appends run_submitted, writes the run's
@@ -81,8 +123,9 @@ type Initial struct {
 //
 //	5 input, 6 n tasks, then n pairs (task id, meta JSON), then the run
 //	id, d decisions, d x (event id, type, task, attempt, epoch, body,
-//	task record, queue key index), more 0|1, writer, traceparent ("" or
-//	absent: none)
+//	task record, queue key index), more 0|1, writer, traceparent (""
+//	none), h, then h pairs (state field, value): the run's handoffs
+//	(HandoffField), written with its state
 //
 // Reply: {"created", seq} or {"exists", workflow, run_submitted event id}
 var submitScript = redis.NewScript(prelude + enqueueLua + `
@@ -116,6 +159,8 @@ local dec = 9 + 2 * n
 local more = ARGV[dec + 8 * d] == '1'
 local writer = ARGV[dec + 8 * d + 1] or ''
 local trace = ARGV[dec + 8 * d + 2]
+local hx = dec + 8 * d + 3
+local nh = tonumber(ARGV[hx] or '0') or 0
 -- The streams this call writes: the feed only when it points it.
 local from = 6
 if d == 0 or more then from = 5 end
@@ -142,6 +187,7 @@ end
 if d == 0 or more then
   fields[#fields + 1] = '@dirty'; fields[#fields + 1] = '1'
 end
+for j = hx + 1, hx + 2 * nh do fields[#fields + 1] = ARGV[j] end
 chunked('HSET', KEYS[1], fields, 1, #fields)
 if d == 0 or more then
   redis.call('XADD', KEYS[5], '*', 'r', run)
@@ -167,9 +213,9 @@ func (d DB) SubmitArgsCmd(ctx context.Context, p redis.Scripter, run string, arg
 	if init.More {
 		more = 1
 	}
-	argv = append(argv, more, init.Writer)
-	if init.Trace != "" {
-		argv = append(argv, init.Trace)
+	argv = append(argv, more, init.Writer, init.Trace, len(init.Handoffs))
+	for _, task := range slices.Sorted(maps.Keys(init.Handoffs)) {
+		argv = append(argv, HandoffField(task), d.handoffValue(run, init.Handoffs[task]))
 	}
 	return submitScript.Run(ctx, p, keys, argv...)
 }

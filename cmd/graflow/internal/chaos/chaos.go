@@ -158,8 +158,10 @@ type Report struct {
 	// Spawned counts the tasks the runs' handlers added (dynamic tasks).
 	Spawned int
 	// Small counts the small runs checked, FinishEnds the runs whose
-	// run_succeeded a worker's finish wrote (not a projector's commit).
-	Small, FinishEnds int
+	// run_succeeded a worker's finish wrote (not a projector's commit),
+	// FinishDispatches the task_dispatched a worker's finish wrote (a
+	// success handing on its dependents: rdb.Handoff).
+	Small, FinishEnds, FinishDispatches int
 	// LogOnly counts the succeeded runs checked: each must keep only its
 	// log (its end deleted its state, dag and results hashes).
 	LogOnly int
@@ -178,8 +180,8 @@ type Report struct {
 
 // Line is the one-line summary "chaos seed=S tasks=N kills=K ...".
 func (r Report) Line() string {
-	return fmt.Sprintf("chaos seed=%d runs=%d small=%d finish_ends=%d log_only=%d tasks=%d spawned=%d kills=%d pauses=%d projectors=%d projector_kills=%d projector_pauses=%d projector_stalls=%d takeovers=%d cancelled=%d/%d/%d requeued=%d resumes=%d repairs=%d redispatched=%d channel_keys=%d result_ttls=%d/%d redis_restarts=%d failovers=%d shared_runs=%d handoffs=%d late_commits=%d traced=%d/%d trace_spans=%d lost=%d duplicate_accepts=%d rejected_stale=%d rejected_unlogged=%d events=%d elapsed=%s verified=%t",
-		r.Seed, r.Runs, r.Small, r.FinishEnds, r.LogOnly, r.Verdict.Tasks, r.Spawned, r.Kills, r.Pauses, r.Projectors, r.ProjectorKills, r.ProjectorPauses, r.ProjectorStalls, r.Takeovers, r.Cancelled, r.CancelledTasks, r.CancelledRunning, r.Requeued, r.Resumes, r.Repairs, r.Redispatched, r.ChannelWrites, r.ResultTTLs, r.ResultsExpired, r.RedisRestarts, r.Failovers,
+	return fmt.Sprintf("chaos seed=%d runs=%d small=%d finish_ends=%d finish_dispatches=%d log_only=%d tasks=%d spawned=%d kills=%d pauses=%d projectors=%d projector_kills=%d projector_pauses=%d projector_stalls=%d takeovers=%d cancelled=%d/%d/%d requeued=%d resumes=%d repairs=%d redispatched=%d channel_keys=%d result_ttls=%d/%d redis_restarts=%d failovers=%d shared_runs=%d handoffs=%d late_commits=%d traced=%d/%d trace_spans=%d lost=%d duplicate_accepts=%d rejected_stale=%d rejected_unlogged=%d events=%d elapsed=%s verified=%t",
+		r.Seed, r.Runs, r.Small, r.FinishEnds, r.FinishDispatches, r.LogOnly, r.Verdict.Tasks, r.Spawned, r.Kills, r.Pauses, r.Projectors, r.ProjectorKills, r.ProjectorPauses, r.ProjectorStalls, r.Takeovers, r.Cancelled, r.CancelledTasks, r.CancelledRunning, r.Requeued, r.Resumes, r.Repairs, r.Redispatched, r.ChannelWrites, r.ResultTTLs, r.ResultsExpired, r.RedisRestarts, r.Failovers,
 		r.History.SharedRuns, r.History.Handoffs, r.History.LateCommits, r.Traced, r.Sampled, r.TraceSpans, r.Verdict.Lost,
 		r.Verdict.DuplicateAccepts, r.Verdict.RejectedStale, r.Verdict.RejectedUnlogged, r.Events, r.Elapsed.Round(100*time.Millisecond), r.Verdict.OK())
 }
@@ -401,6 +403,10 @@ func Run(ctx context.Context, cfg Config) (rep Report, err error) {
 		// means the path this schedule exercises was not taken.
 		rep.Verdict.Add("(small)", Verdict{Problems: []string{fmt.Sprintf("none of %d small runs was ended by a worker's finish", rep.Small)}})
 	}
+	if rep.Small >= 10 && rep.FinishDispatches == 0 {
+		// The small runs' chains hand their next steps on in the finish.
+		rep.Verdict.Add("(small)", Verdict{Problems: []string{fmt.Sprintf("no task of %d small runs was dispatched by a worker's finish", rep.Small)}})
+	}
 	if p := s.collector.problems(); len(p) > 0 {
 		rep.Verdict.Add("(all)", Verdict{Problems: p})
 	}
@@ -535,9 +541,16 @@ func (s *stack) check(ctx context.Context, run string, complete bool) (Verdict, 
 	s.mu.Unlock()
 	s.mu.Lock()
 	s.report.History.add(touches(evs, s.isProjector, s.projPauses))
+	claimers := map[string]bool{}
 	for _, e := range evs {
+		if e.Type == events.TaskClaimed {
+			claimers[e.Worker] = true
+		}
 		if e.Type == events.RunSucceeded && !s.isProjector(e.Worker) {
 			s.report.FinishEnds++
+		}
+		if e.Type == events.TaskDispatched && claimers[e.Worker] && !s.isProjector(e.Worker) {
+			s.report.FinishDispatches++
 		}
 	}
 	for _, e := range evs {
