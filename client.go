@@ -356,6 +356,25 @@ func endsRun(t events.Type) bool {
 	return false
 }
 
+// runEnd tracks Wait's rule as a run's log is read in order (Wait,
+// Follow with UntilEnd): the run has ended when its last terminal event
+// (endsRun) is not followed by a task_requeued, which reopens it.
+type runEnd struct{ ended bool }
+
+// see takes the next event of the log, of type t.
+func (r *runEnd) see(t events.Type) {
+	if endsRun(t) {
+		r.ended = true
+	} else if t == events.TaskRequeued { // the run was reopened
+		r.ended = false
+	}
+}
+
+// over reports whether the reader can stop after a batch of n entries,
+// read count at a time: the run has ended and the reader has caught up (a
+// batch shorter than count), so no later requeue was there to read.
+func (r *runEnd) over(n, count int) bool { return r.ended && n < count }
+
 // Wait blocks until run ends (run_succeeded, run_failed, run_cancelled or
 // run_quarantined appears in its log, and no task_requeued reopened it
 // since) or ctx is done, and returns its final state (see
@@ -390,17 +409,13 @@ const waitRetry = time.Minute
 // after it while the run is not over, and no second read of the log.
 func (c *Client) waitOnce(ctx context.Context, run string) (*RunInfo, error) {
 	const count = 1000
-	ended := false
+	var end runEnd
 	scan := func(batch []redis.XMessage) bool {
 		for _, m := range batch {
 			t, _ := m.Values[events.FieldType].(string)
-			if endsRun(events.Type(t)) {
-				ended = true
-			} else if events.Type(t) == events.TaskRequeued { // the run was reopened
-				ended = false
-			}
+			end.see(events.Type(t))
 		}
-		return ended && len(batch) < count
+		return end.over(len(batch), count)
 	}
 	msgs, err := c.db.LogPageAfter(ctx, run, "", count)
 	if err != nil {
@@ -430,8 +445,11 @@ type FollowOptions struct {
 	// From is the log entry id after which to start ("" = the first
 	// event). Pass the Seq of the last event handled to resume.
 	From string
-	// UntilEnd returns after the run's terminal event (run_succeeded,
-	// run_failed, run_cancelled, run_quarantined).
+	// UntilEnd returns once the run has ended by Wait's rule: its last
+	// terminal event (run_succeeded, run_failed, run_cancelled,
+	// run_quarantined) not followed by a task_requeued, and Follow has
+	// caught up with the log (a terminal event that a later requeue
+	// reopened is delivered, and Follow goes on to the rerun's end).
 	UntilEnd bool
 	// Block bounds one XREAD BLOCK (default 5s); it only bounds how fast
 	// Follow notices cancellation.
@@ -442,7 +460,7 @@ type FollowOptions struct {
 // then blocks on the log (XREAD BLOCK, no polling) for new ones until ctx
 // is done (it returns nil then), fn returns an error (returned), an entry
 // does not decode (its *events.DecodeError), or, with UntilEnd, the run
-// ends.
+// ends (Wait's rule, see FollowOptions.UntilEnd).
 //
 // A run that does not exist yet is waited for (follow a run id, then
 // submit it: nothing is missed); check it exists first (Status) if a
@@ -463,6 +481,7 @@ func (c *Client) Follow(ctx context.Context, run string, opts FollowOptions, fn 
 		}
 	}
 	var ferr error // from decoding or fn: returned as is
+	var end runEnd // not ended by From (EndedBy above)
 	err := c.db.Tail(ctx, run, opts.From, readCount, block, func(batch []redis.XMessage) (bool, error) {
 		for _, m := range batch {
 			e, err := events.Decode(run, m.ID, m.Values)
@@ -473,11 +492,9 @@ func (c *Client) Follow(ctx context.Context, run string, opts FollowOptions, fn 
 				ferr = err
 				return true, nil
 			}
-			if opts.UntilEnd && endsRun(e.Type) {
-				return true, nil
-			}
+			end.see(e.Type)
 		}
-		return false, nil
+		return opts.UntilEnd && end.over(len(batch), readCount), nil
 	})
 	switch {
 	case ferr != nil:

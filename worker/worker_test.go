@@ -1279,3 +1279,112 @@ func TestRunStoppedWhileStartingIsACleanStop(t *testing.T) {
 		t.Errorf("the worker left a registration (%d, %v)", n, err)
 	}
 }
+
+// cutOffAtFeed cuts a worker off from Redis at the first pipeline that
+// points the feed (XADD to feed): that pipeline and every command after it
+// fail without being sent, and cut is closed.
+type cutOffAtFeed struct {
+	feed string
+	once sync.Once
+	cut  chan struct{}
+	off  atomic.Bool
+}
+
+var errCutOff = errors.New("injected: worker cut off from Redis")
+
+func (h *cutOffAtFeed) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *cutOffAtFeed) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if h.off.Load() {
+			cmd.SetErr(errCutOff)
+			return errCutOff
+		}
+		return next(ctx, cmd)
+	}
+}
+func (h *cutOffAtFeed) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		for _, c := range cmds {
+			if a := c.Args(); len(a) > 1 && fmt.Sprint(a[0]) == "xadd" && a[1] == h.feed {
+				h.off.Store(true)
+				h.once.Do(func() { close(h.cut) })
+				break
+			}
+		}
+		if h.off.Load() {
+			for _, c := range cmds {
+				c.SetErr(errCutOff)
+			}
+			return errCutOff
+		}
+		return next(ctx, cmds)
+	}
+}
+
+// A worker cut off between writing a task's dead letter and pointing the
+// feed at its run (RecordDeadLetters' two steps) has not acked the task's
+// message: the ack comes last. The message stays pending, so another
+// worker's reclaimer takes it over and, finding the task failed for good
+// (Redeliver), writes the dead letter again (NX: still one) and points the
+// feed; the run then ends failed, with exactly one dead letter.
+func TestAWorkerCutOffBetweenItsDeadLetterAndFeedPointerLeavesItsMessagePending(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	run := b.submit(t, events.TaskSpec{ID: "t", Handler: "fail"})
+	queue := b.db.K.Queue(0, "default", 0)
+	handlers := map[string]worker.HandlerFunc{
+		"fail": func(ctx context.Context, tk *worker.Task) (any, error) {
+			return nil, worker.Permanent(errors.New("boom"))
+		},
+	}
+
+	h := &cutOffAtFeed{feed: b.db.K.FeedFor(run), cut: make(chan struct{})}
+	cfg := b.config("A")
+	cfg.Redis = b.clientWith(t, h)
+	a := b.start(t, cfg, handlers)
+	select {
+	case <-h.cut:
+	case <-time.After(waitTimeout):
+		t.Fatal("worker A never pointed the feed at the run")
+	}
+	a.stop()
+	select {
+	case <-a.done: // its error is the cut-off's
+	case <-time.After(waitTimeout):
+		t.Fatal("worker A's Run did not return after its context was cancelled")
+	}
+
+	// A's outcome and dead letter are written, its feed pointer is not,
+	// and its message is still pending for A.
+	if _, err := b.c.ZScore(b.ctx, b.db.K.DeadLetter(), rdb.DeadLetterMember(run, "t")).Result(); err != nil {
+		t.Fatalf("the dead letter was not written before the feed pointer: %v", err)
+	}
+	if log, _ := b.fold(t, run); len(only(log, events.TaskFailed, "t")) != 1 {
+		t.Fatalf("task_failed of t: %d, want 1 (A's outcome)", len(only(log, events.TaskFailed, "t")))
+	}
+	p, err := b.c.XPendingExt(b.ctx, &redis.XPendingExtArgs{Stream: queue, Group: rdb.GroupWorkers, Start: "-", End: "+", Count: 10}).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p) != 1 || p[0].Consumer != "A" {
+		t.Fatalf("pending after A was cut off: %+v; want its message, pending for A", p)
+	}
+
+	// B's reclaimer redoes the rest.
+	cfg = b.config("B")
+	cfg.Lease, cfg.ReclaimInterval = 200*time.Millisecond, 20*time.Millisecond
+	b.start(t, cfg, handlers)
+	log, r := b.waitEnd(t, run)
+	if r.Status != projector.RunFailed {
+		t.Fatalf("run %s, want failed", r.Status)
+	}
+	if n := len(only(log, events.TaskFailed, "t")); n != 1 {
+		t.Errorf("task_failed of t: %d, want 1", n)
+	}
+	if dls, err := b.db.DeadLetters(b.ctx, 100); err != nil || len(dls) != 1 || dls[0].Run != run || dls[0].Task != "t" {
+		t.Errorf("dead letters %+v (%v), want exactly one, of %s t", dls, err, run)
+	}
+	if p, err := b.c.XPending(b.ctx, queue, rdb.GroupWorkers).Result(); err != nil || p.Count != 0 {
+		t.Errorf("pending after the reclaim: %+v %v; want none", p, err)
+	}
+}

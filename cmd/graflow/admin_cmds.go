@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"github.com/spf13/pflag"
 	"strings"
@@ -59,6 +60,10 @@ func runDLQ(m *Main, fs *pflag.FlagSet, c *common) runFunc {
 			failed := 0
 			for _, d := range targets {
 				if err := cl.Requeue(ctx, d.Run, d.Task); err != nil {
+					if !*all && errors.Is(err, graflow.ErrRunNotFound) {
+						// The named run is missing: exit 3, as repair does.
+						return withCode(ExitError, fmt.Errorf("requeue %s %s: %w", d.Run, d.Task, err))
+					}
 					failed++
 					fmt.Fprintf(m.Stderr, "requeue %s %s: %v\n", d.Run, d.Task, err)
 					continue

@@ -250,6 +250,17 @@ func TestRepairOfAMissingRunExits3(t *testing.T) {
 	}
 }
 
+// dlq requeue of a run that does not exist exits 3, as repair of one does
+// (it exited 1, "requeues failed", as for a task not requeueable).
+func TestDLQRequeueOfAMissingRunExits3(t *testing.T) {
+	t.Parallel()
+	ctx := withTestTimeout(t, 30*time.Second)
+	code, out := runCLI(t, ctx, nil, "dlq", "requeue", "nosuch", "t", "--redis", redistest.URL(t), "--namespace", redistest.Namespace(t))
+	if code != ExitError || !strings.Contains(out, "not found") {
+		t.Errorf("dlq requeue of a missing run: exit %d, want %d and not found:\n%s", code, ExitError, out)
+	}
+}
+
 // The real thing: the built binary gets SIGINT while it waits.
 func TestWaitProcessInterrupted(t *testing.T) {
 	t.Parallel()

@@ -205,7 +205,7 @@ func runEvents(m *Main, fs *pflag.FlagSet, c *common) runFunc {
 	run := fs.String("run", "", "the run whose log to print (required: there is no global event feed)")
 	from := fs.String("from", "", "start after this log entry id (an event's seq), to resume")
 	follow := fs.Bool("follow", false, "keep printing new events as they are appended (XREAD BLOCK)")
-	untilEnd := fs.Bool("until-end", false, "with --follow: stop after the run's terminal event")
+	untilEnd := fs.Bool("until-end", false, "with --follow: stop once the run has ended (its last terminal event, not reopened by a requeue)")
 	limit := fs.Int("limit", 0, "without --follow: print at most this many events (0: all)")
 	text := fs.Bool("text", false, "print one human-readable line per event instead of JSON")
 	return func(ctx context.Context, args []string) error {

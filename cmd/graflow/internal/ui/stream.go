@@ -162,9 +162,8 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, fmt.Sprintf("too many live pages open (%d): close some dashboard tabs and reload", s.cfg.MaxStreams), http.StatusServiceUnavailable)
 		return
 	}
-	// The log so far, in one read; Follow then starts after its last entry.
-	// (Follow's UntilEnd would stop at the first terminal event, even one
-	// a requeue has since reopened.)
+	// The log so far, in one read; Follow then starts after its last entry
+	// (without UntilEnd: the live state tells the run's end).
 	evs, err := s.cfg.Client.Events(ctx, run, "", 0)
 	if err != nil {
 		http.Error(w, "cannot read the run's log: "+err.Error(), http.StatusBadGateway)
