@@ -347,23 +347,14 @@ func (c *Client) Events(ctx context.Context, run, from string, limit int) ([]eve
 	return c.db.ReadLogAfter(ctx, run, from, readCount, max(limit, 0))
 }
 
-// endsRun reports whether an event of type t ends a run.
-func endsRun(t events.Type) bool {
-	switch t {
-	case events.RunSucceeded, events.RunFailed, events.RunCancelled, events.RunQuarantined:
-		return true
-	}
-	return false
-}
-
 // runEnd tracks Wait's rule as a run's log is read in order (Wait,
 // Follow with UntilEnd): the run has ended when its last terminal event
-// (endsRun) is not followed by a task_requeued, which reopens it.
+// (events.Type.EndsRun) is not followed by a task_requeued, which reopens it.
 type runEnd struct{ ended bool }
 
 // see takes the next event of the log, of type t.
 func (r *runEnd) see(t events.Type) {
-	if endsRun(t) {
+	if t.EndsRun() {
 		r.ended = true
 	} else if t == events.TaskRequeued { // the run was reopened
 		r.ended = false

@@ -51,6 +51,17 @@ const (
 	SignalReceived Type = "signal_received"
 )
 
+// EndsRun reports whether an event of type t ends its run:
+// run_succeeded, run_failed, run_cancelled or run_quarantined. A later
+// task_requeued reopens a run (Client.Wait's rule).
+func (t Type) EndsRun() bool {
+	switch t {
+	case RunSucceeded, RunFailed, RunCancelled, RunQuarantined:
+		return true
+	}
+	return false
+}
+
 // Types lists every known event type, in documentation order.
 var Types = []Type{
 	RunSubmitted, TaskDispatched, TaskClaimed, TaskHeartbeat, TaskSucceeded,

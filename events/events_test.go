@@ -355,3 +355,13 @@ func TestUpcastCurrentVersionIsNoop(t *testing.T) {
 		t.Errorf("(-want +got):\n%s", diff)
 	}
 }
+
+// TestEndsRun: exactly the four terminal run events end a run.
+func TestEndsRun(t *testing.T) {
+	ends := map[events.Type]bool{events.RunSucceeded: true, events.RunFailed: true, events.RunCancelled: true, events.RunQuarantined: true}
+	for _, typ := range events.Types {
+		if typ.EndsRun() != ends[typ] {
+			t.Errorf("%s.EndsRun() = %t, want %t", typ, typ.EndsRun(), ends[typ])
+		}
+	}
+}

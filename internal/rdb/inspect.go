@@ -405,10 +405,10 @@ func (d DB) EndedBy(ctx context.Context, run, at string) (bool, error) {
 			return false, fmt.Errorf("read log of run %s: %w", run, err)
 		}
 		for _, m := range page {
-			switch t, _ := m.Values[events.FieldType].(string); events.Type(t) {
-			case events.RunSucceeded, events.RunFailed, events.RunCancelled, events.RunQuarantined:
+			switch t, _ := m.Values[events.FieldType].(string); {
+			case events.Type(t).EndsRun():
 				return true, nil
-			case events.TaskRequeued:
+			case events.Type(t) == events.TaskRequeued:
 				return false, nil
 			}
 		}
