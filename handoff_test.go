@@ -20,13 +20,14 @@ import (
 // handoffs (a worker's success dispatches, in the same step, the
 // dependents it made ready: rdb.Handoff) agree with the fold
 // (projector.Apply and projector.Decide), over random DAGs with retries,
-// tolerant groups, delayed starts, priorities, failures, and runs just
-// above the bound, all run by one in-process engine:
+// tolerant groups, delayed starts, priorities and failures, long chains,
+// and fan-outs and fan-ins around projector.MaxHandoffFanout, all run by
+// one in-process engine:
 //
 //   - sound: every task_dispatched a worker wrote follows that worker's
 //     task_succeeded of one of the task's dependencies (in the same
 //     step: only that worker's successes and dispatches between them),
-//     in a run within the bound that spawned nothing, at a point where
+//     in a run that spawned nothing, at a point where
 //     Decide on the fold of the log before it calls for exactly that
 //     dispatch (attempt and body), and the fold applies it;
 //   - complete within its domain: after a worker's success of a task
@@ -57,6 +58,12 @@ func TestHandoffScriptAgreesWithTheFold(t *testing.T) {
 	}
 	for _, n := range []int{rdb.EndMaxTasks, rdb.EndMaxTasks + 1} {
 		plans = append(plans, chainPlan(fmt.Sprintf("handoff-chain-%d", n), n))
+	}
+	// Fan-outs around projector.MaxHandoffFanout: a root with that many
+	// dependents hands them on, one with more leaves them to the
+	// projector; each fan-in (a reduce over all of them) is counted down.
+	for _, n := range []int{projector.MaxHandoffFanout, projector.MaxHandoffFanout + 1, 3 * projector.MaxHandoffFanout} {
+		plans = append(plans, fanPlan(fmt.Sprintf("handoff-fan-%d", n), n))
 	}
 	var byScript, byProjector int
 	runs := runPlans(ctx, t, b, plans, nil, func(run string, evs []events.Event) {
@@ -109,6 +116,18 @@ func randomHandoffPlan(rng *rand.Rand, name string, n int) endPlan {
 	return p
 }
 
+// fanPlan is a root, n noop tasks after it, and a reduce after them all.
+func fanPlan(name string, n int) endPlan {
+	wf := graflow.NewWorkflow(name)
+	root := wf.Task("root", builtin.Noop)
+	mids := make([]*graflow.Task, n)
+	for i := range mids {
+		mids[i] = wf.Task(fmt.Sprintf("m%d", i), builtin.Noop).After(root)
+	}
+	wf.Task("reduce", builtin.Noop).After(mids...)
+	return endPlan{name: name, wf: wf, tasks: n + 2, want: "succeeded"}
+}
+
 // chainPlan is a chain of n noop tasks.
 func chainPlan(name string, n int) endPlan {
 	wf := graflow.NewWorkflow(name)
@@ -151,7 +170,7 @@ func checkHandoffs(t *testing.T, run string, evs []events.Event, workers map[str
 			t.Errorf("%s: the fold did not apply task_dispatched of %s (seq %s) by worker %s: the task is %s", run, e.Task, e.Seq, e.Worker, r.Task(e.Task).Status)
 		}
 		if e.Type == events.RunSubmitted {
-			handoffs = projector.Handoffs(r, rdb.EndMaxTasks)
+			handoffs = projector.Handoffs(r, rdb.HandoffMaxTasks)
 		}
 		if e.Type != events.TaskSucceeded || !workers[e.Worker] || added || r.Status != projector.RunRunning || len(handoffs[e.Task]) == 0 {
 			continue
@@ -200,9 +219,9 @@ func inStep(typ events.Type) bool {
 func checkWorkerDispatch(t *testing.T, run string, r *projector.Run, evs []events.Event, i int, added bool) {
 	t.Helper()
 	e := evs[i]
-	if added || len(r.Tasks) > rdb.EndMaxTasks {
+	if added || len(r.Tasks) > rdb.HandoffMaxTasks {
 		t.Errorf("%s: task_dispatched of %s (seq %s) by worker %s in a run of %d tasks (spawned: %v): the script hands on only in runs of at most %d that spawned nothing",
-			run, e.Task, e.Seq, e.Worker, len(r.Tasks), added, rdb.EndMaxTasks)
+			run, e.Task, e.Seq, e.Worker, len(r.Tasks), added, rdb.HandoffMaxTasks)
 	}
 	called := false
 	for _, d := range projector.Decide(r, 0, nil) {

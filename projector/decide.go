@@ -1,6 +1,7 @@
 package projector
 
 import (
+	"slices"
 	"time"
 
 	"github.com/graflow-go/graflow/events"
@@ -126,45 +127,75 @@ func (r *Run) depsAlive(t *Task, skipping map[string]bool) bool {
 
 // Handoff is a task that a success may dispatch in the same step as the
 // success itself (the worker's finish script): a dependent with a strict
-// join and no delayed start, which is ready once every one of Deps has
-// succeeded. Its dispatch is the one Decide would make (attempt one more
-// than its pending record's, the body Pool and Priority).
+// join and no delayed start, counted: every one of its dependencies hands
+// on, so each of their successes counts it down, and it is ready when the
+// count of its Deps dependencies reaches zero. Its dispatch is the one
+// Decide would make (attempt one more than its pending record's, the body
+// Pool and Priority).
 type Handoff struct {
 	Task     string
 	Pool     string
 	Priority int
-	Deps     []string
+	Deps     int
 }
 
-// Handoffs returns, for a new run of at most maxTasks tasks (a run of
-// submitted alone: no spawns), the tasks whose success the finish may
-// hand on itself: each task every one of whose dependents is a Handoff,
-// with those dependents. Its success then calls for no decision but their
-// dispatches (once ready) and the run's end, both of which the finish
-// makes, so it need not wake a projector. A task with any other dependent
-// (a tolerant join, a delayed start) is not in the map, nor is a task
-// without dependents. r is the run folded from run_submitted alone.
+// MaxHandoffFanout bounds the dependents one success hands on: a task
+// with more (a wide fan-out's root) leaves them to the projector, which
+// dispatches in bounded batches.
+const MaxHandoffFanout = 31
+
+// Handoffs returns, for a new run (folded from submitted alone: no
+// spawns), the tasks whose success the finish hands on itself, each with
+// its dependents. A task hands on when it has between 1 and
+// MaxHandoffFanout dependents and each is counted; a dependent is counted
+// when its join is strict, it has no delayed start, and each of its
+// dependencies hands on (the largest such sets: a dependent whose count
+// some success would not lower is never counted). The success of a task
+// that hands on then calls for no decision but the dispatch of each
+// dependent it counts down to zero, which the finish makes, so it need not
+// wake a projector.
 func Handoffs(r *Run, maxTasks int) map[string][]Handoff {
 	if len(r.Tasks) < 2 || len(r.Tasks) > maxTasks {
 		return nil
 	}
-	next := map[string][]Handoff{}
-	bad := map[string]bool{}
+	dependents := map[string][]*Task{}
 	for _, t := range r.Tasks {
-		ok := t.Spec.Join.Strict() && t.Spec.StartAfterMS <= 0 && len(t.Waits) == 0
 		for _, d := range t.Spec.Deps {
-			if !ok {
-				bad[d] = true
-				continue
-			}
-			next[d] = append(next[d], Handoff{Task: t.Spec.ID, Pool: t.Spec.Pool, Priority: t.Spec.Priority, Deps: t.Spec.Deps})
+			dependents[d] = append(dependents[d], t)
 		}
 	}
-	for d := range bad {
-		delete(next, d)
+	hands := map[string]bool{}
+	for d, ts := range dependents {
+		hands[d] = len(ts) <= MaxHandoffFanout
 	}
-	if len(next) == 0 {
-		return nil
+	counted := map[string]bool{}
+	for _, t := range r.Tasks {
+		counted[t.Spec.ID] = len(t.Spec.Deps) > 0 && t.Spec.Join.Strict() && t.Spec.StartAfterMS <= 0 && len(t.Waits) == 0
+	}
+	for changed := true; changed; {
+		changed = false
+		for d, ts := range dependents {
+			if hands[d] && slices.ContainsFunc(ts, func(t *Task) bool { return !counted[t.Spec.ID] }) {
+				hands[d], changed = false, true
+			}
+		}
+		for _, t := range r.Tasks {
+			if counted[t.Spec.ID] && slices.ContainsFunc(t.Spec.Deps, func(d string) bool { return !hands[d] }) {
+				counted[t.Spec.ID], changed = false, true
+			}
+		}
+	}
+	var next map[string][]Handoff
+	for d, ts := range dependents {
+		if !hands[d] {
+			continue
+		}
+		if next == nil {
+			next = map[string][]Handoff{}
+		}
+		for _, t := range ts {
+			next[d] = append(next[d], Handoff{Task: t.Spec.ID, Pool: t.Spec.Pool, Priority: t.Spec.Priority, Deps: len(t.Spec.Deps)})
+		}
 	}
 	return next
 }

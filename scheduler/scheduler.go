@@ -200,7 +200,7 @@ func (s *Scheduler) Submit(ctx context.Context, spec events.RunSubmittedBody, op
 // once, the root tasks' dispatches, for the submit script to commit (see
 // projector.Initial).
 func (s *Scheduler) initial(ev events.Event, now time.Time) (rdb.Initial, error) {
-	plan, err := projector.InitialPlan(ev, projector.DefaultBatchSize, rdb.EndMaxTasks)
+	plan, err := projector.InitialPlan(ev, projector.DefaultBatchSize, rdb.HandoffMaxTasks)
 	if err != nil {
 		return rdb.Initial{}, fmt.Errorf("fold run_submitted: %w", err)
 	}

@@ -176,6 +176,7 @@ var finishScript = redis.NewScript(prelude + enqueueLua + ackLua + `
 local point = false
 local handoffs = {} -- the handoffs of the successes this call hands on itself
 local dirty0 = false -- the run was dirty before this call
+local spawned = false -- an item of this call spawned tasks
 local succ = nil -- the worker of a success this call accepted
 local ok = 0 -- the run's @ok after this call's successes
 local toack, acked = {}, {} -- message ids to ack, and which item each is
@@ -288,9 +289,12 @@ local function one(i, A, S)
     chunked('HSET', KEYS[6], ARGV, S.t, S.t + 2 * S.k - 1)
     redis.call('HSET', KEYS[1], '@s:' .. A[1], S.sinks)
     redis.call('HINCRBY', KEYS[1], '@spawned', S.k)
+    spawned = true
   end
   -- A success with handoffs (a run that spawned nothing) is handed on
-  -- below, by this call: no projector is woken for it.
+  -- below, by this call: no projector is woken for it. Any success with
+  -- handoffs counts its dependents down (below), handed on or not, so
+  -- that the counts stay exact.
   local hand = A[9] == 'succeeded' and not S and run == 'running' and h[5] and (h[6] or '0') == '0'
   -- The record and @dirty in one HSET; "newly dirty" (the feed is then
   -- pointed at the run) if @dirty was not set before.
@@ -312,8 +316,8 @@ local function one(i, A, S)
   end
   if A[9] == 'succeeded' then succ = A[4] end
   local newly = 1
+  if A[9] == 'succeeded' and h[5] then handoffs[#handoffs + 1] = {h[5], hand} end
   if hand then
-    handoffs[#handoffs + 1] = h[5]
     newly = 0
   elseif h[3] == '1' then newly = 0 else point = true end
   if A[13] ~= '' then toack[#toack + 1] = A[13]; acked[#acked + 1] = i end
@@ -423,54 +427,57 @@ if succ and ending then
     end
   end
 end
--- The handoffs of the successes this call accepted, unless the run ended:
--- each dependent that is pending with every dependency succeeded is
--- dispatched as the projector's Decide would (task_dispatched at one
--- attempt more, by the worker of the success; its record; its queue
--- message, with the call's trace). A dependent still waiting for a
--- dependency in progress needs nothing now (that dependency's outcome
--- will see to it). Anything else (a dependency or dependent that failed,
--- was skipped or cancelled, a queue of the wrong type) wakes a projector
--- instead: it decides what the fold calls for. The dispatches' event ids
--- are the call's end id with its first random character moved on by
--- 1, 2, ... (a run has at most EndMaxTasks tasks, so at most 31 are
--- needed): unique, and of the call's time.
-if not ended and #handoffs > 0 and endid and endid ~= '' then
+-- The handoffs of the successes this call accepted, unless the run ended
+-- (then the state is gone): each success counts each of its dependents
+-- down (@w:<task>, exact: every accepted success of a dependency counts
+-- it once); a handed-on success dispatches each dependent it counted to
+-- zero that is pending, as the projector's Decide would (task_dispatched
+-- at one attempt more, by the worker of the success; its record; its
+-- queue message from @d:<task>, with the call's trace). A dependent not
+-- pending at zero is in progress already, or else (skipped, cancelled,
+-- failed: a requeue's reopening the projector has yet to make) wakes a
+-- projector, as does a queue of the wrong type. The dispatches' event ids
+-- are the call's end id with its first two random characters moved on by
+-- 1, 2, ... (unique, and of the call's time); past 1,023 the rest is left
+-- to a projector.
+if not ended and #handoffs > 0 then
   local B32 = '0123456789ABCDEFGHJKMNPQRSTVWXYZ'
-  local c0 = string.find(B32, string.sub(endid, 11, 11), 1, true)
+  local c1, c2 = nil, nil
+  if endid and endid ~= '' then
+    c1 = string.find(B32, string.sub(endid, 11, 11), 1, true)
+    c2 = string.find(B32, string.sub(endid, 12, 12), 1, true)
+  end
   local nid, wake = 0, false
   local trace = ARGV[pos + 1] or ''
-  for _, hv in ipairs(handoffs) do
-    for line in string.gmatch(hv, '[^\n]+') do
-      local d, q, body, deps = string.match(line, '^([^\t]*)\t([^\t]*)\t([^\t]*)\t(.*)$')
-      if not d or not c0 then wake = true; break end
-      local names = {d}
-      for dep in string.gmatch(deps, '[^,]+') do names[#names + 1] = dep end
-      local recs = redis.call('HMGET', KEYS[1], unpack(names))
-      local st, a, e = parserec(W[d] or recs[1])
-      if st == 'pending' then
-        local ready = true
-        for j = 2, #names do
-          local ds = parserec(W[names[j]] or recs[j])
-          if ds ~= 'succeeded' then
-            ready = false
-            if terminal[ds] or ds == '?' then wake = true end
-          end
-        end
-        if ready then
-          if notwritable(q, 'stream') then
+  if spawned then
+    -- An item spawned tasks after another item of the call, handed on,
+    -- read a run that had spawned nothing: a spawner's dependents wait
+    -- for what it spawned, which only the projector's fold sees.
+    for _, ho in ipairs(handoffs) do
+      if ho[2] then ho[2], wake = false, true end
+    end
+  end
+  for _, ho in ipairs(handoffs) do
+    for d in string.gmatch(ho[1], '[^,]+') do
+      local left = redis.call('HINCRBY', KEYS[1], '@w:' .. d, -1)
+      if left <= 0 and ho[2] then
+        local g = redis.call('HMGET', KEYS[1], d, '@d:' .. d)
+        local st, a, e = parserec(W[d] or g[1])
+        if st == 'pending' then
+          local q, body = string.match(g[2] or '', '^([^\t]*)\t(.*)$')
+          if not q or not c1 or not c2 or nid >= 1023 or notwritable(q, 'stream') then
             wake = true
           else
             nid = nid + 1
-            local k = (c0 - 1 + nid) % 32
-            local id = string.sub(endid, 1, 10) .. string.sub(B32, k + 1, k + 1) .. string.sub(endid, 12)
+            local k1, k2 = (c1 - 1 + nid) % 32, (c2 - 1 + math.floor(nid / 32)) % 32
+            local id = string.sub(endid, 1, 10) .. string.sub(B32, k1 + 1, k1 + 1) .. string.sub(B32, k2 + 1, k2 + 1) .. string.sub(endid, 13)
             append(KEYS[2], id, 'task_dispatched', d, a + 1, 0, succ, body)
             W[d] = recstr('dispatched', a + 1, e, '')
             enqueue(q, ARGV[4], d, a + 1, trace)
           end
+        elseif st ~= 'dispatched' and st ~= 'running' and st ~= 'awaiting_retry' and st ~= 'succeeded' then
+          wake = true
         end
-      elseif st ~= 'dispatched' and st ~= 'running' and st ~= 'awaiting_retry' then
-        wake = true
       end
     end
   end

@@ -68,44 +68,56 @@ type Initial struct {
 	// (run_submitted's); "" for none.
 	Trace string
 	// Handoffs are the successes the worker's finish hands on itself
-	// (projector.Handoffs), by task: recorded in the state hash
-	// (HandoffField) for the finish script.
+	// (projector.Handoffs), by task: recorded in the state hash for the
+	// finish script (HandoffField, CountField, DispatchField).
 	Handoffs map[string][]Handoff
 }
 
-// Handoff is a dependent a success dispatches in the finish once every
-// one of Deps has succeeded (projector.Handoff).
+// Handoff is a dependent a success counts down and, at zero, dispatches
+// in the finish (projector.Handoff): Deps is its dependency count.
 type Handoff struct {
 	Task     string
 	Pool     string
 	Priority int
-	Deps     []string
+	Deps     int
 }
 
-// HandoffField is the state hash field of the handoffs of task's success.
+// HandoffMaxTasks bounds the runs whose successes are handed on: the
+// state hash holds up to three fields per task for them.
+const HandoffMaxTasks = 100_000
+
+// HandoffField is the state hash field of the dependents task's success
+// hands on, comma-separated (task ids hold no comma).
 func HandoffField(task string) string { return "@n:" + task }
 
-// handoffValue encodes a task's handoffs for the finish script: one line
-// per dependent, of four tab-separated fields: its id, its queue key, its
-// task_dispatched body and its dependencies, comma-separated (task ids
-// hold none of tab, newline or comma; a JSON body holds no raw tab or
-// newline).
-func (d DB) handoffValue(run string, hs []Handoff) string {
-	var b strings.Builder
-	for i, h := range hs {
-		if i > 0 {
-			b.WriteByte('\n')
+// CountField is the state hash field of a handed-on dependent's count of
+// dependencies not yet succeeded.
+func CountField(task string) string { return "@w:" + task }
+
+// DispatchField is the state hash field of a handed-on dependent's
+// dispatch: its queue key, a tab, its task_dispatched body (a JSON body
+// holds no raw tab).
+func DispatchField(task string) string { return "@d:" + task }
+
+// handoffFields returns the state hash fields of a run's handoffs, as
+// field, value pairs.
+func (d DB) handoffFields(run string, hs map[string][]Handoff) []any {
+	var out []any
+	seen := map[string]bool{}
+	for _, task := range slices.Sorted(maps.Keys(hs)) {
+		ids := make([]string, len(hs[task]))
+		for i, h := range hs[task] {
+			ids[i] = h.Task
+			if seen[h.Task] {
+				continue
+			}
+			seen[h.Task] = true
+			body, _ := json.Marshal(events.TaskDispatchedBody{Pool: h.Pool, Priority: h.Priority})
+			out = append(out, CountField(h.Task), h.Deps, DispatchField(h.Task), d.K.QueueFor(run, h.Pool, h.Priority)+"\t"+string(body))
 		}
-		body, _ := json.Marshal(events.TaskDispatchedBody{Pool: h.Pool, Priority: h.Priority})
-		b.WriteString(h.Task)
-		b.WriteByte('\t')
-		b.WriteString(d.K.QueueFor(run, h.Pool, h.Priority))
-		b.WriteByte('\t')
-		b.Write(body)
-		b.WriteByte('\t')
-		b.WriteString(strings.Join(h.Deps, ","))
+		out = append(out, HandoffField(task), strings.Join(ids, ","))
 	}
-	return b.String()
+	return out
 }
 
 // submitScript creates a run: appends run_submitted, writes the run's
@@ -125,7 +137,7 @@ func (d DB) handoffValue(run string, hs []Handoff) string {
 //	id, d decisions, d x (event id, type, task, attempt, epoch, body,
 //	task record, queue key index), more 0|1, writer, traceparent (""
 //	none), h, then h pairs (state field, value): the run's handoffs
-//	(HandoffField), written with its state
+//	(HandoffField, CountField, DispatchField), written with its state
 //
 // Reply: {"created", seq} or {"exists", workflow, run_submitted event id}
 var submitScript = redis.NewScript(prelude + enqueueLua + `
@@ -213,10 +225,9 @@ func (d DB) SubmitArgsCmd(ctx context.Context, p redis.Scripter, run string, arg
 	if init.More {
 		more = 1
 	}
-	argv = append(argv, more, init.Writer, init.Trace, len(init.Handoffs))
-	for _, task := range slices.Sorted(maps.Keys(init.Handoffs)) {
-		argv = append(argv, HandoffField(task), d.handoffValue(run, init.Handoffs[task]))
-	}
+	hf := d.handoffFields(run, init.Handoffs)
+	argv = append(argv, more, init.Writer, init.Trace, len(hf)/2)
+	argv = append(argv, hf...)
 	return submitScript.Run(ctx, p, keys, argv...)
 }
 
