@@ -42,6 +42,17 @@ func handoffRun(t *testing.T, specs ...events.TaskSpec) scriptBundle {
 	return b
 }
 
+// sumRun is a handoffRun of x, y and sum (after both), with x and y
+// dispatched and read by w1 (their message ids), and the run's feed
+// pointers so far.
+func sumRun(t *testing.T) (b scriptBundle, msgs map[string]string, feed int) {
+	t.Helper()
+	b = handoffRun(t, events.TaskSpec{ID: "x", Handler: "h"}, events.TaskSpec{ID: "y", Handler: "h"},
+		events.TaskSpec{ID: "sum", Handler: "h", Deps: []string{"x", "y"}})
+	msgs = b.dispatchQueued(t, "w1", "x", "y")
+	return b, msgs, b.feedPoints(t)
+}
+
 // dispatchedBy returns the task_dispatched events of task in b's log.
 func (b scriptBundle) dispatchedBy(t *testing.T, task string) []events.Event {
 	t.Helper()
@@ -58,10 +69,7 @@ func (b scriptBundle) dispatchedBy(t *testing.T, task string) []events.Event {
 // every dependency succeeded, and wakes no projector for it.
 func TestFinishHandsOnTheDependentItMadeReady(t *testing.T) {
 	t.Parallel()
-	b := handoffRun(t, events.TaskSpec{ID: "x", Handler: "h"}, events.TaskSpec{ID: "y", Handler: "h"},
-		events.TaskSpec{ID: "sum", Handler: "h", Deps: []string{"x", "y"}})
-	msgs := b.dispatchQueued(t, "w1", "x", "y")
-	feed := b.feedPoints(t)
+	b, msgs, feed := sumRun(t)
 	b.finishOne(t, b.success(t, "x", "w1", msgs["x"]))
 	if d := b.dispatchedBy(t, "sum"); len(d) != 0 {
 		t.Fatalf("sum dispatched with y not succeeded: %+v", d)
@@ -86,10 +94,7 @@ func TestFinishHandsOnTheDependentItMadeReady(t *testing.T) {
 // nothing (the soak found it: sum dispatched before the spawned task ran).
 func TestFinishHandsNothingOnInACallThatSpawns(t *testing.T) {
 	t.Parallel()
-	b := handoffRun(t, events.TaskSpec{ID: "x", Handler: "h"}, events.TaskSpec{ID: "y", Handler: "h"},
-		events.TaskSpec{ID: "sum", Handler: "h", Deps: []string{"x", "y"}})
-	msgs := b.dispatchQueued(t, "w1", "x", "y")
-	feed := b.feedPoints(t)
+	b, msgs, feed := sumRun(t)
 	y := b.success(t, "y", "w1", msgs["y"])
 	x := b.success(t, "x", "w1", msgs["x"])
 	sp, err := rdb.NewSpawn(ulid.Make().String(), []events.TaskSpec{{ID: "s0", Handler: "h"}}, []string{"s0"}, nil, 100)
