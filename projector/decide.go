@@ -203,15 +203,22 @@ func Handoffs(r *Run, maxTasks int) map[string][]Handoff {
 // Plan is what a new run calls for at once (see InitialPlan).
 type Plan struct {
 	// Decisions are the root tasks' dispatches, More says the run calls
-	// for further decisions (see Initial).
+	// for further decisions (see InitialPlan).
 	Decisions []events.Event
 	More      bool
 	// Handoffs are the successes the finish hands on itself (Handoffs).
 	Handoffs map[string][]Handoff
 }
 
-// InitialPlan is Initial, with the run's Handoffs for runs of at most
-// maxHandoff tasks, from one fold of run_submitted.
+// InitialPlan returns what a new run calls for at once, folded from its
+// run_submitted event alone: its root tasks' dispatches, at most limit of
+// them (More: the run calls for further decisions, more roots than
+// limit), and its Handoffs for runs of at most maxHandoff tasks. The
+// submitter commits the dispatches in the script that creates the run
+// (its queue shares the run's slot), which saves the projector's first
+// commit; they are exactly the decisions a projector would make, and the
+// fold checks them like any other. Pure: the events have no ID, Seq or
+// Time.
 func InitialPlan(submitted events.Event, limit, maxHandoff int) (Plan, error) {
 	r := NewRun(submitted.Run)
 	r.noResults = true
@@ -224,24 +231,8 @@ func InitialPlan(submitted events.Event, limit, maxHandoff int) (Plan, error) {
 	return p, err
 }
 
-// Initial returns the decisions a new run calls for at once, folded from
-// its run_submitted event alone: its root tasks' dispatches, at most limit
-// of them. more says the run calls for further decisions (more roots than
-// limit). The submitter commits them in the script that creates the run
-// (its queue shares the run's slot), which saves the projector's first
-// commit; they are exactly the decisions a projector would make, and the
-// fold checks them like any other. Pure: the events have no ID, Seq or
-// Time.
-func Initial(submitted events.Event, limit int) (decisions []events.Event, more bool, err error) {
-	r := NewRun(submitted.Run)
-	r.noResults = true
-	if err := Apply(r, submitted); err != nil {
-		return nil, false, err
-	}
-	return initialDecisions(r, limit)
-}
-
-// initialDecisions is Initial on r, folded from run_submitted alone.
+// initialDecisions are InitialPlan's dispatches, for r folded from
+// run_submitted alone.
 func initialDecisions(r *Run, limit int) (decisions []events.Event, more bool, err error) {
 	decisions = Decide(r, limit, nil)
 	for _, d := range decisions {

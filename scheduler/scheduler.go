@@ -198,7 +198,7 @@ func (s *Scheduler) Submit(ctx context.Context, spec events.RunSubmittedBody, op
 
 // initial folds ev (run_submitted) into the decisions the run calls for at
 // once, the root tasks' dispatches, for the submit script to commit (see
-// projector.Initial).
+// projector.InitialPlan).
 func (s *Scheduler) initial(ev events.Event, now time.Time) (rdb.Initial, error) {
 	plan, err := projector.InitialPlan(ev, projector.DefaultBatchSize, rdb.HandoffMaxTasks)
 	if err != nil {

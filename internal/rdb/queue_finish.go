@@ -168,6 +168,14 @@ func (d DB) Finish(ctx context.Context, a FinishArgs) (newlyDirty bool, err erro
 // the partition's end policy) and points no feed. It does so only when a
 // projector has recorded that policy.
 //
+// Then the traceparent of the dispatches the call hands on ("" or absent:
+// none). A success with handoffs (HandoffField, read in the item's HMGET)
+// counts each of its dependents down (CountField); one in a running run
+// that spawned nothing (and in a call that spawns nothing) sets no @dirty,
+// and dispatches each pending dependent it counted to zero (DispatchField)
+// as the projector's Decide would, with an event id derived from the end
+// id. Anything it cannot settle wakes a projector.
+//
 // Reply: per item, {"ok", seq, newly dirty 0|1, acked 1|0|-1 (as
 // queue_ack), ended 1|0} | {"stale", status, epoch, owner} | {"spawn", why}
 // (the spawn is refused; nothing of the item was written, the claim
