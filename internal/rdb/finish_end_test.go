@@ -249,8 +249,8 @@ func TestFinishEndsASingleTaskRun(t *testing.T) {
 	if n, _ := b.c.Exists(b.ctx, b.db.K.RunLogCompact(b.run)).Result(); n != 0 {
 		t.Error("the compaction's scratch key is left behind")
 	}
-	if n, _ := b.c.XLen(b.ctx, b.endQueue()).Result(); n != 0 {
-		t.Errorf("the queue holds %d messages, want the acked one deleted", n)
+	if p, err := b.c.XPending(b.ctx, b.endQueue(), rdb.GroupWorkers).Result(); err != nil || p.Count != 0 {
+		t.Errorf("pending messages %+v, %v: want the attempt's message acked", p, err)
 	}
 }
 
@@ -623,12 +623,13 @@ func TestFinishWithAShortSuccessCountLeavesTheEndToTheProjector(t *testing.T) {
 	b.checkLeftToProjector(t, feed)
 }
 
-// A finish whose keys include one of the wrong type refuses the call with
-// nothing written: no event appended, the record still running, nothing
-// acked. Redis rolls nothing back, so every key the script writes or reads
-// after its first write is checked before it: the results hash, the end
-// policy and the dag (read by the end check), and the log itself with a
-// spawn or an expiring result (whose writes come before the event).
+// A finish whose keys include one it writes of the wrong type refuses the
+// call with nothing written: no event appended, the record still running,
+// nothing acked. Redis rolls nothing back, so every key the script writes
+// after its first write is checked before it: the results hash, and the
+// log itself with a spawn or an expiring result (whose writes come before
+// the event). The keys only the end check reads are
+// TestFinishThatCannotReadItsEndLeavesItToTheProjector's.
 func TestFinishWithAWrongTypedKeyWritesNothing(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
@@ -639,8 +640,6 @@ func TestFinishWithAWrongTypedKeyWritesNothing(t *testing.T) {
 		{"results", func(b scriptBundle) string { return b.db.K.RunResults(b.run) }, func(t *testing.T, a *rdb.FinishArgs) {
 			a.EndID = "" // an ending call deletes the results hash: this one writes it
 		}},
-		{"end policy", func(b scriptBundle) string { return b.db.K.EndPolicyFor(b.run) }, nil},
-		{"dag", func(b scriptBundle) string { return b.db.K.RunDAG(b.run) }, nil},
 		{"log, expiring result", func(b scriptBundle) string { return b.db.K.RunLog(b.run) }, func(t *testing.T, a *rdb.FinishArgs) {
 			a.ResultExpiresMS = 99_000
 		}},
@@ -695,6 +694,52 @@ func TestFinishWithAWrongTypedKeyWritesNothing(t *testing.T) {
 			}
 			if p, err := b.c.XPending(b.ctx, b.endQueue(), rdb.GroupWorkers).Result(); err != nil || p.Count != 1 {
 				t.Errorf("pending messages %+v, %v: want the attempt's message still pending", p, err)
+			}
+		})
+	}
+}
+
+// The end check reads the dag's keys and the end policy after the call's
+// writes, and only for a run that may end there (its @ok reached its
+// @tasks). Of the wrong type, either leaves the end to a projector: the
+// success is recorded whole (event, record, ack) and the feed pointed,
+// where the call used to fail midway or, checked first, refuse the
+// success.
+func TestFinishThatCannotReadItsEndLeavesItToTheProjector(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		key  func(b scriptBundle) string
+	}{
+		{"end policy", func(b scriptBundle) string { return b.db.K.EndPolicyFor(b.run) }},
+		{"dag", func(b scriptBundle) string { return b.db.K.RunDAG(b.run) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			b := endRun(t, endPolicy, events.TaskSpec{ID: "solo", Handler: "h"})
+			a := b.success(t, "solo", "w1", b.dispatchQueued(t, "w1", "solo")["solo"])
+			feed := b.feedPoints(t)
+			key := tc.key(b)
+			if err := b.c.Del(b.ctx, key).Err(); err != nil {
+				t.Fatal(err)
+			}
+			if err := b.c.Set(b.ctx, key, "not a hash", 0).Err(); err != nil {
+				t.Fatal(err)
+			}
+			out := b.finishOne(t, a)
+			if out.Err != nil || out.Ended {
+				t.Fatalf("finish with %s of the wrong type: %+v; want accepted, not ended", tc.name, out)
+			}
+			b.checkLeftToProjector(t, feed)
+			log := b.log(t)
+			if last := log[len(log)-1]; last.Type != events.TaskSucceeded || last.ID != a.EventID {
+				t.Errorf("last event %s %s, want the success %s", last.Type, last.ID, a.EventID)
+			}
+			if rec := b.hash(t, b.db.K.RunState(b.run))["solo"]; !strings.HasPrefix(rec, "succeeded|") {
+				t.Errorf("solo's record %q, want succeeded", rec)
+			}
+			if p, err := b.c.XPending(b.ctx, b.endQueue(), rdb.GroupWorkers).Result(); err != nil || p.Count != 0 {
+				t.Errorf("pending messages %+v, %v: want the attempt's message acked", p, err)
 			}
 		})
 	}

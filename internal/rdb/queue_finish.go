@@ -194,6 +194,8 @@ local toack, acked = {}, {} -- message ids to ack, and which item each is
 -- first. done: the tasks whose success this call accepted.
 local W, R, done = {}, {}, {}
 local runst = nil -- the run's status, as the items read it
+local tasks0 = nil -- the run's @tasks (its tasks at submit), as the items read it
+local spawned0 = 0 -- the run's @spawned, as the items read it
 -- spawnbad returns why the spawn S cannot be added, or nil. Reads only.
 local function spawnbad(run, S)
   if run ~= 'running' then return 'the run is ' .. run end
@@ -226,8 +228,9 @@ end
 -- (all of this run) and replies with the n item replies, in order. S is
 -- the item's spawn, or nil.
 local function one(i, A, S)
-  local h = redis.call('HMGET', KEYS[1], '@status', A[1], '@dirty', '@ok', '@n:' .. A[1], '@spawned')
+  local h = redis.call('HMGET', KEYS[1], '@status', A[1], '@dirty', '@ok', '@n:' .. A[1], '@spawned', '@tasks')
   if h[3] == '1' then dirty0 = true end
+  tasks0, spawned0 = tonumber(h[7]), tonumber(h[6] or '0') or 0
   h[2], h[3], h[4] = W[A[1]] or h[2], W['@dirty'] or h[3], W['@ok'] or h[4]
   local run = h[1]
   runst = run
@@ -337,6 +340,7 @@ end
 -- message ids.
 local bad = notwritable(KEYS[4], 'stream') or notwritable(KEYS[5], 'stream')
 if bad then return bad end
+local streams = {[KEYS[4]] = true, [KEYS[5]] = true} -- streams found writable
 local n, out = tonumber(ARGV[1]), {}
 local ids, expiring, succs = {}, false, false
 for i = 0, n - 1 do
@@ -366,16 +370,9 @@ for i = 0, n - 1 do
     pos = pos + 5 + nx + 2 * k
   end
 end
--- The end check's reads (below), made here: the dag's task count and the
--- end policy, read now so that a key of the wrong type fails the call
--- before its first write.
 local endid = ARGV[pos]
 local ending = succs and endid and endid ~= ''
-local ntasks, pol = 0, nil
-if ending then
-  ntasks = redis.call('HLEN', KEYS[6])
-  pol = redis.call('HMGET', KEYS[10], 'compact', 'ttl')
-elseif next(spawns) then
+if next(spawns) then
   bad = notwritable(KEYS[6], 'hash')
   if bad then return bad end
 end
@@ -394,11 +391,34 @@ end
 -- records are read only once the run's @ok (successes accepted by finish
 -- calls) reaches its task count: a run with a success recorded elsewhere
 -- (an import) or that predates @ok is left to the projector.
+--
+-- The run's task count is its @tasks (written at submit) plus its
+-- @spawned, or the dag's length for a run without @tasks (submitted by an
+-- older release, or imported) or a call that spawns. The reads the end
+-- needs besides (the dag's keys, the end policy) come after the items'
+-- writes, and only once @ok reaches that count: each is a pcall, and a
+-- key of the wrong type leaves the end to a projector (the feed is pointed
+-- as for any success) rather than failing the call midway.
 local ended = false
-if succ and ending then
-  if next(spawns) then ntasks = redis.call('HLEN', KEYS[6]) end
-  if ntasks > 0 and ntasks <= ` + strconv.Itoa(EndMaxTasks) + ` and ok >= ntasks and runst == 'running' then
-    local tasks = redis.call('HKEYS', KEYS[6])
+if succ and ending and runst == 'running' then
+  local ntasks = nil
+  if tasks0 and not next(spawns) then
+    ntasks = tasks0 + spawned0
+  else
+    local r = redis.pcall('HLEN', KEYS[6])
+    if type(r) == 'number' then ntasks = r end
+  end
+  local tasks = nil
+  if ntasks and ntasks > 0 and ntasks <= ` + strconv.Itoa(EndMaxTasks) + ` and ok >= ntasks then
+    tasks = redis.pcall('HKEYS', KEYS[6])
+    if type(tasks) ~= 'table' or tasks.err or #tasks ~= ntasks then tasks = nil end
+  end
+  local pol = nil
+  if tasks then
+    pol = redis.pcall('HMGET', KEYS[10], 'compact', 'ttl')
+    if type(pol) ~= 'table' or pol.err then pol = nil; tasks = nil end
+  end
+  if tasks then
     -- Every task's record, this call's first; the hash is read only for
     -- tasks whose success this call did not accept.
     local rest = {}
@@ -473,7 +493,8 @@ if not ended and #handoffs > 0 then
         local st, a, e = parserec(W[d] or g[1])
         if st == 'pending' then
           local q, body = string.match(g[2] or '', '^([^\t]*)\t(.*)$')
-          if not q or not c1 or not c2 or nid >= 1023 or notwritable(q, 'stream') then
+          if q and not streams[q] and not notwritable(q, 'stream') then streams[q] = true end
+          if not q or not c1 or not c2 or nid >= 1023 or not streams[q] then
             wake = true
           else
             nid = nid + 1

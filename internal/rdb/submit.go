@@ -184,7 +184,7 @@ local seq = append(KEYS[2], ARGV[1], 'run_submitted', '', 0, 0, '', ARGV[3])
 -- No input is no @input field (a reader's nil is "").
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[4], '@input', ARGV[5]) end
 chunked('HSET', KEYS[3], ARGV, 7, 6 + 2 * n)
-local fields = {'@status', 'running', '@workflow', ARGV[4]}
+local fields = {'@status', 'running', '@workflow', ARGV[4], '@tasks', n}
 local last = seq
 for j = 0, d - 1 do
   local a = dec + 8 * j
