@@ -69,8 +69,9 @@ func (d DB) Lost(ctx context.Context, run string, want []Want) ([]Want, error) {
 }
 
 // locate returns the tasks of want whose dispatch (that attempt) is in the
-// run's partition's delayed set or queue streams (undelivered, or pending for a
-// consumer: acked messages are deleted).
+// run's partition's delayed set or queue streams, undelivered or pending
+// for a consumer: a stream also holds acked entries until a fetch trims
+// them (trimLua), which do not count.
 func (d DB) locate(ctx context.Context, run string, want []Want) (map[string]bool, error) {
 	found := map[string]bool{}
 	byKey := map[string]bool{}
@@ -102,6 +103,13 @@ func (d DB) locate(ctx context.Context, run string, want []Want) (map[string]boo
 		streams[d.K.QueueFor(run, w.Pool, w.Priority)] = true
 	}
 	for stream := range streams {
+		// Read before the entries: a message delivered meanwhile is
+		// after it, and counted as undelivered (it is pending now).
+		delivered, err := d.lastDelivered(ctx, stream)
+		if err != nil {
+			return nil, err
+		}
+		var older []redis.XMessage // delivered: live only while pending
 		start := "-"
 		for {
 			msgs, err := d.C.XRangeN(ctx, stream, start, "+", 1000).Result()
@@ -110,6 +118,10 @@ func (d DB) locate(ctx context.Context, run string, want []Want) (map[string]boo
 			}
 			for _, m := range msgs {
 				if r, _ := m.Values[MsgRun].(string); r == run {
+					if delivered != "" && !idAfter(m.ID, delivered) {
+						older = append(older, m)
+						continue
+					}
 					t, _ := m.Values[MsgTask].(string)
 					a, _ := m.Values[MsgAttempt].(string)
 					n, _ := strconv.Atoi(a)
@@ -121,8 +133,59 @@ func (d DB) locate(ctx context.Context, run string, want []Want) (map[string]boo
 			}
 			start = "(" + msgs[len(msgs)-1].ID
 		}
+		if len(older) == 0 {
+			continue
+		}
+		pipe := d.C.Pipeline()
+		pend := make([]*redis.XPendingExtCmd, len(older))
+		for i, m := range older {
+			pend[i] = pipe.XPendingExt(ctx, &redis.XPendingExtArgs{Stream: stream, Group: GroupWorkers, Start: m.ID, End: m.ID, Count: 1})
+		}
+		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+			return nil, fmt.Errorf("read pending messages of queue %s: %w", stream, err)
+		}
+		for i, m := range older {
+			if p, _ := pend[i].Result(); len(p) == 1 {
+				t, _ := m.Values[MsgTask].(string)
+				a, _ := m.Values[MsgAttempt].(string)
+				n, _ := strconv.Atoi(a)
+				match(t, n)
+			}
+		}
 	}
 	return found, nil
+}
+
+// lastDelivered returns the last id the workers' group delivered of
+// stream ("" with no group: nothing was delivered).
+func (d DB) lastDelivered(ctx context.Context, stream string) (string, error) {
+	groups, err := d.C.XInfoGroups(ctx, stream).Result()
+	if err != nil {
+		if strings.Contains(err.Error(), "no such key") {
+			return "", nil
+		}
+		return "", fmt.Errorf("read queue %s: %w", stream, err)
+	}
+	for _, g := range groups {
+		if g.Name == GroupWorkers {
+			return g.LastDeliveredID, nil
+		}
+	}
+	return "", nil
+}
+
+// idAfter reports whether stream id a ("ms-seq") comes after b.
+func idAfter(a, b string) bool {
+	ams, aseq := splitID(a)
+	bms, bseq := splitID(b)
+	return ams > bms || (ams == bms && aseq > bseq)
+}
+
+func splitID(id string) (ms, seq uint64) {
+	m, s, _ := strings.Cut(id, "-")
+	ms, _ = strconv.ParseUint(m, 10, 64)
+	seq, _ = strconv.ParseUint(s, 10, 64)
+	return ms, seq
 }
 
 // globEscape escapes the glob metacharacters of Redis MATCH patterns.
@@ -140,6 +203,9 @@ func globEscape(s string) string {
 
 // QueueStat is what Redis reports about one queue stream.
 type QueueStat struct {
+	// Length is the messages not acked yet: pending + lag when Redis
+	// knows the lag, else the stream's length, which counts acked entries
+	// not trimmed yet too (see trimLua).
 	Length int64
 	// Lag is the group's lag (-1 when Redis cannot compute it); HasGroup
 	// is false when no worker has read the stream yet.
@@ -158,6 +224,10 @@ func (d DB) QueueStat(ctx context.Context, stream string) (q QueueStat, ok bool,
 		return q, false, err
 	}
 	wrap := func(err error) (QueueStat, bool, error) { return q, false, fmt.Errorf("queue %s: %w", stream, err) }
+	// Length is what is neither acked nor trimmed yet; below, the
+	// messages not yet acked (pending + lag) when Redis knows the lag: a
+	// stream keeps up to about a node of acked entries until a fetch
+	// trims them.
 	if q.Length, err = d.C.XLen(ctx, stream).Result(); err != nil {
 		return wrap(err)
 	}
@@ -178,6 +248,9 @@ func (d DB) QueueStat(ctx context.Context, stream string) (q QueueStat, ok bool,
 		return wrap(err)
 	}
 	q.Pending, q.Consumers = pend.Count, pend.Consumers
+	if q.Lag >= 0 {
+		q.Length = min(q.Length, q.Pending+q.Lag)
+	}
 	if pend.Count > 0 {
 		ext, err := d.C.XPendingExt(ctx, &redis.XPendingExtArgs{Stream: stream, Group: GroupWorkers, Start: "-", End: "+", Count: 1}).Result()
 		if err != nil {

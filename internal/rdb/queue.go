@@ -293,7 +293,7 @@ func (d DB) release(ctx context.Context, run, task, worker string, attempt int, 
 }
 
 // queueMoveScript gives a message back to the pool: it queues a fresh copy
-// (on the band stream KEYS[2]) and acks and deletes the old one, only if
+// (on the band stream KEYS[2]) and acks the old one (see ackLua), only if
 // the old one is pending for this consumer — atomically, so the old message
 // is never acked without its replacement (two streams of one pool share a
 // slot).
@@ -308,7 +308,6 @@ if #p == 0 then return 0 end
 if p[1][2] ~= ARGV[2] then return -1 end
 enqueue(KEYS[2], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
-redis.call('XDEL', KEYS[1], ARGV[3])
 return 1
 `)
 

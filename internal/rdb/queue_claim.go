@@ -36,13 +36,16 @@ import (
 // reading new messages, which it would claim with event ids already used
 // while the first execution's claims waited for the reclaimer.
 //
+// It also removes the acked entries of each band it reads (trimacked) once
+// they may fill a node, and all of them when the band had nothing new.
+//
 // KEYS: the pool's band streams, highest priority first, then the
 // consumer's fetch mark (one slot: {pN})
 // ARGV: 1 group, 2 consumer, 3 n, 4 run key prefix of the partition ("":
 // no claims), 5 time ms, 6 upstream byte budget, then n claim event ids
 // (the i-th message read claims with the i-th)
 // Reply: {{stream, id, {field, value, ...}, claim reply or nil}, ...}
-var fetchScript = redis.NewScript(prelude + claimLua + `
+var fetchScript = redis.NewScript(prelude + claimLua + trimLua + `
 local n = tonumber(ARGV[3])
 local prefix = ARGV[4]
 local call = claimcall(ARGV[6])
@@ -80,18 +83,23 @@ if claiming then
 end
 for i = 1, bands do
   if n <= 0 then break end
-  -- Acked entries are deleted, so an empty band has nothing new: skip the
-  -- (costlier) XREADGROUP.
-  local r = false
-  if redis.call('XLEN', KEYS[i]) > 0 then
-    r = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', n, 'STREAMS', KEYS[i], '>')
-  end
-  if r then
-    for _, m in ipairs(r[1][2]) do
-      add(i, m, #out + 1)
-      read[#read + 1] = i .. ':' .. m[1]
-      n = n - 1
+  -- An empty band has nothing new: skip the (costlier) XREADGROUP. A band
+  -- keeps at most about a node of acked entries (trimacked), so a band
+  -- that holds only those is read once more, finds nothing new and is
+  -- emptied.
+  local len = redis.call('XLEN', KEYS[i])
+  if len > 0 then
+    local r = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', n, 'STREAMS', KEYS[i], '>')
+    local got = 0
+    if r then
+      for _, m in ipairs(r[1][2]) do
+        add(i, m, #out + 1)
+        read[#read + 1] = i .. ':' .. m[1]
+        n = n - 1
+        got = got + 1
+      end
     end
+    if got == 0 or len >= ` + strconv.Itoa(trimAtLength) + ` then trimacked(KEYS[i], ARGV[1], len, got == 0) end
   end
 end
 if claiming and #read > 0 then
