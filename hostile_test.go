@@ -364,15 +364,9 @@ func hostileCases() []hostileCase {
 			}
 		}},
 		{name: "task metadata that does not parse", want: quarantined, corrupt: func(ctx context.Context, h *hostile, run string) {
-			if err := h.admin.HSet(ctx, h.k.RunDAG(run), "a", `{"h":"ok","d":[`).Err(); err != nil {
+			if err := h.admin.HSet(ctx, h.k.RunState(run), rdb.MetaField("a"), `{"h":"ok","d":[`).Err(); err != nil {
 				h.t.Fatal(err)
 			}
-		}},
-		{name: "the run's dag is not a hash (WRONGTYPE)", want: quarantined, corrupt: func(ctx context.Context, h *hostile, run string) {
-			h.replace(ctx, h.k.RunDAG(run))
-		}},
-		{name: "the run's results are not a hash (WRONGTYPE)", want: quarantined, corrupt: func(ctx context.Context, h *hostile, run string) {
-			h.replace(ctx, h.k.RunResults(run))
 		}},
 		{name: "the run's state is not a hash (WRONGTYPE)", want: quarantined, corrupt: func(ctx context.Context, h *hostile, run string) {
 			h.replace(ctx, h.k.RunState(run))

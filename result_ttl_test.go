@@ -34,9 +34,9 @@ func TestResultTTLExpiresTheStoredResult(t *testing.T) {
 	}
 	succeeded := waitForEvent(t, s.client, run, func(e events.Event) bool { return e.Type == events.TaskSucceeded && e.Task == "a" })
 	// The projector's mover deletes the value once due: wait for it.
-	results := rdb.NewKeys(s.ns).RunResults(run)
+	state := rdb.NewKeys(s.ns).RunState(run)
 	for {
-		n, err := s.rdb.HExists(s.ctx, results, "a").Result()
+		n, err := s.rdb.HExists(s.ctx, state, rdb.ResultField("a")).Result()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -109,8 +109,8 @@ func TestResultTTLKeepsTheResultUntilDue(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n, err := s.rdb.Exists(s.ctx, rdb.NewKeys(s.ns).RunResults(run), rdb.NewKeys(s.ns).RunState(run)).Result(); err != nil || n != 0 {
-		t.Errorf("%d of the succeeded run's results and state hashes left (%v), want none", n, err)
+	if n, err := s.rdb.Exists(s.ctx, rdb.NewKeys(s.ns).RunState(run)).Result(); err != nil || n != 0 {
+		t.Errorf("the succeeded run's state hash (with its results) left (%d, %v), want none", n, err)
 	}
 	if _, err := later.Result(s.ctx, run, "a"); !errors.Is(err, graflow.ErrResultExpired) {
 		t.Errorf("Result(a) two hours later = %v, want ErrResultExpired", err)

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/graflow-go/graflow/events"
+	"github.com/graflow-go/graflow/internal/rdb"
 	"github.com/graflow-go/graflow/replay"
 )
 
@@ -43,7 +44,7 @@ func TestResultTTLWithWorkerProcesses(t *testing.T) {
 		t.Fatal(err)
 	}
 	for { // the projector process deletes token's result when due
-		n, err := s.rdb.HExists(ctx, s.keys.RunResults(run), "token").Result()
+		n, err := s.rdb.HExists(ctx, s.keys.RunState(run), rdb.ResultField("token")).Result()
 		if err != nil {
 			t.Fatal(err)
 		}

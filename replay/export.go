@@ -194,7 +194,7 @@ type Hashes struct {
 // Hashes returns the live hashes the engine would hold for the imported
 // run whose log ends at last: task records as projector.RecordOf,
 // @status, @workflow, @cursor = last, @ok (the succeeded tasks), the
-// spawn records and @spawned, the
+// spawn records, @spawned and @tasks, the
 // result expiries, the signal ids;
 // accepted results and @input; the metadata of every submitted and
 // spawned task; the channel as written.
@@ -229,6 +229,9 @@ func (im *Import) Hashes(last string) (Hashes, error) {
 	for k, v := range im.Analysis.spawnFields() {
 		h.State[k] = v
 	}
+	// @tasks: the tasks at submit (the spawned ones are @spawned).
+	spawned, _ := strconv.Atoi(h.State[statehash.FieldRunSpawned])
+	h.State[statehash.FieldRunTasks] = strconv.Itoa(len(im.Analysis.Specs()) - spawned)
 	for k, v := range im.Analysis.signalFields() {
 		h.State[k] = v
 	}

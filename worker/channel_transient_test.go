@@ -190,10 +190,13 @@ func TestSpawnedReadRetriesARefusedConnection(t *testing.T) {
 }
 
 // upstreamRead names the HMGET of results the claim did not carry (a
-// dependency's result read by BindUpstream or EachUpstream).
+// dependency's result read by BindUpstream or EachUpstream: the @r:
+// fields of the run's state hash).
 func upstreamRead(cmd redis.Cmder) string {
-	key, _ := cmd.Args()[min(1, len(cmd.Args())-1)].(string)
-	if cmd.Name() == "hmget" && strings.HasSuffix(key, ":results") {
+	args := cmd.Args()
+	key, _ := args[min(1, len(args)-1)].(string)
+	field, _ := args[min(2, len(args)-1)].(string)
+	if cmd.Name() == "hmget" && strings.HasSuffix(key, ":state") && strings.HasPrefix(field, "@r:") {
 		return "upstream"
 	}
 	return ""

@@ -1069,6 +1069,9 @@ type scriptCalls struct {
 	n        atomic.Int64
 	after    string        // sha
 	done     chan struct{} // capacity 1
+	// fail, if set, is the error each counted call returns instead of
+	// its reply (after Redis ran it).
+	fail error
 }
 
 func (h *scriptCalls) is(cmd redis.Cmder, sha string) bool {
@@ -1076,10 +1079,12 @@ func (h *scriptCalls) is(cmd redis.Cmder, sha string) bool {
 	return len(a) > 1 && fmt.Sprint(a[0]) == "evalsha" && a[1] == sha
 }
 
-func (h *scriptCalls) count(cmd redis.Cmder) {
+func (h *scriptCalls) count(cmd redis.Cmder) bool {
 	if a := cmd.Args(); h.is(cmd, h.sha) && len(a) > 3 && a[3] == h.key {
 		h.n.Add(1)
+		return true
 	}
+	return false
 }
 
 func (h *scriptCalls) signal(cmds ...redis.Cmder) {
@@ -1095,18 +1100,33 @@ func (h *scriptCalls) signal(cmds ...redis.Cmder) {
 func (h *scriptCalls) DialHook(next redis.DialHook) redis.DialHook { return next }
 func (h *scriptCalls) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
-		h.count(cmd)
+		counted := h.count(cmd)
 		err := next(ctx, cmd)
+		if counted && h.fail != nil {
+			cmd.SetErr(h.fail)
+			err = h.fail
+		}
 		h.signal(cmd)
 		return err
 	}
 }
 func (h *scriptCalls) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return func(ctx context.Context, cmds []redis.Cmder) error {
+		var counted []redis.Cmder
 		for _, c := range cmds {
-			h.count(c)
+			if h.count(c) {
+				counted = append(counted, c)
+			}
 		}
 		err := next(ctx, cmds)
+		for _, c := range counted {
+			if h.fail != nil {
+				c.SetErr(h.fail)
+				if err == nil {
+					err = h.fail
+				}
+			}
+		}
 		h.signal(cmds...)
 		return err
 	}
@@ -1125,14 +1145,15 @@ func TestClaimsThatKeepFailingArePoison(t *testing.T) {
 	b := setup(t)
 	bad := b.submit(t, events.TaskSpec{ID: "t", Handler: "ok"})
 	b.waitFor(t, bad, "0", isType(events.TaskDispatched))
-	// The run's metadata becomes unreadable: every claim of it fails.
-	if err := b.c.Del(b.ctx, b.db.K.RunDAG(bad)).Err(); err != nil {
+	// The run's metadata becomes unreadable, so the fetch leaves its
+	// message unclaimed, and every claim script call of it fails with an
+	// error that is not transient (as one on a key of the wrong type did
+	// when the metadata had a hash of its own).
+	if err := b.c.HSet(b.ctx, b.db.K.RunState(bad), rdb.MetaField("t"), `{"h":"ok","d":[`).Err(); err != nil {
 		t.Fatal(err)
 	}
-	if err := b.c.Set(b.ctx, b.db.K.RunDAG(bad), "not a hash", 0).Err(); err != nil {
-		t.Fatal(err)
-	}
-	calls := &scriptCalls{sha: scriptSHA("claim"), key: b.db.K.RunState(bad), after: scriptSHA("queue_ack"), done: make(chan struct{}, 1)}
+	calls := &scriptCalls{sha: scriptSHA("claim"), key: b.db.K.RunState(bad), after: scriptSHA("queue_ack"), done: make(chan struct{}, 1),
+		fail: errors.New("WRONGTYPE Operation against a key holding the wrong kind of value")}
 	cfg := b.config("w1")
 	cfg.Redis = b.clientWith(t, calls)
 	cfg.Lease, cfg.ReclaimInterval, cfg.PoisonLimit = 300*time.Millisecond, 50*time.Millisecond, 2

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 
 	"github.com/graflow-go/graflow/events"
 	"github.com/redis/go-redis/v9"
@@ -157,30 +158,24 @@ type ImportHashes struct {
 	State, DAG, Results, Channel map[string]string
 }
 
-// importStateScript writes an imported run's hashes if it has no state,
-// and enters each result expiry of the state (statehash.ResultExpiryField)
-// in the partition's expiry set, so a result past its TTL is deleted.
+// importStateScript writes an imported run's state and channel hashes if
+// it has no state, and enters each result expiry of the state
+// (statehash.ResultExpiryField) in the partition's expiry set, so a result
+// past its TTL is deleted.
 //
-// KEYS: 1 state, 2 dag, 3 results, 4 channel, 5 the partition's expiry set
-// ARGV: the number of values (field, value, ...) of each of KEYS 1-4 in
-// order, the run id, then the values, key after key
+// KEYS: 1 state, 2 channel, 3 the partition's expiry set
+// ARGV: 1 the number of values (field, value, ...) of the state, 2 of the
+// channel, 3 the run id, then the values, the state's first
 // Reply: 1 written, 0 the run has state already (nothing written)
 var importStateScript = redis.NewScript(prelude + `
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local run = ARGV[5]
+local ns, nc, run = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 -- The state hash last: it is what marks the run as existing.
-for _, k in ipairs({2, 3, 4, 1}) do
-  local n = 0
-  for j = 1, k - 1 do n = n + tonumber(ARGV[j]) end
-  local from = 6 + n
-  local count = tonumber(ARGV[k])
-  if count > 0 then chunked('HSET', KEYS[k], ARGV, from, from + count - 1) end
-  if k == 1 then
-    for j = from, from + count - 1, 2 do
-      if string.sub(ARGV[j], 1, 4) == '@rx:' then
-        redis.call('ZADD', KEYS[5], tonumber(ARGV[j + 1]), run .. '|' .. string.sub(ARGV[j], 5))
-      end
-    end
+if nc > 0 then chunked('HSET', KEYS[2], ARGV, 4 + ns, 3 + ns + nc) end
+if ns > 0 then chunked('HSET', KEYS[1], ARGV, 4, 3 + ns) end
+for j = 4, 3 + ns, 2 do
+  if string.sub(ARGV[j], 1, 4) == '@rx:' then
+    redis.call('ZADD', KEYS[3], tonumber(ARGV[j + 1]), run .. '|' .. string.sub(ARGV[j], 5))
   end
 end
 return 1
@@ -191,14 +186,22 @@ return 1
 // ErrImportConflict, nothing written).
 func (d DB) ImportState(ctx context.Context, run string, h ImportHashes) error {
 	k := d.K
-	keys := []string{k.RunState(run), k.RunDAG(run), k.RunResults(run), k.RunChannel(run), k.ExpiriesFor(run)}
-	parts := []map[string]string{h.State, h.DAG, h.Results, h.Channel}
-	argv := make([]any, 0, 5+2*(len(h.State)+len(h.DAG)+len(h.Results)+len(h.Channel)))
-	for _, p := range parts {
-		argv = append(argv, 2*len(p))
+	keys := []string{k.RunState(run), k.RunChannel(run), k.ExpiriesFor(run)}
+	state := make(map[string]string, len(h.State)+len(h.DAG)+len(h.Results))
+	maps.Copy(state, h.State)
+	for task, meta := range h.DAG {
+		state[MetaField(task)] = meta
 	}
-	argv = append(argv, run)
-	for _, p := range parts {
+	for f, v := range h.Results {
+		if f == FieldRunInput {
+			state[f] = v
+		} else {
+			state[ResultField(f)] = v
+		}
+	}
+	argv := make([]any, 0, 3+2*(len(state)+len(h.Channel)))
+	argv = append(argv, 2*len(state), 2*len(h.Channel), run)
+	for _, p := range []map[string]string{state, h.Channel} {
 		for f, v := range p {
 			argv = append(argv, f, v)
 		}
@@ -357,7 +360,7 @@ return {redis.call('DEL', unpack(KEYS)), n}
 // GCRun deletes a finished, fully projected run's keys in one step. ok is
 // false (and nothing is deleted) if the run is not collectable.
 func (d DB) GCRun(ctx context.Context, run string) (ok bool, keys, events int64, err error) {
-	ks := []string{d.K.RunState(run), d.K.RunLog(run), d.K.RunDAG(run), d.K.RunResults(run), d.K.RunOutbox(run), d.K.RunChannel(run)}
+	ks := []string{d.K.RunState(run), d.K.RunLog(run), d.K.RunOutbox(run), d.K.RunChannel(run)}
 	res, err := gcScript.Run(ctx, d.C, ks).Slice()
 	if err != nil {
 		return false, 0, 0, fmt.Errorf("gc run %s: %w", run, err)
@@ -425,7 +428,7 @@ return {'ok', newly}
 // Requeue gives a failed task another attempt (see requeueScript) and
 // points the feed at its run and drops it from the dead-letter set.
 func (d DB) Requeue(ctx context.Context, run, task, writer, eventID string, timeMS int64, body []byte) error {
-	res, err := requeueScript.Run(ctx, d.C, []string{d.K.RunState(run), d.K.RunLog(run), d.K.FeedFor(run), d.K.RunDAG(run), d.K.RunResults(run),
+	res, err := requeueScript.Run(ctx, d.C, []string{d.K.RunState(run), d.K.RunLog(run), d.K.FeedFor(run),
 		d.K.RunOutbox(run), d.K.RunChannel(run)},
 		task, eventID, timeMS, writer, string(body), run).Slice()
 	if err != nil {

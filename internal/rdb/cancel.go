@@ -20,7 +20,7 @@ import (
 // fold derives the same records from the events (replay verify checks
 // it). Every check comes before the first write.
 //
-// KEYS: 1 state, 2 log, 3 dag, 4 feed
+// KEYS: 1 state, 2 log, 3 feed
 // ARGV: 1 run, 2 canceller (the events' worker field), 3 time ms,
 //
 //	4 reason, 5 n event ids, then n event ids (the first for
@@ -34,9 +34,9 @@ local st = redis.call('HGET', KEYS[1], '@status') or loggedend(KEYS[2])
 if not st then return {'missing'} end
 if st == 'cancelled' then return {'already'} end
 if st ~= 'running' then return {'finished', st} end
-local bad = notwritable(KEYS[4], 'stream') or notwritable(KEYS[2], 'stream')
+local bad = notwritable(KEYS[3], 'stream') or notwritable(KEYS[2], 'stream')
 if bad then return bad end
-local tasks = redis.call('HKEYS', KEYS[3])
+local tasks = taskids(KEYS[1])
 table.sort(tasks)
 local open = {}
 for i = 1, #tasks, 500 do
@@ -63,7 +63,7 @@ for k, t in ipairs(open) do
 end
 local newly = redis.call('HSETNX', KEYS[1], '@dirty', '1')
 redis.call('HSET', KEYS[1], '@status', 'cancelled')
-if newly == 1 then redis.call('XADD', KEYS[4], '*', 'r', ARGV[1]) end
+if newly == 1 then redis.call('XADD', KEYS[3], '*', 'r', ARGV[1]) end
 return {'cancelled', #open}
 `)
 
@@ -92,7 +92,7 @@ func (d DB) CancelRun(ctx context.Context, run, by, reason string, timeMS int64,
 		for range want {
 			args = append(args, ids())
 		}
-		res, err := cancelScript.Run(ctx, d.C, []string{d.K.RunState(run), d.K.RunLog(run), d.K.RunDAG(run), d.K.FeedFor(run)}, args...).Slice()
+		res, err := cancelScript.Run(ctx, d.C, []string{d.K.RunState(run), d.K.RunLog(run), d.K.FeedFor(run)}, args...).Slice()
 		if err != nil {
 			return CancelResult{}, fmt.Errorf("cancel run %s: %w", run, err)
 		}

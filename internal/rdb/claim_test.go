@@ -41,7 +41,7 @@ func TestClaimOfDeeplyNestedArgs(t *testing.T) {
 		t.Fatal("test args are not valid JSON")
 	}
 	b := setupRun(t).submitRun(t, []events.TaskSpec{{ID: "up", Handler: "h"}, {ID: "deep", Handler: "h", Deps: []string{"up"}, Args: json.RawMessage(args)}}, "deep")
-	if err := b.c.HSet(b.ctx, b.db.K.RunResults(b.run), "up", `"u"`).Err(); err != nil {
+	if err := b.c.HSet(b.ctx, b.db.K.RunState(b.run), rdb.ResultField("up"), `"u"`).Err(); err != nil {
 		t.Fatal(err)
 	}
 	before := len(b.log(t))
@@ -63,7 +63,7 @@ func TestClaimOfUnreadableMetadataWritesNothing(t *testing.T) {
 	t.Parallel()
 	b := setupRun(t)
 	// As written before deps came first, but broken.
-	if err := b.c.HSet(b.ctx, b.db.K.RunDAG(b.run), "a", `{"h":"h.a","d":[`).Err(); err != nil {
+	if err := b.c.HSet(b.ctx, b.db.K.RunState(b.run), rdb.MetaField("a"), `{"h":"h.a","d":[`).Err(); err != nil {
 		t.Fatal(err)
 	}
 	for _, reclaim := range []bool{false, true} {
@@ -87,10 +87,10 @@ func TestClaimOfUnreadableMetadataWritesNothing(t *testing.T) {
 func TestClaimReadsDepsOfMetadataInTheOldOrder(t *testing.T) {
 	t.Parallel()
 	b := setupRun(t).submitRun(t, []events.TaskSpec{{ID: "x", Handler: "h"}, {ID: "y", Handler: "h"}, {ID: "z", Handler: "h", Deps: []string{"x", "y"}}}, "z")
-	if err := b.c.HSet(b.ctx, b.db.K.RunDAG(b.run), "z", `{"h":"h","d":["x","y"],"x":{"k":[1,2]}}`).Err(); err != nil {
+	if err := b.c.HSet(b.ctx, b.db.K.RunState(b.run), rdb.MetaField("z"), `{"h":"h","d":["x","y"],"x":{"k":[1,2]}}`).Err(); err != nil {
 		t.Fatal(err)
 	}
-	if err := b.c.HSet(b.ctx, b.db.K.RunResults(b.run), "x", "1", "y", "2").Err(); err != nil {
+	if err := b.c.HSet(b.ctx, b.db.K.RunState(b.run), rdb.ResultField("x"), "1", rdb.ResultField("y"), "2").Err(); err != nil {
 		t.Fatal(err)
 	}
 	cr, err := b.db.Claim(b.ctx, rdb.ClaimArgs{Run: b.run, Task: "z", Worker: "w1", Attempt: 1, EventID: ulid.Make().String(), TimeMS: 2000})
@@ -115,11 +115,11 @@ func TestClaimBoundsItsUpstreamResults(t *testing.T) {
 		id := fmt.Sprintf("m%02d", i)
 		specs = append(specs, events.TaskSpec{ID: id, Handler: "h"})
 		deps = append(deps, id)
-		results[id] = fmt.Sprintf(`"%s"`, strings.Repeat("x", 1000))
+		results[rdb.ResultField(id)] = fmt.Sprintf(`"%s"`, strings.Repeat("x", 1000))
 	}
 	specs = append(specs, events.TaskSpec{ID: "fanin", Handler: "h", Deps: deps})
 	b = b.submitRun(t, specs, "fanin")
-	if err := b.c.HSet(b.ctx, b.db.K.RunResults(b.run), results).Err(); err != nil {
+	if err := b.c.HSet(b.ctx, b.db.K.RunState(b.run), results).Err(); err != nil {
 		t.Fatal(err)
 	}
 	db := b.db
@@ -139,7 +139,7 @@ func TestClaimBoundsItsUpstreamResults(t *testing.T) {
 		cr.Upstream[dep] = v
 	}
 	for _, dep := range deps {
-		if string(cr.Upstream[dep]) != results[dep] {
+		if string(cr.Upstream[dep]) != results[rdb.ResultField(dep)] {
 			t.Fatalf("upstream %s = %.20q", dep, cr.Upstream[dep])
 		}
 	}

@@ -144,7 +144,7 @@ func TestRunEndingCommitSetsTheTTLAndRequeueRemovesIt(t *testing.T) {
 	if err != nil || res.Conflict || res.CaughtUp {
 		t.Fatalf("commit = %+v, %v; want applied, not caught up", res, err)
 	}
-	keys := []string{b.db.K.RunState(b.run), b.db.K.RunLog(b.run), b.db.K.RunDAG(b.run), b.db.K.RunResults(b.run), b.db.K.RunChannel(b.run)}
+	keys := []string{b.db.K.RunState(b.run), b.db.K.RunLog(b.run), b.db.K.RunChannel(b.run)}
 	for _, k := range keys {
 		if ttl, err := b.c.PTTL(b.ctx, k).Result(); err != nil || ttl <= 0 || ttl > time.Hour {
 			t.Errorf("%s: TTL %v, %v after the run-ending commit; want (0, 1h]", k, ttl, err)

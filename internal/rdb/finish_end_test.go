@@ -189,8 +189,8 @@ func (b scriptBundle) checkEnded(t *testing.T, a rdb.FinishArgs, feedBefore int)
 		t.Errorf("event before the end: %s of %s id %s; want the success of %s", prev.Type, prev.Task, prev.ID, a.Task)
 	}
 	st := b.hash(t, b.db.K.RunState(b.run))
-	if n, err := b.c.Exists(b.ctx, b.db.K.RunState(b.run), b.db.K.RunDAG(b.run), b.db.K.RunResults(b.run)).Result(); err != nil || n != 0 {
-		t.Errorf("%d of the state, dag and results hashes left after the end (%v), want none: the run keeps only its log", n, err)
+	if n, err := b.c.Exists(b.ctx, b.db.K.RunState(b.run)).Result(); err != nil || n != 0 {
+		t.Errorf("the state hash (with the tasks' metadata and results) left after the end (%d, %v): the run keeps only its log", n, err)
 	}
 	if s, err := b.db.RunStatus(b.ctx, b.run); err != nil || s != "succeeded" {
 		t.Errorf("RunStatus = %q, %v after the end; want succeeded (from the log)", s, err)
@@ -209,7 +209,7 @@ func (b scriptBundle) checkEnded(t *testing.T, a rdb.FinishArgs, feedBefore int)
 	if d := projector.Decide(an.Run, 0, nil); len(d) != 0 {
 		t.Errorf("the projector would still decide %v", d)
 	}
-	live := replay.Live{State: st, Results: b.hash(t, b.db.K.RunResults(b.run)), DAG: b.hash(t, b.db.K.RunDAG(b.run)), LastSeq: end.Seq}
+	live := replay.Live{State: st, Results: b.results(t), DAG: b.dag(t), LastSeq: end.Seq}
 	rep, _ := replay.Verify(b.run, b.db.K.Namespace(), live, log, nil)
 	if err := rep.Err(); err != nil || rep.Status != "succeeded" {
 		t.Errorf("replay verify: status %s, %v", rep.Status, err)
@@ -343,7 +343,7 @@ func TestFinishWhoseAckFailsLeavesItsRecordsWithItsEvents(t *testing.T) {
 			t.Errorf("call %d: %d task_succeeded of a in the log, want 1", try, n)
 		}
 	}
-	if res := b.hash(t, b.db.K.RunResults(b.run))["a"]; res == "" {
+	if res := b.results(t)["a"]; res == "" {
 		t.Error("a's result is not in the results hash")
 	}
 }
@@ -500,7 +500,7 @@ func TestFinishWithASpawnDoesNotEndTheRun(t *testing.T) {
 		t.Fatalf("the spawning success: outcome %+v, want not ended", out)
 	}
 	b.checkLeftToProjector(t, feed)
-	if n := b.c.HLen(b.ctx, b.db.K.RunDAG(b.run)).Val(); n != 3 {
+	if n := len(b.dag(t)); n != 3 {
 		t.Fatalf("the dag holds %d tasks, want a and the two spawned", n)
 	}
 	x0 := b.success(t, "x0", "w1", b.dispatchQueued(t, "w1", "x0")["x0"])
@@ -626,10 +626,10 @@ func TestFinishWithAShortSuccessCountLeavesTheEndToTheProjector(t *testing.T) {
 // A finish whose keys include one it writes of the wrong type refuses the
 // call with nothing written: no event appended, the record still running,
 // nothing acked. Redis rolls nothing back, so every key the script writes
-// after its first write is checked before it: the results hash, and the
-// log itself with a spawn or an expiring result (whose writes come before
-// the event). The keys only the end check reads are
-// TestFinishThatCannotReadItsEndLeavesItToTheProjector's.
+// after its first write is checked before it: the partition's expiry set
+// (an expiring result), and the log itself with a spawn or an expiring
+// result (whose writes come before the event). The key only the end check
+// reads is TestFinishThatCannotReadItsEndLeavesItToTheProjector's.
 func TestFinishWithAWrongTypedKeyWritesNothing(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
@@ -637,8 +637,8 @@ func TestFinishWithAWrongTypedKeyWritesNothing(t *testing.T) {
 		key   func(b scriptBundle) string
 		apply func(t *testing.T, a *rdb.FinishArgs)
 	}{
-		{"results", func(b scriptBundle) string { return b.db.K.RunResults(b.run) }, func(t *testing.T, a *rdb.FinishArgs) {
-			a.EndID = "" // an ending call deletes the results hash: this one writes it
+		{"expiry set", func(b scriptBundle) string { return b.db.K.ExpiriesFor(b.run) }, func(t *testing.T, a *rdb.FinishArgs) {
+			a.ResultExpiresMS = 99_000
 		}},
 		{"log, expiring result", func(b scriptBundle) string { return b.db.K.RunLog(b.run) }, func(t *testing.T, a *rdb.FinishArgs) {
 			a.ResultExpiresMS = 99_000
@@ -660,7 +660,7 @@ func TestFinishWithAWrongTypedKeyWritesNothing(t *testing.T) {
 			}
 			logLen := b.c.XLen(b.ctx, b.db.K.RunLog(b.run)).Val()
 			state := b.hash(t, b.db.K.RunState(b.run))
-			dag := b.hash(t, b.db.K.RunDAG(b.run))
+			dag := b.dag(t)
 			feed := b.feedPoints(t)
 			key := tc.key(b)
 			if err := b.c.Del(b.ctx, key).Err(); err != nil {
@@ -681,13 +681,13 @@ func TestFinishWithAWrongTypedKeyWritesNothing(t *testing.T) {
 			if got := b.hash(t, b.db.K.RunState(b.run)); !cmp.Equal(got, state) {
 				t.Errorf("the state hash changed: %s", cmp.Diff(state, got))
 			}
-			if key != b.db.K.RunDAG(b.run) {
-				if got := b.hash(t, b.db.K.RunDAG(b.run)); !cmp.Equal(got, dag) {
-					t.Errorf("the dag changed: %s", cmp.Diff(dag, got))
-				}
+			if got := b.dag(t); !cmp.Equal(got, dag) {
+				t.Errorf("the tasks' metadata changed: %s", cmp.Diff(dag, got))
 			}
-			if n, err := b.c.ZCard(b.ctx, b.db.K.ExpiriesFor(b.run)).Result(); err != nil || n != 0 {
-				t.Errorf("the expiry set holds %d entries (%v), want none", n, err)
+			if key != b.db.K.ExpiriesFor(b.run) {
+				if n, err := b.c.ZCard(b.ctx, b.db.K.ExpiriesFor(b.run)).Result(); err != nil || n != 0 {
+					t.Errorf("the expiry set holds %d entries (%v), want none", n, err)
+				}
 			}
 			if n := b.feedPoints(t); n != feed {
 				t.Errorf("the feed names the run %d times, %d before", n, feed)
@@ -699,12 +699,11 @@ func TestFinishWithAWrongTypedKeyWritesNothing(t *testing.T) {
 	}
 }
 
-// The end check reads the dag's keys and the end policy after the call's
-// writes, and only for a run that may end there (its @ok reached its
-// @tasks). Of the wrong type, either leaves the end to a projector: the
-// success is recorded whole (event, record, ack) and the feed pointed,
-// where the call used to fail midway or, checked first, refuse the
-// success.
+// The end check reads the end policy after the call's writes, and only
+// for a run that may end there (its @ok reached its @tasks). Of the wrong
+// type, it leaves the end to a projector: the success is recorded whole
+// (event, record, ack) and the feed pointed, where the call used to fail
+// midway or, checked first, refuse the success.
 func TestFinishThatCannotReadItsEndLeavesItToTheProjector(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
@@ -712,7 +711,6 @@ func TestFinishThatCannotReadItsEndLeavesItToTheProjector(t *testing.T) {
 		key  func(b scriptBundle) string
 	}{
 		{"end policy", func(b scriptBundle) string { return b.db.K.EndPolicyFor(b.run) }},
-		{"dag", func(b scriptBundle) string { return b.db.K.RunDAG(b.run) }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/graflow-go/graflow/events"
+	"github.com/graflow-go/graflow/internal/statehash"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -190,9 +191,9 @@ func (d DB) LogExists(ctx context.Context, run string) (bool, error) {
 	return n > 0, err
 }
 
-// Live is a run's live projection read in one transaction: its state,
-// results and dag hashes and the id of its log's last entry ("" for no
-// log). Added, Length and MaxDeleted are the log's XINFO STREAM counters
+// Live is a run's live projection read in one transaction: its state
+// hash, split as SplitState does, and the id of its log's last entry (""
+// for no log). Added, Length and MaxDeleted are the log's XINFO STREAM counters
 // (entries ever added, entries now, last deleted id), read after.
 type Live struct {
 	State, Results, DAG map[string]string
@@ -201,22 +202,41 @@ type Live struct {
 	MaxDeleted          string
 }
 
+// SplitState splits a run's state hash into its records and run fields
+// (state), its tasks' results and input (results: task → result, and
+// @input) and its tasks' metadata (dag: task → meta JSON), the three views
+// replay verify and export work with.
+func SplitState(h map[string]string) (state, results, dag map[string]string) {
+	state, results, dag = map[string]string{}, map[string]string{}, map[string]string{}
+	for f, v := range h {
+		switch {
+		case f == FieldRunInput:
+			results[f] = v
+		case strings.HasPrefix(f, statehash.FieldResultPrefix):
+			results[f[len(statehash.FieldResultPrefix):]] = v
+		case strings.HasPrefix(f, statehash.FieldMetaPrefix):
+			dag[f[len(statehash.FieldMetaPrefix):]] = v
+		default:
+			state[f] = v
+		}
+	}
+	return state, results, dag
+}
+
 // ReadLive reads run's live projection (see Live).
 func (d DB) ReadLive(ctx context.Context, run string) (Live, error) {
 	var l Live
-	var st, res, dag *redis.MapStringStringCmd
+	var st *redis.MapStringStringCmd
 	var tail *redis.XMessageSliceCmd
 	_, err := d.C.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		st = p.HGetAll(ctx, d.K.RunState(run))
-		res = p.HGetAll(ctx, d.K.RunResults(run))
-		dag = p.HGetAll(ctx, d.K.RunDAG(run))
 		tail = p.XRevRangeN(ctx, d.K.RunLog(run), "+", "-", 1)
 		return nil
 	})
 	if err != nil {
-		return l, fmt.Errorf("read live state of run %s: %w", run, txCause(err, st, res, dag, tail))
+		return l, fmt.Errorf("read live state of run %s: %w", run, txCause(err, st, tail))
 	}
-	l.State, l.Results, l.DAG = st.Val(), res.Val(), dag.Val()
+	l.State, l.Results, l.DAG = SplitState(st.Val())
 	if msgs := tail.Val(); len(msgs) > 0 {
 		l.Last = msgs[0].ID
 		if info, err := d.C.XInfoStream(ctx, d.K.RunLog(run)).Result(); err == nil {

@@ -24,13 +24,15 @@ const DefaultPartitions = 1
 // MaxPartitions bounds a namespace's partitions.
 const MaxPartitions = 1024
 
-// LayoutVersion names the key layout CheckLayout records: 3 is the
-// partition-scoped layout with partition tags spread over the cluster's
-// slot space (see partitionTags); 2 tagged partition N {pN}, wherever that
-// hashed; 1 gave each run its own slot ({<run>}) and relayed dispatches
-// through an outbox. A namespace of one partition has the same keys in
-// layouts 2 and 3 ({p0}), and keeps recording "2:1".
-const LayoutVersion = 3
+// LayoutVersion names the key layout CheckLayout records: 4 keeps a run's
+// task metadata, results and input in its state hash (@g:, @r:, @input);
+// 3 kept them in dag and results hashes of their own, with partition tags
+// spread over the cluster's slot space (see partitionTags) as in 4; 2
+// tagged partition N {pN}, wherever that hashed; 1 gave each run its own
+// slot ({<run>}) and relayed dispatches through an outbox. A namespace of
+// one partition had the same keys in layouts 2 and 3 ({p0}) and recorded
+// "2:1".
+const LayoutVersion = 4
 
 // MaxPriority is the highest priority band; bands are 0..MaxPriority.
 const MaxPriority = 9
@@ -52,7 +54,15 @@ const (
 	FieldRunInput      = statehash.FieldRunInput
 	FieldRunQuarantine = statehash.FieldRunQuarantine
 	FieldRunSpawned    = statehash.FieldRunSpawned
+	FieldRunTasks      = statehash.FieldRunTasks
 )
+
+// MetaField and ResultField are a task's metadata and result fields in its
+// run's state hash (see statehash).
+func MetaField(task string) string { return statehash.MetaField(task) }
+
+// ResultField is a task's result field in its run's state hash.
+func ResultField(task string) string { return statehash.ResultField(task) }
 
 var namespaceRE = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,64}$`)
 
@@ -138,14 +148,10 @@ func (k Keys) RunLog(run string) string { return k.run(run) + "log" }
 // outlives the script.
 func (k Keys) RunLogCompact(run string) string { return k.run(run) + "log-compact" }
 
-// RunState is the run's projection hash: task records and @-fields.
+// RunState is the run's hash: task records and @-fields, among them each
+// task's metadata (@g:<task>) and accepted result (@r:<task>) and the
+// run's input (@input).
 func (k Keys) RunState(run string) string { return k.run(run) + "state" }
-
-// RunDAG is the run's static task metadata hash (task id → JSON meta).
-func (k Keys) RunDAG(run string) string { return k.run(run) + "dag" }
-
-// RunResults holds accepted task results (task id → JSON) and @input.
-func (k Keys) RunResults(run string) string { return k.run(run) + "results" }
 
 // RunOutbox was layout 1's list of dispatches decided but not yet
 // relayed. Layout 2 enqueues in the deciding script and never writes it;
@@ -169,7 +175,7 @@ func (k Keys) Quarantined() string { return k.ns + ":quarantined" }
 
 // RunKeys lists every key of a run (for deletion and retention).
 func (k Keys) RunKeys(run string) []string {
-	return []string{k.RunLog(run), k.RunState(run), k.RunDAG(run), k.RunResults(run), k.RunOutbox(run), k.RunChannel(run)}
+	return []string{k.RunLog(run), k.RunState(run), k.RunOutbox(run), k.RunChannel(run)}
 }
 
 // Queue is partition part's dispatch stream of a pool and priority band.

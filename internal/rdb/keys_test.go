@@ -23,8 +23,6 @@ func TestKeyBuilders(t *testing.T) {
 			"Namespace":   k.Namespace(),
 			"RunLog":      k.RunLog("R1"),
 			"RunState":    k.RunState("R1"),
-			"RunDAG":      k.RunDAG("R1"),
-			"RunResults":  k.RunResults("R1"),
 			"RunOutbox":   k.RunOutbox("R1"),
 			"RunChannel":  k.RunChannel("R1"),
 			"Queue":       k.Queue(0, "gpu", 7),
@@ -44,8 +42,6 @@ func TestKeyBuilders(t *testing.T) {
 			"Namespace":   want,
 			"RunLog":      want + ":{p0}:r:R1:log",
 			"RunState":    want + ":{p0}:r:R1:state",
-			"RunDAG":      want + ":{p0}:r:R1:dag",
-			"RunResults":  want + ":{p0}:r:R1:results",
 			"RunOutbox":   want + ":{p0}:r:R1:outbox",
 			"RunChannel":  want + ":{p0}:r:R1:channel",
 			"Queue":       want + ":{p0}:q:gpu:7",
@@ -99,7 +95,7 @@ func TestARunsStepsShareItsPartitionsTag(t *testing.T) {
 func TestRunKeysListsEveryKeyOfARun(t *testing.T) {
 	t.Parallel()
 	k := rdb.NewKeys("ns")
-	want := []string{k.RunLog("01HZX"), k.RunState("01HZX"), k.RunDAG("01HZX"), k.RunResults("01HZX"), k.RunOutbox("01HZX"), k.RunChannel("01HZX")}
+	want := []string{k.RunLog("01HZX"), k.RunState("01HZX"), k.RunOutbox("01HZX"), k.RunChannel("01HZX")}
 	if diff := cmp.Diff(want, k.RunKeys("01HZX")); diff != "" {
 		t.Errorf("RunKeys (-want +got):\n%s", diff)
 	}

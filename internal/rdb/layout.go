@@ -14,13 +14,8 @@ import (
 // uses: its runs, queues and feeds would be invisible to it.
 var ErrLayout = errors.New("the namespace uses another key layout")
 
-// layoutValue is what the layout key holds: "<version>:<partitions>". One
-// partition's keys are the same in layouts 2 and 3, so it records "2:1",
-// which releases of layout 2 accept too.
+// layoutValue is what the layout key holds: "<version>:<partitions>".
 func (k Keys) layoutValue() string {
-	if k.partitions == 1 {
-		return "2:1"
-	}
 	return strconv.Itoa(LayoutVersion) + ":" + strconv.Itoa(k.partitions)
 }
 
@@ -40,9 +35,13 @@ func (d DB) CheckLayout(ctx context.Context) error {
 		if err != nil && !errors.Is(err, redis.Nil) {
 			return fmt.Errorf("check key layout: %w", err)
 		}
+		if got != want && (got == "2:1" || got == "3:"+strconv.Itoa(d.K.partitions)) {
+			return fmt.Errorf("%w: namespace %q was written by an older release (layout %s), which kept a run's task metadata and results in hashes of their own; this release keeps them in the run's state hash (layout %d): finish its runs with the release that wrote them (or export them and import them into a new namespace), or use another namespace",
+				ErrLayout, d.K.Namespace(), got, LayoutVersion)
+		}
 		if got != want && got == "2:"+strconv.Itoa(d.K.partitions) {
-			return fmt.Errorf("%w: namespace %q was written by an older release with %d partitions tagged {p0}..{p%d} (layout 2); this release spreads partition tags over the slot space (layout 3): finish its runs with the release that wrote them, or use another namespace",
-				ErrLayout, d.K.Namespace(), d.K.partitions, d.K.partitions-1)
+			return fmt.Errorf("%w: namespace %q was written by an older release with %d partitions tagged {p0}..{p%d} (layout 2); this release spreads partition tags over the slot space and keeps a run's metadata and results in its state hash (layout %d): finish its runs with the release that wrote them, or use another namespace",
+				ErrLayout, d.K.Namespace(), d.K.partitions, d.K.partitions-1, LayoutVersion)
 		}
 		if got != want {
 			return fmt.Errorf("%w: namespace %q has layout %q (version:partitions), this process uses %q", ErrLayout, d.K.Namespace(), got, want)

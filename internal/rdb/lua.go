@@ -10,8 +10,8 @@ import (
 // own source), and the list of every script of the engine.
 
 // endLua is the Lua of a succeeded run's end: the end that appends
-// run_succeeded deletes the run's state, dag and results hashes in the
-// same step (a finished run is its log and its index entry: every reader
+// run_succeeded deletes the run's state hash (with its tasks' metadata
+// and results) in the same step (a finished run is its log and its index entry: every reader
 // of a run without state folds its log), and every script that finds no
 // state asks its log whether the run is such a run. Nothing but
 // result_rejected is appended to a run without state (a late outcome,
@@ -20,8 +20,8 @@ import (
 // rejections.
 const endLua = `
 -- foldend deletes what a succeeded run keeps besides its log.
-local function foldend(state, dag, results)
-  redis.call('DEL', state, dag, results)
+local function foldend(state)
+  redis.call('DEL', state)
 end
 -- loggedend is for a run whose state hash is gone: 'succeeded' when its
 -- log's last entry other than a rejection is run_succeeded (the end
@@ -99,6 +99,15 @@ local function parserec(r)
 end
 local function getrec(state, task)
   return parserec(redis.call('HGET', state, task))
+end
+-- taskids returns the ids of the run's tasks: those with metadata
+-- (@g:<task>) in its state hash.
+local function taskids(state)
+  local out = {}
+  for _, f in ipairs(redis.call('HKEYS', state)) do
+    if string.sub(f, 1, 3) == '@g:' then out[#out + 1] = string.sub(f, 4) end
+  end
+  return out
 end
 -- getrun reads the run's status and a task's record in one command.
 local function getrun(state, task)

@@ -195,7 +195,9 @@ func (d DB) consumers(ctx context.Context, stream string) (int64, error) {
 }
 
 // RunState reads run's whole state hash (HGETALL): task records by task
-// id and the run fields (FieldRunStatus, ...). Empty if the run has none.
+// id and the run fields (FieldRunStatus, ...), among them the tasks'
+// metadata and results (MetaField, ResultField). Empty if the run has
+// none.
 func (d DB) RunState(ctx context.Context, run string) (map[string]string, error) {
 	return d.C.HGetAll(ctx, d.K.RunState(run)).Result()
 }

@@ -125,9 +125,8 @@ func (d DB) Commit(ctx context.Context, run string, c Commit) (CommitResult, err
 // foldedTo; otherwise it stays at foldedTo and the projector folds on from
 // there.
 //
-// KEYS: 1 state, 2 log, 3 scratch key for compacting the log, 4 dag,
-// 5 results, 6 channel, then the dispatch targets (queue streams and the
-// delayed set)
+// KEYS: 1 state, 2 log, 3 scratch key for compacting the log, 4 channel,
+// then the dispatch targets (queue streams and the delayed set)
 // ARGV: 1 expected cursor, 2 expected commit token, 3 foldedTo, 4 time ms,
 //
 //	5 writer id, 6 n events, then n x (event id, type, task, attempt,
@@ -244,12 +243,12 @@ if ended and compact > 0 and redis.call('XLEN', KEYS[2]) <= compact then
   redis.call('RENAME', KEYS[3], KEYS[2])
 end
 if ended and ttl > 0 then
-  for _, key in ipairs({KEYS[1], KEYS[2], KEYS[4], KEYS[5], KEYS[6]}) do
+  for _, key in ipairs({KEYS[1], KEYS[2], KEYS[4]}) do
     redis.call('PEXPIRE', key, ttl)
   end
 end
 -- A succeeded run keeps only its log (and its channel).
-if succeeded then foldend(KEYS[1], KEYS[4], KEYS[5]) end
+if succeeded then foldend(KEYS[1]) end
 local reply = {'ok', newcur, caught, parked, newtoken}
 for j = 1, n do reply[5 + j] = seqs[j] end
 return reply
@@ -258,7 +257,7 @@ return reply
 // CommitCmd queues the commit script for run on p, a pipeline or the
 // client; read its reply with ParseCommit after Exec.
 func (d DB) CommitCmd(ctx context.Context, p redis.Scripter, run string, c Commit) *redis.Cmd {
-	keys := []string{d.K.RunState(run), d.K.RunLog(run), d.K.RunLogCompact(run), d.K.RunDAG(run), d.K.RunResults(run), d.K.RunChannel(run)}
+	keys := []string{d.K.RunState(run), d.K.RunLog(run), d.K.RunLogCompact(run), d.K.RunChannel(run)}
 	args := make([]any, 0, 11+6*len(c.Events)+2*len(c.Records)+2*len(c.Expect)+5*len(c.Dispatches))
 	args = append(args, c.Expected.Cursor, c.Expected.Commit, c.FoldedTo, strconv.FormatInt(c.TimeMS, 10), c.Writer, len(c.Events))
 	for _, e := range c.Events {

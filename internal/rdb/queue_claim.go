@@ -327,7 +327,7 @@ func (d DB) Claim(ctx context.Context, a ClaimArgs) (ClaimResult, error) {
 // MetaOf encodes first ({"d":[...],...}; task ids need no JSON escaping),
 // or right after the handler in metadata stored before that order.
 //
-// KEYS: 1 state, 2 log, 3 dag, 4 results
+// KEYS: 1 state, 2 log
 // ARGV: 1 n, 2 upstream byte budget of the call (0: none), then n items
 // (claims of several messages of one run in one call) of 8 arguments:
 // 1 task, 2 attempt, 3 worker, 4 claim event id, 5 time ms,
@@ -401,18 +401,21 @@ local function deps(meta)
 end
 -- runkeys returns the keys claimone reads and writes of a run whose
 -- partition's run key prefix is prefix (Keys.RunPrefix; the names of
--- Keys.RunState, RunLog, RunDAG and RunResults): state, log, dag,
--- results.
+-- Keys.RunState and RunLog): state, log.
 local function runkeys(prefix, run)
   local p = prefix .. run .. ':'
-  return {p .. 'state', p .. 'log', p .. 'dag', p .. 'results'}
+  return {p .. 'state', p .. 'log'}
 end
 local function claimcall(budget)
   budget = tonumber(budget) or 0
-  return {budget = budget, bounded = budget > 0, inputs = {}}
+  return {budget = budget, bounded = budget > 0}
 end
 local function claimone(call, K, A, fresh)
-  local run, st, a, e, o = getrun(K[1], A[1])
+  -- The run's status, the task's record and metadata and the run's input:
+  -- one read.
+  local h = redis.call('HMGET', K[1], '@status', A[1], '@g:' .. A[1], '@input')
+  local run = h[1]
+  local st, a, e, o = parserec(h[2])
   local att = tonumber(A[2])
   if fresh then
     if run ~= 'running' or a ~= att then return nil end
@@ -457,29 +460,25 @@ local function claimone(call, K, A, fresh)
     return {'stale', st, tostring(a)}
   end
   -- Every read before the first write.
-  local meta = redis.call('HGET', K[3], A[1]) or '{}'
+  local meta = h[3] or '{}'
   local ds, why = deps(meta)
   if not ds then
     if fresh then return nil end
     return {'bad', why}
   end
-  local input = call.inputs[K[4]]
-  if input == nil then
-    input = redis.call('HGET', K[4], '@input') or ''
-    call.inputs[K[4]] = input
-  end
+  local input = h[4] or ''
   local vals = {}
   for i = 1, #ds, 500 do
     local chunk = {}
-    for j = i, math.min(i + 499, #ds) do chunk[#chunk + 1] = ds[j] end
-    local vs = redis.call('HMGET', K[4], unpack(chunk))
+    for j = i, math.min(i + 499, #ds) do chunk[#chunk + 1] = '@r:' .. ds[j] end
+    local vs = redis.call('HMGET', K[1], unpack(chunk))
     for j = 1, #chunk do
       local v = vs[j]
       if not v then
         -- No result: the dependency did not succeed, or its result
         -- expired (result TTL), which the reader must be told.
         v = ''
-        if redis.call('HEXISTS', K[1], '@rx:' .. chunk[j]) == 1 then v = '!expired' end
+        if redis.call('HEXISTS', K[1], '@rx:' .. ds[i + j - 1]) == 1 then v = '!expired' end
       end
       vals[#vals + 1] = v
     end
@@ -523,7 +522,7 @@ func (d DB) ClaimsCmd(ctx context.Context, p redis.Scripter, as []ClaimArgs) *re
 		}
 		argv = append(argv, a.Task, a.Attempt, a.Worker, a.EventID, a.TimeMS, mode, a.Deliveries, a.ReclaimEventID)
 	}
-	return claimScript.Run(ctx, p, []string{d.K.RunState(run), d.K.RunLog(run), d.K.RunDAG(run), d.K.RunResults(run)}, argv...)
+	return claimScript.Run(ctx, p, []string{d.K.RunState(run), d.K.RunLog(run)}, argv...)
 }
 
 // claimBudget is the upstream byte budget of one claiming call.
@@ -607,7 +606,11 @@ func (d DB) ReadUpstream(ctx context.Context, run string, deps []string, page in
 	out := make(map[string]json.RawMessage, len(deps))
 	for i := 0; i < len(deps); i += page {
 		chunk := deps[i:min(i+page, len(deps))]
-		vals, err := d.C.HMGet(ctx, d.K.RunResults(run), chunk...).Result()
+		fields := make([]string, len(chunk))
+		for j, dep := range chunk {
+			fields[j] = ResultField(dep)
+		}
+		vals, err := d.C.HMGet(ctx, d.K.RunState(run), fields...).Result()
 		if err != nil {
 			return nil, fmt.Errorf("read upstream results of run %s: %w", run, err)
 		}

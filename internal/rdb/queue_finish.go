@@ -131,7 +131,7 @@ func (d DB) Finish(ctx context.Context, a FinishArgs) (newlyDirty bool, err erro
 //
 // A success may carry a spawn (dynamic tasks): once the claim is found
 // held, and before anything of the item is written, the script checks the
-// run is running, no spawned id is in the dag hash yet, every dependency
+// run is running, no spawned id is a task of the run yet (has metadata), every dependency
 // outside the spawn is a task that succeeded and spawned nothing, and the
 // run's @spawned count stays within the limit; any failure refuses the
 // item with nothing written. Then it writes the tasks' metadata, appends
@@ -139,9 +139,9 @@ func (d DB) Finish(ctx context.Context, a FinishArgs) (newlyDirty bool, err erro
 // before task_succeeded, and sets the spawn record and @spawned. A stale
 // caller's spawn is rejected with its result.
 //
-// KEYS: 1 state, 2 log, 3 results, 4 the messages' queue stream, 5 feed,
-// 6 dag, 7 the partition's expiry set, 8 scratch key for compacting the
-// log, 9 channel, 10 the partition's end policy
+// KEYS: 1 state, 2 log, 3 the messages' queue stream, 4 feed, 5 the
+// partition's expiry set, 6 scratch key for compacting the log,
+// 7 channel, 8 the partition's end policy
 // ARGV: 1 n, 2 group, 3 consumer, 4 run, then n items (outcomes of one
 // run, their messages on one stream) of 15 arguments:
 // 1 task, 2 attempt, 3 epoch, 4 worker, 5 event id, 6 time ms,
@@ -188,11 +188,12 @@ local spawned = false -- an item of this call spawned tasks
 local succ = nil -- the worker of a success this call accepted
 local ok = 0 -- the run's @ok after this call's successes
 local toack, acked = {}, {} -- message ids to ack, and which item each is
--- The state and results fields this call sets, written together after
--- the items (one HSET each), or not at all when the call ends the run (its
--- end deletes both hashes); every read of them in the call looks here
--- first. done: the tasks whose success this call accepted.
-local W, R, done = {}, {}, {}
+-- The state fields this call sets (records, results, @dirty, @ok, ...),
+-- written together after the items (one HSET), or not at all when the
+-- call ends the run (its end deletes the hash); every read of them in the
+-- call looks here first. done: the tasks whose success this call
+-- accepted.
+local W, done = {}, {}
 local runst = nil -- the run's status, as the items read it
 local tasks0 = nil -- the run's @tasks (its tasks at submit), as the items read it
 local spawned0 = 0 -- the run's @spawned, as the items read it
@@ -202,14 +203,15 @@ local function spawnbad(run, S)
   for i = S.t, S.t + 2 * S.k - 1, 1000 do
     local ids = {}
     for j = i, math.min(i + 999, S.t + 2 * S.k - 1), 2 do ids[#ids + 1] = ARGV[j] end
-    local metas = redis.call('HMGET', KEYS[6], unpack(ids))
+    for j = 1, #ids do ids[j] = '@g:' .. ids[j] end
+    local metas = redis.call('HMGET', KEYS[1], unpack(ids))
     for j = 1, #ids do
-      if metas[j] then return 'task ' .. ids[j] .. ' is already in the run: spawned ids must be new' end
+      if metas[j] then return 'task ' .. string.sub(ids[j], 4) .. ' is already in the run: spawned ids must be new' end
     end
   end
   for i = S.x, S.x + S.nx - 1 do
     local d = ARGV[i]
-    if not redis.call('HGET', KEYS[6], d) then return 'dependency ' .. d .. ' is not a task of the run' end
+    if redis.call('HEXISTS', KEYS[1], '@g:' .. d) == 0 then return 'dependency ' .. d .. ' is not a task of the run' end
     local st = parserec(W[d] or redis.call('HGET', KEYS[1], d))
     if st ~= 'succeeded' then
       return 'dependency ' .. d .. ' is ' .. st .. ': a spawned task may depend only on tasks of its spawn and on tasks that succeeded'
@@ -297,7 +299,11 @@ local function one(i, A, S)
     -- The event first: an append to a log of the wrong type fails with
     -- nothing of the call written.
     append(KEYS[2], S.id, 'tasks_added', A[1], a, e, A[4], S.body)
-    chunked('HSET', KEYS[6], ARGV, S.t, S.t + 2 * S.k - 1)
+    local metas = {}
+    for j = S.t, S.t + 2 * S.k - 1, 2 do
+      metas[#metas + 1] = '@g:' .. ARGV[j]; metas[#metas + 1] = ARGV[j + 1]
+    end
+    chunked('HSET', KEYS[1], metas, 1, #metas)
     redis.call('HSET', KEYS[1], '@s:' .. A[1], S.sinks)
     redis.call('HINCRBY', KEYS[1], '@spawned', S.k)
     spawned = true
@@ -317,13 +323,13 @@ local function one(i, A, S)
     -- below (a count short of the tasks skips it; the records decide).
     ok = (tonumber(h[4]) or 0) + 1
     W['@ok'], done[A[1]] = tostring(ok), true
-    R[A[1]] = A[10]
+    W['@r:' .. A[1]] = A[10]
   end
   -- The item's event before its other writes (see the spawn above).
   local seq = append(KEYS[2], A[5], A[7], A[1], a, e, A[4], A[8])
   if A[9] == 'succeeded' and A[15] ~= '0' then
     W['@rx:' .. A[1]] = A[15]
-    redis.call('ZADD', KEYS[7], tonumber(A[15]), ARGV[4] .. '|' .. A[1])
+    redis.call('ZADD', KEYS[5], tonumber(A[15]), ARGV[4] .. '|' .. A[1])
   end
   if A[9] == 'succeeded' then succ = A[4] end
   local newly = 1
@@ -338,9 +344,9 @@ end
 -- written or read after it besides the log (each item's first write is
 -- its event, which fails alone on a log of the wrong type), and the
 -- message ids.
-local bad = notwritable(KEYS[4], 'stream') or notwritable(KEYS[5], 'stream')
+local bad = notwritable(KEYS[3], 'stream') or notwritable(KEYS[4], 'stream')
 if bad then return bad end
-local streams = {[KEYS[4]] = true, [KEYS[5]] = true} -- streams found writable
+local streams = {[KEYS[3]] = true, [KEYS[4]] = true} -- streams found writable
 local n, out = tonumber(ARGV[1]), {}
 local ids, expiring, succs = {}, false, false
 for i = 0, n - 1 do
@@ -350,11 +356,7 @@ for i = 0, n - 1 do
   if ARGV[4 + i * 15 + 9] == 'succeeded' then succs = true end
 end
 if expiring then
-  bad = notwritable(KEYS[7], 'zset')
-  if bad then return bad end
-end
-if succs then
-  bad = notwritable(KEYS[3], 'hash')
+  bad = notwritable(KEYS[5], 'zset')
   if bad then return bad end
 end
 bad = badids(ids)
@@ -372,10 +374,6 @@ for i = 0, n - 1 do
 end
 local endid = ARGV[pos]
 local ending = succs and endid and endid ~= ''
-if next(spawns) then
-  bad = notwritable(KEYS[6], 'hash')
-  if bad then return bad end
-end
 for i = 0, n - 1 do
   local A = {}
   for j = 1, 15 do A[j] = ARGV[4 + i * 15 + j] end
@@ -392,30 +390,26 @@ end
 -- calls) reaches its task count: a run with a success recorded elsewhere
 -- (an import) or that predates @ok is left to the projector.
 --
--- The run's task count is its @tasks (written at submit) plus its
--- @spawned, or the dag's length for a run without @tasks (submitted by an
--- older release, or imported) or a call that spawns. The reads the end
--- needs besides (the dag's keys, the end policy) come after the items'
--- writes, and only once @ok reaches that count: each is a pcall, and a
--- key of the wrong type leaves the end to a projector (the feed is pointed
--- as for any success) rather than failing the call midway.
+-- The run's task count is its @tasks (written at submit and by an import)
+-- plus its @spawned; a run without @tasks is left to the projector. The
+-- reads the end needs besides (the task ids, the end policy) come after
+-- the items' writes, and only once @ok reaches that count; the end policy
+-- is read with a pcall: of the wrong type, it leaves the end to a
+-- projector (the feed is pointed as for any success) rather than failing
+-- the call midway.
 local ended = false
-if succ and ending and runst == 'running' then
-  local ntasks = nil
-  if tasks0 and not next(spawns) then
-    ntasks = tasks0 + spawned0
-  else
-    local r = redis.pcall('HLEN', KEYS[6])
-    if type(r) == 'number' then ntasks = r end
-  end
+if succ and ending and runst == 'running' and tasks0 then
+  local sp = spawned0
+  if spawned then sp = tonumber(redis.call('HGET', KEYS[1], '@spawned') or '0') or 0 end
+  local ntasks = tasks0 + sp
   local tasks = nil
-  if ntasks and ntasks > 0 and ntasks <= ` + strconv.Itoa(EndMaxTasks) + ` and ok >= ntasks then
-    tasks = redis.pcall('HKEYS', KEYS[6])
-    if type(tasks) ~= 'table' or tasks.err or #tasks ~= ntasks then tasks = nil end
+  if ntasks > 0 and ntasks <= ` + strconv.Itoa(EndMaxTasks) + ` and ok >= ntasks then
+    tasks = taskids(KEYS[1])
+    if #tasks ~= ntasks then tasks = nil end
   end
   local pol = nil
   if tasks then
-    pol = redis.pcall('HMGET', KEYS[10], 'compact', 'ttl')
+    pol = redis.pcall('HMGET', KEYS[8], 'compact', 'ttl')
     if type(pol) ~= 'table' or pol.err then pol = nil; tasks = nil end
   end
   if tasks then
@@ -440,15 +434,15 @@ if succ and ending and runst == 'running' then
       point = false
       local compact, ttl = tonumber(pol[1]) or 0, tonumber(pol[2] or '0') or 0
       if compact > 0 and redis.call('XLEN', KEYS[2]) <= compact then
-        redis.call('COPY', KEYS[2], KEYS[8], 'REPLACE')
-        redis.call('RENAME', KEYS[8], KEYS[2])
+        redis.call('COPY', KEYS[2], KEYS[6], 'REPLACE')
+        redis.call('RENAME', KEYS[6], KEYS[2])
       end
       if ttl > 0 then
-        for _, key in ipairs({KEYS[2], KEYS[9]}) do
+        for _, key in ipairs({KEYS[2], KEYS[7]}) do
           redis.call('PEXPIRE', key, ttl)
         end
       end
-      foldend(KEYS[1], KEYS[6], KEYS[3])
+      foldend(KEYS[1])
       for k = 1, n do
         if out[k][1] == 'ok' then out[k][5] = 1 end
       end
@@ -517,21 +511,19 @@ if not ended and #handoffs > 0 then
 end
 -- The fields the items set, unless the run ended (then they are gone).
 if not ended then
-  local f, r = {}, {}
+  local f = {}
   for k, v in pairs(W) do f[#f + 1] = k; f[#f + 1] = v end
-  for k, v in pairs(R) do r[#r + 1] = k; r[#r + 1] = v end
   if #f > 0 then chunked('HSET', KEYS[1], f, 1, #f) end
-  if #r > 0 then chunked('HSET', KEYS[3], r, 1, #r) end
 end
 -- A call with an outcome that is dead-lettered (no message id: its ack
 -- waits) leaves the feed pointer to the caller too, after the dead
 -- letter: a projector must not end the run before the dead letter exists.
-if point and #ids == n then redis.call('XADD', KEYS[5], '*', 'r', ARGV[4]) end
+if point and #ids == n then redis.call('XADD', KEYS[4], '*', 'r', ARGV[4]) end
 -- The accepted outcomes' messages, acked together, last: Redis rolls
 -- nothing back, so an ack that fails (the queue's group is gone) must find
 -- every record, result, end and feed pointer of the call written.
 if #toack > 0 then
-  local res = ackmine(KEYS[4], ARGV[2], ARGV[3], toack)
+  local res = ackmine(KEYS[3], ARGV[2], ARGV[3], toack)
   for k, item in ipairs(acked) do out[item][4] = res[k] end
 end
 return out
@@ -603,7 +595,7 @@ func (d DB) FinishesCmd(ctx context.Context, p redis.Scripter, as []FinishArgs) 
 		}
 	}
 	argv = append(argv, end, trace)
-	return finishScript.Run(ctx, p, []string{d.K.RunState(run), d.K.RunLog(run), d.K.RunResults(run), stream, d.K.FeedFor(run), d.K.RunDAG(run), d.K.ExpiriesFor(run),
+	return finishScript.Run(ctx, p, []string{d.K.RunState(run), d.K.RunLog(run), stream, d.K.FeedFor(run), d.K.ExpiriesFor(run),
 		d.K.RunLogCompact(run), d.K.RunChannel(run), d.K.EndPolicyFor(run)}, argv...)
 }
 

@@ -69,19 +69,12 @@ type StoredResult struct {
 func (s StoredResult) Expired(nowMS int64) bool { return s.ExpiresMS > 0 && nowMS >= s.ExpiresMS }
 
 // ReadResult reads task's stored result, record and result expiry, and
-// the run's status, in one round trip.
+// the run's status, in one command.
 func (d DB) ReadResult(ctx context.Context, run, task string) (StoredResult, error) {
-	var state *redis.SliceCmd
-	var res *redis.StringCmd
-	_, err := d.C.Pipelined(ctx, func(p redis.Pipeliner) error {
-		state = p.HMGet(ctx, d.K.RunState(run), FieldRunStatus, task, statehash.ResultExpiryField(task))
-		res = p.HGet(ctx, d.K.RunResults(run), task)
-		return nil
-	})
+	v, err := d.C.HMGet(ctx, d.K.RunState(run), FieldRunStatus, task, statehash.ResultExpiryField(task), ResultField(task)).Result()
 	if err != nil && !errors.Is(err, redis.Nil) {
 		return StoredResult{}, fmt.Errorf("read result of %s/%s: %w", run, task, err)
 	}
-	v := state.Val()
 	var out StoredResult
 	out.RunStatus, _ = v[0].(string)
 	rec, _ := v[1].(string)
@@ -93,7 +86,7 @@ func (d DB) ReadResult(ctx context.Context, run, task string) (StoredResult, err
 			return out, fmt.Errorf("read result of %s/%s: malformed expiry %q", run, task, x)
 		}
 	}
-	if r, err := res.Result(); err == nil {
+	if r, _ := v[3].(string); r != "" {
 		out.Result = json.RawMessage(r)
 	}
 	return out, nil
@@ -104,11 +97,11 @@ func (d DB) ReadResult(ctx context.Context, run, task string) (StoredResult, err
 // score on) is removed, and only then is its result deleted, so two
 // movers never race a fresh result away.
 //
-// KEYS: 1 the expiry set, then the runs' results hashes
+// KEYS: 1 the expiry set, then the runs' state hashes
 // ARGV: 1 now ms, 2 n, then n x (member, results key index, task)
 // Reply: number of results deleted
 var expireResultsScript = redis.NewScript(typesLua + `
--- Every results hash checked before the first write: a ZREM followed by a
+-- Every state hash checked before the first write: a ZREM followed by a
 -- failed HDEL would forget the expiry.
 local bad = keystyped(2, 'hash')
 if bad then return bad end
@@ -118,7 +111,7 @@ for i = 0, tonumber(ARGV[2]) - 1 do
   local due = redis.call('ZSCORE', KEYS[1], ARGV[a])
   if due and tonumber(due) <= now then
     redis.call('ZREM', KEYS[1], ARGV[a])
-    gone = gone + redis.call('HDEL', KEYS[tonumber(ARGV[a + 1])], ARGV[a + 2])
+    gone = gone + redis.call('HDEL', KEYS[tonumber(ARGV[a + 1])], '@r:' .. ARGV[a + 2])
   end
 end
 return gone
@@ -144,7 +137,7 @@ func (d DB) ExpireResults(ctx context.Context, part int, nowMS int64, n int) (de
 				malformed = append(malformed, m)
 				continue
 			}
-			args = append(args, m, targets.of(&keys, d.K.RunResults(run)), task)
+			args = append(args, m, targets.of(&keys, d.K.RunState(run)), task)
 		}
 		if len(malformed) > 0 {
 			if err := d.C.ZRem(ctx, set, malformed...).Err(); err != nil {

@@ -57,7 +57,7 @@ func TestResultTTLStoresThenExpires(t *testing.T) {
 	if err != nil || n != 1 || next != 0 {
 		t.Fatalf("ExpireResults at due = %d, %d, %v; want 1, 0", n, next, err)
 	}
-	if _, ok := b.hash(t, b.db.K.RunResults(b.run))["a"]; ok {
+	if _, ok := b.results(t)["a"]; ok {
 		t.Fatal("the expired result is still stored")
 	}
 	if got := b.hash(t, b.db.K.RunState(b.run))[field]; got != strconv.Itoa(due) {
@@ -107,7 +107,7 @@ func TestResultTTLLaterStoreWins(t *testing.T) {
 	if n, next, err := b.db.ExpireResults(b.ctx, part, 9000, 10); err != nil || n != 0 || next != 20000 {
 		t.Fatalf("ExpireResults = %d, %d, %v; want 0, 20000", n, next, err)
 	}
-	if _, ok := b.hash(t, b.db.K.RunResults(b.run))["a"]; !ok {
+	if _, ok := b.results(t)["a"]; !ok {
 		t.Fatal("a result not yet due was deleted")
 	}
 }
@@ -162,7 +162,7 @@ func TestDelayedMoversWriteNothingToAWrongTypedTarget(t *testing.T) {
 		if err := b.c.ZAdd(b.ctx, b.db.K.Expiries(part), redis.Z{Score: 1000, Member: b.run + "|a"}).Err(); err != nil {
 			t.Fatal(err)
 		}
-		res := b.db.K.RunResults(b.run)
+		res := b.db.K.RunState(b.run)
 		if err := b.c.Del(b.ctx, res).Err(); err != nil {
 			t.Fatal(err)
 		}

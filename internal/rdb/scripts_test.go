@@ -231,7 +231,7 @@ func TestFinishFencing(t *testing.T) {
 
 	stale := func(what string, call func() error, wantWhat string) {
 		t.Helper()
-		state, results := b.hash(t, b.db.K.RunState(b.run)), b.hash(t, b.db.K.RunResults(b.run))
+		state, results := b.hash(t, b.db.K.RunState(b.run)), b.results(t)
 		n := len(b.log(t))
 		err := call()
 		if !errors.Is(err, rdb.ErrStaleClaim) {
@@ -244,7 +244,7 @@ func TestFinishFencing(t *testing.T) {
 		if diff := cmp.Diff(state, b.hash(t, b.db.K.RunState(b.run))); diff != "" {
 			t.Errorf("%s changed the state hash (-before +after):\n%s", what, diff)
 		}
-		if diff := cmp.Diff(results, b.hash(t, b.db.K.RunResults(b.run))); diff != "" {
+		if diff := cmp.Diff(results, b.results(t)); diff != "" {
 			t.Errorf("%s changed the results (-before +after):\n%s", what, diff)
 		}
 		log := b.log(t)
@@ -301,14 +301,14 @@ func TestFinishFencing(t *testing.T) {
 	if st["a"] != "succeeded|1|3|w2" || st[rdb.FieldRunDirty] != "1" {
 		t.Errorf("state after success: a=%q @dirty=%q", st["a"], st[rdb.FieldRunDirty])
 	}
-	if got := b.hash(t, b.db.K.RunResults(b.run))["a"]; got != `{"by":"w2"}` {
+	if got := b.results(t)["a"]; got != `{"by":"w2"}` {
 		t.Errorf("stored result %q", got)
 	}
 	// A late report from the old owner after the success changes nothing.
 	if _, err := b.finish("a", "w1", 1, 1, true); !errors.Is(err, rdb.ErrStaleClaim) {
 		t.Errorf("late finish after success = %v", err)
 	}
-	if got := b.hash(t, b.db.K.RunResults(b.run))["a"]; got != `{"by":"w2"}` {
+	if got := b.results(t)["a"]; got != `{"by":"w2"}` {
 		t.Errorf("stored result after a late report %q", got)
 	}
 }
@@ -619,7 +619,7 @@ func TestSubmitIsIdempotent(t *testing.T) {
 	if len(b.log(t)) != n {
 		t.Error("a second Submit appended to the log")
 	}
-	if dag := b.hash(t, b.db.K.RunDAG(b.run)); len(dag) != 2 {
+	if dag := b.dag(t); len(dag) != 2 {
 		t.Errorf("a second Submit changed the dag: %v", dag)
 	}
 }
@@ -932,4 +932,18 @@ func TestAHeartbeatOrFinishAfterARequeueOfItsClaimIsBenign(t *testing.T) {
 	if log := b.log(t); len(log) != n {
 		t.Errorf("they appended %d events (last %s); want none", len(log)-n, log[len(log)-1].Type)
 	}
+}
+
+// results is the run's results and input, dag its tasks' metadata: the
+// views of its state hash (rdb.SplitState).
+func (b scriptBundle) results(t *testing.T) map[string]string {
+	t.Helper()
+	_, r, _ := rdb.SplitState(b.hash(t, b.db.K.RunState(b.run)))
+	return r
+}
+
+func (b scriptBundle) dag(t *testing.T) map[string]string {
+	t.Helper()
+	_, _, d := rdb.SplitState(b.hash(t, b.db.K.RunState(b.run)))
+	return d
 }

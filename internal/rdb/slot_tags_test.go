@@ -3,6 +3,7 @@ package rdb_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strconv"
 	"strings"
 	"testing"
@@ -69,30 +70,37 @@ func TestPartitionTagsSpreadOverTheSlotSpace(t *testing.T) {
 	}
 }
 
-// TestCheckLayoutRefusesLayout2Partitions: a namespace of several
-// partitions that an older release recorded as layout 2 has its keys under
-// other tags; this release says so instead of reading empty queues.
-func TestCheckLayoutRefusesLayout2Partitions(t *testing.T) {
+// TestCheckLayoutRefusesOlderLayouts: a namespace an older release
+// recorded has its keys elsewhere (layout 2 of several partitions: other
+// tags) or its runs' metadata and results in hashes this release does not
+// read (layouts 2 and 3: dag and results hashes); this release says so
+// instead of reading empty queues or runs without metadata. A fresh
+// namespace records this layout.
+func TestCheckLayoutRefusesOlderLayouts(t *testing.T) {
 	t.Parallel()
 	c := redistest.Client(t)
 	ctx := context.Background()
 	ns := redistest.Namespace(t)
-	db := rdb.DB{C: c, K: rdb.NewKeysP(ns, 4)}
-	t.Cleanup(func() { c.Del(context.Background(), db.K.Layout()) })
-	if err := c.Set(ctx, db.K.Layout(), "2:4", 0).Err(); err != nil {
+	for _, tc := range []struct {
+		parts    int
+		recorded string
+	}{{4, "2:4"}, {1, "2:1"}, {4, "3:4"}, {1, "3:1"}} {
+		db := rdb.DB{C: c, K: rdb.NewKeysP(ns+"-"+tc.recorded, tc.parts)}
+		t.Cleanup(func() { c.Del(context.Background(), db.K.Layout()) })
+		if err := c.Set(ctx, db.K.Layout(), tc.recorded, 0).Err(); err != nil {
+			t.Fatal(err)
+		}
+		err := db.CheckLayout(ctx)
+		if !errors.Is(err, rdb.ErrLayout) || !strings.Contains(err.Error(), "older release") {
+			t.Errorf("check of a namespace recorded %q with %d partitions = %v, want ErrLayout naming an older release", tc.recorded, tc.parts, err)
+		}
+	}
+	fresh := rdb.DB{C: c, K: rdb.NewKeysP(ns+"-fresh", 1)}
+	t.Cleanup(func() { c.Del(context.Background(), fresh.K.Layout()) })
+	if err := fresh.CheckLayout(ctx); err != nil {
 		t.Fatal(err)
 	}
-	err := db.CheckLayout(ctx)
-	if !errors.Is(err, rdb.ErrLayout) || !strings.Contains(err.Error(), "layout 2") {
-		t.Fatalf("check of a layout-2 namespace of 4 partitions = %v, want ErrLayout naming layout 2", err)
-	}
-	// One partition: the same keys in both layouts, accepted.
-	one := rdb.DB{C: c, K: rdb.NewKeysP(ns+"-one", 1)}
-	t.Cleanup(func() { c.Del(context.Background(), one.K.Layout()) })
-	if err := c.Set(ctx, one.K.Layout(), "2:1", 0).Err(); err != nil {
-		t.Fatal(err)
-	}
-	if err := one.CheckLayout(ctx); err != nil {
-		t.Fatalf("check of a layout-2 namespace of one partition: %v", err)
+	if got := c.Get(ctx, fresh.K.Layout()).Val(); got != fmt.Sprintf("%d:1", rdb.LayoutVersion) {
+		t.Errorf("a fresh namespace of one partition records %q, want %d:1", got, rdb.LayoutVersion)
 	}
 }

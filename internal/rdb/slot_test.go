@@ -418,7 +418,7 @@ func TestEveryScriptAndMultiTouchesOneSlot(t *testing.T) {
 	if _, _, err := db.ExpireResults(ctx, keys.Partition(run), time.Now().Add(time.Hour).UnixMilli(), 100); err != nil {
 		t.Fatal(err)
 	}
-	if n, err := plain.HExists(ctx, keys.RunResults(run), "d").Result(); err != nil || n {
+	if n, err := plain.HExists(ctx, keys.RunState(run), rdb.ResultField("d")).Result(); err != nil || n {
 		t.Errorf("d's expired result is still stored (%v, %v)", n, err)
 	}
 

@@ -38,8 +38,8 @@ type snapshotKeys struct {
 
 func (b scriptBundle) snap(t *testing.T) snapshotKeys {
 	t.Helper()
-	return snapshotKeys{state: b.hash(t, b.db.K.RunState(b.run)), dag: b.hash(t, b.db.K.RunDAG(b.run)),
-		results: b.hash(t, b.db.K.RunResults(b.run)), events: len(b.log(t))}
+	return snapshotKeys{state: b.hash(t, b.db.K.RunState(b.run)), dag: b.dag(t),
+		results: b.results(t), events: len(b.log(t))}
 }
 
 var twoSpawned = []events.TaskSpec{{ID: "x0", Handler: "h.x"}, {ID: "x1", Handler: "h.x", Deps: []string{"x0"}, Args: []byte(`{"i":1}`)}}
@@ -91,7 +91,7 @@ func TestFinishSpawnIsFenced(t *testing.T) {
 	if diff := cmp.Diff(twoSpawned, body.Tasks); diff != "" {
 		t.Errorf("tasks_added body (-want +got):\n%s", diff)
 	}
-	st, dag := b.hash(t, b.db.K.RunState(b.run)), b.hash(t, b.db.K.RunDAG(b.run))
+	st, dag := b.hash(t, b.db.K.RunState(b.run)), b.dag(t)
 	if st["@s:a"] != "x1" || st[rdb.FieldRunSpawned] != "2" || st["a"] != "succeeded|1|3|w2" || st["x0"] != "" {
 		t.Errorf("state: @s:a=%q @spawned=%q a=%q x0=%q", st["@s:a"], st[rdb.FieldRunSpawned], st["a"], st["x0"])
 	}
@@ -134,7 +134,7 @@ func TestFinishRefusesABadSpawn(t *testing.T) {
 			b := setupRun(t)
 			// z succeeded, having spawned one task (so @spawned is 1).
 			b.c.HSet(b.ctx, b.db.K.RunState(b.run), "z", "succeeded|1|1|w", "@s:z", "z0", rdb.FieldRunSpawned, "1")
-			b.c.HSet(b.ctx, b.db.K.RunDAG(b.run), "z", `{"h":"h"}`, "z0", `{"h":"h"}`)
+			b.c.HSet(b.ctx, b.db.K.RunState(b.run), rdb.MetaField("z"), `{"h":"h"}`, rdb.MetaField("z0"), `{"h":"h"}`)
 			b.claim(t, "a", "w1", 1, false)
 			before := b.snap(t)
 			err := b.spawnFinish(t, "a", "w1", 1, tt.tasks, nil, tt.external, tt.limit)
@@ -171,7 +171,7 @@ func TestFinishLargeSpawnAndNestedRecords(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("the finish of a %d-task spawn took %v", n, time.Since(start))
-	if got := b.c.HLen(b.ctx, b.db.K.RunDAG(b.run)).Val(); got != n+2 {
+	if got := len(b.dag(t)); got != n+2 {
 		t.Errorf("dag holds %d tasks, want %d", got, n+2)
 	}
 	log := b.log(t)

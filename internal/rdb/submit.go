@@ -129,8 +129,7 @@ func (d DB) handoffFields(run string, hs map[string][]Handoff) []any {
 // for more decisions than these (more). Idempotent: an existing run is left
 // untouched.
 //
-// KEYS: 1 state, 2 log, 3 dag, 4 results, 5 feed, then the queue streams
-// of the decisions
+// KEYS: 1 state, 2 log, 3 feed, then the queue streams of the decisions
 // ARGV: 1 event id, 2 time ms, 3 run_submitted body, 4 workflow name,
 //
 //	5 input, 6 n tasks, then n pairs (task id, meta JSON), then the run
@@ -174,17 +173,20 @@ local trace = ARGV[dec + 8 * d + 2]
 local hx = dec + 8 * d + 3
 local nh = tonumber(ARGV[hx] or '0') or 0
 -- The streams this call writes: the feed only when it points it.
-local from = 6
-if d == 0 or more then from = 5 end
+local from = 4
+if d == 0 or more then from = 3 end
 for i = from, #KEYS do
   local bad = notwritable(KEYS[i], 'stream')
   if bad then return bad end
 end
 local seq = append(KEYS[2], ARGV[1], 'run_submitted', '', 0, 0, '', ARGV[3])
--- No input is no @input field (a reader's nil is "").
-if ARGV[5] ~= '' then redis.call('HSET', KEYS[4], '@input', ARGV[5]) end
-chunked('HSET', KEYS[3], ARGV, 7, 6 + 2 * n)
+-- The run's fields, its tasks' metadata (@g:<task>) and its input (no
+-- input is no @input field: a reader's nil is ""), all in one HSET.
 local fields = {'@status', 'running', '@workflow', ARGV[4], '@tasks', n}
+if ARGV[5] ~= '' then fields[#fields + 1] = '@input'; fields[#fields + 1] = ARGV[5] end
+for j = 7, 6 + 2 * n, 2 do
+  fields[#fields + 1] = '@g:' .. ARGV[j]; fields[#fields + 1] = ARGV[j + 1]
+end
 local last = seq
 for j = 0, d - 1 do
   local a = dec + 8 * j
@@ -202,7 +204,7 @@ end
 for j = hx + 1, hx + 2 * nh do fields[#fields + 1] = ARGV[j] end
 chunked('HSET', KEYS[1], fields, 1, #fields)
 if d == 0 or more then
-  redis.call('XADD', KEYS[5], '*', 'r', run)
+  redis.call('XADD', KEYS[3], '*', 'r', run)
 end
 return {'created', seq}
 `)
@@ -210,7 +212,7 @@ return {'created', seq}
 // SubmitArgsCmd queues the submit script with arguments from SubmitArgs
 // and the initial decisions (none: the projector makes them).
 func (d DB) SubmitArgsCmd(ctx context.Context, p redis.Scripter, run string, args []any, init Initial) *redis.Cmd {
-	keys := []string{d.K.RunState(run), d.K.RunLog(run), d.K.RunDAG(run), d.K.RunResults(run), d.K.FeedFor(run)}
+	keys := []string{d.K.RunState(run), d.K.RunLog(run), d.K.FeedFor(run)}
 	argv := make([]any, 0, len(args)+4+8*len(init.Events))
 	argv = append(argv, args...)
 	argv = append(argv, run, len(init.Events))

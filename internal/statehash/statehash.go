@@ -1,6 +1,6 @@
-// Package statehash is the codec of a run's state and dag hashes: the
-// lease record of a task, the @-fields of a run and the stored metadata of
-// a task. It holds no Redis client: the Redis boundary (internal/rdb)
+// Package statehash is the codec of a run's state hash: the lease record
+// of a task, the @-fields of a run, and the stored metadata and result of a
+// task (@g: and @r: fields). It holds no Redis client: the Redis boundary (internal/rdb)
 // reads and writes these values, and the pure replay package checks them
 // against the fold.
 package statehash
@@ -25,7 +25,11 @@ const (
 	FieldRunCommit   = "@commit"
 	FieldRunDirty    = "@dirty"
 	FieldRunWorkflow = "@workflow"
-	FieldRunInput    = "@input" // in the results hash
+	// FieldRunInput is the run's input (no field: none).
+	FieldRunInput = "@input"
+	// FieldRunTasks is the run's task count at submit (the finish's end
+	// check adds FieldRunSpawned).
+	FieldRunTasks = "@tasks"
 	// FieldRunQuarantine holds why the projector set the run aside.
 	FieldRunQuarantine = "@quarantine"
 	// FieldRunSpawned counts the tasks added to the run by its handlers
@@ -42,7 +46,19 @@ const (
 	// FieldSignalPrefix prefixes the id of the signal a run took of a
 	// name (SignalField).
 	FieldSignalPrefix = "@signal:"
+	// FieldMetaPrefix prefixes a task's stored metadata (MetaField).
+	FieldMetaPrefix = "@g:"
+	// FieldResultPrefix prefixes a task's accepted result (ResultField).
+	FieldResultPrefix = "@r:"
 )
+
+// MetaField is the state hash field of task's static metadata (TaskMeta,
+// JSON), written when the task enters the run (submit, spawn).
+func MetaField(task string) string { return FieldMetaPrefix + task }
+
+// ResultField is the state hash field of task's accepted result (JSON),
+// written by the finish that accepted it.
+func ResultField(task string) string { return FieldResultPrefix + task }
 
 // SignalField is the state hash field that holds the id of the signal of
 // name the run took (the signal script: one signal per name, a retried
