@@ -623,6 +623,25 @@ func TestFinishWithAShortSuccessCountLeavesTheEndToTheProjector(t *testing.T) {
 	b.checkLeftToProjector(t, feed)
 }
 
+// @ok only filters: a count that reached the run's tasks while one of
+// them has not succeeded (here inflated by hand) never ends the run. The
+// records decide, except in a call that accepted the success of every
+// task of the run itself.
+func TestFinishWithAnInflatedSuccessCountEndsNoRunEarly(t *testing.T) {
+	t.Parallel()
+	b := endRun(t, endPolicy, events.TaskSpec{ID: "a", Handler: "h"}, events.TaskSpec{ID: "b", Handler: "h"})
+	ma := b.dispatchQueued(t, "w1", "a")["a"]
+	b.dispatchQueued(t, "w2", "b") // b is claimed and stays running
+	if err := b.c.HSet(b.ctx, b.db.K.RunState(b.run), "@ok", "1").Err(); err != nil {
+		t.Fatal(err)
+	}
+	feed := b.feedPoints(t)
+	if out := b.finishOne(t, b.success(t, "a", "w1", ma)); out.Err != nil || out.Ended {
+		t.Fatalf("a's success with b running and @ok inflated: outcome %+v, want accepted, not ended", out)
+	}
+	b.checkLeftToProjector(t, feed)
+}
+
 // A finish whose keys include one it writes of the wrong type refuses the
 // call with nothing written: no event appended, the record still running,
 // nothing acked. Redis rolls nothing back, so every key the script writes

@@ -342,11 +342,12 @@ local function one(i, A, S)
 end
 -- Every check before the first write (Redis rolls nothing back): the keys
 -- written or read after it besides the log (each item's first write is
--- its event, which fails alone on a log of the wrong type), and the
--- message ids.
-local bad = notwritable(KEYS[3], 'stream') or notwritable(KEYS[4], 'stream')
+-- its event, which fails alone on a log of the wrong type) and the
+-- messages' queue (read by the ack, last: see there; a handoff checks it
+-- before it queues a dispatch on it), and the message ids.
+local bad = notwritable(KEYS[4], 'stream')
 if bad then return bad end
-local streams = {[KEYS[3]] = true, [KEYS[4]] = true} -- streams found writable
+local streams = {[KEYS[4]] = true} -- streams found writable
 local n, out = tonumber(ARGV[1]), {}
 local ids, expiring, succs = {}, false, false
 for i = 0, n - 1 do
@@ -404,8 +405,17 @@ if succ and ending and runst == 'running' and tasks0 then
   local ntasks = tasks0 + sp
   local tasks = nil
   if ntasks > 0 and ntasks <= ` + strconv.Itoa(EndMaxTasks) + ` and ok >= ntasks then
-    tasks = taskids(KEYS[1])
-    if #tasks ~= ntasks then tasks = nil end
+    -- A call that accepted the success of as many distinct tasks as the
+    -- run has accepted every one of them (a single-task run's finish):
+    -- nothing to list or read.
+    local ndone = 0
+    for _ in pairs(done) do ndone = ndone + 1 end
+    if ndone == ntasks then
+      tasks = {}
+    else
+      tasks = taskids(KEYS[1])
+      if #tasks ~= ntasks then tasks = nil end
+    end
   end
   local pol = nil
   if tasks then
