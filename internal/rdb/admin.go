@@ -252,7 +252,7 @@ type ResumeItem struct {
 // the number f of event field names and values (0: no event; see
 // events.Event.Fields) and those f values
 // Reply: per task 1 re-dispatched, 0 record changed (left alone)
-var resumeScript = redis.NewScript(`
+var resumeScript = redis.NewScript(enqueueLua + `
 for i = 3, #KEYS do
   local t = redis.call('TYPE', KEYS[i])['ok']
   if t ~= 'none' and t ~= 'stream' and t ~= 'zset' then
@@ -272,10 +272,8 @@ while i <= #ARGV do
     local key, due = KEYS[tonumber(ARGV[i + 3])], tonumber(ARGV[i + 4])
     if due > 0 then
       redis.call('ZADD', key, due, ARGV[i + 6])
-    elseif ARGV[i + 7] ~= '' then
-      redis.call('XADD', key, '*', 'r', ARGV[1], 'k', task, 'a', ARGV[i + 5], 't', ARGV[i + 7])
     else
-      redis.call('XADD', key, '*', 'r', ARGV[1], 'k', task, 'a', ARGV[i + 5])
+      enqueue(key, ARGV[1], task, ARGV[i + 5], ARGV[i + 7])
     end
     out[#out + 1] = 1
   else

@@ -183,6 +183,15 @@ func (k Keys) Queue(part int, pool string, priority int) string {
 	return k.tag(part) + "q:" + pool + ":" + strconv.Itoa(priority)
 }
 
+// QueueHigh marks that a message may wait on one of a pool's bands above
+// 0 in partition part: every writer of such a message sets it, and a fetch
+// that finds those bands with nothing new deletes it, so that a fetch of a
+// pool that only uses band 0 reads band 0 alone (enqueueLua derives the
+// same name from a band stream's key).
+func (k Keys) QueueHigh(part int, pool string) string {
+	return k.tag(part) + "qhi:" + pool
+}
+
 // QueueFor is the dispatch stream that carries run's tasks of a pool and
 // band: the one in run's partition.
 func (k Keys) QueueFor(run, pool string, priority int) string {

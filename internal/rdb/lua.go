@@ -161,11 +161,17 @@ end
 
 // enqueueLua defines enqueue, the one writer of a queue message in Lua
 // (the fields of Dispatch.values): run, task, attempt, and the dispatching
-// span's traceparent only when there is one. Used by submit (submit.go),
-// commit (project_commit.go), delayed_move (project.go) and queue_move
-// (queue.go).
+// span's traceparent only when there is one. A message on a band above 0
+// also sets the pool's Keys.QueueHigh mark, named from the band stream's
+// key ("<ns>:{tag}:q:<pool>:<band>"; a namespace holds no brace): the
+// fetch reads bands above 0 only while it is set. Used by submit
+// (submit.go), commit (project_commit.go), finish (queue_finish.go),
+// delayed_move (project.go), release and queue_move (queue.go), and the
+// admin scripts.
 const enqueueLua = `
 local function enqueue(key, run, task, attempt, trace)
+  local pre, pool, band = string.match(key, '^([^}]*}:)q:(.*):(%d+)$')
+  if band and band ~= '0' then redis.call('SET', pre .. 'qhi:' .. pool, '1') end
   if trace ~= nil and trace ~= '' then
     return redis.call('XADD', key, '*', 'r', run, 'k', task, 'a', attempt, 't', trace)
   end

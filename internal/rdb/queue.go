@@ -340,6 +340,11 @@ func (d DB) QueueMoves(ctx context.Context, consumer string, items []MoveItem) e
 
 // XAddDispatch queues a dispatch on its pool and band (pipelineable).
 func (d DB) XAddDispatch(ctx context.Context, p redis.Cmdable, x Dispatch) *redis.StringCmd {
+	if x.Priority > 0 {
+		// The mark first: cut off between the two, a mark with no
+		// message costs a fetch one look at the bands.
+		p.Set(ctx, d.K.QueueHigh(d.K.Partition(x.Run), x.Pool), "1", 0)
+	}
 	return p.XAdd(ctx, &redis.XAddArgs{
 		Stream: d.K.QueueFor(x.Run, x.Pool, x.Priority),
 		Values: x.values(),

@@ -39,8 +39,14 @@ import (
 // It also removes the acked entries of each band it reads (trimacked) once
 // they may fill a node, and all of them when the band had nothing new.
 //
+// Bands above 0 are read only while the pool's Keys.QueueHigh mark is set
+// (every writer of a message on such a band sets it, see enqueueLua): a
+// pool that only uses band 0 costs one look at one band. A call that finds
+// every band above 0 with nothing new deletes the mark.
+//
 // KEYS: the pool's band streams, highest priority first, then the
-// consumer's fetch mark (one slot: {pN})
+// consumer's fetch mark, then the pool's Keys.QueueHigh mark (one slot:
+// {pN})
 // ARGV: 1 group, 2 consumer, 3 n, 4 run key prefix of the partition ("":
 // no claims), 5 time ms, 6 upstream byte budget, then n claim event ids
 // (the i-th message read claims with the i-th)
@@ -50,7 +56,7 @@ local n = tonumber(ARGV[3])
 local prefix = ARGV[4]
 local call = claimcall(ARGV[6])
 local out, read = {}, {}
-local bands, mark, token = #KEYS - 1, KEYS[#KEYS], ARGV[7]
+local bands, mark, high, token = #KEYS - 2, KEYS[#KEYS - 1], KEYS[#KEYS], ARGV[7]
 local function field(f, name)
   for i = 1, #f - 1, 2 do
     if f[i] == name then return f[i + 1] end
@@ -81,14 +87,21 @@ if claiming then
     return out
   end
 end
+-- quiet: every band above 0 was seen with nothing new left.
+local hi, quiet = redis.call('EXISTS', high) == 1, true
 for i = 1, bands do
-  if n <= 0 then break end
+  if n <= 0 then
+    if i < bands then quiet = false end
+    break
+  end
   -- An empty band has nothing new: skip the (costlier) XREADGROUP. A band
   -- keeps at most about a node of acked entries (trimacked), so a band
   -- that holds only those is read once more, finds nothing new and is
-  -- emptied.
-  local len = redis.call('XLEN', KEYS[i])
+  -- emptied. Bands above 0 only while marked.
+  local len = 0
+  if hi or i == bands then len = redis.call('XLEN', KEYS[i]) end
   if len > 0 then
+    local asked = n
     local r = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', n, 'STREAMS', KEYS[i], '>')
     local got = 0
     if r then
@@ -99,9 +112,11 @@ for i = 1, bands do
         got = got + 1
       end
     end
+    if got == asked and i < bands then quiet = false end
     if got == 0 or len >= ` + strconv.Itoa(trimAtLength) + ` then trimacked(KEYS[i], ARGV[1], len, got == 0) end
   end
 end
+if hi and quiet then redis.call('DEL', high) end
 if claiming and #read > 0 then
   redis.call('SET', mark, token .. '|' .. table.concat(read, ','), 'PX', ` + strconv.Itoa(fetchMarkTTLMS) + `)
 end
@@ -211,7 +226,7 @@ func (d DB) fetch(ctx context.Context, part int, pool, consumer string, n int, p
 	for _, id := range eventIDs {
 		argv = append(argv, id)
 	}
-	keys := append(d.K.Queues(part, pool), d.K.FetchMark(part, pool, consumer))
+	keys := append(d.K.Queues(part, pool), d.K.FetchMark(part, pool, consumer), d.K.QueueHigh(part, pool))
 	res, err := fetchScript.Run(ctx, d.C, keys, argv...).Slice()
 	if err != nil {
 		return nil, nil, err

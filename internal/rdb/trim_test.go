@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/graflow-go/graflow/internal/rdb"
+	"github.com/redis/go-redis/v9"
 )
 
 // An ack deletes nothing: the fetch removes a band's acked entries
@@ -118,5 +119,92 @@ func TestFetchTrimsOnlyAckedEntries(t *testing.T) {
 	fetch("w1", 10)
 	if n, err := c.XLen(ctx, q).Result(); err != nil || n != 0 {
 		t.Errorf("XLEN %d, %v after every message was acked and a fetch found nothing: want 0", n, err)
+	}
+}
+
+// A fetch reads the bands above 0 only while the pool's QueueHigh mark is
+// set. Every writer of a message on such a band sets it (XAddDispatch, and
+// enqueue in the scripts: here a queue move), and a fetch that finds those
+// bands with nothing new deletes it; a pool that only uses band 0 then
+// costs a fetch one band.
+func TestFetchReadsBandsAbove0OnlyWhileMarked(t *testing.T) {
+	t.Parallel()
+	c, db, ctx, _ := queueWithGroup(t)
+	for _, s := range db.K.Queues(0, "default") {
+		if err := db.EnsureGroup(ctx, s, rdb.GroupWorkers); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mark := db.K.QueueHigh(0, "default")
+	marked := func() bool {
+		t.Helper()
+		n, err := c.Exists(ctx, mark).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n == 1
+	}
+	fetched := func(n int) []string {
+		t.Helper()
+		res, err := db.Fetch(ctx, 0, "default", "w", n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var tasks []string
+		for _, s := range res {
+			for _, m := range s.Messages {
+				task, _ := m.Values[rdb.MsgTask].(string)
+				tasks = append(tasks, task)
+			}
+		}
+		return tasks
+	}
+	queue := func(task string, prio int) {
+		t.Helper()
+		if err := db.XAddDispatch(ctx, c, rdb.Dispatch{Pool: "default", Run: "R", Task: task, Attempt: 1, Priority: prio}).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	queue("low", 0)
+	if marked() {
+		t.Fatal("a band-0 message set the mark")
+	}
+	queue("high", 5)
+	if !marked() {
+		t.Fatal("a band-5 message did not set the mark")
+	}
+	if got := fmt.Sprint(fetched(1)); got != "[high]" {
+		t.Fatalf("first fetch read %s, want [high]: the highest band first", got)
+	}
+	if !marked() {
+		t.Fatal("the mark went while band 5 could still hold messages (the fetch took all it asked for)")
+	}
+	if got := fmt.Sprint(fetched(5)); got != "[low]" {
+		t.Fatalf("second fetch read %s, want [low]", got)
+	}
+	if marked() {
+		t.Fatal("the mark stayed after a fetch found every band above 0 with nothing new")
+	}
+	// Unmarked, band 5 is not read: the mark is what tells the fetch.
+	if err := c.XAdd(ctx, &redis.XAddArgs{Stream: db.K.Queue(0, "default", 5), Values: []any{rdb.MsgRun, "R", rdb.MsgTask, "unmarked", rdb.MsgAttempt, "1"}}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if got := fetched(5); len(got) != 0 {
+		t.Fatalf("an unmarked band 5 was read: %v", got)
+	}
+	// A script's enqueue marks too: a pending band-0 message moved to band 7.
+	queue("moved", 0)
+	res, err := db.Fetch(ctx, 0, "default", "w", 1)
+	if err != nil || len(res) != 1 || len(res[0].Messages) != 1 {
+		t.Fatalf("fetch of the band-0 message: %v %v", res, err)
+	}
+	if err := db.QueueMove(ctx, c, res[0].Stream, "w", res[0].Messages[0].ID, rdb.Dispatch{Pool: "default", Run: "R", Task: "moved", Attempt: 1, Priority: 7}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if !marked() {
+		t.Fatal("a queue move to band 7 did not set the mark")
+	}
+	if got := fmt.Sprint(fetched(5)); got != "[moved unmarked]" {
+		t.Fatalf("fetch after the move read %s, want [moved unmarked]", got)
 	}
 }
