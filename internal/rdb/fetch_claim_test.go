@@ -22,7 +22,7 @@ func TestFetchClaimClaimsOnlyDispatchedTasksOfTheMessagesAttempt(t *testing.T) {
 	}
 	queue := func(run, task string, attempt int) string {
 		t.Helper()
-		id, err := b.db.XAddDispatch(b.ctx, b.c, rdb.Dispatch{Pool: "default", Run: run, Task: task, Attempt: attempt}).Result()
+		id, err := b.db.XAddDispatch(b.ctx, b.c, rdb.Dispatch{Pool: "default", Run: run, Task: task, Attempt: attempt}).Text()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -161,7 +161,7 @@ func TestFetchClaimSentAgainAnswersWhatItFirstRead(t *testing.T) {
 		WithBody(events.TaskDispatchedBody{Pool: "default"}), "t00", "dispatched|1|0|")
 	var msgs []string
 	for _, d := range []rdb.Dispatch{{Pool: "default", Run: b.run, Task: "a", Attempt: 1}, {Pool: "default", Run: second.run, Task: "t00", Attempt: 1}} {
-		id, err := b.db.XAddDispatch(b.ctx, b.c, d).Result()
+		id, err := b.db.XAddDispatch(b.ctx, b.c, d).Text()
 		if err != nil {
 			t.Fatal(err)
 		}

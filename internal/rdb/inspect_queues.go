@@ -340,3 +340,40 @@ func (d DB) DeadLetters(ctx context.Context, limit int64) ([]DeadLetterRow, erro
 	}
 	return out, nil
 }
+
+// UnmarkedBands returns the bands above 0 of pool in partition part that
+// hold messages not yet delivered while the pool's QueueHigh mark is
+// unset, read in one MULTI: a fetch would not read them. None whenever
+// every writer of such a message sets the mark in the step that writes it
+// (enqueueLua); chaos samples it under its faults. A band whose lag Redis
+// cannot compute is not reported.
+func (d DB) UnmarkedBands(ctx context.Context, part int, pool string) ([]int, error) {
+	var mark *redis.IntCmd
+	infos := make([]*redis.XInfoGroupsCmd, MaxPriority+1)
+	_, err := d.C.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		mark = p.Exists(ctx, d.K.QueueHigh(part, pool))
+		for b := 1; b <= MaxPriority; b++ {
+			infos[b] = p.XInfoGroups(ctx, d.K.Queue(part, pool, b))
+		}
+		return nil
+	})
+	if err != nil && !strings.Contains(err.Error(), "no such key") {
+		return nil, fmt.Errorf("read the bands of pool %s in partition %d: %w", pool, part, err)
+	}
+	if mark.Val() == 1 {
+		return nil, nil
+	}
+	var out []int
+	for b := 1; b <= MaxPriority; b++ {
+		groups, err := infos[b].Result()
+		if err != nil {
+			continue // no stream on this band
+		}
+		for _, g := range groups {
+			if g.Name == GroupWorkers && g.Lag > 0 {
+				out = append(out, b)
+			}
+		}
+	}
+	return out, nil
+}

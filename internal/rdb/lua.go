@@ -159,15 +159,15 @@ local function keystyped(from, typ)
 end
 `
 
-// enqueueLua defines enqueue, the one writer of a queue message in Lua
-// (the fields of Dispatch.values): run, task, attempt, and the dispatching
+// enqueueLua defines enqueue, the one writer of a queue message (the
+// fields MsgRun, MsgTask, MsgAttempt, MsgTrace): run, task, attempt, and the dispatching
 // span's traceparent only when there is one. A message on a band above 0
 // also sets the pool's Keys.QueueHigh mark, named from the band stream's
 // key ("<ns>:{tag}:q:<pool>:<band>"; a namespace holds no brace): the
 // fetch reads bands above 0 only while it is set. Used by submit
 // (submit.go), commit (project_commit.go), finish (queue_finish.go),
-// delayed_move (project.go), release and queue_move (queue.go), and the
-// admin scripts.
+// delayed_move (project.go), release, queue_move and enqueue (queue.go:
+// XAddDispatch), and the admin scripts.
 const enqueueLua = `
 local function enqueue(key, run, task, attempt, trace)
   local pre, pool, band = string.match(key, '^([^}]*}:)q:(.*):(%d+)$')
@@ -315,6 +315,7 @@ func Scripts() map[string]*redis.Script {
 		"release":        releaseScript,
 		"fetch":          fetchScript,
 		"queue_move":     queueMoveScript,
+		"enqueue":        enqueueScript,
 		"gc":             gcScript,
 		"requeue":        requeueScript,
 		"quarantine":     quarantineScript,

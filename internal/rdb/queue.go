@@ -338,17 +338,22 @@ func (d DB) QueueMoves(ctx context.Context, consumer string, items []MoveItem) e
 	return err
 }
 
-// XAddDispatch queues a dispatch on its pool and band (pipelineable).
-func (d DB) XAddDispatch(ctx context.Context, p redis.Cmdable, x Dispatch) *redis.StringCmd {
-	if x.Priority > 0 {
-		// The mark first: cut off between the two, a mark with no
-		// message costs a fetch one look at the bands.
-		p.Set(ctx, d.K.QueueHigh(d.K.Partition(x.Run), x.Pool), "1", 0)
-	}
-	return p.XAdd(ctx, &redis.XAddArgs{
-		Stream: d.K.QueueFor(x.Run, x.Pool, x.Priority),
-		Values: x.values(),
-	})
+// enqueueScript queues one dispatch (enqueue): a script, so that a
+// message on a band above 0 and its pool's QueueHigh mark are one step (a
+// fetch between a separate SET and XADD could delete the mark the message
+// needs).
+//
+// KEYS: 1 the band stream
+// ARGV: 1 run, 2 task, 3 attempt, 4 traceparent ("": none)
+// Reply: the message id
+var enqueueScript = redis.NewScript(enqueueLua + `
+return enqueue(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+`)
+
+// XAddDispatch queues a dispatch on its pool and band (pipelineable);
+// Text() of the reply is the message id.
+func (d DB) XAddDispatch(ctx context.Context, p redis.Scripter, x Dispatch) *redis.Cmd {
+	return enqueueScript.Run(ctx, p, []string{d.K.QueueFor(x.Run, x.Pool, x.Priority)}, x.Run, x.Task, strconv.Itoa(x.Attempt), x.Trace)
 }
 
 // Deliveries reads each message's delivery count (XPENDING), one round

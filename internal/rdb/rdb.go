@@ -122,15 +122,6 @@ const (
 	MsgTrace   = "t"
 )
 
-// values returns the queue message fields of x.
-func (p Dispatch) values() []any {
-	v := []any{MsgRun, p.Run, MsgTask, p.Task, MsgAttempt, strconv.Itoa(p.Attempt)}
-	if p.Trace != "" {
-		v = append(v, MsgTrace, p.Trace)
-	}
-	return v
-}
-
 // PointFeed appends a pointer to run on its feed partition (pipelineable).
 func (d DB) PointFeed(ctx context.Context, p redis.Cmdable, run string) *redis.StringCmd {
 	return p.XAdd(ctx, &redis.XAddArgs{Stream: d.K.FeedFor(run), Values: []any{MsgRun, run}})

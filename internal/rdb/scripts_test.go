@@ -407,7 +407,7 @@ func TestQueueAckAndTouchAreOwnerChecked(t *testing.T) {
 	if err := db.EnsureGroup(ctx, q, rdb.GroupWorkers); err != nil {
 		t.Fatalf("EnsureGroup on an existing group: %v", err)
 	}
-	id, err := db.XAddDispatch(ctx, c, rdb.Dispatch{Pool: "default", Run: "R", Task: "a", Attempt: 1}).Result()
+	id, err := db.XAddDispatch(ctx, c, rdb.Dispatch{Pool: "default", Run: "R", Task: "a", Attempt: 1}).Text()
 	if err != nil {
 		t.Fatal(err)
 	}

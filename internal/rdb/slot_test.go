@@ -412,6 +412,12 @@ func TestEveryScriptAndMultiTouchesOneSlot(t *testing.T) {
 		t.Errorf("signal to run %s = %+v, %v", run5, res, err)
 	}
 
+	// Phase 7b: a fresh message for its dispatched task (a repair's), on
+	// a band above 0 (enqueue: the message and the band mark).
+	if err := db.Redispatch(ctx, rdb.Dispatch{Pool: "nobody", Run: run5, Task: "a", Attempt: 1, Priority: 3}); err != nil {
+		t.Errorf("redispatch in run %s: %v", run5, err)
+	}
+
 	// Phase 8: d's result expired (result TTL): deleted by the
 	// projector's mover already, or now.
 	keys := rdb.NewKeys(ns)

@@ -30,7 +30,7 @@ func TestFetchTrimsOnlyAckedEntries(t *testing.T) {
 	delivered := map[string]bool{}
 	enqueue := func(k int) {
 		for range k {
-			id, err := db.XAddDispatch(ctx, c, rdb.Dispatch{Pool: "default", Run: "R", Task: fmt.Sprintf("t%d", len(order)), Attempt: 1}).Result()
+			id, err := db.XAddDispatch(ctx, c, rdb.Dispatch{Pool: "default", Run: "R", Task: fmt.Sprintf("t%d", len(order)), Attempt: 1}).Text()
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -26,6 +26,7 @@ import (
 	"github.com/graflow-go/graflow/internal/retry"
 	"github.com/graflow-go/graflow/projector"
 	"github.com/graflow-go/graflow/replay"
+	"github.com/graflow-go/graflow/worker"
 	"github.com/graflow-go/graflow/worker/builtin"
 )
 
@@ -308,6 +309,12 @@ func Run(ctx context.Context, cfg Config) (rep Report, err error) {
 			cancelled <- s.cancel(runCtx, cancelRun.id, cancelAfter)
 		}()
 	}
+	marks := make(chan []string, 1) // the band marks' problems
+	faults.Add(1)
+	go func() {
+		defer faults.Done()
+		marks <- s.watchMarks(faultCtx)
+	}()
 	repaired := make(chan []string, 1) // the repairs' problems
 	faults.Add(1)
 	go func() {
@@ -410,11 +417,38 @@ func Run(ctx context.Context, cfg Config) (rep Report, err error) {
 	if p := s.collector.problems(); len(p) > 0 {
 		rep.Verdict.Add("(all)", Verdict{Problems: p})
 	}
+	if p := <-marks; len(p) > 0 {
+		rep.Verdict.Add("(queues)", Verdict{Problems: p})
+	}
 	rep.Elapsed = time.Since(s.start)
 	if s.tmpDir && rep.Verdict.OK() && !cfg.BreakFencing {
 		s.removeDir = true
 	}
 	return rep, nil
+}
+
+// watchMarks samples, every 20 ms until ctx ends, whether a band above 0
+// of the default pool holds a message not yet delivered while the pool's
+// band mark is unset (rdb.UnmarkedBands): a fetch would pass it by until
+// a worker idles. It returns one problem per band and partition seen so.
+func (s *stack) watchMarks(ctx context.Context) []string {
+	seen := map[string]bool{}
+	var out []string
+	for wait(ctx, 20*time.Millisecond) {
+		for part := range max(s.cfg.Partitions, 1) {
+			bands, err := s.db.UnmarkedBands(ctx, part, worker.DefaultPool)
+			if err != nil {
+				continue // Redis restarts under the faults
+			}
+			for _, b := range bands {
+				if k := fmt.Sprintf("%d/%d", part, b); !seen[k] {
+					seen[k] = true
+					out = append(out, fmt.Sprintf("band %d of partition %d held undelivered messages with the pool's band mark unset", b, part))
+				}
+			}
+		}
+	}
+	return out
 }
 
 // submitted is a run chaos submitted, and how it ended.
@@ -855,6 +889,11 @@ func (s *stack) workflow(name string, tasks int) *graflow.Workflow {
 				t = wf.Task(id, builtin.Sleep).Args(map[string]any{"ms": 20, "value": 1}).StartAfter(time.Duration(100+s.rng.IntN(400)) * time.Millisecond)
 			default:
 				t = wf.Task(id, builtin.Sleep).Args(map[string]any{"ms": 20 + s.rng.IntN(130), "value": 1})
+			}
+			if i%9 == 4 {
+				// Bands above 0: their messages go through every writer
+				// (dispatch, retry, release, repair, resume) marked.
+				t = t.Priority(1 + (i/9)%9)
 			}
 			members = append(members, t.After(root))
 		}
