@@ -915,16 +915,17 @@ type QueueInfo struct {
 	Pool     string `json:"pool"`
 	Priority int    `json:"priority"`
 	Stream   string `json:"stream"`
-	// Length is the number of messages in the stream: pending ones plus
-	// those not yet delivered (acked messages are deleted).
+	// Length is the number of messages not acked yet: pending ones plus
+	// those not yet delivered (the stream itself also holds acked entries
+	// until a fetch trims them; see rdb.QueueStat).
 	Length int64 `json:"length"`
 	// Pending is the group's PEL size (delivered, not acked), by consumer.
 	Pending   int64            `json:"pending"`
 	Consumers map[string]int64 `json:"consumers,omitempty"`
 	// Lag is the number of messages not yet delivered to the group. Redis
 	// cannot always compute it after deletions; then it is Length -
-	// Pending (exact here, since acked messages are deleted) and
-	// LagEstimated is set.
+	// Pending, where Length is the stream's length with acked entries not
+	// trimmed yet (an upper bound), and LagEstimated is set.
 	Lag          int64 `json:"lag"`
 	LagEstimated bool  `json:"lag_estimated,omitempty"`
 	// OldestPendingID is the oldest pending message; its age is since it
@@ -1129,9 +1130,9 @@ func (c *Client) Export(ctx context.Context, run string, w io.Writer) (int, erro
 // this client's namespace, with state identical to the replayed state: it
 // appends the events to the run's log (keeping the exported seqs when the
 // file has them), writes the state hash (task records as
-// projector.RecordOf, @status, @workflow, @cursor = last seq), the results
-// hash (accepted results and @input), the dag hash (metadata of every
-// submitted task) and the channel hash, indexes the run and points the
+// projector.RecordOf, @status, @workflow, @cursor = last seq, @tasks,
+// the accepted results and @input, the metadata of every submitted and
+// spawned task) and the channel hash, indexes the run and points the
 // projector feed at it. Each write is one script on the run's slot that
 // first checks nobody else wrote the run meanwhile.
 //

@@ -29,10 +29,10 @@ const (
 	// CheckState: every task record and @status/@workflow of the live
 	// state hash equal the fold.
 	CheckState Check = "state"
-	// CheckResults: the results hash holds exactly the accepted results
+	// CheckResults: the results (@r:<task>, @input) hold exactly the accepted results
 	// and the run input.
 	CheckResults Check = "results"
-	// CheckDAG: the dag hash holds every task's metadata as submitted.
+	// CheckDAG: the metadata (@g:<task>) holds every task's as submitted.
 	CheckDAG Check = "dag"
 	// CheckProjection: @cursor is inside the log, and events after it
 	// that call for a decision are flagged by @dirty.
@@ -40,7 +40,7 @@ const (
 	// CheckQueue: for a running run, every dispatched or running task has
 	// its dispatch in the delayed set or its queue stream.
 	CheckQueue Check = "queue"
-	// CheckLogOnly, for a run without state, results or dag hash: the run
+	// CheckLogOnly, for a run without a state hash: the run
 	// succeeded and nothing but rejections follows its run_succeeded (a
 	// succeeded run's end keeps only its log; its state is the fold).
 	CheckLogOnly Check = "log_only"
@@ -134,8 +134,9 @@ func (e *VerifyError) Error() string {
 
 func (e *VerifyError) Unwrap() error { return ErrVerifyFailed }
 
-// Live is a run's live projection, read in one transaction: its state,
-// results and dag hashes (field → value) and the id of its log's last
+// Live is a run's live projection, read in one transaction: its state
+// hash split into records and run fields, results and metadata
+// (rdb.SplitState; field → value) and the id of its log's last
 // entry at that instant. Added, Length and MaxDeleted are the log's
 // counters (entries ever added, entries now, the last deleted id) when
 // known (Added 0: unknown).
@@ -239,7 +240,7 @@ func Verify(run, namespace string, live Live, evs []events.Event, bad []Undecoda
 func checkLogOnly(r *projector.Run, evs []events.Event) []Problem {
 	if r.Status != projector.RunSucceeded {
 		return []Problem{{Check: CheckLogOnly, Field: statehash.FieldRunStatus,
-			Detail: fmt.Sprintf("the run has a log but no state, results or dag hash, and its fold is %s: only a succeeded run's end deletes them", r.Status)}}
+			Detail: fmt.Sprintf("the run has a log but no state hash, and its fold is %s: only a succeeded run's end deletes it", r.Status)}}
 	}
 	var out []Problem
 	for i := len(evs) - 1; i >= 0 && evs[i].Type != events.RunSucceeded; i-- {
@@ -421,7 +422,7 @@ func compareResults(a *Analysis, s Live) []Problem {
 		switch {
 		case t.Status == projector.TaskSucceeded && !ok:
 			out = append(out, Problem{Check: CheckResults, Task: t.Spec.ID, Field: "result", Replayed: string(t.Result),
-				Detail: "the accepted result is missing from the results hash"})
+				Detail: "the accepted result is missing from the run's state (@r:)"})
 		case t.Status == projector.TaskSucceeded && !jsonEqual([]byte(live), t.Result):
 			out = append(out, Problem{Check: CheckResults, Task: t.Spec.ID, Field: "result", Live: live, Replayed: string(t.Result),
 				Detail: "stored result differs from the accepted task_succeeded"})
@@ -451,7 +452,7 @@ func compareDAG(a *Analysis, s Live) []Problem {
 		raw, ok := s.DAG[spec.ID]
 		want := statehash.MetaOf(spec)
 		if !ok {
-			out = append(out, Problem{Check: CheckDAG, Task: spec.ID, Field: "meta", Detail: "task metadata missing from the dag hash: workers cannot claim the task"})
+			out = append(out, Problem{Check: CheckDAG, Task: spec.ID, Field: "meta", Detail: "task metadata missing from the run's state (@g:): workers cannot claim the task"})
 			continue
 		}
 		var live statehash.TaskMeta

@@ -53,8 +53,8 @@ func (w *Worker) reclaim(ctx context.Context, stream string) error {
 			return err
 		}
 		if len(deleted) > 0 {
-			// Only an external XDEL/XTRIM deletes a pending entry (our acks
-			// delete after XACK). XAUTOCLAIM dropped them from the PEL; the
+			// Only an external XDEL/XTRIM deletes a pending entry (our
+			// trims and clean-ups remove acked entries only). XAUTOCLAIM dropped them from the PEL; the
 			// tasks are still dispatched/running in their runs' state. The
 			// entries carry no fields, so their runs are unknown here: a
 			// projector repairs every running run from its log.

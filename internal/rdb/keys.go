@@ -77,12 +77,14 @@ func ValidNamespace(ns string) error {
 // Keys builds the keys of one namespace. The zero value is not usable; use
 // NewKeys.
 //
-// Layout (version 3): partition N's keys share one hash tag {T}, where T
+// Layout (version 4): partition N's keys share one hash tag {T}, where T
 // is "pN" or "pN.K" (partitionTags: the tags spread the partitions evenly
 // over the slot space; one partition's tag is "p0"):
 //
-//	<ns>:{T}:r:<run>:log|state|dag|results|channel   a run of partition N
-//	<ns>:{T}:q:<pool>:<band>                        the pool's queue streams in N
+//	<ns>:{T}:r:<run>:log|state|channel   a run of partition N (its tasks'
+//	                                    metadata and results: state fields)
+//	<ns>:{T}:q:<pool>:<band>            the pool's queue streams in N
+//	<ns>:{T}:qhi:<pool>                 set while a band above 0 may hold a message
 //	<ns>:{T}:feed                                   N's projector feed
 //	<ns>:{T}:delayed                                N's parked dispatches
 //	<ns>:{T}:expiries                               N's result expiries

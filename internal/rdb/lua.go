@@ -279,8 +279,12 @@ local function trimacked(stream, group, len, drained)
   if redis.call('XLEN', stream) - pending - lag < ` + strconv.Itoa(cleanAtLength) + ` then return end
   local es = redis.call('XRANGE', stream, '(' .. oldest, delivered, 'COUNT', ` + strconv.Itoa(cleanWindow) + `)
   if #es == 0 then return end
+  -- Every pending id of the window's range, by the group's whole pending
+  -- count: ids deleted from the stream while pending (by hand) stay in the
+  -- pending list, and a COUNT of the window's size would let them push
+  -- live pending entries out of the reply.
   local live = {}
-  for _, x in ipairs(redis.call('XPENDING', stream, group, '(' .. oldest, es[#es][1], #es)) do live[x[1]] = true end
+  for _, x in ipairs(redis.call('XPENDING', stream, group, '(' .. oldest, es[#es][1], pending)) do live[x[1]] = true end
   local del = {}
   for _, e in ipairs(es) do
     if not live[e[1]] then del[#del + 1] = e[1] end

@@ -363,7 +363,7 @@ func (d DB) Claim(ctx context.Context, a ClaimArgs) (ClaimResult, error) {
 //	{"bad", why} (the task's stored metadata cannot be read; nothing written)
 var claimScript = redis.NewScript(prelude + claimLua + `
 local call = claimcall(ARGV[2])
-local K = {KEYS[1], KEYS[2], KEYS[3], KEYS[4]}
+local K = {KEYS[1], KEYS[2]}
 local n, out = tonumber(ARGV[1]), {}
 for i = 0, n - 1 do
   local A = {}
@@ -376,9 +376,9 @@ return out
 // claimLua defines claimone, the claim of one message's task (the claim
 // script's items, and the fetch script's claims of what it reads), and
 // claimcall, the state one script call's claims share (the upstream byte
-// budget, each run's input read once). The prelude must come first.
+// budget). The prelude must come first.
 //
-// claimone(call, K, A, fresh): K = {state, log, dag, results} of the run,
+// claimone(call, K, A, fresh): K = {state, log} of the run,
 // A = the 8 arguments of a claim item (see claimScript). With fresh set it
 // claims only a dispatched task of the message's attempt in a running run
 // (the one case that needs no worker-side check first), answers the same

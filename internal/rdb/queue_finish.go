@@ -59,7 +59,7 @@ type FinishArgs struct {
 
 // Spawn is what a succeeded attempt adds to its run: tasks_added (written
 // by the attempt, fenced like its outcome) right before its
-// task_succeeded, the tasks' metadata in the dag hash, the spawner's
+// task_succeeded, the tasks' metadata in the state hash (@g:<task>), the spawner's
 // spawn record (statehash.SpawnField) and the run's @spawned count.
 // Build it with NewSpawn.
 type Spawn struct {

@@ -208,3 +208,71 @@ func TestFetchReadsBandsAbove0OnlyWhileMarked(t *testing.T) {
 		t.Fatalf("fetch after the move read %s, want [moved unmarked]", got)
 	}
 }
+
+// The clean-up behind a long-pending message tells pending entries from
+// acked ones by the group's pending list over its window. Entries deleted
+// from the stream by hand while pending stay in that list: counted in the
+// window's XPENDING COUNT, they pushed live pending entries out of it, and
+// those were deleted as acked (a review found it: 44 of 100 gone).
+func TestCleanUpKeepsPendingEntriesBehindHandDeletedOnes(t *testing.T) {
+	t.Parallel()
+	c, db, ctx, q := queueWithGroup(t)
+	add := func(n int) []string {
+		t.Helper()
+		ids := make([]string, n)
+		for i := range ids {
+			id, err := db.XAddDispatch(ctx, c, rdb.Dispatch{Pool: "default", Run: "R", Task: fmt.Sprintf("t%d", i), Attempt: 1}).Text()
+			if err != nil {
+				t.Fatal(err)
+			}
+			ids[i] = id
+		}
+		if _, err := db.Fetch(ctx, 0, "default", "w", n); err != nil {
+			t.Fatal(err)
+		}
+		return ids
+	}
+	add(1)             // the long-pending message
+	gone := add(200)   // pending, then deleted from the stream by hand
+	live := add(100)   // pending
+	acked := add(1200) // acked: held back by the long one
+	if err := c.XDel(ctx, q, gone...).Err(); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < len(acked); i += 500 {
+		if _, err := db.QueueAck(ctx, c, q, "w", acked[i:min(i+500, len(acked))]...).Result(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 3 { // fetches that find nothing new clean up a window each
+		if _, err := db.Fetch(ctx, 0, "default", "w", 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	msgs, err := c.XRange(ctx, q, "-", "+").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := map[string]bool{}
+	for _, m := range msgs {
+		in[m.ID] = true
+	}
+	missing := 0
+	for _, id := range live {
+		if !in[id] {
+			missing++
+		}
+	}
+	if missing > 0 {
+		t.Errorf("%d of %d pending entries deleted by the clean-up", missing, len(live))
+	}
+	left := 0
+	for _, id := range acked {
+		if in[id] {
+			left++
+		}
+	}
+	if left == len(acked) {
+		t.Errorf("the clean-up deleted none of the %d acked entries", len(acked))
+	}
+}

@@ -164,7 +164,7 @@ type Report struct {
 	// success handing on its dependents: rdb.Handoff).
 	Small, FinishEnds, FinishDispatches int
 	// LogOnly counts the succeeded runs checked: each must keep only its
-	// log (its end deleted its state, dag and results hashes).
+	// log (its end deleted its state hash, metadata and results with it).
 	LogOnly int
 	// Sampled counts the runs submitted sampled (the others are submitted
 	// under an unsampled parent), Traced those of them whose trace held:
