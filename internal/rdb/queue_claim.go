@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strconv"
 
+	"github.com/graflow-go/graflow/internal/statehash"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -621,25 +622,28 @@ func (d DB) ReadUpstream(ctx context.Context, run string, deps []string, page in
 	out := make(map[string]json.RawMessage, len(deps))
 	for i := 0; i < len(deps); i += page {
 		chunk := deps[i:min(i+page, len(deps))]
-		fields := make([]string, len(chunk))
-		for j, dep := range chunk {
-			fields[j] = ResultField(dep)
+		// Each dependency's result and result expiry, one read: a
+		// result that is gone because it expired reads as the expired
+		// mark, one never stored as nil.
+		fields := make([]string, 0, 2*len(chunk))
+		for _, dep := range chunk {
+			fields = append(fields, ResultField(dep), statehash.ResultExpiryField(dep))
 		}
 		vals, err := d.C.HMGet(ctx, d.K.RunState(run), fields...).Result()
 		if err != nil {
 			return nil, fmt.Errorf("read upstream results of run %s: %w", run, err)
 		}
-		var none []string
 		for j, dep := range chunk {
-			if v, _ := vals[j].(string); v != "" {
+			v, _ := vals[2*j].(string)
+			x, _ := vals[2*j+1].(string)
+			switch {
+			case v != "":
 				out[dep] = json.RawMessage(v)
-			} else {
+			case x != "":
+				out[dep] = json.RawMessage(expiredResult)
+			default:
 				out[dep] = nil
-				none = append(none, dep)
 			}
-		}
-		if err := d.markExpired(ctx, run, none, out); err != nil {
-			return nil, err
 		}
 	}
 	return out, nil

@@ -33,28 +33,6 @@ const expiredResult = "!expired"
 // ReadUpstream is the mark of an expired result.
 func IsExpiredResult(raw []byte) bool { return string(raw) == expiredResult }
 
-// markExpired sets out[dep] to the expired mark for each of deps (results
-// not stored) whose state holds an expiry field.
-func (d DB) markExpired(ctx context.Context, run string, deps []string, out map[string]json.RawMessage) error {
-	if len(deps) == 0 {
-		return nil
-	}
-	fields := make([]string, len(deps))
-	for i, dep := range deps {
-		fields[i] = statehash.ResultExpiryField(dep)
-	}
-	vals, err := d.C.HMGet(ctx, d.K.RunState(run), fields...).Result()
-	if err != nil {
-		return fmt.Errorf("read result expiries of run %s: %w", run, err)
-	}
-	for i, dep := range deps {
-		if v, _ := vals[i].(string); v != "" {
-			out[dep] = json.RawMessage(expiredResult)
-		}
-	}
-	return nil
-}
-
 // StoredResult is a task's stored result as ReadResult finds it.
 type StoredResult struct {
 	RunStatus string // "" when the run does not exist
