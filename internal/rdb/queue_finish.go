@@ -139,9 +139,23 @@ func (d DB) Finish(ctx context.Context, a FinishArgs) (newlyDirty bool, err erro
 // before task_succeeded, and sets the spawn record and @spawned. A stale
 // caller's spawn is rejected with its result.
 //
-// KEYS: 1 state, 2 log, 3 the messages' queue stream, 4 feed, 5 the
-// partition's expiry set, 6 scratch key for compacting the log,
-// 7 channel, 8 the partition's end policy
+// One call records the outcomes of one or more runs of one partition
+// whose messages are on one stream (FinishGroups): each run's outcomes are
+// recorded as if by a call of its own (finishrun), and the messages of
+// all of them are acked together, last. A run refused by a check gets its
+// error reply in its place, with nothing of it written; the call goes on
+// with the others.
+//
+// KEYS: 1 the messages' queue stream, 2 feed, 3 the partition's expiry
+// set, 4 the partition's end policy, then per run 4 keys: state, log,
+// scratch key for compacting the log, channel
+// ARGV: 1 the number of runs, then per run the number of its arguments
+// and these (below)
+// Reply: per run, its reply (below) or an error reply
+//
+// Inside finishrun, a run's KEYS are 1 state, 2 log, 3 the messages'
+// queue stream, 4 feed, 5 the partition's expiry set, 6 scratch key for
+// compacting the log, 7 channel, 8 the partition's end policy, and its
 // ARGV: 1 n, 2 group, 3 consumer, 4 run, then n items (outcomes of one
 // run, their messages on one stream) of 15 arguments:
 // 1 task, 2 attempt, 3 epoch, 4 worker, 5 event id, 6 time ms,
@@ -176,11 +190,17 @@ func (d DB) Finish(ctx context.Context, a FinishArgs) (newlyDirty bool, err erro
 // as the projector's Decide would, with an event id derived from the end
 // id. Anything it cannot settle wakes a projector.
 //
-// Reply: per item, {"ok", seq, newly dirty 0|1, acked 1|0|-1 (as
+// A run's reply: per item, {"ok", seq, newly dirty 0|1, acked 1|0|-1 (as
 // queue_ack), ended 1|0} | {"stale", status, epoch, owner} | {"spawn", why}
 // (the spawn is refused; nothing of the item was written, the claim
 // holds)
 var finishScript = redis.NewScript(prelude + enqueueLua + ackLua + `
+-- The acks of every run of the call, sent after all of the call's writes
+-- (see the end).
+local ACKS = {}
+-- finishrun records the outcomes of one run: KEYS and ARGV are the run's
+-- own (see FinishesCmd), its reply the run's.
+local function finishrun(KEYS, ARGV)
 local point = false
 local handoffs = {} -- the handoffs of the successes this call hands on itself
 local dirty0 = false -- the run was dirty before this call
@@ -529,14 +549,44 @@ end
 -- waits) leaves the feed pointer to the caller too, after the dead
 -- letter: a projector must not end the run before the dead letter exists.
 if point and #ids == n then redis.call('XADD', KEYS[4], '*', 'r', ARGV[4]) end
+-- The accepted outcomes' messages are acked after every run of the call
+-- (below).
+if #toack > 0 then ACKS[#ACKS + 1] = {KEYS[3], ARGV[2], ARGV[3], toack, acked, out} end
+return out
+end
+-- The runs, each with the 8 keys and the arguments of its own (see
+-- finishrun): the shared keys are given once, the run's four per run.
+local R, apos = {}, 2
+for r = 1, tonumber(ARGV[1]) do
+  local k = 4 + 4 * (r - 1)
+  local K = {KEYS[k + 1], KEYS[k + 2], KEYS[1], KEYS[2], KEYS[3], KEYS[k + 3], KEYS[k + 4], KEYS[4]}
+  local len, A = tonumber(ARGV[apos]), {}
+  for j = 1, len do A[j] = ARGV[apos + j] end
+  apos = apos + len + 1
+  R[r] = finishrun(K, A)
+end
 -- The accepted outcomes' messages, acked together, last: Redis rolls
 -- nothing back, so an ack that fails (the queue's group is gone) must find
--- every record, result, end and feed pointer of the call written.
-if #toack > 0 then
-  local res = ackmine(KEYS[3], ARGV[2], ARGV[3], toack)
-  for k, item in ipairs(acked) do out[item][4] = res[k] end
+-- every record, result, end and feed pointer of the call written. One
+-- ackmine per stream, group and consumer (a call's runs share them).
+local byq, order = {}, {}
+for _, a in ipairs(ACKS) do
+  local key = a[1] .. '\0' .. a[2] .. '\0' .. a[3]
+  local g = byq[key]
+  if not g then
+    g = {a[1], a[2], a[3], {}, {}}
+    byq[key], order[#order + 1] = g, g
+  end
+  for j, id in ipairs(a[4]) do
+    g[4][#g[4] + 1] = id
+    g[5][#g[5] + 1] = {a[6], a[5][j]}
+  end
 end
-return out
+for _, g in ipairs(order) do
+  local res = ackmine(g[1], g[2], g[3], g[4])
+  for k, ref in ipairs(g[5]) do ref[1][ref[2]][4] = res[k] end
+end
+return R
 `)
 
 // EndMaxTasks bounds the runs whose end a finish decides (see
@@ -571,13 +621,46 @@ func (d DB) SetEndPolicy(ctx context.Context, parts []int, p EndPolicy) error {
 // run whose messages are on ONE stream (and of one consumer) on p; read it
 // with ParseFinishes.
 func (d DB) FinishesCmd(ctx context.Context, p redis.Scripter, as []FinishArgs) *redis.Cmd {
-	run := as[0].Run
-	stream := as[0].Stream
-	if stream == "" {
-		stream = d.K.Feed(d.K.Partition(run)) // any key of the slot: nothing is acked
+	return d.finishCall(ctx, p, [][]FinishArgs{as})
+}
+
+// finishStream is the stream whose messages the outcomes as ack (any key
+// of the run's slot when they ack none).
+func (d DB) finishStream(as []FinishArgs) string {
+	if as[0].Stream == "" {
+		return d.K.Feed(d.K.Partition(as[0].Run)) // any key of the slot: nothing is acked
 	}
-	argv := make([]any, 0, 4+15*len(as))
-	argv = append(argv, len(as), GroupWorkers, as[0].Consumer, run)
+	return as[0].Stream
+}
+
+// finishCall queues one finish script call for several runs of ONE
+// partition, each group the outcomes of one run whose messages are on the
+// stream of the first group (see FinishGroups).
+func (d DB) finishCall(ctx context.Context, p redis.Scripter, groups [][]FinishArgs) *redis.Cmd {
+	run0 := groups[0][0].Run
+	keys := make([]string, 0, 4+4*len(groups))
+	keys = append(keys, d.finishStream(groups[0]), d.K.FeedFor(run0), d.K.ExpiriesFor(run0), d.K.EndPolicyFor(run0))
+	n := 1
+	for _, as := range groups {
+		n += 7 + 15*len(as)
+	}
+	argv := make([]any, 0, n)
+	argv = append(argv, len(groups))
+	for _, as := range groups {
+		run := as[0].Run
+		keys = append(keys, d.K.RunState(run), d.K.RunLog(run), d.K.RunLogCompact(run), d.K.RunChannel(run))
+		at := len(argv)
+		argv = append(argv, 0) // the run's argument count, below
+		argv = finishArgs(argv, as)
+		argv[at] = len(argv) - at - 1
+	}
+	return finishScript.Run(ctx, p, keys, argv...)
+}
+
+// finishArgs appends the arguments of one run's outcomes as (finishScript's
+// ARGV of one run).
+func finishArgs(argv []any, as []FinishArgs) []any {
+	argv = append(argv, len(as), GroupWorkers, as[0].Consumer, as[0].Run)
 	for _, a := range as {
 		k := 0
 		if a.Spawn != nil {
@@ -604,9 +687,7 @@ func (d DB) FinishesCmd(ctx context.Context, p redis.Scripter, as []FinishArgs) 
 			break
 		}
 	}
-	argv = append(argv, end, trace)
-	return finishScript.Run(ctx, p, []string{d.K.RunState(run), d.K.RunLog(run), stream, d.K.FeedFor(run), d.K.ExpiriesFor(run),
-		d.K.RunLogCompact(run), d.K.RunChannel(run), d.K.EndPolicyFor(run)}, argv...)
+	return append(argv, end, trace)
 }
 
 // appendArgs appends the spawn's arguments of the finish script.
@@ -638,10 +719,23 @@ type FinishOutcome struct {
 // ParseFinishes reads a FinishesCmd reply, an outcome per FinishArgs. err
 // is for the call as a whole.
 func ParseFinishes(as []FinishArgs, cmd *redis.Cmd) ([]FinishOutcome, error) {
-	items, err := cmd.Slice()
+	runs, err := cmd.Slice()
 	if err != nil {
 		return nil, fmt.Errorf("finish %s (%d tasks): %w", as[0].Run, len(as), err)
 	}
+	if len(runs) != 1 {
+		return nil, fmt.Errorf("finish %s: %d run replies for 1 run", as[0].Run, len(runs))
+	}
+	return parseFinishRun(as, runs[0])
+}
+
+// parseFinishRun reads one run's reply of a finish call: its outcomes, or
+// the error that refused all of them (nothing of the run was written).
+func parseFinishRun(as []FinishArgs, reply any) ([]FinishOutcome, error) {
+	if err, ok := reply.(error); ok {
+		return nil, fmt.Errorf("finish %s (%d tasks): %w", as[0].Run, len(as), err)
+	}
+	items, _ := reply.([]any)
 	if len(items) != len(as) {
 		return nil, fmt.Errorf("finish %s: %d replies for %d tasks", as[0].Run, len(items), len(as))
 	}
@@ -670,18 +764,59 @@ func unfenced(b bool) string {
 	return ""
 }
 
-// FinishGroups runs one finish script call per group (outcomes of one run
-// whose messages are on one stream) in one round trip.
+// finishCallItems bounds the outcomes of one finish call of several runs
+// (FinishGroups): a call holds Redis' one thread for about 10 µs an
+// outcome.
+const finishCallItems = 128
+
+// FinishGroups records groups of outcomes (each of one run, its messages
+// on one stream) in one round trip: one finish script call for the groups
+// of each partition and stream, up to finishCallItems outcomes (a group is
+// never split). errs[g] is for group g as a whole: nothing of it was
+// written when the script refused it (a check failed); a call that failed
+// as a whole (an error midway, a lost reply) may have written some of its
+// runs, which the callers' retries find accepted.
 func (d DB) FinishGroups(ctx context.Context, groups [][]FinishArgs) (results [][]FinishOutcome, errs []error) {
-	pipe := d.C.Pipeline()
-	cmds := make([]*redis.Cmd, len(groups))
+	type call struct {
+		idx   []int // the groups of the call
+		items int
+	}
+	var calls []*call
+	open := map[string]*call{} // by partition and stream: the call filling up
 	for g, as := range groups {
-		cmds[g] = d.FinishesCmd(ctx, pipe, as)
+		key := strconv.Itoa(d.K.Partition(as[0].Run)) + "\x00" + d.finishStream(as)
+		c := open[key]
+		if c == nil || (c.items > 0 && c.items+len(as) > finishCallItems) {
+			c = &call{}
+			open[key] = c
+			calls = append(calls, c)
+		}
+		c.idx = append(c.idx, g)
+		c.items += len(as)
+	}
+	pipe := d.C.Pipeline()
+	cmds := make([]*redis.Cmd, len(calls))
+	for i, c := range calls {
+		gs := make([][]FinishArgs, len(c.idx))
+		for k, g := range c.idx {
+			gs[k] = groups[g]
+		}
+		cmds[i] = d.finishCall(ctx, pipe, gs)
 	}
 	_, _ = pipe.Exec(ctx)
 	results, errs = make([][]FinishOutcome, len(groups)), make([]error, len(groups))
-	for g, as := range groups {
-		results[g], errs[g] = ParseFinishes(as, cmds[g])
+	for i, c := range calls {
+		runs, err := cmds[i].Slice()
+		if err == nil && len(runs) != len(c.idx) {
+			err = fmt.Errorf("%d run replies for %d runs", len(runs), len(c.idx))
+		}
+		for k, g := range c.idx {
+			if err != nil {
+				errs[g] = fmt.Errorf("finish %s (%d tasks): %w", groups[g][0].Run, len(groups[g]), err)
+				continue
+			}
+			results[g], errs[g] = parseFinishRun(groups[g], runs[k])
+		}
 	}
 	return results, errs
 }
