@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/graflow-go/graflow/events"
+	"github.com/graflow-go/graflow/internal/statehash"
 	"github.com/graflow-go/graflow/projector"
 	"github.com/graflow-go/graflow/replay"
 )
@@ -70,6 +71,23 @@ func TestVerifyIsPure(t *testing.T) {
 		rep, _ := replay.Verify(evs[0].Run, "ns", live, evs, nil)
 		if len(rep.Problems) != 1 || rep.Problems[0].Check != replay.CheckState || rep.Problems[0].Task != task {
 			t.Errorf("problems %v, want one state problem of task %s", rep.Problems, task)
+		}
+	})
+
+	t.Run("a task count at submit other than the log's is named, a missing one is not", func(t *testing.T) {
+		// A finish ends a small run once @ok reaches @tasks + @spawned:
+		// an @tasks set below the run's real count would let it end the
+		// run before every task succeeded.
+		evs, live := setup(t)
+		want := live.State[statehash.FieldRunTasks]
+		live.State[statehash.FieldRunTasks] = "1"
+		rep, _ := replay.Verify(evs[0].Run, "ns", live, evs, nil)
+		if len(rep.Problems) != 1 || rep.Problems[0].Field != statehash.FieldRunTasks || rep.Problems[0].Replayed != want {
+			t.Errorf("problems %v, want one of %s (replayed %s)", rep.Problems, statehash.FieldRunTasks, want)
+		}
+		delete(live.State, statehash.FieldRunTasks) // the finish then leaves the end to a projector
+		if rep, _ := replay.Verify(evs[0].Run, "ns", live, evs, nil); !rep.OK() {
+			t.Errorf("problems without @tasks: %v", rep.Problems)
 		}
 	})
 

@@ -52,3 +52,22 @@ func compareSpawns(a *Analysis, s Live) []Problem {
 	}
 	return out
 }
+
+// compareTaskCount compares the live @tasks, the run's tasks at submit,
+// with the log's (its tasks less those spawned). A finish ends a small
+// run once @ok reaches @tasks + @spawned, so an @tasks below the real
+// count could end a run before every task succeeded. A run without
+// @tasks is fine: its finishes leave the end to a projector.
+func compareTaskCount(a *Analysis, s Live) []Problem {
+	live, ok := s.State[statehash.FieldRunTasks]
+	if !ok {
+		return nil
+	}
+	spawned, _ := strconv.Atoi(a.spawnFields()[statehash.FieldRunSpawned])
+	want := strconv.Itoa(len(a.Specs()) - spawned)
+	if live == want {
+		return nil
+	}
+	return []Problem{{Check: CheckState, Field: statehash.FieldRunTasks, Live: live, Replayed: want,
+		Detail: "the run's task count at submit differs from the log's (a finish ends a run by it)"}}
+}

@@ -219,6 +219,7 @@ func Verify(run, namespace string, live Live, evs []events.Event, bad []Undecoda
 	rep.Checks = append(rep.Checks, CheckState, CheckResults, CheckDAG, CheckProjection)
 	rep.Problems = append(rep.Problems, compareState(a, live)...)
 	rep.Problems = append(rep.Problems, compareSpawns(a, live)...)
+	rep.Problems = append(rep.Problems, compareTaskCount(a, live)...)
 	rep.Problems = append(rep.Problems, compareSignals(a, live)...)
 	rep.Problems = append(rep.Problems, compareResults(a, live)...)
 	rep.Problems = append(rep.Problems, compareDAG(a, live)...)
