@@ -511,7 +511,7 @@ local function claimone(call, K, A, fresh)
     setrec(K[1], A[1], 'running', a, e, A[3])
   end
   -- The dep results that fit the call's budget; the caller reads the rest.
-  local reply = {'ok', tostring(e), meta, input, 0}
+  local reply = {'ok', itoa(e), meta, input, 0}
   local k = 0
   for j = 1, #vals do
     if call.bounded and #vals[j] > call.budget then break end
