@@ -182,8 +182,11 @@ end
 // XAddDispatch), and the admin scripts.
 const enqueueLua = `
 local function enqueue(key, run, task, attempt, trace)
-  local pre, pool, band = string.match(key, '^([^}]*}:)q:(.*):(%d+)$')
-  if band and band ~= '0' then redis.call('SET', pre .. 'qhi:' .. pool, '1') end
+  -- (Band 0, the usual one, is told by the key's end: no match made.)
+  if string.sub(key, -2) ~= ':0' then
+    local pre, pool, band = string.match(key, '^([^}]*}:)q:(.*):(%d+)$')
+    if band and band ~= '0' then redis.call('SET', pre .. 'qhi:' .. pool, '1') end
+  end
   if trace ~= nil and trace ~= '' then
     return redis.call('XADD', key, '*', 'r', run, 'k', task, 'a', attempt, 't', trace)
   end

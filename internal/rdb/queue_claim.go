@@ -102,13 +102,14 @@ for i = 1, bands do
   local len = 0
   if hi or i == bands then len = redis.call('XLEN', KEYS[i]) end
   if len > 0 then
+    local bs = tostring(i) .. ':'
     local asked = n
     local r = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', n, 'STREAMS', KEYS[i], '>')
     local got = 0
     if r then
       for _, m in ipairs(r[1][2]) do
         add(i, m, #out + 1)
-        read[#read + 1] = i .. ':' .. m[1]
+        read[#read + 1] = bs .. m[1]
         n = n - 1
         got = got + 1
       end

@@ -182,7 +182,7 @@ end
 local seq = append(KEYS[2], ARGV[1], 'run_submitted', '', 0, 0, '', ARGV[3])
 -- The run's fields, its tasks' metadata (@g:<task>) and its input (no
 -- input is no @input field: a reader's nil is ""), all in one HSET.
-local fields = {'@status', 'running', '@workflow', ARGV[4], '@tasks', n}
+local fields = {'@status', 'running', '@workflow', ARGV[4], '@tasks', ARGV[6]}
 if ARGV[5] ~= '' then fields[#fields + 1] = '@input'; fields[#fields + 1] = ARGV[5] end
 for j = 7, 6 + 2 * n, 2 do
   fields[#fields + 1] = '@g:' .. ARGV[j]; fields[#fields + 1] = ARGV[j + 1]
