@@ -163,9 +163,9 @@ func gather[T, A any](items []T, groups [][]int, f func(T) A) [][]A {
 // acks of those that failed for good.
 func (b *batcher) flushFinishes(_ context.Context, batch []finishReq) []error {
 	w, ctx := b.w, b.ctx
-	// 1. The outcomes: one script call per run and stream, one round
-	// trip. Each call also points the feed at its run if it became
-	// dirty and acks its messages (the run, its feed and its queue
+	// 1. The outcomes: one script call per partition and stream (of
+	// one or more runs), one round trip. Each call also points the feed
+	// at each run that became dirty and acks the messages (the run, its feed and its queue
 	// share a slot), except those of outcomes with a dead letter: their
 	// ack waits for the dead letter.
 	for i := range batch {

@@ -167,3 +167,53 @@ func TestFinishGroupsRecordsSeveralRunsInOneCall(t *testing.T) {
 		t.Errorf("the dirty run: %+v", o)
 	}
 }
+
+// A run whose outcome cannot be recorded because of what Redis finds
+// (its state hash holds another type: WRONGTYPE from the run's first
+// command) fails alone, with nothing of it written, as in a call of its
+// own: the runs before and after it in the call are recorded and acked.
+func TestFinishGroupsARunThatFailsInRedisFailsAlone(t *testing.T) {
+	t.Parallel()
+	base := endRun(t, endPolicy, parallel(1)...)
+	runs := []scriptBundle{base, base.submitRun(t, parallel(1)), base.submitRun(t, parallel(1))}
+	var groups [][]rdb.FinishArgs
+	var msgs []string
+	for _, b := range runs {
+		ids := b.dispatchQueued(t, "w1", "t00")
+		groups = append(groups, []rdb.FinishArgs{b.success(t, "t00", "w1", ids["t00"])})
+		msgs = append(msgs, ids["t00"])
+	}
+	bad := runs[1]
+	state := bad.db.K.RunState(bad.run)
+	if err := bad.c.Del(bad.ctx, state).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := bad.c.Set(bad.ctx, state, "not a hash", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	logBefore := len(bad.log(t))
+	if err := base.db.LoadScripts(base.ctx); err != nil { // pipelined calls do not fall back to EVAL
+		t.Fatal(err)
+	}
+
+	results, errs := base.db.FinishGroups(base.ctx, groups)
+	if errs[1] == nil || !strings.Contains(errs[1].Error(), "WRONGTYPE") {
+		t.Errorf("the run with a string for a state hash: error %v, want WRONGTYPE", errs[1])
+	}
+	for _, g := range []int{0, 2} {
+		if errs[g] != nil || len(results[g]) != 1 || results[g][0].Err != nil || !results[g][0].Ended || results[g][0].Acked != 1 {
+			t.Errorf("run %d next to the failing one: %+v, %v; want it ended and acked", g, results[g], errs[g])
+		}
+	}
+	if n := len(bad.log(t)); n != logBefore {
+		t.Errorf("the failing run's log went from %d to %d events", logBefore, n)
+	}
+	ps, err := base.c.XPendingExt(base.ctx, &redis.XPendingExtArgs{Stream: base.endQueue(), Group: rdb.GroupWorkers,
+		Start: "-", End: "+", Count: 100}).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ps) != 1 || ps[0].ID != msgs[1] {
+		t.Errorf("pending after the call: %v, want only the failing run's message %s", ps, msgs[1])
+	}
+}

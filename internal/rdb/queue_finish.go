@@ -14,10 +14,10 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// The worker's outcomes: one finish script call per run records the
-// outcomes of its tasks, points the feed at the run and acks their queue
-// messages (finishScript); FinishGroups sends several runs' calls in one
-// round trip.
+// The worker's outcomes: a finish script call records the outcomes of the
+// tasks of one or more runs of a partition, points the feed at each run
+// that became dirty and acks their queue messages (finishScript);
+// FinishGroups sends one call per partition and stream, in one round trip.
 
 // FinishArgs are the inputs of finishing an attempt.
 type FinishArgs struct {
@@ -142,9 +142,10 @@ func (d DB) Finish(ctx context.Context, a FinishArgs) (newlyDirty bool, err erro
 // One call records the outcomes of one or more runs of one partition
 // whose messages are on one stream (FinishGroups): each run's outcomes are
 // recorded as if by a call of its own (finishrun), and the messages of
-// all of them are acked together, last. A run refused by a check gets its
-// error reply in its place, with nothing of it written; the call goes on
-// with the others.
+// all of them are acked together, last. A run refused by a check, or by
+// Redis at its first command (each run runs under pcall), gets its error
+// reply in its place, with nothing of it written; the call goes on with
+// the others.
 //
 // KEYS: 1 the messages' queue stream, 2 feed, 3 the partition's expiry
 // set, 4 the partition's end policy, then per run 4 keys: state, log,
@@ -563,7 +564,12 @@ for r = 1, tonumber(ARGV[1]) do
   local len, A = tonumber(ARGV[apos]), {}
   for j = 1, len do A[j] = ARGV[apos + j] end
   apos = apos + len + 1
-  R[r] = finishrun(K, A)
+  -- An error Redis raises in a run (a key of the wrong type) is that
+  -- run's reply, as if it had had a call of its own: its first command
+  -- reads, so nothing of it was written, and the other runs go on.
+  local ok, res = pcall(finishrun, K, A)
+  if not ok and (type(res) ~= 'table' or not res.err) then res = redis.error_reply(tostring(res)) end
+  R[r] = res
 end
 -- The accepted outcomes' messages, acked together, last: Redis rolls
 -- nothing back, so an ack that fails (the queue's group is gone) must find
@@ -773,9 +779,12 @@ const finishCallItems = 128
 // on one stream) in one round trip: one finish script call for the groups
 // of each partition and stream, up to finishCallItems outcomes (a group is
 // never split). errs[g] is for group g as a whole: nothing of it was
-// written when the script refused it (a check failed); a call that failed
-// as a whole (an error midway, a lost reply) may have written some of its
-// runs, which the callers' retries find accepted.
+// written when the script refused it (a check failed) or Redis refused its
+// first command (a key of the wrong type); an error Redis raises later in
+// the run may leave part of it written, as in a call of its own. A call
+// that failed as a whole (the ack, a lost reply) may have written any of
+// its runs: a caller's retry of an outcome finds it accepted (and acks
+// its message then) or, if it was stale, rejects it again.
 func (d DB) FinishGroups(ctx context.Context, groups [][]FinishArgs) (results [][]FinishOutcome, errs []error) {
 	type call struct {
 		idx   []int // the groups of the call
