@@ -199,6 +199,9 @@ var finishScript = redis.NewScript(prelude + enqueueLua + ackLua + `
 -- The acks of every run of the call, sent after all of the call's writes
 -- (see the end).
 local ACKS = {}
+-- The streams found writable (TYPE) so far in the call: the feed, the
+-- queues of handoffs.
+local STREAMS = {}
 -- finishrun records the outcomes of one run: KEYS and ARGV are the run's
 -- own (see FinishesCmd), its reply the run's.
 local function finishrun(KEYS, ARGV)
@@ -366,9 +369,13 @@ end
 -- its event, which fails alone on a log of the wrong type) and the
 -- messages' queue (read by the ack, last: see there; a handoff checks it
 -- before it queues a dispatch on it), and the message ids.
-local bad = notwritable(KEYS[4], 'stream')
-if bad then return bad end
-local streams = {[KEYS[4]] = true} -- streams found writable
+local streams = STREAMS -- streams found writable (the call's runs share them)
+local bad = nil
+if not streams[KEYS[4]] then
+  bad = notwritable(KEYS[4], 'stream')
+  if bad then return bad end
+  streams[KEYS[4]] = true
+end
 local n, out = tonumber(ARGV[1]), {}
 local ids, expiring, succs = {}, false, false
 for i = 0, n - 1 do
