@@ -46,9 +46,9 @@ type Config struct {
 
 // Scheduler validates and submits runs. Safe for concurrent use.
 type Scheduler struct {
-	cfg  Config
-	db   rdb.DB
-	comb *rdb.Combiner // concurrent submits share a round trip
+	cfg Config
+	db  rdb.DB
+	sub *rdb.Submitter // concurrent submits share a round trip and a script call
 
 	layoutMu sync.Mutex
 	layoutOK bool // the namespace's layout was checked (rdb.CheckLayout)
@@ -95,7 +95,7 @@ func New(cfg Config) (*Scheduler, error) {
 		return nil, err
 	}
 	db := rdb.NewP(cfg.Redis, cfg.Namespace, cfg.NamespacePartitions)
-	return &Scheduler{cfg: cfg, db: db, comb: rdb.NewCombiner(db, 128)}, nil
+	return &Scheduler{cfg: cfg, db: db, sub: rdb.NewSubmitter(db, 128)}, nil
 }
 
 // SubmitOptions tune Submit.
@@ -151,39 +151,34 @@ func (s *Scheduler) Submit(ctx context.Context, spec events.RunSubmittedBody, op
 		return "", false, fmt.Errorf("%w %q: use 1-128 letters, digits, '_', '.', ':', '-'", ErrInvalidRunID, run)
 	}
 	ev := events.Event{ID: events.NewID(now), Run: run, Type: events.RunSubmitted, Time: now}.WithBody(spec)
-	// One round trip: the script (which also dispatches the root tasks, or
-	// points the feed at the new run: same slot), then the run's index
-	// entry. The index entry follows
-	// the script in the pipeline; if the script failed, a dangling entry
-	// is dropped by the index sweep. It is written even when the run
-	// existed: an earlier submit may have died between the two.
-	//
-	// Concurrent Submit calls share the pipeline (group commit): each
-	// reads its own commands' replies.
-	args, err := rdb.SubmitArgs(ev, spec)
-	if err != nil {
-		return "", false, err
-	}
 	init, err := s.initial(ev, now)
 	if err != nil {
 		return "", false, err
 	}
 	init.Trace = spec.Traceparent
+	// One round trip: the script (which also dispatches the root tasks, or
+	// points the feed at the new run: same slot), then the run's index
+	// entry. Concurrent Submit calls share it (group commit): one script
+	// call per partition creates their runs, one command indexes them.
+	req, err := rdb.NewSubmitReq(run, ev, spec, init, now)
+	if err != nil {
+		return "", false, err
+	}
 	if err := s.checkLayout(ctx); err != nil {
 		return "", false, err
 	}
-	cmd, indexErr, err := s.db.SubmitVia(ctx, s.comb, run, args, init, now)
+	rep, err := s.sub.Submit(ctx, req)
 	if err != nil {
 		return "", false, err
 	}
-	created, workflow, err := rdb.ParseSubmit(run, ev, spec, cmd)
-	if err != nil {
-		return "", false, err
+	if rep.Err != nil {
+		return "", false, rep.Err
 	}
-	if !created && workflow != spec.Workflow {
-		return run, false, fmt.Errorf("%w: run %s is a %q run", ErrRunExists, run, workflow)
+	created = rep.Created
+	if !created && rep.Workflow != spec.Workflow {
+		return run, false, fmt.Errorf("%w: run %s is a %q run", ErrRunExists, run, rep.Workflow)
 	}
-	if err := indexErr; err != nil {
+	if err := rep.IndexErr; err != nil {
 		// The run exists and runs; without its index entry it is missing
 		// from run lists. Retry it (idempotent) before reporting.
 		for try := 0; try < 3 && err != nil; try++ {

@@ -10,8 +10,8 @@
 // runs in the background: the flushes run in the callers' goroutines.
 //
 // The worker's claims and outcomes, the projector's commits and the
-// scheduler's submits go through a Group (rdb.Combiner is a Group of
-// pipeline functions).
+// scheduler's submits go through a Group (rdb.Submitter is a Group of
+// submits).
 package groupcommit
 
 import (

@@ -40,7 +40,7 @@
 //   - inspect.go: reading runs and their logs, following a log;
 //     inspect_queues.go: where a dispatch is, queue statistics, dead letters.
 //   - observe.go: what graflow bench, chaos and dev watch from outside.
-//   - combine.go: concurrent callers sharing one pipeline (Combiner).
+//   - submitter.go: concurrent submits sent together (Submitter).
 //   - floor.go, floor_fanout.go: the bench's floor workload (its scripts and
 //     their pipelines), not part of the engine.
 package rdb

@@ -129,24 +129,36 @@ func (d DB) handoffFields(run string, hs map[string][]Handoff) []any {
 // for more decisions than these (more). Idempotent: an existing run is left
 // untouched.
 //
+// One call creates several runs of one partition (submitCall), each as a
+// call of its own would (submitrun, under pcall: an error Redis raises at
+// a run's first command is that run's reply, nothing of it written, and
+// the others go on). The call's KEYS are the runs' keys one run after the
+// other; its ARGV: 1 the number of runs r, then per run its key count, its
+// argument count and its arguments. One run's keys and arguments:
+//
 // KEYS: 1 state, 2 log, 3 feed, then the queue streams of the decisions
 // ARGV: 1 event id, 2 time ms, 3 run_submitted body, 4 workflow name,
 //
 //	5 input, 6 n tasks, then n pairs (task id, meta JSON), then the run
 //	id, d decisions, d x (event id, type, task, attempt, epoch, body,
-//	task record, queue key index), more 0|1, writer, traceparent (""
-//	none), h, then h pairs (state field, value): the run's handoffs
-//	(HandoffField, CountField, DispatchField), written with its state
+//	task record, queue key index among the run's KEYS), more 0|1, writer,
+//	traceparent ("" none), h, then h pairs (state field, value): the
+//	run's handoffs (HandoffField, CountField, DispatchField), written
+//	with its state
 //
-// Reply: {"created", seq} or {"exists", workflow, run_submitted event id}
+// Reply: per run, {"created", seq}, {"exists", workflow, run_submitted
+// event id}, or an error
 var submitScript = redis.NewScript(prelude + enqueueLua + `
+-- STREAMS: the streams found writable (the call's runs share the feed and
+-- their queues: each is type-checked once per call).
+local STREAMS = {}
 -- An existing run is left alone; the reply names its workflow and its
 -- run_submitted event id (a caller whose pipeline was sent twice finds its
 -- own id: it did create the run). first reads both from the log's first
 -- entry, run_submitted: a succeeded run keeps only its log, so its state
 -- hash has no @workflow.
-local function first()
-  local f = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
+local function first(log)
+  local f = redis.call('XRANGE', log, '-', '+', 'COUNT', 1)
   if #f == 0 then return '', '' end
   local kv, id, wf = f[1][2], '', ''
   for i = 1, #kv, 2 do
@@ -158,9 +170,12 @@ local function first()
   end
   return id, wf
 end
+-- submitrun creates one run: KEYS and ARGV are the run's own (the
+-- layout of a call of one run, above).
+local function submitrun(KEYS, ARGV)
 -- A state hash or a log (a succeeded run keeps only its log) is a run.
 if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then
-  local id, wf = first()
+  local id, wf = first(KEYS[2])
   return {'exists', redis.call('HGET', KEYS[1], '@workflow') or wf, id}
 end
 local n = tonumber(ARGV[6])
@@ -176,8 +191,11 @@ local nh = tonumber(ARGV[hx] or '0') or 0
 local from = 4
 if d == 0 or more then from = 3 end
 for i = from, #KEYS do
-  local bad = notwritable(KEYS[i], 'stream')
-  if bad then return bad end
+  if not STREAMS[KEYS[i]] then
+    local bad = notwritable(KEYS[i], 'stream')
+    if bad then return bad end
+    STREAMS[KEYS[i]] = true
+  end
 end
 local seq = append(KEYS[2], ARGV[1], 'run_submitted', '', 0, 0, '', ARGV[3])
 -- The run's fields, its tasks' metadata (@g:<task>) and its input (no
@@ -207,19 +225,43 @@ if d == 0 or more then
   redis.call('XADD', KEYS[3], '*', 'r', run)
 end
 return {'created', seq}
+end
+-- The runs, each with its keys and arguments: an error Redis raises in a
+-- run (a key of the wrong type at its first command, which reads) is that
+-- run's reply, nothing of it written, and the other runs go on.
+local R, kpos, apos = {}, 0, 2
+for r = 1, tonumber(ARGV[1]) do
+  local nk, na = tonumber(ARGV[apos]), tonumber(ARGV[apos + 1])
+  local K, A = {}, {}
+  for j = 1, nk do K[j] = KEYS[kpos + j] end
+  for j = 1, na do A[j] = ARGV[apos + 1 + j] end
+  kpos, apos = kpos + nk, apos + 2 + na
+  local ok, res = pcall(submitrun, K, A)
+  if not ok and (type(res) ~= 'table' or not res.err) then res = redis.error_reply(tostring(res)) end
+  R[r] = res
+end
+return R
 `)
 
-// SubmitArgsCmd queues the submit script with arguments from SubmitArgs
-// and the initial decisions (none: the projector makes them).
+// SubmitArgsCmd queues the submit script for one run, with arguments from
+// SubmitArgs and the initial decisions (none: the projector makes them);
+// read it with ParseSubmit.
 func (d DB) SubmitArgsCmd(ctx context.Context, p redis.Scripter, run string, args []any, init Initial) *redis.Cmd {
-	keys := []string{d.K.RunState(run), d.K.RunLog(run), d.K.FeedFor(run)}
-	argv := make([]any, 0, len(args)+4+8*len(init.Events))
+	return d.submitCall(ctx, p, []SubmitReq{{Run: run, Args: args, Init: init}})
+}
+
+// submitRun appends one run's keys and its count, arguments and argument
+// count of the submit script (see submitScript) to keys and argv.
+func (d DB) submitRun(keys []string, argv []any, run string, args []any, init Initial) ([]string, []any) {
+	own := []string{d.K.RunState(run), d.K.RunLog(run), d.K.FeedFor(run)}
+	at := len(argv)
+	argv = append(argv, 0, 0) // the run's key and argument counts, below
 	argv = append(argv, args...)
 	argv = append(argv, run, len(init.Events))
 	var targets keyIndex
 	for i, e := range init.Events {
 		x := init.Dispatches[i]
-		k := targets.of(&keys, d.K.QueueFor(run, x.Pool, x.Priority))
+		k := targets.of(&own, d.K.QueueFor(run, x.Pool, x.Priority))
 		rec := Record{Status: events.TaskStatusDispatched, Attempt: x.Attempt, Epoch: e.Epoch}.String()
 		argv = append(argv, e.ID, string(e.Type), e.Task, e.Attempt, e.Epoch, string(e.Body), rec, k)
 	}
@@ -230,38 +272,160 @@ func (d DB) SubmitArgsCmd(ctx context.Context, p redis.Scripter, run string, arg
 	hf := d.handoffFields(run, init.Handoffs)
 	argv = append(argv, more, init.Writer, init.Trace, len(hf)/2)
 	argv = append(argv, hf...)
+	argv[at], argv[at+1] = len(own), len(argv)-at-2
+	return append(keys, own...), argv
+}
+
+// submitCall queues one submit script call for runs of ONE partition.
+func (d DB) submitCall(ctx context.Context, p redis.Scripter, reqs []SubmitReq) *redis.Cmd {
+	var keys []string
+	argv := []any{len(reqs)}
+	for _, r := range reqs {
+		keys, argv = d.submitRun(keys, argv, r.Run, r.Args, r.Init)
+	}
 	return submitScript.Run(ctx, p, keys, argv...)
 }
 
-// SubmitVia queues the submit script and the run's index entry on comb
-// (concurrent submits share a round trip) and waits for them: reply is the
-// script's (read it with ParseSubmit), indexErr the index entry's.
-func (d DB) SubmitVia(ctx context.Context, comb *Combiner, run string, args []any, init Initial, at time.Time) (reply *redis.Cmd, indexErr, err error) {
-	var index *redis.IntCmd
-	if err := comb.Do(ctx, func(pipe redis.Pipeliner) {
-		reply = d.SubmitArgsCmd(ctx, pipe, run, args, init)
-		index = d.IndexRun(ctx, pipe, run, at)
-	}); err != nil {
-		return nil, nil, err
-	}
-	return reply, index.Err(), nil
-}
-
-// ParseSubmit reads a submit command's reply. created is also true when
-// the run existed with ev's own run_submitted (the same submit sent again:
-// a pipeline retried after a lost reply or a NOSCRIPT).
+// ParseSubmit reads the reply of a submit call of one run (SubmitCmd,
+// SubmitArgsCmd). created is also true when the run existed with ev's own
+// run_submitted (the same submit sent again: a pipeline retried after a
+// lost reply or a NOSCRIPT).
 func ParseSubmit(run string, ev events.Event, body events.RunSubmittedBody, cmd *redis.Cmd) (created bool, workflow string, err error) {
-	res, err := cmd.StringSlice()
+	runs, err := cmd.Slice()
 	if err != nil {
 		return false, "", fmt.Errorf("submit run %s: %w", run, err)
 	}
-	if res[0] == "created" {
-		return true, body.Workflow, nil
+	if len(runs) != 1 {
+		return false, "", fmt.Errorf("submit run %s: %d run replies for 1 run", run, len(runs))
 	}
-	if len(res) > 2 && res[2] != "" && res[2] == ev.ID {
-		return true, body.Workflow, nil
+	return parseSubmitRun(run, ev.ID, body.Workflow, runs[0])
+}
+
+// parseSubmitRun reads one run's reply of a submit call (see ParseSubmit);
+// eventID is its run_submitted's id, workflow its workflow's name.
+func parseSubmitRun(run, eventID, workflow string, reply any) (created bool, wf string, err error) {
+	if err, ok := reply.(error); ok {
+		return false, "", fmt.Errorf("submit run %s: %w", run, err)
 	}
-	return false, res[1], nil
+	res, _ := reply.([]any)
+	switch str(res, 0) {
+	case "created":
+		return true, workflow, nil
+	case "exists":
+		if id := str(res, 2); id != "" && id == eventID {
+			return true, workflow, nil
+		}
+		return false, str(res, 1), nil
+	}
+	return false, "", fmt.Errorf("submit run %s: unexpected reply %v", run, reply)
+}
+
+// SubmitReq is one run's submit for SubmitRuns (make it with
+// NewSubmitReq).
+type SubmitReq struct {
+	Run string
+	// Args are the submit script's arguments (SubmitArgs); EventID and
+	// Workflow are run_submitted's id and workflow name among them.
+	Args     []any
+	EventID  string
+	Workflow string
+	// Init are the decisions the submit makes at once.
+	Init Initial
+	// At scores the run's index entry.
+	At time.Time
+}
+
+// NewSubmitReq encodes the submit of run, its run_submitted ev (whose body
+// is body), the decisions init and its index time at.
+func NewSubmitReq(run string, ev events.Event, body events.RunSubmittedBody, init Initial, at time.Time) (SubmitReq, error) {
+	args, err := SubmitArgs(ev, body)
+	if err != nil {
+		return SubmitReq{}, err
+	}
+	return SubmitReq{Run: run, Args: args, EventID: ev.ID, Workflow: body.Workflow, Init: init, At: at}, nil
+}
+
+// SubmitReply is one run's reply of SubmitRuns. Created is also true when
+// the run existed with the submit's own run_submitted (the same submit sent
+// again); Workflow is the workflow the run was created with. Err is the
+// run's error (the script refused it, or Redis did at its first command:
+// nothing of it was written; or the call failed as a whole: it may have
+// been written, and the same submit sent again finds it created). IndexErr
+// is its index entry's: the run exists, but run lists miss it.
+type SubmitReply struct {
+	Created  bool
+	Workflow string
+	Err      error
+	IndexErr error
+}
+
+// submitCallRuns bounds the runs of one submit call and submitCallArgs
+// its arguments (a call holds Redis' one thread while it runs); a run
+// never spans calls, so a large run may make a call of its own.
+const (
+	submitCallRuns = 64
+	submitCallArgs = 4096
+)
+
+// SubmitRuns creates runs in one round trip: one submit script call for
+// the runs of each partition (up to submitCallRuns runs and about
+// submitCallArgs arguments), then one run index write for them all. The
+// index entries follow the scripts: an entry whose run was not created is
+// dropped by the index sweep; an entry is written even when its run
+// existed (an earlier submit may have died between the two). Sent again
+// once after a NOSCRIPT (Pipelined); every submit is safe to send twice.
+func (d DB) SubmitRuns(ctx context.Context, reqs []SubmitReq) []SubmitReply {
+	type call struct {
+		idx  []int
+		args int
+	}
+	var calls []*call
+	open := map[int]*call{} // by partition: the call filling up
+	for i, r := range reqs {
+		part := d.K.Partition(r.Run)
+		c := open[part]
+		if c == nil || len(c.idx) >= submitCallRuns || (c.args > 0 && c.args+len(r.Args) > submitCallArgs) {
+			c = &call{}
+			open[part] = c
+			calls = append(calls, c)
+		}
+		c.idx = append(c.idx, i)
+		c.args += len(r.Args)
+	}
+	cmds := make([]*redis.Cmd, len(calls))
+	var index *redis.IntCmd
+	_ = d.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, c := range calls {
+			rs := make([]SubmitReq, len(c.idx))
+			for k, j := range c.idx {
+				rs[k] = reqs[j]
+			}
+			cmds[i] = d.submitCall(ctx, p, rs)
+		}
+		zs := make([]redis.Z, len(reqs))
+		for i, r := range reqs {
+			zs[i] = redis.Z{Score: float64(r.At.UnixMilli()), Member: r.Run}
+		}
+		index = p.ZAddNX(ctx, d.K.Runs(), zs...)
+		return nil
+	})
+	out := make([]SubmitReply, len(reqs))
+	for i, c := range calls {
+		runs, err := cmds[i].Slice()
+		if err == nil && len(runs) != len(c.idx) {
+			err = fmt.Errorf("%d run replies for %d runs", len(runs), len(c.idx))
+		}
+		for k, j := range c.idx {
+			r := &out[j]
+			if err != nil {
+				r.Err = fmt.Errorf("submit run %s: %w", reqs[j].Run, err)
+				continue
+			}
+			r.Created, r.Workflow, r.Err = parseSubmitRun(reqs[j].Run, reqs[j].EventID, reqs[j].Workflow, runs[k])
+			r.IndexErr = index.Err()
+		}
+	}
+	return out
 }
 
 // IndexRun adds run to the run index, scored by its submit time (an
