@@ -141,6 +141,16 @@ local function notwritable(key, typ)
   if t == typ or t == 'none' then return nil end
   return redis.error_reply('WRONGTYPE ' .. key .. ' holds a ' .. t .. ', not a ' .. typ)
 end
+-- slice returns t[i..j] as a new table: made at its size in one step
+-- (unpack) when Lua's stack holds it; filled one element at a time, a
+-- table grows and is rehashed as it fills (for a submit's ~30 arguments,
+-- ~1 µs of Redis time more).
+local function slice(t, i, j)
+  if j - i < 4000 then return {unpack(t, i, j)} end
+  local out = {}
+  for k = i, j do out[k - i + 1] = t[k] end
+  return out
+end
 -- chunked runs cmd on key with the values t[i..j], at most 1,000 per call
 -- (Lua's unpack limit), and returns the last reply.
 local function chunked(cmd, key, t, i, j)

@@ -568,8 +568,8 @@ local R, apos = {}, 2
 for r = 1, tonumber(ARGV[1]) do
   local k = 4 + 4 * (r - 1)
   local K = {KEYS[k + 1], KEYS[k + 2], KEYS[1], KEYS[2], KEYS[3], KEYS[k + 3], KEYS[k + 4], KEYS[4]}
-  local len, A = tonumber(ARGV[apos]), {}
-  for j = 1, len do A[j] = ARGV[apos + j] end
+  local len = tonumber(ARGV[apos])
+  local A = slice(ARGV, apos + 1, apos + len)
   apos = apos + len + 1
   -- An error Redis raises in a run (a key of the wrong type) is that
   -- run's reply, as if it had had a call of its own: its first command

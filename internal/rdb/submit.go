@@ -232,9 +232,7 @@ end
 local R, kpos, apos = {}, 0, 2
 for r = 1, tonumber(ARGV[1]) do
   local nk, na = tonumber(ARGV[apos]), tonumber(ARGV[apos + 1])
-  local K, A = {}, {}
-  for j = 1, nk do K[j] = KEYS[kpos + j] end
-  for j = 1, na do A[j] = ARGV[apos + 1 + j] end
+  local K, A = slice(KEYS, kpos + 1, kpos + nk), slice(ARGV, apos + 2, apos + 1 + na)
   kpos, apos = kpos + nk, apos + 2 + na
   local ok, res = pcall(submitrun, K, A)
   if not ok and (type(res) ~= 'table' or not res.err) then res = redis.error_reply(tostring(res)) end

@@ -243,3 +243,42 @@ func TestSubmitRunsCreatesSeveralRunsInOneCall(t *testing.T) {
 		t.Errorf("the run index holds %d runs, want 6 (R1-R6: an entry is written even when its run was not created)", n)
 	}
 }
+
+// A run too large for one Lua stack's worth of arguments (its arguments
+// are copied for its part of the call element by element, not unpacked)
+// is created whole, and so is the small run after it in the same call.
+func TestSubmitRunsCreatesALargeRunBesideASmallOne(t *testing.T) {
+	t.Parallel()
+	c := redistest.Client(t)
+	ctx := context.Background()
+	db := rdb.New(c, redistest.Namespace(t))
+	if err := db.LoadScripts(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ids := eventIDs()
+	wide := make([]events.TaskSpec, 2500) // 5,000 arguments of task ids and metadata
+	for i := range wide {
+		wide[i] = events.TaskSpec{ID: fmt.Sprintf("t%04d", i), Handler: "h"}
+	}
+	reqs := []rdb.SubmitReq{submitReq(t, "big", "wf", true, ids, wide...), submitReq(t, "small", "wf", false, ids, events.TaskSpec{ID: "a", Handler: "h"})}
+	for i, r := range db.SubmitRuns(ctx, reqs) {
+		if r.Err != nil || !r.Created {
+			t.Fatalf("run %s: %+v", reqs[i].Run, r)
+		}
+	}
+	h, err := c.HGetAll(ctx, db.K.RunState("big")).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range wide {
+		if h["@g:"+s.ID] != `{"h":"h"}` {
+			t.Fatalf("big: task %s's metadata is %q", s.ID, h["@g:"+s.ID])
+		}
+	}
+	if h["@tasks"] != "2500" || h["@workflow"] != "wf" {
+		t.Errorf("big: @tasks %q, @workflow %q", h["@tasks"], h["@workflow"])
+	}
+	if st, _ := c.HGet(ctx, db.K.RunState("small"), "a").Result(); !strings.HasPrefix(st, "dispatched|1|") {
+		t.Errorf("small: task a is %q, want dispatched", st)
+	}
+}
