@@ -17,7 +17,8 @@ import (
 // The submit flow: one script on the run's partition slot creates the run
 // and, when the submitter folded them from run_submitted, dispatches its
 // root tasks (the projector's first commit); the run index entry rides in
-// the same round trip (SubmitVia).
+// the same round trip. Concurrent submits go together (Submitter,
+// SubmitRuns): one script call per partition creates their runs.
 
 // Submit runs the submit script. created is false if the run already
 // existed, with the workflow name it was created with.
@@ -131,7 +132,7 @@ func (d DB) handoffFields(run string, hs map[string][]Handoff) []any {
 //
 // One call creates several runs of one partition (submitCall), each as a
 // call of its own would (submitrun, under pcall: an error Redis raises at
-// a run's first command is that run's reply, nothing of it written, and
+// a run before its first write is that run's reply, nothing of it written, and
 // the others go on). The call's KEYS are the runs' keys one run after the
 // other; its ARGV: 1 the number of runs r, then per run its key count, its
 // argument count and its arguments. One run's keys and arguments:
@@ -227,8 +228,9 @@ end
 return {'created', seq}
 end
 -- The runs, each with its keys and arguments: an error Redis raises in a
--- run (a key of the wrong type at its first command, which reads) is that
--- run's reply, nothing of it written, and the other runs go on.
+-- run before its first write (a key of the wrong type, found by a read or
+-- a check) is that run's reply, nothing of it written, and the other runs
+-- go on.
 local R, kpos, apos = {}, 0, 2
 for r = 1, tonumber(ARGV[1]) do
   local nk, na = tonumber(ARGV[apos]), tonumber(ARGV[apos + 1])
@@ -346,8 +348,8 @@ func NewSubmitReq(run string, ev events.Event, body events.RunSubmittedBody, ini
 // SubmitReply is one run's reply of SubmitRuns. Created is also true when
 // the run existed with the submit's own run_submitted (the same submit sent
 // again); Workflow is the workflow the run was created with. Err is the
-// run's error (the script refused it, or Redis did at its first command:
-// nothing of it was written; or the call failed as a whole: it may have
+// run's error (the script refused it, or Redis did before its first
+// write: nothing of it was written; or the call failed as a whole: it may have
 // been written, and the same submit sent again finds it created). IndexErr
 // is its index entry's: the run exists, but run lists miss it.
 type SubmitReply struct {
@@ -358,47 +360,51 @@ type SubmitReply struct {
 }
 
 // submitCallRuns bounds the runs of one submit call and submitCallArgs
-// its arguments (a call holds Redis' one thread while it runs); a run
-// never spans calls, so a large run may make a call of its own.
+// its arguments (a call holds Redis' one thread while it runs, about a
+// microsecond per argument); a run never spans calls, so a large run may
+// make a call of its own.
 const (
 	submitCallRuns = 64
-	submitCallArgs = 4096
+	submitCallArgs = 8192
 )
 
 // SubmitRuns creates runs in one round trip: one submit script call for
-// the runs of each partition (up to submitCallRuns runs and about
-// submitCallArgs arguments), then one run index write for them all. The
-// index entries follow the scripts: an entry whose run was not created is
-// dropped by the index sweep; an entry is written even when its run
-// existed (an earlier submit may have died between the two). Sent again
-// once after a NOSCRIPT (Pipelined); every submit is safe to send twice.
+// the runs of each partition (up to submitCallRuns runs and
+// submitCallArgs arguments), then one run index write for them all. An
+// index entry whose run was not created is dropped by the index sweep; an
+// entry is written even when its run existed (an earlier submit may have
+// died between the two). Sent again once after a NOSCRIPT (Pipelined);
+// every submit is safe to send twice.
 func (d DB) SubmitRuns(ctx context.Context, reqs []SubmitReq) []SubmitReply {
+	if len(reqs) == 0 {
+		return nil
+	}
 	type call struct {
 		idx  []int
-		args int
+		keys []string
+		argv []any
 	}
 	var calls []*call
 	open := map[int]*call{} // by partition: the call filling up
 	for i, r := range reqs {
+		keys, argv := d.submitRun(nil, nil, r.Run, r.Args, r.Init)
 		part := d.K.Partition(r.Run)
 		c := open[part]
-		if c == nil || len(c.idx) >= submitCallRuns || (c.args > 0 && c.args+len(r.Args) > submitCallArgs) {
-			c = &call{}
+		if c == nil || len(c.idx) >= submitCallRuns || (len(c.idx) > 0 && len(c.argv)+len(argv) > submitCallArgs) {
+			c = &call{argv: []any{0}}
 			open[part] = c
 			calls = append(calls, c)
 		}
 		c.idx = append(c.idx, i)
-		c.args += len(r.Args)
+		c.keys = append(c.keys, keys...)
+		c.argv = append(c.argv, argv...)
+		c.argv[0] = len(c.idx)
 	}
 	cmds := make([]*redis.Cmd, len(calls))
 	var index *redis.IntCmd
 	_ = d.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i, c := range calls {
-			rs := make([]SubmitReq, len(c.idx))
-			for k, j := range c.idx {
-				rs[k] = reqs[j]
-			}
-			cmds[i] = d.submitCall(ctx, p, rs)
+			cmds[i] = submitScript.Run(ctx, p, c.keys, c.argv...)
 		}
 		zs := make([]redis.Z, len(reqs))
 		for i, r := range reqs {
