@@ -47,7 +47,17 @@ func NewMetrics(c *Client, opts MetricsOptions) *Metrics {
 
 // Worker returns the observer to pass as worker.Config.Metrics (any
 // number of workers may share it).
-func (m *Metrics) Worker() worker.Observer { return m.set }
+func (m *Metrics) Worker() worker.Observer { return workerObserver{m.set} }
+
+// workerObserver is the metrics set as a worker.Observer (internal/metrics
+// imports no engine package, so its TaskDone takes the outcome's text).
+type workerObserver struct{ *metrics.Set }
+
+func (o workerObserver) TaskDone(pool, handler string, outcome worker.Outcome) {
+	o.Set.TaskDone(pool, handler, string(outcome))
+}
+
+var _ projector.Observer = (*metrics.Set)(nil)
 
 // Projector returns the observer to pass as projector.Config.Metrics.
 func (m *Metrics) Projector() projector.Observer { return m.set }

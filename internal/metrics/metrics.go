@@ -1,6 +1,7 @@
 // Package metrics holds Graflow's Prometheus collectors and its health
 // checks. A Set is told what a worker or a projector does in-process
-// (it implements worker.Observer and projector.Observer) and reads the
+// (graflow.Metrics adapts it to worker.Observer and projector.Observer:
+// this package imports no engine package) and reads the
 // namespace's gauges (queues, feed, runs, dead letters) from Redis when it
 // is scraped. The public surface is graflow.Metrics; graflow worker and
 // graflow projector serve it with --metrics-addr.
@@ -11,8 +12,6 @@ import (
 	"time"
 
 	"github.com/graflow-go/graflow/internal/rdb"
-	"github.com/graflow-go/graflow/projector"
-	"github.com/graflow-go/graflow/worker"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -84,11 +83,6 @@ type Set struct {
 	redis          *redisCollector
 }
 
-var (
-	_ worker.Observer    = (*Set)(nil)
-	_ projector.Observer = (*Set)(nil)
-)
-
 // New returns a Set reading the namespace of db.
 func New(db rdb.DB, opts Options) *Set {
 	opts = opts.withDefaults()
@@ -150,12 +144,12 @@ func (s *Set) Register(reg prometheus.Registerer) error {
 	return errors.Join(errs...)
 }
 
-// HandlerStarted implements worker.Observer.
+// HandlerStarted is worker.Observer's.
 func (s *Set) HandlerStarted(pool, handler string) {
 	s.running.WithLabelValues(pool, handler).Inc()
 }
 
-// HandlerReturned implements worker.Observer.
+// HandlerReturned is worker.Observer's.
 func (s *Set) HandlerReturned(pool, handler string, d time.Duration, err error) {
 	s.running.WithLabelValues(pool, handler).Dec()
 	result := "ok"
@@ -165,23 +159,23 @@ func (s *Set) HandlerReturned(pool, handler string, d time.Duration, err error) 
 	s.handlerSeconds.WithLabelValues(pool, handler, result).Observe(d.Seconds())
 }
 
-// TaskDone implements worker.Observer.
-func (s *Set) TaskDone(pool, handler string, outcome worker.Outcome) {
-	s.tasks.WithLabelValues(pool, handler, string(outcome)).Inc()
+// TaskDone is worker.Observer's, with the outcome as its text.
+func (s *Set) TaskDone(pool, handler, outcome string) {
+	s.tasks.WithLabelValues(pool, handler, outcome).Inc()
 }
 
-// ClaimBatch implements worker.Observer.
+// ClaimBatch is worker.Observer's.
 func (s *Set) ClaimBatch(_ int, d time.Duration) { s.claimSeconds.Observe(d.Seconds()) }
 
-// FinishBatch implements worker.Observer.
+// FinishBatch is worker.Observer's.
 func (s *Set) FinishBatch(_ int, d time.Duration) { s.finishSeconds.Observe(d.Seconds()) }
 
-// DeadLettered implements worker.Observer.
+// DeadLettered is worker.Observer's.
 func (s *Set) DeadLettered(pool, handler string) {
 	s.deadLettered.WithLabelValues(pool, handler).Inc()
 }
 
-// Committed implements projector.Observer.
+// Committed is projector.Observer's.
 func (s *Set) Committed(commits, conflicts, failed int, d time.Duration, _ error) {
 	s.commitSeconds.Observe(d.Seconds())
 	if ok := commits - conflicts - failed; ok > 0 {
@@ -195,6 +189,6 @@ func (s *Set) Committed(commits, conflicts, failed int, d time.Duration, _ error
 	}
 }
 
-// Alive implements worker.Observer and projector.Observer: it feeds the
+// Alive is worker.Observer's and projector.Observer's: it feeds the
 // readiness check.
 func (s *Set) Alive(loop string, within time.Duration) { s.Health.Alive(loop, within) }
