@@ -123,7 +123,9 @@ var runIDRE = regexp.MustCompile(`^[A-Za-z0-9_.:-]{1,128}$`)
 // invalid spec returns a *ValidationError and writes nothing. created is
 // false when opts.RunID named an existing run of the same workflow.
 //
-// Concurrent calls share one pipeline (group commit). A call whose ctx ends
+// Concurrent calls share one round trip (group commit): one script call
+// per partition creates their runs, one command indexes them (see
+// rdb.SubmitRuns); each call gets its own run's outcome. A call whose ctx ends
 // while it waits for its turn returns ctx.Err() with nothing written; once
 // its commands are on the wire it waits for their replies (bounded by the
 // Redis client's timeouts).
