@@ -269,6 +269,38 @@ func (r *Report) Median(workload, mode string) *Result {
 	return nil
 }
 
+// CeilingSpread returns the lowest and highest batched ceiling over the
+// runs and how many runs measured one.
+func (r *Report) CeilingSpread() (lo, hi float64, n int) {
+	for _, x := range r.Results {
+		if x.Median || x.Workload != Ceiling || x.Mode != ModeBatched {
+			continue
+		}
+		if n == 0 || x.TasksPerSec < lo {
+			lo = x.TasksPerSec
+		}
+		hi = max(hi, x.TasksPerSec)
+		n++
+	}
+	return lo, hi, n
+}
+
+// noisyCeiling is the spread of the batched ceiling over the runs (highest
+// over lowest) past which the report says the machine's speed moved.
+const noisyCeiling = 1.2
+
+// CeilingWarning says, when the batched ceiling moved by more than
+// noisyCeiling between runs, that this machine's Redis changed speed while
+// it was measured (a shared VM's neighbours): each run's ratios are against
+// its own ceiling, but runs far apart compare less well. "" otherwise.
+func (r *Report) CeilingWarning() string {
+	lo, hi, n := r.CeilingSpread()
+	if n < 2 || lo <= 0 || hi/lo <= noisyCeiling {
+		return ""
+	}
+	return fmt.Sprintf("the batched ceiling moved between runs, %s to %s entries/s (%.2f×): this machine's speed changed while it was measured; compare ratios within a run, or interleave the builds you compare", thousands(lo), thousands(hi), hi/lo)
+}
+
 // Run runs the configured workloads, printing each result as it is
 // measured, and returns them all. It stops at the first workload that
 // fails (a run that does not succeed, a process that exits, a timeout).

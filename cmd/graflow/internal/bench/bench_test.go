@@ -274,3 +274,35 @@ func BenchmarkFoldSynthetic100k(b *testing.B) {
 	}
 	b.ReportMetric(float64(n)/b.Elapsed().Seconds(), "events/s")
 }
+
+// A batched ceiling that moved by more than a fifth between runs is said,
+// in the summary and in the document; a steady one, or a single run, is not.
+func TestReportSaysWhenTheCeilingMoved(t *testing.T) {
+	t.Parallel()
+	report := func(ceilings ...float64) *Report {
+		var runs []Result
+		for i, c := range ceilings {
+			runs = append(runs, Result{Workload: Ceiling, Mode: ModeBatched, Run: i + 1, TasksPerSec: c},
+				Result{Workload: Ceiling, Mode: ModeUnbatched, Run: i + 1, TasksPerSec: c / 100})
+		}
+		return &Report{Results: append(runs, medians(runs)...)}
+	}
+	for _, c := range []struct {
+		ceilings []float64
+		want     string
+	}{
+		{[]float64{210_416, 141_605, 122_006}, "122,006 to 210,416 entries/s (1.72×)"},
+		{[]float64{100_000, 119_000, 110_000}, ""},
+		{[]float64{100_000}, ""},
+	} {
+		rep := report(c.ceilings...)
+		var table, doc strings.Builder
+		Table(&table, rep)
+		Markdown(&doc, rep, "graflow bench", time.Unix(0, 0))
+		for name, out := range map[string]string{"summary": table.String(), "document": doc.String()} {
+			if got := strings.Contains(out, "moved between runs"); got != (c.want != "") || !strings.Contains(out, c.want) {
+				t.Errorf("ceilings %v, %s:\n%s\nwant a note with %q (none if empty)", c.ceilings, name, out, c.want)
+			}
+		}
+	}
+}

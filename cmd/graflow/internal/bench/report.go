@@ -103,7 +103,11 @@ func Markdown(w io.Writer, rep *Report, command string, now time.Time) {
 	} else {
 		fmt.Fprintf(w, "- Engine: worker and projector inside the bench process\n")
 	}
-	fmt.Fprintf(w, "- Figures are medians of %d run(s); every run is listed at the end.\n\n", of)
+	fmt.Fprintf(w, "- Figures are medians of %d run(s); every run is listed at the end.\n", of)
+	if warn := rep.CeilingWarning(); warn != "" {
+		fmt.Fprintf(w, "- Note: %s.\n", warn)
+	}
+	fmt.Fprintf(w, "\n")
 
 	ceil := rep.Median(Ceiling, ModeBatched)
 	ceilTPS := 0.0
@@ -330,5 +334,8 @@ func Table(w io.Writer, rep *Report) {
 	fmt.Fprintf(w, "%s\n", rep.Env.Line())
 	for _, r := range rep.Medians() {
 		fmt.Fprintf(w, "  %s\n", r.Summary())
+	}
+	if warn := rep.CeilingWarning(); warn != "" {
+		fmt.Fprintf(w, "note: %s\n", warn)
 	}
 }
