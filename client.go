@@ -401,7 +401,7 @@ const waitRetry = time.Minute
 func (c *Client) waitOnce(ctx context.Context, run string) (*RunInfo, error) {
 	const count = 1000
 	var end runEnd
-	scan := func(batch []redis.XMessage) bool {
+	scan := func(batch []rdb.Message) bool {
 		for _, m := range batch {
 			t, _ := m.Values[events.FieldType].(string)
 			end.see(events.Type(t))
@@ -416,7 +416,7 @@ func (c *Client) waitOnce(ctx context.Context, run string) (*RunInfo, error) {
 		return nil, c.notFound(run)
 	}
 	if !scan(msgs) {
-		err = c.db.Tail(ctx, run, msgs[len(msgs)-1].ID, count, 5*time.Second, func(batch []redis.XMessage) (bool, error) {
+		err = c.db.Tail(ctx, run, msgs[len(msgs)-1].ID, count, 5*time.Second, func(batch []rdb.Message) (bool, error) {
 			msgs = append(msgs, batch...)
 			return scan(batch), nil
 		})
@@ -473,7 +473,7 @@ func (c *Client) Follow(ctx context.Context, run string, opts FollowOptions, fn 
 	}
 	var ferr error // from decoding or fn: returned as is
 	var end runEnd // not ended by From (EndedBy above)
-	err := c.db.Tail(ctx, run, opts.From, readCount, block, func(batch []redis.XMessage) (bool, error) {
+	err := c.db.Tail(ctx, run, opts.From, readCount, block, func(batch []rdb.Message) (bool, error) {
 		for _, m := range batch {
 			e, err := events.Decode(run, m.ID, m.Values)
 			if err == nil {

@@ -8,7 +8,6 @@ import (
 
 	"github.com/graflow-go/graflow/internal/rdb"
 	"github.com/graflow-go/graflow/internal/retry"
-	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 )
 
@@ -38,7 +37,7 @@ func (p *Projector) consume(ctx context.Context, n int) {
 	}()
 	for ctx.Err() == nil {
 		p.obs().Alive("projector.feed."+strconv.Itoa(n), p.feedLoopWithin())
-		var msgs []redis.XMessage
+		var msgs []rdb.Message
 		if !pend.empty() {
 			// Under load: the acks and a non-blocking read of the next
 			// batch in one round trip.
@@ -62,7 +61,7 @@ func (p *Projector) consume(ctx context.Context, n int) {
 			pend = acks{}
 		}
 		if len(msgs) == 0 {
-			var res []redis.XStream
+			var res []rdb.Stream
 			if start == "0" {
 				ownRead = time.Now() // real time, as Redis's BLOCK
 			}
@@ -120,7 +119,7 @@ func (a acks) empty() bool { return len(a.ids) == 0 }
 // the same round trip.
 type readArgs struct {
 	stream, start, consumer string
-	out                     *[]redis.XMessage
+	out                     *[]rdb.Message
 }
 
 // sendAcks acks and deletes the feed entries, in one round trip; with
@@ -147,7 +146,7 @@ func (p *Projector) sendAcks(ctx context.Context, a acks, next *readArgs) error 
 // handle projects the runs that feed entries point at (each run once per
 // batch: pointers coalesce) and returns the acks that follow. It returns
 // false when ctx ended.
-func (p *Projector) handle(ctx context.Context, log zerolog.Logger, stream string, msgs []redis.XMessage) (acks, bool) {
+func (p *Projector) handle(ctx context.Context, log zerolog.Logger, stream string, msgs []rdb.Message) (acks, bool) {
 	ids := make([]string, 0, len(msgs))
 	seen := map[string]bool{}
 	var runs []string

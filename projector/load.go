@@ -4,7 +4,7 @@ import (
 	"context"
 
 	"github.com/graflow-go/graflow/events"
-	"github.com/redis/go-redis/v9"
+	"github.com/graflow-go/graflow/internal/rdb"
 )
 
 // load folds run's whole log from the first event.
@@ -45,7 +45,7 @@ func (p *Projector) readInto(ctx context.Context, run string, r *Run) (int, erro
 }
 
 // fold decodes and applies log entries to r.
-func (p *Projector) fold(run string, r *Run, msgs []redis.XMessage) (int, error) {
+func (p *Projector) fold(run string, r *Run, msgs []rdb.Message) (int, error) {
 	for _, m := range msgs {
 		e, err := events.Decode(run, m.ID, m.Values)
 		if err != nil {

@@ -4,7 +4,6 @@ import (
 	"context"
 
 	"github.com/graflow-go/graflow/internal/rdb"
-	"github.com/redis/go-redis/v9"
 )
 
 // reclaimLoop takes over messages whose lease expired (idle longer than
@@ -66,7 +65,7 @@ func (w *Worker) reclaim(ctx context.Context, stream string) error {
 		}
 		deliveries := w.deliveries(ctx, stream, msgs)
 		for i, m := range msgs {
-			msg := w.messages([]redis.XStream{{Stream: stream, Messages: []redis.XMessage{m}}}, nil, nil)[0]
+			msg := w.messages([]rdb.Stream{{Stream: stream, Messages: []rdb.Message{m}}}, nil, nil)[0]
 			msg.reclaimed, msg.deliveries = true, deliveries[i]
 			w.log.Info().Str("run", msg.run).Str("task", msg.task).Int64("deliveries", msg.deliveries).Msg("reclaiming task from an expired lease")
 			w.start(msg) // takes one of the acquired slots
@@ -80,7 +79,7 @@ func (w *Worker) reclaim(ctx context.Context, stream string) error {
 }
 
 // deliveries reads each reclaimed message's delivery count (XPENDING).
-func (w *Worker) deliveries(ctx context.Context, stream string, msgs []redis.XMessage) []int64 {
+func (w *Worker) deliveries(ctx context.Context, stream string, msgs []rdb.Message) []int64 {
 	ids := make([]string, len(msgs))
 	for i, m := range msgs {
 		ids[i] = m.ID

@@ -525,7 +525,7 @@ func (w *Worker) fetch(ctx context.Context, part int, pool string) {
 // fetchClaim reads up to n new messages of a pool and claims, in the same
 // call, those whose task is dispatched for the message's attempt
 // (rdb.FetchClaim): claims maps message keys to their claims.
-func (w *Worker) fetchClaim(ctx context.Context, part int, pool string, n int) ([]redis.XStream, map[string]rdb.ClaimResult, error) {
+func (w *Worker) fetchClaim(ctx context.Context, part int, pool string, n int) ([]rdb.Stream, map[string]rdb.ClaimResult, error) {
 	now := w.cfg.Clock.Now()
 	ids := make([]string, n)
 	for i := range ids {
@@ -544,7 +544,7 @@ func (w *Worker) fetchClaim(ctx context.Context, part int, pool string, n int) (
 // claim script after the worker's checks, as unclaimed ones do: they are
 // ours and pending either way, and a claim whose reply was lost is
 // answered "already ours".
-func (w *Worker) claimFresh(ctx context.Context, part int, res []redis.XStream) map[string]rdb.ClaimResult {
+func (w *Worker) claimFresh(ctx context.Context, part int, res []rdb.Stream) map[string]rdb.ClaimResult {
 	now := w.cfg.Clock.Now()
 	began := time.Now()
 	claims, err := w.db.ClaimFresh(ctx, part, w.cfg.ID, res, func() string { return events.NewID(now) }, now.UnixMilli())
@@ -634,7 +634,7 @@ func (w *Worker) start(m message) {
 
 // messages appends the read messages to buf, ordered by band, highest
 // first; claims holds the claims the fetch made (by message key).
-func (w *Worker) messages(res []redis.XStream, claims map[string]rdb.ClaimResult, buf []message) []message {
+func (w *Worker) messages(res []rdb.Stream, claims map[string]rdb.ClaimResult, buf []message) []message {
 	for _, s := range res {
 		_, _, prio, _ := w.db.K.ParseQueue(s.Stream)
 		for _, m := range s.Messages {

@@ -40,11 +40,8 @@ var redisBoundary = map[string]string{
 	"cmd/graflow/dev.go":                    "types only: graflow dev holds its stack's client (made by the connection constructor) and closes it; every command goes through rdb",
 	"client.go":                             "types only: Config.Redis; every command goes through rdb",
 	"scheduler/scheduler.go":                "types only: Config.Redis; every command goes through rdb",
-	"projector/feed.go":                     "types only: feed entries are redis.XMessage; every command goes through rdb",
-	"projector/load.go":                     "types only: log entries are redis.XMessage; every command goes through rdb",
 	"projector/projector.go":                "types only: Config.Redis; every command goes through rdb",
-	"worker/reclaimer.go":                   "types only: reclaimed entries are redis.XMessage; every command goes through rdb",
-	"worker/worker.go":                      "types only: Config.Redis and read entries (redis.XStream); every command goes through rdb",
+	"worker/worker.go":                      "types only: Config.Redis; every command goes through rdb",
 	"tracing.go":                            "types only: InstrumentRedis takes the client it hands to rdb's redisotel hook",
 	"cmd/graflow/tracing.go":                "types only: the client connect made, handed to graflow.InstrumentRedis",
 }

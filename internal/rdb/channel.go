@@ -325,7 +325,7 @@ func (d DB) ChannelWait(ctx context.Context, run, key string, block time.Duratio
 	}
 	var found json.RawMessage
 	var ended error
-	err = d.Tail(ctx, run, tail[0].ID, channelWaitCount, block, func(batch []redis.XMessage) (bool, error) {
+	err = d.Tail(ctx, run, tail[0].ID, channelWaitCount, block, func(batch []Message) (bool, error) {
 		for _, m := range batch {
 			t, _ := m.Values[events.FieldType].(string)
 			switch events.Type(t) {

@@ -171,7 +171,7 @@ func (d DB) LoggedEnd(ctx context.Context, run string) (string, error) {
 
 // loggedEnd is LoggedEnd over a page of a log's last entries, newest
 // first; more says every entry of the page was a rejection.
-func loggedEnd(msgs []redis.XMessage) (status string, more bool) {
+func loggedEnd(msgs []Message) (status string, more bool) {
 	for _, m := range msgs {
 		t, _ := m.Values[events.FieldType].(string)
 		if t == string(events.ResultRejected) {
@@ -264,7 +264,7 @@ func txCause(err error, cmds ...redis.Cmder) error {
 }
 
 // DecodeLog decodes entries of run's log (stream order kept).
-func DecodeLog(run string, msgs []redis.XMessage) ([]events.Event, error) {
+func DecodeLog(run string, msgs []Message) ([]events.Event, error) {
 	out := make([]events.Event, 0, len(msgs))
 	for _, m := range msgs {
 		e, err := events.Decode(run, m.ID, m.Values)
@@ -305,7 +305,7 @@ func (d DB) ReadLogTolerant(ctx context.Context, run string, page int) ([]events
 
 // DecodeTolerant decodes run's log entries msgs, listing those that do not
 // decode instead of failing.
-func DecodeTolerant(run string, msgs []redis.XMessage) ([]events.Event, []BadEntry) {
+func DecodeTolerant(run string, msgs []Message) ([]events.Event, []BadEntry) {
 	var out []events.Event
 	var bad []BadEntry
 	for _, m := range msgs {
@@ -363,7 +363,7 @@ func (d DB) ReadLogAfter(ctx context.Context, run, after string, page, limit int
 // error (returned), with ctx.Err() when ctx is done, or with the error of
 // a read.
 func (d DB) Tail(ctx context.Context, run, from string, count int, block time.Duration,
-	fn func(batch []redis.XMessage) (stop bool, err error)) error {
+	fn func(batch []Message) (stop bool, err error)) error {
 	last := from
 	if last == "" {
 		last = "0-0"
@@ -383,7 +383,7 @@ func (d DB) Tail(ctx context.Context, run, from string, count int, block time.Du
 		if err != nil && !errors.Is(err, redis.Nil) {
 			return err
 		}
-		var batch []redis.XMessage
+		var batch []Message
 		for _, s := range res {
 			batch = append(batch, s.Messages...)
 		}

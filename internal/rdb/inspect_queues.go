@@ -109,7 +109,7 @@ func (d DB) locate(ctx context.Context, run string, want []Want) (map[string]boo
 		if err != nil {
 			return nil, err
 		}
-		var older []redis.XMessage // delivered: live only while pending
+		var older []Message // delivered: live only while pending
 		start := "-"
 		for {
 			msgs, err := d.C.XRangeN(ctx, stream, start, "+", 1000).Result()

@@ -260,7 +260,7 @@ func (d DB) FollowLog(ctx context.Context, run, after string, count int64, block
 // TailLog returns up to count whole entries of run's log after the stream
 // id after ("0" for the start), blocking up to block for the first (XREAD
 // BLOCK). None and no error when the block ran out.
-func (d DB) TailLog(ctx context.Context, run, after string, count int64, block time.Duration) ([]redis.XMessage, error) {
+func (d DB) TailLog(ctx context.Context, run, after string, count int64, block time.Duration) ([]Message, error) {
 	res, err := d.C.XRead(ctx, &redis.XReadArgs{Streams: []string{d.K.RunLog(run), after}, Count: count, Block: block}).Result()
 	if errors.Is(err, redis.Nil) {
 		return nil, nil

@@ -20,7 +20,7 @@ import (
 // streams for consumer of group: at most count per stream, blocking up to
 // block when block > 0 (block < 0: no BLOCK; 0 would block forever and is
 // not allowed). No entries is nil, nil.
-func (d DB) ReadGroup(ctx context.Context, group, consumer string, streams []string, start string, count int, block time.Duration) ([]redis.XStream, error) {
+func (d DB) ReadGroup(ctx context.Context, group, consumer string, streams []string, start string, count int, block time.Duration) ([]Stream, error) {
 	if block == 0 {
 		block = -1
 	}
@@ -41,7 +41,7 @@ func (d DB) ReadGroup(ctx context.Context, group, consumer string, streams []str
 // in one round trip. ackErr is the acks' error; readErr the read's (a
 // NOGROUP read recreates the group). A read whose reply was lost may
 // leave entries pending for the consumer.
-func (d DB) AckFeed(ctx context.Context, stream string, ids []string, next *FeedRead) (msgs []redis.XMessage, ackErr, readErr error) {
+func (d DB) AckFeed(ctx context.Context, stream string, ids []string, next *FeedRead) (msgs []Message, ackErr, readErr error) {
 	pipe := d.C.Pipeline()
 	var acked []redis.Cmder
 	if len(ids) > 0 {
@@ -88,7 +88,7 @@ func IsNoGroup(err error) bool {
 // AutoClaim takes over up to count entries of stream pending longer than
 // minIdle (XAUTOCLAIM from start), for consumer of group. deleted lists
 // the ids that were pending but are gone from the stream.
-func (d DB) AutoClaim(ctx context.Context, stream, group, consumer string, minIdle time.Duration, start string, count int) (msgs []redis.XMessage, next string, deleted []string, err error) {
+func (d DB) AutoClaim(ctx context.Context, stream, group, consumer string, minIdle time.Duration, start string, count int) (msgs []Message, next string, deleted []string, err error) {
 	return d.C.XAutoClaimWithDeleted(ctx, &redis.XAutoClaimArgs{
 		Stream: stream, Group: group, Consumer: consumer, MinIdle: minIdle, Start: start, Count: int64(count),
 	}).Result()
@@ -97,7 +97,7 @@ func (d DB) AutoClaim(ctx context.Context, stream, group, consumer string, minId
 // LoadRun reads run's head and the first count entries of its log in one
 // round trip (the head first: a commit in between makes the caller's
 // commit conflict). status is the run's @status.
-func (d DB) LoadRun(ctx context.Context, run string, count int) (head Head, status string, msgs []redis.XMessage, err error) {
+func (d DB) LoadRun(ctx context.Context, run string, count int) (head Head, status string, msgs []Message, err error) {
 	pipe := d.C.Pipeline()
 	hget := d.HeadCmd(ctx, pipe, run)
 	first := pipe.XRangeN(ctx, d.K.RunLog(run), "-", "+", int64(count))
@@ -113,7 +113,7 @@ func (d DB) LoadRun(ctx context.Context, run string, count int) (head Head, stat
 
 // LogPageAfter reads up to count entries of run's log after id after ("":
 // from the start).
-func (d DB) LogPageAfter(ctx context.Context, run, after string, count int) ([]redis.XMessage, error) {
+func (d DB) LogPageAfter(ctx context.Context, run, after string, count int) ([]Message, error) {
 	start := "-"
 	if after != "" {
 		start = "(" + after
@@ -133,7 +133,7 @@ type RunRead struct {
 	// Results.
 	HeadVal Head
 	Status  string
-	Msgs    []redis.XMessage
+	Msgs    []Message
 	Err     error
 }
 

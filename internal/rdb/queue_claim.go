@@ -131,7 +131,7 @@ const fetchMarkTTLMS = 60_000
 
 // Fetch reads up to n new messages of a pool in partition part, highest
 // band first, without blocking and without claiming (see fetchScript).
-func (d DB) Fetch(ctx context.Context, part int, pool, consumer string, n int) ([]redis.XStream, error) {
+func (d DB) Fetch(ctx context.Context, part int, pool, consumer string, n int) ([]Stream, error) {
 	res, _, err := d.fetch(ctx, part, pool, consumer, n, "", 0, nil)
 	return res, err
 }
@@ -143,7 +143,7 @@ func (d DB) Fetch(ctx context.Context, part int, pool, consumer string, n int) (
 // MessageKey(stream, id) to the claim of each message claimed; every other
 // message read is not claimed and needs the claim script (Claim,
 // ClaimGroups) after the caller's own checks.
-func (d DB) FetchClaim(ctx context.Context, part int, pool, consumer string, eventIDs []string, timeMS int64) (res []redis.XStream, claims map[string]ClaimResult, err error) {
+func (d DB) FetchClaim(ctx context.Context, part int, pool, consumer string, eventIDs []string, timeMS int64) (res []Stream, claims map[string]ClaimResult, err error) {
 	return d.fetch(ctx, part, pool, consumer, len(eventIDs), d.K.RunPrefix(part), timeMS, eventIDs)
 }
 
@@ -178,7 +178,7 @@ return out
 // does for what it reads; eventID mints each claim's event id. It returns
 // the claims by MessageKey; the messages not claimed need the claim script
 // after the caller's checks.
-func (d DB) ClaimFresh(ctx context.Context, part int, consumer string, res []redis.XStream, eventID func() string, timeMS int64) (map[string]ClaimResult, error) {
+func (d DB) ClaimFresh(ctx context.Context, part int, consumer string, res []Stream, eventID func() string, timeMS int64) (map[string]ClaimResult, error) {
 	argv := []any{d.K.RunPrefix(part), consumer, timeMS, d.claimBudget()}
 	var keys []string
 	for _, s := range res {
@@ -222,7 +222,7 @@ func (d DB) ClaimFresh(ctx context.Context, part int, consumer string, res []red
 // within their stream.
 func MessageKey(stream, id string) string { return stream + "\x00" + id }
 
-func (d DB) fetch(ctx context.Context, part int, pool, consumer string, n int, prefix string, timeMS int64, eventIDs []string) ([]redis.XStream, map[string]ClaimResult, error) {
+func (d DB) fetch(ctx context.Context, part int, pool, consumer string, n int, prefix string, timeMS int64, eventIDs []string) ([]Stream, map[string]ClaimResult, error) {
 	argv := make([]any, 0, 6+len(eventIDs))
 	argv = append(argv, GroupWorkers, consumer, n, prefix, timeMS, d.claimBudget())
 	for _, id := range eventIDs {
@@ -233,7 +233,7 @@ func (d DB) fetch(ctx context.Context, part int, pool, consumer string, n int, p
 	if err != nil {
 		return nil, nil, err
 	}
-	out := make([]redis.XStream, 0, len(res))
+	out := make([]Stream, 0, len(res))
 	var claims map[string]ClaimResult
 	for _, r := range res {
 		item, ok := r.([]any)
@@ -252,7 +252,7 @@ func (d DB) fetch(ctx context.Context, part int, pool, consumer string, n int, p
 		if n := len(out); n > 0 && out[n-1].Stream == stream {
 			out[n-1].Messages = append(out[n-1].Messages, msg)
 		} else {
-			out = append(out, redis.XStream{Stream: stream, Messages: []redis.XMessage{msg}})
+			out = append(out, redis.XStream{Stream: stream, Messages: []Message{msg}})
 		}
 		if len(item) < 4 {
 			continue

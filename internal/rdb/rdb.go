@@ -208,3 +208,13 @@ func num(res []any, i int) int64 {
 	}
 	return 0
 }
+
+// Message is one stream entry as the boundary hands it out (a queue
+// message, a feed entry, a log entry): its id and its fields. Stream is
+// the entries read from one stream. They are go-redis' own types, named
+// here so that the packages above read entries without naming the Redis
+// client.
+type (
+	Message = redis.XMessage
+	Stream  = redis.XStream
+)
