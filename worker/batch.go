@@ -3,7 +3,6 @@ package worker
 import (
 	"context"
 	"errors"
-	"slices"
 	"time"
 
 	"github.com/graflow-go/graflow/internal/crashpoint"
@@ -198,24 +197,29 @@ func (b *batcher) flushFinishes(_ context.Context, batch []finishReq) []error {
 	}
 	crashpoint.Hit(crashpoint.WorkerAfterFinish)
 	// 2. Then, for accepted outcomes that failed for good: their dead
-	// letters, then their acks. The ack comes last: a crash before it
-	// leaves the message pending, and its reclaimer redoes the rest.
+	// letters, then their runs' feed pointers, each with the acks of its
+	// run's messages in the same step (a run must not end while they
+	// are pending). The acks come last: a crash before them leaves the
+	// messages pending, and their reclaimer redoes the rest.
 	var dead []rdb.DeadLetterItem
-	var point []string // runs whose finish left the feed pointer to us
-	acks := map[string][]string{}
+	var point []rdb.PointAck // runs whose finish left the feed pointer to us
+	at := map[string]int{}   // run -> its place in point
 	for i, r := range batch {
-		if r.deadLetter != nil && !slices.Contains(point, r.m.run) {
-			point = append(point, r.m.run)
+		if r.deadLetter == nil {
+			continue
 		}
-		if errs[i] == nil && r.deadLetter != nil {
+		k, ok := at[r.m.run]
+		if !ok {
+			k = len(point)
+			at[r.m.run] = k
+			point = append(point, rdb.PointAck{Run: r.m.run, Acks: map[string][]string{}})
+		}
+		if errs[i] == nil {
 			dead = append(dead, rdb.DeadLetterItem{Run: r.m.run, Task: r.m.task, TimeMS: r.args.TimeMS, Info: *r.deadLetter})
-			acks[r.m.stream] = append(acks[r.m.stream], r.m.id)
+			point[k].Acks[r.m.stream] = append(point[k].Acks[r.m.stream], r.m.id)
 		}
 	}
-	err := w.redisRetry(ctx, func() error { return w.db.RecordDeadLetters(ctx, dead, point) })
-	if err == nil {
-		err = w.redisRetry(ctx, func() error { return w.db.QueueAcks(ctx, w.cfg.ID, acks) })
-	}
+	err := w.redisRetry(ctx, func() error { return w.db.RecordDeadLetters(ctx, w.cfg.ID, dead, point) })
 	if err != nil {
 		// The outcomes are recorded; their messages stay pending and
 		// whoever reclaims them re-points the feed and acks.

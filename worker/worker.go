@@ -924,7 +924,7 @@ func (w *Worker) poisonClaim(ctx context.Context, log *taskLog, m message, cause
 		log.Warn().Err(err).Msg("quarantine the run (indexed in the namespace's quarantine hash where possible)")
 	}
 	err := w.redisRetry(ctx, func() error {
-		return w.db.RecordDeadLetters(ctx, []rdb.DeadLetterItem{{Run: m.run, Task: m.task, TimeMS: w.now(), Info: rdb.DeadLetterDetails{
+		return w.db.RecordDeadLetters(ctx, w.cfg.ID, []rdb.DeadLetterItem{{Run: m.run, Task: m.task, TimeMS: w.now(), Info: rdb.DeadLetterDetails{
 			Attempt: m.attempt, Error: "claim failed: " + cause.Error(), Worker: w.cfg.ID}}}, nil)
 	})
 	if err != nil {

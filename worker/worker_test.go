@@ -1301,17 +1301,29 @@ func TestRunStoppedWhileStartingIsACleanStop(t *testing.T) {
 	}
 }
 
-// cutOffAtFeed cuts a worker off from Redis at the first pipeline that
-// points the feed (XADD to feed): that pipeline and every command after it
-// fail without being sent, and cut is closed.
+// cutOffAtFeed cuts a worker off from Redis at the pipeline that points
+// the feed after a dead letter (the first pipeline after one that writes
+// the dead-letter set, dlq): that pipeline and every command after it fail
+// without being sent, and cut is closed.
 type cutOffAtFeed struct {
-	feed string
-	once sync.Once
-	cut  chan struct{}
-	off  atomic.Bool
+	dlq   string
+	once  sync.Once
+	cut   chan struct{}
+	armed atomic.Bool
+	off   atomic.Bool
 }
 
 var errCutOff = errors.New("injected: worker cut off from Redis")
+
+// writesKey reports whether cmds hold a cmd writing key (its first key).
+func writesKey(cmds []redis.Cmder, cmd, key string) bool {
+	for _, c := range cmds {
+		if a := c.Args(); len(a) > 1 && fmt.Sprint(a[0]) == cmd && a[1] == key {
+			return true
+		}
+	}
+	return false
+}
 
 func (h *cutOffAtFeed) DialHook(next redis.DialHook) redis.DialHook { return next }
 func (h *cutOffAtFeed) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
@@ -1325,12 +1337,9 @@ func (h *cutOffAtFeed) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 }
 func (h *cutOffAtFeed) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return func(ctx context.Context, cmds []redis.Cmder) error {
-		for _, c := range cmds {
-			if a := c.Args(); len(a) > 1 && fmt.Sprint(a[0]) == "xadd" && a[1] == h.feed {
-				h.off.Store(true)
-				h.once.Do(func() { close(h.cut) })
-				break
-			}
+		if h.armed.Load() {
+			h.off.Store(true)
+			h.once.Do(func() { close(h.cut) })
 		}
 		if h.off.Load() {
 			for _, c := range cmds {
@@ -1338,7 +1347,103 @@ func (h *cutOffAtFeed) ProcessPipelineHook(next redis.ProcessPipelineHook) redis
 			}
 			return errCutOff
 		}
+		if writesKey(cmds, "zadd", h.dlq) {
+			h.armed.Store(true)
+		}
 		return next(ctx, cmds)
+	}
+}
+
+// holdAfterFeed lets a worker point the feed after a dead letter (the
+// first pipeline after one that writes the dead-letter set, dlq) and then
+// holds every later command until release is closed: the worker is frozen
+// just after its pointer, and passed is closed.
+type holdAfterFeed struct {
+	dlq     string
+	armed   atomic.Bool
+	held    atomic.Bool
+	once    sync.Once
+	passed  chan struct{}
+	release chan struct{}
+}
+
+func (h *holdAfterFeed) hold(ctx context.Context) error {
+	if !h.held.Load() {
+		return nil
+	}
+	select {
+	case <-h.release:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (h *holdAfterFeed) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *holdAfterFeed) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if err := h.hold(ctx); err != nil {
+			cmd.SetErr(err)
+			return err
+		}
+		return next(ctx, cmd)
+	}
+}
+func (h *holdAfterFeed) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		if err := h.hold(ctx); err != nil {
+			for _, c := range cmds {
+				c.SetErr(err)
+			}
+			return err
+		}
+		err := next(ctx, cmds)
+		switch {
+		case h.armed.Load():
+			h.held.Store(true)
+			h.once.Do(func() { close(h.passed) })
+		case writesKey(cmds, "zadd", h.dlq):
+			h.armed.Store(true)
+		}
+		return err
+	}
+}
+
+// A run whose task failed for good ends only with the task's message
+// acked: the ack rides with the feed pointer that lets a projector end
+// the run. It came in a round trip of its own after the pointer, so a
+// client that saw the run end (Wait) could still list the message as
+// pending on its queue (graflow queues; replay's TestInspect flaked on
+// it in CI).
+func TestATaskThatFailsForGoodIsAckedBeforeItsRunEnds(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	run := b.submit(t, events.TaskSpec{ID: "t", Handler: "fail"})
+	queue := b.db.K.Queue(0, "default", 0)
+	h := &holdAfterFeed{dlq: b.db.K.DeadLetter(), passed: make(chan struct{}), release: make(chan struct{})}
+	cfg := b.config("A")
+	cfg.Redis = b.clientWith(t, h)
+	b.start(t, cfg, map[string]worker.HandlerFunc{
+		"fail": func(ctx context.Context, tk *worker.Task) (any, error) {
+			return nil, worker.Permanent(errors.New("boom"))
+		},
+	})
+	t.Cleanup(func() { close(h.release) }) // before the worker's stop (cleanups run last first)
+	select {
+	case <-h.passed:
+	case <-time.After(waitTimeout):
+		t.Fatal("the worker never pointed the feed after the dead letter")
+	}
+	if _, r := b.waitEnd(t, run); r.Status != projector.RunFailed {
+		t.Fatalf("run %s, want failed", r.Status)
+	}
+	// The worker is held: nothing it sends after the pointer gets out.
+	p, err := b.c.XPending(b.ctx, queue, rdb.GroupWorkers).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Count != 0 {
+		t.Fatalf("the run ended with %d message(s) of its task pending (%+v): the ack came after the feed pointer", p.Count, p)
 	}
 }
 
@@ -1359,7 +1464,7 @@ func TestAWorkerCutOffBetweenItsDeadLetterAndFeedPointerLeavesItsMessagePending(
 		},
 	}
 
-	h := &cutOffAtFeed{feed: b.db.K.FeedFor(run), cut: make(chan struct{})}
+	h := &cutOffAtFeed{dlq: b.db.K.DeadLetter(), cut: make(chan struct{})}
 	cfg := b.config("A")
 	cfg.Redis = b.clientWith(t, h)
 	a := b.start(t, cfg, handlers)

@@ -158,7 +158,7 @@ func TestDeadLettersComeBeforeTheFeedPointer(t *testing.T) {
 	hooked.AddHook(splitFault{match: "{dlq}"})
 	h := rdb.New(hooked, d.K.Namespace())
 	item := rdb.DeadLetterItem{Run: "r", Task: "a", TimeMS: 1, Info: rdb.DeadLetterDetails{Attempt: 1, Error: "boom"}}
-	if err := h.RecordDeadLetters(ctx, []rdb.DeadLetterItem{item}, []string{"r"}); err == nil {
+	if err := h.RecordDeadLetters(ctx, "w", []rdb.DeadLetterItem{item}, []rdb.PointAck{{Run: "r"}}); err == nil {
 		t.Fatal("RecordDeadLetters with the dead letters' node down: no error")
 	}
 	if err := h.Redeliver(ctx, "r", &item); err == nil {

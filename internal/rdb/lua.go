@@ -340,6 +340,7 @@ func Scripts() map[string]*redis.Script {
 		"finish":         finishScript,
 		"heartbeat":      heartbeatScript,
 		"queue_ack":      queueAckScript,
+		"point_ack":      pointAckScript,
 		"queue_touch":    queueTouchScript,
 		"release":        releaseScript,
 		"fetch":          fetchScript,

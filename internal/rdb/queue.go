@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strconv"
 	"time"
 
@@ -219,20 +221,6 @@ func (d DB) queueAck(ctx context.Context, p redis.Scripter, stream, consumer str
 	return queueAckScript.Run(ctx, p, []string{stream}, argv...)
 }
 
-// QueueAcks acks the message ids of each stream that are pending for
-// consumer (owner-checked, see queueAckScript), one round trip.
-func (d DB) QueueAcks(ctx context.Context, consumer string, ids map[string][]string) error {
-	if len(ids) == 0 {
-		return nil
-	}
-	pipe := d.C.Pipeline()
-	for stream, list := range ids {
-		d.QueueAck(ctx, pipe, stream, consumer, list...)
-	}
-	_, err := pipe.Exec(ctx)
-	return err
-}
-
 // releaseScript hands a claim back (a draining worker that cannot finish):
 // if the caller still holds it, the epoch is bumped, the task is dispatched
 // again for the same attempt and task_reclaimed records why. The caller
@@ -386,7 +374,7 @@ func (d DB) Redeliver(ctx context.Context, run string, dead *DeadLetterItem) err
 	if dead != nil {
 		items = append(items, *dead)
 	}
-	return d.RecordDeadLetters(ctx, items, []string{run})
+	return d.RecordDeadLetters(ctx, "", items, []PointAck{{Run: run}})
 }
 
 // DeadLetterMember is a task's member in the dead-letter set.
@@ -415,15 +403,51 @@ type DeadLetterItem struct {
 	Info      DeadLetterDetails
 }
 
+// PointAck is a run to point the feed at and the messages of its slot
+// (stream to ids, each pending for the caller's consumer) to ack in the
+// same step.
+type PointAck struct {
+	Run  string
+	Acks map[string][]string
+}
+
+// pointAckScript points the feed at a run and acks messages of its queues
+// (owner-checked, as queueAckScript), in one step: the run cannot end
+// (a projector's fold, which the pointer wakes) while the messages of its
+// outcomes are still pending, and a crash before the step leaves both
+// undone, for the reclaimer.
+//
+// KEYS: 1 the run's feed, 2... queue streams (the run's slot)
+// ARGV: 1 run, 2 group, 3 consumer, then per stream: its count of ids, the ids
+// Reply: per stream, ackmine's list
+var pointAckScript = redis.NewScript(ackLua + `
+local lists, a = {}, 4
+for k = 2, #KEYS do
+  local n, ids = tonumber(ARGV[a]), {}
+  for i = a + 1, a + n do ids[#ids + 1] = ARGV[i] end
+  local bad = badids(ids)
+  if bad then return bad end
+  lists[k - 1], a = ids, a + 1 + n
+end
+redis.call('XADD', KEYS[1], '*', 'r', ARGV[1])
+local out = {}
+for k, ids in ipairs(lists) do out[k] = ackmine(KEYS[k + 1], ARGV[2], ARGV[3], ids) end
+return out
+`)
+
 // RecordDeadLetters records dead letters and then, once they are all
-// written, points the feed at runs (recording one twice is harmless). The
+// written, points the feed at runs (recording one twice is harmless),
+// each pointer with the acks of its PointAck (consumer's messages). The
 // pointers wait for the dead letters: a projector pointed at a run first
 // could fail it before its dead letter exists, and a requeue in between
 // would leave that dead letter behind. Two round trips when there are
 // both: one pipeline does not order them (it is not atomic, and a cluster
 // client sends each node's share at once: the dead letters' node can be
-// failing over while the feed's is not).
-func (d DB) RecordDeadLetters(ctx context.Context, items []DeadLetterItem, point []string) error {
+// failing over while the feed's is not). The acks ride with the pointers
+// (one script per run): an ack after them could trail the run's end, and
+// an ack before them, cut off from its pointer, would leave the run dirty
+// with nothing to wake a projector.
+func (d DB) RecordDeadLetters(ctx context.Context, consumer string, items []DeadLetterItem, point []PointAck) error {
 	if len(items) > 0 {
 		pipe := d.C.Pipeline()
 		for _, it := range items {
@@ -433,16 +457,31 @@ func (d DB) RecordDeadLetters(ctx context.Context, items []DeadLetterItem, point
 			return err
 		}
 	}
-	if len(point) > 0 {
-		pipe := d.C.Pipeline()
-		for _, run := range point {
-			d.PointFeed(ctx, pipe, run)
-		}
-		if _, err := pipe.Exec(ctx); err != nil {
-			return err
-		}
+	if len(point) == 0 {
+		return nil
 	}
-	return nil
+	return d.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		for _, pa := range point {
+			if len(pa.Acks) == 0 {
+				d.PointFeed(ctx, pipe, pa.Run)
+				continue
+			}
+			keys := []string{d.K.FeedFor(pa.Run)}
+			argv := []any{pa.Run, GroupWorkers, consumer}
+			for _, stream := range slices.Sorted(maps.Keys(pa.Acks)) {
+				if part, _, _, ok := d.K.ParseQueue(stream); !ok || part != d.K.Partition(pa.Run) {
+					return fmt.Errorf("point the feed at %s: stream %s is not of the run's slot", pa.Run, stream)
+				}
+				keys = append(keys, stream)
+				argv = append(argv, len(pa.Acks[stream]))
+				for _, id := range pa.Acks[stream] {
+					argv = append(argv, id)
+				}
+			}
+			pointAckScript.EvalSha(ctx, pipe, keys, argv...)
+		}
+		return nil
+	})
 }
 
 // TouchMessage resets the idle time of a message consumer holds (see
