@@ -601,12 +601,13 @@ func parseClaim(run, task string, res []any) (ClaimResult, error) {
 // ClaimGroups runs one claim script call per group (claims of one run) in
 // one round trip: results[g] and errs[g] are group g's.
 func (d DB) ClaimGroups(ctx context.Context, groups [][]ClaimArgs) (results [][]ClaimResult, errs []error) {
-	pipe := d.C.Pipeline()
 	cmds := make([]*redis.Cmd, len(groups))
-	for g, as := range groups {
-		cmds[g] = d.ClaimsCmd(ctx, pipe, as)
-	}
-	_, _ = pipe.Exec(ctx)
+	_ = d.Pipelined(ctx, func(pipe redis.Pipeliner) error { // loads the scripts after a NOSCRIPT and sends again
+		for g, as := range groups {
+			cmds[g] = d.ClaimsCmd(ctx, pipe, as)
+		}
+		return nil
+	})
 	results, errs = make([][]ClaimResult, len(groups)), make([]error, len(groups))
 	for g, as := range groups {
 		results[g], errs[g] = ParseClaims(as, cmds[g])

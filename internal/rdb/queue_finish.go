@@ -812,16 +812,20 @@ func (d DB) FinishGroups(ctx context.Context, groups [][]FinishArgs) (results []
 		c.idx = append(c.idx, g)
 		c.items += len(as)
 	}
-	pipe := d.C.Pipeline()
+	// After a Redis restart (NOSCRIPT), Pipelined loads the scripts and
+	// sends the calls again: each outcome then has its call, not a retry
+	// of its own.
 	cmds := make([]*redis.Cmd, len(calls))
-	for i, c := range calls {
-		gs := make([][]FinishArgs, len(c.idx))
-		for k, g := range c.idx {
-			gs[k] = groups[g]
+	_ = d.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		for i, c := range calls {
+			gs := make([][]FinishArgs, len(c.idx))
+			for k, g := range c.idx {
+				gs[k] = groups[g]
+			}
+			cmds[i] = d.finishCall(ctx, pipe, gs)
 		}
-		cmds[i] = d.finishCall(ctx, pipe, gs)
-	}
-	_, _ = pipe.Exec(ctx)
+		return nil
+	})
 	results, errs = make([][]FinishOutcome, len(groups)), make([]error, len(groups))
 	for i, c := range calls {
 		runs, err := cmds[i].Slice()
