@@ -130,7 +130,7 @@ func (d DB) handoffFields(run string, hs map[string][]Handoff) []any {
 // for more decisions than these (more). Idempotent: an existing run is left
 // untouched.
 //
-// One call creates several runs of one partition (submitCall), each as a
+// One call creates several runs of one partition (SubmitRuns), each as a
 // call of its own would (submitrun, under pcall: an error Redis raises at
 // a run before its first write is that run's reply, nothing of it written, and
 // the others go on). The call's KEYS are the runs' keys one run after the
@@ -247,7 +247,8 @@ return R
 // SubmitArgs and the initial decisions (none: the projector makes them);
 // read it with ParseSubmit.
 func (d DB) SubmitArgsCmd(ctx context.Context, p redis.Scripter, run string, args []any, init Initial) *redis.Cmd {
-	return d.submitCall(ctx, p, []SubmitReq{{Run: run, Args: args, Init: init}})
+	keys, argv := d.submitRun(nil, []any{1}, run, args, init)
+	return submitScript.Run(ctx, p, keys, argv...)
 }
 
 // submitRun appends one run's keys and its count, arguments and argument
@@ -274,16 +275,6 @@ func (d DB) submitRun(keys []string, argv []any, run string, args []any, init In
 	argv = append(argv, hf...)
 	argv[at], argv[at+1] = len(own), len(argv)-at-2
 	return append(keys, own...), argv
-}
-
-// submitCall queues one submit script call for runs of ONE partition.
-func (d DB) submitCall(ctx context.Context, p redis.Scripter, reqs []SubmitReq) *redis.Cmd {
-	var keys []string
-	argv := []any{len(reqs)}
-	for _, r := range reqs {
-		keys, argv = d.submitRun(keys, argv, r.Run, r.Args, r.Init)
-	}
-	return submitScript.Run(ctx, p, keys, argv...)
 }
 
 // ParseSubmit reads the reply of a submit call of one run (SubmitCmd,
