@@ -289,3 +289,72 @@ func BenchmarkSingleTaskRun(b *testing.B) {
 		b.Fatalf("the last run kept its state (%d, %v): the finish did not end it", n, err)
 	}
 }
+
+// BenchmarkFanoutCycle runs the worker's two scripts over a fan-out's
+// tasks as a worker with 8 free slots does, 8 tasks per op: one fetch
+// that claims 8 dispatched tasks of one run, then one finish call of
+// their 8 successes (acks, and the count-down of the reduce task that
+// depends on all of them). fetch-µs and finish-µs are Redis' time per
+// task in each.
+func BenchmarkFanoutCycle(b *testing.B) {
+	const per = 8
+	d := newBenchDB(b)
+	for _, q := range d.db.K.AllQueues("default") {
+		if err := d.db.EnsureGroup(d.ctx, q, rdb.GroupWorkers); err != nil {
+			b.Fatal(err)
+		}
+	}
+	n := per * b.N
+	spec := benchSpec(n)
+	deps := make([]string, n)
+	for i := range deps {
+		deps[i] = spec.Tasks[i].ID
+	}
+	spec.Tasks = append(spec.Tasks, events.TaskSpec{ID: "reduce", Handler: "noop", Deps: deps})
+	seq := d.submit(b, "fo", spec)
+	head, folded := rdb.Head{}, seq
+	for lo := 0; lo < n; lo += 256 {
+		res := d.dispatch(b, "fo", head, folded, deps[lo:min(lo+256, n)])
+		head, folded = res.Head, res.Head.Cursor
+	}
+	body, _ := json.Marshal(events.TaskSucceededBody{Result: []byte("null")})
+	before := d.evalUSec(b)
+	var split [2]int64 // fetch, finish
+	b.ResetTimer()
+	for range b.N {
+		t0 := d.evalUSec(b)
+		ids := make([]string, per)
+		for i := range ids {
+			ids[i] = ulid.Make().String()
+		}
+		now := time.Now().UnixMilli()
+		res, claims, err := d.db.FetchClaim(d.ctx, 0, "default", "w", ids, now)
+		if err != nil || len(res) != 1 || len(res[0].Messages) != per || len(claims) != per {
+			b.Fatalf("fetch: %v %d claims", err, len(claims))
+		}
+		t1 := d.evalUSec(b)
+		var as []rdb.FinishArgs
+		for _, m := range res[0].Messages {
+			cr := claims[rdb.MessageKey(res[0].Stream, m.ID)]
+			as = append(as, rdb.FinishArgs{Run: "fo", Task: m.Values[rdb.MsgTask].(string), Worker: "w", Attempt: 1, Epoch: cr.Epoch,
+				EventID: ulid.Make().String(), RejectID: ulid.Make().String(), TimeMS: now,
+				Type: events.TaskSucceeded, Body: body, Status: events.TaskStatusSucceeded, Result: []byte("null"),
+				Stream: res[0].Stream, MessageID: m.ID, Consumer: "w"})
+		}
+		outs, errs := d.db.FinishGroups(d.ctx, [][]rdb.FinishArgs{as})
+		if errs[0] != nil {
+			b.Fatal(errs[0])
+		}
+		for _, o := range outs[0] {
+			if o.Err != nil || o.Acked != 1 {
+				b.Fatalf("finish: %+v", o)
+			}
+		}
+		t2 := d.evalUSec(b)
+		split[0], split[1] = split[0]+t1-t0, split[1]+t2-t1
+	}
+	b.StopTimer()
+	d.reportRedis(b, before)
+	b.ReportMetric(float64(split[0])/float64(n), "fetch-µs/task")
+	b.ReportMetric(float64(split[1])/float64(n), "finish-µs/task")
+}

@@ -404,8 +404,7 @@ end
 local endid = ARGV[pos]
 local ending = succs and endid and endid ~= ''
 for i = 0, n - 1 do
-  local A = {}
-  for j = 1, 15 do A[j] = ARGV[4 + i * 15 + j] end
+  local A = {unpack(ARGV, 5 + i * 15, 19 + i * 15)}
   out[i + 1] = one(i + 1, A, spawns[i + 1])
 end
 -- The run's end, when a success of this call was its last task to
