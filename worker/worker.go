@@ -799,21 +799,28 @@ func (w *Worker) process(ctx context.Context, m message, release func()) (parked
 		// point the feed at the run again (harmless when not needed: the
 		// crashed reporter may have been the one that set @dirty), then ack.
 		log.Debug().Str("outcome", string(cr.Outcome)).Str("detail", cr.Detail).Msg("dropping queue message")
-		// Feed pointer and dead letter first; the ack only once they are
-		// written (an ack alone would leave the run dirty with no pointer).
-		if cr.Outcome != rdb.ClaimMissing {
-			var dead *rdb.DeadLetterItem
-			if cr.Outcome == rdb.ClaimDone && cr.Detail == string(events.TaskStatusFailed) {
-				dead = &rdb.DeadLetterItem{Run: m.run, Task: m.task, TimeMS: w.now(), Info: rdb.DeadLetterDetails{
-					Attempt: m.attempt, Error: "failed (recorded on redelivery)", Worker: w.cfg.ID}}
-			}
-			err := w.redisRetry(ctx, func() error { return w.db.Redeliver(ctx, m.run, dead) })
-			if err != nil {
-				log.Warn().Err(err).Msg("re-point the feed; the message stays pending for reclaim")
-				return
-			}
+		// The dead letter first, then the feed pointer and the ack in one
+		// step (an ack alone would leave the run dirty with no pointer; an
+		// ack after the pointer could trail the run's end).
+		if cr.Outcome == rdb.ClaimMissing {
+			w.ack(ctx, m)
+			return
 		}
-		w.ack(ctx, m)
+		var dead *rdb.DeadLetterItem
+		if cr.Outcome == rdb.ClaimDone && cr.Detail == string(events.TaskStatusFailed) {
+			dead = &rdb.DeadLetterItem{Run: m.run, Task: m.task, TimeMS: w.now(), Info: rdb.DeadLetterDetails{
+				Attempt: m.attempt, Error: "failed (recorded on redelivery)", Worker: w.cfg.ID}}
+		}
+		var acked int64
+		err := w.redisRetry(ctx, func() (err error) {
+			acked, err = w.db.Redeliver(ctx, m.run, dead, w.cfg.ID, m.stream, m.id, m.deliveries)
+			return err
+		})
+		if err != nil {
+			log.Warn().Err(err).Msg("re-point the feed; the message stays pending for reclaim")
+			return
+		}
+		w.acked(m, acked)
 		return
 	}
 
@@ -1122,10 +1129,16 @@ func (w *Worker) finish(ctx context.Context, log *taskLog, m message, t *Task, r
 // message is reclaimed again and its task taken over.
 func (w *Worker) ack(ctx context.Context, m message) {
 	n, err := w.db.AckMessage(ctx, m.stream, w.cfg.ID, m.id, m.deliveries)
-	switch {
-	case err != nil:
+	if err != nil {
 		w.log.Warn().Err(err).Str("msg", m.id).Msg("ack queue message")
-	case n == -2:
+		return
+	}
+	w.acked(m, n)
+}
+
+// acked logs an ack's answer n (AckMessage's) that left m pending.
+func (w *Worker) acked(m message, n int64) {
+	if n == -2 {
 		w.log.Info().Str("run", m.run).Str("task", m.task).Str("msg", m.id).Int64("deliveries", m.deliveries).
 			Msg("queue message reclaimed since this copy's delivery; left pending for its reclaim")
 	}

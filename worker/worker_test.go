@@ -1302,11 +1302,12 @@ func TestRunStoppedWhileStartingIsACleanStop(t *testing.T) {
 }
 
 // cutOffAtFeed cuts a worker off from Redis at the pipeline that points
-// the feed after a dead letter (the first pipeline after one that writes
-// the dead-letter set, dlq): that pipeline and every command after it fail
-// without being sent, and cut is closed.
+// the feed after a dead letter (the first pipeline naming the feed key
+// after one that writes the dead-letter set, dlq): that pipeline and every
+// command after it fail without being sent, and cut is closed.
 type cutOffAtFeed struct {
 	dlq   string
+	feed  string
 	once  sync.Once
 	cut   chan struct{}
 	armed atomic.Bool
@@ -1325,6 +1326,19 @@ func writesKey(cmds []redis.Cmder, cmd, key string) bool {
 	return false
 }
 
+// namesKey reports whether a command of cmds has key among its arguments
+// (an XADD to it, or a script's KEYS).
+func namesKey(cmds []redis.Cmder, key string) bool {
+	for _, c := range cmds {
+		for _, a := range c.Args() {
+			if a == key {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 func (h *cutOffAtFeed) DialHook(next redis.DialHook) redis.DialHook { return next }
 func (h *cutOffAtFeed) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
@@ -1337,7 +1351,7 @@ func (h *cutOffAtFeed) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 }
 func (h *cutOffAtFeed) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return func(ctx context.Context, cmds []redis.Cmder) error {
-		if h.armed.Load() {
+		if h.armed.Load() && namesKey(cmds, h.feed) {
 			h.off.Store(true)
 			h.once.Do(func() { close(h.cut) })
 		}
@@ -1355,11 +1369,13 @@ func (h *cutOffAtFeed) ProcessPipelineHook(next redis.ProcessPipelineHook) redis
 }
 
 // holdAfterFeed lets a worker point the feed after a dead letter (the
-// first pipeline after one that writes the dead-letter set, dlq) and then
-// holds every later command until release is closed: the worker is frozen
-// just after its pointer, and passed is closed.
+// first pipeline naming the feed key after one that writes the
+// dead-letter set, dlq) and then holds every later command until release
+// is closed: the worker is frozen just after its pointer, and passed is
+// closed.
 type holdAfterFeed struct {
 	dlq     string
+	feed    string
 	armed   atomic.Bool
 	held    atomic.Bool
 	once    sync.Once
@@ -1399,7 +1415,7 @@ func (h *holdAfterFeed) ProcessPipelineHook(next redis.ProcessPipelineHook) redi
 		}
 		err := next(ctx, cmds)
 		switch {
-		case h.armed.Load():
+		case h.armed.Load() && namesKey(cmds, h.feed):
 			h.held.Store(true)
 			h.once.Do(func() { close(h.passed) })
 		case writesKey(cmds, "zadd", h.dlq):
@@ -1420,7 +1436,7 @@ func TestATaskThatFailsForGoodIsAckedBeforeItsRunEnds(t *testing.T) {
 	b := setup(t)
 	run := b.submit(t, events.TaskSpec{ID: "t", Handler: "fail"})
 	queue := b.db.K.Queue(0, "default", 0)
-	h := &holdAfterFeed{dlq: b.db.K.DeadLetter(), passed: make(chan struct{}), release: make(chan struct{})}
+	h := &holdAfterFeed{dlq: b.db.K.DeadLetter(), feed: b.db.K.FeedFor(run), passed: make(chan struct{}), release: make(chan struct{})}
 	cfg := b.config("A")
 	cfg.Redis = b.clientWith(t, h)
 	b.start(t, cfg, map[string]worker.HandlerFunc{
@@ -1464,7 +1480,7 @@ func TestAWorkerCutOffBetweenItsDeadLetterAndFeedPointerLeavesItsMessagePending(
 		},
 	}
 
-	h := &cutOffAtFeed{dlq: b.db.K.DeadLetter(), cut: make(chan struct{})}
+	h := &cutOffAtFeed{dlq: b.db.K.DeadLetter(), feed: b.db.K.FeedFor(run), cut: make(chan struct{})}
 	cfg := b.config("A")
 	cfg.Redis = b.clientWith(t, h)
 	a := b.start(t, cfg, handlers)

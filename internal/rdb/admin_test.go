@@ -161,7 +161,7 @@ func TestDeadLettersComeBeforeTheFeedPointer(t *testing.T) {
 	if err := h.RecordDeadLetters(ctx, "w", []rdb.DeadLetterItem{item}, []rdb.PointAck{{Run: "r"}}); err == nil {
 		t.Fatal("RecordDeadLetters with the dead letters' node down: no error")
 	}
-	if err := h.Redeliver(ctx, "r", &item); err == nil {
+	if _, err := h.Redeliver(ctx, "r", &item, "w", d.K.QueueFor("r", "default", 0), "1-0", 0); err == nil {
 		t.Fatal("Redeliver with the dead letters' node down: no error")
 	}
 	if n := d.C.XLen(ctx, d.K.FeedFor("r")).Val(); n != 0 {

@@ -366,15 +366,25 @@ func (d DB) Deliveries(ctx context.Context, stream string, ids []string) []int64
 }
 
 // Redeliver records the dead letter of a task found failed on redelivery
-// (dead, nil for none), then points the feed at run again: what a
-// reporter that died after recording its outcome may have left undone
-// (see RecordDeadLetters for the order).
-func (d DB) Redeliver(ctx context.Context, run string, dead *DeadLetterItem) error {
+// (dead, nil for none), then points the feed at run again and, in the same
+// step, acks the redelivered message id of stream if it is still pending
+// for consumer with at most deliveries deliveries (0: any; see
+// AckMessage): what a reporter that died after recording its outcome may
+// have left undone (see RecordDeadLetters for the order). acked is
+// AckMessage's answer for the message.
+func (d DB) Redeliver(ctx context.Context, run string, dead *DeadLetterItem, consumer, stream, id string, deliveries int64) (acked int64, err error) {
 	var items []DeadLetterItem
 	if dead != nil {
 		items = append(items, *dead)
 	}
-	return d.RecordDeadLetters(ctx, "", items, []PointAck{{Run: run}})
+	res, err := d.recordDeadLetters(ctx, consumer, items, []PointAck{{Run: run, Acks: map[string][]string{stream: {id}}, MaxDeliveries: deliveries}})
+	if err != nil {
+		return 0, err
+	}
+	if len(res) == 1 && len(res[0]) == 1 {
+		return res[0][0], nil
+	}
+	return 0, fmt.Errorf("redeliver %s: unexpected ack reply %v", run, res)
 }
 
 // DeadLetterMember is a task's member in the dead-letter set.
@@ -405,23 +415,29 @@ type DeadLetterItem struct {
 
 // PointAck is a run to point the feed at and the messages of its slot
 // (stream to ids, each pending for the caller's consumer) to ack in the
-// same step.
+// same step; with MaxDeliveries above 0, a message delivered more often
+// is left pending (see AckMessage).
 type PointAck struct {
-	Run  string
-	Acks map[string][]string
+	Run           string
+	Acks          map[string][]string
+	MaxDeliveries int64
 }
 
 // pointAckScript points the feed at a run and acks messages of its queues
 // (owner-checked, as queueAckScript), in one step: the run cannot end
 // (a projector's fold, which the pointer wakes) while the messages of its
 // outcomes are still pending, and a crash before the step leaves both
-// undone, for the reclaimer.
+// undone, for the reclaimer. The pointer goes first: should an ack fail
+// after it (a queue's group deleted by hand), the message stays pending
+// and its reclaim acks it, whereas an ack without its pointer would
+// leave the run dirty with nothing to wake a projector.
 //
 // KEYS: 1 the run's feed, 2... queue streams (the run's slot)
-// ARGV: 1 run, 2 group, 3 consumer, then per stream: its count of ids, the ids
+// ARGV: 1 run, 2 group, 3 consumer, 4 delivery bound (0: any), then per
+// stream: its count of ids, the ids
 // Reply: per stream, ackmine's list
 var pointAckScript = redis.NewScript(ackLua + `
-local lists, a = {}, 4
+local lists, a = {}, 5
 for k = 2, #KEYS do
   local n, ids = tonumber(ARGV[a]), {}
   for i = a + 1, a + n do ids[#ids + 1] = ARGV[i] end
@@ -431,7 +447,7 @@ for k = 2, #KEYS do
 end
 redis.call('XADD', KEYS[1], '*', 'r', ARGV[1])
 local out = {}
-for k, ids in ipairs(lists) do out[k] = ackmine(KEYS[k + 1], ARGV[2], ARGV[3], ids) end
+for k, ids in ipairs(lists) do out[k] = ackmine(KEYS[k + 1], ARGV[2], ARGV[3], ids, ARGV[4]) end
 return out
 `)
 
@@ -448,26 +464,34 @@ return out
 // an ack before them, cut off from its pointer, would leave the run dirty
 // with nothing to wake a projector.
 func (d DB) RecordDeadLetters(ctx context.Context, consumer string, items []DeadLetterItem, point []PointAck) error {
+	_, err := d.recordDeadLetters(ctx, consumer, items, point)
+	return err
+}
+
+// recordDeadLetters is RecordDeadLetters; it returns, per PointAck with
+// acks, per stream in sorted order, ackmine's answer for each id.
+func (d DB) recordDeadLetters(ctx context.Context, consumer string, items []DeadLetterItem, point []PointAck) ([][]int64, error) {
 	if len(items) > 0 {
 		pipe := d.C.Pipeline()
 		for _, it := range items {
 			d.DeadLetter(ctx, pipe, it.Run, it.Task, it.TimeMS, it.Info)
 		}
 		if _, err := pipe.Exec(ctx); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	if len(point) == 0 {
-		return nil
+		return nil, nil
 	}
-	return d.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-		for _, pa := range point {
+	cmds := make([]*redis.Cmd, len(point))
+	err := d.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		for i, pa := range point {
 			if len(pa.Acks) == 0 {
 				d.PointFeed(ctx, pipe, pa.Run)
 				continue
 			}
 			keys := []string{d.K.FeedFor(pa.Run)}
-			argv := []any{pa.Run, GroupWorkers, consumer}
+			argv := []any{pa.Run, GroupWorkers, consumer, pa.MaxDeliveries}
 			for _, stream := range slices.Sorted(maps.Keys(pa.Acks)) {
 				if part, _, _, ok := d.K.ParseQueue(stream); !ok || part != d.K.Partition(pa.Run) {
 					return fmt.Errorf("point the feed at %s: stream %s is not of the run's slot", pa.Run, stream)
@@ -478,10 +502,32 @@ func (d DB) RecordDeadLetters(ctx context.Context, consumer string, items []Dead
 					argv = append(argv, id)
 				}
 			}
-			pointAckScript.EvalSha(ctx, pipe, keys, argv...)
+			cmds[i] = pointAckScript.EvalSha(ctx, pipe, keys, argv...)
 		}
 		return nil
 	})
+	if err != nil {
+		return nil, err
+	}
+	var out [][]int64
+	for _, c := range cmds {
+		if c == nil {
+			continue
+		}
+		lists, err := c.Slice()
+		if err != nil {
+			return nil, err
+		}
+		for _, l := range lists {
+			ns, _ := l.([]any)
+			row := make([]int64, len(ns))
+			for k, n := range ns {
+				row[k], _ = n.(int64)
+			}
+			out = append(out, row)
+		}
+	}
+	return out, nil
 }
 
 // TouchMessage resets the idle time of a message consumer holds (see
