@@ -797,11 +797,11 @@ func (w *Worker) process(ctx context.Context, m message, release func()) (parked
 		// Finished already (maybe by a worker that died before pointing the
 		// feed, dead-lettering and acking), or a stale or duplicate message:
 		// point the feed at the run again (harmless when not needed: the
-		// crashed reporter may have been the one that set @dirty), then ack.
+		// crashed reporter may have been the one that set @dirty) and ack.
+		// The dead letter first, then the pointer and the ack in one step
+		// (an ack alone would leave the run dirty with no pointer; an ack
+		// after the pointer could trail the run's end).
 		log.Debug().Str("outcome", string(cr.Outcome)).Str("detail", cr.Detail).Msg("dropping queue message")
-		// The dead letter first, then the feed pointer and the ack in one
-		// step (an ack alone would leave the run dirty with no pointer; an
-		// ack after the pointer could trail the run's end).
 		if cr.Outcome == rdb.ClaimMissing {
 			w.ack(ctx, m)
 			return

@@ -377,14 +377,22 @@ func (d DB) Redeliver(ctx context.Context, run string, dead *DeadLetterItem, con
 	if dead != nil {
 		items = append(items, *dead)
 	}
-	res, err := d.recordDeadLetters(ctx, consumer, items, []PointAck{{Run: run, Acks: map[string][]string{stream: {id}}, MaxDeliveries: deliveries}})
+	cmds, err := d.recordDeadLetters(ctx, consumer, items, []PointAck{{Run: run, Acks: map[string][]string{stream: {id}}, MaxDeliveries: deliveries}})
 	if err != nil {
 		return 0, err
 	}
-	if len(res) == 1 && len(res[0]) == 1 {
-		return res[0][0], nil
+	lists, err := cmds[0].Slice() // one stream's list of one answer
+	if err != nil {
+		return 0, err
 	}
-	return 0, fmt.Errorf("redeliver %s: unexpected ack reply %v", run, res)
+	if len(lists) == 1 {
+		if ns, ok := lists[0].([]any); ok && len(ns) == 1 {
+			if n, ok := ns[0].(int64); ok {
+				return n, nil
+			}
+		}
+	}
+	return 0, fmt.Errorf("redeliver %s: unexpected ack reply %v", run, lists)
 }
 
 // DeadLetterMember is a task's member in the dead-letter set.
@@ -468,9 +476,10 @@ func (d DB) RecordDeadLetters(ctx context.Context, consumer string, items []Dead
 	return err
 }
 
-// recordDeadLetters is RecordDeadLetters; it returns, per PointAck with
-// acks, per stream in sorted order, ackmine's answer for each id.
-func (d DB) recordDeadLetters(ctx context.Context, consumer string, items []DeadLetterItem, point []PointAck) ([][]int64, error) {
+// recordDeadLetters is RecordDeadLetters; it returns the point_ack call of
+// each PointAck with acks (nil for a bare pointer), whose reply is, per
+// stream in sorted order, ackmine's answer for each id.
+func (d DB) recordDeadLetters(ctx context.Context, consumer string, items []DeadLetterItem, point []PointAck) ([]*redis.Cmd, error) {
 	if len(items) > 0 {
 		pipe := d.C.Pipeline()
 		for _, it := range items {
@@ -509,25 +518,7 @@ func (d DB) recordDeadLetters(ctx context.Context, consumer string, items []Dead
 	if err != nil {
 		return nil, err
 	}
-	var out [][]int64
-	for _, c := range cmds {
-		if c == nil {
-			continue
-		}
-		lists, err := c.Slice()
-		if err != nil {
-			return nil, err
-		}
-		for _, l := range lists {
-			ns, _ := l.([]any)
-			row := make([]int64, len(ns))
-			for k, n := range ns {
-				row[k], _ = n.(int64)
-			}
-			out = append(out, row)
-		}
-	}
-	return out, nil
+	return cmds, nil
 }
 
 // TouchMessage resets the idle time of a message consumer holds (see
