@@ -122,11 +122,18 @@ func (d DB) Commit(ctx context.Context, run string, c Commit) (CommitResult, err
 // queue stream of the run's partition, or a parked entry in the
 // partition's delayed set (all one slot: no outbox, no relay). The cursor
 // advances past the decisions only when nothing else was appended since
-// foldedTo; otherwise it stays at foldedTo and the projector folds on from
-// there.
+// foldedTo; otherwise it stays at foldedTo, the run is left dirty, and the
+// projector folds on from there. A commit behind the log of a run that was
+// not dirty (what landed since the fold was a finish's handoff, which wakes
+// no projector) points the feed at the run as well, in the same step: the
+// run's finishes find it dirty and point no feed, and the projector that
+// committed may die before it reads on, holding no feed entry for the run
+// (its own may have been reclaimed and handled elsewhere meanwhile). So a
+// dirty run always has a feed entry that will bring a projector to it.
 //
 // KEYS: 1 state, 2 log, 3 scratch key for compacting the log, 4 channel,
-// then the dispatch targets (queue streams and the delayed set)
+// 5 the run's feed, then the dispatch targets (queue streams and the
+// delayed set)
 // ARGV: 1 expected cursor, 2 expected commit token, 3 foldedTo, 4 time ms,
 //
 //	5 writer id, 6 n events, then n x (event id, type, task, attempt,
@@ -150,7 +157,7 @@ local ttl = tonumber(ARGV[i + 1] or '0') or 0
 local run = ARGV[i + 2]
 local trace = ARGV[i + 3]
 -- Every check before the first write.
-local head = redis.call('HMGET', KEYS[1], '@cursor', '@commit', '@status')
+local head = redis.call('HMGET', KEYS[1], '@cursor', '@commit', '@status', '@dirty')
 local cur, token = head[1] or '', head[2] or ''
 -- No state: the run succeeded (its end kept only its log) or is gone.
 -- Nothing to record, and nothing may be written: the state hash would
@@ -187,6 +194,13 @@ end
 local last = ''
 local tail = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
 if #tail > 0 then last = tail[1][1] end
+-- Behind the log on a run that was not dirty: the feed is pointed at it
+-- (see above), a stream checked before the first write.
+local point = last ~= ARGV[3] and head[4] ~= '1'
+if point then
+  local bad = notwritable(KEYS[5], 'stream')
+  if bad then return bad end
+end
 local seqs = {}
 for j = 1, n do
   local a = 7 + 6 * (j - 1)
@@ -212,6 +226,7 @@ else
 end
 fields[#fields + 1] = '@cursor'; fields[#fields + 1] = newcur
 chunked('HSET', KEYS[1], fields, 1, #fields)
+if point then redis.call('XADD', KEYS[5], '*', 'r', run) end
 -- The dispatches, after their events: queue messages now, or parked.
 local parked = 0
 for j = 0, k - 1 do
@@ -257,7 +272,7 @@ return reply
 // CommitCmd queues the commit script for run on p, a pipeline or the
 // client; read its reply with ParseCommit after Exec.
 func (d DB) CommitCmd(ctx context.Context, p redis.Scripter, run string, c Commit) *redis.Cmd {
-	keys := []string{d.K.RunState(run), d.K.RunLog(run), d.K.RunLogCompact(run), d.K.RunChannel(run)}
+	keys := []string{d.K.RunState(run), d.K.RunLog(run), d.K.RunLogCompact(run), d.K.RunChannel(run), d.K.FeedFor(run)}
 	args := make([]any, 0, 11+6*len(c.Events)+2*len(c.Records)+2*len(c.Expect)+5*len(c.Dispatches))
 	args = append(args, c.Expected.Cursor, c.Expected.Commit, c.FoldedTo, strconv.FormatInt(c.TimeMS, 10), c.Writer, len(c.Events))
 	for _, e := range c.Events {
