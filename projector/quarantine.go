@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/graflow-go/graflow/events"
+	"github.com/graflow-go/graflow/internal/rdb"
 	"github.com/graflow-go/graflow/internal/retry"
 	"github.com/rs/zerolog"
 )
@@ -28,7 +29,12 @@ var errConflictStorm = errors.New("commit conflicts in a row")
 // quarantined: run_quarantined in its log, @status quarantined, and an
 // entry in the namespace's quarantine index. The partition moves on either
 // way; a quarantined run is skipped from then on, by every projector.
-func (p *Projector) projectOrQuarantine(ctx context.Context, log zerolog.Logger, run string) {
+//
+// It reports whether the run is settled: projected, set aside, or left
+// because ctx ended. A run whose quarantine failed (Redis unreachable at
+// that moment) is not: its feed entry must stay pending, or nothing would
+// bring a projector back to the dirty run.
+func (p *Projector) projectOrQuarantine(ctx context.Context, log zerolog.Logger, run string) (settled bool) {
 	failures := 0
 	err := retry.Do(ctx, retry.Policy{
 		Tolerate: p.cfg.RunFailures - 1,
@@ -49,8 +55,9 @@ func (p *Projector) projectOrQuarantine(ctx context.Context, log zerolog.Logger,
 		return err
 	})
 	if err != nil && ctx.Err() == nil {
-		p.quarantine(ctx, run, err)
+		return p.quarantine(ctx, run, err)
 	}
+	return true
 }
 
 func undecodable(err error) bool {
@@ -58,8 +65,13 @@ func undecodable(err error) bool {
 		errors.Is(err, events.ErrUnknownType) || errors.Is(err, events.ErrUnknownVersion)
 }
 
-// quarantine sets run aside for good (see projectOrQuarantine).
-func (p *Projector) quarantine(ctx context.Context, run string, cause error) {
+// quarantine sets run aside for good (see projectOrQuarantine) and
+// reports whether the run is dealt with: set aside by this call, or found
+// not running. false: the quarantine script did not run, for a reason that
+// passes (Redis unreachable); a run whose own keys refuse it (a state key
+// of another type) is left as it is, with the error logged, rather than
+// tried again and again.
+func (p *Projector) quarantine(ctx context.Context, run string, cause error) bool {
 	p.forget(run)
 	body := events.RunQuarantinedBody{Reason: cause.Error()}
 	var de *events.DecodeError
@@ -74,7 +86,12 @@ func (p *Projector) quarantine(ctx context.Context, run string, cause error) {
 	if err != nil {
 		l = l.AnErr("quarantine_error", err)
 	}
+	if errors.Is(err, rdb.ErrNotSetAside) && retry.Transient(err) {
+		l.Msg("run cannot be projected, and setting it aside failed for now: its feed entry is kept, and it is tried again")
+		return false
+	}
 	if done || err != nil {
 		l.Msg("run quarantined: it cannot be projected; its keys are kept for inspection (graflow status, graflow replay verify)")
 	}
+	return true
 }

@@ -3,6 +3,8 @@ package projector_test
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -11,6 +13,7 @@ import (
 	"github.com/graflow-go/graflow/internal/rdb"
 	"github.com/graflow-go/graflow/projector"
 	"github.com/graflow-go/graflow/scheduler"
+	"github.com/redis/go-redis/v9"
 )
 
 // submitOn submits specs under a run id that falls on the feed partition
@@ -30,6 +33,28 @@ func (b liveBundle) submitOn(t *testing.T, other string, specs ...events.TaskSpe
 	}
 }
 
+// stuckRun submits (bare: the scheduler refuses it, since its submit would
+// dispatch a onto the broken key) a run whose one task is in a pool whose
+// queue key holds a string, so a projector's commit meets the key and the
+// run cannot be projected.
+func (b liveBundle) stuckRun(t *testing.T, id string) string {
+	t.Helper()
+	if err := b.rdb.Set(b.ctx, b.db.K.Queue(0, "broken", 0), "not a stream", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	bad := spec("a")
+	bad.Pool = "broken"
+	return b.submitRaw(t, id, bad)
+}
+
+// within is b with its context bounded to d from now.
+func (b liveBundle) within(t *testing.T, d time.Duration) liveBundle {
+	ctx, cancel := context.WithTimeout(b.ctx, d)
+	t.Cleanup(cancel)
+	b.ctx = ctx
+	return b
+}
+
 // Issue #10 defects 3 and 5: a run with a persistent error that is not a
 // decode error (here WRONGTYPE on its pool's queue key) was retried
 // forever inside the feed loop, wedging its partition. It is now retried a
@@ -39,21 +64,11 @@ func (b liveBundle) submitOn(t *testing.T, other string, specs ...events.TaskSpe
 func TestAStuckRunIsQuarantinedAndThePartitionMovesOn(t *testing.T) {
 	t.Parallel()
 	b := setupLive(t)
-	if err := b.rdb.Set(b.ctx, b.db.K.Queue(0, "broken", 0), "not a stream", 0).Err(); err != nil {
-		t.Fatal(err)
-	}
-	bad := spec("a")
-	bad.Pool = "broken"
-	// Submitted bare (the scheduler refuses it: its submit would dispatch
-	// a onto the broken key), so the projector's commit meets the key.
-	first := b.submitRaw(t, "stuck-run", bad)
+	first := b.stuckRun(t, "stuck-run")
 	stop := b.start(t, b.projector(t, "p1"))
 	defer stop()
 
-	ctx, cancel := context.WithTimeout(b.ctx, 20*time.Second)
-	defer cancel()
-	wait := b
-	wait.ctx = ctx
+	wait := b.within(t, 20*time.Second)
 	wait.waitFor(t, first, events.RunQuarantined, "")
 	st, err := b.rdb.HMGet(b.ctx, b.db.K.RunState(first), rdb.FieldRunStatus, rdb.FieldRunQuarantine).Result()
 	if err != nil || st[0] != string(projector.RunQuarantined) || st[1] == nil {
@@ -78,5 +93,57 @@ func TestAStuckRunIsQuarantinedAndThePartitionMovesOn(t *testing.T) {
 	}
 	if diff := cmp.Diff(want, b.records(t, first)); diff != "" {
 		t.Errorf("records (-fold +redis):\n%s", diff)
+	}
+}
+
+// failQuarantineOnce fails the first quarantine script call (EVALSHA with
+// the run's state and log as its only keys) with a connection reset, as a
+// Redis restarting at that moment would.
+type failQuarantineOnce struct {
+	state, log string
+	failed     atomic.Bool
+}
+
+func (h *failQuarantineOnce) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h *failQuarantineOnce) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		a := cmd.Args()
+		if len(a) > 4 && (cmd.Name() == "evalsha" || cmd.Name() == "eval") && fmt.Sprint(a[2]) == "2" &&
+			a[3] == h.state && a[4] == h.log && h.failed.CompareAndSwap(false, true) {
+			err := fmt.Errorf("read tcp: %w", syscall.ECONNRESET)
+			cmd.SetErr(err)
+			return err
+		}
+		return next(ctx, cmd)
+	}
+}
+
+func (h *failQuarantineOnce) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// A run that cannot be projected whose quarantine fails (Redis restarting
+// at that moment) keeps its feed entry: the entry was acked with the rest
+// of its batch, so the run stayed running and dirty with nothing to bring
+// a projector back to it, neither projected nor set aside.
+func TestARunWhoseQuarantineFailsIsTakenUpAgain(t *testing.T) {
+	t.Parallel()
+	b := setupLive(t)
+	run := b.stuckRun(t, "")
+	hook := &failQuarantineOnce{state: b.db.K.RunState(run), log: b.db.K.RunLog(run)}
+	c := redis.NewClient(b.rdb.Options())
+	t.Cleanup(func() { _ = c.Close() })
+	c.AddHook(hook)
+	p, err := projector.New(projector.Config{Redis: c, Namespace: b.db.K.Namespace(), ID: "p1",
+		RetryInitial: time.Millisecond, RetryMax: time.Millisecond, FeedBlock: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := b.start(t, p)
+	defer stop()
+	b.within(t, 20*time.Second).waitFor(t, run, events.RunQuarantined, "")
+	if !hook.failed.Load() {
+		t.Fatal("the quarantine never failed: the test did not test anything")
 	}
 }

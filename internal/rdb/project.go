@@ -269,13 +269,19 @@ func (d DB) Quarantine(ctx context.Context, run string, ev events.Event, reason 
 	res, serr := quarantineScript.Run(ctx, d.C, []string{d.K.RunState(run), d.K.RunLog(run)},
 		ev.ID, ev.Time.UnixMilli(), ev.Worker, string(ev.Body), reason).Slice()
 	if serr != nil {
-		return false, errors.Join(fmt.Errorf("quarantine run %s: %w", run, serr), ierr)
+		return false, errors.Join(fmt.Errorf("quarantine run %s: %w: %w", run, ErrNotSetAside, serr), ierr)
 	}
 	if str(res, 0) == "not_running" && str(res, 1) != string(events.RunStatusQuarantined) && ierr == nil {
 		ierr = d.C.HDel(ctx, d.K.Quarantined(), run).Err()
 	}
 	return str(res, 0) == "ok", ierr
 }
+
+// ErrNotSetAside is wrapped by the error of a Quarantine whose script did
+// not run (Redis unreachable, say): the run is as it was, running if it
+// was. Any other error of Quarantine is its index's, and the run was dealt
+// with.
+var ErrNotSetAside = errors.New("run not set aside")
 
 // QuarantineReason returns why run was quarantined, from the namespace
 // index ("" when it was not).
