@@ -125,9 +125,10 @@ func (p *Projector) projectBatch(ctx context.Context, runs []string) (rest []str
 		if res.Conflict {
 			// Another commit moved the head: Project folds on from the
 			// cache (the log only grows) under the new head; a task record
-			// that disagrees with the fold reloads the run.
+			// that disagrees with the fold, or a log that lost entries the
+			// fold holds, reloads the run.
 			x.c.head = res.Head
-			giveUp(x, !res.HeadMoved())
+			giveUp(x, res.Stale())
 			continue
 		}
 		x.res = res

@@ -118,8 +118,8 @@ func (p *Projector) commitStep(ctx context.Context, run string, c *cached, decis
 	}
 	if res.Conflict {
 		c.head = res.Head
-		if !res.HeadMoved() {
-			c.run = nil // the records disagree with our fold: start afresh
+		if res.Stale() {
+			c.run = nil // the records or the log disagree with our fold: start afresh
 		}
 		return res, stepReadOn, nil
 	}

@@ -104,6 +104,16 @@ type CommitResult struct {
 // decisions' fold.
 func (r CommitResult) HeadMoved() bool { return r.Conflict && !strings.HasPrefix(r.Why, "task ") }
 
+// Stale reports a conflict after which the projector's fold cannot be
+// kept: a task record disagrees with it, or the log no longer holds the
+// last entry it folded (Redis lost writes it had acknowledged: a crash
+// with appendfsync everysec, an asynchronous replica promoted). The run
+// is loaded again from its log.
+func (r CommitResult) Stale() bool { return r.Conflict && (!r.HeadMoved() || r.Why == whyLogLost) }
+
+// whyLogLost is the conflict of a fold ahead of the log.
+const whyLogLost = "the log lost entries the fold holds"
+
 // Commit runs the commit script for run.
 func (d DB) Commit(ctx context.Context, run string, c Commit) (CommitResult, error) {
 	return ParseCommit(run, d.CommitCmd(ctx, d.C, run, c))
@@ -122,18 +132,23 @@ func (d DB) Commit(ctx context.Context, run string, c Commit) (CommitResult, err
 // queue stream of the run's partition, or a parked entry in the
 // partition's delayed set (all one slot: no outbox, no relay). The cursor
 // advances past the decisions only when nothing else was appended since
-// foldedTo; otherwise it stays at foldedTo, the run is left dirty, and the
-// projector folds on from there. A commit behind the log of a run that was
-// not dirty (what landed since the fold was a finish's handoff, which wakes
-// no projector) points the feed at the run as well, in the same step: the
-// run's finishes find it dirty and point no feed, and the projector that
-// committed may die before it reads on, holding no feed entry for the run
-// (its own may have been reclaimed and handled elsewhere meanwhile). So a
-// dirty run always has a feed entry that will bring a projector to it.
+// foldedTo and the projector folds on from there, and @dirty is left as it
+// is. A commit behind the log used to set @dirty, with no feed pointer:
+// the run's later finishes then found it dirty and pointed no feed, and if
+// the projector that committed died before it read on, holding no feed
+// entry for the run (a projector stopped past the feed reclaim, whose
+// entry another projector took, handled and acked), nothing ever woke a
+// projector for the run again. Leaving @dirty alone is enough: whatever
+// landed after the fold and calls for a projector set @dirty itself and,
+// when it was not set, pointed the feed (a finish, a cancel, a requeue);
+// what set no @dirty needs no projector (a claim, a heartbeat, a finish's
+// handoff, another projector's decisions). So @dirty set always means a
+// feed entry that will bring a projector to the run.
+// A foldedTo the log does not hold conflicts: a fold ahead of the log,
+// after Redis lost writes (see CommitResult.Stale).
 //
 // KEYS: 1 state, 2 log, 3 scratch key for compacting the log, 4 channel,
-// 5 the run's feed, then the dispatch targets (queue streams and the
-// delayed set)
+// then the dispatch targets (queue streams and the delayed set)
 // ARGV: 1 expected cursor, 2 expected commit token, 3 foldedTo, 4 time ms,
 //
 //	5 writer id, 6 n events, then n x (event id, type, task, attempt,
@@ -157,7 +172,7 @@ local ttl = tonumber(ARGV[i + 1] or '0') or 0
 local run = ARGV[i + 2]
 local trace = ARGV[i + 3]
 -- Every check before the first write.
-local head = redis.call('HMGET', KEYS[1], '@cursor', '@commit', '@status', '@dirty')
+local head = redis.call('HMGET', KEYS[1], '@cursor', '@commit', '@status')
 local cur, token = head[1] or '', head[2] or ''
 -- No state: the run succeeded (its end kept only its log) or is gone.
 -- Nothing to record, and nothing may be written: the state hash would
@@ -194,12 +209,11 @@ end
 local last = ''
 local tail = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
 if #tail > 0 then last = tail[1][1] end
--- Behind the log on a run that was not dirty: the feed is pointed at it
--- (see above), a stream checked before the first write.
-local point = last ~= ARGV[3] and head[4] ~= '1'
-if point then
-  local bad = notwritable(KEYS[5], 'stream')
-  if bad then return bad end
+-- A fold ahead of the log: the log no longer holds the last entry the
+-- projector folded (Redis lost writes it had acknowledged). Its decisions
+-- would rest on events that are gone, and it could never catch up.
+if last ~= ARGV[3] and ARGV[3] ~= '' and #redis.call('XRANGE', KEYS[2], ARGV[3], ARGV[3]) == 0 then
+  return {'conflict', cur, token, '` + whyLogLost + `'}
 end
 local seqs = {}
 for j = 1, n do
@@ -207,7 +221,8 @@ for j = 1, n do
   seqs[j] = append(KEYS[2], ARGV[a], ARGV[a+1], ARGV[a+2], ARGV[a+3], ARGV[a+4], ARGV[5], ARGV[a+5])
 end
 -- Every field in one HSET: the task records and run fields, the commit
--- token, the cursor, and @dirty while not caught up.
+-- token and the cursor; @dirty is cleared once caught up, and left as it
+-- is otherwise (see above).
 local fields = {}
 for j = 1, 2 * m do fields[j] = ARGV[recs + j - 1] end
 local newtoken = token
@@ -221,12 +236,9 @@ if last == ARGV[3] then
   caught = 1
   if n > 0 then newcur = seqs[n] end
   redis.call('HDEL', KEYS[1], '@dirty')
-else
-  fields[#fields + 1] = '@dirty'; fields[#fields + 1] = '1'
 end
 fields[#fields + 1] = '@cursor'; fields[#fields + 1] = newcur
 chunked('HSET', KEYS[1], fields, 1, #fields)
-if point then redis.call('XADD', KEYS[5], '*', 'r', run) end
 -- The dispatches, after their events: queue messages now, or parked.
 local parked = 0
 for j = 0, k - 1 do
@@ -272,7 +284,7 @@ return reply
 // CommitCmd queues the commit script for run on p, a pipeline or the
 // client; read its reply with ParseCommit after Exec.
 func (d DB) CommitCmd(ctx context.Context, p redis.Scripter, run string, c Commit) *redis.Cmd {
-	keys := []string{d.K.RunState(run), d.K.RunLog(run), d.K.RunLogCompact(run), d.K.RunChannel(run), d.K.FeedFor(run)}
+	keys := []string{d.K.RunState(run), d.K.RunLog(run), d.K.RunLogCompact(run), d.K.RunChannel(run)}
 	args := make([]any, 0, 11+6*len(c.Events)+2*len(c.Records)+2*len(c.Expect)+5*len(c.Dispatches))
 	args = append(args, c.Expected.Cursor, c.Expected.Commit, c.FoldedTo, strconv.FormatInt(c.TimeMS, 10), c.Writer, len(c.Events))
 	for _, e := range c.Events {
