@@ -146,14 +146,12 @@ func (p *Projector) sendAcks(ctx context.Context, a acks, next *readArgs) error 
 // handle projects the runs that feed entries point at (each run once per
 // batch: pointers coalesce) and returns the acks that follow. It returns
 // false when ctx ended.
-//
-// A run left unsettled (its quarantine failed) keeps its entries pending,
-// unacked: this projector reads them again when it goes idle, or another
-// one takes them over.
 func (p *Projector) handle(ctx context.Context, log zerolog.Logger, stream string, msgs []rdb.Message) (acks, bool) {
+	ids := make([]string, 0, len(msgs))
 	seen := map[string]bool{}
 	var runs []string
 	for _, m := range msgs {
+		ids = append(ids, m.ID)
 		run, _ := m.Values[rdb.MsgRun].(string)
 		if run == "" || seen[run] {
 			continue
@@ -166,33 +164,18 @@ func (p *Projector) handle(ctx context.Context, log zerolog.Logger, stream strin
 	// few round trips; one at a time would leave Redis idle).
 	runs = p.projectBatch(ctx, runs)
 	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var unsettled map[string]bool
 	sem := make(chan struct{}, p.cfg.Parallel)
 	for _, run := range runs {
 		sem <- struct{}{}
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			if !p.projectOrQuarantine(ctx, log, run) {
-				mu.Lock()
-				if unsettled == nil {
-					unsettled = map[string]bool{}
-				}
-				unsettled[run] = true
-				mu.Unlock()
-			}
+			p.projectOrQuarantine(ctx, log, run)
 		}()
 	}
 	wg.Wait()
 	if ctx.Err() != nil {
 		return acks{}, false
-	}
-	ids := make([]string, 0, len(msgs))
-	for _, m := range msgs {
-		if run, _ := m.Values[rdb.MsgRun].(string); !unsettled[run] {
-			ids = append(ids, m.ID)
-		}
 	}
 	return acks{stream: stream, ids: ids}, true
 }

@@ -29,12 +29,7 @@ var errConflictStorm = errors.New("commit conflicts in a row")
 // quarantined: run_quarantined in its log, @status quarantined, and an
 // entry in the namespace's quarantine index. The partition moves on either
 // way; a quarantined run is skipped from then on, by every projector.
-//
-// It reports whether the run is settled: projected, set aside, or left
-// because ctx ended. A run whose quarantine failed (Redis unreachable at
-// that moment) is not: its feed entry must stay pending, or nothing would
-// bring a projector back to the dirty run.
-func (p *Projector) projectOrQuarantine(ctx context.Context, log zerolog.Logger, run string) (settled bool) {
+func (p *Projector) projectOrQuarantine(ctx context.Context, log zerolog.Logger, run string) {
 	failures := 0
 	err := retry.Do(ctx, retry.Policy{
 		Tolerate: p.cfg.RunFailures - 1,
@@ -55,9 +50,8 @@ func (p *Projector) projectOrQuarantine(ctx context.Context, log zerolog.Logger,
 		return err
 	})
 	if err != nil && ctx.Err() == nil {
-		return p.quarantine(ctx, run, err)
+		p.quarantine(ctx, run, err)
 	}
-	return true
 }
 
 func undecodable(err error) bool {
@@ -65,13 +59,8 @@ func undecodable(err error) bool {
 		errors.Is(err, events.ErrUnknownType) || errors.Is(err, events.ErrUnknownVersion)
 }
 
-// quarantine sets run aside for good (see projectOrQuarantine) and
-// reports whether the run is dealt with: set aside by this call, or found
-// not running. false: the quarantine script did not run, for a reason that
-// passes (Redis unreachable); a run whose own keys refuse it (a state key
-// of another type) is left as it is, with the error logged, rather than
-// tried again and again.
-func (p *Projector) quarantine(ctx context.Context, run string, cause error) bool {
+// quarantine sets run aside for good (see projectOrQuarantine).
+func (p *Projector) quarantine(ctx context.Context, run string, cause error) {
 	p.forget(run)
 	body := events.RunQuarantinedBody{Reason: cause.Error()}
 	var de *events.DecodeError
@@ -81,17 +70,32 @@ func (p *Projector) quarantine(ctx context.Context, run string, cause error) boo
 	now := p.cfg.Clock.Now()
 	ev := events.Event{ID: events.NewID(now), Type: events.RunQuarantined, Time: now, Worker: p.cfg.ID,
 		Version: events.CurrentVersion}.WithBody(body)
-	done, err := p.db.Quarantine(ctx, run, ev, cause.Error())
+	// The script is tried again for as long as Redis is unreachable, as
+	// any Redis call of the feed loop is: its feed entry is acked once
+	// this returns, so a run left running and dirty here would be woken
+	// by nothing. A retry after a reply that was lost finds the run set
+	// aside already and appends nothing.
+	var done bool
+	var indexErr error
+	err := retry.Do(ctx, retry.Policy{OnError: func(err error, d time.Duration) {
+		p.log.Warn().Err(err).Str("run", run).Stringer("retry_in", d).Msg("quarantine run")
+	}}, func() error {
+		var err error
+		if done, err = p.db.Quarantine(ctx, run, ev, cause.Error()); err != nil && !errors.Is(err, rdb.ErrNotSetAside) {
+			indexErr, err = err, nil // the run was dealt with; only its index entry failed
+		}
+		return err
+	})
 	l := p.log.Error().Err(cause).Str("run", run)
-	if err != nil {
+	if err = errors.Join(err, indexErr); err != nil {
 		l = l.AnErr("quarantine_error", err)
 	}
-	if errors.Is(err, rdb.ErrNotSetAside) && retry.Transient(err) {
-		l.Msg("run cannot be projected, and setting it aside failed for now: its feed entry is kept, and it is tried again")
-		return false
-	}
-	if done || err != nil {
+	switch {
+	case errors.Is(err, rdb.ErrNotSetAside):
+		// Its own keys refuse the script (a state key of another type):
+		// nothing more to do here.
+		l.Msg("run cannot be projected, and it could not be set aside: fix its keys, then run graflow repair on it")
+	case done || err != nil:
 		l.Msg("run quarantined: it cannot be projected; its keys are kept for inspection (graflow status, graflow replay verify)")
 	}
-	return true
 }

@@ -123,11 +123,12 @@ func (h *failQuarantineOnce) ProcessPipelineHook(next redis.ProcessPipelineHook)
 	return next
 }
 
-// A run that cannot be projected whose quarantine fails (Redis restarting
-// at that moment) keeps its feed entry: the entry was acked with the rest
-// of its batch, so the run stayed running and dirty with nothing to bring
-// a projector back to it, neither projected nor set aside.
-func TestARunWhoseQuarantineFailsIsTakenUpAgain(t *testing.T) {
+// A run that cannot be projected whose quarantine fails for a reason that
+// passes (Redis restarting at that moment) is set aside once Redis is
+// back: its feed entry used to be acked with the rest of its batch after
+// the one failed try, so the run stayed running and dirty with nothing to
+// bring a projector back to it, neither projected nor set aside.
+func TestARunWhoseQuarantineFailsForAMomentIsSetAside(t *testing.T) {
 	t.Parallel()
 	b := setupLive(t)
 	run := b.stuckRun(t, "")
