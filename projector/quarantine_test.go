@@ -3,7 +3,6 @@ package projector_test
 import (
 	"context"
 	"fmt"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -11,6 +10,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/graflow-go/graflow/events"
 	"github.com/graflow-go/graflow/internal/rdb"
+	"github.com/graflow-go/graflow/internal/redistest"
 	"github.com/graflow-go/graflow/projector"
 	"github.com/graflow-go/graflow/scheduler"
 	"github.com/redis/go-redis/v9"
@@ -96,33 +96,6 @@ func TestAStuckRunIsQuarantinedAndThePartitionMovesOn(t *testing.T) {
 	}
 }
 
-// failQuarantineOnce fails the first quarantine script call (EVALSHA with
-// the run's state and log as its only keys) with a connection reset, as a
-// Redis restarting at that moment would.
-type failQuarantineOnce struct {
-	state, log string
-	failed     atomic.Bool
-}
-
-func (h *failQuarantineOnce) DialHook(next redis.DialHook) redis.DialHook { return next }
-
-func (h *failQuarantineOnce) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		a := cmd.Args()
-		if len(a) > 4 && (cmd.Name() == "evalsha" || cmd.Name() == "eval") && fmt.Sprint(a[2]) == "2" &&
-			a[3] == h.state && a[4] == h.log && h.failed.CompareAndSwap(false, true) {
-			err := fmt.Errorf("read tcp: %w", syscall.ECONNRESET)
-			cmd.SetErr(err)
-			return err
-		}
-		return next(ctx, cmd)
-	}
-}
-
-func (h *failQuarantineOnce) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return next
-}
-
 // A run that cannot be projected whose quarantine fails for a reason that
 // passes (Redis restarting at that moment) is set aside once Redis is
 // back: its feed entry used to be acked with the rest of its batch after
@@ -132,7 +105,12 @@ func TestARunWhoseQuarantineFailsForAMomentIsSetAside(t *testing.T) {
 	t.Parallel()
 	b := setupLive(t)
 	run := b.stuckRun(t, "")
-	hook := &failQuarantineOnce{state: b.db.K.RunState(run), log: b.db.K.RunLog(run)}
+	// The quarantine script: EVALSHA with the run's state and log as its
+	// only keys.
+	hook := &redistest.FailOnce{Err: fmt.Errorf("read tcp: %w", syscall.ECONNRESET), Match: func(a []any) bool {
+		return len(a) > 4 && (fmt.Sprint(a[0]) == "evalsha" || fmt.Sprint(a[0]) == "eval") && fmt.Sprint(a[2]) == "2" &&
+			a[3] == b.db.K.RunState(run) && a[4] == b.db.K.RunLog(run)
+	}}
 	c := redis.NewClient(b.rdb.Options())
 	t.Cleanup(func() { _ = c.Close() })
 	c.AddHook(hook)
@@ -144,7 +122,7 @@ func TestARunWhoseQuarantineFailsForAMomentIsSetAside(t *testing.T) {
 	stop := b.start(t, p)
 	defer stop()
 	b.within(t, 20*time.Second).waitFor(t, run, events.RunQuarantined, "")
-	if !hook.failed.Load() {
+	if !hook.Failed() {
 		t.Fatal("the quarantine never failed: the test did not test anything")
 	}
 }

@@ -927,10 +927,30 @@ func (w *Worker) poisonClaim(ctx context.Context, log *taskLog, m message, cause
 	now := w.cfg.Clock.Now()
 	ev := events.Event{ID: events.NewID(now), Type: events.RunQuarantined, Time: now, Worker: w.cfg.ID,
 		Version: events.CurrentVersion}.WithBody(events.RunQuarantinedBody{Reason: reason})
-	if _, err := w.db.Quarantine(ctx, m.run, ev, reason); err != nil {
-		log.Warn().Err(err).Msg("quarantine the run (indexed in the namespace's quarantine hash where possible)")
-	}
+	// Retried while Redis is unreachable, as the dead letter is: once the
+	// message is acked, nothing would try again. Past that the message
+	// stays pending for a later reclaim. A retry after a lost reply finds
+	// the run set aside already and appends nothing. A run whose own keys
+	// refuse the script (a state key of another type) cannot be set
+	// aside: its task is dead-lettered anyway.
+	var indexErr error
 	err := w.redisRetry(ctx, func() error {
+		_, err := w.db.Quarantine(ctx, m.run, ev, reason)
+		if err != nil && !errors.Is(err, rdb.ErrNotSetAside) {
+			indexErr, err = err, nil // the run was set aside; only its index entry failed
+		}
+		return err
+	})
+	switch {
+	case err != nil && (ctx.Err() != nil || retry.Transient(err)):
+		log.Warn().Err(err).Msg("quarantine the run; the message stays pending")
+		return
+	case err != nil:
+		log.Warn().Err(err).Msg("quarantine the run: its keys refuse it; the task is dead-lettered all the same")
+	case indexErr != nil:
+		log.Warn().Err(indexErr).Msg("index the quarantined run in the namespace's quarantine hash")
+	}
+	err = w.redisRetry(ctx, func() error {
 		return w.db.RecordDeadLetters(ctx, w.cfg.ID, []rdb.DeadLetterItem{{Run: m.run, Task: m.task, TimeMS: w.now(), Info: rdb.DeadLetterDetails{
 			Attempt: m.attempt, Error: "claim failed: " + cause.Error(), Worker: w.cfg.ID}}}, nil)
 	})

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -1142,6 +1143,20 @@ func scriptSHA(name string) string { return rdb.Scripts()[name].Hash() }
 // quarantined and the task dead-lettered and acked.
 func TestClaimsThatKeepFailingArePoison(t *testing.T) {
 	t.Parallel()
+	testPoisonClaims(t, false)
+}
+
+// The quarantine of a run whose claims keep failing failed when Redis was
+// unreachable for a moment: the worker logged it, then dead-lettered and
+// acked the message anyway, so the run was never set aside and nothing
+// would ever try again (its one message was gone). The quarantine is now
+// retried as the dead letter is.
+func TestAPoisonClaimWhoseQuarantineFailsForAMomentStillQuarantinesTheRun(t *testing.T) {
+	t.Parallel()
+	testPoisonClaims(t, true)
+}
+
+func testPoisonClaims(t *testing.T, failQuarantine bool) {
 	b := setup(t)
 	bad := b.submit(t, events.TaskSpec{ID: "t", Handler: "ok"})
 	b.waitFor(t, bad, "0", isType(events.TaskDispatched))
@@ -1155,7 +1170,14 @@ func TestClaimsThatKeepFailingArePoison(t *testing.T) {
 	calls := &scriptCalls{sha: scriptSHA("claim"), key: b.db.K.RunState(bad), after: scriptSHA("queue_ack"), done: make(chan struct{}, 1),
 		fail: errors.New("WRONGTYPE Operation against a key holding the wrong kind of value")}
 	cfg := b.config("w1")
-	cfg.Redis = b.clientWith(t, calls)
+	c := b.clientWith(t, calls)
+	quarantine := &redistest.FailOnce{Err: fmt.Errorf("read tcp: %w", syscall.ECONNRESET), Match: func(a []any) bool {
+		return len(a) > 3 && fmt.Sprint(a[0]) == "evalsha" && a[1] == scriptSHA("quarantine") && a[3] == b.db.K.RunState(bad)
+	}}
+	if failQuarantine {
+		c.AddHook(quarantine)
+	}
+	cfg.Redis = c
 	cfg.Lease, cfg.ReclaimInterval, cfg.PoisonLimit = 300*time.Millisecond, 50*time.Millisecond, 2
 	b.start(t, cfg, map[string]worker.HandlerFunc{
 		"ok": func(ctx context.Context, task *worker.Task) (any, error) { return "ok", nil },
@@ -1172,7 +1194,10 @@ func TestClaimsThatKeepFailingArePoison(t *testing.T) {
 		t.Errorf("the other run %s", r.Status)
 	}
 
-	b.waitFor(t, bad, "0", isType(events.RunQuarantined))
+	quick.waitFor(t, bad, "0", isType(events.RunQuarantined))
+	if failQuarantine && !quarantine.Failed() {
+		t.Error("the quarantine never failed: the test tested nothing")
+	}
 	// Then the dead letter, then the ack of the poison message.
 	pending := func() int64 {
 		p, err := b.c.XPending(b.ctx, b.db.K.Queue(0, "default", 0), rdb.GroupWorkers).Result()
