@@ -36,6 +36,7 @@ var redisBoundary = map[string]string{
 	"cmd/graflow/internal/chaos/stack.go":   "builds the client of the stack under faults (ParseURL, NewClient); reads go through rdb",
 	"internal/redistest/redistest.go":       "the test harness: hands tests a client",
 	"internal/redistest/container.go":       "the test harness: pings the container it started",
+	"internal/redistest/failonce.go":        "the test harness: a go-redis hook that fails one chosen call (types only, no command)",
 	"cmd/graflow/internal/bench/ceiling.go": "THE allowed exception: the raw ceiling measures plain XADD/XREADGROUP/XACK throughput with no engine in between",
 	"cmd/graflow/dev.go":                    "types only: graflow dev holds its stack's client (made by the connection constructor) and closes it; every command goes through rdb",
 	"client.go":                             "types only: Config.Redis; every command goes through rdb",
