@@ -491,7 +491,13 @@ func (w *Worker) fetch(ctx context.Context, part int, pool string) {
 				// then claim it as the fetch would have.
 				res, err = w.db.ReadGroup(ctx, rdb.GroupWorkers, w.cfg.ID, streams, ">", 1, w.cfg.FetchBlock)
 				if err == nil && len(res) > 0 {
-					claims = w.claimFresh(ctx, part, res)
+					// One message per band: when messages landed in several
+					// bands before the read, it returns one of each, more
+					// than the free slots. Only those the slots take now
+					// are claimed (highest band first); the rest are claimed
+					// when they start, so that a claim never waits in the
+					// buffer (where a cancel of its run would not reach it).
+					claims = w.claimFresh(ctx, part, firstMessages(res, max(free, 1)))
 				}
 			}
 			if err != nil {
@@ -537,6 +543,23 @@ func (w *Worker) fetchClaim(ctx context.Context, part int, pool string, n int) (
 		w.obs().ClaimBatch(len(claims), time.Since(began))
 	}
 	return res, claims, err
+}
+
+// firstMessages returns the first n messages of res, in its order (a
+// read's streams come in the order asked: highest band first).
+func firstMessages(res []rdb.Stream, n int) []rdb.Stream {
+	var out []rdb.Stream
+	for _, s := range res {
+		if n <= 0 {
+			break
+		}
+		if len(s.Messages) > n {
+			s.Messages = s.Messages[:n]
+		}
+		out = append(out, s)
+		n -= len(s.Messages)
+	}
+	return out
 }
 
 // claimFresh claims what a blocking read returned as a fetch claims what

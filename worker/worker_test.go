@@ -1555,3 +1555,85 @@ func TestAWorkerCutOffBetweenItsDeadLetterAndFeedPointerLeavesItsMessagePending(
 		t.Errorf("pending after the reclaim: %+v %v; want none", p, err)
 	}
 }
+
+// beforeBlock runs do once, just before the first blocking XREADGROUP of
+// queue the worker sends.
+type beforeBlock struct {
+	queue string
+	do    func()
+	once  *sync.Once
+}
+
+func (h beforeBlock) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h beforeBlock) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		a := cmd.Args()
+		if cmd.Name() == "xreadgroup" && slices.ContainsFunc(a, func(a any) bool { return fmt.Sprint(a) == "block" }) &&
+			slices.ContainsFunc(a, func(a any) bool { return a == h.queue }) {
+			h.once.Do(h.do)
+		}
+		return next(ctx, cmd)
+	}
+}
+func (h beforeBlock) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// An idle worker's blocking read asks each band for one message, so it
+// could return one per band: all of them were claimed at once, more than
+// the free slots. A worker running one task at a time claimed the next
+// one while its first ran, and that claim outlived a cancel of the run (a
+// cancelled run's task ran; TestCancelStopsQueuedAndRunningTasks failed
+// on it in CI). The blocking read now claims no more than the free slots,
+// highest band first; the rest are claimed when they start.
+func TestAnIdleWorkersReadClaimsNoMoreThanItsFreeSlots(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	// The run lands between the worker's fetch (which found nothing) and
+	// its blocking read, which then finds a message in two bands at once.
+	submitted := make(chan string, 1)
+	hook := beforeBlock{queue: b.db.K.Queue(0, "default", 0), once: &sync.Once{}, do: func() {
+		run, _, err := b.sched.Submit(b.ctx, events.RunSubmittedBody{Workflow: "wf", Tasks: []events.TaskSpec{
+			{ID: "high", Handler: "h", Priority: 9}, {ID: "low", Handler: "h"}}}, scheduler.SubmitOptions{})
+		if err != nil {
+			t.Errorf("submit: %v", err)
+		}
+		submitted <- run
+	}}
+	cfg := b.config("w1")
+	cfg.Concurrency = 1
+	cfg.Redis = b.clientWith(t, hook)
+	started := make(chan string, 2)
+	release := make(chan struct{})
+	b.start(t, cfg, map[string]worker.HandlerFunc{
+		"h": func(ctx context.Context, task *worker.Task) (any, error) {
+			started <- task.ID
+			<-release
+			return "ok", nil
+		},
+	})
+	var run string
+	select {
+	case run = <-submitted:
+	case <-b.ctx.Done():
+		t.Fatal("the worker never blocked on its queues")
+	}
+	select {
+	case id := <-started:
+		if id != "high" {
+			t.Errorf("started %s first, want high", id)
+		}
+	case <-b.ctx.Done():
+		t.Fatal("no task started")
+	}
+	evs, _ := b.fold(t, run)
+	for _, e := range evs {
+		if e.Type == events.TaskClaimed && e.Task == "low" {
+			t.Errorf("low was claimed while high ran, with the one slot busy")
+		}
+	}
+	close(release)
+	if _, r := b.waitEnd(t, run); r.Status != projector.RunSucceeded {
+		t.Errorf("run %s, want succeeded", r.Status)
+	}
+}
