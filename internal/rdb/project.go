@@ -243,14 +243,19 @@ func (d DB) MoveDue(ctx context.Context, part int, members []string) (moved int6
 
 // quarantineScript sets a running run aside for good: appends
 // run_quarantined, sets @status to quarantined with the reason, and clears
-// @dirty. A run that is not running is left alone.
+// @dirty. A run that is not running is left as it is, but for its @dirty,
+// cleared too: no projector will fold it again (its caller could not), and
+// a dirty run is one garbage collection never takes.
 //
 // KEYS: 1 state, 2 log
 // ARGV: 1 event id, 2 time ms, 3 writer, 4 body, 5 reason
 // Reply: {"ok", seq} | {"not_running", status}
 var quarantineScript = redis.NewScript(prelude + `
 local st = redis.call('HGET', KEYS[1], '@status')
-if st ~= 'running' then return {'not_running', st or ''} end
+if st ~= 'running' then
+  if st then redis.call('HDEL', KEYS[1], '@dirty') end
+  return {'not_running', st or ''}
+end
 local seq = append(KEYS[2], ARGV[1], 'run_quarantined', '', 0, 0, ARGV[3], ARGV[4])
 redis.call('HSET', KEYS[1], '@status', 'quarantined', '@quarantine', ARGV[5])
 redis.call('HDEL', KEYS[1], '@dirty')
