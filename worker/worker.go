@@ -271,6 +271,10 @@ type message struct {
 	// pre is the claim the fetch that read the message made (nil: none;
 	// the claim script runs after the worker's own checks).
 	pre *rdb.ClaimResult
+	// waited: the message waited in the buffer for a slot (another
+	// fetch loop's task or the reclaimer's took it), so its run may have
+	// been cancelled or its claim handed back since pre was made.
+	waited bool
 }
 
 // poolOf returns the pool of a queue stream key.
@@ -463,6 +467,7 @@ func (w *Worker) fetch(ctx context.Context, part int, pool string) {
 			if m.pre != nil {
 				select {
 				case w.sem <- struct{}{}:
+					m.waited = true // read before the stop; checked again
 					w.start(m)
 					continue
 				default:
@@ -517,10 +522,23 @@ func (w *Worker) fetch(ctx context.Context, part int, pool string) {
 			buf = w.messages(res, claims, buf)
 			continue
 		}
-		select {
-		case <-ctx.Done():
+		if ctx.Err() != nil {
 			return
+		}
+		select {
 		case w.sem <- struct{}{}:
+		default:
+			// Every slot is busy: each fetch loop (one per pool and
+			// partition) claims up to the slots free when it read, so
+			// another loop's task may hold the slot this claim was made
+			// for. It waits, and its claim is checked again when it
+			// starts.
+			buf[0].waited = true
+			select {
+			case <-ctx.Done():
+				return
+			case w.sem <- struct{}{}:
+			}
 		}
 		m := buf[0]
 		buf = buf[1:]
@@ -773,6 +791,12 @@ func (w *Worker) process(ctx context.Context, m message, release func()) (parked
 		// A claim its read made may have been handed back or its run
 		// cancelled meanwhile: the claim script checks it again ("already
 		// ours" with the current epoch if it holds).
+		m.pre = nil
+	}
+	if m.waited {
+		// It waited for a slot: its run may have been cancelled or its
+		// claim handed back meanwhile. The claim script checks again
+		// ("already ours", with the current epoch, if the claim holds).
 		m.pre = nil
 	}
 	cctx, span := w.startSpan(ctx, tracing.SpanClaim, m, trace.SpanKindConsumer, tracing.Reclaimed.Bool(m.reclaimed))

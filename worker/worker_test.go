@@ -1556,29 +1556,6 @@ func TestAWorkerCutOffBetweenItsDeadLetterAndFeedPointerLeavesItsMessagePending(
 	}
 }
 
-// beforeBlock runs do once, just before the first blocking XREADGROUP of
-// queue the worker sends.
-type beforeBlock struct {
-	queue string
-	do    func()
-	once  *sync.Once
-}
-
-func (h beforeBlock) DialHook(next redis.DialHook) redis.DialHook { return next }
-func (h beforeBlock) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		a := cmd.Args()
-		if cmd.Name() == "xreadgroup" && slices.ContainsFunc(a, func(a any) bool { return fmt.Sprint(a) == "block" }) &&
-			slices.ContainsFunc(a, func(a any) bool { return a == h.queue }) {
-			h.once.Do(h.do)
-		}
-		return next(ctx, cmd)
-	}
-}
-func (h beforeBlock) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return next
-}
-
 // An idle worker's blocking read asks each band for one message, so it
 // could return one per band: all of them were claimed at once, more than
 // the free slots. A worker running one task at a time claimed the next
@@ -1592,14 +1569,7 @@ func TestAnIdleWorkersReadClaimsNoMoreThanItsFreeSlots(t *testing.T) {
 	// The run lands between the worker's fetch (which found nothing) and
 	// its blocking read, which then finds a message in two bands at once.
 	submitted := make(chan string, 1)
-	hook := beforeBlock{queue: b.db.K.Queue(0, "default", 0), once: &sync.Once{}, do: func() {
-		run, _, err := b.sched.Submit(b.ctx, events.RunSubmittedBody{Workflow: "wf", Tasks: []events.TaskSpec{
-			{ID: "high", Handler: "h", Priority: 9}, {ID: "low", Handler: "h"}}}, scheduler.SubmitOptions{})
-		if err != nil {
-			t.Errorf("submit: %v", err)
-		}
-		submitted <- run
-	}}
+	hook := newReadsBlocked(b.submitTo(t, submitted, events.TaskSpec{ID: "high", Handler: "h", Priority: 9}, events.TaskSpec{ID: "low", Handler: "h"}), b.db.K.Queue(0, "default", 0))
 	cfg := b.config("w1")
 	cfg.Concurrency = 1
 	cfg.Redis = b.clientWith(t, hook)
@@ -1635,5 +1605,144 @@ func TestAnIdleWorkersReadClaimsNoMoreThanItsFreeSlots(t *testing.T) {
 	close(release)
 	if _, r := b.waitEnd(t, run); r.Status != projector.RunSucceeded {
 		t.Errorf("run %s, want succeeded", r.Status)
+	}
+}
+
+// readsBlocked holds the first blocking XREADGROUP of each of its queues
+// until every one of them is about to be sent, then runs do once, before
+// any of them is sent.
+type readsBlocked struct {
+	queues  []string
+	do      func()
+	mu      *sync.Mutex
+	arrived map[string]bool
+	ready   chan struct{}
+}
+
+// submitTo returns a func that submits a run of specs and sends its id
+// on out (for a hook: no t.Fatal off the test's goroutine).
+func (b bundle) submitTo(t *testing.T, out chan<- string, specs ...events.TaskSpec) func() {
+	return func() {
+		run, _, err := b.sched.Submit(b.ctx, events.RunSubmittedBody{Workflow: "wf", Tasks: specs}, scheduler.SubmitOptions{})
+		if err != nil {
+			t.Errorf("submit: %v", err)
+		}
+		out <- run
+	}
+}
+
+func newReadsBlocked(do func(), queues ...string) readsBlocked {
+	return readsBlocked{queues: queues, do: do, mu: &sync.Mutex{}, arrived: map[string]bool{}, ready: make(chan struct{})}
+}
+
+func (h readsBlocked) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h readsBlocked) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		a := cmd.Args()
+		if cmd.Name() == "xreadgroup" && slices.ContainsFunc(a, func(a any) bool { return fmt.Sprint(a) == "block" }) {
+			for _, q := range h.queues {
+				if !slices.Contains(a, any(q)) {
+					continue
+				}
+				h.mu.Lock()
+				first := !h.arrived[q]
+				h.arrived[q] = true
+				all := first && len(h.arrived) == len(h.queues)
+				h.mu.Unlock()
+				if all {
+					h.do()
+					close(h.ready)
+				} else if first {
+					select {
+					case <-h.ready:
+					case <-ctx.Done():
+					}
+				}
+			}
+		}
+		return next(ctx, cmd)
+	}
+}
+func (h readsBlocked) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// Each of a worker's fetch loops (one per pool and partition) claims up
+// to the free slots it counted, so two loops can each claim a task for
+// the one free slot; the second waits in the buffer. Its stored claim was
+// used as it was when its turn came (unless it waited a third of a
+// lease), so a cancel of its run meanwhile did not stop its handler. A
+// claim that waited for a slot is now checked again by the claim script.
+func TestAClaimThatWaitedForASlotIsCheckedAgainBeforeItRuns(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	submitted := make(chan string, 1)
+	hook := newReadsBlocked(b.submitTo(t, submitted, events.TaskSpec{ID: "a", Handler: "h"}, events.TaskSpec{ID: "b", Handler: "h", Pool: "other"}), b.db.K.Queue(0, "default", 0), b.db.K.Queue(0, "other", 0))
+	cfg := b.config("w1")
+	cfg.Concurrency, cfg.Pools = 1, []string{"default", "other"}
+	cfg.Redis = b.clientWith(t, hook)
+	ran := make(chan string, 2)
+	var first atomic.Bool
+	r := b.start(t, cfg, map[string]worker.HandlerFunc{
+		"h": func(ctx context.Context, task *worker.Task) (any, error) {
+			ran <- task.ID
+			if first.CompareAndSwap(false, true) {
+				// The first task to run cancels the run, holding the one
+				// slot, once the other one is claimed (by the other loop)
+				// and waits for it.
+				other := map[string]string{"a": "b", "b": "a"}[task.ID]
+				b.waitFor(t, task.Run, "0", func(e events.Event) bool { return e.Type == events.TaskClaimed && e.Task == other })
+				if err := task.CancelRun("stop"); err != nil {
+					t.Errorf("CancelRun: %v", err)
+				}
+			}
+			return "ok", nil
+		},
+	})
+	var run string
+	select {
+	case run = <-submitted:
+	case <-b.ctx.Done():
+		t.Fatal("the worker's loops never both blocked")
+	}
+	b.waitFor(t, run, "0", isType(events.RunCancelled))
+	// Until both messages are acked: the second one's turn has come (its
+	// handler ran and its result was refused, or its claim was refused).
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for _, q := range hook.queues {
+		for {
+			p, err := b.c.XPending(b.ctx, q, rdb.GroupWorkers).Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if p.Count == 0 {
+				break
+			}
+			select {
+			case <-tick.C:
+			case <-b.ctx.Done():
+				t.Fatalf("%s: %d messages still pending", q, p.Count)
+			}
+		}
+	}
+	r.wait(t)
+	close(ran)
+	var got []string
+	for id := range ran {
+		got = append(got, id)
+	}
+	claimed := 0
+	evs, _ := b.fold(t, run)
+	for _, e := range evs {
+		if e.Type == events.TaskClaimed {
+			claimed++
+		}
+	}
+	if claimed != 2 {
+		t.Fatalf("setup: %d tasks claimed, want both (one per fetch loop, for the one slot)", claimed)
+	}
+	if len(got) != 1 {
+		t.Errorf("handlers ran for %v; want only the first (the run was cancelled before the second's turn)", got)
 	}
 }
