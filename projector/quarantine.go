@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/graflow-go/graflow/events"
-	"github.com/graflow-go/graflow/internal/rdb"
 	"github.com/graflow-go/graflow/internal/retry"
 	"github.com/rs/zerolog"
 )
@@ -79,23 +78,20 @@ func (p *Projector) quarantine(ctx context.Context, run string, cause error) {
 	var indexErr error
 	err := retry.Do(ctx, retry.Policy{OnError: func(err error, d time.Duration) {
 		p.log.Warn().Err(err).Str("run", run).Stringer("retry_in", d).Msg("quarantine run")
-	}}, func() error {
-		var err error
-		if done, err = p.db.Quarantine(ctx, run, ev, cause.Error()); err != nil && !errors.Is(err, rdb.ErrNotSetAside) {
-			indexErr, err = err, nil // the run was dealt with; only its index entry failed
-		}
+	}}, func() (err error) {
+		done, indexErr, err = p.db.Quarantine(ctx, run, ev, cause.Error())
 		return err
 	})
 	l := p.log.Error().Err(cause).Str("run", run)
-	if err = errors.Join(err, indexErr); err != nil {
-		l = l.AnErr("quarantine_error", err)
+	if indexErr != nil {
+		l = l.AnErr("index_error", indexErr)
 	}
 	switch {
-	case errors.Is(err, rdb.ErrNotSetAside):
-		// Its own keys refuse the script (a state key of another type):
-		// nothing more to do here.
-		l.Msg("run cannot be projected, and it could not be set aside: fix its keys, then run graflow repair on it")
-	case done || err != nil:
+	case err != nil:
+		// Its own keys refuse the script (a state key of another type),
+		// or ctx ended: nothing more to do here.
+		l.AnErr("quarantine_error", err).Msg("run cannot be projected, and it could not be set aside: fix its keys, then run graflow repair on it")
+	case done:
 		l.Msg("run quarantined: it cannot be projected; its keys are kept for inspection (graflow status, graflow replay verify)")
 	}
 }

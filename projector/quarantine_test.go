@@ -13,7 +13,6 @@ import (
 	"github.com/graflow-go/graflow/internal/redistest"
 	"github.com/graflow-go/graflow/projector"
 	"github.com/graflow-go/graflow/scheduler"
-	"github.com/redis/go-redis/v9"
 )
 
 // submitOn submits specs under a run id that falls on the feed partition
@@ -111,8 +110,7 @@ func TestARunWhoseQuarantineFailsForAMomentIsSetAside(t *testing.T) {
 		return len(a) > 4 && (fmt.Sprint(a[0]) == "evalsha" || fmt.Sprint(a[0]) == "eval") && fmt.Sprint(a[2]) == "2" &&
 			a[3] == b.db.K.RunState(run) && a[4] == b.db.K.RunLog(run)
 	}}
-	c := redis.NewClient(b.rdb.Options())
-	t.Cleanup(func() { _ = c.Close() })
+	c := redistest.Client(t) // not a copy of b.rdb's Options: go-redis writes them while it connects
 	c.AddHook(hook)
 	p, err := projector.New(projector.Config{Redis: c, Namespace: b.db.K.Namespace(), ID: "p1",
 		RetryInitial: time.Millisecond, RetryMax: time.Millisecond, FeedBlock: 100 * time.Millisecond})

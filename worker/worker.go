@@ -981,11 +981,8 @@ func (w *Worker) poisonClaim(ctx context.Context, log *taskLog, m message, cause
 	// refuse the script (a state key of another type) cannot be set
 	// aside: its task is dead-lettered anyway.
 	var indexErr error
-	err := w.redisRetry(ctx, func() error {
-		_, err := w.db.Quarantine(ctx, m.run, ev, reason)
-		if err != nil && !errors.Is(err, rdb.ErrNotSetAside) {
-			indexErr, err = err, nil // the run was set aside; only its index entry failed
-		}
+	err := w.redisRetry(ctx, func() (err error) {
+		_, indexErr, err = w.db.Quarantine(ctx, m.run, ev, reason)
 		return err
 	})
 	switch {

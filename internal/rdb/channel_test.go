@@ -30,8 +30,8 @@ func (b scriptBundle) quarantine(t *testing.T) {
 	t.Helper()
 	q := events.Event{ID: ulid.Make().String(), Type: events.RunQuarantined, Time: time.Now(), Worker: "p"}.
 		WithBody(events.RunQuarantinedBody{Reason: "test"})
-	if ok, err := b.db.Quarantine(b.ctx, b.run, q, "test"); err != nil || !ok {
-		t.Fatalf("quarantine = %v, %v", ok, err)
+	if ok, ierr, err := b.db.Quarantine(b.ctx, b.run, q, "test"); err != nil || ierr != nil || !ok {
+		t.Fatalf("quarantine = %v, %v, %v", ok, ierr, err)
 	}
 }
 

@@ -425,8 +425,8 @@ func TestFinishDoesNotEndARunThatIsNotRunning(t *testing.T) {
 		{"quarantined", "quarantined", func(t *testing.T, b scriptBundle) {
 			ev := events.Event{ID: ulid.Make().String(), Type: events.RunQuarantined, Worker: "p1", Time: time.UnixMilli(5000)}.
 				WithBody(events.RunQuarantinedBody{Reason: "test"})
-			if done, err := b.db.Quarantine(b.ctx, b.run, ev, "test"); err != nil || !done {
-				t.Fatalf("quarantine = %v, %v", done, err)
+			if done, ierr, err := b.db.Quarantine(b.ctx, b.run, ev, "test"); err != nil || ierr != nil || !done {
+				t.Fatalf("quarantine = %v, %v, %v", done, ierr, err)
 			}
 		}, false},
 	}

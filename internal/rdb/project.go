@@ -266,27 +266,24 @@ return {'ok', seq}
 // indexes it in the namespace's quarantine hash. The index is written first
 // (so whoever sees run_quarantined in the log finds the index entry too),
 // and even when the run's own keys cannot be written (a key of the wrong
-// type, no permission): that error is returned after it. done is false
-// when the run was not running (nothing was appended); its index entry is
-// then removed unless the run was quarantined already.
-func (d DB) Quarantine(ctx context.Context, run string, ev events.Event, reason string) (done bool, err error) {
-	ierr := d.C.HSet(ctx, d.K.Quarantined(), run, reason).Err()
-	res, serr := quarantineScript.Run(ctx, d.C, []string{d.K.RunState(run), d.K.RunLog(run)},
+// type, no permission). done is false when the run was not running
+// (nothing was appended); its index entry is then removed unless the run
+// was quarantined already. err is the script's: the run was not dealt
+// with (when the reply was lost, maybe it was; the script sent again
+// finds the run set aside and appends nothing). indexErr is the index's
+// alone: the run was dealt with.
+func (d DB) Quarantine(ctx context.Context, run string, ev events.Event, reason string) (done bool, indexErr, err error) {
+	indexErr = d.C.HSet(ctx, d.K.Quarantined(), run, reason).Err()
+	res, err := quarantineScript.Run(ctx, d.C, []string{d.K.RunState(run), d.K.RunLog(run)},
 		ev.ID, ev.Time.UnixMilli(), ev.Worker, string(ev.Body), reason).Slice()
-	if serr != nil {
-		return false, errors.Join(fmt.Errorf("quarantine run %s: %w: %w", run, ErrNotSetAside, serr), ierr)
+	if err != nil {
+		return false, indexErr, fmt.Errorf("quarantine run %s: %w", run, err)
 	}
-	if str(res, 0) == "not_running" && str(res, 1) != string(events.RunStatusQuarantined) && ierr == nil {
-		ierr = d.C.HDel(ctx, d.K.Quarantined(), run).Err()
+	if str(res, 0) == "not_running" && str(res, 1) != string(events.RunStatusQuarantined) && indexErr == nil {
+		indexErr = d.C.HDel(ctx, d.K.Quarantined(), run).Err()
 	}
-	return str(res, 0) == "ok", ierr
+	return str(res, 0) == "ok", indexErr, nil
 }
-
-// ErrNotSetAside is wrapped by the error of a Quarantine whose script did
-// not run (Redis unreachable, say): the run is as it was, running if it
-// was. Any other error of Quarantine is its index's, and the run was dealt
-// with.
-var ErrNotSetAside = errors.New("run not set aside")
 
 // QuarantineReason returns why run was quarantined, from the namespace
 // index ("" when it was not).

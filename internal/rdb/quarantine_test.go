@@ -25,9 +25,9 @@ func TestQuarantineOfARunThatEndedClearsItsDirtyFlag(t *testing.T) {
 	n := len(b.log(t))
 	ev := events.Event{ID: ulid.Make().String(), Type: events.RunQuarantined, Worker: "p1", Time: time.UnixMilli(5000)}.
 		WithBody(events.RunQuarantinedBody{Reason: "test"})
-	done, err := b.db.Quarantine(b.ctx, b.run, ev, "test")
-	if err != nil || done {
-		t.Fatalf("Quarantine = %v, %v; want not done (the run is not running)", done, err)
+	done, ierr, err := b.db.Quarantine(b.ctx, b.run, ev, "test")
+	if err != nil || ierr != nil || done {
+		t.Fatalf("Quarantine = %v, %v, %v; want not done (the run is not running)", done, ierr, err)
 	}
 	st := b.hash(t, state)
 	if st[rdb.FieldRunStatus] != "cancelled" || len(b.log(t)) != n {

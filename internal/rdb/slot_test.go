@@ -384,8 +384,8 @@ func TestEveryScriptAndMultiTouchesOneSlot(t *testing.T) {
 		t.Fatal(err)
 	}
 	q := events.Event{ID: ulid.Make().String(), Type: events.RunQuarantined, Time: time.Now(), Worker: "p"}.WithBody(events.RunQuarantinedBody{Reason: "test"})
-	if ok, err := db.Quarantine(ctx, run3, q, "test"); err != nil || !ok {
-		t.Errorf("quarantine of running run %s = %v, %v", run3, ok, err)
+	if ok, ierr, err := db.Quarantine(ctx, run3, q, "test"); err != nil || ierr != nil || !ok {
+		t.Errorf("quarantine of running run %s = %v, %v, %v", run3, ok, ierr, err)
 	}
 
 	// Phase 5: a run cancelled.
