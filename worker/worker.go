@@ -121,6 +121,9 @@ type Config struct {
 
 	// claimUpstreamBytes overrides rdb.DefaultClaimUpstreamBytes (tests).
 	claimUpstreamBytes int
+	// slotWait, when set, is called when a message a fetch loop read
+	// waits for a slot (tests).
+	slotWait func(task string, claimed bool)
 }
 
 // validID reports whether s can be a worker id or pool name: 1-128 of
@@ -271,10 +274,6 @@ type message struct {
 	// pre is the claim the fetch that read the message made (nil: none;
 	// the claim script runs after the worker's own checks).
 	pre *rdb.ClaimResult
-	// waited: the message waited in the buffer for a slot (another
-	// fetch loop's task or the reclaimer's took it), so its run may have
-	// been cancelled or its claim handed back since pre was made.
-	waited bool
 }
 
 // poolOf returns the pool of a queue stream key.
@@ -456,56 +455,50 @@ func (w *Worker) Run(ctx context.Context) error {
 // highest band first.
 func (w *Worker) fetch(ctx context.Context, part int, pool string) {
 	streams := w.db.K.Queues(part, pool) // highest priority first
-	var buf []message
+	var buf []message                    // read, not claimed: each waits for a slot
 	defer func() {
-		// Stopping: a message whose read claimed its task is in hand, as a
-		// running one is: it runs as part of the drain if a slot is free
-		// (its read claimed no more than the free slots). The rest are
-		// given back.
-		var back []message
-		for _, m := range buf {
-			if m.pre != nil {
-				select {
-				case w.sem <- struct{}{}:
-					m.waited = true // read before the stop; checked again
-					w.start(m)
-					continue
-				default:
-				}
-			}
-			back = append(back, m)
-		}
-		w.requeueUnstarted(back)
+		// Stopping: the messages read but not started are given back (none
+		// holds a claim: a claimed message starts at once, on its slot).
+		w.requeueUnstarted(buf)
 	}()
 	wait := retry.NewBackoff(retry.Policy{Initial: 100 * time.Millisecond, Max: 5 * time.Second})
 	for {
 		if len(buf) == 0 {
-			// Read only when a slot is free (so we never hold many more
-			// messages than we can start), but do not hold that slot while
-			// blocked on the read: the reclaimer needs free slots too.
+			// Reserve the free slots (waiting for one) before reading: a
+			// read claims what it reads, and every claim it makes starts at
+			// once on a slot reserved for it. A claim that waited for a
+			// slot would hold a task that another worker could be running,
+			// and a cancel of its run would not reach it; with a fetch loop
+			// per pool and partition, slots counted instead of reserved
+			// were claimed by several loops at once.
 			select {
 			case <-ctx.Done():
 				return
 			case w.sem <- struct{}{}:
-				<-w.sem
 			}
-			free := cap(w.sem) - len(w.sem)
-			res, claims, err := w.fetchClaim(ctx, part, pool, max(free, 1))
+			held := 1 + w.tryAcquire(cap(w.sem)-1)
+			res, claims, err := w.fetchClaim(ctx, part, pool, held)
 			if err == nil && len(res) == 0 {
 				// Nothing queued: block until something arrives in any band,
-				// then claim it as the fetch would have.
+				// without holding slots (the reclaimer and the other loops
+				// need them), then claim what the slots free now take, as
+				// the fetch would have.
+				w.release(held)
 				res, err = w.db.ReadGroup(ctx, rdb.GroupWorkers, w.cfg.ID, streams, ">", 1, w.cfg.FetchBlock)
+				held = 0
 				if err == nil && len(res) > 0 {
 					// One message per band: when messages landed in several
-					// bands before the read, it returns one of each, more
-					// than the free slots. Only those the slots take now
-					// are claimed (highest band first); the rest are claimed
-					// when they start, so that a claim never waits in the
-					// buffer (where a cancel of its run would not reach it).
-					claims = w.claimFresh(ctx, part, firstMessages(res, max(free, 1)))
+					// bands before the read, it returns one of each, maybe
+					// more than the free slots. Those the slots take are
+					// claimed (highest band first); the rest wait unclaimed
+					// and are claimed when they start.
+					if held = w.tryAcquire(countMessages(res)); held > 0 {
+						claims = w.claimFresh(ctx, part, firstMessages(res, held))
+					}
 				}
 			}
 			if err != nil {
+				w.release(held)
 				if ctx.Err() != nil {
 					return
 				}
@@ -519,21 +512,15 @@ func (w *Worker) fetch(ctx context.Context, part int, pool string) {
 				continue
 			}
 			wait.Reset()
-			buf = w.messages(res, claims, buf)
+			buf = w.startReserved(w.messages(res, claims, nil), held)
 			continue
-		}
-		if ctx.Err() != nil {
-			return
 		}
 		select {
 		case w.sem <- struct{}{}:
 		default:
-			// Every slot is busy: each fetch loop (one per pool and
-			// partition) claims up to the slots free when it read, so
-			// another loop's task may hold the slot this claim was made
-			// for. It waits, and its claim is checked again when it
-			// starts.
-			buf[0].waited = true
+			if w.cfg.slotWait != nil {
+				w.cfg.slotWait(buf[0].task, buf[0].pre != nil)
+			}
 			select {
 			case <-ctx.Done():
 				return
@@ -544,6 +531,49 @@ func (w *Worker) fetch(ctx context.Context, part int, pool string) {
 		buf = buf[1:]
 		w.start(m)
 	}
+}
+
+// startReserved starts msgs (ordered by band, highest first) on the held
+// slots reserved for them: every claimed message, then unclaimed ones in
+// order while slots remain. It frees the slots left over and returns the
+// messages not started (none claimed), which wait for a slot.
+func (w *Worker) startReserved(msgs []message, held int) (rest []message) {
+	for _, m := range msgs {
+		if m.pre == nil {
+			continue
+		}
+		if held == 0 {
+			// Cannot happen: a read claims no more than the slots it holds.
+			// Had it, the claim is checked again when the message starts.
+			w.log.Error().Str("run", m.run).Str("task", m.task).Msg("a read claimed more messages than the slots it held")
+			m.pre = nil
+			rest = append(rest, m)
+			continue
+		}
+		held--
+		w.start(m)
+	}
+	for _, m := range msgs {
+		switch {
+		case m.pre != nil:
+		case held > 0:
+			held--
+			w.start(m)
+		default:
+			rest = append(rest, m)
+		}
+	}
+	w.release(held)
+	return rest
+}
+
+// countMessages is the number of messages of a read.
+func countMessages(res []rdb.Stream) int {
+	n := 0
+	for _, s := range res {
+		n += len(s.Messages)
+	}
+	return n
 }
 
 // fetchClaim reads up to n new messages of a pool and claims, in the same
@@ -791,12 +821,6 @@ func (w *Worker) process(ctx context.Context, m message, release func()) (parked
 		// A claim its read made may have been handed back or its run
 		// cancelled meanwhile: the claim script checks it again ("already
 		// ours" with the current epoch if it holds).
-		m.pre = nil
-	}
-	if m.waited {
-		// It waited for a slot: its run may have been cancelled or its
-		// claim handed back meanwhile. The claim script checks again
-		// ("already ours", with the current epoch, if the claim holds).
 		m.pre = nil
 	}
 	cctx, span := w.startSpan(ctx, tracing.SpanClaim, m, trace.SpanKindConsumer, tracing.Reclaimed.Bool(m.reclaimed))
