@@ -1137,9 +1137,10 @@ func (c *Client) Export(ctx context.Context, run string, w io.Writer) (int, erro
 // first checks nobody else wrote the run meanwhile.
 //
 // Import refuses to overwrite: if any key of the run exists it returns a
-// *replay.ExistsError (replay.ErrRunExists), except a log that holds a
-// prefix of the same events and no state, left by an interrupted import,
-// which it completes. A file that does not parse or fold returns
+// *replay.ExistsError (replay.ErrRunExists), except what an interrupted
+// import of the same file leaves, which it completes: a log that holds a
+// prefix of its events and no state, or all of them with the state but
+// no index entry (the index is the import's last step). A file that does not parse or fold returns
 // replay.ErrInvalidExport; nothing is written then.
 func (c *Client) Import(ctx context.Context, r io.Reader, opts replay.ImportOptions) (*replay.ImportResult, error) {
 	evs, err := replay.ReadExport(r)
@@ -1162,14 +1163,19 @@ func (c *Client) ImportEvents(ctx context.Context, evs []events.Event, opts repl
 	for i, e := range evs {
 		ids[i], seqs[i] = e.ID, e.Seq
 	}
-	done, why, err := c.db.ImportConflict(ctx, run, ids, seqs)
+	check, err := c.db.ImportConflict(ctx, run, ids, seqs)
 	if err != nil {
 		return nil, err
 	}
-	if why != "" {
-		return nil, exists(why)
+	if check.Why != "" {
+		return nil, exists(check.Why)
 	}
+	done := check.Done
 	res.Continued = done
+	if check.StateWritten {
+		// Interrupted after the state: only its index is left to write.
+		return c.indexImported(ctx, res, run, evs)
+	}
 	last := ""
 	if done > 0 {
 		if last = evs[done-1].Seq; last == "" {
@@ -1208,8 +1214,15 @@ func (c *Client) ImportEvents(ctx context.Context, evs []events.Event, opts repl
 	if err != nil {
 		return nil, err
 	}
+	return c.indexImported(ctx, res, run, evs)
+}
+
+// indexImported is an import's last step: the run enters the run index
+// and the feed is pointed at it. Until then the run is not listed, and an
+// import of the same export again completes it.
+func (c *Client) indexImported(ctx context.Context, res *replay.ImportResult, run string, evs []events.Event) (*replay.ImportResult, error) {
 	if err := c.db.Reindex(ctx, run, evs[0].Time.UnixMilli()); err != nil {
-		return nil, fmt.Errorf("index imported run %s: %w (run \"graflow resume %s\" to repair)", run, err, run)
+		return nil, fmt.Errorf("index imported run %s: %w (import the same file again, or run \"graflow resume %s\", to complete it)", run, err, run)
 	}
 	return res, nil
 }

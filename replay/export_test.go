@@ -233,6 +233,26 @@ func TestResumeImportedUnfinishedRun(t *testing.T) {
 	if !res.Unfinished {
 		t.Fatalf("import: %+v", res)
 	}
+	// An importer that died after writing the state, before indexing the
+	// run (its last step), left it unlisted with no feed pointer: the same
+	// import again completes it; once indexed, it is refused.
+	runs := rdb.NewKeys(dst.ns).Runs()
+	if err := dst.rdb.ZRem(ctx, runs, run).Err(); err != nil {
+		t.Fatal(err)
+	}
+	reimport, err := dst.rc.Import(ctx, bytes.NewReader(exported.Bytes()), replay.ImportOptions{})
+	if err != nil {
+		t.Fatalf("import again after an import interrupted before its index: %v", err)
+	}
+	if reimport.Continued != res.Events {
+		t.Errorf("continued = %d, want all %d events", reimport.Continued, res.Events)
+	}
+	if err := dst.rdb.ZScore(ctx, runs, run).Err(); err != nil {
+		t.Fatalf("the completed import's run is not indexed: %v", err)
+	}
+	if _, err := dst.rc.Import(ctx, bytes.NewReader(exported.Bytes()), replay.ImportOptions{}); !errors.Is(err, replay.ErrRunExists) {
+		t.Fatalf("import of an imported run: %v, want ErrRunExists", err)
+	}
 	// Imported, not resumed: the queue messages are not part of an
 	// export, so verify reports both tasks lost.
 	rep, err := dst.rc.Verify(ctx, run)

@@ -35,37 +35,69 @@ const (
 	maxFieldsPerEvent = 18
 )
 
-// ImportConflict checks that run does not exist, or holds only a log whose
-// entries are a prefix of ids (event ids) and, where seqs[i] is not "",
-// of seqs (entry ids): what an interrupted import leaves. It returns that
-// prefix's length, or why the run is in the way ("" when it is not).
-func (d DB) ImportConflict(ctx context.Context, run string, ids, seqs []string) (done int, why string, err error) {
+// ImportCheck is what ImportConflict found of a run about to be imported.
+type ImportCheck struct {
+	// Done is the number of the export's events its log holds already
+	// (an interrupted import's prefix).
+	Done int
+	// StateWritten: the whole log and the state are there, and the run is
+	// not indexed: the import died before its last step (the index and
+	// the feed pointer), which is all that is left to do.
+	StateWritten bool
+	// Why the run is in the way ("" when it is not).
+	Why string
+}
+
+// ImportConflict checks that run does not exist, or holds what an
+// interrupted import of the same export leaves: a log whose entries are a
+// prefix of ids (event ids) and, where seqs[i] is not "", of seqs (entry
+// ids), with no other key; or the whole log with the state (and channel)
+// the import writes, not indexed.
+func (d DB) ImportConflict(ctx context.Context, run string, ids, seqs []string) (ImportCheck, error) {
 	k := d.K
+	state, channel := false, false
 	for _, key := range k.RunKeys(run) {
 		if key == k.RunLog(run) {
 			continue
 		}
 		n, err := d.C.Exists(ctx, key).Result()
 		if err != nil {
-			return 0, "", fmt.Errorf("check run %s: %w", run, err)
+			return ImportCheck{}, fmt.Errorf("check run %s: %w", run, err)
 		}
-		if n > 0 && key == k.RunState(run) {
-			return 0, "it has live state", nil
-		}
-		if n > 0 {
-			return 0, "key " + key + " exists", nil
+		switch {
+		case n == 0:
+		case key == k.RunState(run):
+			state = true
+		case key == k.RunChannel(run):
+			channel = true // written with the state, in one script
+		default:
+			return ImportCheck{Why: "key " + key + " exists"}, nil
 		}
 	}
+	live := ImportCheck{Why: "it has live state"}
+	if state {
+		channel = false // written with it
+	}
+	// A channel without state is left only by an interrupted import of a
+	// succeeded run (whose state it does not write) once its log is whole.
+	inTheWay := ImportCheck{Why: "key " + k.RunChannel(run) + " exists"}
+	done := 0
 	start := "-"
 	for {
 		msgs, err := d.C.XRangeN(ctx, k.RunLog(run), start, "+", 1000).Result()
 		if err != nil {
-			return 0, "", fmt.Errorf("check run %s: %w", run, err)
+			return ImportCheck{}, fmt.Errorf("check run %s: %w", run, err)
 		}
 		for _, m := range msgs {
 			id, _ := m.Values[events.FieldID].(string)
 			if done >= len(ids) || id != ids[done] || (seqs[done] != "" && m.ID != seqs[done]) {
-				return 0, "its log holds other events", nil
+				if state {
+					return live, nil
+				}
+				if channel {
+					return inTheWay, nil
+				}
+				return ImportCheck{Why: "its log holds other events"}, nil
 			}
 			done++
 		}
@@ -74,24 +106,41 @@ func (d DB) ImportConflict(ctx context.Context, run string, ids, seqs []string) 
 		}
 		start = "(" + msgs[len(msgs)-1].ID
 	}
-	if done == 0 || done < len(ids) {
-		return done, "", nil
+	if done < len(ids) {
+		if state {
+			return live, nil
+		}
+		if channel {
+			return inTheWay, nil
+		}
+		return ImportCheck{Done: done}, nil
 	}
-	// The whole log is there. A succeeded run keeps only its log, so an
-	// import that ended (the run is indexed, its last step) left just
-	// that: the run exists. Not indexed, the import was interrupted.
-	ended, err := d.LoggedEnd(ctx, run)
-	if err != nil {
-		return 0, "", fmt.Errorf("check run %s: %w", run, err)
-	}
-	if ended != "" {
-		if _, err := d.C.ZScore(ctx, k.Runs(), run).Result(); err == nil {
-			return 0, "it exists (a succeeded run, which keeps only its log)", nil
-		} else if !errors.Is(err, redis.Nil) {
-			return 0, "", fmt.Errorf("check run %s: %w", run, err)
+	// The whole log is there. Indexed, the import ended (the index is its
+	// last step), or the run is live: it exists. Not indexed, the import
+	// was interrupted. A succeeded run keeps only its log, so that is all
+	// an import of one leaves; an import of any other run leaves its state
+	// too, and has only the index left to write.
+	ended := ""
+	if !state {
+		var err error
+		if ended, err = d.LoggedEnd(ctx, run); err != nil {
+			return ImportCheck{}, fmt.Errorf("check run %s: %w", run, err)
 		}
 	}
-	return done, "", nil
+	if channel && ended == "" {
+		return inTheWay, nil
+	}
+	if state || ended != "" {
+		if _, err := d.C.ZScore(ctx, k.Runs(), run).Result(); err == nil {
+			if state {
+				return live, nil
+			}
+			return ImportCheck{Why: "it exists (a succeeded run, which keeps only its log)"}, nil
+		} else if !errors.Is(err, redis.Nil) {
+			return ImportCheck{}, fmt.Errorf("check run %s: %w", run, err)
+		}
+	}
+	return ImportCheck{Done: done, StateWritten: state}, nil
 }
 
 // LastLogID returns the id of run's last log entry ("" for no log).

@@ -68,11 +68,53 @@ func TestImportAppendChecksTheLogFirst(t *testing.T) {
 			t.Fatalf("ImportAppend after the state: %v, want ErrImportConflict", err)
 		}
 	})
-	t.Run("ImportConflict names the state", func(t *testing.T) {
-		if _, why, err := d.ImportConflict(ctx, "r", []string{"e1", "e2"}, []string{"", ""}); err != nil || why != "it has live state" {
-			t.Errorf("ImportConflict = %q, %v", why, err)
+	t.Run("ImportConflict finds an import interrupted before its index", func(t *testing.T) {
+		c, err := d.ImportConflict(ctx, "r", []string{"e1", "e2"}, []string{"", ""})
+		if err != nil || c != (rdb.ImportCheck{Done: 2, StateWritten: true}) {
+			t.Errorf("ImportConflict = %+v, %v; want the whole log there with its state", c, err)
 		}
 	})
+	t.Run("ImportConflict names the state of a run with other events or indexed", func(t *testing.T) {
+		if c, err := d.ImportConflict(ctx, "r", []string{"e1", "e2", "e3"}, []string{"", "", ""}); err != nil || c.Why != "it has live state" {
+			t.Errorf("ImportConflict of a longer export = %+v, %v", c, err)
+		}
+		if err := d.Reindex(ctx, "r", 1); err != nil {
+			t.Fatal(err)
+		}
+		if c, err := d.ImportConflict(ctx, "r", []string{"e1", "e2"}, []string{"", ""}); err != nil || c.Why != "it has live state" {
+			t.Errorf("ImportConflict of an indexed run = %+v, %v", c, err)
+		}
+	})
+}
+
+// An import of a succeeded run writes its log and its channel hash, no
+// state (a succeeded run keeps none): an importer that died after the
+// channel, before the index, left both, which the same import completes.
+func TestImportConflictOfASucceededRunWithAChannel(t *testing.T) {
+	t.Parallel()
+	ctx, d := adminSetup(t)
+	ids, seqs := []string{"e1", "e2", "e3"}, []string{"", "", ""}
+	if _, err := d.ImportAppend(ctx, "r", 0, []rdb.LogEntry{entry("e1", "run_submitted"), entry("e2", "task_dispatched")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.C.HSet(ctx, d.K.RunChannel("r"), "k", "v").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := d.ImportConflict(ctx, "r", ids, seqs); err != nil || c.Why != "key "+d.K.RunChannel("r")+" exists" {
+		t.Errorf("a channel beside a part of the log: ImportConflict = %+v, %v; want the channel in the way", c, err)
+	}
+	if _, err := d.ImportAppend(ctx, "r", 2, []rdb.LogEntry{entry("e3", "run_succeeded")}); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := d.ImportConflict(ctx, "r", ids, seqs); err != nil || c != (rdb.ImportCheck{Done: 3}) {
+		t.Errorf("the whole log of a succeeded run and its channel: ImportConflict = %+v, %v; want it completed", c, err)
+	}
+	if err := d.Reindex(ctx, "r", 1); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := d.ImportConflict(ctx, "r", ids, seqs); err != nil || c.Why == "" {
+		t.Errorf("indexed: ImportConflict = %+v, %v; want it in the way", c, err)
+	}
 }
 
 func TestResumeLeavesATaskThatMovedOnAlone(t *testing.T) {
