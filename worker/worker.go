@@ -486,7 +486,10 @@ func (w *Worker) fetch(ctx context.Context, part int, pool string) {
 				w.release(held)
 				res, err = w.db.ReadGroup(ctx, rdb.GroupWorkers, w.cfg.ID, streams, ">", 1, w.cfg.FetchBlock)
 				held = 0
-				if err == nil && len(res) > 0 {
+				// A read sent before a stop can return after it (go-redis
+				// does not cut a BLOCK on the wire short): what it read is
+				// given back, not claimed.
+				if err == nil && len(res) > 0 && ctx.Err() == nil {
 					// One message per band: when messages landed in several
 					// bands before the read, it returns one of each, maybe
 					// more than the free slots. Those the slots take are
@@ -514,6 +517,9 @@ func (w *Worker) fetch(ctx context.Context, part int, pool string) {
 			wait.Reset()
 			buf = w.startReserved(w.messages(res, claims, nil), held)
 			continue
+		}
+		if ctx.Err() != nil {
+			return // the buffered messages are given back
 		}
 		select {
 		case w.sem <- struct{}{}:
@@ -634,7 +640,8 @@ func (w *Worker) claimFresh(ctx context.Context, part int, res []rdb.Stream) map
 // requeueUnstarted gives back messages read but not started at shutdown:
 // a fresh copy is queued and ours acked (a crash in between leaves ours
 // pending, for the reclaimer; a duplicate copy is dropped at claim). A
-// message claimed by the fetch that read it has its claim handed back
+// message whose task we hold (a claim whose reply was lost; a read's
+// claims start at once and are not given back) has its claim handed back
 // first (a fresh copy of a task claimed by us would be refused as busy).
 func (w *Worker) requeueUnstarted(buf []message) {
 	if len(buf) == 0 {
