@@ -43,6 +43,12 @@ func (w *Worker) reclaim(ctx context.Context, stream string) error {
 	start := "0-0"
 	for {
 		free := w.tryAcquire(64)
+		if free == 0 && start == "0-0" {
+			var err error
+			if free, err = w.awaitSlotFor(ctx, stream); free == 0 {
+				return err
+			}
+		}
 		if free == 0 {
 			return nil
 		}
@@ -85,6 +91,27 @@ func (w *Worker) deliveries(ctx context.Context, stream string, msgs []rdb.Messa
 		ids[i] = m.ID
 	}
 	return w.db.Deliveries(ctx, stream, ids)
+}
+
+// awaitSlotFor waits, when every slot is busy and stream holds a message
+// past its lease, for a slot (up to ReclaimInterval), then takes the free
+// ones: the number taken. A worker that always has work would otherwise
+// never reclaim a dead worker's task: its fetch loops, waiting for a slot,
+// take each one freed ahead of the reclaimer's ticks. Waiting, the
+// reclaimer takes its turn among them.
+func (w *Worker) awaitSlotFor(ctx context.Context, stream string) (int, error) {
+	due, err := w.db.PendingPast(ctx, stream, rdb.GroupWorkers, w.cfg.Lease)
+	if err != nil || !due {
+		return 0, err
+	}
+	select {
+	case w.sem <- struct{}{}:
+		return 1 + w.tryAcquire(63), nil
+	case <-w.cfg.Clock.After(w.cfg.ReclaimInterval):
+		return 0, nil
+	case <-ctx.Done():
+		return 0, nil
+	}
 }
 
 // tryAcquire takes up to n free slots without blocking.

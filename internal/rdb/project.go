@@ -94,6 +94,17 @@ func (d DB) AutoClaim(ctx context.Context, stream, group, consumer string, minId
 	}).Result()
 }
 
+// PendingPast reports whether stream holds an entry of group pending
+// longer than minIdle (XPENDING with IDLE, one entry). A stream or group
+// that does not exist holds none.
+func (d DB) PendingPast(ctx context.Context, stream, group string, minIdle time.Duration) (bool, error) {
+	p, err := d.C.XPendingExt(ctx, &redis.XPendingExtArgs{Stream: stream, Group: group, Idle: minIdle, Start: "-", End: "+", Count: 1}).Result()
+	if IsNoGroup(err) {
+		return false, nil
+	}
+	return len(p) > 0, err
+}
+
 // LoadRun reads run's head and the first count entries of its log in one
 // round trip (the head first: a commit in between makes the caller's
 // commit conflict). status is the run's @status.
