@@ -79,3 +79,12 @@ func (r *Run) TallyMismatch() string {
 
 // CachedRuns is how many runs' folds p keeps.
 func (p *Projector) CachedRuns() int { return p.cachedRuns() }
+
+// RepairCursor is the registry loop's position in an automatic repair walk.
+type RepairCursor repairCursor
+
+// AutoRepairPass runs one pass of the automatic repair from cur, as the
+// registry loop does each interval while it holds the repair lock.
+func (p *Projector) AutoRepairPass(ctx context.Context, cur *RepairCursor) {
+	p.autoRepair(ctx, (*repairCursor)(cur))
+}

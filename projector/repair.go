@@ -8,6 +8,7 @@ import (
 
 	"github.com/graflow-go/graflow/events"
 	"github.com/graflow-go/graflow/internal/rdb"
+	"github.com/graflow-go/graflow/internal/retry"
 	"github.com/graflow-go/graflow/internal/tracing"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
@@ -79,21 +80,30 @@ const repairPage = 200
 // repairCursor is where the automatic repair walk of the run index is.
 type repairCursor struct {
 	walking bool
+	gen     int64 // the generation of the request the walk answers
 	next    int64
+	retry   bool // a run's repair failed on a transient error: walk again
 }
 
 // autoRepair runs the repair the workers asked for when XAUTOCLAIM told
 // them that pending queue entries were deleted (those entries carry no
 // fields, so their runs are found from the index): each pass repairs up to
 // repairPage running runs, until the whole index has been walked. The
-// caller holds the namespace's repair lock.
+// caller holds the namespace's repair lock. The request stays until a walk
+// has repaired every running run: a projector that stops mid-walk leaves
+// it for the next holder of the lock (which walks from the start: a repair
+// is idempotent), a run whose repair failed on a transient error has the
+// walk start over, and a request made during a walk outlives it.
 func (p *Projector) autoRepair(ctx context.Context, cur *repairCursor) {
 	if !cur.walking {
-		asked, err := p.db.RepairRequested(ctx, true)
-		if err != nil || !asked {
+		gen, err := p.db.RepairRequest(ctx)
+		if err != nil || gen == 0 {
+			if err != nil && ctx.Err() == nil {
+				p.log.Warn().Err(err).Msg("repair: read the request")
+			}
 			return
 		}
-		cur.walking, cur.next = true, 0
+		*cur = repairCursor{walking: true, gen: gen}
 		p.log.Warn().Msg("queue entries were deleted while pending: repairing the running runs from their logs")
 	}
 	runs, next, err := p.db.RunningRuns(ctx, cur.next, repairPage)
@@ -108,13 +118,25 @@ func (p *Projector) autoRepair(ctx context.Context, cur *repairCursor) {
 		switch {
 		case errors.Is(err, ErrNotRunning):
 		case err != nil:
-			if ctx.Err() == nil {
-				p.log.Warn().Err(err).Str("run", run).Msg("repair run")
+			if ctx.Err() != nil {
+				return // the walk is left unfinished: its request stays
 			}
+			again := retry.Transient(err)
+			cur.retry = cur.retry || again
+			p.log.Warn().Err(err).Str("run", run).Bool("again", again).Msg("repair run")
 		case len(ids) > 0:
 			p.log.Info().Str("run", run).Strs("tasks", ids).Msg("repair: re-dispatched tasks whose queue message may be gone")
 		}
 	}
-	cur.next = next
-	cur.walking = next != 0
+	if cur.next = next; next != 0 {
+		return
+	}
+	cur.walking = false
+	if cur.retry {
+		p.log.Warn().Msg("repair: some runs could not be repaired for a moment; walking the running runs again")
+		return
+	}
+	if err := p.db.RepairDone(ctx, cur.gen); err != nil && ctx.Err() == nil {
+		p.log.Warn().Err(err).Msg("repair: clear the request; the next pass walks again")
+	}
 }

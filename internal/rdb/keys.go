@@ -167,8 +167,9 @@ func (k Keys) RunChannel(run string) string { return k.run(run) + "channel" }
 // ("2:<P>"), written by the first process (see CheckLayout).
 func (k Keys) Layout() string { return k.ns + ":layout" }
 
-// RepairRequested is set when queue entries were deleted while pending: a
-// projector then repairs the running runs (rdb.Repair) and clears it.
+// RepairRequested counts the requests of a repair made when queue entries
+// were deleted while pending: a projector then repairs the running runs
+// (rdb.Repair) and clears it if no newer request came meanwhile.
 func (k Keys) RepairRequested() string { return k.ns + ":repair-requested" }
 
 // Quarantined maps quarantined runs to why (run id → reason): an index

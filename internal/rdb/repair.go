@@ -130,20 +130,35 @@ func (d DB) RunningRuns(ctx context.Context, start, n int64) (runs []string, nex
 
 // RequestRepair records that queue entries were deleted while pending (the
 // reclaimer saw XAUTOCLAIM report them): a projector then repairs every
-// running run (see Repair). Idempotent.
+// running run (see Repair). Each request bumps the request's generation,
+// so that one made while a repair walks is not cleared by that walk's end.
 func (d DB) RequestRepair(ctx context.Context) error {
-	return d.C.Set(ctx, d.K.RepairRequested(), "1", 0).Err()
+	return d.C.Incr(ctx, d.K.RepairRequested()).Err()
 }
 
-// RepairRequested reports whether a repair was requested, and clears the
-// request when clear is set (a repair pass starting over the whole index).
-func (d DB) RepairRequested(ctx context.Context, clear bool) (bool, error) {
-	var n int64
-	var err error
-	if clear {
-		n, err = d.C.Del(ctx, d.K.RepairRequested()).Result()
-	} else {
-		n, err = d.C.Exists(ctx, d.K.RepairRequested()).Result()
+// RepairRequest returns the generation of the repair request waiting for a
+// walk of every running run (0: none).
+func (d DB) RepairRequest(ctx context.Context) (int64, error) {
+	gen, err := d.C.Get(ctx, d.K.RepairRequested()).Int64()
+	if errors.Is(err, redis.Nil) {
+		return 0, nil
 	}
-	return n == 1, err
+	return gen, err
+}
+
+// repairDoneScript clears the repair request if it is still of the
+// generation a walk answered (a newer request keeps it).
+//
+// KEYS: 1 the request
+// ARGV: 1 the generation the walk answered
+// Reply: 1 cleared, 0 a newer request (or none)
+var repairDoneScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+`)
+
+// RepairDone clears the repair request of generation gen, once a walk
+// repaired every running run, unless a newer request came meanwhile.
+func (d DB) RepairDone(ctx context.Context, gen int64) error {
+	return repairDoneScript.Run(ctx, d.C, []string{d.K.RepairRequested()}, gen).Err()
 }
