@@ -65,7 +65,9 @@ func (w *Worker) reclaim(ctx context.Context, stream string) error {
 			// projector repairs every running run from its log.
 			w.log.Error().Strs("ids", deleted).Str("stream", stream).
 				Msg("pending queue entries were deleted from the stream; a projector re-dispatches their tasks from run state")
-			if err := w.db.RequestRepair(ctx); err != nil {
+			// XAUTOCLAIM has dropped them from the PEL: this request is
+			// all that is left of them, so it is retried like an outcome.
+			if err := w.redisRetry(ctx, func() error { return w.db.RequestRepair(ctx) }); err != nil {
 				w.log.Warn().Err(err).Msg("request a repair; run \"graflow repair --all\"")
 			}
 		}

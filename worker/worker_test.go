@@ -786,6 +786,52 @@ func TestAWorkerThatAlwaysHasWorkStillReclaims(t *testing.T) {
 	}
 }
 
+// XAUTOCLAIM drops a deleted pending entry from the PEL when it reports
+// it; the repair request the reclaimer then makes is all that is left of
+// it. A request that failed for a moment was logged and dropped, leaving
+// the task running for a dead worker with nothing to come back to it
+// (found by an audit).
+func TestARepairRequestThatFailsForAMomentIsMadeAgain(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	run := b.submit(t, events.TaskSpec{ID: "t", Handler: "ok"})
+	b.abandon(t, run, "t", 1)
+	q := b.db.K.Queue(0, "default", 0)
+	p, err := b.c.XPendingExt(b.ctx, &redis.XPendingExtArgs{Stream: q, Group: rdb.GroupWorkers, Start: "-", End: "+", Count: 10}).Result()
+	if err != nil || len(p) != 1 {
+		t.Fatalf("pending: %v %v", p, err)
+	}
+	if err := b.c.XDel(b.ctx, q, p[0].ID).Err(); err != nil {
+		t.Fatal(err)
+	}
+	c := redistest.Client(t)
+	hook := &redistest.FailOnce{Err: fmt.Errorf("injected: %w", syscall.ECONNRESET), Match: func(args []any) bool {
+		return len(args) > 1 && fmt.Sprint(args[0]) == "incr" && args[1] == b.db.K.RepairRequested()
+	}}
+	c.AddHook(hook)
+	cfg := b.config("rescuer")
+	cfg.Redis, cfg.ReclaimInterval = c, 20*time.Millisecond
+	b.start(t, cfg, map[string]worker.HandlerFunc{
+		"ok": func(ctx context.Context, task *worker.Task) (any, error) { return "ok", nil },
+	})
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		gen, err := b.db.RepairRequest(b.ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if hook.Failed() && gen > 0 {
+			return
+		}
+		select {
+		case <-tick.C:
+		case <-b.ctx.Done():
+			t.Fatalf("no repair requested for a deleted pending entry (the request failed once: %v)", hook.Failed())
+		}
+	}
+}
+
 func TestPoisonTaskFailsAndIsDeadLettered(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
