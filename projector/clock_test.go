@@ -78,15 +78,7 @@ func TestARetryIsDueWhenTheClockSaysSo(t *testing.T) {
 func TestADelayedStartIsDueWhenTheClockSaysSo(t *testing.T) {
 	t.Parallel()
 	b := setupLive(t)
-	clock := clockwork.NewFakeClockAt(time.Now())
-	sched, err := scheduler.New(scheduler.Config{Redis: b.rdb, Namespace: b.db.K.Namespace(), Clock: clock})
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := projector.New(projector.Config{Redis: b.rdb, Namespace: b.db.K.Namespace(), ID: "p1", Clock: clock})
-	if err != nil {
-		t.Fatal(err)
-	}
+	clock, sched, p := b.onFakeClock(t)
 	queued := func(run string) int64 {
 		n, err := b.rdb.XLen(b.ctx, b.db.K.QueueFor(run, events.DefaultPool, 0)).Result()
 		if err != nil {
@@ -133,4 +125,63 @@ func TestADelayedStartIsDueWhenTheClockSaysSo(t *testing.T) {
 			t.Fatalf("%s: when due: queued %d (%v), want 1", name, queued(run), err)
 		}
 	}
+}
+
+// One delayed-set member whose queue key holds another type made
+// delayed_move refuse the whole page, so every other due dispatch of the
+// partition (another pool's, another run's) stayed parked for good (found
+// by an audit).
+func TestOneBadQueueKeyHoldsNoOtherDelayedDispatchBack(t *testing.T) {
+	t.Parallel()
+	b := setupLive(t)
+	clock, sched, p := b.onFakeClock(t)
+	submit := func(pool string) string {
+		s := spec("t")
+		s.Pool = pool
+		s.StartAfterMS = time.Minute.Milliseconds()
+		run, _, err := sched.Submit(b.ctx, events.RunSubmittedBody{Workflow: "w", Tasks: []events.TaskSpec{s}}, scheduler.SubmitOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := p.Project(b.ctx, run); err != nil {
+			t.Fatal(err)
+		}
+		return run
+	}
+	bad := submit("broken")
+	good := submit("healthy")
+	// The broken pool's queue key holds a string (written by hand, or by
+	// another application sharing the namespace).
+	if err := b.rdb.Set(b.ctx, b.db.K.QueueFor(bad, "broken", 0), "x", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	clock.Advance(time.Minute)
+	var err error
+	for range 3 {
+		_, err = p.MoveDue(b.ctx, 0)
+	}
+	n, _ := b.rdb.XLen(b.ctx, b.db.K.QueueFor(good, "healthy", 0)).Result()
+	z, _ := b.rdb.ZCard(b.ctx, b.db.K.Delayed(0)).Result()
+	if n != 1 {
+		t.Errorf("the healthy run's due dispatch was never queued (queue length %d, delayed set %d members, mover error: %v)", n, z, err)
+	}
+	if z != 1 || err != nil {
+		t.Errorf("the broken pool's dispatch: delayed set %d members, mover error %v; want it parked there, no error", z, err)
+	}
+}
+
+// onFakeClock returns a fake clock and a scheduler and a projector of b's
+// namespace that read it.
+func (b liveBundle) onFakeClock(t *testing.T) (*clockwork.FakeClock, *scheduler.Scheduler, *projector.Projector) {
+	t.Helper()
+	clock := clockwork.NewFakeClockAt(time.Now())
+	sched, err := scheduler.New(scheduler.Config{Redis: b.rdb, Namespace: b.db.K.Namespace(), Clock: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := projector.New(projector.Config{Redis: b.rdb, Namespace: b.db.K.Namespace(), ID: "p1", Clock: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return clock, sched, p
 }

@@ -42,6 +42,10 @@ func (p *Projector) moveDelayed(ctx context.Context, parts []int) {
 	}
 }
 
+// stuckRetry is how long a due dispatch whose queue key holds another
+// type waits before the mover tries it again.
+const stuckRetry = time.Minute
+
 // moveDue moves partition part's due dispatches (a page of them) and
 // returns how long until its next one is due.
 func (p *Projector) moveDue(ctx context.Context, part int) (time.Duration, error) {
@@ -51,9 +55,13 @@ func (p *Projector) moveDue(ctx context.Context, part int) (time.Duration, error
 		return time.Second, err
 	}
 	if len(due) > 0 {
-		_, malformed, err := p.db.MoveDue(ctx, part, due)
+		_, malformed, stuck, err := p.db.MoveDue(ctx, part, due, now+stuckRetry.Milliseconds())
 		for _, m := range malformed {
 			p.log.Error().Int("partition", part).Str("entry", m).Msg("dropped a malformed delayed entry")
+		}
+		for _, x := range stuck {
+			p.log.Error().Int("partition", part).Str("entry", x.Member).Str("queue", x.Queue).
+				Dur("again_in", stuckRetry).Msg("a due dispatch cannot be queued: its queue key holds another type than a stream; it stays parked and moves once the key is fixed (deleted, or holding the stream)")
 		}
 		if err != nil {
 			return time.Second, err

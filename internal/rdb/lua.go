@@ -167,8 +167,7 @@ end
 // typesLua defines keystyped, which returns an error reply naming the
 // first of KEYS[from..] that holds another type than typ (nil when none
 // does): a script whose items each write one of those keys calls it
-// before its first write. Used by delayed_move (project.go) and
-// expire_results (result_ttl.go).
+// before its first write. Used by expire_results (result_ttl.go).
 const typesLua = `
 local function keystyped(from, typ)
   for i = from, #KEYS do

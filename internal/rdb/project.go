@@ -196,35 +196,59 @@ func (d DB) DueDispatches(ctx context.Context, part int, nowMS int64, n int) (du
 // delayedMoveScript moves due dispatches from a partition's delayed set to
 // their queue streams: each member is removed first and queued only if
 // this call removed it, so two movers never queue one dispatch twice. A
-// target of another type than a stream fails the call before any write.
+// member whose target holds another type than a stream (a key written by
+// hand or another application) is not moved but parked until later (its
+// score set to ARGV[2]) and reported: the others of the page move, and it
+// moves once its key is fixed.
 //
 // KEYS: 1 the delayed set, then the target queue streams
-// ARGV: n, then n x (member, target key index, run, task, attempt,
-// traceparent or "")
-// Reply: number moved
-var delayedMoveScript = redis.NewScript(enqueueLua + typesLua + `
--- Every target checked before the first write: a ZREM followed by a
--- failed XADD would lose the dispatch.
-local bad = keystyped(2, 'stream')
-if bad then return bad end
-local moved = 0
+// ARGV: 1 n, 2 when to look at a stuck member again (ms), then n x
+// (member, target key index, run, task, attempt, traceparent or "")
+// Reply: {moved, the stuck members' target keys and members, in pairs}
+var delayedMoveScript = redis.NewScript(enqueueLua + `
+local typeof = {}
+local moved, stuck = 0, {}
 for i = 0, tonumber(ARGV[1]) - 1 do
-  local a = 2 + 6 * i
-  if redis.call('ZREM', KEYS[1], ARGV[a]) == 1 then
-    enqueue(KEYS[tonumber(ARGV[a + 1])], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5])
+  local a = 3 + 6 * i
+  local key = KEYS[tonumber(ARGV[a + 1])]
+  local t = typeof[key]
+  if not t then
+    t = redis.call('TYPE', key)['ok']
+    typeof[key] = t
+  end
+  if t ~= 'stream' and t ~= 'none' then
+    -- Checked before the ZREM: a ZREM followed by a failed XADD would
+    -- lose the dispatch.
+    if redis.call('ZSCORE', KEYS[1], ARGV[a]) then -- not moved by another mover
+      redis.call('ZADD', KEYS[1], 'XX', ARGV[2], ARGV[a])
+      stuck[#stuck + 1] = key
+      stuck[#stuck + 1] = ARGV[a]
+    end
+  elseif redis.call('ZREM', KEYS[1], ARGV[a]) == 1 then
+    enqueue(key, ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5])
+    typeof[key] = 'stream'
     moved = moved + 1
   end
 end
-return moved
+return {moved, unpack(stuck)}
 `)
+
+// StuckDispatch is a due dispatch the delayed mover could not queue: its
+// queue key holds another type than a stream. It stays in the delayed set,
+// due again at the time MoveDue was given.
+type StuckDispatch struct {
+	Member, Queue string
+}
 
 // MoveDue queues the delayed-set members of partition part (from
 // DueDispatches) on their queue streams, each exactly once (see
-// delayedMoveScript). Malformed members are removed and returned.
-func (d DB) MoveDue(ctx context.Context, part int, members []string) (moved int64, malformed []string, err error) {
+// delayedMoveScript). Malformed members are removed and returned; members
+// whose queue key holds another type are parked until retryMS and
+// returned as stuck.
+func (d DB) MoveDue(ctx context.Context, part int, members []string, retryMS int64) (moved int64, malformed []string, stuck []StuckDispatch, err error) {
 	keys := []string{d.K.Delayed(part)}
 	var targets keyIndex
-	args := []any{0}
+	args := []any{0, retryMS}
 	n := 0
 	for _, m := range members {
 		x, err := ParseDispatch(m)
@@ -241,15 +265,27 @@ func (d DB) MoveDue(ctx context.Context, part int, members []string) (moved int6
 			ms[i] = m
 		}
 		if err := d.C.ZRem(ctx, d.K.Delayed(part), ms...).Err(); err != nil {
-			return 0, malformed, err
+			return 0, malformed, nil, err
 		}
 	}
 	if n == 0 {
-		return 0, malformed, nil
+		return 0, malformed, nil, nil
 	}
 	args[0] = n
-	moved, err = delayedMoveScript.Run(ctx, d.C, keys, args...).Int64()
-	return moved, malformed, err
+	reply, err := delayedMoveScript.Run(ctx, d.C, keys, args...).Slice()
+	if err != nil {
+		return 0, malformed, nil, err
+	}
+	if len(reply) == 0 {
+		return 0, malformed, nil, fmt.Errorf("delayed_move: an empty reply")
+	}
+	moved, _ = reply[0].(int64)
+	for i := 1; i+1 < len(reply); i += 2 {
+		q, _ := reply[i].(string)
+		m, _ := reply[i+1].(string)
+		stuck = append(stuck, StuckDispatch{Member: m, Queue: q})
+	}
+	return moved, malformed, stuck, nil
 }
 
 // quarantineScript sets a running run aside for good: appends

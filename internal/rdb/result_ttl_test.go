@@ -128,9 +128,12 @@ func TestReadResultOfMissingRunAndPendingTask(t *testing.T) {
 }
 
 // The movers check their targets before their first write: a queue or a
-// results hash of the wrong type fails the call with the delayed dispatch
-// or the expiry still in its set (each was removed first, then the write
-// failed: the dispatch was lost for good, the expiry forgotten).
+// results hash of the wrong type leaves the delayed dispatch or the expiry
+// in its set (each was removed first, then the write failed: the dispatch
+// was lost for good, the expiry forgotten). A dispatch whose queue holds
+// another type is parked until later and reported, and the other due
+// dispatches move (one such key held every due dispatch of its partition
+// back: found by an audit).
 func TestDelayedMoversWriteNothingToAWrongTypedTarget(t *testing.T) {
 	t.Parallel()
 	t.Run("delayed dispatch", func(t *testing.T) {
@@ -148,11 +151,28 @@ func TestDelayedMoversWriteNothingToAWrongTypedTarget(t *testing.T) {
 		if err := b.c.Set(b.ctx, q, "not a stream", 0).Err(); err != nil {
 			t.Fatal(err)
 		}
-		if n, _, err := b.db.MoveDue(b.ctx, part, []string{x.String()}); err == nil {
-			t.Fatalf("MoveDue onto a string moved %d, no error", n)
+		healthy := rdb.Dispatch{Pool: "other", DueMS: 1000, Run: b.run, Task: "b", Attempt: 1, EventID: ulid.Make().String()}
+		if err := b.c.ZAdd(b.ctx, b.db.K.Delayed(part), redis.Z{Score: 1000, Member: healthy.String()}).Err(); err != nil {
+			t.Fatal(err)
 		}
-		if _, err := b.c.ZScore(b.ctx, b.db.K.Delayed(part), x.String()).Result(); err != nil {
-			t.Errorf("the delayed dispatch is gone from its set (%v): lost", err)
+		n, _, stuck, err := b.db.MoveDue(b.ctx, part, []string{x.String(), healthy.String()}, 9000)
+		if err != nil || n != 1 {
+			t.Fatalf("MoveDue of a dispatch onto a string and one onto a stream = %d, %v; want the second moved", n, err)
+		}
+		if len(stuck) != 1 || stuck[0] != (rdb.StuckDispatch{Member: x.String(), Queue: q}) {
+			t.Errorf("stuck = %+v, want %s onto %s", stuck, x.String(), q)
+		}
+		if at, err := b.c.ZScore(b.ctx, b.db.K.Delayed(part), x.String()).Result(); err != nil || at != 9000 {
+			t.Errorf("the stuck dispatch's due time is %v (%v): want it parked until 9000", at, err)
+		}
+		if l, err := b.c.XLen(b.ctx, b.db.K.Queue(part, "other", 0)).Result(); err != nil || l != 1 {
+			t.Errorf("the other dispatch's queue holds %d (%v), want 1", l, err)
+		}
+		if err := b.c.Del(b.ctx, q).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if n, _, stuck, err := b.db.MoveDue(b.ctx, part, []string{x.String()}, 9000); err != nil || n != 1 || len(stuck) != 0 {
+			t.Errorf("once its key is fixed, MoveDue = %d, %v, %v; want it moved", n, stuck, err)
 		}
 	})
 	t.Run("result expiry", func(t *testing.T) {

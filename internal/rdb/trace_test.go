@@ -48,8 +48,8 @@ func TestQueueMessagesCarryATraceparentOnlyWhenSet(t *testing.T) {
 	if err != nil || len(due) != 2 {
 		t.Fatalf("due = %v, %v; want 2 members", due, err)
 	}
-	if moved, bad, err := b.db.MoveDue(b.ctx, b.db.K.Partition(b.run), due); err != nil || moved != 2 || len(bad) != 0 {
-		t.Fatalf("MoveDue = %d, %v, %v", moved, bad, err)
+	if moved, bad, stuck, err := b.db.MoveDue(b.ctx, b.db.K.Partition(b.run), due, 6000); err != nil || moved != 2 || len(bad) != 0 || len(stuck) != 0 {
+		t.Fatalf("MoveDue = %d, %v, %v, %v", moved, bad, stuck, err)
 	}
 	msgs, err = b.c.XRange(b.ctx, queue, "-", "+").Result()
 	if err != nil || len(msgs) != 4 {
