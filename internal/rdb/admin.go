@@ -454,7 +454,9 @@ local st, a, e, o = getrec(KEYS[1], ARGV[1])
 if st ~= 'failed' or (run ~= 'failed' and run ~= 'running') then
   return {'refused', st, run or ''}
 end
-local bad = notwritable(KEYS[3], 'stream')
+-- Every key appended to checked before the first write: a script's
+-- writes stay when a later command fails.
+local bad = notwritable(KEYS[3], 'stream') or notwritable(KEYS[2], 'stream')
 if bad then return bad end
 setrec(KEYS[1], ARGV[1], 'pending', a, e, '')
 -- A reopened run must not expire while it runs (RunTTL set it when it

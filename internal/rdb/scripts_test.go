@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"strconv"
 	"testing"
 	"time"
@@ -934,6 +935,37 @@ func TestAHeartbeatOrFinishAfterARequeueOfItsClaimIsBenign(t *testing.T) {
 	}
 	if log := b.log(t); len(log) != n {
 		t.Errorf("they appended %d events (last %s); want none", len(log)-n, log[len(log)-1].Type)
+	}
+}
+
+// A requeue refused by its run's log (a key of another type) writes
+// nothing: it set the task's record to pending and removed the run's TTLs
+// before the append failed, leaving the task pending in a failed run that
+// no projector would look at, and a requeue tried again refused as "not
+// failed" (found by an audit).
+func TestARequeueRefusedByItsLogWritesNothing(t *testing.T) {
+	t.Parallel()
+	b := setupRun(t)
+	cr := b.claim(t, "a", "w1", 1, false)
+	failed := rdb.FinishArgs{Run: b.run, Task: "a", Worker: "w1", Attempt: 1, Epoch: cr.Epoch,
+		EventID: ulid.Make().String(), RejectID: ulid.Make().String(), TimeMS: 4000, Type: events.TaskFailed, Status: "failed"}
+	failed.Body = events.Event{}.WithBody(events.TaskFailedBody{Error: "boom", Kind: events.FailureError, Final: true}).Body
+	if _, err := b.db.Finish(b.ctx, failed); err != nil {
+		t.Fatal(err)
+	}
+	before := b.hash(t, b.db.K.RunState(b.run))
+	logKey := b.db.K.RunLog(b.run)
+	if err := b.c.Rename(b.ctx, logKey, logKey+":saved").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.c.Set(b.ctx, logKey, "not a stream", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.db.Requeue(b.ctx, b.run, "a", "client", ulid.Make().String(), 4500, []byte(`{}`)); err == nil {
+		t.Fatal("a requeue onto a log of another type succeeded")
+	}
+	if after := b.hash(t, b.db.K.RunState(b.run)); !maps.Equal(before, after) {
+		t.Errorf("the refused requeue changed the run's state:\nbefore %v\nafter  %v", before, after)
 	}
 }
 
