@@ -43,7 +43,8 @@ func (p *Projector) moveDelayed(ctx context.Context, parts []int) {
 }
 
 // stuckRetry is how long a due dispatch whose queue key holds another
-// type waits before the mover tries it again.
+// type (or a result expiry whose state key does) waits before the mover
+// tries it again.
 const stuckRetry = time.Minute
 
 // moveDue moves partition part's due dispatches (a page of them) and
@@ -78,7 +79,11 @@ func (p *Projector) moveDue(ctx context.Context, part int) (time.Duration, error
 // and returns how long until its next one is due.
 func (p *Projector) expireDue(ctx context.Context, part int) (time.Duration, error) {
 	now := p.cfg.Clock.Now().UnixMilli()
-	n, next, err := p.db.ExpireResults(ctx, part, now, 256)
+	n, next, stuck, err := p.db.ExpireResults(ctx, part, now, now+stuckRetry.Milliseconds(), 256)
+	for _, m := range stuck {
+		p.log.Error().Int("partition", part).Str("entry", m).Dur("again_in", stuckRetry).
+			Msg("a stored result cannot be expired: its run's state key holds another type than a hash; its expiry stays parked")
+	}
 	if err != nil {
 		return time.Second, err
 	}

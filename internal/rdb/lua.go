@@ -164,22 +164,6 @@ local function chunked(cmd, key, t, i, j)
 end
 `
 
-// typesLua defines keystyped, which returns an error reply naming the
-// first of KEYS[from..] that holds another type than typ (nil when none
-// does): a script whose items each write one of those keys calls it
-// before its first write. Used by expire_results (result_ttl.go).
-const typesLua = `
-local function keystyped(from, typ)
-  for i = from, #KEYS do
-    local t = redis.call('TYPE', KEYS[i])['ok']
-    if t ~= typ and t ~= 'none' then
-      return redis.error_reply('WRONGTYPE ' .. KEYS[i] .. ' holds a ' .. t .. ', not a ' .. typ)
-    end
-  end
-  return nil
-end
-`
-
 // enqueueLua defines enqueue, the one writer of a queue message (the
 // fields MsgRun, MsgTask, MsgAttempt, MsgTrace): run, task, attempt, and the dispatching
 // span's traceparent only when there is one. A message on a band above 0

@@ -73,41 +73,55 @@ func (d DB) ReadResult(ctx context.Context, run, task string) (StoredResult, err
 // expireResultsScript deletes due stored results: each member of the
 // partition's expiry set that is still due (a later store moves its
 // score on) is removed, and only then is its result deleted, so two
-// movers never race a fresh result away.
+// movers never race a fresh result away. A member whose state hash holds
+// another type (written by hand or another application) is not removed
+// but parked until ARGV[2] and reported: the rest of the page expires.
 //
 // KEYS: 1 the expiry set, then the runs' state hashes
-// ARGV: 1 now ms, 2 n, then n x (member, results key index, task)
-// Reply: number of results deleted
-var expireResultsScript = redis.NewScript(typesLua + `
--- Every state hash checked before the first write: a ZREM followed by a
--- failed HDEL would forget the expiry.
-local bad = keystyped(2, 'hash')
-if bad then return bad end
-local now, gone = tonumber(ARGV[1]), 0
-for i = 0, tonumber(ARGV[2]) - 1 do
-  local a = 3 + 3 * i
+// ARGV: 1 now ms, 2 when to look at a stuck member again (ms), 3 n, then
+// n x (member, results key index, task)
+// Reply: {number of results deleted, the stuck members...}
+var expireResultsScript = redis.NewScript(`
+local now, gone, stuck, typeof = tonumber(ARGV[1]), 0, {}, {}
+for i = 0, tonumber(ARGV[3]) - 1 do
+  local a = 4 + 3 * i
+  local key = KEYS[tonumber(ARGV[a + 1])]
   local due = redis.call('ZSCORE', KEYS[1], ARGV[a])
   if due and tonumber(due) <= now then
-    redis.call('ZREM', KEYS[1], ARGV[a])
-    gone = gone + redis.call('HDEL', KEYS[tonumber(ARGV[a + 1])], '@r:' .. ARGV[a + 2])
+    local t = typeof[key]
+    if not t then
+      t = redis.call('TYPE', key)['ok']
+      typeof[key] = t
+    end
+    -- Checked before the ZREM: a ZREM followed by a failed HDEL would
+    -- forget the expiry.
+    if t ~= 'hash' and t ~= 'none' then
+      redis.call('ZADD', KEYS[1], 'XX', ARGV[2], ARGV[a])
+      stuck[#stuck + 1] = ARGV[a]
+    else
+      redis.call('ZREM', KEYS[1], ARGV[a])
+      gone = gone + redis.call('HDEL', key, '@r:' .. ARGV[a + 2])
+    end
   end
 end
-return gone
+return {gone, unpack(stuck)}
 `)
 
 // ExpireResults deletes up to n stored results of partition part that are
 // due at nowMS, and returns how many it deleted and the due time of the
-// earliest expiry left (0: none).
-func (d DB) ExpireResults(ctx context.Context, part int, nowMS int64, n int) (deleted int64, next int64, err error) {
+// earliest expiry left (0: none). A result whose run's state hash holds
+// another type is not deleted: its expiry is parked until retryMS and
+// returned in stuck.
+func (d DB) ExpireResults(ctx context.Context, part int, nowMS, retryMS int64, n int) (deleted, next int64, stuck []string, err error) {
 	set := d.K.Expiries(part)
 	due, err := d.C.ZRangeArgs(ctx, redis.ZRangeArgs{Key: set, Start: "-inf", Stop: strconv.FormatInt(nowMS, 10), ByScore: true, Count: int64(n)}).Result()
 	if err != nil {
-		return 0, 0, fmt.Errorf("read the result expiries of partition %d: %w", part, err)
+		return 0, 0, nil, fmt.Errorf("read the result expiries of partition %d: %w", part, err)
 	}
 	if len(due) > 0 {
 		keys := []string{set}
 		var targets keyIndex
-		args := []any{nowMS, 0}
+		args := []any{nowMS, retryMS, 0}
 		var malformed []any
 		for _, m := range due {
 			run, task, ok := strings.Cut(m, "|")
@@ -119,22 +133,31 @@ func (d DB) ExpireResults(ctx context.Context, part int, nowMS int64, n int) (de
 		}
 		if len(malformed) > 0 {
 			if err := d.C.ZRem(ctx, set, malformed...).Err(); err != nil {
-				return 0, 0, fmt.Errorf("drop malformed result expiries of partition %d: %w", part, err)
+				return 0, 0, nil, fmt.Errorf("drop malformed result expiries of partition %d: %w", part, err)
 			}
 		}
-		if n := (len(args) - 2) / 3; n > 0 {
-			args[1] = n
-			if deleted, err = expireResultsScript.Run(ctx, d.C, keys, args...).Int64(); err != nil {
-				return 0, 0, fmt.Errorf("expire results of partition %d: %w", part, err)
+		if n := (len(args) - 3) / 3; n > 0 {
+			args[2] = n
+			reply, err := expireResultsScript.Run(ctx, d.C, keys, args...).Slice()
+			if err != nil {
+				return 0, 0, nil, fmt.Errorf("expire results of partition %d: %w", part, err)
+			}
+			if len(reply) > 0 {
+				deleted, _ = reply[0].(int64)
+			}
+			for _, m := range reply[min(1, len(reply)):] {
+				if m, ok := m.(string); ok {
+					stuck = append(stuck, m)
+				}
 			}
 		}
 	}
 	first, err := d.C.ZRangeWithScores(ctx, set, 0, 0).Result()
 	if err != nil {
-		return deleted, 0, fmt.Errorf("read the result expiries of partition %d: %w", part, err)
+		return deleted, 0, stuck, fmt.Errorf("read the result expiries of partition %d: %w", part, err)
 	}
 	if len(first) > 0 {
 		next = max(int64(first[0].Score), 1)
 	}
-	return deleted, next, nil
+	return deleted, next, stuck, nil
 }

@@ -1,6 +1,7 @@
 package rdb_test
 
 import (
+	"slices"
 	"strconv"
 	"testing"
 
@@ -39,7 +40,7 @@ func TestResultTTLStoresThenExpires(t *testing.T) {
 	}
 
 	// Not due yet: nothing deleted, the next due time reported.
-	n, next, err := b.db.ExpireResults(b.ctx, part, due-1, 10)
+	n, next, _, err := b.db.ExpireResults(b.ctx, part, due-1, due+60000, 10)
 	if err != nil || n != 0 || next != due {
 		t.Fatalf("ExpireResults before due = %d, %d, %v; want 0, %d", n, next, err, due)
 	}
@@ -53,7 +54,7 @@ func TestResultTTLStoresThenExpires(t *testing.T) {
 	}
 
 	// Due: deleted, the expiry field kept, the set emptied.
-	n, next, err = b.db.ExpireResults(b.ctx, part, due, 10)
+	n, next, _, err = b.db.ExpireResults(b.ctx, part, due, due+60000, 10)
 	if err != nil || n != 1 || next != 0 {
 		t.Fatalf("ExpireResults at due = %d, %d, %v; want 1, 0", n, next, err)
 	}
@@ -63,7 +64,7 @@ func TestResultTTLStoresThenExpires(t *testing.T) {
 	if got := b.hash(t, b.db.K.RunState(b.run))[field]; got != strconv.Itoa(due) {
 		t.Fatalf("state %s after expiry = %q, want it kept", field, got)
 	}
-	if n, _, err := b.db.ExpireResults(b.ctx, part, due+1000, 10); err != nil || n != 0 {
+	if n, _, _, err := b.db.ExpireResults(b.ctx, part, due+1000, due+60000, 10); err != nil || n != 0 {
 		t.Fatalf("ExpireResults again = %d, %v; want 0", n, err)
 	}
 	s, err = b.db.ReadResult(b.ctx, b.run, "a")
@@ -104,7 +105,7 @@ func TestResultTTLLaterStoreWins(t *testing.T) {
 	if err := b.c.ZAdd(b.ctx, b.db.K.Expiries(part), redis.Z{Score: 20000, Member: b.run + "|a"}).Err(); err != nil {
 		t.Fatal(err)
 	}
-	if n, next, err := b.db.ExpireResults(b.ctx, part, 9000, 10); err != nil || n != 0 || next != 20000 {
+	if n, next, _, err := b.db.ExpireResults(b.ctx, part, 9000, 69000, 10); err != nil || n != 0 || next != 20000 {
 		t.Fatalf("ExpireResults = %d, %d, %v; want 0, 20000", n, next, err)
 	}
 	if _, ok := b.results(t)["a"]; !ok {
@@ -131,9 +132,10 @@ func TestReadResultOfMissingRunAndPendingTask(t *testing.T) {
 // results hash of the wrong type leaves the delayed dispatch or the expiry
 // in its set (each was removed first, then the write failed: the dispatch
 // was lost for good, the expiry forgotten). A dispatch whose queue holds
-// another type is parked until later and reported, and the other due
-// dispatches move (one such key held every due dispatch of its partition
-// back: found by an audit).
+// another type, or an expiry whose state key does, is parked until later
+// and reported, and the rest of the page moves (one such key failed the
+// whole call, holding every due dispatch or expiry of its partition back:
+// found by an audit).
 func TestDelayedMoversWriteNothingToAWrongTypedTarget(t *testing.T) {
 	t.Parallel()
 	t.Run("delayed dispatch", func(t *testing.T) {
@@ -189,11 +191,22 @@ func TestDelayedMoversWriteNothingToAWrongTypedTarget(t *testing.T) {
 		if err := b.c.Set(b.ctx, res, "not a hash", 0).Err(); err != nil {
 			t.Fatal(err)
 		}
-		if n, _, err := b.db.ExpireResults(b.ctx, part, 2000, 10); err == nil {
-			t.Fatalf("ExpireResults on a string deleted %d, no error", n)
+		other := "R" + ulid.Make().String() // another run of the partition: its result expires
+		if b.db.K.Partition(other) != part {
+			t.Fatalf("setup: runs in partitions %d and %d", part, b.db.K.Partition(other))
 		}
-		if _, err := b.c.ZScore(b.ctx, b.db.K.Expiries(part), b.run+"|a").Result(); err != nil {
-			t.Errorf("the expiry is gone from its set (%v): forgotten", err)
+		if err := b.c.HSet(b.ctx, b.db.K.RunState(other), rdb.ResultField("a"), "1").Err(); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.c.ZAdd(b.ctx, b.db.K.Expiries(part), redis.Z{Score: 1500, Member: other + "|a"}).Err(); err != nil {
+			t.Fatal(err)
+		}
+		n, _, stuck, err := b.db.ExpireResults(b.ctx, part, 2000, 9000, 10)
+		if err != nil || n != 1 || !slices.Equal(stuck, []string{b.run + "|a"}) {
+			t.Fatalf("ExpireResults of an expiry on a string and one on a hash = %d, %v, %v; want the second deleted, the first stuck", n, stuck, err)
+		}
+		if at, err := b.c.ZScore(b.ctx, b.db.K.Expiries(part), b.run+"|a").Result(); err != nil || at != 9000 {
+			t.Errorf("the stuck expiry's due time is %v (%v): want it parked until 9000", at, err)
 		}
 	})
 }

@@ -421,7 +421,7 @@ func TestEveryScriptAndMultiTouchesOneSlot(t *testing.T) {
 	// Phase 8: d's result expired (result TTL): deleted by the
 	// projector's mover already, or now.
 	keys := rdb.NewKeys(ns)
-	if _, _, err := db.ExpireResults(ctx, keys.Partition(run), time.Now().Add(time.Hour).UnixMilli(), 100); err != nil {
+	if _, _, _, err := db.ExpireResults(ctx, keys.Partition(run), time.Now().Add(time.Hour).UnixMilli(), time.Now().Add(2*time.Hour).UnixMilli(), 100); err != nil {
 		t.Fatal(err)
 	}
 	if n, err := plain.HExists(ctx, keys.RunState(run), rdb.ResultField("d")).Result(); err != nil || n {
