@@ -63,8 +63,8 @@ func TestARepairWalkCutShortIsFinishedByAnotherProjector(t *testing.T) {
 		rec, _ := b.db.TaskRecord(b.ctx, ids[runs-1], "t")
 		t.Errorf("%d messages queued for %d dispatched tasks; run %s's task is %s with none", n, runs, ids[runs-1], rec.Status)
 	}
-	if gen, err := b.db.RepairRequest(b.ctx); err != nil || gen != 0 {
-		t.Errorf("repair request after a whole walk: %d, %v; want cleared", gen, err)
+	if gen, err := b.db.RepairRequest(b.ctx); err != nil || len(gen) != 0 {
+		t.Errorf("repair request after a whole walk: %v, %v; want cleared", gen, err)
 	}
 }
 
@@ -109,12 +109,12 @@ func TestARepairRequestMadeDuringAWalkOutlivesIt(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.AutoRepairPass(b.ctx, &cur) // the last one: the walk ends
-	if gen, err := b.db.RepairRequest(b.ctx); err != nil || gen == 0 {
-		t.Fatalf("repair request after a walk that began before it: %d, %v; want it kept", gen, err)
+	if gen, err := b.db.RepairRequest(b.ctx); err != nil || len(gen) == 0 {
+		t.Fatalf("repair request after a walk that began before it: %v, %v; want it kept", gen, err)
 	}
 	p.AutoRepairPass(b.ctx, &cur) // a walk answering it
 	p.AutoRepairPass(b.ctx, &cur)
-	if gen, err := b.db.RepairRequest(b.ctx); err != nil || gen != 0 {
-		t.Errorf("repair request after a walk that answered it: %d, %v; want cleared", gen, err)
+	if gen, err := b.db.RepairRequest(b.ctx); err != nil || len(gen) != 0 {
+		t.Errorf("repair request after a walk that answered it: %v, %v; want cleared", gen, err)
 	}
 }

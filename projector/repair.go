@@ -80,7 +80,7 @@ const repairPage = 200
 // repairCursor is where the automatic repair walk of the run index is.
 type repairCursor struct {
 	walking bool
-	gen     int64 // the generation of the request the walk answers
+	reqs    rdb.RepairRequests // the requests the walk answers
 	next    int64
 	retry   bool // a run's repair failed on a transient error: walk again
 }
@@ -96,14 +96,14 @@ type repairCursor struct {
 // walk start over, and a request made during a walk outlives it.
 func (p *Projector) autoRepair(ctx context.Context, cur *repairCursor) {
 	if !cur.walking {
-		gen, err := p.db.RepairRequest(ctx)
-		if err != nil || gen == 0 {
+		reqs, err := p.db.RepairRequest(ctx)
+		if err != nil || len(reqs) == 0 {
 			if err != nil && ctx.Err() == nil {
-				p.log.Warn().Err(err).Msg("repair: read the request")
+				p.log.Warn().Err(err).Msg("repair: read the requests")
 			}
 			return
 		}
-		*cur = repairCursor{walking: true, gen: gen}
+		*cur = repairCursor{walking: true, reqs: reqs}
 		p.log.Warn().Msg("queue entries were deleted while pending: repairing the running runs from their logs")
 	}
 	runs, next, err := p.db.RunningRuns(ctx, cur.next, repairPage)
@@ -136,7 +136,7 @@ func (p *Projector) autoRepair(ctx context.Context, cur *repairCursor) {
 		p.log.Warn().Msg("repair: some runs could not be repaired for a moment; walking the running runs again")
 		return
 	}
-	if err := p.db.RepairDone(ctx, cur.gen); err != nil && ctx.Err() == nil {
+	if err := p.db.RepairDone(ctx, cur.reqs); err != nil && ctx.Err() == nil {
 		p.log.Warn().Err(err).Msg("repair: clear the request; the next pass walks again")
 	}
 }

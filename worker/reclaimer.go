@@ -52,24 +52,21 @@ func (w *Worker) reclaim(ctx context.Context, stream string) error {
 		if free == 0 {
 			return nil
 		}
-		msgs, next, deleted, err := w.db.AutoClaim(ctx, stream, rdb.GroupWorkers, w.cfg.ID, w.cfg.Lease, start, free)
+		msgs, next, deleted, err := w.db.Reclaim(ctx, stream, w.cfg.ID, w.cfg.Lease, start, free)
 		if err != nil {
 			w.release(free)
 			return err
 		}
 		if len(deleted) > 0 {
-			// Only an external XDEL/XTRIM deletes a pending entry (our
-			// trims and clean-ups remove acked entries only). XAUTOCLAIM dropped them from the PEL; the
-			// tasks are still dispatched/running in their runs' state. The
-			// entries carry no fields, so their runs are unknown here: a
-			// projector repairs every running run from its log.
+			// Only an external XDEL/XTRIM (or writes lost in a failover)
+			// deletes a pending entry (our trims and clean-ups remove acked
+			// entries only). XAUTOCLAIM dropped them from the PEL; the tasks
+			// are still dispatched/running in their runs' state. The entries
+			// carry no fields, so their runs are unknown here: the reclaim
+			// script requested a repair in the same step, and a projector
+			// repairs every running run from its log.
 			w.log.Error().Strs("ids", deleted).Str("stream", stream).
 				Msg("pending queue entries were deleted from the stream; a projector re-dispatches their tasks from run state")
-			// XAUTOCLAIM has dropped them from the PEL: this request is
-			// all that is left of them, so it is retried like an outcome.
-			if err := w.redisRetry(ctx, func() error { return w.db.RequestRepair(ctx) }); err != nil {
-				w.log.Warn().Err(err).Msg("request a repair; run \"graflow repair --all\"")
-			}
 		}
 		deliveries := w.deliveries(ctx, stream, msgs)
 		for i, m := range msgs {

@@ -787,11 +787,12 @@ func TestAWorkerThatAlwaysHasWorkStillReclaims(t *testing.T) {
 }
 
 // XAUTOCLAIM drops a deleted pending entry from the PEL when it reports
-// it; the repair request the reclaimer then makes is all that is left of
-// it. A request that failed for a moment was logged and dropped, leaving
-// the task running for a dead worker with nothing to come back to it
-// (found by an audit).
-func TestARepairRequestThatFailsForAMomentIsMadeAgain(t *testing.T) {
+// it: the reclaimer's repair request was all that was left of it, made in
+// a call of its own, so a reclaim whose reply was lost (or a worker that
+// died in between, or a request that failed for a moment) left the task
+// running for a dead worker with nothing to come back to it (found by an
+// audit). The reclaim script requests the repair in the same step.
+func TestAReclaimWhoseReplyIsLostStillRequestsTheRepair(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	run := b.submit(t, events.TaskSpec{ID: "t", Handler: "ok"})
@@ -805,8 +806,10 @@ func TestARepairRequestThatFailsForAMomentIsMadeAgain(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := redistest.Client(t)
-	hook := &redistest.FailOnce{Err: fmt.Errorf("injected: %w", syscall.ECONNRESET), Match: func(args []any) bool {
-		return len(args) > 1 && fmt.Sprint(args[0]) == "incr" && args[1] == b.db.K.RepairRequested()
+	hook := &redistest.FailOnce{AfterSend: true, Err: fmt.Errorf("injected: %w", syscall.ECONNRESET), Match: func(args []any) bool {
+		name := fmt.Sprint(args[0])
+		return name == "xautoclaim" && len(args) > 1 && args[1] == q || // a command of its own
+			(name == "evalsha" || name == "eval") && len(args) > 3 && args[3] == q // a script on the queue
 	}}
 	c.AddHook(hook)
 	cfg := b.config("rescuer")
@@ -817,17 +820,17 @@ func TestARepairRequestThatFailsForAMomentIsMadeAgain(t *testing.T) {
 	tick := time.NewTicker(5 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		gen, err := b.db.RepairRequest(b.ctx)
+		reqs, err := b.db.RepairRequest(b.ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if hook.Failed() && gen > 0 {
+		if hook.Failed() && len(reqs) > 0 {
 			return
 		}
 		select {
 		case <-tick.C:
 		case <-b.ctx.Done():
-			t.Fatalf("no repair requested for a deleted pending entry (the request failed once: %v)", hook.Failed())
+			t.Fatalf("no repair requested for a deleted pending entry (a reclaim's reply was lost: %v)", hook.Failed())
 		}
 	}
 }

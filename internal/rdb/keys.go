@@ -172,6 +172,22 @@ func (k Keys) Layout() string { return k.ns + ":layout" }
 // (rdb.Repair) and clears it if no newer request came meanwhile.
 func (k Keys) RepairRequested() string { return k.ns + ":repair-requested" }
 
+// RepairRequestedIn is partition n's repair request (RepairRequested's
+// kind), set by the reclaim script in the step that finds its queue
+// entries deleted. (Not "r…": a partition's keys that start with "r:" are
+// its runs'.)
+func (k Keys) RepairRequestedIn(n int) string { return k.tag(n) + "wants-repair" }
+
+// RepairRequests lists every key a repair request may be in: the
+// namespace's and each partition's.
+func (k Keys) RepairRequests() []string {
+	keys := []string{k.RepairRequested()}
+	for n := range k.Partitions() {
+		keys = append(keys, k.RepairRequestedIn(n))
+	}
+	return keys
+}
+
 // Quarantined maps quarantined runs to why (run id → reason): an index
 // for operators, written even when the run's own keys cannot be.
 func (k Keys) Quarantined() string { return k.ns + ":quarantined" }

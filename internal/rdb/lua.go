@@ -345,5 +345,7 @@ func Scripts() map[string]*redis.Script {
 		"import_state":   importStateScript,
 		"resume":         resumeScript,
 		"prune":          pruneConsumersScript,
+		"reclaim":        reclaimScript,
+		"repair_done":    repairDoneScript,
 	}
 }

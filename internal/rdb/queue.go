@@ -561,3 +561,64 @@ func (d DB) MoveMessage(ctx context.Context, stream, consumer, id string, x Disp
 func (d DB) Redispatch(ctx context.Context, x Dispatch) error {
 	return d.XAddDispatch(ctx, d.C, x).Err()
 }
+
+// reclaimScript takes over queue entries pending longer than a lease
+// (XAUTOCLAIM) and, when it reports pending entries deleted from the
+// stream (an XTRIM or XDEL by hand, writes lost in a failover), requests a
+// repair of the partition's running runs in the same step: XAUTOCLAIM
+// drops those entries from the pending list as it reports them, so a
+// request made by a later call could be lost with its caller (or the
+// reply), and nothing would then come back to their tasks.
+//
+// KEYS: 1 the queue stream, 2 the partition's repair request
+// ARGV: 1 consumer, 2 min idle ms, 3 start, 4 count
+// Reply: XAUTOCLAIM's: {next, {{id, {field, value, ...}}, ...}, {deleted ids}}
+var reclaimScript = redis.NewScript(`
+local r = redis.call('XAUTOCLAIM', KEYS[1], '` + GroupWorkers + `', ARGV[1], ARGV[2], ARGV[3], 'COUNT', ARGV[4])
+if r[3] and #r[3] > 0 then redis.call('INCR', KEYS[2]) end
+return r
+`)
+
+// Reclaim takes over up to count entries of the workers' group on a queue
+// stream pending longer than minIdle, for consumer, from start (see
+// reclaimScript); deleted lists the pending ids gone from the stream, for
+// which a repair was requested.
+func (d DB) Reclaim(ctx context.Context, stream, consumer string, minIdle time.Duration, start string, count int) (msgs []Message, next string, deleted []string, err error) {
+	part, _, _, ok := d.K.ParseQueue(stream)
+	if !ok {
+		return nil, "", nil, fmt.Errorf("reclaim: %q is not a queue stream", stream)
+	}
+	reply, err := reclaimScript.Run(ctx, d.C, []string{stream, d.K.RepairRequestedIn(part)},
+		consumer, minIdle.Milliseconds(), start, count).Slice()
+	if err != nil {
+		return nil, "", nil, err
+	}
+	if len(reply) < 2 {
+		return nil, "", nil, fmt.Errorf("reclaim %s: a reply of %d items", stream, len(reply))
+	}
+	next, _ = reply[0].(string)
+	entries, _ := reply[1].([]any)
+	for _, e := range entries {
+		pair, _ := e.([]any)
+		if len(pair) != 2 {
+			continue // an entry deleted meanwhile (Redis < 7 reports it as nil)
+		}
+		id, _ := pair[0].(string)
+		kv, _ := pair[1].([]any)
+		values := make(map[string]any, len(kv)/2)
+		for i := 0; i+1 < len(kv); i += 2 {
+			k, _ := kv[i].(string)
+			values[k] = kv[i+1]
+		}
+		msgs = append(msgs, Message{ID: id, Values: values})
+	}
+	if len(reply) > 2 {
+		ids, _ := reply[2].([]any)
+		for _, id := range ids {
+			if s, ok := id.(string); ok {
+				deleted = append(deleted, s)
+			}
+		}
+	}
+	return msgs, next, deleted, nil
+}

@@ -3,6 +3,7 @@ package rdb
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strconv"
 	"time"
 
@@ -128,25 +129,48 @@ func (d DB) RunningRuns(ctx context.Context, start, n int64) (runs []string, nex
 	return runs, start + n, nil
 }
 
-// RequestRepair records that queue entries were deleted while pending (the
-// reclaimer saw XAUTOCLAIM report them): a projector then repairs every
-// running run (see Repair). Each request bumps the request's generation,
-// so that one made while a repair walks is not cleared by that walk's end.
+// RequestRepair records that a repair of every running run is wanted (see
+// Repair) in the namespace's request; the reclaim script records the
+// requests it makes in its partition's. Each request bumps the request's
+// generation, so that one made while a repair walks is not cleared by
+// that walk's end.
 func (d DB) RequestRepair(ctx context.Context) error {
 	return d.C.Incr(ctx, d.K.RepairRequested()).Err()
 }
 
-// RepairRequest returns the generation of the repair request waiting for a
-// walk of every running run (0: none).
-func (d DB) RepairRequest(ctx context.Context) (int64, error) {
-	gen, err := d.C.Get(ctx, d.K.RepairRequested()).Int64()
-	if errors.Is(err, redis.Nil) {
-		return 0, nil
+// RepairRequests are the repair requests found: request key → generation.
+// Empty: none.
+type RepairRequests map[string]int64
+
+// RepairRequest returns the repair requests waiting for a walk of every
+// running run (Keys.RepairRequests).
+func (d DB) RepairRequest(ctx context.Context) (RepairRequests, error) {
+	keys := d.K.RepairRequests()
+	cmds := make([]*redis.StringCmd, len(keys))
+	_, err := d.C.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		for i, k := range keys {
+			cmds[i] = pipe.Get(ctx, k)
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return nil, err
 	}
-	return gen, err
+	reqs := RepairRequests{}
+	for i, c := range cmds {
+		gen, err := c.Int64()
+		if errors.Is(err, redis.Nil) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read repair request %s: %w", keys[i], err)
+		}
+		reqs[keys[i]] = gen
+	}
+	return reqs, nil
 }
 
-// repairDoneScript clears the repair request if it is still of the
+// repairDoneScript clears a repair request if it is still of the
 // generation a walk answered (a newer request keeps it).
 //
 // KEYS: 1 the request
@@ -157,8 +181,13 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 `)
 
-// RepairDone clears the repair request of generation gen, once a walk
-// repaired every running run, unless a newer request came meanwhile.
-func (d DB) RepairDone(ctx context.Context, gen int64) error {
-	return repairDoneScript.Run(ctx, d.C, []string{d.K.RepairRequested()}, gen).Err()
+// RepairDone clears the repair requests a walk answered, once it repaired
+// every running run, but those renewed meanwhile.
+func (d DB) RepairDone(ctx context.Context, reqs RepairRequests) error {
+	for key, gen := range reqs {
+		if err := repairDoneScript.Run(ctx, d.C, []string{key}, gen).Err(); err != nil {
+			return err
+		}
+	}
+	return nil
 }

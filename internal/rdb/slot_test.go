@@ -428,6 +428,20 @@ func TestEveryScriptAndMultiTouchesOneSlot(t *testing.T) {
 		t.Errorf("d's expired result is still stored (%v, %v)", n, err)
 	}
 
+	// Phase 8b: a reclaim (nothing idle an hour) and a repair request
+	// answered.
+	if _, _, _, err := db.Reclaim(ctx, keys.Queue(keys.Partition(run), events.DefaultPool, 0), "sweeper", time.Hour, "0-0", 10); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.RequestRepair(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if reqs, err := db.RepairRequest(ctx); err != nil || len(reqs) == 0 {
+		t.Fatalf("repair requests = %v, %v", reqs, err)
+	} else if err := db.RepairDone(ctx, reqs); err != nil {
+		t.Fatal(err)
+	}
+
 	// Phase 9: phase 1's run exported and imported under another id (its
 	// log appended, then its hashes written); run5's dispatch sent again
 	// (resume); the workers' idle consumers pruned.
