@@ -1699,10 +1699,25 @@ func TestAnIdleWorkersReadClaimsNoMoreThanItsFreeSlots(t *testing.T) {
 	}
 }
 
+// passDialsAndPipelines, embedded in a go-redis hook that looks at single
+// commands, passes dials and pipelines through.
+type passDialsAndPipelines struct{}
+
+func (passDialsAndPipelines) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (passDialsAndPipelines) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// isBlockingRead reports a fetch loop's blocking XREADGROUP.
+func isBlockingRead(cmd redis.Cmder) bool {
+	return cmd.Name() == "xreadgroup" && slices.ContainsFunc(cmd.Args(), func(a any) bool { return fmt.Sprint(a) == "block" })
+}
+
 // readsBlocked holds the first blocking XREADGROUP of each of its queues
 // until every one of them is about to be sent, then runs do once, before
 // any of them is sent.
 type readsBlocked struct {
+	passDialsAndPipelines
 	queues  []string
 	do      func()
 	mu      *sync.Mutex
@@ -1726,11 +1741,10 @@ func newReadsBlocked(do func(), queues ...string) readsBlocked {
 	return readsBlocked{queues: queues, do: do, mu: &sync.Mutex{}, arrived: map[string]bool{}, ready: make(chan struct{})}
 }
 
-func (h readsBlocked) DialHook(next redis.DialHook) redis.DialHook { return next }
 func (h readsBlocked) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
 		a := cmd.Args()
-		if cmd.Name() == "xreadgroup" && slices.ContainsFunc(a, func(a any) bool { return fmt.Sprint(a) == "block" }) {
+		if isBlockingRead(cmd) {
 			for _, q := range h.queues {
 				if !slices.Contains(a, any(q)) {
 					continue
@@ -1753,9 +1767,6 @@ func (h readsBlocked) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 		}
 		return next(ctx, cmd)
 	}
-}
-func (h readsBlocked) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return next
 }
 
 // Each of a worker's fetch loops (one per pool and partition) claimed up
@@ -1851,14 +1862,14 @@ func TestAMessageThatWaitsForASlotHoldsNoClaim(t *testing.T) {
 // read with a context that is not cancelled: a read already on the wire
 // when its worker stops (go-redis does not cut it short).
 type readStopsWorker struct {
+	passDialsAndPipelines
 	do   func()
 	once *sync.Once
 }
 
-func (h readStopsWorker) DialHook(next redis.DialHook) redis.DialHook { return next }
 func (h readStopsWorker) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
-		if cmd.Name() == "xreadgroup" && slices.ContainsFunc(cmd.Args(), func(a any) bool { return fmt.Sprint(a) == "block" }) {
+		if isBlockingRead(cmd) {
 			first := false
 			h.once.Do(func() { first = true })
 			if first {
@@ -1868,9 +1879,6 @@ func (h readStopsWorker) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 		}
 		return next(ctx, cmd)
 	}
-}
-func (h readStopsWorker) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return next
 }
 
 // A message that a blocking read sent before the worker stopped returns

@@ -916,13 +916,7 @@ func TestBatchedReclaimRetriedItemByItem(t *testing.T) {
 func TestAHeartbeatOrFinishAfterARequeueOfItsClaimIsBenign(t *testing.T) {
 	t.Parallel()
 	b := setupRun(t)
-	cr := b.claim(t, "a", "w1", 1, false)
-	failed := rdb.FinishArgs{Run: b.run, Task: "a", Worker: "w1", Attempt: 1, Epoch: cr.Epoch,
-		EventID: ulid.Make().String(), RejectID: ulid.Make().String(), TimeMS: 4000, Type: events.TaskFailed, Status: "failed"}
-	failed.Body = events.Event{}.WithBody(events.TaskFailedBody{Error: "boom", Kind: events.FailureError, Final: true}).Body
-	if _, err := b.db.Finish(b.ctx, failed); err != nil {
-		t.Fatal(err)
-	}
+	cr, failed := b.failForGood(t, "a", "w1")
 	if err := b.db.Requeue(b.ctx, b.run, "a", "client", ulid.Make().String(), 4500, []byte(`{}`)); err != nil {
 		t.Fatal(err)
 	}
@@ -938,6 +932,20 @@ func TestAHeartbeatOrFinishAfterARequeueOfItsClaimIsBenign(t *testing.T) {
 	}
 }
 
+// failForGood claims task as worker and fails it for good (its first
+// attempt, at 4000 ms): its claim, and the finish that failed it.
+func (b scriptBundle) failForGood(t *testing.T, task, worker string) (rdb.ClaimResult, rdb.FinishArgs) {
+	t.Helper()
+	cr := b.claim(t, task, worker, 1, false)
+	failed := rdb.FinishArgs{Run: b.run, Task: task, Worker: worker, Attempt: 1, Epoch: cr.Epoch,
+		EventID: ulid.Make().String(), RejectID: ulid.Make().String(), TimeMS: 4000, Type: events.TaskFailed, Status: "failed"}
+	failed.Body = events.Event{}.WithBody(events.TaskFailedBody{Error: "boom", Kind: events.FailureError, Final: true}).Body
+	if _, err := b.db.Finish(b.ctx, failed); err != nil {
+		t.Fatal(err)
+	}
+	return cr, failed
+}
+
 // A requeue refused by its run's log (a key of another type) writes
 // nothing: it set the task's record to pending and removed the run's TTLs
 // before the append failed, leaving the task pending in a failed run that
@@ -946,13 +954,7 @@ func TestAHeartbeatOrFinishAfterARequeueOfItsClaimIsBenign(t *testing.T) {
 func TestARequeueRefusedByItsLogWritesNothing(t *testing.T) {
 	t.Parallel()
 	b := setupRun(t)
-	cr := b.claim(t, "a", "w1", 1, false)
-	failed := rdb.FinishArgs{Run: b.run, Task: "a", Worker: "w1", Attempt: 1, Epoch: cr.Epoch,
-		EventID: ulid.Make().String(), RejectID: ulid.Make().String(), TimeMS: 4000, Type: events.TaskFailed, Status: "failed"}
-	failed.Body = events.Event{}.WithBody(events.TaskFailedBody{Error: "boom", Kind: events.FailureError, Final: true}).Body
-	if _, err := b.db.Finish(b.ctx, failed); err != nil {
-		t.Fatal(err)
-	}
+	b.failForGood(t, "a", "w1")
 	before := b.hash(t, b.db.K.RunState(b.run))
 	logKey := b.db.K.RunLog(b.run)
 	if err := b.c.Rename(b.ctx, logKey, logKey+":saved").Err(); err != nil {
