@@ -42,7 +42,7 @@ func (w *Worker) reclaimLoop(ctx context.Context) {
 func (w *Worker) reclaim(ctx context.Context, stream string) error {
 	start := "0-0"
 	for {
-		free := w.tryAcquire(64)
+		free := w.tryAcquire(reclaimBatch)
 		if free == 0 && start == "0-0" {
 			var err error
 			if free, err = w.awaitSlotFor(ctx, stream); free == 0 {
@@ -92,6 +92,9 @@ func (w *Worker) deliveries(ctx context.Context, stream string, msgs []rdb.Messa
 	return w.db.Deliveries(ctx, stream, ids)
 }
 
+// reclaimBatch bounds the messages one reclaim call takes over.
+const reclaimBatch = 64
+
 // awaitSlotFor waits, when every slot is busy and stream holds a message
 // past its lease, for a slot (up to ReclaimInterval), then takes the free
 // ones: the number taken. A worker that always has work would otherwise
@@ -105,7 +108,7 @@ func (w *Worker) awaitSlotFor(ctx context.Context, stream string) (int, error) {
 	}
 	select {
 	case w.sem <- struct{}{}:
-		return 1 + w.tryAcquire(63), nil
+		return 1 + w.tryAcquire(reclaimBatch-1), nil
 	case <-w.cfg.Clock.After(w.cfg.ReclaimInterval):
 		return 0, nil
 	case <-ctx.Done():
