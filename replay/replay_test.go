@@ -49,8 +49,9 @@ func envIn(t *testing.T, rdb *redis.Client, ns string) *env {
 }
 
 // start runs a projector and workers (ids given) in the env's namespace
-// until the test ends. configure, if set, adjusts each worker (extra
-// handlers) after the built-ins are registered.
+// until the test ends, and returns once every worker has registered.
+// configure, if set, adjusts each worker (extra handlers) after the
+// built-ins are registered.
 func (e *env) start(workers []string, pools []string, configure func(*worker.Worker)) {
 	e.t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -62,9 +63,12 @@ func (e *env) start(workers []string, pools []string, configure func(*worker.Wor
 	}
 	wg.Add(1)
 	go func() { defer wg.Done(); _ = p.Run(ctx) }()
+	var up []<-chan struct{}
 	for _, id := range workers {
+		reg := registered{up: make(chan struct{})}
+		up = append(up, reg.up)
 		w, err := worker.New(worker.Config{Redis: e.rdb, Namespace: e.ns, ID: id, Pools: pools, Concurrency: 4,
-			FetchBlock: 200 * time.Millisecond, DrainTimeout: 200 * time.Millisecond})
+			FetchBlock: 200 * time.Millisecond, DrainTimeout: 200 * time.Millisecond, Metrics: &reg})
 		if err != nil {
 			e.t.Fatal(err)
 		}
@@ -76,6 +80,30 @@ func (e *env) start(workers []string, pools []string, configure func(*worker.Wor
 		go func() { defer wg.Done(); _ = w.Run(ctx) }()
 	}
 	e.t.Cleanup(func() { cancel(); wg.Wait() })
+	// A worker's runs may all be taken by another that started first: a
+	// test that lists the registry waits for each record, not for work.
+	timeout := time.After(30 * time.Second)
+	for i, c := range up {
+		select {
+		case <-c:
+		case <-timeout:
+			e.t.Fatalf("worker %s never registered", workers[i])
+		}
+	}
+}
+
+// registered observes a worker until its heartbeat loop first goes round,
+// which it does once the worker has registered.
+type registered struct {
+	worker.NopObserver
+	once sync.Once
+	up   chan struct{}
+}
+
+func (r *registered) Alive(loop string, _ time.Duration) {
+	if loop == "worker.heartbeat" {
+		r.once.Do(func() { close(r.up) })
+	}
 }
 
 func ctxT(t *testing.T) context.Context {
