@@ -205,6 +205,79 @@ func TestRepairRedispatchesTasksWhoseMessagesWereDeleted(t *testing.T) {
 	}
 }
 
+// A repair left a running task alone while its owner was registered,
+// even when the owner held no queue entry of it (deleted while pending):
+// once that owner died, nothing came back to the task. The repair a
+// reclaimer requests on finding a deleted pending entry can also run
+// before its dead holder's registry record expires.
+func TestRepairHandsBackARunningTaskWhoseEntryItsOwnerNoLongerHolds(t *testing.T) {
+	t.Parallel()
+	b := setup(t, 0)
+	started := make(chan int64, 2)
+	release := make(chan struct{})
+	var calls sync.Mutex
+	first := true
+	// A lease of 1 s: the fresh message the repair queues comes back to
+	// this worker while the first claim's handler still runs (until a
+	// heartbeat finds the claim handed back), so it waits for its reclaim
+	// (a lease), which then runs the task.
+	w, err := worker.New(worker.Config{Redis: b.rdb, Namespace: b.ns, ID: "holder", Concurrency: 4, FetchBlock: 200 * time.Millisecond,
+		Lease: time.Second, ReclaimInterval: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.HandleFunc("hold", func(ctx context.Context, task *worker.Task) (any, error) {
+		started <- task.Epoch
+		calls.Lock()
+		wait := first
+		first = false
+		calls.Unlock()
+		if wait {
+			select { // the first claim's handler holds on
+			case <-ctx.Done():
+			case <-release:
+			}
+			return nil, errors.New("the first claim was let go")
+		}
+		return "again", nil
+	})
+	wctx, stop := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = w.Run(wctx) }()
+	t.Cleanup(func() { close(release); stop(); <-done })
+	wf := graflow.NewWorkflow("held")
+	wf.Task("only", "hold")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	run, err := b.client.Submit(ctx, wf, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-started:
+	case <-ctx.Done():
+		t.Fatal("the task never started")
+	}
+	// Its entry is deleted while it runs, the way an operator's XTRIM would.
+	if err := b.rdb.XTrimMaxLen(ctx, rdb.NewKeys(b.ns).Queue(0, "default", 0), 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := b.client.Repair(ctx, run)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Redispatched) != 1 || rep.Redispatched[0] != "only" {
+		t.Fatalf("repair = %+v, want the running task only handed back (its live owner holds no entry of it)", rep)
+	}
+	info, err := b.client.Wait(ctx, run)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !info.Succeeded() || string(info.Task("only").Result) != `"again"` {
+		t.Fatalf("after the repair want success with \"again\", got %+v", info)
+	}
+}
+
 // startWorker runs one more in-process worker until the test ends.
 func startWorker(t *testing.T, b bundle, id string) { startWorkerWith(t, b, id, nil) }
 

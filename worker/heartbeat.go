@@ -116,6 +116,15 @@ func (w *Worker) beat(ctx context.Context) {
 			w.log.Warn().Err(err).Str("task", a.task.ID).Msg("heartbeat")
 			continue
 		}
+		if outs[i].Touched == -2 && !a.deleted {
+			// Its lease can no longer be renewed: the task goes on, and
+			// its holder's death or a lease passed without an outcome has
+			// a reclaimer find the entry and request the repair that hands
+			// the task back.
+			w.log.Error().Str("run", a.task.Run).Str("task", a.task.ID).Str("stream", a.stream).Str("msg", a.msgID).
+				Msg("the queue entry of a running task was deleted from its stream; its lease is not renewed, so the task is handed back and run again unless it ends within its lease")
+			a.deleted = true
+		}
 		if outs[i].Touched == -1 && !w.cfg.noFencing {
 			w.log.Warn().Str("run", a.task.Run).Str("task", a.task.ID).Msg("queue message taken by another consumer; cancelling the handler")
 			a.lost = true

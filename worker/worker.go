@@ -253,6 +253,7 @@ type attempt struct {
 	lastEvent time.Time
 	lastNote  string
 	lost      bool // the claim is gone; only the heartbeat loop reads and writes it
+	deleted   bool // its queue entry was deleted while pending (reported once); heartbeat loop only
 }
 
 type message struct {

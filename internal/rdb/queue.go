@@ -118,15 +118,24 @@ func HeartbeatResult(cmd *redis.Cmd) error {
 // queueTouchScript resets a pending message's idle time (the lease) if it is
 // pending for this consumer: an owner-checked XCLAIM ... JUSTID.
 //
+// A pending entry deleted from the stream (an XDEL or XTRIM by hand) is
+// left alone: XCLAIM would drop it from the pending list without a word,
+// and with it the one trace a reclaimer finds when its holder dies (the
+// reclaim script then requests the repair that hands the task back).
+// Untouched, it idles past the lease and is found so even while its
+// holder lives.
+//
 // KEYS: 1 queue stream
 // ARGV: 1 group, 2 consumer, 3 message id, 4 "d" to have a touch reply
 // the message's delivery count
 // Reply: 1 touched (with "d": its delivery count, 1 or more), 0 not
-// pending, -1 pending for another consumer
+// pending, -1 pending for another consumer, -2 pending for this consumer
+// but deleted from the stream (not touched)
 var queueTouchScript = redis.NewScript(`
 local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
 if #p == 0 then return 0 end
 if p[1][2] ~= ARGV[2] then return -1 end
+if #redis.call('XRANGE', KEYS[1], ARGV[3], ARGV[3]) == 0 then return -2 end
 redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
 if ARGV[4] == 'd' then return p[1][4] end
 return 1
@@ -146,7 +155,8 @@ type HeartbeatItem struct {
 
 // HeartbeatOutcome is one HeartbeatItem's reply: the heartbeat's error
 // (ErrStaleClaim when the claim was lost) and the touch's result (1
-// touched, 0 not pending, -1 pending for another consumer).
+// touched, 0 not pending, -1 pending for another consumer, -2 deleted from
+// the stream while pending: see queueTouchScript).
 type HeartbeatOutcome struct {
 	Err     error
 	Touched int64
@@ -523,7 +533,7 @@ func (d DB) recordDeadLetters(ctx context.Context, consumer string, items []Dead
 
 // TouchMessage resets the idle time of a message consumer holds (see
 // QueueTouch) and returns its result: 1 touched, 0 gone, -1 another
-// consumer's.
+// consumer's, -2 deleted from the stream while pending (left pending).
 //
 // A touched message's delivery count comes back as deliveries: more than
 // one means a reclaimer took the message over since the consumer read it

@@ -26,11 +26,17 @@ type RepairTask struct {
 // gone (deleted from a queue stream while pending by an XTRIM/XDEL, or lost
 // by a failover): every dispatched task that is not parked in the delayed
 // set gets a fresh message, and every running task whose owner is no longer
-// registered is handed back (release: epoch bumped, so a late result of the
-// old claim is rejected) and gets one too. A live claim is never touched,
-// and a duplicate message is dropped at claim. It points the feed at the
-// run and returns the re-dispatched task ids. The messages carry
-// traceparent ("": none).
+// registered, or whose owner holds no queue entry of it (pending for the
+// owner and still in the stream), is handed back (release: epoch bumped,
+// so a late result of the old claim is rejected) and gets one too. A claim
+// whose entry its owner holds is never touched, and a duplicate message is
+// dropped at claim. It points the feed at the run and returns the
+// re-dispatched task ids. The messages carry traceparent ("": none).
+//
+// A live owner is not enough: an entry deleted while pending cannot be
+// reclaimed, so its task would stay running once its owner dies, and the
+// repair a reclaimer requests on finding such an entry may run before the
+// owner's registry record expires.
 func (d DB) Repair(ctx context.Context, run string, tasks []RepairTask, now time.Time, traceparent string) ([]string, error) {
 	live, err := d.liveWorkers(ctx)
 	if err != nil {
@@ -46,13 +52,32 @@ func (d DB) Repair(ctx context.Context, run string, tasks []RepairTask, now time
 			isParked[x.Task+"|"+strconv.Itoa(x.Attempt)] = true
 		}
 	}
+	held := map[[2]string]map[string]bool{} // (owner, stream) → task|attempt of the entries held
+	holds := func(t RepairTask) (bool, error) {
+		q := [2]string{t.Owner, d.K.QueueFor(run, t.Pool, t.Priority)}
+		h, ok := held[q]
+		if !ok {
+			var err error
+			if h, err = d.entriesHeld(ctx, q[1], q[0], run); err != nil {
+				return false, err
+			}
+			held[q] = h
+		}
+		return h[t.ID+"|"+strconv.Itoa(t.Attempt)], nil
+	}
 	var out []string
 	pipe := d.C.Pipeline()
 	for _, t := range tasks {
 		x := Dispatch{Pool: t.Pool, Priority: t.Priority, Run: run, Task: t.ID, Attempt: t.Attempt, Trace: traceparent}
+		claimed := false
+		if t.Status == events.TaskStatusRunning && live[t.Owner] {
+			if claimed, err = holds(t); err != nil {
+				return out, err
+			}
+		}
 		switch {
 		case t.Status == events.TaskStatusDispatched && !isParked[t.ID+"|"+strconv.Itoa(t.Attempt)]:
-		case t.Status == events.TaskStatusRunning && !live[t.Owner]:
+		case t.Status == events.TaskStatusRunning && !claimed:
 			// Handed back and queued in one step: apart, a repair cut
 			// off between them left the task dispatched with no message.
 			err := d.ReleaseAndDispatch(ctx, t.Owner, t.Epoch, events.NewID(now), now.UnixMilli(), x)
@@ -75,6 +100,47 @@ func (d DB) Repair(ctx context.Context, run string, tasks []RepairTask, now time
 	_, err = pipe.Exec(ctx)
 	return out, err
 }
+
+// entriesHeld returns the tasks of run (as "task|attempt") whose queue
+// entries on stream are pending for consumer and still in the stream: two
+// round trips per page of 512 pending entries.
+func (d DB) entriesHeld(ctx context.Context, stream, consumer, run string) (map[string]bool, error) {
+	out := map[string]bool{}
+	for start := "-"; ; {
+		p, err := d.C.XPendingExt(ctx, &redis.XPendingExtArgs{Stream: stream, Group: GroupWorkers, Start: start, End: "+",
+			Count: heldPage, Consumer: consumer}).Result()
+		if IsNoGroup(err) {
+			return out, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read the entries %s holds on %s: %w", consumer, stream, err)
+		}
+		pipe := d.C.Pipeline()
+		entries := make([]*redis.XMessageSliceCmd, len(p))
+		for i, e := range p {
+			entries[i] = pipe.XRangeN(ctx, stream, e.ID, e.ID, 1)
+		}
+		if len(p) > 0 {
+			if _, err := pipe.Exec(ctx); err != nil {
+				return nil, fmt.Errorf("read the entries %s holds on %s: %w", consumer, stream, err)
+			}
+		}
+		for _, c := range entries {
+			for _, m := range c.Val() { // none: deleted while pending
+				if m.Values["r"] == run {
+					out[fmt.Sprint(m.Values["k"])+"|"+fmt.Sprint(m.Values["a"])] = true
+				}
+			}
+		}
+		if len(p) < heldPage {
+			return out, nil
+		}
+		start = "(" + p[len(p)-1].ID
+	}
+}
+
+// heldPage is the page of pending entries entriesHeld reads at a time.
+const heldPage = 512
 
 // liveWorkers returns the ids of the registered workers whose registry
 // hash exists.

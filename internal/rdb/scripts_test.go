@@ -736,6 +736,44 @@ func TestQueueAckManyIDs(t *testing.T) {
 // An ack with a delivery count leaves alone a message of the caller's
 // delivered more often since (reclaimed away and back): -2, still pending.
 // Touches (the lease's renewal) do not count as deliveries.
+// A touch of a pending entry deleted from its stream (an XDEL or XTRIM by
+// hand) dropped it from the pending list, as XCLAIM does with a deleted
+// entry, and reported it touched: its holder's death then left nothing for
+// a reclaimer to find, and the task stayed running for a dead worker.
+func TestATouchLeavesADeletedEntryPending(t *testing.T) {
+	t.Parallel()
+	c, db, ctx, q := queueWithGroup(t)
+	id, err := db.XAddDispatch(ctx, c, rdb.Dispatch{Pool: "default", Run: "R", Task: "a", Attempt: 1}).Text()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.XReadGroup(ctx, &redis.XReadGroupArgs{Group: rdb.GroupWorkers, Consumer: "owner", Streams: []string{q, ">"}, Count: 1}).Result(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.XDel(ctx, q, id).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := db.QueueTouch(ctx, c, q, "owner", id).Int64(); err != nil || n != -2 {
+		t.Errorf("heartbeat touch of a deleted entry = %d, %v; want -2", n, err)
+	}
+	if n, d, err := db.TouchMessage(ctx, q, "owner", id); err != nil || n != -2 || d != 0 {
+		t.Errorf("touch of a deleted entry = %d, %d deliveries, %v; want -2, 0", n, d, err)
+	}
+	p, err := c.XPendingExt(ctx, &redis.XPendingExtArgs{Stream: q, Group: rdb.GroupWorkers, Start: "-", End: "+", Count: 10}).Result()
+	if err != nil || len(p) != 1 || p[0].ID != id || p[0].Consumer != "owner" {
+		t.Fatalf("pending after the touches: %+v, %v; want the deleted entry still pending for its owner", p, err)
+	}
+	// What a reclaimer finds once the holder is gone: the deleted entry,
+	// with a repair requested.
+	_, _, deleted, err := db.Reclaim(ctx, q, "rescuer", 0, "0-0", 10)
+	if err != nil || len(deleted) != 1 || deleted[0] != id {
+		t.Fatalf("reclaim reported deleted %v, %v; want [%s]", deleted, err, id)
+	}
+	if reqs, err := db.RepairRequest(ctx); err != nil || len(reqs) != 1 {
+		t.Errorf("repair requests after the reclaim: %v, %v; want one", reqs, err)
+	}
+}
+
 func TestAckMessageLeavesAMessageDeliveredAgain(t *testing.T) {
 	t.Parallel()
 	c, db, ctx, q := queueWithGroup(t)
