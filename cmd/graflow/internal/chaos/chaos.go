@@ -131,6 +131,9 @@ type Report struct {
 	// Failovers counts masters SIGKILLed and replaced by their replica
 	// (Config.Cluster).
 	Failovers int
+	// DeletedEntries counts the queue entries deleted while a worker held
+	// them (XDEL, as an operator's XTRIM might).
+	DeletedEntries int
 	// Takeovers counts the wide run's projections SIGSTOPped mid-way.
 	Takeovers int
 	// Cancelled counts the runs cancelled mid-way (0 when the cancelled
@@ -181,8 +184,8 @@ type Report struct {
 
 // Line is the one-line summary "chaos seed=S tasks=N kills=K ...".
 func (r Report) Line() string {
-	return fmt.Sprintf("chaos seed=%d runs=%d small=%d finish_ends=%d finish_dispatches=%d log_only=%d tasks=%d spawned=%d kills=%d pauses=%d projectors=%d projector_kills=%d projector_pauses=%d projector_stalls=%d takeovers=%d cancelled=%d/%d/%d requeued=%d resumes=%d repairs=%d redispatched=%d channel_keys=%d result_ttls=%d/%d redis_restarts=%d failovers=%d shared_runs=%d handoffs=%d late_commits=%d traced=%d/%d trace_spans=%d lost=%d duplicate_accepts=%d rejected_stale=%d rejected_unlogged=%d events=%d elapsed=%s verified=%t",
-		r.Seed, r.Runs, r.Small, r.FinishEnds, r.FinishDispatches, r.LogOnly, r.Verdict.Tasks, r.Spawned, r.Kills, r.Pauses, r.Projectors, r.ProjectorKills, r.ProjectorPauses, r.ProjectorStalls, r.Takeovers, r.Cancelled, r.CancelledTasks, r.CancelledRunning, r.Requeued, r.Resumes, r.Repairs, r.Redispatched, r.ChannelWrites, r.ResultTTLs, r.ResultsExpired, r.RedisRestarts, r.Failovers,
+	return fmt.Sprintf("chaos seed=%d runs=%d small=%d finish_ends=%d finish_dispatches=%d log_only=%d tasks=%d spawned=%d kills=%d pauses=%d projectors=%d projector_kills=%d projector_pauses=%d projector_stalls=%d takeovers=%d cancelled=%d/%d/%d requeued=%d resumes=%d repairs=%d redispatched=%d channel_keys=%d result_ttls=%d/%d redis_restarts=%d failovers=%d deleted_entries=%d shared_runs=%d handoffs=%d late_commits=%d traced=%d/%d trace_spans=%d lost=%d duplicate_accepts=%d rejected_stale=%d rejected_unlogged=%d events=%d elapsed=%s verified=%t",
+		r.Seed, r.Runs, r.Small, r.FinishEnds, r.FinishDispatches, r.LogOnly, r.Verdict.Tasks, r.Spawned, r.Kills, r.Pauses, r.Projectors, r.ProjectorKills, r.ProjectorPauses, r.ProjectorStalls, r.Takeovers, r.Cancelled, r.CancelledTasks, r.CancelledRunning, r.Requeued, r.Resumes, r.Repairs, r.Redispatched, r.ChannelWrites, r.ResultTTLs, r.ResultsExpired, r.RedisRestarts, r.Failovers, r.DeletedEntries,
 		r.History.SharedRuns, r.History.Handoffs, r.History.LateCommits, r.Traced, r.Sampled, r.TraceSpans, r.Verdict.Lost,
 		r.Verdict.DuplicateAccepts, r.Verdict.RejectedStale, r.Verdict.RejectedUnlogged, r.Events, r.Elapsed.Round(100*time.Millisecond), r.Verdict.OK())
 }

@@ -102,8 +102,8 @@ func (r SoakReport) OK() bool {
 
 // Line is the soak's summary line.
 func (r SoakReport) Line() string {
-	return fmt.Sprintf("soak seed=%d duration=%s runs=%d checked=%d failed=%d cancelled=%d tasks=%d kills=%d pauses=%d projectors=%d projector_kills=%d projector_pauses=%d projector_stalls=%d redis_restarts=%d shared_runs=%d handoffs=%d late_commits=%d traced=%d/%d trace_spans=%d lost=%d duplicate_accepts=%d elapsed=%s ok=%t",
-		r.Seed, r.Duration, r.Submitted, r.Checked, r.Failed, r.Cancelled, r.Verdict.Tasks, r.Kills, r.Pauses, r.Projectors, r.ProjectorKills, r.ProjectorPauses, r.ProjectorStalls, r.RedisRestarts,
+	return fmt.Sprintf("soak seed=%d duration=%s runs=%d checked=%d failed=%d cancelled=%d tasks=%d kills=%d pauses=%d projectors=%d projector_kills=%d projector_pauses=%d projector_stalls=%d redis_restarts=%d deleted_entries=%d shared_runs=%d handoffs=%d late_commits=%d traced=%d/%d trace_spans=%d lost=%d duplicate_accepts=%d elapsed=%s ok=%t",
+		r.Seed, r.Duration, r.Submitted, r.Checked, r.Failed, r.Cancelled, r.Verdict.Tasks, r.Kills, r.Pauses, r.Projectors, r.ProjectorKills, r.ProjectorPauses, r.ProjectorStalls, r.RedisRestarts, r.DeletedEntries,
 		r.History.SharedRuns, r.History.Handoffs, r.History.LateCommits, r.Traced, r.Sampled, r.TraceSpans, r.Verdict.Lost, r.Verdict.DuplicateAccepts, r.Elapsed.Round(time.Second), r.OK())
 }
 

@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -22,6 +23,7 @@ import (
 	"github.com/graflow-go/graflow/internal/rediscluster"
 	"github.com/graflow-go/graflow/internal/redisserver"
 	"github.com/graflow-go/graflow/internal/redisurl"
+	"github.com/graflow-go/graflow/worker"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -243,13 +245,14 @@ const (
 	faultProjector      = "projector"       // SIGKILL a projector, restart it
 	faultProjectorPause = "projector-pause" // SIGSTOP a projector past the feed reclaim
 	faultRedis          = "redis"           // SIGKILL Redis, restart it from its AOF; on a cluster, SIGKILL a master (failover)
+	faultDeleteEntry    = "delete-entry"    // XDEL a queue entry a worker holds; half the time SIGKILL its holder a heartbeat later
 )
 
 // inject applies faults at seeded random intervals in [lo, hi) until ctx
 // ends. The first faults are one of each kind (in seeded order), so every
 // run exercises every kind; then kinds are drawn with weights.
 func (s *stack) inject(ctx context.Context, lo, hi time.Duration) {
-	kinds := []string{faultKill, faultPause, faultProjector, faultProjectorPause, faultRedis}
+	kinds := []string{faultKill, faultPause, faultProjector, faultProjectorPause, faultRedis, faultDeleteEntry}
 	if s.cfg.BreakFencing {
 		// Zombies are what broken fencing lets through: pause often.
 		kinds = []string{faultPause, faultPause, faultPause, faultKill, faultPause}
@@ -280,6 +283,8 @@ func (s *stack) inject(ctx context.Context, lo, hi time.Duration) {
 				kind = faultProjectorPause
 			case x < 82:
 				kind = faultRedis
+			case x < 90:
+				kind = faultDeleteEntry
 			}
 		}
 		s.fault(ctx, kind)
@@ -295,16 +300,9 @@ func (s *stack) fault(ctx context.Context, kind string) {
 		if s.paused[i] {
 			return
 		}
-		old := s.workers[i]
-		old.Kill()
-		s.killed[old.Name] = true
-		s.gens[i]++
-		if err := s.startWorker(i); err != nil {
-			s.logf("restart worker: %v", err)
-			return
-		}
-		s.report.Kills++
-		s.logf("SIGKILL worker %s, started %s", old.Name, s.workers[i].Name)
+		s.killWorker(i, "")
+	case faultDeleteEntry:
+		s.deleteEntry(ctx)
 	case faultPause:
 		i := s.rng.IntN(len(s.workers))
 		if s.paused[i] {
@@ -379,6 +377,60 @@ func (s *stack) fault(ctx context.Context, kind string) {
 		s.report.RedisRestarts++
 		s.logf("SIGKILL redis-server and restarted it from its AOF (appendfsync always)")
 	}
+}
+
+// killWorker SIGKILLs worker i and starts a new one in its place. Caller
+// holds mu.
+func (s *stack) killWorker(i int, why string) {
+	old := s.workers[i]
+	old.Kill()
+	s.killed[old.Name] = true
+	s.gens[i]++
+	if err := s.startWorker(i); err != nil {
+		s.logf("restart worker: %v", err)
+		return
+	}
+	s.report.Kills++
+	s.logf("SIGKILL worker %s%s, started %s", old.Name, why, s.workers[i].Name)
+}
+
+// deleteEntry deletes a queue entry of the default pool that a worker
+// holds (rdb.DeleteHeldEntry), as an operator's XTRIM or XDEL would, and
+// half the time SIGKILLs its holder half a lease later (after a heartbeat
+// that found the entry gone). Its task must still run to an outcome: the
+// holder finishes it within its lease, or a reclaimer finds the entry
+// deleted and a projector's repair hands the task back. Caller holds mu.
+func (s *stack) deleteEntry(ctx context.Context) {
+	part := s.rng.IntN(max(s.cfg.Partitions, 1))
+	e, ok, err := s.db.DeleteHeldEntry(ctx, part, worker.DefaultPool, s.rng.IntN(rdb.MaxPriority+1), s.rng.IntN)
+	switch {
+	case err != nil:
+		s.logf("delete a held queue entry: %v", err)
+		return
+	case !ok:
+		s.logf("delete a held queue entry: no entry pending in partition %d", part)
+		return
+	}
+	s.report.DeletedEntries++
+	i := slices.IndexFunc(s.workers, func(p *proc.Proc) bool { return p.Name == e.Holder })
+	kill := i >= 0 && s.rng.IntN(2) == 0
+	s.logf("XDEL queue entry %s of %s, held by %s (kill it: %t)", e.ID, e.Stream, e.Holder, kill)
+	if !kill {
+		return
+	}
+	gen := s.gens[i]
+	s.pauseWait.Add(1)
+	go func() {
+		defer s.pauseWait.Done()
+		if !wait(ctx, s.cfg.Lease/2) {
+			return
+		}
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.gens[i] == gen && !s.paused[i] {
+			s.killWorker(i, " (its queue entry deleted half a lease before)")
+		}
+	}()
 }
 
 // failover SIGKILLs a random master of the cluster, waits until its
