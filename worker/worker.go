@@ -639,11 +639,11 @@ func (w *Worker) claimFresh(ctx context.Context, part int, res []rdb.Stream) map
 }
 
 // requeueUnstarted gives back messages read but not started at shutdown:
-// a fresh copy is queued and ours acked (a crash in between leaves ours
-// pending, for the reclaimer; a duplicate copy is dropped at claim). A
-// message whose task we hold (a claim whose reply was lost; a read's
-// claims start at once and are not given back) has its claim handed back
-// first (a fresh copy of a task claimed by us would be refused as busy).
+// a fresh copy is queued and ours acked, in one step (a duplicate copy is
+// dropped at claim). A message whose task we hold (a claim whose reply was
+// lost; a read's claims start at once and are not given back) has its
+// claim handed back in that step too (a fresh copy of a task claimed by us
+// would be refused as busy).
 func (w *Worker) requeueUnstarted(buf []message) {
 	if len(buf) == 0 {
 		return
@@ -669,16 +669,17 @@ func (w *Worker) requeueUnstarted(buf []message) {
 				epoch, ours = rec.Epoch, true
 			}
 		}
+		disp := rdb.Dispatch{Pool: w.poolOf(m.stream), Priority: m.priority, Run: m.run, Task: m.task, Attempt: m.attempt, Trace: m.trace}
 		if ours {
+			// Released, queued afresh and acked in one step.
 			now := w.cfg.Clock.Now()
-			if err := w.db.Release(ctx, m.run, m.task, w.cfg.ID, m.attempt, epoch, events.NewID(now), now.UnixMilli()); err != nil {
+			if err := w.db.HandBack(ctx, w.cfg.ID, epoch, events.NewID(now), now.UnixMilli(), disp, m.stream, m.id); err != nil {
 				// Still ours (or gone): it stays pending for reclaim.
-				w.log.Warn().Err(err).Str("run", m.run).Str("task", m.task).Msg("give back an unstarted claimed message: release failed; it stays pending for reclaim")
-				continue
+				w.log.Warn().Err(err).Str("run", m.run).Str("task", m.task).Msg("give back an unstarted claimed message: hand-back failed; it stays pending for reclaim")
 			}
+			continue
 		}
-		items = append(items, rdb.MoveItem{Stream: m.stream, ID: m.id,
-			Dispatch: rdb.Dispatch{Pool: w.poolOf(m.stream), Priority: m.priority, Run: m.run, Task: m.task, Attempt: m.attempt, Trace: m.trace}})
+		items = append(items, rdb.MoveItem{Stream: m.stream, ID: m.id, Dispatch: disp})
 	}
 	if err := w.db.QueueMoves(ctx, w.cfg.ID, items); err != nil {
 		w.log.Warn().Err(err).Int("messages", len(buf)).Msg("give back unstarted messages; they stay pending for reclaim")
@@ -1047,34 +1048,18 @@ func (e *poisonError) Error() string {
 }
 
 // handBack returns a claim the drain could not finish, so another worker
-// takes it now instead of after the lease: the release script bumps the
-// epoch and marks the task dispatched, then a fresh message is queued and
-// ours acked. A crash in between leaves our message pending: reclaimed.
+// takes it now instead of after the lease: one script bumps the epoch,
+// marks the task dispatched, queues a fresh message and acks ours (if it
+// is still ours). A failure leaves the claim and our message as they
+// were: the message is reclaimed after the lease.
 func (w *Worker) handBack(log *taskLog, m message, t *Task) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	now := w.cfg.Clock.Now()
-	err := w.db.Release(ctx, m.run, m.task, w.cfg.ID, t.Attempt, t.Epoch, events.NewID(now), now.UnixMilli())
-	if err != nil {
-		log.Warn().Err(err).Msg("hand back: release failed; the lease will expire instead")
-		return
-	}
-	// The fresh copy and the ack of ours in one script: never one without
-	// the other.
 	disp := rdb.Dispatch{Pool: w.poolOf(m.stream), Priority: m.priority, Run: m.run, Task: m.task, Attempt: t.Attempt, Trace: m.trace}
-	moved, err := w.db.MoveMessage(ctx, m.stream, w.cfg.ID, m.id, disp)
-	if err != nil {
-		log.Warn().Err(err).Msg("hand back: requeue failed; the message stays pending for reclaim")
+	if err := w.db.HandBack(ctx, w.cfg.ID, t.Epoch, events.NewID(now), now.UnixMilli(), disp, m.stream, m.id); err != nil {
+		log.Warn().Err(err).Msg("hand back failed; the lease will expire instead")
 		return
-	}
-	if moved == 0 {
-		// Our message is gone (given back or acked already): the task is
-		// dispatched now and needs a message. A duplicate is dropped at
-		// claim.
-		if err := w.db.Redispatch(ctx, disp); err != nil {
-			log.Error().Err(err).Msg("hand back: queue a fresh message failed; run \"graflow repair\" for this run")
-			return
-		}
 	}
 	log.Info().Msg("handed back unfinished task")
 }

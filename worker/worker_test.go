@@ -480,12 +480,11 @@ func TestRunDrainsInFlightTasksOnCancel(t *testing.T) {
 	}
 }
 
-func TestDrainTimeoutHandsTasksBack(t *testing.T) {
-	t.Parallel()
-	b := setup(t)
+// startStuck starts a worker whose handler "stuck" runs until its context
+// ends, submits a run of one such task s and waits for it to start.
+func (b bundle) startStuck(t *testing.T, cfg worker.Config) (*running, string) {
+	t.Helper()
 	entered := make(chan string, 1)
-	cfg := b.config("w-drain")
-	cfg.DrainTimeout = 10 * time.Millisecond
 	r := b.start(t, cfg, map[string]worker.HandlerFunc{
 		"stuck": func(ctx context.Context, task *worker.Task) (any, error) {
 			entered <- task.ID
@@ -495,6 +494,15 @@ func TestDrainTimeoutHandsTasksBack(t *testing.T) {
 	})
 	run := b.submit(t, events.TaskSpec{ID: "s", Handler: "stuck"})
 	recv(t, entered, "the task to start")
+	return r, run
+}
+
+func TestDrainTimeoutHandsTasksBack(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	cfg := b.config("w-drain")
+	cfg.DrainTimeout = 10 * time.Millisecond
+	r, run := b.startStuck(t, cfg)
 	r.wait(t)
 	log, state := b.fold(t, run)
 	back := only(log, events.TaskReclaimed, "s")
@@ -520,6 +528,45 @@ func TestDrainTimeoutHandsTasksBack(t *testing.T) {
 	})
 	if _, r := b.waitEnd(t, run); r.Status != projector.RunSucceeded || r.Task("s").Owner != "w-next" {
 		t.Errorf("run %s, s owned by %q", r.Status, r.Task("s").Owner)
+	}
+}
+
+// A drain's hand-back whose message was no longer pending for the worker
+// released the claim, found nothing to move, and queued a fresh message in
+// a call of its own: when that call failed, the task stayed dispatched with
+// no message (an audit's suspicion). One script now releases, queues and
+// acks.
+func TestAHandBackWhoseMessageIsGoneStillQueuesTheTask(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	q := b.db.K.Queue(0, "default", 0)
+	c := redistest.Client(t)
+	// The fresh message's own call, if there is one, fails (a script whose
+	// only key is the queue: the enqueue script).
+	c.AddHook(&redistest.FailOnce{Err: fmt.Errorf("injected: %w", syscall.ECONNRESET), Match: func(args []any) bool {
+		name := fmt.Sprint(args[0])
+		return (name == "evalsha" || name == "eval") && len(args) > 3 && fmt.Sprint(args[2]) == "1" && args[3] == q
+	}})
+	cfg := b.config("w-drain")
+	cfg.Redis, cfg.DrainTimeout = c, 10*time.Millisecond
+	r, run := b.startStuck(t, cfg)
+	// Its message is no longer pending for the worker (acked by hand).
+	p, err := b.c.XPendingExt(b.ctx, &redis.XPendingExtArgs{Stream: q, Group: rdb.GroupWorkers, Start: "-", End: "+", Count: 10}).Result()
+	if err != nil || len(p) != 1 {
+		t.Fatalf("pending: %v %v", p, err)
+	}
+	if err := b.c.XAck(b.ctx, q, rdb.GroupWorkers, p[0].ID).Err(); err != nil {
+		t.Fatal(err)
+	}
+	r.wait(t) // the drain times out and hands the task back
+	if log, _ := b.fold(t, run); len(only(log, events.TaskReclaimed, "s")) != 1 {
+		t.Fatalf("%d task_reclaimed after the drain, want the hand-back", len(only(log, events.TaskReclaimed, "s")))
+	}
+	b.start(t, b.config("w-next"), map[string]worker.HandlerFunc{
+		"stuck": func(ctx context.Context, task *worker.Task) (any, error) { return "ok", nil },
+	})
+	if _, r := b.waitEnd(t, run); r.Status != projector.RunSucceeded || r.Task("s").Owner != "w-next" {
+		t.Errorf("run %s, s owned by %q; want it run by w-next from the hand-back's message", r.Status, r.Task("s").Owner)
 	}
 }
 

@@ -233,15 +233,19 @@ func (d DB) queueAck(ctx context.Context, p redis.Scripter, stream, consumer str
 
 // releaseScript hands a claim back (a draining worker that cannot finish):
 // if the caller still holds it, the epoch is bumped, the task is dispatched
-// again for the same attempt and task_reclaimed records why. The caller
-// then queues a fresh message and acks its own.
+// again for the same attempt and task_reclaimed records why.
 //
 // With a queue stream (KEYS[3]) it also queues the fresh message itself,
-// in the same step (a repair: nobody holds the old message).
+// in the same step, and with the caller's message (KEYS[4], ARGV[9]) it
+// acks that one too if it is pending for the caller (owner-checked): the
+// task is never left dispatched without a message, whatever became of the
+// caller's (a worker's hand-back), or of the caller (a repair).
 //
-// KEYS: 1 state, 2 log, 3 the queue stream of the fresh message (optional)
+// KEYS: 1 state, 2 log, 3 the queue stream of the fresh message (optional),
+// 4 the stream of the caller's message (optional, with KEYS[3])
 // ARGV: 1 task, 2 attempt, 3 epoch, 4 worker, 5 event id, 6 time ms, 7 run
-// and 8 traceparent of the fresh message (with KEYS[3])
+// and 8 traceparent of the fresh message (with KEYS[3]), 9 the caller's
+// message id (with KEYS[4])
 // Reply: {"ok"} | {"stale", status, epoch, owner}
 var releaseScript = redis.NewScript(prelude + enqueueLua + `
 local st, a, e, o = getrec(KEYS[1], ARGV[1])
@@ -258,27 +262,42 @@ append(KEYS[2], ARGV[5], 'task_reclaimed', ARGV[1], a, e, ARGV[4],
   cjson.encode({from = ARGV[4], reason = 'handed back'}))
 setrec(KEYS[1], ARGV[1], 'dispatched', a, e, '')
 if KEYS[3] then enqueue(KEYS[3], ARGV[7], ARGV[1], ARGV[2], ARGV[8]) end
+if KEYS[4] then
+  local p = redis.call('XPENDING', KEYS[4], '` + GroupWorkers + `', ARGV[9], ARGV[9], 1)
+  if #p == 1 and p[1][2] == ARGV[4] then redis.call('XACK', KEYS[4], '` + GroupWorkers + `', ARGV[9]) end
+end
 return {'ok'}
 `)
 
 // Release hands a claim back (see releaseScript); the caller queues the
 // fresh message.
 func (d DB) Release(ctx context.Context, run, task, worker string, attempt int, epoch int64, eventID string, timeMS int64) error {
-	return d.release(ctx, run, task, worker, attempt, epoch, eventID, timeMS, nil)
+	return d.release(ctx, run, task, worker, attempt, epoch, eventID, timeMS, nil, "", "")
 }
 
 // ReleaseAndDispatch hands a claim back and queues x, its fresh message,
 // in one step (see releaseScript).
 func (d DB) ReleaseAndDispatch(ctx context.Context, worker string, epoch int64, eventID string, timeMS int64, x Dispatch) error {
-	return d.release(ctx, x.Run, x.Task, worker, x.Attempt, epoch, eventID, timeMS, &x)
+	return d.release(ctx, x.Run, x.Task, worker, x.Attempt, epoch, eventID, timeMS, &x, "", "")
 }
 
-func (d DB) release(ctx context.Context, run, task, worker string, attempt int, epoch int64, eventID string, timeMS int64, x *Dispatch) error {
+// HandBack hands worker's claim back, queues x, its fresh message, and
+// acks worker's own message id on stream (if it is still pending for
+// worker), in one step (see releaseScript).
+func (d DB) HandBack(ctx context.Context, worker string, epoch int64, eventID string, timeMS int64, x Dispatch, stream, id string) error {
+	return d.release(ctx, x.Run, x.Task, worker, x.Attempt, epoch, eventID, timeMS, &x, stream, id)
+}
+
+func (d DB) release(ctx context.Context, run, task, worker string, attempt int, epoch int64, eventID string, timeMS int64, x *Dispatch, stream, id string) error {
 	keys := []string{d.K.RunState(run), d.K.RunLog(run)}
 	argv := []any{task, attempt, epoch, worker, eventID, timeMS}
 	if x != nil {
 		keys = append(keys, d.K.QueueFor(run, x.Pool, x.Priority))
 		argv = append(argv, run, x.Trace)
+		if stream != "" {
+			keys = append(keys, stream)
+			argv = append(argv, id)
+		}
 	}
 	res, err := releaseScript.Run(ctx, d.C, keys, argv...).Slice()
 	if err != nil {
@@ -559,17 +578,6 @@ func (d DB) AckMessage(ctx context.Context, stream, consumer, id string, deliver
 		return 0, err
 	}
 	return res[0], nil
-}
-
-// MoveMessage queues a fresh copy of x and acks consumer's message id in
-// one script (see QueueMove); it returns 0 when the message was gone.
-func (d DB) MoveMessage(ctx context.Context, stream, consumer, id string, x Dispatch) (int64, error) {
-	return d.QueueMove(ctx, d.C, stream, consumer, id, x).Int64()
-}
-
-// Redispatch queues a fresh message for x.
-func (d DB) Redispatch(ctx context.Context, x Dispatch) error {
-	return d.XAddDispatch(ctx, d.C, x).Err()
 }
 
 // reclaimScript takes over queue entries pending longer than a lease

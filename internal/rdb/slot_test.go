@@ -414,8 +414,24 @@ func TestEveryScriptAndMultiTouchesOneSlot(t *testing.T) {
 
 	// Phase 7b: a fresh message for its dispatched task (a repair's), on
 	// a band above 0 (enqueue: the message and the band mark).
-	if err := db.Redispatch(ctx, rdb.Dispatch{Pool: "nobody", Run: run5, Task: "a", Attempt: 1, Priority: 3}); err != nil {
+	if err := db.XAddDispatch(ctx, c, rdb.Dispatch{Pool: "nobody", Run: run5, Task: "a", Attempt: 1, Priority: 3}).Err(); err != nil {
 		t.Errorf("redispatch in run %s: %v", run5, err)
+	}
+
+	// Phase 7c: that message read and given back unstarted, as a
+	// stopping worker gives back what it read and did not start
+	// (queue_move: a fresh copy queued, the read one acked).
+	band := rdb.NewKeys(ns).QueueFor(run5, "nobody", 3)
+	if err := db.EnsureGroup(ctx, band, rdb.GroupWorkers); err != nil {
+		t.Fatal(err)
+	}
+	read, err := c.XReadGroup(ctx, &redis.XReadGroupArgs{Group: rdb.GroupWorkers, Consumer: "leaving", Streams: []string{band, ">"}, Count: 1}).Result()
+	if err != nil || len(read) != 1 || len(read[0].Messages) != 1 {
+		t.Fatalf("read the fresh message of run %s: %v %v", run5, read, err)
+	}
+	if err := db.QueueMoves(ctx, "leaving", []rdb.MoveItem{{Stream: band, ID: read[0].Messages[0].ID,
+		Dispatch: rdb.Dispatch{Pool: "nobody", Run: run5, Task: "a", Attempt: 1, Priority: 3}}}); err != nil {
+		t.Errorf("give back the message of run %s: %v", run5, err)
 	}
 
 	// Phase 8: d's result expired (result TTL): deleted by the
