@@ -92,7 +92,7 @@ func (h *hostile) DialHook(next redis.DialHook) redis.DialHook { return next }
 func (h *hostile) count(cmd redis.Cmder) {
 	a := cmd.Args()
 	if len(a) > 4 && strings.HasSuffix(fmt.Sprint(a[4]), ":wants-repair") {
-		return // the reclaimer's periodic XAUTOCLAIM of a band, in a script: housekeeping, not a run's step
+		return // the reclaimers' periodic XAUTOCLAIM of a band or a feed, in a script: housekeeping, not a run's step
 	}
 	if n := strings.ToLower(cmd.Name()); n == "evalsha" || n == "eval" {
 		h.calls.Add(1)

@@ -4,11 +4,14 @@ import (
 	"fmt"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/graflow-go/graflow/events"
+	"github.com/graflow-go/graflow/internal/rdb"
 	"github.com/graflow-go/graflow/internal/redistest"
 	"github.com/graflow-go/graflow/projector"
 	"github.com/graflow-go/graflow/scheduler"
+	"github.com/redis/go-redis/v9"
 )
 
 // lostMessages submits n one-task runs (ids r000…), deletes every queued
@@ -116,5 +119,69 @@ func TestARepairRequestMadeDuringAWalkOutlivesIt(t *testing.T) {
 	p.AutoRepairPass(b.ctx, &cur)
 	if gen, err := b.db.RepairRequest(b.ctx); err != nil || len(gen) != 0 {
 		t.Errorf("repair request after a walk that answered it: %v, %v; want cleared", gen, err)
+	}
+}
+
+// A feed entry deleted while pending for a projector that died left its run
+// dirty with no pointer (whoever finds @dirty set points the feed no more):
+// the feed's reclaim ignored the deleted ids XAUTOCLAIM reported, and the
+// run waited for good. The reclaim now requests the repair, which points
+// the feed at every running run.
+func TestARunWhosePendingFeedEntryIsDeletedIsProjected(t *testing.T) {
+	t.Parallel()
+	b := setupLive(t)
+	run, _, err := b.sched.Submit(b.ctx, events.RunSubmittedBody{Workflow: "w", Tasks: []events.TaskSpec{spec("a")}},
+		scheduler.SubmitOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	feed := b.db.K.FeedFor(run)
+	if err := b.db.EnsureGroup(b.ctx, feed, rdb.GroupProjectors); err != nil {
+		t.Fatal(err)
+	}
+	// A writer marks the run dirty and points the feed at it (its submit
+	// needed no projector: it dispatched the root itself).
+	if err := b.rdb.HSet(b.ctx, b.db.K.RunState(run), "@dirty", "1").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.rdb.XAdd(b.ctx, &redis.XAddArgs{Stream: feed, Values: []any{"r", run}}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	// A projector reads the run's pointer and dies; the entry is deleted.
+	read, err := b.rdb.XReadGroup(b.ctx, &redis.XReadGroupArgs{Group: rdb.GroupProjectors, Consumer: "dead", Streams: []string{feed, ">"},
+		Block: -1}).Result()
+	if err != nil || len(read) != 1 || len(read[0].Messages) != 1 {
+		t.Fatalf("read the feed: %v %v", read, err)
+	}
+	if err := b.rdb.XDel(b.ctx, feed, read[0].Messages[0].ID).Err(); err != nil {
+		t.Fatal(err)
+	}
+	p, err := projector.New(projector.Config{Redis: b.rdb, Namespace: b.db.K.Namespace(), ID: "live", FeedBlock: 100 * time.Millisecond,
+		FeedReclaimIdle: 300 * time.Millisecond, RetryInitial: time.Millisecond, RetryMax: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.start(t, p)()
+	// The projector folds the run: its cursor reaches the log's last entry.
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		last, err := b.rdb.XRevRangeN(b.ctx, b.db.K.RunLog(run), "+", "-", 1).Result()
+		if err != nil || len(last) != 1 {
+			t.Fatalf("log: %v %v", last, err)
+		}
+		state, err := b.rdb.HMGet(b.ctx, b.db.K.RunState(run), "@cursor", "@dirty").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if state[0] == last[0].ID && state[1] == nil {
+			return
+		}
+		select {
+		case <-tick.C:
+		case <-b.ctx.Done():
+			t.Fatalf("run %s never projected after its pending feed entry was deleted: @cursor %v, @dirty %v, last entry %s",
+				run, state[0], state[1], last[0].ID)
+		}
 	}
 }

@@ -196,12 +196,15 @@ func (p *Projector) reclaimFeed(ctx context.Context, parts []int) {
 			log := p.log.With().Int("partition", n).Logger()
 			start := "0-0"
 			for ctx.Err() == nil {
-				msgs, next, _, err := p.db.AutoClaim(ctx, stream, rdb.GroupProjectors, p.cfg.ID, p.cfg.FeedReclaimIdle, start, 256)
+				msgs, next, deleted, err := p.db.ReclaimFeed(ctx, n, p.cfg.ID, p.cfg.FeedReclaimIdle, start, 256)
 				if err != nil {
 					if ctx.Err() == nil && !isNoGroup(err) {
 						log.Warn().Err(err).Msg("reclaim feed entries")
 					}
 					break
+				}
+				if len(deleted) > 0 {
+					log.Error().Strs("ids", deleted).Msg("pending feed entries were deleted from the stream; a repair of the running runs points the feed at them again")
 				}
 				if len(msgs) > 0 {
 					log.Info().Int("entries", len(msgs)).Msg("took over feed entries of a dead projector")

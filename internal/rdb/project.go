@@ -85,15 +85,6 @@ func IsNoGroup(err error) bool {
 	return err != nil && len(err.Error()) >= 7 && err.Error()[:7] == "NOGROUP"
 }
 
-// AutoClaim takes over up to count entries of stream pending longer than
-// minIdle (XAUTOCLAIM from start), for consumer of group. deleted lists
-// the ids that were pending but are gone from the stream.
-func (d DB) AutoClaim(ctx context.Context, stream, group, consumer string, minIdle time.Duration, start string, count int) (msgs []Message, next string, deleted []string, err error) {
-	return d.C.XAutoClaimWithDeleted(ctx, &redis.XAutoClaimArgs{
-		Stream: stream, Group: group, Consumer: consumer, MinIdle: minIdle, Start: start, Count: int64(count),
-	}).Result()
-}
-
 // PendingPast reports whether stream holds an entry of group pending
 // longer than minIdle (XPENDING with IDLE, one entry). A stream or group
 // that does not exist holds none.

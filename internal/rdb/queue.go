@@ -580,19 +580,21 @@ func (d DB) AckMessage(ctx context.Context, stream, consumer, id string, deliver
 	return res[0], nil
 }
 
-// reclaimScript takes over queue entries pending longer than a lease
-// (XAUTOCLAIM) and, when it reports pending entries deleted from the
+// reclaimScript takes over queue or feed entries pending longer than a
+// lease (XAUTOCLAIM) and, when it reports pending entries deleted from the
 // stream (an XTRIM or XDEL by hand, writes lost in a failover), requests a
 // repair of the partition's running runs in the same step: XAUTOCLAIM
 // drops those entries from the pending list as it reports them, so a
 // request made by a later call could be lost with its caller (or the
-// reply), and nothing would then come back to their tasks.
+// reply), and nothing would then come back to their tasks (a queue entry)
+// or their run (a feed entry: the run stays dirty with no pointer; the
+// repair points the feed at every running run).
 //
-// KEYS: 1 the queue stream, 2 the partition's repair request
-// ARGV: 1 consumer, 2 min idle ms, 3 start, 4 count
+// KEYS: 1 the queue or feed stream, 2 the partition's repair request
+// ARGV: 1 consumer, 2 min idle ms, 3 start, 4 count, 5 group
 // Reply: XAUTOCLAIM's: {next, {{id, {field, value, ...}}, ...}, {deleted ids}}
 var reclaimScript = redis.NewScript(`
-local r = redis.call('XAUTOCLAIM', KEYS[1], '` + GroupWorkers + `', ARGV[1], ARGV[2], ARGV[3], 'COUNT', ARGV[4])
+local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[5], ARGV[1], ARGV[2], ARGV[3], 'COUNT', ARGV[4])
 if r[3] and #r[3] > 0 then redis.call('INCR', KEYS[2]) end
 return r
 `)
@@ -606,8 +608,20 @@ func (d DB) Reclaim(ctx context.Context, stream, consumer string, minIdle time.D
 	if !ok {
 		return nil, "", nil, fmt.Errorf("reclaim: %q is not a queue stream", stream)
 	}
+	return d.reclaim(ctx, stream, part, GroupWorkers, consumer, minIdle, start, count)
+}
+
+// ReclaimFeed takes over up to count entries of the projectors' group on
+// partition part's feed pending longer than minIdle, for consumer, from
+// start, as Reclaim does for a queue (a repair is requested for deleted
+// ones).
+func (d DB) ReclaimFeed(ctx context.Context, part int, consumer string, minIdle time.Duration, start string, count int) (msgs []Message, next string, deleted []string, err error) {
+	return d.reclaim(ctx, d.K.Feed(part), part, GroupProjectors, consumer, minIdle, start, count)
+}
+
+func (d DB) reclaim(ctx context.Context, stream string, part int, group, consumer string, minIdle time.Duration, start string, count int) (msgs []Message, next string, deleted []string, err error) {
 	reply, err := reclaimScript.Run(ctx, d.C, []string{stream, d.K.RepairRequestedIn(part)},
-		consumer, minIdle.Milliseconds(), start, count).Slice()
+		consumer, minIdle.Milliseconds(), start, count, group).Slice()
 	if err != nil {
 		return nil, "", nil, err
 	}
