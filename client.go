@@ -565,8 +565,10 @@ type RepairReport struct {
 	Run string `json:"run"`
 	// Redispatched lists tasks given a fresh queue message: dispatched
 	// tasks (a duplicate message is dropped at claim) and running tasks
-	// whose owner is no longer a live worker (their claim is released
-	// first, bumping the epoch, so a late result is rejected).
+	// whose owner is no longer a live worker or holds no queue entry of
+	// them (their claim is released first, bumping the epoch, so a late
+	// result is rejected; a live owner's handler is cancelled at its next
+	// heartbeat).
 	Redispatched []string `json:"redispatched,omitempty"`
 	// Skipped is true for runs that are not running.
 	Skipped bool `json:"skipped,omitempty"`
@@ -577,7 +579,9 @@ type RepairReport struct {
 // stream while pending (XTRIM/XDEL by hand; the reclaimer logs them), or a
 // Redis Cluster node that lost its last writes. It also points the feed at
 // the run. Safe to run at any time: duplicates are dropped at claim, and a
-// live claim is never touched. ErrRunNotFound for a run with no log.
+// claim whose owner holds its queue entry is never touched (one whose
+// entry is gone is handed back: nothing would come back to it if its
+// owner died). ErrRunNotFound for a run with no log.
 //
 // Its dispatches carry the trace context of a graflow.repair span in the
 // run's trace.

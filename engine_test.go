@@ -3,6 +3,7 @@ package graflow_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -249,14 +250,10 @@ func TestRepairHandsBackARunningTaskWhoseEntryItsOwnerNoLongerHolds(t *testing.T
 	wf.Task("only", "hold")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	run, err := b.client.Submit(ctx, wf, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-started:
-	case <-ctx.Done():
-		t.Fatal("the task never started")
+	run := submitStarted(ctx, t, b.client, wf, started)
+	// While its owner holds its entry, a repair leaves the claim alone.
+	if rep, err := b.client.Repair(ctx, run); err != nil || len(rep.Redispatched) != 0 {
+		t.Fatalf("repair of a held claim = %+v, %v; want nothing re-dispatched", rep, err)
 	}
 	// Its entry is deleted while it runs, the way an operator's XTRIM would.
 	if err := b.rdb.XTrimMaxLen(ctx, rdb.NewKeys(b.ns).Queue(0, "default", 0), 0).Err(); err != nil {
@@ -276,6 +273,143 @@ func TestRepairHandsBackARunningTaskWhoseEntryItsOwnerNoLongerHolds(t *testing.T
 	if !info.Succeeded() || string(info.Task("only").Result) != `"again"` {
 		t.Fatalf("after the repair want success with \"again\", got %+v", info)
 	}
+}
+
+// beats observes a worker's heartbeat loop: one value per round.
+type beats struct {
+	worker.NopObserver
+	c chan struct{}
+}
+
+func (b beats) Alive(loop string, _ time.Duration) {
+	if loop == "worker.heartbeat" {
+		select {
+		case b.c <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// A running task whose queue entry is deleted (XDEL, XTRIM) or acked by
+// hand (XACK) while its holder lives, and whose holder then dies, runs on
+// another worker. Deleted: the heartbeat's touch dropped the entry from
+// the pending list, and nothing came back to the task; now the entry stays
+// pending, a reclaimer finds it deleted and requests the repair, which
+// hands the task back. Acked: nothing was pending to find; now the
+// holder's heartbeats, finding its entry pending for nobody, request the
+// repair.
+func TestATaskWhoseEntryIsLostAndWhoseHolderDiesRunsElsewhere(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		lose func(ctx context.Context, rc *redis.Client, q string) error
+	}{
+		{"deleted", func(ctx context.Context, rc *redis.Client, q string) error { return rc.XTrimMaxLen(ctx, q, 0).Err() }},
+		{"acked", func(ctx context.Context, rc *redis.Client, q string) error {
+			p, err := rc.XPendingExt(ctx, &redis.XPendingExtArgs{Stream: q, Group: rdb.GroupWorkers, Start: "-", End: "+", Count: 1}).Result()
+			if err != nil || len(p) != 1 {
+				return fmt.Errorf("pending %v: %w", p, err)
+			}
+			return rc.XAck(ctx, q, rdb.GroupWorkers, p[0].ID).Err()
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			lostEntryRunsElsewhere(t, tc.lose)
+		})
+	}
+}
+
+func lostEntryRunsElsewhere(t *testing.T, lose func(ctx context.Context, rc *redis.Client, q string) error) {
+	rc := redistest.Client(t)
+	ns := redistest.Namespace(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	life, stop := context.WithCancel(context.Background())
+	t.Cleanup(func() { stop(); wg.Wait() })
+	// Repair passes every 200 ms (FeedReclaimIdle / 3).
+	p, err := projector.New(projector.Config{Redis: rc, Namespace: ns, FeedBlock: 100 * time.Millisecond, FeedReclaimIdle: 600 * time.Millisecond,
+		RetryInitial: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wg.Add(1)
+	go func() { defer wg.Done(); _ = p.Run(life) }()
+	client, err := graflow.NewClient(graflow.Config{Redis: rc, Namespace: ns})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// The holder has a client of its own, closed to kill it.
+	hc := redistest.Client(t)
+	started := make(chan string, 1)
+	hb := beats{c: make(chan struct{}, 1)}
+	holder, err := worker.New(worker.Config{Redis: hc, Namespace: ns, ID: "holder", FetchBlock: 100 * time.Millisecond,
+		Lease: time.Second, HeartbeatInterval: 100 * time.Millisecond, ReclaimInterval: 100 * time.Millisecond, Metrics: hb,
+		DrainTimeout: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	holder.HandleFunc("hold", func(ctx context.Context, task *worker.Task) (any, error) {
+		started <- task.ID
+		<-ctx.Done()
+		return nil, context.Cause(ctx)
+	})
+	hctx, kill := context.WithCancel(context.Background())
+	wg.Add(1)
+	go func() { defer wg.Done(); _ = holder.Run(hctx) }()
+
+	wf := graflow.NewWorkflow("lost")
+	wf.Task("only", "hold")
+	run := submitStarted(ctx, t, client, wf, started)
+	if err := lose(ctx, rc, rdb.NewKeys(ns).Queue(0, "default", 0)); err != nil {
+		t.Fatal(err)
+	}
+	for range 4 { // three whole heartbeat rounds after the loss
+		select {
+		case <-hb.c:
+		case <-ctx.Done():
+			t.Fatal("the holder stopped heartbeating")
+		}
+	}
+	// The holder dies: nothing it sends arrives any more.
+	if err := hc.Close(); err != nil {
+		t.Fatal(err)
+	}
+	kill()
+
+	w, err := worker.New(worker.Config{Redis: rc, Namespace: ns, ID: "rescuer", FetchBlock: 100 * time.Millisecond,
+		Lease: time.Second, ReclaimInterval: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.HandleFunc("hold", func(ctx context.Context, task *worker.Task) (any, error) { return "rescued", nil })
+	wg.Add(1)
+	go func() { defer wg.Done(); _ = w.Run(life) }()
+	info, err := client.Wait(ctx, run)
+	if err != nil {
+		t.Fatalf("the task of the dead holder never ran again: %v", err)
+	}
+	if !info.Succeeded() || string(info.Task("only").Result) != `"rescued"` {
+		t.Fatalf("run %+v; want it succeeded by the rescuer", info)
+	}
+}
+
+// submitStarted submits wf and waits for its first task to start (its
+// handler sends on started).
+func submitStarted[T any](ctx context.Context, t *testing.T, c *graflow.Client, wf *graflow.Workflow, started <-chan T) string {
+	t.Helper()
+	run, err := c.Submit(ctx, wf, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-started:
+	case <-ctx.Done():
+		t.Fatal("the task never started")
+	}
+	return run
 }
 
 // startWorker runs one more in-process worker until the test ends.

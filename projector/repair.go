@@ -20,7 +20,8 @@ var ErrNotRunning = errors.New("run is not running")
 // RepairPlan folds a run's log (evs, in order) and returns the tasks a
 // repair re-dispatches: those dispatched or running (a repair gives a
 // dispatched task not parked for a retry a fresh message, and hands a
-// running task whose worker is no longer registered back first). It
+// running task back first when its worker is no longer registered or
+// holds no queue entry of it: rdb.Repair decides which). It
 // returns ErrNotRunning (wrapped) for a run that is not running, and the
 // run's trace context (run_submitted's traceparent, "" untraced): the
 // repair's dispatches stay in the run's trace. Pure: the Redis side is the
@@ -85,9 +86,10 @@ type repairCursor struct {
 	retry   bool // a run's repair failed on a transient error: walk again
 }
 
-// autoRepair runs the repair the workers asked for when XAUTOCLAIM told
-// them that pending queue entries were deleted (those entries carry no
-// fields, so their runs are found from the index): each pass repairs up to
+// autoRepair runs the repair asked for when XAUTOCLAIM reported pending
+// queue or feed entries deleted, or a worker's heartbeat found its entry
+// pending for nobody (deleted entries carry no fields, so their runs are
+// found from the index): each pass repairs up to
 // repairPage running runs, until the whole index has been walked. The
 // caller holds the namespace's repair lock. The request stays until a walk
 // has repaired every running run: a projector that stops mid-walk leaves

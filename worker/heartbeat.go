@@ -116,6 +116,24 @@ func (w *Worker) beat(ctx context.Context) {
 			w.log.Warn().Err(err).Str("task", a.task.ID).Msg("heartbeat")
 			continue
 		}
+		if outs[i].Touched == 0 && !w.cfg.noFencing {
+			// The claim holds, but its entry is pending for nobody: acked
+			// or dropped by hand (XACK, XGROUP SETID, the stream deleted).
+			// No reclaimer will find it if this worker dies, so ask for
+			// the repair that hands the task back (twice in a row: a finish
+			// that landed between the heartbeat and the touch acks it too).
+			a.unpended++
+			if a.unpended == 2 {
+				w.log.Error().Str("run", a.task.Run).Str("task", a.task.ID).Str("stream", a.stream).Str("msg", a.msgID).
+					Msg("the queue entry of a running task is pending for nobody; requesting a repair, which hands the task back")
+				if err := w.db.RequestRepair(ctx); err != nil {
+					a.unpended-- // again at the next beat
+					w.log.Warn().Err(err).Msg("request a repair")
+				}
+			}
+		} else {
+			a.unpended = 0
+		}
 		if outs[i].Touched == -2 && !a.deleted {
 			// Its lease can no longer be renewed: the task goes on, and
 			// its holder's death or a lease passed without an outcome has

@@ -254,6 +254,7 @@ type attempt struct {
 	lastNote  string
 	lost      bool // the claim is gone; only the heartbeat loop reads and writes it
 	deleted   bool // its queue entry was deleted while pending (reported once); heartbeat loop only
+	unpended  int  // heartbeats in a row that found its entry pending for nobody; heartbeat loop only
 }
 
 type message struct {
@@ -812,6 +813,12 @@ func (w *Worker) process(ctx context.Context, m message, release func()) (parked
 		// It waited in the buffer for a slot: renew its lease before the
 		// claim, or a reclaimer could take it right after we start.
 		n, deliveries, err := w.db.TouchMessage(ctx, m.stream, w.cfg.ID, m.id)
+		if err == nil && n == -2 {
+			// Left pending: a reclaimer finds it deleted and requests the
+			// repair that gives the task a fresh message.
+			log.Warn().Str("msg", m.id).Msg("buffered message was deleted from its stream; leaving it to the reclaim and repair")
+			return
+		}
 		if err == nil && n != 1 {
 			log.Debug().Int64("touch", n).Msg("buffered message no longer ours; dropping it")
 			return

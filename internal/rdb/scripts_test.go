@@ -733,9 +733,6 @@ func TestQueueAckManyIDs(t *testing.T) {
 	}
 }
 
-// An ack with a delivery count leaves alone a message of the caller's
-// delivered more often since (reclaimed away and back): -2, still pending.
-// Touches (the lease's renewal) do not count as deliveries.
 // A touch of a pending entry deleted from its stream (an XDEL or XTRIM by
 // hand) dropped it from the pending list, as XCLAIM does with a deleted
 // entry, and reported it touched: its holder's death then left nothing for
@@ -774,6 +771,9 @@ func TestATouchLeavesADeletedEntryPending(t *testing.T) {
 	}
 }
 
+// An ack with a delivery count leaves alone a message of the caller's
+// delivered more often since (reclaimed away and back): -2, still pending.
+// Touches (the lease's renewal) do not count as deliveries.
 func TestAckMessageLeavesAMessageDeliveredAgain(t *testing.T) {
 	t.Parallel()
 	c, db, ctx, q := queueWithGroup(t)

@@ -245,7 +245,7 @@ const (
 	faultProjector      = "projector"       // SIGKILL a projector, restart it
 	faultProjectorPause = "projector-pause" // SIGSTOP a projector past the feed reclaim
 	faultRedis          = "redis"           // SIGKILL Redis, restart it from its AOF; on a cluster, SIGKILL a master (failover)
-	faultDeleteEntry    = "delete-entry"    // XDEL a queue entry a worker holds; half the time SIGKILL its holder a heartbeat later
+	faultDeleteEntry    = "delete-entry"    // XDEL a queue entry a running worker holds; half the time SIGKILL its holder half a lease later
 )
 
 // inject applies faults at seeded random intervals in [lo, hi) until ctx
@@ -394,21 +394,26 @@ func (s *stack) killWorker(i int, why string) {
 	s.logf("SIGKILL worker %s%s, started %s", old.Name, why, s.workers[i].Name)
 }
 
-// deleteEntry deletes a queue entry of the default pool that a worker
-// holds (rdb.DeleteHeldEntry), as an operator's XTRIM or XDEL would, and
-// half the time SIGKILLs its holder half a lease later (after a heartbeat
-// that found the entry gone). Its task must still run to an outcome: the
-// holder finishes it within its lease, or a reclaimer finds the entry
-// deleted and a projector's repair hands the task back. Caller holds mu.
+// deleteEntry deletes a queue entry of the default pool that a running,
+// unpaused worker holds (rdb.DeleteHeldEntry), as an operator's XTRIM or
+// XDEL would, and half the time SIGKILLs its holder half a lease later
+// (after a heartbeat that found the entry gone, if its task still runs).
+// Its task must still run to an outcome: the holder finishes it within its
+// lease, or a reclaimer finds the entry deleted and a projector's repair
+// hands the task back. Caller holds mu.
 func (s *stack) deleteEntry(ctx context.Context) {
 	part := s.rng.IntN(max(s.cfg.Partitions, 1))
-	e, ok, err := s.db.DeleteHeldEntry(ctx, part, worker.DefaultPool, s.rng.IntN(rdb.MaxPriority+1), s.rng.IntN)
+	live := func(holder string) bool {
+		i := slices.IndexFunc(s.workers, func(p *proc.Proc) bool { return p.Name == holder })
+		return i >= 0 && !s.paused[i]
+	}
+	e, ok, err := s.db.DeleteHeldEntry(ctx, part, worker.DefaultPool, s.rng.IntN(rdb.MaxPriority+1), live, s.rng.IntN)
 	switch {
 	case err != nil:
 		s.logf("delete a held queue entry: %v", err)
 		return
 	case !ok:
-		s.logf("delete a held queue entry: no entry pending in partition %d", part)
+		s.logf("delete a held queue entry: none pending for a running worker in partition %d", part)
 		return
 	}
 	s.report.DeletedEntries++
@@ -427,7 +432,7 @@ func (s *stack) deleteEntry(ctx context.Context) {
 		}
 		s.mu.Lock()
 		defer s.mu.Unlock()
-		if s.gens[i] == gen && !s.paused[i] {
+		if ctx.Err() == nil && s.gens[i] == gen && !s.paused[i] { // the faults may have stopped meanwhile
 			s.killWorker(i, " (its queue entry deleted half a lease before)")
 		}
 	}()
