@@ -160,6 +160,9 @@ type HeartbeatItem struct {
 type HeartbeatOutcome struct {
 	Err     error
 	Touched int64
+	// Done: the claim had already ended with the caller's own outcome (a
+	// heartbeat that raced the finish).
+	Done bool
 }
 
 // Heartbeats sends the heartbeats of a worker's claims and its registry
@@ -182,6 +185,9 @@ func (d DB) Heartbeats(ctx context.Context, consumer string, items []HeartbeatIt
 	for i := range items {
 		out[i].Err = HeartbeatResult(hb[i])
 		out[i].Touched, _ = touches[i].Int64()
+		if res, err := hb[i].Slice(); err == nil {
+			out[i].Done = str(res, 0) == "done"
+		}
 	}
 	return out
 }
