@@ -402,18 +402,25 @@ func (s *stack) killWorker(i int, why string) {
 // lease, or a reclaimer finds the entry deleted and a projector's repair
 // hands the task back. Caller holds mu.
 func (s *stack) deleteEntry(ctx context.Context) {
-	part := s.rng.IntN(max(s.cfg.Partitions, 1))
 	live := func(holder string) bool {
 		i := slices.IndexFunc(s.workers, func(p *proc.Proc) bool { return p.Name == holder })
 		return i >= 0 && !s.paused[i]
 	}
-	e, ok, err := s.db.DeleteHeldEntry(ctx, part, worker.DefaultPool, s.rng.IntN(rdb.MaxPriority+1), live, s.rng.IntN)
-	switch {
-	case err != nil:
-		s.logf("delete a held queue entry: %v", err)
-		return
-	case !ok:
-		s.logf("delete a held queue entry: none pending for a running worker in partition %d", part)
+	// The partitions from a random one on: the busy ones are few.
+	parts := max(s.cfg.Partitions, 1)
+	first := s.rng.IntN(parts)
+	var e rdb.DeletedEntry
+	ok := false
+	for n := 0; n < parts && !ok; n++ {
+		var err error
+		e, ok, err = s.db.DeleteHeldEntry(ctx, (first+n)%parts, worker.DefaultPool, s.rng.IntN(rdb.MaxPriority+1), live, s.rng.IntN)
+		if err != nil {
+			s.logf("delete a held queue entry: %v", err)
+			return
+		}
+	}
+	if !ok {
+		s.logf("delete a held queue entry: none pending for a running worker")
 		return
 	}
 	s.report.DeletedEntries++
