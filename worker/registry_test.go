@@ -74,7 +74,16 @@ func TestHeartbeatRewritesTheWholeRegistryRecord(t *testing.T) {
 	if err := b.c.Del(b.ctx, b.db.K.Worker("w-reg"), b.db.K.Workers()).Err(); err != nil {
 		t.Fatal(err)
 	}
-	// The first beat seen may have started before the loss; the second began after it.
+	// Beats signalled before this point (the channel holds 16) ran before
+	// the loss; of those signalled after it, the first may have run before
+	// the loss too (it signals after its round trip); the second began after.
+	for drained := false; !drained; {
+		select {
+		case <-h.beats:
+		default:
+			drained = true
+		}
+	}
 	waitBeats(t, h.beats, 2)
 	got, err := b.c.HGetAll(b.ctx, b.db.K.Worker("w-reg")).Result()
 	if err != nil {

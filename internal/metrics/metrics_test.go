@@ -36,6 +36,19 @@ func (d doneCounter) TaskDone(pool, handler string, o worker.Outcome) {
 	d.done <- o
 }
 
+// commitCounter passes the projector's commits on, then sends how many of
+// a round trip's were committed (the projector observes a commit after its
+// round trip, which may be after the run's end is in the log).
+type commitCounter struct {
+	projector.Observer
+	committed chan int
+}
+
+func (c commitCounter) Committed(commits, conflicts, failed int, d time.Duration, err error) {
+	c.Observer.Committed(commits, conflicts, failed, d, err)
+	c.committed <- commits - conflicts - failed
+}
+
 // TestScrapeAfterAKnownWorkload runs a worker and a projector with
 // metrics, runs 5 successes, 2 tasks that fail for good and one that
 // fails once and then succeeds, scrapes /metrics over HTTP and checks the
@@ -50,11 +63,12 @@ func TestScrapeAfterAKnownWorkload(t *testing.T) {
 	}
 	m := graflow.NewMetrics(client, graflow.MetricsOptions{Pools: []string{"default"}})
 	obs := doneCounter{Observer: m.Worker(), done: make(chan worker.Outcome, 64)}
+	pobs := commitCounter{Observer: m.Projector(), committed: make(chan int, 1024)}
 
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	p, err := projector.New(projector.Config{Redis: rc, Namespace: ns, FeedBlock: 200 * time.Millisecond,
-		RetryInitial: 10 * time.Millisecond, RetryMax: 20 * time.Millisecond, Metrics: m.Projector()})
+		RetryInitial: 10 * time.Millisecond, RetryMax: 20 * time.Millisecond, Metrics: pobs})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,6 +132,16 @@ func TestScrapeAfterAKnownWorkload(t *testing.T) {
 		case <-obs.done:
 		case <-time.After(10 * time.Second):
 			t.Fatalf("only %d of 9 outcomes observed", i)
+		}
+	}
+	// The projector commits each run at least once (below): wait until it
+	// has counted three.
+	for n := 0; n < 3; {
+		select {
+		case k := <-pobs.committed:
+			n += k
+		case <-time.After(10 * time.Second):
+			t.Fatalf("only %d commits observed, want at least one per run (3)", n)
 		}
 	}
 

@@ -146,7 +146,10 @@ func TestManyWaitsShareOneWorkerConnection(t *testing.T) {
 		}
 		n := 0
 		for _, l := range strings.Split(list, "\n") {
-			if strings.Contains(l, " name="+name+" ") && strings.Contains(l, " cmd=xread ") {
+			// Blocked now (flag b) in XREAD: cmd= is a connection's last
+			// command, and an idle one whose last read returned says xread
+			// too.
+			if strings.Contains(l, " name="+name+" ") && strings.Contains(l, " cmd=xread ") && blocked(l) {
 				n++
 			}
 		}
@@ -315,4 +318,14 @@ func TestWaitSignalNameIsTheSchedulers(t *testing.T) {
 	if builtin.WaitSignal != scheduler.WaitSignalHandler {
 		t.Fatalf("builtin.WaitSignal %q, scheduler.WaitSignalHandler %q: the submit would not check its args", builtin.WaitSignal, scheduler.WaitSignalHandler)
 	}
+}
+
+// blocked reports whether a CLIENT LIST line's flags hold b (blocked).
+func blocked(line string) bool {
+	for _, f := range strings.Fields(line) {
+		if flags, ok := strings.CutPrefix(f, "flags="); ok {
+			return strings.Contains(flags, "b")
+		}
+	}
+	return false
 }
