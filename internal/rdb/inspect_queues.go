@@ -263,23 +263,21 @@ func (d DB) QueueStat(ctx context.Context, stream string) (q QueueStat, ok bool,
 	return q, true, nil
 }
 
-// QueuePools returns the pools that have a queue stream (SCAN over every
-// master of a cluster for the keys the key builder gives for each band).
+// QueuePools returns the pools that have a queue stream: one SCAN of the
+// keyspace (of every master of a cluster) for the queue streams of every
+// partition and band, each key then checked by ParseQueue. A SCAN walks
+// the whole keyspace whatever its MATCH, so one walk, not one per
+// partition and band (it was 10 per partition: seconds on a Redis of a
+// few hundred thousand keys, past a metrics scrape's read budget).
 func (d DB) QueuePools(ctx context.Context) (map[string]bool, error) {
 	set := map[string]bool{}
-	for part := range d.K.Partitions() {
-		for p := 0; p <= MaxPriority; p++ {
-			// The builder's own key for pool "*" is the MATCH pattern; pool
-			// names cannot hold glob characters (letters, digits, "_.:-").
-			err := d.scanStreams(ctx, d.K.Queue(part, "*", p), func(key string) {
-				if _, pool, _, ok := d.K.ParseQueue(key); ok {
-					set[pool] = true
-				}
-			})
-			if err != nil {
-				return nil, err
-			}
+	err := d.scanStreams(ctx, d.K.QueuesPattern(), func(key string) {
+		if _, pool, _, ok := d.K.ParseQueue(key); ok {
+			set[pool] = true
 		}
+	})
+	if err != nil {
+		return nil, err
 	}
 	return set, nil
 }

@@ -202,6 +202,12 @@ func (k Keys) Queue(part int, pool string, priority int) string {
 	return k.tag(part) + "q:" + pool + ":" + strconv.Itoa(priority)
 }
 
+// QueuesPattern is a SCAN MATCH pattern that every queue stream of the
+// namespace matches (every partition, pool and band; other keys of a
+// partition may match too: check each with ParseQueue). Namespaces and
+// pool names hold no glob characters.
+func (k Keys) QueuesPattern() string { return k.ns + ":{p*}:q:*" }
+
 // QueueHigh marks that a message may wait on one of a pool's bands above
 // 0 in partition part: every writer of such a message sets it, and a fetch
 // that finds those bands with nothing new deletes it, so that a fetch of a
