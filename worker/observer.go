@@ -25,7 +25,8 @@ type Observer interface {
 	// HandlerReturned is called when it returned (or panicked), after d,
 	// with what it returned.
 	HandlerReturned(pool, handler string, d time.Duration, err error)
-	// TaskDone is called once per handled attempt with what became of it.
+	// TaskDone is called once per handled attempt with what became of it,
+	// after DeadLettered for a task dead-lettered.
 	TaskDone(pool, handler string, outcome Outcome)
 	// ClaimBatch is called after a batch of n claims made its round trip.
 	ClaimBatch(n int, d time.Duration)
@@ -123,9 +124,11 @@ func (b *batcher) observeFinishes(batch []finishReq, errs []error, deadErr error
 		default:
 			out = OutcomeSucceeded
 		}
-		o.TaskDone(pool, r.handler, out)
+		// The dead letter first: TaskDone is the last word on an outcome,
+		// so an observer that waits for it sees the dead letter counted.
 		if errs[i] == nil && r.deadLetter != nil && deadErr == nil {
 			o.DeadLettered(pool, r.handler)
 		}
+		o.TaskDone(pool, r.handler, out)
 	}
 }
