@@ -116,7 +116,7 @@ func (w *Worker) beat(ctx context.Context) {
 			w.log.Warn().Err(err).Str("task", a.task.ID).Msg("heartbeat")
 			continue
 		}
-		if outs[i].Touched == 0 && !outs[i].Done && !w.cfg.noFencing {
+		if outs[i].Touched == 0 && outs[i].TouchErr == nil && !outs[i].Done && !w.cfg.noFencing {
 			// The claim holds, but its entry is pending for nobody: acked
 			// or dropped by hand (XACK, XGROUP SETID, the stream deleted).
 			// No reclaimer will find it if this worker dies, so ask for

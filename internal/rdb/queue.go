@@ -160,6 +160,10 @@ type HeartbeatItem struct {
 type HeartbeatOutcome struct {
 	Err     error
 	Touched int64
+	// TouchErr is the touch's own error (Touched is then 0), but for a
+	// stream or group gone (NOGROUP), which is Touched 0: pending for
+	// nobody.
+	TouchErr error
 	// Done: the claim had already ended with the caller's own outcome (a
 	// heartbeat that raced the finish).
 	Done bool
@@ -184,7 +188,11 @@ func (d DB) Heartbeats(ctx context.Context, consumer string, items []HeartbeatIt
 	out := make([]HeartbeatOutcome, len(items))
 	for i := range items {
 		out[i].Err = HeartbeatResult(hb[i])
-		out[i].Touched, _ = touches[i].Int64()
+		if n, err := touches[i].Int64(); err == nil || IsNoGroup(err) {
+			out[i].Touched = n
+		} else {
+			out[i].TouchErr = err
+		}
 		if res, err := hb[i].Slice(); err == nil {
 			out[i].Done = str(res, 0) == "done"
 		}
@@ -262,16 +270,21 @@ if KEYS[3] then
   local bad = notwritable(KEYS[3], 'stream')
   if bad then return bad end
 end
+-- Whether the caller's message is still its own, read before any write:
+-- a stream deleted by hand has no group (XPENDING would fail after the
+-- writes, and a script's writes stay when it fails).
+local mine = false
+if KEYS[4] then
+  local p = redis.pcall('XPENDING', KEYS[4], '` + GroupWorkers + `', ARGV[9], ARGV[9], 1)
+  mine = type(p) == 'table' and p.err == nil and #p == 1 and p[1][2] == ARGV[4]
+end
 e = e + 1
 -- The event first: on a log of the wrong type nothing is written.
 append(KEYS[2], ARGV[5], 'task_reclaimed', ARGV[1], a, e, ARGV[4],
   cjson.encode({from = ARGV[4], reason = 'handed back'}))
 setrec(KEYS[1], ARGV[1], 'dispatched', a, e, '')
 if KEYS[3] then enqueue(KEYS[3], ARGV[7], ARGV[1], ARGV[2], ARGV[8]) end
-if KEYS[4] then
-  local p = redis.call('XPENDING', KEYS[4], '` + GroupWorkers + `', ARGV[9], ARGV[9], 1)
-  if #p == 1 and p[1][2] == ARGV[4] then redis.call('XACK', KEYS[4], '` + GroupWorkers + `', ARGV[9]) end
-end
+if mine then redis.call('XACK', KEYS[4], '` + GroupWorkers + `', ARGV[9]) end
 return {'ok'}
 `)
 

@@ -733,6 +733,31 @@ func TestQueueAckManyIDs(t *testing.T) {
 	}
 }
 
+// A hand-back whose queue stream was deleted by hand (so it has no
+// consumer group) released the claim and queued the fresh message, then
+// failed on the owner check of the caller's message (XPENDING: NOGROUP):
+// the worker logged that nothing was written (found by a review).
+func TestAHandBackOnADeletedStreamSucceedsWhole(t *testing.T) {
+	t.Parallel()
+	b := setupRun(t)
+	cr := b.claim(t, "a", "w1", 1, false)
+	q := b.db.K.QueueFor(b.run, "default", 0)
+	if err := b.c.Del(b.ctx, q).Err(); err != nil {
+		t.Fatal(err)
+	}
+	x := rdb.Dispatch{Pool: "default", Run: b.run, Task: "a", Attempt: 1}
+	if err := b.db.HandBack(b.ctx, "w1", cr.Epoch, ulid.Make().String(), 6000, x, q, "1-0"); err != nil {
+		t.Fatalf("hand-back on a deleted stream: %v", err)
+	}
+	rec, err := b.db.TaskRecord(b.ctx, b.run, "a")
+	if err != nil || rec.Status != events.TaskStatusDispatched || rec.Epoch != cr.Epoch+1 {
+		t.Errorf("record after the hand-back: %+v, %v; want dispatched at epoch %d", rec, err, cr.Epoch+1)
+	}
+	if n, err := b.c.XLen(b.ctx, q).Result(); err != nil || n != 1 {
+		t.Errorf("queue length %d, %v; want the fresh message", n, err)
+	}
+}
+
 // A touch of a pending entry deleted from its stream (an XDEL or XTRIM by
 // hand) dropped it from the pending list, as XCLAIM does with a deleted
 // entry, and reported it touched: its holder's death then left nothing for
