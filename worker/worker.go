@@ -760,7 +760,9 @@ func (w *Worker) process(ctx context.Context, m message, release func()) (parked
 	// here (a repair's or a hand-back's copy) would pass the claim
 	// script as "already ours" and run the handler again. The first message
 	// stays pending until that attempt's outcome is recorded, so the copy
-	// is redundant: ack it (owner-checked).
+	// is redundant while our claim holds: ack it (owner-checked, and only
+	// while the claim holds: a claim handed back meanwhile makes the copy
+	// the task's only message, left pending for the reclaim).
 	w.mu.Lock()
 	if w.handling[m.key()] {
 		w.mu.Unlock()
@@ -768,7 +770,7 @@ func (w *Worker) process(ctx context.Context, m message, release func()) (parked
 		return
 	}
 	if held, ok := w.attempts[m.attemptKey()]; ok {
-		claimed := held.claimed
+		claimed, epoch := held.claimed, held.epoch
 		if claimed && m.pre != nil && m.pre.Epoch > held.epoch {
 			// This message's fetch claimed the task afresh: the claim we
 			// hold was handed back meanwhile (a repair or a release), and
@@ -791,8 +793,7 @@ func (w *Worker) process(ctx context.Context, m message, release func()) (parked
 		if claimed {
 			// Our claim holds the attempt and its message stays pending
 			// until the outcome is recorded: this copy is redundant.
-			log.Debug().Str("msg", m.id).Msg("a second message of an attempt in hand; dropping it")
-			w.ack(ctx, m)
+			w.ackCopy(ctx, log, m, epoch)
 			return
 		}
 		log.Debug().Str("msg", m.id).Msg("a second message of an attempt being claimed here; parked")
@@ -877,8 +878,7 @@ func (w *Worker) process(ctx context.Context, m message, release func()) (parked
 		held.parked = nil
 		w.mu.Unlock()
 		for _, p := range parked {
-			log.Debug().Str("msg", p.id).Msg("a second message of an attempt in hand; dropping it")
-			w.ack(ctx, p)
+			w.ackCopy(ctx, log, p, cr.Epoch)
 		}
 	default:
 		// Finished already (maybe by a worker that died before pointing the
@@ -990,6 +990,22 @@ func (w *Worker) process(ctx context.Context, m message, release func()) (parked
 	}
 	w.finish(ctx, log, m, t, result, runErr, context.Cause(tctx), release)
 	return
+}
+
+// ackCopy acks m, a second message of an attempt this worker runs under
+// its claim at epoch, while that claim holds (rdb.AckCopy); a claim handed
+// back meanwhile leaves m pending: the task's only message now, which the
+// reclaim runs once the lease passes.
+func (w *Worker) ackCopy(ctx context.Context, log *taskLog, m message, epoch int64) {
+	n, err := w.db.AckCopy(ctx, m.stream, w.cfg.ID, m.id, m.run, m.task, m.attempt, epoch)
+	switch {
+	case err != nil:
+		log.Warn().Err(err).Str("msg", m.id).Msg("ack a second message of an attempt in hand; it stays pending for reclaim")
+	case n == 0:
+		log.Info().Str("msg", m.id).Int64("held_epoch", epoch).Msg("a second message of an attempt in hand whose claim was handed back; it stays pending for reclaim")
+	default:
+		log.Debug().Str("msg", m.id).Msg("a second message of an attempt in hand; dropping it")
+	}
 }
 
 // ErrRunCancelled is the cause (context.Cause) of a handler's context

@@ -910,7 +910,7 @@ func TestPoisonTaskFailsAndIsDeadLettered(t *testing.T) {
 }
 
 // gateHook holds pipelines that run the finish script until release is
-// closed, and reports single calls of the queue-ack script on acked.
+// closed, and reports single calls of the script queueAck names on acked.
 type gateHook struct {
 	finish, queueAck string
 	release          chan struct{}
@@ -952,7 +952,7 @@ func (h *gateHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Pro
 func TestSecondMessageOfAnAttemptInHandIsNotRun(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	h := &gateHook{finish: rdb.Scripts()["finish"].Hash(), queueAck: rdb.Scripts()["queue_ack"].Hash(),
+	h := &gateHook{finish: rdb.Scripts()["finish"].Hash(), queueAck: rdb.Scripts()["ack_copy"].Hash(),
 		release: make(chan struct{}), acked: make(chan struct{}, 1)}
 	wc := b.clientWith(t, h)
 	cfg := b.config("w1")

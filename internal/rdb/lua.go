@@ -323,6 +323,7 @@ func Scripts() map[string]*redis.Script {
 		"finish":         finishScript,
 		"heartbeat":      heartbeatScript,
 		"queue_ack":      queueAckScript,
+		"ack_copy":       ackCopyScript,
 		"point_ack":      pointAckScript,
 		"queue_touch":    queueTouchScript,
 		"release":        releaseScript,

@@ -229,6 +229,32 @@ if bad then return bad end
 return ackmine(KEYS[1], ARGV[1], ARGV[2], ids, ARGV[3])
 `)
 
+// ackCopyScript acks a second message of an attempt the caller runs (a
+// repair's or a hand-back's copy) only while the caller's claim of that
+// attempt still holds: once the claim was handed back (a repair of a claim
+// whose entry was lost, a release), the copy may be the task's only
+// message, and it stays pending for the reclaim.
+//
+// KEYS: 1 the copy's stream, 2 the run's state
+// ARGV: 1 group, 2 consumer, 3 the copy's id, 4 task, 5 attempt, 6 the
+// claim's epoch
+// Reply: 1 acked, 0 the claim no longer holds (left pending), -1 the copy
+// is not pending for the caller
+var ackCopyScript = redis.NewScript(prelude + `
+local st, a, e, o = getrec(KEYS[2], ARGV[4])
+if st ~= 'running' or a ~= tonumber(ARGV[5]) or e ~= tonumber(ARGV[6]) or o ~= ARGV[2] then return 0 end
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if #p == 0 or p[1][2] ~= ARGV[2] then return -1 end
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+return 1
+`)
+
+// AckCopy acks consumer's copy id on stream of run's task attempt while
+// consumer's claim at epoch holds it (see ackCopyScript).
+func (d DB) AckCopy(ctx context.Context, stream, consumer, id, run, task string, attempt int, epoch int64) (int64, error) {
+	return ackCopyScript.Run(ctx, d.C, []string{stream, d.K.RunState(run)}, GroupWorkers, consumer, id, task, attempt, epoch).Int64()
+}
+
 // QueueAck acks and deletes queue messages of one stream that are pending
 // for consumer (others are left alone). ids are full stream ids ("ms-seq",
 // as XREADGROUP and XAUTOCLAIM return them), each once.

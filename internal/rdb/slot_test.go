@@ -429,6 +429,10 @@ func TestEveryScriptAndMultiTouchesOneSlot(t *testing.T) {
 	if err != nil || len(read) != 1 || len(read[0].Messages) != 1 {
 		t.Fatalf("read the fresh message of run %s: %v %v", run5, read, err)
 	}
+	// A second message of an attempt whose claim does not hold: left be.
+	if n, err := db.AckCopy(ctx, band, "leaving", read[0].Messages[0].ID, run5, "a", 1, 1); err != nil || n != 0 {
+		t.Errorf("ack of a copy without a claim in run %s = %d, %v; want 0", run5, n, err)
+	}
 	if err := db.QueueMoves(ctx, "leaving", []rdb.MoveItem{{Stream: band, ID: read[0].Messages[0].ID,
 		Dispatch: rdb.Dispatch{Pool: "nobody", Run: run5, Task: "a", Attempt: 1, Priority: 3}}}); err != nil {
 		t.Errorf("give back the message of run %s: %v", run5, err)
