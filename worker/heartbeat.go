@@ -135,12 +135,12 @@ func (w *Worker) beat(ctx context.Context) {
 			a.unpended = 0
 		}
 		if outs[i].Touched == -2 && !a.deleted {
-			// Its lease can no longer be renewed: the task goes on, and
-			// its holder's death or a lease passed without an outcome has
-			// a reclaimer find the entry and request the repair that hands
-			// the task back.
+			// Its lease can no longer be renewed: the task goes on until
+			// the next reclaim of any worker finds the entry deleted
+			// (XAUTOCLAIM reports it whatever its idle time) and requests
+			// the repair that hands the task back.
 			w.log.Error().Str("run", a.task.Run).Str("task", a.task.ID).Str("stream", a.stream).Str("msg", a.msgID).
-				Msg("the queue entry of a running task was deleted from its stream; its lease is not renewed, so the task is handed back and run again unless it ends within its lease")
+				Msg("the queue entry of a running task was deleted from its stream; a reclaimer finds it and the repair hands the task back, to run again unless it ends first")
 			a.deleted = true
 		}
 		if outs[i].Touched == -1 && !w.cfg.noFencing {

@@ -122,8 +122,8 @@ func HeartbeatResult(cmd *redis.Cmd) error {
 // left alone: XCLAIM would drop it from the pending list without a word,
 // and with it the one trace a reclaimer finds when its holder dies (the
 // reclaim script then requests the repair that hands the task back).
-// Untouched, it idles past the lease and is found so even while its
-// holder lives.
+// XAUTOCLAIM reports a deleted pending entry whatever its idle time, so
+// the next reclaim of any worker finds it, even while its holder lives.
 //
 // KEYS: 1 queue stream
 // ARGV: 1 group, 2 consumer, 3 message id, 4 "d" to have a touch reply
