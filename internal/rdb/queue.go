@@ -682,12 +682,7 @@ func (d DB) reclaim(ctx context.Context, stream string, part int, group, consume
 		}
 		id, _ := pair[0].(string)
 		kv, _ := pair[1].([]any)
-		values := make(map[string]any, len(kv)/2)
-		for i := 0; i+1 < len(kv); i += 2 {
-			k, _ := kv[i].(string)
-			values[k] = kv[i+1]
-		}
-		msgs = append(msgs, Message{ID: id, Values: values})
+		msgs = append(msgs, Message{ID: id, Values: fieldMap(kv)})
 	}
 	if len(reply) > 2 {
 		ids, _ := reply[2].([]any)

@@ -243,11 +243,7 @@ func (d DB) fetch(ctx context.Context, part int, pool, consumer string, n int, p
 		stream, _ := item[0].(string)
 		id, _ := item[1].(string)
 		fields, _ := item[2].([]any)
-		values := make(map[string]any, len(fields)/2)
-		for i := 0; i+1 < len(fields); i += 2 {
-			k, _ := fields[i].(string)
-			values[k] = fields[i+1]
-		}
+		values := fieldMap(fields)
 		msg := redis.XMessage{ID: id, Values: values}
 		if n := len(out); n > 0 && out[n-1].Stream == stream {
 			out[n-1].Messages = append(out[n-1].Messages, msg)
@@ -649,4 +645,15 @@ func (d DB) ReadUpstream(ctx context.Context, run string, deps []string, page in
 		}
 	}
 	return out, nil
+}
+
+// fieldMap is a stream entry's flat field/value list, as a script returns
+// it, as a map.
+func fieldMap(kv []any) map[string]any {
+	values := make(map[string]any, len(kv)/2)
+	for i := 0; i+1 < len(kv); i += 2 {
+		k, _ := kv[i].(string)
+		values[k] = kv[i+1]
+	}
+	return values
 }
