@@ -574,19 +574,45 @@ type RepairReport struct {
 	Skipped bool `json:"skipped,omitempty"`
 }
 
-// Repair re-dispatches a running run's tasks from its state, for queue
-// messages lost outside Graflow's control: entries deleted from a queue
-// stream while pending (XTRIM/XDEL by hand; the reclaimer logs them), or a
-// Redis Cluster node that lost its last writes. It also points the feed at
-// the run. Safe to run at any time: duplicates are dropped at claim, and a
-// claim whose owner holds its queue entry is never touched (one whose
-// entry is gone is handed back: nothing would come back to it if its
-// owner died). ErrRunNotFound for a run with no log.
+// Repair re-dispatches a running run's tasks whose queue message is gone,
+// from its state, for messages lost outside Graflow's control: entries
+// deleted from a queue stream (XTRIM/XDEL by hand; the reclaimer logs those
+// deleted while pending), or a Redis Cluster node that lost its last
+// writes. A dispatched task gets a fresh message only when its queue
+// stream holds no live one (undelivered, or pending for a consumer). It
+// also points the feed at the run. Safe to run at any time: duplicates are
+// dropped at claim, and a claim whose owner holds its queue entry is never
+// touched (one whose entry is gone is handed back: nothing would come back
+// to it if its owner died). ErrRunNotFound for a run with no log.
 //
 // Its dispatches carry the trace context of a graflow.repair span in the
 // run's trace.
 func (c *Client) Repair(ctx context.Context, run string) (RepairReport, error) {
-	ids, err := projector.Repair(ctx, c.db, c.tracer, run, c.clock.Now())
+	return c.repair(ctx, run, nil)
+}
+
+// RepairRuns repairs each of runs in turn, as Repair does, and hands each
+// report to each as it is made; it stops at the first error (each's or a
+// repair's, with the run named). The runs share one read of each queue
+// stream, taken at the first run that needs it (see Repair): a repair of
+// many runs reads the queues once, not once per run; a task dispatched
+// after that read is given a duplicate message, which its claim drops.
+func (c *Client) RepairRuns(ctx context.Context, runs []string, each func(RepairReport) error) error {
+	ix := rdb.NewQueueIndex("")
+	for _, run := range runs {
+		rep, err := c.repair(ctx, run, ix)
+		if err != nil {
+			return fmt.Errorf("repair %s: %w", run, err)
+		}
+		if err := each(rep); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (c *Client) repair(ctx context.Context, run string, ix *rdb.QueueIndex) (RepairReport, error) {
+	ids, err := projector.Repair(ctx, c.db, c.tracer, run, c.clock.Now(), ix)
 	if errors.Is(err, projector.ErrNotRunning) {
 		if err := c.exists(ctx, run); err != nil {
 			return RepairReport{}, err // ErrRunNotFound: no log, not "not running"

@@ -186,6 +186,14 @@ func TestRepairRedispatchesTasksWhoseMessagesWereDeleted(t *testing.T) {
 			break
 		}
 	}
+	// While its message is queued, a repair leaves it alone: a duplicate
+	// for every queued task doubled the backlog.
+	if rep, err := b.client.Repair(ctx, run); err != nil || len(rep.Redispatched) != 0 {
+		t.Fatalf("repair of a queued task = %+v, %v; want nothing re-dispatched", rep, err)
+	}
+	if n := b.rdb.XLen(ctx, k.Queue(0, "default", 0)).Val(); n != 1 {
+		t.Fatalf("%d queue messages after a repair of a queued task, want 1", n)
+	}
 	if err := b.rdb.XTrimMaxLen(ctx, k.Queue(0, "default", 0), 0).Err(); err != nil {
 		t.Fatal(err)
 	}

@@ -51,6 +51,9 @@ func TestRepairAndResumeDispatchesCarryTheRunsTrace(t *testing.T) {
 		}
 	}
 	check("after the submit")
+	if err := tr.rc.Del(ctx, queue).Err(); err != nil { // the message lost
+		t.Fatal(err)
+	}
 	rep, err := c.Repair(ctx, run)
 	if err != nil || len(rep.Redispatched) != 1 {
 		t.Fatalf("repair: %+v, %v; want the dispatched root dispatched again", rep, err)

@@ -45,14 +45,15 @@ func RepairPlan(run string, evs []events.Event) (tasks []*Task, traceparent stri
 	return tasks, r.Traceparent, nil
 }
 
-// Repair re-dispatches run's tasks whose queue message may be gone, from
-// the fold of its log (RepairPlan), and points the feed at the run: the
-// steps of Client.Repair and of a projector's automatic repair. Its
+// Repair re-dispatches run's tasks whose queue message is gone, from the
+// fold of its log (RepairPlan) and what the queues hold (ix: see
+// rdb.QueueIndex; nil reads the run's queues), and points the feed at the
+// run: the steps of Client.Repair and of a projector's automatic repair. Its
 // dispatches carry the trace context of a graflow.repair span of tracer
 // (attributes: attrs, and the tasks dispatched again) in the run's trace.
 // It returns the re-dispatched task ids; ErrNotRunning (wrapped) for a run
 // that is not running.
-func Repair(ctx context.Context, db rdb.DB, tracer trace.Tracer, run string, now time.Time, attrs ...attribute.KeyValue) (ids []string, err error) {
+func Repair(ctx context.Context, db rdb.DB, tracer trace.Tracer, run string, now time.Time, ix *rdb.QueueIndex, attrs ...attribute.KeyValue) (ids []string, err error) {
 	evs, err := db.ReadLog(ctx, run, "-", "+", DefaultReadCount, 0)
 	if err != nil {
 		return nil, err
@@ -72,7 +73,7 @@ func Repair(ctx context.Context, db rdb.DB, tracer trace.Tracer, run string, now
 		tasks = append(tasks, rdb.RepairTask{ID: t.Spec.ID, Status: t.Status, Owner: t.Owner,
 			Attempt: t.Attempt, Epoch: t.Epoch, Pool: t.Spec.Pool, Priority: t.Spec.Priority})
 	}
-	return db.Repair(ctx, run, tasks, now, tracing.Traceparent(ctx))
+	return db.Repair(ctx, run, tasks, now, tracing.Traceparent(ctx), ix)
 }
 
 // repairPage bounds the runs one automatic repair pass looks at.
@@ -84,6 +85,9 @@ type repairCursor struct {
 	reqs    rdb.RepairRequests // the requests the walk answers
 	next    int64
 	retry   bool // a run's repair failed on a transient error: walk again
+	// queues is what the queue streams held when the walk first read
+	// them: each is read once per walk, not once per run.
+	queues *rdb.QueueIndex
 }
 
 // autoRepair runs the repair asked for when XAUTOCLAIM reported pending
@@ -105,7 +109,7 @@ func (p *Projector) autoRepair(ctx context.Context, cur *repairCursor) {
 			}
 			return
 		}
-		*cur = repairCursor{walking: true, reqs: reqs}
+		*cur = repairCursor{walking: true, reqs: reqs, queues: rdb.NewQueueIndex("")}
 		p.log.Warn().Msg("queue entries were deleted while pending: repairing the running runs from their logs")
 	}
 	runs, next, err := p.db.RunningRuns(ctx, cur.next, repairPage)
@@ -116,7 +120,7 @@ func (p *Projector) autoRepair(ctx context.Context, cur *repairCursor) {
 		return
 	}
 	for _, run := range runs {
-		ids, err := Repair(ctx, p.db, p.tracer, run, p.cfg.Clock.Now(), tracing.Projector.String(p.cfg.ID))
+		ids, err := Repair(ctx, p.db, p.tracer, run, p.cfg.Clock.Now(), cur.queues, tracing.Projector.String(p.cfg.ID))
 		switch {
 		case errors.Is(err, ErrNotRunning):
 		case err != nil:

@@ -116,22 +116,22 @@ func runRepair(m *Main, fs *pflag.FlagSet, c *common) runFunc {
 			}
 		}
 		var reports []graflow.RepairReport
-		for _, run := range runs {
-			rep, err := cl.Repair(ctx, run)
-			if err != nil {
-				return fmt.Errorf("repair %s: %w", run, err)
-			}
+		err = cl.RepairRuns(ctx, runs, func(rep graflow.RepairReport) error {
 			reports = append(reports, rep)
 			if !c.json {
 				switch {
 				case rep.Skipped:
-					fmt.Fprintf(m.Stdout, "%s: not running, nothing to do\n", run)
+					fmt.Fprintf(m.Stdout, "%s: not running, nothing to do\n", rep.Run)
 				case len(rep.Redispatched) == 0:
-					fmt.Fprintf(m.Stdout, "%s: nothing lost; feed pointed\n", run)
+					fmt.Fprintf(m.Stdout, "%s: nothing lost; feed pointed\n", rep.Run)
 				default:
-					fmt.Fprintf(m.Stdout, "%s: re-dispatched %s\n", run, strings.Join(rep.Redispatched, ", "))
+					fmt.Fprintf(m.Stdout, "%s: re-dispatched %s\n", rep.Run, strings.Join(rep.Redispatched, ", "))
 				}
 			}
+			return nil
+		})
+		if err != nil {
+			return err
 		}
 		if c.json {
 			return printJSON(m.Stdout, reports)

@@ -3,6 +3,7 @@ package rdb_test
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -226,10 +227,60 @@ func TestRepairReleasesAndRedispatchesInOneStep(t *testing.T) {
 	hooked.AddHook(splitFault{match: ":q:"}) // queue writes in pipelines fail
 	h := rdb.New(hooked, b.db.K.Namespace())
 	_, _ = h.Repair(b.ctx, b.run, []rdb.RepairTask{{ID: "a", Owner: "dead-worker", Status: events.TaskStatusRunning,
-		Attempt: 1, Epoch: cr.Epoch, Pool: "default"}}, time.Now(), "")
+		Attempt: 1, Epoch: cr.Epoch, Pool: "default"}}, time.Now(), "", nil)
 	rec := b.hash(t, b.db.K.RunState(b.run))["a"]
 	msgs := b.c.XRange(b.ctx, b.db.K.QueueFor(b.run, "default", 0), "-", "+").Val()
 	if rec != "running|1|1|dead-worker" && len(msgs) == 0 {
 		t.Errorf("a is %q with no queue message: released, never dispatched", rec)
+	}
+}
+
+// A repair gave every dispatched task a fresh message, live or not: one
+// deleted entry doubled the whole backlog of queued tasks (chaos counted
+// up to 870 re-dispatches a seed). It now queues only the tasks with no
+// live message: none in the stream, or one that was acked and stays until
+// a trim; an undelivered message or one pending for a consumer is live.
+func TestRepairQueuesOnlyDispatchedTasksWithNoLiveMessage(t *testing.T) {
+	t.Parallel()
+	b := endRun(t, nil, parallel(5)...)
+	msgs := b.dispatchQueued(t, "w1", "t00", "t01", "t02", "t03", "t04") // each pending for w1, unclaimed
+	q := b.endQueue()
+	if err := b.c.XAck(b.ctx, q, rdb.GroupWorkers, msgs["t01"], msgs["t03"], msgs["t04"]).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.c.XDel(b.ctx, q, msgs["t02"]).Err(); err != nil {
+		t.Fatal(err)
+	}
+	// t03 queued again (undelivered); t04 only at another attempt.
+	for _, x := range []rdb.Dispatch{{Pool: "default", Run: b.run, Task: "t03", Attempt: 1}, {Pool: "default", Run: b.run, Task: "t04", Attempt: 2}} {
+		if err := b.db.XAddDispatch(b.ctx, b.c, x).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var tasks []rdb.RepairTask
+	for _, id := range []string{"t00", "t01", "t02", "t03", "t04"} {
+		tasks = append(tasks, rdb.RepairTask{ID: id, Status: events.TaskStatusDispatched, Attempt: 1, Pool: "default"})
+	}
+	// A walk's index: the stream is read once, at the first question,
+	// and what was read stands (the fresh messages are not in it: a second
+	// repair with it duplicates them, which the claim drops).
+	ix := rdb.NewQueueIndex("")
+	want := []string{"t01", "t02", "t04"}
+	for i := range 2 {
+		before := b.c.XLen(b.ctx, q).Val()
+		ids, err := b.db.Repair(b.ctx, b.run, tasks, time.Now(), "", ix)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(ids, want) {
+			t.Errorf("repair %d re-dispatched %v, want %v (t00 pending for its reader, t03 undelivered)", i, ids, want)
+		}
+		if n := b.c.XLen(b.ctx, q).Val() - before; n != 3 {
+			t.Errorf("repair %d added %d queue messages, want 3", i, n)
+		}
+	}
+	// Read afresh, the fresh messages are live: nothing to do.
+	if ids, err := b.db.Repair(b.ctx, b.run, tasks, time.Now(), "", nil); err != nil || len(ids) != 0 {
+		t.Errorf("a repair reading the queue afresh = %v, %v; want nothing re-dispatched", ids, err)
 	}
 }

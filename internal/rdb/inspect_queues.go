@@ -98,62 +98,114 @@ func (d DB) locate(ctx context.Context, run string, want []Want) (map[string]boo
 			break
 		}
 	}
-	streams := map[string]bool{}
+	ix := NewQueueIndex(run)
 	for _, w := range want {
-		streams[d.K.QueueFor(run, w.Pool, w.Priority)] = true
-	}
-	for stream := range streams {
-		// Read before the entries: a message delivered meanwhile is
-		// after it, and counted as undelivered (it is pending now).
-		delivered, err := d.lastDelivered(ctx, stream)
+		live, err := d.Queued(ctx, ix, d.K.QueueFor(run, w.Pool, w.Priority), run, w.Task, w.Attempt)
 		if err != nil {
 			return nil, err
 		}
-		var older []Message // delivered: live only while pending
-		start := "-"
-		for {
-			msgs, err := d.C.XRangeN(ctx, stream, start, "+", 1000).Result()
-			if err != nil {
-				return nil, fmt.Errorf("read queue %s: %w", stream, err)
-			}
-			for _, m := range msgs {
-				if r, _ := m.Values[MsgRun].(string); r == run {
-					if delivered != "" && !idAfter(m.ID, delivered) {
-						older = append(older, m)
-						continue
-					}
-					t, _ := m.Values[MsgTask].(string)
-					a, _ := m.Values[MsgAttempt].(string)
-					n, _ := strconv.Atoi(a)
-					match(t, n)
-				}
-			}
-			if len(msgs) < 1000 {
-				break
-			}
-			start = "(" + msgs[len(msgs)-1].ID
-		}
-		if len(older) == 0 {
-			continue
-		}
-		pipe := d.C.Pipeline()
-		pend := make([]*redis.XPendingExtCmd, len(older))
-		for i, m := range older {
-			pend[i] = pipe.XPendingExt(ctx, &redis.XPendingExtArgs{Stream: stream, Group: GroupWorkers, Start: m.ID, End: m.ID, Count: 1})
-		}
-		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-			return nil, fmt.Errorf("read pending messages of queue %s: %w", stream, err)
-		}
-		for i, m := range older {
-			if p, _ := pend[i].Result(); len(p) == 1 {
-				t, _ := m.Values[MsgTask].(string)
-				a, _ := m.Values[MsgAttempt].(string)
-				n, _ := strconv.Atoi(a)
-				match(t, n)
-			}
+		if live {
+			found[w.Task] = true
 		}
 	}
 	return found, nil
+}
+
+// QueueIndex is what reads of queue streams found live in them: the task
+// attempts with a message undelivered or pending for a consumer (a stream
+// also holds acked entries until a fetch trims them, which do not count,
+// and lists a pending entry deleted from it, which does not either). It
+// reads each stream once, on the first question about it: a repair walk
+// keeps one for the whole walk, so that each queue is read once, not once
+// per run. Not safe for concurrent use.
+type QueueIndex struct {
+	run     string                     // "" every run's messages
+	streams map[string]map[string]bool // stream → run, task, attempt
+}
+
+// NewQueueIndex returns an empty index that keeps run's messages (""
+// every run's).
+func NewQueueIndex(run string) *QueueIndex {
+	return &QueueIndex{run: run, streams: map[string]map[string]bool{}}
+}
+
+func queuedKey(run, task string, attempt int) string {
+	return run + "\x00" + task + "\x00" + strconv.Itoa(attempt)
+}
+
+// Queued reports whether stream held a live message of run's task at
+// attempt when ix read it (see QueueIndex).
+func (d DB) Queued(ctx context.Context, ix *QueueIndex, stream, run, task string, attempt int) (bool, error) {
+	live, ok := ix.streams[stream]
+	if !ok {
+		var err error
+		if live, err = d.liveMessages(ctx, stream, ix.run); err != nil {
+			return false, err
+		}
+		ix.streams[stream] = live
+	}
+	return live[queuedKey(run, task, attempt)], nil
+}
+
+// queuePage is the page of entries liveMessages reads at a time.
+const queuePage = 1000
+
+// liveMessages reads stream's live messages (of run; "" every run's) as
+// queuedKeys: three steps, each paged. The group's last delivered id is
+// read first: a message delivered meanwhile is after it, and counted as
+// undelivered (it is pending now). A message delivered before it counts
+// while it is pending, which is read last: one acked meanwhile was handled
+// (its task moved on).
+func (d DB) liveMessages(ctx context.Context, stream, run string) (map[string]bool, error) {
+	delivered, err := d.lastDelivered(ctx, stream)
+	if err != nil {
+		return nil, err
+	}
+	live := map[string]bool{}
+	older := map[string]string{} // delivered: live only while pending
+	for start := "-"; ; {
+		msgs, err := d.C.XRangeN(ctx, stream, start, "+", queuePage).Result()
+		if err != nil {
+			return nil, fmt.Errorf("read queue %s: %w", stream, err)
+		}
+		for _, m := range msgs {
+			r, _ := m.Values[MsgRun].(string)
+			if run != "" && r != run {
+				continue
+			}
+			t, _ := m.Values[MsgTask].(string)
+			a, _ := m.Values[MsgAttempt].(string)
+			n, _ := strconv.Atoi(a)
+			if delivered != "" && !idAfter(m.ID, delivered) {
+				older[m.ID] = queuedKey(r, t, n)
+				continue
+			}
+			live[queuedKey(r, t, n)] = true
+		}
+		if len(msgs) < queuePage {
+			break
+		}
+		start = "(" + msgs[len(msgs)-1].ID
+	}
+	for start := "-"; len(older) > 0; {
+		p, err := d.C.XPendingExt(ctx, &redis.XPendingExtArgs{Stream: stream, Group: GroupWorkers, Start: start, End: "+", Count: queuePage}).Result()
+		if IsNoGroup(err) {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read pending messages of queue %s: %w", stream, err)
+		}
+		for _, e := range p {
+			if k, ok := older[e.ID]; ok {
+				live[k] = true
+			}
+		}
+		if len(p) < queuePage {
+			break
+		}
+		start = "(" + p[len(p)-1].ID
+	}
+	return live, nil
 }
 
 // lastDelivered returns the last id the workers' group delivered of

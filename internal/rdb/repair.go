@@ -22,22 +22,31 @@ type RepairTask struct {
 	Priority  int
 }
 
-// Repair re-dispatches a running run's tasks whose queue message may be
-// gone (deleted from a queue stream while pending by an XTRIM/XDEL, or lost
-// by a failover): every dispatched task that is not parked in the delayed
-// set gets a fresh message, and every running task whose owner is no longer
-// registered, or whose owner holds no queue entry of it (pending for the
-// owner and still in the stream), is handed back (release: epoch bumped,
-// so a late result of the old claim is rejected) and gets one too. A claim
-// whose entry its owner holds is never touched, and a duplicate message is
-// dropped at claim. It points the feed at the run and returns the
-// re-dispatched task ids. The messages carry traceparent ("": none).
+// Repair re-dispatches a running run's tasks whose queue message is gone
+// (deleted from a queue stream while pending by an XTRIM/XDEL, acked by
+// hand, or lost by a failover): every dispatched task that is not parked
+// in the delayed set and has no live message in its queue stream (see
+// QueueIndex) gets a fresh message, and every running task whose owner is
+// no longer registered, or whose owner holds no queue entry of it (pending
+// for the owner and still in the stream), is handed back (release: epoch
+// bumped, so a late result of the old claim is rejected) and gets one too.
+// A claim whose entry its owner holds is never touched, and a duplicate
+// message is dropped at claim. It points the feed at the run and returns
+// the re-dispatched task ids. The messages carry traceparent ("": none).
+//
+// ix is what the queues held (nil: Repair reads them itself). A walk over
+// many runs passes one index for the whole walk; a message queued after
+// the index read its stream is not in it, so its task gets a duplicate,
+// which is dropped at claim.
 //
 // A live owner is not enough: an entry deleted while pending cannot be
 // reclaimed, so its task would stay running once its owner dies, and the
 // repair a reclaimer requests on finding such an entry may run before the
 // owner's registry record expires.
-func (d DB) Repair(ctx context.Context, run string, tasks []RepairTask, now time.Time, traceparent string) ([]string, error) {
+func (d DB) Repair(ctx context.Context, run string, tasks []RepairTask, now time.Time, traceparent string, ix *QueueIndex) ([]string, error) {
+	if ix == nil {
+		ix = NewQueueIndex(run)
+	}
 	live, err := d.liveWorkers(ctx)
 	if err != nil {
 		return nil, err
@@ -77,6 +86,13 @@ func (d DB) Repair(ctx context.Context, run string, tasks []RepairTask, now time
 		}
 		switch {
 		case t.Status == events.TaskStatusDispatched && !isParked[t.ID+"|"+strconv.Itoa(t.Attempt)]:
+			queued, err := d.Queued(ctx, ix, d.K.QueueFor(run, t.Pool, t.Priority), run, t.ID, t.Attempt)
+			if err != nil {
+				return out, err
+			}
+			if queued {
+				continue
+			}
 		case t.Status == events.TaskStatusRunning && !claimed:
 			// Handed back and queued in one step: apart, a repair cut
 			// off between them left the task dispatched with no message.
