@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -226,12 +227,13 @@ func TestRepairHandsBackARunningTaskWhoseEntryItsOwnerNoLongerHolds(t *testing.T
 	release := make(chan struct{})
 	var calls sync.Mutex
 	first := true
-	// A lease of 1 s: the fresh message the repair queues comes back to
-	// this worker while the first claim's handler still runs (until a
-	// heartbeat finds the claim handed back), so it waits for its reclaim
-	// (a lease), which then runs the task.
+	// The fresh message the repair queues comes back to this worker, whose
+	// fetch claims the task afresh while the first claim's handler still
+	// runs (until a heartbeat finds that claim handed back). That message
+	// runs once the stale attempt is over: it waited for its reclaim, a
+	// lease later (a minute here, past the test's deadline).
 	w, err := worker.New(worker.Config{Redis: b.rdb, Namespace: b.ns, ID: "holder", Concurrency: 4, FetchBlock: 200 * time.Millisecond,
-		Lease: time.Second, ReclaimInterval: 100 * time.Millisecond})
+		Lease: time.Minute, HeartbeatInterval: 100 * time.Millisecond, ReclaimInterval: 100 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -280,6 +282,21 @@ func TestRepairHandsBackARunningTaskWhoseEntryItsOwnerNoLongerHolds(t *testing.T
 	}
 	if !info.Succeeded() || string(info.Task("only").Result) != `"again"` {
 		t.Fatalf("after the repair want success with \"again\", got %+v", info)
+	}
+	// The repair's hand-back is the one task_reclaimed; the fresh
+	// message's own claim (task_claimed) ran the task, not a reclaim.
+	log, err := b.client.Log(ctx, run)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var reclaims []string
+	for _, e := range log {
+		if e.Type == events.TaskReclaimed {
+			reclaims = append(reclaims, string(e.Body))
+		}
+	}
+	if len(reclaims) != 1 || !strings.Contains(reclaims[0], "handed back") {
+		t.Errorf("task_reclaimed events %v; want the repair's hand-back alone", reclaims)
 	}
 }
 

@@ -48,6 +48,11 @@ func TestAFetchClaimedCopyIsKeptOnlyWhenNewerThanTheClaimInHand(t *testing.T) {
 			if n := f.pendingFor(t, m.stream, "W"); n != tc.wantPending {
 				t.Errorf("held claim at epoch %d, copy claimed at 1: %d messages pending for W, want %d", tc.heldEpoch, n, tc.wantPending)
 			}
+			// A kept copy runs once the stale attempt is over: its
+			// process hands it on, not a reclaim a lease later.
+			if newer := w.attempts[m.attemptKey()].newer; len(newer) != tc.wantPending {
+				t.Errorf("%d messages to run after the attempt in hand, want %d", len(newer), tc.wantPending)
+			}
 		})
 	}
 }

@@ -296,6 +296,7 @@ type attemptInHand struct {
 	claimed bool      // our claim holds it
 	epoch   int64     // the claim's epoch, once claimed
 	parked  []message // other messages of the attempt that came while the claim was unresolved
+	newer   []message // messages of the attempt whose fetch claimed it afresh: ours handed back
 }
 
 // attemptKey names the task attempt m carries; several messages may.
@@ -742,8 +743,9 @@ func (w *Worker) now() int64 { return w.cfg.Clock.Now().UnixMilli() }
 // process claims one message's task, runs it and reports the outcome. It
 // calls release (the task's slot) once the outcome is queued for the
 // batcher. It returns the other messages of the same attempt that arrived
-// while its claim was unresolved, if that claim did not hold: they are
-// processed next, each on its own.
+// while its claim was unresolved, if that claim did not hold, and those
+// whose fetch claimed the attempt afresh after our claim was handed back:
+// they are processed next, each on its own.
 func (w *Worker) process(ctx context.Context, m message, release func()) (parked []message) {
 	log := newTaskLog(&w.log, m)
 	if m.run == "" || m.task == "" {
@@ -775,11 +777,14 @@ func (w *Worker) process(ctx context.Context, m message, release func()) (parked
 			// This message's fetch claimed the task afresh: the claim we
 			// hold was handed back meanwhile (a repair or a release), and
 			// its outcome will be refused. This message carries the live
-			// claim: it stays pending, and its reclaim (after the lease)
-			// runs the task once the stale attempt is over.
+			// claim: it runs as soon as the stale attempt is over (its
+			// next heartbeat cancels it), not a lease later at its reclaim.
+			if !slices.ContainsFunc(held.newer, func(p message) bool { return p.key() == m.key() }) {
+				held.newer = append(held.newer, m)
+			}
 			w.mu.Unlock()
 			log.Info().Str("msg", m.id).Int64("epoch", m.pre.Epoch).Int64("held_epoch", held.epoch).
-				Msg("a newer claim of an attempt in hand; its message stays pending for reclaim")
+				Msg("a newer claim of an attempt in hand; it runs once the stale attempt is over")
 			return
 		}
 		if !claimed && !slices.ContainsFunc(held.parked, func(p message) bool { return p.key() == m.key() }) {
@@ -807,7 +812,9 @@ func (w *Worker) process(ctx context.Context, m message, release func()) (parked
 		w.mu.Lock()
 		delete(w.handling, m.key())
 		delete(w.attempts, m.attemptKey())
-		parked = held.parked // left over only when our claim did not hold
+		// Parked messages are left over only when our claim did not hold;
+		// newer ones carry the claim that replaced ours.
+		parked = append(held.parked, held.newer...)
 		w.mu.Unlock()
 	}()
 	if !m.reclaimed && time.Since(m.fetched) > w.cfg.Lease/3 {
