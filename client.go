@@ -564,7 +564,7 @@ func (c *Client) PurgeDeadLetters(ctx context.Context) error {
 type RepairReport struct {
 	Run string `json:"run"`
 	// Redispatched lists tasks given a fresh queue message: dispatched
-	// tasks (a duplicate message is dropped at claim) and running tasks
+	// tasks whose queue holds no live message of them, and running tasks
 	// whose owner is no longer a live worker or holds no queue entry of
 	// them (their claim is released first, bumping the epoch, so a late
 	// result is rejected; a live owner's handler is cancelled at its next
@@ -592,14 +592,18 @@ func (c *Client) Repair(ctx context.Context, run string) (RepairReport, error) {
 }
 
 // RepairRuns repairs each of runs in turn, as Repair does, and hands each
-// report to each as it is made; it stops at the first error (each's or a
-// repair's, with the run named). The runs share one read of each queue
-// stream, taken at the first run that needs it (see Repair): a repair of
-// many runs reads the queues once, not once per run; a task dispatched
-// after that read is given a duplicate message, which its claim drops.
+// report to each as it is made; it stops at the first error (a repair's,
+// with the run named, or each's as it is). Each page of repairPage runs
+// shares one read of each queue stream, taken at the first run that needs
+// it: a queue is read once a page, not once per run. A task dispatched
+// after that read may get a duplicate message, which its claim drops; a
+// message deleted after it is not seen missing until the next read.
 func (c *Client) RepairRuns(ctx context.Context, runs []string, each func(RepairReport) error) error {
-	ix := rdb.NewQueueIndex("")
-	for _, run := range runs {
+	var ix *rdb.QueueIndex
+	for i, run := range runs {
+		if i%repairPage == 0 {
+			ix = rdb.NewQueueIndex("")
+		}
 		rep, err := c.repair(ctx, run, ix)
 		if err != nil {
 			return fmt.Errorf("repair %s: %w", run, err)
@@ -610,6 +614,9 @@ func (c *Client) RepairRuns(ctx context.Context, runs []string, each func(Repair
 	}
 	return nil
 }
+
+// repairPage is how many runs RepairRuns repairs per read of the queues.
+const repairPage = 200
 
 func (c *Client) repair(ctx context.Context, run string, ix *rdb.QueueIndex) (RepairReport, error) {
 	ids, err := projector.Repair(ctx, c.db, c.tracer, run, c.clock.Now(), ix)

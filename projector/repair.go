@@ -18,10 +18,11 @@ import (
 var ErrNotRunning = errors.New("run is not running")
 
 // RepairPlan folds a run's log (evs, in order) and returns the tasks a
-// repair re-dispatches: those dispatched or running (a repair gives a
-// dispatched task not parked for a retry a fresh message, and hands a
-// running task back first when its worker is no longer registered or
-// holds no queue entry of it: rdb.Repair decides which). It
+// repair may re-dispatch: those dispatched or running (a repair gives a
+// dispatched task not parked for a retry a fresh message when its queue
+// holds no live one, and hands a running task back first when its worker
+// is no longer registered or holds no queue entry of it: rdb.Repair
+// decides which). It
 // returns ErrNotRunning (wrapped) for a run that is not running, and the
 // run's trace context (run_submitted's traceparent, "" untraced): the
 // repair's dispatches stay in the run's trace. Pure: the Redis side is the
@@ -85,9 +86,6 @@ type repairCursor struct {
 	reqs    rdb.RepairRequests // the requests the walk answers
 	next    int64
 	retry   bool // a run's repair failed on a transient error: walk again
-	// queues is what the queue streams held when the walk first read
-	// them: each is read once per walk, not once per run.
-	queues *rdb.QueueIndex
 }
 
 // autoRepair runs the repair asked for when XAUTOCLAIM reported pending
@@ -109,7 +107,7 @@ func (p *Projector) autoRepair(ctx context.Context, cur *repairCursor) {
 			}
 			return
 		}
-		*cur = repairCursor{walking: true, reqs: reqs, queues: rdb.NewQueueIndex("")}
+		*cur = repairCursor{walking: true, reqs: reqs}
 		p.log.Warn().Msg("queue entries were deleted while pending: repairing the running runs from their logs")
 	}
 	runs, next, err := p.db.RunningRuns(ctx, cur.next, repairPage)
@@ -119,8 +117,11 @@ func (p *Projector) autoRepair(ctx context.Context, cur *repairCursor) {
 		}
 		return
 	}
+	// One read of each queue stream per pass, not per run; a pass is
+	// quick, so what it read stays close to what the queues hold.
+	queues := rdb.NewQueueIndex("")
 	for _, run := range runs {
-		ids, err := Repair(ctx, p.db, p.tracer, run, p.cfg.Clock.Now(), cur.queues, tracing.Projector.String(p.cfg.ID))
+		ids, err := Repair(ctx, p.db, p.tracer, run, p.cfg.Clock.Now(), queues, tracing.Projector.String(p.cfg.ID))
 		switch {
 		case errors.Is(err, ErrNotRunning):
 		case err != nil:

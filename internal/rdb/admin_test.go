@@ -3,6 +3,7 @@ package rdb_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -242,6 +243,15 @@ func TestRepairReleasesAndRedispatchesInOneStep(t *testing.T) {
 // a trim; an undelivered message or one pending for a consumer is live.
 func TestRepairQueuesOnlyDispatchedTasksWithNoLiveMessage(t *testing.T) {
 	t.Parallel()
+	for _, byID := range []int{256, 0} { // the pending list read id by id, or whole
+		t.Run(fmt.Sprintf("pending_by_id_%d", byID), func(t *testing.T) {
+			t.Parallel()
+			repairOnlyTheLost(t, byID)
+		})
+	}
+}
+
+func repairOnlyTheLost(t *testing.T, byID int) {
 	b := endRun(t, nil, parallel(5)...)
 	msgs := b.dispatchQueued(t, "w1", "t00", "t01", "t02", "t03", "t04") // each pending for w1, unclaimed
 	q := b.endQueue()
@@ -265,6 +275,7 @@ func TestRepairQueuesOnlyDispatchedTasksWithNoLiveMessage(t *testing.T) {
 	// and what was read stands (the fresh messages are not in it: a second
 	// repair with it duplicates them, which the claim drops).
 	ix := rdb.NewQueueIndex("")
+	ix.SetPendingByID(byID)
 	want := []string{"t01", "t02", "t04"}
 	for i := range 2 {
 		before := b.c.XLen(b.ctx, q).Val()

@@ -121,12 +121,15 @@ func (d DB) locate(ctx context.Context, run string, want []Want) (map[string]boo
 type QueueIndex struct {
 	run     string                     // "" every run's messages
 	streams map[string]map[string]bool // stream → run, task, attempt
+	// byID is the most delivered messages of a stream looked up in its
+	// pending list one by one (a pipeline), rather than reading it whole.
+	byID int
 }
 
 // NewQueueIndex returns an empty index that keeps run's messages (""
 // every run's).
 func NewQueueIndex(run string) *QueueIndex {
-	return &QueueIndex{run: run, streams: map[string]map[string]bool{}}
+	return &QueueIndex{run: run, streams: map[string]map[string]bool{}, byID: 256}
 }
 
 func queuedKey(run, task string, attempt int) string {
@@ -139,7 +142,7 @@ func (d DB) Queued(ctx context.Context, ix *QueueIndex, stream, run, task string
 	live, ok := ix.streams[stream]
 	if !ok {
 		var err error
-		if live, err = d.liveMessages(ctx, stream, ix.run); err != nil {
+		if live, err = d.liveMessages(ctx, stream, ix.run, ix.byID); err != nil {
 			return false, err
 		}
 		ix.streams[stream] = live
@@ -155,8 +158,10 @@ const queuePage = 1000
 // read first: a message delivered meanwhile is after it, and counted as
 // undelivered (it is pending now). A message delivered before it counts
 // while it is pending, which is read last: one acked meanwhile was handled
-// (its task moved on).
-func (d DB) liveMessages(ctx context.Context, stream, run string) (map[string]bool, error) {
+// (its task moved on, or was handed back by a script that queued a fresh
+// copy in the same step). The pending list is read id by id for up to
+// byID delivered messages, whole (paged) for more.
+func (d DB) liveMessages(ctx context.Context, stream, run string, byID int) (map[string]bool, error) {
 	delivered, err := d.lastDelivered(ctx, stream)
 	if err != nil {
 		return nil, err
@@ -187,7 +192,13 @@ func (d DB) liveMessages(ctx context.Context, stream, run string) (map[string]bo
 		}
 		start = "(" + msgs[len(msgs)-1].ID
 	}
-	for start := "-"; len(older) > 0; {
+	if len(older) <= byID {
+		if err := d.pendingByID(ctx, stream, older, live); err != nil {
+			return nil, err
+		}
+		return live, nil
+	}
+	for start := "-"; ; {
 		p, err := d.C.XPendingExt(ctx, &redis.XPendingExtArgs{Stream: stream, Group: GroupWorkers, Start: start, End: "+", Count: queuePage}).Result()
 		if IsNoGroup(err) {
 			break
@@ -206,6 +217,28 @@ func (d DB) liveMessages(ctx context.Context, stream, run string) (map[string]bo
 		start = "(" + p[len(p)-1].ID
 	}
 	return live, nil
+}
+
+// pendingByID marks in live the messages of older (id → queuedKey) that
+// are pending on stream.
+func (d DB) pendingByID(ctx context.Context, stream string, older map[string]string, live map[string]bool) error {
+	if len(older) == 0 {
+		return nil
+	}
+	pipe := d.C.Pipeline()
+	cmds := map[string]*redis.XPendingExtCmd{}
+	for id := range older {
+		cmds[id] = pipe.XPendingExt(ctx, &redis.XPendingExtArgs{Stream: stream, Group: GroupWorkers, Start: id, End: id, Count: 1})
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !IsNoGroup(err) {
+		return fmt.Errorf("read pending messages of queue %s: %w", stream, err)
+	}
+	for id, c := range cmds {
+		if p, _ := c.Result(); len(p) == 1 {
+			live[older[id]] = true
+		}
+	}
+	return nil
 }
 
 // lastDelivered returns the last id the workers' group delivered of

@@ -35,9 +35,10 @@ type RepairTask struct {
 // the re-dispatched task ids. The messages carry traceparent ("": none).
 //
 // ix is what the queues held (nil: Repair reads them itself). A walk over
-// many runs passes one index for the whole walk; a message queued after
-// the index read its stream is not in it, so its task gets a duplicate,
-// which is dropped at claim.
+// many runs passes one index to a page of runs; a message queued after the
+// index read its stream is not in it, so its task gets a duplicate, which
+// is dropped at claim, and one deleted by hand after it is seen missing at
+// the next read. Reads come first: a read that fails writes nothing.
 //
 // A live owner is not enough: an entry deleted while pending cannot be
 // reclaimed, so its task would stay running once its owner dies, and the
@@ -74,26 +75,31 @@ func (d DB) Repair(ctx context.Context, run string, tasks []RepairTask, now time
 		}
 		return h[t.ID+"|"+strconv.Itoa(t.Attempt)], nil
 	}
-	var out []string
-	pipe := d.C.Pipeline()
+	// The reads first: a read that fails leaves nothing half done.
+	handBack, fresh := map[string]bool{}, map[string]bool{}
 	for _, t := range tasks {
-		x := Dispatch{Pool: t.Pool, Priority: t.Priority, Run: run, Task: t.ID, Attempt: t.Attempt, Trace: traceparent}
-		claimed := false
-		if t.Status == events.TaskStatusRunning && live[t.Owner] {
-			if claimed, err = holds(t); err != nil {
-				return out, err
-			}
-		}
 		switch {
 		case t.Status == events.TaskStatusDispatched && !isParked[t.ID+"|"+strconv.Itoa(t.Attempt)]:
 			queued, err := d.Queued(ctx, ix, d.K.QueueFor(run, t.Pool, t.Priority), run, t.ID, t.Attempt)
 			if err != nil {
-				return out, err
+				return nil, err
 			}
-			if queued {
-				continue
+			fresh[t.ID] = !queued
+		case t.Status == events.TaskStatusRunning:
+			claimed := false
+			if live[t.Owner] {
+				if claimed, err = holds(t); err != nil {
+					return nil, err
+				}
 			}
-		case t.Status == events.TaskStatusRunning && !claimed:
+			handBack[t.ID] = !claimed
+		}
+	}
+	var out []string
+	pipe := d.C.Pipeline()
+	for _, t := range tasks {
+		x := Dispatch{Pool: t.Pool, Priority: t.Priority, Run: run, Task: t.ID, Attempt: t.Attempt, Trace: traceparent}
+		if handBack[t.ID] {
 			// Handed back and queued in one step: apart, a repair cut
 			// off between them left the task dispatched with no message.
 			err := d.ReleaseAndDispatch(ctx, t.Owner, t.Epoch, events.NewID(now), now.UnixMilli(), x)
@@ -102,11 +108,12 @@ func (d DB) Repair(ctx context.Context, run string, tasks []RepairTask, now time
 				continue
 			}
 			if !errors.Is(err, ErrStaleClaim) {
+				_, _ = pipe.Exec(ctx) // the fresh messages so far, as out says
 				return out, err
 			}
 			// It moved on since the log was read: a fresh message as
 			// for a dispatched task (a duplicate is dropped at claim).
-		default:
+		} else if !fresh[t.ID] {
 			continue
 		}
 		d.XAddDispatch(ctx, pipe, x)
