@@ -1,13 +1,17 @@
 package worker
 
 import (
+	"context"
 	"fmt"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/graflow-go/graflow/internal/rdb"
 	"github.com/oklog/ulid/v2"
 	"github.com/redis/go-redis/v9"
+	"github.com/rs/zerolog"
 )
 
 // A fetch-claimed copy of an attempt this worker holds is kept pending only
@@ -24,7 +28,7 @@ func TestAFetchClaimedCopyIsKeptOnlyWhenNewerThanTheClaimInHand(t *testing.T) {
 		wantPending int
 	}{
 		{name: "older copy acked", heldEpoch: 2, wantPending: 0},
-		{name: "newer copy kept", heldEpoch: 0, wantPending: 1},
+		// The newer copy: TestANewerClaimOfAnAttemptInHandRunsOnItsSlotOnceTheStaleOneIsOver.
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -47,11 +51,6 @@ func TestAFetchClaimedCopyIsKeptOnlyWhenNewerThanTheClaimInHand(t *testing.T) {
 			}
 			if n := f.pendingFor(t, m.stream, "W"); n != tc.wantPending {
 				t.Errorf("held claim at epoch %d, copy claimed at 1: %d messages pending for W, want %d", tc.heldEpoch, n, tc.wantPending)
-			}
-			// A kept copy runs once the stale attempt is over: its
-			// process hands it on, not a reclaim a lease later.
-			if newer := w.attempts[m.attemptKey()].newer; len(newer) != tc.wantPending {
-				t.Errorf("%d messages to run after the attempt in hand, want %d", len(newer), tc.wantPending)
 			}
 		})
 	}
@@ -85,5 +84,121 @@ func TestACopyOfAnAttemptWhoseClaimWasHandedBackIsKept(t *testing.T) {
 	w.process(f.ctx, fresh[0], func() {})
 	if n := f.pendingFor(t, m.stream, "W"); n != 2 {
 		t.Errorf("%d messages pending for W, want 2: the handed-back claim's and the fresh one, the task's only live message", n)
+	}
+}
+
+// logSignal closes seen at the first log line holding text.
+type logSignal struct {
+	text string
+	once sync.Once
+	seen chan struct{}
+}
+
+func (l *logSignal) Write(p []byte) (int, error) {
+	if strings.Contains(string(p), l.text) {
+		l.once.Do(func() { close(l.seen) })
+	}
+	return len(p), nil
+}
+
+// newerClaimInHand starts f's message, whose fetch claimed the task at
+// epoch 1, while the worker holds the same attempt under an older claim
+// (epoch 0, handed back since: a repair or a release), on the slot the
+// fetch reserved for it, as the fetch loop does; it returns once the
+// message waits for the stale attempt, and that attempt's hold. The
+// handler "h" records the slots held while it runs.
+func newerClaimInHand(t *testing.T, f fetchClaimed, workCtx context.Context) (stale *attemptInHand, slots chan int) {
+	t.Helper()
+	w, m := f.w, f.m
+	sig := &logSignal{text: "a newer claim of an attempt in hand", seen: make(chan struct{})}
+	w.log = zerolog.New(sig)
+	w.workCtx, w.batch = workCtx, newBatcher(f.ctx, w)
+	t.Cleanup(w.batch.stop)
+	slots = make(chan int, 1)
+	w.Handle("h", HandlerFunc(func(context.Context, *Task) (any, error) {
+		slots <- len(w.sem)
+		return "ok", nil
+	}))
+	stale = &attemptInHand{claimed: true, over: make(chan struct{})}
+	w.attempts[m.attemptKey()] = stale
+	w.sem <- struct{}{}
+	w.start(m)
+	select {
+	case <-sig.seen:
+	case <-f.ctx.Done():
+		t.Fatal("the newer claim did not wait for the stale attempt")
+	}
+	if n := f.pendingFor(t, m.stream, "W"); n != 1 {
+		t.Errorf("%d messages pending for W while the stale attempt is in hand, want 1", n)
+	}
+	return stale, slots
+}
+
+// waitTasks waits for the worker's started tasks to end.
+func (f fetchClaimed) waitTasks(t *testing.T) {
+	t.Helper()
+	done := make(chan struct{})
+	go func() { f.w.tasks.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-f.ctx.Done():
+		t.Fatal("the started task did not end")
+	}
+}
+
+// A fetch-claimed message of an attempt the worker still runs under a
+// claim handed back since carries the live claim. It ran only at its
+// reclaim, a lease later; then (ec08acb) right after the stale attempt,
+// but in that attempt's goroutine, whose slot its outcome had freed: one
+// handler over the worker's concurrency (found by a review). It runs on
+// its own slot, as soon as the stale attempt is over.
+func TestANewerClaimOfAnAttemptInHandRunsOnItsSlotOnceTheStaleOneIsOver(t *testing.T) {
+	t.Parallel()
+	f := newFetchClaimed(t)
+	stale, slots := newerClaimInHand(t, f, f.ctx)
+	f.w.mu.Lock() // the stale attempt ends, as process's cleanup does
+	delete(f.w.attempts, f.m.attemptKey())
+	close(stale.over)
+	f.w.mu.Unlock()
+	select {
+	case n := <-slots:
+		if n != 1 {
+			t.Errorf("the handler ran with %d slots held, want 1: its own", n)
+		}
+	case <-f.ctx.Done():
+		t.Fatal("the newer claim did not run once the stale attempt was over")
+	}
+	f.waitTasks(t)
+	if n := len(f.w.sem); n != 0 {
+		t.Errorf("%d slots held after the task, want 0", n)
+	}
+	if rec, err := f.w.db.TaskRecord(f.ctx, f.run, "t"); err != nil || rec.Status != "succeeded" || rec.Epoch != 1 {
+		t.Errorf("record %+v, %v; want succeeded under the fetch's claim (epoch 1)", rec, err)
+	}
+}
+
+// A worker that drains while such a message waits starts no task: the
+// message's claim goes back with a fresh message, as an unstarted
+// message's does (a handler started after Run returned was possible).
+func TestANewerClaimOfAnAttemptInHandIsHandedBackWhenTheDrainTimesOut(t *testing.T) {
+	t.Parallel()
+	f := newFetchClaimed(t)
+	work, timeout := context.WithCancel(f.ctx)
+	_, slots := newerClaimInHand(t, f, work)
+	timeout() // the drain times out; the stale handler ignores it
+	f.waitTasks(t)
+	select {
+	case <-slots:
+		t.Error("the handler ran while the worker drained")
+	default:
+	}
+	if n := f.pendingFor(t, f.m.stream, "W"); n != 0 {
+		t.Errorf("%d messages pending for W after the hand-back, want 0", n)
+	}
+	if rec, err := f.w.db.TaskRecord(f.ctx, f.run, "t"); err != nil || rec.Status != "dispatched" {
+		t.Errorf("record %+v, %v; want dispatched (handed back)", rec, err)
+	}
+	if n := len(f.w.sem); n != 0 {
+		t.Errorf("%d slots held after the hand-back, want 0", n)
 	}
 }

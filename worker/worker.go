@@ -234,6 +234,7 @@ type Worker struct {
 
 	// Set by Run for the reclaimer: where tasks run and how they are counted.
 	workCtx context.Context
+	runCtx  context.Context // Run's: done once the worker drains
 	tasks   sync.WaitGroup
 	signals *signalHub // the handlers' signal waits
 	batch   *batcher
@@ -293,10 +294,10 @@ func (m message) key() string { return rdb.MessageKey(m.stream, m.id) }
 // attemptInHand is a task attempt a message of which is being processed.
 type attemptInHand struct {
 	// Guarded by Worker.mu.
-	claimed bool      // our claim holds it
-	epoch   int64     // the claim's epoch, once claimed
-	parked  []message // other messages of the attempt that came while the claim was unresolved
-	newer   []message // messages of the attempt whose fetch claimed it afresh: ours handed back
+	claimed bool          // our claim holds it
+	epoch   int64         // the claim's epoch, once claimed
+	parked  []message     // other messages of the attempt that came while the claim was unresolved
+	over    chan struct{} // closed once the attempt is no longer in hand
 }
 
 // attemptKey names the task attempt m carries; several messages may.
@@ -387,7 +388,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	// Handlers run under workCtx, which outlives ctx by the drain timeout.
 	workCtx, cancelWork := context.WithCancelCause(context.Background())
 	defer cancelWork(nil)
-	w.workCtx = workCtx
+	w.workCtx, w.runCtx = workCtx, ctx
 	tasks := &w.tasks
 	batchCtx, stopBatch := context.WithCancel(context.Background())
 	defer stopBatch()
@@ -743,9 +744,8 @@ func (w *Worker) now() int64 { return w.cfg.Clock.Now().UnixMilli() }
 // process claims one message's task, runs it and reports the outcome. It
 // calls release (the task's slot) once the outcome is queued for the
 // batcher. It returns the other messages of the same attempt that arrived
-// while its claim was unresolved, if that claim did not hold, and those
-// whose fetch claimed the attempt afresh after our claim was handed back:
-// they are processed next, each on its own.
+// while its claim was unresolved, if that claim did not hold: they are
+// processed next, each on its own.
 func (w *Worker) process(ctx context.Context, m message, release func()) (parked []message) {
 	log := newTaskLog(&w.log, m)
 	if m.run == "" || m.task == "" {
@@ -777,15 +777,24 @@ func (w *Worker) process(ctx context.Context, m message, release func()) (parked
 			// This message's fetch claimed the task afresh: the claim we
 			// hold was handed back meanwhile (a repair or a release), and
 			// its outcome will be refused. This message carries the live
-			// claim: it runs as soon as the stale attempt is over (its
-			// next heartbeat cancels it), not a lease later at its reclaim.
-			if !slices.ContainsFunc(held.newer, func(p message) bool { return p.key() == m.key() }) {
-				held.newer = append(held.newer, m)
-			}
+			// claim: it runs, on the slot reserved for it, as soon as the
+			// stale attempt is over (its next heartbeat cancels it), not a
+			// lease later at its reclaim.
+			over := held.over
 			w.mu.Unlock()
 			log.Info().Str("msg", m.id).Int64("epoch", m.pre.Epoch).Int64("held_epoch", held.epoch).
 				Msg("a newer claim of an attempt in hand; it runs once the stale attempt is over")
-			return
+			select {
+			case <-over:
+			case <-ctx.Done(): // the drain timed out, the stale handler still on
+			}
+			if ctx.Err() != nil || (w.runCtx != nil && w.runCtx.Err() != nil) {
+				// Draining: no task starts now. Its claim goes back
+				// with a fresh message, as an unstarted message's does.
+				w.requeueUnstarted([]message{m})
+				return nil
+			}
+			return w.process(ctx, m, release)
 		}
 		if !claimed && !slices.ContainsFunc(held.parked, func(p message) bool { return p.key() == m.key() }) {
 			// The other message's claim is unresolved and may yet be
@@ -804,7 +813,7 @@ func (w *Worker) process(ctx context.Context, m message, release func()) (parked
 		log.Debug().Str("msg", m.id).Msg("a second message of an attempt being claimed here; parked")
 		return
 	}
-	held := &attemptInHand{}
+	held := &attemptInHand{over: make(chan struct{})}
 	w.handling[m.key()] = true
 	w.attempts[m.attemptKey()] = held
 	w.mu.Unlock()
@@ -812,9 +821,8 @@ func (w *Worker) process(ctx context.Context, m message, release func()) (parked
 		w.mu.Lock()
 		delete(w.handling, m.key())
 		delete(w.attempts, m.attemptKey())
-		// Parked messages are left over only when our claim did not hold;
-		// newer ones carry the claim that replaced ours.
-		parked = append(held.parked, held.newer...)
+		parked = held.parked // left over only when our claim did not hold
+		close(held.over)
 		w.mu.Unlock()
 	}()
 	if !m.reclaimed && time.Since(m.fetched) > w.cfg.Lease/3 {
