@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/graflow-go/graflow/events"
@@ -62,14 +63,19 @@ var errNoChannel = errors.New("worker: Channel of a task the worker did not clai
 // idempotent; Append and Incr are not (key them by task, or Set the
 // outcome once).
 //
-// Safe for concurrent use. A nil *Channel (a Task the worker did not
-// claim) returns an error from every method.
+// Safe for concurrent use; the writes of one task attempt go one at a
+// time. A nil *Channel (a Task the worker did not claim) returns an error
+// from every method.
 type Channel struct {
 	w       *Worker
 	run     string
 	task    string
 	attempt int
 	epoch   int64
+	// writing is held through a write and its retries: the write script
+	// keeps the claim's last write to tell a retry from a new write, so
+	// one write of a claim is in flight at a time.
+	writing sync.Mutex
 }
 
 // channelOf returns the channel of a task attempt the worker claimed at
@@ -211,7 +217,9 @@ func (c *Channel) write(ctx context.Context, w rdb.ChannelWrite) (rdb.ChannelWri
 	w.EventID, w.RejectID, w.TimeMS = events.NewID(now), events.NewID(now), now.UnixMilli()
 	// A refused connection (a master failing over) is retried with the
 	// same event id: a write that took effect before its reply was lost is
-	// found in the log and not applied twice.
+	// found as the claim's last write and not applied twice.
+	c.writing.Lock()
+	defer c.writing.Unlock()
 	var res rdb.ChannelWritten
 	err := c.w.redisRetry(ctx, func() (err error) {
 		res, err = c.w.db.WriteChannel(ctx, w)

@@ -11,6 +11,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/graflow-go/graflow/events"
+	"github.com/graflow-go/graflow/internal/statehash"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -62,11 +63,18 @@ var (
 // first write; an incr's HINCRBY is that first write, and it writes
 // nothing when it refuses (not an integer, overflow).
 //
-// Like every script it is safe to run twice: a call whose event id is
-// among the log's last channelRetryWindow entries was applied already
-// (go-redis retries a command whose reply timed out), and replies as the
-// first call did, writing nothing. A repeat after more entries than
-// that would apply again; a retry comes within milliseconds.
+// Like every script it is safe to run twice (go-redis retries a command
+// whose reply timed out, and a worker retries a write whose connection
+// failed for up to 30 s, with the same event id): the claim's last
+// applied write is kept in the state hash (ChannelWriteField: event id,
+// seq and an incr's new value), so a call whose event id it holds replies
+// as the first call did, writing nothing. A worker sends one write of a
+// claim at a time, so a retry finds its own id there. A call whose event
+// is among the log's last channelRetryWindow entries (the run ended since:
+// a succeeded run keeps only its log; another write of the claim came in
+// between) was applied too. The log was all it searched: a retry after
+// more entries than that (a busy fan-out, a retry seconds later) applied
+// again.
 //
 // Values are JSON: the caller passes valid, compact JSON (set: the value;
 // append: the element), so append is a splice of the stored array's text
@@ -83,15 +91,22 @@ var (
 // {"stale", status, epoch, owner} | {"missing"} | {"not_running", status} |
 // {"limit", why} | {"type", why}
 var channelWriteScript = redis.NewScript(prelude + `
--- A call run twice (a client retry after a lost reply) finds its own
--- event among the log's last entries and replies as the first did (its
--- body is the entry's last field in every schema version).
+local cwf = '` + statehash.FieldChannelWritePrefix + `' .. ARGV[1]
+local h = redis.call('HMGET', KEYS[1], '@status', ARGV[1], cwf)
+if h[3] then
+  -- A call run twice (a retry after a lost reply) finds its own id as
+  -- the claim's last write and replies as the first did.
+  local id, seq, val = string.match(h[3], '^([^|]+)|([^|]+)|(.*)$')
+  if id == ARGV[5] then return {'ok', seq, val} end
+end
+-- Or its own event among the log's last entries (the run ended since, or
+-- another write of the claim came in between; its body is the entry's
+-- last field in every schema version).
 for _, m in ipairs(redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ` + channelRetryWindow + `)) do
   if m[2][1] == 'id' and m[2][2] == ARGV[5] and m[2][4] == 'channel_written' then
     return {'ok', m[1], string.match(m[2][#m[2]], '"value":(-?%d+)}$') or ''}
   end
 end
-local h = redis.call('HMGET', KEYS[1], '@status', ARGV[1])
 local run = h[1]
 if not run then
   if not loggedend(KEYS[2]) then return {'missing'} end
@@ -150,8 +165,9 @@ else
 end
 local body = '{"key":' .. cjson.encode(key) .. ',"op":"' .. op .. '","value":' .. new .. '}'
 local seq = append(KEYS[2], ARGV[5], 'channel_written', ARGV[1], a, e, ARGV[4], body)
-if op == 'incr' then return {'ok', seq, new} end
-return {'ok', seq, ''}
+if op ~= 'incr' then new = '' end
+redis.call('HSET', KEYS[1], cwf, ARGV[5] .. '|' .. seq .. '|' .. new)
+return {'ok', seq, new}
 `)
 
 // channelRetryWindow is how many of the log's last entries a channel

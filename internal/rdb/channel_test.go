@@ -485,3 +485,37 @@ func TestChannelWriteTouchesOneSlot(t *testing.T) {
 		}
 	}
 }
+
+// A write retried long after its reply was lost (a worker retries a failed
+// connection for up to 30 s), with more than channelRetryWindow entries in
+// the run's log meanwhile (a busy fan-out), is applied once: the retry
+// was looked for in the log's last entries only, and an incr counted twice
+// (found by an audit). The claim's last write is kept in the state hash.
+func TestChannelWriteRetriedAfterABusyLogAppliesOnce(t *testing.T) {
+	t.Parallel()
+	b := setupRun(t)
+	e := b.claim(t, "a", "w1", 1, false).Epoch
+	w := rdb.ChannelWrite{Run: b.run, Task: "a", Worker: "w1", Attempt: 1, Epoch: e,
+		EventID: ulid.Make().String(), RejectID: ulid.Make().String(), TimeMS: 9000, Op: rdb.ChannelOpIncr, Key: "n", Delta: 1}
+	first, err := b.db.WriteChannel(b.ctx, w) // its reply is lost
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 200 entries of other tasks land in the log before the retry.
+	for i := range 200 {
+		hb := rdb.HeartbeatArgs{Run: b.run, Task: "b", Worker: "w2", Attempt: 1, Epoch: 1, EventID: ulid.Make().String(),
+			RejectID: ulid.Make().String(), TimeMS: 9000 + int64(i), Body: []byte(`{}`), Append: true}
+		_ = b.db.Heartbeat(b.ctx, b.c, hb).Err() // b is not running: each is a result_rejected entry
+	}
+	if n := b.c.XLen(b.ctx, b.db.K.RunLog(b.run)).Val(); n < 200 {
+		t.Fatalf("%d log entries, want 200 or more", n)
+	}
+	var again rdb.ChannelWritten
+	b.unchanged(t, "the incr retried", nil, func() error { again, err = b.db.WriteChannel(b.ctx, w); return err })
+	if again != first {
+		t.Errorf("the retry replied %+v, the first %+v", again, first)
+	}
+	if v := b.hash(t, b.db.K.RunChannel(b.run))["n"]; v != "1" {
+		t.Errorf("n = %s after one incr and its retry, want 1", v)
+	}
+}

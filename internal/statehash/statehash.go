@@ -46,6 +46,9 @@ const (
 	// FieldSignalPrefix prefixes the id of the signal a run took of a
 	// name (SignalField).
 	FieldSignalPrefix = "@signal:"
+	// FieldChannelWritePrefix prefixes the last channel write of a task's
+	// claim (ChannelWriteField).
+	FieldChannelWritePrefix = "@cw:"
 	// FieldMetaPrefix prefixes a task's stored metadata (MetaField).
 	FieldMetaPrefix = "@g:"
 	// FieldResultPrefix prefixes a task's accepted result (ResultField).
@@ -64,6 +67,12 @@ func ResultField(task string) string { return FieldResultPrefix + task }
 // name the run took (the signal script: one signal per name, a retried
 // delivery of the same id harmless).
 func SignalField(name string) string { return FieldSignalPrefix + name }
+
+// ChannelWriteField is the state hash field that holds the last channel
+// write task's claim made ("event id|seq|incr's new value"), set by the
+// channel write script: a write retried after its reply was lost finds
+// its own id there and is not applied twice.
+func ChannelWriteField(task string) string { return FieldChannelWritePrefix + task }
 
 // ResultExpiryField is the state hash field that holds when task's stored
 // result expires (Unix ms), set by the finish script that stored a result
