@@ -50,6 +50,9 @@ type TaskDispatchedBody struct {
 	Priority int    `json:"priority"`
 	// DelayMS is the task's StartAfterMS, and DueMS (Unix ms) when it is
 	// due: the dispatch waits in the partition's delayed set until then.
+	// A task with no dependencies is due DelayMS after it entered the run
+	// (its run_submitted's or tasks_added's time), a dependent DelayMS
+	// after the projector's commit that dispatched it.
 	DelayMS int64 `json:"delay_ms,omitempty"`
 	DueMS   int64 `json:"due_ms,omitempty"`
 }

@@ -293,7 +293,7 @@ func (r *Run) addTasks(e events.Event, specs []events.TaskSpec) error {
 			s.MaxAttempts = 1
 		}
 		r.index[s.ID] = base + k
-		r.Tasks = append(r.Tasks, &Task{Spec: s, Status: TaskPending})
+		r.Tasks = append(r.Tasks, &Task{Spec: s, Status: TaskPending, addedMS: e.Time.UnixMilli()})
 	}
 	r.open += len(specs)
 	for k := range specs {

@@ -185,3 +185,31 @@ func (b liveBundle) onFakeClock(t *testing.T) (*clockwork.FakeClock, *scheduler.
 	}
 	return clock, sched, p
 }
+
+// A delayed root's delay counts from the submit (run_submitted's time), as
+// StartIn and StartAfter promise: it counted from the projector's commit,
+// so a projector that lagged or was down when the run was submitted
+// started the root that much later (found by an audit).
+func TestADelayedRootIsDueFromTheSubmitNotFromItsProjection(t *testing.T) {
+	t.Parallel()
+	b := setupLive(t)
+	clock, sched, p := b.onFakeClock(t)
+	submitted := clock.Now()
+	later := spec("later")
+	later.StartAfterMS = time.Hour.Milliseconds()
+	run, _, err := sched.Submit(b.ctx, events.RunSubmittedBody{Workflow: "timers", Tasks: []events.TaskSpec{later}}, scheduler.SubmitOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock.Advance(10 * time.Minute) // the projector comes to the run late
+	if err := p.Project(b.ctx, run); err != nil {
+		t.Fatal(err)
+	}
+	evs := b.log(t, run)
+	var body events.TaskDispatchedBody
+	if last := evs[len(evs)-1]; last.Type != events.TaskDispatched || last.DecodeBody(&body) != nil ||
+		body.DueMS != submitted.Add(time.Hour).UnixMilli() {
+		t.Fatalf("after projecting 10 min late: %s %s; want a dispatch due 1 h after the submit (%d)", last.Type, last.Body,
+			submitted.Add(time.Hour).UnixMilli())
+	}
+}

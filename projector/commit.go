@@ -30,6 +30,13 @@ func (p *Projector) prepare(c *cached) ([]events.Event, rdb.Commit) {
 			var b events.TaskDispatchedBody
 			if _ = d.DecodeBody(&b); b.DelayMS > 0 { // a delayed start
 				b.DueMS = now.UnixMilli() + b.DelayMS
+				if t := c.run.Task(d.Task); t != nil && len(t.Spec.Deps) == 0 && d.Attempt <= 1 && t.addedMS > 0 {
+					// Ready since it entered the run (run_submitted,
+					// tasks_added): its delay counts from then, not
+					// from this commit, which may come late (a
+					// projector that lagged or was down).
+					b.DueMS = t.addedMS + b.DelayMS
+				}
 				*d = d.WithBody(b)
 			}
 		}

@@ -56,6 +56,7 @@ type Task struct {
 	// (see spawn.go and docs/workflows.md, "Dynamic tasks").
 	Waits []string `json:"waits,omitempty"`
 
+	addedMS int64     // when the task entered the run (its event's time, Unix ms)
 	waiting int       // dependencies and waits not yet succeeded
 	succ    []int     // indexes of dependent (and waiting) tasks
 	sinks   []int     // the sinks of the tasks this task spawned
