@@ -276,10 +276,14 @@ func (h *signalHub) loop(part int) {
 			wait.Wait(h.ctx)
 		default:
 			// Not transient (a log of the wrong type, a missing
-			// permission): fail this partition's waits, whose tasks
-			// fail (and are retried while they have attempts).
+			// permission): fail the waits of the runs whose own log
+			// refuses the read, or, when none does alone, this
+			// partition's waits; their tasks fail (and are retried
+			// while they have attempts). One bad run failed them all.
 			h.log.Error().Err(err).Int("runs", len(after)).Msg("signal loop: read the logs of waiting tasks")
-			h.failAll(part, fmt.Errorf("wait for a signal: %w", err))
+			if !h.failRefused(part, after) {
+				h.failAll(part, fmt.Errorf("wait for a signal: %w", err))
+			}
 		}
 	}
 }
@@ -320,6 +324,34 @@ func (h *signalHub) deliver(part int, read map[string]string, got map[string]rdb
 }
 
 // failAll ends every wait of partition part with err.
+// failRefused reads the log of each run of after alone (without
+// blocking) and fails the waits of those whose read fails for good. It
+// reports whether it found any; none when a single run is watched (its
+// read was the one refused).
+func (h *signalHub) failRefused(part int, after map[string]string) bool {
+	if len(after) < 2 {
+		return false
+	}
+	found := false
+	for run, id := range after {
+		_, err := h.db.BlockOnLogs(h.ctx, map[string]string{run: id}, 1, -1)
+		if err == nil || retry.Transient(err) || h.ctx.Err() != nil {
+			continue
+		}
+		found = true
+		h.log.Error().Err(err).Str("run", run).Msg("signal loop: the log of a waiting task's run refuses reads; failing its waits")
+		h.mu.Lock()
+		if wr := h.parts[part][run]; wr != nil {
+			for w := range wr.waits {
+				w.got <- hubResult{err: fmt.Errorf("wait for a signal: %w", err)}
+			}
+			delete(h.parts[part], run)
+		}
+		h.mu.Unlock()
+	}
+	return found
+}
+
 func (h *signalHub) failAll(part int, err error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()

@@ -21,6 +21,7 @@ import (
 	"github.com/jonboulle/clockwork"
 	"github.com/oklog/ulid/v2"
 	"github.com/redis/go-redis/v9"
+	"github.com/rs/zerolog"
 	"go.uber.org/goleak"
 )
 
@@ -328,4 +329,68 @@ func blocked(line string) bool {
 		}
 	}
 	return false
+}
+
+// One run whose log refuses reads (its key replaced by hand with another
+// type) failed the signal waits of every run of its partition: the
+// worker's one XREAD over their logs failed, and every waiting task
+// failed with it (found by an audit). Only the bad run's waits fail; the
+// other run's wait gets its signal.
+func TestABadLogFailsTheSignalWaitsOfItsRunOnly(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	refused := &lineSignal{text: "signal loop: read the logs of waiting tasks", seen: make(chan struct{})}
+	lg := zerolog.New(refused)
+	b.worker(t, worker.Config{ID: "w-bad-log", Concurrency: 4, Lease: 1500 * time.Millisecond, Logger: &lg})
+	submit := func() string {
+		wf := graflow.NewWorkflow("approval")
+		wf.Task("a", builtin.WaitSignal).Args(builtin.WaitSignalArgs{Name: "go"})
+		run, err := b.client.Submit(b.ctx, wf, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.waitFor(t, run, func(e events.Event) bool {
+			var hb events.TaskHeartbeatBody
+			return e.Type == events.TaskHeartbeat && e.DecodeBody(&hb) == nil && strings.HasPrefix(hb.Progress, "waiting for signal ")
+		})
+		return run
+	}
+	bad, good := submit(), submit()
+	k := rdb.NewKeys(b.ns)
+	if k.Partition(bad) != k.Partition(good) {
+		t.Fatalf("runs in partitions %d and %d: one XREAD reads them only in one", k.Partition(bad), k.Partition(good))
+	}
+	log := k.RunLog(bad)
+	if err := b.rc.Del(b.ctx, log).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.rc.Set(b.ctx, log, "not a stream", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	select { // the worker's read of both logs was refused
+	case <-refused.seen:
+	case <-b.ctx.Done():
+		t.Fatal("the signal loop never read the bad log")
+	}
+	if err := b.client.Signal(b.ctx, good, "go", 7); err != nil {
+		t.Fatal(err)
+	}
+	info := b.end(t, good)
+	if !info.Succeeded() || string(info.Task("a").Result) != "7" {
+		t.Fatalf("the good run: %s, a = %s (%s); want succeeded with 7", info.Status, info.Task("a").Result, info.Task("a").Error)
+	}
+}
+
+// lineSignal closes seen at the first log line holding text.
+type lineSignal struct {
+	text string
+	once sync.Once
+	seen chan struct{}
+}
+
+func (l *lineSignal) Write(p []byte) (int, error) {
+	if strings.Contains(string(p), l.text) {
+		l.once.Do(func() { close(l.seen) })
+	}
+	return len(p), nil
 }
