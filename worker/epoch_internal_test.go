@@ -3,12 +3,11 @@ package worker
 import (
 	"context"
 	"fmt"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/graflow-go/graflow/internal/rdb"
+	"github.com/graflow-go/graflow/internal/testlog"
 	"github.com/oklog/ulid/v2"
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
@@ -87,20 +86,6 @@ func TestACopyOfAnAttemptWhoseClaimWasHandedBackIsKept(t *testing.T) {
 	}
 }
 
-// logSignal closes seen at the first log line holding text.
-type logSignal struct {
-	text string
-	once sync.Once
-	seen chan struct{}
-}
-
-func (l *logSignal) Write(p []byte) (int, error) {
-	if strings.Contains(string(p), l.text) {
-		l.once.Do(func() { close(l.seen) })
-	}
-	return len(p), nil
-}
-
 // newerClaimInHand starts f's message, whose fetch claimed the task at
 // epoch 1, while the worker holds the same attempt under an older claim
 // (epoch 0, handed back since: a repair or a release), on the slot the
@@ -110,7 +95,7 @@ func (l *logSignal) Write(p []byte) (int, error) {
 func newerClaimInHand(t *testing.T, f fetchClaimed, workCtx context.Context) (stale *attemptInHand, slots chan int) {
 	t.Helper()
 	w, m := f.w, f.m
-	sig := &logSignal{text: "a newer claim of an attempt in hand", seen: make(chan struct{})}
+	sig := testlog.NewLineSignal("a newer claim of an attempt in hand")
 	w.log = zerolog.New(sig)
 	w.workCtx, w.batch = workCtx, newBatcher(f.ctx, w)
 	t.Cleanup(w.batch.stop)
@@ -124,7 +109,7 @@ func newerClaimInHand(t *testing.T, f fetchClaimed, workCtx context.Context) (st
 	w.sem <- struct{}{}
 	w.start(m)
 	select {
-	case <-sig.seen:
+	case <-sig.Seen:
 	case <-f.ctx.Done():
 		t.Fatal("the newer claim did not wait for the stale attempt")
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/graflow-go/graflow/events"
 	"github.com/graflow-go/graflow/internal/rdb"
+	"github.com/graflow-go/graflow/internal/testlog"
 	"github.com/graflow-go/graflow/worker"
 	"github.com/oklog/ulid/v2"
 	"github.com/redis/go-redis/v9"
@@ -76,7 +77,7 @@ func TestAFetchClaimedCopyOfAHandedBackAttemptIsKept(t *testing.T) {
 	run, q := b.dispatchedTask(t)
 	gate := &handBackGate{open: make(chan struct{}), beat: make(chan struct{}), heartbeat: rdb.Scripts()["heartbeat"].Hash()}
 	wc := b.clientWith(t, gate)
-	newer := &lineSignal{text: "a newer claim of an attempt in hand", seen: make(chan struct{})}
+	newer := testlog.NewLineSignal("a newer claim of an attempt in hand")
 	lg := zerolog.New(newer).Level(zerolog.InfoLevel)
 	cfg := b.config("W")
 	cfg.Logger, cfg.Redis, cfg.Concurrency = &lg, wc, 2
@@ -109,7 +110,7 @@ func TestAFetchClaimedCopyOfAHandedBackAttemptIsKept(t *testing.T) {
 	b.queueCopy(t, run)
 	close(gate.open)
 	select {
-	case <-newer.seen:
+	case <-newer.Seen:
 	case <-time.After(waitTimeout):
 		t.Fatal("the fetch-claimed copy was not kept pending")
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/graflow-go/graflow/events"
 	"github.com/graflow-go/graflow/internal/rdb"
 	"github.com/graflow-go/graflow/internal/redistest"
+	"github.com/graflow-go/graflow/internal/testlog"
 	"github.com/graflow-go/graflow/projector"
 	"github.com/graflow-go/graflow/scheduler"
 	"github.com/graflow-go/graflow/worker"
@@ -1066,20 +1067,6 @@ func (h *holdFirstClaim) ProcessPipelineHook(next redis.ProcessPipelineHook) red
 	}
 }
 
-// lineSignal is a log writer that closes seen when a line contains text.
-type lineSignal struct {
-	text string
-	once sync.Once
-	seen chan struct{}
-}
-
-func (l *lineSignal) Write(p []byte) (int, error) {
-	if strings.Contains(string(p), l.text) {
-		l.once.Do(func() { close(l.seen) })
-	}
-	return len(p), nil
-}
-
 // A dead worker D holds task t from message M; a copy M1 of the same
 // attempt is queued. Worker W claims M1 (the claim will say "busy": D's
 // claim is recorded) and, while that claim is in flight, W's reclaimer
@@ -1108,8 +1095,8 @@ func TestReclaimedMessageIsKeptWhileTheOtherClaimIsUnresolved(t *testing.T) {
 
 	hold := &holdFirstClaim{claim: rdb.Scripts()["claim"].Hash(), release: make(chan struct{})}
 	wc := b.clientWith(t, hold)
-	kept := &lineSignal{text: "a second message of an attempt being claimed here", seen: make(chan struct{})}
-	dropped := &lineSignal{text: "a second message of an attempt in hand; dropping it", seen: make(chan struct{})}
+	kept := testlog.NewLineSignal("a second message of an attempt being claimed here")
+	dropped := testlog.NewLineSignal("a second message of an attempt in hand; dropping it")
 	lg := zerolog.New(zerolog.MultiLevelWriter(kept, dropped)).Level(zerolog.DebugLevel)
 	cfg := b.config("W")
 	cfg.Logger = &lg
@@ -1120,8 +1107,8 @@ func TestReclaimedMessageIsKeptWhileTheOtherClaimIsUnresolved(t *testing.T) {
 	})
 	// M1's claim is held; the reclaimer takes M over from D meanwhile.
 	select {
-	case <-kept.seen:
-	case <-dropped.seen:
+	case <-kept.Seen:
+	case <-dropped.Seen:
 		t.Error("the reclaimed message was dropped while the other message's claim was unresolved")
 	case <-time.After(waitTimeout):
 		t.Fatal("the reclaimer did not take the dead worker's message over")
@@ -1159,7 +1146,7 @@ func TestParkedCopyIsAckedWhenTheClaimHolds(t *testing.T) {
 	hold := &holdFirstClaim{claim: rdb.Scripts()["claim"].Hash(), release: make(chan struct{}),
 		held: make(chan struct{}), blocked: make(chan struct{}, 1), failFresh: rdb.Scripts()["claim_fresh"].Hash()}
 	wc := b.clientWith(t, hold)
-	parked := &lineSignal{text: "a second message of an attempt being claimed here", seen: make(chan struct{})}
+	parked := testlog.NewLineSignal("a second message of an attempt being claimed here")
 	lg := zerolog.New(parked).Level(zerolog.DebugLevel)
 	cfg := b.config("W")
 	cfg.Logger, cfg.Redis, cfg.Concurrency = &lg, wc, 4
@@ -1179,7 +1166,7 @@ func TestParkedCopyIsAckedWhenTheClaimHolds(t *testing.T) {
 		b.queueCopy(t, run)
 	}
 	select {
-	case <-parked.seen:
+	case <-parked.Seen:
 	case <-time.After(waitTimeout):
 		t.Fatal("the second message was not parked behind the first one's claim")
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/graflow-go/graflow/events"
 	"github.com/graflow-go/graflow/internal/rdb"
 	"github.com/graflow-go/graflow/internal/redistest"
+	"github.com/graflow-go/graflow/internal/testlog"
 	"github.com/graflow-go/graflow/projector"
 	"github.com/graflow-go/graflow/scheduler"
 	"github.com/graflow-go/graflow/worker"
@@ -339,7 +340,7 @@ func blocked(line string) bool {
 func TestABadLogFailsTheSignalWaitsOfItsRunOnly(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	refused := &lineSignal{text: "signal loop: read the logs of waiting tasks", seen: make(chan struct{})}
+	refused := testlog.NewLineSignal("signal loop: read the logs of waiting tasks")
 	lg := zerolog.New(refused)
 	b.worker(t, worker.Config{ID: "w-bad-log", Concurrency: 4, Lease: 1500 * time.Millisecond, Logger: &lg})
 	submit := func() string {
@@ -368,7 +369,7 @@ func TestABadLogFailsTheSignalWaitsOfItsRunOnly(t *testing.T) {
 		t.Fatal(err)
 	}
 	select { // the worker's read of both logs was refused
-	case <-refused.seen:
+	case <-refused.Seen:
 	case <-b.ctx.Done():
 		t.Fatal("the signal loop never read the bad log")
 	}
@@ -379,18 +380,4 @@ func TestABadLogFailsTheSignalWaitsOfItsRunOnly(t *testing.T) {
 	if !info.Succeeded() || string(info.Task("a").Result) != "7" {
 		t.Fatalf("the good run: %s, a = %s (%s); want succeeded with 7", info.Status, info.Task("a").Result, info.Task("a").Error)
 	}
-}
-
-// lineSignal closes seen at the first log line holding text.
-type lineSignal struct {
-	text string
-	once sync.Once
-	seen chan struct{}
-}
-
-func (l *lineSignal) Write(p []byte) (int, error) {
-	if strings.Contains(string(p), l.text) {
-		l.once.Do(func() { close(l.seen) })
-	}
-	return len(p), nil
 }
