@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/graflow-go/graflow/events"
@@ -64,24 +63,27 @@ var errNoChannel = errors.New("worker: Channel of a task the worker did not clai
 // outcome once).
 //
 // Safe for concurrent use; the writes of one task attempt go one at a
-// time. A nil *Channel (a Task the worker did not claim) returns an error
-// from every method.
+// time (one round trip each, so writes from many goroutines of a handler
+// do not overlap: a handler that writes much batches its values into
+// fewer keys). A nil *Channel (a Task the worker did not claim) returns
+// an error from every method.
 type Channel struct {
 	w       *Worker
 	run     string
 	task    string
 	attempt int
 	epoch   int64
-	// writing is held through a write and its retries: the write script
-	// keeps the claim's last write to tell a retry from a new write, so
-	// one write of a claim is in flight at a time.
-	writing sync.Mutex
+	// writing is held (a token in it) through a write and its retries:
+	// the write script keeps the claim's last write to tell a retry from
+	// a new write, so one write of a claim is in flight at a time. A write
+	// waiting for it gives up when its context does.
+	writing chan struct{}
 }
 
 // channelOf returns the channel of a task attempt the worker claimed at
 // epoch.
 func (w *Worker) channelOf(run, task string, attempt int, epoch int64) *Channel {
-	return &Channel{w: w, run: run, task: task, attempt: attempt, epoch: epoch}
+	return &Channel{w: w, run: run, task: task, attempt: attempt, epoch: epoch, writing: make(chan struct{}, 1)}
 }
 
 // Channel returns the channel of the task's run, writing as this task
@@ -218,8 +220,12 @@ func (c *Channel) write(ctx context.Context, w rdb.ChannelWrite) (rdb.ChannelWri
 	// A refused connection (a master failing over) is retried with the
 	// same event id: a write that took effect before its reply was lost is
 	// found as the claim's last write and not applied twice.
-	c.writing.Lock()
-	defer c.writing.Unlock()
+	select {
+	case c.writing <- struct{}{}:
+		defer func() { <-c.writing }()
+	case <-ctx.Done():
+		return rdb.ChannelWritten{}, ctx.Err()
+	}
 	var res rdb.ChannelWritten
 	err := c.w.redisRetry(ctx, func() (err error) {
 		res, err = c.w.db.WriteChannel(ctx, w)

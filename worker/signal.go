@@ -281,7 +281,11 @@ func (h *signalHub) loop(part int) {
 			// partition's waits; their tasks fail (and are retried
 			// while they have attempts). One bad run failed them all.
 			h.log.Error().Err(err).Int("runs", len(after)).Msg("signal loop: read the logs of waiting tasks")
-			if !h.failRefused(part, after) {
+			switch found, again := h.failRefused(part, after); {
+			case found: // the bad runs' waits failed: read the others
+			case again:
+				wait.Wait(h.ctx)
+			default:
 				h.failAll(part, fmt.Errorf("wait for a signal: %w", err))
 			}
 		}
@@ -323,19 +327,23 @@ func (h *signalHub) deliver(part int, read map[string]string, got map[string]rdb
 	}
 }
 
-// failAll ends every wait of partition part with err.
-// failRefused reads the log of each run of after alone (without
-// blocking) and fails the waits of those whose read fails for good. It
-// reports whether it found any; none when a single run is watched (its
-// read was the one refused).
-func (h *signalHub) failRefused(part int, after map[string]string) bool {
+// failRefused reads the log of each run of after alone (one pipeline,
+// without blocking) and fails the waits of the runs whose own read fails
+// for good. It reports whether it found any, and whether to read again
+// rather than fail the partition's waits: some read failed for a moment
+// (its run may be the bad one), or the hub is closing. With a single run
+// watched its read was the one refused: neither.
+func (h *signalHub) failRefused(part int, after map[string]string) (found, again bool) {
 	if len(after) < 2 {
-		return false
+		return false, false
 	}
-	found := false
-	for run, id := range after {
-		_, err := h.db.BlockOnLogs(h.ctx, map[string]string{run: id}, 1, -1)
-		if err == nil || retry.Transient(err) || h.ctx.Err() != nil {
+	refused, err := h.db.LogRefusals(h.ctx, after)
+	if err != nil {
+		return false, true // the connection: the next read tells
+	}
+	for run, err := range refused {
+		if retry.Transient(err) || h.ctx.Err() != nil {
+			again = true
 			continue
 		}
 		found = true
@@ -349,9 +357,10 @@ func (h *signalHub) failRefused(part int, after map[string]string) bool {
 		}
 		h.mu.Unlock()
 	}
-	return found
+	return found, again || h.ctx.Err() != nil
 }
 
+// failAll ends every wait of partition part with err.
 func (h *signalHub) failAll(part int, err error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()

@@ -272,3 +272,30 @@ func (d DB) BlockOnLogs(ctx context.Context, after map[string]string, count int,
 	}
 	return out, nil
 }
+
+// LogRefusals reads the log of each run of after alone, without blocking
+// (one XREAD of one entry per run, in one pipeline), and returns the
+// error of each read that failed (run → error; none: every log can be
+// read). A run's log that does not exist reads as empty, not as an error.
+// err is the pipeline's own failure (the connection), when no read could
+// be told apart.
+func (d DB) LogRefusals(ctx context.Context, after map[string]string) (refused map[string]error, err error) {
+	pipe := d.C.Pipeline()
+	cmds := make(map[string]*redis.XStreamSliceCmd, len(after))
+	for run, id := range after {
+		if id == "" {
+			id = "0-0"
+		}
+		cmds[run] = pipe.XRead(ctx, &redis.XReadArgs{Streams: []string{d.K.RunLog(run), id}, Count: 1, Block: -1})
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) && !isReplyError(err) {
+		return nil, fmt.Errorf("read the logs of %d runs one by one: %w", len(after), err)
+	}
+	refused = map[string]error{}
+	for run, c := range cmds {
+		if err := c.Err(); err != nil && !errors.Is(err, redis.Nil) {
+			refused[run] = fmt.Errorf("read the log of run %s: %w", run, err)
+		}
+	}
+	return refused, nil
+}
