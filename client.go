@@ -593,15 +593,16 @@ func (c *Client) Repair(ctx context.Context, run string) (RepairReport, error) {
 
 // RepairRuns repairs each of runs in turn, as Repair does, and hands each
 // report to each as it is made; it stops at the first error (a repair's,
-// with the run named, or each's as it is). Each page of repairPage runs
-// shares one read of each queue stream, taken at the first run that needs
-// it: a queue is read once a page, not once per run. A task dispatched
+// with the run named, or each's as it is). Each page of
+// projector.RepairPage runs shares one read of each queue stream, taken at
+// the first run that needs it: a queue is read once a page, not once per
+// run. A task dispatched
 // after that read may get a duplicate message, which its claim drops; a
 // message deleted after it is not seen missing until the next read.
 func (c *Client) RepairRuns(ctx context.Context, runs []string, each func(RepairReport) error) error {
 	var ix *rdb.QueueIndex
 	for i, run := range runs {
-		if i%repairPage == 0 {
+		if i%projector.RepairPage == 0 {
 			ix = rdb.NewQueueIndex("")
 		}
 		rep, err := c.repair(ctx, run, ix)
@@ -614,9 +615,6 @@ func (c *Client) RepairRuns(ctx context.Context, runs []string, each func(Repair
 	}
 	return nil
 }
-
-// repairPage is how many runs RepairRuns repairs per read of the queues.
-const repairPage = 200
 
 func (c *Client) repair(ctx context.Context, run string, ix *rdb.QueueIndex) (RepairReport, error) {
 	ids, err := projector.Repair(ctx, c.db, c.tracer, run, c.clock.Now(), ix)

@@ -77,8 +77,9 @@ func Repair(ctx context.Context, db rdb.DB, tracer trace.Tracer, run string, now
 	return db.Repair(ctx, run, tasks, now, tracing.Traceparent(ctx), ix)
 }
 
-// repairPage bounds the runs one automatic repair pass looks at.
-const repairPage = 200
+// RepairPage bounds the runs one automatic repair pass looks at, and the
+// runs Client.RepairRuns repairs per read of the queues.
+const RepairPage = 200
 
 // repairCursor is where the automatic repair walk of the run index is.
 type repairCursor struct {
@@ -92,7 +93,7 @@ type repairCursor struct {
 // queue or feed entries deleted, or a worker's heartbeat found its entry
 // pending for nobody (deleted entries carry no fields, so their runs are
 // found from the index): each pass repairs up to
-// repairPage running runs, until the whole index has been walked. The
+// RepairPage running runs, until the whole index has been walked. The
 // caller holds the namespace's repair lock. The request stays until a walk
 // has repaired every running run: a projector that stops mid-walk leaves
 // it for the next holder of the lock (which walks from the start: a repair
@@ -110,7 +111,7 @@ func (p *Projector) autoRepair(ctx context.Context, cur *repairCursor) {
 		*cur = repairCursor{walking: true, reqs: reqs}
 		p.log.Warn().Msg("queue entries were deleted while pending: repairing the running runs from their logs")
 	}
-	runs, next, err := p.db.RunningRuns(ctx, cur.next, repairPage)
+	runs, next, err := p.db.RunningRuns(ctx, cur.next, RepairPage)
 	if err != nil {
 		if ctx.Err() == nil {
 			p.log.Warn().Err(err).Msg("repair: list running runs")

@@ -66,7 +66,7 @@ var (
 // Like every script it is safe to run twice (go-redis retries a command
 // whose reply timed out, and a worker retries a write whose connection
 // failed for up to 30 s, with the same event id): the claim's last
-// applied write is kept in the state hash (ChannelWriteField: event id,
+// applied write is kept in the state hash (FieldChannelWritePrefix: event id,
 // seq and an incr's new value), so a call whose event id it holds replies
 // as the first call did, writing nothing. A worker sends one write of a
 // claim at a time, so a retry finds its own id there. A call whose event

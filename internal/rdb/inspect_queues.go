@@ -115,9 +115,9 @@ func (d DB) locate(ctx context.Context, run string, want []Want) (map[string]boo
 // attempts with a message undelivered or pending for a consumer (a stream
 // also holds acked entries until a fetch trims them, which do not count,
 // and lists a pending entry deleted from it, which does not either). It
-// reads each stream once, on the first question about it: a repair walk
-// keeps one for the whole walk, so that each queue is read once, not once
-// per run. Not safe for concurrent use.
+// reads each stream once, on the first question about it: a repair of
+// many runs keeps one per page of runs, so that each queue is read once a
+// page, not once per run. Not safe for concurrent use.
 type QueueIndex struct {
 	run     string                     // "" every run's messages
 	streams map[string]map[string]bool // stream → run, task, attempt

@@ -46,8 +46,10 @@ const (
 	// FieldSignalPrefix prefixes the id of the signal a run took of a
 	// name (SignalField).
 	FieldSignalPrefix = "@signal:"
-	// FieldChannelWritePrefix prefixes the last channel write of a task's
-	// claim (ChannelWriteField).
+	// FieldChannelWritePrefix prefixes the field of a task's last channel
+	// write ("event id|seq|incr's new value"), set by the channel write
+	// script (internal/rdb): a write retried after its reply was lost
+	// finds its own id there and is not applied twice.
 	FieldChannelWritePrefix = "@cw:"
 	// FieldMetaPrefix prefixes a task's stored metadata (MetaField).
 	FieldMetaPrefix = "@g:"
@@ -67,12 +69,6 @@ func ResultField(task string) string { return FieldResultPrefix + task }
 // name the run took (the signal script: one signal per name, a retried
 // delivery of the same id harmless).
 func SignalField(name string) string { return FieldSignalPrefix + name }
-
-// ChannelWriteField is the state hash field that holds the last channel
-// write task's claim made ("event id|seq|incr's new value"), set by the
-// channel write script: a write retried after its reply was lost finds
-// its own id there and is not applied twice.
-func ChannelWriteField(task string) string { return FieldChannelWritePrefix + task }
 
 // ResultExpiryField is the state hash field that holds when task's stored
 // result expires (Unix ms), set by the finish script that stored a result
