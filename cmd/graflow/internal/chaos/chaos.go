@@ -318,6 +318,22 @@ func Run(ctx context.Context, cfg Config) (rep Report, err error) {
 		defer faults.Done()
 		marks <- s.watchMarks(faultCtx)
 	}()
+	// The signal the main and cancelled runs' g1-1 waits for, sent at a
+	// random moment while the faults go on (signalRun).
+	signalled := map[*submitted]chan []string{}
+	for _, r := range []*submitted{runs[0], cancelRun} {
+		if r == nil {
+			continue
+		}
+		ch := make(chan []string, 1)
+		signalled[r] = ch
+		delay := time.Duration(200+s.rng.IntN(2800)) * time.Millisecond
+		faults.Add(1)
+		go func() {
+			defer faults.Done()
+			ch <- s.signalRun(runCtx, r.id, delay)
+		}()
+	}
 	repaired := make(chan []string, 1) // the repairs' problems
 	faults.Add(1)
 	go func() {
@@ -400,6 +416,12 @@ func Run(ctx context.Context, cfg Config) (rep Report, err error) {
 		}
 		if r == runs[0] {
 			v.Problems = append(v.Problems, <-repaired...)
+		}
+		if ch, ok := signalled[r]; ok {
+			v.Problems = append(v.Problems, <-ch...)
+			if r.err == nil && r != cancelRun {
+				v.Problems = append(v.Problems, s.checkSignalled(ctx, r.id)...)
+			}
 		}
 		if r == requeueRun && r.err == nil {
 			v.Problems = append(v.Problems, s.checkRequeued(ctx, r)...)
@@ -719,6 +741,62 @@ func (s *stack) repairs(ctx context.Context, run string, rng *rand.Rand) (proble
 	return problems
 }
 
+// chaosSignal is the signal a task of each chaos DAG waits for.
+const chaosSignal = "chaos-go"
+
+// signalRun sends run the signal chaosSignal (payload 1) after delay, and
+// once more with the same ID, as a sender retrying after a lost reply
+// would: both must succeed, the second writing nothing. It retries Redis
+// errors; a run that ended first (the cancelled one) is no error. It
+// returns the problems.
+func (s *stack) signalRun(ctx context.Context, run string, delay time.Duration) (problems []string) {
+	if !wait(ctx, delay) {
+		return []string{fmt.Sprintf("signal %s: the run's time was up before the signal was sent", run)}
+	}
+	opts := graflow.SignalOptions{ID: "chaos-" + run, By: "chaos"}
+	for try := range 2 {
+		err := retryRedis(ctx, func() error { return s.client.SignalWith(ctx, run, chaosSignal, 1, opts) })
+		switch {
+		case err == nil:
+		case errors.Is(err, graflow.ErrRunFinished):
+			return nil
+		default:
+			return []string{fmt.Sprintf("signal %s (send %d): %v", run, try+1, err)}
+		}
+	}
+	s.logf("signal %s: %s sent (and sent again with its ID)", run, chaosSignal)
+	return nil
+}
+
+// checkSignalled checks that run, which succeeded, took the signal once
+// and that its waiting task returned the payload.
+func (s *stack) checkSignalled(ctx context.Context, run string) (problems []string) {
+	evs, err := s.client.Log(ctx, run)
+	if err != nil {
+		return []string{fmt.Sprintf("signal check of %s: %v", run, err)}
+	}
+	n := 0
+	for _, e := range evs {
+		if e.Type == events.SignalReceived {
+			n++
+		}
+	}
+	if n != 1 {
+		problems = append(problems, fmt.Sprintf("run %s: %d signal_received events, want 1 (the second send carried the same ID)", run, n))
+	}
+	info, err := s.client.Status(ctx, run)
+	if err != nil {
+		return append(problems, fmt.Sprintf("signal check of %s: %v", run, err))
+	}
+	switch t := info.Task("g1-1"); {
+	case t == nil:
+		problems = append(problems, fmt.Sprintf("run %s: no task g1-1 waiting for %s", run, chaosSignal))
+	case string(t.Result) != "1":
+		problems = append(problems, fmt.Sprintf("run %s: the task waiting for %s has result %s, want its payload 1", run, chaosSignal, t.Result))
+	}
+	return problems
+}
+
 // requeueWorkflow is the requeued run: a chain a, b, c whose b fails its
 // only attempt (no retries), so the run fails with c skipped; its requeue
 // gives b a second attempt, which succeeds.
@@ -844,7 +922,8 @@ func (s *stack) checkCancelled(ctx context.Context, run string, info *graflow.Ru
 // some flaky, and the sum after it, which waits for them all) and a final
 // sum. Group 0's members also write to the run's channel (one in five
 // increments "count", one in fifty appends to "seen"); in group 1 one
-// member waits on the channel key "ready" that a member of group 2 sets;
+// member waits on the channel key "ready" that a member of group 2 sets,
+// and another for the signal chaosSignal, which the harness sends;
 // group 3 is best effort: one of its members fails for good and its sum
 // runs anyway (the run still succeeds); a few members of group 2 start
 // 100-500 ms after they are ready (start_after: the delayed set); a few
@@ -882,6 +961,8 @@ func (s *stack) workflow(name string, tasks int) *graflow.Workflow {
 				t = wf.Task(id, builtin.ChannelAppend).Args(map[string]any{"key": "seen", "value": id})
 			case g == 1 && i == 0:
 				t = wf.Task(id, builtin.ChannelWait).Args(map[string]any{"key": "ready"})
+			case g == 1 && i == 1: // the harness sends it (signalRun)
+				t = wf.Task(id, builtin.WaitSignal).Args(builtin.WaitSignalArgs{Name: chaosSignal})
 			case g == 2 && i == n-1:
 				t = wf.Task(id, builtin.ChannelSet).Args(map[string]any{"key": "ready", "value": 1})
 			case g == 3 && i == 0:
