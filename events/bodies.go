@@ -50,9 +50,10 @@ type TaskDispatchedBody struct {
 	Priority int    `json:"priority"`
 	// DelayMS is the task's StartAfterMS, and DueMS (Unix ms) when it is
 	// due: the dispatch waits in the partition's delayed set until then.
-	// A task with no dependencies is due DelayMS after it entered the run
-	// (its run_submitted's or tasks_added's time), a dependent DelayMS
-	// after the projector's commit that dispatched it.
+	// The task is due DelayMS after it became ready: the time of the
+	// event that made it so (its run_submitted or tasks_added for a task
+	// with no dependencies, its last dependency's success, a requeue), or
+	// of the projector's commit that dispatched it if that is earlier.
 	DelayMS int64 `json:"delay_ms,omitempty"`
 	DueMS   int64 `json:"due_ms,omitempty"`
 }
@@ -90,6 +91,8 @@ type TaskFailedBody struct {
 // TaskRetryScheduledBody is the body of task_retry_scheduled. The event's
 // Attempt is the new attempt number.
 type TaskRetryScheduledBody struct {
+	// DelayMS is the backoff; DueMS (Unix ms) is DelayMS after the
+	// failure's event (or the projector's commit, if earlier).
 	DelayMS int64 `json:"delay_ms"`
 	DueMS   int64 `json:"due_ms"`
 }

@@ -37,6 +37,7 @@ func invalid(e events.Event, format string, args ...any) error {
 }
 
 func apply(r *Run, e events.Event) error {
+	r.at = e.Time.UnixMilli()
 	switch e.Type {
 	case events.RunSubmitted:
 		if r.Status != RunUnknown {
@@ -153,7 +154,7 @@ func apply(r *Run, e events.Event) error {
 		}
 		t.Error = b.Error
 		if !b.Final && t.Attempt < t.Spec.MaxAttempts {
-			t.Status = TaskAwaitingRetry
+			t.Status, t.failedMS = TaskAwaitingRetry, r.at
 			r.retry.push(queueEntry{task: i})
 			break
 		}
@@ -225,7 +226,7 @@ func (r *Run) requeue(i int) {
 		t.waiting++
 	}
 	if t.waiting == 0 {
-		r.ready.push(queueEntry{task: i})
+		r.markReady(i)
 	} else if !t.Spec.Join.Strict() {
 		r.settled(i, "", -1) // a tolerant join may run behind dead dependencies
 	}
@@ -293,7 +294,7 @@ func (r *Run) addTasks(e events.Event, specs []events.TaskSpec) error {
 			s.MaxAttempts = 1
 		}
 		r.index[s.ID] = base + k
-		r.Tasks = append(r.Tasks, &Task{Spec: s, Status: TaskPending, addedMS: e.Time.UnixMilli()})
+		r.Tasks = append(r.Tasks, &Task{Spec: s, Status: TaskPending})
 	}
 	r.open += len(specs)
 	for k := range specs {
@@ -312,7 +313,7 @@ func (r *Run) addTasks(e events.Event, specs []events.TaskSpec) error {
 			}
 		}
 		if t.waiting == 0 {
-			r.ready.push(queueEntry{task: base + k})
+			r.markReady(base + k)
 		} else if !t.Spec.Join.Strict() {
 			r.settled(base+k, "", -1) // a tolerant join may run behind dead dependencies
 		}

@@ -213,3 +213,75 @@ func TestADelayedRootIsDueFromTheSubmitNotFromItsProjection(t *testing.T) {
 			submitted.Add(time.Hour).UnixMilli())
 	}
 }
+
+// A delayed dependent's start_after counts from when it became ready (its
+// last dependency's success), as docs/workflows.md promises, and a retry's
+// backoff from the failure: both counted from the projector's commit, so
+// a projector that lagged or was down pushed them back by as much.
+func TestDelaysCountFromTheirEventNotFromTheProjection(t *testing.T) {
+	t.Parallel()
+	b := setupLive(t)
+	t.Run("start_after of a dependent", func(t *testing.T) {
+		clock, sched, p := b.onFakeClock(t)
+		later := spec("later", "first")
+		later.StartAfterMS = time.Hour.Milliseconds()
+		run, _, err := sched.Submit(b.ctx, events.RunSubmittedBody{Workflow: "timers", Tasks: []events.TaskSpec{spec("first"), later}}, scheduler.SubmitOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		succeeded := clock.Now().Add(time.Minute)
+		b.runAt(t, run, "first", "w1", true, succeeded.UnixMilli())
+		clock.Advance(10 * time.Minute) // the projector comes to the run late
+		if err := p.Project(b.ctx, run); err != nil {
+			t.Fatal(err)
+		}
+		evs := b.log(t, run)
+		var body events.TaskDispatchedBody
+		if last := evs[len(evs)-1]; last.Type != events.TaskDispatched || last.Task != "later" || last.DecodeBody(&body) != nil ||
+			body.DueMS != succeeded.Add(time.Hour).UnixMilli() {
+			t.Fatalf("after projecting 9 min late: %s %s %s; want later's dispatch due 1 h after first's success (%d)",
+				last.Type, last.Task, last.Body, succeeded.Add(time.Hour).UnixMilli())
+		}
+	})
+	t.Run("retry", func(t *testing.T) {
+		clock, sched, p := b.onFakeClock(t)
+		s := spec("flaky")
+		s.MaxAttempts = 2
+		run, _, err := sched.Submit(b.ctx, events.RunSubmittedBody{Workflow: "retries", Tasks: []events.TaskSpec{s}}, scheduler.SubmitOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		failed := clock.Now()
+		b.runAt(t, run, "flaky", "w1", false, failed.UnixMilli())
+		clock.Advance(10 * time.Minute)
+		if err := p.Project(b.ctx, run); err != nil {
+			t.Fatal(err)
+		}
+		evs := b.log(t, run)
+		var body events.TaskRetryScheduledBody
+		if last := evs[len(evs)-1]; last.Type != events.TaskRetryScheduled || last.DecodeBody(&body) != nil ||
+			body.DueMS != failed.UnixMilli()+body.DelayMS {
+			t.Fatalf("after projecting 10 min late: %s %s; want a retry due its delay after the failure (%d + delay)",
+				last.Type, last.Body, failed.UnixMilli())
+		}
+	})
+	t.Run("an event from a clock ahead delays nothing further", func(t *testing.T) {
+		clock, sched, p := b.onFakeClock(t)
+		later := spec("later", "first")
+		later.StartAfterMS = time.Hour.Milliseconds()
+		run, _, err := sched.Submit(b.ctx, events.RunSubmittedBody{Workflow: "timers", Tasks: []events.TaskSpec{spec("first"), later}}, scheduler.SubmitOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.runAt(t, run, "first", "w1", true, clock.Now().Add(30*time.Minute).UnixMilli()) // the worker's clock is 30 min ahead
+		if err := p.Project(b.ctx, run); err != nil {
+			t.Fatal(err)
+		}
+		evs := b.log(t, run)
+		var body events.TaskDispatchedBody
+		if last := evs[len(evs)-1]; last.Type != events.TaskDispatched || last.DecodeBody(&body) != nil ||
+			body.DueMS != clock.Now().Add(time.Hour).UnixMilli() {
+			t.Fatalf("%s %s; want later due 1 h after the projection (%d)", last.Type, last.Body, clock.Now().Add(time.Hour).UnixMilli())
+		}
+	})
+}

@@ -20,27 +20,36 @@ func (p *Projector) prepare(c *cached) ([]events.Event, rdb.Commit) {
 	for i := range decisions {
 		d := &decisions[i]
 		d.ID, d.Time, d.Worker, d.Version = events.NewID(now), now, p.cfg.ID, events.CurrentVersion
+		// A delay counts from the event that called for it (the
+		// task's failure for a retry; for a delayed start, the event
+		// that made the task ready: its entry into the run, its last
+		// dependency's success), not from this commit, which may come
+		// late (a projector that lagged or was down). Never later than
+		// the commit's own clock would make it: an event written by a
+		// clock ahead of this one delays nothing further.
+		t := c.run.Task(d.Task)
 		if d.Type == events.TaskRetryScheduled {
 			var b events.TaskRetryScheduledBody
 			_ = d.DecodeBody(&b)
-			b.DueMS = now.UnixMilli() + b.DelayMS
+			var from int64
+			if t != nil {
+				from = t.failedMS
+			}
+			b.DueMS = dueAfter(now, from, b.DelayMS)
 			*d = d.WithBody(b)
 		}
 		if d.Type == events.TaskDispatched {
 			var b events.TaskDispatchedBody
 			if _ = d.DecodeBody(&b); b.DelayMS > 0 { // a delayed start
-				b.DueMS = now.UnixMilli() + b.DelayMS
-				if t := c.run.Task(d.Task); t != nil && len(t.Spec.Deps) == 0 && d.Attempt <= 1 && t.addedMS > 0 {
-					// Ready since it entered the run (run_submitted,
-					// tasks_added): its delay counts from then, not
-					// from this commit, which may come late (a
-					// projector that lagged or was down).
-					b.DueMS = t.addedMS + b.DelayMS
+				var from int64
+				if t != nil {
+					from = t.readyMS
 				}
+				b.DueMS = dueAfter(now, from, b.DelayMS)
 				*d = d.WithBody(b)
 			}
 		}
-		if t := c.run.Task(d.Task); t != nil {
+		if t != nil {
 			// The record this decision was taken on (decisions change
 			// their tasks only in the cached fold's successor state).
 			expect[d.Task] = RecordOf(t).String()
@@ -122,4 +131,14 @@ func (p *Projector) retryDelay(spec events.TaskSpec, attempt int) time.Duration 
 		d = b.NextBackOff()
 	}
 	return d
+}
+
+// dueAfter is when a delay of delayMS counted from fromMS (Unix ms; 0:
+// unknown) ends: from the earlier of fromMS and now.
+func dueAfter(now time.Time, fromMS, delayMS int64) int64 {
+	start := now.UnixMilli()
+	if fromMS > 0 && fromMS < start {
+		start = fromMS
+	}
+	return start + delayMS
 }

@@ -191,8 +191,15 @@ func (r *Run) settled(i int, cause string, from int) {
 	case dead:
 		r.skip.push(queueEntry{task: i, cause: cause})
 	case ready:
-		r.ready.push(queueEntry{task: i})
+		r.markReady(i)
 	}
+}
+
+// markReady queues pending task i for Decide's dispatch, ready since the
+// event being applied.
+func (r *Run) markReady(i int) {
+	r.Tasks[i].readyMS = r.at
+	r.ready.push(queueEntry{task: i})
 }
 
 // unabsorbed returns the first task (in the run's order) that failed for

@@ -139,13 +139,21 @@ func (b liveBundle) records(t *testing.T, run string) map[string]rdb.Record {
 // run claims and finishes task's current attempt as a worker would.
 func (b liveBundle) run(t *testing.T, run, task, worker string, succeed bool) {
 	t.Helper()
+	b.runAt(t, run, task, worker, succeed, time.Now().UnixMilli())
+}
+
+// runAt is run with the claim and the outcome written at ms (Unix ms: the
+// worker's clock).
+func (b liveBundle) runAt(t *testing.T, run, task, worker string, succeed bool, ms int64) {
+	t.Helper()
 	rec := b.records(t, run)[task]
-	cr, err := b.db.Claim(b.ctx, rdb.ClaimArgs{Run: run, Task: task, Worker: worker, Attempt: rec.Attempt, EventID: ulid.Make().String(), TimeMS: 1})
+	id := func() string { return ulid.MustNew(uint64(ms), ulid.DefaultEntropy()).String() } // an event's time is its id's
+	cr, err := b.db.Claim(b.ctx, rdb.ClaimArgs{Run: run, Task: task, Worker: worker, Attempt: rec.Attempt, EventID: id(), TimeMS: ms})
 	if err != nil || cr.Outcome != rdb.ClaimOK {
 		t.Fatalf("claim %s: %v %+v", task, err, cr)
 	}
 	args := rdb.FinishArgs{Run: run, Task: task, Worker: worker, Attempt: rec.Attempt, Epoch: cr.Epoch,
-		EventID: ulid.Make().String(), RejectID: ulid.Make().String(), TimeMS: 2}
+		EventID: id(), RejectID: id(), TimeMS: ms}
 	if succeed {
 		args.Type, args.Status, args.Result = events.TaskSucceeded, "succeeded", []byte(`"`+task+`"`)
 		args.Body = events.Event{}.WithBody(events.TaskSucceededBody{Result: args.Result}).Body

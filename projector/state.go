@@ -56,11 +56,17 @@ type Task struct {
 	// (see spawn.go and docs/workflows.md, "Dynamic tasks").
 	Waits []string `json:"waits,omitempty"`
 
-	addedMS int64     // when the task entered the run (its event's time, Unix ms)
-	waiting int       // dependencies and waits not yet succeeded
-	succ    []int     // indexes of dependent (and waiting) tasks
-	sinks   []int     // the sinks of the tasks this task spawned
-	tally   joinTally // a tolerant join's dependencies by how they ended (join.go)
+	// readyMS is when the task last became ready (the time of the event
+	// that made it so: its entry into the run, its last dependency's
+	// success, a requeue; Unix ms), failedMS when its last failure put
+	// it in awaiting_retry: the delays of its start_after and of its
+	// retry count from them, not from the projector's commit.
+	readyMS  int64
+	failedMS int64
+	waiting  int       // dependencies and waits not yet succeeded
+	succ     []int     // indexes of dependent (and waiting) tasks
+	sinks    []int     // the sinks of the tasks this task spawned
+	tally    joinTally // a tolerant join's dependencies by how they ended (join.go)
 }
 
 // Run is the folded state of a run: a pure function of its events.
@@ -102,6 +108,8 @@ type Run struct {
 	// noResults drops results as they are folded (the live projector's
 	// cache: decisions never read them, and they may be large).
 	noResults bool
+	// at is the time of the event being applied (Unix ms).
+	at int64
 }
 
 // NewRun returns the empty state of run id, before any event.
