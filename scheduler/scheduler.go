@@ -130,42 +130,15 @@ var runIDRE = regexp.MustCompile(`^[A-Za-z0-9_.:-]{1,128}$`)
 // its commands are on the wire it waits for their replies (bounded by the
 // Redis client's timeouts).
 func (s *Scheduler) Submit(ctx context.Context, spec events.RunSubmittedBody, opts SubmitOptions) (run string, created bool, err error) {
-	if err := Validate(spec, ValidateOptions{MaxPayloadBytes: s.cfg.MaxPayloadBytes, Handlers: opts.Handlers}); err != nil {
-		return "", false, err
-	}
-	now := s.cfg.Clock.Now()
-	if at := now.Add(opts.StartIn); opts.StartIn > 0 && at.After(opts.StartAt) {
-		opts.StartAt = at
-	}
-	if wait := opts.StartAt.Sub(now); !opts.StartAt.IsZero() && wait > 0 {
-		tasks := slices.Clone(spec.Tasks)
-		for i := range tasks {
-			if len(tasks[i].Deps) == 0 {
-				tasks[i].StartAfterMS = max(tasks[i].StartAfterMS, wait.Milliseconds())
-			}
-		}
-		spec.Tasks = tasks
-	}
-	run = opts.RunID
-	if run == "" {
-		run = ulid.MustNew(ulid.Timestamp(now), ulid.DefaultEntropy()).String()
-	} else if !runIDRE.MatchString(run) {
-		return "", false, fmt.Errorf("%w %q: use 1-128 letters, digits, '_', '.', ':', '-'", ErrInvalidRunID, run)
-	}
-	ev := events.Event{ID: events.NewID(now), Run: run, Type: events.RunSubmitted, Time: now}.WithBody(spec)
-	init, err := s.initial(ev, now)
+	run, req, err := s.prepare(spec, opts)
 	if err != nil {
 		return "", false, err
 	}
-	init.Trace = spec.Traceparent
+	now := req.At
 	// One round trip: the script (which also dispatches the root tasks, or
 	// points the feed at the new run: same slot), then the run's index
 	// entry. Concurrent Submit calls share it (group commit): one script
 	// call per partition creates their runs, one command indexes them.
-	req, err := rdb.NewSubmitReq(run, ev, spec, init, now)
-	if err != nil {
-		return "", false, err
-	}
 	if err := s.checkLayout(ctx); err != nil {
 		return "", false, err
 	}
@@ -191,6 +164,44 @@ func (s *Scheduler) Submit(ctx context.Context, spec events.RunSubmittedBody, op
 		}
 	}
 	return run, created, nil
+}
+
+// prepare validates spec and builds the request that creates its run (Go
+// only: no Redis).
+func (s *Scheduler) prepare(spec events.RunSubmittedBody, opts SubmitOptions) (string, rdb.SubmitReq, error) {
+	if err := Validate(spec, ValidateOptions{MaxPayloadBytes: s.cfg.MaxPayloadBytes, Handlers: opts.Handlers}); err != nil {
+		return "", rdb.SubmitReq{}, err
+	}
+	now := s.cfg.Clock.Now()
+	if at := now.Add(opts.StartIn); opts.StartIn > 0 && at.After(opts.StartAt) {
+		opts.StartAt = at
+	}
+	if wait := opts.StartAt.Sub(now); !opts.StartAt.IsZero() && wait > 0 {
+		tasks := slices.Clone(spec.Tasks)
+		for i := range tasks {
+			if len(tasks[i].Deps) == 0 {
+				tasks[i].StartAfterMS = max(tasks[i].StartAfterMS, wait.Milliseconds())
+			}
+		}
+		spec.Tasks = tasks
+	}
+	run := opts.RunID
+	if run == "" {
+		run = ulid.MustNew(ulid.Timestamp(now), ulid.DefaultEntropy()).String()
+	} else if !runIDRE.MatchString(run) {
+		return "", rdb.SubmitReq{}, fmt.Errorf("%w %q: use 1-128 letters, digits, '_', '.', ':', '-'", ErrInvalidRunID, run)
+	}
+	ev := events.Event{ID: events.NewID(now), Run: run, Type: events.RunSubmitted, Time: now}.WithBody(spec)
+	init, err := s.initial(ev, now)
+	if err != nil {
+		return "", rdb.SubmitReq{}, err
+	}
+	init.Trace = spec.Traceparent
+	req, err := rdb.NewSubmitReq(run, ev, spec, init, now)
+	if err != nil {
+		return "", rdb.SubmitReq{}, err
+	}
+	return run, req, nil
 }
 
 // initial folds ev (run_submitted) into the decisions the run calls for at
