@@ -51,9 +51,10 @@ type TaskDispatchedBody struct {
 	// DelayMS is the task's StartAfterMS, and DueMS (Unix ms) when it is
 	// due: the dispatch waits in the partition's delayed set until then.
 	// The task is due DelayMS after it became ready: the time of the
-	// event that made it so (its run_submitted or tasks_added for a task
-	// with no dependencies, its last dependency's success, a requeue), or
-	// of the projector's commit that dispatched it if that is earlier.
+	// event that made it so (its run_submitted's own time, or the log
+	// entry's time of its tasks_added, its last dependency's success, a
+	// requeue), or of the projector's commit that dispatched it if that
+	// is earlier.
 	DelayMS int64 `json:"delay_ms,omitempty"`
 	DueMS   int64 `json:"due_ms,omitempty"`
 }
@@ -92,7 +93,7 @@ type TaskFailedBody struct {
 // Attempt is the new attempt number.
 type TaskRetryScheduledBody struct {
 	// DelayMS is the backoff; DueMS (Unix ms) is DelayMS after the
-	// failure's event (or the projector's commit, if earlier).
+	// failure's log entry (or the projector's commit, if earlier).
 	DelayMS int64 `json:"delay_ms"`
 	DueMS   int64 `json:"due_ms"`
 }

@@ -37,7 +37,7 @@ func invalid(e events.Event, format string, args ...any) error {
 }
 
 func apply(r *Run, e events.Event) error {
-	r.at = e.Time.UnixMilli()
+	r.at = eventMS(e)
 	switch e.Type {
 	case events.RunSubmitted:
 		if r.Status != RunUnknown {
@@ -173,6 +173,12 @@ func apply(r *Run, e events.Event) error {
 		}
 		t.Status = TaskSkipped
 		r.open--
+		if t.doomedMS > 0 {
+			// What the skip settles (a tolerant join behind it is ready)
+			// follows from the event that doomed the task, not from
+			// the projector's decision to skip it, which may come late.
+			r.at = t.doomedMS
+		}
 		r.skipDependents(t, "dependency "+t.Spec.ID+" skipped")
 	case events.TaskRequeued:
 		// A requeue revives a terminal task, so state alone cannot tell a
@@ -221,7 +227,7 @@ func (r *Run) requeue(i int) {
 		case TaskFailed, TaskSkipped, TaskCancelled:
 			// Requeued behind a dependency that is dead (again): it is
 			// skipped again, or the run would never end.
-			r.skip.push(queueEntry{task: i, cause: "dependency " + d + " " + string(r.Tasks[r.index[d]].Status)})
+			r.doom(i, "dependency "+d+" "+string(r.Tasks[r.index[d]].Status))
 		}
 		t.waiting++
 	}
@@ -307,7 +313,7 @@ func (r *Run) addTasks(e events.Event, specs []events.TaskSpec) error {
 			case TaskSucceeded:
 			case TaskFailed, TaskSkipped, TaskCancelled:
 				t.waiting++
-				r.skip.push(queueEntry{task: base + k, cause: "dependency " + d + " " + string(dt.Status)})
+				r.doom(base+k, "dependency "+d+" "+string(dt.Status))
 			default:
 				t.waiting++
 			}
@@ -359,6 +365,18 @@ func equalStrings(a, b []string) bool {
 }
 
 // CompareSeq orders two Redis stream ids ("ms-seq"): -1, 0 or +1.
+// eventMS is when e took effect, as the delays it starts count it: the
+// time of its log entry's id (Redis' clock when it was appended: one clock
+// for every writer, however far a worker's clock is off), or its own Time
+// if it has no entry yet. run_submitted's is its own Time, the
+// submitter's clock, by which StartAt and StartIn were set.
+func eventMS(e events.Event) int64 {
+	if ms, _ := splitSeq(e.Seq); ms > 0 && e.Type != events.RunSubmitted {
+		return int64(ms)
+	}
+	return e.Time.UnixMilli()
+}
+
 func CompareSeq(a, b string) int {
 	am, as := splitSeq(a)
 	bm, bs := splitSeq(b)

@@ -1,6 +1,9 @@
 package projector_test
 
 import (
+	"fmt"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -8,6 +11,8 @@ import (
 	"github.com/graflow-go/graflow/projector"
 	"github.com/graflow-go/graflow/scheduler"
 	"github.com/jonboulle/clockwork"
+	"github.com/oklog/ulid/v2"
+	"github.com/redis/go-redis/v9"
 )
 
 // The projector's clock decides when a retry is due: a retry about an hour
@@ -214,36 +219,103 @@ func TestADelayedRootIsDueFromTheSubmitNotFromItsProjection(t *testing.T) {
 	}
 }
 
-// A delayed dependent's start_after counts from when it became ready (its
-// last dependency's success), as docs/workflows.md promises, and a retry's
-// backoff from the failure: both counted from the projector's commit, so
-// a projector that lagged or was down pushed them back by as much.
+// A delay counts from the event that called for it, as docs/workflows.md
+// promises: a dependent's start_after from when it became ready (its last
+// dependency's success; the failure that settled a tolerant join), a
+// retry's backoff from the failure. Both counted from the projector's
+// commit, so a projector that lagged or was down pushed them back by as
+// much. The time is the event's log entry's (Redis' clock), so the tests
+// read it from the log; "later" entries are appended with ids ahead of
+// Redis' clock.
 func TestDelaysCountFromTheirEventNotFromTheProjection(t *testing.T) {
 	t.Parallel()
 	b := setupLive(t)
-	t.Run("start_after of a dependent", func(t *testing.T) {
+	// seqOf returns the time of the log entry of run's event of type typ
+	// for task.
+	seqOf := func(t *testing.T, run string, typ events.Type, task string) int64 {
+		t.Helper()
+		for _, e := range b.log(t, run) {
+			if e.Type == typ && e.Task == task {
+				ms, _ := strconv.ParseInt(strings.SplitN(e.Seq, "-", 2)[0], 10, 64)
+				return ms
+			}
+		}
+		t.Fatalf("no %s of %s in run %s", typ, task, run)
+		return 0
+	}
+	// after appends a heartbeat of task to run's log, d after Redis'
+	// clock's now: an event of the run later than those before it.
+	after := func(t *testing.T, run, task string, d time.Duration) {
+		t.Helper()
+		id := fmt.Sprintf("%d-0", time.Now().Add(d).UnixMilli())
+		e := events.Event{ID: ulid.Make().String(), Run: run, Type: events.TaskHeartbeat, Task: task, Attempt: 1, Time: time.Now()}
+		if err := b.rdb.XAdd(b.ctx, &redis.XAddArgs{Stream: b.db.K.RunLog(run), ID: id, Values: e.Fields()}).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lastDispatch := func(t *testing.T, run, task string) events.TaskDispatchedBody {
+		t.Helper()
+		var body events.TaskDispatchedBody
+		evs := b.log(t, run)
+		for _, e := range evs {
+			if e.Type == events.TaskDispatched && e.Task == task {
+				if err := e.DecodeBody(&body); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		if body.DueMS == 0 {
+			t.Fatalf("no delayed dispatch of %s in %v", task, decisionKeys(evs))
+		}
+		return body
+	}
+	t.Run("start_after of a dependent, from its last dependency's success", func(t *testing.T) {
 		clock, sched, p := b.onFakeClock(t)
-		later := spec("later", "first")
+		later := spec("later", "a", "b")
 		later.StartAfterMS = time.Hour.Milliseconds()
-		run, _, err := sched.Submit(b.ctx, events.RunSubmittedBody{Workflow: "timers", Tasks: []events.TaskSpec{spec("first"), later}}, scheduler.SubmitOptions{})
+		run, _, err := sched.Submit(b.ctx, events.RunSubmittedBody{Workflow: "timers",
+			Tasks: []events.TaskSpec{spec("a"), spec("b"), spec("other"), later}}, scheduler.SubmitOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
-		succeeded := clock.Now().Add(time.Minute)
-		b.runAt(t, run, "first", "w1", true, succeeded.UnixMilli())
-		clock.Advance(10 * time.Minute) // the projector comes to the run late
+		b.run(t, run, "a", "w1", true)
+		b.run(t, run, "b", "w1", true)
+		ready := seqOf(t, run, events.TaskSucceeded, "b")
+		after(t, run, "other", 5*time.Minute) // an event of another task, after later became ready
+		clock.Advance(10 * time.Minute)       // the projector comes to the run late
 		if err := p.Project(b.ctx, run); err != nil {
 			t.Fatal(err)
 		}
-		evs := b.log(t, run)
-		var body events.TaskDispatchedBody
-		if last := evs[len(evs)-1]; last.Type != events.TaskDispatched || last.Task != "later" || last.DecodeBody(&body) != nil ||
-			body.DueMS != succeeded.Add(time.Hour).UnixMilli() {
-			t.Fatalf("after projecting 9 min late: %s %s %s; want later's dispatch due 1 h after first's success (%d)",
-				last.Type, last.Task, last.Body, succeeded.Add(time.Hour).UnixMilli())
+		if got := lastDispatch(t, run, "later"); got.DueMS != ready+time.Hour.Milliseconds() {
+			t.Fatalf("later due at %d; want 1 h after b's success (%d), %v off", got.DueMS, ready+time.Hour.Milliseconds(),
+				time.Duration(got.DueMS-ready-time.Hour.Milliseconds())*time.Millisecond)
 		}
 	})
-	t.Run("retry", func(t *testing.T) {
+	t.Run("start_after of a tolerant join, from the failure that settled it", func(t *testing.T) {
+		clock, sched, p := b.onFakeClock(t)
+		late := spec("late", "b")
+		late.StartAfterMS = time.Hour.Milliseconds()
+		late.Join = &events.Join{Policy: events.JoinBestEffort}
+		run, _, err := sched.Submit(b.ctx, events.RunSubmittedBody{Workflow: "joins",
+			Tasks: []events.TaskSpec{spec("x"), spec("b", "x"), late}}, scheduler.SubmitOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.run(t, run, "x", "w1", false) // fails for good (one attempt): b is skipped, late may run
+		failed := seqOf(t, run, events.TaskFailed, "x")
+		after(t, run, "x", 5*time.Minute) // the skip the projector writes comes after this
+		clock.Advance(10 * time.Minute)
+		for range 2 { // the skip, then late's dispatch
+			if err := p.Project(b.ctx, run); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if got := lastDispatch(t, run, "late"); got.DueMS != failed+time.Hour.Milliseconds() {
+			t.Fatalf("late due at %d; want 1 h after x's failure (%d), %v off", got.DueMS, failed+time.Hour.Milliseconds(),
+				time.Duration(got.DueMS-failed-time.Hour.Milliseconds())*time.Millisecond)
+		}
+	})
+	t.Run("retry, from the failure", func(t *testing.T) {
 		clock, sched, p := b.onFakeClock(t)
 		s := spec("flaky")
 		s.MaxAttempts = 2
@@ -251,8 +323,8 @@ func TestDelaysCountFromTheirEventNotFromTheProjection(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		failed := clock.Now()
-		b.runAt(t, run, "flaky", "w1", false, failed.UnixMilli())
+		b.run(t, run, "flaky", "w1", false)
+		failed := seqOf(t, run, events.TaskFailed, "flaky")
 		clock.Advance(10 * time.Minute)
 		if err := p.Project(b.ctx, run); err != nil {
 			t.Fatal(err)
@@ -260,28 +332,26 @@ func TestDelaysCountFromTheirEventNotFromTheProjection(t *testing.T) {
 		evs := b.log(t, run)
 		var body events.TaskRetryScheduledBody
 		if last := evs[len(evs)-1]; last.Type != events.TaskRetryScheduled || last.DecodeBody(&body) != nil ||
-			body.DueMS != failed.UnixMilli()+body.DelayMS {
+			body.DueMS != failed+body.DelayMS {
 			t.Fatalf("after projecting 10 min late: %s %s; want a retry due its delay after the failure (%d + delay)",
-				last.Type, last.Body, failed.UnixMilli())
+				last.Type, last.Body, failed)
 		}
 	})
-	t.Run("an event from a clock ahead delays nothing further", func(t *testing.T) {
+	t.Run("never later than from the projection", func(t *testing.T) {
 		clock, sched, p := b.onFakeClock(t)
+		clock.Advance(-30 * time.Minute) // the projector's clock is 30 min behind Redis'
 		later := spec("later", "first")
 		later.StartAfterMS = time.Hour.Milliseconds()
 		run, _, err := sched.Submit(b.ctx, events.RunSubmittedBody{Workflow: "timers", Tasks: []events.TaskSpec{spec("first"), later}}, scheduler.SubmitOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
-		b.runAt(t, run, "first", "w1", true, clock.Now().Add(30*time.Minute).UnixMilli()) // the worker's clock is 30 min ahead
+		b.run(t, run, "first", "w1", true)
 		if err := p.Project(b.ctx, run); err != nil {
 			t.Fatal(err)
 		}
-		evs := b.log(t, run)
-		var body events.TaskDispatchedBody
-		if last := evs[len(evs)-1]; last.Type != events.TaskDispatched || last.DecodeBody(&body) != nil ||
-			body.DueMS != clock.Now().Add(time.Hour).UnixMilli() {
-			t.Fatalf("%s %s; want later due 1 h after the projection (%d)", last.Type, last.Body, clock.Now().Add(time.Hour).UnixMilli())
+		if got := lastDispatch(t, run, "later"); got.DueMS != clock.Now().Add(time.Hour).UnixMilli() {
+			t.Fatalf("later due at %d; want 1 h after the projection (%d)", got.DueMS, clock.Now().Add(time.Hour).UnixMilli())
 		}
 	})
 }

@@ -189,10 +189,17 @@ func (r *Run) settled(i int, cause string, from int) {
 	}
 	switch {
 	case dead:
-		r.skip.push(queueEntry{task: i, cause: cause})
+		r.doom(i, cause)
 	case ready:
 		r.markReady(i)
 	}
+}
+
+// doom queues pending task i for Decide's skip (cause), doomed since the
+// event being applied.
+func (r *Run) doom(i int, cause string) {
+	r.Tasks[i].doomedMS = r.at
+	r.skip.push(queueEntry{task: i, cause: cause})
 }
 
 // markReady queues pending task i for Decide's dispatch, ready since the

@@ -104,7 +104,7 @@ func (r *Run) wait(i, k int) {
 	case TaskSucceeded:
 	case TaskFailed, TaskSkipped, TaskCancelled:
 		t.waiting++
-		r.skip.push(queueEntry{task: i, cause: "dependency " + kt.Spec.ID + " " + string(kt.Status)})
+		r.doom(i, "dependency "+kt.Spec.ID+" "+string(kt.Status))
 	default:
 		t.waiting++
 	}

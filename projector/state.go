@@ -57,12 +57,13 @@ type Task struct {
 	Waits []string `json:"waits,omitempty"`
 
 	// readyMS is when the task last became ready (the time of the event
-	// that made it so: its entry into the run, its last dependency's
-	// success, a requeue; Unix ms), failedMS when its last failure put
-	// it in awaiting_retry: the delays of its start_after and of its
-	// retry count from them, not from the projector's commit.
+	// that made it so, eventMS: its entry into the run, its last
+	// dependency's success, a requeue; Unix ms), failedMS when its last
+	// failure put it in awaiting_retry: the delays of its start_after and
+	// of its retry count from them, not from the projector's commit.
 	readyMS  int64
 	failedMS int64
+	doomedMS int64     // when a dependency's end doomed it to be skipped (Unix ms)
 	waiting  int       // dependencies and waits not yet succeeded
 	succ     []int     // indexes of dependent (and waiting) tasks
 	sinks    []int     // the sinks of the tasks this task spawned
