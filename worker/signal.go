@@ -113,7 +113,7 @@ func (t *Task) WaitSignal(ctx context.Context, name string, opts WaitSignalOptio
 		defer timer.Stop()
 		timeout = timer.Chan()
 	}
-	w, err := h.register(t.Run, name, last)
+	w, err := h.register(ctx, t.Run, name, last)
 	if err != nil {
 		return Signal{}, err
 	}
@@ -161,11 +161,17 @@ func signalOf(e events.Event) Signal {
 // each from the pool the worker's heartbeats need too. A loop exits when
 // its partition has no waits left; close waits for the loops. Safe for
 // concurrent use.
+//
+// A wait that joins while its partition's loop is blocked in a read that
+// does not cover its run wakes the loop (an entry in the loop's wake
+// stream, which the read includes), so that the loop reads again with the
+// run at once rather than when the read times out.
 type signalHub struct {
-	db    rdb.DB
-	block time.Duration
-	clock clockwork.Clock
-	log   zerolog.Logger
+	db     rdb.DB
+	block  time.Duration
+	clock  clockwork.Clock
+	log    zerolog.Logger
+	worker string // names the loops' wake streams
 
 	ctx    context.Context // ends when the hub is closed
 	cancel context.CancelFunc
@@ -174,6 +180,10 @@ type signalHub struct {
 	mu     sync.Mutex
 	closed bool
 	parts  map[int]map[string]*watchedRun // partition → run → its waits; a loop runs for each partition present
+	// reading holds, per partition whose loop is in a read, the runs
+	// that read covers and from which entry.
+	reading map[int]map[string]string
+	woken   map[int]bool // partitions whose wake stream was written (deleted at close)
 }
 
 // watchedRun is a run some waits are on.
@@ -200,19 +210,35 @@ func (r hubResult) signal() (Signal, error) {
 	return signalOf(r.e), nil
 }
 
-func newSignalHub(db rdb.DB, block time.Duration, clock clockwork.Clock, log zerolog.Logger) *signalHub {
+func newSignalHub(db rdb.DB, worker string, block time.Duration, clock clockwork.Clock, log zerolog.Logger) *signalHub {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &signalHub{db: db, block: block, clock: clock, log: log, ctx: ctx, cancel: cancel, parts: map[int]map[string]*watchedRun{}}
+	return &signalHub{db: db, worker: worker, block: block, clock: clock, log: log, ctx: ctx, cancel: cancel,
+		parts: map[int]map[string]*watchedRun{}, reading: map[int]map[string]string{}, woken: map[int]bool{}}
 }
 
 // register adds a wait for signal name of run, whose log was read up to
-// entry after, and starts its partition's loop if none runs.
-func (h *signalHub) register(run, name, after string) (*signalWait, error) {
+// entry after, and starts its partition's loop if none runs. If the loop
+// is in a read that does not cover the run from that entry, it wakes the
+// loop.
+func (h *signalHub) register(ctx context.Context, run, name, after string) (*signalWait, error) {
 	part := h.db.K.Partition(run)
+	w, wake, err := h.add(part, run, name, after)
+	if err != nil || !wake {
+		return w, err
+	}
+	if err := h.db.WakeSignalLoop(ctx, h.db.K.SignalWake(part, h.worker)); err != nil && ctx.Err() == nil {
+		// The loop reads the run when its read times out instead.
+		h.log.Warn().Err(err).Str("run", run).Msg("signal loop: wake it for a new wait")
+	}
+	return w, nil
+}
+
+// add is register's part under the lock; wake says the loop must be woken.
+func (h *signalHub) add(part int, run, name, after string) (w *signalWait, wake bool, err error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.closed {
-		return nil, errWorkerStopped
+		return nil, false, errWorkerStopped
 	}
 	runs := h.parts[part]
 	if runs == nil {
@@ -229,9 +255,15 @@ func (h *signalHub) register(run, name, after string) (*signalWait, error) {
 	case seqBefore(after, wr.after):
 		wr.after = after // the loop read past what this wait has seen: it reads again from here
 	}
-	w := &signalWait{name: name, got: make(chan hubResult, 1)}
+	w = &signalWait{name: name, got: make(chan hubResult, 1)}
 	wr.waits[w] = struct{}{}
-	return w, nil
+	if read, ok := h.reading[part]; ok {
+		if from, covered := read[run]; !covered || seqBefore(wr.after, from) {
+			wake = true
+			h.woken[part] = true
+		}
+	}
+	return w, wake, nil
 }
 
 // unregister removes a wait (if the loop has not already).
@@ -252,6 +284,9 @@ func (h *signalHub) unregister(run string, w *signalWait) {
 func (h *signalHub) loop(part int) {
 	defer h.loops.Done()
 	wait := retry.NewBackoff(retry.Policy{Initial: 100 * time.Millisecond, Max: 5 * time.Second})
+	// The wake stream, read from its start: an entry a wait added before
+	// this loop's first read ends that read at once (harmless).
+	wake := &rdb.Wake{Key: h.db.K.SignalWake(part, h.worker)}
 	for {
 		h.mu.Lock()
 		runs := h.parts[part]
@@ -264,8 +299,22 @@ func (h *signalHub) loop(part int) {
 		for run, wr := range runs {
 			after[run] = wr.after
 		}
+		h.reading[part] = after
 		h.mu.Unlock()
-		got, err := h.db.BlockOnLogs(h.ctx, after, signalPage, h.block)
+		got, err := h.db.BlockOnLogs(h.ctx, after, wake, signalPage, h.block)
+		h.mu.Lock()
+		delete(h.reading, part)
+		h.mu.Unlock()
+		if err != nil && wake.Key != "" && !retry.Transient(err) && h.ctx.Err() == nil {
+			if werr := h.db.StreamRefusesReads(h.ctx, wake.Key); werr != nil {
+				// The wake stream itself (a key of another type, written
+				// by hand): read without it; a new wait then waits for
+				// the read to time out.
+				h.log.Error().Err(werr).Str("key", wake.Key).Msg("signal loop: its wake stream refuses reads; reading without it")
+				wake.Key = ""
+				continue
+			}
+		}
 		switch {
 		case err == nil:
 			wait.Reset()
@@ -373,7 +422,8 @@ func (h *signalHub) failAll(part int, err error) {
 }
 
 // close ends the waits still open (errWorkerStopped), refuses new ones and
-// waits for the loops, at most one blocking read (Config.FetchBlock).
+// waits for the loops (their reads are cancelled), then deletes the wake
+// streams it wrote.
 // Idempotent.
 func (h *signalHub) close() {
 	h.mu.Lock()
@@ -388,6 +438,17 @@ func (h *signalHub) close() {
 	}
 	h.cancel()
 	h.loops.Wait()
+	h.mu.Lock()
+	woken := h.woken
+	h.woken = map[int]bool{}
+	h.mu.Unlock()
+	for part := range woken {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		if err := h.db.DeleteWake(ctx, h.db.K.SignalWake(part, h.worker)); err != nil {
+			h.log.Debug().Err(err).Int("partition", part).Msg("signal loop: delete its wake stream (it expires)")
+		}
+		cancel()
+	}
 }
 
 // seqBefore reports whether stream entry id a comes before b ("" and "0"

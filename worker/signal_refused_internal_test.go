@@ -81,13 +81,13 @@ func TestABadLogWhoseProbeFailsForAMomentFailsItsOwnWaitsOnly(t *testing.T) {
 	hooked := redis.NewClient(c.Options())
 	hooked.AddHook(&resetOnce{key: db.K.RunLog(bad)})
 	t.Cleanup(func() { _ = hooked.Close() })
-	h := newSignalHub(rdb.New(hooked, db.K.Namespace()), 200*time.Millisecond, clockwork.NewRealClock(), zerolog.Nop())
+	h := newSignalHub(rdb.New(hooked, db.K.Namespace()), "w1", 200*time.Millisecond, clockwork.NewRealClock(), zerolog.Nop())
 	defer h.close()
-	wg, err := h.register(good, "go", last)
+	wg, err := h.register(context.Background(), good, "go", last)
 	if err != nil {
 		t.Fatal(err)
 	}
-	wb, err := h.register(bad, "go", "0-0")
+	wb, err := h.register(context.Background(), bad, "go", "0-0")
 	if err != nil {
 		t.Fatal(err)
 	}

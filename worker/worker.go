@@ -323,7 +323,7 @@ func New(cfg Config) (*Worker, error) {
 		inflight: map[string]*attempt{},
 		handling: map[string]bool{},
 		attempts: map[string]*attemptInHand{},
-		signals:  newSignalHub(db, cfg.FetchBlock, cfg.Clock, cfg.Logger.With().Str("worker", cfg.ID).Logger()),
+		signals:  newSignalHub(db, cfg.ID, cfg.FetchBlock, cfg.Clock, cfg.Logger.With().Str("worker", cfg.ID).Logger()),
 	}, nil
 }
 

@@ -240,6 +240,13 @@ func (k Keys) FetchMark(part int, pool, consumer string) string {
 	return k.tag(part) + "fetch:" + pool + ":" + consumer
 }
 
+// SignalWake is the stream that wakes worker's signal loop of partition
+// part when a new wait joins it (see DB.WakeSignalLoop); it keeps one
+// entry and expires SignalWakeTTL after the last wake.
+func (k Keys) SignalWake(part int, worker string) string {
+	return k.tag(part) + "signal-wake:" + worker
+}
+
 // AllQueues lists a pool's band streams of every partition.
 func (k Keys) AllQueues(pool string) []string {
 	out := make([]string, 0, k.partitions*(MaxPriority+1))

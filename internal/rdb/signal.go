@@ -221,19 +221,64 @@ type LogBatch struct {
 	Events []events.Event
 }
 
+// SignalWakeTTL is how long a signal loop's wake stream outlives its last
+// wake (a worker that stops deletes its own).
+const SignalWakeTTL = 10 * time.Minute
+
+// Wake is a wake stream read with the logs by BlockOnLogs: Key (in the
+// logs' partition; "" none) after entry Last ("": from its start). An
+// entry there ends the block; BlockOnLogs moves Last past what it read.
+type Wake struct {
+	Key, Last string
+}
+
+// WakeSignalLoop adds an entry to wake stream key (a SignalWake key),
+// which ends the BlockOnLogs that reads it: a signal loop sees a wait that
+// joined it during its read at once, not when the read times out. The
+// stream keeps one entry and expires SignalWakeTTL later.
+func (d DB) WakeSignalLoop(ctx context.Context, key string) error {
+	_, err := d.C.Pipelined(ctx, func(p redis.Pipeliner) error {
+		p.XAdd(ctx, &redis.XAddArgs{Stream: key, MaxLen: 1, Values: []any{"w", "1"}})
+		p.PExpire(ctx, key, SignalWakeTTL)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("wake the signal loop: %w", err)
+	}
+	return nil
+}
+
+// StreamRefusesReads reads stream key without blocking and returns the
+// error if Redis refuses the read (a key of another type), nil if it
+// reads (a missing key reads as empty) or the read failed for another
+// reason (the connection: the caller's next read tells).
+func (d DB) StreamRefusesReads(ctx context.Context, key string) error {
+	err := d.C.XRead(ctx, &redis.XReadArgs{Streams: []string{key, "0-0"}, Count: 1, Block: -1}).Err()
+	if err != nil && !errors.Is(err, redis.Nil) && isReplyError(err) {
+		return fmt.Errorf("read stream %s: %w", key, err)
+	}
+	return nil
+}
+
+// DeleteWake deletes wake stream key (a signal loop's, when it stops).
+func (d DB) DeleteWake(ctx context.Context, key string) error {
+	return d.C.Del(ctx, key).Err()
+}
+
 // BlockOnLogs blocks on the logs of runs (XREAD BLOCK, no polling) until
-// one of them holds entries after its id in after (run → entry id), for
-// at most block, and returns up to count of those entries per run that
-// has some, decoded (an entry that does not decode is left out, and Last
-// moves past it). The runs must be of one partition: their logs share a
-// slot, so one XREAD reads them all on Redis Cluster too. A read that
-// times out returns an empty map.
-func (d DB) BlockOnLogs(ctx context.Context, after map[string]string, count int, block time.Duration) (map[string]LogBatch, error) {
+// one of them holds entries after its id in after (run → entry id), or
+// wake (if set) an entry after wake.Last, for at most block, and returns
+// up to count of those entries per run that has some, decoded (an entry
+// that does not decode is left out, and Last moves past it). The runs and
+// the wake stream must be of one partition: their keys share a slot, so
+// one XREAD reads them all on Redis Cluster too. A read that times out,
+// or that only a wake ended, returns an empty map.
+func (d DB) BlockOnLogs(ctx context.Context, after map[string]string, wake *Wake, count int, block time.Duration) (map[string]LogBatch, error) {
 	if len(after) == 0 {
 		return nil, nil
 	}
-	streams := make([]string, 0, 2*len(after))
-	ids := make([]string, 0, len(after))
+	streams := make([]string, 0, 2*len(after)+2)
+	ids := make([]string, 0, len(after)+1)
 	runOf := make(map[string]string, len(after))
 	part := -1
 	for run, id := range after {
@@ -249,6 +294,13 @@ func (d DB) BlockOnLogs(ctx context.Context, after map[string]string, count int,
 		}
 		streams, ids = append(streams, key), append(ids, id)
 	}
+	if wake != nil && wake.Key != "" {
+		last := wake.Last
+		if last == "" {
+			last = "0-0"
+		}
+		streams, ids = append(streams, wake.Key), append(ids, last)
+	}
 	res, err := d.C.XRead(ctx, &redis.XReadArgs{Streams: append(streams, ids...), Count: int64(count), Block: block}).Result()
 	if errors.Is(err, redis.Nil) {
 		return map[string]LogBatch{}, nil
@@ -258,6 +310,12 @@ func (d DB) BlockOnLogs(ctx context.Context, after map[string]string, count int,
 	}
 	out := make(map[string]LogBatch, len(res))
 	for _, s := range res {
+		if wake != nil && s.Stream == wake.Key {
+			if n := len(s.Messages); n > 0 {
+				wake.Last = s.Messages[n-1].ID
+			}
+			continue
+		}
 		run := runOf[s.Stream]
 		var b LogBatch
 		for _, m := range s.Messages {

@@ -209,7 +209,7 @@ func TestBlockOnLogs(t *testing.T) {
 	endA, endB := a.last(t), b.last(t)
 
 	start := time.Now()
-	got, err := a.db.BlockOnLogs(a.ctx, map[string]string{a.run: endA, b.run: endB}, 10, 50*time.Millisecond)
+	got, err := a.db.BlockOnLogs(a.ctx, map[string]string{a.run: endA, b.run: endB}, nil, 10, 50*time.Millisecond)
 	if err != nil || len(got) != 0 {
 		t.Fatalf("BlockOnLogs with nothing new = %v, %v; want an empty map", got, err)
 	}
@@ -221,11 +221,11 @@ func TestBlockOnLogs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err = a.db.BlockOnLogs(a.ctx, map[string]string{a.run: endA, b.run: endB}, 10, 5*time.Second)
+	got, err = a.db.BlockOnLogs(a.ctx, map[string]string{a.run: endA, b.run: endB}, nil, 10, 5*time.Second)
 	if err != nil || len(got) != 1 || got[a.run].Last != res.Seq || len(got[a.run].Events) != 1 || got[a.run].Events[0].Type != events.SignalReceived {
 		t.Fatalf("BlockOnLogs after a signal = %+v, %v; want run a's signal at %s", got, err, res.Seq)
 	}
-	got, err = a.db.BlockOnLogs(a.ctx, map[string]string{a.run: "0-0", b.run: ""}, 2, time.Second)
+	got, err = a.db.BlockOnLogs(a.ctx, map[string]string{a.run: "0-0", b.run: ""}, nil, 2, time.Second)
 	if err != nil || len(got[a.run].Events) != 2 || len(got[b.run].Events) != 1 {
 		t.Errorf("BlockOnLogs from the start, 2 per run = %+v, %v", got, err)
 	}
@@ -235,7 +235,7 @@ func TestBlockOnLogs(t *testing.T) {
 	for i := 3; multi.K.Partition(r1) == multi.K.Partition(r2); i++ {
 		r2 = "run-" + string(rune('0'+i))
 	}
-	if _, err := multi.BlockOnLogs(a.ctx, map[string]string{r1: "0", r2: "0"}, 1, time.Millisecond); err == nil || !strings.Contains(err.Error(), "partitions") {
+	if _, err := multi.BlockOnLogs(a.ctx, map[string]string{r1: "0", r2: "0"}, nil, 1, time.Millisecond); err == nil || !strings.Contains(err.Error(), "partitions") {
 		t.Errorf("BlockOnLogs over two partitions = %v, want an error", err)
 	}
 }
