@@ -427,8 +427,14 @@ func (z *analyzer) record(i int, e events.Event, tr *track, pre projector.Task) 
 			}
 			tt.Retries++
 			tl.Retries++
-		} else if len(tt.Deps)+len(pre.Waits) > 0 && pre.Status == projector.TaskPending {
-			tt.Ready = z.unlock(upstreamOf(&pre))
+		} else {
+			var b events.TaskDispatchedBody
+			if _ = e.DecodeBody(&b); b.DueMS > 0 { // a delayed start
+				at.DueAt = msTime(b.DueMS)
+			}
+			if len(tt.Deps)+len(pre.Waits) > 0 && pre.Status == projector.TaskPending {
+				tt.Ready = z.unlock(upstreamOf(&pre))
+			}
 		}
 		tt.Attempts = append(tt.Attempts, *at)
 	case events.TaskClaimed:

@@ -86,7 +86,8 @@ type Attempt struct {
 	Kind         string    `json:"kind"`
 	Seq          string    `json:"seq,omitempty"`
 	DispatchedAt time.Time `json:"dispatched_at,omitzero"`
-	// DueAt is when a retry's backoff ended.
+	// DueAt is when a retry's backoff, or a delayed start's start_after,
+	// ended.
 	DueAt    time.Time `json:"due_at,omitzero"`
 	Claims   []Claim   `json:"claims,omitempty"`
 	Reclaims []Reclaim `json:"reclaims,omitempty"`
@@ -253,6 +254,9 @@ func (tl *Timeline) WriteText(w io.Writer) error {
 			id, notes := t.ID, []string{}
 			if i == 0 {
 				notes = append(notes, ready)
+				if !a.DueAt.IsZero() {
+					notes = append(notes, "start after, due "+rel(a.DueAt))
+				}
 			} else {
 				id = ""
 				switch a.Kind {
