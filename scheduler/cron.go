@@ -179,6 +179,25 @@ func (e *CronExpr) Next(t time.Time) time.Time {
 	if n.IsZero() {
 		return n
 	}
+	// robfig/cron's Next skips a tick that exists when its search crosses
+	// some offset changes (zones that change at midnight, such as
+	// Beirut's) or starts in a repeated interval (Lord Howe's 30-minute
+	// fall back): search again from each change between t and n, an hour
+	// after it and from its local day's start, and keep the earliest tick
+	// after t.
+	for at := t; ; {
+		_, end := at.In(e.loc).ZoneBounds()
+		if end.IsZero() || !end.Before(n) {
+			break
+		}
+		y, m, d := end.In(e.loc).Date()
+		for _, from := range []time.Time{end.Add(-time.Second), end, end.Add(time.Hour), time.Date(y, m, d, 0, 0, 0, 0, e.loc).Add(-time.Second)} {
+			if c := e.spec.Next(from); !c.IsZero() && c.After(t) && c.Before(n) {
+				n = c
+			}
+		}
+		at = end
+	}
 	return n.In(e.loc)
 }
 

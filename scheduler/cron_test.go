@@ -2,6 +2,7 @@ package scheduler_test
 
 import (
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -177,4 +178,32 @@ func TestCronExprTicks(t *testing.T) {
 			t.Errorf("two starts disagree (-from midnight +from 01:07:13):\n%s", diff)
 		}
 	})
+}
+
+// robfig/cron's Next skipped a tick that exists around some offset
+// changes, so a scheduler catching up (CatchUpAll) never fired it: Lord
+// Howe Island falls back 30 minutes at 02:00 on 2025-04-06, and 09:00
+// that day exists (once); in Beirut, summer time starts at 00:00 on Sunday
+// 2025-03-30, and that day's 03:00 exists (found by an audit).
+func TestCatchUpAllFiresTicksAroundOffsetChanges(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		expr, tz, after, now, tick string
+	}{
+		{"0 9 * * *", "Australia/Lord_Howe", "2025-04-05T09:00:00+11:00", "2025-04-08T12:00:00+10:30", "2025-04-06T09:00:00+10:30"},
+		{"0 3 * * 0", "Asia/Beirut", "2025-03-23T03:00:00+02:00", "2025-04-07T00:00:00+03:00", "2025-03-30T03:00:00+03:00"},
+	} {
+		e := mustParseCron(t, c.expr, c.tz)
+		after, now, tick := utc(c.after), utc(c.now), utc(c.tick)
+		var ticks []time.Time // what catching up fires: Next after Next
+		for n := e.Next(after); !n.IsZero() && !n.After(now); n = e.Next(n) {
+			ticks = append(ticks, n)
+		}
+		if !slices.ContainsFunc(ticks, tick.Equal) {
+			t.Errorf("%s in %s: catching up from %s to %s fires %v; the tick %s is missing", c.expr, c.tz, c.after, c.now, ticks, c.tick)
+		}
+		if n := e.Next(after); !n.Equal(tick) {
+			t.Errorf("%s in %s: Next(%s) = %s, want %s", c.expr, c.tz, c.after, n, c.tick)
+		}
+	}
 }
