@@ -96,8 +96,9 @@ type Attempt struct {
 	Epoch      int64     `json:"epoch,omitempty"`
 	ClaimedAt  time.Time `json:"claimed_at,omitzero"`
 	FinishedAt time.Time `json:"finished_at,omitzero"`
-	// WaitMS is from dispatch (or the retry's due time) to the first
-	// claim; RunMS from the last claim to the outcome.
+	// WaitMS is from dispatch (or the due time of a retry or a delayed
+	// start, if later) to the first claim; RunMS from the last claim to
+	// the outcome.
 	WaitMS *int64 `json:"wait_ms,omitempty"`
 	RunMS  *int64 `json:"run_ms,omitempty"`
 	// Outcome: dispatched, running, succeeded, failed, timed_out, cancelled.
@@ -254,7 +255,7 @@ func (tl *Timeline) WriteText(w io.Writer) error {
 			id, notes := t.ID, []string{}
 			if i == 0 {
 				notes = append(notes, ready)
-				if !a.DueAt.IsZero() {
+				if a.DueAt.After(a.DispatchedAt) {
 					notes = append(notes, "start after, due "+rel(a.DueAt))
 				}
 			} else {
@@ -264,6 +265,9 @@ func (tl *Timeline) WriteText(w io.Writer) error {
 					notes = append(notes, "retry, due "+rel(a.DueAt))
 				case "requeue":
 					notes = append(notes, "requeued")
+					if a.DueAt.After(a.DispatchedAt) {
+						notes = append(notes, "start after, due "+rel(a.DueAt))
+					}
 				}
 			}
 			for _, r := range a.Reclaims {

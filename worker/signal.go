@@ -14,6 +14,7 @@ import (
 	"github.com/graflow-go/graflow/internal/rdb"
 	"github.com/graflow-go/graflow/internal/retry"
 	"github.com/jonboulle/clockwork"
+	"github.com/oklog/ulid/v2"
 	"github.com/rs/zerolog"
 )
 
@@ -167,11 +168,11 @@ func signalOf(e events.Event) Signal {
 // stream, which the read includes), so that the loop reads again with the
 // run at once rather than when the read times out.
 type signalHub struct {
-	db     rdb.DB
-	block  time.Duration
-	clock  clockwork.Clock
-	log    zerolog.Logger
-	worker string // names the loops' wake streams
+	db       rdb.DB
+	block    time.Duration
+	clock    clockwork.Clock
+	log      zerolog.Logger
+	wakeName string // names the loops' wake streams: the worker's id and a suffix of this hub's
 
 	ctx    context.Context // ends when the hub is closed
 	cancel context.CancelFunc
@@ -183,7 +184,12 @@ type signalHub struct {
 	// reading holds, per partition whose loop is in a read, the runs
 	// that read covers and from which entry.
 	reading map[int]map[string]string
-	woken   map[int]bool // partitions whose wake stream was written (deleted at close)
+	// wakes holds each partition's wake stream as its loops read it (a
+	// loop that ends and starts again keeps reading after the entries
+	// read); Key "" once it refused reads.
+	wakes   map[int]*rdb.Wake
+	woken   map[int]bool   // partitions whose wake stream was written (deleted at close)
+	pending sync.WaitGroup // wakes decided and not yet written (close waits for them)
 }
 
 // watchedRun is a run some waits are on.
@@ -212,8 +218,12 @@ func (r hubResult) signal() (Signal, error) {
 
 func newSignalHub(db rdb.DB, worker string, block time.Duration, clock clockwork.Clock, log zerolog.Logger) *signalHub {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &signalHub{db: db, worker: worker, block: block, clock: clock, log: log, ctx: ctx, cancel: cancel,
-		parts: map[int]map[string]*watchedRun{}, reading: map[int]map[string]string{}, woken: map[int]bool{}}
+	// Two hubs of one worker id (two Workers of a process with the
+	// default id) must not share, or delete, each other's wake streams.
+	id := ulid.Make().String()
+	return &signalHub{db: db, wakeName: worker + ":" + id[len(id)-6:], block: block, clock: clock, log: log, ctx: ctx, cancel: cancel,
+		parts: map[int]map[string]*watchedRun{}, reading: map[int]map[string]string{},
+		wakes: map[int]*rdb.Wake{}, woken: map[int]bool{}}
 }
 
 // register adds a wait for signal name of run, whose log was read up to
@@ -223,22 +233,24 @@ func newSignalHub(db rdb.DB, worker string, block time.Duration, clock clockwork
 func (h *signalHub) register(ctx context.Context, run, name, after string) (*signalWait, error) {
 	part := h.db.K.Partition(run)
 	w, wake, err := h.add(part, run, name, after)
-	if err != nil || !wake {
+	if err != nil || wake == "" {
 		return w, err
 	}
-	if err := h.db.WakeSignalLoop(ctx, h.db.K.SignalWake(part, h.worker)); err != nil && ctx.Err() == nil {
+	defer h.pending.Done()
+	if err := h.db.WakeSignalLoop(ctx, wake); err != nil && ctx.Err() == nil {
 		// The loop reads the run when its read times out instead.
 		h.log.Warn().Err(err).Str("run", run).Msg("signal loop: wake it for a new wait")
 	}
 	return w, nil
 }
 
-// add is register's part under the lock; wake says the loop must be woken.
-func (h *signalHub) add(part int, run, name, after string) (w *signalWait, wake bool, err error) {
+// add is register's part under the lock; wake is the wake stream to
+// write ("" none), a write close then waits for.
+func (h *signalHub) add(part int, run, name, after string) (w *signalWait, wake string, err error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.closed {
-		return nil, false, errWorkerStopped
+		return nil, "", errWorkerStopped
 	}
 	runs := h.parts[part]
 	if runs == nil {
@@ -258,9 +270,10 @@ func (h *signalHub) add(part int, run, name, after string) (w *signalWait, wake 
 	w = &signalWait{name: name, got: make(chan hubResult, 1)}
 	wr.waits[w] = struct{}{}
 	if read, ok := h.reading[part]; ok {
-		if from, covered := read[run]; !covered || seqBefore(wr.after, from) {
-			wake = true
+		if from, covered := read[run]; (!covered || seqBefore(wr.after, from)) && h.wakes[part].Key != "" {
+			wake = h.wakes[part].Key
 			h.woken[part] = true
+			h.pending.Add(1)
 		}
 	}
 	return w, wake, nil
@@ -284,9 +297,15 @@ func (h *signalHub) unregister(run string, w *signalWait) {
 func (h *signalHub) loop(part int) {
 	defer h.loops.Done()
 	wait := retry.NewBackoff(retry.Policy{Initial: 100 * time.Millisecond, Max: 5 * time.Second})
-	// The wake stream, read from its start: an entry a wait added before
-	// this loop's first read ends that read at once (harmless).
-	wake := &rdb.Wake{Key: h.db.K.SignalWake(part, h.worker)}
+	h.mu.Lock()
+	wake := h.wakes[part]
+	if wake == nil {
+		// Read from its start: an entry written before this loop's
+		// first read ends that read at once (harmless).
+		wake = &rdb.Wake{Key: h.db.K.SignalWake(part, h.wakeName)}
+		h.wakes[part] = wake
+	}
+	h.mu.Unlock()
 	for {
 		h.mu.Lock()
 		runs := h.parts[part]
@@ -311,7 +330,10 @@ func (h *signalHub) loop(part int) {
 				// by hand): read without it; a new wait then waits for
 				// the read to time out.
 				h.log.Error().Err(werr).Str("key", wake.Key).Msg("signal loop: its wake stream refuses reads; reading without it")
+				h.mu.Lock()
 				wake.Key = ""
+				delete(h.woken, part) // not ours to delete
+				h.mu.Unlock()
 				continue
 			}
 		}
@@ -422,8 +444,9 @@ func (h *signalHub) failAll(part int, err error) {
 }
 
 // close ends the waits still open (errWorkerStopped), refuses new ones and
-// waits for the loops (their reads are cancelled), then deletes the wake
-// streams it wrote.
+// wakes the loops blocked in a read (go-redis does not cut a read short
+// when its context ends), waits for them and deletes the wake streams it
+// wrote.
 // Idempotent.
 func (h *signalHub) close() {
 	h.mu.Lock()
@@ -437,14 +460,31 @@ func (h *signalHub) close() {
 		h.failAll(part, errWorkerStopped)
 	}
 	h.cancel()
+	h.mu.Lock()
+	inRead := make([]string, 0, len(h.reading))
+	for part := range h.reading {
+		if key := h.wakes[part].Key; key != "" {
+			inRead = append(inRead, key)
+			h.woken[part] = true
+		}
+	}
+	h.mu.Unlock()
+	for _, key := range inRead {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		if err := h.db.WakeSignalLoop(ctx, key); err != nil {
+			h.log.Debug().Err(err).Msg("signal loop: wake it to stop (it stops when its read times out)")
+		}
+		cancel()
+	}
 	h.loops.Wait()
+	h.pending.Wait()
 	h.mu.Lock()
 	woken := h.woken
 	h.woken = map[int]bool{}
 	h.mu.Unlock()
 	for part := range woken {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		if err := h.db.DeleteWake(ctx, h.db.K.SignalWake(part, h.worker)); err != nil {
+		if err := h.db.DeleteWake(ctx, h.db.K.SignalWake(part, h.wakeName)); err != nil {
 			h.log.Debug().Err(err).Int("partition", part).Msg("signal loop: delete its wake stream (it expires)")
 		}
 		cancel()

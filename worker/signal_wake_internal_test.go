@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -103,7 +104,71 @@ func TestAWaitJoiningDuringAReadGetsItsSignalAtOnce(t *testing.T) {
 	}
 	h.close()
 	closed = true
-	if n, err := c.Exists(ctx, db.K.SignalWake(db.K.Partition(first), "w1")).Result(); err != nil || n != 0 {
+	if n, err := c.Exists(ctx, db.K.SignalWake(db.K.Partition(first), h.wakeName)).Result(); err != nil || n != 0 {
 		t.Errorf("the wake stream is left (%d, %v): a stopped worker deletes its own", n, err)
 	}
+}
+
+// A stopping worker's signal loop ends at once, not when its read times
+// out: go-redis does not cut a blocked read short when its context ends,
+// so close wakes it (a review found close waiting for the read).
+func TestClosingTheSignalHubEndsABlockedRead(t *testing.T) {
+	t.Parallel()
+	c := redistest.Client(t)
+	ctx := context.Background()
+	ns := redistest.Namespace(t)
+	db := rdb.New(c, ns)
+	run := "run-0"
+	id, err := c.XAdd(ctx, &redis.XAddArgs{Stream: db.K.RunLog(run), Values: []any{"id", "x"}}).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := c.Options()
+	opts.ClientName = "hub-" + ulid.Make().String()
+	named := redis.NewClient(opts)
+	t.Cleanup(func() { _ = named.Close() })
+	h := newSignalHub(rdb.New(named, ns), "w1", time.Hour, clockwork.NewRealClock(), zerolog.Nop())
+	w, err := h.register(ctx, run, "go", id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Wait until Redis holds the loop's read blocked (CLIENT LIST, flag b).
+	deadline := time.Now().Add(30 * time.Second)
+	for !blockedIn(t, c, opts.ClientName) {
+		if time.Now().After(deadline) {
+			t.Fatal("the signal loop's read never blocked")
+		}
+	}
+	closed := make(chan struct{})
+	go func() { h.close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(30 * time.Second):
+		t.Fatal("close waited for the loop's hour-long read")
+	}
+	if r := <-w.got; r.err != errWorkerStopped {
+		t.Errorf("the wait ended with %v, want errWorkerStopped", r.err)
+	}
+	if n, err := c.Exists(ctx, db.K.SignalWake(db.K.Partition(run), h.wakeName)).Result(); err != nil || n != 0 {
+		t.Errorf("the wake stream is left (%d, %v): close deletes it", n, err)
+	}
+}
+
+// blockedIn reports whether a connection named name is blocked in XREAD.
+func blockedIn(t *testing.T, c *redis.Client, name string) bool {
+	t.Helper()
+	list, err := c.ClientList(context.Background()).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(list, "\n") {
+		if strings.Contains(l, " name="+name+" ") && strings.Contains(l, " cmd=xread ") {
+			for _, f := range strings.Fields(l) {
+				if flags, ok := strings.CutPrefix(f, "flags="); ok && strings.Contains(flags, "b") {
+					return true
+				}
+			}
+		}
+	}
+	return false
 }

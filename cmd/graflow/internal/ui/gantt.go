@@ -90,8 +90,10 @@ func scale(ms int, span time.Duration) int {
 
 // attemptBars returns a's wait and run segments with X and W in
 // milliseconds from start (layoutGantt scales them). The wait runs from
-// the dispatch (or the retry's due time) to the first claim: the rule
-// replay uses for Attempt.WaitMS, which replay does not export.
+// the dispatch (or the due time of a retry or a delayed start) to the
+// first claim: the rule replay uses for Attempt.WaitMS, which replay does
+// not export. An attempt still parked before its due time is drawn from
+// its dispatch to end, as parked.
 func attemptBars(a replay.Attempt, start, end time.Time) []ganttBar {
 	var bars []ganttBar
 	from := a.DispatchedAt
@@ -112,8 +114,12 @@ func attemptBars(a replay.Attempt, start, end time.Time) []ganttBar {
 		if to.IsZero() {
 			to = end // still waiting
 		}
-		bars = append(bars, ganttBar{X: ms(from), W: ms(to) - ms(from), Kind: "wait", Outcome: a.Outcome,
-			Title: fmt.Sprintf("attempt %d waited %s", a.Number, to.Sub(from).Round(time.Millisecond))})
+		title := fmt.Sprintf("attempt %d waited %s", a.Number, to.Sub(from).Round(time.Millisecond))
+		if from.After(to) { // parked until its due time, not yet reached
+			from = a.DispatchedAt
+			title = fmt.Sprintf("attempt %d parked, due in %s", a.Number, a.DueAt.Sub(to).Round(time.Second))
+		}
+		bars = append(bars, ganttBar{X: ms(from), W: ms(to) - ms(from), Kind: "wait", Outcome: a.Outcome, Title: title})
 	}
 	if !a.ClaimedAt.IsZero() {
 		who := a.Worker
