@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -146,7 +147,7 @@ func TestClosingTheSignalHubEndsABlockedRead(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("close waited for the loop's hour-long read")
 	}
-	if r := <-w.got; r.err != errWorkerStopped {
+	if r := <-w.got; !errors.Is(r.err, errWorkerStopped) {
 		t.Errorf("the wait ended with %v, want errWorkerStopped", r.err)
 	}
 	if n, err := c.Exists(ctx, db.K.SignalWake(db.K.Partition(run), h.wakeName)).Result(); err != nil || n != 0 {
