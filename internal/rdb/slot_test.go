@@ -250,7 +250,11 @@ func TestEveryScriptAndMultiTouchesOneSlot(t *testing.T) {
 	db := rdb.New(c, ns)
 
 	p, err := projector.New(projector.Config{Redis: c, Namespace: ns, ID: "p1", FeedBlock: 100 * time.Millisecond,
-		RetryInitial: 20 * time.Millisecond, RetryMax: 20 * time.Millisecond}) // a retry is parked, then moved
+		// A retry is parked, then moved: its backoff counts from the
+		// failure, so it must outlast the projector's way to the commit
+		// (a 20 ms one, under load, was due at the commit and queued
+		// there, leaving delayed_move unexercised).
+		RetryInitial: time.Second, RetryMax: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
