@@ -2,9 +2,12 @@ package rdb
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"time"
 
+	"github.com/graflow-go/graflow/events"
+	"github.com/graflow-go/graflow/internal/statehash"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -53,38 +56,138 @@ func (d DB) SweepRunIndex(ctx context.Context, start, n int64, now time.Time) (n
 }
 
 // SweepDeadLetters checks up to n dead letters from rank start and forgets
-// those whose run is gone (no state and no log): their details hash field
-// too. It returns the next page's rank (0 after the last) and the removed
-// members ("<run>|<task>"). Cost: O(n) per call.
+// those whose run is gone (no state and no log), and the stale ones: their
+// task is no longer failed (requeued, or its run succeeded since), which a
+// requeue's removal of the dead letter lost in a failover or a restart
+// leaves behind (their details hash field too). It returns the next page's
+// rank (0 after the last) and the removed members ("<run>|<task>"). A
+// dead letter whose task failed again while the sweep removed it is put
+// back. Cost: O(n) per call.
 func (d DB) SweepDeadLetters(ctx context.Context, start, n int64) (next int64, removed []string, err error) {
-	ms, err := d.C.ZRange(ctx, d.K.DeadLetter(), start, start+n-1).Result()
+	zs, err := d.C.ZRangeWithScores(ctx, d.K.DeadLetter(), start, start+n-1).Result()
 	if err != nil {
 		return 0, nil, err
 	}
-	runs := make([]string, len(ms))
-	for i, m := range ms {
-		runs[i], _, _ = strings.Cut(m, "|")
+	ms := make([]string, len(zs))
+	for i, z := range zs {
+		ms[i], _ = z.Member.(string)
 	}
-	gone, err := d.runsGone(ctx, runs)
+	stale, err := d.deadLettersStale(ctx, ms)
 	if err != nil {
 		return 0, nil, err
 	}
 	var args []any
+	var scores []float64
 	for i, m := range ms {
-		if gone[i] {
+		if stale[i] {
 			removed = append(removed, m)
 			args = append(args, m)
+			scores = append(scores, zs[i].Score)
 		}
 	}
-	if len(removed) > 0 {
-		pipe := d.C.TxPipeline() // one slot: {dlq}
-		pipe.ZRem(ctx, d.K.DeadLetter(), args...)
-		pipe.HDel(ctx, d.K.DeadLetterInfo(), removed...)
-		if _, err := pipe.Exec(ctx); err != nil {
+	if len(removed) == 0 {
+		return nextRank(start, n, int64(len(ms)), 0), nil, nil
+	}
+	infos, err := d.C.HMGet(ctx, d.K.DeadLetterInfo(), removed...).Result()
+	if err != nil {
+		return 0, nil, err
+	}
+	pipe := d.C.TxPipeline() // one slot: {dlq}
+	pipe.ZRem(ctx, d.K.DeadLetter(), args...)
+	pipe.HDel(ctx, d.K.DeadLetterInfo(), removed...)
+	if _, err := pipe.Exec(ctx); err != nil {
+		return 0, nil, err
+	}
+	// A task that failed for good again between the check and the
+	// removal had its new dead letter refused (NX: the stale one was
+	// there) and removed with it: put it back.
+	again, err := d.deadLettersStale(ctx, removed)
+	if err != nil {
+		return 0, nil, err
+	}
+	back := d.C.TxPipeline()
+	kept := removed[:0]
+	for i, m := range removed {
+		if again[i] {
+			kept = append(kept, m)
+			continue
+		}
+		back.ZAddNX(ctx, d.K.DeadLetter(), redis.Z{Score: scores[i], Member: m})
+		if info, ok := infos[i].(string); ok {
+			back.HSetNX(ctx, d.K.DeadLetterInfo(), m, info)
+		}
+	}
+	if len(kept) < len(removed) {
+		if _, err := back.Exec(ctx); err != nil {
 			return 0, nil, err
 		}
 	}
-	return nextRank(start, n, int64(len(ms)), int64(len(removed))), removed, nil
+	return nextRank(start, n, int64(len(ms)), int64(len(kept))), kept, nil
+}
+
+// deadLettersStale reports, for each dead-letter member ("<run>|<task>"),
+// whether it is stale: its run is gone (no state and no log), or its task
+// is not failed (its record says another status, or the run succeeded and
+// keeps only its log). A member whose keys cannot be read as expected is
+// not stale. One pipeline of reads on the runs' slots.
+func (d DB) deadLettersStale(ctx context.Context, members []string) ([]bool, error) {
+	out := make([]bool, len(members))
+	if len(members) == 0 {
+		return out, nil
+	}
+	recs := make([]*redis.SliceCmd, len(members))
+	ends := make([]*redis.XMessageSliceCmd, len(members))
+	exists := make([]*redis.IntCmd, len(members))
+	if _, err := d.C.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, m := range members {
+			run, task, _ := strings.Cut(m, "|")
+			recs[i] = p.HMGet(ctx, d.K.RunState(run), statehash.FieldRunStatus, task)
+			// Both keys share the run's slot: one EXISTS (Cluster-safe).
+			exists[i] = p.Exists(ctx, d.K.RunState(run), d.K.RunLog(run))
+			ends[i] = p.XRevRangeN(ctx, d.K.RunLog(run), "+", "-", 16)
+		}
+		return nil
+	}); err != nil && !errors.Is(err, redis.Nil) && !isReplyError(err) {
+		return nil, err
+	}
+	for i := range members {
+		if exists[i].Err() == nil && exists[i].Val() == 0 {
+			out[i] = true // the run is gone
+			continue
+		}
+		vals, err := recs[i].Result()
+		if err != nil || len(vals) != 2 {
+			continue
+		}
+		if status, _ := vals[0].(string); status != "" {
+			rec, _ := vals[1].(string)
+			r, err := statehash.ParseRecord(rec)
+			out[i] = err == nil && r.Status != events.TaskStatusFailed
+			continue
+		}
+		// No state, a log: the run ended and dropped its state, which a
+		// run does only when it succeeded (every task did).
+		out[i] = loggedSuccess(ends[i])
+	}
+	return out, nil
+}
+
+// loggedSuccess reports whether a log's last entries (newest first) end
+// with run_succeeded, result_rejected entries aside (as the scripts'
+// loggedend).
+func loggedSuccess(c *redis.XMessageSliceCmd) bool {
+	msgs, err := c.Result()
+	if err != nil {
+		return false
+	}
+	for _, m := range msgs {
+		typ, _ := m.Values[events.FieldType].(string)
+		if events.Type(typ) == events.ResultRejected {
+			continue
+		}
+		return events.Type(typ) == events.RunSucceeded
+	}
+	return false
 }
 
 func nextRank(start, n, got, removed int64) int64 {
