@@ -133,7 +133,13 @@ func TestSweepDropsIndexAndDeadLettersOfGoneRuns(t *testing.T) {
 	if err := b.rdb.HSet(b.ctx, b.db.K.RunState(live), "a", "failed|1|1|w1").Err(); err != nil {
 		t.Fatal(err)
 	}
-	requeued := b.submit(t, events.TaskSpec{ID: "a", Handler: "h"}) // its task is dispatched, not failed
+	// Requeued, and succeeded since in a run still running: stale.
+	requeued := b.submit(t, events.TaskSpec{ID: "a", Handler: "h"}, events.TaskSpec{ID: "z", Handler: "h"})
+	if err := b.rdb.HSet(b.ctx, b.db.K.RunState(requeued), "a", "succeeded|2|3|w1").Err(); err != nil {
+		t.Fatal(err)
+	}
+	// Dispatched, with a dead letter (a poison claim's): it stays.
+	poisoned := b.submit(t, events.TaskSpec{ID: "a", Handler: "h"})
 	succeeded := b.submit(t, events.TaskSpec{ID: "a", Handler: "h"})
 	b.run(t, succeeded, "a", "w1", true) // a single-task run ends in the finish, keeping only its log
 	old := float64(time.Now().Add(-time.Hour).UnixMilli())
@@ -144,7 +150,7 @@ func TestSweepDropsIndexAndDeadLettersOfGoneRuns(t *testing.T) {
 		b.db.DeadLetter(b.ctx, pipe, gone, "t", int64(old), rdb.DeadLetterDetails{Error: "x"})
 	}
 	pipe.ZAdd(b.ctx, b.db.K.Runs(), redis.Z{Score: float64(time.Now().UnixMilli()), Member: "just-submitted"})
-	for _, run := range []string{live, requeued, succeeded} {
+	for _, run := range []string{live, requeued, succeeded, poisoned} {
 		b.db.DeadLetter(b.ctx, pipe, run, "a", int64(old), rdb.DeadLetterDetails{Error: "x"})
 	}
 	if _, err := pipe.Exec(b.ctx); err != nil {
@@ -158,15 +164,17 @@ func TestSweepDropsIndexAndDeadLettersOfGoneRuns(t *testing.T) {
 	stop := b.start(t, p)
 	defer stop()
 	eventually(t, 30*time.Second, "the index and dead letters of gone runs removed", func() bool {
-		return b.rdb.ZCard(b.ctx, b.db.K.Runs()).Val() == 4 && b.rdb.ZCard(b.ctx, b.db.K.DeadLetter()).Val() == 1 &&
-			b.rdb.HLen(b.ctx, b.db.K.DeadLetterInfo()).Val() == 1
+		return b.rdb.ZCard(b.ctx, b.db.K.Runs()).Val() == 5 && b.rdb.ZCard(b.ctx, b.db.K.DeadLetter()).Val() == 2 &&
+			b.rdb.HLen(b.ctx, b.db.K.DeadLetterInfo()).Val() == 2
 	})
-	for _, run := range []string{live, requeued, succeeded, "just-submitted"} {
+	for _, run := range []string{live, requeued, succeeded, poisoned, "just-submitted"} {
 		if _, err := b.rdb.ZScore(b.ctx, b.db.K.Runs(), run).Result(); err != nil {
 			t.Errorf("index entry of %s: %v", run, err)
 		}
 	}
-	if _, err := b.rdb.ZScore(b.ctx, b.db.K.DeadLetter(), rdb.DeadLetterMember(live, "a")).Result(); err != nil {
-		t.Errorf("dead letter of the live run: %v", err)
+	for _, run := range []string{live, poisoned} {
+		if _, err := b.rdb.ZScore(b.ctx, b.db.K.DeadLetter(), rdb.DeadLetterMember(run, "a")).Result(); err != nil {
+			t.Errorf("dead letter of %s: %v", run, err)
+		}
 	}
 }

@@ -57,12 +57,13 @@ func (d DB) SweepRunIndex(ctx context.Context, start, n int64, now time.Time) (n
 
 // SweepDeadLetters checks up to n dead letters from rank start and forgets
 // those whose run is gone (no state and no log), and the stale ones: their
-// task is no longer failed (requeued, or its run succeeded since), which a
-// requeue's removal of the dead letter lost in a failover or a restart
-// leaves behind (their details hash field too). It returns the next page's
-// rank (0 after the last) and the removed members ("<run>|<task>"). A
-// dead letter whose task failed again while the sweep removed it is put
-// back. Cost: O(n) per call.
+// run succeeded, or their task ended otherwise than failed (see
+// deadLettersStale), which a requeue's removal of the dead letter lost in
+// a failover leaves behind (their details hash field too). It returns the
+// next page's rank (0 after the last) and the removed members
+// ("<run>|<task>"). A dead letter whose task failed again while the sweep
+// removed it is put back (a safety net: a task the sweep finds ended does
+// not fail again without a requeue). Cost: O(n) per call.
 func (d DB) SweepDeadLetters(ctx context.Context, start, n int64) (next int64, removed []string, err error) {
 	zs, err := d.C.ZRangeWithScores(ctx, d.K.DeadLetter(), start, start+n-1).Result()
 	if err != nil {
@@ -126,17 +127,20 @@ func (d DB) SweepDeadLetters(ctx context.Context, start, n int64) (next int64, r
 }
 
 // deadLettersStale reports, for each dead-letter member ("<run>|<task>"),
-// whether it is stale: its run is gone (no state and no log), or its task
-// is not failed (its record says another status, or the run succeeded and
-// keeps only its log). A member whose keys cannot be read as expected is
-// not stale. One pipeline of reads on the runs' slots.
+// whether it is stale, for good: its run is gone (no state and no log),
+// succeeded (no state, a log that ends with run_succeeded), or its task
+// ended otherwise than failed (succeeded, skipped or cancelled: none of
+// them can fail again without a requeue, which only a failed task takes).
+// A task in any other state keeps its dead letter: a requeued task not
+// yet ended, and one whose claims kept failing (a poison claim is
+// dead-lettered while its record says dispatched). A member whose keys
+// cannot be read as expected is not stale.
 func (d DB) deadLettersStale(ctx context.Context, members []string) ([]bool, error) {
 	out := make([]bool, len(members))
 	if len(members) == 0 {
 		return out, nil
 	}
 	recs := make([]*redis.SliceCmd, len(members))
-	ends := make([]*redis.XMessageSliceCmd, len(members))
 	exists := make([]*redis.IntCmd, len(members))
 	if _, err := d.C.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i, m := range members {
@@ -144,13 +148,12 @@ func (d DB) deadLettersStale(ctx context.Context, members []string) ([]bool, err
 			recs[i] = p.HMGet(ctx, d.K.RunState(run), statehash.FieldRunStatus, task)
 			// Both keys share the run's slot: one EXISTS (Cluster-safe).
 			exists[i] = p.Exists(ctx, d.K.RunState(run), d.K.RunLog(run))
-			ends[i] = p.XRevRangeN(ctx, d.K.RunLog(run), "+", "-", 16)
 		}
 		return nil
 	}); err != nil && !errors.Is(err, redis.Nil) && !isReplyError(err) {
 		return nil, err
 	}
-	for i := range members {
+	for i, m := range members {
 		if exists[i].Err() == nil && exists[i].Val() == 0 {
 			out[i] = true // the run is gone
 			continue
@@ -159,35 +162,29 @@ func (d DB) deadLettersStale(ctx context.Context, members []string) ([]bool, err
 		if err != nil || len(vals) != 2 {
 			continue
 		}
-		if status, _ := vals[0].(string); status != "" {
-			rec, _ := vals[1].(string)
-			r, err := statehash.ParseRecord(rec)
-			out[i] = err == nil && r.Status != events.TaskStatusFailed
+		if status, _ := vals[0].(string); status == "" {
+			// No state, a log: a run drops its state only when it
+			// succeeded (every task did), which its log's end says.
+			run, _, _ := strings.Cut(m, "|")
+			end, err := d.LoggedEnd(ctx, run)
+			if err != nil {
+				return nil, err
+			}
+			out[i] = end == "succeeded"
 			continue
 		}
-		// No state, a log: the run ended and dropped its state, which a
-		// run does only when it succeeded (every task did).
-		out[i] = loggedSuccess(ends[i])
+		rec, _ := vals[1].(string)
+		if rec == "" {
+			continue // no record: not a task the sweep can judge
+		}
+		if r, err := statehash.ParseRecord(rec); err == nil {
+			switch r.Status {
+			case events.TaskStatusSucceeded, events.TaskStatusSkipped, events.TaskStatusCancelled:
+				out[i] = true
+			}
+		}
 	}
 	return out, nil
-}
-
-// loggedSuccess reports whether a log's last entries (newest first) end
-// with run_succeeded, result_rejected entries aside (as the scripts'
-// loggedend).
-func loggedSuccess(c *redis.XMessageSliceCmd) bool {
-	msgs, err := c.Result()
-	if err != nil {
-		return false
-	}
-	for _, m := range msgs {
-		typ, _ := m.Values[events.FieldType].(string)
-		if events.Type(typ) == events.ResultRejected {
-			continue
-		}
-		return events.Type(typ) == events.RunSucceeded
-	}
-	return false
 }
 
 func nextRank(start, n, got, removed int64) int64 {

@@ -37,13 +37,19 @@ func (f *failAfterRemoval) ProcessPipelineHook(next redis.ProcessPipelineHook) r
 	}
 }
 
-// The sweep forgets a stale dead letter (its task is not failed), but puts
-// back one whose task failed for good again while the sweep removed it:
-// that failure's own dead letter was refused (NX) while the stale one was
-// there, so removing it would lose the task's dead letter.
+// The sweep forgets a stale dead letter (its task ended otherwise than
+// failed), but puts back one whose task failed for good again while the
+// sweep removed it: that failure's own dead letter was refused (NX) while
+// the stale one was there, so removing it would lose the task's dead
+// letter. (A skipped task comes back when the dependency it was skipped
+// behind is requeued, so it can fail.) A dead letter of a task that is
+// dispatched stays: a poison claim is dead-lettered so.
 func TestSweepPutsBackADeadLetterWhoseTaskFailedAgainMeanwhile(t *testing.T) {
 	t.Parallel()
-	b := setupRun(t) // a is dispatched: a dead letter of it is stale
+	b := setupRun(t)
+	if err := b.c.HSet(b.ctx, b.db.K.RunState(b.run), "a", "skipped|1|0|").Err(); err != nil {
+		t.Fatal(err)
+	}
 	hooked := redis.NewClient(b.c.Options())
 	t.Cleanup(func() { _ = hooked.Close() })
 	f := &failAfterRemoval{c: b.c, state: b.db.K.RunState(b.run), rec: "failed|2|3|w1"}
@@ -68,8 +74,15 @@ func TestSweepPutsBackADeadLetterWhoseTaskFailedAgainMeanwhile(t *testing.T) {
 		t.Errorf("dead letter after the sweep: score %v (%v), info %q (%v); want it back as it was", score, err, info, ierr)
 	}
 
-	// Without the failure meanwhile, the stale dead letter goes.
+	// A dispatched task's dead letter stays (a poison claim's).
 	if err := b.c.HSet(b.ctx, b.db.K.RunState(b.run), "a", "dispatched|3|3|").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, removed, err = b.db.SweepDeadLetters(b.ctx, 0, 100); err != nil || len(removed) != 0 {
+		t.Errorf("sweep of a dispatched task's dead letter removed %v (%v); want it kept", removed, err)
+	}
+	// Once the task succeeded, the stale dead letter goes.
+	if err := b.c.HSet(b.ctx, b.db.K.RunState(b.run), "a", "succeeded|3|3|w1").Err(); err != nil {
 		t.Fatal(err)
 	}
 	_, removed, err = b.db.SweepDeadLetters(b.ctx, 0, 100)

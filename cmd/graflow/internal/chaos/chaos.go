@@ -485,6 +485,8 @@ type submitted struct {
 	id   string
 	info *graflow.RunInfo
 	err  error
+	// requeuedAt is when its requeue was first sent (the requeued run).
+	requeuedAt time.Time
 }
 
 // await waits for r to end (retrying Redis errors: Redis restarts under
@@ -828,6 +830,7 @@ func (s *stack) requeue(ctx context.Context, r *submitted) {
 		r.err = fmt.Errorf("run %s ended %s before its requeue, want failed", r.id, r.info.Status)
 		return
 	}
+	r.requeuedAt = time.Now()
 	err := retryRedis(ctx, func() error {
 		err := s.client.Requeue(ctx, r.id, requeuedTask)
 		if !errors.Is(err, graflow.ErrNotRequeueable) {
@@ -893,14 +896,15 @@ func (s *stack) checkRequeued(ctx context.Context, r *submitted) []string {
 	if err != nil {
 		return append(problems, fmt.Sprintf("read the dead letters: %v", err))
 	}
+	// Only a master killed after the requeue can have lost its removal
+	// of the dead letter (replication is asynchronous; docs/
+	// operations.md): the projectors' sweep must then remove it, as
+	// stale (its run succeeded), within a few passes. Otherwise a dead
+	// letter left is a problem at once.
 	s.mu.Lock()
-	lossy := s.report.Failovers > 0
+	lossy := s.lastMasterKill.After(r.requeuedAt) && !r.requeuedAt.IsZero()
 	s.mu.Unlock()
 	if len(tasks) > 0 && lossy {
-		// A failover can lose the requeue's removal of the dead letter
-		// (replication is asynchronous; docs/operations.md): the
-		// projectors' sweep must then remove it, as stale (its task is
-		// no longer failed), within a few passes.
 		deadline := time.Now().Add(10 * s.cfg.FeedReclaimIdle)
 		for len(tasks) > 0 && time.Now().Before(deadline) && wait(ctx, s.cfg.FeedReclaimIdle/3) {
 			if tasks, err = left(); err != nil {

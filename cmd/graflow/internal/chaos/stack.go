@@ -41,9 +41,12 @@ type stack struct {
 	// cluster is the local Redis Cluster of a Config.Cluster run (srv is
 	// then nil).
 	cluster *rediscluster.Cluster
-	rc      redis.UniversalClient
-	db      rdb.DB // through rc
-	client  *graflow.Client
+	// lastMasterKill is when the last failover's master was SIGKILLed
+	// (under mu): the writes it had not replicated are lost.
+	lastMasterKill time.Time
+	rc             redis.UniversalClient
+	db             rdb.DB // through rc
+	client         *graflow.Client
 	// tracer is the Client's TracerProvider and the runs' expected
 	// traces; collector receives the processes' spans (tracing.go).
 	tracer    *tracer
@@ -458,6 +461,7 @@ func (s *stack) failover() {
 	}
 	victim := masters[s.rng.IntN(len(masters))]
 	killed := time.Now()
+	s.lastMasterKill = killed // the caller holds mu
 	if err := s.cluster.KillMaster(victim); err != nil {
 		s.logf("failover: kill node %d: %v", victim, err)
 		return
